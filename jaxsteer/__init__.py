@@ -1,0 +1,30 @@
+"""jaxsteer: pure-functional JAX ports of Hugging Face decoders with the residual stream as data.
+
+    model, tokenizer = jaxsteer.load("smollm2-135m-instruct")
+    logits, trace = jaxsteer.forward(model, tokens, record=("resid_post",))
+    out = jaxsteer.generate(model, ["What is 2+3?"], tokenizer=tokenizer,
+                            interventions=[jaxsteer.Steer(vectors)])
+"""
+
+from .models import (
+    SITES,
+    Ablate,
+    Generation,
+    Model,
+    ModelConfig,
+    Patch,
+    Steer,
+    Trace,
+    UnsupportedConfigError,
+    forward,
+    from_hf_config,
+    generate,
+    init_params,
+)
+
+try:  # loading.py is written alongside; keep the core importable while it lands
+    from .models.loading import load
+except ImportError:  # pragma: no cover
+    pass
+
+__version__ = "0.1.0"

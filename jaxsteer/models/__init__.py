@@ -1,0 +1,7 @@
+"""Model ports: config, parameter pytree, the decoder, interventions, generation and loading."""
+
+from .config import ModelConfig, RopeConfig, UnsupportedConfigError, from_hf_config
+from .decoder import Trace, embed, forward, run_layers, unembed
+from .generate import Generation, generate
+from .interventions import SITES, Ablate, Patch, Steer
+from .params import Model, init_params, param_shapes

@@ -1,0 +1,308 @@
+"""The one decoder: embeddings, a `lax.scan` over stacked layers, final norm and unembedding.
+
+Every named site inside a layer passes through `_Sites.visit`, which applies the
+interventions aimed at that site and records the value if asked. Sites in order:
+
+    resid_pre -> attn_in (= norm(resid_pre)) -> q, k, v (after bias and q/k norm, before RoPE)
+    -> pattern [B, H, T, S] -> z [B, T, H, hd] -> attn_out (after o_proj and any post-norm)
+    -> resid_mid -> mlp_in -> mlp_out -> resid_post
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ModelConfig
+from .interventions import SITES, as_tuple, check_all, check_site
+from .params import Model
+
+_NEG = -1e30  # finite "minus infinity": a fully masked row never turns into NaN
+
+
+class Trace(dict):
+    """Recorded activations, site name -> array stacked over layers `[L, B, T, ...]`.
+
+    A dict with attribute access (`trace.resid_post`), registered as a JAX pytree."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"site {name!r} was not recorded (recorded: {sorted(self)})") from None
+
+
+jax.tree_util.register_pytree_node(
+    Trace,
+    lambda t: (tuple(t[k] for k in sorted(t)), tuple(sorted(t))),
+    lambda keys, vals: Trace(zip(keys, vals)),
+)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float) -> jax.Array:
+    """RMSNorm computed in float32. Llama style (`offset=0`): `w * y.astype(dtype)`;
+    Gemma style (`offset=1`): `(y * (1 + w)).astype(dtype)`, exactly as in transformers."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if offset:
+        return (y * (offset + weight.astype(jnp.float32))).astype(x.dtype)
+    return weight * y.astype(x.dtype)
+
+
+def rope_tables(inv_freq: np.ndarray, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of shape `[B, T, head_dim]` (float32) for integer positions `[B, T]`."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on `x [B, T, n, hd]` with tables `[B, T, hd]`."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+def _activation(name: str):
+    if name == "silu":
+        return jax.nn.silu
+    if name == "gelu_tanh":
+        return functools.partial(jax.nn.gelu, approximate=True)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class _Sites:
+    """Applies interventions and records activations at named sites within one layer."""
+
+    def __init__(self, interventions: Sequence, record: frozenset, layer: jax.Array):
+        self.by_site: dict[str, list] = {}
+        for iv in interventions:
+            self.by_site.setdefault(iv.site, []).append(iv)
+        self.record = record
+        self.layer = layer
+        self.recorded: dict[str, jax.Array] = {}
+
+    def visit(self, name: str, x: jax.Array) -> jax.Array:
+        for iv in self.by_site.get(name, ()):
+            x = iv.apply(x, self.layer)
+        if name in self.record:
+            self.recorded[name] = x
+        return x
+
+    def touches(self, name: str) -> bool:
+        return name in self.record or name in self.by_site
+
+
+def _layer(
+    config: ModelConfig,
+    p: dict[str, jax.Array],
+    h: jax.Array,
+    sites: _Sites,
+    rope_full: tuple[jax.Array, jax.Array],
+    rope_sliding: tuple[jax.Array, jax.Array] | None,
+    is_sliding: jax.Array,
+    window: jax.Array,
+    q_pos: jax.Array,
+    k_pos: jax.Array,
+    kv_cache: tuple[jax.Array, jax.Array] | None,
+    cache_index: jax.Array | None,
+):
+    """One decoder layer. Returns the new residual and (if caching) the layer's updated K/V cache."""
+    c = config
+    B, T, _ = h.shape
+    H, KV, hd = c.n_heads, c.n_kv_heads, c.head_dim
+    G = H // KV
+    dtype = h.dtype
+
+    h = sites.visit("resid_pre", h)
+    x = sites.visit("attn_in", rms_norm(h, p["attn_norm"], c.norm_eps, c.norm_offset))
+
+    q = x @ p["q_proj"]
+    k = x @ p["k_proj"]
+    v = x @ p["v_proj"]
+    if c.qkv_bias:
+        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    q = q.reshape(B, T, H, hd)
+    k = k.reshape(B, T, KV, hd)
+    v = v.reshape(B, T, KV, hd)
+    if c.qk_norm:
+        q = rms_norm(q, p["q_norm"], c.norm_eps, c.norm_offset)
+        k = rms_norm(k, p["k_norm"], c.norm_eps, c.norm_offset)
+    q = sites.visit("q", q)
+    k = sites.visit("k", k)
+    v = sites.visit("v", v)
+
+    cos, sin = rope_full
+    if rope_sliding is not None:
+        cos = jnp.where(is_sliding, rope_sliding[0], cos)
+        sin = jnp.where(is_sliding, rope_sliding[1], sin)
+    q = apply_rope(q, cos, sin)
+    k = apply_rope(k, cos, sin)
+
+    new_cache = None
+    if kv_cache is not None:
+        k_all = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k.astype(kv_cache[0].dtype), cache_index, axis=1)
+        v_all = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v.astype(kv_cache[1].dtype), cache_index, axis=1)
+        new_cache = (k_all, v_all)
+        k, v = k_all.astype(dtype), v_all.astype(dtype)
+
+    # Scores [B, KV, G, T, S] without repeating K/V for grouped-query attention.
+    qg = q.reshape(B, T, KV, G, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * c.softmax_scale
+    if c.attn_logit_softcap:
+        scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
+    diff = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
+    allowed = (k_pos[:, None, :] >= 0) & (diff >= 0) & (diff < window)
+    scores = jnp.where(allowed[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if sites.touches("pattern"):
+        pattern = sites.visit("pattern", probs.reshape(B, H, T, -1))
+        probs = pattern.reshape(probs.shape)
+    z = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), v).reshape(B, T, H, hd)
+    z = sites.visit("z", z)
+
+    attn = z.reshape(B, T, H * hd) @ p["o_proj"]
+    if c.sandwich_norms:
+        attn = rms_norm(attn, p["attn_post_norm"], c.norm_eps, c.norm_offset)
+    attn = sites.visit("attn_out", attn)
+    h = sites.visit("resid_mid", h + attn)
+
+    x = sites.visit("mlp_in", rms_norm(h, p["mlp_norm"], c.norm_eps, c.norm_offset))
+    act = _activation(c.activation)
+    mlp = (act(x @ p["gate_proj"]) * (x @ p["up_proj"])) @ p["down_proj"]
+    if c.sandwich_norms:
+        mlp = rms_norm(mlp, p["mlp_post_norm"], c.norm_eps, c.norm_offset)
+    mlp = sites.visit("mlp_out", mlp)
+    h = sites.visit("resid_post", h + mlp)
+    return h, new_cache
+
+
+def embed(model: Model, tokens: jax.Array) -> jax.Array:
+    """Token embeddings `[B, T, d]` (with Gemma's sqrt(d) scale, cast to the weight dtype first)."""
+    h = jnp.take(model.params["embed"], tokens, axis=0)
+    if model.config.embed_scale is not None:
+        h = h * jnp.asarray(model.config.embed_scale, h.dtype)
+    return h
+
+
+def unembed(model: Model, h: jax.Array, *, final_norm: bool = True) -> jax.Array:
+    """Logits (float32) from residual vectors `[..., d]`, through the final norm by default."""
+    c = model.config
+    if final_norm:
+        h = rms_norm(h, model.params["final_norm"], c.norm_eps, c.norm_offset)
+    w = model.params["embed"] if c.tie_word_embeddings else model.params["unembed"]
+    logits = jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
+    if c.final_logit_softcap:
+        logits = jnp.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+    return logits
+
+
+def run_layers(
+    model: Model,
+    h: jax.Array,
+    q_pos: jax.Array,
+    k_pos: jax.Array,
+    interventions: tuple = (),
+    record: frozenset = frozenset(),
+    kv_cache: tuple[jax.Array, jax.Array] | None = None,
+    cache_index: jax.Array | None = None,
+):
+    """Run all layers with `lax.scan`. Returns (h, trace, new_kv_cache).
+
+    q_pos `[B, T]`: position of each query token. k_pos `[B, S]`: position of each key slot,
+    negative for padding or empty cache slots. kv_cache: `(K, V)`, each `[L, B, S, KV, hd]`;
+    the new keys are written at `cache_index` along S.
+    """
+    c = model.config
+    rope_full = rope_tables(c.rope_full.inv_freq(c.head_dim), q_pos)
+    rope_sliding = None
+    if c.has_sliding_layers and c.rope_sliding is not None:
+        rope_sliding = rope_tables(c.rope_sliding.inv_freq(c.head_dim), q_pos)
+    windows = jnp.asarray(c.layer_windows())
+    sliding = jnp.asarray([t == "sliding_attention" for t in c.layer_types])
+
+    def body(carry, xs):
+        h, cache = carry
+        p, layer, window, is_sliding = xs
+        sites = _Sites(interventions, record, layer)
+        layer_cache = None
+        if cache is not None:
+            layer_cache = (cache[0][layer], cache[1][layer])
+        h, new_layer_cache = _layer(
+            c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, layer_cache, cache_index
+        )
+        if cache is not None:
+            cache = tuple(
+                jax.lax.dynamic_update_index_in_dim(full, new, layer, axis=0)
+                for full, new in zip(cache, new_layer_cache)
+            )
+        return (h, cache), sites.recorded
+
+    xs = (model.params["layers"], jnp.arange(c.n_layers, dtype=jnp.int32), windows, sliding)
+    (h, kv_cache), recorded = jax.lax.scan(body, (h, kv_cache), xs)
+    return h, Trace(recorded), kv_cache
+
+
+def default_positions(tokens: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
+    """Position ids: 0..T-1, or for a padding mask `cumsum(mask) - 1` (pads get 0), like HF."""
+    if attention_mask is None:
+        return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def _check_inputs(model: Model, tokens, attention_mask, positions, record):
+    if not isinstance(model, Model):
+        raise TypeError(f"expected a jaxsteer Model, got {type(model).__name__}")
+    if jnp.ndim(tokens) != 2:
+        raise ValueError(f"tokens must be [batch, seq] integers, got shape {jnp.shape(tokens)}")
+    for name, arr in (("attention_mask", attention_mask), ("positions", positions)):
+        if arr is not None and jnp.shape(arr) != jnp.shape(tokens):
+            raise ValueError(f"{name} has shape {jnp.shape(arr)}, tokens have {jnp.shape(tokens)}")
+    for site in record:
+        check_site(site)
+
+
+@functools.partial(jax.jit, static_argnames=("record", "return_logits"))
+def _forward(model, tokens, attention_mask, positions, interventions, record, return_logits):
+    if positions is None:
+        positions = default_positions(tokens, attention_mask)
+    k_pos = positions if attention_mask is None else jnp.where(attention_mask.astype(bool), positions, -1)
+    h = embed(model, tokens)
+    h, trace, _ = run_layers(model, h, positions, k_pos, interventions, frozenset(record))
+    logits = unembed(model, h) if return_logits else None
+    return logits, trace
+
+
+def forward(
+    model: Model,
+    tokens: jax.Array,
+    *,
+    attention_mask: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    interventions: Any = (),
+    record: Sequence[str] | str = (),
+    return_logits: bool = True,
+) -> tuple[jax.Array | None, Trace]:
+    """Run the model: `(logits [B, T, V] float32, trace)`.
+
+    tokens `[B, T]` int; attention_mask `[B, T]` (1 = real token; padding may be on either side);
+    positions `[B, T]` (default: from the mask, like Hugging Face); interventions: a
+    `Steer` / `Patch` / `Ablate` or a sequence of them, applied in order; record: site
+    names (see `SITES`) whose values come back in `trace`, stacked over layers `[L, B, ...]`.
+    Pure and jit-compiled; `jax.grad` / `jax.vmap` work through it.
+    """
+    record = (record,) if isinstance(record, str) else tuple(sorted(set(record)))
+    interventions = as_tuple(interventions)
+    tokens = jnp.asarray(tokens)
+    _check_inputs(model, tokens, attention_mask, positions, record)
+    check_all(interventions, model.config, tokens.shape[1])
+    return _forward(model, tokens, attention_mask, positions, interventions, record, return_logits)
+
+
+__all__ = ["forward", "Trace", "SITES", "embed", "unembed", "run_layers", "rms_norm"]

@@ -1,0 +1,264 @@
+"""Batched sampling with a KV cache; the whole decode loop is one compiled `lax.while_loop`.
+
+Prompts are left-padded to a bucketed length (multiple of `PROMPT_BUCKET`) so a new
+prompt length rarely recompiles. Each row stops at its first stop token; afterwards it
+emits `pad_id` with log-probability 0. Interventions act on prompt and generated tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .decoder import embed, run_layers, unembed
+from .interventions import as_tuple, check_all
+from .params import Model
+
+PROMPT_BUCKET = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Static sampling settings (part of the compiled program's key)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    greedy: bool = False
+
+
+@dataclasses.dataclass
+class Generation:
+    """Result of `generate`.
+
+    tokens `[B, N]` generated ids (pad after a row stops); logprobs `[B, N]` log-probability
+    of each token under the sampling distribution (after temperature / top-k / top-p; under
+    the plain softmax for greedy), 0 after the row stops; lengths `[B]` generated tokens up to
+    and including the stop token; prompt_tokens / prompt_mask: the left-padded prompts; texts:
+    decoded completions (when a tokenizer was available).
+    """
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    lengths: np.ndarray
+    prompt_tokens: np.ndarray
+    prompt_mask: np.ndarray
+    texts: list[str] | None = None
+
+    def sequences(self) -> tuple[np.ndarray, np.ndarray]:
+        """Prompt + completion tokens `[B, P + N]` and their attention mask (for scoring)."""
+        n = self.tokens.shape[1]
+        comp_mask = np.arange(n)[None, :] < self.lengths[:, None]
+        return (
+            np.concatenate([self.prompt_tokens, self.tokens], axis=1),
+            np.concatenate([self.prompt_mask, comp_mask.astype(self.prompt_mask.dtype)], axis=1),
+        )
+
+
+def filter_logits(logits: jax.Array, s: SamplingConfig) -> jax.Array:
+    """Apply temperature, top-k and top-p (nucleus) filtering to float32 logits `[B, V]`."""
+    logits = logits / jnp.float32(max(s.temperature, 1e-6))
+    if s.top_k and s.top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, s.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if s.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+        keep_sorted = before < s.top_p  # always keeps the top token
+        threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+def _sample(logits: jax.Array, key: jax.Array, s: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    if s.greedy:
+        tok = jnp.argmax(logits, axis=-1)
+        return tok, jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, None], axis=-1)[:, 0]
+    filtered = filter_logits(logits, s)
+    tok = jax.random.categorical(key, filtered, axis=-1)
+    return tok, jnp.take_along_axis(jax.nn.log_softmax(filtered), tok[:, None], axis=-1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("sampling",))
+def _generate(model, prompt, prompt_mask, key, stop_ids, pad_id, interventions, sampling):
+    c = model.config
+    B, P = prompt.shape
+    N = sampling.max_new_tokens
+    S = P + N
+    dtype = model.params["embed"].dtype
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+    k_pos = jnp.full((B, S), -1, jnp.int32).at[:, :P].set(jnp.where(prompt_mask > 0, positions, -1))
+    cache = tuple(jnp.zeros((c.n_layers, B, S, c.n_kv_heads, c.head_dim), dtype) for _ in range(2))
+
+    h, _, cache = run_layers(model, embed(model, prompt), positions, k_pos, interventions, frozenset(), cache, 0)
+    logits = unembed(model, h[:, -1])
+    next_pos = positions[:, -1] + 1
+
+    def cond(state):
+        step, done = state[0], state[4]
+        return (step < N) & ~jnp.all(done)
+
+    def body(state):
+        step, logits, out, lps, done, lengths, cache, k_pos, pos, key = state
+        key, sub = jax.random.split(key)
+        tok, lp = _sample(logits, sub, sampling)
+        tok = jnp.where(done, pad_id, tok).astype(jnp.int32)
+        lp = jnp.where(done, 0.0, lp)
+        out = out.at[:, step].set(tok)
+        lps = lps.at[:, step].set(lp)
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | jnp.isin(tok, stop_ids)
+        slot = P + step
+        k_pos = k_pos.at[:, slot].set(pos)
+        h, _, cache = run_layers(
+            model, embed(model, tok[:, None]), pos[:, None], k_pos, interventions, frozenset(), cache, slot
+        )
+        logits = unembed(model, h[:, -1])
+        return step + 1, logits, out, lps, done, lengths, cache, k_pos, pos + 1, key
+
+    state = (
+        jnp.int32(0),
+        logits,
+        jnp.full((B, N), pad_id, jnp.int32),
+        jnp.zeros((B, N), jnp.float32),
+        jnp.zeros((B,), bool),
+        jnp.zeros((B,), jnp.int32),
+        cache,
+        k_pos,
+        next_pos,
+        key,
+    )
+    state = jax.lax.while_loop(cond, body, state)
+    return state[2], state[3], state[5]
+
+
+def _bucket(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def tokenize_prompts(
+    tokenizer: Any, prompts: Sequence[str], *, chat: bool = True, system: str | None = None
+) -> list[list[int]]:
+    """Token ids per prompt; through the tokenizer's chat template when `chat` (and it has one)."""
+    if tokenizer is None:
+        raise ValueError("string prompts need a tokenizer; pass token id lists instead")
+    out = []
+    for text in prompts:
+        if chat and getattr(tokenizer, "chat_template", None):
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+            ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+        else:
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        out.append(list(ids))
+    return out
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad token lists to `length` (default: the longest): (tokens, mask) as int32 arrays."""
+    length = length or max(len(s) for s in seqs)
+    toks = np.full((len(seqs), length), pad_id, np.int32)
+    mask = np.zeros((len(seqs), length), np.int32)
+    for i, s in enumerate(seqs):
+        if len(s) > length:
+            raise ValueError(f"prompt {i} has {len(s)} tokens, more than the padded length {length}")
+        if len(s):
+            toks[i, length - len(s):] = s
+            mask[i, length - len(s):] = 1
+    return toks, mask
+
+
+def default_stop_tokens(model: Model, tokenizer: Any = None) -> tuple[int, ...]:
+    ids = set(model.config.eos_token_ids)
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return tuple(sorted(ids))
+
+
+def generate(
+    model: Model,
+    prompts: Sequence[str] | Sequence[Sequence[int]] | np.ndarray,
+    *,
+    tokenizer: Any = None,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+    seed: int | jax.Array = 0,
+    interventions: Any = (),
+    stop_tokens: Sequence[int] | None = None,
+    chat: bool = True,
+    system: str | None = None,
+    prompt_mask: np.ndarray | None = None,
+    bucket: int = PROMPT_BUCKET,
+) -> Generation:
+    """Sample completions for a batch of prompts with a KV cache, in one compiled loop.
+
+    prompts: strings (need `tokenizer`; wrapped in its chat template when `chat`), token id
+    lists of any lengths, or a left-padded `[B, P]` array with `prompt_mask`.
+    seed: an int or a `jax.random` key. stop_tokens default to the model's and tokenizer's EOS.
+    interventions: as for `forward`, restricted to ones that do not depend on the prompt
+    length (no position masks, per-token scales or Patch values).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not greedy and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for sampling (use greedy=True), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    interventions = as_tuple(interventions)
+    check_all(interventions, model.config, None)
+    for iv in interventions:
+        if not iv.generation_safe():
+            raise ValueError(
+                f"{type(iv).__name__} at {iv.site!r} depends on token positions or prompt length and cannot be "
+                "used in generate (use Steer/Ablate without position masks or per-token values)"
+            )
+    pad_id = model.config.pad_token_id
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        pad_id = tokenizer.pad_token_id
+    pad_id = int(pad_id if pad_id is not None else 0)
+
+    if isinstance(prompts, np.ndarray) or isinstance(prompts, jax.Array):
+        arr = np.asarray(prompts, np.int32)
+        if arr.ndim != 2:
+            raise ValueError(f"token prompts must be [B, P], got shape {arr.shape}")
+        mask = np.ones_like(arr) if prompt_mask is None else np.asarray(prompt_mask, np.int32)
+        seqs = [row[m > 0].tolist() for row, m in zip(arr, mask)]
+    elif len(prompts) and isinstance(prompts[0], str):
+        seqs = tokenize_prompts(tokenizer, prompts, chat=chat, system=system)
+    else:
+        seqs = [list(map(int, s)) for s in prompts]
+    if not seqs:
+        raise ValueError("no prompts given")
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("empty prompt")
+    P = _bucket(max(len(s) for s in seqs), bucket)
+    if P + max_new_tokens > model.config.max_position_embeddings:
+        raise ValueError(
+            f"prompt ({P} padded) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+            f"max_position_embeddings ({model.config.max_position_embeddings})"
+        )
+    toks, mask = left_pad(seqs, pad_id, P)
+    if stop_tokens is None:
+        stop_tokens = default_stop_tokens(model, tokenizer)
+    stop_ids = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
+    key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
+    sampling = SamplingConfig(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy))
+    out, lps, lengths = _generate(model, jnp.asarray(toks), jnp.asarray(mask), key, stop_ids, pad_id, interventions, sampling)
+    out, lps, lengths = np.asarray(out), np.asarray(lps), np.asarray(lengths)
+    texts = None
+    if tokenizer is not None:
+        texts = [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(out, lengths)]
+    return Generation(out, lps, lengths, toks, mask, texts)

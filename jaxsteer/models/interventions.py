@@ -1,0 +1,313 @@
+"""Interventions as values: small frozen pytrees that say where they act and what they do.
+
+Each intervention names a `site` (see `SITES`), optionally restricts itself to some
+`layers` (static tuple of ints), `positions` (a mask over the token axis, `[T]` or `[B, T]`),
+`heads` (static tuple, per-head sites only) and/or a data `mask` (`[L]`, `[L, T]` or
+`[L, T, H]`, handy for vmapped sweeps), and transforms the activation there:
+
+- `Steer`: add a vector (shared, per layer `[L, ...]`, or per token `[L, B, T, ...]`),
+  times an optional scale (scalar or per token `[B, T]`).
+- `Patch`: replace the activation with given values (a recorded trace `[L, B, T, ...]` or
+  one array `[B, T, ...]` used at every selected layer).
+- `Ablate`: replace with zeros or with a mean (given per layer, or the batch-and-position
+  mean of the current run).
+
+A selection is a weight in [0, 1] per element, so `Patch` computes `x + w * (new - x)`:
+masks may be soft, and sweeps are vmaps over masks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from .config import ModelConfig
+
+# Site name -> (rank of the activation including batch, token axis, head axis or None, feature rank)
+SITE_LAYOUT = {
+    "resid_pre": (3, 1, None, 1),
+    "attn_in": (3, 1, None, 1),
+    "q": (4, 1, 2, 2),
+    "k": (4, 1, 2, 2),
+    "v": (4, 1, 2, 2),
+    "pattern": (4, 2, 1, 1),
+    "z": (4, 1, 2, 2),
+    "attn_out": (3, 1, None, 1),
+    "resid_mid": (3, 1, None, 1),
+    "mlp_in": (3, 1, None, 1),
+    "mlp_out": (3, 1, None, 1),
+    "resid_post": (3, 1, None, 1),
+}
+SITES = tuple(SITE_LAYOUT)
+HEAD_SITES = tuple(s for s, lay in SITE_LAYOUT.items() if lay[2] is not None)
+
+
+def check_site(site: str) -> None:
+    if site not in SITE_LAYOUT:
+        raise ValueError(f"unknown site {site!r}; sites are: {', '.join(SITES)}")
+
+
+def site_feature_shape(site: str, config: ModelConfig) -> tuple[int, ...] | None:
+    """Shape after the leading [B, T] axes (None for `pattern`, whose last axis is the key length)."""
+    c = config
+    return {
+        "q": (c.n_heads, c.head_dim),
+        "z": (c.n_heads, c.head_dim),
+        "k": (c.n_kv_heads, c.head_dim),
+        "v": (c.n_kv_heads, c.head_dim),
+        "pattern": None,
+    }.get(site, (c.d_model,))
+
+
+def site_n_heads(site: str, config: ModelConfig) -> int | None:
+    if site in ("k", "v"):
+        return config.n_kv_heads
+    if site in ("q", "z", "pattern"):
+        return config.n_heads
+    return None
+
+
+def _to_layout(arr: jax.Array, site: str, kind: str) -> jax.Array:
+    """Reshape a positions (`[T]`/`[B,T]`), heads (`[H]`) or pos-heads (`[T,H]`) array to broadcast
+    against the site's activation."""
+    rank, tok_ax, head_ax, _ = SITE_LAYOUT[site]
+    shape = [1] * rank
+    if kind == "positions":
+        if arr.ndim == 1:
+            shape[tok_ax] = arr.shape[0]
+        else:
+            shape[0], shape[tok_ax] = arr.shape
+    elif kind == "heads":
+        shape[head_ax] = arr.shape[0]
+    elif kind == "pos_heads":
+        shape[tok_ax], shape[head_ax] = arr.shape
+    return arr.reshape(shape)
+
+
+class _Where:
+    """Shared selection logic (mixed into the intervention dataclasses)."""
+
+    site: str
+    layers: tuple[int, ...] | None
+    heads: tuple[int, ...] | None
+    positions: Any
+    mask: Any
+
+    def _check_where(self, config: ModelConfig, n_tokens: int | None) -> None:
+        name = type(self).__name__
+        check_site(self.site)
+        if self.layers is not None:
+            for l in self.layers:
+                if not 0 <= int(l) < config.n_layers:
+                    raise ValueError(f"{name}: layer {l} out of range for a model with {config.n_layers} layers")
+        if self.heads is not None:
+            n_heads = site_n_heads(self.site, config)
+            if n_heads is None:
+                raise ValueError(f"{name}: heads given but site {self.site!r} has no head axis (head sites: {HEAD_SITES})")
+            for h in self.heads:
+                if not 0 <= int(h) < n_heads:
+                    raise ValueError(f"{name}: head {h} out of range for site {self.site!r} with {n_heads} heads")
+        if self.positions is not None:
+            p = jnp.shape(self.positions)
+            if len(p) not in (1, 2) or (n_tokens is not None and p[-1] != n_tokens):
+                raise ValueError(f"{name}: positions mask has shape {p}; expected [T] or [B, T] with T={n_tokens}")
+        if self.mask is not None:
+            m = jnp.shape(self.mask)
+            if not m or m[0] != config.n_layers or len(m) > 3:
+                raise ValueError(f"{name}: mask has shape {m}; expected [L], [L, T] or [L, T, H] with L={config.n_layers}")
+            if len(m) >= 2 and n_tokens is not None and m[1] != n_tokens:
+                raise ValueError(f"{name}: mask has shape {m}; its token axis should be {n_tokens}")
+            if len(m) == 3:
+                n_heads = site_n_heads(self.site, config)
+                if n_heads is None or m[2] != n_heads:
+                    raise ValueError(f"{name}: mask has shape {m}; site {self.site!r} has {n_heads} heads")
+
+    def _weight(self, layer: jax.Array, x: jax.Array) -> jax.Array:
+        """Selection weight at this (traced) layer, broadcastable to the site activation `x`."""
+        dtype = x.dtype
+        w = jnp.ones((), dtype)
+        if self.layers is not None:
+            w = w * jnp.isin(layer, jnp.asarray(self.layers, jnp.int32)).astype(dtype)
+        if self.heads is not None:
+            n = x.shape[SITE_LAYOUT[self.site][2]]
+            onehot = jnp.zeros((n,), dtype).at[jnp.asarray(self.heads)].set(1)
+            w = w * _to_layout(onehot, self.site, "heads")
+        if self.positions is not None:
+            w = w * _to_layout(jnp.asarray(self.positions).astype(dtype), self.site, "positions")
+        if self.mask is not None:
+            m = jnp.asarray(self.mask)[layer].astype(dtype)
+            if m.ndim == 1:
+                m = _to_layout(m, self.site, "positions")
+            elif m.ndim == 2:
+                m = _to_layout(m, self.site, "pos_heads")
+            w = w * m
+        return w
+
+    def generation_safe(self) -> bool:
+        return self.positions is None and (self.mask is None or jnp.ndim(self.mask) == 1)
+
+
+def _per_layer(values: jax.Array, layer: jax.Array, site_rank: int, per_layer_rank: int) -> jax.Array:
+    return values[layer] if values.ndim == per_layer_rank else values
+
+
+@struct.dataclass
+class Steer(_Where):
+    """Add `vector * scale` to the activation at `site` (default: the residual stream after the MLP).
+
+    vector: `[*feat]` (same at every selected layer), `[L, *feat]` (per layer), or
+    `[L, B, T, *feat]` (per layer and token; forward only). feat is `[d_model]` for residual
+    sites, `[H, head_dim]` for q/z, `[KV, head_dim]` for k/v.
+    scale: scalar or per token `[B, T]` (forward only).
+    """
+
+    vector: jax.Array
+    scale: Any = 1.0
+    positions: Any = None
+    mask: Any = None
+    site: str = struct.field(pytree_node=False, default="resid_post")
+    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+    heads: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        self._check_where(config, n_tokens)
+        if self.site == "pattern":
+            raise ValueError("Steer: cannot add a vector to the attention pattern; use Patch or Ablate")
+        feat = site_feature_shape(self.site, config)
+        v = jnp.shape(self.vector)
+        nf = len(feat)
+        ok = v == feat or (len(v) == nf + 1 and v[1:] == feat and v[0] == config.n_layers) or (
+            len(v) == nf + 3 and v[-nf:] == feat and v[0] == config.n_layers
+        )
+        if not ok:
+            raise ValueError(
+                f"Steer: vector has shape {v}; site {self.site!r} expects {feat}, "
+                f"[L={config.n_layers}, *{feat}] or [L, B, T, *{feat}]"
+            )
+        s = jnp.shape(self.scale)
+        if len(s) not in (0, 2) or (len(s) == 2 and n_tokens is not None and s[1] != n_tokens):
+            raise ValueError(f"Steer: scale has shape {s}; expected a scalar or [B, T={n_tokens}]")
+
+    def generation_safe(self) -> bool:
+        nf = 1 if SITE_LAYOUT[self.site][3] == 1 else 2
+        return super().generation_safe() and jnp.ndim(self.scale) == 0 and jnp.ndim(self.vector) <= nf + 1
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        rank, _, _, nf = SITE_LAYOUT[self.site]
+        vec = jnp.asarray(self.vector)
+        if vec.ndim == nf + 1 or vec.ndim == nf + 3:
+            vec = vec[layer]
+        vec = vec.astype(x.dtype)
+        scale = jnp.asarray(self.scale, x.dtype)
+        if scale.ndim == 2:
+            scale = scale.reshape(scale.shape + (1,) * nf)
+        w = self._weight(layer, x)
+        return x + w * scale * vec
+
+
+@struct.dataclass
+class Patch(_Where):
+    """Replace the activation at `site` with `values` where selected.
+
+    values: `[L, B, T, *feat]` (e.g. another run's `trace[site]`; indexed by layer) or
+    `[B, T, *feat]` (same at every selected layer). B may be 1 to broadcast.
+    """
+
+    values: jax.Array
+    positions: Any = None
+    mask: Any = None
+    site: str = struct.field(pytree_node=False, default="resid_post")
+    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+    heads: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        self._check_where(config, n_tokens)
+        rank = SITE_LAYOUT[self.site][0]
+        v = jnp.shape(self.values)
+        if len(v) not in (rank, rank + 1) or (len(v) == rank + 1 and v[0] != config.n_layers):
+            raise ValueError(
+                f"Patch: values have shape {v}; site {self.site!r} expects [B, T, ...] (rank {rank}) "
+                f"or [L={config.n_layers}, B, T, ...]"
+            )
+        feat = site_feature_shape(self.site, config)
+        if feat is not None and tuple(v[-len(feat):]) != feat:
+            raise ValueError(f"Patch: values have shape {v}; trailing axes should be {feat} for site {self.site!r}")
+        tok_ax = SITE_LAYOUT[self.site][1] + (len(v) - rank)
+        if n_tokens is not None and v[tok_ax] != n_tokens:
+            raise ValueError(f"Patch: values have {v[tok_ax]} tokens, the input has {n_tokens}")
+
+    def generation_safe(self) -> bool:
+        return False
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        rank = SITE_LAYOUT[self.site][0]
+        new = _per_layer(jnp.asarray(self.values), layer, rank, rank + 1).astype(x.dtype)
+        w = self._weight(layer, x)
+        return x + w * (new - x)
+
+
+@struct.dataclass
+class Ablate(_Where):
+    """Zero (`mode='zero'`) or mean-ablate (`mode='mean'`) the activation at `site` where selected.
+
+    For `mode='mean'`, `values` gives the mean (`[*feat]` or `[L, *feat]`, e.g. averaged over a
+    dataset); without it the mean over the current batch and positions is used.
+    """
+
+    values: Any = None
+    positions: Any = None
+    mask: Any = None
+    site: str = struct.field(pytree_node=False, default="resid_post")
+    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+    heads: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+    mode: str = struct.field(pytree_node=False, default="zero")
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        self._check_where(config, n_tokens)
+        if self.mode not in ("zero", "mean"):
+            raise ValueError(f"Ablate: mode must be 'zero' or 'mean', got {self.mode!r}")
+        if self.values is not None:
+            if self.mode != "mean":
+                raise ValueError("Ablate: values are only used with mode='mean'")
+            feat = site_feature_shape(self.site, config)
+            v = jnp.shape(self.values)
+            if feat is None or not (v == feat or v == (config.n_layers, *feat)):
+                raise ValueError(f"Ablate: mean values have shape {v}; expected {feat} or [L, *{feat}]")
+
+    def generation_safe(self) -> bool:
+        return super().generation_safe() and (self.mode == "zero" or self.values is not None)
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        if self.mode == "zero":
+            new = jnp.zeros_like(x)
+        elif self.values is not None:
+            nf = SITE_LAYOUT[self.site][3]
+            vals = jnp.asarray(self.values)
+            new = (vals[layer] if vals.ndim == nf + 1 else vals).astype(x.dtype)
+        else:
+            tok_ax = SITE_LAYOUT[self.site][1]
+            new = jnp.mean(x, axis=(0, tok_ax), keepdims=True)
+        w = self._weight(layer, x)
+        return x + w * (new - x)
+
+
+Intervention = Steer | Patch | Ablate
+
+
+def as_tuple(interventions: Any) -> tuple:
+    """Accept one intervention, a sequence of them, or None."""
+    if interventions is None:
+        return ()
+    if isinstance(interventions, (Steer, Patch, Ablate)) or hasattr(interventions, "apply"):
+        return (interventions,)
+    return tuple(interventions)
+
+
+def check_all(interventions: Sequence, config: ModelConfig, n_tokens: int | None) -> None:
+    for iv in interventions:
+        if not hasattr(iv, "apply") or not hasattr(iv, "check"):
+            raise TypeError(f"not an intervention: {iv!r}")
+        iv.check(config, n_tokens)

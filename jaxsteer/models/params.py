@@ -1,0 +1,134 @@
+"""The model pytree: parameters stacked over layers plus a static `ModelConfig`.
+
+Layout (matrices are stored `[in, out]`, so a projection is `x @ W`; norm weights are the
+raw Hugging Face values, Gemma's `1 + w` offset is applied in the forward pass):
+
+    embed        [V, d]
+    unembed      [V, d]        only when embeddings are untied
+    final_norm   [d]
+    layers/
+      attn_norm       [L, d]
+      q_proj          [L, d, H*hd]     k_proj, v_proj  [L, d, KV*hd]
+      q_bias          [L, H*hd]        k_bias, v_bias  [L, KV*hd]     (qkv_bias)
+      q_norm, k_norm  [L, hd]                                         (qk_norm)
+      o_proj          [L, H*hd, d]
+      attn_post_norm  [L, d]                                          (sandwich_norms)
+      mlp_norm        [L, d]
+      gate_proj, up_proj [L, d, F]     down_proj [L, F, d]
+      mlp_post_norm   [L, d]                                          (sandwich_norms)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from .config import ModelConfig
+
+
+@struct.dataclass
+class Model:
+    """A decoder as data: `params` are pytree leaves, `config` is static (hashable)."""
+
+    params: dict[str, Any]
+    config: ModelConfig = struct.field(pytree_node=False)
+
+    @property
+    def dtype(self):
+        return self.params["embed"].dtype
+
+    def astype(self, dtype) -> "Model":
+        """Cast every parameter to `dtype`."""
+        return self.replace(params=jax.tree_util.tree_map(lambda p: p.astype(dtype), self.params))
+
+
+def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Expected shape of every parameter, keyed by '/'-joined path (e.g. 'layers/q_proj')."""
+    c = config
+    L, d, F, H, KV, hd = c.n_layers, c.d_model, c.d_mlp, c.n_heads, c.n_kv_heads, c.head_dim
+    shapes = {
+        "embed": (c.vocab_size, d),
+        "final_norm": (d,),
+        "layers/attn_norm": (L, d),
+        "layers/q_proj": (L, d, H * hd),
+        "layers/k_proj": (L, d, KV * hd),
+        "layers/v_proj": (L, d, KV * hd),
+        "layers/o_proj": (L, H * hd, d),
+        "layers/mlp_norm": (L, d),
+        "layers/gate_proj": (L, d, F),
+        "layers/up_proj": (L, d, F),
+        "layers/down_proj": (L, F, d),
+    }
+    if not c.tie_word_embeddings:
+        shapes["unembed"] = (c.vocab_size, d)
+    if c.qkv_bias:
+        shapes.update({"layers/q_bias": (L, H * hd), "layers/k_bias": (L, KV * hd), "layers/v_bias": (L, KV * hd)})
+    if c.qk_norm:
+        shapes.update({"layers/q_norm": (L, hd), "layers/k_norm": (L, hd)})
+    if c.sandwich_norms:
+        shapes.update({"layers/attn_post_norm": (L, d), "layers/mlp_post_norm": (L, d)})
+    return shapes
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'layers/q_proj': x, 'embed': y} -> {'layers': {'q_proj': x}, 'embed': y}."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = out
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Inverse of `unflatten`."""
+    out = {}
+    for k, v in params.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, path + "/"))
+        else:
+            out[path] = v
+    return out
+
+
+def validate_params(params: dict[str, Any], config: ModelConfig) -> None:
+    """Raise ValueError naming any missing, unexpected or mis-shaped parameter."""
+    expected = param_shapes(config)
+    got = flatten(params)
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    if missing:
+        raise ValueError(f"missing parameters: {', '.join(missing)}")
+    if unexpected:
+        raise ValueError(f"unexpected parameters: {', '.join(unexpected)}")
+    for k, shape in expected.items():
+        if tuple(got[k].shape) != shape:
+            raise ValueError(f"parameter {k} has shape {tuple(got[k].shape)}, expected {shape}")
+
+
+def init_params(config: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Model:
+    """Random model (normal weights, norm weights near their identity value), for tests and demos."""
+    shapes = param_shapes(config)
+    keys = jax.random.split(key, len(shapes))
+    flat = {}
+    for k, (path, shape) in zip(keys, sorted(shapes.items())):
+        name = path.split("/")[-1]
+        if name.endswith("norm"):
+            base = 0.0 if config.norm_offset else 1.0
+            value = base + 0.1 * jax.random.normal(k, shape)
+        else:
+            value = scale * jax.random.normal(k, shape)
+        flat[path] = value.astype(dtype)
+    return Model(params=unflatten(flat), config=config)
+
+
+def as_numpy(model: Model) -> dict[str, np.ndarray]:
+    """Flat dict of numpy arrays (for saving or comparing)."""
+    return {k: np.asarray(v) for k, v in flatten(model.params).items()}
