@@ -99,6 +99,22 @@ class _Sites:
         return name in self.record or name in self.by_site
 
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _proj(x: jax.Array, p: dict[str, Any], name: str) -> jax.Array:
+    """`x @ W`, plus a low-rank adapter `(x @ a) @ b` when `p["lora"][name]` holds one.
+
+    Adapters live in `params["layers"]["lora"][name] = {"a": [L, in, r], "b": [L, r, out]}` (any
+    scale folded into `b`); they are never merged into W, so LoRA training, low-rank ES
+    perturbations (vmapped over a population) and SVD-parameterised adapters share this path."""
+    y = x @ p[name]
+    adapter = p.get("lora", {}).get(name)
+    if adapter is not None:
+        y = y + ((x @ adapter["a"].astype(x.dtype)) @ adapter["b"].astype(x.dtype))
+    return y
+
+
 def _layer(
     config: ModelConfig,
     p: dict[str, jax.Array],
@@ -123,9 +139,9 @@ def _layer(
     h = sites.visit("resid_pre", h)
     x = sites.visit("attn_in", rms_norm(h, p["attn_norm"], c.norm_eps, c.norm_offset))
 
-    q = x @ p["q_proj"]
-    k = x @ p["k_proj"]
-    v = x @ p["v_proj"]
+    q = _proj(x, p, "q_proj")
+    k = _proj(x, p, "k_proj")
+    v = _proj(x, p, "v_proj")
     if c.qkv_bias:
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     q = q.reshape(B, T, H, hd)
@@ -167,7 +183,7 @@ def _layer(
     z = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), v).reshape(B, T, H, hd)
     z = sites.visit("z", z)
 
-    attn = z.reshape(B, T, H * hd) @ p["o_proj"]
+    attn = _proj(z.reshape(B, T, H * hd), p, "o_proj")
     if c.sandwich_norms:
         attn = rms_norm(attn, p["attn_post_norm"], c.norm_eps, c.norm_offset)
     attn = sites.visit("attn_out", attn)
@@ -175,7 +191,7 @@ def _layer(
 
     x = sites.visit("mlp_in", rms_norm(h, p["mlp_norm"], c.norm_eps, c.norm_offset))
     act = _activation(c.activation)
-    mlp = (act(x @ p["gate_proj"]) * (x @ p["up_proj"])) @ p["down_proj"]
+    mlp = _proj(act(_proj(x, p, "gate_proj")) * _proj(x, p, "up_proj"), p, "down_proj")
     if c.sandwich_norms:
         mlp = rms_norm(mlp, p["mlp_post_norm"], c.norm_eps, c.norm_offset)
     mlp = sites.visit("mlp_out", mlp)
