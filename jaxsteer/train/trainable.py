@@ -1,0 +1,219 @@
+"""Trainable parameterisations, kept apart from the frozen base and combined by a pure function.
+
+    trainable = init_trainable(model, cfg, key)            # what optax sees
+    run_model, interventions = apply_trainable(model, trainable, cfg)
+    logits, _ = jaxsteer.forward(run_model, tokens, interventions=interventions)
+    ref_model, ref_ivs = apply_trainable(model, trainable, cfg, enabled=False)   # reference policy
+
+Kinds:
+
+- "steering": one additive vector per selected layer at `cfg.site` (default "resid_post", after
+  the MLP), at every position. Full: `{"vectors": [n, *feat]}` (zeros); low-rank (`cfg.rank`):
+  `{"a": [n, r], "b": [r, *feat]}` with `S = a @ b`, `a` Kaiming-uniform and `b` zeros.
+  `n` is the number of selected layers (`cfg.layers`, or all). Trainable arrays are float32 and
+  cast to the activation dtype inside the forward.
+- "lora": `{proj: {"a": [L, in, r], "b": [L, r, out]}}` for each target projection, `a`
+  Kaiming-uniform, `b` zeros; applied unmerged through `params["layers"]["lora"]` with
+  `lora_alpha / lora_rank` folded into `b`.
+- "full": the model's own parameter pytree.
+
+Every kind starts with zero effect: the initial policy equals the base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ..models.interventions import Steer, check_site, site_feature_shape
+from ..models.params import Model
+
+KINDS = ("steering", "lora", "full")
+LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainableConfig:
+    """What is trained (static; hashable, so it can be a jit-static argument).
+
+    kind: "steering" | "lora" | "full".
+    layers: steering only; None = every layer, else a tuple of layer indices (e.g. `(10,)`).
+    site: steering placement (any site but "pattern"; "resid_post" = after the MLP, "attn_out" =
+    after attention, "resid_mid", "resid_pre", "mlp_out", ...).
+    rank: steering only; None = one full vector per layer, r = low-rank `S = A @ B`.
+    lora_rank, lora_alpha, lora_targets: LoRA settings (scale `alpha / rank`).
+    """
+
+    kind: str = "steering"
+    layers: tuple[int, ...] | None = None
+    site: str = "resid_post"
+    rank: int | None = None
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = LORA_PROJECTIONS
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown trainable kind {self.kind!r}; kinds: {KINDS}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
+            if self.kind != "steering":
+                raise ValueError(f"layers is a steering option; kind={self.kind!r} trains every layer")
+            if not self.layers or len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"layers must be a non-empty tuple of distinct indices, got {self.layers}")
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.kind == "steering":
+            check_site(self.site)
+            if self.site == "pattern":
+                raise ValueError("cannot steer the attention pattern; choose another site")
+            if self.rank is not None and self.rank < 1:
+                raise ValueError(f"rank must be positive, got {self.rank}")
+        if self.kind == "lora":
+            if self.lora_rank < 1:
+                raise ValueError(f"lora_rank must be positive, got {self.lora_rank}")
+            unknown = [t for t in self.lora_targets if t not in LORA_PROJECTIONS]
+            if unknown or not self.lora_targets:
+                raise ValueError(f"lora_targets {self.lora_targets} must be a non-empty subset of {LORA_PROJECTIONS}")
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank
+
+
+def _steer_layers(cfg: TrainableConfig, n_layers: int) -> tuple[int, ...]:
+    layers = tuple(range(n_layers)) if cfg.layers is None else cfg.layers
+    for l in layers:
+        if not 0 <= l < n_layers:
+            raise ValueError(f"steering layer {l} out of range for a model with {n_layers} layers")
+    return layers
+
+
+def _kaiming_uniform(key, shape, fan_in: int) -> jax.Array:
+    """torch's default `kaiming_uniform_(a=sqrt(5))`: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+@functools.partial(jax.jit, static_argnames=("shapes", "rank"))
+def _init_lora(key, shapes, rank):
+    """LoRA factors for `((name, (L, in, out)), ...)`: a Kaiming-uniform (fan_in = in), b zeros.
+
+    One uniform draw is cut into the `a` factors (a single PRNG kernel compiles much faster than
+    one per shape)."""
+    sizes = [L * d_in * rank for _, (L, d_in, _) in shapes]
+    flat = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+    out, start = {}, 0
+    for (name, (L, d_in, d_out)), size in zip(shapes, sizes):
+        a = flat[start : start + size].reshape(L, d_in, rank) / math.sqrt(d_in)
+        out[name] = {"a": a, "b": jnp.zeros((L, rank, d_out), jnp.float32)}
+        start += size
+    return out
+
+
+def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
+    """Initial trainable pytree for `model`; zero effect on the model's outputs."""
+    c = model.config
+    if cfg.kind == "steering":
+        feat = site_feature_shape(cfg.site, c)
+        n = len(_steer_layers(cfg, c.n_layers))
+        if cfg.rank is None:
+            return {"vectors": jnp.zeros((n, *feat), jnp.float32)}
+        # A: [n, r] as a torch tensor of that shape, whose fan_in is r.
+        return {
+            "a": _kaiming_uniform(key, (n, cfg.rank), fan_in=cfg.rank),
+            "b": jnp.zeros((cfg.rank, *feat), jnp.float32),
+        }
+    if cfg.kind == "lora":
+        layers = model.params["layers"]
+        existing = layers.get("lora", {})
+        for name in cfg.lora_targets:
+            if name in existing:
+                raise ValueError(f"the base model already has a LoRA adapter on {name}")
+        shapes = tuple((name, tuple(layers[name].shape)) for name in cfg.lora_targets)
+        return _init_lora(key, shapes, cfg.lora_rank)
+    return model.params  # "full"
+
+
+def steering_vectors(trainable: dict, cfg: TrainableConfig, n_layers: int) -> jax.Array:
+    """Dense steering vectors `[L, *feat]` (`[L, d]` at residual sites), zero on untrained layers."""
+    if cfg.kind != "steering":
+        raise ValueError(f"steering_vectors needs kind='steering', got {cfg.kind!r}")
+    vecs = _vectors(trainable, cfg)
+    layers = _steer_layers(cfg, n_layers)
+    if cfg.layers is None:
+        return vecs
+    return jnp.zeros((n_layers, *vecs.shape[1:]), vecs.dtype).at[jnp.asarray(layers)].set(vecs)
+
+
+def _vectors(trainable: dict, cfg: TrainableConfig) -> jax.Array:
+    """Per selected layer vectors `[n, *feat]`."""
+    if cfg.rank is None:
+        return trainable["vectors"]
+    return jnp.tensordot(trainable["a"], trainable["b"], axes=1)
+
+
+def _steer(trainable: dict, cfg: TrainableConfig, model: Model) -> Steer:
+    c = model.config
+    feat = site_feature_shape(cfg.site, c)
+    vecs = _vectors(trainable, cfg)
+    if cfg.layers is None:
+        return Steer(vecs, site=cfg.site)
+    if len(cfg.layers) == 1:
+        return Steer(vecs[0], site=cfg.site, layers=cfg.layers)
+    dense = jnp.zeros((c.n_layers, *feat), vecs.dtype).at[jnp.asarray(cfg.layers)].set(vecs)
+    return Steer(dense, site=cfg.site, layers=cfg.layers)
+
+
+def apply_trainable(
+    model: Model, trainable: dict, cfg: TrainableConfig, *, enabled: bool = True
+) -> tuple[Model, tuple]:
+    """`(model to run, interventions)` for the policy.
+
+    `enabled=False` gives the reference policy: the base `model` unchanged and no interventions
+    (for "full" pass the frozen base model here; the trainable copy is ignored). Pure; no parameter
+    array is copied (LoRA only rebuilds the small `params` / `params["layers"]` dicts).
+    """
+    if not enabled:
+        return model, ()
+    if cfg.kind == "steering":
+        return model, (_steer(trainable, cfg, model),)
+    if cfg.kind == "lora":
+        layers = dict(model.params["layers"])
+        lora = dict(layers.get("lora", {}))
+        for name in cfg.lora_targets:
+            ab = trainable[name]
+            lora[name] = {"a": ab["a"], "b": ab["b"] * jnp.asarray(cfg.lora_scale, ab["b"].dtype)}
+        layers["lora"] = lora
+        return model.replace(params={**model.params, "layers": layers}), ()
+    return model.replace(params=trainable), ()
+
+
+def merge_lora(model: Model, trainable: dict, cfg: TrainableConfig) -> Model:
+    """The base model with `W + (alpha / r) * a @ b` merged into each target weight (for export)."""
+    if cfg.kind != "lora":
+        raise ValueError(f"merge_lora needs kind='lora', got {cfg.kind!r}")
+    layers = dict(model.params["layers"])
+    for name in cfg.lora_targets:
+        w = layers[name]
+        delta = jnp.einsum("lir,lro->lio", trainable[name]["a"], trainable[name]["b"]) * cfg.lora_scale
+        layers[name] = (w.astype(jnp.float32) + delta).astype(w.dtype)
+    return model.replace(params={**model.params, "layers": layers})
+
+
+def count_params(trainable) -> int:
+    """Number of trainable scalars."""
+    return int(sum(math.prod(jnp.shape(x)) for x in jax.tree_util.tree_leaves(trainable)))
+
+
+__all__ = [
+    "TrainableConfig",
+    "init_trainable",
+    "apply_trainable",
+    "steering_vectors",
+    "merge_lora",
+    "count_params",
+]

@@ -1,0 +1,214 @@
+"""Task generators, GSM8K / MATH loaders on fixture files, and the grain loader (determinism,
+sharding, exact resume)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+
+import pytest
+
+from jaxsteer.train.data import (
+    Example,
+    arithmetic_problems,
+    countdown_problems,
+    load_dataset,
+    load_gsm8k,
+    load_math,
+    make_loader,
+)
+from jaxsteer.train.rewards import correctness_reward, countdown_reward
+
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
+
+
+# --------------------------------------------------------------------------- generators
+
+
+@pytest.mark.parametrize("word", [False, True])
+def test_arithmetic_answers_are_correct(word):
+    ex = arithmetic_problems(300, seed=3, digits=2, ops=("+", "-", "*", "/"), word_problems=word)
+    assert len(ex) == 300 and len({e.prompt for e in ex}) > 250
+    for e in ex:
+        nums = [int(x) for x in re.findall(r"\d+", e.prompt)]
+        op = e.meta["op"]
+        if word:
+            a, b = nums[:2]
+        else:
+            m = re.fullmatch(r"What is (\d+) ([-+*/]) (\d+)\? Answer with just the number\.", e.prompt)
+            assert m, e.prompt
+            a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+            assert 10 <= a <= 99 or op == "/"
+            assert 10 <= b <= 99
+        assert (a, b, op) == (e.meta["a"], e.meta["b"], e.meta["op"])
+        if op == "/":
+            assert a % b == 0
+        if op == "-":
+            assert a >= b
+        assert int(e.answer) == OPS[op](a, b)
+        assert correctness_reward(e.prompt, e.answer, e.answer) == 1.0
+        assert e.prompt.endswith("Answer with just the number.")
+
+
+def test_arithmetic_determinism_difficulty_and_splits():
+    a = arithmetic_problems(50, seed=7, ops="+-")
+    assert a == arithmetic_problems(50, seed=7, ops="+-")
+    assert a != arithmetic_problems(50, seed=8, ops="+-")
+    assert {e.meta["op"] for e in a} == {"+", "-"}
+    three = arithmetic_problems(20, seed=0, digits=3)
+    assert all(100 <= e.meta["a"] <= 999 for e in three)
+    train = {e.prompt for e in arithmetic_problems(1500, seed=0, split="train")}
+    test = {e.prompt for e in arithmetic_problems(400, seed=0, split="test")}  # same seed, still disjoint
+    assert not train & test
+    small = arithmetic_problems(200, seed=0, digits=1)  # 81 distinct problems: repeats allowed when exhausted
+    assert len(small) == 200
+    with pytest.raises(ValueError, match="ops"):
+        arithmetic_problems(3, ops=("^",))
+
+
+def test_countdown_problems_are_solvable():
+    ex = countdown_problems(100, seed=1, n_numbers=4, max_target=100)
+    assert ex == countdown_problems(100, seed=1, n_numbers=4, max_target=100)
+    for e in ex:
+        task = json.loads(e.answer)
+        assert 1 <= task["target"] <= 100 and len(task["numbers"]) == 4
+        assert task["target"] not in task["numbers"]
+        assert str(task["numbers"]) in e.prompt and str(task["target"]) in e.prompt
+        # the recorded solution earns the reward, a wrong one does not
+        assert countdown_reward(e.prompt, f"\\boxed{{{e.meta['solution']}}}", e.answer) == 1.0
+        assert countdown_reward(e.prompt, "\\boxed{1 + 1}", e.answer) == -1.0
+    three = countdown_problems(10, seed=2, n_numbers=3, max_target=50)
+    assert all(len(e.meta["numbers"]) == 3 and e.meta["target"] <= 50 for e in three)
+
+
+def test_example_is_picklable_and_dict_roundtrips():
+    e = arithmetic_problems(1)[0]
+    assert pickle.loads(pickle.dumps(e)) == e
+    assert Example.from_dict(e.to_dict()) == e
+
+
+# --------------------------------------------------------------------------- files
+
+GSM8K_ROWS = [
+    {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
+    {"question": "A car costs $1,200 more than ...", "answer": "It costs 1,234 dollars.\n#### 1,234"},
+    {"question": "Temperature drop?", "answer": "5 - 8 = -3\n#### -3"},
+]
+MATH_ROWS = [
+    {"problem": "Compute $1/2 + 0$.", "solution": "It is $\\boxed{\\frac{1}{2}}$.", "level": "Level 1", "type": "Algebra"},
+    {"problem": "Find $x$.", "solution": "First \\boxed{2}, then \\boxed{\\{3, 4\\}}.", "level": "Level 5", "type": "Precalculus"},
+    {"problem": "No box.", "solution": "The answer is 3.", "level": "Level 2", "type": "Algebra"},
+]
+
+
+def _write(tmp_path, name, rows):
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".parquet"])
+def test_load_gsm8k(tmp_path, ext):
+    path = _write(tmp_path, "train" + ext, GSM8K_ROWS)
+    ex = load_gsm8k(path)
+    assert [e.answer for e in ex] == ["7", "1234", "-3"]
+    assert ex[0].prompt == GSM8K_ROWS[0]["question"] and ex[0].meta["solution"] == GSM8K_ROWS[0]["answer"]
+    assert load_dataset(str(path)) == ex  # layout detected from the columns
+    assert load_dataset(f"gsm8k:{path}") == ex
+    assert correctness_reward(ex[1].prompt, "So the total is $1,234.", ex[1].answer) == 1.0
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".parquet"])
+def test_load_math(tmp_path, ext):
+    path = _write(tmp_path, "test" + ext, MATH_ROWS)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        ex = load_math(path)
+    assert [e.answer for e in ex] == ["\\frac{1}{2}", "\\{3, 4\\}"]
+    assert ex[0].meta["level"] == "Level 1" and ex[1].meta["type"] == "Precalculus"
+    with pytest.warns(UserWarning):
+        assert load_dataset(str(path)) == ex
+    assert correctness_reward(ex[0].prompt, "\\boxed{0.5}", ex[0].answer) == 1.0
+
+
+def test_load_dataset_specs_and_errors(tmp_path):
+    ex = load_dataset("arithmetic:n=20,digits=1,seed=4,ops=+*,word_problems=true,split=train")
+    assert ex == arithmetic_problems(20, digits=1, seed=4, ops=("+", "*"), word_problems=True, split="train")
+    assert load_dataset("countdown:n=5,n_numbers=3,seed=2") == countdown_problems(5, n_numbers=3, seed=2)
+    plain = _write(tmp_path, "plain.jsonl", [{"prompt": "2+2?", "answer": "4", "source": "x"}])
+    assert load_dataset(str(plain)) == [Example("2+2?", "4", {"source": "x"})]
+    bad = _write(tmp_path, "bad.jsonl", [{"text": "hello"}])
+    with pytest.raises(ValueError, match="layout"):
+        load_dataset(str(bad))
+    with pytest.raises(FileNotFoundError):
+        load_dataset(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="key=value"):
+        load_dataset("arithmetic:n")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "q", "answer": "#### 1"}\n{not json\n')
+    with pytest.raises(ValueError, match="broken.jsonl:2"):
+        load_gsm8k(broken)
+    nofinal = _write(tmp_path, "nofinal.jsonl", [{"question": "q", "answer": "no final answer"}])
+    with pytest.raises(ValueError, match="####"):
+        load_gsm8k(nofinal)
+
+
+# --------------------------------------------------------------------------- loader
+
+EXAMPLES = [Example(f"q{i}", str(i)) for i in range(24)]
+
+
+def _take(it, n):
+    return [[e.answer for e in next(it)] for _ in range(n)]
+
+
+def test_loader_deterministic_and_reshuffles_each_epoch():
+    a = _take(iter(make_loader(EXAMPLES, batch_size=4, seed=5)), 12)
+    assert a == _take(iter(make_loader(EXAMPLES, batch_size=4, seed=5)), 12)
+    assert a != _take(iter(make_loader(EXAMPLES, batch_size=4, seed=6)), 12)
+    epoch1, epoch2 = sum(a[:6], []), sum(a[6:], [])
+    assert sorted(epoch1, key=int) == [str(i) for i in range(24)] == sorted(epoch2, key=int)
+    assert epoch1 != epoch2
+    plain = _take(iter(make_loader(EXAMPLES, batch_size=4, seed=5, shuffle=False)), 2)
+    assert plain == [["0", "1", "2", "3"], ["4", "5", "6", "7"]]
+    assert all(isinstance(e, Example) for e in next(iter(make_loader([e.to_dict() for e in EXAMPLES], batch_size=2, seed=0))))
+
+
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_loader_shards_are_disjoint_and_cover(count):
+    shards = [
+        sum((b for b in ([e.answer for e in batch] for batch in make_loader(EXAMPLES, batch_size=2, seed=1, shard_index=k, shard_count=count, num_epochs=1))), [])
+        for k in range(count)
+    ]
+    seen = sum(shards, [])
+    assert len(seen) == len(set(seen)) == 24  # disjoint, and every example once
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    with pytest.raises(ValueError, match="shard_index"):
+        make_loader(EXAMPLES, batch_size=2, seed=1, shard_index=count, shard_count=count)
+
+
+def test_loader_finite_epochs_and_remainder():
+    batches = list(make_loader(EXAMPLES[:10], batch_size=4, seed=0, num_epochs=2))
+    assert [len(b) for b in batches] == [4, 4, 4, 4, 4]
+    batches = list(make_loader(EXAMPLES[:10], batch_size=4, seed=0, num_epochs=1))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    batches = list(make_loader(EXAMPLES[:10], batch_size=4, seed=0, num_epochs=1, drop_remainder=True))
+    assert [len(b) for b in batches] == [4, 4]
+
+
+@pytest.mark.parametrize("shard_index", [0, 1])
+def test_loader_resume_gives_identical_continuation(shard_index):
+    kw = dict(batch_size=3, seed=11, shard_index=shard_index, shard_count=2)
+    it = iter(make_loader(EXAMPLES, **kw))
+    _take(it, 5)  # crosses an epoch boundary of this shard (12 examples = 4 batches)
+    state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
+    want = _take(it, 7)
+    resumed = iter(make_loader(EXAMPLES, **kw))
+    resumed.set_state(state)
+    assert _take(resumed, 7) == want

@@ -1,0 +1,337 @@
+"""Advantages and policy losses against hand-computed values and hand-written gradients."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsteer
+from jaxsteer.models.config import ModelConfig, RopeConfig
+from jaxsteer.models.params import Model, param_shapes, unflatten
+from jaxsteer.train.losses import (
+    LossConfig,
+    aggregate,
+    expert_iteration_loss,
+    group_advantages,
+    k3_kl,
+    policy_loss,
+    sequence_logprobs,
+    zero_std_fraction,
+)
+
+sg = jax.lax.stop_gradient
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def test_grpo_advantages():
+    r = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    adv = group_advantages(r, 4, "grpo", eps=1e-6)
+    std = math.sqrt(4 * 0.25 / 3)  # sample std (ddof=1) of [1, 0, 0, 1]
+    a = 0.5 / (std + 1e-6)
+    np.testing.assert_allclose(adv, [a, -a, -a, a, 0, 0, 0, 0], rtol=1e-6)
+    adv0 = group_advantages(r, 4, "grpo", eps=0.0, std_ddof=0)
+    np.testing.assert_allclose(adv0[:4], [1, -1, -1, 1], rtol=1e-6)
+
+
+def test_rloo_advantages():
+    adv = group_advantages(jnp.array([1.0, 2.0, 3.0, 6.0]), 4, "rloo")
+    np.testing.assert_allclose(adv, [1 - 11 / 3, 2 - 10 / 3, 0.0, 4.0], rtol=1e-6, atol=1e-6)
+    # +-1 rewards, G = 2: (1 - (-1)) = 2
+    np.testing.assert_allclose(group_advantages(jnp.array([1.0, -1.0, 1.0, 1.0]), 2, "rloo"), [2, -2, 0, 0])
+
+
+def test_mean_advantages():
+    adv = group_advantages(jnp.array([1.0, 2.0, 3.0, 6.0, 0.0, 3.0]), 3, "mean")
+    np.testing.assert_allclose(adv, [-1, 0, 1, 3, -3, 0], atol=1e-6)
+
+
+def test_zero_std_fraction():
+    r = jnp.array([1.0, 1.0, 0.0, 1.0, -1.0, -1.0])
+    assert float(zero_std_fraction(r, 2)) == pytest.approx(2 / 3)
+    assert float(zero_std_fraction(r, 3)) == 0.0
+
+
+def test_advantage_errors():
+    with pytest.raises(ValueError, match="groups"):
+        group_advantages(jnp.ones(5), 2)
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        group_advantages(jnp.ones(4), 1, "rloo")
+    with pytest.raises(ValueError, match="unknown advantage"):
+        group_advantages(jnp.ones(4), 2, "ppo")
+    np.testing.assert_array_equal(group_advantages(jnp.ones(3), 1, "grpo"), 0)
+
+
+def test_advantages_jit():
+    f = jax.jit(group_advantages, static_argnames=("group_size", "mode"))
+    np.testing.assert_allclose(f(jnp.array([1.0, -1.0]), group_size=2, mode="rloo"), [2, -2])
+
+
+# --------------------------------------------------------------------------- aggregation
+
+V = jnp.array([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+M = jnp.array([[1, 1, 1], [1, 0, 0]])
+
+
+def test_aggregate_modes():
+    assert float(aggregate(V, M, "token_mean")) == pytest.approx(10 / 4)
+    assert float(aggregate(V, M, "seq_mean_token_mean")) == pytest.approx((2 + 4) / 2)
+    assert float(aggregate(V, M, "seq_sum_norm")) == pytest.approx(10 / (2 * 3))
+    assert float(aggregate(V, M, "seq_sum_norm", max_len=5)) == pytest.approx(10 / 10)
+    assert float(aggregate(V, M, "token_mean", denominator=8.0)) == pytest.approx(10 / 8)
+    # an all-masked row is not a sequence
+    m3 = jnp.array([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    v3 = jnp.concatenate([V, jnp.full((1, 3), 100.0)])
+    assert float(aggregate(v3, m3, "seq_mean_token_mean")) == pytest.approx(3.0)
+    assert float(aggregate(v3, m3, "seq_sum_norm")) == pytest.approx(10 / 6)
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("token_mean", (-3 + 2) / 4), ("seq_mean_token_mean", (-1 + 2) / 2), ("seq_sum_norm", (-3 + 2) / 6)],
+)
+def test_policy_loss_aggregation_values(mode, expected):
+    # On-policy, no clipping: every token contributes -A_i (ratio 1).
+    logp = jnp.array([[-1.0, -2.0, -0.5], [-0.3, 0.0, 0.0]])
+    loss, metrics = policy_loss(logp, sg(logp), None, jnp.array([1.0, -2.0]), M, LossConfig(aggregation=mode))
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(metrics["n_tokens"]) == 4
+    assert float(metrics["clip_fraction"]) == 0.0
+    assert float(metrics["ratio_mean"]) == pytest.approx(1.0)
+
+
+def _toy_logp(theta, y):
+    return jnp.take_along_axis(jax.nn.log_softmax(theta, axis=-1), y[..., None], axis=-1)[..., 0]
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_sum_norm"])
+def test_on_policy_gradient_is_reinforce(mode):
+    """grad of the loss == grad of -sum_i A_i sum_t log pi(y_it) / normaliser, normaliser per mode."""
+    rng = np.random.RandomState(0)
+    B, N, Vv = 3, 4, 5
+    theta = jnp.asarray(rng.normal(size=(B, N, Vv)), jnp.float32)
+    y = jnp.asarray(rng.randint(0, Vv, (B, N)))
+    mask = jnp.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], jnp.float32)
+    adv = jnp.array([0.7, -1.3, 2.0])
+
+    def loss_fn(th):
+        lp = _toy_logp(th, y)
+        return policy_loss(lp, sg(lp), None, adv, mask, LossConfig(aggregation=mode))[0]
+
+    n_i = mask.sum(1)
+
+    def reference(th):
+        seq = jnp.sum(_toy_logp(th, y) * mask, axis=1)  # sum_t log pi
+        if mode == "token_mean":
+            return -jnp.sum(adv * seq) / jnp.sum(mask)
+        if mode == "seq_mean_token_mean":
+            return -jnp.mean(adv * seq / n_i)
+        return -jnp.sum(adv * seq) / (B * N)
+
+    np.testing.assert_allclose(jax.grad(loss_fn)(theta), jax.grad(reference)(theta), rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- clipping
+
+
+def test_clipping_values_fraction_and_zero_grads():
+    ratios = jnp.array([1.5, 0.5, 1.1, 0.9, 0.5, 1.5])
+    adv = jnp.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    old = jnp.full((6, 1), -1.0)
+    logp = old + jnp.log(ratios)[:, None]
+    mask = jnp.ones((6, 1))
+    cfg = LossConfig(clip_eps_low=0.2, clip_eps_high=0.28)
+
+    loss, metrics = policy_loss(logp, old, None, adv, mask, cfg)
+    # min(rho A, clip(rho, 0.8, 1.28) A) per row, by hand:
+    objective = [1.28, -0.8, 1.1, -0.9, 0.5, -1.5]
+    assert float(loss) == pytest.approx(-sum(objective) / 6, rel=1e-5)
+    assert float(metrics["clip_fraction"]) == pytest.approx(2 / 6)
+    assert float(metrics["clip_high_fraction"]) == pytest.approx(1 / 6)
+    assert float(metrics["clip_low_fraction"]) == pytest.approx(1 / 6)
+    assert float(metrics["ratio_max"]) == pytest.approx(1.5, rel=1e-5)
+    assert float(metrics["ratio_min"]) == pytest.approx(0.5, rel=1e-5)
+
+    grad = jax.grad(lambda lp: policy_loss(lp, old, None, adv, mask, cfg)[0])(logp)[:, 0]
+    expected = -adv * ratios / 6  # d(-rho A)/d logp = -rho A, divided by 6 tokens
+    expected = expected.at[jnp.array([0, 1])].set(0.0)  # clipped rows give no gradient
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_symmetric_clip_and_config_errors():
+    cfg = LossConfig(clip_eps_low=0.2)
+    logp = jnp.log(jnp.array([[1.25]]))
+    _, metrics = policy_loss(logp, jnp.zeros((1, 1)), None, jnp.array([1.0]), jnp.ones((1, 1)), cfg)
+    assert float(metrics["clip_fraction"]) == 1.0  # 1.25 > 1.2
+    with pytest.raises(ValueError, match="clip_eps_high"):
+        LossConfig(clip_eps_high=0.28)
+    with pytest.raises(ValueError, match="aggregation"):
+        LossConfig(aggregation="sum")
+    with pytest.raises(ValueError, match="ref_logp"):
+        policy_loss(logp, logp, None, jnp.array([1.0]), jnp.ones((1, 1)), LossConfig(kl_coef=0.1))
+
+
+# --------------------------------------------------------------------------- KL
+
+
+def test_k3_kl_value_and_gradient():
+    logp = jnp.array([[-1.0, -0.5, -3.0]])
+    ref = jnp.array([[-2.0, -0.5, -1.0]])
+    mask = jnp.ones((1, 3))
+    d = np.array([-1.0, 0.0, 2.0])
+    k3 = np.exp(d) - d - 1
+    np.testing.assert_allclose(k3_kl(logp, ref)[0], k3, rtol=1e-6)
+    assert np.all(np.asarray(k3_kl(logp, ref)) >= 0)
+
+    cfg = LossConfig(kl_coef=0.1)
+    adv = jnp.zeros(1)  # isolate the KL term
+    loss, metrics = policy_loss(logp, sg(logp), ref, adv, mask, cfg)
+    assert float(loss) == pytest.approx(0.1 * k3.mean(), rel=1e-6)
+    assert float(metrics["kl"]) == pytest.approx(k3.mean(), rel=1e-6)
+    grad = jax.grad(lambda lp: policy_loss(lp, sg(lp), ref, adv, mask, cfg)[0])(logp)
+    np.testing.assert_allclose(grad[0], 0.1 * (1 - np.exp(d)) / 3, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- DASH, importance weights
+
+
+def test_dash_filtering():
+    adv = jnp.array([0.05, -0.5, 0.0, 1.0])
+    logp = jnp.array([[-1.0, -1.0], [-2.0, -2.0], [-1.0, -1.0], [-0.5, 0.0]])
+    mask = jnp.array([[1, 1], [1, 1], [1, 0], [1, 0]])
+    cfg = LossConfig(dash_tau=0.1)
+    loss, metrics = policy_loss(logp, sg(logp), None, adv, mask, cfg)
+    assert float(metrics["kept_fraction"]) == 0.5
+    assert float(metrics["n_tokens"]) == 3  # rows 1 (2 tokens) and 3 (1 token)
+    assert float(loss) == pytest.approx((2 * 0.5 - 1.0) / 3)
+    grad = jax.grad(lambda lp: policy_loss(lp, sg(lp), None, adv, mask, cfg)[0])(logp)
+    np.testing.assert_array_equal(grad[0], 0)
+    np.testing.assert_array_equal(grad[2], 0)
+    np.testing.assert_allclose(grad[1], [0.5 / 3, 0.5 / 3])
+    # tau = 0 is off: zero-advantage samples stay in the denominator
+    _, m0 = policy_loss(logp, sg(logp), None, adv, mask, LossConfig())
+    assert float(m0["kept_fraction"]) == 1.0 and float(m0["n_tokens"]) == 6
+
+
+def test_importance_cap_token_level():
+    old = jnp.full((2, 1), -2.0)
+    ratios = jnp.array([3.0, 0.5])
+    logp = old + jnp.log(ratios)[:, None]
+    adv = jnp.array([1.0, 1.0])
+    mask = jnp.ones((2, 1))
+    cfg = LossConfig(importance_cap=2.0)
+    loss, metrics = policy_loss(logp, old, None, adv, mask, cfg)
+    assert float(loss) == pytest.approx(-(2.0 + 0.5) / 2, rel=1e-5)
+    assert float(metrics["importance_capped_fraction"]) == 0.5
+    grad = jax.grad(lambda lp: policy_loss(lp, old, None, adv, mask, cfg)[0])(logp)[:, 0]
+    np.testing.assert_allclose(grad, [-2.0 / 2, -0.5 / 2], rtol=1e-5)
+    # Without the cap the weight is the raw ratio.
+    grad_raw = jax.grad(lambda lp: policy_loss(lp, old, None, adv, mask, LossConfig())[0])(logp)[:, 0]
+    np.testing.assert_allclose(grad_raw, [-3.0 / 2, -0.5 / 2], rtol=1e-5)
+
+
+def test_importance_cap_sequence_level():
+    old = jnp.full((2, 2), -1.0)
+    ratios = jnp.array([[3.0, 0.5], [3.0, 2.0]])  # sequence ratios 1.5 and 6
+    logp = old + jnp.log(ratios)
+    adv = jnp.array([1.0, -1.0])
+    mask = jnp.ones((2, 2))
+    cfg = LossConfig(importance_cap=2.0, importance_level="sequence")
+    grad = jax.grad(lambda lp: policy_loss(lp, old, None, adv, mask, cfg)[0])(logp)
+    np.testing.assert_allclose(grad, [[-1.5 / 4, -1.5 / 4], [2.0 / 4, 2.0 / 4]], rtol=1e-5)
+    _, metrics = policy_loss(logp, old, None, adv, mask, cfg)
+    assert float(metrics["importance_capped_fraction"]) == 0.5
+
+
+def test_importance_cap_with_clipping():
+    # Clipped tokens still get no gradient; unclipped ones use the capped weight.
+    old = jnp.zeros((3, 1))
+    logp = jnp.log(jnp.array([[3.0], [1.1], [3.0]]))
+    adv = jnp.array([1.0, 1.0, -1.0])
+    cfg = LossConfig(clip_eps_low=0.2, importance_cap=2.0)
+    grad = jax.grad(lambda lp: policy_loss(lp, old, None, adv, jnp.ones((3, 1)), cfg)[0])(logp)[:, 0]
+    np.testing.assert_allclose(grad, [0.0, -1.1 / 3, 2.0 / 3], rtol=1e-5)
+
+
+def test_policy_loss_jit_and_padding_garbage():
+    """Huge garbage values on padding never leak into the loss (no inf * 0)."""
+    logp = jnp.array([[-1.0, 50.0], [-2.0, -1e4]])
+    old = jnp.array([[-1.0, -50.0], [-2.0, 0.0]])
+    ref = jnp.array([[-1.5, 1e4], [-2.0, -3e4]])
+    mask = jnp.array([[1, 0], [1, 0]])
+    cfg = LossConfig(clip_eps_low=0.2, kl_coef=0.05, importance_cap=2.0)
+    f = jax.jit(policy_loss, static_argnames="cfg")
+    loss, metrics = f(logp, old, ref, jnp.array([1.0, -1.0]), mask, cfg=cfg)
+    assert np.isfinite(float(loss))
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    g = jax.grad(lambda lp: f(lp, old, ref, jnp.array([1.0, -1.0]), mask, cfg=cfg)[0])(logp)
+    assert np.all(np.isfinite(np.asarray(g))) and float(g[0, 1]) == 0.0
+
+
+# --------------------------------------------------------------------------- expert iteration
+
+
+def test_expert_iteration_loss():
+    logp = jnp.array([[-1.0, -2.0], [-3.0, -4.0], [-0.5, -0.5]])
+    mask = jnp.array([[1, 1], [1, 0], [1, 0]])
+    assert float(expert_iteration_loss(logp, jnp.array([1.0, -1.0, 1.0]), mask)) == pytest.approx((1 + 2 + 0.5) / 3)
+    assert float(expert_iteration_loss(logp, jnp.array([1.0, 1.0, 0.0]), mask, threshold=0.5)) == pytest.approx(6 / 3)
+    assert float(expert_iteration_loss(logp, -jnp.ones(3), mask)) == 0.0
+
+
+# --------------------------------------------------------------------------- sequence log-probs
+
+
+def random_model(cfg: ModelConfig, seed: int = 0, scale: float = 0.2) -> Model:
+    """Like `jaxsteer.init_params`, drawn with numpy (no per-shape jax.random compiles: faster tests)."""
+    rng = np.random.RandomState(seed)
+    flat = {}
+    for path, shape in sorted(param_shapes(cfg).items()):
+        base = 1.0 if path.endswith("norm") else 0.0
+        flat[path] = jnp.asarray(base + (0.1 if base else scale) * rng.normal(size=shape), jnp.float32)
+    return Model(params=unflatten(flat), config=cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = ModelConfig(
+        architecture="LlamaForCausalLM", vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+        head_dim=8, d_mlp=48, norm_eps=1e-6, rope_full=RopeConfig(theta=10000.0),
+    )
+    return random_model(cfg)
+
+
+def test_sequence_logprobs_matches_forward(tiny):
+    rng = np.random.RandomState(1)
+    B, P, N = 3, 5, 4
+    tokens = jnp.asarray(rng.randint(0, 61, (B, P + N)))
+    prompt_mask = np.ones((B, P), np.int32)
+    prompt_mask[1, :2] = 0  # left padding
+    comp_mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], np.int32)
+    mask = jnp.asarray(np.concatenate([prompt_mask, comp_mask], 1))
+    steer = jaxsteer.Steer(jnp.asarray(rng.normal(size=(2, 32)), jnp.float32))
+
+    for ivs, temp in (((steer,), 0.7),):  # one compile: interventions and temperature together
+        logp, ent = sequence_logprobs(tiny, tokens, mask, ivs, completion_start=P, temperature=temp)
+        logits, _ = jaxsteer.forward(tiny, tokens, attention_mask=mask, interventions=ivs)
+        logz = jax.nn.log_softmax(logits[:, P - 1 : -1] / temp, axis=-1)
+        want = np.take_along_axis(np.asarray(logz), np.asarray(tokens[:, P:])[..., None], -1)[..., 0]
+        want_ent = -np.sum(np.exp(logz) * logz, -1)
+        np.testing.assert_allclose(logp, want * comp_mask, atol=1e-5)
+        np.testing.assert_allclose(ent, want_ent * comp_mask, atol=1e-5)
+        assert np.all(np.asarray(ent) >= 0) and np.all(np.asarray(logp) <= 0)
+
+    # Gradients reach interventions through it, and the whole thing jits.
+    def f(vec):
+        lp, _ = sequence_logprobs(tiny, tokens, mask, (jaxsteer.Steer(vec),), completion_start=P)
+        return jnp.sum(lp)
+
+    g = jax.jit(jax.grad(f))(steer.vector)
+    assert g.shape == (2, 32) and float(jnp.abs(g).sum()) > 0
+    with pytest.raises(ValueError, match="completion_start"):
+        sequence_logprobs(tiny, tokens, mask, completion_start=0)
