@@ -265,6 +265,8 @@ def from_hf_config(hf_config: Any) -> ModelConfig:
         attn_scale=float(_get(hf_config, "query_pre_attn_scalar")) ** -0.5,
         activation="gelu_tanh",
         final_logit_softcap=_get(hf_config, "final_logit_softcapping"),
-        attn_logit_softcap=_get(hf_config, "attn_logit_softcapping"),
+        # transformers' Gemma3 attention never passes attn_logit_softcapping on (Gemma 3 uses q/k norms
+        # instead), so the field has no effect there; applying it here would break parity.
+        attn_logit_softcap=None,
         **common,
     )

@@ -1,0 +1,224 @@
+"""Generation: token-for-token agreement with Hugging Face `generate`, log-probabilities,
+stop tokens, seeded sampling, steering, compile caching; and the real default model
+(SmolLM2-135M-Instruct, Q4_1 GGUF) against transformers' own loading of the same file."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import hf_tiny as H  # noqa: E402
+import jaxsteer  # noqa: E402
+from jaxsteer import Steer  # noqa: E402
+
+# `jaxsteer.models.generate` is the function (it shadows the submodule's attribute), so take the module itself
+gen_module = importlib.import_module("jaxsteer.models.generate")
+
+N_NEW = 12
+PROMPT_LENGTHS = (5, 9, 3)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    hf = H.make_hf(H.llama_config(tie_word_embeddings=False))  # eos = 5, pad = 0
+    return hf, H.to_jax(hf)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = np.random.RandomState(0)
+    return [rng.randint(6, H.VOCAB, n).tolist() for n in PROMPT_LENGTHS]
+
+
+def _completion(g, row):
+    return g.tokens[row, : g.lengths[row]].tolist()
+
+
+def _scored_logprobs(model, g):
+    """log_softmax of `forward` on the generated sequences, at each generated token."""
+    seq, mask = g.sequences()
+    logits, _ = jaxsteer.forward(model, seq, attention_mask=mask)
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    P = g.prompt_tokens.shape[1]
+    out = np.zeros(g.tokens.shape, np.float32)
+    for b in range(g.tokens.shape[0]):
+        for i in range(g.lengths[b]):
+            out[b, i] = logp[b, P - 1 + i, g.tokens[b, i]]
+    return out, logits
+
+
+def test_greedy_matches_hf_and_logprobs_match_forward(llama, prompts):
+    hf, model = llama
+    g = jaxsteer.generate(model, prompts, max_new_tokens=N_NEW, greedy=True)
+    assert g.tokens.shape == (3, N_NEW) and g.logprobs.shape == (3, N_NEW)
+    assert g.prompt_tokens.shape[1] % gen_module.PROMPT_BUCKET == 0
+    assert g.prompt_mask.sum(1).tolist() == list(PROMPT_LENGTHS)
+    assert g.texts is None
+    for b, prompt in enumerate(prompts):
+        ref = H.hf_greedy(hf, prompt, N_NEW)
+        assert _completion(g, b) == ref, f"row {b}"
+    expected, _ = _scored_logprobs(model, g)
+    valid = np.arange(N_NEW)[None, :] < g.lengths[:, None]
+    np.testing.assert_allclose(g.logprobs[valid], expected[valid], rtol=0, atol=1e-5)
+    assert np.all(g.logprobs[valid] < 0)
+
+
+def test_stop_tokens_end_rows(llama, prompts):
+    _, model = llama
+    free = jaxsteer.generate(model, prompts, max_new_tokens=N_NEW, greedy=True, stop_tokens=[])
+    assert free.lengths.tolist() == [N_NEW] * 3
+    # pick a stop token that row 0 emits at step k (and not before)
+    k = 3
+    stop = int(free.tokens[0, k])
+    g = jaxsteer.generate(model, prompts, max_new_tokens=N_NEW, greedy=True, stop_tokens=[stop])
+    for b in range(3):
+        row = free.tokens[b].tolist()
+        n = row.index(stop) + 1 if stop in row else N_NEW
+        assert g.lengths[b] == n
+        assert g.tokens[b, :n].tolist() == row[:n]  # the same text up to and including the stop token
+        assert np.all(g.tokens[b, n:] == model.config.pad_token_id)  # pad afterwards
+        assert np.all(g.logprobs[b, n:] == 0)
+    assert g.lengths[0] <= k + 1
+    seq, mask = g.sequences()
+    assert seq.shape == (3, g.prompt_tokens.shape[1] + N_NEW)
+    assert mask.sum(1).tolist() == [p + n for p, n in zip(PROMPT_LENGTHS, g.lengths)]
+    # the model's own EOS (5) is a default stop token
+    assert gen_module.default_stop_tokens(model) == (5,)
+
+
+def test_sampling_is_seeded_and_logprobs_match_the_filtered_distribution(llama, prompts):
+    _, model = llama
+    kw = dict(max_new_tokens=N_NEW, temperature=0.7, top_k=20, top_p=0.9, stop_tokens=[])
+    a = jaxsteer.generate(model, prompts, seed=3, **kw)
+    b = jaxsteer.generate(model, prompts, seed=3, **kw)
+    c = jaxsteer.generate(model, prompts, seed=4, **kw)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logprobs, b.logprobs)
+    assert not np.array_equal(a.tokens, c.tokens)
+    # a jax key works as the seed too
+    k = jaxsteer.generate(model, prompts, seed=jax.random.PRNGKey(3), **kw)
+    np.testing.assert_array_equal(k.tokens, a.tokens)
+
+    # logprobs are under the temperature / top-k / top-p distribution that was sampled from
+    seq, mask = a.sequences()
+    logits, _ = jaxsteer.forward(model, seq, attention_mask=mask)
+    P = a.prompt_tokens.shape[1]
+    sampling = gen_module.SamplingConfig(N_NEW, 0.7, 20, 0.9, False)
+    for i in range(N_NEW):
+        filtered = gen_module.filter_logits(logits[:, P - 1 + i], sampling)
+        lp = np.asarray(jax.nn.log_softmax(filtered, axis=-1))
+        expect = lp[np.arange(3), a.tokens[:, i]]
+        assert np.all(np.isfinite(expect)), "a sampled token lies outside the top-k / top-p set"
+        np.testing.assert_allclose(a.logprobs[:, i], expect, rtol=0, atol=1e-4)
+
+    # top_k = 1 is greedy (and has log-probability 0 under the filtered distribution)
+    greedy = jaxsteer.generate(model, prompts, max_new_tokens=N_NEW, greedy=True, stop_tokens=[])
+    top1 = jaxsteer.generate(model, prompts, max_new_tokens=N_NEW, top_k=1, seed=9, stop_tokens=[])
+    np.testing.assert_array_equal(top1.tokens, greedy.tokens)
+    np.testing.assert_allclose(top1.logprobs, 0.0, atol=1e-6)
+
+
+def test_steer_in_generate_matches_hf_with_down_proj_bias(llama, prompts):
+    import copy
+
+    hf, model = llama
+    L, d = model.config.n_layers, model.config.d_model
+    vectors = np.random.RandomState(1).normal(0, 0.5, (L, d)).astype(np.float32)
+    edited = copy.deepcopy(hf)
+    H.set_down_proj_bias(edited, vectors)
+    g = jaxsteer.generate(model, prompts, max_new_tokens=N_NEW, greedy=True, interventions=Steer(jnp.asarray(vectors)))
+    plain = jaxsteer.generate(model, prompts, max_new_tokens=N_NEW, greedy=True)
+    assert not np.array_equal(g.tokens, plain.tokens)
+    for b, prompt in enumerate(prompts):
+        assert _completion(g, b) == H.hf_greedy(edited, prompt, N_NEW), f"row {b}"
+    # its logprobs are those of the steered forward pass
+    seq, mask = g.sequences()
+    logits, _ = jaxsteer.forward(model, seq, attention_mask=mask, interventions=Steer(jnp.asarray(vectors)))
+    P = g.prompt_tokens.shape[1]
+    lp = np.asarray(jax.nn.log_softmax(logits, -1))
+    for b in range(3):
+        n = g.lengths[b]
+        np.testing.assert_allclose(g.logprobs[b, :n], lp[b, P - 1 + np.arange(n), g.tokens[b, :n]], atol=1e-5)
+
+
+def test_prompt_lengths_in_one_bucket_do_not_recompile(llama):
+    _, model = llama
+    if not hasattr(gen_module._generate, "_cache_size"):
+        pytest.skip("this jax has no jit _cache_size(); cannot count compilations")
+    rng = np.random.RandomState(2)
+    kw = dict(max_new_tokens=N_NEW, greedy=True)  # as in the tests above: usually compiled already
+    g1 = jaxsteer.generate(model, [rng.randint(6, 97, n).tolist() for n in (4, 7, 2)], **kw)
+    size = gen_module._generate._cache_size()
+    assert size >= 1
+    g2 = jaxsteer.generate(model, [rng.randint(6, 97, n).tolist() for n in (20, 11, 31)], **kw)
+    assert g1.prompt_tokens.shape == g2.prompt_tokens.shape
+    assert gen_module._generate._cache_size() == size
+    # a prompt past the bucket is a new shape: one more compilation
+    g3 = jaxsteer.generate(model, [rng.randint(6, 97, n).tolist() for n in (40, 3, 5)], **kw)
+    assert g3.prompt_tokens.shape[1] == 2 * g1.prompt_tokens.shape[1]
+    assert gen_module._generate._cache_size() == size + 1
+
+
+# --------------------------------------------------------------------------- the real default model
+
+CHAT_PROMPTS = [
+    "What is 2+3?",
+    "Write a haiku about the sea.",
+    "Name three primary colors.",
+    "Explain in one sentence why the sky is blue, please, for a child who is five years old.",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """jaxsteer's `load('smollm2-135m-instruct')` and transformers' float32 load of the same GGUF."""
+    from jaxsteer.models.loading import default_model_path, load
+
+    try:
+        path = default_model_path()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    model, tokenizer = load("smollm2-135m-instruct")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    seqs = gen_module.tokenize_prompts(tokenizer, CHAT_PROMPTS)
+    return model, tokenizer, hf, seqs
+
+
+def test_default_model_logits_match_hf(smollm2):
+    model, tokenizer, hf, seqs = smollm2
+    assert model.config.architecture == "LlamaForCausalLM" and model.config.n_layers == 30
+    assert len({len(s) for s in seqs}) == len(seqs)  # the batch really is ragged
+    toks, mask = gen_module.left_pad(seqs, tokenizer.pad_token_id)
+    logits, _ = jaxsteer.forward(model, toks, attention_mask=mask)
+    logits = np.asarray(logits)
+    P = toks.shape[1]
+    worst = 0.0
+    for b, s in enumerate(seqs):
+        ref = H.hf_logits(hf, np.asarray([s]))[0]  # HF unpadded, one prompt at a time
+        got = logits[b, P - len(s):]
+        worst = max(worst, float(np.abs(got - ref).max()))
+        assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+    assert worst <= 1e-3, worst
+
+
+def test_default_model_greedy_generation_matches_hf(smollm2):
+    model, tokenizer, hf, seqs = smollm2
+    n_new = 32
+    g = jaxsteer.generate(model, CHAT_PROMPTS, tokenizer=tokenizer, max_new_tokens=n_new, greedy=True)
+    stops = list(gen_module.default_stop_tokens(model, tokenizer))
+    np.testing.assert_array_equal(g.prompt_mask.sum(1), [len(s) for s in seqs])
+    for b, s in enumerate(seqs):
+        ref = H.hf_greedy(hf, s, n_new, eos_token_id=stops)
+        assert _completion(g, b) == ref, f"prompt {b}: {g.texts[b]!r} vs {tokenizer.decode(ref)!r}"
+        assert g.texts[b] == tokenizer.decode(ref, skip_special_tokens=True)
+    assert any(t.strip() for t in g.texts)
