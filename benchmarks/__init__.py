@@ -1,0 +1,1 @@
+"""Benchmarks for jaxsteer (run as modules, e.g. `python -m benchmarks.inference`)."""

