@@ -107,11 +107,16 @@ def _proj(x: jax.Array, p: dict[str, Any], name: str) -> jax.Array:
 
     Adapters live in `params["layers"]["lora"][name] = {"a": [L, in, r], "b": [L, r, out]}` (any
     scale folded into `b`); they are never merged into W, so LoRA training, low-rank ES
-    perturbations (vmapped over a population) and SVD-parameterised adapters share this path."""
+    perturbations (vmapped over a population) and SVD-parameterised adapters share this path.
+    An optional `"s": [L, r]` scales the rank axis between the factors, `((x @ a) * s) @ b` (ESSA's
+    `U diag(s) V^T`: U and V stay shared across a vmapped population, only s is per member)."""
     y = x @ p[name]
     adapter = p.get("lora", {}).get(name)
     if adapter is not None:
-        y = y + ((x @ adapter["a"].astype(x.dtype)) @ adapter["b"].astype(x.dtype))
+        t = x @ adapter["a"].astype(x.dtype)
+        if "s" in adapter:
+            t = t * adapter["s"].astype(x.dtype)
+        y = y + (t @ adapter["b"].astype(x.dtype))
     return y
 
 
@@ -228,12 +233,15 @@ def run_layers(
     record: frozenset = frozenset(),
     kv_cache: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
+    start_layer: jax.Array | None = None,
 ):
     """Run all layers with `lax.scan`. Returns (h, trace, new_kv_cache).
 
     q_pos `[B, T]`: position of each query token. k_pos `[B, S]`: position of each key slot,
     negative for padding or empty cache slots. kv_cache: `(K, V)`, each `[L, B, S, KV, hd]`;
-    the new keys are written at `cache_index` along S.
+    the new keys are written at `cache_index` along S. start_layer (int scalar, may be traced):
+    layers below it are skipped with `lax.cond` (`h` is then the residual entering that layer;
+    skipped layers record zeros and leave the cache alone), e.g. to resume from a cached run.
     """
     c = model.config
     rope_full = rope_tables(c.rope_full.inv_freq(c.head_dim), q_pos)
@@ -259,6 +267,14 @@ def run_layers(
                 for full, new in zip(cache, new_layer_cache)
             )
         return (h, cache), sites.recorded
+
+    if start_layer is not None:
+        full_body = body
+
+        def body(carry, xs):
+            shapes = jax.eval_shape(full_body, carry, xs)[1]
+            skip = lambda carry, xs: (carry, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+            return jax.lax.cond(xs[1] >= start_layer, full_body, skip, carry, xs)
 
     xs = (model.params["layers"], jnp.arange(c.n_layers, dtype=jnp.int32), windows, sliding)
     (h, kv_cache), recorded = jax.lax.scan(body, (h, kv_cache), xs)

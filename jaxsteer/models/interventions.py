@@ -84,6 +84,8 @@ def _to_layout(arr: jax.Array, site: str, kind: str) -> jax.Array:
         shape[head_ax] = arr.shape[0]
     elif kind == "pos_heads":
         shape[tok_ax], shape[head_ax] = arr.shape
+        if head_ax < tok_ax:  # `pattern` is [B, H, T, S]: the [T, H] mask must be transposed, not reshaped
+            arr = arr.T
     return arr.reshape(shape)
 
 

@@ -1,0 +1,327 @@
+"""Studies of steering vectors (arXiv 2509.06608): first-token effect, persistence, combining
+layers, transfer between models, and token-wise adaptive scaling (`AdaptiveSteer`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ..models.config import ModelConfig
+from ..models.decoder import forward
+from ..models.generate import generate
+from ..models.interventions import SITE_LAYOUT, Steer, as_tuple, check_site
+from ..models.params import Model
+from ._common import new_figure, save_figure, token_strs
+
+# --------------------------------------------------------------------------- adaptive scaling
+
+
+@struct.dataclass
+class AdaptiveSteer:
+    """A steering vector with a per-token gate computed from the residual it is added to:
+
+        x_t  ->  x_t + scale * sigmoid(w . x_t + b) * vector
+
+    at `site` (a residual-width site, default `resid_post`), at `layers` (default all).
+    vector, w: `[d]` (shared) or `[L, d]` (per layer); b: scalar or `[L]`. The gate reads the
+    activation *before* the addition, in float32, with no normalisation of `x_t` (so `w` lives on
+    the residual's scale; RMS-normalising would be a different parameterisation). Everything is
+    a pytree leaf except `site` and `layers`, so `jax.grad` trains `vector`, `w` and `b`
+    together. The gate depends only on the current token's activation, so it works in `generate`
+    as well as in `forward`. Init suggestion: `w = 0, b = 0` (gate 0.5 everywhere); a constant
+    gate `sigmoid(b)` is then an ordinary `Steer` with that scale.
+    """
+
+    vector: jax.Array
+    w: jax.Array
+    b: Any = 0.0
+    scale: Any = 1.0
+    site: str = struct.field(pytree_node=False, default="resid_post")
+    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        check_site(self.site)
+        if SITE_LAYOUT[self.site][0] != 3:
+            raise ValueError(f"AdaptiveSteer: site {self.site!r} is not a residual-width [B, T, d] site")
+        L, d = config.n_layers, config.d_model
+        for name in ("vector", "w"):
+            s = jnp.shape(getattr(self, name))
+            if s not in ((d,), (L, d)):
+                raise ValueError(f"AdaptiveSteer: {name} has shape {s}; expected [{d}] or [{L}, {d}]")
+        if jnp.shape(self.b) not in ((), (L,)):
+            raise ValueError(f"AdaptiveSteer: b has shape {jnp.shape(self.b)}; expected a scalar or [{L}]")
+        if jnp.ndim(self.scale) != 0:
+            raise ValueError("AdaptiveSteer: scale must be a scalar (the gate is the per-token scale)")
+        for l in self.layers or ():
+            if not 0 <= int(l) < L:
+                raise ValueError(f"AdaptiveSteer: layer {l} out of range for {L} layers")
+
+    def generation_safe(self) -> bool:
+        return True
+
+    def gate(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        """The gate `[B, T]` (float32) for activation `x [B, T, d]` at `layer`."""
+        w = jnp.asarray(self.w)
+        w = (w[layer] if w.ndim == 2 else w).astype(jnp.float32)
+        b = jnp.asarray(self.b, jnp.float32)
+        b = b[layer] if b.ndim == 1 else b
+        return jax.nn.sigmoid(x.astype(jnp.float32) @ w + b)
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        vec = jnp.asarray(self.vector)
+        vec = (vec[layer] if vec.ndim == 2 else vec).astype(jnp.float32)
+        g = self.gate(x, layer) * jnp.asarray(self.scale, jnp.float32)
+        if self.layers is not None:
+            g = g * jnp.isin(layer, jnp.asarray(self.layers, jnp.int32)).astype(jnp.float32)
+        return x + (g[..., None] * vec).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- first-token effect
+
+
+@dataclasses.dataclass
+class FirstTokenEffect:
+    """Per generated position `n` (rows `[B, N]`, NaN after a row stops): the largest increase and
+    decrease of any token's probability, `softmax(steered) - softmax(unsteered)`, the entropies
+    (nats) of both distributions, whether the argmax changed, and the most increased token."""
+
+    max_increase: np.ndarray
+    max_decrease: np.ndarray
+    entropy_steered: np.ndarray
+    entropy_unsteered: np.ndarray
+    argmax_changed: np.ndarray
+    top_increase_token: np.ndarray
+    texts: list[str] | None
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Means over the batch at the first generated position vs all later positions."""
+        out = {}
+        for name, part in (("first", slice(0, 1)), ("rest", slice(1, None))):
+            row = {}
+            for f in ("max_increase", "max_decrease", "entropy_steered", "entropy_unsteered", "argmax_changed"):
+                a = np.asarray(getattr(self, f)[:, part], np.float64)
+                row[f] = float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+            out[name] = row
+        return out
+
+    def table(self) -> str:
+        s = self.summary()
+        keys = list(s["first"])
+        lines = ["position  " + "  ".join(f"{k:>18}" for k in keys)]
+        for name in ("first", "rest"):
+            lines.append(f"{name:>8}  " + "  ".join(f"{s[name][k]:>18.4f}" for k in keys))
+        return "\n".join(lines)
+
+
+@jax.jit
+def _prob_change(logits_s, logits_u):
+    ps, pu = jax.nn.softmax(logits_s, -1), jax.nn.softmax(logits_u, -1)
+    dp = ps - pu
+    ent = lambda p, lg: -jnp.sum(p * jax.nn.log_softmax(lg, -1), -1)
+    return (dp.max(-1), dp.min(-1), ent(ps, logits_s), ent(pu, logits_u),
+            logits_s.argmax(-1) != logits_u.argmax(-1), dp.argmax(-1))
+
+
+def first_token_effect(
+    model: Model,
+    prompts: Any,
+    interventions: Any,
+    *,
+    tokenizer: Any = None,
+    max_new_tokens: int = 16,
+    chat: bool = True,
+    follow: str = "steered",
+) -> FirstTokenEffect:
+    """Where does a steering vector change the next-token distribution? Generate greedily (the
+    steered model by default, `follow="unsteered"` for the base model), then score that one
+    sequence with and without `interventions` and compare the two distributions at every
+    generated position (the prediction of generated token n)."""
+    ivs = as_tuple(interventions)
+    if follow not in ("steered", "unsteered"):
+        raise ValueError(f"follow must be 'steered' or 'unsteered', got {follow!r}")
+    gen = generate(model, prompts, tokenizer=tokenizer, max_new_tokens=max_new_tokens, greedy=True, chat=chat,
+                   interventions=ivs if follow == "steered" else ())
+    seqs, mask = gen.sequences()
+    P, N = gen.prompt_tokens.shape[1], gen.tokens.shape[1]
+    ls, _ = forward(model, seqs, attention_mask=mask, interventions=ivs)
+    lu, _ = forward(model, seqs, attention_mask=mask)
+    sl = slice(P - 1, P - 1 + N)  # logits at P-1+n predict generated token n
+    stats = [np.asarray(a) for a in _prob_change(ls[:, sl], lu[:, sl])]
+    valid = np.arange(N)[None, :] < gen.lengths[:, None]
+    masked = [np.where(valid, a.astype(np.float64), np.nan) for a in stats[:5]]
+    top = token_strs(tokenizer, stats[5])
+    top = np.where(valid, top, "")
+    return FirstTokenEffect(*masked, top, gen.texts)
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+@dataclasses.dataclass
+class Persistence:
+    """cos(dh_j, s) and |dh_j| / |s| per layer j, batch row and token `[L, B, T]` (NaN for j before
+    the steered layer), where dh_j is the change of `resid_post` at layer j caused by adding `s`
+    at layer `layer` only."""
+
+    cos: np.ndarray
+    norm_ratio: np.ndarray
+    layer: int
+    attention_mask: np.ndarray | None = None
+
+    def mean_over_tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        w = np.ones(self.cos.shape[1:]) if self.attention_mask is None else np.asarray(self.attention_mask, float)
+        m = lambda a: np.nansum(a * w[None], axis=(1, 2)) / w.sum()
+        return m(self.cos), m(self.norm_ratio)
+
+    def plot(self, path: str, title: str | None = None) -> str:
+        cos, ratio = self.mean_over_tokens()
+        layers = np.arange(len(cos))
+        fig = new_figure(6, 3.5)
+        ax = fig.subplots()
+        ax.plot(layers, cos, marker="o", label="cos(dh_j, s)")
+        ax.plot(layers, ratio, marker="s", label="|dh_j| / |s|")
+        ax.axvline(self.layer, color="grey", ls=":", lw=0.8)
+        ax.set_xlabel("layer j")
+        ax.legend(fontsize=8)
+        ax.set_title(title or f"persistence of a vector added at layer {self.layer} (mean over tokens)", fontsize=9)
+        return save_figure(fig, path)
+
+
+def persistence(
+    model: Model,
+    tokens: Any,
+    vector: Any,
+    layer: int,
+    *,
+    scale: float = 1.0,
+    site: str = "resid_post",
+    attention_mask: Any = None,
+) -> Persistence:
+    """Insert `scale * vector` at one layer (`Steer` at `site`) and compare `resid_post` with and
+    without it at that layer and every later one: cos(dh_j, s) per token."""
+    c = model.config
+    vector = jnp.asarray(vector)
+    if vector.shape != (c.d_model,):
+        raise ValueError(f"persistence: vector must be [d_model={c.d_model}], got {vector.shape}")
+    if not 0 <= layer < c.n_layers:
+        raise ValueError(f"persistence: layer {layer} out of range for {c.n_layers} layers")
+    steer = Steer(vector, scale=scale, site=site, layers=(int(layer),))
+    _, base = forward(model, tokens, attention_mask=attention_mask, record=("resid_post",), return_logits=False)
+    _, steered = forward(model, tokens, attention_mask=attention_mask, interventions=[steer], record=("resid_post",),
+                         return_logits=False)
+    dh = np.asarray(steered.resid_post, np.float64) - np.asarray(base.resid_post, np.float64)  # [L, B, T, d]
+    s = np.asarray(vector, np.float64) * scale
+    dn = np.linalg.norm(dh, axis=-1)
+    cos = (dh @ s) / np.maximum(dn * np.linalg.norm(s), 1e-30)
+    ratio = dn / max(np.linalg.norm(s), 1e-30)
+    cos[:layer] = np.nan
+    ratio[:layer] = np.nan
+    return Persistence(cos, ratio, int(layer), None if attention_mask is None else np.asarray(attention_mask))
+
+
+# --------------------------------------------------------------------------- combining layers
+
+
+@dataclasses.dataclass
+class CombinationGains:
+    """Normalised gain of using the vectors of layers i and j together:
+    `(acc_ij - max(acc_i, acc_j)) / (acc_all - max(acc_i, acc_j))` in `gain[i, j]` (symmetric,
+    NaN on the diagonal or where the denominator is 0)."""
+
+    layers: list[int]
+    gain: np.ndarray
+    single: dict[int, float]
+    pairs: dict[tuple[int, int], float]
+    all_layers: float
+
+    def plot(self, path: str, title: str | None = None) -> str:
+        n = len(self.layers)
+        fig = new_figure(1.5 + 0.45 * n, 1.2 + 0.4 * n)
+        ax = fig.subplots()
+        im = ax.imshow(self.gain, cmap="RdBu", vmin=-1, vmax=1)
+        ax.set_xticks(range(n), self.layers)
+        ax.set_yticks(range(n), self.layers)
+        fig.colorbar(im, ax=ax, label="normalised gain")
+        ax.set_title(title or "combining single-layer vectors", fontsize=9)
+        return save_figure(fig, path)
+
+
+def combination_gains(
+    accuracy: Callable[[tuple[int, ...]], float],
+    layers: Sequence[int],
+    *,
+    all_layers: Sequence[int] | None = None,
+) -> CombinationGains:
+    """Evaluate `accuracy(layer_subset)` (e.g. the task accuracy with the vectors trained in
+    isolation at those layers used together; see `combined_steer`) on each single layer, each
+    pair and the full set (`all_layers`, default `layers`), and return the normalised gains."""
+    layers = [int(l) for l in layers]
+    all_set = tuple(sorted(all_layers if all_layers is not None else layers))
+    cache: dict[tuple[int, ...], float] = {}
+
+    def acc(subset):
+        key = tuple(sorted(subset))
+        if key not in cache:
+            cache[key] = float(accuracy(key))
+        return cache[key]
+
+    single = {l: acc((l,)) for l in layers}
+    a_all = acc(all_set)
+    n = len(layers)
+    gain = np.full((n, n), np.nan)
+    pairs = {}
+    for (i, li), (j, lj) in itertools.combinations(enumerate(layers), 2):
+        a_ij = acc((li, lj))
+        pairs[(li, lj)] = a_ij
+        best = max(single[li], single[lj])
+        denom = a_all - best
+        gain[i, j] = gain[j, i] = (a_ij - best) / denom if denom != 0 else np.nan
+    return CombinationGains(layers, gain, single, pairs, a_all)
+
+
+def combined_steer(vectors: Any, layers: Sequence[int], *, scale: float = 1.0, site: str = "resid_post") -> Steer:
+    """A `Steer` that uses the rows of `vectors [L, d]` at `layers` only (e.g. vectors trained in
+    isolation per layer, stacked)."""
+    v = jnp.asarray(vectors)
+    if v.ndim != 2:
+        raise ValueError(f"combined_steer: vectors must be [L, d], got {v.shape}")
+    return Steer(v, scale=scale, site=site, layers=tuple(sorted(int(l) for l in layers)))
+
+
+# --------------------------------------------------------------------------- transfer
+
+
+def transfer_steer(
+    vectors: Any,
+    source: Model | ModelConfig,
+    target: Model | ModelConfig,
+    *,
+    scale: float = 1.0,
+    site: str = "resid_post",
+    layers: Sequence[int] | None = None,
+) -> Steer:
+    """Reuse steering vectors trained on `source` in `target` (e.g. base -> instruct of one
+    family). The models must have equal width and depth; a clear `ValueError` otherwise. Returns
+    the `Steer` to pass to `forward` / `generate` of the target."""
+    sc = source.config if isinstance(source, Model) else source
+    tc = target.config if isinstance(target, Model) else target
+    problems = []
+    if sc.d_model != tc.d_model:
+        problems.append(f"d_model {sc.d_model} vs {tc.d_model}")
+    if sc.n_layers != tc.n_layers:
+        problems.append(f"n_layers {sc.n_layers} vs {tc.n_layers}")
+    if problems:
+        raise ValueError("cannot transfer steering vectors between models of different shape: " + ", ".join(problems)
+                         + " (source vs target); transfer needs equal width and depth")
+    v = jnp.asarray(vectors)
+    if v.shape not in ((sc.d_model,), (sc.n_layers, sc.d_model)):
+        raise ValueError(f"vectors have shape {v.shape}; expected [{sc.d_model}] or [{sc.n_layers}, {sc.d_model}]")
+    steer = Steer(v, scale=scale, site=site, layers=None if layers is None else tuple(int(l) for l in layers))
+    steer.check(tc)
+    return steer
