@@ -1,4 +1,4 @@
-"""Command line: `jaxsteer info | generate | demo`."""
+"""Command line: `jaxsteer info | generate | demo | train | eval`."""
 
 from __future__ import annotations
 
@@ -132,6 +132,122 @@ def cmd_demo(args) -> None:
         print(f"\nsaved the [L, d] contrast vectors to {args.save}")
 
 
+def cmd_train(args) -> None:
+    """RL training from a YAML config plus dotted overrides; prints held-out accuracy before/after."""
+    import os
+
+    from .train.config import ConfigError, load_config
+    from .train.loop import print_logit_lens, train
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        raise SystemExit(f"jaxsteer train: {e}") from None
+    t0 = time.perf_counter()
+    result = train(cfg, resume=args.resume)
+    import jax
+
+    if jax.process_index() != 0:
+        return
+    print(f"\ntraining finished in {time.perf_counter() - t0:.0f} s; run directory {os.path.abspath(cfg.output_dir)}")
+    before, after = result.eval_before, result.eval_after
+    if before and after and "greedy_acc" in before and "greedy_acc" in after:
+        (bl, bh), (al, ah) = before["greedy_ci"], after["greedy_ci"]
+        print(f"held-out greedy accuracy on {after['n']} problems: base {100 * before['greedy_acc']:.1f}% "
+              f"[{100 * bl:.1f}, {100 * bh:.1f}] -> trained {100 * after['greedy_acc']:.1f}% [{100 * al:.1f}, {100 * ah:.1f}]")
+    for name, path in result.files.items():
+        print(f"  {name:20s} {path}")
+    if "vectors_npy" in result.files and result.tokenizer is not None and args.logit_lens:
+        print("\nlogit lens of the trained steering vectors (W_U @ s_l, no final norm): top / bottom tokens per layer")
+        print_logit_lens(result.model, result.tokenizer, np.load(result.files["vectors_npy"]), k=args.logit_lens)
+
+
+def cmd_eval(args) -> None:
+    """Held-out accuracy of a trained run, with and without the trained part."""
+    import os
+
+    from .train.config import ConfigError, load_config
+    from .train.evaluate import format_result
+    from .train.loop import evaluate_run
+
+    path = args.run
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.yaml")
+    overrides = list(args.overrides)
+    if os.path.isdir(args.run):
+        overrides.append(f"output_dir={args.run}")
+    if args.n is not None:
+        overrides.append(f"eval.n={args.n}")
+    if args.samples is not None:
+        overrides.append(f"eval.samples={args.samples}")
+    try:
+        cfg = load_config(path, overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        raise SystemExit(f"jaxsteer eval: {e}") from None
+    out = evaluate_run(cfg, step=args.step, base=not args.no_base)
+    print(f"checkpoint step {out['step']}, {out['n']} held-out problems ({cfg.data.eval})")
+    for label in ("base", "trained"):
+        if label in out:
+            print(format_result(label, out[label]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+def cmd_lens(args) -> None:
+    """Logit lens of steering vectors: print the top / bottom tokens per layer, write a PNG."""
+    from .analysis.lens import vector_lens
+    from .models.loading import load
+
+    model, tok = load(args.model, dtype=_dtype(args.dtype))
+    vec = np.load(args.vectors)
+    d, L = model.config.d_model, model.config.n_layers
+    if vec.ndim not in (1, 2) or vec.shape[-1] != d or (vec.ndim == 2 and vec.shape[0] != L):
+        raise SystemExit(f"{args.vectors}: expected a [d={d}] or [L={L}, d] array, got shape {vec.shape}")
+    res = vector_lens(model, vec, final_norm=args.final_norm, k=args.top_k, tokenizer=tok)
+    print(res.table())
+    if args.out:
+        print(f"wrote {res.plot(args.out)}", file=sys.stderr)
+
+
+def cmd_patch(args) -> None:
+    """Activation patching sweep of one site for a clean / corrupted prompt pair: heatmap PNG + JSON."""
+    import os
+
+    from .analysis import single_token_ids, tokenize_pair
+    from .analysis.patching import activation_patching
+    from .models.loading import load
+
+    model, tok = load(args.model, dtype=_dtype(args.dtype))
+    if tok is None:
+        raise SystemExit(f"{args.model} has no tokenizer; jaxsteer patch needs one for the prompts")
+    try:
+        clean, corrupt = tokenize_pair(tok, args.clean, args.corrupt)
+        answers = single_token_ids(tok, args.answers)
+    except ValueError as e:
+        raise SystemExit(f"jaxsteer patch: {e}") from None
+    t0 = time.perf_counter()
+    res = activation_patching(model, clean, corrupt, site=args.site, answers=answers, tokenizer=tok,
+                              direction=args.direction, batch_size=args.batch_size)
+    dt = time.perf_counter() - t0
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"patching_{args.site}")
+    res.save_json(stem + ".json")
+    res.plot(stem + ".png")
+    labels = res.labels(res.axes[1]) if len(res.axes) > 1 else ["all"]
+    print(f"{args.site} patching ({args.direction}), metric logit({args.answers[0]!r}) - logit({args.answers[1]!r}): "
+          f"clean {res.clean_metric:.3f}, corrupted {res.corrupt_metric:.3f}; normalised values (0 = corrupted, 1 = clean)")
+    print(f"columns ({res.axes[1] if len(res.axes) > 1 else 'all positions at once'}): " + ", ".join(labels))
+    print("layer " + " ".join(f"{i:>8}" for i in range(len(labels))))
+    for i, layer in enumerate(res.layers):
+        row = np.atleast_1d(res.values[i])
+        print(f"{layer:>5} " + " ".join(f"{v:>8.3f}" for v in row))
+    print(f"wrote {stem}.png and {stem}.json [{dt:.1f} s, compile included]", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="jaxsteer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +282,46 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--save", help="write the contrast vectors [L, d] to this .npy file")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="RL training (steering vectors, LoRA or full) from a YAML config")
+    p.add_argument("config", help="YAML config (see experiments/)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainable.kind=lora lr=1e-4")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.add_argument("--output-dir", help="same as output_dir=DIR")
+    p.add_argument("--logit-lens", type=int, default=5, help="top-k tokens per layer of the trained vectors (0 = off)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="held-out accuracy of a trained run, with and without the trained part")
+    p.add_argument("run", help="a run directory (with config.yaml and checkpoints/) or a YAML config")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--n", type=int, help="number of held-out problems")
+    p.add_argument("--samples", type=int, help="k for sampled pass@1 (0 = greedy only)")
+    p.add_argument("--no-base", action="store_true", help="skip the base model")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("lens", help="logit lens of steering vectors (top / bottom tokens per layer)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--vectors", required=True, help=".npy file with a [d] or [L, d] array")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--final-norm", action="store_true", help="apply the final norm first (default: raw W_U s)")
+    p.add_argument("--out", help="write a PNG here")
+    p.add_argument("--dtype", default="float32")
+    p.set_defaults(func=cmd_lens)
+
+    p = sub.add_parser("patch", help="activation patching sweep (layers x positions, or x heads) for a prompt pair")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--clean", required=True, help="clean prompt (raw text, no chat template)")
+    p.add_argument("--corrupt", required=True, help="corrupted prompt; must tokenize to the same length")
+    p.add_argument("--answers", nargs=2, required=True, metavar=("CORRECT", "WRONG"),
+                   help="single-token answers, e.g. ' Paris' ' Rome'; metric = logit difference at the last position")
+    p.add_argument("--site", default="resid_pre")
+    p.add_argument("--direction", default="denoise", choices=("denoise", "noise"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", default="patching", help="output directory for the PNG and JSON")
+    p.add_argument("--dtype", default="float32")
+    p.set_defaults(func=cmd_patch)
 
     args = parser.parse_args(argv)
     args.func(args)

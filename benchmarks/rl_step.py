@@ -1,0 +1,334 @@
+"""One RL step (rollouts + update), jaxsteer vs TRL's GRPOTrainer, side by side in one run.
+
+    python -m benchmarks.rl_step                   # 4 prompts x G=8, 12 new tokens, 3 timed steps
+    python -m benchmarks.rl_step --no-trl --json out.json
+
+Both sides use SmolLM2-135M-Instruct dequantised to float32 from the same GGUF file (jaxsteer's
+loader / transformers' GGUF loader), the same 2-digit addition prompts and chat format, the same
+batch (P prompts x G completions) and exactly the same completion length (stop tokens off on
+both sides: every row generates `--new-tokens` tokens), temperature 1, no KL (beta 0), no
+reference model, one optimizer step per batch, AdamW, gradient clipping. A step is timed from
+taking the prompts to the updated parameters, after one warm-up step on each side (jaxsteer's
+compile, torch's first-call overheads); medians of wall time and of process CPU time (all
+threads; less sensitive than wall time to other work on a shared machine). TRL trains the full model (it has no steering-vector
+mode); jaxsteer is timed for steering vectors (the library's purpose) and for full fine-tuning
+(like for like). Also reported: rollout vs update share, and the peak RSS of a steering and a
+full fine-tuning process (each measured in its own subprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from .common import log, machine_info
+
+TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _problems(n: int):
+    from jaxsteer.train.data import arithmetic_problems
+
+    return arithmetic_problems(n, digits=2, seed=0, split="train")
+
+
+# --------------------------------------------------------------------------- jaxsteer
+
+
+def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: int, model=None, tok=None) -> dict[str, Any]:
+    """Warm-up + `steps` timed RL steps with jaxsteer's own loop pieces (rollout.collect + the jitted step)."""
+    import jax
+
+    import jaxsteer
+    from jaxsteer.train.config import config_from_dict
+    from jaxsteer.train.losses import group_advantages
+    from jaxsteer.train.loop import setup_training
+    from jaxsteer.train.rewards import correctness_reward
+    from jaxsteer.train.rollout import collect, encode_prompt
+    from jaxsteer.train.sharding import global_batch, make_mesh, replicated
+    from jaxsteer.train.step import _policy, compile_step
+
+    if model is None:
+        model, tok = jaxsteer.load("smollm2-135m-instruct")
+    cfg = config_from_dict({
+        "trainable": {"kind": kind},
+        "algorithm": {"group_size": group, "prompts_per_step": prompts},
+        "sampling": {"max_new_tokens": new_tokens, "bucket": 1},
+        "lr": 1e-6 if kind == "full" else 1e-2,
+        "steps": steps + 1,
+    })
+    mesh = make_mesh(devices=jax.devices()[:1])
+    setup = setup_training(cfg, model, mesh)
+    step_fn = compile_step(setup.spec, setup.tx, base_shardings=setup.base_shardings,
+                           state_shardings=setup.state_shardings, batch_shardings=setup.batch_shardings,
+                           metric_sharding=replicated(mesh))
+    state = setup.state
+    problems = _problems(prompts * (steps + 1))
+    times = []
+    for i in range(steps + 1):
+        exs = problems[i * prompts:(i + 1) * prompts]
+        t0, c0 = time.perf_counter(), time.process_time()
+        ids = [encode_prompt(e, tok, TEMPLATE) for e in exs]
+        m, ivs = _policy(setup.model, state["trainable"], setup.spec)
+        batch = collect(m, ivs, exs, ids, group_size=group, calls=1, tokenizer=tok, key=jax.random.PRNGKey(i),
+                        reward_fn=correctness_reward, advantage_fn=lambda r: np.asarray(group_advantages(r, group, "rloo")),
+                        max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, top_k=0, bucket=1,
+                        pad_id=tok.pad_token_id, stop_tokens=())
+        t1, c1 = time.perf_counter(), time.process_time()
+        local = {"tokens": batch.tokens, "mask": batch.mask, "old_logp": batch.old_logp,
+                 "advantages": batch.advantages, "rewards": batch.rewards}
+        garr = {k: global_batch(v[None], mesh) for k, v in local.items()}
+        state, metrics = step_fn(setup.model, state, garr, batch.prompt_width)
+        jax.block_until_ready(state)
+        t2, c2 = time.perf_counter(), time.process_time()
+        assert int(batch.lengths.min()) == new_tokens, batch.lengths
+        times.append({"rollout_s": t1 - t0, "update_s": t2 - t1, "step_s": t2 - t0,
+                      "rollout_cpu_s": c1 - c0, "update_cpu_s": c2 - c1, "step_cpu_s": c2 - c0})
+        log(f"jaxsteer {kind} step {i}{' (warm-up, compiles)' if i == 0 else ''}: "
+            f"rollout {t1 - t0:.2f} s, update {t2 - t1:.2f} s")
+    return _summary(times[1:], warmup=times[0])
+
+
+def _summary(times: list[dict], warmup: dict | None = None) -> dict[str, Any]:
+    out = {k: statistics.median(t[k] for t in times) for k in times[0]}  # per-key medians
+    out["rollout_share"] = out["rollout_s"] / (out["rollout_s"] + out["update_s"])
+    out["all_steps"] = times
+    if warmup is not None:
+        out["warmup_step"] = warmup
+    return out
+
+
+# --------------------------------------------------------------------------- TRL
+
+
+def trl_steps(prompts: int, group: int, new_tokens: int, steps: int, tok) -> dict[str, Any]:
+    """Warm-up + `steps` timed GRPOTrainer steps on the GGUF model loaded by transformers (float32)."""
+    import datasets
+    import torch
+    import transformers
+    from trl import GRPOConfig, GRPOTrainer
+
+    from jaxsteer.models.loading import default_model_path
+    from jaxsteer.train.rewards import correctness_reward
+
+    path = default_model_path()
+    t0 = time.perf_counter()
+    gguf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # transformers flags a GGUF-loaded model as quantized (the Trainer then refuses full fine-tuning)
+    # although its weights are dequantized float32: copy them into a plain model of the same config.
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    hf = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    hf.load_state_dict(gguf.state_dict())
+    del gguf
+    log(f"TRL: transformers loaded the GGUF in {time.perf_counter() - t0:.1f} s")
+    problems = _problems(prompts * (steps + 1))
+    ds = datasets.Dataset.from_list([{"prompt": TEMPLATE.format(prompt=e.prompt), "answer": e.answer} for e in problems])
+
+    def reward(prompts, completions, answer, **kw):
+        return [correctness_reward(p, c, a) for p, c, a in zip(prompts, completions, answer)]
+
+    args = GRPOConfig(
+        output_dir="/tmp/jaxsteer-bench-trl",
+        per_device_train_batch_size=prompts * group,
+        num_generations=group,
+        gradient_accumulation_steps=1,
+        max_completion_length=new_tokens,
+        generation_kwargs={"min_new_tokens": new_tokens},
+        temperature=1.0,
+        top_p=1.0,
+        beta=0.0,
+        loss_type="dapo",  # token mean over the batch, like jaxsteer's token_mean
+        scale_rewards="none",
+        num_iterations=1,
+        learning_rate=1e-6,
+        max_grad_norm=2.0,
+        max_steps=steps + 1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        shuffle_dataset=False,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        gradient_checkpointing=False,  # jaxsteer does not rematerialise either
+    )
+    trainer = GRPOTrainer(model=hf, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok)
+    times: list[dict] = []
+    gen_time = {"t": 0.0, "c": 0.0}
+    original = trainer._generate_and_score_completions
+
+    def timed_generate(*a, **kw):
+        t, c = time.perf_counter(), time.process_time()
+        out = original(*a, **kw)
+        gen_time["t"] += time.perf_counter() - t
+        gen_time["c"] += time.process_time() - c
+        lengths = out["completion_mask"].sum(1)
+        assert int(lengths.min()) == new_tokens, lengths
+        return out
+
+    trainer._generate_and_score_completions = timed_generate
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            gen_time["t"] = gen_time["c"] = 0.0
+            self.t, self.c = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, *a, **k):
+            total, cpu = time.perf_counter() - self.t, time.process_time() - self.c
+            times.append({"rollout_s": gen_time["t"], "update_s": total - gen_time["t"], "step_s": total,
+                          "rollout_cpu_s": gen_time["c"], "update_cpu_s": cpu - gen_time["c"], "step_cpu_s": cpu})
+            log(f"TRL step {len(times) - 1}{' (warm-up)' if len(times) == 1 else ''}: rollout {gen_time['t']:.2f} s, "
+                f"update {total - gen_time['t']:.2f} s")
+
+    trainer.add_callback(Timer())
+    trainer.train()
+    return _summary(times[1:], warmup=times[0])
+
+
+# --------------------------------------------------------------------------- peak memory
+
+
+def _rss_now_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rss_child(kind: str, prompts: int, group: int, new_tokens: int) -> None:
+    """Load the model, then poll the resident set size while two RL steps (compile included) run."""
+    import threading
+
+    import jaxsteer
+
+    model, tok = jaxsteer.load("smollm2-135m-instruct")
+    after_load = _rss_now_mib()
+    peak = [after_load]
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_now_mib())
+            time.sleep(0.02)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    jaxsteer_steps(kind, prompts, group, new_tokens, steps=1, model=model, tok=tok)
+    done.set()
+    t.join()
+    print("RSS_MIB", after_load, peak[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)
+
+
+def peak_rss(kind: str, prompts: int, group: int, new_tokens: int) -> dict | None:
+    """RSS (MiB) of a fresh process training `kind`: after loading the model, peak while training
+    (polled every 20 ms), and the process high-water mark (loading included)."""
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.rl_step", "--rss-child", kind, "--prompts", str(prompts),
+         "--group", str(group), "--new-tokens", str(new_tokens)],
+        capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RSS_MIB"):
+            after_load, train_peak, hwm = map(float, line.split()[1:])
+            return {"after_load": after_load, "training_peak": train_peak, "training_extra": train_peak - after_load,
+                    "process_high_water": hwm}
+    log(f"peak RSS child ({kind}) failed:\n{proc.stderr[-2000:]}")
+    return None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=12)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
+    p.add_argument("--no-trl", action="store_true")
+    p.add_argument("--only-trl", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-rss", action="store_true")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rss_child:
+        _rss_child(args.rss_child, args.prompts, args.group, args.new_tokens)
+        return {}
+
+    import jaxsteer
+
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "loadavg_start": list(os.getloadavg()),
+        "setup": {"prompts": args.prompts, "group": args.group, "rollouts": args.prompts * args.group,
+                  "new_tokens": args.new_tokens, "prompt_tokens": 25, "timed_steps": args.steps},
+    }
+    model, tok = jaxsteer.load("smollm2-135m-instruct")
+    if not args.only_trl:
+        result["jaxsteer_steering"] = jaxsteer_steps("steering", args.prompts, args.group, args.new_tokens, args.steps, model, tok)
+        result["jaxsteer_full"] = jaxsteer_steps("full", args.prompts, args.group, args.new_tokens, args.steps, model, tok)
+    del model
+    if not args.no_trl:
+        try:
+            result["trl_full"] = trl_steps(args.prompts, args.group, args.new_tokens, args.steps, tok)
+        except Exception as e:  # noqa: BLE001 - report why TRL could not run, keep our own numbers
+            result["trl_error"] = f"{type(e).__name__}: {e}"
+            log(f"TRL could not run: {result['trl_error']}")
+    if not args.no_rss:
+        result["peak_rss_mib"] = {k: peak_rss(k, args.prompts, args.group, args.new_tokens) for k in ("steering", "full")}
+    result["loadavg_end"] = list(os.getloadavg())
+
+    print(f"\nOne RL step: {args.prompts} prompts x G={args.group} = {args.prompts * args.group} rollouts of "
+          f"{args.new_tokens} tokens (25-token prompts), SmolLM2-135M float32, CPU, median of {args.steps} steps")
+    print(f"{'':28s} {'step s':>8s} {'rollout s':>10s} {'update s':>9s} {'rollout share':>14s} {'step CPU s':>11s}")
+    rows = [("jaxsteer steering vectors", "jaxsteer_steering"), ("jaxsteer full fine-tuning", "jaxsteer_full"),
+            ("TRL GRPOTrainer (full)", "trl_full")]
+    for label, key in rows:
+        r = result.get(key)
+        if r:
+            print(f"{label:28s} {r['step_s']:8.2f} {r['rollout_s']:10.2f} {r['update_s']:9.2f} {100 * r['rollout_share']:13.0f}%"
+                  f" {r['step_cpu_s']:11.2f}")
+    if "trl_full" in result and "jaxsteer_full" in result:
+        trl = result["trl_full"]["step_s"]
+        trl_cpu = result["trl_full"]["step_cpu_s"]
+        result["speedup_vs_trl"] = {
+            "steering": trl / result["jaxsteer_steering"]["step_s"],
+            "full": trl / result["jaxsteer_full"]["step_s"],
+            "steering_cpu": trl_cpu / result["jaxsteer_steering"]["step_cpu_s"],
+            "full_cpu": trl_cpu / result["jaxsteer_full"]["step_cpu_s"],
+        }
+        sp = result["speedup_vs_trl"]
+        print(f"speed-up over TRL (wall time): steering {sp['steering']:.1f}x, full fine-tuning {sp['full']:.1f}x; "
+              f"(process CPU time): steering {sp['steering_cpu']:.1f}x, full fine-tuning {sp['full_cpu']:.1f}x")
+    elif "trl_error" in result:
+        print(f"TRL did not run: {result['trl_error']}")
+    if result.get("peak_rss_mib"):
+        for k, r in result["peak_rss_mib"].items():
+            if r:
+                print(f"memory, {k}: RSS {r['after_load']:.0f} MiB after loading the model, peak {r['training_peak']:.0f} MiB "
+                      f"while training (+{r['training_extra']:.0f} MiB), process high-water mark {r['process_high_water']:.0f} MiB")
+    print(f"load average at start / end: {result['loadavg_start'][0]:.1f} / {result['loadavg_end'][0]:.1f} "
+          f"({result['machine']['cores']} cores; other work on the machine skews absolute times)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+"""Training configuration: a tree of frozen dataclasses, read from YAML plus dotted overrides.
+
+    cfg = load_config("experiments/smollm2_arithmetic_steering.yaml", ["trainable.kind=lora", "lr=1e-4"])
+
+Every key of the YAML file and of an override must name a field (`section.field` for nested
+sections); anything else is a `ConfigError` naming the key. Values are converted to the field's
+type (`"1e-4"` -> float, `"[10, 20]"` -> tuple, `"null"` -> None, `"true"` -> bool).
+`config_to_dict(cfg)` gives the effective config back as plain JSON-able data (saved with every
+checkpoint and printed at the start of a run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any, Sequence
+
+import yaml
+
+from .losses import LossConfig
+from .trainable import TrainableConfig
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used (the message names it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which model to train.
+
+    spec: anything `jaxsteer.load` takes (alias, HF directory, hub id, .gguf), or "random" for a
+    randomly initialised model built from `random` (ModelConfig fields; for tests and smoke runs).
+    dtype: "float32" | "bfloat16" (of the frozen weights; trainable arrays are always float32).
+    """
+
+    spec: str = "smollm2-135m-instruct"
+    dtype: str = "float32"
+    random: dict | None = None
+    random_seed: int = 0
+    random_scale: float = 0.02  # std of the random weights
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmConfig:
+    """The RL algorithm.
+
+    name: "grpo" (the policy-gradient family: REINFORCE/RLOO/GRPO/DAPO/Dr. GRPO, set by
+    `advantage` and `loss`) or "expert_iteration" (NLL on samples with reward > ei_threshold).
+    group_size: completions per prompt (G). prompts_per_step: prompts per optimizer step over all
+    processes. micro_batches: gradient accumulation inside the jitted step (the batch of
+    prompts_per_step * G completions is split into this many micro-batches).
+    dash: DASH preemptive sampling: the whole accumulation batch is sampled in one call, then the
+    update runs over the micro-batches (set `loss.dash_tau`, e.g. 0.1, to drop samples with
+    |A| <= tau). Without dash, sampling runs once per micro-batch.
+    updates_per_batch: off-policy minibatch updates per rollout batch (RAPID-style): the batch is
+    split into this many minibatches, one optimizer step each, importance-weighted against the
+    stored pi_old log-probs (set `loss.importance_cap`). 1 = on-policy.
+    """
+
+    name: str = "grpo"
+    advantage: str = "rloo"
+    group_size: int = 8
+    prompts_per_step: int = 8
+    micro_batches: int = 1
+    dash: bool = False
+    updates_per_batch: int = 1
+    ei_threshold: float = 0.0
+    log_kl: bool = False  # score the reference policy each step to log KL even when loss.kl_coef = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+    """Rollout sampling (the compiled KV-cache sampler's settings)."""
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    bucket: int = 8  # prompts are left-padded to a multiple of this
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Prompts, references and the reward.
+
+    train / eval: dataset specs for `load_dataset` ("arithmetic:n=2000,digits=2,split=train", a
+    file path), or "py:module:function" returning a list of `Example`s.
+    reward: "correctness" | "format" | "countdown" | "pkg.module:function".
+    prompt_template: how a prompt becomes text for the tokenizer: "chat" (the tokenizer's chat
+    template, with `system` as the system message when not None), "raw" (the prompt as is), or a
+    format string with `{prompt}`. Token-id prompts (`meta["prompt_ids"]`) bypass all of this.
+    """
+
+    train: str = "arithmetic:n=5000,digits=2,seed=0,split=train"
+    eval: str = "arithmetic:n=200,digits=2,seed=1,split=test"
+    reward: str = "correctness"
+    prompt_template: str = "chat"
+    system: str | None = None
+    shuffle: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """Held-out evaluation: greedy accuracy (Wilson CI) and sampled pass@1 over `samples` draws."""
+
+    every: int = 0  # evaluate every N steps during training (0 = only before and after)
+    before: bool = True
+    after: bool = True
+    n: int = 200
+    greedy: bool = True
+    samples: int = 0  # k for sampled pass@1 (0 = skip)
+    max_new_tokens: int | None = None  # default: sampling.max_new_tokens
+    batch_size: int = 200
+    temperature: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+    every: int = 50  # save every N steps (and at the end); 0 = only at the end
+    keep: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    """Device mesh ("data", "fsdp"). -1 on one axis = all remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run."""
+
+    model: ModelSpec = ModelSpec()
+    trainable: TrainableConfig = TrainableConfig()
+    loss: LossConfig = LossConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    sampling: SamplingSpec = SamplingSpec()
+    data: DataSpec = DataSpec()
+    eval: EvalSpec = EvalSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    mesh: MeshSpec = MeshSpec()
+    steps: int = 100
+    seed: int = 0
+    lr: float = 1e-3
+    warmup_frac: float = 0.03
+    schedule: str = "constant"  # "constant" (after warmup) | "cosine"
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip: float = 2.0
+    output_dir: str = "runs/default"
+    log_every: int = 1  # write metrics.jsonl / TensorBoard every N steps
+    progress: bool = True
+    plot: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        a = self.algorithm
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.warmup_frac < 1, "warmup_frac must be in [0, 1)"),
+            (self.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {self.schedule!r}"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
+            (a.name in ("grpo", "expert_iteration"), f"algorithm.name must be 'grpo' or 'expert_iteration', got {a.name!r}"),
+            (a.advantage in ("grpo", "rloo", "mean"), f"algorithm.advantage must be grpo, rloo or mean, got {a.advantage!r}"),
+            (a.group_size >= 1, "algorithm.group_size must be >= 1"),
+            (a.prompts_per_step >= 1, "algorithm.prompts_per_step must be >= 1"),
+            (a.micro_batches >= 1, "algorithm.micro_batches must be >= 1"),
+            (a.updates_per_batch >= 1, "algorithm.updates_per_batch must be >= 1"),
+            (not (a.dash and a.updates_per_batch > 1), "algorithm.dash and algorithm.updates_per_batch > 1 exclude each other"),
+            (self.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {self.model.dtype!r}"),
+            (self.sampling.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1"),
+            (self.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        if a.advantage == "rloo" and a.group_size < 2 and a.name == "grpo":
+            raise ConfigError("algorithm.advantage='rloo' needs algorithm.group_size >= 2")
+        batch = a.prompts_per_step * a.group_size
+        per_update = batch // a.updates_per_batch
+        if batch % a.updates_per_batch or per_update % a.micro_batches:
+            raise ConfigError(
+                f"prompts_per_step * group_size = {batch} must split into updates_per_batch={a.updates_per_batch} "
+                f"minibatches of micro_batches={a.micro_batches} equal micro-batches"
+            )
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.algorithm.prompts_per_step * self.algorithm.group_size
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+_SECTIONS = {
+    "model": ModelSpec,
+    "trainable": TrainableConfig,
+    "loss": LossConfig,
+    "algorithm": AlgorithmConfig,
+    "sampling": SamplingSpec,
+    "data": DataSpec,
+    "eval": EvalSpec,
+    "checkpoint": CheckpointSpec,
+    "mesh": MeshSpec,
+}
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _parse_scalar(text: str) -> Any:
+    """A command-line value: YAML, except that `1e-4` is a float (YAML 1.1 reads it as a string)."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert `value` to the annotated type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}")
+    if tp is Any:
+        return value
+    if origin is tuple or tp is tuple:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if isinstance(value, (int, str)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, key) for v in value)
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list, tuple)) or value is None:
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls, values: dict, prefix: str) -> Any:
+    hints = _hints(cls)
+    names = _fields(cls)
+    kwargs = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise ConfigError(f"unknown config key {key!r}; valid keys{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}")
+        kwargs[k] = _coerce(v, hints[k], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{prefix[:-1] or 'config'}: {e}") from None
+
+
+def config_from_dict(data: dict | None) -> TrainConfig:
+    """A `TrainConfig` from nested plain data (unknown keys raise `ConfigError`)."""
+    data = dict(data or {})
+    top = {}
+    sections = {}
+    for k, v in data.items():
+        if k in _SECTIONS:
+            if v is None:
+                v = {}
+            if not isinstance(v, dict):
+                raise ConfigError(f"config section {k!r} must be a mapping, got {v!r}")
+            sections[k] = _build(_SECTIONS[k], v, f"{k}.")
+        else:
+            top[k] = v
+    hints = _hints(TrainConfig)
+    names = _fields(TrainConfig)
+    kwargs = dict(sections)
+    for k, v in top.items():
+        if k not in names:
+            raise ConfigError(f"unknown config key {k!r}; valid top-level keys: {', '.join(names)}")
+        kwargs[k] = _coerce(v, hints[k], k)
+    try:
+        return TrainConfig(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _jsonable(x: Any) -> Any:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    return x
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """The effective config as plain JSON-able data (round-trips through `config_from_dict`)."""
+    return _jsonable(cfg)
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Apply `section.key=value` strings to nested plain data (a copy)."""
+    data = json.loads(json.dumps(data or {}))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if len(parts) > 2 or not all(parts):
+            raise ConfigError(f"unknown config key {key!r}")
+        if len(parts) == 2:
+            section, field = parts
+            if section not in _SECTIONS:
+                raise ConfigError(f"unknown config key {key!r}: no section {section!r} (sections: {', '.join(_SECTIONS)})")
+            if field not in _fields(_SECTIONS[section]):
+                raise ConfigError(
+                    f"unknown config key {key!r}; valid keys in {section}: {', '.join(_fields(_SECTIONS[section]))}"
+                )
+            node = data.setdefault(section, {}) or {}
+            data[section] = node
+            node[field] = _parse_scalar(text)
+        else:
+            if key in _SECTIONS:
+                raise ConfigError(f"config key {key!r} is a section; set one of its fields ({key}.FIELD=value)")
+            if key not in _fields(TrainConfig):
+                raise ConfigError(f"unknown config key {key!r}; valid top-level keys: {', '.join(_fields(TrainConfig))}")
+            data[key] = _parse_scalar(text)
+    return data
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config (None = all defaults) and apply dotted `key=value` overrides."""
+    data = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def save_config(cfg: TrainConfig, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "ModelSpec",
+    "AlgorithmConfig",
+    "SamplingSpec",
+    "DataSpec",
+    "EvalSpec",
+    "CheckpointSpec",
+    "MeshSpec",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+    "save_config",
+]

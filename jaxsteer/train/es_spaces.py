@@ -1,0 +1,331 @@
+"""ES search spaces over a frozen base model.
+
+A space is a pytree (frozen arrays such as ESSA's U and V are leaves; settings are static) with
+
+    theta = space.init(model)                           # the evolving parameters (float32 pytree)
+    member = space.perturb(theta, key, sigma)           # one population member (noise from `key`)
+    model2, interventions = space.apply(model, member)  # what to run (forward / generate)
+    g = space.noise_sum(theta, keys, weights)           # sum_k w_k eps(keys[k]), theta-shaped
+
+`perturb(theta, key, -sigma)` is the antithetic partner of `perturb(theta, key, sigma)`, and
+`perturb(theta, key, 0.0)` is the centre. Nothing population-sized is stored: noise is regenerated
+from keys, in the evaluation (one member at a time under `vmap`) and in `noise_sum` (a scan).
+
+- `TrainableSpace` / `SteeringSpace`: a trainable of `jaxsteer.train.trainable` (steering vectors
+  `[L, d]`, the natural tiny space; or LoRA factors, or the full weights).
+- `FullSpace`: the model's own parameters, Gaussian noise per tensor (Qiu et al.).
+- `EggrollSpace`: the projection matrices with low-rank noise `E = A B^T / sqrt(r)` per matrix
+  (EGGROLL), run through the decoder's adapter path, never materialised.
+- `ESSASpace`: LoRA adapters reparameterised by SVD, `U diag(s) V^T`; only (the top p% of) the
+  singular values evolve (ESSA).
+
+Dense spaces (`dense = True`: members are theta-shaped) also work with the CMA strategies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ..models.decoder import PROJECTIONS
+from ..models.params import Model, flatten, unflatten
+from .trainable import TrainableConfig, apply_trainable, init_trainable
+
+_f32 = jnp.float32
+
+
+def _tree_f32(tree):
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, _f32), tree)
+
+
+def _normal_pieces(key: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Array]:
+    """Standard normal float32 arrays of `shapes`: one draw cut in order (a single PRNG kernel
+    compiles far faster than one per shape)."""
+    sizes = [math.prod(s) for s in shapes]
+    flat = jax.random.normal(key, (sum(sizes),), _f32)
+    out, start = [], 0
+    for shape, n in zip(shapes, sizes):
+        out.append(flat[start : start + n].reshape(shape))
+        start += n
+    return out
+
+
+def normal_like(tree, key: jax.Array):
+    """Standard normal noise shaped like `tree` (float32): one draw from `key`, cut in leaf order."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return jax.tree_util.tree_unflatten(treedef, _normal_pieces(key, [tuple(jnp.shape(x)) for x in leaves]))
+
+
+def _with_adapter(layers: dict, proj: str, new: dict) -> None:
+    """Set `layers["lora"][proj]` to `new` (`{"a", "b"}`, optionally `"s"`), concatenating along the
+    rank axis with an adapter already there (a missing `"s"` counts as ones)."""
+    lora = dict(layers.get("lora", {}))
+    old = lora.get(proj)
+    if old is not None:
+        merged = {
+            "a": jnp.concatenate([old["a"], new["a"].astype(old["a"].dtype)], axis=-1),
+            "b": jnp.concatenate([old["b"], new["b"].astype(old["b"].dtype)], axis=-2),
+        }
+        if "s" in old or "s" in new:
+            ones = lambda ab: jnp.ones(ab["a"].shape[:-2] + ab["a"].shape[-1:], ab["a"].dtype)
+            merged["s"] = jnp.concatenate([old.get("s", ones(old)), new.get("s", ones(new)).astype(old["a"].dtype)], axis=-1)
+        new = merged
+    lora[proj] = new
+    layers["lora"] = lora
+
+
+class _Dense:
+    """Shared code of the spaces whose members are `theta + sigma * eps` (eps ~ N(0, I) per leaf)."""
+
+    dense = True
+
+    def noise(self, theta, key):
+        return normal_like(theta, key)
+
+    def perturb(self, theta, key, sigma):
+        eps = self.noise(theta, key)
+        return jax.tree_util.tree_map(lambda t, e: t + sigma * e, theta, eps)
+
+    def noise_sum(self, theta, keys, weights):
+        """`sum_k weights[k] * eps(keys[k])`, regenerating one eps at a time (lax.scan)."""
+
+        def body(acc, kw):
+            eps = self.noise(theta, kw[0])
+            return jax.tree_util.tree_map(lambda a, e: a + kw[1] * e, acc, eps), None
+
+        acc = jax.tree_util.tree_map(lambda t: jnp.zeros(jnp.shape(t), _f32), theta)
+        return jax.lax.scan(body, acc, (keys, jnp.asarray(weights, _f32)))[0]
+
+
+# --------------------------------------------------------------------------- steering
+
+
+@struct.dataclass
+class TrainableSpace(_Dense):
+    """Any trainable of `jaxsteer.train.trainable` (`cfg.kind` steering, lora or full), combined
+    with the base by `apply_trainable`: theta is that trainable pytree (float32), e.g.
+    `{"vectors": [n, d]}` (zeros at init) for steering."""
+
+    cfg: TrainableConfig = struct.field(pytree_node=False, default=TrainableConfig())
+
+    def init(self, model: Model, key: jax.Array | None = None):
+        return _tree_f32(init_trainable(model, self.cfg, jax.random.PRNGKey(0) if key is None else key))
+
+    def apply(self, model: Model, member) -> tuple[Model, tuple]:
+        return apply_trainable(model, member, self.cfg)
+
+
+def SteeringSpace(layers: tuple[int, ...] | None = None, site: str = "resid_post", rank: int | None = None) -> TrainableSpace:
+    """Steering vectors `[L, d]` (or the selected `layers`, at `site`; low-rank with `rank`)."""
+    return TrainableSpace(TrainableConfig(kind="steering", layers=layers, site=site, rank=rank))
+
+
+# --------------------------------------------------------------------------- full parameters
+
+
+@struct.dataclass
+class FullSpace(_Dense):
+    """The model's own parameters (Qiu et al.): theta is the nested params subset named by `paths`
+    ('/'-joined, e.g. "layers/q_proj"; None = every parameter except adapters), in float32; members
+    are cast back to each parameter's dtype."""
+
+    paths: tuple[str, ...] | None = struct.field(pytree_node=False, default=None)
+
+    def _paths(self, model: Model) -> list[str]:
+        flat = flatten(model.params)
+        if self.paths is None:
+            return sorted(p for p in flat if not p.startswith("layers/lora/"))
+        missing = [p for p in self.paths if p not in flat]
+        if missing:
+            raise ValueError(f"FullSpace: no parameter {missing[0]!r}; parameters: {sorted(flat)}")
+        return list(self.paths)
+
+    def init(self, model: Model, key: jax.Array | None = None):
+        flat = flatten(model.params)
+        return unflatten({p: jnp.asarray(flat[p], _f32) for p in self._paths(model)})
+
+    def apply(self, model: Model, member) -> tuple[Model, tuple]:
+        flat = flatten(model.params)
+        for p, v in flatten(member).items():
+            flat[p] = v.astype(flat[p].dtype)
+        return model.replace(params=unflatten(flat)), ()
+
+
+# --------------------------------------------------------------------------- EGGROLL
+
+
+@struct.dataclass
+class EggrollSpace:
+    """EGGROLL: theta = the target projection matrices `{proj: [L, in, out]}` (float32). Member
+    noise per matrix is `E = A B^T / sqrt(r)` with A `[in, r]`, B `[out, r]` standard normal, run as
+    the adapter `{"a": A, "b": sigma B^T / sqrt(r)}`, so the forward computes
+    `x W + (x A)(sigma B^T / sqrt(r))` (the paper's `x W^T + (x B) A^T sigma / sqrt(r)` with our
+    `[in, out]` layout). Updates (sums of low-rank terms) are full rank.
+    """
+
+    targets: tuple[str, ...] = struct.field(pytree_node=False, default=PROJECTIONS)
+    rank: int = struct.field(pytree_node=False, default=1)
+    chunk: int = struct.field(pytree_node=False, default=16)  # members per step of noise_sum's scan
+
+    dense = False
+
+    def __post_init__(self):
+        bad = [t for t in self.targets if t not in PROJECTIONS]
+        if bad or not self.targets:
+            raise ValueError(f"EggrollSpace targets {self.targets} must be a non-empty subset of {PROJECTIONS}")
+        if self.rank < 1:
+            raise ValueError("rank must be >= 1")
+
+    def init(self, model: Model, key: jax.Array | None = None):
+        layers = model.params["layers"]
+        return {p: jnp.asarray(layers[p], _f32) for p in self.targets}
+
+    def factors(self, theta, key):
+        """`{proj: (A [L, in, r], B [L, out, r])}`, standard normal: one draw from `key`, cut in
+        (sorted projection, A, B) order."""
+        names = sorted(theta)
+        shapes = []
+        for p in names:
+            L, d_in, d_out = theta[p].shape
+            shapes += [(L, d_in, self.rank), (L, d_out, self.rank)]
+        pieces = _normal_pieces(key, shapes)
+        return {p: (pieces[2 * j], pieces[2 * j + 1]) for j, p in enumerate(names)}
+
+    def perturb(self, theta, key, sigma):
+        scale = sigma / math.sqrt(self.rank)
+        lora = {p: {"a": A, "b": scale * jnp.swapaxes(B, -1, -2)} for p, (A, B) in self.factors(theta, key).items()}
+        return {"w": theta, "lora": lora}
+
+    def apply(self, model: Model, member) -> tuple[Model, tuple]:
+        layers = dict(model.params["layers"])
+        for p, w in member["w"].items():
+            layers[p] = w.astype(layers[p].dtype)
+            _with_adapter(layers, p, member["lora"][p])
+        return model.replace(params={**model.params, "layers": layers}), ()
+
+    def noise(self, theta, key):
+        """The materialised `E = A B^T / sqrt(r)` per matrix (tests and tiny models only)."""
+        return {p: jnp.einsum("lir,lor->lio", A, B) / math.sqrt(self.rank) for p, (A, B) in self.factors(theta, key).items()}
+
+    def noise_sum(self, theta, keys, weights):
+        """`sum_k w_k A_k B_k^T / sqrt(r)` per matrix: regenerated factors, `chunk` members per scan
+        step contracted as `A^T diag(w) B` (never an `[M, in, out]` tensor)."""
+        weights = jnp.asarray(weights, _f32)
+        K = weights.shape[0]
+        c = max(1, min(self.chunk, K))
+        pad = (-K) % c
+        keys = jnp.concatenate([keys, jnp.repeat(keys[:1], pad, axis=0)]) if pad else keys
+        weights = jnp.concatenate([weights, jnp.zeros((pad,), _f32)]) if pad else weights
+        keys = keys.reshape(-1, c, *keys.shape[1:])
+        weights = weights.reshape(-1, c)
+
+        def body(acc, kw):
+            ks, ws = kw
+            facs = jax.vmap(lambda k: self.factors(theta, k))(ks)
+            return {p: acc[p] + jnp.einsum("clir,c,clor->lio", A, ws, B) for p, (A, B) in facs.items()}, None
+
+        acc = {p: jnp.zeros(theta[p].shape, _f32) for p in theta}
+        acc = jax.lax.scan(body, acc, (keys, weights))[0]
+        return {p: v / math.sqrt(self.rank) for p, v in acc.items()}
+
+
+# --------------------------------------------------------------------------- ESSA
+
+
+@struct.dataclass
+class ESSASpace(_Dense):
+    """ESSA: each LoRA adapter `scale * a @ b = U diag(s) V^T` (per layer and projection); U, V are
+    frozen leaves of the space, theta `{proj: [L, k]}` holds the top-k singular values that evolve
+    (k = ceil(top_p * r)); the rest stay at `s0`. Build with `essa_space`."""
+
+    u: dict  # {proj: [L, in, r]}
+    vt: dict  # {proj: [L, r, out]}
+    s0: dict  # {proj: [L, r]} descending
+    n_active: int = struct.field(pytree_node=False, default=0)
+
+    def init(self, model: Model | None = None, key: jax.Array | None = None):
+        return {p: jnp.asarray(s[:, : self.n_active], _f32) for p, s in self.s0.items()}
+
+    def singular_values(self, theta) -> dict:
+        """Full `{proj: [L, r]}`: the evolving top-k followed by the frozen rest."""
+        return {p: jnp.concatenate([theta[p].astype(_f32), self.s0[p][:, self.n_active:]], axis=-1) for p in self.s0}
+
+    def adapters(self, theta) -> dict:
+        """`{proj: {"a": U, "s": s, "b": V^T}}`: the decoder computes `((x @ U) * s) @ V^T`, so under
+        a vmapped population only s carries the member axis."""
+        return {p: {"a": self.u[p], "s": s, "b": self.vt[p]} for p, s in self.singular_values(theta).items()}
+
+    def apply(self, model: Model, member) -> tuple[Model, tuple]:
+        layers = dict(model.params["layers"])
+        for p, usv in self.adapters(member).items():
+            _with_adapter(layers, p, usv)
+        return model.replace(params={**model.params, "layers": layers}), ()
+
+    def to_lora(self, theta, cfg: TrainableConfig) -> dict:
+        """A LoRA trainable for `cfg` (`apply_trainable` reproduces this member): a = U s, b = V^T / scale."""
+        s = self.singular_values(theta)
+        return {p: {"a": self.u[p] * s[p][:, None, :], "b": self.vt[p] / cfg.lora_scale} for p in s}
+
+
+def _svd_lowrank(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SVD of `a @ b` (a `[in, r]`, b `[r, out]`) via QR of the factors, in float64, without forming
+    the `[in, out]` product: returns U `[in, r]`, s `[r]` (descending), V^T `[r, out]`."""
+    qa, ra = np.linalg.qr(a)
+    qb, rb = np.linalg.qr(b.T)
+    uk, s, vkt = np.linalg.svd(ra @ rb.T)
+    return qa @ uk, s, vkt @ qb.T
+
+
+def essa_space(
+    model: Model,
+    lora: dict | None = None,
+    cfg: TrainableConfig | None = None,
+    *,
+    top_p: float = 1.0,
+    rank: int = 8,
+    targets: tuple[str, ...] | None = None,
+    seed: int = 0,
+) -> ESSASpace:
+    """An `ESSASpace` from a LoRA trainable (`lora` with its `cfg`, e.g. an SFT or RL warm start), or
+    fresh: random orthonormal U, V of `rank` on `targets` (default all projections; numpy `seed`)
+    with s = 0.
+
+    top_p: fraction of each adapter's singular values (the largest) that evolve. The model must not
+    already carry this LoRA (the space adds it; other adapters on the model are kept, concatenated
+    along the rank axis). Runs once, on the host, in float64."""
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    layers = model.params["layers"]
+    u, vt, s0 = {}, {}, {}
+    if lora is not None:
+        if cfg is None or cfg.kind != "lora":
+            raise ValueError("essa_space: a LoRA warm start needs its TrainableConfig(kind='lora')")
+        for p in sorted(lora):
+            a = np.asarray(lora[p]["a"], np.float64)
+            b = np.asarray(lora[p]["b"], np.float64) * cfg.lora_scale
+            parts = [_svd_lowrank(a[l], b[l]) for l in range(a.shape[0])]
+            u[p] = jnp.asarray(np.stack([x[0] for x in parts]), _f32)
+            s0[p] = jnp.asarray(np.stack([x[1] for x in parts]), _f32)
+            vt[p] = jnp.asarray(np.stack([x[2] for x in parts]), _f32)
+        r = next(iter(s0.values())).shape[-1]
+    else:
+        targets = tuple(targets or PROJECTIONS)
+        rng = np.random.default_rng(seed)
+        for p in sorted(targets):
+            L, d_in, d_out = layers[p].shape
+            qa = np.linalg.qr(rng.standard_normal((L, d_in, rank)))[0]
+            qb = np.linalg.qr(rng.standard_normal((L, d_out, rank)))[0]
+            u[p] = jnp.asarray(qa, _f32)
+            vt[p] = jnp.asarray(np.swapaxes(qb, -1, -2), _f32)
+            s0[p] = jnp.zeros((L, rank), _f32)
+        r = rank
+    n_active = max(1, int(math.ceil(top_p * r - 1e-9)))
+    return ESSASpace(u=u, vt=vt, s0=s0, n_active=n_active)
+
+
+
+__all__ = ["normal_like", "TrainableSpace", "SteeringSpace", "FullSpace", "EggrollSpace", "ESSASpace", "essa_space"]

@@ -1,0 +1,134 @@
+"""Run logging: a JSONL file, TensorBoard events (tensorboardX) and a PNG of the training curves.
+
+Only process 0 writes (`jax.process_index() == 0`); other processes get a no-op logger.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+# Curves drawn by `plot_curves`, in panel order.
+PLOT_KEYS = (
+    ("reward_mean", "reward (mean)"),
+    ("accuracy", "rollout accuracy"),
+    ("zero_std_fraction", "zero-std groups"),
+    ("entropy", "entropy (nats/token)"),
+    ("completion_length", "completion length"),
+    ("kl", "KL to reference"),
+    ("grad_norm", "grad norm"),
+    ("rollout_tokens_per_s", "rollout tokens/s"),
+)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, "dtype"):
+        v = np.asarray(v).item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class RunLogger:
+    """Appends one JSON object per step to `metrics.jsonl` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, directory: str, *, tensorboard: bool = True, resume_step: int | None = None):
+        self.active = jax.process_index() == 0
+        self.directory = directory
+        self.path = os.path.join(directory, "metrics.jsonl")
+        self.tb = None
+        if not self.active:
+            return
+        os.makedirs(directory, exist_ok=True)
+        if resume_step is None:
+            open(self.path, "w").close()
+        elif os.path.exists(self.path):  # drop records written after the checkpoint we resume from
+            keep = [ln for ln in open(self.path) if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(keep)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(directory, "tb"), purge_step=None if resume_step is None else resume_step + 1)
+
+    def log(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
+        if not self.active:
+            return
+        record = {"step": int(step), "kind": kind, **{k: _clean(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{kind}/{k}", v, int(step))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+def read_log(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(ln) for ln in f if ln.strip()]
+
+
+def plot_curves(jsonl_path: str, png_path: str, title: str = "") -> str | None:
+    """Draw the training curves (and eval accuracy points) of a metrics.jsonl into a PNG."""
+    if jax.process_index() != 0:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(jsonl_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    keys = [(k, label) for k, label in PLOT_KEYS if any(r.get(k) is not None for r in train)]
+    if not keys and not evals:
+        return None
+    n = len(keys) + (1 if evals else 0)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, (k, label) in zip(axes.flat, keys):
+        pts = [(r["step"], r[k]) for r in train if r.get(k) is not None]
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, lw=1, alpha=0.5)
+        if len(ys) >= 5:  # running mean over 5 steps
+            w = 5
+            smooth = np.convolve(ys, np.ones(w) / w, mode="valid")
+            ax.plot(xs[w - 1:], smooth, lw=2)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if evals:
+        ax = axes.flat[len(keys)]
+        for name, key, ci in (("trained (greedy)", "greedy_acc", "greedy_ci"), ("base (greedy)", "base_greedy_acc", "base_greedy_ci")):
+            pts = [(r["step"], r[key], r.get(ci)) for r in evals if r.get(key) is not None]
+            if pts:
+                xs = [p[0] for p in pts]
+                ys = [p[1] for p in pts]
+                err = [[y - (p[2][0] if p[2] else y) for y, p in zip(ys, pts)], [(p[2][1] if p[2] else y) - y for y, p in zip(ys, pts)]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+        ax.set_title("held-out accuracy (95% CI)", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path
+
+
+__all__ = ["RunLogger", "read_log", "plot_curves"]
