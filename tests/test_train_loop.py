@@ -1,0 +1,230 @@
+"""The RL loop end to end on a tiny random model and a token-id task (no tokenizer):
+reward rises for steering, LoRA and full fine-tuning; micro-batching does not change the
+update; kill-and-resume in a new process equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+
+import train_toy as T
+from jaxsteer.train.config import config_from_dict
+from jaxsteer.train.loop import setup_training, train
+from jaxsteer.train.sharding import global_batch, make_mesh
+from jaxsteer.train.step import compile_step
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+KINDS = {
+    "steering": {"lr": 0.3},
+    "lora": {"lr": 0.05, "trainable.lora_rank": 4},
+    "full": {"lr": 0.01},
+}
+
+
+def _cfg(out, **kw):
+    base = {"model.random_scale": 0.2, "algorithm.prompts_per_step": 8, "sampling.max_new_tokens": 2, "steps": 6}
+    base.update(kw)
+    return config_from_dict(T.config_dict(str(out), **base))
+
+
+@pytest.fixture(scope="module")
+def steering_run(tmp_path_factory):
+    """Six uninterrupted steering steps, checkpoints every 2 (kept: 2, 4, 6)."""
+    out = tmp_path_factory.mktemp("straight")
+    cfg = _cfg(out, **{"lr": 0.3, "checkpoint.every": 2, "checkpoint.keep": 3})
+    return cfg, train(cfg)
+
+
+def _rises(history):
+    r = [h["reward_mean"] for h in history]
+    return np.mean(r[-2:]) - np.mean(r[:2]), r
+
+
+def test_reward_rises_steering(steering_run):
+    _, result = steering_run
+    gain, r = _rises(result.history)
+    assert gain > 0.4, r
+    assert result.history[0]["zero_std_fraction"] < 1.0
+    assert {"reward_std", "accuracy", "entropy", "grad_norm", "completion_length", "clip_fraction",
+            "rollout_tokens_per_s", "rollout_s", "update_s"} <= set(result.history[0])
+    assert os.path.exists(result.files["vectors_npy"]) and os.path.exists(result.files["vectors_safetensors"])
+    records = [json.loads(l) for l in open(result.files["metrics"])]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_reward_rises(tmp_path, kind):
+    kw = {f"trainable.kind": kind, **KINDS[kind], "checkpoint.every": 0}
+    result = train(_cfg(tmp_path, **kw))
+    gain, r = _rises(result.history)
+    assert gain > 0.4, r
+
+
+def _batch(rng, rows, P, N, vocab, G=4):
+    """A rollout-shaped batch: groups of G rows share a (left-padded) prompt; ragged completions."""
+    tokens = rng.randint(2, vocab, size=(rows, P + N)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    for g in range(0, rows, G):
+        tokens[g:g + G, :P] = tokens[g, :P]
+        mask[g:g + G, : rng.randint(0, 3)] = 0  # some left padding
+    for i in range(rows):  # ragged completion lengths
+        mask[i, P + rng.randint(1, N + 1):] = 0
+    return {
+        "tokens": tokens,
+        "mask": mask,
+        "old_logp": -rng.rand(rows, N).astype(np.float32),
+        "advantages": rng.randn(rows).astype(np.float32),
+        "rewards": np.sign(rng.randn(rows)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
+def test_micro_batches_do_not_change_the_update(tmp_path, aggregation):
+    """One step on a batch as 1 micro-batch == the same batch as 4 micro-batches (grad accumulation)."""
+    results = []
+    for M in (1, 4):
+        cfg = _cfg(tmp_path, **{"algorithm.micro_batches": M, "loss.aggregation": aggregation, "loss.dash_tau": 0.5,
+                                "model.random_scale": 0.2})
+        model, _ = __import__("jaxsteer.train.loop", fromlist=["build_model"]).build_model(cfg.model)
+        mesh = make_mesh(devices=jax.devices()[:1])
+        setup = setup_training(cfg, model, mesh)
+        step = compile_step(setup.spec, setup.tx)
+        batch = _batch(np.random.RandomState(0), 32, 6, 4, T.VOCAB)
+        batch = {k: jnp.asarray(v.reshape(M, -1, *v.shape[1:])) for k, v in batch.items()}
+        state, metrics = step(setup.model, setup.state, batch, 6)
+        results.append((jax.device_get(state["trainable"]), jax.device_get(metrics)))
+    (t1, m1), (t4, m4) = results
+    np.testing.assert_allclose(t1["vectors"], t4["vectors"], atol=1e-6)
+    for k in ("loss", "grad_norm", "entropy", "kept_fraction"):
+        np.testing.assert_allclose(m1[k], m4[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_kill_and_resume_in_a_new_process(steering_run, tmp_path):
+    """Steps 1-4, stop, restore in a new process, steps 5-6 == six steps straight."""
+    cfg, straight = steering_run
+    run = tmp_path / "resumed"
+    shutil.copytree(cfg.output_dir, run)
+    ck = run / "checkpoints"
+    for d in os.listdir(ck):
+        if d.isdigit() and int(d) > 4:
+            shutil.rmtree(ck / d)
+    # the run "died" after step 4: drop its later log lines and outputs too
+    for name in ("steering_vectors.npy", "steering_vectors.safetensors", "summary.json"):
+        if (run / name).exists():
+            os.remove(run / name)
+    data = T.config_dict(str(run), **{"model.random_scale": 0.2, "algorithm.prompts_per_step": 8,
+                                      "sampling.max_new_tokens": 2, "steps": 6, "lr": 0.3,
+                                      "checkpoint.every": 2, "checkpoint.keep": 3})
+    with open(tmp_path / "cfg.yaml", "w") as f:
+        yaml.safe_dump(data, f)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxsteer.cli", "train", str(tmp_path / "cfg.yaml"), "--resume", "--logit-lens", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "at step 4" in proc.stdout, proc.stdout
+    np.testing.assert_allclose(np.load(run / "steering_vectors.npy"), np.load(straight.files["vectors_npy"]), atol=1e-6)
+    straight_log = [json.loads(l) for l in open(straight.files["metrics"]) if '"train"' in l]
+    resumed_log = [json.loads(l) for l in open(run / "metrics.jsonl") if '"train"' in l]
+    assert [r["step"] for r in resumed_log] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(straight_log, resumed_log):  # same data order and samples => same rewards and losses
+        for k in ("reward_mean", "accuracy", "loss", "grad_norm"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"algorithm.dash": True, "algorithm.micro_batches": 2, "loss.dash_tau": 0.1},
+        {"algorithm.updates_per_batch": 2, "loss.importance_cap": 2.0, "loss.clip_eps_low": 0.2,
+         "loss.clip_eps_high": 0.28, "loss.kl_coef": 0.01},
+        {"algorithm.name": "expert_iteration", "algorithm.log_kl": True, "lr": 0.1},
+    ],
+    ids=["dash", "rapid-offpolicy-clip-kl", "expert-iteration"],
+)
+def test_algorithm_variants_run_and_learn(tmp_path, variant):
+    result = train(_cfg(tmp_path, **{"lr": 0.3, "checkpoint.every": 0, **variant}))
+    gain, r = _rises(result.history)
+    assert gain > 0.2, r
+    h = result.history[-1]
+    if "loss.dash_tau" in variant:
+        assert 0 < h["kept_fraction"] <= 1
+    if variant.get("loss.kl_coef") or variant.get("algorithm.log_kl"):
+        assert h["kl"] is not None and h["kl"] >= 0
+
+
+def test_eval_of_a_trained_run(steering_run):
+    """`jaxsteer eval`'s function: base vs trained, greedy (Wilson CI) and sampled pass@1."""
+    import dataclasses
+
+    from jaxsteer.train.loop import evaluate_run
+
+    cfg, _ = steering_run
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, samples=4, n=16))
+    out = evaluate_run(cfg)
+    assert out["step"] == 6 and out["n"] == 16
+    for label in ("base", "trained"):
+        r = out[label]
+        lo, hi = r["greedy_ci"]
+        assert 0 <= lo <= r["greedy_acc"] <= hi <= 1
+        lo, hi = r["pass1_ci"]
+        assert 0 <= lo <= r["pass1"] <= hi <= 1 and r["pass1_k"] == 4
+    assert out["trained"]["pass1"] > out["base"]["pass1"]
+
+
+def test_wilson_and_mean_ci():
+    from jaxsteer.train.evaluate import mean_ci, wilson_interval
+
+    lo, hi = wilson_interval(35, 200)
+    assert lo == pytest.approx(0.1286, abs=1e-3) and hi == pytest.approx(0.2336, abs=1e-3)
+    assert wilson_interval(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0, abs=1e-12)
+    m, (lo, hi) = mean_ci([0.0, 0.5, 1.0, 0.5])
+    assert m == 0.5 and lo < 0.5 < hi
+
+
+@pytest.mark.parametrize("kind", ["steering", "lora"])
+def test_grouped_scoring_equals_full_rows(kind):
+    """Running each prompt once and repeating its K/V cache for the group == scoring every row,
+    in values and in gradients."""
+    from jaxsteer.train.losses import sequence_logprobs
+    from jaxsteer.train.step import grouped_sequence_logprobs
+    from jaxsteer.train.trainable import TrainableConfig, apply_trainable, init_trainable
+    from jaxsteer.train.loop import build_model
+
+    cfg = _cfg("/tmp/unused")
+    model, _ = build_model(cfg.model)
+    tcfg = TrainableConfig(kind=kind)
+    tr = init_trainable(model, tcfg, jax.random.PRNGKey(0))
+    tr = jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(2), x.shape), tr)
+    b = _batch(np.random.RandomState(1), 12, 7, 5, T.VOCAB, G=4)
+    tokens, mask = jnp.asarray(b["tokens"]), jnp.asarray(b["mask"])
+    adv = jnp.asarray(b["advantages"])
+
+    def loss(tr, grouped):
+        m, ivs = apply_trainable(model, tr, tcfg)
+        if grouped:
+            lp, ent = grouped_sequence_logprobs(m, tokens, mask, ivs, completion_start=7, group_size=4, temperature=0.7)
+        else:
+            lp, ent = sequence_logprobs(m, tokens, mask, ivs, completion_start=7, temperature=0.7)
+        return jnp.sum(lp * adv[:, None]) + jnp.sum(ent), (lp, ent)
+
+    (l0, (lp0, e0)), g0 = jax.value_and_grad(loss, has_aux=True)(tr, False)
+    (l1, (lp1, e1)), g1 = jax.value_and_grad(loss, has_aux=True)(tr, True)
+    np.testing.assert_allclose(lp1, lp0, atol=2e-5)
+    np.testing.assert_allclose(e1, e0, atol=2e-5)
+    for a, b_ in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
+        np.testing.assert_allclose(a, b_, atol=2e-5, rtol=1e-4)
