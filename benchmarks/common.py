@@ -51,6 +51,30 @@ def interleaved_times(
     return wall, cpu
 
 
+_COMPILE_S = [0.0]
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+def _on_jax_event(name: str, secs: float, **_: Any) -> None:
+    if name in _COMPILE_EVENTS:
+        _COMPILE_S[0] += secs
+
+
+def compile_seconds() -> float:
+    """Seconds JAX has spent tracing, lowering and compiling in this process so far (from
+    `jax.monitoring` events; take differences around a call)."""
+    if not getattr(compile_seconds, "_registered", False):
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
+        compile_seconds._registered = True
+    return _COMPILE_S[0]
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

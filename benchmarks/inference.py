@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import interleaved_times, log, machine_info, median_time, timed
+from .common import compile_seconds, interleaved_times, log, machine_info, median_time, timed
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -256,18 +256,20 @@ def warm_and_measure(
     calls: dict[str, Any], reps: int | dict[str, int], what: str, warmups: dict[str, Any] | None = None
 ) -> tuple[dict[str, float], dict[str, list[float]], dict[str, list[float]], dict]:
     """First call of each (compile / warm-up; `warmups` may give a cheaper one), then round-robin
-    rounds (`reps`: count, or count per name). Returns (first-call seconds, wall times and CPU
-    times per name, first outputs)."""
-    first, outs = {}, {}
+    rounds (`reps`: count, or count per name). Returns (first-call seconds, JAX compile seconds
+    within the first call, wall times and CPU times per name, first outputs)."""
+    first, comp, outs = {}, {}, {}
     for name, fn in calls.items():
         log(f"  {what}: first call of {name} ...")
+        c0 = compile_seconds()
         first[name], outs[name] = timed((warmups or {}).get(name, fn))
-        log(f"    {first[name]:.2f}s")
+        comp[name] = compile_seconds() - c0
+        log(f"    {first[name]:.2f}s (jax trace+compile {comp[name]:.2f}s)")
     log(f"  {what}: {reps} interleaved rounds of {', '.join(calls)} ...")
     wall, cpu = interleaved_times(
         calls, reps, lambda k, w, c: log(f"    {k}: {w:.3f}s wall, {c:.3f}s cpu (load {_loadavg()})")
     )
-    return first, wall, cpu, outs
+    return first, comp, wall, cpu, outs
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -397,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(B, T), dtype=np.int32)
     fl = flop_counts(cfg, B, T)
     log(f"prefill B={B} T={T} (load {_loadavg()}) ...")
-    first, times, cpu, outs = warm_and_measure(
+    first, comp, times, cpu, outs = warm_and_measure(
         prefill_calls(model, hf, tokens, steer, sz["mm_n"]), sz["pf_reps"], "prefill"
     )
     med = {k: _med(v) for k, v in times.items()}
@@ -410,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "jnp_dot_gflops_same_rounds": dot_gflops,
         "jaxsteer": {
             "compile_plus_first_run_s": first["jaxsteer"],
-            "compile_s_estimate": first["jaxsteer"] - med["jaxsteer"],
+            "compile_s": comp["jaxsteer"],
             "times_s": times["jaxsteer"], "median_s": med["jaxsteer"],
             "tokens_per_s": B * T / med["jaxsteer"],
             "tokens_per_s_best": B * T / best["jaxsteer"],
@@ -422,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "fraction_of_jnp_dot_per_cpu_s": (fl["total"] / cmed["jaxsteer"]) / (2.0 * sz["mm_n"] ** 3 / cmed["jnp_dot"]),
         },
         "steer": {
-            "compile_plus_first_run_s": first["steer"],
+            "compile_plus_first_run_s": first["steer"], "compile_s": comp["steer"],
             "times_s": times["steer"], "median_s": med["steer"], "tokens_per_s": B * T / med["steer"],
             "overhead_pct": 100 * (med["steer"] / med["jaxsteer"] - 1),
             "overhead_pct_best": 100 * (best["steer"] / best["jaxsteer"] - 1),
@@ -443,6 +445,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         prefill["ratio_jaxsteer_over_hf"] = med["hf"] / med["jaxsteer"]
         prefill["ratio_jaxsteer_over_hf_best"] = best["hf"] / best["jaxsteer"]
+        prefill["ratio_jaxsteer_over_hf_cpu_time"] = cmed["hf"] / cmed["jaxsteer"]
         prefill["ratio_steer_over_hf"] = med["hf"] / med["steer"]
         prefill["max_abs_logit_diff_vs_hf"] = float(np.max(np.abs(outs["hf"].numpy() - np.asarray(outs["jaxsteer"]))))
         log(f"  HF {B * T / med['hf']:.0f} tok/s; jaxsteer/HF = {prefill['ratio_jaxsteer_over_hf']:.2f}x; "
@@ -459,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"decode B={dB} new={dN} prompt lengths {min(lens)}..{max(lens)} (load {_loadavg()}) ...")
     calls, info = decode_calls(model, hf, tok, seqs, dN, steer)
     reps = {"jaxsteer": sz["dec_reps"], "steer": sz["dec_reps"], "hf": sz["hf_dec_reps"]}
-    first, times, cpu, outs = warm_and_measure(calls, reps, "decode", info.get("warmups"))
+    first, comp, times, cpu, outs = warm_and_measure(calls, reps, "decode", info.get("warmups"))
     del outs
     med = {k: _med(v) for k, v in times.items()}
     cmed = {k: _med(v) for k, v in cpu.items()}
@@ -474,14 +477,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "jaxsteer": {
             "prompt_padded_len": P,
             "compile_plus_first_run_s": first["jaxsteer"],
-            "compile_s_estimate": first["jaxsteer"] - med["jaxsteer"],
+            "compile_s": comp["jaxsteer"],
             "times_s": times["jaxsteer"], "median_s": med["jaxsteer"],
             "tokens_per_s": dB * dN / med["jaxsteer"], "tokens_per_s_best": dB * dN / best["jaxsteer"],
             "flops_per_call": dec_fl, "gflops_achieved": dec_fl / med["jaxsteer"] / 1e9,
             "cpu_times_s": cpu["jaxsteer"],
         },
         "steer": {
-            "compile_plus_first_run_s": first["steer"],
+            "compile_plus_first_run_s": first["steer"], "compile_s": comp["steer"],
             "times_s": times["steer"], "median_s": med["steer"], "tokens_per_s": dB * dN / med["steer"],
             "overhead_pct": 100 * (med["steer"] / med["jaxsteer"] - 1),
             "overhead_pct_best": 100 * (best["steer"] / best["jaxsteer"] - 1),
@@ -489,7 +492,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "overhead_pct_cpu": 100 * (cmed["steer"] / cmed["jaxsteer"] - 1),
         },
     }
-    log(f"  jaxsteer {dB * dN / med['jaxsteer']:.0f} tok/s (compile ~{decode['jaxsteer']['compile_s_estimate']:.1f}s), "
+    log(f"  jaxsteer {dB * dN / med['jaxsteer']:.0f} tok/s (compile {decode['jaxsteer']['compile_s']:.1f}s), "
         f"steer overhead {decode['steer']['overhead_pct']:+.1f}%")
     if hf is not None:
         decode["hf"] = {
@@ -500,6 +503,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         decode["ratio_jaxsteer_over_hf"] = med["hf"] / med["jaxsteer"]
         decode["ratio_jaxsteer_over_hf_best"] = best["hf"] / best["jaxsteer"]
+        decode["ratio_jaxsteer_over_hf_cpu_time"] = cmed["hf"] / cmed["jaxsteer"]
         decode["ratio_steer_over_hf"] = med["hf"] / med["steer"]
         log(f"  HF {dB * dN / med['hf']:.0f} tok/s; jaxsteer/HF = {decode['ratio_jaxsteer_over_hf']:.2f}x")
     del hf, calls
@@ -536,14 +540,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "prefill_tokens_per_s": {"jaxsteer": prefill["jaxsteer"]["tokens_per_s"],
                                  "hf": prefill.get("hf", {}).get("tokens_per_s")},
         "prefill_ratio_jaxsteer_over_hf": prefill.get("ratio_jaxsteer_over_hf"),
+        "prefill_ratio_jaxsteer_over_hf_cpu_time": prefill.get("ratio_jaxsteer_over_hf_cpu_time"),
         "prefill_fraction_of_matmul_roofline": prefill["jaxsteer"]["fraction_of_jax_matmul_roofline"],
         "prefill_fraction_of_jnp_dot_same_rounds": prefill["jaxsteer"]["fraction_of_jnp_dot_same_rounds"],
         "prefill_fraction_of_jnp_dot_per_cpu_s": prefill["jaxsteer"]["fraction_of_jnp_dot_per_cpu_s"],
         "decode_tokens_per_s": {"jaxsteer": decode["jaxsteer"]["tokens_per_s"],
                                 "hf": decode.get("hf", {}).get("tokens_per_s")},
         "decode_ratio_jaxsteer_over_hf": decode.get("ratio_jaxsteer_over_hf"),
-        "prefill_compile_s": prefill["jaxsteer"]["compile_s_estimate"],
-        "decode_compile_s": decode["jaxsteer"]["compile_s_estimate"],
+        "decode_ratio_jaxsteer_over_hf_cpu_time": decode.get("ratio_jaxsteer_over_hf_cpu_time"),
+        "prefill_compile_s": prefill["jaxsteer"]["compile_s"],
+        "decode_compile_s": decode["jaxsteer"]["compile_s"],
         "steer_overhead_pct": result["steer_overhead_pct"],
         "matmul_gflops": {"jax": roof["jax_gflops"], "torch": roof["torch_gflops"],
                           "jax_in_prefill_rounds": dot_gflops},
