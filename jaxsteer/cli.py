@@ -1,4 +1,4 @@
-"""Command line: `jaxsteer info | generate | demo | train | eval`."""
+"""Command line: `jaxsteer info | generate | demo | train | eval | lens | patch`."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_train(args) -> None:
-    """RL training from a YAML config plus dotted overrides; prints held-out accuracy before/after."""
+    """RL or ES training from a YAML config plus dotted overrides; prints held-out accuracy before/after."""
     import os
 
     from .train.config import ConfigError, load_config
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save", help="write the contrast vectors [L, d] to this .npy file")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="RL training (steering vectors, LoRA or full) from a YAML config")
+    p = sub.add_parser("train", help="RL (GRPO family) or ES (es | eggroll | essa) training from a YAML config")
     p.add_argument("config", help="YAML config (see experiments/)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainable.kind=lora lr=1e-4")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")

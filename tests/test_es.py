@@ -4,6 +4,7 @@ planted rewards on a tiny model, exact resume and a sharded population on 8 virt
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -27,7 +28,6 @@ from jaxsteer.train.es import (
     population_generate,
     run_es,
     score_population,
-    train_es,
 )
 from jaxsteer.train.es_optim import (
     CMAES,
@@ -364,29 +364,63 @@ def test_resume_is_exact(model, essa, tmp_path):
 
 
 def test_train_es_from_a_train_config(model, tmp_path):
+    """`train` with algorithm.name = es runs ES over the config's trainable (steering), with the
+    same run directory as RL: config, metrics, checkpoints, exported vectors, summary; and
+    `evaluate_run` restores the centre from the checkpoint (= the returned one)."""
     from jaxsteer.train.config import config_from_dict
+    from jaxsteer.train.evaluate import evaluate_policy
+    from jaxsteer.train.loop import evaluate_run, train
     from jaxsteer.train.metrics import read_log
 
-    cfg = config_from_dict({
-        "steps": 2, "output_dir": str(tmp_path), "algorithm": {"prompts_per_step": 2},
+    cfg = config_from_dict({  # population / sigma / lr = STEER's: the compiled program is reused
+        "steps": 2, "output_dir": str(tmp_path), "algorithm": {"name": "es", "prompts_per_step": 2},
+        "es": {"population": 16, "sigma": 1.0, "lr": 4.0},
         "sampling": {"max_new_tokens": N_NEW, "bucket": 8}, "eval": {"before": False, "after": False},
+        "progress": False, "plot": False, "tensorboard": False,
     })
-    es = ESConfig(algorithm="es", population=16, sigma=1.0, lr=4.0)  # = STEER: the compiled program is reused
-    res = train_es(cfg, es, model=model, reward_fn=low_tokens, train_examples=_examples(), log=None)
-    assert int(res.state["generation"]) == 2 and res.state["theta"]["vectors"].shape == (CFG.n_layers, CFG.d_model)
+    res = train(cfg, model=model, reward_fn=low_tokens, train_examples=_examples())
+    assert res.trainable["vectors"].shape == (CFG.n_layers, CFG.d_model) and np.abs(res.trainable["vectors"]).max() > 0
     assert [r["step"] for r in read_log(res.files["metrics"])] == [1, 2]
-    assert os.path.isdir(res.files["checkpoints"])
+    assert os.path.isdir(res.files["checkpoints"]) and os.path.exists(tmp_path / "config.yaml")
+    np.testing.assert_array_equal(np.load(res.files["vectors_npy"]), res.trainable["vectors"])
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["algorithm"] == "es" and summary["rollouts"] == 2 * 16 * 2 and summary["peak_rss_mb"] > 0
+    examples = _examples()[:4]
+    out = evaluate_run(cfg, model=model, eval_examples=examples, reward_fn=low_tokens)
+    assert out["step"] == 2
+    ids = [e.meta["prompt_ids"] for e in examples]
+    steered = evaluate_policy(*apply_trainable(model, res.trainable, TrainableConfig()), examples, ids, tokenizer=None,
+                              reward_fn=get_reward_fn(low_tokens), max_new_tokens=N_NEW)
+    assert out["trained"]["greedy_acc"] == steered["greedy_acc"]
+
+
+def test_es_config_section():
+    """`es.*` keys are checked like every other config key; ES runs skip the GRPO-only checks."""
+    from jaxsteer.train.config import ConfigError, config_from_dict, config_to_dict
+
+    cfg = config_from_dict({"algorithm": {"name": "essa", "group_size": 1, "advantage": "rloo"},
+                            "es": {"population": 8, "targets": ["q_proj"]}})
+    assert cfg.is_es and cfg.es.targets == ("q_proj",) and cfg.rollouts_per_step == 8 * cfg.algorithm.prompts_per_step
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="es.strategy"):
+        config_from_dict({"algorithm": {"name": "es"}, "es": {"strategy": "adam"}})
+    with pytest.raises(ConfigError, match="unknown config key 'es.popsize'"):
+        config_from_dict({"es": {"popsize": 8}})
+    with pytest.raises(ConfigError, match="es.targets"):
+        config_from_dict({"es": {"targets": ["wq"]}})
+    with pytest.raises(ConfigError, match="algorithm.name"):
+        config_from_dict({"algorithm": {"name": "ppo"}})
 
 
 def test_config_builds_spaces_and_strategies(model, lora):
     trainable, cfg = lora
-    space, strat = build_es(model, ESConfig(algorithm="es", population=8))
+    space, strat = build_es(model, ESConfig(population=8), "es")
     assert isinstance(space, TrainableSpace) and isinstance(strat, OpenES)
-    space, strat = build_es(model, ESConfig(algorithm="eggroll", rank=2, targets=("q_proj",)))
+    space, strat = build_es(model, ESConfig(rank=2, targets=("q_proj",)), "eggroll")
     assert isinstance(space, EggrollSpace) and space.rank == 2 and set(space.init(model)) == {"q_proj"}
-    space, strat = build_es(model, ESConfig(algorithm="essa", top_p=0.25), cfg, trainable)
+    space, strat = build_es(model, ESConfig(top_p=0.25), "essa", cfg, trainable)
     assert isinstance(strat, CMAES) and space.n_active == 1
-    space, strat = build_es(model, ESConfig(algorithm="es", space="full", strategy="sep_cma", population=8))
+    space, strat = build_es(model, ESConfig(space="full", strategy="sep_cma", population=8), "es")
     assert isinstance(space, FullSpace) and isinstance(strat, SepCMAES)
     with pytest.raises(ValueError):
         OpenES(population=5)  # antithetic pairs need an even population

@@ -19,8 +19,11 @@ from typing import Any, Sequence
 
 import yaml
 
+from .es import ES_ALGORITHMS, ESConfig
 from .losses import LossConfig
 from .trainable import TrainableConfig
+
+RL_ALGORITHMS = ("grpo", "expert_iteration")
 
 
 class ConfigError(ValueError):
@@ -48,7 +51,9 @@ class AlgorithmConfig:
     """The RL algorithm.
 
     name: "grpo" (the policy-gradient family: REINFORCE/RLOO/GRPO/DAPO/Dr. GRPO, set by
-    `advantage` and `loss`) or "expert_iteration" (NLL on samples with reward > ei_threshold).
+    `advantage` and `loss`), "expert_iteration" (NLL on samples with reward > ei_threshold), or an
+    evolution strategy: "es" | "eggroll" | "essa" (settings in the `es` section; then `steps` counts
+    generations, `prompts_per_step` is the prompts per generation and the GRPO fields are unused).
     group_size: completions per prompt (G). prompts_per_step: prompts per optimizer step over all
     processes. micro_batches: gradient accumulation inside the jitted step (the batch of
     prompts_per_step * G completions is split into this many micro-batches).
@@ -144,6 +149,7 @@ class TrainConfig:
     eval: EvalSpec = EvalSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     mesh: MeshSpec = MeshSpec()
+    es: ESConfig = ESConfig()
     steps: int = 100
     seed: int = 0
     lr: float = 1e-3
@@ -168,7 +174,8 @@ class TrainConfig:
             (0 <= self.warmup_frac < 1, "warmup_frac must be in [0, 1)"),
             (self.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {self.schedule!r}"),
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
-            (a.name in ("grpo", "expert_iteration"), f"algorithm.name must be 'grpo' or 'expert_iteration', got {a.name!r}"),
+            (a.name in RL_ALGORITHMS + ES_ALGORITHMS,
+             f"algorithm.name must be one of {', '.join(RL_ALGORITHMS + ES_ALGORITHMS)}, got {a.name!r}"),
             (a.advantage in ("grpo", "rloo", "mean"), f"algorithm.advantage must be grpo, rloo or mean, got {a.advantage!r}"),
             (a.group_size >= 1, "algorithm.group_size must be >= 1"),
             (a.prompts_per_step >= 1, "algorithm.prompts_per_step must be >= 1"),
@@ -182,6 +189,8 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        if self.is_es:
+            return
         if a.advantage == "rloo" and a.group_size < 2 and a.name == "grpo":
             raise ConfigError("algorithm.advantage='rloo' needs algorithm.group_size >= 2")
         batch = a.prompts_per_step * a.group_size
@@ -193,8 +202,15 @@ class TrainConfig:
             )
 
     @property
+    def is_es(self) -> bool:
+        """An evolution-strategies run (`algorithm.name` es | eggroll | essa)."""
+        return self.algorithm.name in ES_ALGORITHMS
+
+    @property
     def rollouts_per_step(self) -> int:
-        return self.algorithm.prompts_per_step * self.algorithm.group_size
+        """Completions sampled per step (ES: per generation, over the whole population)."""
+        per_prompt = self.es.population if self.is_es else self.algorithm.group_size
+        return self.algorithm.prompts_per_step * per_prompt
 
 
 # --------------------------------------------------------------------------- (de)serialisation
@@ -209,6 +225,7 @@ _SECTIONS = {
     "eval": EvalSpec,
     "checkpoint": CheckpointSpec,
     "mesh": MeshSpec,
+    "es": ESConfig,
 }
 
 
@@ -411,6 +428,7 @@ __all__ = [
     "EvalSpec",
     "CheckpointSpec",
     "MeshSpec",
+    "ESConfig",
     "load_config",
     "config_from_dict",
     "config_to_dict",

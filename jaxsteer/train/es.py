@@ -214,6 +214,8 @@ def es_generation(
         population=int(out.tokens.shape[0]),
         prompts=len(prompt_ids),
         reward_mean=float(rewards.mean()),
+        reward_std=float(rewards.std()),
+        accuracy=float((rewards > 0).mean()),
         completion_length=float(out.lengths.mean()),
         eval_seconds=out.seconds,
         reward_seconds=t_reward,
@@ -226,22 +228,27 @@ def es_generation(
 # --------------------------------------------------------------------------- config and loop
 
 
+ES_ALGORITHMS = ("es", "eggroll", "essa")
+
+
 @dataclasses.dataclass(frozen=True)
 class ESConfig:
-    """An ES run (a candidate `es:` section of the training config).
+    """The `es:` section of a training config (used when `algorithm.name` is es | eggroll | essa).
 
-    algorithm: "es" (dense ES over `space`, default the RL trainable: steering vectors), "eggroll"
-    (low-rank perturbations of the projection matrices) or "essa" (singular values of LoRA
-    adapters). space: "trainable" | "full" | "eggroll" | "essa" (None: from algorithm).
+    The algorithm picks the defaults: "es" = dense ES over `space` (default the run's `trainable`,
+    e.g. steering vectors), "eggroll" = low-rank perturbations of the projection matrices, "essa" =
+    the singular values of LoRA adapters.
+    space: "trainable" | "full" | "eggroll" | "essa" (None: from the algorithm).
     strategy: "openai" | "cma" | "sep_cma" (None: "cma" for essa, else "openai").
     sigma: noise scale (OpenES) or initial step size (CMA). lr, optimizer, shaping, antithetic,
     divide_by_sigma: OpenES settings (see `OpenES`). rank: EGGROLL noise rank. targets:
     projections for eggroll / fresh essa. top_p, essa_rank: ESSA (rank only for a fresh start).
-    member_batch: members evaluated at once (0 = all). greedy: greedy evaluation (else sampled
-    with the run's sampling settings, one key shared by all members).
+    warm_start: ESSA's LoRA warm start, the output directory of a LoRA training run (its latest
+    checkpoint; None = fresh adapters with s = 0). member_batch: members evaluated at once (0 = all).
+    greedy: greedy evaluation (else sampled with the run's sampling settings, one key shared by all
+    members).
     """
 
-    algorithm: str = "es"
     space: str | None = None
     strategy: str | None = None
     population: int = 32
@@ -255,33 +262,44 @@ class ESConfig:
     targets: tuple[str, ...] = PROJECTIONS
     top_p: float = 1.0
     essa_rank: int = 8
+    warm_start: str | None = None
     member_batch: int = 0
     greedy: bool = True
 
     def __post_init__(self):
-        if self.algorithm not in ("es", "eggroll", "essa"):
-            raise ValueError(f"algorithm must be es, eggroll or essa, got {self.algorithm!r}")
-        if self.space_name not in ("trainable", "full", "eggroll", "essa"):
-            raise ValueError(f"space must be trainable, full, eggroll or essa, got {self.space!r}")
-        if self.strategy_name not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.strategy!r}")
+        if self.space not in (None, "trainable", "full", "eggroll", "essa"):
+            raise ValueError(f"es.space must be trainable, full, eggroll or essa, got {self.space!r}")
+        if self.strategy not in (None, *STRATEGIES):
+            raise ValueError(f"es.strategy must be one of {sorted(STRATEGIES)}, got {self.strategy!r}")
+        if self.population < 2:
+            raise ValueError(f"es.population must be >= 2, got {self.population}")
+        bad = [t for t in self.targets if t not in PROJECTIONS]
+        if bad:
+            raise ValueError(f"es.targets: unknown projections {bad}; choose from {list(PROJECTIONS)}")
         object.__setattr__(self, "targets", tuple(self.targets))
 
-    @property
-    def space_name(self) -> str:
-        return self.space or {"es": "trainable", "eggroll": "eggroll", "essa": "essa"}[self.algorithm]
+    def space_for(self, algorithm: str) -> str:
+        _check_algorithm(algorithm)
+        return self.space or {"es": "trainable", "eggroll": "eggroll", "essa": "essa"}[algorithm]
 
-    @property
-    def strategy_name(self) -> str:
-        return self.strategy or ("cma" if self.algorithm == "essa" else "openai")
+    def strategy_for(self, algorithm: str) -> str:
+        _check_algorithm(algorithm)
+        return self.strategy or ("cma" if algorithm == "essa" else "openai")
+
+
+def _check_algorithm(algorithm: str) -> None:
+    if algorithm not in ES_ALGORITHMS:
+        raise ValueError(f"ES algorithm must be one of {ES_ALGORITHMS}, got {algorithm!r}")
 
 
 def build_es(
-    model: Model, cfg: ESConfig, trainable: TrainableConfig | None = None, lora: dict | None = None, seed: int = 0
+    model: Model, cfg: ESConfig, algorithm: str = "es", trainable: TrainableConfig | None = None,
+    lora: dict | None = None, seed: int = 0,
 ):
-    """`(space, strategy)` for an `ESConfig`. trainable: the parameterisation for space "trainable"
-    (default steering on every layer); lora + trainable (kind "lora"): ESSA's warm start."""
-    name = cfg.space_name
+    """`(space, strategy)` for an `ESConfig` and algorithm (es | eggroll | essa). trainable: the
+    parameterisation for space "trainable" (default steering on every layer); lora + trainable
+    (kind "lora"): ESSA's warm start."""
+    name = cfg.space_for(algorithm)
     if name == "trainable":
         space = TrainableSpace(trainable or TrainableConfig())
     elif name == "full":
@@ -291,11 +309,12 @@ def build_es(
     else:
         space = essa_space(model, lora, trainable if lora is not None else None, top_p=cfg.top_p,
                            rank=cfg.essa_rank, targets=cfg.targets, seed=seed)
-    if cfg.strategy_name == "openai":
+    strategy_name = cfg.strategy_for(algorithm)
+    if strategy_name == "openai":
         strategy = OpenES(population=cfg.population, sigma=cfg.sigma, lr=cfg.lr, antithetic=cfg.antithetic,
                           shaping=cfg.shaping, divide_by_sigma=cfg.divide_by_sigma, optimizer=cfg.optimizer)
     else:
-        strategy = STRATEGIES[cfg.strategy_name](population=cfg.population, sigma=cfg.sigma)
+        strategy = STRATEGIES[strategy_name](population=cfg.population, sigma=cfg.sigma)
     return space, strategy
 
 
@@ -352,6 +371,8 @@ def run_es(
     resume: bool = False,
     log: Callable[[str], None] | None = print,
     log_every: int = 1,
+    progress: bool = False,
+    tensorboard: bool = False,
 ) -> ESResult:
     """Run `generations` ES generations (see the module docstring).
 
@@ -359,7 +380,8 @@ def run_es(
     (`jaxsteer.train.data.make_loader`, seeded by `seed`), encoded as the RL loop does
     (`prompt_template`, or `meta["prompt_ids"]`). With `output_dir`: metrics.jsonl and Orbax
     checkpoints of the state (+ the data-iterator position) every `checkpoint_every` generations
-    and at the end; `resume=True` continues exactly from the latest one."""
+    and at the end; `resume=True` continues exactly from the latest one. progress: a tqdm bar (log
+    lines are then written through it); tensorboard: mirror metrics to `output_dir/tb`."""
     from . import checkpoint as ckpt
     from .data import make_loader
     from .metrics import RunLogger
@@ -393,7 +415,7 @@ def run_es(
             data_iter.set_state(ckpt.decode_data_state(meta["data_state"]))
             if log:
                 log(f"resumed from {checkpointer.directory} at generation {int(state['generation'])}")
-        logger = RunLogger(output_dir, tensorboard=False, resume_step=int(state["generation"]) or None)
+        logger = RunLogger(output_dir, tensorboard=tensorboard, resume_step=int(state["generation"]) or None)
         files["metrics"] = logger.path
     gen_kw = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,
                   stop_tokens=stop_tokens, tokenizer=tokenizer, bucket=bucket, mesh=mesh, axis=axis,
@@ -405,6 +427,12 @@ def run_es(
         meta = {"model": identity, "trainable": desc, "data_state": ckpt.encode_data_state(data_iter.get_state())}
         checkpointer.save(int(state["generation"]), state, meta)
 
+    from tqdm.auto import tqdm
+
+    pbar = tqdm(total=generations, initial=int(state["generation"]), desc="es", dynamic_ncols=True,
+                disable=not (progress and jax.process_index() == 0))
+    if log and progress:
+        log = pbar.write
     history: list[dict] = []
     try:
         while int(state["generation"]) < generations:
@@ -415,15 +443,19 @@ def run_es(
             g = int(state["generation"])
             if logger is not None:
                 logger.log(g, metrics)
-            if log and (g % max(log_every, 1) == 0 or g == generations):
+            if log and not progress and (g % max(log_every, 1) == 0 or g == generations):
                 log(
                     f"gen {g:4d} fitness mean {metrics['fitness_mean']:+.4f} max {metrics['fitness_max']:+.4f} "
                     f"min {metrics['fitness_min']:+.4f} | update {metrics['update_norm']:.3g} | "
                     f"{metrics['generated_tokens_per_s']:.0f} tok/s"
                 )
+            pbar.set_postfix(fit=f"{metrics['fitness_mean']:+.3f}", best=f"{metrics['fitness_max']:+.3f}",
+                             acc=f"{metrics['accuracy']:.2f}", tok_s=f"{metrics['generated_tokens_per_s']:.0f}", refresh=False)
+            pbar.update(1)
             if checkpointer is not None and ((checkpoint_every and g % checkpoint_every == 0) or g == generations):
                 save()
     finally:
+        pbar.close()
         if logger is not None:
             logger.close()
         if checkpointer is not None:
@@ -431,9 +463,25 @@ def run_es(
     return ESResult(state, history, space, strategy, files)
 
 
+def _es_space(cfg, model: Model, tokenizer: Any, lora: dict | None):
+    """`(space, strategy)` of an ES run config; ESSA's LoRA warm start from `es.warm_start`."""
+    es, trainable = cfg.es, cfg.trainable
+    if cfg.algorithm.name == "essa" and lora is None and es.warm_start:
+        from .config import load_config
+        from .loop import load_trained
+
+        warm_cfg = load_config(os.path.join(es.warm_start, "config.yaml"), [f"output_dir={es.warm_start}"])
+        if warm_cfg.trainable.kind != "lora" or warm_cfg.is_es:
+            raise ValueError(f"es.warm_start={es.warm_start!r} is a {warm_cfg.trainable.kind} run; ESSA needs a LoRA run")
+        _, _, lora, _, _ = load_trained(warm_cfg, model=model, tokenizer=tokenizer)
+        lora, trainable = jax.device_get(lora), warm_cfg.trainable
+    elif lora is not None:
+        trainable = trainable if trainable.kind == "lora" else None
+    return build_es(model, es, cfg.algorithm.name, trainable, lora, seed=cfg.seed)
+
+
 def train_es(
     cfg,
-    es: ESConfig | None = None,
     *,
     model: Model | None = None,
     tokenizer: Any = None,
@@ -442,64 +490,126 @@ def train_es(
     eval_examples: Sequence | None = None,
     lora: dict | None = None,
     resume: bool = False,
-    log: Callable[[str], None] | None = print,
-) -> ESResult:
-    """An ES run driven by the RL loop's `TrainConfig` (model, trainable, data, sampling, eval,
-    checkpoint, seed, steps = generations, algorithm.prompts_per_step = prompts per generation,
-    output_dir) plus an `ESConfig` (`es`, or `cfg.es` once the config has that section). Held-out
-    greedy accuracy before (base) and after (the final centre) as in the RL loop, in
-    `result.files["eval"]` (JSON) when evaluation is on. Keyword arguments override what the config
-    would load, as in `jaxsteer.train.loop.train`."""
+):
+    """An ES run from a `TrainConfig` with `algorithm.name` es | eggroll | essa (what `jaxsteer
+    train` calls for them): the `es` section picks space, strategy and their settings; `steps` =
+    generations; `algorithm.prompts_per_step` = prompts per generation; model, trainable (the
+    space of `es`), data, sampling, eval, checkpoint, seed, output_dir as in the RL loop. Held-out
+    accuracy before (base) and after (the final centre), curves, steering-vector export and
+    summary.json as `jaxsteer.train.loop.train` does; returns its `TrainResult` (trainable = the
+    final centre `theta`). Keyword arguments override what the config would load; `lora`: ESSA's
+    warm start given directly (a LoRA trainable of `cfg.trainable`)."""
+    from .config import save_config
     from .evaluate import evaluate_policy, format_result
-    from .loop import build_model, load_examples
+    from .loop import (TrainResult, _Printer, build_model, clear_checkpoints, eval_settings, finish_run,
+                       load_examples, peak_rss_mb)
+    from .metrics import RunLogger
     from .rewards import get_reward_fn
     from .rollout import encode_prompt
 
-    es = es or getattr(cfg, "es", None) or ESConfig()
+    if not cfg.is_es:
+        raise ValueError(f"train_es needs algorithm.name in {ES_ALGORITHMS}, got {cfg.algorithm.name!r}")
+    say = _Printer([None])
+    es, s = cfg.es, cfg.sampling
+    if jax.process_index() == 0:
+        os.makedirs(cfg.output_dir, exist_ok=True)
     if model is None:
         model, tokenizer = build_model(cfg.model)
     reward_fn = get_reward_fn(reward_fn if reward_fn is not None else cfg.data.reward)
     if train_examples is None:
         train_examples = load_examples(cfg.data.train)
-    want_eval = cfg.eval.before or cfg.eval.after
-    if eval_examples is None and want_eval and cfg.data.eval:
+    if eval_examples is None and cfg.data.eval and (cfg.eval.before or cfg.eval.after):
         eval_examples = load_examples(cfg.data.eval)
     eval_examples = list(eval_examples or [])[: cfg.eval.n]
-    space, strategy = build_es(model, es, cfg.trainable, lora, seed=cfg.seed)
-    s = cfg.sampling
+    space, strategy = _es_space(cfg, model, tokenizer, lora)
+    dims = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(jax.eval_shape(space.init, model)))
+    if not resume:
+        clear_checkpoints(os.path.join(cfg.output_dir, "checkpoints"), say)
+    if jax.process_index() == 0:
+        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    say(f"model {cfg.model.spec}: {model.config.n_layers} layers, d={model.config.d_model} | {cfg.algorithm.name}: "
+        f"{type(space).__name__} ({dims:,} dims), {type(strategy).__name__}, population {es.population}, "
+        f"sigma {es.sigma:g} | {cfg.algorithm.prompts_per_step} prompts per generation, {cfg.steps} generations")
+
+    eval_kw = eval_settings(cfg, tokenizer, reward_fn)
+    eval_ids = [encode_prompt(e, tokenizer, cfg.data.prompt_template, cfg.data.system) for e in eval_examples]
 
     def run_eval(m, ivs, label):
-        ids = [encode_prompt(e, tokenizer, cfg.data.prompt_template, cfg.data.system) for e in eval_examples]
-        r = evaluate_policy(m, ivs, eval_examples, ids, tokenizer=tokenizer, reward_fn=reward_fn,
-                            max_new_tokens=cfg.eval.max_new_tokens or s.max_new_tokens, greedy=True,
-                            batch_size=cfg.eval.batch_size, bucket=s.bucket)
-        if log:
-            log(format_result(label, r))
+        r = evaluate_policy(m, ivs, eval_examples, eval_ids, keep_texts=3, **eval_kw)
+        say(format_result(label, r) + f"  [{r['seconds']:.0f} s]")
         return r
 
-    evals = {}
+    eval_before = eval_after = None
     if eval_examples and cfg.eval.before and not resume:
-        evals["before"] = run_eval(model, (), "base")
+        say(f"held-out evaluation on {len(eval_examples)} problems (before training: the base model)")
+        eval_before = run_eval(model, (), "base")
+    mesh = member_mesh() if jax.device_count() > 1 and es.population % jax.device_count() == 0 else None
+    t0 = time.perf_counter()
     result = run_es(
         model, space, strategy, examples=train_examples, reward_fn=reward_fn, tokenizer=tokenizer,
         generations=cfg.steps, prompts_per_generation=cfg.algorithm.prompts_per_step, seed=cfg.seed,
         max_new_tokens=s.max_new_tokens, greedy=es.greedy, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
         bucket=s.bucket, prompt_template=cfg.data.prompt_template, system=cfg.data.system, shuffle=cfg.data.shuffle,
-        member_batch=es.member_batch or None, output_dir=cfg.output_dir, checkpoint_every=cfg.checkpoint.every,
-        keep=cfg.checkpoint.keep, resume=resume, log=log, log_every=cfg.log_every,
+        mesh=mesh, member_batch=es.member_batch or None, output_dir=cfg.output_dir,
+        checkpoint_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, resume=resume, log=say,
+        log_every=cfg.log_every, progress=cfg.progress, tensorboard=cfg.tensorboard,
     )
+    train_seconds = time.perf_counter() - t0
+    theta = jax.device_get(result.state["theta"])
     if eval_examples and cfg.eval.after:
-        evals["after"] = run_eval(*space.apply(model, center_member(space, result.state["theta"])), "trained")
-    if evals and jax.process_index() == 0:
-        path = os.path.join(cfg.output_dir, "es_eval.json")
-        with open(path, "w") as f:
-            json.dump({k: {kk: vv for kk, vv in v.items() if kk != "examples"} for k, v in evals.items()}, f, indent=2)
-        result.files["eval"] = path
-    return result
+        say(f"held-out evaluation on {len(eval_examples)} problems (after {cfg.steps} generations: the centre)")
+        if eval_before is not None:
+            say(format_result("base", eval_before))
+        eval_after = run_eval(*space.apply(model, center_member(space, result.state["theta"])), "trained")
+    logger_path = os.path.join(cfg.output_dir, "metrics.jsonl")
+    if eval_after is not None and jax.process_index() == 0:
+        logger = RunLogger(cfg.output_dir, tensorboard=False, resume_step=cfg.steps)  # appends
+        if eval_before is not None:
+            logger.log(0, {f"base_{k}": v for k, v in eval_before.items() if k != "examples"}, kind="eval")
+        logger.log(cfg.steps, {k: v for k, v in eval_after.items() if k != "examples"}, kind="eval")
+        logger.close()
+    steering = theta if isinstance(space, TrainableSpace) and cfg.trainable.kind == "steering" else None
+    files = dict(result.files)
+    finish_run(cfg, model, steering, logger_path, files, say, {
+        "steps": cfg.steps,
+        "algorithm": cfg.algorithm.name,
+        "space": type(space).__name__,
+        "strategy": type(strategy).__name__,
+        "search_dims": dims,
+        "population": es.population,
+        "trainable_kind": cfg.trainable.kind if isinstance(space, TrainableSpace) else None,
+        "rollouts": cfg.steps * es.population * cfg.algorithm.prompts_per_step,
+        "train_seconds": train_seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "eval_before": eval_before,
+        "eval_after": eval_after,
+    })
+    return TrainResult(cfg, model, tokenizer, theta, result.history, eval_before, eval_after, cfg.output_dir, files)
+
+
+def load_es_policy(cfg, *, step: int | None = None, model: Model | None = None, tokenizer: Any = None):
+    """`(model, tokenizer, (policy_model, interventions), meta)`: the centre of an ES run's latest
+    (or `step`) checkpoint in `cfg.output_dir`, validated like a resume (`jaxsteer eval`)."""
+    from . import checkpoint as ckpt
+    from .loop import build_model
+
+    if model is None:
+        model, tokenizer = build_model(cfg.model)
+    space, strategy = _es_space(cfg, model, tokenizer, None)
+    template = strategy.init(space.init(model), jax.random.PRNGKey(cfg.seed))
+    checkpointer = ckpt.Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), read_only=True)
+    try:
+        state, meta = checkpointer.restore(template, identity=ckpt.model_identity(model),
+                                           trainable_config=_describe(space, strategy), step=step)
+    finally:
+        checkpointer.close()
+    return model, tokenizer, space.apply(model, center_member(space, state["theta"])), meta
 
 
 __all__ = [
     "train_es",
+    "load_es_policy",
+    "ES_ALGORITHMS",
     "PopulationOutput",
     "member_mesh",
     "population_generate",

@@ -206,9 +206,18 @@ def train(
     devices: Sequence | None = None,
 ) -> TrainResult:
     """Run RL training as configured; see the module docstring. Arguments other than `cfg`
-    override what the config would load (tests pass tiny models and token-id tasks)."""
+    override what the config would load (tests pass tiny models and token-id tasks).
+    `algorithm.name` es | eggroll | essa runs evolution strategies instead (`jaxsteer.train.es.train_es`)."""
     from .data import make_loader
     from .rewards import get_reward_fn
+
+    if cfg.is_es:
+        from .es import train_es
+
+        if devices is not None:
+            raise ConfigError("train(devices=...) is not supported for ES runs; the population uses every device")
+        return train_es(cfg, model=model, tokenizer=tokenizer, reward_fn=reward_fn, train_examples=train_examples,
+                        eval_examples=eval_examples, resume=resume)
 
     pbar_holder: list = [None]
     say = _Printer(pbar_holder)
@@ -273,14 +282,8 @@ def train(
     )
     data_iter = iter(loader)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
-    if not resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        if jax.process_index() == 0:
-            say(f"starting a fresh run: removing the old checkpoints in {ckpt_dir} (pass resume=True / --resume to continue)")
-            shutil.rmtree(ckpt_dir)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("jaxsteer-fresh-run")
+    if not resume:
+        clear_checkpoints(ckpt_dir, say)
     checkpointer = ckpt.Checkpointer(ckpt_dir, keep=cfg.checkpoint.keep)
     identity = ckpt.model_identity(model, cfg.model.spec)
     tcfg_dict = config_to_dict(tcfg)
@@ -307,11 +310,7 @@ def train(
     )
 
     eval_ids = [ids_of(e) for e in eval_examples]
-    eval_kw = dict(
-        tokenizer=tokenizer, reward_fn=reward_fn, max_new_tokens=cfg.eval.max_new_tokens or s.max_new_tokens,
-        greedy=cfg.eval.greedy, samples=cfg.eval.samples, temperature=cfg.eval.temperature,
-        batch_size=cfg.eval.batch_size, bucket=s.bucket, key=jax.random.PRNGKey(cfg.seed + 1),
-    )
+    eval_kw = eval_settings(cfg, tokenizer, reward_fn)
 
     def run_eval(enabled: bool, label: str) -> dict:
         m, ivs = _policy(model, state["trainable"], spec) if enabled else (model, ())
@@ -423,34 +422,78 @@ def train(
         logger.log(cfg.steps, {k: v for k, v in eval_after.items() if k != "examples"}, kind="eval")
     files: dict[str, str] = {"checkpoints": checkpointer.directory, "metrics": logger.path}
     trainable = jax.device_get(state["trainable"])
-    if jax.process_index() == 0:
-        if tcfg.kind == "steering":
-            files["vectors_npy"] = save_npy(os.path.join(out_dir, "steering_vectors.npy"), trainable, tcfg, c.n_layers)
-            try:
-                files["vectors_safetensors"] = save_hf_patch(
-                    os.path.join(out_dir, "steering_vectors.safetensors"), trainable, tcfg, model,
-                    extra_metadata={"model": cfg.model.spec, "steps": cfg.steps},
-                )
-            except ValueError as e:
-                say(f"(no safetensors patch: {e})")
-        if cfg.plot:
-            png = plot_curves(logger.path, os.path.join(out_dir, "curves.png"), title=f"{cfg.model.spec} / {tcfg.kind}")
-            if png:
-                files["plot"] = png
-        summary = {
-            "steps": cfg.steps,
-            "trainable_kind": tcfg.kind,
-            "trainable_params": n_trainable,
-            "train_seconds": train_seconds,
-            "eval_before": eval_before,
-            "eval_after": eval_after,
-            "files": files,
-        }
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+    finish_run(cfg, model, trainable if tcfg.kind == "steering" else None, logger.path, files, say, {
+        "steps": cfg.steps,
+        "algorithm": a.name,
+        "trainable_kind": tcfg.kind,
+        "trainable_params": n_trainable,
+        "rollouts": cfg.steps * cfg.rollouts_per_step,
+        "train_seconds": train_seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "eval_before": eval_before,
+        "eval_after": eval_after,
+    })
     logger.close()
     checkpointer.close()
     return TrainResult(cfg, model, tokenizer, trainable, history, eval_before, eval_after, out_dir, files)
+
+
+
+# --------------------------------------------------------------------------- shared with the ES loop
+
+
+def eval_settings(cfg: TrainConfig, tokenizer, reward_fn) -> dict:
+    """Keyword arguments of `evaluate_policy` for the run's held-out evaluation."""
+    return dict(
+        tokenizer=tokenizer, reward_fn=reward_fn, max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
+        greedy=cfg.eval.greedy, samples=cfg.eval.samples, temperature=cfg.eval.temperature,
+        batch_size=cfg.eval.batch_size, bucket=cfg.sampling.bucket, key=jax.random.PRNGKey(cfg.seed + 1),
+    )
+
+
+def clear_checkpoints(ckpt_dir: str, say: Callable = print) -> None:
+    """A fresh (not resumed) run removes old checkpoints in its directory (process 0; all processes wait)."""
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        if jax.process_index() == 0:
+            say(f"starting a fresh run: removing the old checkpoints in {ckpt_dir} (pass resume=True / --resume to continue)")
+            shutil.rmtree(ckpt_dir)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxsteer-fresh-run")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (`ru_maxrss`)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def finish_run(cfg: TrainConfig, model: Model, steering: Any, metrics_path: str, files: dict, say: Callable,
+               summary: dict) -> None:
+    """End of a run, on process 0: export steering vectors (`steering`: a steering trainable of
+    `cfg.trainable`, or None) as `.npy` + HF safetensors patch, plot the curves, write summary.json."""
+    if jax.process_index() != 0:
+        return
+    out_dir = cfg.output_dir
+    if steering is not None:
+        tcfg = cfg.trainable
+        files["vectors_npy"] = save_npy(os.path.join(out_dir, "steering_vectors.npy"), steering, tcfg, model.config.n_layers)
+        try:
+            files["vectors_safetensors"] = save_hf_patch(
+                os.path.join(out_dir, "steering_vectors.safetensors"), steering, tcfg, model,
+                extra_metadata={"model": cfg.model.spec, "steps": cfg.steps},
+            )
+        except ValueError as e:
+            say(f"(no safetensors patch: {e})")
+    if cfg.plot:
+        png = plot_curves(metrics_path, os.path.join(out_dir, "curves.png"),
+                          title=f"{cfg.model.spec} / {cfg.algorithm.name} / {cfg.trainable.kind}")
+        if png:
+            files["plot"] = png
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump({**summary, "files": files}, f, indent=2, default=str)
 
 
 def _save(checkpointer, step, state, rng, data_iter, identity, tcfg_dict, cfg, eval_before) -> None:
@@ -484,23 +527,24 @@ def load_trained(cfg: TrainConfig, *, step: int | None = None, model: Model | No
 
 def evaluate_run(cfg: TrainConfig, *, step: int | None = None, base: bool = True, model: Model | None = None,
                  tokenizer: Any = None, eval_examples: Sequence | None = None, reward_fn: Callable | None = None) -> dict:
-    """Held-out accuracy of a trained run with and without its trained part (`jaxsteer eval`)."""
+    """Held-out accuracy of a trained run (RL or ES) with and without its trained part (`jaxsteer eval`)."""
     from .rewards import get_reward_fn
 
-    model, tokenizer, trainable, spec, meta = load_trained(cfg, step=step, model=model, tokenizer=tokenizer)
+    if cfg.is_es:
+        from .es import load_es_policy
+
+        model, tokenizer, (policy, ivs), meta = load_es_policy(cfg, step=step, model=model, tokenizer=tokenizer)
+    else:
+        model, tokenizer, trainable, spec, meta = load_trained(cfg, step=step, model=model, tokenizer=tokenizer)
+        policy, ivs = _policy(model, trainable, spec)
     reward_fn = get_reward_fn(reward_fn if reward_fn is not None else cfg.data.reward)
     examples = list(eval_examples if eval_examples is not None else load_examples(cfg.data.eval))[: cfg.eval.n]
     ids = [encode_prompt(e, tokenizer, cfg.data.prompt_template, cfg.data.system) for e in examples]
-    kw = dict(
-        tokenizer=tokenizer, reward_fn=reward_fn, max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
-        greedy=cfg.eval.greedy, samples=cfg.eval.samples, temperature=cfg.eval.temperature,
-        batch_size=cfg.eval.batch_size, bucket=cfg.sampling.bucket, key=jax.random.PRNGKey(cfg.seed + 1),
-    )
+    kw = eval_settings(cfg, tokenizer, reward_fn)
     out = {"step": int(meta["step"]), "n": len(examples)}
     if base:
         out["base"] = evaluate_policy(model, (), examples, ids, **kw)
-    m, ivs = _policy(model, trainable, spec)
-    out["trained"] = evaluate_policy(m, ivs, examples, ids, **kw)
+    out["trained"] = evaluate_policy(policy, ivs, examples, ids, **kw)
     return out
 
 
@@ -516,4 +560,4 @@ def print_logit_lens(model: Model, tokenizer, vectors: np.ndarray, k: int = 5) -
 
 
 __all__ = ["train", "TrainResult", "setup_training", "build_model", "load_examples", "load_trained", "evaluate_run",
-           "print_logit_lens"]
+           "print_logit_lens", "eval_settings", "clear_checkpoints", "peak_rss_mb", "finish_run"]

@@ -23,6 +23,9 @@ PLOT_KEYS = (
     ("kl", "KL to reference"),
     ("grad_norm", "grad norm"),
     ("rollout_tokens_per_s", "rollout tokens/s"),
+    ("fitness_max", "ES: best member fitness"),
+    ("fitness_std", "ES: fitness std over members"),
+    ("generated_tokens_per_s", "ES: population tokens/s"),
 )
 
 
