@@ -228,3 +228,36 @@ def test_grouped_scoring_equals_full_rows(kind):
     np.testing.assert_allclose(e1, e0, atol=2e-5)
     for a, b_ in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
         np.testing.assert_allclose(a, b_, atol=2e-5, rtol=1e-4)
+
+
+def test_essa_warm_start_from_a_lora_run(tmp_path):
+    """`algorithm.name: essa` with `es.warm_start` = a LoRA run's directory: the ESSA centre at
+    start reproduces that run's LoRA policy exactly, and a generation runs through `train`."""
+    import jaxsteer
+    from jaxsteer.train.es import _es_space, center_member
+    from jaxsteer.train.loop import load_trained
+    from jaxsteer.train.step import _policy
+
+    lora_dir = tmp_path / "lora"
+    lora_cfg = _cfg(lora_dir, **{"trainable.kind": "lora", "trainable.lora_rank": 4, "lr": 0.05, "steps": 2})
+    lora_run = train(lora_cfg)
+    essa_cfg = config_from_dict(T.config_dict(
+        str(tmp_path / "essa"), **{"model.random_scale": 0.2, "algorithm.name": "essa", "algorithm.prompts_per_step": 4,
+                                   "sampling.max_new_tokens": 2, "steps": 1, "es.population": 4,
+                                   "es.warm_start": str(lora_dir)}))
+    model = lora_run.model
+    space, _ = _es_space(essa_cfg, model, None, None)
+    tokens = np.array([[5, 6, 7, 8, 9, 10]])
+    _, _, trainable, spec, _ = load_trained(lora_cfg, model=model)
+    lora_model, lora_ivs = _policy(model, trainable, spec)
+    want, _ = jaxsteer.forward(lora_model, tokens, interventions=lora_ivs)
+    m, ivs = space.apply(model, center_member(space, space.init(model)))
+    got, _ = jaxsteer.forward(m, tokens, interventions=ivs)
+    assert np.abs(np.asarray(want) - np.asarray(jaxsteer.forward(model, tokens)[0])).max() > 1e-4  # the LoRA matters
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)
+    result = train(essa_cfg)
+    summary = json.load(open(tmp_path / "essa" / "summary.json"))
+    assert summary["algorithm"] == "essa" and summary["space"] == "ESSASpace" and len(result.history) == 1
+    bad = config_from_dict(T.config_dict(str(tmp_path / "bad"), **{"algorithm.name": "essa", "es.warm_start": str(tmp_path / "essa")}))
+    with pytest.raises(ValueError, match="needs a LoRA run"):
+        _es_space(bad, model, None, None)
