@@ -33,6 +33,7 @@ from ..models.generate import SamplingConfig, _generate, default_stop_tokens, le
 from ..models.params import Model
 from .es_optim import CMAES, STRATEGIES, OpenES, SepCMAES, fitness, sampling_key
 from .es_spaces import EggrollSpace, ESSASpace, FullSpace, TrainableSpace, essa_space
+from .rollout import pad_id_for
 from .trainable import TrainableConfig
 
 # --------------------------------------------------------------------------- population evaluation
@@ -95,13 +96,6 @@ def _population(model, space, strategy, state, member_ids, prompt, mask, stop_id
     return sharded(member_ids, model, space, strategy, state, prompt, mask, stop_ids, pad_id)
 
 
-def _pad_id(model: Model, tokenizer) -> int:
-    pad = model.config.pad_token_id
-    if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
-        pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else 0)
-
-
 def population_generate(
     model: Model,
     space,
@@ -136,7 +130,7 @@ def population_generate(
     width = -(-max(len(p) for p in prompt_ids) // bucket) * bucket
     if width + max_new_tokens > model.config.max_position_embeddings:
         raise ValueError(f"prompt ({width} padded) + max_new_tokens ({max_new_tokens}) exceeds max_position_embeddings")
-    pad_id = _pad_id(model, tokenizer)
+    pad_id = pad_id_for(model, tokenizer)
     toks, mask = left_pad([list(map(int, p)) for p in prompt_ids], pad_id, width)
     if stop_tokens is None:
         stop_tokens = default_stop_tokens(model, tokenizer)

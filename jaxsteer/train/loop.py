@@ -43,7 +43,7 @@ from .evaluate import evaluate_policy, format_result
 from .export import save_hf_patch, save_npy, steering_array
 from .losses import group_advantages, zero_std_fraction
 from .metrics import RunLogger, plot_curves
-from .rollout import collect, encode_prompt
+from .rollout import collect, encode_prompt, pad_id_for
 from .sharding import batch_sharding, global_batch, make_mesh, n_batch_shards, replicated, tree_shardings
 from .step import StepSpec, _policy, compile_step, init_state, make_optimizer
 from .trainable import count_params, init_trainable
@@ -101,13 +101,6 @@ def load_examples(spec: str) -> list:
     from .data import load_dataset
 
     return load_dataset(spec)
-
-
-def _pad_id(model: Model, tokenizer) -> int:
-    pad = model.config.pad_token_id
-    if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
-        pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else 0)
 
 
 def _gather(x: np.ndarray) -> np.ndarray:
@@ -325,7 +318,7 @@ def train(
 
     # ---- train
     history: list[dict] = []
-    pad_id = _pad_id(model, tokenizer)
+    pad_id = pad_id_for(model, tokenizer)
     from tqdm.auto import tqdm
 
     pbar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and jax.process_index() == 0),
