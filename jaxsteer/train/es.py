@@ -577,7 +577,7 @@ def train_es(
         "peak_rss_mb": peak_rss_mb(),
         "eval_before": eval_before,
         "eval_after": eval_after,
-    })
+    }, what=cfg.trainable.kind if isinstance(space, TrainableSpace) else type(space).__name__)
     return TrainResult(cfg, model, tokenizer, theta, result.history, eval_before, eval_after, cfg.output_dir, files)
 
 

@@ -464,9 +464,10 @@ def peak_rss_mb() -> float:
 
 
 def finish_run(cfg: TrainConfig, model: Model, steering: Any, metrics_path: str, files: dict, say: Callable,
-               summary: dict) -> None:
+               summary: dict, what: str | None = None) -> None:
     """End of a run, on process 0: export steering vectors (`steering`: a steering trainable of
-    `cfg.trainable`, or None) as `.npy` + HF safetensors patch, plot the curves, write summary.json."""
+    `cfg.trainable`, or None) as `.npy` + HF safetensors patch, plot the curves (titled with
+    `what` trained, default the trainable kind), write summary.json."""
     if jax.process_index() != 0:
         return
     out_dir = cfg.output_dir
@@ -482,7 +483,7 @@ def finish_run(cfg: TrainConfig, model: Model, steering: Any, metrics_path: str,
             say(f"(no safetensors patch: {e})")
     if cfg.plot:
         png = plot_curves(metrics_path, os.path.join(out_dir, "curves.png"),
-                          title=f"{cfg.model.spec} / {cfg.algorithm.name} / {cfg.trainable.kind}")
+                          title=f"{cfg.model.spec} / {cfg.algorithm.name} / {what or cfg.trainable.kind}")
         if png:
             files["plot"] = png
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
