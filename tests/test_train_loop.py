@@ -261,3 +261,34 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
     bad = config_from_dict(T.config_dict(str(tmp_path / "bad"), **{"algorithm.name": "essa", "es.warm_start": str(tmp_path / "essa")}))
     with pytest.raises(ValueError, match="needs a LoRA run"):
         _es_space(bad, model, None, None)
+
+
+def test_es_kill_and_resume_in_a_new_process(tmp_path):
+    """ES through `jaxsteer train`: generations 1-2, stop, `--resume` in a new process for 3-4
+    == four generations straight (same centre, same fitness per generation)."""
+    es_cfg = {"algorithm.name": "es", "algorithm.prompts_per_step": 4, "sampling.max_new_tokens": 2,
+              "es.population": 8, "es.sigma": 0.5, "es.lr": 0.5, "model.random_scale": 0.2, "steps": 4,
+              "checkpoint.every": 2, "checkpoint.keep": 3}
+    straight = train(config_from_dict(T.config_dict(str(tmp_path / "straight"), **es_cfg)))
+    run = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight", run)
+    shutil.rmtree(run / "checkpoints" / "4")
+    for name in ("steering_vectors.npy", "steering_vectors.safetensors", "summary.json"):
+        os.remove(run / name)
+    with open(tmp_path / "cfg.yaml", "w") as f:
+        yaml.safe_dump(T.config_dict(str(run), **es_cfg), f)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxsteer.cli", "train", str(tmp_path / "cfg.yaml"), "--resume", "--logit-lens", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "at generation 2" in proc.stdout, proc.stdout
+    assert np.abs(straight.trainable["vectors"]).max() > 0
+    np.testing.assert_array_equal(np.load(run / "steering_vectors.npy"), np.load(straight.files["vectors_npy"]))
+    straight_log = [json.loads(l) for l in open(straight.files["metrics"]) if '"train"' in l]
+    resumed_log = [json.loads(l) for l in open(run / "metrics.jsonl") if '"train"' in l]
+    assert [r["step"] for r in resumed_log] == [1, 2, 3, 4]
+    for a, b in zip(straight_log, resumed_log):
+        assert (a["fitness_mean"], a["fitness_max"], a["update_norm"]) == (b["fitness_mean"], b["fitness_max"], b["update_norm"])
