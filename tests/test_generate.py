@@ -222,3 +222,23 @@ def test_default_model_greedy_generation_matches_hf(smollm2):
         assert _completion(g, b) == ref, f"prompt {b}: {g.texts[b]!r} vs {tokenizer.decode(ref)!r}"
         assert g.texts[b] == tokenizer.decode(ref, skip_special_tokens=True)
     assert any(t.strip() for t in g.texts)
+
+
+def test_samples_per_prompt_shares_the_prefill(llama, prompts):
+    """k samples per prompt (one prefill, K/V cache repeated) == the prompts repeated k times:
+    the same tokens (greedy, and sampled with the same key), log-probs, lengths and prompts."""
+    _, model = llama
+    k = 3
+    repeated = [p for p in prompts for _ in range(k)]
+    steer = Steer(jnp.asarray(np.random.RandomState(1).randn(model.config.n_layers, model.config.d_model), jnp.float32) * 0.3)
+    for kw in ({"greedy": True}, {"temperature": 0.9, "top_k": 20, "seed": 3}):
+        shared = jaxsteer.generate(model, prompts, max_new_tokens=N_NEW, samples_per_prompt=k, interventions=[steer], **kw)
+        plain = jaxsteer.generate(model, repeated, max_new_tokens=N_NEW, interventions=[steer], **kw)
+        np.testing.assert_array_equal(shared.tokens, plain.tokens)
+        np.testing.assert_array_equal(shared.lengths, plain.lengths)
+        np.testing.assert_allclose(shared.logprobs, plain.logprobs, atol=1e-5)
+        np.testing.assert_array_equal(shared.prompt_tokens, plain.prompt_tokens)
+        np.testing.assert_array_equal(shared.prompt_mask, plain.prompt_mask)
+    assert len({tuple(r) for r in shared.tokens[:k].tolist()}) > 1  # the k samples of a prompt differ
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        jaxsteer.generate(model, prompts, max_new_tokens=2, samples_per_prompt=0)

@@ -31,6 +31,7 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     greedy: bool = False
+    samples_per_prompt: int = 1  # rows per prompt; the prompt's prefill runs once and its K/V cache is repeated
 
 
 @dataclasses.dataclass
@@ -89,17 +90,22 @@ def _sample(logits: jax.Array, key: jax.Array, s: SamplingConfig) -> tuple[jax.A
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def _generate(model, prompt, prompt_mask, key, stop_ids, pad_id, interventions, sampling):
     c = model.config
-    B, P = prompt.shape
+    n_prompts, P = prompt.shape
+    R = sampling.samples_per_prompt
+    B = n_prompts * R
     N = sampling.max_new_tokens
     S = P + N
     dtype = model.params["embed"].dtype
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
-    k_pos = jnp.full((B, S), -1, jnp.int32).at[:, :P].set(jnp.where(prompt_mask > 0, positions, -1))
-    cache = tuple(jnp.zeros((c.n_layers, B, S, c.n_kv_heads, c.head_dim), dtype) for _ in range(2))
+    k_pos = jnp.full((n_prompts, S), -1, jnp.int32).at[:, :P].set(jnp.where(prompt_mask > 0, positions, -1))
+    cache = tuple(jnp.zeros((c.n_layers, n_prompts, S, c.n_kv_heads, c.head_dim), dtype) for _ in range(2))
 
     h, _, cache = run_layers(model, embed(model, prompt), positions, k_pos, interventions, frozenset(), cache, 0)
     logits = unembed(model, h[:, -1])
     next_pos = positions[:, -1] + 1
+    if R > 1:  # rows [p0] * R, [p1] * R, ...: the interventions here act alike on every row
+        logits, k_pos, next_pos = (jnp.repeat(x, R, axis=0) for x in (logits, k_pos, next_pos))
+        cache = tuple(jnp.repeat(x, R, axis=1) for x in cache)
 
     def cond(state):
         step, done = state[0], state[4]
@@ -200,11 +206,14 @@ def generate(
     system: str | None = None,
     prompt_mask: np.ndarray | None = None,
     bucket: int = PROMPT_BUCKET,
+    samples_per_prompt: int = 1,
 ) -> Generation:
     """Sample completions for a batch of prompts with a KV cache, in one compiled loop.
 
     prompts: strings (need `tokenizer`; wrapped in its chat template when `chat`), token id
     lists of any lengths, or a left-padded `[B, P]` array with `prompt_mask`.
+    samples_per_prompt: k completions per prompt (rows `[p0] * k, [p1] * k, ...` of the result,
+    as for GRPO groups); each prompt is prefilled once and its K/V cache shared by its k rows.
     seed: an int or a `jax.random` key. stop_tokens default to the model's and tokenizer's EOS.
     interventions: as for `forward`, restricted to ones that do not depend on the prompt
     length (no position masks, per-token scales or Patch values).
@@ -217,6 +226,8 @@ def generate(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     interventions = as_tuple(interventions)
     check_all(interventions, model.config, None)
     for iv in interventions:
@@ -255,9 +266,12 @@ def generate(
         stop_tokens = default_stop_tokens(model, tokenizer)
     stop_ids = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
     key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
-    sampling = SamplingConfig(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy))
+    sampling = SamplingConfig(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy),
+                              int(samples_per_prompt))
     out, lps, lengths = _generate(model, jnp.asarray(toks), jnp.asarray(mask), key, stop_ids, pad_id, interventions, sampling)
     out, lps, lengths = np.asarray(out), np.asarray(lps), np.asarray(lengths)
+    if samples_per_prompt > 1:
+        toks, mask = np.repeat(toks, samples_per_prompt, axis=0), np.repeat(mask, samples_per_prompt, axis=0)
     texts = None
     if tokenizer is not None:
         texts = [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(out, lengths)]

@@ -87,8 +87,10 @@ def sample(
     greedy: bool = False,
     bucket: int = 8,
     stop_tokens: Sequence[int] | None = None,
+    samples_per_prompt: int = 1,
 ):
-    """One call of the compiled sampler (`jaxsteer.generate`) on token-id prompts."""
+    """One call of the compiled sampler (`jaxsteer.generate`) on token-id prompts
+    (`samples_per_prompt` rows per prompt, sharing its prefill)."""
     return generate(
         model,
         [list(p) for p in prompt_ids],
@@ -102,6 +104,7 @@ def sample(
         interventions=interventions,
         bucket=bucket,
         stop_tokens=stop_tokens,
+        samples_per_prompt=samples_per_prompt,
     )
 
 
@@ -183,11 +186,10 @@ def collect(
     t0 = time.perf_counter()
     stop = default_stop_tokens(model, tokenizer) if stop_tokens is None else tuple(stop_tokens)
     for c in range(calls):
-        rows = [p for p in prompt_ids[c * per : (c + 1) * per] for _ in range(group_size)]
-        out = sample(
-            model, interventions, rows, tokenizer=tokenizer, key=jax.random.fold_in(key, c),
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-            bucket=bucket, stop_tokens=stop,
+        out = sample(  # G rows per prompt, one prefill per prompt
+            model, interventions, prompt_ids[c * per : (c + 1) * per], tokenizer=tokenizer,
+            key=jax.random.fold_in(key, c), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            top_k=top_k, bucket=bucket, stop_tokens=stop, samples_per_prompt=group_size,
         )
         parts.append(out)
     seconds = time.perf_counter() - t0
