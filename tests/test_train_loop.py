@@ -110,6 +110,20 @@ def test_micro_batches_do_not_change_the_update(tmp_path, aggregation):
         np.testing.assert_allclose(m1[k], m4[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def _resume_in_new_process(config: dict, path) -> subprocess.CompletedProcess:
+    """Write `config` to `path` and run `jaxsteer train PATH --resume` in a fresh interpreter."""
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxsteer.cli", "train", str(path), "--resume", "--logit-lens", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def test_kill_and_resume_in_a_new_process(steering_run, tmp_path):
     """Steps 1-4, stop, restore in a new process, steps 5-6 == six steps straight."""
     cfg, straight = steering_run
@@ -126,15 +140,7 @@ def test_kill_and_resume_in_a_new_process(steering_run, tmp_path):
     data = T.config_dict(str(run), **{"model.random_scale": 0.2, "algorithm.prompts_per_step": 8,
                                       "sampling.max_new_tokens": 2, "steps": 6, "lr": 0.3,
                                       "checkpoint.every": 2, "checkpoint.keep": 3})
-    with open(tmp_path / "cfg.yaml", "w") as f:
-        yaml.safe_dump(data, f)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-m", "jaxsteer.cli", "train", str(tmp_path / "cfg.yaml"), "--resume", "--logit-lens", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _resume_in_new_process(data, tmp_path / "cfg.yaml")
     assert "resumed from" in proc.stdout and "at step 4" in proc.stdout, proc.stdout
     np.testing.assert_allclose(np.load(run / "steering_vectors.npy"), np.load(straight.files["vectors_npy"]), atol=1e-6)
     straight_log = [json.loads(l) for l in open(straight.files["metrics"]) if '"train"' in l]
@@ -275,15 +281,7 @@ def test_es_kill_and_resume_in_a_new_process(tmp_path):
     shutil.rmtree(run / "checkpoints" / "4")
     for name in ("steering_vectors.npy", "steering_vectors.safetensors", "summary.json"):
         os.remove(run / name)
-    with open(tmp_path / "cfg.yaml", "w") as f:
-        yaml.safe_dump(T.config_dict(str(run), **es_cfg), f)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-m", "jaxsteer.cli", "train", str(tmp_path / "cfg.yaml"), "--resume", "--logit-lens", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _resume_in_new_process(T.config_dict(str(run), **es_cfg), tmp_path / "cfg.yaml")
     assert "at generation 2" in proc.stdout, proc.stdout
     assert np.abs(straight.trainable["vectors"]).max() > 0
     np.testing.assert_array_equal(np.load(run / "steering_vectors.npy"), np.load(straight.files["vectors_npy"]))
