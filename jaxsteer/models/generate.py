@@ -182,6 +182,14 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = No
     return toks, mask
 
 
+def pad_id_for(model: Model, tokenizer) -> int:
+    """The padding token id: the tokenizer's, else the model config's, else 0."""
+    pad = model.config.pad_token_id
+    if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
+        pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else 0)
+
+
 def default_stop_tokens(model: Model, tokenizer: Any = None) -> tuple[int, ...]:
     ids = set(model.config.eos_token_ids)
     if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
@@ -236,10 +244,7 @@ def generate(
                 f"{type(iv).__name__} at {iv.site!r} depends on token positions or prompt length and cannot be "
                 "used in generate (use Steer/Ablate without position masks or per-token values)"
             )
-    pad_id = model.config.pad_token_id
-    if tokenizer is not None and tokenizer.pad_token_id is not None:
-        pad_id = tokenizer.pad_token_id
-    pad_id = int(pad_id if pad_id is not None else 0)
+    pad_id = pad_id_for(model, tokenizer)
 
     if isinstance(prompts, np.ndarray) or isinstance(prompts, jax.Array):
         arr = np.asarray(prompts, np.int32)

@@ -29,11 +29,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ..models.decoder import PROJECTIONS
-from ..models.generate import SamplingConfig, _generate, default_stop_tokens, left_pad
+from ..models.generate import SamplingConfig, _generate, default_stop_tokens, left_pad, pad_id_for
 from ..models.params import Model
 from .es_optim import CMAES, STRATEGIES, OpenES, SepCMAES, fitness, sampling_key
 from .es_spaces import EggrollSpace, ESSASpace, FullSpace, TrainableSpace, essa_space
-from .rollout import pad_id_for
 from .trainable import TrainableConfig
 
 # --------------------------------------------------------------------------- population evaluation
@@ -374,8 +373,8 @@ def run_es(
     (`jaxsteer.train.data.make_loader`, seeded by `seed`), encoded as the RL loop does
     (`prompt_template`, or `meta["prompt_ids"]`). With `output_dir`: metrics.jsonl and Orbax
     checkpoints of the state (+ the data-iterator position) every `checkpoint_every` generations
-    and at the end; `resume=True` continues exactly from the latest one. progress: a tqdm bar (log
-    lines are then written through it); tensorboard: mirror metrics to `output_dir/tb`."""
+    and at the end; `resume=True` continues exactly from the latest one. progress: a tqdm bar with
+    the fitness in its postfix (instead of a log line per generation); tensorboard: mirror metrics to `output_dir/tb`."""
     from . import checkpoint as ckpt
     from .data import make_loader
     from .metrics import RunLogger
@@ -425,8 +424,6 @@ def run_es(
 
     pbar = tqdm(total=generations, initial=int(state["generation"]), desc="es", dynamic_ncols=True,
                 disable=not (progress and jax.process_index() == 0))
-    if log and progress:
-        log = pbar.write
     history: list[dict] = []
     try:
         while int(state["generation"]) < generations:

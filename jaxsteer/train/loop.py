@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig, RopeConfig
+from ..models.generate import pad_id_for
 from ..models.params import Model, init_params
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, config_to_dict, save_config
@@ -43,7 +44,7 @@ from .evaluate import evaluate_policy, format_result
 from .export import save_hf_patch, save_npy, steering_array
 from .losses import group_advantages, zero_std_fraction
 from .metrics import RunLogger, plot_curves
-from .rollout import collect, encode_prompt, pad_id_for
+from .rollout import collect, encode_prompt
 from .sharding import batch_sharding, global_batch, make_mesh, n_batch_shards, replicated, tree_shardings
 from .step import StepSpec, _policy, compile_step, init_state, make_optimizer
 from .trainable import count_params, init_trainable

@@ -19,14 +19,6 @@ from ..models.generate import default_stop_tokens, generate, tokenize_prompts
 from ..models.params import Model
 
 
-def pad_id_for(model: Model, tokenizer) -> int:
-    """The padding token id: the tokenizer's, else the model config's, else 0."""
-    pad = model.config.pad_token_id
-    if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is not None:
-        pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else 0)
-
-
 def token_reward(fn: Callable) -> Callable:
     """Mark a reward function as taking token ids: `fn(prompt_ids, completion_ids, reference)`."""
     fn.uses_tokens = True
