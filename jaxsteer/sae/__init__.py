@@ -1,0 +1,34 @@
+"""Sparse autoencoders on jaxsteer traces: architectures, training, splicing, SAELens format.
+
+    from jaxsteer import sae
+    cfg = sae.SAEConfig(kind="topk", d_in=576, d_sae=9216, k=32, layer=15)
+    model_sae = sae.init_sae(cfg, jax.random.PRNGKey(0))
+    z = sae.encode(model_sae, x)            # [..., d_sae]
+    x_hat = sae.decode(model_sae, z)
+    logits, _ = jaxsteer.forward(model, tokens, interventions=[sae.Splice(model_sae)])
+
+See docs/sae.md.
+"""
+
+from .arch import (
+    KINDS,
+    SAE,
+    SAEConfig,
+    astype,
+    decode,
+    encode,
+    encoder_flops,
+    init_sae,
+    kron_full_matrices,
+    mand,
+    pre_acts,
+    reconstruct,
+    residual_reconstruct,
+)
+from .losses import htopk_errors, htopk_loss, train_forward
+from .train import StepConfig, fit, geometric_median, make_step
+
+try:  # modules written after the core; keep the core importable on its own
+    from .splice import Splice, feature_acts
+except ImportError:  # pragma: no cover
+    pass

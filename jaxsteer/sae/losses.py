@@ -1,0 +1,136 @@
+"""Training losses: reconstruction (sparse decode), HierarchicalTopK, AuxK, BatchTopK threshold.
+
+Training never builds the dense `[B, d_sae]` latent matrix for the decoder: the TopK family
+keeps `(values, indices)` and decodes by gathering `k` decoder rows per example, so the decoder
+and its gradient cost `O(B k d)` instead of `O(B d_sae d)` (the encoder matmul is the only dense
+one; for KronSAE not even that).
+
+Normalisation: every reconstruction term is divided by the batch's total variance
+`sum ||x - mean(x)||^2` (held constant), so `mse` is the fraction of variance unexplained and the
+learning rate does not depend on the activation scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .arch import SAE, b_dec, decode, pre_acts
+
+
+def gather_decode(sae: SAE, vals: jax.Array, idx: jax.Array, *, bias: bool = True) -> jax.Array:
+    """`sum_i vals[..., i] * W_dec[idx[..., i]] (+ b_dec)`: decode from a sparse code."""
+    w = sae.params["W_dec"]
+    out = jnp.einsum("...k,...kd->...d", vals.astype(w.dtype), w[idx])
+    return out + b_dec(sae) if bias else out
+
+
+def sparse_topk(pre: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Top `k` (ReLU'd values, indices) along the last axis, sorted by value (descending)."""
+    vals, idx = jax.lax.top_k(pre, k)
+    return jax.nn.relu(vals), idx
+
+
+def total_variance(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return jnp.maximum(jnp.sum((x - jnp.mean(x, axis=0)) ** 2), 1e-12)
+
+
+def _sq_err(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+    return jnp.sum((x.astype(jnp.float32) - x_hat.astype(jnp.float32)) ** 2)
+
+
+def htopk_errors(sae: SAE, x: jax.Array, vals: jax.Array, idx: jax.Array) -> jax.Array:
+    """Squared error summed over the batch of the top-j reconstruction, for every j = 1..K: `[K]`.
+
+    `x_hat_j = b_dec + sum_{i<=j} v_i W_dec[idx_i]` (values sorted descending) as one cumulative
+    sum over the gathered decoder rows `[B, K, d]`; no loop over j."""
+    rows = sae.params["W_dec"][idx].astype(jnp.float32)  # [B, K, d]
+    partial = jnp.cumsum(vals.astype(jnp.float32)[..., None] * rows, axis=-2) + b_dec(sae, jnp.float32)
+    diff = x.astype(jnp.float32)[..., None, :] - partial
+    return jnp.sum(diff * diff, axis=(0, 2))
+
+
+def htopk_loss(sae: SAE, x: jax.Array, levels: tuple[int, ...] | None = None) -> jax.Array:
+    """HierarchicalTopK loss (arXiv 2505.24473): mean over budgets j (all of 1..K, or `levels`)
+    of the top-j reconstruction error, normalised by the batch variance."""
+    vals, idx = sparse_topk(pre_acts(sae, x), sae.config.k)
+    return _level_mean(htopk_errors(sae, x, vals, idx), levels) / jax.lax.stop_gradient(total_variance(x))
+
+
+def _level_mean(errs: jax.Array, levels: tuple[int, ...] | None) -> jax.Array:
+    return jnp.mean(errs[jnp.asarray(levels) - 1] if levels else errs)
+
+
+def auxk_loss(sae: SAE, pre: jax.Array, residual: jax.Array, dead: jax.Array, k_aux: int) -> jax.Array:
+    """AuxK (Gao et al. 2024): the top `k_aux` dead latents reconstruct the main residual
+    `x - x_hat` (held constant); scaled by `min(n_dead / k_aux, 1)` as in SAELens; 0 if none dead."""
+    k_aux = min(k_aux, pre.shape[-1])
+    masked = jnp.where(dead, pre, -jnp.inf)
+    vals, idx = jax.lax.top_k(masked, k_aux)
+    vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0)
+    e_hat = gather_decode(sae, vals, idx, bias=False)
+    err = _sq_err(jax.lax.stop_gradient(residual), e_hat) / jax.lax.stop_gradient(total_variance(residual))
+    n_dead = jnp.sum(dead)
+    scale = jnp.minimum(n_dead / k_aux, 1.0)
+    return jnp.where(n_dead > 0, scale * err, 0.0)
+
+
+def train_forward(sae: SAE, x: jax.Array, dead: jax.Array | None, *, k_aux: int = 0, aux_coef: float = 0.0,
+                  htopk_levels: tuple[int, ...] | None = None) -> tuple[jax.Array, dict[str, Any]]:
+    """Loss and diagnostics of one training batch `x [B, d_in]`.
+
+    Returns `(loss, info)` with info: `fvu`, `aux`, `l0`, `fired` (`[d_sae]` bool: latent
+    active somewhere in the batch), `min_active` (BatchTopK: smallest kept activation)."""
+    c = sae.config
+    pre = pre_acts(sae, x)
+    info: dict[str, Any] = {"min_active": jnp.zeros((), jnp.float32)}
+    fired = jnp.zeros((c.d_sae,), bool)
+    if c.kind == "batchtopk":
+        acts = jax.nn.relu(pre).reshape(-1)
+        vals, flat_idx = jax.lax.top_k(acts, c.k * x.shape[0])
+        rows, cols = flat_idx // c.d_sae, flat_idx % c.d_sae
+        contrib = vals[:, None].astype(sae.dtype) * sae.params["W_dec"][cols]
+        x_hat = jax.ops.segment_sum(contrib, rows, num_segments=x.shape[0]) + b_dec(sae)
+        fired = fired.at[cols].max(vals > 0)
+        info["min_active"] = jnp.min(jnp.where(vals > 0, vals, jnp.inf)).astype(jnp.float32)
+        l0 = jnp.sum(vals > 0) / x.shape[0]
+    elif c.kind == "htopk":
+        vals, idx = sparse_topk(pre, c.k)
+        errs = htopk_errors(sae, x, vals, idx)
+        x_hat = gather_decode(sae, vals, idx)
+        fired = fired.at[idx.reshape(-1)].max((vals > 0).reshape(-1))
+        l0 = jnp.sum(vals > 0) / x.shape[0]
+    elif c.kind in ("topk", "kron"):
+        vals, idx = sparse_topk(pre, c.k)
+        x_hat = gather_decode(sae, vals, idx)
+        fired = fired.at[idx.reshape(-1)].max((vals > 0).reshape(-1))
+        l0 = jnp.sum(vals > 0) / x.shape[0]
+    else:  # relu / jumprelu: dense (no sparsity penalty here: train TopK-family SAEs instead)
+        z = jax.nn.relu(pre)
+        x_hat = decode(sae, z)
+        fired = jnp.any(z > 0, axis=0)
+        l0 = jnp.sum(z > 0) / x.shape[0]
+    var = jax.lax.stop_gradient(total_variance(x))
+    fvu = _sq_err(x, x_hat) / var
+    loss = _level_mean(errs, htopk_levels) / var if c.kind == "htopk" else fvu
+    aux = jnp.zeros((), jnp.float32)
+    if dead is not None and k_aux > 0 and aux_coef > 0:
+        aux = auxk_loss(sae, pre, x.astype(jnp.float32) - x_hat.astype(jnp.float32), dead, k_aux)
+        loss = loss + aux_coef * aux
+    info.update(fvu=fvu, aux=aux, l0=l0, fired=fired)
+    return loss, info
+
+
+def update_threshold(theta: jax.Array, min_active: jax.Array, lr: float) -> jax.Array:
+    """BatchTopK inference threshold: EMA of the smallest activation the batch selection kept
+    (arXiv 2412.06410 averages it over batches; the EMA with rate 0.01 is SAELens' choice)."""
+    ok = jnp.isfinite(min_active) & (min_active > 0)
+    new = (1 - lr) * theta.astype(jnp.float32) + lr * min_active
+    return jnp.where(ok, new, theta.astype(jnp.float32)).astype(theta.dtype)
+
+
+__all__ = ["gather_decode", "sparse_topk", "total_variance", "htopk_errors", "htopk_loss", "auxk_loss",
+           "train_forward", "update_threshold"]

@@ -1,0 +1,169 @@
+"""The SAE training step: optax update, unit-norm decoder rows, dead-latent bookkeeping, AuxK.
+
+State is a plain pytree `{"sae": params, "opt": optax state, "step", "since_fired": [d_sae]
+int32 (batches since each latent last fired)}`, so it checkpoints with Orbax as is. Frozen
+latents are never trained: a residual SAE's base is a separate SAE passed to the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .arch import SAE, init_sae, reconstruct, SAEConfig
+from .losses import train_forward, update_threshold
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Hyper-parameters of one update.
+
+    lr, b1, b2, warmup_steps, decay_start (fraction of `total_steps` after which the LR decays
+    linearly to 0; 1.0 = constant), grad_clip; k_aux (0 = off; Gao et al. use d_in/2) and
+    aux_coef (1/32 in Gao et al.); dead_batches: a latent is dead after this many batches
+    without firing; threshold_lr: BatchTopK's inference-threshold EMA rate; htopk_levels: the
+    budgets j averaged by the HierarchicalTopK loss (empty = every j in 1..K)."""
+
+    lr: float = 2e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    warmup_steps: int = 0
+    decay_start: float = 1.0
+    total_steps: int = 1000
+    grad_clip: float = 0.0
+    k_aux: int = 0
+    aux_coef: float = 1.0 / 32
+    dead_batches: int = 1000
+    threshold_lr: float = 0.01
+    htopk_levels: tuple[int, ...] = ()
+
+
+def make_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
+    """Adam with linear warmup, a constant phase and an optional linear decay to 0."""
+    decay_at = int(cfg.decay_start * cfg.total_steps)
+    parts = [optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)] if cfg.warmup_steps else []
+    parts.append(optax.constant_schedule(cfg.lr))
+    bounds = [cfg.warmup_steps] if cfg.warmup_steps else []
+    if decay_at < cfg.total_steps:
+        parts.append(optax.linear_schedule(cfg.lr, 0.0, max(cfg.total_steps - decay_at, 1)))
+        bounds.append(decay_at)
+    schedule = optax.join_schedules(parts, bounds) if bounds else parts[0]
+    chain = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
+    return optax.chain(*chain, optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
+
+
+def init_state(sae: SAE, tx: optax.GradientTransformation) -> dict:
+    trainable = {k: v for k, v in sae.params.items() if k != "threshold"}
+    return {
+        "sae": dict(sae.params),
+        "opt": tx.init(trainable),
+        "step": jnp.zeros((), jnp.int32),
+        "since_fired": jnp.zeros((sae.config.d_sae,), jnp.int32),
+    }
+
+
+def _project_decoder_grad(grads: dict, w_dec: jax.Array) -> dict:
+    """Remove the gradient component along each (unit) decoder row, as Gao et al. do."""
+    g = grads["W_dec"]
+    par = jnp.sum(g * w_dec, axis=-1, keepdims=True) * w_dec
+    return dict(grads, W_dec=g - par)
+
+
+def normalize_decoder(params: dict) -> dict:
+    """Decoder rows rescaled to unit norm."""
+    w = params["W_dec"]
+    norm = jnp.linalg.norm(w.astype(jnp.float32), axis=-1, keepdims=True)
+    return dict(params, W_dec=(w / jnp.maximum(norm, 1e-8).astype(w.dtype)))
+
+
+def make_step(config: SAEConfig, cfg: StepConfig, tx: optax.GradientTransformation,
+              base: SAE | None = None) -> Callable:
+    """A jitted `step(state, x) -> (state, metrics)` for activations `x [B, d_in]`.
+
+    base: a frozen SAE; when given the trained SAE is a residual SAE fitted to
+    `x - reconstruct(base, x)` (SAE Boost)."""
+
+    def loss_fn(trainable, threshold, x, dead):
+        params = dict(trainable) if threshold is None else dict(trainable, threshold=threshold)
+        return train_forward(SAE(params, config), x, dead, k_aux=cfg.k_aux, aux_coef=cfg.aux_coef,
+                             htopk_levels=cfg.htopk_levels or None)
+
+    def step(state, x):
+        if base is not None:
+            x = x.astype(jnp.float32) - reconstruct(base, x).astype(jnp.float32)
+        params = state["sae"]
+        trainable = {k: v for k, v in params.items() if k != "threshold"}
+        threshold = params.get("threshold")
+        dead = state["since_fired"] >= cfg.dead_batches
+        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, threshold, x, dead)
+        grads = _project_decoder_grad(grads, trainable["W_dec"])
+        updates, opt = tx.update(grads, state["opt"], trainable)
+        new = normalize_decoder(optax.apply_updates(trainable, updates))
+        if threshold is not None and config.kind == "batchtopk":
+            new["threshold"] = update_threshold(threshold, info["min_active"], cfg.threshold_lr)
+        elif threshold is not None:
+            new["threshold"] = threshold
+        since = jnp.where(info["fired"], 0, state["since_fired"] + 1)
+        metrics = {"loss": loss, "fvu": info["fvu"], "explained_variance": 1 - info["fvu"], "aux_loss": info["aux"],
+                   "l0": info["l0"], "dead_fraction": jnp.mean(since >= cfg.dead_batches)}
+        return {"sae": new, "opt": opt, "step": state["step"] + 1, "since_fired": since}, metrics
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def geometric_median(x: np.ndarray, iters: int = 50, eps: float = 1e-6) -> np.ndarray:
+    """Weiszfeld's algorithm: the point minimising the summed distance to the rows of `x`."""
+    x = np.asarray(x, np.float64)
+    y = x.mean(axis=0)
+    for _ in range(iters):
+        w = 1.0 / np.maximum(np.linalg.norm(x - y, axis=1), eps)
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if np.linalg.norm(y_new - y) < eps * max(1.0, np.linalg.norm(y)):
+            return y_new
+        y = y_new
+    return y
+
+
+def init_b_dec(sae: SAE, sample: np.ndarray, method: str) -> SAE:
+    """Set `b_dec` from a sample of activations: `geometric_median`, `mean` or `zero`."""
+    if "b_dec" not in sae.params or method == "zero":
+        return sae
+    if method == "geometric_median":
+        v = geometric_median(sample)
+    elif method == "mean":
+        v = np.asarray(sample, np.float64).mean(axis=0)
+    else:
+        raise ValueError(f"b_dec_init must be geometric_median, mean or zero, got {method!r}")
+    return SAE(dict(sae.params, b_dec=jnp.asarray(v, sae.dtype)), sae.config)
+
+
+def fit(config: SAEConfig, batches: Iterable[np.ndarray], cfg: StepConfig, *, seed: int = 0,
+        b_dec_init: str = "geometric_median", base: SAE | None = None) -> tuple[SAE, list[dict]]:
+    """Train an SAE in memory on an iterable of `[B, d_in]` batches (`cfg.total_steps` of them).
+    Returns the SAE and the per-step metrics. For runs with checkpoints use `jaxsteer sae train`."""
+    it = iter(batches)
+    first = np.asarray(next(it))
+    sae = init_sae(config, jax.random.PRNGKey(seed))
+    target = first if base is None else first - np.asarray(reconstruct(base, first), np.float32)
+    sae = init_b_dec(sae, target, b_dec_init)
+    tx = make_optimizer(cfg)
+    step = make_step(config, cfg, tx, base)
+    state = init_state(sae, tx)
+    history = []
+    x = first
+    for i in range(cfg.total_steps):
+        state, m = step(state, jnp.asarray(x))
+        history.append(m)
+        if i + 1 < cfg.total_steps:
+            x = np.asarray(next(it))
+    history = [{k: float(v) for k, v in m.items()} for m in jax.device_get(history)]
+    return SAE(state["sae"], config), history
+
+
+__all__ = ["StepConfig", "make_optimizer", "init_state", "normalize_decoder", "make_step", "geometric_median",
+           "init_b_dec", "fit"]
