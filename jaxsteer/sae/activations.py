@@ -1,0 +1,216 @@
+"""Activations for SAE training, computed on the fly from jaxsteer traces.
+
+- `truncate(model, n)`: the same model with only its first `n` layers, so a harvest stops
+  after the last layer it needs (no later layers, no unembedding).
+- `read_texts(spec)`: text from a local `.txt` (one document per blank-line-separated block),
+  `.jsonl` / `.json` (a `text` field), `.parquet` (a `text` column), a directory of those, or
+  `hf:NAME[:SPLIT]` (a Hugging Face dataset already in the local cache; `datasets` is optional).
+- `context_loader(...)`: tokenised, packed `[ctx]` windows through a grain pipeline (shuffled per
+  epoch, resumable from `get_state()`).
+- `ActivationStream`: the shuffling buffer. It fills `buffer_batches` forward passes (one
+  compiled call each), permutes the activations with a key derived from `(seed, refill index)`
+  and serves `batch_size` rows at a time. Its state is the grain state at the start of the
+  current refill plus the position inside it, so a resumed run recomputes the same buffer and
+  continues bit for bit without storing activations in the checkpoint.
+- `cache_activations(...)` / `CachedActivations`: the optional on-disk cache (one `.npy`,
+  memory-mapped) for repeated sweeps and benchmarks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..models.decoder import forward
+from ..models.params import Model
+
+
+def truncate(model: Model, n_layers: int) -> Model:
+    """The first `n_layers` layers of `model` (a view: parameters are sliced, not copied)."""
+    c = model.config
+    if not 1 <= n_layers <= c.n_layers:
+        raise ValueError(f"cannot keep {n_layers} layers of a {c.n_layers}-layer model")
+    if n_layers == c.n_layers:
+        return model
+    cfg = dataclasses.replace(c, n_layers=n_layers, layer_types=c.layer_types[:n_layers])
+    layers = jax.tree_util.tree_map(lambda a: a[:n_layers], model.params["layers"])
+    return Model(params=dict(model.params, layers=layers), config=cfg)
+
+
+def site_activations(model: Model, tokens, site: str, layers: tuple[int, ...], attention_mask=None) -> jax.Array:
+    """`[len(layers), B, T, d]` activations at `site`, running only up to `max(layers)`."""
+    small = truncate(model, max(layers) + 1)
+    _, trace = forward(small, jnp.asarray(tokens), attention_mask=attention_mask, record=(site,), return_logits=False)
+    return trace[site][jnp.asarray(layers)]
+
+
+def _read_file(path: str) -> list[str]:
+    if path.endswith((".jsonl", ".json")):
+        with open(path) as f:
+            if path.endswith(".json"):
+                rows = json.load(f)
+            else:
+                rows = [json.loads(ln) for ln in f if ln.strip()]
+        return [r["text"] if isinstance(r, dict) else str(r) for r in rows]
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return [str(t) for t in pq.read_table(path, columns=["text"]).column("text").to_pylist()]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        blocks = f.read().split("\n\n")
+    return [b.strip() for b in blocks if b.strip()]
+
+
+def read_texts(spec: str) -> list[str]:
+    """Documents from a local file / directory or `hf:NAME[:SPLIT]` (see module doc)."""
+    if spec.startswith("hf:"):
+        import datasets  # optional; reads the local cache (HF_HUB_OFFLINE respected)
+
+        name, _, split = spec[3:].partition(":")
+        ds = datasets.load_dataset(name, split=split or "train")
+        return [str(t) for t in ds["text"]]
+    if spec.startswith("py:"):  # a function returning texts: "py:module:function"
+        import importlib
+
+        module, _, fn = spec[3:].partition(":")
+        return [str(t) for t in getattr(importlib.import_module(module), fn)()]
+    if os.path.isdir(spec):
+        files = sorted(f for ext in ("txt", "jsonl", "json", "parquet") for f in glob.glob(os.path.join(spec, f"**/*.{ext}"), recursive=True))
+        return [t for f in files for t in _read_file(f)]
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"text source {spec!r} not found (a .txt/.jsonl/.json/.parquet file, a directory, hf:NAME or py:module:fn)")
+    return _read_file(spec)
+
+
+def pack_tokens(texts: list[str], tokenizer: Any, context: int, bos: int | None) -> np.ndarray:
+    """Tokenise documents, join them (with `bos` before each when given) and cut `[N, context]`."""
+    ids: list[int] = []
+    for t in texts:
+        if bos is not None:
+            ids.append(int(bos))
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+    n = len(ids) // context
+    if n == 0:
+        raise ValueError(f"the text has {len(ids)} tokens, fewer than one context of {context}")
+    return np.asarray(ids[: n * context], np.int32).reshape(n, context)
+
+
+def context_loader(windows: np.ndarray, batch: int, seed: int):
+    """A grain iterator over `[batch, context]` token windows, reshuffled every epoch, forever."""
+    import grain
+
+    ds = grain.MapDataset.source(list(range(len(windows)))).shuffle(seed=int(seed) % 2**32).repeat(None)
+    ds = ds.batch(batch, drop_remainder=True, batch_fn=lambda rows: windows[np.asarray(rows)])
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+
+
+class ActivationStream:
+    """Shuffled `[batch_size, d]` activation batches from token windows (see module doc).
+
+    Drops the first `skip_first` positions of each window (BOS / attention-sink outliers)."""
+
+    def __init__(self, model: Model, windows: np.ndarray, *, site: str, layer: int, batch_size: int,
+                 contexts_per_forward: int = 8, buffer_batches: int = 8, seed: int = 0, skip_first: int = 1):
+        self.model = truncate(model, layer + 1)
+        self.windows, self.site, self.layer = windows, site, layer
+        self.batch_size, self.cpf, self.buffer_batches = batch_size, contexts_per_forward, buffer_batches
+        self.seed, self.skip_first = seed, skip_first
+        self.loader = context_loader(windows, contexts_per_forward, seed)
+        self.refill_index, self.pos = 0, 0
+        self.start_state = self.loader.get_state()
+        self.buffer = None
+        self._harvest = jax.jit(self._harvest_fn)
+
+    def _harvest_fn(self, model, tokens):
+        _, trace = forward(model, tokens, record=(self.site,), return_logits=False)
+        acts = trace[self.site][self.layer][:, self.skip_first:]
+        return acts.reshape(-1, acts.shape[-1]).astype(jnp.float32)
+
+    def _refill(self) -> None:
+        self.start_state = self.loader.get_state()
+        chunks = [np.asarray(self._harvest(self.model, jnp.asarray(next(self.loader)))) for _ in range(self.buffer_batches)]
+        buf = np.concatenate(chunks)
+        perm = np.random.default_rng([self.seed, self.refill_index]).permutation(len(buf))
+        self.buffer = buf[perm]
+        self.pos = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self.buffer is None or self.pos + self.batch_size > len(self.buffer):
+            if self.buffer is not None:
+                self.refill_index += 1
+            self._refill()
+            if self.batch_size > len(self.buffer):
+                raise ValueError(f"batch_size {self.batch_size} exceeds the buffer ({len(self.buffer)} activations)")
+        out = self.buffer[self.pos: self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return out
+
+    def get_state(self) -> dict:
+        """JSON-able position: the grain state at the start of the current buffer + offset."""
+        return {"loader": self.start_state, "refill_index": self.refill_index, "pos": self.pos,
+                "filled": self.buffer is not None}
+
+    def set_state(self, state: dict) -> None:
+        self.refill_index = int(state["refill_index"])
+        self.loader.set_state(state["loader"])
+        if state.get("filled", True):
+            self._refill()
+            self.pos = int(state["pos"])
+        else:
+            self.buffer, self.pos = None, 0
+
+
+def cache_activations(stream: Iterator[np.ndarray], n_batches: int, path: str, dtype=np.float32) -> str:
+    """Write `n_batches` batches of a stream to one `.npy` file (for repeated sweeps)."""
+    first = np.asarray(next(stream))
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_batches * len(first), first.shape[1]))
+    out[: len(first)] = first
+    for i in range(1, n_batches):
+        out[i * len(first): (i + 1) * len(first)] = next(stream)
+    out.flush()
+    return path
+
+
+class CachedActivations:
+    """Shuffled batches from an on-disk activation cache (`.npy`, memory-mapped); resumable."""
+
+    def __init__(self, path: str, batch_size: int, seed: int = 0):
+        self.data = np.load(path, mmap_mode="r")
+        self.batch_size, self.seed = batch_size, seed
+        self.n = len(self.data) // batch_size
+        self.i = 0
+        self._perm = (-1, None)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.data)))
+        return self._perm[1]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        epoch, j = divmod(self.i, self.n)
+        perm = self._permutation(epoch)
+        self.i += 1
+        return np.asarray(self.data[np.sort(perm[j * self.batch_size: (j + 1) * self.batch_size])], np.float32)
+
+    def get_state(self) -> dict:
+        return {"i": self.i}
+
+    def set_state(self, state: dict) -> None:
+        self.i = int(state["i"])
+
+
+__all__ = ["truncate", "site_activations", "read_texts", "pack_tokens", "context_loader", "ActivationStream",
+           "cache_activations", "CachedActivations"]

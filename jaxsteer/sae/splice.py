@@ -1,0 +1,114 @@
+"""Using an SAE inside the model: the `Splice` intervention, feature activations, top contexts.
+
+`Splice(sae)` replaces the activation at the SAE's site and layer by its reconstruction. It is an
+ordinary jaxsteer intervention value (a pytree with `check` / `apply` / `generation_safe`), so it
+composes with `Steer` / `Patch` / `Ablate` in a list and works in `forward` and `generate`.
+
+- `keep_error=True` adds back the SAE's error `x - x_hat` (held constant, as SAELens'
+  `use_error_term` does): the model's output is unchanged, but gradients and `feature_delta`
+  act through the features.
+- `feature_delta` (`[d_sae]` or `[B, T, d_sae]`) is added to the latents before decoding: steer
+  along features, or take `jax.grad` w.r.t. it at zero for attribution patching per feature.
+- `positions` (`[T]` or `[B, T]`, weights in [0, 1]) restricts the splice to some tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ..models.interventions import SITES
+from ..models.params import Model
+from .activations import site_activations
+from .arch import SAE, decode, encode
+
+
+@struct.dataclass
+class Splice:
+    """Replace the activation at `site` / `layers` (default: the SAE's own) by `decode(encode(x))`."""
+
+    sae: SAE
+    feature_delta: Any = None
+    positions: Any = None
+    keep_error: bool = struct.field(pytree_node=False, default=False)
+    site: str | None = struct.field(pytree_node=False, default=None)
+    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    def __post_init__(self):
+        if self.site is None:
+            object.__setattr__(self, "site", self.sae.config.site)
+        if self.layers is None:
+            object.__setattr__(self, "layers", (int(self.sae.config.layer),))
+        object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
+
+    def check(self, config, n_tokens: int | None = None) -> None:
+        if self.site not in SITES or self.site in ("q", "k", "v", "z", "pattern"):
+            raise ValueError(f"Splice: site {self.site!r} must be a residual-width site (resid_pre, attn_out, mlp_out, resid_post, ...)")
+        if self.sae.config.d_in != config.d_model:
+            raise ValueError(f"Splice: the SAE reads d_in={self.sae.config.d_in}, the model has d_model={config.d_model}")
+        for l in self.layers:
+            if not 0 <= l < config.n_layers:
+                raise ValueError(f"Splice: layer {l} out of range for a model with {config.n_layers} layers")
+        if self.positions is not None:
+            p = jnp.shape(self.positions)
+            if len(p) not in (1, 2) or (n_tokens is not None and p[-1] != n_tokens):
+                raise ValueError(f"Splice: positions has shape {p}; expected [T] or [B, T] with T={n_tokens}")
+        if self.feature_delta is not None and jnp.shape(self.feature_delta)[-1] != self.sae.config.d_sae:
+            raise ValueError(f"Splice: feature_delta has shape {jnp.shape(self.feature_delta)}; last axis should be d_sae={self.sae.config.d_sae}")
+
+    def generation_safe(self) -> bool:
+        return self.positions is None and (self.feature_delta is None or jnp.ndim(self.feature_delta) == 1)
+
+    def _spliced(self, x: jax.Array) -> jax.Array:
+        z = encode(self.sae, x)
+        x_hat = decode(self.sae, z)
+        if self.feature_delta is not None:
+            out = decode(self.sae, z + jnp.asarray(self.feature_delta, z.dtype))
+        else:
+            out = x_hat
+        out = out.astype(x.dtype)
+        if self.keep_error:
+            out = out + (x - jax.lax.stop_gradient(x_hat.astype(x.dtype)))
+        if self.positions is not None:
+            w = jnp.asarray(self.positions).astype(x.dtype)
+            w = w[None, :, None] if w.ndim == 1 else w[:, :, None]
+            out = x + w * (out - x)
+        return out
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        selected = jnp.isin(layer, jnp.asarray(self.layers, jnp.int32))
+        return jax.lax.cond(selected, self._spliced, lambda x: x, x)
+
+
+def feature_acts(model: Model, sae: SAE, tokens, attention_mask=None) -> jax.Array:
+    """SAE latents `[B, T, d_sae]` at the SAE's site and layer (the forward stops at that layer)."""
+    acts = site_activations(model, tokens, sae.config.site, (sae.config.layer,), attention_mask)[0]
+    return encode(sae, acts)
+
+
+def top_contexts(model: Model, sae: SAE, windows: np.ndarray, features, *, n: int = 10, batch: int = 8,
+                 tokenizer: Any = None, width: int = 8) -> dict[int, list[dict]]:
+    """Top-`n` activating tokens per feature over token `windows [N, T]`, with `width` tokens of
+    context on the left: `{feature: [{"value", "row", "pos", "context"}...]}`."""
+    features = [int(f) for f in features]
+    fa = jax.jit(lambda m, s, t: feature_acts(m, s, t)[..., jnp.asarray(features)])
+    vals = np.concatenate([np.asarray(fa(model, sae, jnp.asarray(windows[i:i + batch]))) for i in range(0, len(windows), batch)])
+    out: dict[int, list[dict]] = {}
+    for j, f in enumerate(features):
+        flat = vals[..., j].reshape(-1)
+        best = np.argsort(-flat)[:n]
+        rows = []
+        for b in best:
+            r, p = divmod(int(b), windows.shape[1])
+            ids = windows[r, max(0, p - width): p + 1]
+            text = tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
+            rows.append({"value": float(flat[b]), "row": r, "pos": p, "context": text})
+        out[f] = rows
+    return out
+
+
+__all__ = ["Splice", "feature_acts", "top_contexts"]
