@@ -44,6 +44,7 @@ from ..models.interventions import (
     site_feature_shape,
     site_n_heads,
 )
+from ..models.generate import kv_cache
 from ..models.params import Model
 from ._common import new_figure, save_figure, single_token_ids, token_strs
 
@@ -246,12 +247,10 @@ def _entry_mask(L: int, prow: jax.Array, n_heads: int | None, layer: jax.Array, 
 @functools.partial(jax.jit, static_argnames=("record",))
 def _base_run(model: Model, tokens, attention_mask, interventions, record):
     """Full forward that also returns the KV cache and the final residual (for resuming)."""
-    c = model.config
     B, T = tokens.shape
     positions = default_positions(tokens, attention_mask)
     k_pos = positions if attention_mask is None else jnp.where(attention_mask.astype(bool), positions, -1)
-    dtype = model.params["embed"].dtype
-    cache = tuple(jnp.zeros((c.n_layers, B, T, c.n_kv_heads, c.head_dim), dtype) for _ in range(2))
+    cache = kv_cache(model, B, T)
     h, trace, cache = run_layers(model, embed(model, tokens), positions, k_pos, interventions,
                                  frozenset(record) | {"resid_pre"}, cache, 0)
     return {"h": h, "resid_pre": trace["resid_pre"], "cache": cache, "q_pos": positions, "k_pos": k_pos}, trace

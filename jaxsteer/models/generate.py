@@ -87,18 +87,27 @@ def _sample(logits: jax.Array, key: jax.Array, s: SamplingConfig) -> tuple[jax.A
     return tok, jnp.take_along_axis(jax.nn.log_softmax(filtered), tok[:, None], axis=-1)[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames=("sampling",))
-def _generate(model, prompt, prompt_mask, key, stop_ids, pad_id, interventions, sampling):
+def kv_cache(model: Model, batch: int, slots: int) -> tuple[jax.Array, jax.Array]:
+    """An empty K/V cache `(K, V)`, each `[L, batch, slots, n_kv_heads, head_dim]` in the model's
+    dtype (what `run_layers` fills; the one allocator for generation, scoring and patching)."""
     c = model.config
+    shape = (c.n_layers, batch, slots, c.n_kv_heads, c.head_dim)
+    return tuple(jnp.zeros(shape, model.params["embed"].dtype) for _ in range(2))
+
+
+@functools.partial(jax.jit, static_argnames=("sampling",))
+def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling):
+    """The compiled sampler on prepared prompts (`prepare_prompts`): `(tokens, logprobs, lengths)`
+    `[B, N]`, `[B, N]`, `[B]` for `B = prompts * sampling.samples_per_prompt`. Traceable, so
+    callers can vmap it over members (ES) or call it under their own jit."""
     n_prompts, P = prompt.shape
     R = sampling.samples_per_prompt
     B = n_prompts * R
     N = sampling.max_new_tokens
     S = P + N
-    dtype = model.params["embed"].dtype
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
     k_pos = jnp.full((n_prompts, S), -1, jnp.int32).at[:, :P].set(jnp.where(prompt_mask > 0, positions, -1))
-    cache = tuple(jnp.zeros((c.n_layers, n_prompts, S, c.n_kv_heads, c.head_dim), dtype) for _ in range(2))
+    cache = kv_cache(model, n_prompts, S)
 
     h, _, cache = run_layers(model, embed(model, prompt), positions, k_pos, interventions, frozenset(), cache, 0)
     logits = unembed(model, h[:, -1])
@@ -260,24 +269,63 @@ def generate(
         raise ValueError("no prompts given")
     if any(len(s) == 0 for s in seqs):
         raise ValueError("empty prompt")
-    P = _bucket(max(len(s) for s in seqs), bucket)
-    if P + max_new_tokens > model.config.max_position_embeddings:
-        raise ValueError(
-            f"prompt ({P} padded) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-            f"max_position_embeddings ({model.config.max_position_embeddings})"
-        )
-    toks, mask = left_pad(seqs, pad_id, P)
-    if stop_tokens is None:
-        stop_tokens = default_stop_tokens(model, tokenizer)
-    stop_ids = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
+    prepared = prepare_prompts(model, seqs, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket,
+                               stop_tokens=stop_tokens)
     key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
     sampling = SamplingConfig(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy),
                               int(samples_per_prompt))
-    out, lps, lengths = _generate(model, jnp.asarray(toks), jnp.asarray(mask), key, stop_ids, pad_id, interventions, sampling)
-    out, lps, lengths = np.asarray(out), np.asarray(lps), np.asarray(lengths)
+    out, lps, lengths = (np.asarray(x) for x in sample_tokens(model, *prepared.args, key=key, interventions=interventions,
+                                                             sampling=sampling))
+    toks, mask = prepared.tokens, prepared.mask
     if samples_per_prompt > 1:
         toks, mask = np.repeat(toks, samples_per_prompt, axis=0), np.repeat(mask, samples_per_prompt, axis=0)
-    texts = None
-    if tokenizer is not None:
-        texts = [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(out, lengths)]
-    return Generation(out, lps, lengths, toks, mask, texts)
+    return Generation(out, lps, lengths, toks, mask, decode_completions(tokenizer, out, lengths))
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedPrompts:
+    """Token-id prompts ready for `sample_tokens`: left-padded to a bucketed width.
+
+    tokens / mask `[B, P]` int32 numpy; stop_ids `[S]` (`[-1]` when there are none); pad_id."""
+
+    tokens: np.ndarray
+    mask: np.ndarray
+    stop_ids: jax.Array
+    pad_id: int
+
+    @property
+    def args(self) -> tuple:
+        """`(prompt, prompt_mask, stop_ids, pad_id)` as `sample_tokens` takes them."""
+        return jnp.asarray(self.tokens), jnp.asarray(self.mask), self.stop_ids, self.pad_id
+
+
+def prepare_prompts(model: Model, prompt_ids: Sequence[Sequence[int]], *, tokenizer: Any = None,
+                    max_new_tokens: int, bucket: int = PROMPT_BUCKET,
+                    stop_tokens: Sequence[int] | None = None) -> PreparedPrompts:
+    """Bucket, left-pad and pick the pad and stop ids for token-id prompts (the one place that
+    does it for `generate`, RL rollouts and ES populations). stop_tokens default to the model's
+    and tokenizer's EOS; `()` = always generate `max_new_tokens`."""
+    if not prompt_ids:
+        raise ValueError("no prompts given")
+    seqs = [list(map(int, p)) for p in prompt_ids]
+    width = _bucket(max(len(p) for p in seqs), bucket)
+    if width + max_new_tokens > model.config.max_position_embeddings:
+        raise ValueError(
+            f"prompt ({width} padded) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+            f"max_position_embeddings ({model.config.max_position_embeddings})"
+        )
+    pad_id = pad_id_for(model, tokenizer)
+    toks, mask = left_pad(seqs, pad_id, width)
+    if stop_tokens is None:
+        stop_tokens = default_stop_tokens(model, tokenizer)
+    return PreparedPrompts(toks, mask, jnp.asarray(list(stop_tokens) or [-1], jnp.int32), pad_id)
+
+
+def decode_completions(tokenizer: Any, tokens: np.ndarray, lengths: np.ndarray) -> list | None:
+    """Decoded completions (each row up to its length), nested like `tokens[..., N]`; None
+    without a tokenizer."""
+    if tokenizer is None:
+        return None
+    if tokens.ndim > 2:
+        return [decode_completions(tokenizer, t, n) for t, n in zip(tokens, lengths)]
+    return [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(tokens, lengths)]
