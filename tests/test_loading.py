@@ -29,6 +29,8 @@ from jaxsteer.models.loading import (  # noqa: E402
 )
 from jaxsteer.models.params import flatten, param_shapes, validate_params  # noqa: E402
 
+from gguf_tiny import write_gguf  # noqa: E402
+
 SMALL = dict(
     vocab_size=64,
     hidden_size=32,
@@ -296,69 +298,10 @@ def test_missing_default_model(monkeypatch):
 # --------------------------------------------------------------------------- GGUF (tiny, written here)
 
 
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's convert_hf_to_gguf row permutation of Q/K."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-_GGUF_FROM_HF = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-
-
-def _write_gguf(path, arch: str, hf, extra=None):
-    """A tiny GGUF as convert_hf_to_gguf would write it (F32, Q proj as F16; llama Q/K permuted)."""
-    cfg = hf.config
-    state = _state(hf)
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(128)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
-    w.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
-    w.add_tensor("output_norm.weight", state["model.norm.weight"])
-    if not cfg.tie_word_embeddings:
-        w.add_tensor("output.weight", state["lm_head.weight"])
-    names = dict(_GGUF_FROM_HF)
-    if arch == "qwen2":
-        names.update({f"attn_{x}.bias": f"self_attn.{x}_proj.bias" for x in "qkv"})
-    for i in range(cfg.num_hidden_layers):
-        for g, h in names.items():
-            value = state[f"model.layers.{i}.{h}"]
-            if arch == "llama" and g == "attn_q.weight":
-                value = _permute(value, cfg.num_attention_heads)
-            if arch == "llama" and g == "attn_k.weight":
-                value = _permute(value, cfg.num_key_value_heads)
-            if g == "attn_q.weight":
-                value = value.astype(np.float16)
-            w.add_tensor(f"blk.{i}.{g}", value)
-    for name, value in (extra or {}).items():
-        w.add_tensor(name, value)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 @pytest.mark.parametrize("arch,tied", [("llama", False), ("qwen2", True)])
 def test_tiny_gguf_round_trip(tmp_path, arch, tied):
     hf = _hf_model(arch, tied)
-    path = _write_gguf(tmp_path / f"{arch}.gguf", arch, hf)
+    path = write_gguf(tmp_path / f"{arch}.gguf", arch, hf)
     model, tok = load(str(path), tokenizer=False)
     assert tok is None
     assert model.config.tie_word_embeddings == tied
@@ -383,27 +326,27 @@ def test_gguf_llama3_rope_freqs(tmp_path):
         original_max_position_embeddings=8192,
     )
     factors = RopeConfig(theta=theta).inv_freq(hd) / rope.inv_freq(hd)
-    path = _write_gguf(tmp_path / "l3.gguf", "llama", hf, extra={"rope_freqs.weight": factors.astype(np.float32)})
+    path = write_gguf(tmp_path / "l3.gguf", "llama", hf, extra={"rope_freqs.weight": factors.astype(np.float32)})
     model = load_gguf(path)
     np.testing.assert_allclose(model.config.rope_full.inv_freq(hd), rope.inv_freq(hd), rtol=1e-6)
     assert model.config.rope_full.rope_type == "llama3"
 
     odd = np.arange(1, 5, dtype=np.float32)
-    bad = _write_gguf(tmp_path / "bad.gguf", "llama", hf, extra={"rope_freqs.weight": odd})
+    bad = write_gguf(tmp_path / "bad.gguf", "llama", hf, extra={"rope_freqs.weight": odd})
     with pytest.raises(UnsupportedConfigError, match="rope_freqs"):
         load_gguf(bad)
 
 
 def test_gguf_unsupported_architecture(tmp_path):
-    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gemma3")
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "mamba")
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(UnsupportedConfigError, match="gemma3.*not supported"):
-        load(str(tmp_path / "g.gguf"))
+    with pytest.raises(UnsupportedConfigError, match="'mamba' is not supported"):
+        load(str(tmp_path / "m.gguf"))
 
 
 # --------------------------------------------------------------------------- the real default model
@@ -439,5 +382,5 @@ def test_default_model_tokenizer(default_model):
     ids = tok(text)["input_ids"]
     assert tok.decode(ids) == text
     # the cached tokenizer is handed out as a copy
-    tok2 = loading._gguf_tokenizer(default_model_path())
+    tok2 = loading.load_gguf_tokenizer(default_model_path())
     assert tok2 is not tok and tok2.get_vocab() == tok.get_vocab()

