@@ -1,4 +1,4 @@
-"""Command line: `jaxsteer info | generate | demo | train | eval | lens | patch`."""
+"""Command line: `jaxsteer info | generate | demo | train | eval | lens | patch | sae`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ def _dtype(name: str):
         return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16, "f32": jnp.float32}[name]
     except KeyError:
         raise SystemExit(f"unknown dtype {name!r}; use float32 or bfloat16") from None
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (so `--n 0` or `--n -5` is refused, not sliced)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    return n
 
 
 def cmd_info(args) -> None:
@@ -65,19 +76,22 @@ def cmd_generate(args) -> None:
     if args.steer:
         interventions.append(_steer_from_file(args.steer, args.scale, args.layers, args.site, model.config.n_layers))
     t0 = time.perf_counter()
-    out = generate(
-        model,
-        args.prompt,
-        tokenizer=tok,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        greedy=args.greedy,
-        seed=args.seed,
-        interventions=interventions,
-        chat=not args.no_chat,
-    )
+    try:
+        out = generate(
+            model,
+            args.prompt,
+            tokenizer=tok,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            greedy=args.greedy,
+            seed=args.seed,
+            interventions=interventions,
+            chat=not args.no_chat,
+        )
+    except ValueError as e:  # bad settings or inputs (e.g. a non-finite --steer vector): one line, exit 1
+        raise SystemExit(f"jaxsteer generate: {e}") from None
     dt = time.perf_counter() - t0
     for prompt, text in zip(args.prompt, out.texts):
         print(f">>> {prompt}\n{text}\n")
@@ -295,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run", help="a run directory (with config.yaml and checkpoints/) or a YAML config")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-    p.add_argument("--n", type=int, help="number of held-out problems")
+    p.add_argument("--n", type=_positive_int, help="number of held-out problems")
     p.add_argument("--samples", type=int, help="k for sampled pass@1 (0 = greedy only)")
     p.add_argument("--no-base", action="store_true", help="skip the base model")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -322,6 +336,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="patching", help="output directory for the PNG and JSON")
     p.add_argument("--dtype", default="float32")
     p.set_defaults(func=cmd_patch)
+
+    from .sae.commands import add_parser as add_sae_parser
+
+    add_sae_parser(sub)  # jaxsteer sae train | eval
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -32,3 +32,9 @@ try:  # modules written after the core; keep the core importable on its own
     from .splice import Splice, feature_acts
 except ImportError:  # pragma: no cover
     pass
+
+try:
+    from .evaluate import evaluate_sae, plot_ev_by_k
+    from .saelens import load_saelens, save_saelens
+except ImportError:  # pragma: no cover
+    pass

@@ -24,16 +24,18 @@ from flax import struct
 from ..models.interventions import SITES
 from ..models.params import Model
 from .activations import site_activations
-from .arch import SAE, decode, encode
+from .arch import SAE, decode, encode, reconstruct
 
 
 @struct.dataclass
 class Splice:
-    """Replace the activation at `site` / `layers` (default: the SAE's own) by `decode(encode(x))`."""
+    """Replace the activation at `site` / `layers` (default: the SAE's own) by `decode(encode(x))`
+    (plus `residual`'s reconstruction of the remainder when a residual SAE is given)."""
 
     sae: SAE
     feature_delta: Any = None
     positions: Any = None
+    residual: SAE | None = None
     keep_error: bool = struct.field(pytree_node=False, default=False)
     site: str | None = struct.field(pytree_node=False, default=None)
     layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
@@ -70,6 +72,9 @@ class Splice:
             out = decode(self.sae, z + jnp.asarray(self.feature_delta, z.dtype))
         else:
             out = x_hat
+        if self.residual is not None:  # SAE Boost: the residual SAE reconstructs what the base missed
+            r = reconstruct(self.residual, x.astype(x_hat.dtype) - x_hat)
+            x_hat, out = x_hat + r, out + r
         out = out.astype(x.dtype)
         if self.keep_error:
             out = out + (x - jax.lax.stop_gradient(x_hat.astype(x.dtype)))

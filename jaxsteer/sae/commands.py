@@ -1,0 +1,42 @@
+"""The `jaxsteer sae` subcommands: `train CONFIG.yaml [--set key=value ...]` and `eval RUN_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    """Register `sae train` / `sae eval` on the main CLI's subparsers."""
+    p = sub.add_parser("sae", help="sparse autoencoders: train from a YAML config, evaluate a run")
+    ss = p.add_subparsers(dest="sae_command", required=True)
+    t = ss.add_parser("train", help="train (or resume) an SAE on activations computed on the fly")
+    t.add_argument("config", help="YAML config (see experiments/sae_*.yaml)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=100")
+    t.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    t.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+    e = ss.add_parser("eval", help="explained variance, L0, dead latents, CE with the SAE spliced in")
+    e.add_argument("run_dir")
+    e.add_argument("--contexts", type=int, default=None, help="evaluation windows (default: the config's eval.contexts)")
+    e.set_defaults(func=cmd_eval)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_run_config
+    from .run import eval_run, load_model, train_sae
+
+    cfg = load_run_config(args.config, args.set)
+    model, tok = load_model(cfg)
+    out = train_sae(cfg, model=model, tokenizer=tok, stop_after=args.stop_after, progress=not args.no_progress)
+    if not args.no_eval and (args.stop_after is None or args.stop_after >= cfg.train.steps):
+        eval_run(out, model=model, tokenizer=tok)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .run import eval_run
+
+    eval_run(args.run_dir, contexts=args.contexts)
+
+
+__all__ = ["add_parser", "cmd_train", "cmd_eval"]

@@ -1,0 +1,180 @@
+"""A training run: `jaxsteer sae train CONFIG.yaml` and `jaxsteer sae eval RUN_DIR`.
+
+The run directory holds `config.yaml` (what it was started with), `checkpoints/` (Orbax, via
+`jaxsteer.train.checkpoint.Checkpointer`: SAE parameters, optimizer state, step, dead-latent
+counters, and the activation stream's position in the metadata), `metrics.jsonl` + `tb/`
+(`jaxsteer.train.metrics.RunLogger`), and at the end `sae/` (SAELens format), `eval.json` and,
+for HierarchicalTopK, `ev_by_k.png`. Starting a run whose directory has checkpoints resumes
+from the latest one; the result is the same as an uninterrupted run (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..train.checkpoint import Checkpointer, decode_data_state, encode_data_state, model_identity
+from ..train.metrics import RunLogger
+from .activations import ActivationStream, CachedActivations, pack_tokens, read_texts
+from .arch import SAE, SAEConfig, init_sae, reconstruct
+from .config import SAERunConfig, config_dict, load_run_config, save_run_config
+from .evaluate import evaluate_sae, plot_ev_by_k
+from .saelens import load_saelens, save_saelens
+from .train import StepConfig, init_b_dec, init_state, make_optimizer, make_step
+
+
+def sae_config(cfg: SAERunConfig, d_model: int) -> SAEConfig:
+    s = cfg.sae
+    return SAEConfig(kind=s.kind, d_in=d_model, d_sae=s.d_sae or s.expansion * d_model, k=s.k,
+                     kron_heads=s.kron_heads, kron_m=s.kron_m, kron_n=s.kron_n, dtype=s.dtype,
+                     decoder_bias=not cfg.base_sae, site=cfg.site, layer=cfg.layer, model=cfg.model)
+
+
+def step_config(cfg: SAERunConfig, d_model: int) -> StepConfig:
+    t = cfg.train
+    return StepConfig(lr=t.lr, warmup_steps=t.warmup_steps, decay_start=t.decay_start, total_steps=t.steps,
+                      grad_clip=t.grad_clip, k_aux=t.k_aux or d_model // 2, aux_coef=t.aux_coef,
+                      dead_batches=max(1, t.dead_tokens // t.batch_size), threshold_lr=t.threshold_lr,
+                      htopk_levels=tuple(int(j) for j in t.htopk_levels))
+
+
+def load_model(cfg: SAERunConfig):
+    from ..models.loading import load
+
+    dtype = jnp.bfloat16 if cfg.model_dtype in ("bfloat16", "bf16") else jnp.float32
+    return load(cfg.model, dtype=dtype)
+
+
+def token_windows(cfg: SAERunConfig, tokenizer, text: str | None = None) -> np.ndarray:
+    """Packed `[N, context]` token windows of the run's text (or `text`)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return pack_tokens(read_texts(text or cfg.text), tokenizer, cfg.context, bos)
+
+
+def split_windows(cfg: SAERunConfig, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out eval) windows: the last `eval.fraction` of them are held out."""
+    n_eval = max(1, int(round(len(windows) * cfg.eval.fraction))) if len(windows) > 1 else 0
+    return windows[: len(windows) - n_eval], windows[len(windows) - n_eval:]
+
+
+def load_sae(path: str) -> SAE:
+    """An SAE from a run directory (its `sae/`) or a SAELens directory."""
+    sub = os.path.join(path, "sae")
+    return load_saelens(sub if os.path.isdir(sub) else path)
+
+
+def _stream(cfg: SAERunConfig, model, windows: np.ndarray):
+    b = cfg.buffer
+    if b.cache:
+        return CachedActivations(b.cache, cfg.train.batch_size, seed=cfg.seed)
+    return ActivationStream(model, windows, site=cfg.site, layer=cfg.layer, batch_size=cfg.train.batch_size,
+                            contexts_per_forward=b.contexts_per_forward, buffer_batches=b.buffer_batches,
+                            seed=cfg.seed, skip_first=b.skip_first)
+
+
+def _start(cfg, ckpt, stream, sae_cfg, tx, base, identity, trainable, say) -> tuple[dict, int]:
+    """Fresh state (b_dec from the first batch, stream rewound) or the latest checkpoint's."""
+    fresh = init_sae(sae_cfg, jax.random.PRNGKey(cfg.seed))
+    if ckpt.latest_step() is None:
+        s0 = stream.get_state()
+        x0 = np.asarray(next(stream))
+        target = x0 if base is None else x0 - np.asarray(reconstruct(base, x0), np.float32)
+        stream.set_state(s0)
+        return init_state(init_b_dec(fresh, target, cfg.train.b_dec_init), tx), 0
+    state, meta = ckpt.restore(init_state(fresh, tx), identity=identity, trainable_config=trainable)
+    stream.set_state(decode_data_state(meta["data"]))
+    say(f"resuming from step {int(state['step'])}")
+    return state, int(state["step"])
+
+
+def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, stop_after: int | None = None,
+              progress: bool = True, say: Callable = print) -> str:
+    """Train (or resume) the run described by `cfg`; returns its directory."""
+    out = cfg.out_dir
+    os.makedirs(out, exist_ok=True)
+    if model is None:
+        model, tokenizer = load_model(cfg)
+    save_run_config(cfg, os.path.join(out, "config.yaml"))
+    train_w, _ = split_windows(cfg, token_windows(cfg, tokenizer))
+    sae_cfg, scfg = sae_config(cfg, model.config.d_model), step_config(cfg, model.config.d_model)
+    base = load_sae(cfg.base_sae) if cfg.base_sae else None
+    tx = make_optimizer(scfg)
+    step = make_step(sae_cfg, scfg, tx, base)
+    stream = _stream(cfg, model, train_w)
+    ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=cfg.keep)
+    identity = model_identity(model, cfg.model)
+    trainable = json.loads(json.dumps({"sae": sae_cfg.to_dict(), "step": dataclasses.asdict(scfg)}))
+    state, start = _start(cfg, ckpt, stream, sae_cfg, tx, base, identity, trainable, say)
+    logger = RunLogger(out, resume_step=start if start else None)
+    state = _loop(cfg, state, start, step, stream, ckpt, logger, identity, trainable, stop_after, progress)
+    logger.close()
+    ckpt.close()
+    if int(state["step"]) >= cfg.train.steps:
+        save_saelens(SAE(jax.device_get(state["sae"]), sae_cfg), os.path.join(out, "sae"), context_size=cfg.context)
+        say(f"saved the SAE to {os.path.join(out, 'sae')} (SAELens format)")
+    return out
+
+
+def _loop(cfg, state, start, step, stream, ckpt, logger, identity, trainable, stop_after, progress):
+    from tqdm import tqdm
+
+    end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, desc="sae", dynamic_ncols=True)
+    t0, n0 = time.perf_counter(), start
+    for i in range(start, end):
+        state, m = step(state, jnp.asarray(next(stream)))
+        done = i + 1
+        if done % cfg.log_every == 0 or done == end:
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            dt = time.perf_counter() - t0
+            m["activations_per_s"] = (done - n0) * cfg.train.batch_size / max(dt, 1e-9)
+            t0, n0 = time.perf_counter(), done
+            logger.log(done, m)
+            bar.set_postfix(ev=f"{m['explained_variance']:.3f}", l0=f"{m['l0']:.1f}", dead=f"{m['dead_fraction']:.3f}",
+                            act_s=f"{m['activations_per_s']:.0f}")
+        bar.update(1)
+        if done % cfg.save_every == 0 or done == end:
+            meta = {"model": identity, "trainable": trainable, "data": encode_data_state(stream.get_state()),
+                    "config": config_dict(cfg)}
+            ckpt.save(done, state, meta)
+    bar.close()
+    return state
+
+
+def eval_run(run_dir: str, *, contexts: int | None = None, model=None, tokenizer=None, say: Callable = print) -> dict:
+    """Evaluate a finished run on its held-out windows; writes `eval.json` (+ `ev_by_k.png`)."""
+    cfg = load_run_config(os.path.join(run_dir, "config.yaml"))
+    if model is None:
+        model, tokenizer = load_model(cfg)
+    if cfg.eval.text:
+        windows = token_windows(cfg, tokenizer, cfg.eval.text)
+    else:
+        windows = split_windows(cfg, token_windows(cfg, tokenizer))[1]
+    n = contexts or cfg.eval.contexts
+    windows = windows[:n]
+    batch = min(8, len(windows))
+    base = load_sae(cfg.base_sae) if cfg.base_sae else None
+    sae = load_sae(run_dir)
+    if base is not None:
+        res = evaluate_sae(model, base, windows, batch=batch, residual=sae, skip_first=cfg.buffer.skip_first)
+        res["base_only"] = evaluate_sae(model, base, windows, batch=batch, skip_first=cfg.buffer.skip_first)
+    else:
+        res = evaluate_sae(model, sae, windows, batch=batch, skip_first=cfg.buffer.skip_first)
+    res.update(kind=sae.config.kind, d_sae=sae.config.d_sae, k=sae.config.k, layer=cfg.layer, site=cfg.site)
+    with open(os.path.join(run_dir, "eval.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    if "ev_by_k" in res:
+        plot_ev_by_k({"HierarchicalTopK": res["ev_by_k"]}, os.path.join(run_dir, "ev_by_k.png"),
+                     title=f"{cfg.model} L{cfg.layer} {cfg.site}")
+    say(json.dumps({k: v for k, v in res.items() if k != "ev_by_k"}, indent=1))
+    return res
+
+
+__all__ = ["sae_config", "step_config", "token_windows", "split_windows", "load_sae", "train_sae", "eval_run"]

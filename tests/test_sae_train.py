@@ -1,0 +1,128 @@
+"""SAE training runs on a tiny random model: harvesting, exact resume, evaluation, config checks."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsteer
+from jaxsteer import sae
+from jaxsteer.models.config import ModelConfig, RopeConfig
+from jaxsteer.models.params import param_shapes, unflatten
+from jaxsteer.sae.activations import ActivationStream, site_activations, truncate
+from jaxsteer.sae.config import load_run_config
+from jaxsteer.sae.run import eval_run, load_sae, train_sae
+from jaxsteer.train.metrics import read_log
+
+V, D = 40, 16
+
+
+class CharTokenizer:
+    bos_token_id = 1
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [2 + ord(c) % (V - 2) for c in text]}
+
+    def decode(self, ids):
+        return "".join(chr(97 + int(i) % 26) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=V, d_model=D, n_layers=3, n_heads=2, n_kv_heads=1,
+                      head_dim=8, d_mlp=24, norm_eps=1e-6, rope_full=RopeConfig(10000.0))
+    rng = np.random.RandomState(0)
+    flat = {p: ((1.0 if p.endswith("norm") else 0.0) + rng.normal(0, 0.1 if p.endswith("norm") else 0.3, s)).astype(np.float32)
+            for p, s in sorted(param_shapes(cfg).items())}
+    return jaxsteer.Model(params=jax.tree_util.tree_map(jnp.asarray, unflatten(flat)), config=cfg)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "one", "two", "three", "plus", "equals", "the", "cat"]
+    docs = [" ".join(rng.choice(words, 30)) for _ in range(60)]
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text("\n\n".join(docs))
+    return str(path)
+
+
+def run_cfg(text_file, out_dir, kind="topk", **extra):
+    sets = [f"text={text_file}", f"out_dir={out_dir}", "layer=1", "context=16", f"sae.kind={kind}", "sae.d_sae=32",
+            "sae.k=4", "train.batch_size=60", "train.steps=6", "train.lr=0.003", "train.dead_tokens=120", "save_every=3",
+            "log_every=1", "buffer.contexts_per_forward=4", "buffer.buffer_batches=2", "eval.contexts=8", "eval.fraction=0.2"]
+    return load_run_config(None, sets + [f"{k}={v}" for k, v in extra.items()])
+
+
+def test_truncated_harvest_equals_full_trace(model):
+    toks = np.random.RandomState(0).randint(0, V, (2, 9))
+    assert truncate(model, 2).config.n_layers == 2
+    _, full = jaxsteer.forward(model, toks, record=("resid_post", "mlp_out"))
+    got = site_activations(model, toks, "mlp_out", (0, 1))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(full.mlp_out[:2]), atol=1e-6)
+
+
+def test_stream_is_shuffled_and_resumable(model):
+    windows = np.random.RandomState(1).randint(0, V, (20, 8))
+    a = ActivationStream(model, windows, site="resid_post", layer=1, batch_size=10, contexts_per_forward=4, buffer_batches=2)
+    first = [next(a) for _ in range(3)]
+    state = a.get_state()
+    rest = [next(a) for _ in range(4)]
+    b = ActivationStream(model, windows, site="resid_post", layer=1, batch_size=10, contexts_per_forward=4, buffer_batches=2)
+    b.set_state(json.loads(json.dumps(state)))
+    for x, y in zip(rest, [next(b) for _ in range(4)]):
+        np.testing.assert_array_equal(x, y)
+    assert first[0].shape == (10, D)
+
+
+def test_resume_reproduces_an_uninterrupted_run(model, text_file, tmp_path):
+    tok = CharTokenizer()
+    straight = train_sae(run_cfg(text_file, tmp_path / "a"), model=model, tokenizer=tok, progress=False, say=lambda *a: None)
+    cfg_b = run_cfg(text_file, tmp_path / "b")
+    train_sae(cfg_b, model=model, tokenizer=tok, stop_after=3, progress=False, say=lambda *a: None)
+    assert not os.path.exists(tmp_path / "b" / "sae")
+    train_sae(cfg_b, model=model, tokenizer=tok, progress=False, say=lambda *a: None)
+    a, b = load_sae(straight), load_sae(str(tmp_path / "b"))
+    for k in a.params:
+        np.testing.assert_array_equal(np.asarray(a.params[k]), np.asarray(b.params[k]))
+    la = [r["loss"] for r in read_log(str(tmp_path / "a" / "metrics.jsonl"))]
+    lb = [r["loss"] for r in read_log(str(tmp_path / "b" / "metrics.jsonl"))]
+    assert la == lb and len(la) == 6
+
+
+def test_eval_reports_metrics_and_htopk_curve(model, text_file, tmp_path):
+    tok = CharTokenizer()
+    out = train_sae(run_cfg(text_file, tmp_path / "h", kind="htopk"), model=model, tokenizer=tok, progress=False,
+                    say=lambda *a: None)
+    res = eval_run(out, model=model, tokenizer=tok, say=lambda *a: None)
+    for key in ("explained_variance", "fvu", "l0", "dead_fraction", "ce_clean", "ce_sae", "ce_zero", "loss_recovered"):
+        assert np.isfinite(res[key]), key
+    assert abs(res["explained_variance"] + res["fvu"] - 1) < 1e-9
+    assert 0 < res["l0"] <= 4
+    assert len(res["ev_by_k"]) == 4 and res["ev_by_k"][-1] >= res["ev_by_k"][0]
+    np.testing.assert_allclose(res["ev_by_k"][-1], res["explained_variance"], atol=1e-4)
+    assert os.path.exists(os.path.join(out, "ev_by_k.png")) and os.path.exists(os.path.join(out, "eval.json"))
+
+
+def test_identity_sae_recovers_all_loss(model):
+    eye = np.eye(D, dtype=np.float32)
+    ident = sae.SAE({"W_enc": jnp.asarray(np.concatenate([eye, -eye], 1)), "b_enc": jnp.zeros(2 * D),
+                     "W_dec": jnp.asarray(np.concatenate([eye, -eye], 0)), "b_dec": jnp.zeros(D)},
+                    sae.SAEConfig(kind="relu", d_in=D, d_sae=2 * D, layer=1))
+    windows = np.random.RandomState(2).randint(0, V, (8, 12))
+    res = sae.evaluate_sae(model, ident, windows, batch=4)
+    assert res["explained_variance"] > 1 - 1e-6
+    np.testing.assert_allclose(res["ce_sae"], res["ce_clean"], atol=1e-5)
+    np.testing.assert_allclose(res["loss_recovered"], 1.0, atol=1e-4)
+
+
+def test_config_is_strict(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_run_config(None, ["sae.kidn=topk"])
+    with pytest.raises(ValueError, match="expected int"):
+        load_run_config(None, ["layer=abc"])
+    cfg = load_run_config(None, ["train.lr=1e-3", "sae.kind=kron"])
+    assert cfg.train.lr == 1e-3 and cfg.sae.kind == "kron"
