@@ -22,7 +22,7 @@ import numpy as np
 
 from ..train.checkpoint import Checkpointer, decode_data_state, encode_data_state, model_identity
 from ..train.metrics import RunLogger
-from .activations import ActivationStream, CachedActivations, pack_tokens, read_texts
+from .activations import ActivationStream, CachedActivations, cache_activations, pack_tokens, read_texts
 from .arch import SAE, SAEConfig, init_sae, reconstruct
 from .config import SAERunConfig, config_dict, load_run_config, save_run_config
 from .evaluate import evaluate_sae, plot_ev_by_k
@@ -70,13 +70,22 @@ def load_sae(path: str) -> SAE:
     return load_saelens(sub if os.path.isdir(sub) else path)
 
 
-def _stream(cfg: SAERunConfig, model, windows: np.ndarray):
+def _stream(cfg: SAERunConfig, model, windows: np.ndarray, say: Callable = print):
+    """The activation source: on the fly, or the `.npy` cache (built first, one pass over the
+    training windows, when the file does not exist yet)."""
     b = cfg.buffer
-    if b.cache:
-        return CachedActivations(b.cache, cfg.train.batch_size, seed=cfg.seed)
-    return ActivationStream(model, windows, site=cfg.site, layer=cfg.layer, batch_size=cfg.train.batch_size,
+    live = ActivationStream(model, windows, site=cfg.site, layer=cfg.layer, batch_size=cfg.train.batch_size,
                             contexts_per_forward=b.contexts_per_forward, buffer_batches=b.buffer_batches,
                             seed=cfg.seed, skip_first=b.skip_first)
+    if not b.cache:
+        return live
+    if not os.path.exists(b.cache):
+        n = len(windows) * (cfg.context - b.skip_first) // cfg.train.batch_size
+        say(f"caching {n * cfg.train.batch_size} activations ({cfg.site}, layer {cfg.layer}) to {b.cache}")
+        os.makedirs(os.path.dirname(os.path.abspath(b.cache)), exist_ok=True)
+        cache_activations(live, n, b.cache + ".tmp.npy")
+        os.replace(b.cache + ".tmp.npy", b.cache)
+    return CachedActivations(b.cache, cfg.train.batch_size, seed=cfg.seed)
 
 
 def _start(cfg, ckpt, stream, sae_cfg, tx, base, identity, trainable, say) -> tuple[dict, int]:
@@ -107,7 +116,7 @@ def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, stop_after: int 
     base = load_sae(cfg.base_sae) if cfg.base_sae else None
     tx = make_optimizer(scfg)
     step = make_step(sae_cfg, scfg, tx, base)
-    stream = _stream(cfg, model, train_w)
+    stream = _stream(cfg, model, train_w, say)
     ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=cfg.keep)
     identity = model_identity(model, cfg.model)
     trainable = json.loads(json.dumps({"sae": sae_cfg.to_dict(), "step": dataclasses.asdict(scfg)}))
