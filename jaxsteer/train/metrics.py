@@ -30,11 +30,24 @@ PLOT_KEYS = (
 
 
 def _clean(v: Any) -> Any:
+    """A JSON-ready scalar; non-finite floats become the strings "nan", "inf", "-inf" (JSON has no
+    such numbers, and writing null would hide them)."""
     if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, "dtype"):
         v = np.asarray(v).item()
     if isinstance(v, float) and not math.isfinite(v):
-        return None
+        return str(v)
     return v
+
+
+def as_number(v: Any) -> float | None:
+    """A logged value as a float ("nan"/"inf" strings included); None for anything else."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if v in ("nan", "inf", "-inf"):
+        return float(v)
+    return None
 
 
 class RunLogger:
@@ -51,9 +64,9 @@ class RunLogger:
         if resume_step is None:
             open(self.path, "w").close()
         elif os.path.exists(self.path):  # drop records written after the checkpoint we resume from
-            keep = [ln for ln in open(self.path) if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            keep = [r for r in read_log(self.path) if r.get("step", 0) <= resume_step]
             with open(self.path, "w") as f:
-                f.writelines(keep)
+                f.writelines(json.dumps(r) + "\n" for r in keep)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -77,8 +90,23 @@ class RunLogger:
 
 
 def read_log(path: str) -> list[dict]:
+    """The records of a metrics.jsonl. A truncated last line (a kill during a write) is dropped
+    with a warning; a damaged line elsewhere is a ValueError naming the file and line."""
     with open(path) as f:
-        return [json.loads(ln) for ln in f if ln.strip()]
+        lines = [(i + 1, ln) for i, ln in enumerate(f) if ln.strip()]
+    records = []
+    for k, (number, ln) in enumerate(lines):
+        try:
+            records.append(json.loads(ln))
+        except json.JSONDecodeError as err:
+            if k == len(lines) - 1:
+                import warnings
+
+                warnings.warn(f"{path}: dropping a truncated last line ({number}), left by an interrupted write",
+                              stacklevel=2)
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record ({err})") from None
+    return records
 
 
 def plot_curves(jsonl_path: str, png_path: str, title: str = "") -> str | None:
@@ -93,7 +121,7 @@ def plot_curves(jsonl_path: str, png_path: str, title: str = "") -> str | None:
     records = read_log(jsonl_path)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    keys = [(k, label) for k, label in PLOT_KEYS if any(r.get(k) is not None for r in train)]
+    keys = [(k, label) for k, label in PLOT_KEYS if any(as_number(r.get(k)) is not None for r in train)]
     if not keys and not evals:
         return None
     n = len(keys) + (1 if evals else 0)
@@ -101,7 +129,7 @@ def plot_curves(jsonl_path: str, png_path: str, title: str = "") -> str | None:
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, (k, label) in zip(axes.flat, keys):
-        pts = [(r["step"], r[k]) for r in train if r.get(k) is not None]
+        pts = [(r["step"], as_number(r[k])) for r in train if as_number(r.get(k)) is not None]
         xs, ys = zip(*pts)
         ax.plot(xs, ys, lw=1, alpha=0.5)
         if len(ys) >= 5:  # running mean over 5 steps
@@ -134,4 +162,4 @@ def plot_curves(jsonl_path: str, png_path: str, title: str = "") -> str | None:
     return png_path
 
 
-__all__ = ["RunLogger", "read_log", "plot_curves"]
+__all__ = ["RunLogger", "as_number", "read_log", "plot_curves"]
