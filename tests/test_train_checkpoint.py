@@ -122,3 +122,23 @@ def test_flipped_value_is_caught_by_fingerprint(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         Checkpointer(str(tmp_path / "empty")).restore(_state(), identity=IDENT, trainable_config=TCFG)
+
+
+def test_damaged_latest_falls_back_to_the_newest_intact_step(tmp_path):
+    ck = Checkpointer(str(tmp_path / "ck"), keep=3)
+    for step in (1, 2, 3):
+        ck.save(step, _state(seed=step), {"model": IDENT, "trainable": TCFG})
+    for f in _data_files(str(tmp_path / "ck" / "3")):  # a kill / disk fault damaged the newest one
+        with open(f, "r+b") as fh:
+            fh.truncate(max(0, os.path.getsize(f) // 2))
+    fresh = Checkpointer(str(tmp_path / "ck"))
+    with pytest.warns(UserWarning, match=r"step 3.*corrupted.*newest intact checkpoint, step 2"):
+        restored, meta = fresh.restore(_state(), identity=IDENT, trainable_config=TCFG)
+    assert meta["step"] == 2
+    np.testing.assert_array_equal(np.asarray(restored["train"]["trainable"]["vectors"]),
+                                  np.asarray(_state(seed=2)["train"]["trainable"]["vectors"]))
+    with pytest.raises(CheckpointError, match="step 3.*corrupted"):  # asking for that step names it
+        fresh.restore(_state(), identity=IDENT, trainable_config=TCFG, step=3)
+    # an intact checkpoint that does not fit this run is an error, never skipped over
+    with pytest.raises(CheckpointError, match="different model"):
+        fresh.restore(_state(), identity=dict(IDENT, d_model=16), trainable_config=TCFG)

@@ -36,6 +36,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used with this run (mismatched, corrupted or missing)."""
 
 
+class CheckpointDamagedError(CheckpointError):
+    """A checkpoint whose files are unreadable or whose data fail their fingerprints."""
+
+
 def model_identity(model, spec: str | None = None) -> dict:
     c = model.config
     ident = {
@@ -96,7 +100,7 @@ def _check_fingerprints(saved: dict, tree: Any, where: str) -> None:
         else:
             ok = abs(value - mine) <= 1e-5 * max(1.0, abs(value))
         if not ok:
-            raise CheckpointError(f"{where}: the data of {key!r} does not match its recorded fingerprint (corrupted file?)")
+            raise CheckpointDamagedError(f"{where}: the data of {key!r} does not match its recorded fingerprint (corrupted file?)")
 
 
 def _diff_dicts(name: str, saved: dict, expected: dict, where: str) -> None:
@@ -161,7 +165,7 @@ class Checkpointer:
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # noqa: BLE001 - any failure to read means the files are damaged
-            raise CheckpointError(f"{where}: metadata is missing or unreadable (corrupted?): {type(e).__name__}: {e}") from e
+            raise CheckpointDamagedError(f"{where}: metadata is missing or unreadable (corrupted?): {type(e).__name__}: {e}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{where}: not a jaxsteer training checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
         return step, meta
@@ -173,9 +177,35 @@ class Checkpointer:
         identity: dict,
         trainable_config: dict,
         step: int | None = None,
+        fallback: bool = True,
     ) -> tuple[Any, dict]:
         """Validated restore into the structure / shapes / shardings of `abstract_state`
-        (a pytree of `jax.ShapeDtypeStruct` or arrays). Returns `(state, meta)`."""
+        (a pytree of `jax.ShapeDtypeStruct` or arrays). Returns `(state, meta)`.
+
+        Without `step`, the latest checkpoint; if its files are damaged and `fallback`, the
+        newest earlier one that is intact, with a warning naming what was wrong (a checkpoint
+        that is intact but does not fit this run is an error, never skipped)."""
+        if step is not None or not fallback:
+            return self._restore_step(abstract_state, identity, trainable_config, step)
+        damaged = []
+        for candidate in sorted(self.all_steps(), reverse=True):
+            try:
+                out = self._restore_step(abstract_state, identity, trainable_config, candidate)
+            except CheckpointDamagedError as err:
+                damaged.append(str(err))
+                continue
+            if damaged:
+                import warnings
+
+                warnings.warn(f"{'; '.join(damaged)}; resuming from the newest intact checkpoint, step {candidate}",
+                              stacklevel=2)
+            return out
+        if damaged:
+            raise CheckpointDamagedError(f"every checkpoint in {self.directory} is damaged: {'; '.join(damaged)}")
+        return self._restore_step(abstract_state, identity, trainable_config, None)  # raises: no checkpoint
+
+    def _restore_step(self, abstract_state: Any, identity: dict, trainable_config: dict,
+                      step: int | None) -> tuple[Any, dict]:
         step, meta = self.read_meta(step)
         where = f"checkpoint {self.directory} step {step}"
         _diff_dicts("model", {k: meta.get("model", {}).get(k) for k in identity if k != "spec"},
@@ -188,7 +218,7 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{where}: the saved state cannot be read (corrupted?): {type(e).__name__}: {e}") from e
+            raise CheckpointDamagedError(f"{where}: the saved state cannot be read (corrupted?): {type(e).__name__}: {str(e)[:300]}") from None
         if jax.tree_util.tree_structure(restored) != jax.tree_util.tree_structure(target):
             raise CheckpointError(f"{where}: restored state has a different structure")
         _check_fingerprints(meta.get("fingerprint", {}), restored, where)
@@ -215,5 +245,5 @@ def decode_data_state(state: Any) -> Any:
     return state
 
 
-__all__ = ["CheckpointError", "Checkpointer", "model_identity", "tree_description", "fingerprint",
+__all__ = ["CheckpointDamagedError", "CheckpointError", "Checkpointer", "model_identity", "tree_description", "fingerprint",
            "encode_data_state", "decode_data_state"]
