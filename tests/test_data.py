@@ -10,6 +10,7 @@ import re
 import pytest
 
 from jaxsteer.train.data import (
+    DatasetError,
     Example,
     arithmetic_problems,
     countdown_problems,
@@ -146,7 +147,7 @@ def test_load_dataset_specs_and_errors(tmp_path):
     bad = _write(tmp_path, "bad.jsonl", [{"text": "hello"}])
     with pytest.raises(ValueError, match="layout"):
         load_dataset(str(bad))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DatasetError, match="missing.jsonl' does not exist"):
         load_dataset(str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="key=value"):
         load_dataset("arithmetic:n")

@@ -14,6 +14,7 @@ parquet with the Hugging Face column names).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import random
@@ -48,6 +49,11 @@ class Example:
 
 def _as_example(x) -> Example:
     return x if isinstance(x, Example) else Example.from_dict(x)
+
+
+class DatasetError(ValueError):
+    """A dataset spec that does not parse, a missing or unreadable file, or a row without a
+    usable field; the message names the spec or the file, the line and the field."""
 
 
 # --------------------------------------------------------------------------- generators
@@ -219,36 +225,66 @@ def countdown_problems(
 # --------------------------------------------------------------------------- files
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _check_data_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise DatasetError(f"dataset file {path!r} does not exist" + (" (it is a directory)" if os.path.isdir(path) else ""))
+    if not path.lower().endswith(DATA_SUFFIXES):
+        raise DatasetError(f"dataset file {path!r}: expected one of {', '.join(DATA_SUFFIXES)}")
+
+
 def _read_records(path: str | os.PathLike) -> list[dict]:
-    """Rows of a .jsonl / .json / .parquet file as dicts."""
+    """Rows of a .jsonl / .json / .parquet file as dicts (DatasetError naming the file and line)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
+    _check_data_file(path)
     lower = path.lower()
-    if lower.endswith(".parquet"):
-        try:
+    try:
+        if lower.endswith(".parquet"):
             import pyarrow.parquet as pq
-        except ImportError as e:  # pragma: no cover
-            raise ImportError("reading parquet needs pyarrow (pip install pyarrow)") from e
-        return pq.read_table(path).to_pylist()
-    with open(path, encoding="utf-8") as f:
-        if lower.endswith(".json"):
-            data = json.load(f)
-            if isinstance(data, dict):  # {"data": [...]} or column-major {"col": [...]}
-                if "data" in data and isinstance(data["data"], list):
-                    data = data["data"]
-                else:
-                    keys = list(data)
-                    data = [dict(zip(keys, row)) for row in zip(*(data[k] for k in keys))]
-            return list(data)
-        rows = []
-        for i, line in enumerate(f):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i + 1}: not valid JSON ({e})") from None
-        return rows
+
+            return pq.read_table(path).to_pylist()
+        with open(path, encoding="utf-8") as f:
+            if lower.endswith(".json"):
+                return _json_rows(json.load(f), path)
+            rows = []
+            for i, line in enumerate(f):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DatasetError(f"{path}:{i + 1}: not valid JSON ({e})") from None
+                    if not isinstance(row, dict):
+                        raise DatasetError(f"{path}:{i + 1}: expected a JSON object, got {type(row).__name__}")
+                    rows.append(row)
+            return rows
+    except DatasetError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, ImportError) as e:  # unreadable / not JSON / bad parquet
+        raise DatasetError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def _json_rows(data: Any, path: str) -> list[dict]:
+    """A .json file's rows: a list of objects, `{"data": [...]}` or column-major `{"col": [...]}`."""
+    if isinstance(data, dict):
+        if "data" in data and isinstance(data["data"], list):
+            data = data["data"]
+        elif all(isinstance(v, list) for v in data.values()):
+            keys = list(data)
+            data = [dict(zip(keys, row)) for row in zip(*(data[k] for k in keys))]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DatasetError(f"{path}: expected a list of objects, {{'data': [...]}} or columns of lists")
+    return data
+
+
+def _field(row: dict, name: str, source: str, line: int) -> str:
+    """`row[name]` as a non-empty string; DatasetError naming the file, line and field otherwise."""
+    value = row.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        what = "is missing" if name not in row else "is empty" if value is not None else "is null"
+        raise DatasetError(f"{source}:{line}: field {name!r} {what}")
+    return str(value)
 
 
 def _strip_thousands(ans: str) -> str:
@@ -258,26 +294,28 @@ def _strip_thousands(ans: str) -> str:
 def _gsm8k_examples(rows: Iterable[dict], source: str) -> list[Example]:
     out = []
     for i, row in enumerate(rows):
-        ans = extract_gsm8k(str(row["answer"]))
+        question, solution = _field(row, "question", source, i + 1), _field(row, "answer", source, i + 1)
+        ans = extract_gsm8k(solution)
         if ans is None:
-            raise ValueError(f"{source}: row {i} has no '#### n' final answer")
-        out.append(Example(str(row["question"]), _strip_thousands(ans), {"task": "gsm8k", "solution": str(row["answer"])}))
+            raise DatasetError(f"{source}:{i + 1}: field 'answer' has no '#### n' final answer")
+        out.append(Example(question, _strip_thousands(ans), {"task": "gsm8k", "solution": solution}))
     return out
 
 
 def _math_examples(rows: Iterable[dict], source: str) -> list[Example]:
     out, skipped = [], 0
-    for row in rows:
+    for i, row in enumerate(rows):
+        problem, solution = _field(row, "problem", source, i + 1), _field(row, "solution", source, i + 1)
         ans = row.get("answer")
-        ans = str(ans) if ans not in (None, "") else extract_boxed(str(row["solution"]))
+        ans = str(ans) if ans not in (None, "") else extract_boxed(solution)
         if ans is None:
             skipped += 1
             continue
-        meta = {"task": "math", "solution": str(row["solution"])}
+        meta = {"task": "math", "solution": solution}
         for k in ("level", "type", "subject", "unique_id"):
             if row.get(k) is not None:
                 meta[k] = row[k]
-        out.append(Example(str(row["problem"]), ans, meta))
+        out.append(Example(problem, ans, meta))
     if skipped:
         warnings.warn(f"{source}: skipped {skipped} rows without a \\boxed{{}} answer")
     return out
@@ -311,21 +349,67 @@ def _parse_value(v: str) -> Any:
     return v
 
 
-def _parse_kwargs(text: str) -> dict[str, Any]:
+GENERATORS = {"arithmetic": arithmetic_problems, "countdown": countdown_problems}
+FILE_LAYOUTS = ("gsm8k", "math")
+
+
+def _parse_kwargs(text: str, spec: str) -> dict[str, Any]:
     kwargs = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
-            raise ValueError(f"expected key=value in dataset spec, got {part!r}")
-        k, v = (s.strip() for s in part.split("=", 1))
+            raise DatasetError(f"dataset spec {spec!r}: expected key=value, got {part!r}")
+        k, v = (x.strip() for x in part.split("=", 1))
+        if k in kwargs:
+            raise DatasetError(f"dataset spec {spec!r}: {k!r} is given twice")
         kwargs[k] = tuple(c for c in v if c in ARITHMETIC_OPS) if k == "ops" else _parse_value(v)
     return kwargs
 
 
-GENERATORS = {"arithmetic": arithmetic_problems, "countdown": countdown_problems}
+def _check_generator_args(kind: str, kwargs: dict[str, Any], spec: str) -> None:
+    """Every argument is one the generator takes, with a value of its default's type."""
+    params = inspect.signature(GENERATORS[kind]).parameters
+    for k, v in kwargs.items():
+        if k not in params:
+            names = ", ".join(p for p in params)
+            raise DatasetError(f"dataset spec {spec!r}: {kind} has no argument {k!r} (arguments: {names})")
+        default = params[k].default
+        want = int if k == "n" else type(default) if default is not inspect.Parameter.empty else None
+        if want in (int, float, bool, str) and not (type(v) is want or (want is float and type(v) is int)):
+            raise DatasetError(f"dataset spec {spec!r}: {k}={v!r} should be {want.__name__}")
+        if want is int and v < (0 if k == "seed" else 1):
+            raise DatasetError(f"dataset spec {spec!r}: {k}={v} is out of range")
+    if "split" in kwargs and kwargs["split"] not in SPLITS:
+        raise DatasetError(f"dataset spec {spec!r}: split={kwargs['split']!r} is not one of {SPLITS}")
+    if "test_fraction" in kwargs and not 0.0 < kwargs["test_fraction"] < 1.0:
+        raise DatasetError(f"dataset spec {spec!r}: test_fraction must be in (0, 1)")
+    if kind == "arithmetic" and "ops" in kwargs and not kwargs["ops"]:
+        raise DatasetError(f"dataset spec {spec!r}: ops must name some of {''.join(ARITHMETIC_OPS)}")
+
+
+def check_dataset_spec(spec: str | os.PathLike) -> tuple[str, Any]:
+    """Validate a dataset spec without generating or reading any rows (so a run can refuse a bad
+    spec before it loads a model). Returns `(kind, arguments)`: `("arithmetic", {...})`,
+    `("gsm8k", path)`, `("file", path)`, ... Raises DatasetError naming what is wrong."""
+    spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise DatasetError(f"empty dataset spec {spec!r}")
+    kind, sep, rest = spec.partition(":")
+    if kind in GENERATORS:
+        kwargs = _parse_kwargs(rest, spec)
+        _check_generator_args(kind, kwargs, spec)
+        return kind, kwargs
+    if sep and kind in FILE_LAYOUTS:
+        _check_data_file(rest)
+        return kind, rest
+    if os.path.exists(spec) or not sep or "/" in kind or "\\" in kind or "." in kind:
+        _check_data_file(spec)
+        return "file", spec
+    known = ", ".join(list(GENERATORS) + [f"{k}:PATH" for k in FILE_LAYOUTS])
+    raise DatasetError(f"dataset spec {spec!r}: unknown generator {kind!r} and no such file (known: {known}, or a path)")
 
 
 def load_dataset(spec: str | os.PathLike) -> list[Example]:
-    """Examples from a spec string.
+    """Examples from a spec string (checked first with `check_dataset_spec`).
 
     - `"arithmetic:n=2000,digits=2,seed=0,ops=+-,word_problems=true,split=train"`
     - `"countdown:n=1000,n_numbers=4,max_target=100,seed=0"`
@@ -333,17 +417,21 @@ def load_dataset(spec: str | os.PathLike) -> list[Example]:
     - a path (.jsonl / .json / .parquet): the layout is detected from the columns ("question" +
       "answer": GSM8K; "problem" + "solution": MATH; "prompt" + "answer": plain examples, other
       columns go to meta).
+    A row missing a field, or with a null or empty one, is a DatasetError naming file, line, field.
     """
+    kind, args = check_dataset_spec(spec)
     spec = os.fspath(spec)
-    kind, sep, rest = spec.partition(":")
     if kind in GENERATORS:
-        kwargs = _parse_kwargs(rest)
+        kwargs = dict(args)
         n = kwargs.pop("n", 1000)
-        return GENERATORS[kind](n, **kwargs)
-    if sep and kind == "gsm8k":
-        return load_gsm8k(rest)
-    if sep and kind == "math":
-        return load_math(rest)
+        try:
+            return GENERATORS[kind](n, **kwargs)
+        except ValueError as e:
+            raise DatasetError(f"dataset spec {spec!r}: {e}") from None
+    if kind == "gsm8k":
+        return load_gsm8k(args)
+    if kind == "math":
+        return load_math(args)
     rows = _read_records(spec)
     cols = set(rows[0]) if rows else set()
     if {"question", "answer"} <= cols:
@@ -352,12 +440,12 @@ def load_dataset(spec: str | os.PathLike) -> list[Example]:
         return _math_examples(rows, spec)
     if {"prompt", "answer"} <= cols:
         out = []
-        for r in rows:
+        for i, r in enumerate(rows):
             meta = dict(r.get("meta") or {})
             meta.update({k: v for k, v in r.items() if k not in ("prompt", "answer", "meta")})
-            out.append(Example(str(r["prompt"]), str(r["answer"]), meta))
+            out.append(Example(_field(r, "prompt", spec, i + 1), _field(r, "answer", spec, i + 1), meta))
         return out
-    raise ValueError(
+    raise DatasetError(
         f"{spec}: cannot tell the dataset layout from columns {sorted(cols)}; expected question/answer "
         f"(GSM8K), problem/solution (MATH) or prompt/answer"
     )
@@ -405,7 +493,9 @@ def make_loader(
 
 
 __all__ = [
+    "DatasetError",
     "Example",
+    "check_dataset_spec",
     "arithmetic_problems",
     "countdown_problems",
     "load_gsm8k",
