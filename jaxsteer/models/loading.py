@@ -427,14 +427,7 @@ def _file_key(path: pathlib.Path) -> tuple[str, int, int]:
     return str(path.resolve()), stat.st_mtime_ns, stat.st_size
 
 
-def _open_gguf(path: str | pathlib.Path) -> GGUFFile:
-    path = pathlib.Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} does not exist")
-    return GGUFFile(path)
-
-
-def load_gguf(path: str | pathlib.Path, dtype=jnp.float32, *, gguf_file: GGUFFile | None = None) -> Model:
+def load_gguf(path: str | pathlib.Path, dtype=jnp.float32) -> Model:
     """Load a llama.cpp GGUF file (architectures llama, qwen2 and gemma3; any quantisation gguf
     can dequantise), with the config read from its metadata (no transformers or torch).
 
@@ -443,7 +436,10 @@ def load_gguf(path: str | pathlib.Path, dtype=jnp.float32, *, gguf_file: GGUFFil
     `1 + w`; both are undone here. A truncated or damaged file is a `GGUFError` naming the file
     and the tensor.
     """
-    f = gguf_file or _open_gguf(path)
+    path = pathlib.Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    f = GGUFFile(path)
     config = gguf_config(f)
     arch = f.architecture
     norm_shift = config.norm_offset  # Gemma: llama.cpp folds the `1 +` of its norms into the weights
