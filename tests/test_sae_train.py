@@ -126,3 +126,13 @@ def test_config_is_strict(tmp_path):
         load_run_config(None, ["layer=abc"])
     cfg = load_run_config(None, ["train.lr=1e-3", "sae.kind=kron"])
     assert cfg.train.lr == 1e-3 and cfg.sae.kind == "kron"
+
+
+def test_a_locked_run_directory_is_refused(model, text_file, tmp_path):
+    from jaxsteer.train.lock import RunLock, RunLockedError
+
+    cfg = run_cfg(text_file, tmp_path / "locked")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with RunLock(cfg.out_dir):
+        with pytest.raises(RunLockedError):
+            train_sae(cfg, model=model, tokenizer=CharTokenizer(), progress=False, say=lambda *a: None)

@@ -66,16 +66,24 @@ def _level_mean(errs: jax.Array, levels: tuple[int, ...] | None) -> jax.Array:
 
 def auxk_loss(sae: SAE, pre: jax.Array, residual: jax.Array, dead: jax.Array, k_aux: int) -> jax.Array:
     """AuxK (Gao et al. 2024): the top `k_aux` dead latents reconstruct the main residual
-    `x - x_hat` (held constant); scaled by `min(n_dead / k_aux, 1)` as in SAELens; 0 if none dead."""
+    `x - x_hat` (held constant); scaled by `min(n_dead / k_aux, 1)` as in SAELens; 0 if none dead.
+
+    Computed under `lax.cond`, so batches without dead latents pay nothing; the `k_aux` code is
+    decoded densely (a `[B, k_aux, d]` gather costs more than the matmul on CPU)."""
     k_aux = min(k_aux, pre.shape[-1])
-    masked = jnp.where(dead, pre, -jnp.inf)
-    vals, idx = jax.lax.top_k(masked, k_aux)
-    vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0)
-    e_hat = gather_decode(sae, vals, idx, bias=False)
-    err = _sq_err(jax.lax.stop_gradient(residual), e_hat) / jax.lax.stop_gradient(total_variance(residual))
     n_dead = jnp.sum(dead)
-    scale = jnp.minimum(n_dead / k_aux, 1.0)
-    return jnp.where(n_dead > 0, scale * err, 0.0)
+
+    def aux(_):
+        masked = jnp.where(dead, pre, -jnp.inf)
+        vals, idx = jax.lax.top_k(masked, k_aux)
+        vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0)
+        rows = jnp.arange(pre.shape[0])[:, None]
+        z = jnp.zeros_like(pre).at[rows, idx].set(vals)
+        e_hat = z.astype(sae.dtype) @ sae.params["W_dec"]
+        err = _sq_err(jax.lax.stop_gradient(residual), e_hat) / jax.lax.stop_gradient(total_variance(residual))
+        return jnp.minimum(n_dead / k_aux, 1.0) * err
+
+    return jax.lax.cond(n_dead > 0, aux, lambda _: jnp.zeros((), jnp.float32), None)
 
 
 def train_forward(sae: SAE, x: jax.Array, dead: jax.Array | None, *, k_aux: int = 0, aux_coef: float = 0.0,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..train.checkpoint import Checkpointer, decode_data_state, encode_data_state, model_identity
+from ..train.lock import RunLock
 from ..train.metrics import RunLogger
 from .activations import ActivationStream, CachedActivations, cache_activations, pack_tokens, read_texts
 from .arch import SAE, SAEConfig, init_sae, reconstruct
@@ -105,9 +106,15 @@ def _start(cfg, ckpt, stream, sae_cfg, tx, base, identity, trainable, say) -> tu
 
 def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, stop_after: int | None = None,
               progress: bool = True, say: Callable = print) -> str:
-    """Train (or resume) the run described by `cfg`; returns its directory."""
+    """Train (or resume) the run described by `cfg`; returns its directory. The directory is
+    locked for the run's life (`jaxsteer.train.lock.RunLock`): a second live run is refused."""
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with RunLock(cfg.out_dir):
+        return _train_locked(cfg, model, tokenizer, stop_after, progress, say)
+
+
+def _train_locked(cfg: SAERunConfig, model, tokenizer, stop_after, progress, say) -> str:
     out = cfg.out_dir
-    os.makedirs(out, exist_ok=True)
     if model is None:
         model, tokenizer = load_model(cfg)
     save_run_config(cfg, os.path.join(out, "config.yaml"))
