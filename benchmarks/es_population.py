@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import jaxsteer
     from jaxsteer.models.generate import tokenize_prompts
-    from jaxsteer.train.es import population_generate
-    from jaxsteer.train.es_optim import CMAES, OpenES
-    from jaxsteer.train.es_spaces import EggrollSpace, SteeringSpace, essa_space
+    from jaxsteer.train.es import CMAES, EggrollSpace, OpenES, SteeringSpace, essa_space, population_generate
     from jaxsteer.train.trainable import TrainableConfig
 
     M, B, N = args.members, args.prompts, args.new_tokens

@@ -45,17 +45,19 @@ def _problems(n: int):
 
 
 def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: int, model=None, tok=None) -> dict[str, Any]:
-    """Warm-up + `steps` timed RL steps with jaxsteer's own loop pieces (rollout.collect + the jitted step)."""
+    """Warm-up + `steps` timed RL steps with jaxsteer's own learner pieces (rl.rollout.collect + the jitted step)."""
     import jax
 
     import jaxsteer
+    from jaxsteer.train.build import encode_prompt
     from jaxsteer.train.config import config_from_dict
-    from jaxsteer.train.losses import group_advantages
-    from jaxsteer.train.loop import setup_training
     from jaxsteer.train.rewards import correctness_reward
-    from jaxsteer.train.rollout import collect, encode_prompt
+    from jaxsteer.train.rl.learner import setup_training
+    from jaxsteer.train.rl.losses import group_advantages
+    from jaxsteer.train.rl.rollout import collect
+    from jaxsteer.train.rl.step import compile_step
     from jaxsteer.train.sharding import global_batch, make_mesh, replicated
-    from jaxsteer.train.step import _policy, compile_step
+    from jaxsteer.train.trainable import build_policy
 
     if model is None:
         model, tok = jaxsteer.load("smollm2-135m-instruct")
@@ -78,11 +80,10 @@ def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: 
         exs = problems[i * prompts:(i + 1) * prompts]
         t0, c0 = time.perf_counter(), time.process_time()
         ids = [encode_prompt(e, tok, TEMPLATE) for e in exs]
-        m, ivs = _policy(setup.model, state["trainable"], setup.spec)
+        m, ivs = build_policy(setup.model, state["trainable"], cfg.trainable)
         batch = collect(m, ivs, exs, ids, group_size=group, calls=1, tokenizer=tok, key=jax.random.PRNGKey(i),
                         reward_fn=correctness_reward, advantage_fn=lambda r: np.asarray(group_advantages(r, group, "rloo")),
-                        max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, top_k=0, bucket=1,
-                        pad_id=tok.pad_token_id, stop_tokens=())
+                        sampling=cfg.sampling, stop_tokens=())
         t1, c1 = time.perf_counter(), time.process_time()
         local = {"tokens": batch.tokens, "mask": batch.mask, "old_logp": batch.old_logp,
                  "advantages": batch.advantages, "rewards": batch.rewards}

@@ -151,7 +151,7 @@ def cmd_train(args) -> None:
     import os
 
     from .train.config import ConfigError, load_config
-    from .train.loop import print_logit_lens, train
+    from .train import print_logit_lens, train
 
     overrides = list(args.overrides)
     if args.output_dir:
@@ -185,7 +185,7 @@ def cmd_eval(args) -> None:
 
     from .train.config import ConfigError, load_config
     from .train.evaluate import format_result
-    from .train.loop import evaluate_run
+    from .train import evaluate_run
 
     path = args.run
     if os.path.isdir(path):

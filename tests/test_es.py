@@ -4,6 +4,7 @@ planted rewards on a tiny model, exact resume and a sharded population on 8 virt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,19 +18,20 @@ import numpy as np
 import pytest
 
 import jaxsteer
-from jaxsteer.models.config import ModelConfig, RopeConfig
-from jaxsteer.models.params import Model, param_shapes, unflatten
+from conftest import TINY_CONFIG, random_model
+from jaxsteer.models.params import param_shapes
 from jaxsteer.train.data import Example
 from jaxsteer.train.es import (
     ESConfig,
-    _update,
+    ESLoopSpec,
+    update_strategy,
     build_es,
     center_member,
     population_generate,
     run_es,
     score_population,
 )
-from jaxsteer.train.es_optim import (
+from jaxsteer.train.es.strategies import (
     CMAES,
     OpenES,
     SepCMAES,
@@ -39,14 +41,11 @@ from jaxsteer.train.es_optim import (
     shape_fitness,
     zscore,
 )
-from jaxsteer.train.es_spaces import EggrollSpace, FullSpace, SteeringSpace, TrainableSpace, essa_space, normal_like
+from jaxsteer.train.es.spaces import EggrollSpace, FullSpace, SteeringSpace, TrainableSpace, essa_space, normal_like
 from jaxsteer.train.rewards import get_reward_fn
 from jaxsteer.train.trainable import TrainableConfig, apply_trainable
 
-CFG = ModelConfig(
-    architecture="LlamaForCausalLM", vocab_size=53, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
-    head_dim=8, d_mlp=40, norm_eps=1e-6, rope_full=RopeConfig(theta=10000.0), eos_token_ids=(1,), pad_token_id=0,
-)
+CFG = TINY_CONFIG
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11]]
 N_NEW = 4
 KEY = jax.random.PRNGKey(0)
@@ -55,16 +54,6 @@ KEY = jax.random.PRNGKey(0)
 # compiled population program is built once.
 STEER = (SteeringSpace(), OpenES(population=16, sigma=1.0, lr=4.0))
 EGG = (EggrollSpace(rank=1), OpenES(population=16, sigma=0.05, lr=0.01))
-
-
-def random_model(seed: int = 0) -> Model:
-    """numpy-drawn random weights (no per-shape jax.random compiles)."""
-    rng = np.random.RandomState(seed)
-    flat = {}
-    for path, shape in sorted(param_shapes(CFG).items()):
-        base = 1.0 if path.endswith("norm") else 0.0
-        flat[path] = jnp.asarray(base + (0.1 if base else 0.2) * rng.normal(size=shape), jnp.float32)
-    return Model(params=unflatten(flat), config=CFG)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,8 +71,8 @@ def sharded_run():
 
 
 @pytest.fixture(scope="module")
-def model():
-    return random_model()
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +263,7 @@ def test_population_equals_member_loop(model, essa, which):
     space, strategy = {"steering": STEER, "eggroll": EGG, "essa": essa}[which]
     state = strategy.init(space.init(model), jax.random.PRNGKey(1))
     if which == "essa":  # move off s = 0 so members differ in more than the noise
-        state = _update(space, strategy, state, jnp.ones((16, 2)) * jnp.arange(16.0)[:, None])[0]
+        state = update_strategy(space, strategy, state, jnp.ones((16, 2)) * jnp.arange(16.0)[:, None])[0]
     out = population_generate(model, space, strategy, state, PROMPTS, max_new_tokens=N_NEW, stop_tokens=[1])
     assert out.tokens.shape == (16, 2, N_NEW) and out.lengths.shape == (16, 2)
     assert len({out.tokens[m].tobytes() for m in range(16)}) > 1
@@ -341,21 +330,28 @@ def _examples():
 @pytest.mark.parametrize("which", ["steering", "eggroll", "essa"])
 def test_planted_reward_improves(model, essa, which):
     space, strategy = {"steering": STEER, "eggroll": EGG, "essa": essa}[which]
-    res = run_es(model, space, strategy, examples=_examples(), reward_fn=low_tokens, generations=8,
-                 prompts_per_generation=2, max_new_tokens=N_NEW, stop_tokens=[], log=None)
+    spec = ESLoopSpec(generations=8, prompts_per_generation=2, max_new_tokens=N_NEW, stop_tokens=())
+    res = run_es(model, space, strategy, _examples(), low_tokens, spec, log=None)
     f = [h["fitness_mean"] for h in res.history]
     assert len(f) == 8 and int(res.state["generation"]) == 8
     assert np.mean(f[-2:]) > f[0] + 0.1, f
 
 
 def test_resume_is_exact(model, essa, tmp_path):
+    """Two generations into a `Run`, then resume it for two more == four straight."""
+    from jaxsteer.train.run import Run
+
     space, strategy = essa
-    kw = dict(examples=_examples() * 3, reward_fn=low_tokens, prompts_per_generation=2, max_new_tokens=N_NEW,
-              stop_tokens=[], log=None, seed=3)
-    straight = run_es(model, space, strategy, generations=4, **kw)
-    first = run_es(model, space, strategy, generations=2, output_dir=str(tmp_path / "b"), **kw)
+    spec = ESLoopSpec(generations=4, prompts_per_generation=2, max_new_tokens=N_NEW, stop_tokens=(), seed=3)
+    straight = run_es(model, space, strategy, _examples() * 3, low_tokens, spec, log=None)
+    quiet = dict(tensorboard=False, progress=False, plot=False)
+    run = Run(str(tmp_path / "b"), **quiet)
+    first = run_es(model, space, strategy, _examples() * 3, low_tokens, dataclasses.replace(spec, generations=2), run=run)
+    run.close()
     assert int(first.state["generation"]) == 2
-    resumed = run_es(model, space, strategy, generations=4, output_dir=str(tmp_path / "b"), resume=True, **kw)
+    run = Run(str(tmp_path / "b"), resume=True, **quiet)
+    resumed = run_es(model, space, strategy, _examples() * 3, low_tokens, spec, run=run)
+    run.close()
     assert len(resumed.history) == 2
     for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -369,7 +365,7 @@ def test_train_es_from_a_train_config(model, tmp_path):
     `evaluate_run` restores the centre from the checkpoint (= the returned one)."""
     from jaxsteer.train.config import config_from_dict
     from jaxsteer.train.evaluate import evaluate_policy
-    from jaxsteer.train.loop import evaluate_run, train
+    from jaxsteer.train import evaluate_run, train
     from jaxsteer.train.metrics import read_log
 
     cfg = config_from_dict({  # population / sigma / lr = STEER's: the compiled program is reused
@@ -395,11 +391,15 @@ def test_train_es_from_a_train_config(model, tmp_path):
 
 
 def test_es_config_section():
-    """`es.*` keys are checked like every other config key; ES runs skip the GRPO-only checks."""
+    """`es.*` keys are checked like every other config key; a field only the other learner reads
+    is an error naming it (RL-only fields in an ES run, `es.*` in an RL run)."""
     from jaxsteer.train.config import ConfigError, config_from_dict, config_to_dict
 
-    cfg = config_from_dict({"algorithm": {"name": "essa", "group_size": 1, "advantage": "rloo"},
-                            "es": {"population": 8, "targets": ["q_proj"]}})
+    with pytest.raises(ConfigError, match=r"lr, algorithm.group_size: not used by evolution strategies"):
+        config_from_dict({"algorithm": {"name": "essa", "group_size": 1}, "lr": 0.1})
+    with pytest.raises(ConfigError, match=r"es.population: not used by the RL learner"):
+        config_from_dict({"algorithm": {"name": "grpo"}, "es": {"population": 8}})
+    cfg = config_from_dict({"algorithm": {"name": "essa"}, "es": {"population": 8, "targets": ["q_proj"]}})
     assert cfg.is_es and cfg.es.targets == ("q_proj",) and cfg.rollouts_per_step == 8 * cfg.algorithm.prompts_per_step
     assert config_from_dict(config_to_dict(cfg)) == cfg
     with pytest.raises(ConfigError, match="es.strategy"):

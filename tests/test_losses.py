@@ -10,18 +10,16 @@ import numpy as np
 import pytest
 
 import jaxsteer
-from jaxsteer.models.config import ModelConfig, RopeConfig
-from jaxsteer.models.params import Model, param_shapes, unflatten
-from jaxsteer.train.losses import (
-    LossConfig,
+from jaxsteer.train.config import LossConfig
+from jaxsteer.train.rl.losses import (
     aggregate,
     expert_iteration_loss,
     group_advantages,
     k3_kl,
     policy_loss,
-    sequence_logprobs,
     zero_std_fraction,
 )
+from jaxsteer.train.rl.scoring import sequence_logprobs
 
 sg = jax.lax.stop_gradient
 
@@ -287,34 +285,17 @@ def test_expert_iteration_loss():
 # --------------------------------------------------------------------------- sequence log-probs
 
 
-def random_model(cfg: ModelConfig, seed: int = 0, scale: float = 0.2) -> Model:
-    """Like `jaxsteer.init_params`, drawn with numpy (no per-shape jax.random compiles: faster tests)."""
-    rng = np.random.RandomState(seed)
-    flat = {}
-    for path, shape in sorted(param_shapes(cfg).items()):
-        base = 1.0 if path.endswith("norm") else 0.0
-        flat[path] = jnp.asarray(base + (0.1 if base else scale) * rng.normal(size=shape), jnp.float32)
-    return Model(params=unflatten(flat), config=cfg)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = ModelConfig(
-        architecture="LlamaForCausalLM", vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-        head_dim=8, d_mlp=48, norm_eps=1e-6, rope_full=RopeConfig(theta=10000.0),
-    )
-    return random_model(cfg)
-
-
-def test_sequence_logprobs_matches_forward(tiny):
+def test_sequence_logprobs_matches_forward(tiny_model):
+    tiny = tiny_model
+    L, V = tiny.config.n_layers, tiny.config.vocab_size
     rng = np.random.RandomState(1)
     B, P, N = 3, 5, 4
-    tokens = jnp.asarray(rng.randint(0, 61, (B, P + N)))
+    tokens = jnp.asarray(rng.randint(0, V, (B, P + N)))
     prompt_mask = np.ones((B, P), np.int32)
     prompt_mask[1, :2] = 0  # left padding
     comp_mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], np.int32)
     mask = jnp.asarray(np.concatenate([prompt_mask, comp_mask], 1))
-    steer = jaxsteer.Steer(jnp.asarray(rng.normal(size=(2, 32)), jnp.float32))
+    steer = jaxsteer.Steer(jnp.asarray(rng.normal(size=(L, 32)), jnp.float32))
 
     for ivs, temp in (((steer,), 0.7),):  # one compile: interventions and temperature together
         logp, ent = sequence_logprobs(tiny, tokens, mask, ivs, completion_start=P, temperature=temp)
@@ -332,6 +313,6 @@ def test_sequence_logprobs_matches_forward(tiny):
         return jnp.sum(lp)
 
     g = jax.jit(jax.grad(f))(steer.vector)
-    assert g.shape == (2, 32) and float(jnp.abs(g).sum()) > 0
+    assert g.shape == (L, 32) and float(jnp.abs(g).sum()) > 0
     with pytest.raises(ValueError, match="completion_start"):
         sequence_logprobs(tiny, tokens, mask, completion_start=0)

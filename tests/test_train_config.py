@@ -87,7 +87,8 @@ def test_bad_values(override, needle):
 
 
 def test_shipped_experiments_parse():
-    paths = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.yaml")))
+    paths = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.yaml"))
+                   if not os.path.basename(p).startswith("sae_"))  # `jaxsteer sae` configs have their own schema
     assert paths, "no experiment configs"
     for p in paths:
         load_config(p)

@@ -18,9 +18,11 @@ import yaml
 
 import train_toy as T
 from jaxsteer.train.config import config_from_dict
-from jaxsteer.train.loop import setup_training, train
-from jaxsteer.train.sharding import global_batch, make_mesh
-from jaxsteer.train.step import compile_step
+from jaxsteer.train import train
+from jaxsteer.train.build import build_model
+from jaxsteer.train.rl.learner import setup_training
+from jaxsteer.train.sharding import make_mesh
+from jaxsteer.train.rl.step import compile_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -96,7 +98,7 @@ def test_micro_batches_do_not_change_the_update(tmp_path, aggregation):
     for M in (1, 4):
         cfg = _cfg(tmp_path, **{"algorithm.micro_batches": M, "loss.aggregation": aggregation, "loss.dash_tau": 0.5,
                                 "model.random_scale": 0.2})
-        model, _ = __import__("jaxsteer.train.loop", fromlist=["build_model"]).build_model(cfg.model)
+        model, _ = build_model(cfg.model)
         mesh = make_mesh(devices=jax.devices()[:1])
         setup = setup_training(cfg, model, mesh)
         step = compile_step(setup.spec, setup.tx)
@@ -176,7 +178,7 @@ def test_eval_of_a_trained_run(steering_run):
     """`jaxsteer eval`'s function: base vs trained, greedy (Wilson CI) and sampled pass@1."""
     import dataclasses
 
-    from jaxsteer.train.loop import evaluate_run
+    from jaxsteer.train import evaluate_run
 
     cfg, _ = steering_run
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, samples=4, n=16))
@@ -206,10 +208,8 @@ def test_wilson_and_mean_ci():
 def test_grouped_scoring_equals_full_rows(kind):
     """Running each prompt once and repeating its K/V cache for the group == scoring every row,
     in values and in gradients."""
-    from jaxsteer.train.losses import sequence_logprobs
-    from jaxsteer.train.step import grouped_sequence_logprobs
+    from jaxsteer.train.rl.scoring import grouped_sequence_logprobs, sequence_logprobs
     from jaxsteer.train.trainable import TrainableConfig, apply_trainable, init_trainable
-    from jaxsteer.train.loop import build_model
 
     cfg = _cfg("/tmp/unused")
     model, _ = build_model(cfg.model)
@@ -240,9 +240,9 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
     """`algorithm.name: essa` with `es.warm_start` = a LoRA run's directory: the ESSA centre at
     start reproduces that run's LoRA policy exactly, and a generation runs through `train`."""
     import jaxsteer
-    from jaxsteer.train.es import _es_space, center_member
-    from jaxsteer.train.loop import load_trained
-    from jaxsteer.train.step import _policy
+    from jaxsteer.train.es import center_member, es_space_for_run
+    from jaxsteer.train.state import load_trainable
+    from jaxsteer.train.trainable import build_policy
 
     lora_dir = tmp_path / "lora"
     lora_cfg = _cfg(lora_dir, **{"trainable.kind": "lora", "trainable.lora_rank": 4, "lr": 0.05, "steps": 2})
@@ -252,10 +252,10 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
                                    "sampling.max_new_tokens": 2, "steps": 1, "es.population": 4,
                                    "es.warm_start": str(lora_dir)}))
     model = lora_run.model
-    space, _ = _es_space(essa_cfg, model, None, None)
+    space, _ = es_space_for_run(essa_cfg, model)
     tokens = np.array([[5, 6, 7, 8, 9, 10]])
-    _, _, trainable, spec, _ = load_trained(lora_cfg, model=model)
-    lora_model, lora_ivs = _policy(model, trainable, spec)
+    _, _, trainable, _ = load_trainable(lora_cfg, model=model)
+    lora_model, lora_ivs = build_policy(model, trainable, lora_cfg.trainable)
     want, _ = jaxsteer.forward(lora_model, tokens, interventions=lora_ivs)
     m, ivs = space.apply(model, center_member(space, space.init(model)))
     got, _ = jaxsteer.forward(m, tokens, interventions=ivs)
@@ -266,7 +266,7 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
     assert summary["algorithm"] == "essa" and summary["space"] == "ESSASpace" and len(result.history) == 1
     bad = config_from_dict(T.config_dict(str(tmp_path / "bad"), **{"algorithm.name": "essa", "es.warm_start": str(tmp_path / "essa")}))
     with pytest.raises(ValueError, match="needs a LoRA run"):
-        _es_space(bad, model, None, None)
+        es_space_for_run(bad, model)
 
 
 def test_es_kill_and_resume_in_a_new_process(tmp_path):

@@ -20,9 +20,10 @@ import jax, jax.numpy as jnp, numpy as np
 assert len(jax.devices()) == 8, jax.devices()
 import train_toy as T
 from jaxsteer.train.config import config_from_dict
-from jaxsteer.train.loop import build_model, setup_training
+from jaxsteer.train.build import build_model
+from jaxsteer.train.rl.learner import setup_training
 from jaxsteer.train.sharding import global_batch, make_mesh
-from jaxsteer.train.step import compile_step
+from jaxsteer.train.rl.step import compile_step
 
 def batch(rows, P, N):
     rng = np.random.RandomState(0)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import jaxsteer
-from jaxsteer.models.config import ModelConfig, RopeConfig
-from jaxsteer.models.params import Model, param_shapes, unflatten
+from conftest import TINY_CONFIG
+from jaxsteer.models.params import param_shapes
 from jaxsteer.train.trainable import (
     TrainableConfig,
     apply_trainable,
@@ -20,10 +20,7 @@ from jaxsteer.train.trainable import (
     steering_vectors,
 )
 
-CFG = ModelConfig(
-    architecture="LlamaForCausalLM", vocab_size=53, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
-    head_dim=8, d_mlp=40, norm_eps=1e-6, rope_full=RopeConfig(theta=10000.0),
-)
+CFG = TINY_CONFIG
 L, D = CFG.n_layers, CFG.d_model
 KEY = jax.random.PRNGKey(0)
 
@@ -37,19 +34,9 @@ STEERING = {
 ALL = {**STEERING, "lora": TrainableConfig(kind="lora", lora_rank=4, lora_alpha=8.0), "full": TrainableConfig(kind="full")}
 
 
-def random_model(seed: int = 0, scale: float = 0.2) -> Model:
-    """Like `jaxsteer.init_params`, drawn with numpy (no per-shape jax.random compiles: faster tests)."""
-    rng = np.random.RandomState(seed)
-    flat = {}
-    for path, shape in sorted(param_shapes(CFG).items()):
-        base = 1.0 if path.endswith("norm") else 0.0
-        flat[path] = jnp.asarray(base + (0.1 if base else scale) * rng.normal(size=shape), jnp.float32)
-    return Model(params=unflatten(flat), config=CFG)
-
-
 @pytest.fixture(scope="module")
-def model():
-    return random_model()
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

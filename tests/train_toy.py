@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxsteer.train.data import Example
-from jaxsteer.train.rollout import token_reward
+from jaxsteer.train.rewards import token_reward
 
 VOCAB = 32
 GOOD = tuple(range(8, 16))
@@ -41,19 +41,21 @@ def config_dict(output_dir: str, **overrides) -> dict:
     cfg = {
         "model": {"spec": "random", "random": dict(RANDOM_MODEL), "random_seed": 0},
         "trainable": {"kind": "steering"},
-        "algorithm": {"group_size": 4, "prompts_per_step": 4, "micro_batches": 2},
+        "algorithm": {"prompts_per_step": 4},
         "sampling": {"max_new_tokens": 4, "bucket": 8},
         "data": {"train": "py:train_toy:examples", "eval": "py:train_toy:eval_examples",
                  "reward": "train_toy:first_token_reward"},
         "eval": {"before": False, "after": False, "n": 32},
         "checkpoint": {"every": 2, "keep": 3},
         "steps": 4,
-        "lr": 0.05,
         "output_dir": output_dir,
         "progress": False,
         "plot": False,
         "tensorboard": False,
     }
+    if overrides.get("algorithm.name", "grpo") not in ("es", "eggroll", "essa"):  # RL-only fields
+        cfg["algorithm"].update(group_size=4, micro_batches=2)
+        cfg["lr"] = 0.05
     for k, v in overrides.items():
         if "." in k:
             sec, f = k.split(".", 1)

@@ -1,0 +1,96 @@
+"""Training: RL (policy gradients) and evolution strategies as two learners on one `Run`.
+
+    from jaxsteer.train import load_config, train, evaluate_run
+    result = train(load_config("experiments/smollm2_arithmetic_steering.yaml", ["steps=20"]))
+
+How the pieces fit (imports point one way, left to right):
+
+    config  <-  build, run, evaluate, state, checkpoint, metrics, export, ...  <-  rl/, es/  <-  this module  <-  cli
+
+`config` holds the specs; the shared machinery builds inputs (`build`), owns the run directory
+(`run.Run`), evaluates held-out accuracy (`evaluate`), and holds gradient-trained state (`state`);
+the learners `rl.learner.train_rl` and `es.learner.train_es` never import each other. This module
+is the only one that knows every learner: `train` and `evaluate_run` dispatch on
+`algorithm.name`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+from ..models.params import Model
+from .build import PromptEncoder, build_inputs, load_examples
+from .config import ConfigError, TrainConfig, load_config
+from .es.learner import load_es_policy, train_es
+from .evaluate import HeldOut, evaluate_policy
+from .export import print_logit_lens
+from .rewards import get_reward_fn
+from .rl.learner import train_rl
+from .run import Run
+from .state import load_trainable
+from .trainable import build_policy
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` hands back (`trainable`: the trained part; for ES the final centre)."""
+
+    config: TrainConfig
+    model: Model
+    tokenizer: Any
+    trainable: Any
+    history: list[dict]
+    eval_before: dict | None
+    eval_after: dict | None
+    output_dir: str
+    files: dict[str, str]
+
+
+def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None, reward_fn: Callable | None = None,
+          train_examples: Sequence | None = None, eval_examples: Sequence | None = None, resume: bool = False,
+          devices: Sequence | None = None, lora: dict | None = None) -> TrainResult:
+    """Train as configured: RL for `algorithm.name` grpo | expert_iteration, evolution strategies
+    for es | eggroll | essa. Keyword arguments replace what the config would load (tests pass tiny
+    models and token-id tasks); `resume` continues from the latest checkpoint in `output_dir`;
+    `devices` (RL) restricts the mesh; `lora` (ESSA) gives the warm-start adapters directly."""
+    if cfg.is_es and devices is not None:
+        raise ConfigError("train(devices=...) is not supported for ES runs; the population uses every device")
+    if not cfg.is_es and lora is not None:
+        raise ConfigError("train(lora=...) is ESSA's warm start; this is an RL run")
+    inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, reward_fn=reward_fn, train_examples=train_examples,
+                          eval_examples=eval_examples)
+    run = Run(cfg.output_dir, config=cfg, resume=resume, keep=cfg.checkpoint.keep, tensorboard=cfg.tensorboard,
+              progress=cfg.progress, plot=cfg.plot)
+    try:
+        if cfg.is_es:
+            trained, history, files = train_es(cfg, inputs, run, lora=lora)
+        else:
+            trained, history, files = train_rl(cfg, inputs, run, devices=devices)
+    finally:
+        run.close()
+    return TrainResult(cfg, inputs.model, inputs.tokenizer, trained, history, run.evals.get("before"),
+                       run.evals.get("after"), cfg.output_dir, files)
+
+
+def evaluate_run(cfg: TrainConfig, *, step: int | None = None, base: bool = True, model: Model | None = None,
+                 tokenizer: Any = None, eval_examples: Sequence | None = None, reward_fn: Callable | None = None) -> dict:
+    """Held-out accuracy of a trained run (RL or ES) with and without its trained part (`jaxsteer eval`)."""
+    if cfg.is_es:
+        model, tokenizer, (policy, ivs), meta = load_es_policy(cfg, step=step, model=model, tokenizer=tokenizer)
+    else:
+        model, tokenizer, trainable, meta = load_trainable(cfg, step=step, model=model, tokenizer=tokenizer)
+        policy, ivs = build_policy(model, trainable, cfg.trainable)
+    examples = list(eval_examples if eval_examples is not None else load_examples(cfg.data.eval))[: cfg.eval.n]
+    encode = PromptEncoder(tokenizer, cfg.data.prompt_template, cfg.data.system)
+    held_out = HeldOut.from_config(cfg, examples, encode, tokenizer,
+                                   get_reward_fn(reward_fn if reward_fn is not None else cfg.data.reward))
+    out = {"step": int(meta["step"]), "n": len(examples)}
+    if base:
+        out["base"] = held_out(model, ())
+    out["trained"] = held_out(policy, ivs)
+    return out
+
+
+__all__ = ["train", "evaluate_run", "TrainResult", "load_config", "ConfigError", "print_logit_lens",
+           "evaluate_policy"]

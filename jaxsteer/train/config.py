@@ -7,6 +7,10 @@ sections); anything else is a `ConfigError` naming the key. Values are converted
 type (`"1e-4"` -> float, `"[10, 20]"` -> tuple, `"null"` -> None, `"true"` -> bool).
 `config_to_dict(cfg)` gives the effective config back as plain JSON-able data (saved with every
 checkpoint and printed at the start of a run).
+
+This module holds specs only and knows no learner. Which fields each learner reads is listed in
+`RL_ONLY` and `ES_ONLY`; a field of the other learner set away from its default is a
+`ConfigError` naming it (`unused_fields`), never silently ignored. Everything else is shared.
 """
 
 from __future__ import annotations
@@ -19,15 +23,127 @@ from typing import Any, Sequence
 
 import yaml
 
-from .es import ES_ALGORITHMS, ESConfig
-from .losses import LossConfig
+from ..models.decoder import PROJECTIONS
 from .trainable import TrainableConfig
 
 RL_ALGORITHMS = ("grpo", "expert_iteration")
+ES_ALGORITHMS = ("es", "eggroll", "essa")
+ES_STRATEGIES = ("openai", "cma", "sep_cma")
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_sum_norm")
 
 
 class ConfigError(ValueError):
     """A config key or value that cannot be used (the message names it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Policy-loss settings of the RL learner (static; hashable).
+
+    clip_eps_low / clip_eps_high: PPO ratio clipping `clip(rho, 1 - low, 1 + high)`; None = off
+    (the steering paper's on-policy choice). GRPO: 0.2 / 0.2, DAPO: 0.2 / 0.28. Setting only
+    `clip_eps_low` clips symmetrically.
+    kl_coef: weight of the k3 KL estimator to the reference policy (0 = off; the steering paper
+    uses 0 or 0.01).
+    aggregation: "token_mean" (sum over all tokens / total tokens; DAPO and the public steering
+    code), "seq_mean_token_mean" (GRPO), "seq_sum_norm" (Dr. GRPO: sum / (B * max_len)).
+    max_len: the constant of "seq_sum_norm" (default: the completion width N).
+    dash_tau: DASH gradient filtering; when > 0, samples with `|A| <= dash_tau` are dropped
+    (masked out, so they leave every denominator too). 0 = off.
+    importance_cap: truncate the importance weight `pi_theta / pi_old` at this value and use it as
+    a constant weight on `grad log pi` (off-policy minibatch updates, RAPID-style). None = off.
+    importance_level: "token" (per-token weight) or "sequence" (one weight per completion, the
+    product of the token ratios, `pi_theta(y|x) / pi_old(y|x)`).
+
+    On RAPID (arXiv 2510.03515): its section 3 (the exact estimator) could not be read from this
+    workplace. What is implemented is truncated importance sampling on the policy-gradient term,
+    `-min(w, cap) * A * grad log pi` with `w = pi_theta / pi_old` held constant, per token by
+    default. Per token because the product over a long completion is degenerate (nearly always 0
+    or capped); "sequence" gives the trajectory-level weight of a bandit-style derivation. Group
+    advantages are computed from the rewards as usual (no importance weighting of the baseline).
+    """
+
+    clip_eps_low: float | None = None
+    clip_eps_high: float | None = None
+    kl_coef: float = 0.0
+    aggregation: str = "token_mean"
+    max_len: int | None = None
+    dash_tau: float = 0.0
+    importance_cap: float | None = None
+    importance_level: str = "token"
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; choose from {AGGREGATIONS}")
+        if self.clip_eps_high is not None and self.clip_eps_low is None:
+            raise ValueError("clip_eps_high is set but clip_eps_low is None; set both (or only clip_eps_low)")
+        if self.importance_level not in ("token", "sequence"):
+            raise ValueError(f"importance_level must be 'token' or 'sequence', got {self.importance_level!r}")
+        if self.importance_cap is not None and self.importance_cap <= 0:
+            raise ValueError("importance_cap must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class ESConfig:
+    """The `es:` section of a training config (used when `algorithm.name` is es | eggroll | essa).
+
+    The algorithm picks the defaults: "es" = dense ES over `space` (default the run's `trainable`,
+    e.g. steering vectors), "eggroll" = low-rank perturbations of the projection matrices, "essa" =
+    the singular values of LoRA adapters.
+    space: "trainable" | "full" | "eggroll" | "essa" (None: from the algorithm).
+    strategy: "openai" | "cma" | "sep_cma" (None: "cma" for essa, else "openai").
+    sigma: noise scale (OpenES) or initial step size (CMA). lr, optimizer, shaping, antithetic,
+    divide_by_sigma: OpenES settings (see `OpenES`). rank: EGGROLL noise rank. targets:
+    projections for eggroll / fresh essa. top_p, essa_rank: ESSA (rank only for a fresh start).
+    warm_start: ESSA's LoRA warm start, the output directory of a LoRA training run (its latest
+    checkpoint; None = fresh adapters with s = 0). member_batch: members evaluated at once (0 = all).
+    greedy: greedy evaluation (else sampled with the run's sampling settings, one key shared by all
+    members).
+    """
+
+    space: str | None = None
+    strategy: str | None = None
+    population: int = 32
+    sigma: float = 0.02
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    shaping: str = "centered_rank"
+    antithetic: bool = True
+    divide_by_sigma: bool = True
+    rank: int = 1
+    targets: tuple[str, ...] = PROJECTIONS
+    top_p: float = 1.0
+    essa_rank: int = 8
+    warm_start: str | None = None
+    member_batch: int = 0
+    greedy: bool = True
+
+    def __post_init__(self):
+        if self.space not in (None, "trainable", "full", "eggroll", "essa"):
+            raise ValueError(f"es.space must be trainable, full, eggroll or essa, got {self.space!r}")
+        if self.strategy not in (None, *ES_STRATEGIES):
+            raise ValueError(f"es.strategy must be one of {sorted(ES_STRATEGIES)}, got {self.strategy!r}")
+        if self.population < 2:
+            raise ValueError(f"es.population must be >= 2, got {self.population}")
+        bad = [t for t in self.targets if t not in PROJECTIONS]
+        if bad:
+            raise ValueError(f"es.targets: unknown projections {bad}; choose from {list(PROJECTIONS)}")
+        object.__setattr__(self, "targets", tuple(self.targets))
+
+    def space_for(self, algorithm: str) -> str:
+        """The search space's name for `algorithm` (es | eggroll | essa)."""
+        _check_es_algorithm(algorithm)
+        return self.space or {"es": "trainable", "eggroll": "eggroll", "essa": "essa"}[algorithm]
+
+    def strategy_for(self, algorithm: str) -> str:
+        """The strategy's name for `algorithm` (es | eggroll | essa)."""
+        _check_es_algorithm(algorithm)
+        return self.strategy or ("cma" if algorithm == "essa" else "openai")
+
+
+def _check_es_algorithm(algorithm: str) -> None:
+    if algorithm not in ES_ALGORITHMS:
+        raise ValueError(f"ES algorithm must be one of {ES_ALGORITHMS}, got {algorithm!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +160,7 @@ class ModelSpec:
     random: dict | None = None
     random_seed: int = 0
     random_scale: float = 0.02  # std of the random weights
+    hf_config: dict | str | None = None  # a HF config mapping or config.json path, read by `jaxsteer plan`; training ignores it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +306,10 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        unused = unused_fields(self)
+        if unused:
+            who = f"evolution strategies (algorithm.name={a.name})" if self.is_es else f"the RL learner ({a.name})"
+            raise ConfigError(f"{', '.join(unused)}: not used by {who}; remove {'them' if len(unused) > 1 else 'it'}")
         if self.is_es:
             return
         if a.advantage == "rloo" and a.group_size < 2 and a.name == "grpo":
@@ -211,6 +332,33 @@ class TrainConfig:
         """Completions sampled per step (ES: per generation, over the whole population)."""
         per_prompt = self.es.population if self.is_es else self.algorithm.group_size
         return self.algorithm.prompts_per_step * per_prompt
+
+
+# Fields only one learner reads ("section" = every field of it). The rest is shared.
+RL_ONLY = ("lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "adam_eps", "grad_clip", "loss", "mesh",
+           "algorithm.advantage", "algorithm.group_size", "algorithm.micro_batches", "algorithm.dash",
+           "algorithm.updates_per_batch", "algorithm.ei_threshold", "algorithm.log_kl")
+ES_ONLY = ("es",)
+
+
+def _default(cls, name: str) -> Any:
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def unused_fields(cfg: TrainConfig) -> list[str]:
+    """Dotted names of fields set away from their default that the run's learner does not read
+    (RL-only fields in an ES run, `es.*` in an RL run)."""
+    out = []
+    for name in ES_ONLY if not cfg.is_es else RL_ONLY:
+        section, _, field = name.partition(".")
+        if section in _SECTIONS:
+            cls, value = _SECTIONS[section], getattr(cfg, section)
+            names = [field] if field else _fields(cls)
+            out += [f"{section}.{n}" for n in names if getattr(value, n) != _default(cls, n)]
+        elif getattr(cfg, name) != _default(TrainConfig, name):
+            out.append(name)
+    return out
 
 
 # --------------------------------------------------------------------------- (de)serialisation
@@ -311,49 +459,34 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _build(cls, values: dict, prefix: str) -> Any:
+    """`cls(**values)` with each value coerced to its field's type; ConfigError naming bad keys."""
     hints = _hints(cls)
     names = _fields(cls)
     kwargs = {}
     for k, v in values.items():
         key = f"{prefix}{k}"
         if k not in names:
-            raise ConfigError(f"unknown config key {key!r}; valid keys{' in ' + prefix[:-1] if prefix else ''}: {', '.join(names)}")
+            where = f"in {prefix[:-1]}" if prefix else "top-level"
+            raise ConfigError(f"unknown config key {key!r}; valid {where} keys: {', '.join(names)}")
         kwargs[k] = _coerce(v, hints[k], key)
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{prefix[:-1] or 'config'}: {e}") from None
+        raise ConfigError(f"{prefix[:-1] + ': ' if prefix else ''}{e}") from None
 
 
 def config_from_dict(data: dict | None) -> TrainConfig:
     """A `TrainConfig` from nested plain data (unknown keys raise `ConfigError`)."""
-    data = dict(data or {})
-    top = {}
-    sections = {}
-    for k, v in data.items():
+    values = {}
+    for k, v in dict(data or {}).items():
         if k in _SECTIONS:
-            if v is None:
-                v = {}
-            if not isinstance(v, dict):
+            if v is not None and not isinstance(v, dict):
                 raise ConfigError(f"config section {k!r} must be a mapping, got {v!r}")
-            sections[k] = _build(_SECTIONS[k], v, f"{k}.")
-        else:
-            top[k] = v
-    hints = _hints(TrainConfig)
-    names = _fields(TrainConfig)
-    kwargs = dict(sections)
-    for k, v in top.items():
-        if k not in names:
-            raise ConfigError(f"unknown config key {k!r}; valid top-level keys: {', '.join(names)}")
-        kwargs[k] = _coerce(v, hints[k], k)
-    try:
-        return TrainConfig(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(str(e)) from None
+            v = _build(_SECTIONS[k], v or {}, f"{k}.")
+        values[k] = v
+    return _build(TrainConfig, values, "")
 
 
 def _jsonable(x: Any) -> Any:
@@ -413,9 +546,10 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Train
     return config_from_dict(apply_overrides(data, overrides))
 
 
-def save_config(cfg: TrainConfig, path: str) -> None:
+def save_config(cfg: Any, path: str) -> None:
+    """Write a config (any tree of dataclasses, or plain data) as YAML."""
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+        yaml.safe_dump(_jsonable(cfg), f, sort_keys=False)
 
 
 __all__ = [
@@ -429,6 +563,10 @@ __all__ = [
     "CheckpointSpec",
     "MeshSpec",
     "ESConfig",
+    "LossConfig",
+    "RL_ALGORITHMS",
+    "ES_ALGORITHMS",
+    "unused_fields",
     "load_config",
     "config_from_dict",
     "config_to_dict",

@@ -5,11 +5,14 @@
 - sampled pass@1 over k samples: per problem the fraction of its k samples that are correct,
   averaged over problems, with mean +- 1.96 standard errors over problems (clipped to [0, 1]).
 
-`evaluate_policy` runs both for one policy (the trained part on or off).
+`evaluate_policy` runs both for one policy (the trained part on or off); `HeldOut` is a run's
+held-out set with its settings (from the config's `eval` section), evaluated before, during and
+after training through the `Run` (the "before" result persists in checkpoints).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable, Sequence
@@ -17,8 +20,10 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from ..models.generate import generate
 from ..models.params import Model
-from .rollout import sample, score
+from .config import TrainConfig
+from .rewards import score_completions
 
 Z95 = 1.959963984540054
 
@@ -69,9 +74,9 @@ def evaluate_policy(
         texts = []
         for s in range(0, len(examples), batch_size):
             exs, ids = examples[s : s + batch_size], prompt_ids[s : s + batch_size]
-            gen = sample(model, interventions, ids, tokenizer=tokenizer, key=key, max_new_tokens=max_new_tokens,
-                         greedy=True, bucket=bucket)
-            correct.extend(success(r) for r in score(reward_fn, exs, ids, gen))
+            gen = generate(model, ids, tokenizer=tokenizer, seed=key, max_new_tokens=max_new_tokens, greedy=True,
+                           bucket=bucket, interventions=interventions)
+            correct.extend(success(r) for r in score_completions(reward_fn, exs, ids, gen))
             if gen.texts:
                 texts.extend(gen.texts)
         k = int(sum(correct))
@@ -89,9 +94,9 @@ def evaluate_policy(
         for s in range(0, len(examples), rows_per_call):
             exs, ids = examples[s : s + rows_per_call], prompt_ids[s : s + rows_per_call]
             rep = [p for p in ids for _ in range(samples)]
-            gen = sample(model, interventions, rep, tokenizer=tokenizer, key=jax.random.fold_in(key, s),
-                         max_new_tokens=max_new_tokens, temperature=temperature, bucket=bucket)
-            ok = np.array([success(r) for r in score(reward_fn, exs, ids, gen, repeats=samples)], np.float64)
+            gen = generate(model, rep, tokenizer=tokenizer, seed=jax.random.fold_in(key, s), bucket=bucket,
+                           max_new_tokens=max_new_tokens, temperature=temperature, interventions=interventions)
+            ok = np.array([success(r) for r in score_completions(reward_fn, exs, ids, gen, repeats=samples)], np.float64)
             per_problem[s : s + len(exs)] = ok.reshape(len(exs), samples).mean(axis=1)
         m, ci = mean_ci(per_problem)
         out["pass1"] = m
@@ -102,6 +107,7 @@ def evaluate_policy(
 
 
 def format_result(label: str, r: dict) -> str:
+    """One line: greedy accuracy and / or pass@1 with their 95% intervals."""
     parts = [f"{label:>10}:"]
     if "greedy_acc" in r:
         lo, hi = r["greedy_ci"]
@@ -112,4 +118,63 @@ def format_result(label: str, r: dict) -> str:
     return "  ".join(parts)
 
 
-__all__ = ["wilson_interval", "mean_ci", "evaluate_policy", "format_result"]
+@dataclasses.dataclass
+class HeldOut:
+    """A run's held-out set and the settings of its evaluation (`eval` section of the config).
+
+    `policy` arguments are callables returning `(model, interventions)`, called only when an
+    evaluation is due."""
+
+    cfg: TrainConfig
+    examples: list
+    prompt_ids: list
+    settings: dict
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, examples: Sequence, encode: Callable, tokenizer: Any,
+                    reward_fn: Callable) -> "HeldOut":
+        """Settings from `cfg.eval` / `cfg.sampling`; `encode(example)` gives prompt ids."""
+        settings = dict(
+            tokenizer=tokenizer, reward_fn=reward_fn, max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
+            greedy=cfg.eval.greedy, samples=cfg.eval.samples, temperature=cfg.eval.temperature,
+            batch_size=cfg.eval.batch_size, bucket=cfg.sampling.bucket, key=jax.random.PRNGKey(cfg.seed + 1),
+        )
+        return cls(cfg, list(examples), [encode(e) for e in examples], settings)
+
+    def __call__(self, model: Model, interventions: tuple = (), **kw) -> dict:
+        """`evaluate_policy` of one policy on the held-out set."""
+        return evaluate_policy(model, interventions, self.examples, self.prompt_ids, **{**self.settings, **kw})
+
+    def _run(self, run, label: str, policy: Callable) -> Callable[[], dict]:
+        def go():
+            r = self(*policy(), keep_texts=3)
+            run.say(format_result(label, r) + f"  [{r['seconds']:.0f} s]")
+            return r
+
+        return go
+
+    def before(self, run, base: Model) -> dict | None:
+        """The base model's result (persisted in checkpoints; a resumed run reuses it)."""
+        if not (self.examples and self.cfg.eval.before):
+            return None
+        if "before" not in run.evals:
+            run.say(f"held-out evaluation on {len(self.examples)} problems (before training: the base model)")
+        return run.evaluate("before", 0, self._run(run, "base", lambda: (base, ())), persist=True, prefix="base_")
+
+    def during(self, run, done: int, policy: Callable) -> None:
+        """Evaluate after step `done` when `eval.every` divides it (not at the last step)."""
+        every = self.cfg.eval.every
+        if self.examples and every and done % every == 0 and done < self.cfg.steps:
+            run.evaluate(f"step {done}", done, self._run(run, f"step {done}", policy))
+
+    def after(self, run, policy: Callable) -> dict | None:
+        """The trained policy's result at the end (printed under the base result)."""
+        if not (self.examples and self.cfg.eval.after):
+            return None
+        run.say(f"held-out evaluation on {len(self.examples)} problems (after {self.cfg.steps} steps)")
+        if run.evals.get("before") is not None:
+            run.say(format_result("base", run.evals["before"]))
+        return run.evaluate("after", self.cfg.steps, self._run(run, "trained", policy))
+
+
+__all__ = ["wilson_interval", "mean_ci", "evaluate_policy", "format_result", "HeldOut"]

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from ..models.params import Model
+from .config import TrainConfig
 from .trainable import TrainableConfig, steering_vectors
 
 
@@ -24,6 +27,7 @@ def steering_array(trainable, cfg: TrainableConfig, n_layers: int) -> np.ndarray
 
 
 def save_npy(path: str, trainable, cfg: TrainableConfig, n_layers: int) -> str:
+    """Write the dense `[L, *feat]` vectors to `path` (`.npy`)."""
     np.save(path, steering_array(trainable, cfg, n_layers))
     return path
 
@@ -47,6 +51,7 @@ def hf_patch(vectors: np.ndarray, model: Model, cfg: TrainableConfig) -> dict[st
 
 
 def save_hf_patch(path: str, trainable, cfg: TrainableConfig, model: Model, extra_metadata: dict | None = None) -> str:
+    """Write the vectors as a safetensors `down_proj.bias` patch (see `hf_patch`)."""
     from safetensors.numpy import save_file
 
     vectors = steering_array(trainable, cfg, model.config.n_layers)
@@ -66,4 +71,32 @@ def save_hf_patch(path: str, trainable, cfg: TrainableConfig, model: Model, extr
     return path
 
 
-__all__ = ["steering_array", "save_npy", "hf_patch", "save_hf_patch"]
+def export_steering(out_dir: str, cfg: TrainConfig, model: Model, trainable: Any, say: Callable = print) -> dict:
+    """End of a run that trained steering vectors of `cfg.trainable` (process 0): write
+    `steering_vectors.npy` and, where it means the same, the safetensors patch. Returns the files."""
+    if jax.process_index() != 0:
+        return {}
+    tcfg = cfg.trainable
+    files = {"vectors_npy": save_npy(os.path.join(out_dir, "steering_vectors.npy"), trainable, tcfg, model.config.n_layers)}
+    try:
+        files["vectors_safetensors"] = save_hf_patch(
+            os.path.join(out_dir, "steering_vectors.safetensors"), trainable, tcfg, model,
+            extra_metadata={"model": cfg.model.spec, "steps": cfg.steps},
+        )
+    except ValueError as e:
+        say(f"(no safetensors patch: {e})")
+    return files
+
+
+def print_logit_lens(model: Model, tokenizer, vectors: np.ndarray, k: int = 5) -> None:
+    """Top-k / bottom-k tokens of `W_U @ s_l` per layer (raw vector, no final norm), with the
+    per-layer vector norms (`jaxsteer.analysis.lens.vector_lens`)."""
+    from ..analysis.lens import vector_lens
+
+    res = vector_lens(model, vectors, final_norm=False, k=k, tokenizer=tokenizer)
+    norms = np.linalg.norm(np.asarray(vectors), axis=-1)
+    print("vector norms per layer: " + " ".join(f"{n:.2f}" for n in norms))
+    print(res.table())
+
+
+__all__ = ["steering_array", "save_npy", "hf_patch", "save_hf_patch", "export_steering", "print_logit_lens"]

@@ -10,7 +10,9 @@ raise (the built-in ones return the "wrong" value on any unexpected input). Buil
 - "countdown": +1 if the completion's expression uses the given numbers (each exactly once) with
   `+ - * /` and parentheses and evaluates to the target, else -1 (parsed, never `eval`-ed).
 
-`get_reward_fn` also takes any callable or a dotted path `"pkg.module:function"`.
+`get_reward_fn` also takes any callable or a dotted path `"pkg.module:function"`. A reward marked
+with `@token_reward` takes token ids instead: `(prompt_ids, completion_ids, reference) -> float`
+(tokenizer-free tests and tasks). `score_completions` applies either kind to sampled rows.
 """
 
 from __future__ import annotations
@@ -272,13 +274,8 @@ class _ParseError(ValueError):
     pass
 
 
-def parse_arithmetic(expr: str) -> tuple[Fraction, list[int]]:
-    """Evaluate `expr` (non-negative integer literals, binary `+ - * /`, parentheses) exactly.
-
-    Returns `(value, numbers used in order)`. Raises ValueError on anything else (unary signs,
-    other characters, division by zero, too long / too deep input)."""
-    if len(expr) > _CD_MAX_CHARS:
-        raise _ParseError("expression too long")
+def _arith_tokens(expr: str) -> list[tuple[str, str]]:
+    """("num", digits) / ("op", char) tokens of an arithmetic expression."""
     tokens: list[tuple[str, str]] = []
     pos = 0
     expr = expr.rstrip()
@@ -293,35 +290,40 @@ def parse_arithmetic(expr: str) -> tuple[Fraction, list[int]]:
         else:
             tokens.append(("op", m.group(2)))
         pos = m.end()
+    return tokens
+
+
+def _divide(a: Fraction, b: Fraction) -> Fraction:
+    if b == 0:
+        raise _ParseError("division by zero")
+    return a / b
+
+
+_LEVELS = ({"+": lambda a, b: a + b, "-": lambda a, b: a - b}, {"*": lambda a, b: a * b, "/": _divide})
+
+
+def parse_arithmetic(expr: str) -> tuple[Fraction, list[int]]:
+    """Evaluate `expr` (non-negative integer literals, binary `+ - * /`, parentheses) exactly.
+
+    Returns `(value, numbers used in order)`. Raises ValueError on anything else (unary signs,
+    other characters, division by zero, too long / too deep input)."""
+    if len(expr) > _CD_MAX_CHARS:
+        raise _ParseError("expression too long")
+    tokens = _arith_tokens(expr)
     used: list[int] = []
     i = 0
 
     def peek():
         return tokens[i] if i < len(tokens) else ("end", "")
 
-    def expr_(depth):
+    def binary(level, depth):  # left-associative operators of one precedence level
         nonlocal i
-        value = term(depth)
-        while peek() in (("op", "+"), ("op", "-")):
-            op = peek()[1]
+        operand = (lambda d: binary(level + 1, d)) if level + 1 < len(_LEVELS) else factor
+        value = operand(depth)
+        while peek()[0] == "op" and peek()[1] in _LEVELS[level]:
+            op = _LEVELS[level][peek()[1]]
             i += 1
-            rhs = term(depth)
-            value = value + rhs if op == "+" else value - rhs
-        return value
-
-    def term(depth):
-        nonlocal i
-        value = factor(depth)
-        while peek() in (("op", "*"), ("op", "/")):
-            op = peek()[1]
-            i += 1
-            rhs = factor(depth)
-            if op == "*":
-                value = value * rhs
-            else:
-                if rhs == 0:
-                    raise _ParseError("division by zero")
-                value = value / rhs
+            value = op(value, operand(depth))
         return value
 
     def factor(depth):
@@ -335,7 +337,7 @@ def parse_arithmetic(expr: str) -> tuple[Fraction, list[int]]:
             return Fraction(int(tok))
         if (kind, tok) == ("op", "("):
             i += 1
-            value = expr_(depth + 1)
+            value = binary(0, depth + 1)
             if peek() != ("op", ")"):
                 raise _ParseError("unbalanced parentheses")
             i += 1
@@ -344,7 +346,7 @@ def parse_arithmetic(expr: str) -> tuple[Fraction, list[int]]:
 
     if not tokens:
         raise _ParseError("empty expression")
-    value = expr_(0)
+    value = binary(0, 0)
     if i != len(tokens):
         raise _ParseError(f"unexpected token {tokens[i][1]!r}")
     return value, used
@@ -443,8 +445,35 @@ def get_reward_fn(name_or_callable) -> RewardFn:
     raise ValueError(f"unknown reward {name!r}; built-ins: {sorted(REWARDS)}, or 'pkg.module:function'")
 
 
+def token_reward(fn: Callable) -> Callable:
+    """Mark a reward function as taking token ids: `fn(prompt_ids, completion_ids, reference)`."""
+    fn.uses_tokens = True
+    return fn
+
+
+def score_completions(reward_fn: Callable, examples, prompt_ids, out, repeats: int = 1):
+    """Rewards `[B]` (float32) for rows `[e0 x repeats, e1 x repeats, ...]` of sampled completions
+    `out` (a `Generation`-like object: tokens `[B, N]`, lengths `[B]`, texts or None)."""
+    import numpy as np
+
+    rewards = np.zeros(len(out.tokens), np.float32)
+    tokens_based = getattr(reward_fn, "uses_tokens", False)
+    for i in range(len(out.tokens)):
+        ex = examples[i // repeats]
+        if tokens_based:
+            comp = out.tokens[i, : out.lengths[i]].tolist()
+            rewards[i] = float(reward_fn(list(prompt_ids[i // repeats]), comp, ex.answer))
+        else:
+            if out.texts is None:
+                raise ValueError("a text reward needs a tokenizer; mark token-id rewards with @token_reward")
+            rewards[i] = float(reward_fn(ex.prompt, out.texts[i], ex.answer))
+    return rewards
+
+
 __all__ = [
     "RewardFn",
+    "token_reward",
+    "score_completions",
     "extract_gsm8k",
     "extract_boxed",
     "extract_last_number",

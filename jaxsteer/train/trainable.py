@@ -29,11 +29,11 @@ import math
 import jax
 import jax.numpy as jnp
 
+from ..models.decoder import PROJECTIONS
 from ..models.interventions import Steer, check_site, site_feature_shape
 from ..models.params import Model
 
 KINDS = ("steering", "lora", "full")
-LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ class TrainableConfig:
     rank: int | None = None
     lora_rank: int = 8
     lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = LORA_PROJECTIONS
+    lora_targets: tuple[str, ...] = PROJECTIONS
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -75,9 +75,9 @@ class TrainableConfig:
         if self.kind == "lora":
             if self.lora_rank < 1:
                 raise ValueError(f"lora_rank must be positive, got {self.lora_rank}")
-            unknown = [t for t in self.lora_targets if t not in LORA_PROJECTIONS]
+            unknown = [t for t in self.lora_targets if t not in PROJECTIONS]
             if unknown or not self.lora_targets:
-                raise ValueError(f"lora_targets {self.lora_targets} must be a non-empty subset of {LORA_PROJECTIONS}")
+                raise ValueError(f"lora_targets {self.lora_targets} must be a non-empty subset of {PROJECTIONS}")
 
     @property
     def lora_scale(self) -> float:
@@ -192,6 +192,14 @@ def apply_trainable(
     return model.replace(params=trainable), ()
 
 
+def build_policy(base: Model, trainable: dict, cfg: TrainableConfig) -> tuple[Model, tuple]:
+    """`apply_trainable` for a trained state: "full" trainables are float32 master weights, cast
+    to the base dtype for the forward. The policy every learner samples, scores and exports."""
+    if cfg.kind == "full":
+        trainable = jax.tree_util.tree_map(lambda t, b: t.astype(b.dtype), trainable, base.params)
+    return apply_trainable(base, trainable, cfg)
+
+
 def merge_lora(model: Model, trainable: dict, cfg: TrainableConfig) -> Model:
     """The base model with `W + (alpha / r) * a @ b` merged into each target weight (for export)."""
     if cfg.kind != "lora":
@@ -213,6 +221,7 @@ __all__ = [
     "TrainableConfig",
     "init_trainable",
     "apply_trainable",
+    "build_policy",
     "steering_vectors",
     "merge_lora",
     "count_params",

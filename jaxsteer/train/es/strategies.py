@@ -32,6 +32,8 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from ..config import ES_STRATEGIES
+
 SHAPINGS = ("centered_rank", "zscore", "zscore_per_prompt", "none")
 
 # --------------------------------------------------------------------------- fitness shaping
@@ -246,9 +248,19 @@ class _CMABase:
     def _z(self, state, m, D):
         return jax.random.normal(jax.random.fold_in(noise_key(state), m), (D,), jnp.float32)
 
+    def _opt(self, dim: int, **covariance) -> dict:
+        """Optimizer state: step size, the covariance parts, and the two evolution paths."""
+        zeros = jnp.zeros((dim,), jnp.float32)
+        return {"sigma": jnp.float32(self.sigma), **covariance, "p_sigma": zeros, "p_c": zeros}
+
     def _flat(self, space, state):
         _check_dense(space, type(self).__name__)
         return ravel_pytree(state["theta"])
+
+
+def _dim(theta) -> int:
+    """Number of scalars in `theta` (the search dimension D)."""
+    return int(sum(np.prod(jnp.shape(x)) for x in jax.tree_util.tree_leaves(theta)))
 
 
 def _check_dense(space, who: str) -> None:
@@ -266,19 +278,11 @@ class CMAES(_CMABase):
     max_dim: int = struct.field(pytree_node=False, default=8192)  # C is [D, D]: refuse larger D
 
     def init(self, theta, key) -> dict:
-        flat, _ = ravel_pytree(jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), theta))
-        D = flat.shape[0]
+        D = _dim(theta)
         if D > self.max_dim:
             raise ValueError(f"CMAES: {D} dimensions need a [{D}, {D}] covariance; use SepCMAES (or raise max_dim)")
-        opt = {
-            "sigma": jnp.float32(self.sigma),
-            "C": jnp.eye(D, dtype=jnp.float32),
-            "B": jnp.eye(D, dtype=jnp.float32),
-            "D": jnp.ones((D,), jnp.float32),
-            "p_sigma": jnp.zeros((D,), jnp.float32),
-            "p_c": jnp.zeros((D,), jnp.float32),
-        }
-        return _base_state(theta, opt, key)
+        eye = jnp.eye(D, dtype=jnp.float32)
+        return _base_state(theta, self._opt(D, C=eye, B=eye, D=jnp.ones((D,), jnp.float32)), key)
 
     def member(self, space, state: dict, m) -> Any:
         flat, unravel = self._flat(space, state)
@@ -324,15 +328,8 @@ class SepCMAES(_CMABase):
     sigma: float = 0.1
 
     def init(self, theta, key) -> dict:
-        flat, _ = ravel_pytree(jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), theta))
-        D = flat.shape[0]
-        opt = {
-            "sigma": jnp.float32(self.sigma),
-            "diag": jnp.ones((D,), jnp.float32),
-            "p_sigma": jnp.zeros((D,), jnp.float32),
-            "p_c": jnp.zeros((D,), jnp.float32),
-        }
-        return _base_state(theta, opt, key)
+        D = _dim(theta)
+        return _base_state(theta, self._opt(D, diag=jnp.ones((D,), jnp.float32)), key)
 
     def member(self, space, state: dict, m) -> Any:
         flat, unravel = self._flat(space, state)
@@ -370,7 +367,7 @@ class SepCMAES(_CMABase):
         return _finish(state, unravel(mean), opt, metrics)
 
 
-STRATEGIES = {"openai": OpenES, "cma": CMAES, "sep_cma": SepCMAES}
+STRATEGIES = dict(zip(ES_STRATEGIES, (OpenES, CMAES, SepCMAES)))  # the names `es.strategy` takes
 
 __all__ = [
     "SHAPINGS",

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from ..models.decoder import default_positions, embed, run_layers, unembed
-from ..models.interventions import as_tuple
-from ..models.params import Model
-from .losses import LossConfig, policy_loss, sequence_logprobs
-from .trainable import TrainableConfig, apply_trainable
+from ...models.params import Model
+from ..config import LossConfig
+from ..trainable import TrainableConfig, build_policy
+from .losses import expert_iteration_loss, expert_iteration_mask, k3_kl, policy_loss
+from .scoring import grouped_sequence_logprobs, sequence_logprobs
 
 _sg = jax.lax.stop_gradient
 
@@ -49,33 +48,6 @@ class StepSpec:
     shared_prompts: int = 1  # G > 1: rows come in groups of G with one prompt; run each prompt once
 
 
-def make_optimizer(lr: float, total_updates: int, *, warmup_frac: float = 0.03, schedule: str = "constant",
-                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   grad_clip: float = 2.0) -> optax.GradientTransformation:
-    """Global-norm clipping + AdamW with linear warmup over `ceil(warmup_frac * total_updates)`
-    updates (update i gets `lr * (i + 1) / (warmup + 1)`, so no update is wasted at lr 0), then
-    constant (or cosine decay to 0)."""
-    warmup = int(math.ceil(warmup_frac * total_updates)) if warmup_frac > 0 else 0
-
-    def sched(count):
-        count = jnp.asarray(count, jnp.float32)
-        ramp = jnp.minimum(1.0, (count + 1.0) / (warmup + 1.0)) if warmup else 1.0
-        if schedule == "cosine":
-            frac = jnp.clip((count - warmup) / max(total_updates - warmup, 1), 0.0, 1.0)
-            return lr * ramp * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-        return lr * ramp
-
-    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-    parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
-    return optax.chain(*parts), sched
-
-
-def init_state(trainable: Any, tx: optax.GradientTransformation) -> dict:
-    """Train state: `{"step": int32, "trainable": ..., "opt": optax state}` (trainable in float32)."""
-    trainable = jax.tree_util.tree_map(lambda x: jnp.array(x, jnp.float32), trainable)  # a fresh copy
-    return {"step": jnp.zeros((), jnp.int32), "trainable": trainable, "opt": tx.init(trainable)}
-
-
 def global_denominator(comp_mask, advantages, cfg: LossConfig) -> jax.Array:
     """The loss normaliser of the whole batch (see module docstring)."""
     m = comp_mask.astype(jnp.float32)
@@ -91,49 +63,6 @@ def global_denominator(comp_mask, advantages, cfg: LossConfig) -> jax.Array:
     return n_seqs * width
 
 
-def grouped_sequence_logprobs(model: Model, tokens, mask, interventions=(), *, completion_start: int,
-                              group_size: int, temperature: float = 1.0):
-    """`sequence_logprobs` for rows that come in groups of `group_size` sharing one prompt (the
-    rollout layout): each prompt runs through the model once and its K/V cache is repeated for
-    the group's completions, which run on top of it. Same values and gradients as scoring every
-    full row (the prompt's activations, and so the gradient through them, are identical within a
-    group), with `G` times fewer prompt tokens. Rows `g * G .. g * G + G - 1` must have identical
-    prompt tokens and mask (`tokens[:, :completion_start]`)."""
-    c = model.config
-    interventions = as_tuple(interventions)
-    B, T = tokens.shape
-    P, G = completion_start, group_size
-    N = T - P
-    R = B // G
-    prompt, pmask = tokens[::G, :P], mask[::G, :P]
-    positions = default_positions(tokens, mask)  # as the full forward: cumsum(mask) - 1
-    p_pos = positions[::G, :P]
-    p_kpos = jnp.where(pmask > 0, p_pos, -1)
-    S = T - 1  # key slots: the prompt, then the completion tokens that are inputs (all but the last)
-    dtype = model.params["embed"].dtype
-    cache = tuple(jnp.zeros((c.n_layers, R, S, c.n_kv_heads, c.head_dim), dtype) for _ in range(2))
-    k_pos = jnp.concatenate([p_kpos, jnp.full((R, S - P), -1, p_kpos.dtype)], axis=1)
-    h_prompt, _, cache = run_layers(model, embed(model, prompt), p_pos, k_pos, interventions, frozenset(), cache, 0)
-    h_first = jnp.repeat(h_prompt[:, -1:], G, axis=0)  # predicts the first completion token
-    if N > 1:
-        cache = tuple(jnp.repeat(x, G, axis=1) for x in cache)
-        c_tok, c_mask, c_pos = tokens[:, P:T - 1], mask[:, P:T - 1], positions[:, P:T - 1]
-        k_pos = jnp.concatenate([jnp.repeat(p_kpos, G, axis=0), jnp.where(c_mask > 0, c_pos, -1)], axis=1)
-        h_rest, _, _ = run_layers(model, embed(model, c_tok), c_pos, k_pos, interventions, frozenset(), cache, P)
-        h = jnp.concatenate([h_first, h_rest], axis=1)
-    else:
-        h = h_first
-    logits = unembed(model, h)
-    if temperature != 1.0:
-        logits = logits / jnp.float32(temperature)
-    logz = jax.nn.log_softmax(logits, axis=-1)
-    target = tokens[:, P:]
-    logp = jnp.take_along_axis(logz, target[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    entropy = -jnp.sum(jnp.exp(logz) * logz, axis=-1)
-    comp = mask[:, P:].astype(bool)
-    return jnp.where(comp, logp, 0.0), jnp.where(comp, entropy, 0.0)
-
-
 def _score(model, tokens, mask, ivs, spec: StepSpec, prompt_width: int):
     if spec.shared_prompts > 1 and tokens.shape[0] % spec.shared_prompts == 0:
         return grouped_sequence_logprobs(model, tokens, mask, ivs, completion_start=prompt_width,
@@ -141,31 +70,22 @@ def _score(model, tokens, mask, ivs, spec: StepSpec, prompt_width: int):
     return sequence_logprobs(model, tokens, mask, ivs, completion_start=prompt_width, temperature=spec.temperature)
 
 
-def _policy(base: Model, trainable, spec: StepSpec):
-    if spec.trainable.kind == "full":  # float32 master weights, cast to the base dtype for the forward
-        trainable = jax.tree_util.tree_map(lambda t, b: t.astype(b.dtype), trainable, base.params)
-    return apply_trainable(base, trainable, spec.trainable)
-
-
 def microbatch_loss(trainable, base: Model, mb: dict, spec: StepSpec, prompt_width: int, denominator):
     """Loss of one micro-batch (normalised by the global `denominator`) and its metrics."""
-    model, ivs = _policy(base, trainable, spec)
+    model, ivs = build_policy(base, trainable, spec.trainable)
     tokens, mask = mb["tokens"], mb["mask"]
     logp, entropy = _score(model, tokens, mask, ivs, spec, prompt_width)
     cm = mask[:, prompt_width:].astype(jnp.float32)
     ref_logp = None
-    if spec.need_ref:
-        ref_model, ref_ivs = apply_trainable(base, trainable, spec.trainable, enabled=False)
-        ref_logp, _ = _score(ref_model, tokens, mask, ref_ivs, spec, prompt_width)
+    if spec.need_ref:  # the reference policy is the base model without the trainable part
+        ref_logp, _ = _score(base, tokens, mask, (), spec, prompt_width)
         ref_logp = _sg(ref_logp)
     if spec.algorithm == "expert_iteration":
-        keep = (mb["rewards"] > spec.ei_threshold).astype(jnp.float32)
-        m = cm * keep[:, None]
-        loss = -jnp.sum(logp * m) / jnp.maximum(denominator, 1.0)
-        metrics = {"pg_loss": _sg(loss), "n_tokens": jnp.sum(m), "kept_fraction": jnp.mean(keep)}
+        loss = expert_iteration_loss(logp, mb["rewards"], cm, spec.ei_threshold, denominator=denominator)
+        metrics = {"pg_loss": _sg(loss), "n_tokens": jnp.sum(expert_iteration_mask(mb["rewards"], cm, spec.ei_threshold)),
+                   "kept_fraction": jnp.mean((mb["rewards"] > spec.ei_threshold).astype(jnp.float32))}
         if ref_logp is not None:
-            d = ref_logp - logp
-            metrics["kl"] = jnp.sum((jnp.exp(d) - d - 1.0) * cm) / jnp.maximum(jnp.sum(cm), 1.0)
+            metrics["kl"] = jnp.sum(k3_kl(logp, ref_logp) * cm) / jnp.maximum(jnp.sum(cm), 1.0)
     else:
         old = _sg(logp) if spec.on_policy else mb["old_logp"]
         loss, metrics = policy_loss(logp, old, ref_logp, mb["advantages"], cm, spec.loss, denominator=denominator)
@@ -202,8 +122,7 @@ def train_step(base: Model, state: dict, batch: dict, *, spec: StepSpec, tx, pro
     Returns `(new_state, metrics)`; metrics include grad_norm (before clipping) and lr."""
     comp = batch["mask"][:, :, prompt_width:]
     if spec.algorithm == "expert_iteration":
-        keep = (batch["rewards"] > spec.ei_threshold).astype(jnp.float32)
-        denominator = jnp.sum(comp.astype(jnp.float32) * keep[..., None])
+        denominator = jnp.sum(jax.vmap(expert_iteration_mask, (0, 0, None))(batch["rewards"], comp, spec.ei_threshold))
     else:
         denominator = global_denominator(comp, batch["advantages"], spec.loss)
     grad_fn = jax.grad(microbatch_loss, has_aux=True)
@@ -245,5 +164,4 @@ def compile_step(spec: StepSpec, tx, *, base_shardings=None, state_shardings=Non
     return step
 
 
-__all__ = ["StepSpec", "make_optimizer", "init_state", "global_denominator", "grouped_sequence_logprobs",
-           "microbatch_loss", "train_step", "compile_step"]
+__all__ = ["StepSpec", "global_denominator", "microbatch_loss", "train_step", "compile_step"]

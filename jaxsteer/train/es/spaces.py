@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ..models.decoder import PROJECTIONS
-from ..models.params import Model, flatten, unflatten
-from .trainable import TrainableConfig, apply_trainable, init_trainable
+from ...models.decoder import PROJECTIONS
+from ...models.params import Model, flatten, unflatten
+from ..trainable import TrainableConfig, apply_trainable, init_trainable
 
 _f32 = jnp.float32
 

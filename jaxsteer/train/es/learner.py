@@ -1,0 +1,242 @@
+"""The ES learner: ES at scale / EGGROLL / ESSA generations on a `Run` (see docs/es.md).
+
+    space, strategy = build_es(model, ESConfig(population=32, sigma=1e-3), "eggroll")
+    result = run_es(model, space, strategy, examples, "correctness",
+                    ESLoopSpec(generations=50, prompts_per_generation=8), tokenizer=tokenizer)
+
+`train_es` is what `jaxsteer.train.train` calls for configs with `algorithm.name` es | eggroll |
+essa: the `es` section picks space, strategy and their settings; `steps` = generations;
+`algorithm.prompts_per_step` = prompts per generation; the shared sections (model, trainable,
+sampling, data, eval, checkpoint, seed, output_dir) mean what they mean for RL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ...models.params import Model
+from .. import checkpoint as ckpt
+from ..build import Inputs, PromptEncoder, build_model
+from ..config import ESConfig, TrainConfig, load_config
+from ..data import make_loader
+from ..evaluate import HeldOut
+from ..export import export_steering
+from ..rewards import get_reward_fn
+from ..run import Run, peak_rss_mb
+from ..state import load_trainable
+from ..trainable import TrainableConfig
+from .population import center_member, es_generation, member_mesh
+from .spaces import EggrollSpace, FullSpace, TrainableSpace, essa_space
+from .strategies import STRATEGIES, OpenES
+
+
+def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: TrainableConfig | None = None,
+             lora: dict | None = None, seed: int = 0):
+    """`(space, strategy)` for an `ESConfig` and algorithm (es | eggroll | essa). trainable: the
+    parameterisation for space "trainable" (default steering on every layer); lora + trainable
+    (kind "lora"): ESSA's warm start."""
+    name = cfg.space_for(algorithm)
+    if name == "trainable":
+        space = TrainableSpace(trainable or TrainableConfig())
+    elif name == "full":
+        space = FullSpace()
+    elif name == "eggroll":
+        space = EggrollSpace(targets=cfg.targets, rank=cfg.rank)
+    else:
+        space = essa_space(model, lora, trainable if lora is not None else None, top_p=cfg.top_p,
+                           rank=cfg.essa_rank, targets=cfg.targets, seed=seed)
+    strategy_name = cfg.strategy_for(algorithm)
+    if strategy_name == "openai":
+        strategy = OpenES(population=cfg.population, sigma=cfg.sigma, lr=cfg.lr, antithetic=cfg.antithetic,
+                          shaping=cfg.shaping, divide_by_sigma=cfg.divide_by_sigma, optimizer=cfg.optimizer)
+    else:
+        strategy = STRATEGIES[strategy_name](population=cfg.population, sigma=cfg.sigma)
+    return space, strategy
+
+
+def es_space_for_run(cfg: TrainConfig, model: Model, tokenizer: Any = None, lora: dict | None = None):
+    """`(space, strategy)` of an ES run config; ESSA's LoRA warm start from `es.warm_start` (the
+    directory of a LoRA run) or given directly as `lora` (a LoRA trainable of `cfg.trainable`)."""
+    es, trainable = cfg.es, cfg.trainable
+    if cfg.algorithm.name == "essa" and lora is None and es.warm_start:
+        warm_cfg = load_config(os.path.join(es.warm_start, "config.yaml"), [f"output_dir={es.warm_start}"])
+        if warm_cfg.trainable.kind != "lora" or warm_cfg.is_es:
+            raise ValueError(f"es.warm_start={es.warm_start!r} is a {warm_cfg.trainable.kind} run; ESSA needs a LoRA run")
+        _, _, lora, _ = load_trainable(warm_cfg, model=model, tokenizer=tokenizer)
+        lora, trainable = jax.device_get(lora), warm_cfg.trainable
+    elif lora is not None:
+        trainable = trainable if trainable.kind == "lora" else None
+    return build_es(model, es, cfg.algorithm.name, trainable, lora, seed=cfg.seed)
+
+
+def describe(space, strategy) -> dict:
+    """JSON-able identity of (space, strategy), checked against a checkpoint on resume."""
+    d = {"space": type(space).__name__, "strategy": type(strategy).__name__}
+    for f in dataclasses.fields(strategy):
+        d[f.name] = getattr(strategy, f.name)
+    for field in ("cfg", "paths", "targets", "rank", "n_active"):
+        if hasattr(space, field):
+            v = getattr(space, field)
+            d[f"space_{field}"] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+    plain = lambda x: np.asarray(x).tolist() if isinstance(x, (np.ndarray, np.generic, jax.Array)) else str(x)
+    return json.loads(json.dumps(d, default=plain))
+
+
+@dataclasses.dataclass(frozen=True)
+class ESLoopSpec:
+    """How `run_es` runs: generations, prompts per generation (from a resumable grain loader
+    seeded by `seed`), the population sampler's settings, and checkpoint / log cadence."""
+
+    generations: int = 100
+    prompts_per_generation: int = 8
+    seed: int = 0
+    shuffle: bool = True
+    max_new_tokens: int = 32
+    greedy: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_tokens: tuple[int, ...] | None = None
+    bucket: int = 8
+    member_batch: int | None = None
+    checkpoint_every: int = 0
+    log_every: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> "ESLoopSpec":
+        """The loop of an ES run config."""
+        s = cfg.sampling
+        return cls(cfg.steps, cfg.algorithm.prompts_per_step, cfg.seed, cfg.data.shuffle, s.max_new_tokens,
+                   cfg.es.greedy, s.temperature, s.top_p, s.top_k, None, s.bucket, cfg.es.member_batch or None,
+                   cfg.checkpoint.every, cfg.log_every)
+
+    def sampler_kwargs(self) -> dict:
+        """Keyword arguments of `population_generate`."""
+        return dict(max_new_tokens=self.max_new_tokens, greedy=self.greedy, temperature=self.temperature,
+                    top_p=self.top_p, top_k=self.top_k, stop_tokens=self.stop_tokens, bucket=self.bucket,
+                    member_batch=self.member_batch)
+
+
+@dataclasses.dataclass
+class ESResult:
+    """What `run_es` hands back: the final strategy state and one metrics dict per generation."""
+
+    state: dict
+    history: list[dict]
+    space: Any
+    strategy: Any
+
+
+def _log_line(g: int, m: dict) -> str:
+    return (f"gen {g:4d} fitness mean {m['fitness_mean']:+.4f} max {m['fitness_max']:+.4f} "
+            f"min {m['fitness_min']:+.4f} | update {m['update_norm']:.3g} | {m['generated_tokens_per_s']:.0f} tok/s")
+
+
+def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callable | str, spec: ESLoopSpec, *,
+           tokenizer: Any = None, encode: Callable | None = None, run: Run | None = None, state: dict | None = None,
+           mesh: Mesh | None = None, axis: str | tuple[str, ...] = "members", held_out: HeldOut | None = None,
+           log: Callable[[str], None] | None = print) -> ESResult:
+    """Run ES generations up to `spec.generations` (each: `es_generation`).
+
+    encode: example -> prompt ids (default `PromptEncoder(tokenizer)`: `meta["prompt_ids"]` or the
+    chat template). run: a `Run` for metrics, checkpoints (state + data position, every
+    `spec.checkpoint_every` generations and at the end), resume, progress bar and held-out
+    evaluation (`held_out`); without one, a log line per `spec.log_every` generations to `log`."""
+    reward_fn = get_reward_fn(reward_fn)
+    encode = encode or PromptEncoder(tokenizer)
+    if mesh is not None:  # replicate once, not per generation
+        model, space, strategy = jax.device_put((model, space, strategy), NamedSharding(mesh, P()))
+    if state is None:
+        state = strategy.init(space.init(model), jax.random.PRNGKey(spec.seed))
+    data_iter = iter(make_loader(examples, batch_size=spec.prompts_per_generation, seed=spec.seed, shuffle=spec.shuffle))
+    identity, desc = ckpt.model_identity(model), describe(space, strategy)
+    if run is not None:
+        state, meta = run.restore(state, identity=identity, trainable_config=desc, unit="generation")
+        if meta is not None:
+            data_iter.set_state(ckpt.decode_data_state(meta["data_state"]))
+        if held_out is not None:
+            held_out.before(run, model)
+    gen_kw = dict(spec.sampler_kwargs(), tokenizer=tokenizer, mesh=mesh, axis=axis)
+    history: list[dict] = []
+    with run.progress(spec.generations, "es") if run is not None else contextlib.nullcontext() as bar:
+        while int(state["generation"]) < spec.generations:
+            batch = next(data_iter)
+            state, metrics, _, _ = es_generation(model, space, strategy, state, batch, [encode(e) for e in batch],
+                                                 reward_fn, **gen_kw)
+            history.append(metrics)
+            g = int(state["generation"])
+            if run is None:
+                if log and (g % max(spec.log_every, 1) == 0 or g == spec.generations):
+                    log(_log_line(g, metrics))
+                continue
+            run.log(g, metrics)
+            bar.set_postfix(fit=f"{metrics['fitness_mean']:+.3f}", best=f"{metrics['fitness_max']:+.3f}",
+                            acc=f"{metrics['accuracy']:.2f}", tok_s=f"{metrics['generated_tokens_per_s']:.0f}",
+                            refresh=False)
+            bar.update(1)
+            if held_out is not None:
+                held_out.during(run, g, lambda: space.apply(model, center_member(space, state["theta"])))
+            if run.due(g, spec.checkpoint_every, spec.generations):
+                meta = {"model": identity, "trainable": desc, "data_state": ckpt.encode_data_state(data_iter.get_state())}
+                run.save(g, state, meta)
+    return ESResult(state, history, space, strategy)
+
+
+def train_es(cfg: TrainConfig, inputs: Inputs, run: Run, *, lora: dict | None = None) -> tuple[Any, list, dict]:
+    """An ES run on `run` (see the module docstring); `lora`: ESSA's warm start given directly.
+    Returns `(theta, history, files)`: the final centre, per-generation metrics, run files."""
+    model, es = inputs.model, cfg.es
+    space, strategy = es_space_for_run(cfg, model, inputs.tokenizer, lora)
+    dims = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(jax.eval_shape(space.init, model)))
+    run.say(f"model {cfg.model.spec}: {model.config.n_layers} layers, d={model.config.d_model} | {cfg.algorithm.name}: "
+            f"{type(space).__name__} ({dims:,} dims), {type(strategy).__name__}, population {es.population}, "
+            f"sigma {es.sigma:g} | {cfg.algorithm.prompts_per_step} prompts per generation, {cfg.steps} generations")
+    held_out = HeldOut.from_config(cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn)
+    mesh = member_mesh() if jax.device_count() > 1 and es.population % jax.device_count() == 0 else None
+    t0 = time.perf_counter()
+    result = run_es(model, space, strategy, inputs.train_examples, inputs.reward_fn, ESLoopSpec.from_config(cfg),
+                    tokenizer=inputs.tokenizer, encode=inputs.encode, run=run, mesh=mesh, held_out=held_out)
+    train_seconds = time.perf_counter() - t0
+    held_out.after(run, lambda: space.apply(model, center_member(space, result.state["theta"])))
+    theta = jax.device_get(result.state["theta"])
+    trains_trainable = isinstance(space, TrainableSpace)
+    if trains_trainable and cfg.trainable.kind == "steering":
+        run.files.update(export_steering(run.directory, cfg, model, theta, run.say))
+    what = cfg.trainable.kind if trains_trainable else type(space).__name__
+    files = run.finish({
+        "steps": cfg.steps, "algorithm": cfg.algorithm.name, "space": type(space).__name__,
+        "strategy": type(strategy).__name__, "search_dims": dims, "population": es.population,
+        "trainable_kind": cfg.trainable.kind if trains_trainable else None,
+        "rollouts": cfg.steps * cfg.rollouts_per_step, "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
+        "eval_before": run.evals.get("before"), "eval_after": run.evals.get("after"),
+    }, title=f"{cfg.model.spec} / {cfg.algorithm.name} / {what}")
+    return theta, result.history, files
+
+
+def load_es_policy(cfg: TrainConfig, *, step: int | None = None, model: Model | None = None, tokenizer: Any = None):
+    """`(model, tokenizer, (policy_model, interventions), meta)`: the centre of an ES run's latest
+    (or `step`) checkpoint in `cfg.output_dir`, validated like a resume (`jaxsteer eval`)."""
+    if model is None:
+        model, tokenizer = build_model(cfg.model)
+    space, strategy = es_space_for_run(cfg, model, tokenizer)
+    template = strategy.init(space.init(model), jax.random.PRNGKey(cfg.seed))
+    checkpointer = ckpt.Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), read_only=True)
+    try:
+        state, meta = checkpointer.restore(template, identity=ckpt.model_identity(model),
+                                           trainable_config=describe(space, strategy), step=step)
+    finally:
+        checkpointer.close()
+    return model, tokenizer, space.apply(model, center_member(space, state["theta"])), meta
+
+
+__all__ = ["build_es", "es_space_for_run", "describe", "ESLoopSpec", "ESResult", "run_es", "train_es",
+           "load_es_policy"]

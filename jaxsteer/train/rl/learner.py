@@ -1,0 +1,260 @@
+"""The RL learner: rollouts -> rewards -> advantages -> one jitted, sharded update, on a `Run`.
+
+Per step (`cfg.steps` of them):
+
+1. take `prompts_per_step / process_count` prompts from this process's shard of the grain loader;
+2. sample G completions per prompt with the core's compiled sampler (`jaxsteer.generate`),
+   under the current policy (`build_policy`): one call for the whole batch with
+   `algorithm.dash`, else one call per micro-batch;
+3. rewards in Python (text or token ids), group advantages (RLOO / GRPO / mean);
+4. `updates_per_batch` optimizer updates (1 = on-policy), each one jitted step with the
+   micro-batches accumulated inside by `lax.scan`, explicit shardings on a ("data", "fsdp") mesh;
+5. metrics to the run's progress bar / JSONL / TensorBoard, checkpoints every `checkpoint.every`.
+
+The `Run` handles the directory, held-out evaluation before / during / after (`HeldOut`),
+checkpoints and the summary; `train_rl` is what `jaxsteer.train.train` calls for RL configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from ...models.params import Model
+from .. import checkpoint as ckpt
+from ..build import Inputs
+from ..config import ConfigError, TrainConfig, config_to_dict
+from ..data import make_loader
+from ..evaluate import HeldOut
+from ..export import export_steering
+from ..run import Run, gather_rows, peak_rss_mb
+from ..sharding import batch_sharding, global_batch, make_mesh, n_batch_shards, replicated
+from ..state import init_train_state
+from ..trainable import build_policy, count_params
+from .losses import group_advantages, zero_std_fraction
+from .rollout import RolloutBatch, collect
+from .step import StepSpec, compile_step
+
+BATCH_KEYS = ("tokens", "mask", "old_logp", "advantages", "rewards")
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything derived from (config, model, mesh) that training and evaluation share."""
+
+    model: Model
+    state: dict
+    rng: jax.Array
+    tx: Any
+    schedule: Callable
+    spec: StepSpec
+    base_shardings: Any
+    state_shardings: Any
+    batch_shardings: dict
+
+
+def step_spec(cfg: TrainConfig) -> StepSpec:
+    """The static description of the RL update a config asks for."""
+    a = cfg.algorithm
+    rows_per_micro = cfg.rollouts_per_step // a.updates_per_batch // a.micro_batches
+    return StepSpec(
+        trainable=cfg.trainable,
+        loss=cfg.loss,
+        algorithm=a.name,
+        ei_threshold=a.ei_threshold,
+        temperature=cfg.sampling.temperature,
+        on_policy=a.updates_per_batch == 1 and cfg.loss.clip_eps_low is None and cfg.loss.importance_cap is None,
+        need_ref=cfg.loss.kl_coef > 0 or a.log_kl,
+        shared_prompts=a.group_size if rows_per_micro % a.group_size == 0 else 1,
+    )
+
+
+def setup_training(cfg: TrainConfig, model: Model, mesh) -> Setup:
+    """Place the base model on the mesh, build the optimizer, the initial train state (trainable in
+    float32, created directly with its shardings) and the step spec."""
+    ts = init_train_state(cfg, model, mesh, cfg.steps * cfg.algorithm.updates_per_batch)
+    batch_shardings = {k: batch_sharding(mesh, 2 if k in ("advantages", "rewards") else 3) for k in BATCH_KEYS}
+    return Setup(ts.model, ts.state, ts.rng, ts.tx, ts.schedule, step_spec(cfg), ts.base_shardings,
+                 ts.state_shardings, batch_shardings)
+
+
+def check_layout(cfg: TrainConfig, mesh) -> tuple[int, int]:
+    """`(prompts per process, sampler calls per step)`; ConfigError when the batch does not split
+    over processes, mesh batch shards or micro-batches."""
+    a, nproc = cfg.algorithm, jax.process_count()
+    if a.prompts_per_step % nproc:
+        raise ConfigError(f"algorithm.prompts_per_step={a.prompts_per_step} does not split over {nproc} processes")
+    shards = n_batch_shards(mesh)
+    rows_per_micro = cfg.rollouts_per_step // a.updates_per_batch // a.micro_batches
+    if rows_per_micro % shards:
+        raise ConfigError(
+            f"a micro-batch has {rows_per_micro} rollouts, not divisible by the {shards} batch shards of the mesh "
+            f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
+        )
+    local_prompts, calls = a.prompts_per_step // nproc, 1 if a.dash else a.micro_batches
+    if local_prompts % calls:
+        raise ConfigError(
+            f"without dash, sampling runs once per micro-batch: prompts_per_step={a.prompts_per_step} must split "
+            f"into micro_batches={a.micro_batches}"
+        )
+    return local_prompts, calls
+
+
+def update(step_fn, setup: Setup, state: dict, batch: RolloutBatch, cfg: TrainConfig, mesh) -> tuple[dict, dict]:
+    """`updates_per_batch` optimizer steps on consecutive minibatches of a rollout batch; metrics
+    averaged over them."""
+    a = cfg.algorithm
+    per_update = len(batch.rewards) // a.updates_per_batch
+    metrics = []
+    for u in range(a.updates_per_batch):
+        sl = slice(u * per_update, (u + 1) * per_update)
+        local = {k: getattr(batch, k)[sl] for k in BATCH_KEYS}
+        local = {k: v.reshape(a.micro_batches, -1, *v.shape[1:]) for k, v in local.items()}
+        state, m = step_fn(setup.model, state, {k: global_batch(v, mesh) for k, v in local.items()}, batch.prompt_width)
+        metrics.append(m)
+    metrics = jax.device_get(metrics)
+    return state, {k: float(np.mean([m[k] for m in metrics])) for k in metrics[-1]}
+
+
+def step_record(cfg: TrainConfig, spec: StepSpec, batch: RolloutBatch, m: dict, lr: float, times: tuple) -> dict:
+    """The logged metrics of one step (rewards and lengths over all processes)."""
+    t_roll, t_upd, t_step = times
+    G = cfg.algorithm.group_size
+    rewards, lengths = gather_rows(batch.rewards), gather_rows(batch.lengths.astype(np.float32))
+    return {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "accuracy": float((rewards > 0).mean()),
+        "zero_std_fraction": float(zero_std_fraction(rewards, G)) if G > 1 else 1.0,
+        "completion_length": float(lengths.mean()),
+        "entropy": m.get("entropy"),
+        "kl": m.get("kl") if spec.need_ref else None,
+        "clip_fraction": m.get("clip_fraction"),
+        "kept_fraction": m.get("kept_fraction"),
+        "grad_norm": m.get("grad_norm"),
+        "update_norm": m.get("update_norm"),
+        "loss": m.get("loss"),
+        "lr": lr,
+        "rollout_tokens_per_s": float(batch.lengths.sum()) / max(batch.sample_seconds, 1e-9),
+        "rollout_s": t_roll,
+        "update_s": t_upd,
+        "rollout_share": t_roll / max(t_roll + t_upd, 1e-9),
+        "step_s": t_step,
+    }
+
+
+def _describe(cfg: TrainConfig, c, n_trainable: int, mesh, load_seconds: float) -> str:
+    a = cfg.algorithm
+    return (
+        f"model {cfg.model.spec}: {c.architecture}, {c.n_layers} layers, d={c.d_model} | trainable {cfg.trainable.kind} "
+        f"({n_trainable:,} parameters) | {a.name}/{a.advantage}, {a.prompts_per_step} prompts x G={a.group_size}, "
+        f"{a.micro_batches} micro-batch(es), lr {cfg.lr:g} | mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} "
+        f"on {len(mesh.devices.flat)} {jax.default_backend()} device(s), {jax.process_count()} process(es) | "
+        f"load {load_seconds:.1f} s"
+    )
+
+
+class RLLearner:
+    """One RL run's compiled step, data stream and per-step logic (rollout, update, record)."""
+
+    def __init__(self, cfg: TrainConfig, inputs: Inputs, mesh):
+        self.cfg, self.inputs, self.mesh = cfg, inputs, mesh
+        local_prompts, self.calls = check_layout(cfg, mesh)
+        self.setup = setup_training(cfg, inputs.model, mesh)
+        self.step_fn = compile_step(
+            self.setup.spec, self.setup.tx, base_shardings=self.setup.base_shardings,
+            state_shardings=self.setup.state_shardings, batch_shardings=self.setup.batch_shardings,
+            metric_sharding=replicated(mesh),
+        )
+        loader = make_loader(inputs.train_examples, batch_size=local_prompts, seed=cfg.seed,
+                             shard_index=jax.process_index(), shard_count=jax.process_count(), shuffle=cfg.data.shuffle)
+        self.data_iter = iter(loader)
+        self.identity = ckpt.model_identity(self.setup.model, cfg.model.spec)
+        self.trainable_config = config_to_dict(cfg.trainable)
+
+    def policy(self, state: dict) -> tuple[Model, tuple]:
+        """The current policy `(model, interventions)`."""
+        return build_policy(self.setup.model, state["trainable"], self.cfg.trainable)
+
+    def rollout(self, state: dict, key: jax.Array) -> RolloutBatch:
+        """Sample, score and compute advantages for the next batch of prompts."""
+        a, inp = self.cfg.algorithm, self.inputs
+        examples = next(self.data_iter)
+        G = a.group_size
+        advantage_fn = (lambda r: np.asarray(group_advantages(r, G, a.advantage))) if a.name == "grpo" else (lambda r: r)
+        return collect(
+            *self.policy(state), examples, [inp.encode(e) for e in examples], group_size=G, calls=self.calls,
+            tokenizer=inp.tokenizer, key=jax.random.fold_in(key, jax.process_index()), reward_fn=inp.reward_fn,
+            advantage_fn=advantage_fn, sampling=self.cfg.sampling,
+        )
+
+    def step(self, state: dict, rng: jax.Array, step: int) -> tuple[dict, jax.Array, dict]:
+        """One training step: rollout, update(s), the logged record."""
+        t0 = time.perf_counter()
+        rng, k_step = jax.random.split(rng)  # raw uint32 keys (what the checkpoint stores)
+        batch = self.rollout(state, k_step)
+        t1 = time.perf_counter()
+        state, m = update(self.step_fn, self.setup, state, batch, self.cfg, self.mesh)
+        t2 = time.perf_counter()
+        lr = float(self.setup.schedule((step + 1) * self.cfg.algorithm.updates_per_batch - 1))
+        return state, rng, step_record(self.cfg, self.setup.spec, batch, m, lr, (t1 - t0, t2 - t1, t2 - t0))
+
+    def checkpoint_meta(self, done: int) -> dict:
+        """What each checkpoint records besides the state (the Run adds the evaluations)."""
+        return {"model": self.identity, "trainable": self.trainable_config,
+                "data_state": ckpt.encode_data_state(self.data_iter.get_state()),
+                "process_count": jax.process_count(), "config": config_to_dict(self.cfg)}
+
+
+def _postfix(record: dict) -> dict:
+    return dict(reward=f"{record['reward_mean']:+.2f}", acc=f"{record['accuracy']:.2f}",
+                len=f"{record['completion_length']:.1f}", gnorm=f"{record['grad_norm']:.2g}",
+                roll=f"{record['rollout_s']:.1f}s", upd=f"{record['update_s']:.1f}s", refresh=False)
+
+
+def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | None = None) -> tuple[Any, list, dict]:
+    """An RL run on `run` (see the module docstring). Returns `(trainable, history, files)`."""
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)
+    learner = RLLearner(cfg, inputs, mesh)
+    restored, meta = run.restore({"train": learner.setup.state, "rng": learner.setup.rng},
+                                 identity=learner.identity, trainable_config=learner.trainable_config)
+    state, rng = restored["train"], restored["rng"]
+    if meta is not None:
+        learner.data_iter.set_state(ckpt.decode_data_state(meta["data_state"]))
+    n_trainable = count_params(state["trainable"])
+    run.say(_describe(cfg, learner.setup.model.config, n_trainable, mesh, inputs.load_seconds))
+    held_out = HeldOut.from_config(cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn)
+    held_out.before(run, learner.setup.model)
+    history: list[dict] = []
+    t_train = time.perf_counter()
+    with run.progress(cfg.steps, "train") as bar:
+        for step in range(run.start_step, cfg.steps):
+            state, rng, record = learner.step(state, rng, step)
+            done = step + 1
+            if done % max(cfg.log_every, 1) == 0 or done == cfg.steps:
+                run.log(done, record)
+            history.append({"step": done, **record})
+            bar.set_postfix(**_postfix(record))
+            bar.update(1)
+            held_out.during(run, done, lambda: learner.policy(state))
+            if run.due(done, cfg.checkpoint.every, cfg.steps):
+                run.save(done, {"train": state, "rng": rng}, learner.checkpoint_meta(done))
+    train_seconds = time.perf_counter() - t_train
+    held_out.after(run, lambda: learner.policy(state))
+    trainable = jax.device_get(state["trainable"])
+    if cfg.trainable.kind == "steering":
+        run.files.update(export_steering(run.directory, cfg, learner.setup.model, trainable, run.say))
+    files = run.finish({
+        "steps": cfg.steps, "algorithm": cfg.algorithm.name, "trainable_kind": cfg.trainable.kind,
+        "trainable_params": n_trainable, "rollouts": cfg.steps * cfg.rollouts_per_step,
+        "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
+        "eval_before": run.evals.get("before"), "eval_after": run.evals.get("after"),
+    }, title=f"{cfg.model.spec} / {cfg.algorithm.name} / {cfg.trainable.kind}")
+    return trainable, history, files
+
+
+__all__ = ["Setup", "step_spec", "setup_training", "check_layout", "update", "step_record", "RLLearner", "train_rl"]

@@ -1,0 +1,127 @@
+"""Rollouts: token-id prompts -> the core's compiled sampler -> rewards -> a padded batch.
+
+Each prompt gets G rows (`[p0 g0 .. p0 gG-1, p1 g0, ...]`, the layout `group_advantages`
+expects), sampled with one prefill per prompt (`generate(samples_per_prompt=G)`). Rewards run in
+Python (`jaxsteer.train.rewards.score_completions`: text or `@token_reward` token ids).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from ...models.generate import default_stop_tokens, generate, pad_id_for
+from ...models.params import Model
+from ..config import SamplingSpec
+from ..rewards import score_completions
+
+
+@dataclasses.dataclass
+class RolloutBatch:
+    """One batch of rollouts, as numpy arrays (host-local rows).
+
+    tokens / mask `[B, P + N]` (prompt left-padded to width P, completion after it), old_logp `[B, N]`
+    (sampling-distribution log-probs, 0 on padding), rewards / advantages `[B]`, lengths `[B]`,
+    texts (decoded completions or None), seconds spent sampling, and `prompt_width` = P."""
+
+    tokens: np.ndarray
+    mask: np.ndarray
+    old_logp: np.ndarray
+    rewards: np.ndarray
+    advantages: np.ndarray
+    lengths: np.ndarray
+    prompt_width: int
+    texts: list[str] | None
+    sample_seconds: float
+
+    @property
+    def completion_mask(self) -> np.ndarray:
+        return self.mask[:, self.prompt_width:]
+
+
+def _join(parts: list, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Concatenate several `Generation`s (prompt widths may differ: left-pad to the widest)."""
+    P = max(p.prompt_tokens.shape[1] for p in parts)
+    toks, masks, lps = [], [], []
+    for p in parts:
+        extra = P - p.prompt_tokens.shape[1]
+        pt = np.pad(p.prompt_tokens, ((0, 0), (extra, 0)), constant_values=pad_id)
+        pm = np.pad(p.prompt_mask, ((0, 0), (extra, 0)))
+        n = p.tokens.shape[1]
+        cm = (np.arange(n)[None, :] < p.lengths[:, None]).astype(np.int32)
+        toks.append(np.concatenate([pt, p.tokens], axis=1))
+        masks.append(np.concatenate([pm, cm], axis=1))
+        lps.append(p.logprobs)
+    return np.concatenate(toks), np.concatenate(masks).astype(np.int32), np.concatenate(lps), P
+
+
+def trim_completions(tokens, mask, old_logp, prompt_width: int, multiple: int = 8):
+    """Drop trailing completion columns that are padding in every row, keeping the width a
+    multiple of `multiple` (so the update step compiles for only a few widths)."""
+    n = old_logp.shape[1]
+    used = int(mask[:, prompt_width:].sum(axis=1).max()) if len(mask) else n
+    width = min(n, max(multiple, -(-used // multiple) * multiple))
+    return tokens[:, : prompt_width + width], mask[:, : prompt_width + width], old_logp[:, :width]
+
+
+def collect(
+    model: Model,
+    interventions: tuple,
+    examples: Sequence,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    group_size: int,
+    calls: int,
+    tokenizer: Any,
+    key: jax.Array,
+    reward_fn: Callable,
+    advantage_fn: Callable[[np.ndarray], np.ndarray],
+    sampling: SamplingSpec,
+    trim_multiple: int = 8,
+    stop_tokens: Sequence[int] | None = None,
+) -> RolloutBatch:
+    """Sample G completions per prompt in `calls` sampler calls (1 = the whole batch at once, as
+    DASH's preemptive sampling) with the `sampling` settings, score them and compute advantages.
+    `stop_tokens` default to the model's and tokenizer's EOS (`()` = always generate
+    `max_new_tokens`)."""
+    if len(examples) % calls:
+        raise ValueError(f"{len(examples)} prompts do not split into {calls} sampling calls")
+    per = len(examples) // calls
+    parts, texts = [], []
+    t0 = time.perf_counter()
+    stop = default_stop_tokens(model, tokenizer) if stop_tokens is None else tuple(stop_tokens)
+    for c in range(calls):  # G rows per prompt, one prefill per prompt
+        parts.append(generate(
+            model, [list(p) for p in prompt_ids[c * per : (c + 1) * per]], tokenizer=tokenizer,
+            seed=jax.random.fold_in(key, c), max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, top_k=sampling.top_k, bucket=sampling.bucket, stop_tokens=stop,
+            samples_per_prompt=group_size, interventions=interventions,
+        ))
+    seconds = time.perf_counter() - t0
+    rewards = np.concatenate(
+        [score_completions(reward_fn, examples[c * per : (c + 1) * per], prompt_ids[c * per : (c + 1) * per], o, group_size)
+         for c, o in enumerate(parts)]
+    )
+    for o in parts:
+        texts.extend(o.texts if o.texts is not None else [])
+    tokens, mask, old_logp, P = _join(parts, pad_id_for(model, tokenizer))
+    tokens, mask, old_logp = trim_completions(tokens, mask, old_logp, P, trim_multiple)
+    lengths = np.concatenate([o.lengths for o in parts])
+    return RolloutBatch(
+        tokens=tokens.astype(np.int32),
+        mask=mask,
+        old_logp=old_logp.astype(np.float32),
+        rewards=rewards,
+        advantages=np.asarray(advantage_fn(rewards), np.float32),
+        lengths=lengths,
+        prompt_width=P,
+        texts=texts or None,
+        sample_seconds=seconds,
+    )
+
+
+__all__ = ["RolloutBatch", "collect", "trim_completions"]

@@ -1,0 +1,216 @@
+"""The Run: one run directory and everything a learner keeps in it.
+
+    run = Run(cfg.output_dir, config=cfg, resume=resume, keep=2, tensorboard=True, progress=True)
+    state, meta = run.restore(template, identity=..., trainable_config=...)   # (None, None): fresh
+    with run.progress(total=steps, initial=run.start_step, desc="train") as bar:
+        for step in range(run.start_step, steps):
+            ...
+            run.log(step + 1, metrics)
+            run.say("printed above the progress bar")
+            if run.due(step + 1, every, steps):
+                run.save(step + 1, state, meta)
+    run.finish(summary, title="model / algorithm / what")
+
+A run directory holds `config.yaml` (the config it was started with), `checkpoints/` (Orbax,
+`jaxsteer.train.checkpoint`), `metrics.jsonl` (+ `tb/`, `jaxsteer.train.metrics`), `curves.png`
+and `summary.json`. `run.evals` holds named evaluations; the ones saved with `persist=True`
+(the held-out "before") travel in every checkpoint's metadata, so a resumed run keeps them.
+The directory is locked for the run's life (`jaxsteer.train.lock.RunLock`, taken before anything
+is cleared or written, released by `close` / `finish`): a second live run on it is refused.
+A fresh (not resumed) run clears old checkpoints first. Only process 0 writes files and prints.
+The Run knows no learner: RL, ES and other trainers (SAE, SFT) use it alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from typing import Any, Callable, Iterator
+
+import jax
+
+from . import checkpoint as ckpt
+from .config import save_config
+from .lock import RunLock
+from .metrics import RunLogger, plot_curves
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (`ru_maxrss`)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def gather_rows(x):
+    """This process's rows of a host array, concatenated over all processes (a no-op for one)."""
+    if jax.process_count() == 1:
+        return x
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x)).reshape(-1)
+
+
+class Run:
+    """A run directory with its config snapshot, checkpoints, metrics, progress output and summary.
+
+    output_dir: the run directory. config: what the run was started with (a dataclass tree or
+    plain data), written to `config.yaml`; None = write nothing. resume: continue from the latest
+    checkpoint (`restore`); otherwise old checkpoints are removed. keep: checkpoints kept.
+    tensorboard: mirror metrics to `tb/`. progress: show a tqdm bar (`progress`). plot: draw
+    `curves.png` at `finish`.
+    """
+
+    def __init__(self, output_dir: str, *, config: Any = None, resume: bool = False, keep: int = 2,
+                 tensorboard: bool = True, progress: bool = True, plot: bool = True):
+        self.directory = output_dir
+        self.resume, self.tensorboard, self.show_progress, self.plot = resume, tensorboard, progress, plot
+        self.main = jax.process_index() == 0
+        self.start_step = 0
+        self.evals: dict[str, dict] = {}
+        self.files: dict[str, str] = {}
+        self._persist: set[str] = set()
+        self._bar = None
+        self.logger: RunLogger | None = None
+        self.checkpointer = None
+        self.lock = RunLock(output_dir).acquire() if self.main else None
+        ckpt_dir = os.path.join(output_dir, "checkpoints")
+        if not resume:
+            self._clear_checkpoints(ckpt_dir)
+        self.checkpointer = ckpt.Checkpointer(ckpt_dir, keep=keep)
+        self.files["checkpoints"] = self.checkpointer.directory
+        if config is not None and self.main:
+            save_config(config, os.path.join(output_dir, "config.yaml"))
+
+    # ---- output
+
+    def say(self, *args) -> None:
+        """Print on process 0, above the progress bar when one is showing."""
+        if not self.main:
+            return
+        msg = " ".join(str(a) for a in args)
+        if self._bar is not None:
+            self._bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    @contextlib.contextmanager
+    def progress(self, total: int, desc: str) -> Iterator[Any]:
+        """A tqdm bar from `start_step` to `total` (disabled unless `progress` and process 0)."""
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, initial=self.start_step, desc=desc, dynamic_ncols=True,
+                         disable=not (self.show_progress and self.main))
+        try:
+            yield self._bar
+        finally:
+            self._bar.close()
+            self._bar = None
+
+    # ---- checkpoints and metrics
+
+    def restore(self, template: Any, *, identity: dict, trainable_config: dict,
+                unit: str = "step") -> tuple[Any, dict | None]:
+        """With `resume`, the latest checkpoint restored into `template`'s structure (validated
+        against `identity` and `trainable_config`, see `Checkpointer.restore`), its persisted
+        evaluations and `start_step`; else `(template, None)`. Opens the metrics log either way
+        (a resumed log drops records after the checkpoint)."""
+        state, meta = template, None
+        if self.resume and self.checkpointer.latest_step() is not None:
+            state, meta = self.checkpointer.restore(template, identity=identity, trainable_config=trainable_config)
+            self.start_step = int(meta["step"])
+            for name, value in (meta.get("evals") or {}).items():
+                self.evals[name] = value
+                self._persist.add(name)
+            if meta.get("eval_before") is not None:  # run directories written before `evals`
+                self.evals.setdefault("before", meta["eval_before"])
+                self._persist.add("before")
+            self.say(f"resumed from {self.checkpointer.directory} at {unit} {self.start_step}")
+        elif self.resume:
+            self.say(f"--resume: no checkpoint in {self.checkpointer.directory}; starting from scratch")
+        self._open_logger()
+        return state, meta
+
+    def _open_logger(self) -> RunLogger:
+        if self.logger is None:
+            self.logger = RunLogger(self.directory, tensorboard=self.tensorboard, resume_step=self.start_step or None)
+            self.files["metrics"] = self.logger.path
+        return self.logger
+
+    def log(self, step: int, metrics: dict, kind: str = "train") -> None:
+        """One record in metrics.jsonl / TensorBoard (process 0)."""
+        self._open_logger().log(step, metrics, kind=kind)
+
+    @staticmethod
+    def due(done: int, every: int, total: int) -> bool:
+        """Whether step `done` of `total` is a multiple of `every` (0 = never) or the last one."""
+        return bool(every and done % every == 0) or done == total
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        """Checkpoint `state` at `step` with `meta` plus the persisted evaluations."""
+        evals = {k: _without_examples(self.evals[k]) for k in sorted(self._persist) if self.evals.get(k)}
+        meta = dict(meta, evals=evals or None, eval_before=evals.get("before"))
+        self.checkpointer.save(step, state, meta)
+
+    # ---- evaluation
+
+    def evaluate(self, name: str, step: int, fn: Callable[[], dict], *, persist: bool = False,
+                 prefix: str = "") -> dict:
+        """Run `fn()` (an evaluation returning a dict of metrics), log it at `step` (kind "eval",
+        keys prefixed with `prefix`) and keep it as `evals[name]`. `persist`: save it with every
+        checkpoint; a resumed run that has it returns the stored value without running `fn`."""
+        if persist and name in self.evals:
+            return self.evals[name]
+        result = fn()
+        self.evals[name] = result
+        if persist:
+            self._persist.add(name)
+        self.log(step, {f"{prefix}{k}": v for k, v in _without_examples(result).items()}, kind="eval")
+        return result
+
+    # ---- the end
+
+    def finish(self, summary: dict, *, title: str = "") -> dict:
+        """Plot the curves (titled `title`), write summary.json (with `files`), close the logger
+        and checkpointer. Returns the files of the run."""
+        if self.main:
+            if self.plot:
+                png = plot_curves(self._open_logger().path, os.path.join(self.directory, "curves.png"), title=title)
+                if png:
+                    self.files["plot"] = png
+            with open(os.path.join(self.directory, "summary.json"), "w") as f:
+                json.dump({**summary, "files": self.files}, f, indent=2, default=str)
+        self.close()
+        return dict(self.files)
+
+    def close(self) -> None:
+        """Close the metrics log and the checkpointer (idempotent)."""
+        if self.logger is not None:
+            self.logger.close()
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+            self.checkpointer = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _clear_checkpoints(self, ckpt_dir: str) -> None:
+        if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+            if self.main:
+                self.say(f"starting a fresh run: removing the old checkpoints in {ckpt_dir} "
+                         "(pass resume=True / --resume to continue)")
+                shutil.rmtree(ckpt_dir)
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("jaxsteer-fresh-run")
+
+
+def _without_examples(r: dict | None) -> dict:
+    return {k: v for k, v in (r or {}).items() if k != "examples"}
+
+
+__all__ = ["Run", "peak_rss_mb", "gather_rows"]

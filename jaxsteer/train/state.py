@@ -1,0 +1,114 @@
+"""Gradient-trained state shared by the gradient learners (RL now, SFT later): the optimizer, the
+train state placed on a mesh, and restoring a run's trained part from its checkpoints.
+
+A checkpoint of a gradient run holds `{"train": {"step", "trainable", "opt"}, "rng": key}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..models.params import Model
+from . import checkpoint as ckpt
+from .build import build_model
+from .config import TrainConfig, config_to_dict
+from .sharding import make_mesh, replicated, tree_shardings
+from .trainable import init_trainable
+
+
+def make_optimizer(lr: float, total_updates: int, *, warmup_frac: float = 0.03, schedule: str = "constant",
+                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   grad_clip: float = 2.0) -> tuple[optax.GradientTransformation, Callable]:
+    """Global-norm clipping + AdamW with linear warmup over `ceil(warmup_frac * total_updates)`
+    updates (update i gets `lr * (i + 1) / (warmup + 1)`, so no update is wasted at lr 0), then
+    constant (or cosine decay to 0). Returns `(tx, schedule)`."""
+    warmup = int(math.ceil(warmup_frac * total_updates)) if warmup_frac > 0 else 0
+
+    def sched(count):
+        count = jnp.asarray(count, jnp.float32)
+        ramp = jnp.minimum(1.0, (count + 1.0) / (warmup + 1.0)) if warmup else 1.0
+        if schedule == "cosine":
+            frac = jnp.clip((count - warmup) / max(total_updates - warmup, 1), 0.0, 1.0)
+            return lr * ramp * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return lr * ramp
+
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    return optax.chain(*parts), sched
+
+
+def init_state(trainable: Any, tx: optax.GradientTransformation) -> dict:
+    """Train state: `{"step": int32, "trainable": ..., "opt": optax state}` (trainable in float32)."""
+    trainable = jax.tree_util.tree_map(lambda x: jnp.array(x, jnp.float32), trainable)  # a fresh copy
+    return {"step": jnp.zeros((), jnp.int32), "trainable": trainable, "opt": tx.init(trainable)}
+
+
+@dataclasses.dataclass
+class TrainState:
+    """The base model placed on the mesh, the initial train state (with its shardings), the RNG
+    key and the optimizer of a gradient run."""
+
+    model: Model
+    state: dict
+    rng: jax.Array
+    tx: Any
+    schedule: Callable
+    base_shardings: Any
+    state_shardings: Any
+
+    def checkpoint_tree(self, state: dict | None = None, rng: jax.Array | None = None) -> dict:
+        """What a checkpoint holds: `{"train": state, "rng": rng}` (defaults: the initial ones)."""
+        return {"train": self.state if state is None else state, "rng": self.rng if rng is None else rng}
+
+
+def init_train_state(cfg: TrainConfig, model: Model, mesh, total_updates: int) -> TrainState:
+    """Place the base model on `mesh` (FSDP-sharded when the mesh's "fsdp" axis > 1), build the
+    optimizer for `total_updates` and the initial train state (created directly with its
+    shardings; "full" trainables are sharded like the base)."""
+    fsdp = mesh.shape["fsdp"] > 1
+    base_shardings = tree_shardings(model, mesh, shard=fsdp)
+    model = jax.device_put(model, base_shardings)
+    init_key, rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    trainable0 = init_trainable(model, cfg.trainable, init_key)
+    tx, sched = make_optimizer(
+        cfg.lr, total_updates, warmup_frac=cfg.warmup_frac, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
+        b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps, grad_clip=cfg.grad_clip,
+    )
+    abstract = jax.eval_shape(lambda t: init_state(t, tx), trainable0)
+    shard_state = cfg.trainable.kind == "full" and fsdp
+    state_shardings = {
+        "step": replicated(mesh),
+        "trainable": tree_shardings(abstract["trainable"], mesh, shard_state),
+        "opt": tree_shardings(abstract["opt"], mesh, shard_state),
+    }
+    state = jax.jit(lambda t: init_state(t, tx), out_shardings=state_shardings)(trainable0)
+    return TrainState(model, state, rng, tx, sched, base_shardings, state_shardings)
+
+
+def load_trainable(cfg: TrainConfig, *, step: int | None = None, model: Model | None = None, tokenizer: Any = None,
+                   devices: Sequence | None = None) -> tuple[Model, Any, Any, dict]:
+    """`(model, tokenizer, trainable, meta)` from a gradient run's latest (or `step`) checkpoint
+    in `cfg.output_dir`, validated like a resume."""
+    if model is None:
+        model, tokenizer = build_model(cfg.model)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)
+    ts = init_train_state(cfg, model, mesh, cfg.steps * cfg.algorithm.updates_per_batch)
+    checkpointer = ckpt.Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), read_only=True)
+    try:
+        restored, meta = checkpointer.restore(
+            ts.checkpoint_tree(), identity=ckpt.model_identity(ts.model, cfg.model.spec),
+            trainable_config=config_to_dict(cfg.trainable), step=step,
+        )
+    finally:
+        checkpointer.close()
+    return ts.model, tokenizer, restored["train"]["trainable"], meta
+
+
+__all__ = ["make_optimizer", "init_state", "TrainState", "init_train_state", "load_trainable"]

@@ -1,0 +1,101 @@
+"""The import graph of `jaxsteer.train`, read statically from the sources (no imports run):
+no cycles, the layers point one way (specs <- shared run machinery <- learners <- entry point),
+the learners never import each other, and no private name is imported from another module."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxsteer")
+
+
+def _modules() -> dict[str, str]:
+    """Module name -> file path for every module of the jaxsteer package."""
+    out = {}
+    for folder, _, files in os.walk(ROOT):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(folder, f), os.path.dirname(ROOT))[:-3].replace(os.sep, ".")
+                out[rel.removesuffix(".__init__")] = os.path.join(folder, f)
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: str) -> list[tuple[str, list[str]]]:
+    """(imported module, imported names) for every import statement of a module, lazy ones too."""
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            target = f"{base}.{node.module}" if node.level and node.module else (base if node.level else node.module)
+            names = [a.name for a in node.names]
+            submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in MODULES]
+            out += [(m, []) for m in submodules]
+            if len(submodules) < len(names):
+                out.append((target, [n for n in names if f"{target}.{n}" not in MODULES]))
+    return [(m, n) for m, n in out if m in MODULES]
+
+
+GRAPH = {name: {m for m, _ in _imports(name, path)} - {name} for name, path in MODULES.items()}
+TRAIN = sorted(m for m in MODULES if m == "jaxsteer.train" or m.startswith("jaxsteer.train."))
+
+
+def _cycle_from(start: str) -> list[str] | None:
+    stack, seen = [(start, [start])], set()
+    while stack:
+        node, trail = stack.pop()
+        for nxt in sorted(GRAPH[node]):
+            if nxt == start:
+                return trail + [start]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, trail + [nxt]))
+    return None
+
+
+@pytest.mark.parametrize("module", TRAIN)
+def test_no_import_cycle(module):
+    cycle = _cycle_from(module)
+    assert cycle is None, " -> ".join(cycle)
+
+
+SHARED = {f"jaxsteer.train.{m}" for m in ("build", "run", "evaluate", "state", "checkpoint", "metrics", "export",
+                                          "rewards", "data", "sharding", "lock")}
+
+
+def _layer(module: str) -> int:
+    """0 specs, 1 shared run machinery, 2 learners, 3 entry point and tools built on the learners."""
+    if module in ("jaxsteer.train.config", "jaxsteer.train.trainable"):
+        return 0
+    if module in SHARED:
+        return 1
+    if module.startswith(("jaxsteer.train.rl", "jaxsteer.train.es")):
+        return 2
+    return 3
+
+
+def test_layers_point_one_way_and_learners_stay_apart():
+    bad = []
+    for m in TRAIN:
+        for dep in GRAPH[m]:
+            if dep in TRAIN and _layer(dep) > _layer(m):
+                bad.append(f"{m} -> {dep}")
+            if _layer(m) == _layer(dep) == 2 and m.split(".")[2] != dep.split(".")[2]:
+                bad.append(f"{m} -> {dep} (a learner imports another)")
+    assert not bad, bad
+
+
+def test_no_private_names_across_modules():
+    bad = [f"{m}: from {target} import {n}" for m in TRAIN for target, names in _imports(m, MODULES[m])
+           for n in names if n.startswith("_") and target != m]
+    assert not bad, bad
