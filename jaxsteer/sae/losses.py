@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from .arch import SAE, b_dec, decode, pre_acts
+from .sparse import topk_encode_sparse_grad
 
 
 def gather_decode(sae: SAE, vals: jax.Array, idx: jax.Array, *, bias: bool = True) -> jax.Array:
@@ -64,26 +65,38 @@ def _level_mean(errs: jax.Array, levels: tuple[int, ...] | None) -> jax.Array:
     return jnp.mean(errs[jnp.asarray(levels) - 1] if levels else errs)
 
 
-def auxk_loss(sae: SAE, pre: jax.Array, residual: jax.Array, dead: jax.Array, k_aux: int) -> jax.Array:
+def auxk_loss(sae: SAE, x: jax.Array, residual: jax.Array, dead: jax.Array, k_aux: int,
+              pre: jax.Array | None = None) -> jax.Array:
     """AuxK (Gao et al. 2024): the top `k_aux` dead latents reconstruct the main residual
     `x - x_hat` (held constant); scaled by `min(n_dead / k_aux, 1)` as in SAELens; 0 if none dead.
 
-    Computed under `lax.cond`, so batches without dead latents pay nothing; the `k_aux` code is
-    decoded densely (a `[B, k_aux, d]` gather costs more than the matmul on CPU)."""
-    k_aux = min(k_aux, pre.shape[-1])
+    Computed under `lax.cond`, so batches without dead latents pay nothing (pre-activations are
+    recomputed inside when not given); the `k_aux` code is decoded densely (a `[B, k_aux, d]`
+    gather costs more than the matmul on CPU)."""
+    k_aux = min(k_aux, sae.config.d_sae)
     n_dead = jnp.sum(dead)
 
     def aux(_):
-        masked = jnp.where(dead, pre, -jnp.inf)
-        vals, idx = jax.lax.top_k(masked, k_aux)
+        p = pre_acts(sae, x) if pre is None else pre
+        vals, idx = jax.lax.top_k(jnp.where(dead, p, -jnp.inf), k_aux)
         vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0)
-        rows = jnp.arange(pre.shape[0])[:, None]
-        z = jnp.zeros_like(pre).at[rows, idx].set(vals)
+        z = jnp.zeros_like(p).at[jnp.arange(p.shape[0])[:, None], idx].set(vals)
         e_hat = z.astype(sae.dtype) @ sae.params["W_dec"]
         err = _sq_err(jax.lax.stop_gradient(residual), e_hat) / jax.lax.stop_gradient(total_variance(residual))
         return jnp.minimum(n_dead / k_aux, 1.0) * err
 
     return jax.lax.cond(n_dead > 0, aux, lambda _: jnp.zeros((), jnp.float32), None)
+
+
+def train_topk(sae: SAE, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Top-k `(values, indices)` for training: through `sparse.topk_encode_sparse_grad` (sparse
+    weight gradient) for plain TopK encoders, through autodiff otherwise (KronSAE, rescaled)."""
+    c, p = sae.config, sae.params
+    if c.kind in ("topk", "htopk") and not c.rescale_acts_by_decoder_norm:
+        bd = b_dec(sae) if c.apply_b_dec_to_input else jnp.zeros((c.d_in,), sae.dtype)
+        bias = p["b_dec"] if c.apply_b_dec_to_input and "b_dec" in p else jax.lax.stop_gradient(bd)
+        return topk_encode_sparse_grad(x.astype(sae.dtype), p["W_enc"], p["b_enc"], bias, jnp.zeros((c.k,)))
+    return sparse_topk(pre_acts(sae, x), c.k)
 
 
 def train_forward(sae: SAE, x: jax.Array, dead: jax.Array | None, *, k_aux: int = 0, aux_coef: float = 0.0,
@@ -93,42 +106,34 @@ def train_forward(sae: SAE, x: jax.Array, dead: jax.Array | None, *, k_aux: int 
     Returns `(loss, info)` with info: `fvu`, `aux`, `l0`, `fired` (`[d_sae]` bool: latent
     active somewhere in the batch), `min_active` (BatchTopK: smallest kept activation)."""
     c = sae.config
-    pre = pre_acts(sae, x)
+    pre = None
     info: dict[str, Any] = {"min_active": jnp.zeros((), jnp.float32)}
     fired = jnp.zeros((c.d_sae,), bool)
     if c.kind == "batchtopk":
-        acts = jax.nn.relu(pre).reshape(-1)
-        vals, flat_idx = jax.lax.top_k(acts, c.k * x.shape[0])
+        pre = pre_acts(sae, x)
+        vals, flat_idx = jax.lax.top_k(jax.nn.relu(pre).reshape(-1), c.k * x.shape[0])
         rows, cols = flat_idx // c.d_sae, flat_idx % c.d_sae
         contrib = vals[:, None].astype(sae.dtype) * sae.params["W_dec"][cols]
         x_hat = jax.ops.segment_sum(contrib, rows, num_segments=x.shape[0]) + b_dec(sae)
         fired = fired.at[cols].max(vals > 0)
         info["min_active"] = jnp.min(jnp.where(vals > 0, vals, jnp.inf)).astype(jnp.float32)
-        l0 = jnp.sum(vals > 0) / x.shape[0]
-    elif c.kind == "htopk":
-        vals, idx = sparse_topk(pre, c.k)
-        errs = htopk_errors(sae, x, vals, idx)
+    elif c.kind in ("topk", "htopk", "kron"):
+        vals, idx = train_topk(sae, x)
         x_hat = gather_decode(sae, vals, idx)
         fired = fired.at[idx.reshape(-1)].max((vals > 0).reshape(-1))
-        l0 = jnp.sum(vals > 0) / x.shape[0]
-    elif c.kind in ("topk", "kron"):
-        vals, idx = sparse_topk(pre, c.k)
-        x_hat = gather_decode(sae, vals, idx)
-        fired = fired.at[idx.reshape(-1)].max((vals > 0).reshape(-1))
-        l0 = jnp.sum(vals > 0) / x.shape[0]
     else:  # relu / jumprelu: dense (no sparsity penalty here: train TopK-family SAEs instead)
-        z = jax.nn.relu(pre)
-        x_hat = decode(sae, z)
-        fired = jnp.any(z > 0, axis=0)
-        l0 = jnp.sum(z > 0) / x.shape[0]
+        pre = pre_acts(sae, x)
+        vals = jax.nn.relu(pre)
+        x_hat = decode(sae, vals)
+        fired = jnp.any(vals > 0, axis=0)
     var = jax.lax.stop_gradient(total_variance(x))
     fvu = _sq_err(x, x_hat) / var
-    loss = _level_mean(errs, htopk_levels) / var if c.kind == "htopk" else fvu
+    loss = _level_mean(htopk_errors(sae, x, vals, idx), htopk_levels) / var if c.kind == "htopk" else fvu
     aux = jnp.zeros((), jnp.float32)
     if dead is not None and k_aux > 0 and aux_coef > 0:
-        aux = auxk_loss(sae, pre, x.astype(jnp.float32) - x_hat.astype(jnp.float32), dead, k_aux)
+        aux = auxk_loss(sae, x, x.astype(jnp.float32) - x_hat.astype(jnp.float32), dead, k_aux, pre)
         loss = loss + aux_coef * aux
-    info.update(fvu=fvu, aux=aux, l0=l0, fired=fired)
+    info.update(fvu=fvu, aux=aux, l0=jnp.sum(vals > 0) / x.shape[0], fired=fired)
     return loss, info
 
 
@@ -141,4 +146,4 @@ def update_threshold(theta: jax.Array, min_active: jax.Array, lr: float) -> jax.
 
 
 __all__ = ["gather_decode", "sparse_topk", "total_variance", "htopk_errors", "htopk_loss", "auxk_loss",
-           "train_forward", "update_threshold"]
+           "train_topk", "train_forward", "update_threshold"]
