@@ -89,17 +89,23 @@ def read_texts(spec: str) -> list[str]:
     return _read_file(spec)
 
 
-def pack_tokens(texts: list[str], tokenizer: Any, context: int, bos: int | None) -> np.ndarray:
-    """Tokenise documents, join them (with `bos` before each when given) and cut `[N, context]`."""
+def pack_tokens(texts: list[str], tokenizer: Any, context: int, bos: int | None, sep: str = "\n\n") -> np.ndarray:
+    """Tokenise documents, join them with `sep` and cut `[N, context]` windows, each starting
+    with `bos` when given (as SAELens does: BOS only at position 0, where `skip_first` drops it;
+    a BOS inside a window would be an attention-sink outlier in the training data)."""
+    sep_ids = tokenizer(sep, add_special_tokens=False)["input_ids"] if sep else []
     ids: list[int] = []
     for t in texts:
-        if bos is not None:
-            ids.append(int(bos))
         ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
-    n = len(ids) // context
+        ids.extend(sep_ids)
+    body = context - (1 if bos is not None else 0)
+    n = len(ids) // body
     if n == 0:
         raise ValueError(f"the text has {len(ids)} tokens, fewer than one context of {context}")
-    return np.asarray(ids[: n * context], np.int32).reshape(n, context)
+    out = np.asarray(ids[: n * body], np.int32).reshape(n, body)
+    if bos is not None:
+        out = np.concatenate([np.full((n, 1), bos, np.int32), out], axis=1)
+    return out
 
 
 def context_loader(windows: np.ndarray, batch: int, seed: int):
