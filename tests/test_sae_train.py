@@ -80,11 +80,11 @@ def test_stream_is_shuffled_and_resumable(model):
 
 def test_resume_reproduces_an_uninterrupted_run(model, text_file, tmp_path):
     tok = CharTokenizer()
-    straight = train_sae(run_cfg(text_file, tmp_path / "a"), model=model, tokenizer=tok, progress=False, say=lambda *a: None)
+    straight = train_sae(run_cfg(text_file, tmp_path / "a"), model=model, tokenizer=tok, progress=False)
     cfg_b = run_cfg(text_file, tmp_path / "b")
-    train_sae(cfg_b, model=model, tokenizer=tok, stop_after=3, progress=False, say=lambda *a: None)
+    train_sae(cfg_b, model=model, tokenizer=tok, stop_after=3, progress=False)
     assert not os.path.exists(tmp_path / "b" / "sae")
-    train_sae(cfg_b, model=model, tokenizer=tok, progress=False, say=lambda *a: None)
+    train_sae(cfg_b, model=model, tokenizer=tok, resume=True, progress=False)
     a, b = load_sae(straight), load_sae(str(tmp_path / "b"))
     for k in a.params:
         np.testing.assert_array_equal(np.asarray(a.params[k]), np.asarray(b.params[k]))
@@ -95,8 +95,7 @@ def test_resume_reproduces_an_uninterrupted_run(model, text_file, tmp_path):
 
 def test_eval_reports_metrics_and_htopk_curve(model, text_file, tmp_path):
     tok = CharTokenizer()
-    out = train_sae(run_cfg(text_file, tmp_path / "h", kind="htopk"), model=model, tokenizer=tok, progress=False,
-                    say=lambda *a: None)
+    out = train_sae(run_cfg(text_file, tmp_path / "h", kind="htopk"), model=model, tokenizer=tok, progress=False)
     res = eval_run(out, model=model, tokenizer=tok, say=lambda *a: None)
     for key in ("explained_variance", "fvu", "l0", "dead_fraction", "ce_clean", "ce_sae", "ce_zero", "loss_recovered"):
         assert np.isfinite(res[key]), key
@@ -135,4 +134,4 @@ def test_a_locked_run_directory_is_refused(model, text_file, tmp_path):
     os.makedirs(cfg.out_dir, exist_ok=True)
     with RunLock(cfg.out_dir):
         with pytest.raises(RunLockedError):
-            train_sae(cfg, model=model, tokenizer=CharTokenizer(), progress=False, say=lambda *a: None)
+            train_sae(cfg, model=model, tokenizer=CharTokenizer(), progress=False)

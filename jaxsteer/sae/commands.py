@@ -12,6 +12,7 @@ def add_parser(sub) -> None:
     t = ss.add_parser("train", help="train (or resume) an SAE on activations computed on the fly")
     t.add_argument("config", help="YAML config (see experiments/sae_*.yaml)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=100")
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     t.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     t.add_argument("--no-progress", action="store_true")
@@ -28,7 +29,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = load_run_config(args.config, args.set)
     model, tok = load_model(cfg)
-    out = train_sae(cfg, model=model, tokenizer=tok, stop_after=args.stop_after, progress=not args.no_progress)
+    out = train_sae(cfg, model=model, tokenizer=tok, resume=args.resume, stop_after=args.stop_after,
+                    progress=not args.no_progress)
     if not args.no_eval and (args.stop_after is None or args.stop_after >= cfg.train.steps):
         eval_run(out, model=model, tokenizer=tok)
 

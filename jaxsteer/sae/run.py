@@ -1,11 +1,11 @@
 """A training run: `jaxsteer sae train CONFIG.yaml` and `jaxsteer sae eval RUN_DIR`.
 
-The run directory holds `config.yaml` (what it was started with), `checkpoints/` (Orbax, via
-`jaxsteer.train.checkpoint.Checkpointer`: SAE parameters, optimizer state, step, dead-latent
-counters, and the activation stream's position in the metadata), `metrics.jsonl` + `tb/`
-(`jaxsteer.train.metrics.RunLogger`), and at the end `sae/` (SAELens format), `eval.json` and,
-for HierarchicalTopK, `ev_by_k.png`. Starting a run whose directory has checkpoints resumes
-from the latest one; the result is the same as an uninterrupted run (tested).
+The run directory is a shared `jaxsteer.train.run.Run` (lock, `config.yaml`, Orbax
+`checkpoints/` with the SAE parameters, optimizer state, step, dead-latent counters and the
+activation stream's position in the metadata, `metrics.jsonl` + `tb/`, `summary.json`), plus at
+the end `sae/` (SAELens format), `eval.json` and, for HierarchicalTopK, `ev_by_k.png`. As for
+the RL runs, a fresh run clears old checkpoints and `--resume` continues from the latest one; the
+result is the same as an uninterrupted run (tested).
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..train.checkpoint import Checkpointer, decode_data_state, encode_data_state, model_identity
-from ..train.lock import RunLock
-from ..train.metrics import RunLogger
+from ..train.checkpoint import decode_data_state, encode_data_state, model_identity
+from ..train.run import Run
 from .activations import ActivationStream, CachedActivations, cache_activations, pack_tokens, read_texts
 from .arch import SAE, SAEConfig, init_sae, reconstruct
-from .config import SAERunConfig, config_dict, load_run_config, save_run_config
+from .config import SAERunConfig, config_dict, load_run_config
 from .evaluate import evaluate_sae, plot_ev_by_k
 from .saelens import load_saelens, save_saelens
 from .train import StepConfig, init_b_dec, init_state, make_optimizer, make_step
@@ -89,78 +88,70 @@ def _stream(cfg: SAERunConfig, model, windows: np.ndarray, say: Callable = print
     return CachedActivations(b.cache, cfg.train.batch_size, seed=cfg.seed)
 
 
-def _start(cfg, ckpt, stream, sae_cfg, tx, base, identity, trainable, say) -> tuple[dict, int]:
-    """Fresh state (b_dec from the first batch, stream rewound) or the latest checkpoint's."""
-    fresh = init_sae(sae_cfg, jax.random.PRNGKey(cfg.seed))
-    if ckpt.latest_step() is None:
-        s0 = stream.get_state()
-        x0 = np.asarray(next(stream))
-        target = x0 if base is None else x0 - np.asarray(reconstruct(base, x0), np.float32)
-        stream.set_state(s0)
-        return init_state(init_b_dec(fresh, target, cfg.train.b_dec_init), tx), 0
-    state, meta = ckpt.restore(init_state(fresh, tx), identity=identity, trainable_config=trainable)
-    stream.set_state(decode_data_state(meta["data"]))
-    say(f"resuming from step {int(state['step'])}")
-    return state, int(state["step"])
+def _fresh_state(cfg, stream, sae_cfg, tx, base) -> dict:
+    """Initial state: `b_dec` from the first batch (the stream is rewound afterwards)."""
+    s0 = stream.get_state()
+    x0 = np.asarray(next(stream))
+    target = x0 if base is None else x0 - np.asarray(reconstruct(base, x0), np.float32)
+    stream.set_state(s0)
+    sae = init_sae(sae_cfg, jax.random.PRNGKey(cfg.seed))
+    return init_state(init_b_dec(sae, target, cfg.train.b_dec_init), tx)
 
 
-def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, stop_after: int | None = None,
-              progress: bool = True, say: Callable = print) -> str:
-    """Train (or resume) the run described by `cfg`; returns its directory. The directory is
-    locked for the run's life (`jaxsteer.train.lock.RunLock`): a second live run is refused."""
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with RunLock(cfg.out_dir):
-        return _train_locked(cfg, model, tokenizer, stop_after, progress, say)
+def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = False, stop_after: int | None = None,
+              progress: bool = True) -> str:
+    """Train the run described by `cfg` (or, with `resume`, continue it from its latest
+    checkpoint) on the shared `jaxsteer.train.run.Run` (lock, config.yaml, checkpoints, metrics,
+    progress bar, summary.json). Returns the run directory."""
+    run = Run(cfg.out_dir, config=config_dict(cfg), resume=resume, keep=cfg.keep, progress=progress, plot=False)
+    try:
+        if model is None:
+            model, tokenizer = load_model(cfg)
+        train_w, _ = split_windows(cfg, token_windows(cfg, tokenizer))
+        sae_cfg, scfg = sae_config(cfg, model.config.d_model), step_config(cfg, model.config.d_model)
+        base = load_sae(cfg.base_sae) if cfg.base_sae else None
+        tx = make_optimizer(scfg)
+        stream = _stream(cfg, model, train_w, run.say)
+        identity = model_identity(model, cfg.model)
+        trainable = json.loads(json.dumps({"sae": sae_cfg.to_dict(), "step": dataclasses.asdict(scfg)}))
+        template = init_state(init_sae(sae_cfg, jax.random.PRNGKey(cfg.seed)), tx)
+        state, meta = run.restore(template, identity=identity, trainable_config=trainable)
+        if meta is None:
+            state = _fresh_state(cfg, stream, sae_cfg, tx, base)
+        else:
+            stream.set_state(decode_data_state(meta["data"]))
+        step = make_step(sae_cfg, scfg, tx, base)
+        state = _loop(run, cfg, state, step, stream, {"model": identity, "trainable": trainable}, stop_after)
+    except BaseException:
+        run.close()
+        raise
+    if int(state["step"]) < cfg.train.steps:
+        run.close()
+        return cfg.out_dir
+    path = save_saelens(SAE(jax.device_get(state["sae"]), sae_cfg), os.path.join(cfg.out_dir, "sae"),
+                        context_size=cfg.context)
+    run.files["sae"] = path
+    run.finish({"steps": int(state["step"]), "sae": sae_cfg.to_dict()})
+    return cfg.out_dir
 
 
-def _train_locked(cfg: SAERunConfig, model, tokenizer, stop_after, progress, say) -> str:
-    out = cfg.out_dir
-    if model is None:
-        model, tokenizer = load_model(cfg)
-    save_run_config(cfg, os.path.join(out, "config.yaml"))
-    train_w, _ = split_windows(cfg, token_windows(cfg, tokenizer))
-    sae_cfg, scfg = sae_config(cfg, model.config.d_model), step_config(cfg, model.config.d_model)
-    base = load_sae(cfg.base_sae) if cfg.base_sae else None
-    tx = make_optimizer(scfg)
-    step = make_step(sae_cfg, scfg, tx, base)
-    stream = _stream(cfg, model, train_w, say)
-    ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=cfg.keep)
-    identity = model_identity(model, cfg.model)
-    trainable = json.loads(json.dumps({"sae": sae_cfg.to_dict(), "step": dataclasses.asdict(scfg)}))
-    state, start = _start(cfg, ckpt, stream, sae_cfg, tx, base, identity, trainable, say)
-    logger = RunLogger(out, resume_step=start if start else None)
-    state = _loop(cfg, state, start, step, stream, ckpt, logger, identity, trainable, stop_after, progress)
-    logger.close()
-    ckpt.close()
-    if int(state["step"]) >= cfg.train.steps:
-        save_saelens(SAE(jax.device_get(state["sae"]), sae_cfg), os.path.join(out, "sae"), context_size=cfg.context)
-        say(f"saved the SAE to {os.path.join(out, 'sae')} (SAELens format)")
-    return out
-
-
-def _loop(cfg, state, start, step, stream, ckpt, logger, identity, trainable, stop_after, progress):
-    from tqdm import tqdm
-
+def _loop(run, cfg, state, step, stream, meta, stop_after):
     end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, desc="sae", dynamic_ncols=True)
-    t0, n0 = time.perf_counter(), start
-    for i in range(start, end):
-        state, m = step(state, jnp.asarray(next(stream)))
-        done = i + 1
-        if done % cfg.log_every == 0 or done == end:
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
-            dt = time.perf_counter() - t0
-            m["activations_per_s"] = (done - n0) * cfg.train.batch_size / max(dt, 1e-9)
-            t0, n0 = time.perf_counter(), done
-            logger.log(done, m)
-            bar.set_postfix(ev=f"{m['explained_variance']:.3f}", l0=f"{m['l0']:.1f}", dead=f"{m['dead_fraction']:.3f}",
-                            act_s=f"{m['activations_per_s']:.0f}")
-        bar.update(1)
-        if done % cfg.save_every == 0 or done == end:
-            meta = {"model": identity, "trainable": trainable, "data": encode_data_state(stream.get_state()),
-                    "config": config_dict(cfg)}
-            ckpt.save(done, state, meta)
-    bar.close()
+    t0, n0 = time.perf_counter(), run.start_step
+    with run.progress(total=cfg.train.steps, desc="sae") as bar:
+        for i in range(run.start_step, end):
+            state, m = step(state, jnp.asarray(next(stream)))
+            done = i + 1
+            if done % cfg.log_every == 0 or done == end:
+                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                m["activations_per_s"] = (done - n0) * cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9)
+                t0, n0 = time.perf_counter(), done
+                run.log(done, m)
+                bar.set_postfix(ev=f"{m['explained_variance']:.3f}", l0=f"{m['l0']:.1f}",
+                                dead=f"{m['dead_fraction']:.3f}", act_s=f"{m['activations_per_s']:.0f}")
+            bar.update(1)
+            if run.due(done, cfg.save_every, end):
+                run.save(done, state, dict(meta, data=encode_data_state(stream.get_state()), config=config_dict(cfg)))
     return state
 
 
