@@ -20,6 +20,7 @@ import numpy as np
 from .config import ModelConfig
 from .interventions import SITES, as_tuple, check_all, check_site
 from .params import Model
+from .validation import check_binary_mask, check_token_ids
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row never turns into NaN
 
@@ -298,6 +299,8 @@ def _check_inputs(model: Model, tokens, attention_mask, positions, record):
             raise ValueError(f"{name} has shape {jnp.shape(arr)}, tokens have {jnp.shape(tokens)}")
     for site in record:
         check_site(site)
+    check_token_ids(tokens, model.config.vocab_size)
+    check_binary_mask(attention_mask)
 
 
 @functools.partial(jax.jit, static_argnames=("record", "return_logits"))
@@ -331,8 +334,8 @@ def forward(
     """
     record = (record,) if isinstance(record, str) else tuple(sorted(set(record)))
     interventions = as_tuple(interventions)
-    tokens = jnp.asarray(tokens)
     _check_inputs(model, tokens, attention_mask, positions, record)
+    tokens = jnp.asarray(tokens)
     check_all(interventions, model.config, tokens.shape[1])
     return _forward(model, tokens, attention_mask, positions, interventions, record, return_logits)
 

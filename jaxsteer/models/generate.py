@@ -18,6 +18,7 @@ import numpy as np
 from .decoder import embed, run_layers, unembed
 from .interventions import as_tuple, check_all
 from .params import Model
+from .validation import check_binary_mask, check_token_ids
 
 PROMPT_BUCKET = 32
 
@@ -259,6 +260,7 @@ def generate(
         arr = np.asarray(prompts, np.int32)
         if arr.ndim != 2:
             raise ValueError(f"token prompts must be [B, P], got shape {arr.shape}")
+        check_binary_mask(prompt_mask, "prompt_mask")
         mask = np.ones_like(arr) if prompt_mask is None else np.asarray(prompt_mask, np.int32)
         seqs = [row[m > 0].tolist() for row, m in zip(arr, mask)]
     elif len(prompts) and isinstance(prompts[0], str):
@@ -269,6 +271,9 @@ def generate(
         raise ValueError("no prompts given")
     if any(len(s) == 0 for s in seqs):
         raise ValueError("empty prompt")
+    for i, s in enumerate(seqs):
+        check_token_ids(np.asarray(s, np.int64), model.config.vocab_size, f"prompt {i}")
+    check_token_ids(np.asarray([pad_id]), model.config.vocab_size, "pad_id")
     prepared = prepare_prompts(model, seqs, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket,
                                stop_tokens=stop_tokens)
     key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from .config import ModelConfig
+from .validation import check_finite
 
 # Site name -> (rank of the activation including batch, token axis, head axis or None, feature rank)
 SITE_LAYOUT = {
@@ -101,6 +102,8 @@ class _Where:
     def _check_where(self, config: ModelConfig, n_tokens: int | None) -> None:
         name = type(self).__name__
         check_site(self.site)
+        check_finite(self.positions, f"{name}: positions")
+        check_finite(self.mask, f"{name}: mask")
         if self.layers is not None:
             for l in self.layers:
                 if not 0 <= int(l) < config.n_layers:
@@ -192,6 +195,8 @@ class Steer(_Where):
         s = jnp.shape(self.scale)
         if len(s) not in (0, 2) or (len(s) == 2 and n_tokens is not None and s[1] != n_tokens):
             raise ValueError(f"Steer: scale has shape {s}; expected a scalar or [B, T={n_tokens}]")
+        check_finite(self.vector, f"Steer at {self.site!r}: vector")
+        check_finite(self.scale, f"Steer at {self.site!r}: scale")
 
     def generation_safe(self) -> bool:
         nf = 1 if SITE_LAYOUT[self.site][3] == 1 else 2
@@ -240,6 +245,7 @@ class Patch(_Where):
         tok_ax = SITE_LAYOUT[self.site][1] + (len(v) - rank)
         if n_tokens is not None and v[tok_ax] != n_tokens:
             raise ValueError(f"Patch: values have {v[tok_ax]} tokens, the input has {n_tokens}")
+        check_finite(self.values, f"Patch at {self.site!r}: values")
 
     def generation_safe(self) -> bool:
         return False
@@ -278,6 +284,7 @@ class Ablate(_Where):
             v = jnp.shape(self.values)
             if feat is None or not (v == feat or v == (config.n_layers, *feat)):
                 raise ValueError(f"Ablate: mean values have shape {v}; expected {feat} or [L, *{feat}]")
+            check_finite(self.values, f"Ablate at {self.site!r}: mean values")
 
     def generation_safe(self) -> bool:
         return super().generation_safe() and (self.mode == "zero" or self.values is not None)
