@@ -184,3 +184,13 @@ def test_sparse_encoder_gradient_equals_autodiff():
     g_new = jax.jit(jax.grad(lambda p: sae.train_forward(sae.SAE(p, cfg), x, None)[0]))(s.params)
     for k in g_ref:
         np.testing.assert_allclose(np.asarray(g_new[k]), np.asarray(g_ref[k]), rtol=1e-4, atol=1e-6)
+
+
+def test_latent_axis_sharded_over_8_devices_matches_one_device():
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "sae_sharded_check.py")
+    out = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
+    assert "SHARDED_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]

@@ -116,6 +116,25 @@ def make_step(config: SAEConfig, cfg: StepConfig, tx: optax.GradientTransformati
     return jax.jit(step, donate_argnums=(0,))
 
 
+def shard_state(state: dict, mesh: jax.sharding.Mesh, axis: str, d_sae: int) -> dict:
+    """Place a training state on `mesh` with the latent axis (the axis of size `d_sae` of every
+    leaf: `W_enc` columns, `W_dec` rows, `b_enc`, Adam moments, dead counters) split over mesh
+    axis `axis` and everything else replicated, so an SAE wider than one device's memory trains
+    with the same `make_step` (XLA partitions the jitted step from these placements)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    def place(leaf):
+        shape = jnp.shape(leaf)
+        spec = [None] * len(shape)
+        for i, n in enumerate(shape):
+            if n == d_sae:
+                spec[i] = axis
+                break
+        return jax.device_put(leaf, NamedSharding(mesh, PartitionSpec(*spec)))
+
+    return jax.tree_util.tree_map(place, state)
+
+
 def geometric_median(x: np.ndarray, iters: int = 50, eps: float = 1e-6) -> np.ndarray:
     """Weiszfeld's algorithm: the point minimising the summed distance to the rows of `x`."""
     x = np.asarray(x, np.float64)
@@ -165,5 +184,5 @@ def fit(config: SAEConfig, batches: Iterable[np.ndarray], cfg: StepConfig, *, se
     return SAE(state["sae"], config), history
 
 
-__all__ = ["StepConfig", "make_optimizer", "init_state", "normalize_decoder", "make_step", "geometric_median",
+__all__ = ["StepConfig", "make_optimizer", "init_state", "normalize_decoder", "make_step", "shard_state", "geometric_median",
            "init_b_dec", "fit"]
