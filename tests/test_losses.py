@@ -316,3 +316,27 @@ def test_sequence_logprobs_matches_forward(tiny_model):
     assert g.shape == (L, 32) and float(jnp.abs(g).sum()) > 0
     with pytest.raises(ValueError, match="completion_start"):
         sequence_logprobs(tiny, tokens, mask, completion_start=0)
+
+
+def test_dr_grpo_per_token_weight_is_constant_across_batches():
+    """Dr. GRPO's normaliser is a constant (sampling.max_new_tokens), not the batch's trimmed width:
+    the gradient weight of one token is the same in two batches whose longest completions differ."""
+    from jaxsteer.train.config import config_from_dict
+    from jaxsteer.train.rl.learner import step_spec
+    from jaxsteer.train.rl.step import global_denominator
+
+    cfg = config_from_dict({"loss": {"aggregation": "seq_sum_norm"}, "sampling": {"max_new_tokens": 24},
+                            "algorithm": {"advantage": "mean", "group_size": 2, "prompts_per_step": 1}})
+    spec = step_spec(cfg)
+    assert spec.loss.max_len == 24
+    adv = jnp.array([1.0, -1.0])
+
+    def token_weight(width, long_len):
+        mask = jnp.zeros((2, width)).at[0, :3].set(1.0).at[1, :long_len].set(1.0)
+        logp = jnp.full((2, width), -1.0)
+        den = global_denominator(mask[None], adv[None], spec.loss)
+        grad = jax.grad(lambda lp: policy_loss(lp, sg(lp), None, adv, mask, spec.loss, denominator=den)[0])(logp)
+        return float(grad[0, 0])
+
+    short, long = token_weight(8, 5), token_weight(16, 13)  # trimmed widths 8 and 16
+    assert short == long == pytest.approx(-1.0 / (2 * 24))

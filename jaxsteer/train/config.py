@@ -47,7 +47,8 @@ class LossConfig:
     uses 0 or 0.01).
     aggregation: "token_mean" (sum over all tokens / total tokens; DAPO and the public steering
     code), "seq_mean_token_mean" (GRPO), "seq_sum_norm" (Dr. GRPO: sum / (B * max_len)).
-    max_len: the constant of "seq_sum_norm" (default: the completion width N).
+    max_len: the constant of "seq_sum_norm" (None: `sampling.max_new_tokens` in a training run, so the
+    per-token weight does not depend on the batch's longest completion; the width N in a bare `aggregate`).
     dash_tau: DASH gradient filtering; when > 0, samples with `|A| <= dash_tau` are dropped
     (masked out, so they leave every denominator too). 0 = off.
     importance_cap: truncate the importance weight `pi_theta / pi_old` at this value and use it as

@@ -58,12 +58,16 @@ class Setup:
 
 
 def step_spec(cfg: TrainConfig) -> StepSpec:
-    """The static description of the RL update a config asks for."""
+    """The static description of the RL update a config asks for (Dr. GRPO's `seq_sum_norm` constant
+    `loss.max_len` defaults to `sampling.max_new_tokens`)."""
     a = cfg.algorithm
     rows_per_micro = cfg.rollouts_per_step // a.updates_per_batch // a.micro_batches
+    loss = cfg.loss
+    if loss.aggregation == "seq_sum_norm" and loss.max_len is None:  # Dr. GRPO: a constant, not the batch width
+        loss = dataclasses.replace(loss, max_len=cfg.sampling.max_new_tokens)
     return StepSpec(
         trainable=cfg.trainable,
-        loss=cfg.loss,
+        loss=loss,
         algorithm=a.name,
         ei_threshold=a.ei_threshold,
         temperature=cfg.sampling.temperature,

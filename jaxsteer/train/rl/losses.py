@@ -88,7 +88,7 @@ def aggregate(values, mask, mode: str = "token_mean", *, max_len: int | None = N
     - "token_mean": `sum(v * m) / sum(m)`
     - "seq_mean_token_mean": mean over sequences with at least one token of `sum_t(v * m) / n_i`
     - "seq_sum_norm": `sum(v * m) / (n_seqs * max_len)`, `n_seqs` = sequences with at least one
-      token, `max_len` default N (Dr. GRPO's constant normaliser).
+      token, `max_len` default N (a training run passes the constant `sampling.max_new_tokens`: Dr. GRPO).
 
     `denominator` overrides the divisor (total tokens / number of sequences / n_seqs * max_len),
     e.g. the global batch's value when a batch is split into micro-batches whose losses are summed.
