@@ -17,11 +17,8 @@ CLEAN, CORRUPT = "The capital of France is", "The capital of Italy is"
 
 
 @pytest.fixture(scope="module")
-def real():
-    try:
-        return jaxsteer.load("smollm2-135m-instruct")
-    except FileNotFoundError as err:  # pragma: no cover
-        pytest.skip(str(err))
+def real(real_model):
+    return real_model  # conftest.py: loaded once per session
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,7 @@ class RLLearner:
         lr = float(self.setup.schedule((step + 1) * self.cfg.algorithm.updates_per_batch - 1))
         return state, rng, step_record(self.cfg, self.setup.spec, batch, m, lr, (t1 - t0, t2 - t1, t2 - t0))
 
-    def checkpoint_meta(self, done: int) -> dict:
+    def checkpoint_meta(self) -> dict:
         """What each checkpoint records besides the state (the Run adds the evaluations)."""
         return {"model": self.identity, "trainable": self.trainable_config,
                 "data_state": ckpt.encode_data_state(self.data_iter.get_state()),
@@ -246,7 +246,7 @@ def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | 
             bar.update(1)
             held_out.during(run, done, lambda: learner.policy(state))
             if run.due(done, cfg.checkpoint.every, cfg.steps):
-                run.save(done, {"train": state, "rng": rng}, learner.checkpoint_meta(done))
+                run.save(done, {"train": state, "rng": rng}, learner.checkpoint_meta())
     train_seconds = time.perf_counter() - t_train
     held_out.after(run, lambda: learner.policy(state))
     trainable = jax.device_get(state["trainable"])
