@@ -341,6 +341,10 @@ def main(argv: list[str] | None = None) -> None:
 
     add_sae_parser(sub)  # jaxsteer sae train | eval
 
+    from .train.plan import add_parser as add_plan_parser
+
+    add_plan_parser(sub)  # jaxsteer plan CONFIG --mesh ... --device ...
+
     args = parser.parse_args(argv)
     args.func(args)
 

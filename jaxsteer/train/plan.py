@@ -1,0 +1,450 @@
+"""Memory plan of a run config: per-device bytes before paying for the hardware.
+
+    jaxsteer plan experiments/paper_qwen2.5_math_7b_steering.yaml --mesh data=8,fsdp=1 --device h100
+
+Nothing is allocated: shapes come from `jax.eval_shape` of the real initialisers (`init_params`,
+`init_trainable`, `init_state` with the run's optimizer) and per-device sizes from the training
+shardings (`fsdp_spec`: the base and "full" trainables split along their largest axis divisible
+by the fsdp size, everything else replicated; rows split over data x fsdp). The model's
+architecture comes from `model.hf_config` (a Hugging Face config mapping or a config.json path),
+so paper-scale models are planned without their weights.
+
+Activations of one update micro-batch are a model of what XLA keeps alive for the backward pass
+of the RL step (`rl.step.train_step`: grouped scoring, the prompt run once per group), in
+elements per token per layer (`ACTIVATION_TERMS`) plus float32 logits and log-softmax over the
+vocabulary. The coefficients were measured on XLA:CPU (float32) with `memory_analysis()` of the
+compiled step; tests/test_plan.py checks the plan against it within 15%. Accelerator backends fuse
+more, so on a GPU or TPU this is an upper bound. Attention through XLA materialises the scores
+`[rows, H, T, S]` in float32; a flash kernel (cuDNN on GPU) keeps none, which the plan shows apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..models.config import ModelConfig, from_hf_config
+from ..models.params import Model, init_params
+from .config import ConfigError, TrainConfig, load_config
+from .sharding import fsdp_spec
+
+# Device memory per chip (bytes). TPU: HBM per chip; GPU: the card's nominal size.
+DEVICES = {
+    "v4": 32 * 2**30,
+    "v5e": 16 * 2**30,
+    "v5p": 95 * 2**30,
+    "v6e": 32 * 2**30,
+    "a100-40gb": 40 * 10**9,
+    "a100-80gb": 80 * 10**9,
+    "h100": 80 * 10**9,
+    "h200": 141 * 10**9,
+}
+
+# Elements kept per token per layer by the backward pass of the RL step without remat, by what
+# they scale with (measured on XLA:CPU, float32; see the module docstring). "scores" are float32.
+ACTIVATION_TERMS = {"d_model": 1.25, "d_mlp": 5.5, "qkv": 0.25, "scores": 3.25, "kv_cache": 1.5}
+# Added per token per layer when the weights get gradients ("lora", "full"): matmul inputs kept for dW.
+WEIGHT_GRAD_TERMS = {"d_model": 2.5, "d_mlp": 1.75, "heads": 0.5}
+LOGIT_COPIES = 4.0  # float32 [rows, N, V] arrays alive at once: logits, log-softmax, its exp, the gradient
+REMAT_CARRY = 1.0  # with remat: the residual stream entering each layer, per token, activation dtype
+REMAT_LAYER = 1.25  # with remat: working set of the one layer being recomputed, in no-remat layers
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'16GiB', '80GB', '95 gib', '1e9' -> bytes."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot read a memory size from {text!r} (e.g. 16GiB, 80GB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+# --------------------------------------------------------------------------- model and shapes
+
+
+def model_config(spec) -> ModelConfig:
+    """The architecture of a `ModelSpec` without loading weights: `hf_config` (mapping or config.json
+    path) first, then "random", a local HF directory's config.json or a GGUF file's metadata."""
+    hf = getattr(spec, "hf_config", None)
+    if isinstance(hf, str):
+        hf = json.loads(pathlib.Path(hf).expanduser().read_text())
+    if hf:
+        return from_hf_config(hf)
+    if spec.spec == "random":
+        from .build import random_model_config
+
+        return random_model_config(spec.random)
+    from ..models.loading import DEFAULT_MODEL_ALIAS, default_model_path
+
+    path = default_model_path() if spec.spec.lower() == DEFAULT_MODEL_ALIAS else pathlib.Path(spec.spec).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return from_hf_config(json.loads((path / "config.json").read_text()))
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        from ..models.gguf_file import GGUFFile, gguf_config
+
+        return gguf_config(GGUFFile(path))
+    raise ConfigError(f"model.spec={spec.spec!r} is not local; give its architecture as model.hf_config "
+                      "(a Hugging Face config mapping or a config.json path) to plan without downloading")
+
+
+def abstract_model(config: ModelConfig, dtype) -> Model:
+    """The model with `jax.ShapeDtypeStruct` leaves (nothing allocated)."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0), dtype=dtype))
+
+
+def device_bytes(tree: Any, fsdp: int = 1, shard: bool = False) -> int:
+    """Bytes one device holds of `tree`: each leaf split by `fsdp_spec` when `shard`, else whole."""
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree):
+        shape = tuple(np.shape(leaf))
+        spec = fsdp_spec(shape, fsdp) if shard else ()
+        per = [n // fsdp if ax == "fsdp" else n for n, ax in zip(shape, tuple(spec) + (None,) * len(shape))]
+        total += math.prod(per) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def _passes(rows: float, group: int, prompt: int, new: int) -> tuple[list[tuple[float, int]], int, float]:
+    """`([(rows, tokens)] through the layers, key slots S, cache rows)` of the RL step's scoring."""
+    if group > 1:  # grouped_sequence_logprobs: each prompt once, its K/V repeated for the group
+        return [(rows / group, prompt), (rows, new - 1)], prompt + new - 1, rows / group + rows
+    return [(rows, prompt + new)], prompt + new, 0.0
+
+
+def activation_bytes(c: ModelConfig, rows: float, *, group: int, prompt: int, new: int, act_bytes: int,
+                     remat: bool = False, flash: bool = False, weight_grads: bool = False) -> dict[str, float]:
+    """Bytes XLA keeps for one micro-batch's backward: `layers` (of which `scores`, the float32
+    attention scores a flash kernel would not keep) and `logits` (float32 over the vocabulary).
+    `weight_grads`: the projections get gradients (LoRA, full), so their inputs are kept too."""
+    passes, slots, cache_rows = _passes(rows, group, prompt, new)
+    tokens = sum(r * t for r, t in passes)
+    t = ACTIVATION_TERMS
+    qkv = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
+    per_token = t["d_model"] * c.d_model + t["d_mlp"] * c.d_mlp + t["qkv"] * qkv
+    if weight_grads:
+        w = WEIGHT_GRAD_TERMS
+        per_token += w["d_model"] * c.d_model + w["d_mlp"] * c.d_mlp + w["heads"] * c.n_heads * c.head_dim
+    per_token *= act_bytes
+    scores_layer = 0.0 if flash else t["scores"] * c.n_heads * slots * tokens * 4
+    cache_layer = t["kv_cache"] * cache_rows * slots * 2 * c.n_kv_heads * c.head_dim * act_bytes
+    one_layer = per_token * tokens + scores_layer + cache_layer
+    logits = LOGIT_COPIES * rows * new * c.vocab_size * 4
+    if not remat:
+        layers = c.n_layers * one_layer
+        return {"layers": layers, "scores": c.n_layers * scores_layer, "logits": logits, "total": layers + logits}
+    # remat: the residual entering every layer is kept; one layer is recomputed at a time, and its
+    # working set and the logits' are not alive together (measured: the peak takes the larger)
+    carry = c.n_layers * REMAT_CARRY * c.d_model * tokens * act_bytes
+    work = REMAT_LAYER * one_layer
+    return {"layers": carry + work, "scores": REMAT_LAYER * scores_layer, "logits": logits,
+            "total": carry + max(work, logits)}
+
+
+def kv_cache_bytes(c: ModelConfig, rows: float, slots: int, act_bytes: int) -> float:
+    """The sampler's K/V cache: 2 x L x rows x slots x KV heads x head_dim x bytes."""
+    return 2 * c.n_layers * rows * slots * c.n_kv_heads * c.head_dim * act_bytes
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    """Per-device bytes of a run on a mesh. `parts`: persistent and per-phase sizes; `peaks`: the
+    update (per activation variant) and rollout peaks; `largest`: per variant, the largest update
+    micro-batch in rows per device that fits (None: none fits; absent without a capacity)."""
+
+    model: ModelConfig
+    config: TrainConfig
+    data: int
+    fsdp: int
+    capacity: int | None
+    prompt_len: int
+    rows: float  # update micro-batch rows per device
+    rollout_rows: float  # sampler rows per device
+    parts: dict[str, float]
+    peaks: dict[str, float]
+    largest: dict[str, int | None]
+    notes: list[str]
+
+    @property
+    def fits(self) -> bool | None:
+        """Whether the run as configured fits: the rollout and the update as the step runs it today
+        (no remat, XLA attention); None without a capacity."""
+        if self.capacity is None:
+            return None
+        return max(v for k, v in self.peaks.items() if k in ("rollout", "update, no remat")) <= self.capacity
+
+
+VARIANTS = {"no remat": dict(remat=False), "remat": dict(remat=True), "remat + flash attention": dict(remat=True, flash=True)}
+
+
+def _state_shapes(cfg: TrainConfig, model: Model) -> dict:
+    """Abstract `{"step", "trainable", "opt"}` of the RL learner (the run's optimizer)."""
+    from .state import init_state, make_optimizer
+    from .trainable import init_trainable
+
+    tx, _ = make_optimizer(cfg.lr, cfg.steps, warmup_frac=cfg.warmup_frac, schedule=cfg.schedule,
+                           weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+    return jax.eval_shape(lambda m: init_state(init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), tx), model)
+
+
+def _update_batch_bytes(rows: float, prompt: int, new: int) -> float:
+    """tokens, mask (int32 [rows, P + N]), old_logp (float32 [rows, N]), advantages, rewards."""
+    return rows * (2 * 4 * (prompt + new) + 4 * new + 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What the per-phase sizes of an RL run depend on besides the micro-batch count."""
+
+    c: ModelConfig
+    cfg: TrainConfig
+    shards: int
+    prompt: int
+    act_bytes: int
+
+    def update_rows(self, micro_batches: int) -> tuple[float, int]:
+        """`(rows per device, group)` of one update micro-batch (group 1: rows scored one by one)."""
+        from .rl.learner import step_spec
+
+        a = self.cfg.algorithm
+        cfg = dataclasses.replace(self.cfg, algorithm=dataclasses.replace(a, micro_batches=micro_batches))
+        per_micro = self.cfg.rollouts_per_step // a.updates_per_batch // micro_batches
+        return per_micro / self.shards, step_spec(cfg).shared_prompts
+
+    def rollout_rows(self, micro_batches: int) -> float:
+        """Sampler rows per device: the whole batch with dash, else one micro-batch's prompts."""
+        a = self.cfg.algorithm
+        return a.prompts_per_step / (1 if a.dash else micro_batches) * a.group_size / self.shards
+
+    def transient(self, micro_batches: int) -> dict[str, Any]:
+        """Per-phase bytes at `micro_batches`: activations per variant, update batch, KV cache."""
+        rows, group = self.update_rows(micro_batches)
+        new = self.cfg.sampling.max_new_tokens
+        wg = self.cfg.trainable.kind != "steering"
+        act = {k: activation_bytes(self.c, rows, group=group, prompt=self.prompt, new=new, act_bytes=self.act_bytes,
+                                   weight_grads=wg, **kw) for k, kw in VARIANTS.items()}
+        rollout = self.rollout_rows(micro_batches)
+        kv = kv_cache_bytes(self.c, rollout, self.prompt + new, self.act_bytes)
+        return {"act": act, "batch": _update_batch_bytes(rows, self.prompt, new), "kv": kv,
+                "decode": 2 * rollout * self.c.vocab_size * 4}
+
+
+def rl_plan(cfg: TrainConfig, c: ModelConfig, model: Model, data: int, fsdp: int, capacity: int | None,
+            prompt_len: int) -> MemoryPlan:
+    """The plan of a gradient (RL) run; see `plan`."""
+    a, new = cfg.algorithm, cfg.sampling.max_new_tokens
+    lay = _Layout(c, cfg, data * fsdp, prompt_len, np.dtype(model.params["embed"].dtype).itemsize)
+    state = _state_shapes(cfg, model)
+    shard_state = cfg.trainable.kind == "full" and fsdp > 1
+    trainable = device_bytes(state["trainable"], fsdp, shard_state)
+    parts = {
+        "base parameters": device_bytes(model, fsdp, shard=fsdp > 1),
+        "trainable state": trainable,
+        "optimizer moments": device_bytes(state["opt"], fsdp, shard_state),
+        "gradients": 2 * trainable,  # the micro-batch scan's accumulator and this micro-batch's
+    }
+    if fsdp > 1:  # XLA all-gathers one layer (and the unembedding) at a time
+        layer = sum(math.prod(x.shape[1:]) * np.dtype(x.dtype).itemsize
+                    for x in jax.tree_util.tree_leaves(model.params["layers"]))
+        parts["gathered weights (fsdp: a layer + unembedding)"] = layer + c.vocab_size * c.d_model * lay.act_bytes
+    held = sum(parts.values()) - parts["gradients"]
+    t = lay.transient(a.micro_batches)
+    parts["update batch"] = t["batch"]
+    for k, v in t["act"].items():
+        parts[f"activations, {k}"] = v["layers"]
+    parts["  of which attention scores (no remat)"] = t["act"]["no remat"]["scores"]
+    parts["logits / log-softmax (float32)"] = t["act"]["no remat"]["logits"]
+    parts["rollout KV cache"] = t["kv"]
+    peaks = _peaks(held, parts["gradients"], t)
+    largest = {}
+    if capacity is not None:
+        for k in VARIANTS:
+            largest[k] = _largest_rows(lay, held, parts["gradients"], capacity, k)
+    rows, group = lay.update_rows(a.micro_batches)
+    notes = [f"update micro-batch: {cfg.rollouts_per_step // a.updates_per_batch} rollouts / "
+             f"{a.micro_batches} micro-batches / {lay.shards} shards = {rows:g} rows per device"
+             + (f", groups of {group} completions share their prompt" if group > 1 else ""),
+             f"sampler: {lay.rollout_rows(a.micro_batches):g} rows per device x {prompt_len + new} slots "
+             f"({prompt_len} prompt + {new} new tokens), data-parallel over the mesh"]
+    per_micro = cfg.rollouts_per_step // a.updates_per_batch // a.micro_batches
+    if per_micro % lay.shards:
+        notes.append(f"WARNING: a micro-batch of {per_micro} rollouts does not split over {lay.shards} batch shards; "
+                     "jaxsteer train refuses this layout")
+    return MemoryPlan(c, cfg, data, fsdp, capacity, prompt_len, rows, lay.rollout_rows(a.micro_batches), parts,
+                      peaks, largest, notes)
+
+
+def _peaks(held: float, grads: float, t: dict) -> dict[str, float]:
+    peaks = {f"update, {k}": held + grads + t["batch"] + v["total"] for k, v in t["act"].items()}
+    peaks["rollout"] = held + t["kv"] + t["decode"]
+    return peaks
+
+
+def _largest_rows(lay: _Layout, held: float, grads: float, capacity: int, variant: str) -> int | None:
+    """Largest update micro-batch (rows per device) whose update and rollout both fit, over the
+    micro_batches values that split the batch evenly over micro-batches and shards."""
+    a = lay.cfg.algorithm
+    per_update = lay.cfg.rollouts_per_step // a.updates_per_batch
+    for m in range(1, per_update + 1):
+        if per_update % m or (per_update // m) % lay.shards or (not a.dash and a.prompts_per_step % m):
+            continue
+        t = lay.transient(m)
+        p = _peaks(held, grads, t)
+        if max(p[f"update, {variant}"], p["rollout"]) <= capacity:
+            return int(lay.update_rows(m)[0])
+    return None
+
+
+def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capacity: int | None,
+            prompt_len: int) -> MemoryPlan:
+    """The plan of an evolution-strategies run: no gradients; members split over all devices, each
+    sampling `prompts_per_step` completions (the population's K/V caches at once)."""
+    es, new = cfg.es, cfg.sampling.max_new_tokens
+    act_bytes = np.dtype(model.params["embed"].dtype).itemsize
+    space = es.space_for(cfg.algorithm.name)
+    layers = {k: v.shape for k, v in model.params["layers"].items()}
+    if space == "essa":
+        r = es.essa_rank
+        frozen = sum(L * (i + o) * r for L, i, o in (layers[t] for t in es.targets)) * 4  # U, V^T
+        n = sum(layers[t][0] for t in es.targets) * max(1, math.ceil(es.top_p * r - 1e-9))
+    elif space == "eggroll":
+        frozen, n = 0, sum(math.prod(layers[t]) for t in es.targets)
+    elif space == "full":
+        frozen, n = 0, c.n_params()
+    else:
+        from .trainable import init_trainable
+
+        frozen = 0
+        n = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(
+            jax.eval_shape(lambda m: init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), model)))
+    strategy = es.strategy_for(cfg.algorithm.name)
+    members = es.member_batch or es.population
+    per_device = math.ceil(members / devices)
+    per_member = (sum(L * (i + o) * es.rank for L, i, o in (layers[t] for t in es.targets)) * 4
+                  if space == "eggroll" else n * 4 if space != "full" else n * act_bytes)
+    rows = per_device * cfg.algorithm.prompts_per_step
+    parts = {
+        "base parameters": device_bytes(model),
+        "search space (frozen U, V)" if space == "essa" else "search space": frozen + 4 * n,
+        f"strategy state ({strategy})": 4 * (n * n + 4 * n if strategy == "cma" else 3 * n),
+        f"members' parameters ({per_device} per device)": per_device * per_member,
+        "rollout KV cache": kv_cache_bytes(c, rows, prompt_len + new, act_bytes),
+    }
+    peaks = {"rollout": sum(parts.values()) + 2 * rows * c.vocab_size * 4}
+    notes = [f"{space} search space: {n:,} evolving values; population {es.population}, {members} members "
+             f"evaluated at once, {per_device} per device over {devices} devices",
+             f"sampler: {rows:g} rows per device x {prompt_len + new} slots ({prompt_len} prompt + {new} new tokens); "
+             "the base is replicated (ES uses no fsdp axis)"]
+    return MemoryPlan(c, cfg, devices, 1, capacity, prompt_len, 0, rows, parts, peaks, {}, notes)
+
+
+def plan(cfg: TrainConfig, *, data: int | None = None, fsdp: int | None = None, capacity: int | None = None,
+         prompt_len: int = 512) -> MemoryPlan:
+    """The per-device memory plan of `cfg` on a data x fsdp mesh (default: the config's mesh, with
+    -1 read as 1) of devices with `capacity` bytes each (None: report sizes only). Allocates nothing."""
+    c = model_config(cfg.model)
+    from .build import DTYPES
+
+    model = abstract_model(c, DTYPES[cfg.model.dtype])
+    data = data or (cfg.mesh.data if cfg.mesh.data > 0 else 1)
+    fsdp = fsdp or (cfg.mesh.fsdp if cfg.mesh.fsdp > 0 else 1)
+    if cfg.is_es:
+        return es_plan(cfg, c, model, data * fsdp, capacity, prompt_len)
+    return rl_plan(cfg, c, model, data, fsdp, capacity, prompt_len)
+
+
+def format_plan(p: MemoryPlan, device: str | None = None) -> str:
+    """The plan as the text `jaxsteer plan` prints."""
+    c, cfg = p.model, p.config
+    a = cfg.algorithm
+    what = (f"{a.name} ({cfg.es.space_for(a.name)} space), population {cfg.es.population}" if cfg.is_es else
+            f"{a.name}, trainable {cfg.trainable.kind}, {a.prompts_per_step} prompts x {a.group_size} = "
+            f"{cfg.rollouts_per_step} rollouts per step, micro_batches {a.micro_batches}")
+    cap = "" if p.capacity is None else f"; {fmt_bytes(p.capacity)} per device" + (f" ({device})" if device else "")
+    lines = [f"model: {c.architecture}, {c.n_params() / 1e9:.2f}B parameters ({cfg.model.dtype}): {c.n_layers} layers, "
+             f"d_model {c.d_model}, d_mlp {c.d_mlp}, {c.n_heads} heads / {c.n_kv_heads} KV heads, vocab {c.vocab_size}",
+             f"run: {what}",
+             f"mesh: data={p.data} x fsdp={p.fsdp} = {p.data * p.fsdp} devices{cap}"]
+    lines += [f"  {n}" for n in p.notes]
+    lines.append("per device:")
+    lines += [f"  {k:<50}{fmt_bytes(v):>12}" for k, v in p.parts.items()]
+    lines.append("peaks:")
+    for k, v in p.peaks.items():
+        verdict = "" if p.capacity is None else ("  fits" if v <= p.capacity else "  does NOT fit")
+        lines.append(f"  {k:<50}{fmt_bytes(v):>12}{verdict}")
+    if p.largest:
+        per_update = cfg.rollouts_per_step // a.updates_per_batch
+        shards = p.data * p.fsdp
+        lines.append("largest update micro-batch that fits (rows per device):")
+        for k, rows in p.largest.items():
+            got = "none" if rows is None else f"{rows} (micro_batches={per_update // (rows * shards)})"
+            lines.append(f"  {k:<50}{got:>12}")
+    if p.fits is not None:
+        what = "" if cfg.is_es else " (rollout; update without remat, as the RL step runs today)"
+        lines.append(f"verdict: {'fits' if p.fits else 'does NOT fit'} as configured{what}")
+    return "\n".join(lines)
+
+
+def parse_mesh(text: str) -> tuple[int, int]:
+    """'data=8,fsdp=2' -> (8, 2); a missing axis is 1."""
+    axes = {"data": 1, "fsdp": 1}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in axes or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--mesh: expected data=D,fsdp=F with positive integers, got {text!r}")
+        axes[name] = int(value)
+    return axes["data"], axes["fsdp"]
+
+
+def add_parser(sub) -> None:
+    """The `jaxsteer plan` subcommand."""
+    p = sub.add_parser("plan", help="per-device memory of a run config on a mesh, without loading weights")
+    p.add_argument("config", help="YAML run config (model.hf_config gives the architecture without a download)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--mesh", help="data=D,fsdp=F (default: the config's mesh, -1 read as 1)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--device-memory", help="memory per device, e.g. 16GiB, 80GB")
+    group.add_argument("--device", choices=sorted(DEVICES), help="a known accelerator's memory per device")
+    p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens per row (default 512)")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args) -> None:
+    """Print the plan; a bad config, mesh or size is one line, not a traceback."""
+    try:
+        cfg = load_config(args.config, args.overrides)
+        data, fsdp = parse_mesh(args.mesh) if args.mesh else (None, None)
+        capacity = DEVICES[args.device] if args.device else parse_bytes(args.device_memory) if args.device_memory else None
+        if args.prompt_len < 1:
+            raise ValueError(f"--prompt-len must be positive, got {args.prompt_len}")
+        result = plan(cfg, data=data, fsdp=fsdp, capacity=capacity, prompt_len=args.prompt_len)
+    except (ValueError, OSError) as e:  # ConfigError and UnsupportedConfigError are ValueErrors
+        raise SystemExit(f"jaxsteer plan: {e}") from None
+    print(format_plan(result, args.device))
+
+
+__all__ = ["DEVICES", "ACTIVATION_TERMS", "WEIGHT_GRAD_TERMS", "LOGIT_COPIES", "MemoryPlan", "model_config", "abstract_model",
+           "device_bytes", "activation_bytes", "kv_cache_bytes", "plan", "rl_plan", "es_plan", "format_plan",
+           "parse_bytes", "parse_mesh", "add_parser"]

@@ -1,0 +1,157 @@
+"""`jaxsteer plan`: the memory plan against XLA's own accounting of the compiled RL step, and a
+paper-scale (7B) plan that allocates no weights."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxsteer.models.decoder import default_positions, embed, run_layers, unembed
+from jaxsteer.models.interventions import Steer
+from jaxsteer.train.config import config_from_dict, load_config
+from jaxsteer.train.plan import (DEVICES, abstract_model, activation_bytes, model_config, parse_bytes, parse_mesh,
+                                 plan)
+from jaxsteer.train.rl.learner import step_spec
+from jaxsteer.train.rl.scoring import token_logprobs
+from jaxsteer.train.rl.step import train_step
+from jaxsteer.train.state import init_state, make_optimizer
+from jaxsteer.train.trainable import init_trainable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(vocab_size=512, d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, d_mlp=128,
+            max_position_embeddings=512)
+S = jax.ShapeDtypeStruct
+
+
+def tiny_config(kind="steering", rows=16, group=4, prompt=8, new=8, **model):
+    return config_from_dict({
+        "model": {"spec": "random", "random": {**TINY, **model}},
+        "trainable": {"kind": kind},
+        "algorithm": {"advantage": "grpo", "group_size": group, "prompts_per_step": rows // group},
+        "sampling": {"max_new_tokens": new},
+    })
+
+
+def xla_step_memory(cfg, prompt: int) -> dict:
+    """XLA's memory analysis of the RL step (`train_step`) compiled for `cfg` on abstract inputs."""
+    c = model_config(cfg.model)
+    model = abstract_model(c, jnp.float32)
+    tx, _ = make_optimizer(cfg.lr, cfg.steps)
+    state = jax.eval_shape(lambda m: init_state(init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), tx), model)
+    B, T, N = cfg.rollouts_per_step, prompt + cfg.sampling.max_new_tokens, cfg.sampling.max_new_tokens
+    batch = {"tokens": S((1, B, T), jnp.int32), "mask": S((1, B, T), jnp.int32), "old_logp": S((1, B, N), jnp.float32),
+             "advantages": S((1, B), jnp.float32), "rewards": S((1, B), jnp.float32)}
+    fn = jax.jit(functools.partial(train_step, spec=step_spec(cfg), tx=tx, prompt_width=prompt), donate_argnums=(1,))
+    ma = fn.lower(model, state, batch).compile().memory_analysis()
+    return {"arg": ma.argument_size_in_bytes, "total": ma.argument_size_in_bytes + ma.output_size_in_bytes
+            - ma.alias_size_in_bytes + ma.temp_size_in_bytes, "temp": ma.temp_size_in_bytes}
+
+
+def close(a, b, tol=0.15):
+    return abs(a / b - 1) <= tol
+
+
+@pytest.mark.parametrize("kind, group, prompt, new, model", [
+    ("steering", 4, 8, 8, {}),                                # grouped scoring (prompt once per group)
+    ("steering", 1, 8, 16, {}),                               # every row scored whole
+    ("steering", 8, 12, 20, dict(vocab_size=2048, d_model=96, d_mlp=256, n_heads=6)),
+    ("lora", 4, 8, 8, {}),
+    ("full", 4, 8, 8, {}),
+])
+def test_plan_matches_xla_memory_analysis(kind, group, prompt, new, model):
+    cfg = tiny_config(kind, rows=16 if group < 8 else 24, group=group, prompt=prompt, new=new, **model)
+    p = plan(cfg, data=1, fsdp=1, prompt_len=prompt)
+    xla = xla_step_memory(cfg, prompt)
+    parts = p.parts
+    temp = parts["gradients"] + parts["activations, no remat"] + parts["logits / log-softmax (float32)"]
+    assert close(temp, xla["temp"]), (temp, xla["temp"])
+    state = parts["trainable state"] + parts["optimizer moments"]
+    if kind == "full":  # the step never reads the frozen base (no KL term): XLA drops that argument
+        assert close(state + parts["update batch"], xla["arg"]), (state, xla["arg"])
+    else:
+        assert close(p.peaks["update, no remat"], xla["total"]), (p.peaks, xla)
+
+
+def scoring_loss(vectors, model, tokens, mask, adv, prompt, remat):
+    """The step's ungrouped scoring (`sequence_logprobs`) with the layer scan optionally rematerialised."""
+    positions = default_positions(tokens, mask)
+    k_pos = jnp.where(mask.astype(bool), positions, -1)
+    h, _, _ = run_layers(model, embed(model, tokens), positions, k_pos, (Steer(vectors, site="resid_post"),),
+                         frozenset(), remat=remat)
+    logp, _ = token_logprobs(unembed(model, h[:, prompt - 1:-1]), tokens[:, prompt:], mask[:, prompt:])
+    return -jnp.sum(logp * adv[:, None])
+
+
+@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("rows, prompt, new, model", [(16, 8, 8, {}), (8, 16, 16, dict(d_mlp=512, vocab_size=2048))])
+def test_activations_with_and_without_remat_match_xla(remat, rows, prompt, new, model):
+    c = model_config(tiny_config(**model).model)
+    args = (S((c.n_layers, c.d_model), jnp.float32), abstract_model(c, jnp.float32), S((rows, prompt + new), jnp.int32),
+            S((rows, prompt + new), jnp.int32), S((rows,), jnp.float32))
+    grad = jax.jit(jax.grad(functools.partial(scoring_loss, prompt=prompt, remat=remat), argnums=0),
+                   static_argnums=())
+    temp = grad.lower(*args).compile().memory_analysis().temp_size_in_bytes
+    est = activation_bytes(c, rows, group=1, prompt=prompt, new=new, act_bytes=4, remat=remat)["total"]
+    assert close(est, temp), (est, temp)
+
+
+PAPER_SCRIPT = r"""
+import json, resource, sys
+import jaxsteer.train.plan as P
+from jaxsteer.train.config import load_config
+from jaxsteer.cli import main
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = rss()
+main(["plan", sys.argv[1], "--mesh", "data=8,fsdp=8", "--device", "v5e", "--prompt-len", "512"])
+out = {}
+for path in sys.argv[2:]:
+    p = P.plan(load_config(path), data=8, fsdp=1, capacity=P.DEVICES["h100"])
+    out[path] = {"peaks": p.peaks, "params": p.model.n_params()}
+print(json.dumps({"grew": rss() - before, "plans": out}))
+"""
+
+
+def test_paper_scale_plans_allocate_no_weights():
+    """7B-8B configs plan from their shipped HF config values in a fresh process whose peak RSS grows
+    by a few hundred MB at most (a bfloat16 7B alone would be 15 GB)."""
+    paths = sorted(os.path.join(ROOT, "experiments", f) for f in os.listdir(os.path.join(ROOT, "experiments"))
+                   if f.startswith("paper_") and f.endswith(".yaml"))
+    assert len(paths) == 4
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", PAPER_SCRIPT, paths[-1], *paths], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    text, last = res.stdout.rsplit("\n", 2)[0], json.loads(res.stdout.strip().splitlines()[-1])
+    assert last["grew"] < 400 * 2**20, last["grew"]
+    assert "per device:" in text and "largest update micro-batch" in text
+    params = {os.path.basename(k): v["params"] for k, v in last["plans"].items()}
+    assert round(params["paper_qwen2.5_math_7b_steering.yaml"] / 1e9, 2) == 7.62
+    assert round(params["paper_qwen2.5_math_1.5b_steering.yaml"] / 1e9, 2) == 1.54
+    assert round(params["paper_llama3.1_8b_instruct_steering.yaml"] / 1e9, 2) == 8.03
+    for k, v in last["plans"].items():
+        assert all(x > 0 for x in v["peaks"].values()), k
+
+
+def test_hf_config_from_a_config_json(tmp_path):
+    cfg_7b = load_config(os.path.join(ROOT, "experiments", "paper_qwen2.5_math_7b_steering.yaml"))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg_7b.model.hf_config))
+    cfg = load_config(os.path.join(ROOT, "experiments", "paper_qwen2.5_math_7b_steering.yaml"),
+                      [f"model.hf_config={path}"])
+    assert model_config(cfg.model) == model_config(cfg_7b.model)
+
+
+def test_small_parsers():
+    assert parse_bytes("16GiB") == DEVICES["v5e"] and parse_bytes("80GB") == DEVICES["h100"]
+    assert parse_mesh("data=8,fsdp=2") == (8, 2) and parse_mesh("fsdp=4") == (1, 4)
+    with pytest.raises(ValueError):
+        parse_mesh("tensor=2")
+    with pytest.raises(ValueError):
+        parse_bytes("lots")
