@@ -181,6 +181,8 @@ class AlgorithmConfig:
     updates_per_batch: off-policy minibatch updates per rollout batch (RAPID-style): the batch is
     split into this many minibatches, one optimizer step each, importance-weighted against the
     stored pi_old log-probs (set `loss.importance_cap`). 1 = on-policy.
+    dynamic_sampling / dynamic_sampling_rounds / overlong_buffer: DAPO's dynamic sampling and overlong
+    reward shaping (see `rl.dynamic` and `rewards.overlong_penalty`).
     """
 
     name: str = "grpo"
@@ -192,6 +194,9 @@ class AlgorithmConfig:
     updates_per_batch: int = 1
     ei_threshold: float = 0.0
     log_kl: bool = False  # score the reference policy each step to log KL even when loss.kl_coef = 0
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all agree, sample more prompts to refill
+    dynamic_sampling_rounds: int = 3  # extra sampling rounds allowed per step to refill the batch
+    overlong_buffer: int = 0  # DAPO soft overlong punishment: L_cache tokens before sampling.max_new_tokens (0 = off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +307,9 @@ class TrainConfig:
             (not (a.dash and a.updates_per_batch > 1), "algorithm.dash and algorithm.updates_per_batch > 1 exclude each other"),
             (self.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {self.model.dtype!r}"),
             (self.sampling.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1"),
+            (a.dynamic_sampling_rounds >= 0, "algorithm.dynamic_sampling_rounds must be >= 0"),
+            (0 <= a.overlong_buffer <= self.sampling.max_new_tokens,
+             "algorithm.overlong_buffer must be in [0, sampling.max_new_tokens]"),
             (self.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
         ]
         for ok, msg in checks:
@@ -338,7 +346,8 @@ class TrainConfig:
 # Fields only one learner reads ("section" = every field of it). The rest is shared.
 RL_ONLY = ("lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "adam_eps", "grad_clip", "loss", "mesh",
            "algorithm.advantage", "algorithm.group_size", "algorithm.micro_batches", "algorithm.dash",
-           "algorithm.updates_per_batch", "algorithm.ei_threshold", "algorithm.log_kl")
+           "algorithm.updates_per_batch", "algorithm.ei_threshold", "algorithm.log_kl", "algorithm.dynamic_sampling",
+           "algorithm.dynamic_sampling_rounds", "algorithm.overlong_buffer")
 ES_ONLY = ("es",)
 
 

@@ -451,6 +451,21 @@ def token_reward(fn: Callable) -> Callable:
     return fn
 
 
+def overlong_penalty(lengths, max_len: int, buffer: int):
+    """DAPO's soft overlong punishment (arXiv 2503.14476, section 3.4), added to the task reward `[B]`:
+    0 for `|y| <= L_max - L_cache`, `((L_max - L_cache) - |y|) / L_cache` inside the last `L_cache`
+    tokens (falling linearly to -1 at `L_max`), -1 beyond `L_max`. `L_max` = `max_len` (the
+    generation limit; a completion cut off there gets -1), `L_cache` = `buffer` (0 = off: all 0).
+    The paper uses L_max 20,480 and L_cache 4,096 (a fifth)."""
+    import numpy as np
+
+    n = np.asarray(lengths, np.float32)
+    if buffer <= 0:
+        return np.zeros_like(n)
+    inside = np.minimum(0.0, ((max_len - buffer) - n) / np.float32(buffer))
+    return np.where(n > max_len, -1.0, inside).astype(np.float32)
+
+
 def score_completions(reward_fn: Callable, examples, prompt_ids, out, repeats: int = 1):
     """Rewards `[B]` (float32) for rows `[e0 x repeats, e1 x repeats, ...]` of sampled completions
     `out` (a `Generation`-like object: tokens `[B, N]`, lengths `[B]`, texts or None)."""
@@ -474,6 +489,7 @@ __all__ = [
     "RewardFn",
     "token_reward",
     "score_completions",
+    "overlong_penalty",
     "extract_gsm8k",
     "extract_boxed",
     "extract_last_number",

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from ...models.generate import pad_id_for
 from ...models.params import Model
 from .. import checkpoint as ckpt
 from ..build import Inputs
@@ -35,6 +36,7 @@ from ..run import Run, gather_rows, peak_rss_mb
 from ..sharding import batch_sharding, global_batch, make_mesh, n_batch_shards, replicated
 from ..state import init_train_state
 from ..trainable import build_policy, count_params
+from .dynamic import fill_batch
 from .losses import group_advantages, zero_std_fraction
 from .rollout import RolloutBatch, collect
 from .step import StepSpec, compile_step
@@ -129,11 +131,12 @@ def step_record(cfg: TrainConfig, spec: StepSpec, batch: RolloutBatch, m: dict, 
     t_roll, t_upd, t_step = times
     G = cfg.algorithm.group_size
     rewards, lengths = gather_rows(batch.rewards), gather_rows(batch.lengths.astype(np.float32))
+    task = rewards if batch.task_rewards is None else gather_rows(batch.task_rewards)
     return {
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
-        "accuracy": float((rewards > 0).mean()),
-        "zero_std_fraction": float(zero_std_fraction(rewards, G)) if G > 1 else 1.0,
+        "accuracy": float((task > 0).mean()),
+        "zero_std_fraction": float(zero_std_fraction(task, G)) if G > 1 else 1.0,
         "completion_length": float(lengths.mean()),
         "entropy": m.get("entropy"),
         "kl": m.get("kl") if spec.need_ref else None,
@@ -179,6 +182,7 @@ class RLLearner:
         self.data_iter = iter(loader)
         self.identity = ckpt.model_identity(self.setup.model, cfg.model.spec)
         self.trainable_config = config_to_dict(cfg.trainable)
+        self.rollout_stats: dict = {}  # dynamic sampling's rounds / dropped / short groups of the last step
 
     def policy(self, state: dict) -> tuple[Model, tuple]:
         """The current policy `(model, interventions)`."""
@@ -187,14 +191,25 @@ class RLLearner:
     def rollout(self, state: dict, key: jax.Array) -> RolloutBatch:
         """Sample, score and compute advantages for the next batch of prompts."""
         a, inp = self.cfg.algorithm, self.inputs
-        examples = next(self.data_iter)
         G = a.group_size
         advantage_fn = (lambda r: np.asarray(group_advantages(r, G, a.advantage))) if a.name == "grpo" else (lambda r: r)
-        return collect(
-            *self.policy(state), examples, [inp.encode(e) for e in examples], group_size=G, calls=self.calls,
-            tokenizer=inp.tokenizer, key=jax.random.fold_in(key, jax.process_index()), reward_fn=inp.reward_fn,
-            advantage_fn=advantage_fn, sampling=self.cfg.sampling,
-        )
+        model, ivs = self.policy(state)
+        key = jax.random.fold_in(key, jax.process_index())
+
+        def sample(round_: int) -> RolloutBatch:  # round 0 = the step's batch, then DAPO's extra rounds
+            examples = next(self.data_iter)
+            return collect(
+                model, ivs, examples, [inp.encode(e) for e in examples], group_size=G, calls=self.calls,
+                tokenizer=inp.tokenizer, key=key if round_ == 0 else jax.random.fold_in(key, round_),
+                reward_fn=inp.reward_fn, advantage_fn=advantage_fn, sampling=self.cfg.sampling,
+                overlong_buffer=a.overlong_buffer,
+            )
+
+        if not a.dynamic_sampling:
+            return sample(0)
+        batch, self.rollout_stats = fill_batch(sample, a.prompts_per_step // jax.process_count(), G,
+                                               a.dynamic_sampling_rounds, pad_id_for(model, inp.tokenizer))
+        return batch
 
     def step(self, state: dict, rng: jax.Array, step: int) -> tuple[dict, jax.Array, dict]:
         """One training step: rollout, update(s), the logged record."""
@@ -205,7 +220,8 @@ class RLLearner:
         state, m = update(self.step_fn, self.setup, state, batch, self.cfg, self.mesh)
         t2 = time.perf_counter()
         lr = float(self.setup.schedule((step + 1) * self.cfg.algorithm.updates_per_batch - 1))
-        return state, rng, step_record(self.cfg, self.setup.spec, batch, m, lr, (t1 - t0, t2 - t1, t2 - t0))
+        record = step_record(self.cfg, self.setup.spec, batch, m, lr, (t1 - t0, t2 - t1, t2 - t0))
+        return state, rng, {**record, **self.rollout_stats}
 
     def checkpoint_meta(self) -> dict:
         """What each checkpoint records besides the state (the Run adds the evaluations)."""

@@ -17,7 +17,7 @@ import numpy as np
 from ...models.generate import default_stop_tokens, generate, pad_id_for
 from ...models.params import Model
 from ..config import SamplingSpec
-from ..rewards import score_completions
+from ..rewards import overlong_penalty, score_completions
 
 
 @dataclasses.dataclass
@@ -26,7 +26,8 @@ class RolloutBatch:
 
     tokens / mask `[B, P + N]` (prompt left-padded to width P, completion after it), old_logp `[B, N]`
     (sampling-distribution log-probs, 0 on padding), rewards / advantages `[B]`, lengths `[B]`,
-    texts (decoded completions or None), seconds spent sampling, and `prompt_width` = P."""
+    texts (decoded completions or None), seconds spent sampling, and `prompt_width` = P.
+    task_rewards `[B]`: the rewards before length shaping (= rewards without it)."""
 
     tokens: np.ndarray
     mask: np.ndarray
@@ -37,6 +38,7 @@ class RolloutBatch:
     prompt_width: int
     texts: list[str] | None
     sample_seconds: float
+    task_rewards: np.ndarray | None = None
 
     @property
     def completion_mask(self) -> np.ndarray:
@@ -83,11 +85,12 @@ def collect(
     sampling: SamplingSpec,
     trim_multiple: int = 8,
     stop_tokens: Sequence[int] | None = None,
+    overlong_buffer: int = 0,
 ) -> RolloutBatch:
     """Sample G completions per prompt in `calls` sampler calls (1 = the whole batch at once, as
     DASH's preemptive sampling) with the `sampling` settings, score them and compute advantages.
     `stop_tokens` default to the model's and tokenizer's EOS (`()` = always generate
-    `max_new_tokens`)."""
+    `max_new_tokens`). `overlong_buffer` > 0 adds DAPO's soft overlong punishment to the rewards."""
     if len(examples) % calls:
         raise ValueError(f"{len(examples)} prompts do not split into {calls} sampling calls")
     per = len(examples) // calls
@@ -111,6 +114,8 @@ def collect(
     tokens, mask, old_logp, P = _join(parts, pad_id_for(model, tokenizer))
     tokens, mask, old_logp = trim_completions(tokens, mask, old_logp, P, trim_multiple)
     lengths = np.concatenate([o.lengths for o in parts])
+    task_rewards = rewards
+    rewards = rewards + overlong_penalty(lengths, sampling.max_new_tokens, overlong_buffer)
     return RolloutBatch(
         tokens=tokens.astype(np.int32),
         mask=mask,
@@ -121,6 +126,7 @@ def collect(
         prompt_width=P,
         texts=texts or None,
         sample_seconds=seconds,
+        task_rewards=task_rewards,
     )
 
 

@@ -1,0 +1,119 @@
+"""DAPO's two data-side parts: dynamic sampling (drop groups whose rewards all agree, refill) and the
+soft overlong punishment, checked by hand at the boundary lengths."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from jaxsteer.train.config import SamplingSpec, config_from_dict
+from jaxsteer.train.data import Example
+from jaxsteer.train.rewards import overlong_penalty, token_reward
+from jaxsteer.train.rl.dynamic import fill_batch, informative_groups
+from jaxsteer.train.rl.losses import group_advantages
+from jaxsteer.train.rl.rollout import collect
+
+PLANTED = 2  # prompts that start with this token always get the same reward
+
+
+@token_reward
+def planted_reward(prompt_ids, completion_ids, reference) -> float:
+    if prompt_ids[0] == PLANTED:
+        return -1.0  # every sample of a planted prompt agrees: no learning signal
+    return 1.0 if completion_ids and completion_ids[0] % 2 == 0 else -1.0
+
+
+def _examples(seed: int, n: int, planted: int):
+    rng = np.random.RandomState(seed)
+    out = []
+    for i in range(n):
+        ids = rng.randint(3, 50, size=4).tolist()
+        if i < planted:
+            ids[0] = PLANTED
+        out.append(Example(f"p{seed}-{i}", "x", {"prompt_ids": ids}))
+    return out
+
+
+def test_dynamic_sampling_refills_a_batch_without_the_planted_prompts(tiny_model):
+    G, n_prompts = 4, 4
+    rounds = itertools.count()
+    seen = []
+
+    def sample(r):
+        examples = _examples(next(rounds), n_prompts, planted=2)  # half of every round is planted
+        seen.append(r)
+        return collect(tiny_model, (), examples, [e.meta["prompt_ids"] for e in examples], group_size=G, calls=1,
+                       tokenizer=None, key=jax.random.PRNGKey(r), reward_fn=planted_reward,
+                       advantage_fn=lambda x: np.asarray(group_advantages(x, G, "rloo")),
+                       sampling=SamplingSpec(max_new_tokens=4, temperature=2.0), stop_tokens=())
+
+    batch, stats = fill_batch(sample, n_prompts, G, max_rounds=8, pad_id=0)
+    assert len(batch.rewards) == n_prompts * G  # the batch is full
+    assert stats["dynamic_rounds"] >= 1 and stats["dynamic_short_groups"] == 0 and seen == list(range(len(seen)))
+    assert informative_groups(batch.rewards, G).all()  # no group without signal (the planted ones) is left
+    assert stats["dynamic_dropped_groups"] >= 2 * len(seen)
+    assert not np.any(batch.tokens[:, batch.prompt_width - 4] == PLANTED)
+    assert np.abs(batch.advantages).sum() > 0
+
+
+def test_dynamic_sampling_cap_completes_with_dropped_groups(tiny_model):
+    G = 2
+
+    def sample(r):
+        examples = _examples(r, 2, planted=2)  # nothing but planted prompts
+        return collect(tiny_model, (), examples, [e.meta["prompt_ids"] for e in examples], group_size=G, calls=1,
+                       tokenizer=None, key=jax.random.PRNGKey(r), reward_fn=planted_reward,
+                       advantage_fn=lambda x: np.asarray(group_advantages(x, G, "rloo")),
+                       sampling=SamplingSpec(max_new_tokens=3), stop_tokens=())
+
+    batch, stats = fill_batch(sample, 2, G, max_rounds=2, pad_id=0)
+    assert len(batch.rewards) == 4 and stats["dynamic_rounds"] == 2 and stats["dynamic_short_groups"] == 2
+    assert np.all(batch.advantages == 0)
+
+
+def test_overlong_penalty_at_the_boundaries():
+    L_max, L_cache = 20, 4  # punishment starts after 16 tokens, reaches -1 at 20
+    lengths = [0, 15, 16, 17, 18, 19, 20, 21]
+    want = [0, 0, 0, -0.25, -0.5, -0.75, -1.0, -1.0]
+    np.testing.assert_allclose(overlong_penalty(lengths, L_max, L_cache), want)
+    np.testing.assert_array_equal(overlong_penalty(lengths, L_max, 0), np.zeros(8))  # off
+    # The paper's numbers: L_max 20,480, L_cache 4,096.
+    np.testing.assert_allclose(overlong_penalty([16384, 18432, 20480], 20480, 4096), [0, -0.5, -1.0])
+
+
+def test_overlong_shaping_in_collect(tiny_model):
+    """collect adds the penalty to the rewards (advantages from the shaped rewards) and keeps the task reward."""
+    G = 2
+    examples = _examples(0, 2, planted=0)
+    out = collect(tiny_model, (), examples, [e.meta["prompt_ids"] for e in examples], group_size=G, calls=1,
+                  tokenizer=None, key=jax.random.PRNGKey(0), reward_fn=planted_reward,
+                  advantage_fn=lambda x: np.asarray(x), sampling=SamplingSpec(max_new_tokens=4), stop_tokens=(),
+                  overlong_buffer=2)
+    assert np.all(out.lengths == 4)  # no stop token: every completion runs to the limit
+    np.testing.assert_allclose(out.rewards, out.task_rewards - 1.0)
+    np.testing.assert_allclose(out.advantages, out.rewards)
+
+
+def test_dapo_config_fields():
+    cfg = config_from_dict({"algorithm": {"dynamic_sampling": True, "overlong_buffer": 8}, "sampling": {"max_new_tokens": 32}})
+    assert cfg.algorithm.dynamic_sampling and cfg.algorithm.overlong_buffer == 8
+    with pytest.raises(ValueError, match="overlong_buffer"):
+        config_from_dict({"algorithm": {"overlong_buffer": 64}, "sampling": {"max_new_tokens": 32}})
+    with pytest.raises(ValueError, match="not used"):
+        config_from_dict({"algorithm": {"name": "es", "dynamic_sampling": True}})
+
+
+def test_dapo_run_on_the_toy_task(tmp_path):
+    """All four DAPO parts in one run (clip-higher, token-mean loss, dynamic sampling, overlong shaping)."""
+    import train_toy as T
+    from jaxsteer.train import train
+
+    flags = {"algorithm.dynamic_sampling": True, "algorithm.overlong_buffer": 2, "loss.clip_eps_low": 0.2,
+             "loss.clip_eps_high": 0.28, "loss.aggregation": "token_mean", "steps": 3, "checkpoint.every": 0}
+    result = train(config_from_dict(T.config_dict(str(tmp_path / "dapo"), **flags)))
+    h = result.history[-1]
+    assert {"dynamic_rounds", "dynamic_dropped_groups", "dynamic_short_groups"} <= set(h)
+    assert h["dynamic_short_groups"] == 0 and h["zero_std_fraction"] == 0.0
