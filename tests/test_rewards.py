@@ -256,3 +256,57 @@ def test_get_reward_fn():
         get_reward_fn("nope")
     with pytest.raises(ValueError, match="callable"):
         get_reward_fn("jaxsteer.train.rewards:RewardFn_missing")
+
+
+# --------------------------------------------------------------------------- strict vs lenient extraction
+
+
+@pytest.mark.parametrize(
+    "completion, lenient, strict",
+    [
+        ("The answer is 58", "58", None),  # no box, no ####: strict has no answer
+        ("58", "58", None),
+        ("so \\boxed{58}. Also 12", "58", "58"),
+        ("work... #### 58", "58", "58"),
+        ("\\boxed{3} then #### 4", "3", "3"),
+        ("no number", None, None),
+    ],
+)
+def test_strict_and_lenient_extraction(completion, lenient, strict):
+    assert extract_answer(completion) == lenient
+    assert extract_answer(completion, strict=True) == strict
+
+
+def test_strict_correctness_reward_and_modes():
+    from jaxsteer.train.rewards import get_reward_fn, strict_correctness_reward
+
+    assert correctness_reward("", "The sum is 58", "58") == 1.0
+    assert strict_correctness_reward("", "The sum is 58", "58") == -1.0
+    assert strict_correctness_reward("", "The sum is \\boxed{58}", "58") == 1.0
+    assert get_reward_fn("correctness_strict") is strict_correctness_reward
+    for fn in (correctness_reward, strict_correctness_reward):
+        assert fn.extraction_modes == {"lenient": correctness_reward, "strict": strict_correctness_reward}
+
+
+def test_evaluation_reports_both_extraction_modes(tiny_model):
+    """HeldOut gives the correctness reward's strict and lenient modes to the evaluation, which scores the
+    same completions under each (here token rewards standing in for the two modes)."""
+    import numpy as np
+
+    from jaxsteer.train.config import TrainConfig
+    from jaxsteer.train.data import Example
+    from jaxsteer.train.evaluate import HeldOut, format_result
+    from jaxsteer.train.rewards import token_reward
+
+    lenient = token_reward(lambda p, c, r: 1.0)
+    strict = token_reward(lambda p, c, r: 1.0 if c and c[0] % 2 == 0 else -1.0)
+    lenient.extraction_modes = {"lenient": lenient, "strict": strict}
+    examples = [Example(f"e{i}", "x", {"prompt_ids": [3 + i, 7, 9]}) for i in range(6)]
+    held = HeldOut.from_config(TrainConfig(), examples, lambda e: e.meta["prompt_ids"], None, lenient)
+    r = held(tiny_model, (), max_new_tokens=3, batch_size=6, bucket=1, samples=2)
+    assert r["greedy_acc"] == r["greedy_acc_lenient"] == 1.0 and r["pass1_lenient"] == 1.0
+    assert 0.0 <= r["greedy_acc_strict"] <= 1.0 and len(r["greedy_ci_strict"]) == 2 and "pass1_strict" in r
+    assert "strict" in format_result("base", r) and "lenient" in format_result("base", r)
+    assert HeldOut.from_config(TrainConfig(), examples, lambda e: [1], None, correctness_reward).settings["modes"] \
+        == correctness_reward.extraction_modes
+    assert np.isfinite(r["greedy_acc_strict"])

@@ -3,7 +3,8 @@
 - greedy accuracy: fraction of problems whose greedy completion earns a positive reward, with a
   95% Wilson score interval;
 - sampled pass@1 over k samples: per problem the fraction of its k samples that are correct,
-  averaged over problems, with mean +- 1.96 standard errors over problems (clipped to [0, 1]).
+  averaged over problems, with mean +- 1.96 standard errors over problems (clipped to [0, 1]);
+- for the correctness reward, both under its strict and its lenient answer extraction.
 
 `evaluate_policy` runs both for one policy (the trained part on or off); `HeldOut` is a run's
 held-out set with its settings (from the config's `eval` section), evaluated before, during and
@@ -64,25 +65,35 @@ def evaluate_policy(
     key: jax.Array | None = None,
     success: Callable[[float], bool] = lambda r: r > 0,
     keep_texts: int = 0,
+    modes: dict[str, Callable] | None = None,
 ) -> dict:
-    """Greedy accuracy (Wilson CI) and/or sampled pass@1 over `samples` draws (mean +- CI)."""
+    """Greedy accuracy (Wilson CI) and/or sampled pass@1 over `samples` draws (mean +- CI).
+
+    `modes` ({name: reward_fn}, e.g. the correctness reward's strict and lenient answer extraction)
+    score the same completions again: `greedy_acc_<name>`, `greedy_ci_<name>`, `pass1_<name>`."""
     key = jax.random.PRNGKey(0) if key is None else key
+    modes = dict(modes or {})
     out: dict[str, Any] = {"n": len(examples)}
     t0 = time.perf_counter()
     if greedy:
-        correct = []
+        correct, by_mode = [], {m: [] for m in modes}
         texts = []
         for s in range(0, len(examples), batch_size):
             exs, ids = examples[s : s + batch_size], prompt_ids[s : s + batch_size]
             gen = generate(model, ids, tokenizer=tokenizer, seed=key, max_new_tokens=max_new_tokens, greedy=True,
                            bucket=bucket, interventions=interventions)
             correct.extend(success(r) for r in score_completions(reward_fn, exs, ids, gen))
+            for m, fn in modes.items():
+                by_mode[m].extend(success(r) for r in score_completions(fn, exs, ids, gen))
             if gen.texts:
                 texts.extend(gen.texts)
         k = int(sum(correct))
         out["greedy_acc"] = k / max(len(correct), 1)
         out["greedy_ci"] = list(wilson_interval(k, len(correct)))
         out["greedy_correct"] = k
+        for m, c in by_mode.items():
+            out[f"greedy_acc_{m}"] = sum(c) / max(len(c), 1)
+            out[f"greedy_ci_{m}"] = list(wilson_interval(int(sum(c)), len(c)))
         if keep_texts and texts:
             out["examples"] = [
                 {"prompt": e.prompt, "answer": e.answer, "completion": t, "correct": bool(c)}
@@ -90,6 +101,7 @@ def evaluate_policy(
             ]
     if samples:
         per_problem = np.zeros(len(examples))
+        per_mode = {m: np.zeros(len(examples)) for m in modes}
         rows_per_call = max(1, batch_size // samples)
         for s in range(0, len(examples), rows_per_call):
             exs, ids = examples[s : s + rows_per_call], prompt_ids[s : s + rows_per_call]
@@ -98,10 +110,16 @@ def evaluate_policy(
                            max_new_tokens=max_new_tokens, temperature=temperature, interventions=interventions)
             ok = np.array([success(r) for r in score_completions(reward_fn, exs, ids, gen, repeats=samples)], np.float64)
             per_problem[s : s + len(exs)] = ok.reshape(len(exs), samples).mean(axis=1)
+            for m, fn in modes.items():
+                ok_m = np.array([success(r) for r in score_completions(fn, exs, ids, gen, repeats=samples)], np.float64)
+                per_mode[m][s : s + len(exs)] = ok_m.reshape(len(exs), samples).mean(axis=1)
         m, ci = mean_ci(per_problem)
         out["pass1"] = m
         out["pass1_ci"] = list(ci)
         out["pass1_k"] = samples
+        for m, v in per_mode.items():
+            out[f"pass1_{m}"], ci_m = mean_ci(v)
+            out[f"pass1_ci_{m}"] = list(ci_m)
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -115,6 +133,9 @@ def format_result(label: str, r: dict) -> str:
     if "pass1" in r:
         lo, hi = r["pass1_ci"]
         parts.append(f"pass@1 (k={r['pass1_k']}) {100 * r['pass1']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+    for key in sorted(k for k in r if k.startswith("greedy_acc_")):  # other answer-extraction modes
+        lo, hi = r["greedy_ci_" + key[len("greedy_acc_"):]]
+        parts.append(f"{key[len('greedy_acc_'):]} {100 * r[key]:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
     return "  ".join(parts)
 
 
@@ -138,6 +159,7 @@ class HeldOut:
             tokenizer=tokenizer, reward_fn=reward_fn, max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
             greedy=cfg.eval.greedy, samples=cfg.eval.samples, temperature=cfg.eval.temperature,
             batch_size=cfg.eval.batch_size, bucket=cfg.sampling.bucket, key=jax.random.PRNGKey(cfg.seed + 1),
+            modes=getattr(reward_fn, "extraction_modes", None),  # strict and lenient for the correctness reward
         )
         return cls(cfg, list(examples), [encode(e) for e in examples], settings)
 

@@ -4,7 +4,9 @@ A reward function has the signature `(prompt, completion, reference) -> float` a
 raise (the built-in ones return the "wrong" value on any unexpected input). Built-ins:
 
 - "correctness": +1 if the completion's final answer (last `\\boxed{}`, else `#### n`, else the last
-  number) equals the reference answer, else -1 (the steering paper's reward);
+  number) equals the reference answer, else -1 (the steering paper's reward; lenient extraction);
+- "correctness_strict": the same with strict extraction (only `\\boxed{}` / `#### n`, as the papers;
+  no last-number fallback). Evaluation of either reports held-out accuracy under both modes;
 - "format": 1 if the completion states a final answer (`\\boxed{}`, `#### n`, or is just a
   number), else 0;
 - "countdown": +1 if the completion's expression uses the given numbers (each exactly once) with
@@ -109,9 +111,11 @@ def extract_last_number(text: str) -> str | None:
     return last
 
 
-def extract_answer(text: str) -> str | None:
-    """Final answer of a completion: last `\\boxed{}`, else `#### n`, else the last number."""
-    for fn in (extract_boxed, extract_gsm8k, extract_last_number):
+def extract_answer(text: str, strict: bool = False) -> str | None:
+    """Final answer of a completion: last `\\boxed{}`, else `#### n`, else (lenient mode only) the
+    last number. `strict=True` is the papers' extraction: a completion without a box or `####`
+    has no answer."""
+    for fn in (extract_boxed, extract_gsm8k) if strict else (extract_boxed, extract_gsm8k, extract_last_number):
         ans = fn(text)
         if ans:
             return ans
@@ -240,15 +244,28 @@ def reference_answer(reference: str) -> str | None:
 # --------------------------------------------------------------------------- rewards
 
 
-def correctness_reward(prompt: str, completion: str, reference: str, *, correct: float = 1.0, wrong: float = -1.0) -> float:
+def correctness_reward(prompt: str, completion: str, reference: str, *, correct: float = 1.0, wrong: float = -1.0,
+                       strict: bool = False) -> float:
     """`correct` if the completion's final answer equals the reference answer, else `wrong`.
 
-    The reference may be a bare answer (`"42"`, `"\\frac{1}{2}"`), a GSM8K solution ending in
-    `#### 42`, or a MATH solution with a `\\boxed{}`. Never raises."""
+    Lenient by default (a completion without `\\boxed{}` / `#### n` is judged by its last number);
+    `strict=True` accepts only a boxed or `####` answer, as the papers do. The reference may be a
+    bare answer (`"42"`, `"\\frac{1}{2}"`), a GSM8K solution ending in `#### 42`, or a MATH solution
+    with a `\\boxed{}`. Never raises."""
     try:
-        return correct if answers_equal(extract_answer(completion), reference_answer(reference)) else wrong
+        return correct if answers_equal(extract_answer(completion, strict), reference_answer(reference)) else wrong
     except Exception:  # noqa: BLE001
         return wrong
+
+
+def strict_correctness_reward(prompt: str, completion: str, reference: str, **kw) -> float:
+    """`correctness_reward` with strict answer extraction (only `\\boxed{}` / `#### n`)."""
+    return correctness_reward(prompt, completion, reference, strict=True, **kw)
+
+
+# Both extraction modes of the correctness reward, so evaluation can report held-out accuracy under each.
+correctness_reward.extraction_modes = strict_correctness_reward.extraction_modes = {
+    "lenient": correctness_reward, "strict": strict_correctness_reward}
 
 
 def format_reward(prompt: str, completion: str, reference: str, *, correct: float = 1.0, wrong: float = 0.0) -> float:
@@ -423,6 +440,7 @@ def countdown_reward(
 
 REWARDS: dict[str, RewardFn] = {
     "correctness": correctness_reward,
+    "correctness_strict": strict_correctness_reward,
     "format": format_reward,
     "countdown": countdown_reward,
 }
@@ -498,6 +516,7 @@ __all__ = [
     "answers_equal",
     "reference_answer",
     "correctness_reward",
+    "strict_correctness_reward",
     "format_reward",
     "countdown_reward",
     "parse_arithmetic",
