@@ -98,3 +98,16 @@ def test_splice_validation(model):
     with pytest.raises(ValueError, match="d_in"):
         bad = sae.init_sae(sae.SAEConfig(kind="topk", d_in=8, d_sae=16, k=2), jax.random.PRNGKey(0))
         jaxsteer.forward(model, TOKENS, interventions=[sae.Splice(bad)])
+
+
+def test_top_contexts_are_the_largest_activations(model):
+    from jaxsteer.sae.splice import top_contexts
+
+    s = random_sae()
+    windows = np.random.RandomState(4).randint(2, V, (6, 7))
+    out = top_contexts(model, s, windows, [0, 5], n=3, batch=4, width=2)
+    z = np.asarray(sae.feature_acts(model, s, windows))
+    for f, rows in out.items():
+        assert [r["value"] for r in rows] == sorted((r["value"] for r in rows), reverse=True)
+        np.testing.assert_allclose(rows[0]["value"], z[..., f].max(), rtol=1e-5)
+        assert z[rows[0]["row"], rows[0]["pos"], f] == pytest.approx(rows[0]["value"], rel=1e-5)
