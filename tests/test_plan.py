@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import pytest
 
 from jaxsteer.models.decoder import default_positions, embed, run_layers, unembed
+from jaxsteer.models.generate import kv_cache
 from jaxsteer.models.interventions import Steer
 from jaxsteer.train.config import config_from_dict, load_config
-from jaxsteer.train.plan import (DEVICES, abstract_model, activation_bytes, model_config, parse_bytes, parse_mesh,
-                                 plan)
+from jaxsteer.train.plan import (DEVICES, abstract_model, activation_bytes, device_bytes, kv_cache_bytes,
+                                 model_config, parse_bytes, parse_mesh, plan)
 from jaxsteer.train.rl.learner import step_spec
 from jaxsteer.train.rl.scoring import token_logprobs
 from jaxsteer.train.rl.step import train_step
@@ -34,7 +35,9 @@ def tiny_config(kind="steering", rows=16, group=4, prompt=8, new=8, **model):
     return config_from_dict({
         "model": {"spec": "random", "random": {**TINY, **model}},
         "trainable": {"kind": kind},
-        "algorithm": {"advantage": "grpo", "group_size": group, "prompts_per_step": rows // group},
+        # group 1 (every row scored whole) is only valid for expert iteration, which scores the same way
+        "algorithm": {"name": "grpo" if group > 1 else "expert_iteration", "group_size": group,
+                      "prompts_per_step": rows // group},
         "sampling": {"max_new_tokens": new},
     })
 
@@ -95,8 +98,7 @@ def test_activations_with_and_without_remat_match_xla(remat, rows, prompt, new, 
     c = model_config(tiny_config(**model).model)
     args = (S((c.n_layers, c.d_model), jnp.float32), abstract_model(c, jnp.float32), S((rows, prompt + new), jnp.int32),
             S((rows, prompt + new), jnp.int32), S((rows,), jnp.float32))
-    grad = jax.jit(jax.grad(functools.partial(scoring_loss, prompt=prompt, remat=remat), argnums=0),
-                   static_argnums=())
+    grad = jax.jit(jax.grad(functools.partial(scoring_loss, prompt=prompt, remat=remat)))
     temp = grad.lower(*args).compile().memory_analysis().temp_size_in_bytes
     est = activation_bytes(c, rows, group=1, prompt=prompt, new=new, act_bytes=4, remat=remat)["total"]
     assert close(est, temp), (est, temp)
@@ -155,3 +157,15 @@ def test_small_parsers():
         parse_mesh("tensor=2")
     with pytest.raises(ValueError):
         parse_bytes("lots")
+
+
+def test_sizes_follow_the_allocators_and_shardings():
+    """The K/V cache is what the sampler's allocator makes; fsdp splits the 7B base 8 ways."""
+    cfg = load_config(os.path.join(ROOT, "experiments", "paper_qwen2.5_math_7b_steering.yaml"))
+    c = model_config(cfg.model)
+    model = abstract_model(c, jnp.bfloat16)
+    cache = jax.eval_shape(lambda m: kv_cache(m, 3, 100), model)
+    assert kv_cache_bytes(c, 3, 100, 2) == sum(x.size * x.dtype.itemsize for x in cache)
+    whole = device_bytes(model)
+    assert whole == 2 * c.n_params()
+    assert whole / 8 <= device_bytes(model, fsdp=8, shard=True) < whole / 8 * 1.001

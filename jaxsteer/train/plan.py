@@ -20,7 +20,6 @@ more, so on a GPU or TPU this is an upper bound. Attention through XLA materiali
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -29,7 +28,6 @@ import re
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig, from_hf_config
@@ -196,7 +194,8 @@ class MemoryPlan:
         return max(v for k, v in self.peaks.items() if k in ("rollout", "update, no remat")) <= self.capacity
 
 
-VARIANTS = {"no remat": dict(remat=False), "remat": dict(remat=True), "remat + flash attention": dict(remat=True, flash=True)}
+VARIANTS = {"no remat": dict(remat=False), "remat": dict(remat=True),
+            "remat + flash attention": dict(remat=True, flash=True)}
 
 
 def _state_shapes(cfg: TrainConfig, model: Model) -> dict:
@@ -436,7 +435,8 @@ def cmd_plan(args) -> None:
     try:
         cfg = load_config(args.config, args.overrides)
         data, fsdp = parse_mesh(args.mesh) if args.mesh else (None, None)
-        capacity = DEVICES[args.device] if args.device else parse_bytes(args.device_memory) if args.device_memory else None
+        capacity = (DEVICES[args.device] if args.device else
+                    parse_bytes(args.device_memory) if args.device_memory else None)
         if args.prompt_len < 1:
             raise ValueError(f"--prompt-len must be positive, got {args.prompt_len}")
         result = plan(cfg, data=data, fsdp=fsdp, capacity=capacity, prompt_len=args.prompt_len)
@@ -445,6 +445,6 @@ def cmd_plan(args) -> None:
     print(format_plan(result, args.device))
 
 
-__all__ = ["DEVICES", "ACTIVATION_TERMS", "WEIGHT_GRAD_TERMS", "LOGIT_COPIES", "MemoryPlan", "model_config", "abstract_model",
-           "device_bytes", "activation_bytes", "kv_cache_bytes", "plan", "rl_plan", "es_plan", "format_plan",
-           "parse_bytes", "parse_mesh", "add_parser"]
+__all__ = ["DEVICES", "ACTIVATION_TERMS", "WEIGHT_GRAD_TERMS", "LOGIT_COPIES", "MemoryPlan", "model_config",
+           "abstract_model", "device_bytes", "activation_bytes", "kv_cache_bytes", "plan", "rl_plan", "es_plan",
+           "format_plan", "parse_bytes", "parse_mesh", "add_parser"]
