@@ -51,17 +51,12 @@ class LossConfig:
     per-token weight does not depend on the batch's longest completion; the width N in a bare `aggregate`).
     dash_tau: DASH gradient filtering; when > 0, samples with `|A| <= dash_tau` are dropped
     (masked out, so they leave every denominator too). 0 = off.
-    importance_cap: truncate the importance weight `pi_theta / pi_old` at this value and use it as
-    a constant weight on `grad log pi` (off-policy minibatch updates, RAPID-style). None = off.
-    importance_level: "token" (per-token weight) or "sequence" (one weight per completion, the
-    product of the token ratios, `pi_theta(y|x) / pi_old(y|x)`).
-
-    On RAPID (arXiv 2510.03515): its section 3 (the exact estimator) could not be read from this
-    workplace. What is implemented is truncated importance sampling on the policy-gradient term,
-    `-min(w, cap) * A * grad log pi` with `w = pi_theta / pi_old` held constant, per token by
-    default. Per token because the product over a long completion is degenerate (nearly always 0
-    or capped); "sequence" gives the trajectory-level weight of a bandit-style derivation. Group
-    advantages are computed from the rewards as usual (no importance weighting of the baseline).
+    importance_cap: truncated importance sampling (TIS) for off-policy minibatch updates: the weight
+    `pi_theta / pi_old` is cut at this value and used as a constant weight on `grad log pi`, with the
+    group advantages of the sampling policy. None = off. With `algorithm.advantage: rapid` it is
+    instead the clip of RAPID's sequence weights (`rl.losses.rapid_advantages`; None = unclipped).
+    importance_level: TIS weight per "token" or per "sequence" (the product of the token ratios,
+    `pi_theta(y|x) / pi_old(y|x)`).
     """
 
     clip_eps_low: float | None = None
@@ -178,9 +173,10 @@ class AlgorithmConfig:
     dash: DASH preemptive sampling: the whole accumulation batch is sampled in one call, then the
     update runs over the micro-batches (set `loss.dash_tau`, e.g. 0.1, to drop samples with
     |A| <= tau). Without dash, sampling runs once per micro-batch.
-    updates_per_batch: off-policy minibatch updates per rollout batch (RAPID-style): the batch is
+    updates_per_batch: off-policy minibatch updates per rollout batch (RAPID's schedule): the batch is
     split into this many minibatches, one optimizer step each, importance-weighted against the
-    stored pi_old log-probs (set `loss.importance_cap`). 1 = on-policy.
+    stored pi_old log-probs: RAPID's estimator with `advantage: rapid`, else truncated importance
+    sampling (set `loss.importance_cap`). 1 = on-policy.
     dynamic_sampling / dynamic_sampling_rounds / overlong_buffer: DAPO's dynamic sampling and overlong
     reward shaping (see `rl.dynamic` and `rewards.overlong_penalty`).
     """
@@ -299,7 +295,8 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
             (a.name in RL_ALGORITHMS + ES_ALGORITHMS,
              f"algorithm.name must be one of {', '.join(RL_ALGORITHMS + ES_ALGORITHMS)}, got {a.name!r}"),
-            (a.advantage in ("grpo", "rloo", "mean"), f"algorithm.advantage must be grpo, rloo or mean, got {a.advantage!r}"),
+            (a.advantage in ("grpo", "rloo", "mean", "rapid"),
+             f"algorithm.advantage must be grpo, rloo, mean or rapid, got {a.advantage!r}"),
             (a.group_size >= 1, "algorithm.group_size must be >= 1"),
             (a.prompts_per_step >= 1, "algorithm.prompts_per_step must be >= 1"),
             (a.micro_batches >= 1, "algorithm.micro_batches must be >= 1"),

@@ -67,6 +67,9 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
     loss = cfg.loss
     if loss.aggregation == "seq_sum_norm" and loss.max_len is None:  # Dr. GRPO: a constant, not the batch width
         loss = dataclasses.replace(loss, max_len=cfg.sampling.max_new_tokens)
+    if a.advantage == "rapid" and (rows_per_micro % a.group_size or loss.dash_tau > 0 or loss.clip_eps_low is not None):
+        raise ConfigError("algorithm.advantage=rapid needs whole groups in every micro-batch and no loss.dash_tau "
+                          f"or ratio clipping (a micro-batch has {rows_per_micro} rows, group_size={a.group_size})")
     return StepSpec(
         trainable=cfg.trainable,
         loss=loss,
@@ -76,6 +79,7 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
         on_policy=a.updates_per_batch == 1 and cfg.loss.clip_eps_low is None and cfg.loss.importance_cap is None,
         need_ref=cfg.loss.kl_coef > 0 or a.log_kl,
         shared_prompts=a.group_size if rows_per_micro % a.group_size == 0 else 1,
+        rapid_group=a.group_size if a.advantage == "rapid" and a.name == "grpo" else 0,
     )
 
 

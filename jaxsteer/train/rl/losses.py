@@ -11,14 +11,17 @@ positions; `mask [B, N]` is 1 on generated tokens (including the stop token) and
   aggregated per `LossConfig.aggregation` (the steering paper's REINFORCE/RLOO loss);
 - PPO/GRPO clipping: `-min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)` with
   `rho = pi_theta / pi_old` per token;
-- truncated importance weights (RAPID-style off-policy updates): `rho` in the gradient is
-  replaced by `min(rho, importance_cap)` (treated as a constant weight);
+- truncated importance sampling (TIS) for off-policy minibatch updates: `rho` in the gradient is
+  replaced by `min(rho, importance_cap)` (treated as a constant weight), per token or per sequence;
+- RAPID's estimator (`rapid_loss`): importance-weighted group advantages with clipped sequence
+  weights, `-w_i (r_i - b_i) grad log pi(y_i)` with `b_i` the weighted leave-one-out group mean;
 - optional k3 KL to the reference policy, `exp(ref - logp) - (ref - logp) - 1` per token;
 - optional DASH gradient filtering: samples with `|A| <= dash_tau` are left out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -28,7 +31,7 @@ from ..config import AGGREGATIONS, LossConfig
 
 _sg = jax.lax.stop_gradient
 
-ADVANTAGE_MODES = ("grpo", "rloo", "mean")
+ADVANTAGE_MODES = ("grpo", "rloo", "mean", "rapid")
 
 
 # --------------------------------------------------------------------------- advantages
@@ -51,6 +54,8 @@ def group_advantages(rewards, group_size: int, mode: str = "grpo", eps: float = 
       `torch.std`); a group of one gets 0.
     - "rloo": `r_i - mean_{j != i} r_j` (= `G / (G - 1) * (r_i - mean_g)`); needs `group_size >= 2`.
     - "mean": `r - mean_g` (Dr. GRPO: no std normalisation).
+    - "rapid": RLOO's values, which `rapid_advantages` gives when every importance weight is 1 (the
+      step recomputes them with the current weights).
     """
     r = _grouped(rewards, group_size)
     G = group_size
@@ -60,7 +65,7 @@ def group_advantages(rewards, group_size: int, mode: str = "grpo", eps: float = 
             return jnp.zeros(r.size, jnp.float32)
         std = jnp.std(r, axis=1, keepdims=True, ddof=std_ddof)
         adv = (r - mean) / (std + eps)
-    elif mode == "rloo":
+    elif mode in ("rloo", "rapid"):
         if G < 2:
             raise ValueError("rloo advantages need group_size >= 2")
         loo_mean = (jnp.sum(r, axis=1, keepdims=True) - r) / (G - 1)
@@ -239,6 +244,47 @@ def policy_loss(
     return loss, metrics
 
 
+def rapid_advantages(rewards, seq_log_ratio, group_size: int, cap: float | None = None) -> tuple[jax.Array, jax.Array]:
+    """RAPID's importance-weighted group advantages (arXiv 2510.03515) `(A [B], w [B])`.
+
+    For a group of G completions `y_i ~ pi_old(.|x)` with rewards `r_i` and sequence weights
+    `w_i = min(pi_theta(y_i|x) / pi_old(y_i|x), cap)` (`seq_log_ratio` = `log pi_theta - log pi_old`
+    summed over the completion; constants here), `b_i = sum_{j != i} w_j r_j / (G - 1)` estimates
+    `E_{pi_theta}[r]` from the other samples and `A_i = w_i (r_i - b_i)`. Then
+    `mean_i A_i grad log pi_theta(y_i)` is an unbiased estimate of the on-policy gradient
+    `grad E_{pi_theta}[r]` when no weight is clipped (`b_i` does not depend on `y_i` and
+    `E_{pi_old}[w grad log pi_theta] = 0`); clipping trades that bias for variance. With
+    `pi_theta = pi_old` it is RLOO."""
+    r = _grouped(rewards, group_size)
+    if group_size < 2:
+        raise ValueError("rapid advantages need group_size >= 2")
+    w = jnp.exp(_sg(jnp.asarray(seq_log_ratio, jnp.float32))).reshape(r.shape)
+    if cap is not None:
+        w = jnp.minimum(w, cap)
+    b = (jnp.sum(w * r, axis=1, keepdims=True) - w * r) / (group_size - 1)
+    return (w * (r - b)).reshape(-1), w.reshape(-1)
+
+
+def rapid_loss(logp, old_logp, ref_logp, rewards, mask, group_size: int, cfg: LossConfig = LossConfig(), *,
+               denominator=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The policy loss with RAPID's estimator: advantages from `rapid_advantages` (weights clipped at
+    `cfg.importance_cap`, None = unclipped) under the current policy, then the REINFORCE surrogate
+    `-A_i log pi(y_it)` aggregated per `cfg.aggregation` (plus `cfg.kl_coef` k3 KL). Rows come in
+    groups of `group_size` (one prompt each). Metrics as `policy_loss`, with ratio_* and
+    importance_capped_fraction over the sequence weights."""
+    logp = jnp.asarray(logp, jnp.float32)
+    m = jnp.asarray(mask, jnp.float32)
+    seq_log_ratio = jnp.sum(jnp.where(m > 0, logp - _sg(jnp.asarray(old_logp, jnp.float32)), 0.0), axis=1)
+    adv, w = rapid_advantages(rewards, seq_log_ratio, group_size, cfg.importance_cap)
+    loss, metrics = policy_loss(logp, _sg(logp), ref_logp, adv, m, dataclasses.replace(cfg, importance_cap=None),
+                                denominator=denominator)
+    raw = jnp.exp(_sg(seq_log_ratio))
+    capped = raw > cfg.importance_cap if cfg.importance_cap is not None else jnp.zeros_like(raw, bool)
+    metrics = {**metrics, "ratio_mean": jnp.mean(raw), "ratio_min": jnp.min(raw), "ratio_max": jnp.max(raw),
+               "importance_capped_fraction": jnp.mean(capped.astype(jnp.float32))}
+    return loss, metrics
+
+
 def expert_iteration_mask(rewards, mask, threshold: float = 0.0) -> jax.Array:
     """Completion mask `[B, N]` restricted to the samples with `reward > threshold`."""
     keep = (jnp.asarray(rewards) > threshold).astype(jnp.float32)
@@ -267,5 +313,7 @@ __all__ = [
     "aggregate",
     "k3_kl",
     "policy_loss",
+    "rapid_advantages",
+    "rapid_loss",
     "expert_iteration_loss",
 ]

@@ -24,7 +24,7 @@ import optax
 from ...models.params import Model
 from ..config import LossConfig
 from ..trainable import TrainableConfig, build_policy
-from .losses import expert_iteration_loss, expert_iteration_mask, k3_kl, policy_loss
+from .losses import expert_iteration_loss, expert_iteration_mask, k3_kl, policy_loss, rapid_loss
 from .scoring import grouped_sequence_logprobs, sequence_logprobs
 
 _sg = jax.lax.stop_gradient
@@ -46,6 +46,7 @@ class StepSpec:
     on_policy: bool = True  # old log-probs = stop_gradient(current): exact REINFORCE / RLOO / GRPO step
     need_ref: bool = False  # score under the reference policy (KL penalty or KL metric)
     shared_prompts: int = 1  # G > 1: rows come in groups of G with one prompt; run each prompt once
+    rapid_group: int = 0  # G: RAPID's importance-weighted group advantages (`losses.rapid_loss`); 0 = off
 
 
 def global_denominator(comp_mask, advantages, cfg: LossConfig) -> jax.Array:
@@ -86,6 +87,10 @@ def microbatch_loss(trainable, base: Model, mb: dict, spec: StepSpec, prompt_wid
                    "kept_fraction": jnp.mean((mb["rewards"] > spec.ei_threshold).astype(jnp.float32))}
         if ref_logp is not None:
             metrics["kl"] = jnp.sum(k3_kl(logp, ref_logp) * cm) / jnp.maximum(jnp.sum(cm), 1.0)
+    elif spec.rapid_group:
+        old = _sg(logp) if spec.on_policy else mb["old_logp"]
+        loss, metrics = rapid_loss(logp, old, ref_logp, mb["rewards"], cm, spec.rapid_group, spec.loss,
+                                   denominator=denominator)
     else:
         old = _sg(logp) if spec.on_policy else mb["old_logp"]
         loss, metrics = policy_loss(logp, old, ref_logp, mb["advantages"], cm, spec.loss, denominator=denominator)
