@@ -11,7 +11,7 @@ interventions aimed at that site and records the value if asked. Sites in order:
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -121,6 +121,51 @@ def _proj(x: jax.Array, p: dict[str, Any], name: str) -> jax.Array:
     return y
 
 
+ATTENTION = ("auto", "einsum", "xla", "cudnn")
+
+
+def attention_impl(config: ModelConfig, attention: str, record_pattern: bool = False) -> str:
+    """Resolve the attention path: "einsum" or a `jax.nn.dot_product_attention` implementation.
+
+    "auto" takes `dot_product_attention` (JAX picks the kernel: XLA today, on every backend)
+    unless the model has an attention logit softcap or the `pattern` site is recorded or
+    intervened on, which only the einsum path computes. "xla" / "cudnn" force that kernel
+    (cuDNN: GPU, bfloat16 / float16) and refuse what they cannot express."""
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    needs_einsum = bool(config.attn_logit_softcap) or record_pattern
+    if attention == "auto":
+        return "einsum" if needs_einsum else "auto"
+    if attention != "einsum" and needs_einsum:
+        what = "an attention logit softcap" if config.attn_logit_softcap else "the `pattern` site"
+        raise ValueError(f"attention={attention!r} cannot compute {what}; use 'auto' or 'einsum'")
+    return attention
+
+
+def _attention(c: ModelConfig, q, k, v, q_pos, k_pos, window, sites: _Sites, attention: str) -> jax.Array:
+    """Attention output z `[B, T, H, hd]` from q `[B, T, H, hd]` and k, v `[B, S, KV, hd]` (RoPE applied).
+
+    A key is visible when it is a real slot (`k_pos >= 0`), not in the future and within the
+    layer's window. Grouped-query attention never repeats K/V."""
+    B, T, H, hd = q.shape
+    KV = k.shape[2]
+    diff = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
+    allowed = (k_pos[:, None, :] >= 0) & (diff >= 0) & (diff < window)
+    if attention != "einsum":
+        impl = None if attention == "auto" else attention
+        return jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None], scale=c.softmax_scale, implementation=impl)
+    qg = q.reshape(B, T, KV, H // KV, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * c.softmax_scale
+    if c.attn_logit_softcap:
+        scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
+    scores = jnp.where(allowed[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if sites.touches("pattern"):
+        pattern = sites.visit("pattern", probs.reshape(B, H, T, -1))
+        probs = pattern.reshape(probs.shape)
+    return jnp.einsum("bkgts,bskd->btkgd", probs.astype(q.dtype), v).reshape(B, T, H, hd)
+
+
 def _layer(
     config: ModelConfig,
     p: dict[str, jax.Array],
@@ -134,12 +179,12 @@ def _layer(
     k_pos: jax.Array,
     kv_cache: tuple[jax.Array, jax.Array] | None,
     cache_index: jax.Array | None,
+    attention: str,
 ):
     """One decoder layer. Returns the new residual and (if caching) the layer's updated K/V cache."""
     c = config
     B, T, _ = h.shape
     H, KV, hd = c.n_heads, c.n_kv_heads, c.head_dim
-    G = H // KV
     dtype = h.dtype
 
     h = sites.visit("resid_pre", h)
@@ -174,19 +219,7 @@ def _layer(
         new_cache = (k_all, v_all)
         k, v = k_all.astype(dtype), v_all.astype(dtype)
 
-    # Scores [B, KV, G, T, S] without repeating K/V for grouped-query attention.
-    qg = q.reshape(B, T, KV, G, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * c.softmax_scale
-    if c.attn_logit_softcap:
-        scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
-    diff = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
-    allowed = (k_pos[:, None, :] >= 0) & (diff >= 0) & (diff < window)
-    scores = jnp.where(allowed[:, None, None], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1)
-    if sites.touches("pattern"):
-        pattern = sites.visit("pattern", probs.reshape(B, H, T, -1))
-        probs = pattern.reshape(probs.shape)
-    z = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), v).reshape(B, T, H, hd)
+    z = _attention(c, q, k, v, q_pos, k_pos, window, sites, attention)
     z = sites.visit("z", z)
 
     attn = _proj(z.reshape(B, T, H * hd), p, "o_proj")
@@ -225,6 +258,20 @@ def unembed(model: Model, h: jax.Array, *, final_norm: bool = True) -> jax.Array
     return logits
 
 
+def remat_policy(remat: bool | str | Callable) -> Callable | None:
+    """A `jax.checkpoint` policy from True (save nothing), a `jax.checkpoint_policies` name or a policy."""
+    if remat is True:
+        return None
+    if isinstance(remat, str):
+        policy = getattr(jax.checkpoint_policies, remat, None)
+        if policy is None or remat.startswith("_"):
+            raise ValueError(f"unknown remat policy {remat!r}; use True or a name from jax.checkpoint_policies")
+        return policy
+    if callable(remat):
+        return remat
+    raise ValueError(f"remat must be a bool, a jax.checkpoint_policies name or a policy, got {remat!r}")
+
+
 def run_layers(
     model: Model,
     h: jax.Array,
@@ -235,6 +282,9 @@ def run_layers(
     kv_cache: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
     start_layer: jax.Array | None = None,
+    *,
+    attention: str = "auto",
+    remat: bool | str | Callable = False,
 ):
     """Run all layers with `lax.scan`. Returns (h, trace, new_kv_cache).
 
@@ -243,8 +293,13 @@ def run_layers(
     the new keys are written at `cache_index` along S. start_layer (int scalar, may be traced):
     layers below it are skipped with `lax.cond` (`h` is then the residual entering that layer;
     skipped layers record zeros and leave the cache alone), e.g. to resume from a cached run.
+    attention: see `attention_impl`. remat: rematerialise each layer in the backward pass
+    (`jax.checkpoint` of the scan body): True saves nothing inside a layer, a name from
+    `jax.checkpoint_policies` (e.g. "dots_with_no_batch_dims_saveable") or a policy saves what it says.
     """
     c = model.config
+    touches_pattern = "pattern" in record or any(getattr(iv, "site", None) == "pattern" for iv in interventions)
+    attention = attention_impl(c, attention, touches_pattern)
     rope_full = rope_tables(c.rope_full.inv_freq(c.head_dim), q_pos)
     rope_sliding = None
     if c.has_sliding_layers and c.rope_sliding is not None:
@@ -260,7 +315,8 @@ def run_layers(
         if cache is not None:
             layer_cache = (cache[0][layer], cache[1][layer])
         h, new_layer_cache = _layer(
-            c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, layer_cache, cache_index
+            c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, layer_cache, cache_index,
+            attention,
         )
         if cache is not None:
             cache = tuple(
@@ -269,6 +325,8 @@ def run_layers(
             )
         return (h, cache), sites.recorded
 
+    if remat:
+        body = jax.checkpoint(body, policy=remat_policy(remat), prevent_cse=False)
     if start_layer is not None:
         full_body = body
 
@@ -303,13 +361,14 @@ def _check_inputs(model: Model, tokens, attention_mask, positions, record):
     check_binary_mask(attention_mask)
 
 
-@functools.partial(jax.jit, static_argnames=("record", "return_logits"))
-def _forward(model, tokens, attention_mask, positions, interventions, record, return_logits):
+@functools.partial(jax.jit, static_argnames=("record", "return_logits", "attention", "remat"))
+def _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat):
     if positions is None:
         positions = default_positions(tokens, attention_mask)
     k_pos = positions if attention_mask is None else jnp.where(attention_mask.astype(bool), positions, -1)
     h = embed(model, tokens)
-    h, trace, _ = run_layers(model, h, positions, k_pos, interventions, frozenset(record))
+    h, trace, _ = run_layers(model, h, positions, k_pos, interventions, frozenset(record), attention=attention,
+                             remat=remat)
     logits = unembed(model, h) if return_logits else None
     return logits, trace
 
@@ -323,6 +382,8 @@ def forward(
     interventions: Any = (),
     record: Sequence[str] | str = (),
     return_logits: bool = True,
+    attention: str = "auto",
+    remat: bool | str | Callable = False,
 ) -> tuple[jax.Array | None, Trace]:
     """Run the model: `(logits [B, T, V] float32, trace)`.
 
@@ -330,14 +391,18 @@ def forward(
     positions `[B, T]` (default: from the mask, like Hugging Face); interventions: a
     `Steer` / `Patch` / `Ablate` or a sequence of them, applied in order; record: site
     names (see `SITES`) whose values come back in `trace`, stacked over layers `[L, B, ...]`.
-    Pure and jit-compiled; `jax.grad` / `jax.vmap` work through it.
+    attention: "auto" (`jax.nn.dot_product_attention` where it can express the layer, else the
+    einsum path), "einsum", "xla" or "cudnn"; remat: rematerialise layers for `jax.grad` (see
+    `run_layers`). Pure and jit-compiled; `jax.grad` / `jax.vmap` work through it.
+    Concrete inputs are checked (ids in `[0, vocab)`, a 0/1 mask, finite intervention values).
     """
     record = (record,) if isinstance(record, str) else tuple(sorted(set(record)))
     interventions = as_tuple(interventions)
     _check_inputs(model, tokens, attention_mask, positions, record)
     tokens = jnp.asarray(tokens)
     check_all(interventions, model.config, tokens.shape[1])
-    return _forward(model, tokens, attention_mask, positions, interventions, record, return_logits)
+    attention_impl(model.config, attention)
+    return _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat)
 
 
-__all__ = ["forward", "Trace", "SITES", "embed", "unembed", "run_layers", "rms_norm"]
+__all__ = ["forward", "Trace", "SITES", "ATTENTION", "attention_impl", "embed", "unembed", "run_layers", "rms_norm"]
