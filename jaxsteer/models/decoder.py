@@ -181,7 +181,8 @@ def _layer(
     cache_index: jax.Array | None,
     attention: str,
 ):
-    """One decoder layer. Returns the new residual and (if caching) the layer's updated K/V cache."""
+    """One decoder layer. Returns the new residual and (if caching) the whole K/V cache `[L, ...]`
+    with this layer's new keys and values written at `cache_index`."""
     c = config
     B, T, _ = h.shape
     H, KV, hd = c.n_heads, c.n_kv_heads, c.head_dim
@@ -213,11 +214,11 @@ def _layer(
     k = apply_rope(k, cos, sin)
 
     new_cache = None
-    if kv_cache is not None:
-        k_all = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k.astype(kv_cache[0].dtype), cache_index, axis=1)
-        v_all = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v.astype(kv_cache[1].dtype), cache_index, axis=1)
-        new_cache = (k_all, v_all)
-        k, v = k_all.astype(dtype), v_all.astype(dtype)
+    if kv_cache is not None:  # write only the new slots of this layer, in place, then read the layer back
+        at = (sites.layer, 0, cache_index, 0, 0)
+        new_cache = tuple(jax.lax.dynamic_update_slice(full, x[None].astype(full.dtype), at)
+                          for full, x in zip(kv_cache, (k, v)))
+        k, v = (full[sites.layer].astype(dtype) for full in new_cache)
 
     z = _attention(c, q, k, v, q_pos, k_pos, window, sites, attention)
     z = sites.visit("z", z)
@@ -311,18 +312,9 @@ def run_layers(
         h, cache = carry
         p, layer, window, is_sliding = xs
         sites = _Sites(interventions, record, layer)
-        layer_cache = None
-        if cache is not None:
-            layer_cache = (cache[0][layer], cache[1][layer])
-        h, new_layer_cache = _layer(
-            c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, layer_cache, cache_index,
-            attention,
+        h, cache = _layer(
+            c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, cache, cache_index, attention
         )
-        if cache is not None:
-            cache = tuple(
-                jax.lax.dynamic_update_index_in_dim(full, new, layer, axis=0)
-                for full, new in zip(cache, new_layer_cache)
-            )
         return (h, cache), sites.recorded
 
     if remat:
