@@ -146,6 +146,18 @@ def cmd_demo(args) -> None:
         print(f"\nsaved the [L, d] contrast vectors to {args.save}")
 
 
+def _run_errors() -> tuple[type, ...]:
+    """The errors a run reports as one line instead of a traceback."""
+    from .models.gguf_file import GGUFError
+    from .train.checkpoint import CheckpointError
+    from .train.config import ConfigError
+    from .train.data import DatasetError
+    from .train.lock import RunLockedError
+    from .train.run import NonFiniteError
+
+    return ConfigError, DatasetError, CheckpointError, RunLockedError, NonFiniteError, GGUFError, FileNotFoundError
+
+
 def cmd_train(args) -> None:
     """RL or ES training from a YAML config plus dotted overrides; prints held-out accuracy before/after."""
     import os
@@ -161,7 +173,10 @@ def cmd_train(args) -> None:
     except (ConfigError, FileNotFoundError) as e:
         raise SystemExit(f"jaxsteer train: {e}") from None
     t0 = time.perf_counter()
-    result = train(cfg, resume=args.resume)
+    try:
+        result = train(cfg, resume=args.resume)
+    except _run_errors() as e:  # a bad config, a busy or damaged run directory, a diverged run: one line
+        raise SystemExit(f"jaxsteer train: {type(e).__name__}: {e}") from None
     import jax
 
     if jax.process_index() != 0:
@@ -201,7 +216,10 @@ def cmd_eval(args) -> None:
         cfg = load_config(path, overrides)
     except (ConfigError, FileNotFoundError) as e:
         raise SystemExit(f"jaxsteer eval: {e}") from None
-    out = evaluate_run(cfg, step=args.step, base=not args.no_base)
+    try:
+        out = evaluate_run(cfg, step=args.step, base=not args.no_base)
+    except _run_errors() as e:
+        raise SystemExit(f"jaxsteer eval: {type(e).__name__}: {e}") from None
     print(f"checkpoint step {out['step']}, {out['n']} held-out problems ({cfg.data.eval})")
     for label in ("base", "trained"):
         if label in out:

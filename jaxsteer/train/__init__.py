@@ -20,14 +20,15 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 from ..models.params import Model
-from .build import PromptEncoder, build_inputs, load_examples
+from .build import PromptEncoder, build_inputs, check_before_loading, load_examples
 from .config import ConfigError, TrainConfig, load_config
 from .es.learner import load_es_policy, train_es
 from .evaluate import HeldOut, evaluate_policy
 from .export import print_logit_lens
 from .rewards import get_reward_fn
-from .rl.learner import train_rl
+from .rl.learner import check_layout, train_rl
 from .run import Run
+from .sharding import make_mesh
 from .state import load_trainable
 from .trainable import build_policy
 
@@ -58,6 +59,12 @@ def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None
         raise ConfigError("train(devices=...) is not supported for ES runs; the population uses every device")
     if not cfg.is_es and lora is not None:
         raise ConfigError("train(lora=...) is ESSA's warm start; this is an RL run")
+    check_before_loading(cfg, train_examples=train_examples, eval_examples=eval_examples, reward_fn=reward_fn)
+    if not cfg.is_es:  # the batch must split over processes, the mesh and the micro-batches
+        try:
+            check_layout(cfg, make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices))
+        except ValueError as err:
+            raise ConfigError(f"mesh: {err}") from None
     inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, reward_fn=reward_fn, train_examples=train_examples,
                           eval_examples=eval_examples)
     run = Run(cfg.output_dir, config=cfg, resume=resume, keep=cfg.checkpoint.keep, tensorboard=cfg.tensorboard,

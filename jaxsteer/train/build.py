@@ -64,6 +64,36 @@ def load_examples(spec: str) -> list:
     return load_dataset(spec)
 
 
+def check_before_loading(cfg: TrainConfig, *, train_examples: Sequence | None = None,
+                         eval_examples: Sequence | None = None, reward_fn: Callable | None = None) -> None:
+    """Everything a run config can be checked for before the model loads (ConfigError naming the
+    field): dataset specs parse and their files exist, "py:" dataset functions and the reward
+    resolve. Arguments given explicitly (as `train` takes them) are not checked."""
+    from .data import DatasetError, check_dataset_spec
+
+    e = cfg.eval
+    specs = [("data.train", cfg.data.train, train_examples)]
+    if cfg.data.eval and (e.before or e.after or e.every):
+        specs.append(("data.eval", cfg.data.eval, eval_examples))
+    for field, spec, given in specs:
+        if given is not None:
+            continue
+        try:
+            if spec.startswith("py:"):
+                module, _, fn = spec[3:].partition(":")
+                if not callable(getattr(importlib.import_module(module), fn, None)):
+                    raise ConfigError(f"{field}={spec!r}: {module} has no function {fn!r}")
+            else:
+                check_dataset_spec(spec)
+        except (DatasetError, ImportError) as err:
+            raise ConfigError(f"{field}: {err}") from None
+    if reward_fn is None:
+        try:
+            get_reward_fn(cfg.data.reward)
+        except (ValueError, ImportError) as err:
+            raise ConfigError(f"data.reward: {err}") from None
+
+
 def encode_prompt(example, tokenizer: Any, template: str = "chat", system: str | None = None) -> list[int]:
     """Token ids of an example's prompt.
 
@@ -128,5 +158,5 @@ def build_inputs(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any
                   time.perf_counter() - t0)
 
 
-__all__ = ["DTYPES", "random_model_config", "build_model", "load_examples", "encode_prompt", "PromptEncoder",
+__all__ = ["DTYPES", "random_model_config", "build_model", "check_before_loading", "load_examples", "encode_prompt", "PromptEncoder",
            "Inputs", "build_inputs"]

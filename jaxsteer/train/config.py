@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Sequence
@@ -287,9 +288,22 @@ class TrainConfig:
 
     def __post_init__(self):
         a = self.algorithm
+        bad = non_finite_fields(self)
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: must be a finite number")
+        s = self.sampling
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
+            (0 <= self.b1 < 1 and 0 <= self.b2 < 1, "b1 and b2 must be in [0, 1)"),
+            (self.adam_eps > 0, "adam_eps must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (s.temperature > 0, "sampling.temperature must be > 0"),
+            (0 < s.top_p <= 1, "sampling.top_p must be in (0, 1]"),
+            (s.top_k >= 0 and s.bucket >= 1, "sampling.top_k must be >= 0 and sampling.bucket >= 1"),
+            (self.eval.n >= 1 and self.eval.batch_size >= 1, "eval.n and eval.batch_size must be >= 1"),
+            (self.eval.samples >= 0 and self.eval.every >= 0, "eval.samples and eval.every must be >= 0"),
+            (self.checkpoint.every >= 0 and self.log_every >= 1, "checkpoint.every must be >= 0 and log_every >= 1"),
             (0 <= self.warmup_frac < 1, "warmup_frac must be in [0, 1)"),
             (self.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {self.schedule!r}"),
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
@@ -318,8 +332,11 @@ class TrainConfig:
             raise ConfigError(f"{', '.join(unused)}: not used by {who}; remove {'them' if len(unused) > 1 else 'it'}")
         if self.is_es:
             return
-        if a.advantage == "rloo" and a.group_size < 2 and a.name == "grpo":
-            raise ConfigError("algorithm.advantage='rloo' needs algorithm.group_size >= 2")
+        if a.group_size < 2 and a.name == "grpo":  # one sample per prompt: every group advantage is 0
+            raise ConfigError(
+                f"algorithm.group_size=1 gives a zero {a.advantage} advantage (and gradient) every step; "
+                "use group_size >= 2 (or algorithm.name=expert_iteration)"
+            )
         batch = a.prompts_per_step * a.group_size
         per_update = batch // a.updates_per_batch
         if batch % a.updates_per_batch or per_update % a.micro_batches:
@@ -338,6 +355,18 @@ class TrainConfig:
         """Completions sampled per step (ES: per generation, over the whole population)."""
         per_prompt = self.es.population if self.is_es else self.algorithm.group_size
         return self.algorithm.prompts_per_step * per_prompt
+
+
+def non_finite_fields(cfg: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the float fields of a config tree that are NaN or infinite."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        value, name = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            out += non_finite_fields(value, name + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(f"{name}={value}")
+    return out
 
 
 # Fields only one learner reads ("section" = every field of it). The rest is shared.
@@ -574,6 +603,7 @@ __all__ = [
     "RL_ALGORITHMS",
     "ES_ALGORITHMS",
     "unused_fields",
+    "non_finite_fields",
     "load_config",
     "config_from_dict",
     "config_to_dict",

@@ -30,11 +30,21 @@ import shutil
 from typing import Any, Callable, Iterator
 
 import jax
+import yaml
 
 from . import checkpoint as ckpt
-from .config import save_config
+from .config import ConfigError, config_to_dict, save_config
 from .lock import RunLock
 from .metrics import RunLogger, plot_curves
+
+
+class NonFiniteError(RuntimeError):
+    """A training quantity became NaN or infinite; the run stopped without saving that state."""
+
+
+def _finite(value: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(value)
+    return all(bool(jax.device_get(jax.numpy.all(jax.numpy.isfinite(x)))) for x in leaves)
 
 
 def peak_rss_mb() -> float:
@@ -81,9 +91,30 @@ class Run:
         if not resume:
             self._clear_checkpoints(ckpt_dir)
         self.checkpointer = ckpt.Checkpointer(ckpt_dir, keep=keep)
+        self.checkpointer_dir = self.checkpointer.directory
         self.files["checkpoints"] = self.checkpointer.directory
+        self.config = config
         if config is not None and self.main:
-            save_config(config, os.path.join(output_dir, "config.yaml"))
+            self._snapshot_config(config, resume and self.checkpointer.latest_step() is not None)
+
+    def _snapshot_config(self, config: Any, resuming: bool) -> None:
+        """Write config.yaml on a fresh start. On resume, config.yaml stays as the checkpoints'
+        record; a config that differs in anything but `RESUMABLE_CHANGES` is refused, and the
+        resumed run's own config goes to config.resumed.yaml."""
+        path = os.path.join(self.directory, "config.yaml")
+        if not (resuming and os.path.isfile(path)):
+            save_config(config, path)
+            return
+        with open(path, encoding="utf-8") as f:
+            original = yaml.safe_load(f) or {}
+        changed = resume_conflicts(original, config_to_dict(config))
+        if changed:
+            self.close()
+            raise ConfigError(
+                f"--resume with a config that differs from the one that made the checkpoints ({path}): "
+                f"{'; '.join(changed)}. Resume with the original settings, or start a new output_dir"
+            )
+        save_config(config, os.path.join(self.directory, "config.resumed.yaml"))
 
     # ---- output
 
@@ -122,6 +153,13 @@ class Run:
         if self.resume and self.checkpointer.latest_step() is not None:
             state, meta = self.checkpointer.restore(template, identity=identity, trainable_config=trainable_config)
             self.start_step = int(meta["step"])
+            total = getattr(self.config, "steps", None)
+            if isinstance(total, int) and total < self.start_step:
+                self.close()
+                raise ConfigError(
+                    f"the latest checkpoint in {self.checkpointer_dir} is at {unit} {self.start_step} but steps={total}; "
+                    f"raise steps to train further, or evaluate it with `jaxsteer eval {self.directory}`"
+                )
             for name, value in (meta.get("evals") or {}).items():
                 self.evals[name] = value
                 self._persist.add(name)
@@ -143,6 +181,22 @@ class Run:
     def log(self, step: int, metrics: dict, kind: str = "train") -> None:
         """One record in metrics.jsonl / TensorBoard (process 0)."""
         self._open_logger().log(step, metrics, kind=kind)
+
+    def check_finite(self, step: int, values: dict[str, Any]) -> None:
+        """Stop the run with NonFiniteError naming `step` and every quantity in `values` (scalars,
+        arrays or pytrees: loss, gradient norm, the updated parameters ...) that is NaN or
+        infinite. Call it before saving: the last checkpoint on disk stays the last good state."""
+        bad = [name for name, value in values.items() if not _finite(value)]
+        if not bad:
+            return
+        latest = self.checkpointer.latest_step() if self.checkpointer is not None else None
+        where = f"the last good checkpoint is step {latest} ({self.checkpointer_dir})" if latest is not None \
+            else "no checkpoint was written"
+        self.close()
+        raise NonFiniteError(
+            f"step {step}: {', '.join(bad)} became non-finite (NaN or inf); the run stops without saving this "
+            f"state; {where}. Lower lr, check the rewards and data, or resume from the last checkpoint"
+        )
 
     @staticmethod
     def due(done: int, every: int, total: int) -> bool:
@@ -209,8 +263,35 @@ class Run:
                 multihost_utils.sync_global_devices("jaxsteer-fresh-run")
 
 
+# Settings a resumed run may change (dotted prefixes): how long it runs, what it prints and how
+# often it saves or evaluates. Everything else would make the checkpoints' trajectory a mix of
+# two runs (data, reward, model, algorithm, optimizer, sampling, the held-out set's size).
+RESUMABLE_CHANGES = ("steps", "output_dir", "out_dir", "progress", "plot", "tensorboard", "log_every",
+                     "checkpoint.every", "checkpoint.keep", "keep", "eval.every", "eval.batch_size", "eval.after")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def resume_conflicts(original: dict, new: dict, allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
+    """`"key: old -> new"` for every setting that differs between two configs (plain data)
+    outside the `allowed` dotted prefixes."""
+    a, b = _flat(original), _flat(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key) and not any(key == p or key.startswith(p + ".") for p in allowed):
+            out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
+
+
 def _without_examples(r: dict | None) -> dict:
     return {k: v for k, v in (r or {}).items() if k != "examples"}
 
 
-__all__ = ["Run", "peak_rss_mb", "gather_rows"]
+__all__ = ["NonFiniteError", "RESUMABLE_CHANGES", "Run", "peak_rss_mb", "gather_rows", "resume_conflicts"]

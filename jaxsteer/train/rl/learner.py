@@ -270,6 +270,8 @@ def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | 
     train_seconds = time.perf_counter() - t_train
     held_out.after(run, lambda: learner.policy(state))
     trainable = jax.device_get(state["trainable"])
+            run.check_finite(done, {"loss": record["loss"], "grad_norm": record["grad_norm"],
+                                    "trainable": state["trainable"]})
     if cfg.trainable.kind == "steering":
         run.files.update(export_steering(run.directory, cfg, learner.setup.model, trainable, run.say))
     files = run.finish({
