@@ -36,6 +36,7 @@ from ..run import Run, gather_rows, peak_rss_mb
 from ..sharding import batch_sharding, global_batch, make_mesh, n_batch_shards, replicated
 from ..state import init_train_state
 from ..trainable import build_policy, count_params
+from .dash import pack_kept, packs_dash
 from .dynamic import fill_batch
 from .losses import group_advantages, zero_std_fraction
 from .rollout import RolloutBatch, collect
@@ -78,7 +79,7 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
         temperature=cfg.sampling.temperature,
         on_policy=a.updates_per_batch == 1 and cfg.loss.clip_eps_low is None and cfg.loss.importance_cap is None,
         need_ref=cfg.loss.kl_coef > 0 or a.log_kl,
-        shared_prompts=a.group_size if rows_per_micro % a.group_size == 0 else 1,
+        shared_prompts=a.group_size if rows_per_micro % a.group_size == 0 and not packs_dash(cfg) else 1,
         rapid_group=a.group_size if a.advantage == "rapid" and a.name == "grpo" else 0,
     )
 
@@ -123,8 +124,14 @@ def update(step_fn, setup: Setup, state: dict, batch: RolloutBatch, cfg: TrainCo
     for u in range(a.updates_per_batch):
         sl = slice(u * per_update, (u + 1) * per_update)
         local = {k: getattr(batch, k)[sl] for k in BATCH_KEYS}
-        local = {k: v.reshape(a.micro_batches, -1, *v.shape[1:]) for k, v in local.items()}
+        if packs_dash(cfg):  # DASH: filtered samples never reach the forward / backward pass
+            local, kept = pack_kept(local, per_update // a.micro_batches, cfg.loss.dash_tau, batch.prompt_width)
+        else:
+            local = {k: v.reshape(a.micro_batches, -1, *v.shape[1:]) for k, v in local.items()}
         state, m = step_fn(setup.model, state, {k: global_batch(v, mesh) for k, v in local.items()}, batch.prompt_width)
+        m = {**m, "update_rows": local["tokens"].shape[0] * local["tokens"].shape[1]}
+        if packs_dash(cfg):
+            m["kept_fraction"] = kept / per_update
         metrics.append(m)
     metrics = jax.device_get(metrics)
     return state, {k: float(np.mean([m[k] for m in metrics])) for k in metrics[-1]}
@@ -146,6 +153,7 @@ def step_record(cfg: TrainConfig, spec: StepSpec, batch: RolloutBatch, m: dict, 
         "kl": m.get("kl") if spec.need_ref else None,
         "clip_fraction": m.get("clip_fraction"),
         "kept_fraction": m.get("kept_fraction"),
+        "update_rows": m.get("update_rows"),  # rows run forward and backward (fewer with DASH's filter)
         "grad_norm": m.get("grad_norm"),
         "update_norm": m.get("update_norm"),
         "loss": m.get("loss"),
@@ -259,6 +267,8 @@ def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | 
         for step in range(run.start_step, cfg.steps):
             state, rng, record = learner.step(state, rng, step)
             done = step + 1
+            run.check_finite(done, {"loss": record["loss"], "grad_norm": record["grad_norm"],
+                                    "trainable": state["trainable"]})
             if done % max(cfg.log_every, 1) == 0 or done == cfg.steps:
                 run.log(done, record)
             history.append({"step": done, **record})
@@ -270,8 +280,6 @@ def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | 
     train_seconds = time.perf_counter() - t_train
     held_out.after(run, lambda: learner.policy(state))
     trainable = jax.device_get(state["trainable"])
-            run.check_finite(done, {"loss": record["loss"], "grad_norm": record["grad_norm"],
-                                    "trainable": state["trainable"]})
     if cfg.trainable.kind == "steering":
         run.files.update(export_steering(run.directory, cfg, learner.setup.model, trainable, run.say))
     files = run.finish({
