@@ -353,9 +353,10 @@ def test_gguf_unsupported_architecture(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def default_model():
+def default_model(real_model):
+    """The session's SmolLM2 (jaxsteer) with the state dict of transformers' own GGUF load of it."""
     path = default_model_path()
-    model, tok = load("smollm2-135m-instruct")
+    model, tok = real_model
     hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     return model, tok, _state(hf)
 
