@@ -27,7 +27,7 @@ import yaml
 from ..models.decoder import PROJECTIONS
 from .trainable import TrainableConfig
 
-RL_ALGORITHMS = ("grpo", "expert_iteration")
+RL_ALGORITHMS = ("grpo", "expert_iteration", "sft")
 ES_ALGORITHMS = ("es", "eggroll", "essa")
 ES_STRATEGIES = ("openai", "cma", "sep_cma")
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_sum_norm")
@@ -165,7 +165,8 @@ class AlgorithmConfig:
     """The RL algorithm.
 
     name: "grpo" (the policy-gradient family: REINFORCE/RLOO/GRPO/DAPO/Dr. GRPO, set by
-    `advantage` and `loss`), "expert_iteration" (NLL on samples with reward > ei_threshold), or an
+    `advantage` and `loss`), "expert_iteration" (NLL on samples with reward > ei_threshold: rejection-
+    sampling SFT), "sft" (NLL on the prompts' reference answers; group_size 1), or an
     evolution strategy: "es" | "eggroll" | "essa" (settings in the `es` section; then `steps` counts
     generations, `prompts_per_step` is the prompts per generation and the GRPO fields are unused).
     group_size: completions per prompt (G). prompts_per_step: prompts per optimizer step over all

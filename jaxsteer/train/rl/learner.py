@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from ...models.generate import pad_id_for
+from ...models.generate import default_stop_tokens, pad_id_for
 from ...models.params import Model
 from .. import checkpoint as ckpt
 from ..build import Inputs
@@ -40,6 +40,7 @@ from .dash import pack_kept, packs_dash
 from .dynamic import fill_batch
 from .losses import group_advantages, zero_std_fraction
 from .rollout import RolloutBatch, collect
+from .sft import reference_batch
 from .step import StepSpec, compile_step
 
 BATCH_KEYS = ("tokens", "mask", "old_logp", "advantages", "rewards")
@@ -68,14 +69,17 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
     loss = cfg.loss
     if loss.aggregation == "seq_sum_norm" and loss.max_len is None:  # Dr. GRPO: a constant, not the batch width
         loss = dataclasses.replace(loss, max_len=cfg.sampling.max_new_tokens)
+    if a.name == "sft" and a.group_size != 1:
+        raise ConfigError(f"algorithm.name=sft trains on one reference per prompt: set algorithm.group_size=1 "
+                          f"(got {a.group_size})")
     if a.advantage == "rapid" and (rows_per_micro % a.group_size or loss.dash_tau > 0 or loss.clip_eps_low is not None):
         raise ConfigError("algorithm.advantage=rapid needs whole groups in every micro-batch and no loss.dash_tau "
                           f"or ratio clipping (a micro-batch has {rows_per_micro} rows, group_size={a.group_size})")
     return StepSpec(
         trainable=cfg.trainable,
         loss=loss,
-        algorithm=a.name,
-        ei_threshold=a.ei_threshold,
+        algorithm="expert_iteration" if a.name == "sft" else a.name,  # SFT: the same NLL on reference rows
+        ei_threshold=0.0 if a.name == "sft" else a.ei_threshold,
         temperature=cfg.sampling.temperature,
         on_policy=a.updates_per_batch == 1 and cfg.loss.clip_eps_low is None and cfg.loss.importance_cap is None,
         need_ref=cfg.loss.kl_coef > 0 or a.log_kl,
@@ -201,8 +205,17 @@ class RLLearner:
         return build_policy(self.setup.model, state["trainable"], self.cfg.trainable)
 
     def rollout(self, state: dict, key: jax.Array) -> RolloutBatch:
-        """Sample, score and compute advantages for the next batch of prompts."""
+        """Sample, score and compute advantages for the next batch of prompts (SFT: the prompts
+        followed by their reference answers)."""
         a, inp = self.cfg.algorithm, self.inputs
+        if a.name == "sft":
+            examples = next(self.data_iter)
+            stop = default_stop_tokens(self.setup.model, inp.tokenizer)
+            eos = getattr(inp.tokenizer, "eos_token_id", None) if inp.tokenizer is not None else None
+            return reference_batch(examples, [inp.encode(e) for e in examples], tokenizer=inp.tokenizer,
+                                   pad_id=pad_id_for(self.setup.model, inp.tokenizer),
+                                   eos_id=eos if eos is not None else (stop[0] if stop else None),
+                                   max_new_tokens=self.cfg.sampling.max_new_tokens, bucket=self.cfg.sampling.bucket)
         G = a.group_size
         advantage_fn = (lambda r: np.asarray(group_advantages(r, G, a.advantage))) if a.name == "grpo" else (lambda r: r)
         model, ivs = self.policy(state)

@@ -1,0 +1,81 @@
+"""Supervised fine-tuning: SFT on reference answers lowers their NLL (steering, LoRA, full), rejection-
+sampling SFT raises the reward, and ESSA's starting centre built from an SFT LoRA is that policy."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import train_toy as T
+from jaxsteer.train import train
+from jaxsteer.train.config import ConfigError, config_from_dict
+from jaxsteer.train.data import Example
+from jaxsteer.train.rl.learner import step_spec
+from jaxsteer.train.rl.scoring import sequence_logprobs
+from jaxsteer.train.rl.sft import reference_batch
+from jaxsteer.train.trainable import build_policy
+
+KINDS = {"steering": {"lr": 0.3}, "lora": {"lr": 0.05, "trainable.lora_rank": 4}, "full": {"lr": 0.01}}
+
+
+def _examples(n=16, seed=0):
+    rng = np.random.RandomState(seed)
+    return [Example(f"s{i}", "t", {"prompt_ids": rng.randint(2, T.VOCAB, 5).tolist(),
+                                    "target_ids": [9, 12, 1]}) for i in range(n)]  # the same answer, then EOS
+
+
+def _sft(tmp_path, kind, **kw):
+    flags = {"algorithm.name": "sft", "algorithm.group_size": 1, "algorithm.micro_batches": 1, "steps": 4,
+             "checkpoint.every": 0, "model.random_scale": 0.2, "trainable.kind": kind, **KINDS[kind], **kw}
+    cfg = config_from_dict(T.config_dict(str(tmp_path / kind), **flags))
+    return cfg, train(cfg, train_examples=_examples(), eval_examples=_examples(4, seed=1))
+
+
+def _nll(model, trainable, cfg, examples):
+    batch = reference_batch(examples, [e.meta["prompt_ids"] for e in examples], tokenizer=None, pad_id=0, eos_id=1,
+                            max_new_tokens=cfg.sampling.max_new_tokens, bucket=1)
+    policy, ivs = build_policy(model, trainable, cfg.trainable) if trainable is not None else (model, ())
+    logp, _ = sequence_logprobs(policy, batch.tokens, batch.mask, ivs, completion_start=batch.prompt_width)
+    return -float(np.sum(logp) / batch.completion_mask.sum())
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_sft_lowers_the_nll_of_its_targets(tmp_path, kind):
+    cfg, result = _sft(tmp_path, kind)
+    held = _examples(8, seed=2)
+    before, after = _nll(result.model, None, cfg, held), _nll(result.model, result.trainable, cfg, held)
+    assert after < before - 0.1, (before, after)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_rejection_sampling_sft_raises_the_reward(tmp_path):
+    flags = {"algorithm.name": "expert_iteration", "lr": 0.3, "steps": 6, "checkpoint.every": 0,
+             "model.random_scale": 0.2, "algorithm.prompts_per_step": 8, "sampling.max_new_tokens": 2}
+    result = train(config_from_dict(T.config_dict(str(tmp_path / "rs"), **flags)))
+    r = [h["reward_mean"] for h in result.history]
+    assert np.mean(r[-2:]) > np.mean(r[:2]) + 0.2, r
+
+
+def test_essa_centre_reproduces_the_sft_lora_policy(tmp_path):
+    from jaxsteer.train.es.spaces import essa_space
+
+    cfg, result = _sft(tmp_path, "lora")
+    space = essa_space(result.model, result.trainable, cfg.trainable, top_p=0.5)
+    centre = space.perturb(space.init(result.model), jax.random.PRNGKey(0), 0.0)
+    essa_model, essa_ivs = space.apply(result.model, centre)
+    lora_model, lora_ivs = build_policy(result.model, result.trainable, cfg.trainable)
+    ex = _examples(4, seed=3)
+    batch = reference_batch(ex, [e.meta["prompt_ids"] for e in ex], tokenizer=None, pad_id=0, eos_id=1,
+                            max_new_tokens=4, bucket=1)
+    a, _ = sequence_logprobs(essa_model, batch.tokens, batch.mask, essa_ivs, completion_start=batch.prompt_width)
+    b, _ = sequence_logprobs(lora_model, batch.tokens, batch.mask, lora_ivs, completion_start=batch.prompt_width)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert _nll(result.model, result.trainable, cfg, ex) < _nll(result.model, None, cfg, ex)
+
+
+def test_sft_needs_group_size_one():
+    with pytest.raises(ConfigError, match="group_size=1"):
+        step_spec(config_from_dict({"algorithm": {"name": "sft", "group_size": 4}}))
+    spec = step_spec(config_from_dict({"algorithm": {"name": "sft", "group_size": 1}}))
+    assert spec.algorithm == "expert_iteration" and spec.ei_threshold == 0.0
