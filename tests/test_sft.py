@@ -79,3 +79,17 @@ def test_sft_needs_group_size_one():
         step_spec(config_from_dict({"algorithm": {"name": "sft", "group_size": 4}}))
     spec = step_spec(config_from_dict({"algorithm": {"name": "sft", "group_size": 1}}))
     assert spec.algorithm == "expert_iteration" and spec.ei_threshold == 0.0
+
+
+def test_essa_needs_trained_adapters_and_the_fresh_start_has_its_own_name(tiny_model):
+    from jaxsteer.train.config import ESConfig
+    from jaxsteer.train.es.learner import build_es
+    from jaxsteer.train.es.spaces import ESSASpace
+
+    with pytest.raises(ConfigError, match="random_subspace"):
+        build_es(tiny_model, ESConfig(), "essa")  # no warm start: not ESSA
+    space, _ = build_es(tiny_model, ESConfig(space="random_subspace", essa_rank=2, targets=("q_proj",)), "essa")
+    assert isinstance(space, ESSASpace) and set(space.s0) == {"q_proj"}
+    assert float(np.abs(space.s0["q_proj"]).max()) == 0.0  # random orthonormal U, V with s = 0
+    cfg = config_from_dict({"algorithm": {"name": "essa"}, "es": {"space": "random_subspace"}})
+    assert cfg.es.space_for("essa") == "random_subspace"

@@ -86,14 +86,16 @@ class ESConfig:
 
     The algorithm picks the defaults: "es" = dense ES over `space` (default the run's `trainable`,
     e.g. steering vectors), "eggroll" = low-rank perturbations of the projection matrices, "essa" =
-    the singular values of LoRA adapters.
-    space: "trainable" | "full" | "eggroll" | "essa" (None: from the algorithm).
+    the paper's recipe: the singular values of a trained (SFT) LoRA's adapters, from `warm_start`.
+    space: "trainable" | "full" | "eggroll" | "essa" | "random_subspace" (None: from the algorithm;
+    "random_subspace" = random orthonormal U, V of rank `essa_rank` with s = 0, the singular values
+    evolving: a random-subspace ES, not ESSA, which needs no warm start).
     strategy: "openai" | "cma" | "sep_cma" (None: "cma" for essa, else "openai").
     sigma: noise scale (OpenES) or initial step size (CMA). lr, optimizer, shaping, antithetic,
     divide_by_sigma: OpenES settings (see `OpenES`). rank: EGGROLL noise rank. targets:
-    projections for eggroll / fresh essa. top_p, essa_rank: ESSA (rank only for a fresh start).
-    warm_start: ESSA's LoRA warm start, the output directory of a LoRA training run (its latest
-    checkpoint; None = fresh adapters with s = 0). member_batch: members evaluated at once (0 = all).
+    projections for eggroll / random_subspace. top_p: ESSA's evolving fraction of singular values;
+    essa_rank: random_subspace's rank. warm_start: ESSA's LoRA warm start, the output directory of a
+    LoRA training run (`algorithm.name: sft` in the paper's recipe; its latest checkpoint). member_batch: members evaluated at once (0 = all).
     greedy: greedy evaluation (else sampled with the run's sampling settings, one key shared by all
     members).
     """
@@ -116,8 +118,8 @@ class ESConfig:
     greedy: bool = True
 
     def __post_init__(self):
-        if self.space not in (None, "trainable", "full", "eggroll", "essa"):
-            raise ValueError(f"es.space must be trainable, full, eggroll or essa, got {self.space!r}")
+        if self.space not in (None, "trainable", "full", "eggroll", "essa", "random_subspace"):
+            raise ValueError(f"es.space must be trainable, full, eggroll, essa or random_subspace, got {self.space!r}")
         if self.strategy not in (None, *ES_STRATEGIES):
             raise ValueError(f"es.strategy must be one of {sorted(ES_STRATEGIES)}, got {self.strategy!r}")
         if self.population < 2:

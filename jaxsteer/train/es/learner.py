@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ...models.params import Model
 from .. import checkpoint as ckpt
 from ..build import Inputs, PromptEncoder, build_model
-from ..config import ESConfig, TrainConfig, load_config
+from ..config import ConfigError, ESConfig, TrainConfig, load_config
 from ..data import make_loader
 from ..evaluate import HeldOut
 from ..export import export_steering
@@ -51,9 +51,14 @@ def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: Trai
         space = FullSpace()
     elif name == "eggroll":
         space = EggrollSpace(targets=cfg.targets, rank=cfg.rank)
+    elif name == "random_subspace":  # random orthonormal U, V with s = 0: not ESSA, which starts from trained adapters
+        space = essa_space(model, None, None, top_p=cfg.top_p, rank=cfg.essa_rank, targets=cfg.targets, seed=seed)
+    elif lora is None:
+        raise ConfigError("ESSA evolves the singular values of trained LoRA adapters (the paper: an SFT run): set "
+                          "es.warm_start to a LoRA run's directory, or es.space=random_subspace for random "
+                          "orthonormal adapters with s = 0")
     else:
-        space = essa_space(model, lora, trainable if lora is not None else None, top_p=cfg.top_p,
-                           rank=cfg.essa_rank, targets=cfg.targets, seed=seed)
+        space = essa_space(model, lora, trainable, top_p=cfg.top_p, seed=seed)
     strategy_name = cfg.strategy_for(algorithm)
     if strategy_name == "openai":
         strategy = OpenES(population=cfg.population, sigma=cfg.sigma, lr=cfg.lr, antithetic=cfg.antithetic,
