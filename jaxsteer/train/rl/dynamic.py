@@ -5,7 +5,9 @@ under every group baseline, so it only dilutes the batch. `fill_batch` drops tho
 samples more prompts (whole extra rounds of `prompts_per_step`) until the batch holds
 `n_groups` informative groups, for at most `max_rounds` extra rounds. If the cap is reached first,
 the batch is completed with dropped groups (zero advantage, so zero gradient; shapes stay fixed
-and nothing recompiles) and `dynamic_short_groups` says how many.
+and nothing recompiles) and `dynamic_short_groups` says how many. With several processes each fills its own share, and
+they sample the same number of rounds (until every one is full or the cap is reached), since the
+sampler runs on the whole mesh.
 
 Groups are filtered on `task_rewards` (the rewards before length shaping), as the paper filters on
 accuracy; their advantages were computed within the group, so selecting groups keeps them valid.
@@ -18,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..run import gather_rows
 from .rollout import RolloutBatch, trim_completions
 
 
@@ -69,7 +72,7 @@ def fill_batch(sample: Callable[[int], RolloutBatch], n_groups: int, group_size:
         batches.append(sample(r))
         b = batches[-1]
         kept += int(informative_groups(b.task_rewards if b.task_rewards is not None else b.rewards, group_size).sum())
-        if kept >= n_groups:
+        if not np.max(gather_rows(np.array([kept < n_groups]))):  # every process samples the same rounds
             break
     batch = concat_batches(batches, pad_id) if len(batches) > 1 else batches[0]
     signal = informative_groups(batch.task_rewards if batch.task_rewards is not None else batch.rewards, group_size)
