@@ -18,7 +18,7 @@ import numpy as np
 
 from ..models.params import Model
 from .config import TrainConfig
-from .trainable import TrainableConfig, steering_vectors
+from .trainable import TrainableConfig, adaptive_gate, steering_vectors
 
 
 def steering_array(trainable, cfg: TrainableConfig, n_layers: int) -> np.ndarray:
@@ -73,11 +73,19 @@ def save_hf_patch(path: str, trainable, cfg: TrainableConfig, model: Model, extr
 
 def export_steering(out_dir: str, cfg: TrainConfig, model: Model, trainable: Any, say: Callable = print) -> dict:
     """End of a run that trained steering vectors of `cfg.trainable` (process 0): write
-    `steering_vectors.npy` and, where it means the same, the safetensors patch. Returns the files."""
+    `steering_vectors.npy` and, where it means the same, the safetensors patch; adaptive steering
+    also writes its gate, `adaptive_steering.npz` (`vectors`, `w`, `b`, dense over layers). Returns
+    the files."""
     if jax.process_index() != 0:
         return {}
     tcfg = cfg.trainable
     files = {"vectors_npy": save_npy(os.path.join(out_dir, "steering_vectors.npy"), trainable, tcfg, model.config.n_layers)}
+    if tcfg.kind == "adaptive_steering":  # the (ungated) vectors above, and the gate
+        gate = {k: np.asarray(v, np.float32) for k, v in adaptive_gate(trainable, tcfg, model.config.n_layers).items()}
+        files["adaptive_npz"] = os.path.join(out_dir, "adaptive_steering.npz")
+        np.savez(files["adaptive_npz"], **gate)
+        say("(no safetensors patch: a gated vector is not a constant down_proj bias)")
+        return files
     try:
         files["vectors_safetensors"] = save_hf_patch(
             os.path.join(out_dir, "steering_vectors.safetensors"), trainable, tcfg, model,

@@ -15,6 +15,10 @@ Kinds:
 - "lora": `{proj: {"a": [L, in, r], "b": [L, r, out]}}` for each target projection, `a`
   Kaiming-uniform, `b` zeros; applied unmerged through `params["layers"]["lora"]` with
   `lora_alpha / lora_rank` folded into `b`.
+- "adaptive_steering": steering with a learned per-token gate (the steering paper's token-wise
+  scaling; `jaxsteer.analysis.studies.AdaptiveSteer`): at each selected layer
+  `x_t + sigmoid(w . x_t + b) * v`, `{"vectors": [n, d], "w": [n, d], "b": [n]}`, all zeros at
+  init (vectors 0: no effect; gate 0.5). Residual-width sites only.
 - "full": the model's own parameter pytree.
 
 Every kind starts with zero effect: the initial policy equals the base model.
@@ -33,15 +37,16 @@ from ..models.decoder import PROJECTIONS
 from ..models.interventions import Steer, check_site, site_feature_shape
 from ..models.params import Model
 
-KINDS = ("steering", "lora", "full")
+KINDS = ("steering", "adaptive_steering", "lora", "full")
+STEERING_KINDS = ("steering", "adaptive_steering")  # vectors added to the residual stream (exported as such)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainableConfig:
     """What is trained (static; hashable, so it can be a jit-static argument).
 
-    kind: "steering" | "lora" | "full".
-    layers: steering only; None = every layer, else a tuple of layer indices (e.g. `(10,)`).
+    kind: "steering" | "adaptive_steering" | "lora" | "full".
+    layers: steering kinds only; None = every layer, else a tuple of layer indices (e.g. `(10,)`).
     site: steering placement (any site but "pattern"; "resid_post" = after the MLP, "attn_out" =
     after attention, "resid_mid", "resid_pre", "mlp_out", ...).
     rank: steering only; None = one full vector per layer, r = low-rank `S = A @ B`.
@@ -61,12 +66,14 @@ class TrainableConfig:
             raise ValueError(f"unknown trainable kind {self.kind!r}; kinds: {KINDS}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
-            if self.kind != "steering":
+            if self.kind not in STEERING_KINDS:
                 raise ValueError(f"layers is a steering option; kind={self.kind!r} trains every layer")
             if not self.layers or len(set(self.layers)) != len(self.layers):
                 raise ValueError(f"layers must be a non-empty tuple of distinct indices, got {self.layers}")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        if self.kind == "steering":
+        if self.kind == "adaptive_steering" and self.rank is not None:
+            raise ValueError("rank (low-rank steering) is not an adaptive_steering option")
+        if self.kind in STEERING_KINDS:
             check_site(self.site)
             if self.site == "pattern":
                 raise ValueError("cannot steer the attention pattern; choose another site")
@@ -127,6 +134,13 @@ def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
             "a": _kaiming_uniform(key, (n, cfg.rank), fan_in=cfg.rank),
             "b": jnp.zeros((cfg.rank, *feat), jnp.float32),
         }
+    if cfg.kind == "adaptive_steering":
+        feat = site_feature_shape(cfg.site, c)
+        if feat != (c.d_model,):
+            raise ValueError(f"adaptive_steering needs a residual-width site; {cfg.site!r} has features {feat}")
+        n = len(_steer_layers(cfg, c.n_layers))
+        zeros = jnp.zeros((n, c.d_model), jnp.float32)
+        return {"vectors": zeros, "w": zeros, "b": jnp.zeros((n,), jnp.float32)}
     if cfg.kind == "lora":
         layers = model.params["layers"]
         existing = layers.get("lora", {})
@@ -140,13 +154,21 @@ def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
 
 def steering_vectors(trainable: dict, cfg: TrainableConfig, n_layers: int) -> jax.Array:
     """Dense steering vectors `[L, *feat]` (`[L, d]` at residual sites), zero on untrained layers."""
-    if cfg.kind != "steering":
-        raise ValueError(f"steering_vectors needs kind='steering', got {cfg.kind!r}")
-    vecs = _vectors(trainable, cfg)
-    layers = _steer_layers(cfg, n_layers)
+    if cfg.kind not in STEERING_KINDS:
+        raise ValueError(f"steering_vectors needs a steering kind, got {cfg.kind!r}")
+    return _dense(_vectors(trainable, cfg), cfg, n_layers)
+
+
+def _dense(x: jax.Array, cfg: TrainableConfig, n_layers: int) -> jax.Array:
+    """Per selected layer values `[n, ...]` -> `[L, ...]`, zeros on the other layers."""
     if cfg.layers is None:
-        return vecs
-    return jnp.zeros((n_layers, *vecs.shape[1:]), vecs.dtype).at[jnp.asarray(layers)].set(vecs)
+        return x
+    return jnp.zeros((n_layers, *x.shape[1:]), x.dtype).at[jnp.asarray(_steer_layers(cfg, n_layers))].set(x)
+
+
+def adaptive_gate(trainable: dict, cfg: TrainableConfig, n_layers: int) -> dict:
+    """An adaptive_steering trainable as dense `{"vectors": [L, d], "w": [L, d], "b": [L]}`."""
+    return {k: _dense(trainable[k], cfg, n_layers) for k in ("vectors", "w", "b")}
 
 
 def _vectors(trainable: dict, cfg: TrainableConfig) -> jax.Array:
@@ -181,6 +203,11 @@ def apply_trainable(
         return model, ()
     if cfg.kind == "steering":
         return model, (_steer(trainable, cfg, model),)
+    if cfg.kind == "adaptive_steering":
+        from ..analysis.studies import AdaptiveSteer  # the intervention the analysis studies use
+
+        d = adaptive_gate(trainable, cfg, model.config.n_layers)
+        return model, (AdaptiveSteer(d["vectors"], d["w"], d["b"], site=cfg.site, layers=cfg.layers),)
     if cfg.kind == "lora":
         layers = dict(model.params["layers"])
         lora = dict(layers.get("lora", {}))
@@ -223,6 +250,8 @@ __all__ = [
     "apply_trainable",
     "build_policy",
     "steering_vectors",
+    "adaptive_gate",
+    "STEERING_KINDS",
     "merge_lora",
     "count_params",
 ]
