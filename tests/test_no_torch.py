@@ -36,8 +36,7 @@ SCRIPT = textwrap.dedent(
     from jaxsteer.cli import main
 
     model, tok = jaxsteer.load("smollm2-135m-instruct")
-    vec = np.zeros((model.config.n_layers, model.config.d_model), np.float32)
-    vec[-1, :] = 0.5
+    vec = 4.0 * np.random.RandomState(0).standard_normal((model.config.n_layers, model.config.d_model)).astype(np.float32)
     plain = jaxsteer.generate(model, ["What is 2 + 3?"], tokenizer=tok, greedy=True, max_new_tokens=6)
     steered = jaxsteer.generate(model, ["What is 2 + 3?"], tokenizer=tok, greedy=True, max_new_tokens=6,
                                 interventions=[jaxsteer.Steer(vec)])
