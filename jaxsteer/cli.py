@@ -164,7 +164,12 @@ def cmd_train(args) -> None:
 
     from .train.config import ConfigError, load_config
     from .train import print_logit_lens, train
+    from .train.distributed import initialize
 
+    try:  # before any other JAX call
+        initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    except ValueError as e:
+        raise SystemExit(f"jaxsteer train: {e}") from None
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
@@ -321,6 +326,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     p.add_argument("--output-dir", help="same as output_dir=DIR")
     p.add_argument("--logit-lens", type=int, default=5, help="top-k tokens per layer of the trained vectors (0 = off)")
+    g = p.add_argument_group("multi-process runs (jax.distributed; or JAXSTEER_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
+    g.add_argument("--num-processes", type=int, metavar="N")
+    g.add_argument("--process-id", type=int, metavar="I")
+    g.add_argument("--distributed", action="store_true",
+                   help="join with JAX's cluster detection (TPU pods, SLURM, Open MPI) instead of explicit values")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="held-out accuracy of a trained run, with and without the trained part")

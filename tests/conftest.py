@@ -49,3 +49,8 @@ def real_model():
     import jaxsteer
 
     return jaxsteer.load("smollm2-135m-instruct")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "multiprocess: starts local multi-process JAX runs (jax.distributed, gloo); "
+                                       "deselect with -m 'not multiprocess'")

@@ -461,6 +461,7 @@ def make_loader(
     seed: int,
     shard_index: int = 0,
     shard_count: int = 1,
+    chunks: int = 1,
     num_epochs: int | None = None,
     shuffle: bool = True,
     drop_remainder: bool = False,
@@ -468,10 +469,12 @@ def make_loader(
     """A deterministic, resumable grain pipeline yielding lists of `batch_size` `Example`s.
 
     The global stream is `examples` reshuffled every epoch from `seed` (grain's index shuffle),
-    repeated `num_epochs` times (None = forever); process `shard_index` of `shard_count` takes
-    elements `shard_index, shard_index + shard_count, ...` of it, so processes see disjoint
-    examples and together cover every epoch. `iter(loader)` gives a grain `DatasetIterator` with
-    `get_state()` / `set_state(state)` (a small dict: the next batch index) for exact resume.
+    repeated `num_epochs` times (None = forever), cut into global batches of `batch_size * shard_count`; each is cut into `chunks`
+    equal parts (e.g. one per sampling call) and process `shard_index` of `shard_count` takes its
+    slice of every part, so global batch k and each of its parts hold the same examples in the
+    same order whatever the process count, and processes get disjoint examples. `iter(loader)` gives a grain
+    `DatasetIterator` with `get_state()` / `set_state(state)` (a small dict: the next batch index,
+    the same on every process) for exact resume, also on another number of processes.
     With finite epochs the last batch may be short unless `drop_remainder`.
     """
     if batch_size < 1:
@@ -485,9 +488,13 @@ def make_loader(
         ds = ds.shuffle(seed=int(seed) % 2**32)
     if num_epochs != 1:
         ds = ds.repeat(num_epochs)
-    if shard_count > 1:
-        ds = ds[shard_index::shard_count]
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=list)
+    ds = ds.batch(batch_size * shard_count, drop_remainder=drop_remainder, batch_fn=list)
+    if batch_size % chunks:
+        raise ValueError(f"batch_size={batch_size} does not split into {chunks} chunks")
+    if shard_count > 1:  # this process's slice of each part of a global batch (records are in memory)
+        per, part = batch_size // chunks, batch_size * shard_count // chunks
+        lo = shard_index * per
+        ds = ds.map(lambda b: sum((b[c * part + lo : c * part + lo + per] for c in range(chunks)), [])).filter(bool)
     # Records are tiny Python objects: read them in the calling thread (no thread pool).
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
 

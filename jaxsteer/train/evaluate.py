@@ -21,10 +21,12 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from ..models.generate import generate
+from ..models.generate import Generation, SamplingConfig, decode_completions, left_pad, prepare_prompts
 from ..models.params import Model
 from .config import TrainConfig
+from .distributed import gather_rows
 from .rewards import score_completions
+from .sharding import make_mesh, sample_on_mesh
 
 Z95 = 1.959963984540054
 
@@ -48,6 +50,24 @@ def mean_ci(values: Sequence[float], z: float = Z95) -> tuple[float, tuple[float
     return m, (max(0.0, m - z * se), min(1.0, m + z * se))
 
 
+def sample_batch(model, interventions, ids: Sequence, key, sampling: SamplingConfig, *, mesh=None, tokenizer=None,
+                 bucket: int = 8) -> Generation:
+    """Completions for a batch of prompt ids, sampled on `mesh` (default: one device): each
+    process samples its share (the last prompt repeated where the batch does not divide), each
+    device its slice of that (`sharding.sample_on_mesh`); every process gets the whole batch."""
+    mesh = make_mesh(1, 1, jax.devices()[:1]) if mesh is None else mesh
+    n, nproc = len(ids), jax.process_count()
+    per = -(-n // nproc)
+    local = list(ids[jax.process_index() * per :][:per]) or [ids[-1]]
+    local += [local[-1]] * (per - len(local))
+    prepared = prepare_prompts(model, local, tokenizer=tokenizer, max_new_tokens=sampling.max_new_tokens, bucket=bucket)
+    gen = sample_on_mesh(model, prepared, key, interventions, sampling, mesh)
+    rows = n * sampling.samples_per_prompt
+    tokens, logprobs, lengths = (gather_rows(x)[:rows] for x in (gen.tokens, gen.logprobs, gen.lengths))
+    ptoks, pmask = (np.repeat(x, sampling.samples_per_prompt, axis=0) for x in left_pad([list(i) for i in ids], prepared.pad_id))
+    return Generation(tokens, logprobs, lengths, ptoks, pmask, decode_completions(tokenizer, tokens, lengths))
+
+
 def evaluate_policy(
     model: Model,
     interventions: tuple,
@@ -66,11 +86,13 @@ def evaluate_policy(
     success: Callable[[float], bool] = lambda r: r > 0,
     keep_texts: int = 0,
     modes: dict[str, Callable] | None = None,
+    mesh=None,
 ) -> dict:
     """Greedy accuracy (Wilson CI) and/or sampled pass@1 over `samples` draws (mean +- CI).
 
     `modes` ({name: reward_fn}, e.g. the correctness reward's strict and lenient answer extraction)
-    score the same completions again: `greedy_acc_<name>`, `greedy_ci_<name>`, `pass1_<name>`."""
+    score the same completions again: `greedy_acc_<name>`, `greedy_ci_<name>`, `pass1_<name>`.
+    mesh: the devices (of every process) that sample each batch (`sample_batch`; default: one)."""
     key = jax.random.PRNGKey(0) if key is None else key
     modes = dict(modes or {})
     out: dict[str, Any] = {"n": len(examples)}
@@ -80,8 +102,8 @@ def evaluate_policy(
         texts = []
         for s in range(0, len(examples), batch_size):
             exs, ids = examples[s : s + batch_size], prompt_ids[s : s + batch_size]
-            gen = generate(model, ids, tokenizer=tokenizer, seed=key, max_new_tokens=max_new_tokens, greedy=True,
-                           bucket=bucket, interventions=interventions)
+            gen = sample_batch(model, interventions, ids, key, SamplingConfig(max_new_tokens, greedy=True), mesh=mesh,
+                               tokenizer=tokenizer, bucket=bucket)
             correct.extend(success(r) for r in score_completions(reward_fn, exs, ids, gen))
             for m, fn in modes.items():
                 by_mode[m].extend(success(r) for r in score_completions(fn, exs, ids, gen))
@@ -105,9 +127,9 @@ def evaluate_policy(
         rows_per_call = max(1, batch_size // samples)
         for s in range(0, len(examples), rows_per_call):
             exs, ids = examples[s : s + rows_per_call], prompt_ids[s : s + rows_per_call]
-            rep = [p for p in ids for _ in range(samples)]
-            gen = generate(model, rep, tokenizer=tokenizer, seed=jax.random.fold_in(key, s), bucket=bucket,
-                           max_new_tokens=max_new_tokens, temperature=temperature, interventions=interventions)
+            gen = sample_batch(model, interventions, ids, jax.random.fold_in(key, s), mesh=mesh, tokenizer=tokenizer,
+                               sampling=SamplingConfig(max_new_tokens, float(temperature), samples_per_prompt=samples),
+                               bucket=bucket)
             ok = np.array([success(r) for r in score_completions(reward_fn, exs, ids, gen, repeats=samples)], np.float64)
             per_problem[s : s + len(exs)] = ok.reshape(len(exs), samples).mean(axis=1)
             for m, fn in modes.items():
@@ -153,13 +175,15 @@ class HeldOut:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, examples: Sequence, encode: Callable, tokenizer: Any,
-                    reward_fn: Callable) -> "HeldOut":
-        """Settings from `cfg.eval` / `cfg.sampling`; `encode(example)` gives prompt ids."""
+                    reward_fn: Callable, mesh=None) -> "HeldOut":
+        """Settings from `cfg.eval` / `cfg.sampling`; `encode(example)` gives prompt ids; `mesh`:
+        the devices that sample (`evaluate_policy`)."""
         settings = dict(
             tokenizer=tokenizer, reward_fn=reward_fn, max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
             greedy=cfg.eval.greedy, samples=cfg.eval.samples, temperature=cfg.eval.temperature,
             batch_size=cfg.eval.batch_size, bucket=cfg.sampling.bucket, key=jax.random.PRNGKey(cfg.seed + 1),
             modes=getattr(reward_fn, "extraction_modes", None),  # strict and lenient for the correctness reward
+            mesh=mesh,
         )
         return cls(cfg, list(examples), [encode(e) for e in examples], settings)
 
@@ -199,4 +223,4 @@ class HeldOut:
         return run.evaluate("after", self.cfg.steps, self._run(run, "trained", policy))
 
 
-__all__ = ["wilson_interval", "mean_ci", "evaluate_policy", "format_result", "HeldOut"]
+__all__ = ["wilson_interval", "mean_ci", "sample_batch", "evaluate_policy", "format_result", "HeldOut"]

@@ -7,17 +7,28 @@
 - Full fine-tuning (and the frozen base when `fsdp > 1`): each array is split along its largest
   axis divisible by the fsdp size (replicated when none is); XLA inserts the all-gathers.
 
+- Rollouts (`sample_on_mesh`): the public sampler `models.generate.sample_tokens` jitted on the
+  mesh with the prompts split over both batch axes, so each device prefills and decodes only its
+  slice of the prompts (with their `samples_per_prompt` rows); fsdp-split weights are gathered by
+  XLA as in the update. Random draws are the same as unsharded (threefry is partitionable).
+
 The same code runs on 1 CPU device, N virtual CPU devices, a GPU or a TPU slice. Across
-processes, each process passes its own rows to `global_batch` and gets one global array back.
+processes, each process passes its own rows to `global_batch` / `sample_on_mesh` and gets one
+global array back (or its own rows, `distributed.local_rows`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ..models.generate import Generation, PreparedPrompts, SamplingConfig, decode_completions, sample_tokens
+from .distributed import local_rows, process_max
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -93,6 +104,67 @@ def put(tree: Any, shardings: Any) -> Any:
     return jax.device_put(tree, shardings)
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every array leaf as a global array replicated on `mesh` (arrays already on its devices and
+    Python scalars stay; host values must be equal on every process)."""
+    rep = replicated(mesh)
+
+    def one(x):
+        if isinstance(x, jax.Array) and x.sharding.device_set == rep.device_set:
+            return x
+        if not isinstance(x, (jax.Array, np.ndarray, np.generic)):
+            return x
+        return jax.make_array_from_process_local_data(rep, np.asarray(x))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+@functools.partial(jax.jit, static_argnames=("sampling", "mesh"))
+def sample_rows(model, prompt, mask, stop_ids, pad_id, key, interventions, *, sampling, mesh):
+    """`sample_tokens` on global arrays with the rows (prompts in, completions out) constrained to
+    the batch axes of `mesh` (what `sample_on_mesh` runs; `.lower(...)` shows the per-device program)."""
+    rows = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(BATCH_AXES, *[None] * (x.ndim - 1))))
+    out = sample_tokens(model, rows(prompt), rows(mask), stop_ids, pad_id, key, interventions, sampling)
+    return tuple(rows(x) for x in out)
+
+
+def sample_on_mesh(model, prepared: PreparedPrompts, key: jax.Array, interventions: tuple, sampling: SamplingConfig,
+                   mesh: Mesh, tokenizer: Any = None) -> Generation:
+    """`sample_tokens` on `mesh` with this process's prompts split over the batch axes: every
+    device samples only its slice. Returns this process's rows as a `Generation` (prompts
+    repeated `samples_per_prompt` times, texts when `tokenizer`). Same tokens as `sample_tokens`
+    without a mesh, for any number of processes.
+
+    Prompts that do not divide over the process's devices are split as rows instead (each prompt
+    repeated `samples_per_prompt` times; same rows, each prefilled on its device); rows that do not
+    divide either are padded by repeating the last prompt and dropped (then the random draws differ
+    from the unsharded ones). The prompt width is padded to the widest process's."""
+    toks, mask = _widest(prepared, process_max(prepared.tokens.shape[1]))
+    n, R = len(toks), sampling.samples_per_prompt
+    local_shards = n_batch_shards(mesh) // jax.process_count()
+    if n % local_shards and (n * R) % local_shards == 0:  # split rows, not prompts
+        toks, mask = np.repeat(toks, R, axis=0), np.repeat(mask, R, axis=0)
+        run_sampling, per_row = dataclasses.replace(sampling, samples_per_prompt=1), 1
+    else:
+        run_sampling, per_row = sampling, R
+    rows = -(-len(toks) // local_shards) * local_shards
+    toks, mask = (np.pad(x, ((0, rows - len(x)), (0, 0)), mode="edge") for x in (toks, mask))
+    batch = batch_sharding(mesh, 2, micro=False)
+    prompt, pmask = (jax.make_array_from_process_local_data(batch, x) for x in (toks, mask))
+    model, stop_ids, key, interventions = replicate((model, prepared.stop_ids, key, interventions), mesh)
+    out = sample_rows(model, prompt, pmask, stop_ids, prepared.pad_id, key, interventions, sampling=run_sampling,
+                      mesh=mesh)
+    tokens, logprobs, lengths = (local_rows(x)[: n * R] for x in out)
+    ptoks, pmask = (np.repeat(x, per_row, axis=0)[: n * R] for x in (toks, mask))
+    return Generation(tokens, logprobs, lengths, ptoks, pmask, decode_completions(tokenizer, tokens, lengths))
+
+
+def _widest(prepared: PreparedPrompts, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared prompts left-padded to `width` columns."""
+    extra = ((0, 0), (width - prepared.tokens.shape[1], 0))
+    return np.pad(prepared.tokens, extra, constant_values=prepared.pad_id), np.pad(prepared.mask, extra)
+
+
 __all__ = [
     "make_mesh",
     "replicated",
@@ -102,4 +174,7 @@ __all__ = [
     "n_batch_shards",
     "global_batch",
     "put",
+    "replicate",
+    "sample_rows",
+    "sample_on_mesh",
 ]

@@ -19,7 +19,7 @@ from ..models.params import Model
 from . import checkpoint as ckpt
 from .build import build_model
 from .config import TrainConfig, config_to_dict
-from .sharding import make_mesh, replicated, tree_shardings
+from .sharding import make_mesh, replicate, replicated, tree_shardings
 from .trainable import init_trainable
 
 
@@ -89,6 +89,7 @@ def init_train_state(cfg: TrainConfig, model: Model, mesh, total_updates: int) -
         "opt": tree_shardings(abstract["opt"], mesh, shard_state),
     }
     state = jax.jit(lambda t: init_state(t, tx), out_shardings=state_shardings)(trainable0)
+    rng = replicate(rng, mesh)  # one global key: every process saves and samples with the same one
     return TrainState(model, state, rng, tx, sched, base_shardings, state_shardings)
 
 

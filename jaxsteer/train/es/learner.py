@@ -21,17 +21,19 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from ...models.params import Model
 from .. import checkpoint as ckpt
 from ..build import Inputs, PromptEncoder, build_model
 from ..config import ConfigError, ESConfig, TrainConfig, load_config
 from ..data import make_loader
+from ..distributed import to_host
 from ..evaluate import HeldOut
 from ..export import export_steering
 from ..rewards import get_reward_fn
 from ..run import Run, peak_rss_mb
+from ..sharding import make_mesh, replicate
 from ..state import load_trainable
 from ..trainable import TrainableConfig
 from .population import center_member, es_generation, member_mesh
@@ -159,9 +161,11 @@ def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callabl
     reward_fn = get_reward_fn(reward_fn)
     encode = encode or PromptEncoder(tokenizer)
     if mesh is not None:  # replicate once, not per generation
-        model, space, strategy = jax.device_put((model, space, strategy), NamedSharding(mesh, P()))
+        model, space, strategy = replicate((model, space, strategy), mesh)
     if state is None:
         state = strategy.init(space.init(model), jax.random.PRNGKey(spec.seed))
+    if mesh is not None:  # a global array on every process (checkpoints are written by all of them)
+        state = replicate(state, mesh)
     data_iter = iter(make_loader(examples, batch_size=spec.prompts_per_generation, seed=spec.seed, shuffle=spec.shuffle))
     identity, desc = ckpt.model_identity(model), describe(space, strategy)
     if run is not None:
@@ -206,14 +210,18 @@ def train_es(cfg: TrainConfig, inputs: Inputs, run: Run, *, lora: dict | None = 
     run.say(f"model {cfg.model.spec}: {model.config.n_layers} layers, d={model.config.d_model} | {cfg.algorithm.name}: "
             f"{type(space).__name__} ({dims:,} dims), {type(strategy).__name__}, population {es.population}, "
             f"sigma {es.sigma:g} | {cfg.algorithm.prompts_per_step} prompts per generation, {cfg.steps} generations")
-    held_out = HeldOut.from_config(cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn)
+    held_out = HeldOut.from_config(cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn,
+                                   mesh=make_mesh())  # held-out prompts split over every device
+    if jax.process_count() > 1 and es.population % jax.device_count():
+        raise ConfigError(f"es.population={es.population} does not split over the {jax.device_count()} devices "
+                          f"of {jax.process_count()} processes")
     mesh = member_mesh() if jax.device_count() > 1 and es.population % jax.device_count() == 0 else None
     t0 = time.perf_counter()
     result = run_es(model, space, strategy, inputs.train_examples, inputs.reward_fn, ESLoopSpec.from_config(cfg),
                     tokenizer=inputs.tokenizer, encode=inputs.encode, run=run, mesh=mesh, held_out=held_out)
     train_seconds = time.perf_counter() - t0
     held_out.after(run, lambda: space.apply(model, center_member(space, result.state["theta"])))
-    theta = jax.device_get(result.state["theta"])
+    theta = to_host(result.state["theta"])
     trains_trainable = isinstance(space, TrainableSpace)
     if trains_trainable and cfg.trainable.kind == "steering":
         run.files.update(export_steering(run.directory, cfg, model, theta, run.say))

@@ -22,7 +22,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ...models.generate import SamplingConfig, decode_completions, prepare_prompts, sample_tokens
 from ...models.params import Model
+from ..distributed import gather_rows, local_rows
 from ..rewards import score_completions
+from ..sharding import replicate
 from .strategies import sampling_key
 
 # --------------------------------------------------------------------------- population evaluation
@@ -34,7 +36,8 @@ class PopulationOutput:
 
     tokens / logprobs `[M, B, N]`, lengths `[M, B]` (as `Generation`: pad after the stop token,
     log-prob 0 there); prompt_tokens / prompt_mask `[B, P]`; texts `[M][B]` when a tokenizer was
-    given; seconds: wall time of the compiled call."""
+    given; seconds: wall time of the compiled call. In a multi-process run, M counts this
+    process's members only (a contiguous block; `gather_rows` joins them in member order)."""
 
     tokens: np.ndarray
     logprobs: np.ndarray
@@ -111,7 +114,8 @@ def population_generate(
     Member m's parameters are `strategy.member(space, state, m)`, regenerated inside the program.
     Sampled decoding (`greedy=False`) uses one key for all members (common random numbers).
     mesh: split the member axis over `axis` of this mesh (`shard_map`; the model and prompts are
-    replicated); the number of members must divide evenly. member_batch: evaluate this many
+    replicated), across processes too (each gets its own members' outputs); the number of members
+    must divide evenly. member_batch: evaluate this many
     members at a time (`lax.map`), bounding memory for large spaces such as `FullSpace`."""
     ids = np.arange(strategy.population) if member_ids is None else np.asarray(member_ids)
     prepared = prepare_prompts(model, prompt_ids, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket,
@@ -123,12 +127,13 @@ def population_generate(
         n = int(np.prod([mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,))]))
         if len(ids) % n:
             raise ValueError(f"{len(ids)} members do not split over {n} devices of mesh axis {axis!r}")
-        args = jax.device_put(args, NamedSharding(mesh, P()))
-        member_ids_arr = jax.device_put(member_ids_arr, NamedSharding(mesh, P(axis)))
+        args = replicate(args, mesh)
+        member_ids_arr = jax.make_array_from_callback(ids.shape, NamedSharding(mesh, P(axis)), lambda i: ids[i])
+    prompt_args = prepared.args if mesh is None else replicate(prepared.args, mesh)
     t0 = time.perf_counter()
-    out = _population(*args, member_ids_arr, *prepared.args, sampling=sampling, member_batch=member_batch or None,
+    out = _population(*args, member_ids_arr, *prompt_args, sampling=sampling, member_batch=member_batch or None,
                       mesh=mesh, axis=axis)
-    tokens, logprobs, lengths = (np.asarray(x) for x in jax.block_until_ready(out))
+    tokens, logprobs, lengths = (local_rows(x) for x in jax.block_until_ready(out))
     seconds = time.perf_counter() - t0
     texts = decode_completions(tokenizer, tokens, lengths)
     toks, mask = prepared.tokens, prepared.mask
@@ -173,21 +178,24 @@ def es_generation(
     shape + update (one jitted call). Returns (new state, metrics, outputs, rewards)."""
     out = population_generate(model, space, strategy, state, prompt_ids, **generate_kwargs)
     t0 = time.perf_counter()
-    rewards = score_population(reward_fn, examples, prompt_ids, out)
+    rewards = gather_rows(score_population(reward_fn, examples, prompt_ids, out))  # each process its members
+    lengths = gather_rows(out.lengths)
     t_reward = time.perf_counter() - t0
     t0 = time.perf_counter()
-    new_state, metrics = update_strategy(space, strategy, state, jnp.asarray(rewards))
+    mesh = generate_kwargs.get("mesh")
+    new_state, metrics = update_strategy(space, strategy, state, jnp.asarray(rewards) if mesh is None else
+                                         replicate(rewards, mesh))
     metrics = {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
     t_update = time.perf_counter() - t0
-    generated = int(out.lengths.sum())
+    generated = int(lengths.sum())
     metrics.update(
         generation=int(state["generation"]),
-        population=int(out.tokens.shape[0]),
+        population=int(lengths.shape[0]),
         prompts=len(prompt_ids),
         reward_mean=float(rewards.mean()),
         reward_std=float(rewards.std()),
         accuracy=float((rewards > 0).mean()),
-        completion_length=float(out.lengths.mean()),
+        completion_length=float(lengths.mean()),
         eval_seconds=out.seconds,
         reward_seconds=t_reward,
         update_seconds=t_update,

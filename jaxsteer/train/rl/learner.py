@@ -30,6 +30,7 @@ from .. import checkpoint as ckpt
 from ..build import Inputs
 from ..config import ConfigError, TrainConfig, config_to_dict
 from ..data import make_loader
+from ..distributed import to_host
 from ..evaluate import HeldOut
 from ..export import export_steering
 from ..run import Run, gather_rows, peak_rss_mb
@@ -194,7 +195,8 @@ class RLLearner:
             metric_sharding=replicated(mesh),
         )
         loader = make_loader(inputs.train_examples, batch_size=local_prompts, seed=cfg.seed,
-                             shard_index=jax.process_index(), shard_count=jax.process_count(), shuffle=cfg.data.shuffle)
+                             shard_index=jax.process_index(), shard_count=jax.process_count(), chunks=self.calls,
+                             shuffle=cfg.data.shuffle)  # sampling call c gets the same prompts on any process count
         self.data_iter = iter(loader)
         self.identity = ckpt.model_identity(self.setup.model, cfg.model.spec)
         self.trainable_config = config_to_dict(cfg.trainable)
@@ -219,7 +221,7 @@ class RLLearner:
         G = a.group_size
         advantage_fn = (lambda r: np.asarray(group_advantages(r, G, a.advantage))) if a.name == "grpo" else (lambda r: r)
         model, ivs = self.policy(state)
-        key = jax.random.fold_in(key, jax.process_index())
+        # one key for the whole (multi-process) batch: the sampler runs on the mesh, each device its rows
 
         def sample(round_: int) -> RolloutBatch:  # round 0 = the step's batch, then DAPO's extra rounds
             examples = next(self.data_iter)
@@ -227,7 +229,7 @@ class RLLearner:
                 model, ivs, examples, [inp.encode(e) for e in examples], group_size=G, calls=self.calls,
                 tokenizer=inp.tokenizer, key=key if round_ == 0 else jax.random.fold_in(key, round_),
                 reward_fn=inp.reward_fn, advantage_fn=advantage_fn, sampling=self.cfg.sampling,
-                overlong_buffer=a.overlong_buffer,
+                overlong_buffer=a.overlong_buffer, mesh=self.mesh,
             )
 
         if not a.dynamic_sampling:
@@ -272,7 +274,8 @@ def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | 
         learner.data_iter.set_state(ckpt.decode_data_state(meta["data_state"]))
     n_trainable = count_params(state["trainable"])
     run.say(_describe(cfg, learner.setup.model.config, n_trainable, mesh, inputs.load_seconds))
-    held_out = HeldOut.from_config(cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn)
+    held_out = HeldOut.from_config(cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn,
+                                   mesh=mesh)
     held_out.before(run, learner.setup.model)
     history: list[dict] = []
     t_train = time.perf_counter()
@@ -292,7 +295,7 @@ def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | 
                 run.save(done, {"train": state, "rng": rng}, learner.checkpoint_meta())
     train_seconds = time.perf_counter() - t_train
     held_out.after(run, lambda: learner.policy(state))
-    trainable = jax.device_get(state["trainable"])
+    trainable = to_host(state["trainable"])
     if cfg.trainable.kind in STEERING_KINDS:
         run.files.update(export_steering(run.directory, cfg, learner.setup.model, trainable, run.say))
     files = run.finish({

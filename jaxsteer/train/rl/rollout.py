@@ -1,7 +1,8 @@
 """Rollouts: token-id prompts -> the core's compiled sampler -> rewards -> a padded batch.
 
 Each prompt gets G rows (`[p0 g0 .. p0 gG-1, p1 g0, ...]`, the layout `group_advantages`
-expects), sampled with one prefill per prompt (`generate(samples_per_prompt=G)`). Rewards run in
+expects), sampled with one prefill per prompt by the public sampler on the training mesh, each
+device sampling its slice of the prompts (`sharding.sample_on_mesh`). Rewards run in
 Python (`jaxsteer.train.rewards.score_completions`: text or `@token_reward` token ids).
 """
 
@@ -14,10 +15,12 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from ...models.generate import default_stop_tokens, generate, pad_id_for
+from ...models.generate import SamplingConfig, pad_id_for, prepare_prompts
 from ...models.params import Model
 from ..config import SamplingSpec
+from ..distributed import process_max
 from ..rewards import overlong_penalty, score_completions
+from ..sharding import make_mesh, sample_on_mesh
 
 
 @dataclasses.dataclass
@@ -62,10 +65,10 @@ def _join(parts: list, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 
 def trim_completions(tokens, mask, old_logp, prompt_width: int, multiple: int = 8):
-    """Drop trailing completion columns that are padding in every row, keeping the width a
-    multiple of `multiple` (so the update step compiles for only a few widths)."""
+    """Drop trailing completion columns that are padding in every row (of every process), keeping
+    the width a multiple of `multiple` (so the update step compiles for only a few widths)."""
     n = old_logp.shape[1]
-    used = int(mask[:, prompt_width:].sum(axis=1).max()) if len(mask) else n
+    used = process_max(int(mask[:, prompt_width:].sum(axis=1).max()) if len(mask) else n)
     width = min(n, max(multiple, -(-used // multiple) * multiple))
     return tokens[:, : prompt_width + width], mask[:, : prompt_width + width], old_logp[:, :width]
 
@@ -86,24 +89,26 @@ def collect(
     trim_multiple: int = 8,
     stop_tokens: Sequence[int] | None = None,
     overlong_buffer: int = 0,
+    mesh=None,
 ) -> RolloutBatch:
     """Sample G completions per prompt in `calls` sampler calls (1 = the whole batch at once, as
     DASH's preemptive sampling) with the `sampling` settings, score them and compute advantages.
     `stop_tokens` default to the model's and tokenizer's EOS (`()` = always generate
-    `max_new_tokens`). `overlong_buffer` > 0 adds DAPO's soft overlong punishment to the rewards."""
+    `max_new_tokens`). `overlong_buffer` > 0 adds DAPO's soft overlong punishment to the rewards.
+    mesh: the training mesh; this process's prompts are split over its batch axes
+    (`sharding.sample_on_mesh`; default: one device); `key` must be the same on every process."""
     if len(examples) % calls:
         raise ValueError(f"{len(examples)} prompts do not split into {calls} sampling calls")
     per = len(examples) // calls
     parts, texts = [], []
     t0 = time.perf_counter()
-    stop = default_stop_tokens(model, tokenizer) if stop_tokens is None else tuple(stop_tokens)
+    mesh = make_mesh(1, 1, jax.devices()[:1]) if mesh is None else mesh
+    spec = SamplingConfig(sampling.max_new_tokens, float(sampling.temperature), int(sampling.top_k),
+                          float(sampling.top_p), False, group_size)
     for c in range(calls):  # G rows per prompt, one prefill per prompt
-        parts.append(generate(
-            model, [list(p) for p in prompt_ids[c * per : (c + 1) * per]], tokenizer=tokenizer,
-            seed=jax.random.fold_in(key, c), max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-            top_p=sampling.top_p, top_k=sampling.top_k, bucket=sampling.bucket, stop_tokens=stop,
-            samples_per_prompt=group_size, interventions=interventions,
-        ))
+        prepared = prepare_prompts(model, prompt_ids[c * per : (c + 1) * per], tokenizer=tokenizer,
+                                   max_new_tokens=sampling.max_new_tokens, bucket=sampling.bucket, stop_tokens=stop_tokens)
+        parts.append(sample_on_mesh(model, prepared, jax.random.fold_in(key, c), interventions, spec, mesh, tokenizer))
     seconds = time.perf_counter() - t0
     rewards = np.concatenate(
         [score_completions(reward_fn, examples[c * per : (c + 1) * per], prompt_ids[c * per : (c + 1) * per], o, group_size)
