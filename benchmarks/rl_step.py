@@ -2,6 +2,7 @@
 
     python -m benchmarks.rl_step                   # 4 prompts x G=8, 12 new tokens, 3 timed steps
     python -m benchmarks.rl_step --no-trl --json out.json
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m benchmarks.rl_step --no-trl --no-rss --devices 1,2
 
 Both sides use SmolLM2-135M-Instruct dequantised to float32 from the same GGUF file (jaxsteer's
 loader / transformers' GGUF loader), the same 2-digit addition prompts and chat format, the same
@@ -44,8 +45,10 @@ def _problems(n: int):
 # --------------------------------------------------------------------------- jaxsteer
 
 
-def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: int, model=None, tok=None) -> dict[str, Any]:
-    """Warm-up + `steps` timed RL steps with jaxsteer's own learner pieces (rl.rollout.collect + the jitted step)."""
+def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: int, model=None, tok=None,
+                   devices: int = 1) -> dict[str, Any]:
+    """Warm-up + `steps` timed RL steps with jaxsteer's own learner pieces (rl.rollout.collect + the jitted step),
+    rollouts and update data-parallel over the first `devices` devices."""
     import jax
 
     import jaxsteer
@@ -68,7 +71,7 @@ def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: 
         "lr": 1e-6 if kind == "full" else 1e-2,
         "steps": steps + 1,
     })
-    mesh = make_mesh(devices=jax.devices()[:1])
+    mesh = make_mesh(devices=jax.devices()[:devices])
     setup = setup_training(cfg, model, mesh)
     step_fn = compile_step(setup.spec, setup.tx, base_shardings=setup.base_shardings,
                            state_shardings=setup.state_shardings, batch_shardings=setup.batch_shardings,
@@ -83,7 +86,7 @@ def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: 
         m, ivs = build_policy(setup.model, state["trainable"], cfg.trainable)
         batch = collect(m, ivs, exs, ids, group_size=group, calls=1, tokenizer=tok, key=jax.random.PRNGKey(i),
                         reward_fn=correctness_reward, advantage_fn=lambda r: np.asarray(group_advantages(r, group, "rloo")),
-                        sampling=cfg.sampling, stop_tokens=())
+                        sampling=cfg.sampling, stop_tokens=(), mesh=mesh)
         t1, c1 = time.perf_counter(), time.process_time()
         local = {"tokens": batch.tokens, "mask": batch.mask, "old_logp": batch.old_logp,
                  "advantages": batch.advantages, "rewards": batch.rewards}
@@ -94,7 +97,7 @@ def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: 
         assert int(batch.lengths.min()) == new_tokens, batch.lengths
         times.append({"rollout_s": t1 - t0, "update_s": t2 - t1, "step_s": t2 - t0,
                       "rollout_cpu_s": c1 - c0, "update_cpu_s": c2 - c1, "step_cpu_s": c2 - c0})
-        log(f"jaxsteer {kind} step {i}{' (warm-up, compiles)' if i == 0 else ''}: "
+        log(f"jaxsteer {kind} x{devices} device(s) step {i}{' (warm-up, compiles)' if i == 0 else ''}: "
             f"rollout {t1 - t0:.2f} s, update {t2 - t1:.2f} s")
     return _summary(times[1:], warmup=times[0])
 
@@ -255,6 +258,26 @@ def peak_rss(kind: str, prompts: int, group: int, new_tokens: int) -> dict | Non
 # --------------------------------------------------------------------------- main
 
 
+def _device_scaling(result: dict, counts: list[int], args, model, tok) -> dict[str, Any]:
+    """jaxsteer's RL step (steering, full) on each device count: wall time, process CPU time and
+    CPU time per device."""
+    print(f"\nOne RL step on 1..N devices: {args.prompts} prompts x G={args.group}, {args.new_tokens} new tokens, "
+          f"median of {args.steps} steps")
+    print(f"{'':30s} {'step s':>8s} {'rollout s':>10s} {'update s':>9s} {'CPU s':>7s} {'CPU s / device':>15s}")
+    for kind in ("steering", "full"):
+        for n in counts:
+            r = result[f"jaxsteer_{kind}_x{n}"] = jaxsteer_steps(kind, args.prompts, args.group, args.new_tokens,
+                                                                 args.steps, model, tok, devices=n)
+            print(f"{kind + f' on {n} device(s)':30s} {r['step_s']:8.2f} {r['rollout_s']:10.2f} {r['update_s']:9.2f} "
+                  f"{r['step_cpu_s']:7.2f} {r['step_cpu_s'] / n:15.2f}")
+    result["loadavg_end"] = list(os.getloadavg())
+    print(f"load average at start / end: {result['loadavg_start'][0]:.1f} / {result['loadavg_end'][0]:.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=4)
@@ -265,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--only-trl", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-rss", action="store_true")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--devices", default="1", help="comma-separated device counts for jaxsteer's mesh (virtual CPU "
+                   "devices: set XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rss_child:
@@ -280,6 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "new_tokens": args.new_tokens, "prompt_tokens": 25, "timed_steps": args.steps},
     }
     model, tok = jaxsteer.load("smollm2-135m-instruct")
+    counts = [int(c) for c in args.devices.split(",")]
+    if not args.only_trl and counts != [1]:
+        return _device_scaling(result, counts, args, model, tok)
     if not args.only_trl:
         result["jaxsteer_steering"] = jaxsteer_steps("steering", args.prompts, args.group, args.new_tokens, args.steps, model, tok)
         result["jaxsteer_full"] = jaxsteer_steps("full", args.prompts, args.group, args.new_tokens, args.steps, model, tok)
