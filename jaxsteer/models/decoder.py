@@ -179,10 +179,11 @@ def _layer(
     k_pos: jax.Array,
     kv_cache: tuple[jax.Array, jax.Array] | None,
     cache_index: jax.Array | None,
+    cache_layer: jax.Array | int,
     attention: str,
 ):
-    """One decoder layer. Returns the new residual and (if caching) the whole K/V cache `[L, ...]`
-    with this layer's new keys and values written at `cache_index`."""
+    """One decoder layer. Returns the new residual and (if caching) the K/V cache `[L', ...]` with
+    this layer's new keys and values written at `[cache_layer, :, cache_index]`."""
     c = config
     B, T, _ = h.shape
     H, KV, hd = c.n_heads, c.n_kv_heads, c.head_dim
@@ -215,10 +216,10 @@ def _layer(
 
     new_cache = None
     if kv_cache is not None:  # write only the new slots of this layer, in place, then read the layer back
-        at = (sites.layer, 0, cache_index, 0, 0)
+        at = (cache_layer, 0, cache_index, 0, 0)
         new_cache = tuple(jax.lax.dynamic_update_slice(full, x[None].astype(full.dtype), at)
                           for full, x in zip(kv_cache, (k, v)))
-        k, v = (full[sites.layer].astype(dtype) for full in new_cache)
+        k, v = (full[cache_layer].astype(dtype) for full in new_cache)
 
     z = _attention(c, q, k, v, q_pos, k_pos, window, sites, attention)
     z = sites.visit("z", z)
@@ -307,15 +308,25 @@ def run_layers(
         rope_sliding = rope_tables(c.rope_sliding.inv_freq(c.head_dim), q_pos)
     windows = jnp.asarray(c.layer_windows())
     sliding = jnp.asarray([t == "sliding_attention" for t in c.layer_types])
+    # The cache rides in the carry (updated in place: best for decoding), except under remat, where
+    # each layer's checkpoint would save the whole carry (memory quadratic in depth): there each
+    # layer gets its own slice as a scanned input and returns the updated slice as an output.
+    per_layer_cache = bool(remat) and kv_cache is not None
 
     def body(carry, xs):
         h, cache = carry
-        p, layer, window, is_sliding = xs
+        p, layer, window, is_sliding, layer_cache = xs
         sites = _Sites(interventions, record, layer)
+        if per_layer_cache:
+            cache, at = tuple(x[None] for x in layer_cache), 0
+        else:
+            at = layer
         h, cache = _layer(
-            c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, cache, cache_index, attention
+            c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, cache, cache_index, at, attention
         )
-        return (h, cache), sites.recorded
+        if per_layer_cache:
+            return (h, None), (sites.recorded, tuple(x[0] for x in cache))
+        return (h, cache), (sites.recorded, None)
 
     if remat:
         body = jax.checkpoint(body, policy=remat_policy(remat), prevent_cse=False)
@@ -323,13 +334,17 @@ def run_layers(
         full_body = body
 
         def body(carry, xs):
-            shapes = jax.eval_shape(full_body, carry, xs)[1]
-            skip = lambda carry, xs: (carry, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+            shapes = jax.eval_shape(full_body, carry, xs)[1][0]
+
+            def skip(carry, xs):  # record zeros, leave the cache alone
+                return carry, (jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), xs[4])
+
             return jax.lax.cond(xs[1] >= start_layer, full_body, skip, carry, xs)
 
-    xs = (model.params["layers"], jnp.arange(c.n_layers, dtype=jnp.int32), windows, sliding)
-    (h, kv_cache), recorded = jax.lax.scan(body, (h, kv_cache), xs)
-    return h, Trace(recorded), kv_cache
+    xs = (model.params["layers"], jnp.arange(c.n_layers, dtype=jnp.int32), windows, sliding,
+          kv_cache if per_layer_cache else None)
+    (h, carried), (recorded, scanned) = jax.lax.scan(body, (h, None if per_layer_cache else kv_cache), xs)
+    return h, Trace(recorded), scanned if per_layer_cache else carried
 
 
 def default_positions(tokens: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
