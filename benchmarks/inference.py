@@ -15,6 +15,10 @@ Measures, in one process on one machine (torch uses all cores, as XLA:CPU does):
    prefill; generated tokens / wall second).
 3. the overhead of a `Steer` on every layer (vectors `[L, d]`) for prefill and decode.
 4. llama-cpp-python on the same GGUF (Q4_1 weights: not a float32 comparison), if installed.
+5. MFU (model FLOPs utilisation) of prefill and decode on both sides: achieved FLOP rate over
+   the large float32 matmul rate measured in the same rounds; and the rate of decode-shaped
+   matmuls `[B, d] x [d, d_mlp]` per batch size B (`--decode-batches 8,32,128` also times
+   jaxsteer decode at those batch sizes).
 
 Progress goes to stderr; one JSON object with all figures goes to stdout (and to --out).
 """
@@ -140,6 +144,43 @@ def matmul_roofline(n: int, reps: int) -> dict[str, Any]:
     return out
 
 
+def matmul_shapes(d: int, f: int, batches: list[int], reps: int, n: int) -> dict[str, Any]:
+    """float32 rate of `[B, d] x [d, f]` (jnp.dot, jitted) per batch size B, as a fraction of an
+    `n x n` matmul timed in the same interleaved rounds: how far below the large-matmul rate the
+    weight matmuls of a decode step (one token per row) run. Wall- and CPU-time based."""
+    import jax
+    import jax.numpy as jnp
+
+    dot = jax.jit(jnp.dot)
+    w = jax.random.normal(jax.random.PRNGKey(2), (d, f), jnp.float32)
+    big = jax.random.normal(jax.random.PRNGKey(3), (n, n), jnp.float32)
+    calls, flops = {}, {}
+    for b in batches:
+        x = jax.random.normal(jax.random.PRNGKey(b), (b, d), jnp.float32)
+        inner = max(1, int(2e9 // (2 * b * d * f)))  # ~2 GFLOP per timed call: short calls are all overhead
+
+        def run(x=x, inner=inner):
+            for _ in range(inner):
+                y = dot(x, w)
+            y.block_until_ready()
+
+        calls[str(b)], flops[str(b)] = run, 2.0 * b * d * f * inner
+    calls["large"], flops["large"] = (lambda: dot(big, big).block_until_ready()), 2.0 * n**3
+    for fn in calls.values():
+        fn()
+    wall, cpu = interleaved_times(calls, reps)
+    rate = {k: flops[k] / _med(wall[k]) / 1e9 for k in calls}
+    rate_cpu = {k: flops[k] / _med(cpu[k]) / 1e9 for k in calls}
+    return {"d": d, "f": f, "large_n": n, "gflops": rate, "gflops_per_cpu_s": rate_cpu,
+            "fraction_of_large": {b: rate[b] / rate["large"] for b in map(str, batches)},
+            "fraction_of_large_cpu_time": {b: rate_cpu[b] / rate_cpu["large"] for b in map(str, batches)}}
+
+
+def mfu(flops: float, seconds: float, peak_gflops: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP rate over the machine's measured large-matmul rate."""
+    return flops / seconds / 1e9 / peak_gflops
+
+
 # --------------------------------------------------------------------------- model loading
 
 
@@ -184,7 +225,6 @@ def make_steer(model, seed: int = 0):
 
 def prefill_calls(model, hf, tokens: np.ndarray, steer, mm_n: int) -> dict[str, Any]:
     """name -> zero-argument callable that runs one prefill (blocking) and returns its logits."""
-    import jax
     import jax.numpy as jnp
     import torch
 
@@ -203,15 +243,22 @@ def prefill_calls(model, hf, tokens: np.ndarray, steer, mm_n: int) -> dict[str, 
                 return hf(input_ids=ids, use_cache=False).logits
 
         calls["hf"] = hf_call
-    # the matmul roofline, measured again in the same round-robin (so under the same load)
-    a = jax.random.normal(jax.random.PRNGKey(0), (mm_n, mm_n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (mm_n, mm_n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    calls["jnp_dot"] = lambda: dot(a, b).block_until_ready()
+    calls["jnp_dot"] = _dot_call(mm_n)  # the matmul peak, measured again in the same rounds (same load)
     return calls
 
 
-def decode_calls(model, hf, tok, seqs: list[list[int]], new_tokens: int, steer) -> tuple[dict[str, Any], dict]:
+def _dot_call(n: int):
+    """A blocking `n x n` float32 jnp.dot: the large-matmul peak, measured in the same rounds."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    return lambda: dot(a, b).block_until_ready()
+
+
+def decode_calls(model, hf, tok, seqs: list[list[int]], new_tokens: int, steer, mm_n: int) -> tuple[dict[str, Any], dict]:
     import jaxsteer
     from jaxsteer.models.generate import left_pad
 
@@ -227,7 +274,7 @@ def decode_calls(model, hf, tok, seqs: list[list[int]], new_tokens: int, steer) 
         info["jaxsteer_prompt_padded_len"] = int(g.prompt_tokens.shape[1])
         return g
 
-    calls = {"jaxsteer": lambda: jax_run(()), "steer": lambda: jax_run(steer)}
+    calls = {"jaxsteer": lambda: jax_run(()), "steer": lambda: jax_run(steer), "jnp_dot": _dot_call(mm_n)}
     if hf is not None:
         import torch
 
@@ -270,6 +317,34 @@ def warm_and_measure(
         calls, reps, lambda k, w, c: log(f"    {k}: {w:.3f}s wall, {c:.3f}s cpu (load {_loadavg()})")
     )
     return first, comp, wall, cpu, outs
+
+
+def decode_batch_sweep(model, batches: list[int], new_tokens: int, reps: int, mm_n: int) -> dict[str, Any]:
+    """jaxsteer decode alone at several batch sizes: 8-token random prompts (bucket 8, so the
+    prefill is a small part), `new_tokens` sampled tokens per row, interleaved rounds with the
+    large matmul. Tokens per second and per CPU second, and MFU (wall and CPU time), per batch."""
+    import jaxsteer
+
+    cfg, P, rng = model.config, 8, np.random.default_rng(3)
+    calls, flops = {"jnp_dot": _dot_call(mm_n)}, {}
+    for b in batches:
+        prompts = rng.integers(100, cfg.vocab_size, size=(b, P)).astype(np.int32)
+        flops[str(b)] = (flop_counts(cfg, b, P, P + new_tokens)["total"]
+                         + new_tokens * flop_counts(cfg, b, 1, P + new_tokens)["total"])
+        calls[str(b)] = lambda prompts=prompts: jaxsteer.generate(
+            model, prompts, max_new_tokens=new_tokens, temperature=1.0, stop_tokens=[], bucket=P)
+    log(f"decode batch sweep: B in {batches}, {P}-token prompts, {new_tokens} new tokens ...")
+    _, _, wall, cpu, _ = warm_and_measure(calls, reps, "decode sweep")
+    peak, peak_cpu = (2.0 * mm_n**3 / _med(t["jnp_dot"]) / 1e9 for t in (wall, cpu))
+    out: dict[str, Any] = {"prompt_tokens": P, "new_tokens": new_tokens, "jnp_dot_gflops_same_rounds": peak,
+                           "by_batch": {}}
+    for b in map(str, batches):
+        n_tok = int(b) * new_tokens
+        row = out["by_batch"][b] = {
+            "median_s": _med(wall[b]), "tokens_per_s": n_tok / _med(wall[b]), "tokens_per_cpu_s": n_tok / _med(cpu[b]),
+            "mfu": mfu(flops[b], _med(wall[b]), peak), "mfu_cpu_time": mfu(flops[b], _med(cpu[b]), peak_cpu)}
+        log(f"  B={b}: {row['tokens_per_cpu_s']:.0f} tok per CPU-s, MFU {row['mfu']:.2f} (CPU time {row['mfu_cpu_time']:.2f})")
+    return out
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -344,6 +419,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face transformers side")
     ap.add_argument("--skip-llamacpp", action="store_true", help="skip llama-cpp-python even if installed")
     ap.add_argument("--out", type=pathlib.Path, help="also write the JSON here")
+    ap.add_argument("--set", default="", help="override sizes, e.g. pf_reps=2,dec_N=32 (keys: see 'sizes' in the output)")
+    ap.add_argument("--decode-batches", type=lambda t: [int(x) for x in t.split(",")], default=[],
+                    help="also time jaxsteer decode alone at these batch sizes (e.g. 8,32,128): short prompts, sweep_N new tokens")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -353,11 +431,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.quick:
         sz = dict(pf_B=2, pf_T=32, pf_reps=2, dec_B=4, dec_N=8, dec_reps=1, hf_dec_reps=1, mm_n=512, mm_reps=3,
-                  lc_prefill=64, lc_new=8, lc_reps=1)
+                  lc_prefill=64, lc_new=8, lc_reps=1, sweep_N=8)
     else:
         sz = dict(pf_B=16, pf_T=256, pf_reps=3, dec_B=32, dec_N=64, dec_reps=3, hf_dec_reps=2, mm_n=2048, mm_reps=10,
-                  lc_prefill=512, lc_new=64, lc_reps=3)
+                  lc_prefill=512, lc_new=64, lc_reps=3, sweep_N=32)
 
+    for item in filter(None, args.set.split(",")):
+        key, _, value = item.partition("=")
+        if key not in sz:
+            raise SystemExit(f"--set: unknown size {key!r}; known: {', '.join(sz)}")
+        sz[key] = int(value)
     t_start = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "jaxsteer.inference", "quick": args.quick, "sizes": sz}
     result["machine"] = machine_info()
@@ -385,6 +468,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["model"].update(_cfg_summary(cfg))
     result["model"]["jaxsteer_load_s"] = load_s
     steer = make_steer(model)
+    batches = [8, 32] if args.quick else [1, 8, 32, 64, 128, 256, 512]
+    log(f"decode-shaped matmuls [B, {cfg.d_model}] x [{cfg.d_model}, {cfg.d_mlp}] for B in {batches} ...")
+    shaped = result["matmul_decode_shaped"] = matmul_shapes(cfg.d_model, cfg.d_mlp, batches, sz["mm_reps"], sz["mm_n"])
+    log("  fraction of the large matmul (CPU time): "
+        + ", ".join(f"B={b}: {x:.2f}" for b, x in shaped["fraction_of_large_cpu_time"].items()))
     hf = None
     if args.skip_hf:
         result["hf"] = {"status": "skipped: --skip-hf"}
@@ -417,6 +505,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "tokens_per_s": B * T / med["jaxsteer"],
             "tokens_per_s_best": B * T / best["jaxsteer"],
             "gflops_achieved": fl["total"] / med["jaxsteer"] / 1e9,
+            "mfu": mfu(fl["total"], med["jaxsteer"], dot_gflops),
             "fraction_of_jax_matmul_roofline": fl["total"] / med["jaxsteer"] / 1e9 / roof["jax_gflops"],
             "fraction_of_jnp_dot_same_rounds": fl["total"] / med["jaxsteer"] / 1e9 / dot_gflops,
             "cpu_times_s": cpu["jaxsteer"],
@@ -440,6 +529,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "first_run_s": first["hf"], "times_s": times["hf"], "median_s": med["hf"],
             "tokens_per_s": B * T / med["hf"], "tokens_per_s_best": B * T / best["hf"],
             "gflops_achieved": fl["total"] / med["hf"] / 1e9,
+            "mfu": mfu(fl["total"], med["hf"], dot_gflops),
+            "mfu_cpu_time": (fl["total"] / cmed["hf"]) / (2.0 * sz["mm_n"] ** 3 / cmed["jnp_dot"]),
             "fraction_of_torch_matmul_roofline": fl["total"] / med["hf"] / 1e9 / roof["torch_gflops"],
             "cpu_times_s": cpu["hf"],
         }
@@ -460,8 +551,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seqs = tokenize_prompts(tok, chat_prompts(dB), chat=True)
     lens = [len(s) for s in seqs]
     log(f"decode B={dB} new={dN} prompt lengths {min(lens)}..{max(lens)} (load {_loadavg()}) ...")
-    calls, info = decode_calls(model, hf, tok, seqs, dN, steer)
-    reps = {"jaxsteer": sz["dec_reps"], "steer": sz["dec_reps"], "hf": sz["hf_dec_reps"]}
+    calls, info = decode_calls(model, hf, tok, seqs, dN, steer, sz["mm_n"])
+    reps = {"jaxsteer": sz["dec_reps"], "steer": sz["dec_reps"], "hf": sz["hf_dec_reps"], "jnp_dot": sz["dec_reps"]}
     first, comp, times, cpu, outs = warm_and_measure(calls, reps, "decode", info.get("warmups"))
     del outs
     med = {k: _med(v) for k, v in times.items()}
@@ -471,9 +562,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     S = P + dN
     # prompt forward (P queries over the S-slot cache) + N one-token steps (each over all S slots, as computed)
     dec_fl = flop_counts(cfg, dB, P, S)["total"] + dN * flop_counts(cfg, dB, 1, S)["total"]
+    dec_peak = 2.0 * sz["mm_n"] ** 3 / med["jnp_dot"] / 1e9
+    dec_peak_cpu = 2.0 * sz["mm_n"] ** 3 / cmed["jnp_dot"] / 1e9  # per CPU second: robust to other load
     decode: dict[str, Any] = {
         "batch": dB, "new_tokens": dN, "temperature": 1.0, "stop_tokens": "none", "prompt_lengths": lens,
         "timing_includes": "the whole generate call: prompt prefill + sampling loop",
+        "jnp_dot_gflops_same_rounds": dec_peak,
         "jaxsteer": {
             "prompt_padded_len": P,
             "compile_plus_first_run_s": first["jaxsteer"],
@@ -481,6 +575,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "times_s": times["jaxsteer"], "median_s": med["jaxsteer"],
             "tokens_per_s": dB * dN / med["jaxsteer"], "tokens_per_s_best": dB * dN / best["jaxsteer"],
             "flops_per_call": dec_fl, "gflops_achieved": dec_fl / med["jaxsteer"] / 1e9,
+            "mfu": mfu(dec_fl, med["jaxsteer"], dec_peak),
+            "mfu_cpu_time": mfu(dec_fl, cmed["jaxsteer"], dec_peak_cpu),
             "cpu_times_s": cpu["jaxsteer"],
         },
         "steer": {
@@ -501,6 +597,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "tokens_per_s": dB * dN / med["hf"], "tokens_per_s_best": dB * dN / best["hf"],
             "settings": "do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=max_new_tokens",
         }
+        hP = info["hf_prompt_padded_len"]  # HF's cache grows: count its keys as if all P + N slots were there
+        hf_fl = flop_counts(cfg, dB, hP, hP + dN)["total"] + dN * flop_counts(cfg, dB, 1, hP + dN)["total"]
+        decode["hf"]["mfu"] = mfu(hf_fl, med["hf"], dec_peak)
+        decode["hf"]["mfu_cpu_time"] = mfu(hf_fl, cmed["hf"], dec_peak_cpu)
         decode["ratio_jaxsteer_over_hf"] = med["hf"] / med["jaxsteer"]
         decode["ratio_jaxsteer_over_hf_best"] = best["hf"] / best["jaxsteer"]
         decode["ratio_jaxsteer_over_hf_cpu_time"] = cmed["hf"] / cmed["jaxsteer"]
@@ -508,6 +608,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"  HF {dB * dN / med['hf']:.0f} tok/s; jaxsteer/HF = {decode['ratio_jaxsteer_over_hf']:.2f}x")
     del hf, calls
     gc.collect()
+    if args.decode_batches:
+        result["decode_batch_sweep"] = decode_batch_sweep(model, args.decode_batches, sz["sweep_N"], sz["dec_reps"],
+                                                          sz["mm_n"])
 
     result["prefill"] = prefill
     result["decode"] = decode
@@ -541,6 +644,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  "hf": prefill.get("hf", {}).get("tokens_per_s")},
         "prefill_ratio_jaxsteer_over_hf": prefill.get("ratio_jaxsteer_over_hf"),
         "prefill_ratio_jaxsteer_over_hf_cpu_time": prefill.get("ratio_jaxsteer_over_hf_cpu_time"),
+        "prefill_mfu": {"jaxsteer": prefill["jaxsteer"]["mfu"], "hf": prefill.get("hf", {}).get("mfu")},
+        "prefill_mfu_cpu_time": {"jaxsteer": prefill["jaxsteer"]["fraction_of_jnp_dot_per_cpu_s"],
+                                 "hf": prefill.get("hf", {}).get("mfu_cpu_time")},
+        "decode_mfu": {"jaxsteer": decode["jaxsteer"]["mfu"], "hf": decode.get("hf", {}).get("mfu")},
+        "decode_mfu_cpu_time": {"jaxsteer": decode["jaxsteer"]["mfu_cpu_time"],
+                                "hf": decode.get("hf", {}).get("mfu_cpu_time")},
+        "matmul_decode_shaped_fraction_cpu_time": shaped["fraction_of_large_cpu_time"],
         "prefill_fraction_of_matmul_roofline": prefill["jaxsteer"]["fraction_of_jax_matmul_roofline"],
         "prefill_fraction_of_jnp_dot_same_rounds": prefill["jaxsteer"]["fraction_of_jnp_dot_same_rounds"],
         "prefill_fraction_of_jnp_dot_per_cpu_s": prefill["jaxsteer"]["fraction_of_jnp_dot_per_cpu_s"],
