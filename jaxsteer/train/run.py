@@ -54,16 +54,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def gather_rows(x):
-    """This process's rows of a host array, concatenated over all processes (a no-op for one)."""
-    if jax.process_count() == 1:
-        return x
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x)).reshape(-1)
-
-
 class Run:
     """A run directory with its config snapshot, checkpoints, metrics, progress output and summary.
 
@@ -294,4 +284,4 @@ def _without_examples(r: dict | None) -> dict:
     return {k: v for k, v in (r or {}).items() if k != "examples"}
 
 
-__all__ = ["NonFiniteError", "RESUMABLE_CHANGES", "Run", "peak_rss_mb", "gather_rows", "resume_conflicts"]
+__all__ = ["NonFiniteError", "RESUMABLE_CHANGES", "Run", "peak_rss_mb", "resume_conflicts"]

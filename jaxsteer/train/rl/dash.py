@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import TrainConfig
-from ..run import gather_rows
+from ..distributed import gather_rows
 
 
 def packs_dash(cfg: TrainConfig) -> bool:

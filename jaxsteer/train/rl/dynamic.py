@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..run import gather_rows
+from ..distributed import gather_rows
 from .rollout import RolloutBatch, trim_completions
 
 

@@ -30,10 +30,10 @@ from .. import checkpoint as ckpt
 from ..build import Inputs
 from ..config import ConfigError, TrainConfig, config_to_dict
 from ..data import make_loader
-from ..distributed import to_host
+from ..distributed import gather_rows, to_host
 from ..evaluate import HeldOut
 from ..export import export_steering
-from ..run import Run, gather_rows, peak_rss_mb
+from ..run import Run, peak_rss_mb
 from ..sharding import batch_sharding, global_batch, make_mesh, n_batch_shards, replicated
 from ..state import init_train_state
 from ..trainable import STEERING_KINDS, build_policy, count_params
