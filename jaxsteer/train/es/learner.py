@@ -187,11 +187,11 @@ def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callabl
                 if log and (g % max(spec.log_every, 1) == 0 or g == spec.generations):
                     log(_log_line(g, metrics))
                 continue
+            run.check_finite(g, {"fitness_mean": metrics["fitness_mean"], "theta": state["theta"]})
             run.log(g, metrics)
             bar.set_postfix(fit=f"{metrics['fitness_mean']:+.3f}", best=f"{metrics['fitness_max']:+.3f}",
                             acc=f"{metrics['accuracy']:.2f}", tok_s=f"{metrics['generated_tokens_per_s']:.0f}",
                             refresh=False)
-            run.check_finite(g, {"fitness_mean": metrics["fitness_mean"], "theta": state["theta"]})
             bar.update(1)
             if held_out is not None:
                 held_out.during(run, g, lambda: space.apply(model, center_member(space, state["theta"])))
