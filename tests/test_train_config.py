@@ -98,3 +98,19 @@ def test_overrides_do_not_mutate_input():
     data = {"trainable": {"kind": "steering"}}
     out = apply_overrides(data, ["trainable.kind=full"])
     assert data["trainable"]["kind"] == "steering" and out["trainable"]["kind"] == "full"
+
+
+def test_resume_accepts_fields_added_after_a_run_was_written():
+    """A run directory's config.yaml written before a field existed still resumes (the field takes
+    its default); a real change is still refused."""
+    import dataclasses
+
+    from jaxsteer.train.config import TrainConfig, config_to_dict
+    from jaxsteer.train.run import resume_conflicts
+
+    cfg = TrainConfig()
+    old = config_to_dict(cfg)
+    del old["algorithm"]["log_kl"]  # as if written before `log_kl` was added
+    assert resume_conflicts(old, config_to_dict(cfg), defaults=config_to_dict(TrainConfig())) == []
+    changed = resume_conflicts(old, config_to_dict(dataclasses.replace(cfg, seed=1)), defaults=config_to_dict(TrainConfig()))
+    assert changed == ["seed: 0 -> 1"]

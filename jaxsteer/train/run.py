@@ -24,6 +24,7 @@ The Run knows no learner: RL, ES and other trainers (SAE, SFT) use it alike.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -97,7 +98,7 @@ class Run:
             return
         with open(path, encoding="utf-8") as f:
             original = yaml.safe_load(f) or {}
-        changed = resume_conflicts(original, config_to_dict(config))
+        changed = resume_conflicts(original, config_to_dict(config), defaults=_defaults_of(config))
         if changed:
             self.close()
             raise ConfigError(
@@ -269,10 +270,20 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resume_conflicts(original: dict, new: dict, allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> list[str]:
+def _defaults_of(config: Any) -> dict:
+    """The all-defaults config of `config`'s type as plain data ({} when it has no defaults)."""
+    try:
+        return config_to_dict(type(config)()) if dataclasses.is_dataclass(config) else {}
+    except TypeError:
+        return {}
+
+
+def resume_conflicts(original: dict, new: dict, allowed: tuple[str, ...] = RESUMABLE_CHANGES,
+                     defaults: dict | None = None) -> list[str]:
     """`"key: old -> new"` for every setting that differs between two configs (plain data)
-    outside the `allowed` dotted prefixes."""
-    a, b = _flat(original), _flat(new)
+    outside the `allowed` dotted prefixes. A key missing from `original` (a field added after that
+    run was written) takes its value from `defaults`, so older run directories still resume."""
+    a, b = {**_flat(defaults or {}), **_flat(original)}, _flat(new)
     out = []
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key) and not any(key == p or key.startswith(p + ".") for p in allowed):
