@@ -274,7 +274,7 @@ def _defaults_of(config: Any) -> dict:
     """The all-defaults config of `config`'s type as plain data ({} when it has no defaults)."""
     try:
         return config_to_dict(type(config)()) if dataclasses.is_dataclass(config) else {}
-    except TypeError:
+    except (TypeError, ValueError):  # a config type without defaults for every field
         return {}
 
 
