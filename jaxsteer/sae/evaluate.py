@@ -20,9 +20,8 @@ import numpy as np
 from ..models.decoder import forward
 from ..models.interventions import Ablate
 from ..models.params import Model
-from .arch import SAE, decode, encode
+from .arch import SAE, decode, encode, pre_acts
 from .losses import htopk_errors, sparse_topk
-from .arch import pre_acts
 from .splice import Splice
 
 
