@@ -132,3 +132,19 @@ def test_cli_eval_rejects_non_positive_n(n, capsys):
         cli.main(["eval", "no-such-run", "--n", n])
     assert exc.value.code == 2
     assert f"argument --n: must be a positive integer, got {n}" in capsys.readouterr().err
+
+
+def test_duck_typed_interventions_refuse_non_finite_values(model):
+    """Splice (an SAE) and AdaptiveSteer check their own arrays like Steer does."""
+    from jaxsteer import sae
+    from jaxsteer.analysis.studies import AdaptiveSteer
+
+    L, d = model.config.n_layers, model.config.d_model
+    s = sae.init_sae(sae.SAEConfig(kind="topk", d_in=d, d_sae=64, k=4, layer=1), jax.random.PRNGKey(0))
+    jaxsteer.forward(model, TOKENS, interventions=[sae.Splice(s)])  # finite: fine
+    bad = s.replace(params={**s.params, "b_enc": s.params["b_enc"].at[3].set(jnp.nan)})
+    with pytest.raises(ValueError, match=r"Splice: SAE parameter \['b_enc'\].*non-finite"):
+        jaxsteer.forward(model, TOKENS, interventions=[sae.Splice(bad)])
+    gate = AdaptiveSteer(vector=jnp.ones((L, d)), w=jnp.zeros((L, d)).at[0, 5].set(jnp.inf), b=jnp.zeros(()))
+    with pytest.raises(ValueError, match=r"AdaptiveSteer.w.*non-finite"):
+        jaxsteer.forward(model, TOKENS, interventions=[gate])

@@ -17,6 +17,7 @@ from ..models.decoder import forward
 from ..models.generate import generate
 from ..models.interventions import SITE_LAYOUT, Steer, as_tuple, check_site
 from ..models.params import Model
+from ..models.validation import check_finite
 from ._common import new_figure, save_figure, token_strs
 
 # --------------------------------------------------------------------------- adaptive scaling
@@ -58,6 +59,8 @@ class AdaptiveSteer:
             raise ValueError(f"AdaptiveSteer: b has shape {jnp.shape(self.b)}; expected a scalar or [{L}]")
         if jnp.ndim(self.scale) != 0:
             raise ValueError("AdaptiveSteer: scale must be a scalar (the gate is the per-token scale)")
+        for name in ("vector", "w", "b", "scale"):
+            check_finite(getattr(self, name), f"AdaptiveSteer.{name}")
         for l in self.layers or ():
             if not 0 <= int(l) < L:
                 raise ValueError(f"AdaptiveSteer: layer {l} out of range for {L} layers")

@@ -23,6 +23,7 @@ from flax import struct
 
 from ..models.interventions import SITES
 from ..models.params import Model
+from ..models.validation import check_finite
 from .activations import site_activations
 from .arch import SAE, decode, encode, reconstruct
 
@@ -61,6 +62,9 @@ class Splice:
                 raise ValueError(f"Splice: positions has shape {p}; expected [T] or [B, T] with T={n_tokens}")
         if self.feature_delta is not None and jnp.shape(self.feature_delta)[-1] != self.sae.config.d_sae:
             raise ValueError(f"Splice: feature_delta has shape {jnp.shape(self.feature_delta)}; last axis should be d_sae={self.sae.config.d_sae}")
+        check_finite(self.feature_delta, "Splice.feature_delta")
+        for path, leaf in jax.tree_util.tree_leaves_with_path(self.sae.params):
+            check_finite(leaf, f"Splice: SAE parameter {jax.tree_util.keystr(path)}")
 
     def generation_safe(self) -> bool:
         return self.positions is None and (self.feature_delta is None or jnp.ndim(self.feature_delta) == 1)
