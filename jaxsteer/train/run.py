@@ -44,8 +44,11 @@ class NonFiniteError(RuntimeError):
 
 
 def _finite(value: Any) -> bool:
+    """Whether every leaf of `value` is finite, with one device-to-host transfer for the whole tree."""
     leaves = jax.tree_util.tree_leaves(value)
-    return all(bool(jax.device_get(jax.numpy.all(jax.numpy.isfinite(x)))) for x in leaves)
+    if not leaves:
+        return True
+    return bool(jax.device_get(jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves]))))
 
 
 def peak_rss_mb() -> float:
