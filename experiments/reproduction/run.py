@@ -1,0 +1,93 @@
+"""Run parts of the reproduction report (issue 14), then assemble docs/reproduction.md.
+
+    .venv/bin/python experiments/reproduction/run.py                      # every part (under 90 min, 2 cores)
+    .venv/bin/python experiments/reproduction/run.py --parts table1,per_layer
+    .venv/bin/python experiments/reproduction/run.py --list
+    .venv/bin/python experiments/reproduction/run.py --quick              # smoke scale, into runs/reproduction_quick/
+    .venv/bin/python experiments/reproduction/run.py --report-only        # re-assemble the markdown
+
+Each part writes <out_dir>/<part>.json (its results + wall_s, cpu_s, the command) and its PNGs; the
+protocol is in common.py's docstring. A part whose module is missing is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import common  # noqa: E402
+import report  # noqa: E402
+
+
+def load_part(name: str):
+    """The part's module, or None when it does not exist (yet)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            return None
+        raise
+
+
+def command_of(part: str, quick: bool) -> str:
+    """The command line that regenerates one part."""
+    return f".venv/bin/python experiments/reproduction/run.py --parts {part}" + (" --quick" if quick else "")
+
+
+def run_part(ctx: common.Context, name: str) -> dict | None:
+    """Run one part, time it (wall and process CPU) and write <out_dir>/<name>.json."""
+    module = load_part(name)
+    if module is None:
+        ctx.log(f"{name}: module experiments/reproduction/{name}.py not found, skipped")
+        return None
+    ctx.log(f"{name}: start")
+    w0, c0, load0 = time.perf_counter(), time.process_time(), common.machine()["loadavg"]
+    result = module.run(ctx)
+    result.update(
+        wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0, command=command_of(name, ctx.quick),
+        quick=ctx.quick, finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        loadavg_start=load0, loadavg_end=common.machine()["loadavg"],
+    )
+    (ctx.out_dir / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    ctx.log(f"{name}: done in {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU")
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--parts", default=",".join(common.PARTS), help="comma-separated parts (default: all)")
+    p.add_argument("--list", action="store_true", help="list the parts and whether their modules exist")
+    p.add_argument("--quick", action="store_true", help="smoke scale (few steps, n=20), into runs/reproduction_quick/")
+    p.add_argument("--report-only", action="store_true", help="only assemble the markdown from the JSON present")
+    args = p.parse_args(argv)
+    if args.list:
+        for name in common.PARTS:
+            print(f"{name:18s} {'ok' if load_part(name) is not None else 'module missing'}")
+        return 0
+    ctx = common.Context(quick=args.quick)
+    failed = []
+    if not args.report_only:
+        for name in [s.strip() for s in args.parts.split(",") if s.strip()]:
+            if name not in common.PARTS:
+                p.error(f"unknown part {name!r}; parts: {', '.join(common.PARTS)}")
+            try:
+                run_part(ctx, name)
+            except Exception:  # one failing part must not lose the others' results
+                traceback.print_exc()
+                failed.append(name)
+    path = report.write_report(ctx.out_dir, ctx.out_dir.parent / "reproduction.md")
+    ctx.log(f"report: {path}" + (f"; failed parts: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
