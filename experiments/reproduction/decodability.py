@@ -52,11 +52,11 @@ def problems(n: int, seed: int) -> list[tuple[int, int]]:
 
 def corrupt_b(a: int, b: int, rng: random.Random) -> int:
     """Another b with a different units digit and the same carry into the tens (so the same tens
-    digit of a + b and a different units digit)."""
+    digit of a + b and a different units digit); None when there is none (e.g. 1 + 9)."""
     carry = (a % 10 + b % 10) >= 10
     options = [b - b % 10 + u for u in range(10)
                if u != b % 10 and ((a % 10 + u) >= 10) == carry and 10 <= b - b % 10 + u <= 89]
-    return rng.choice(options)
+    return rng.choice(options) if options else None
 
 
 def encode(tok, pairs: list[tuple[int, int]]) -> np.ndarray:
@@ -88,8 +88,12 @@ def digit_ids(tok) -> list[int]:
 def patch_pairs(tok, n: int, seed: int):
     """Clean and corrupted token arrays `[n, T]` and per-row answers `[n, 2]` (clean, corrupted units digit ids)."""
     rng = random.Random(seed + 1)
-    clean_p = problems(n, seed + 1000)
-    corrupt_p = [(a, corrupt_b(a, b, rng)) for a, b in clean_p]
+    clean_p, corrupt_p = [], []
+    for a, b in problems(4 * n, seed + 1000):
+        c = corrupt_b(a, b, rng)
+        if c is not None and len(clean_p) < n:
+            clean_p.append((a, b))
+            corrupt_p.append((a, c))
     dig = digit_ids(tok)
     answers = np.asarray([[dig[(a + b) % 10], dig[(a + c) % 10]] for (a, b), (_, c) in zip(clean_p, corrupt_p)], np.int32)
     return encode(tok, clean_p), encode(tok, corrupt_p), answers, clean_p
