@@ -9,9 +9,12 @@
 from .models import (
     SITES,
     Ablate,
+    AdaptiveSteer,
+    CrossRunPatch,
     Generation,
     Model,
     ModelConfig,
+    OnRuns,
     Patch,
     Steer,
     Trace,
@@ -22,9 +25,6 @@ from .models import (
     init_params,
 )
 
-try:  # loading.py is written alongside; keep the core importable while it lands
-    from .models.loading import load
-except ImportError:  # pragma: no cover
-    pass
+from .models.loading import load
 
 __version__ = "0.1.0"

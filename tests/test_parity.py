@@ -147,6 +147,8 @@ def test_trace_shapes_and_consistency():
         "pattern": (L, B, H_, T, T),
         "z": (L, B, T, H_, hd),
         "attn_out": (L, B, T, d),
+        "attn_to_resid": (L, B, T, d),
+        "attn_to_mlp": (L, B, T, d),
         "resid_mid": (L, B, T, d),
         "mlp_in": (L, B, T, d),
         "mlp_out": (L, B, T, d),
@@ -167,6 +169,9 @@ def test_trace_shapes_and_consistency():
     np.testing.assert_allclose(np.asarray(plain), np.asarray(logits), rtol=0, atol=ATOL)
 
     tr = {k: np.asarray(v, np.float64) for k, v in trace.items()}
+    # both routes of the attention output are attn_out itself when nothing routes them apart
+    np.testing.assert_array_equal(tr["attn_to_resid"], tr["attn_out"])
+    np.testing.assert_array_equal(tr["attn_to_mlp"], tr["attn_out"])
     # the residual stream adds up
     np.testing.assert_allclose(tr["resid_mid"], tr["resid_pre"] + tr["attn_out"], atol=1e-5)
     np.testing.assert_allclose(tr["resid_post"], tr["resid_mid"] + tr["mlp_out"], atol=1e-5)

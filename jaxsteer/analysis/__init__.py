@@ -3,6 +3,12 @@ patching, attention comparison, linear probes, and steering-vector studies. See 
 
 from ._common import single_token_ids, tokenize_pair
 from .attention import AttentionComparison, attention_change, compare_patterns
+from .head_swap import (
+    HEAD_SWAP_ROUTES,
+    HeadSwapResult,
+    head_swap_interventions,
+    head_swap_study,
+)
 from .lens import LensResult, accumulated_lens, accumulated_resid, logit_lens, token_rank, vector_lens
 from .patching import (
     Node,

@@ -1,5 +1,6 @@
 """Studies of steering vectors (arXiv 2509.06608): first-token effect, persistence, combining
-layers, transfer between models, and token-wise adaptive scaling (`AdaptiveSteer`)."""
+layers, transfer between models. Token-wise adaptive scaling (`AdaptiveSteer`) is an intervention
+(`jaxsteer.models.interventions`), re-exported here."""
 
 from __future__ import annotations
 
@@ -10,80 +11,13 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from ..models.config import ModelConfig
 from ..models.decoder import forward
 from ..models.generate import generate
-from ..models.interventions import SITE_LAYOUT, Steer, as_tuple, check_site
+from ..models.interventions import AdaptiveSteer, Steer, as_tuple  # noqa: F401  (AdaptiveSteer: re-exported)
 from ..models.params import Model
-from ..models.validation import check_finite
 from ._common import new_figure, save_figure, token_strs
-
-# --------------------------------------------------------------------------- adaptive scaling
-
-
-@struct.dataclass
-class AdaptiveSteer:
-    """A steering vector with a per-token gate computed from the residual it is added to:
-
-        x_t  ->  x_t + scale * sigmoid(w . x_t + b) * vector
-
-    at `site` (a residual-width site, default `resid_post`), at `layers` (default all).
-    vector, w: `[d]` (shared) or `[L, d]` (per layer); b: scalar or `[L]`. The gate reads the
-    activation *before* the addition, in float32, with no normalisation of `x_t` (so `w` lives on
-    the residual's scale; RMS-normalising would be a different parameterisation). Everything is
-    a pytree leaf except `site` and `layers`, so `jax.grad` trains `vector`, `w` and `b`
-    together. The gate depends only on the current token's activation, so it works in `generate`
-    as well as in `forward`. Init suggestion: `w = 0, b = 0` (gate 0.5 everywhere); a constant
-    gate `sigmoid(b)` is then an ordinary `Steer` with that scale.
-    """
-
-    vector: jax.Array
-    w: jax.Array
-    b: Any = 0.0
-    scale: Any = 1.0
-    site: str = struct.field(pytree_node=False, default="resid_post")
-    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
-
-    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
-        check_site(self.site)
-        if SITE_LAYOUT[self.site][0] != 3:
-            raise ValueError(f"AdaptiveSteer: site {self.site!r} is not a residual-width [B, T, d] site")
-        L, d = config.n_layers, config.d_model
-        for name in ("vector", "w"):
-            s = jnp.shape(getattr(self, name))
-            if s not in ((d,), (L, d)):
-                raise ValueError(f"AdaptiveSteer: {name} has shape {s}; expected [{d}] or [{L}, {d}]")
-        if jnp.shape(self.b) not in ((), (L,)):
-            raise ValueError(f"AdaptiveSteer: b has shape {jnp.shape(self.b)}; expected a scalar or [{L}]")
-        if jnp.ndim(self.scale) != 0:
-            raise ValueError("AdaptiveSteer: scale must be a scalar (the gate is the per-token scale)")
-        for name in ("vector", "w", "b", "scale"):
-            check_finite(getattr(self, name), f"AdaptiveSteer.{name}")
-        for l in self.layers or ():
-            if not 0 <= int(l) < L:
-                raise ValueError(f"AdaptiveSteer: layer {l} out of range for {L} layers")
-
-    def generation_safe(self) -> bool:
-        return True
-
-    def gate(self, x: jax.Array, layer: jax.Array) -> jax.Array:
-        """The gate `[B, T]` (float32) for activation `x [B, T, d]` at `layer`."""
-        w = jnp.asarray(self.w)
-        w = (w[layer] if w.ndim == 2 else w).astype(jnp.float32)
-        b = jnp.asarray(self.b, jnp.float32)
-        b = b[layer] if b.ndim == 1 else b
-        return jax.nn.sigmoid(x.astype(jnp.float32) @ w + b)
-
-    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
-        vec = jnp.asarray(self.vector)
-        vec = (vec[layer] if vec.ndim == 2 else vec).astype(jnp.float32)
-        g = self.gate(x, layer) * jnp.asarray(self.scale, jnp.float32)
-        if self.layers is not None:
-            g = g * jnp.isin(layer, jnp.asarray(self.layers, jnp.int32)).astype(jnp.float32)
-        return x + (g[..., None] * vec).astype(x.dtype)
-
 
 # --------------------------------------------------------------------------- first-token effect
 

@@ -3,5 +3,5 @@
 from .config import ModelConfig, RopeConfig, UnsupportedConfigError, from_hf_config
 from .decoder import Trace, embed, forward, run_layers, unembed
 from .generate import Generation, generate
-from .interventions import SITES, Ablate, Patch, Steer
+from .interventions import SITES, Ablate, AdaptiveSteer, CrossRunPatch, OnRuns, Patch, Steer
 from .params import Model, init_params, param_shapes

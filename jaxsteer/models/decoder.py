@@ -5,7 +5,12 @@ interventions aimed at that site and records the value if asked. Sites in order:
 
     resid_pre -> attn_in (= norm(resid_pre)) -> q, k, v (after bias and q/k norm, before RoPE)
     -> pattern [B, H, T, S] -> z [B, T, H, hd] -> attn_out (after o_proj and any post-norm)
-    -> resid_mid -> mlp_in -> mlp_out -> resid_post
+    -> [attn_to_resid, attn_to_mlp] -> resid_mid -> mlp_in -> mlp_out -> resid_post
+
+`attn_to_resid` and `attn_to_mlp` are the attention output on its two routes: the one added to
+the residual stream (`resid_mid = resid_pre + attn_to_resid`) and the one the MLP reads
+(`mlp_in = norm(resid_mid + attn_to_mlp - attn_to_resid)`). Both equal `attn_out` unless an
+intervention routes them apart (they are only computed when something records or targets them).
 """
 
 from __future__ import annotations
@@ -228,9 +233,15 @@ def _layer(
     if c.sandwich_norms:
         attn = rms_norm(attn, p["attn_post_norm"], c.norm_eps, c.norm_offset)
     attn = sites.visit("attn_out", attn)
-    h = sites.visit("resid_mid", h + attn)
+    if sites.touches("attn_to_resid") or sites.touches("attn_to_mlp"):  # the two routes told apart
+        to_resid = sites.visit("attn_to_resid", attn)
+        to_mlp = sites.visit("attn_to_mlp", attn)
+        h = sites.visit("resid_mid", h + to_resid)
+        mlp_stream = h + (to_mlp - to_resid)  # exactly h when the routes agree
+    else:
+        h = mlp_stream = sites.visit("resid_mid", h + attn)
 
-    x = sites.visit("mlp_in", rms_norm(h, p["mlp_norm"], c.norm_eps, c.norm_offset))
+    x = sites.visit("mlp_in", rms_norm(mlp_stream, p["mlp_norm"], c.norm_eps, c.norm_offset))
     act = _activation(c.activation)
     mlp = _proj(act(_proj(x, p, "gate_proj")) * _proj(x, p, "up_proj"), p, "down_proj")
     if c.sandwich_norms:

@@ -33,6 +33,7 @@ class SamplingConfig:
     top_p: float = 1.0  # 1 = off
     greedy: bool = False
     samples_per_prompt: int = 1  # rows per prompt; the prompt's prefill runs once and its K/V cache is repeated
+    runs: int = 1  # run-major copies of the batch decoded side by side; every run reads run 0's sampled tokens
 
 
 @dataclasses.dataclass
@@ -100,10 +101,18 @@ def kv_cache(model: Model, batch: int, slots: int) -> tuple[jax.Array, jax.Array
 def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling):
     """The compiled sampler on prepared prompts (`prepare_prompts`): `(tokens, logprobs, lengths)`
     `[B, N]`, `[B, N]`, `[B]` for `B = prompts * sampling.samples_per_prompt`. Traceable, so
-    callers can vmap it over members (ES) or call it under their own jit."""
+    callers can vmap it over members (ES) or call it under their own jit.
+
+    With `sampling.runs = r > 1` the prompts are `r` run-major copies of one batch: tokens are
+    sampled from run 0's logits only and fed to every run (so interventions such as
+    `CrossRunPatch` compare the runs on the same text); all rows of the result hold run 0's tokens.
+    """
     n_prompts, P = prompt.shape
     R = sampling.samples_per_prompt
     B = n_prompts * R
+    if n_prompts % sampling.runs:
+        raise ValueError(f"{n_prompts} prompt rows do not split into {sampling.runs} runs")
+    lead = B // sampling.runs
     N = sampling.max_new_tokens
     S = P + N
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
@@ -124,7 +133,8 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
     def body(state):
         step, logits, out, lps, done, lengths, cache, k_pos, pos, key = state
         key, sub = jax.random.split(key)
-        tok, lp = _sample(logits, sub, sampling)
+        tok, lp = _sample(logits[:lead], sub, sampling)
+        tok, lp = jnp.tile(tok, sampling.runs), jnp.tile(lp, sampling.runs)
         tok = jnp.where(done, pad_id, tok).astype(jnp.int32)
         lp = jnp.where(done, 0.0, lp)
         out = out.at[:, step].set(tok)
@@ -225,6 +235,7 @@ def generate(
     prompt_mask: np.ndarray | None = None,
     bucket: int = PROMPT_BUCKET,
     samples_per_prompt: int = 1,
+    runs: int = 1,
 ) -> Generation:
     """Sample completions for a batch of prompts with a KV cache, in one compiled loop.
 
@@ -235,6 +246,9 @@ def generate(
     seed: an int or a `jax.random` key. stop_tokens default to the model's and tokenizer's EOS.
     interventions: as for `forward`, restricted to ones that do not depend on the prompt
     length (no position masks, per-token scales or Patch values).
+    runs: decode `runs` copies of the batch side by side (rows run-major), every copy reading
+    the tokens sampled from run 0, for generation-time patching between runs (`OnRuns`,
+    `CrossRunPatch`); the result holds run 0's rows.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -246,6 +260,8 @@ def generate(
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
     interventions = as_tuple(interventions)
     check_all(interventions, model.config, None)
     for iv in interventions:
@@ -274,14 +290,15 @@ def generate(
     for i, s in enumerate(seqs):
         check_token_ids(np.asarray(s, np.int64), model.config.vocab_size, f"prompt {i}")
     check_token_ids(np.asarray([pad_id]), model.config.vocab_size, "pad_id")
-    prepared = prepare_prompts(model, seqs, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket,
+    prepared = prepare_prompts(model, seqs * runs, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket,
                                stop_tokens=stop_tokens)
     key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
     sampling = SamplingConfig(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy),
-                              int(samples_per_prompt))
-    out, lps, lengths = (np.asarray(x) for x in sample_tokens(model, *prepared.args, key=key, interventions=interventions,
-                                                             sampling=sampling))
-    toks, mask = prepared.tokens, prepared.mask
+                              int(samples_per_prompt), int(runs))
+    out, lps, lengths = (np.asarray(x)[: len(x) // runs]
+                         for x in sample_tokens(model, *prepared.args, key=key, interventions=interventions,
+                                                sampling=sampling))
+    toks, mask = prepared.tokens[: len(seqs)], prepared.mask[: len(seqs)]
     if samples_per_prompt > 1:
         toks, mask = np.repeat(toks, samples_per_prompt, axis=0), np.repeat(mask, samples_per_prompt, axis=0)
     return Generation(out, lps, lengths, toks, mask, decode_completions(tokenizer, out, lengths))

@@ -11,6 +11,12 @@ Each intervention names a `site` (see `SITES`), optionally restricts itself to s
   one array `[B, T, ...]` used at every selected layer).
 - `Ablate`: replace with zeros or with a mean (given per layer, or the batch-and-position
   mean of the current run).
+- `AdaptiveSteer`: a steering vector behind a per-token gate `sigmoid(w . x_t + b)` (token-wise
+  adaptive scaling; trainable as the RL trainable kind `adaptive_steering`).
+- `CrossRunPatch` / `OnRuns`: for several runs decoded side by side in one batch (rows
+  run-major, e.g. `generate(..., runs=3)`): copy one run's activation into another's, or restrict
+  any intervention to some of the runs. This is generation-time patching: each generated token
+  sees the other run's activation at that very token.
 
 A selection is a weight in [0, 1] per element, so `Patch` computes `x + w * (new - x)`:
 masks may be soft, and sweeps are vmaps over masks.
@@ -37,6 +43,8 @@ SITE_LAYOUT = {
     "pattern": (4, 2, 1, 1),
     "z": (4, 1, 2, 2),
     "attn_out": (3, 1, None, 1),
+    "attn_to_resid": (3, 1, None, 1),
+    "attn_to_mlp": (3, 1, None, 1),
     "resid_mid": (3, 1, None, 1),
     "mlp_in": (3, 1, None, 1),
     "mlp_out": (3, 1, None, 1),
@@ -301,6 +309,159 @@ class Ablate(_Where):
             new = jnp.mean(x, axis=(0, tok_ax), keepdims=True)
         w = self._weight(layer, x)
         return x + w * (new - x)
+
+
+def run_rows(runs: int, selected: Sequence[int], batch: int) -> jax.Array:
+    """Boolean `[batch]`: the rows of the `selected` runs in a run-major batch of `runs` runs."""
+    if batch % runs:
+        raise ValueError(f"a batch of {batch} rows does not split into {runs} runs")
+    onehot = jnp.zeros((runs,), bool).at[jnp.asarray(tuple(selected), jnp.int32)].set(True)
+    return jnp.repeat(onehot, batch // runs)
+
+
+def _check_runs(name: str, runs: int, indices: Sequence[int]) -> None:
+    if runs < 2:
+        raise ValueError(f"{name}: runs must be >= 2, got {runs}")
+    for r in indices:
+        if not 0 <= int(r) < runs:
+            raise ValueError(f"{name}: run {r} out of range for {runs} runs")
+
+
+@struct.dataclass
+class CrossRunPatch(_Where):
+    """Copy run `source`'s activation at `site` into run `target`'s, where selected.
+
+    The batch holds `runs` runs of equal size, run-major (run r is rows `[r * B0, (r + 1) * B0)`),
+    as `generate(..., runs=...)` decodes them: all runs read the same tokens, so copying at every
+    step patches the other run's activation at every generated token. `head_mask` (`[H]`
+    weights, data, so one compiled program serves every head) and the static `heads` select
+    heads at per-head sites. Where the weight is exactly 1 the source value is copied bitwise.
+    """
+
+    runs: int = struct.field(pytree_node=False, default=2)
+    source: int = struct.field(pytree_node=False, default=1)
+    target: int = struct.field(pytree_node=False, default=0)
+    head_mask: Any = None
+    positions: Any = None
+    mask: Any = None
+    site: str = struct.field(pytree_node=False, default="z")
+    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+    heads: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        self._check_where(config, n_tokens)
+        _check_runs("CrossRunPatch", self.runs, (self.source, self.target))
+        if self.source == self.target:
+            raise ValueError("CrossRunPatch: source and target are the same run")
+        if self.positions is not None and jnp.ndim(self.positions) != 1:
+            raise ValueError("CrossRunPatch: positions must be a [T] mask (rows differ between runs)")
+        if self.head_mask is not None:
+            n_heads = site_n_heads(self.site, config)
+            if n_heads is None or jnp.shape(self.head_mask) != (n_heads,):
+                raise ValueError(f"CrossRunPatch: head_mask has shape {jnp.shape(self.head_mask)}; site "
+                                 f"{self.site!r} needs [{n_heads}] (head sites: {HEAD_SITES})")
+            check_finite(self.head_mask, "CrossRunPatch: head_mask")
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        if x.shape[0] % self.runs:
+            raise ValueError(f"CrossRunPatch: a batch of {x.shape[0]} rows does not split into {self.runs} runs")
+        xr = x.reshape(self.runs, x.shape[0] // self.runs, *x.shape[1:])
+        src, tgt = xr[self.source], xr[self.target]
+        w = self._weight(layer, tgt)
+        if self.head_mask is not None:
+            w = w * _to_layout(jnp.asarray(self.head_mask, x.dtype), self.site, "heads")
+        w = jnp.broadcast_to(w, tgt.shape)
+        new = jnp.where(w == 1, src, jnp.where(w == 0, tgt, tgt + w * (src - tgt)))
+        return xr.at[self.target].set(new).reshape(x.shape)
+
+
+@struct.dataclass
+class OnRuns:
+    """Apply `intervention` only to the rows of the runs in `selected` (of `runs` run-major runs,
+    as in `CrossRunPatch`); other rows keep their activation bitwise."""
+
+    intervention: Any
+    runs: int = struct.field(pytree_node=False, default=2)
+    selected: tuple[int, ...] = struct.field(pytree_node=False, default=(0,))
+
+    @property
+    def site(self) -> str:
+        return self.intervention.site
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        _check_runs("OnRuns", self.runs, self.selected)
+        if not self.selected:
+            raise ValueError("OnRuns: no run selected")
+        self.intervention.check(config, n_tokens)
+
+    def generation_safe(self) -> bool:
+        return self.intervention.generation_safe()
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        rows = run_rows(self.runs, self.selected, x.shape[0])
+        return jnp.where(rows.reshape((-1,) + (1,) * (x.ndim - 1)), self.intervention.apply(x, layer), x)
+
+
+@struct.dataclass
+class AdaptiveSteer:
+    """A steering vector with a per-token gate computed from the residual it is added to:
+
+        x_t  ->  x_t + scale * sigmoid(w . x_t + b) * vector
+
+    at `site` (a residual-width site, default `resid_post`), at `layers` (default all).
+    vector, w: `[d]` (shared) or `[L, d]` (per layer); b: scalar or `[L]`. The gate reads the
+    activation *before* the addition, in float32, with no normalisation of `x_t` (so `w` lives on
+    the residual's scale; RMS-normalising would be a different parameterisation). Everything is
+    a pytree leaf except `site` and `layers`, so `jax.grad` trains `vector`, `w` and `b`
+    together. The gate depends only on the current token's activation, so it works in `generate`
+    as well as in `forward`. Init suggestion: `w = 0, b = 0` (gate 0.5 everywhere); a constant
+    gate `sigmoid(b)` is then an ordinary `Steer` with that scale.
+    """
+
+    vector: jax.Array
+    w: jax.Array
+    b: Any = 0.0
+    scale: Any = 1.0
+    site: str = struct.field(pytree_node=False, default="resid_post")
+    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        check_site(self.site)
+        if SITE_LAYOUT[self.site][0] != 3:
+            raise ValueError(f"AdaptiveSteer: site {self.site!r} is not a residual-width [B, T, d] site")
+        L, d = config.n_layers, config.d_model
+        for name in ("vector", "w"):
+            s = jnp.shape(getattr(self, name))
+            if s not in ((d,), (L, d)):
+                raise ValueError(f"AdaptiveSteer: {name} has shape {s}; expected [{d}] or [{L}, {d}]")
+        if jnp.shape(self.b) not in ((), (L,)):
+            raise ValueError(f"AdaptiveSteer: b has shape {jnp.shape(self.b)}; expected a scalar or [{L}]")
+        if jnp.ndim(self.scale) != 0:
+            raise ValueError("AdaptiveSteer: scale must be a scalar (the gate is the per-token scale)")
+        for name in ("vector", "w", "b", "scale"):
+            check_finite(getattr(self, name), f"AdaptiveSteer.{name}")
+        for l in self.layers or ():
+            if not 0 <= int(l) < L:
+                raise ValueError(f"AdaptiveSteer: layer {l} out of range for {L} layers")
+
+    def generation_safe(self) -> bool:
+        return True
+
+    def gate(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        """The gate `[B, T]` (float32) for activation `x [B, T, d]` at `layer`."""
+        w = jnp.asarray(self.w)
+        w = (w[layer] if w.ndim == 2 else w).astype(jnp.float32)
+        b = jnp.asarray(self.b, jnp.float32)
+        b = b[layer] if b.ndim == 1 else b
+        return jax.nn.sigmoid(x.astype(jnp.float32) @ w + b)
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        vec = jnp.asarray(self.vector)
+        vec = (vec[layer] if vec.ndim == 2 else vec).astype(jnp.float32)
+        g = self.gate(x, layer) * jnp.asarray(self.scale, jnp.float32)
+        if self.layers is not None:
+            g = g * jnp.isin(layer, jnp.asarray(self.layers, jnp.int32)).astype(jnp.float32)
+        return x + (g[..., None] * vec).astype(x.dtype)
 
 
 Intervention = Steer | Patch | Ablate

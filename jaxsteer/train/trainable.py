@@ -16,7 +16,7 @@ Kinds:
   Kaiming-uniform, `b` zeros; applied unmerged through `params["layers"]["lora"]` with
   `lora_alpha / lora_rank` folded into `b`.
 - "adaptive_steering": steering with a learned per-token gate (the steering paper's token-wise
-  scaling; `jaxsteer.analysis.studies.AdaptiveSteer`): at each selected layer
+  scaling; `jaxsteer.AdaptiveSteer`): at each selected layer
   `x_t + sigmoid(w . x_t + b) * v`, `{"vectors": [n, d], "w": [n, d], "b": [n]}`, all zeros at
   init (vectors 0: no effect; gate 0.5). Residual-width sites only.
 - "full": the model's own parameter pytree.
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from ..models.decoder import PROJECTIONS
-from ..models.interventions import Steer, check_site, site_feature_shape
+from ..models.interventions import AdaptiveSteer, Steer, check_site, site_feature_shape
 from ..models.params import Model
 
 KINDS = ("steering", "adaptive_steering", "lora", "full")
@@ -204,7 +204,6 @@ def apply_trainable(
     if cfg.kind == "steering":
         return model, (_steer(trainable, cfg, model),)
     if cfg.kind == "adaptive_steering":
-        from ..analysis.studies import AdaptiveSteer  # the intervention the analysis studies use
 
         d = adaptive_gate(trainable, cfg, model.config.n_layers)
         return model, (AdaptiveSteer(d["vectors"], d["w"], d["b"], site=cfg.site, layers=cfg.layers),)

@@ -1,0 +1,167 @@
+"""Where does a penultimate-layer steering vector act? Generation-time head swapping
+(arXiv 2509.06608's path-patching study of `s_{L-2}`).
+
+The vector `s` sits at the input of the final layer F (`resid_post` of layer F - 1). Three runs are
+decoded side by side on the same tokens (`generate(..., runs=...)`, rows run-major):
+
+- run 0, the *patched* run: `s` added after F's attention (`resid_mid` of F), so F's attention
+  reads the unsteered `h` while its MLP and the unembedding see `h + s` ("skip attention");
+- run 1, the *steered* run: `s` at F's input, so F's attention reads `h + s`;
+- run 2 (routes "mlp" and "resid" only), an unpatched copy of run 0.
+
+The selected heads of F's attention (`z`, or `q` / `k` / `v`) are copied from run 1 into run 0 at
+every generated token, and the patched attention output is routed to both paths, to the MLP
+input only (the residual keeps run 2's attention output) or to the residual stream only (the MLP
+reads run 2's). Swapping no head is "skip attention"; swapping every head, routed to both, is the
+steered model. Task accuracy of run 0's greedy generations scores each condition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..models.generate import generate
+from ..models.interventions import CrossRunPatch, OnRuns, Steer, site_n_heads
+from ..models.params import Model
+from ._common import new_figure, save_figure
+
+HEAD_SWAP_ROUTES = ("both", "mlp", "resid")
+HEAD_SWAP_SITES = ("z", "q", "k", "v")
+
+
+def _final_layer(model: Model, layer: int | None) -> int:
+    L = model.config.n_layers
+    layer = L - 2 if layer is None else int(layer)
+    if not 0 <= layer < L - 1:
+        raise ValueError(f"head swap: the vector's layer must be in [0, {L - 2}] (a later layer must read it), got {layer}")
+    return layer + 1
+
+
+def _vector_at(model: Model, vector: Any, layer: int) -> jnp.ndarray:
+    c = model.config
+    v = jnp.asarray(vector)
+    if v.shape == (c.n_layers, c.d_model):
+        v = v[layer]
+    if v.shape != (c.d_model,):
+        raise ValueError(f"head swap: vector must be [{c.d_model}] or [{c.n_layers}, {c.d_model}], got {v.shape}")
+    return v
+
+
+def head_swap_interventions(model: Model, vector: Any, head_mask: Any, *, layer: int | None = None,
+                            route: str = "both", site: str = "z", scale: float = 1.0) -> tuple[tuple, int]:
+    """`(interventions, runs)` for one head-swap condition (see the module docstring): `vector` at
+    `layer` (default the penultimate, L - 2), `head_mask` `[H]` weights of the heads of the next
+    layer copied from the steered run into the patched one, `route` in `HEAD_SWAP_ROUTES`."""
+    if route not in HEAD_SWAP_ROUTES:
+        raise ValueError(f"head swap: route must be one of {HEAD_SWAP_ROUTES}, got {route!r}")
+    if site not in HEAD_SWAP_SITES:
+        raise ValueError(f"head swap: site must be one of {HEAD_SWAP_SITES}, got {site!r}")
+    final = _final_layer(model, layer)
+    s = _vector_at(model, vector, final - 1)
+    runs = 2 if route == "both" else 3
+    after_attention = Steer(s, scale=scale, site="resid_mid", layers=(final,))
+    at_input = Steer(s, scale=scale, site="resid_post", layers=(final - 1,))
+    ivs = [OnRuns(after_attention, runs=runs, selected=(0,) if runs == 2 else (0, 2)),
+           OnRuns(at_input, runs=runs, selected=(1,)),
+           CrossRunPatch(runs=runs, source=1, target=0, head_mask=jnp.asarray(head_mask, jnp.float32), site=site,
+                         layers=(final,))]
+    if route != "both":  # the path that keeps the unpatched attention output takes it from run 2
+        keep = "attn_to_resid" if route == "mlp" else "attn_to_mlp"
+        ivs.append(CrossRunPatch(runs=runs, source=2, target=0, site=keep, layers=(final,)))
+    return tuple(ivs), runs
+
+
+@dataclasses.dataclass
+class HeadSwapResult:
+    """Per-condition correctness `[C, N]` of greedy generations. Conditions: "unsteered",
+    "steered", "skip attention" (vector after the final layer's attention), "skip layer" (vector
+    at the final layer's output), and per route "all heads / {route}" and "head {h} / {route}"."""
+
+    layer: int
+    site: str
+    routes: tuple[str, ...]
+    heads: tuple[int, ...]
+    conditions: list[str]
+    correct: np.ndarray
+
+    def accuracy(self) -> dict[str, float]:
+        return {c: float(row.mean()) for c, row in zip(self.conditions, self.correct)}
+
+    def per_head(self, route: str) -> np.ndarray:
+        """Accuracy with head h alone swapped, minus skip-attention accuracy, per head."""
+        acc = self.accuracy()
+        return np.array([acc[f"head {h} / {route}"] - acc["skip attention"] for h in self.heads])
+
+    def table(self) -> str:
+        acc, n = self.accuracy(), self.correct.shape[1]
+        width = max(len(c) for c in self.conditions)
+        return "\n".join([f"{'condition':<{width}}  accuracy (n={n})"]
+                         + [f"{c:<{width}}  {acc[c]:.3f}" for c in self.conditions])
+
+    def draw(self, ax, title: str | None = None) -> None:
+        """Bars of accuracy per swapped head and route, the reference conditions as lines."""
+        acc = self.accuracy()
+        width = 0.8 / len(self.routes)
+        x = np.arange(len(self.heads) + 1)
+        for i, route in enumerate(self.routes):
+            vals = [acc[f"head {h} / {route}"] for h in self.heads] + [acc[f"all heads / {route}"]]
+            ax.bar(x + (i - (len(self.routes) - 1) / 2) * width, vals, width, label=f"routed to {route}")
+        for name, style in (("unsteered", ":"), ("steered", "-"), ("skip attention", "--"), ("skip layer", "-.")):
+            ax.axhline(acc[name], color="black", ls=style, lw=0.9, label=name)
+        ax.set_xticks(x, [str(h) for h in self.heads] + ["all"])
+        ax.set_xlabel(f"head of layer {self.layer + 1} swapped in ({self.site})")
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(title or f"penultimate-layer vector (layer {self.layer}): heads swapped from the steered run",
+                     fontsize=9)
+
+    def plot(self, path: str, title: str | None = None) -> str:
+        fig = new_figure(1.5 + 0.35 * len(self.heads) * len(self.routes), 3.6)
+        self.draw(fig.subplots(), title)
+        return save_figure(fig, path)
+
+
+def _correct(model, prompts, answers, score, ivs, runs, batch_size, gen_kw) -> np.ndarray:
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        gen = generate(model, prompts[i:i + batch_size], interventions=ivs, runs=runs, greedy=True, **gen_kw)
+        completions = gen.texts if gen.texts is not None else [
+            row[:n].tolist() for row, n in zip(gen.tokens, gen.lengths)]
+        out += [bool(score(t, a)) for t, a in zip(completions, answers[i:i + batch_size])]
+    return np.array(out)
+
+
+def head_swap_study(model: Model, vector: Any, prompts: Sequence, answers: Sequence,
+                    score: Callable[[Any, Any], Any], *, tokenizer: Any = None, layer: int | None = None,
+                    heads: Sequence[int] | None = None, routes: Sequence[str] = HEAD_SWAP_ROUTES, site: str = "z",
+                    scale: float = 1.0, max_new_tokens: int = 16, batch_size: int = 64, chat: bool = True,
+                    progress: bool = True) -> HeadSwapResult:
+    """Run every condition of the penultimate-layer study on `prompts` (strings or token-id
+    lists) and score run 0's greedy completions with `score(completion, answer)` (truthy =
+    correct; the completion is its text, or its token ids when `tokenizer` is None). `heads` default: every head of `site` one at a time; one compiled program per route
+    serves all heads (the head choice is data)."""
+    if len(prompts) != len(answers) or not len(prompts):
+        raise ValueError(f"head swap: {len(prompts)} prompts and {len(answers)} answers; need as many, at least one")
+    final = _final_layer(model, layer)
+    n_heads = site_n_heads(site, model.config)
+    heads = tuple(range(n_heads)) if heads is None else tuple(int(h) for h in heads)
+    if any(not 0 <= h < (n_heads or 0) for h in heads):
+        raise ValueError(f"head swap: heads {heads} out of range for site {site!r} with {n_heads} heads")
+    s = _vector_at(model, vector, final - 1)
+    plain = {"unsteered": (), "steered": (Steer(s, scale=scale, site="resid_post", layers=(final - 1,)),),
+             "skip attention": (Steer(s, scale=scale, site="resid_mid", layers=(final,)),),
+             "skip layer": (Steer(s, scale=scale, site="resid_post", layers=(final,)),)}
+    jobs = [(name, ivs, 1) for name, ivs in plain.items()]
+    for route in routes:
+        for label, mask in [(f"head {h}", np.eye(n_heads)[h]) for h in heads] + [("all heads", np.ones(n_heads))]:
+            ivs, runs = head_swap_interventions(model, s, mask, layer=final - 1, route=route, site=site, scale=scale)
+            jobs.append((f"{label} / {route}", ivs, runs))
+    gen_kw = dict(tokenizer=tokenizer, max_new_tokens=max_new_tokens, chat=chat)
+    rows = [_correct(model, list(prompts), list(answers), score, ivs, runs, batch_size, gen_kw)
+            for _, ivs, runs in tqdm(jobs, desc="head swap", disable=not progress)]
+    return HeadSwapResult(final - 1, site, tuple(routes), heads, [j[0] for j in jobs], np.stack(rows))
