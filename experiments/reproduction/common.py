@@ -149,7 +149,8 @@ class Context:
         whole train call, evaluations included), "overrides", "reused", and with `stamp` the CPU /
         wall stamps of every metrics record ("stamps", see CpuStamper)."""
         out = self.runs_dir / name
-        overrides = list(overrides) + (QUICK_OVERRIDES if self.quick else [])
+        given = list(overrides)
+        overrides = given + (QUICK_OVERRIDES if self.quick else [])
         overrides += [f"output_dir={out}", f"seed={self.seed}", "progress=false", "tensorboard=false"]
         key = {"config": config_path, "overrides": overrides}
         timing_path = out / "repro_timing.json"
@@ -158,8 +159,12 @@ class Context:
             if timing.get("key") == key:
                 self.log(f"{name}: reusing the finished run in {out}")
                 return {**json.loads((out / "summary.json").read_text()), **timing, "reused": True}
+        if self._wait_for_other(out):
+            return self.train_or_load(name, config_path, given, stamp)
         if out.exists():
             shutil.rmtree(out)  # unfinished or made with other settings
+        out.mkdir(parents=True)
+        (out / "repro_training.pid").write_text(str(os.getpid()))
         from jaxsteer.train import load_config, train
 
         cfg = load_config(str(ROOT / config_path), overrides)
@@ -171,8 +176,28 @@ class Context:
         timing = {"key": key, "wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
                   "stamps": stamper.stamps if stamp else None}
         timing_path.write_text(json.dumps(timing, indent=1))
+        (out / "repro_training.pid").unlink(missing_ok=True)
         self.log(f"{name}: done in {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU")
         return {**json.loads((out / "summary.json").read_text()), **timing, "reused": False}
+
+    def _wait_for_other(self, out: Path) -> bool:
+        """If another live process is training into `out` (repro_training.pid), wait until it ends;
+        True when it did (the caller then looks again)."""
+        pid_file = out / "repro_training.pid"
+        waited = False
+        while pid_file.exists():
+            try:
+                pid = int(pid_file.read_text().strip() or 0)
+                if pid == os.getpid():
+                    return waited
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, PermissionError, FileNotFoundError):
+                return waited  # a dead trainer's directory: retrain
+            if not waited:
+                self.log(f"{out.name}: process {pid} is training it; waiting")
+            waited = True
+            time.sleep(10)
+        return waited
 
     def metrics(self, name: str) -> list[dict]:
         """The records of <runs_dir>/<name>/metrics.jsonl."""

@@ -1,6 +1,6 @@
 """Assemble docs/reproduction.md from the part JSONs in docs/reproduction/ (see common.py).
 
-    .venv/bin/python experiments/reproduction/report.py       # same as run.py --report-only
+    .venv/bin/python experiments/reproduction/report.py [--quick]     # same as run.py --report-only [--quick]
 
 Every section: the part's heading, its markdown (`section(result)` of its module), the command that
 made its figures and numbers, its wall-clock and CPU time and the machine load while it ran. Parts
@@ -86,5 +86,5 @@ def write_report(out_dir: Path, md_path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    out = common.ROOT / "docs" / "reproduction"
+    out = (common.ROOT / "runs/reproduction_quick" if "--quick" in sys.argv else common.ROOT / "docs") / "reproduction"
     print(write_report(out, out.parent / "reproduction.md"))

@@ -35,6 +35,13 @@ ROWS = [
      [*ES_BUDGET, *NO_BEFORE]),
 ]
 
+# A prompt that asks for the papers' answer format, trained on the strict reward: the rows in which strict
+# extraction means something (YAML double quotes: \n is a newline; {{}} survives str.format as {}).
+BOXED = ['data.prompt_template="<|im_start|>user\\n{prompt} Put the number in \\\\boxed{{}}.<|im_end|>\\n'
+         '<|im_start|>assistant\\n"', "data.reward=correctness_strict", "sampling.max_new_tokens=16"]
+ROWS.append(("steering_boxed", "RL steering vectors, all layers, boxed prompt + strict reward", "table1_steering_boxed",
+             common.STEERING_CONFIG, BOXED))
+
 # The papers' Table 1 (accuracy %, GSM8K, Qwen2.5-Math-1.5B; ../shared/METHODS.md section 1).
 PAPER = {"base": 29.3, "full": 86.5, "steering": 79.9, "lora": 85.4}
 
@@ -42,7 +49,7 @@ PAPER = {"base": 29.3, "full": 86.5, "steering": 79.9, "lora": 85.4}
 def _row(key: str, label: str, summary: dict, ev: dict | None) -> dict:
     return {
         "key": key, "label": label, "lenient": common.acc(ev, "lenient"), "strict": common.acc(ev, "strict"),
-        "rollouts": summary.get("rollouts") if key not in ("base", "sft_lora") else 0,
+        "rollouts": summary.get("rollouts") if key not in ("base", "base_boxed", "sft_lora") else 0,
         "trainable_params": summary.get("trainable_params") or summary.get("search_dims"),
         "train_s": summary.get("train_seconds"), "wall_s": summary.get("wall_s"), "cpu_s": summary.get("cpu_s"),
         "steps": summary.get("steps"), "algorithm": summary.get("algorithm"),
@@ -59,6 +66,8 @@ def run(ctx: common.Context) -> dict:
         runs[key] = {"name": name, "config": config, "overrides": [*overrides, *extra]}
         if key == "steering":
             rows.append(_row("base", "base model (no training)", {}, s.get("eval_before")))
+        if key == "steering_boxed":
+            rows.append(_row("base_boxed", "base model, boxed prompt", {}, s.get("eval_before")))
         rows.append(_row(key, label, s, s.get("eval_after")))
     fig_path = figure(ctx, rows)
     return {"rows": rows, "runs": runs, "figure": fig_path, "paper": PAPER}
@@ -108,8 +117,8 @@ def _compare(rows: dict, paper: dict) -> list[str]:
     base = rows.get("base", {}).get("lenient")
     if base and st:
         out.append(f"- Gain over the base model: {100 * (st['acc'] - base['acc']):+.1f} points here, "
-                   f"{paper['steering'] - paper['base']:+.1f} in the paper; the task here is a format/skill "
-                   "already in the model (the base model answers correctly when it answers at all).")
+                   f"{paper['steering'] - paper['base']:+.1f} in the paper (GSM8K, whose base accuracy is "
+                   "higher and whose answers are longer).")
     es, essa = rows.get("es", {}).get("lenient"), rows.get("essa", {}).get("lenient")
     if essa and st:
         better = essa["acc"] > st["acc"] and not _overlap(essa, st)
@@ -129,11 +138,16 @@ def _compare(rows: dict, paper: dict) -> list[str]:
 def section(result: dict) -> str:
     """Markdown: the table, the figure, the budget and the comparison with the paper."""
     rows = result["rows"]
+    by = {r["key"]: r for r in rows}
+    rl, es, sft = by.get("steering", {}), by.get("es", {}), by.get("sft_lora", {})
     lines = [
-        "Equal rollout budget: every trained row except `sft_lora` sampled **640 completions** (RL: 20 steps "
-        "x 4 prompts x G=8, RLOO advantages, token-mean loss, no KL; ES / ESSA: 10 generations x 16 members "
-        "x 4 prompts, greedy). The SFT LoRA is ESSA's warm start and sees 320 reference answers (20 steps x "
-        "16), no rollouts; ESSA's total is SFT + 640 rollouts. Held-out: 200 test problems, greedy.",
+        f"Equal rollout budget: every trained row except `sft_lora` sampled **{rl.get('rollouts')} completions** "
+        f"(RL: {rl.get('steps')} steps x 4 prompts x G=8, RLOO advantages, token-mean loss, no KL, lr 1e-2 / "
+        f"5e-4 / 1e-5 for vectors / LoRA / full as in the committed configs; ES / ESSA: {es.get('steps')} "
+        "generations x 16 members x 4 prompts, greedy, each member's answers counted). The SFT LoRA is ESSA's "
+        f"warm start: {sft.get('steps')} steps x 16 reference answers, no rollouts; ESSA's total is that SFT plus "
+        f"its {by.get('essa', {}).get('rollouts')} rollouts. The single vector sits at layer {LAST_LAYER} (the "
+        f"last), chosen in advance. Held-out: {rl['lenient']['n'] if rl.get('lenient') else '?'} test problems, greedy.",
         "",
         "| row | lenient acc. (95% CI) | strict acc. (95% CI) | rollouts | trainable numbers | train s | run wall s | run CPU s |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -146,13 +160,21 @@ def section(result: dict) -> str:
               "Run wall / CPU include model-free setup and the held-out evaluations (`train s` is the "
               "library's own training time); a run reused from an earlier invocation keeps its first timing.",
               "", "**Against the papers**", ""]
-    by = {r["key"]: r for r in rows}
     lines += _compare(by, result["paper"])
-    strict = [r["strict"]["acc"] for r in rows if r.get("strict")]
+    strict = [r["strict"]["acc"] for r in rows if r.get("strict") and "boxed" not in r["key"]]
     if strict:
-        lines.append(f"- Strict extraction: at most {100 * max(strict):.1f}% in any row. The prompt asks for just "
-                     "the number and nothing here rewards `\\boxed{}`, so strict accuracy stays near zero; the "
-                     "papers' strict numbers come from prompts that ask for a boxed answer.")
+        lines.append(f"- Strict extraction with the task's own prompt: at most {100 * max(strict):.1f}% in any row. "
+                     "The prompt asks for just the number and the training reward is lenient, so no policy writes "
+                     "`\\boxed{}`; the papers' strict numbers come from prompts that ask for a boxed answer.")
+    bb, sb = by.get("base_boxed"), by.get("steering_boxed")
+    if bb and sb:
+        lines.append(
+            f"- With a prompt that asks for `\\boxed{{}}` (16 new tokens) and the strict reward: base model strict "
+            f"{common.pct(bb['strict'])} / lenient {common.pct(bb['lenient'])}; RL steering vectors strict "
+            f"{common.pct(sb['strict'])} / lenient {common.pct(sb['lenient'])} after the same "
+            f"{sb.get('rollouts')} rollouts. Under the papers' extraction the vectors "
+            + ("raise accuracy here too." if sb["strict"] and bb["strict"] and sb["strict"]["acc"] > bb["strict"]["acc"]
+               else "do not raise accuracy here."))
     ex = [(r['key'], r['example']) for r in rows if r.get("example")]
     if ex:
         lines += ["", "First held-out completion of each row (problem 1): " +

@@ -41,17 +41,19 @@ def curve(summary: dict, records: list[dict]) -> list[dict]:
             cum_cpu += s["cpu_s"] - last_cpu
             train_cpu[s["step"]] = cum_cpu
         last_cpu = s["cpu_s"]
-    wall, cum_wall, rollouts = {}, 0.0, summary["rollouts"] / max(summary["steps"], 1)
+    wall, done, cum_wall, cum_roll = {}, {0: 0.0}, 0.0, 0.0
+    per_step = summary["rollouts"] / max(summary["steps"], 1)
     for r in records:
-        if r["kind"] == "train":
+        if r["kind"] == "train":  # DAPO's dynamic sampling draws whole extra rounds of a batch
             cum_wall += r.get("step_s") or 0.0
-            wall[r["step"]] = cum_wall
+            cum_roll += per_step * (1 + (r.get("dynamic_rounds") or 0))
+            wall[r["step"]], done[r["step"]] = cum_wall, cum_roll
     pts = []
     for r in records:
         if r["kind"] == "eval" and ("greedy_acc_lenient" in r or "base_greedy_acc_lenient" in r):
             k = r["step"]
             a = r.get("greedy_acc_lenient", r.get("base_greedy_acc_lenient"))
-            pts.append({"step": k, "rollouts": k * rollouts, "cpu_s": train_cpu.get(k, 0.0), "wall_s": wall.get(k, 0.0),
+            pts.append({"step": k, "rollouts": done.get(k, 0.0), "cpu_s": train_cpu.get(k, 0.0), "wall_s": wall.get(k, 0.0),
                         "acc": float(a)})
     return sorted(pts, key=lambda p: p["step"])
 
@@ -71,7 +73,8 @@ def run(ctx: common.Context) -> dict:
         pts = curve(s, recs)
         train = [r for r in recs if r["kind"] == "train"]
         algos.append({"label": label, "run": name, "config": config, "overrides": overrides, "curve": pts,
-                      "hit": reached(pts), "final": pts[-1]["acc"] if pts else None, "rollouts": s["rollouts"],
+                      "hit": reached(pts), "final": pts[-1]["acc"] if pts else None,
+                      "rollouts": pts[-1]["rollouts"] if pts else s["rollouts"],
                       "update_rows": float(np.sum([r.get("update_rows") or 0 for r in train])),
                       "train_cpu_s": pts[-1]["cpu_s"] if pts else None, "train_wall_s": pts[-1]["wall_s"] if pts else None})
     grpo = next(a for a in algos if a["label"] == "GRPO")
