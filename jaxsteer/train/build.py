@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ..models.config import ModelConfig, RopeConfig
 from ..models.generate import tokenize_prompts
 from ..models.params import Model, init_params
-from .config import ConfigError, ModelSpec, TrainConfig
+from .config import ConfigError, ModelSpec, TrainConfig, resolve_dtype
 from .rewards import get_reward_fn
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -44,8 +44,9 @@ def random_model_config(fields: dict | None) -> ModelConfig:
 
 
 def build_model(spec: ModelSpec) -> tuple[Model, Any]:
-    """The model (and tokenizer) a `ModelSpec` names; "random" builds one from `spec.random`."""
-    dtype = DTYPES[spec.dtype]
+    """The model (and tokenizer) a `ModelSpec` names; "random" builds one from `spec.random`. The
+    weights' dtype is `model.dtype` ("auto": bfloat16 on an accelerator backend, float32 on CPU)."""
+    dtype = DTYPES[resolve_dtype(spec.dtype)]
     if spec.spec == "random":
         config = random_model_config(spec.random)
         return init_params(config, jax.random.PRNGKey(spec.random_seed), dtype=dtype, scale=spec.random_scale), None

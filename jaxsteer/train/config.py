@@ -31,6 +31,11 @@ RL_ALGORITHMS = ("grpo", "expert_iteration", "sft")
 ES_ALGORITHMS = ("es", "eggroll", "essa")
 ES_STRATEGIES = ("openai", "cma", "sep_cma")
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_sum_norm")
+MODEL_DTYPES = ("auto", "float32", "bfloat16")
+# model.remat policies: config name -> `jax.checkpoint_policies` name (what each layer keeps for the backward)
+REMAT_POLICIES = {"dots": "dots_with_no_batch_dims_saveable",
+                  "dots_with_no_batch_dims_saveable": "dots_with_no_batch_dims_saveable",
+                  "dots_saveable": "dots_saveable", "nothing_saveable": "nothing_saveable"}
 
 
 class ConfigError(ValueError):
@@ -151,15 +156,45 @@ class ModelSpec:
 
     spec: anything `jaxsteer.load` takes (alias, HF directory, hub id, .gguf), or "random" for a
     randomly initialised model built from `random` (ModelConfig fields; for tests and smoke runs).
-    dtype: "float32" | "bfloat16" (of the frozen weights; trainable arrays are always float32).
+    dtype: "auto" | "float32" | "bfloat16" of the frozen weights; "auto" = bfloat16 on a GPU or TPU
+    backend, float32 on CPU (`resolve_dtype`). Trainable arrays, optimizer moments, logits and
+    losses are always float32.
+    remat: rematerialise the layer scan in the backward pass of gradient learners (RL, SFT):
+    false (keep every layer's activations), true (keep only the residual entering each layer,
+    recompute the rest), or a policy: "dots" (also keep the weight matmuls' outputs; =
+    "dots_with_no_batch_dims_saveable") or one of `REMAT_POLICIES`. Same gradients, less memory,
+    about one more forward of compute. `jaxsteer plan` reports the update's peak for this setting.
     """
 
     spec: str = "smollm2-135m-instruct"
-    dtype: str = "float32"
+    dtype: str = "auto"
+    remat: bool | str = False
     random: dict | None = None
     random_seed: int = 0
     random_scale: float = 0.02  # std of the random weights
     hf_config: dict | str | None = None  # a HF config mapping or config.json path, read by `jaxsteer plan`; training ignores it
+
+    def __post_init__(self):
+        if self.dtype not in MODEL_DTYPES:
+            raise ConfigError(f"model.dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.remat, bool) and self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"model.remat must be true, false or a policy ({', '.join(REMAT_POLICIES)}), "
+                             f"got {self.remat!r}")
+
+    @property
+    def remat_arg(self) -> bool | str:
+        """`remat` as `run_layers(remat=...)` takes it: a bool or a `jax.checkpoint_policies` name."""
+        return REMAT_POLICIES.get(self.remat, self.remat) if isinstance(self.remat, str) else self.remat
+
+
+def resolve_dtype(name: str, backend: str | None = None) -> str:
+    """The weights' dtype name for `model.dtype` on `backend` (default: JAX's): "auto" is
+    "bfloat16" on an accelerator (anything but "cpu"), "float32" on CPU; others as given."""
+    if name != "auto":
+        return name
+    import jax
+
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +354,6 @@ class TrainConfig:
             (a.micro_batches >= 1, "algorithm.micro_batches must be >= 1"),
             (a.updates_per_batch >= 1, "algorithm.updates_per_batch must be >= 1"),
             (not (a.dash and a.updates_per_batch > 1), "algorithm.dash and algorithm.updates_per_batch > 1 exclude each other"),
-            (self.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {self.model.dtype!r}"),
             (self.sampling.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1"),
             (a.dynamic_sampling_rounds >= 0, "algorithm.dynamic_sampling_rounds must be >= 0"),
             (0 <= a.overlong_buffer <= self.sampling.max_new_tokens,
@@ -373,7 +407,7 @@ def non_finite_fields(cfg: Any, prefix: str = "") -> list[str]:
 
 
 # Fields only one learner reads ("section" = every field of it). The rest is shared.
-RL_ONLY = ("lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "adam_eps", "grad_clip", "loss", "mesh",
+RL_ONLY = ("model.remat", "lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "adam_eps", "grad_clip", "loss", "mesh",
            "algorithm.advantage", "algorithm.group_size", "algorithm.micro_batches", "algorithm.dash",
            "algorithm.updates_per_batch", "algorithm.ei_threshold", "algorithm.log_kl", "algorithm.dynamic_sampling",
            "algorithm.dynamic_sampling_rounds", "algorithm.overlong_buffer")
@@ -604,6 +638,9 @@ __all__ = [
     "ESConfig",
     "LossConfig",
     "RL_ALGORITHMS",
+    "MODEL_DTYPES",
+    "REMAT_POLICIES",
+    "resolve_dtype",
     "ES_ALGORITHMS",
     "unused_fields",
     "non_finite_fields",

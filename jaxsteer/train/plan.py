@@ -32,7 +32,7 @@ import numpy as np
 
 from ..models.config import ModelConfig, from_hf_config
 from ..models.params import Model, init_params
-from .config import ConfigError, TrainConfig, load_config
+from .config import ConfigError, TrainConfig, load_config, resolve_dtype
 from .sharding import fsdp_spec
 
 # Device memory per chip (bytes). TPU: HBM per chip; GPU: the card's nominal size.
@@ -184,14 +184,23 @@ class MemoryPlan:
     peaks: dict[str, float]
     largest: dict[str, int | None]
     notes: list[str]
+    dtype: str = "float32"  # of the base weights (`model.dtype` resolved for the backend)
+
+    @property
+    def configured(self) -> str:
+        """The peak the config runs: "update, remat" with `model.remat` set (any policy; a policy
+        that keeps matmul outputs needs more), else "update, no remat" (XLA attention); ES: "rollout"."""
+        if self.config.is_es:
+            return "rollout"
+        return "update, remat" if self.config.model.remat else "update, no remat"
 
     @property
     def fits(self) -> bool | None:
-        """Whether the run as configured fits: the rollout and the update as the step runs it today
-        (no remat, XLA attention); None without a capacity."""
+        """Whether the run as configured fits: the rollout and the `configured` update; None
+        without a capacity."""
         if self.capacity is None:
             return None
-        return max(v for k, v in self.peaks.items() if k in ("rollout", "update, no remat")) <= self.capacity
+        return max(self.peaks["rollout"], self.peaks[self.configured]) <= self.capacity
 
 
 VARIANTS = {"no remat": dict(remat=False), "remat": dict(remat=True),
@@ -360,18 +369,22 @@ def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capaci
 
 
 def plan(cfg: TrainConfig, *, data: int | None = None, fsdp: int | None = None, capacity: int | None = None,
-         prompt_len: int = 512) -> MemoryPlan:
+         prompt_len: int = 512, backend: str | None = None) -> MemoryPlan:
     """The per-device memory plan of `cfg` on a data x fsdp mesh (default: the config's mesh, with
-    -1 read as 1) of devices with `capacity` bytes each (None: report sizes only). Allocates nothing."""
+    -1 read as 1) of devices with `capacity` bytes each (None: report sizes only). `backend`
+    resolves `model.dtype: auto` (default: this machine's JAX backend). Allocates nothing."""
     c = model_config(cfg.model)
     from .build import DTYPES
 
-    model = abstract_model(c, DTYPES[cfg.model.dtype])
+    dtype = resolve_dtype(cfg.model.dtype, backend)
+    model = abstract_model(c, DTYPES[dtype])
     data = data or (cfg.mesh.data if cfg.mesh.data > 0 else 1)
     fsdp = fsdp or (cfg.mesh.fsdp if cfg.mesh.fsdp > 0 else 1)
     if cfg.is_es:
-        return es_plan(cfg, c, model, data * fsdp, capacity, prompt_len)
-    return rl_plan(cfg, c, model, data, fsdp, capacity, prompt_len)
+        result = es_plan(cfg, c, model, data * fsdp, capacity, prompt_len)
+    else:
+        result = rl_plan(cfg, c, model, data, fsdp, capacity, prompt_len)
+    return dataclasses.replace(result, dtype=dtype)
 
 
 def format_plan(p: MemoryPlan, device: str | None = None) -> str:
@@ -382,7 +395,8 @@ def format_plan(p: MemoryPlan, device: str | None = None) -> str:
             f"{a.name}, trainable {cfg.trainable.kind}, {a.prompts_per_step} prompts x {a.group_size} = "
             f"{cfg.rollouts_per_step} rollouts per step, micro_batches {a.micro_batches}")
     cap = "" if p.capacity is None else f"; {fmt_bytes(p.capacity)} per device" + (f" ({device})" if device else "")
-    lines = [f"model: {c.architecture}, {c.n_params() / 1e9:.2f}B parameters ({cfg.model.dtype}): {c.n_layers} layers, "
+    dtype = p.dtype + (" (model.dtype=auto)" if cfg.model.dtype == "auto" else "")
+    lines = [f"model: {c.architecture}, {c.n_params() / 1e9:.2f}B parameters ({dtype}): {c.n_layers} layers, "
              f"d_model {c.d_model}, d_mlp {c.d_mlp}, {c.n_heads} heads / {c.n_kv_heads} KV heads, vocab {c.vocab_size}",
              f"run: {what}",
              f"mesh: data={p.data} x fsdp={p.fsdp} = {p.data * p.fsdp} devices{cap}"]
@@ -401,7 +415,7 @@ def format_plan(p: MemoryPlan, device: str | None = None) -> str:
             got = "none" if rows is None else f"{rows} (micro_batches={per_update // (rows * shards)})"
             lines.append(f"  {k:<50}{got:>12}")
     if p.fits is not None:
-        what = "" if cfg.is_es else " (rollout; update without remat, as the RL step runs today)"
+        what = "" if cfg.is_es else (f" (rollout; update with model.remat={str(cfg.model.remat).lower()})")
         lines.append(f"verdict: {'fits' if p.fits else 'does NOT fit'} as configured{what}")
     return "\n".join(lines)
 
@@ -439,7 +453,8 @@ def cmd_plan(args) -> None:
                     parse_bytes(args.device_memory) if args.device_memory else None)
         if args.prompt_len < 1:
             raise ValueError(f"--prompt-len must be positive, got {args.prompt_len}")
-        result = plan(cfg, data=data, fsdp=fsdp, capacity=capacity, prompt_len=args.prompt_len)
+        backend = None if not args.device else "tpu" if args.device.startswith("v") else "gpu"  # for dtype auto
+        result = plan(cfg, data=data, fsdp=fsdp, capacity=capacity, prompt_len=args.prompt_len, backend=backend)
     except (ValueError, OSError) as e:  # ConfigError and UnsupportedConfigError are ValueErrors
         raise SystemExit(f"jaxsteer plan: {e}") from None
     print(format_plan(result, args.device))

@@ -86,6 +86,7 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
         need_ref=cfg.loss.kl_coef > 0 or a.log_kl,
         shared_prompts=a.group_size if rows_per_micro % a.group_size == 0 and not packs_dash(cfg) else 1,
         rapid_group=a.group_size if a.advantage == "rapid" and a.name == "grpo" else 0,
+        remat=cfg.model.remat_arg,
     )
 
 

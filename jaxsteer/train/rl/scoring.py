@@ -32,11 +32,11 @@ def token_logprobs(logits, targets, mask, temperature: float = 1.0) -> tuple[jax
     return jnp.where(keep, logp, 0.0), jnp.where(keep, entropy, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("completion_start", "temperature"))
-def _sequence_logprobs(model, tokens, mask, interventions, completion_start, temperature):
+@functools.partial(jax.jit, static_argnames=("completion_start", "temperature", "remat"))
+def _sequence_logprobs(model, tokens, mask, interventions, completion_start, temperature, remat):
     positions = default_positions(tokens, mask)
     k_pos = jnp.where(mask.astype(bool), positions, -1)
-    h, _, _ = run_layers(model, embed(model, tokens), positions, k_pos, interventions, frozenset())
+    h, _, _ = run_layers(model, embed(model, tokens), positions, k_pos, interventions, frozenset(), remat=remat)
     # Only the positions that predict completion tokens go through the unembedding.
     logits = unembed(model, h[:, completion_start - 1 : -1])
     return token_logprobs(logits, tokens[:, completion_start:], mask[:, completion_start:], temperature)
@@ -50,6 +50,7 @@ def sequence_logprobs(
     *,
     completion_start: int,
     temperature: float = 1.0,
+    remat: bool | str = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Per-token `log pi(y_t)` and the policy entropy at each completion position, via one forward.
 
@@ -57,7 +58,8 @@ def sequence_logprobs(
     completion tokens are the positions `>= completion_start` (= P). Returns `(logp, entropy)`,
     each `[B, N]` float32, zero where `mask` is 0. `temperature` divides the logits (use the
     sampling temperature to score under the sampling distribution). Jittable; gradients flow
-    to `model` and `interventions`.
+    to `model` and `interventions`. `remat`: rematerialise the layer scan in the backward pass
+    (`run_layers`; a bool or a `jax.checkpoint_policies` name).
     """
     tokens = jnp.asarray(tokens)
     mask = jnp.asarray(mask)
@@ -67,17 +69,17 @@ def sequence_logprobs(
         raise ValueError(f"completion_start={completion_start} must be in [1, {tokens.shape[1] - 1}]")
     interventions = as_tuple(interventions)
     check_all(interventions, model.config, tokens.shape[1])
-    return _sequence_logprobs(model, tokens, mask, interventions, int(completion_start), float(temperature))
+    return _sequence_logprobs(model, tokens, mask, interventions, int(completion_start), float(temperature), remat)
 
 
 def grouped_sequence_logprobs(model: Model, tokens, mask, interventions=(), *, completion_start: int,
-                              group_size: int, temperature: float = 1.0):
+                              group_size: int, temperature: float = 1.0, remat: bool | str = False):
     """`sequence_logprobs` for rows that come in groups of `group_size` sharing one prompt (the
     rollout layout): each prompt runs through the model once and its K/V cache is repeated for
     the group's completions, which run on top of it. Same values and gradients as scoring every
     full row (the prompt's activations, and so the gradient through them, are identical within a
     group), with `G` times fewer prompt tokens. Rows `g * G .. g * G + G - 1` must have identical
-    prompt tokens and mask (`tokens[:, :completion_start]`)."""
+    prompt tokens and mask (`tokens[:, :completion_start]`). `remat` as in `sequence_logprobs`."""
     interventions = as_tuple(interventions)
     B, T = tokens.shape
     P, G = completion_start, group_size
@@ -88,13 +90,15 @@ def grouped_sequence_logprobs(model: Model, tokens, mask, interventions=(), *, c
     S = T - 1  # key slots: the prompt, then the completion tokens that are inputs (all but the last)
     cache = kv_cache(model, B // G, S)
     k_pos = jnp.concatenate([p_kpos, jnp.full((B // G, S - P), -1, p_kpos.dtype)], axis=1)
-    h_prompt, _, cache = run_layers(model, embed(model, prompt), p_pos, k_pos, interventions, frozenset(), cache, 0)
+    h_prompt, _, cache = run_layers(model, embed(model, prompt), p_pos, k_pos, interventions, frozenset(), cache, 0,
+                                    remat=remat)
     h = jnp.repeat(h_prompt[:, -1:], G, axis=0)  # predicts the first completion token
     if T - P > 1:
         cache = tuple(jnp.repeat(x, G, axis=1) for x in cache)
         c_tok, c_mask, c_pos = tokens[:, P:T - 1], mask[:, P:T - 1], positions[:, P:T - 1]
         k_pos = jnp.concatenate([jnp.repeat(p_kpos, G, axis=0), jnp.where(c_mask > 0, c_pos, -1)], axis=1)
-        h_rest, _, _ = run_layers(model, embed(model, c_tok), c_pos, k_pos, interventions, frozenset(), cache, P)
+        h_rest, _, _ = run_layers(model, embed(model, c_tok), c_pos, k_pos, interventions, frozenset(), cache, P,
+                                  remat=remat)
         h = jnp.concatenate([h, h_rest], axis=1)
     return token_logprobs(unembed(model, h), tokens[:, P:], mask[:, P:], temperature)
 

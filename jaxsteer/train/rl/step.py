@@ -47,6 +47,7 @@ class StepSpec:
     need_ref: bool = False  # score under the reference policy (KL penalty or KL metric)
     shared_prompts: int = 1  # G > 1: rows come in groups of G with one prompt; run each prompt once
     rapid_group: int = 0  # G: RAPID's importance-weighted group advantages (`losses.rapid_loss`); 0 = off
+    remat: bool | str = False  # rematerialise the layer scan (`ModelSpec.remat_arg`): same gradients, less memory
 
 
 def global_denominator(comp_mask, advantages, cfg: LossConfig) -> jax.Array:
@@ -67,8 +68,10 @@ def global_denominator(comp_mask, advantages, cfg: LossConfig) -> jax.Array:
 def _score(model, tokens, mask, ivs, spec: StepSpec, prompt_width: int):
     if spec.shared_prompts > 1 and tokens.shape[0] % spec.shared_prompts == 0:
         return grouped_sequence_logprobs(model, tokens, mask, ivs, completion_start=prompt_width,
-                                         group_size=spec.shared_prompts, temperature=spec.temperature)
-    return sequence_logprobs(model, tokens, mask, ivs, completion_start=prompt_width, temperature=spec.temperature)
+                                         group_size=spec.shared_prompts, temperature=spec.temperature,
+                                         remat=spec.remat)
+    return sequence_logprobs(model, tokens, mask, ivs, completion_start=prompt_width, temperature=spec.temperature,
+                             remat=spec.remat)
 
 
 def microbatch_loss(trainable, base: Model, mb: dict, spec: StepSpec, prompt_width: int, denominator):

@@ -1,0 +1,205 @@
+"""Training precision and rematerialisation as config switches: `model.dtype` ("auto" = bfloat16
+on accelerators, float32 on CPU; trainables, optimizer moments, logits and losses float32) and
+`model.remat` (same update, less memory, read by `jaxsteer plan`)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import train_toy as T
+from jaxsteer.models.decoder import forward
+from jaxsteer.train import train
+from jaxsteer.train.build import build_model
+from jaxsteer.train.config import ConfigError, config_from_dict, load_config, resolve_dtype
+from jaxsteer.train.plan import abstract_model, format_plan, model_config, plan
+from jaxsteer.train.rl.learner import setup_training, step_spec
+from jaxsteer.train.rl.scoring import sequence_logprobs
+from jaxsteer.train.rl.step import compile_step, train_step
+from jaxsteer.train.sharding import make_mesh
+from jaxsteer.train.state import init_state, make_optimizer
+from jaxsteer.train.trainable import init_trainable
+
+
+def toy_config(out="/tmp/unused", **kw):
+    base = {"model.random_scale": 0.2, "algorithm.prompts_per_step": 8, "sampling.max_new_tokens": 2, "steps": 6}
+    base.update(kw)
+    return config_from_dict(T.config_dict(str(out), **base))
+
+
+def toy_batch(rng, rows, P, N, vocab, G=4):
+    """Rollout-shaped rows: groups of G share a left-padded prompt; ragged completions."""
+    tokens = rng.randint(2, vocab, size=(rows, P + N)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    for g in range(0, rows, G):
+        tokens[g:g + G, :P] = tokens[g, :P]
+        mask[g:g + G, : rng.randint(0, 3)] = 0
+    for i in range(rows):
+        mask[i, P + rng.randint(1, N + 1):] = 0
+    return {"tokens": tokens, "mask": mask, "old_logp": -rng.rand(rows, N).astype(np.float32),
+            "advantages": rng.randn(rows).astype(np.float32), "rewards": np.sign(rng.randn(rows)).astype(np.float32)}
+
+
+def run_updates(cfg, n_steps=2, P=6, N=4, rows=32):
+    """`(trainable, per-step losses)` after `n_steps` jitted updates of `cfg` on one fixed batch."""
+    model, _ = build_model(cfg.model)
+    setup = setup_training(cfg, model, make_mesh(devices=jax.devices()[:1]))
+    step = compile_step(setup.spec, setup.tx)
+    M = cfg.algorithm.micro_batches
+    b = toy_batch(np.random.RandomState(0), rows, P, N, T.VOCAB, G=max(cfg.algorithm.group_size, 1))
+    b = {k: jnp.asarray(v.reshape(M, -1, *v.shape[1:])) for k, v in b.items()}
+    state, losses = setup.state, []
+    for _ in range(n_steps):
+        state, m = step(setup.model, state, b, P)
+        losses.append(float(m["loss"]))
+    return jax.device_get(state), losses
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_values_and_errors():
+    cfg = load_config(None, ["model.remat=dots"])
+    assert cfg.model.remat == "dots" and cfg.model.remat_arg == "dots_with_no_batch_dims_saveable"
+    assert load_config(None, ["model.remat=true"]).model.remat_arg is True
+    assert load_config(None).model.remat is False and load_config(None).model.dtype == "auto"
+    assert step_spec(load_config(None, ["model.remat=true"])).remat is True
+    for bad, field in ((["model.remat=sometimes"], "model.remat"), (["model.dtype=float16"], "model.dtype"),
+                       (["model.remat=true", "algorithm.name=es"], "model.remat")):
+        with pytest.raises(ConfigError, match=field):
+            load_config(None, bad)
+
+
+def test_auto_dtype_is_bfloat16_on_accelerators_only():
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("auto", "gpu") == "bfloat16" and resolve_dtype("auto", "tpu") == "bfloat16"
+    assert resolve_dtype("float32", "tpu") == "float32" and resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    assert resolve_dtype("auto") == ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    model, _ = build_model(toy_config(**{"model.dtype": "bfloat16"}).model)  # explicit YAML value wins
+    assert model.params["embed"].dtype == jnp.bfloat16
+
+
+# --------------------------------------------------------------------------- remat
+
+
+@pytest.mark.parametrize("overrides, policies", [
+    ({"trainable.kind": "steering"}, (True, "dots")),  # grouped scoring: prompt once per group, K/V cache under remat
+    ({"trainable.kind": "lora", "trainable.lora_rank": 4}, (True,)),
+    ({"trainable.kind": "lora", "algorithm.name": "sft", "algorithm.group_size": 1,
+      "algorithm.prompts_per_step": 32}, (True,)),  # SFT: the same step, rows scored whole
+])
+def test_remat_gives_the_same_update(overrides, policies):
+    """Two AdamW updates with remat off and on (and a policy) give the same parameters. (lr 1e-2:
+    Adam divides by sqrt(v), so a larger lr magnifies float32 rounding in near-zero gradients.)"""
+    overrides = {**overrides, "lr": 0.01}
+    s0, l0 = run_updates(toy_config(**overrides, **{"model.remat": False}))
+    for remat in policies:
+        s, l = run_updates(toy_config(**overrides, **{"model.remat": remat}))
+        np.testing.assert_allclose(l, l0, rtol=1e-5, atol=1e-6)
+        for a, b in zip(jax.tree_util.tree_leaves(s["trainable"]), jax.tree_util.tree_leaves(s0["trainable"])):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+    start = run_updates(toy_config(**overrides), 0)[0]["trainable"]
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(s0["trainable"]),
+                                                              jax.tree_util.tree_leaves(start)))
+    assert moved > 1e-3  # the updates did something
+
+
+def compiled_update(remat, kind="steering"):
+    """The RL update of a deeper, longer-context tiny model, lowered for abstract inputs."""
+    random = dict(T.RANDOM_MODEL, n_layers=8, d_model=64, d_mlp=256, head_dim=16, max_position_embeddings=512)
+    cfg = toy_config(**{"model.random": random, "model.remat": remat, "trainable.kind": kind,
+                        "sampling.max_new_tokens": 64, "algorithm.micro_batches": 1})
+    model = abstract_model(model_config(cfg.model), jnp.float32)
+    tx, _ = make_optimizer(cfg.lr, cfg.steps)
+    state = jax.eval_shape(lambda m: init_state(init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), tx), model)
+    B, P, N = cfg.rollouts_per_step, 64, 64
+    S = jax.ShapeDtypeStruct
+    batch = {"tokens": S((1, B, P + N), jnp.int32), "mask": S((1, B, P + N), jnp.int32),
+             "old_logp": S((1, B, N), jnp.float32), "advantages": S((1, B), jnp.float32),
+             "rewards": S((1, B), jnp.float32)}
+    fn = jax.jit(functools.partial(train_step, spec=step_spec(cfg), tx=tx, prompt_width=P))
+    return fn.lower(model, state, batch)
+
+
+def test_remat_lowers_the_update_memory():
+    """Same program shape, but the compiled update keeps fewer temporaries with remat (XLA's own
+    accounting), and the jaxpr carries the checkpoint (remat) primitive."""
+    off, on = compiled_update(False), compiled_update(True)
+    t_off = off.compile().memory_analysis().temp_size_in_bytes
+    t_on = on.compile().memory_analysis().temp_size_in_bytes
+    assert t_on < 0.7 * t_off, (t_on, t_off)
+    cfg = toy_config(**{"model.remat": True})
+    model, _ = build_model(cfg.model)
+    setup = setup_training(cfg, model, make_mesh(devices=jax.devices()[:1]))
+    b = toy_batch(np.random.RandomState(0), 32, 6, 4, T.VOCAB)
+    b = {k: jnp.asarray(v.reshape(2, -1, *v.shape[1:])) for k, v in b.items()}
+    for remat, expect in ((True, True), (False, False)):
+        spec = step_spec(toy_config(**{"model.remat": remat}))
+        jaxpr = str(jax.make_jaxpr(functools.partial(train_step, spec=spec, tx=setup.tx, prompt_width=6))(
+            setup.model, setup.state, b))
+        assert ("checkpoint" in jaxpr or "remat" in jaxpr) == expect
+
+
+def test_plan_follows_the_remat_setting():
+    """`jaxsteer plan` judges the fit by the update the config runs: with or without remat."""
+    base = {"model": {"spec": "random", "random": dict(T.RANDOM_MODEL, n_layers=8, max_position_embeddings=2048)},
+            "algorithm": {"group_size": 4, "prompts_per_step": 16}, "sampling": {"max_new_tokens": 512}}
+    off = plan(config_from_dict(base), prompt_len=512)
+    on = plan(config_from_dict({**base, "model": {**base["model"], "remat": True}}), prompt_len=512)
+    assert on.configured == "update, remat" and off.configured == "update, no remat"
+    cap = int((on.peaks["update, remat"] + off.peaks["update, no remat"]) / 2)
+    off = plan(config_from_dict(base), prompt_len=512, capacity=cap)
+    on = plan(config_from_dict({**base, "model": {**base["model"], "remat": True}}), prompt_len=512, capacity=cap)
+    assert on.fits and not off.fits
+    assert "model.remat=true" in format_plan(on) and "does NOT fit" in format_plan(off).splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_bfloat16_weights_float32_trainables_moments_and_logits():
+    for kind in ("steering", "lora", "full"):
+        cfg = toy_config(**{"model.dtype": "bfloat16", "trainable.kind": kind})
+        model, _ = build_model(cfg.model)
+        assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(model.params))
+        setup = setup_training(cfg, model, make_mesh(devices=jax.devices()[:1]))
+        floats = [x for x in jax.tree_util.tree_leaves((setup.state["trainable"], setup.state["opt"]))
+                  if jnp.issubdtype(x.dtype, jnp.floating)]
+        assert floats and all(x.dtype == jnp.float32 for x in floats), kind
+        b = toy_batch(np.random.RandomState(0), 32, 6, 4, T.VOCAB)
+        b = {k: jnp.asarray(v.reshape(2, -1, *v.shape[1:])) for k, v in b.items()}
+        state, metrics = compile_step(setup.spec, setup.tx)(setup.model, setup.state, b, 6)
+        dtypes = {x.dtype for x in jax.tree_util.tree_leaves((state["trainable"], state["opt"]))
+                  if jnp.issubdtype(x.dtype, jnp.floating)}
+        assert dtypes == {jnp.dtype(jnp.float32)}, (kind, dtypes)
+        assert metrics["loss"].dtype == jnp.float32
+    tokens = jnp.asarray(b["tokens"][0])
+    logits, _ = forward(model, tokens)
+    assert logits.dtype == jnp.float32
+    lp, ent = sequence_logprobs(model, tokens, jnp.asarray(b["mask"][0]), completion_start=6)
+    assert lp.dtype == jnp.float32 and ent.dtype == jnp.float32
+
+
+def test_bfloat16_training_lowers_the_loss_like_float32():
+    """SFT on fixed rows: both precisions lower the NLL by a comparable amount over 8 updates."""
+    drops = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = toy_config(**{"model.dtype": dtype, "trainable.kind": "lora", "trainable.lora_rank": 4, "lr": 0.05,
+                            "algorithm.name": "sft", "algorithm.group_size": 1, "algorithm.prompts_per_step": 32})
+        _, losses = run_updates(cfg, n_steps=8)
+        drops[dtype] = (losses[0] - losses[-1]) / losses[0]
+    assert drops["float32"] > 0.2 and drops["bfloat16"] > 0.2, drops
+    assert abs(drops["bfloat16"] - drops["float32"]) < 0.25 * drops["float32"], drops
+
+
+def test_bfloat16_rl_raises_the_reward_like_float32(tmp_path):
+    gains = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = toy_config(tmp_path / dtype, **{"model.dtype": dtype, "lr": 0.3, "checkpoint.every": 0})
+        r = [h["reward_mean"] for h in train(cfg).history]
+        gains[dtype] = np.mean(r[-2:]) - np.mean(r[:2])
+    assert gains["float32"] > 0.4 and gains["bfloat16"] > 0.4, gains
