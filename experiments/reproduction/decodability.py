@@ -129,6 +129,26 @@ def divergence(groups: list[str], probe: np.ndarray, patch: np.ndarray) -> dict:
     return out
 
 
+def curves_figure(ctx: common.Context, rep, control: np.ndarray, title: str) -> str:
+    """One panel per token group on a shared y axis: probe accuracy and patching effect over layers
+    (the divergence), with the control probe (b's own digit) dotted and the probe's chance level."""
+    import matplotlib.pyplot as plt
+
+    G = len(rep.groups)
+    fig, axes = plt.subplots(1, G, figsize=(4.2 * G, 3.4), sharey=True)
+    for i, ax in enumerate(np.atleast_1d(axes)):
+        ax.plot(rep.layers, rep.probe[i], marker="o", ms=3, label="probe: answer's units digit")
+        ax.plot(rep.layers, rep.patching[i], marker="s", ms=3, label="patching effect")
+        ax.plot(rep.layers, control[i], ls=":", color="grey", label="probe: b's units digit (control)")
+        ax.axhline(rep.chance, color="grey", ls="--", lw=0.8, label="probe chance")
+        ax.set_title(rep.groups[i], fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_ylim(-0.2, 1.15)
+    np.atleast_1d(axes)[0].legend(fontsize=7, loc="center left")
+    fig.suptitle(title, fontsize=10)
+    return ctx.save_fig(fig, "decodability_curves")
+
+
 def run(ctx: common.Context) -> dict:
     """Probes on `N_PROBE` problems, patching on `N_PAIRS` clean / corrupted pairs, one figure."""
     import time
@@ -153,9 +173,8 @@ def run(ctx: common.Context) -> dict:
                                   positions={g: [p] for g, p in groups.items()})
     t2 = time.perf_counter()
     rep = A.decodability_vs_causality(probes, patch)
-    name = "decodability_curves"
-    rep.plot(str(ctx.out_dir / f"{name}.png"),
-             title=f"units digit of a + b: probe accuracy (N={n_probe}) vs patching effect ({n_pairs} pairs), {SITE}")
+    figure = curves_figure(ctx, rep, np.atleast_2d(control.scores),
+                           f"units digit of a + b: probe accuracy (N={n_probe}) vs patching effect ({n_pairs} pairs), {SITE}")
     return {
         "n_probe": n_probe, "n_pairs": n_pairs, "site": SITE, "groups": groups, "layers": list(rep.layers),
         "probe": rep.probe.tolist(), "probe_train": np.atleast_2d(probes.train_scores).tolist(),
@@ -165,7 +184,7 @@ def run(ctx: common.Context) -> dict:
         "units_accuracy_clean_pairs": units_accuracy(model, clean, clean_p, digit_ids(tok)),
         "divergence": divergence(list(rep.groups), rep.probe, rep.patching),
         "thresholds": {"decodable": DECODABLE, "inert": INERT, "causal": CAUSAL, "weak": WEAK},
-        "probe_s": t1 - t0, "patching_s": t2 - t1, "figure": f"reproduction/{name}.png",
+        "probe_s": t1 - t0, "patching_s": t2 - t1, "figure": figure,
         "example": tok.decode(clean[0]),
     }
 
