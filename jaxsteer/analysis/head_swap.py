@@ -88,12 +88,18 @@ class HeadSwapResult:
     heads: tuple[int, ...]
     conditions: list[str]
     correct: np.ndarray
+    head_routes: tuple[str, ...] = ()  # routes with single-head swaps (default: all of `routes`)
+
+    def __post_init__(self):
+        self.head_routes = tuple(self.head_routes) or tuple(self.routes)
 
     def accuracy(self) -> dict[str, float]:
         return {c: float(row.mean()) for c, row in zip(self.conditions, self.correct)}
 
     def per_head(self, route: str) -> np.ndarray:
         """Accuracy with head h alone swapped, minus skip-attention accuracy, per head."""
+        if route not in self.head_routes:
+            raise ValueError(f"no single-head swaps were run for route {route!r} (ran: {self.head_routes})")
         acc = self.accuracy()
         return np.array([acc[f"head {h} / {route}"] - acc["skip attention"] for h in self.heads])
 
@@ -106,11 +112,12 @@ class HeadSwapResult:
     def draw(self, ax, title: str | None = None) -> None:
         """Bars of accuracy per swapped head and route, the reference conditions as lines."""
         acc = self.accuracy()
-        width = 0.8 / len(self.routes)
+        routes = tuple(dict.fromkeys(self.head_routes + self.routes))
+        width = 0.8 / len(routes)
         x = np.arange(len(self.heads) + 1)
-        for i, route in enumerate(self.routes):
-            vals = [acc[f"head {h} / {route}"] for h in self.heads] + [acc[f"all heads / {route}"]]
-            ax.bar(x + (i - (len(self.routes) - 1) / 2) * width, vals, width, label=f"routed to {route}")
+        for i, route in enumerate(routes):
+            vals = [acc.get(f"{h} / {route}", np.nan) for h in [f"head {h}" for h in self.heads] + ["all heads"]]
+            ax.bar(x + (i - (len(routes) - 1) / 2) * width, vals, width, label=f"routed to {route}")
         for name, style in (("unsteered", ":"), ("steered", "-"), ("skip attention", "--"), ("skip layer", "-.")):
             ax.axhline(acc[name], color="black", ls=style, lw=0.9, label=name)
         ax.set_xticks(x, [str(h) for h in self.heads] + ["all"])
@@ -121,7 +128,7 @@ class HeadSwapResult:
                      fontsize=9)
 
     def plot(self, path: str, title: str | None = None) -> str:
-        fig = new_figure(1.5 + 0.35 * len(self.heads) * len(self.routes), 3.6)
+        fig = new_figure(1.5 + 0.35 * len(self.heads) * len(set(self.routes + self.head_routes)), 3.6)
         self.draw(fig.subplots(), title)
         return save_figure(fig, path)
 
@@ -138,13 +145,17 @@ def _correct(model, prompts, answers, score, ivs, runs, batch_size, gen_kw) -> n
 
 def head_swap_study(model: Model, vector: Any, prompts: Sequence, answers: Sequence,
                     score: Callable[[Any, Any], Any], *, tokenizer: Any = None, layer: int | None = None,
-                    heads: Sequence[int] | None = None, routes: Sequence[str] = HEAD_SWAP_ROUTES, site: str = "z",
+                    heads: Sequence[int] | None = None, routes: Sequence[str] = HEAD_SWAP_ROUTES,
+                    head_routes: Sequence[str] | None = None, site: str = "z",
                     scale: float = 1.0, max_new_tokens: int = 16, batch_size: int = 64, chat: bool = True,
                     progress: bool = True) -> HeadSwapResult:
     """Run every condition of the penultimate-layer study on `prompts` (strings or token-id
     lists) and score run 0's greedy completions with `score(completion, answer)` (truthy =
-    correct; the completion is its text, or its token ids when `tokenizer` is None). `heads` default: every head of `site` one at a time; one compiled program per route
-    serves all heads (the head choice is data)."""
+    correct; the completion is its text, or its token ids when `tokenizer` is None).
+
+    Every head is swapped alone (`heads`, default all of `site`) for each route in `head_routes`
+    (default `routes`), and all heads together for each route in `routes`. One compiled program
+    per route serves all heads (the head choice is data)."""
     if len(prompts) != len(answers) or not len(prompts):
         raise ValueError(f"head swap: {len(prompts)} prompts and {len(answers)} answers; need as many, at least one")
     final = _final_layer(model, layer)
@@ -156,12 +167,14 @@ def head_swap_study(model: Model, vector: Any, prompts: Sequence, answers: Seque
     plain = {"unsteered": (), "steered": (Steer(s, scale=scale, site="resid_post", layers=(final - 1,)),),
              "skip attention": (Steer(s, scale=scale, site="resid_mid", layers=(final,)),),
              "skip layer": (Steer(s, scale=scale, site="resid_post", layers=(final,)),)}
+    head_routes = tuple(routes if head_routes is None else head_routes)
     jobs = [(name, ivs, 1) for name, ivs in plain.items()]
-    for route in routes:
-        for label, mask in [(f"head {h}", np.eye(n_heads)[h]) for h in heads] + [("all heads", np.ones(n_heads))]:
+    for route in dict.fromkeys((*head_routes, *routes)):
+        swaps = [(f"head {h}", np.eye(n_heads)[h]) for h in heads] if route in head_routes else []
+        for label, mask in swaps + ([("all heads", np.ones(n_heads))] if route in routes else []):
             ivs, runs = head_swap_interventions(model, s, mask, layer=final - 1, route=route, site=site, scale=scale)
             jobs.append((f"{label} / {route}", ivs, runs))
     gen_kw = dict(tokenizer=tokenizer, max_new_tokens=max_new_tokens, chat=chat)
     rows = [_correct(model, list(prompts), list(answers), score, ivs, runs, batch_size, gen_kw)
             for _, ivs, runs in tqdm(jobs, desc="head swap", disable=not progress)]
-    return HeadSwapResult(final - 1, site, tuple(routes), heads, [j[0] for j in jobs], np.stack(rows))
+    return HeadSwapResult(final - 1, site, tuple(routes), heads, [j[0] for j in jobs], np.stack(rows), head_routes)
