@@ -230,7 +230,10 @@ def verdicts(result: dict) -> list[str]:
                  "Neither half of the paper's pattern appears.")
         ctrl = result.get("control_probe_b_units")
         if ctrl:
-            text += f" Control: b's own units digit is decodable here at {min(ctrl[i]):.2f}-{max(ctrl[i]):.2f}."
+            inert = [l for l, (c, p) in enumerate(zip(ctrl[i], result["patching"][i])) if c >= DECODABLE and p <= INERT]
+            text += (f" Control: b's own units digit (what this token carries) is decodable here at "
+                     f"{min(ctrl[i]):.2f}-{max(ctrl[i]):.2f}; taking it as the concept, the token is decodable but "
+                     f"inert at layers {_layers(inert)}.")
         out.append(text)
     d = div["last"]
     fd, fc = d["first_decodable_layer"], d["first_causal_layer"]
@@ -262,8 +265,15 @@ def why(result: dict) -> str:
                      "operand over. In a causal decoder nothing requires the sum at the operand token; in the "
                      "paper's ViT, bidirectional attention lets object tokens accumulate the global count in late "
                      "layers, which (we think) is what makes them decodable while inert. So the late half of the "
-                     "paper's object-token pattern has no analogue here; the early half (causal while weakly "
-                     "decodable) does.")
+                     "paper's object-token pattern has no analogue for the answer's digit; the early half (causal "
+                     "while weakly decodable) does.")
+    if ctrl:
+        i = groups.index("b units (echo)")
+        inert = [l for l, (c, p) in enumerate(zip(ctrl[i], result["patching"][i])) if c >= DECODABLE and p <= INERT]
+        if inert:
+            parts.append(f"For the operand's own digit (the control) the late half does appear: it stays decodable at "
+                         f"the echoed operand at layers {_layers(inert)}, after attention has read it and the token "
+                         "stops mattering.")
     d = div["last"]
     if d["first_decodable_layer"] is not None and d["first_causal_layer"] is not None \
             and d["first_decodable_layer"] >= d["first_causal_layer"]:
