@@ -27,7 +27,7 @@ TITLE = "Analyses of the trained steering vectors (logit lens, first token, pers
 LENS_K, STAT_K = 5, 20  # tokens shown per layer; tokens counted for the digit / non-ASCII statistics
 FTE_N, FTE_TOKENS = 32, 10  # prompts and generated tokens for the first-token effect
 PERSIST_N, PERSIST_LAYERS = 16, (2, 8, 14, 20, 26, 28)
-PAIR_LAYERS, PAIR_N = (14, 20, 26, 29), 100  # layers of the isolated vectors; held-out problems
+PAIR_LAYERS, PAIR_N = (9, 19, 24, 29), 100  # layers of the isolated vectors; held-out problems
 GATE_N = 32  # prompts for the gate statistics
 ADAPTIVE_RUN = "vector_analyses_adaptive"
 ADAPTIVE_OVERRIDES = ["trainable.kind=adaptive_steering", "eval.before=false"]
