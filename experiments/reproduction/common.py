@@ -14,9 +14,10 @@ PART PROTOCOL (every module of experiments/reproduction/ that is a part follows 
     ctx.out_dir          where JSON / PNG go (docs/reproduction, or runs/reproduction_quick/reproduction);
     ctx.runs_dir         training runs (runs/reproduction, or runs/reproduction_quick);
     ctx.model()          (model, tokenizer) of smollm2-135m-instruct, loaded once per process;
-    ctx.train_or_load(name, config_path, overrides) -> dict: trains into <runs_dir>/<name> once
+    ctx.train_or_load(name, config_path, overrides) -> dict | None: trains into <runs_dir>/<name> once
                          (quick overrides appended when ctx.quick), later calls reuse the finished run
-                         (its summary.json plus "wall_s", "cpu_s", "reused");
+                         (its summary.json plus "wall_s", "cpu_s", "reused"); None only with
+                         `run.py --collect-only` (report what finished, train nothing) for an unfinished run;
     ctx.steering_vectors() -> np.ndarray [L, d]: table1's all-layer RL steering vectors (trained
                          if absent);
     ctx.save_fig(fig, name) -> str: saves <out_dir>/<name>.png (matplotlib Agg), closes the figure
@@ -106,8 +107,9 @@ class CpuStamper:
 class Context:
     """What every part's `run(ctx)` gets (see the module docstring)."""
 
-    def __init__(self, quick: bool = False, seed: int = SEED):
-        self.quick, self.seed = quick, seed
+    def __init__(self, quick: bool = False, seed: int = SEED, collect_only: bool = False):
+        self.quick, self.seed, self.collect_only = quick, seed, collect_only
+        self.used: list[dict] = []  # the training runs the current part used (name, wall_s, cpu_s, reused)
         self.runs_dir = ROOT / ("runs/reproduction_quick" if quick else "runs/reproduction")
         self.out_dir = (self.runs_dir if quick else ROOT / "docs") / "reproduction"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +160,12 @@ class Context:
             timing = json.loads(timing_path.read_text())
             if timing.get("key") == key:
                 self.log(f"{name}: reusing the finished run in {out}")
+                self._note(name, timing, True)
                 return {**json.loads((out / "summary.json").read_text()), **timing, "reused": True}
+        if self.collect_only:
+            self.log(f"{name}: not finished, left out (collect-only)")
+            self.used.append({"name": name, "missing": True})
+            return None
         if self._wait_for_other(out):
             return self.train_or_load(name, config_path, given, stamp)
         if out.exists():
@@ -178,7 +185,11 @@ class Context:
         timing_path.write_text(json.dumps(timing, indent=1))
         (out / "repro_training.pid").unlink(missing_ok=True)
         self.log(f"{name}: done in {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU")
+        self._note(name, timing, False)
         return {**json.loads((out / "summary.json").read_text()), **timing, "reused": False}
+
+    def _note(self, name: str, timing: dict, reused: bool) -> None:
+        self.used.append({"name": name, "wall_s": timing["wall_s"], "cpu_s": timing["cpu_s"], "reused": reused})
 
     def _wait_for_other(self, out: Path) -> bool:
         """If another live process is training into `out` (repro_training.pid), wait until it ends;

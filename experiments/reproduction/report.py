@@ -40,7 +40,8 @@ its heading; `.venv/bin/python experiments/reproduction/run.py` regenerates ever
 - **Seeds**: every run uses seed {seed}; data seeds are fixed in the configs.
 - **Machine**: {cpu}, {cores} cores, shared with other jobs (load average at the start and end of each
   part is stated; wall-clock on an idle machine would be shorter; CPU seconds are this process's own).
-- **Total**: {total_wall:.0f} s wall-clock ({total_min:.1f} min), {total_cpu:.0f} s CPU, over the parts run.
+- **Total**: {total_wall:.0f} s wall-clock ({total_min:.1f} min), {total_cpu:.0f} s CPU to regenerate the parts
+  below from nothing (every training run counted once, with the time it took when it was made).
 """
 
 
@@ -49,6 +50,20 @@ def load_results(out_dir: Path) -> dict[str, dict]:
     found = {p.stem: json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json"))}
     order = [p for p in common.PARTS if p in found] + [p for p in found if p not in common.PARTS]
     return {p: found[p] for p in order if "wall_s" in found[p]}
+
+
+def regeneration_time(results: dict[str, dict]) -> tuple[float, float]:
+    """Wall and CPU seconds to regenerate every part from nothing: each part's own time outside the
+    training runs it made, plus every training run once (a run shared by parts, e.g. table1's
+    steering vectors, counts once; runs reused from earlier invocations count with their first timing)."""
+    wall = cpu = 0.0
+    runs: dict[str, dict] = {}
+    for r in results.values():
+        made_here = [u for u in r.get("training_runs", []) if not u.get("missing") and not u.get("reused")]
+        wall += r["wall_s"] - sum(u["wall_s"] for u in made_here)
+        cpu += r.get("cpu_s", 0) - sum(u["cpu_s"] for u in made_here)
+        runs.update({u["name"]: u for u in r.get("training_runs", []) if not u.get("missing")})
+    return wall + sum(u["wall_s"] for u in runs.values()), cpu + sum(u["cpu_s"] for u in runs.values())
 
 
 def part_section(name: str, result: dict) -> str:
@@ -64,6 +79,14 @@ def part_section(name: str, result: dict) -> str:
             f"Wall-clock {result['wall_s']:.0f} s ({result['wall_s'] / 60:.1f} min), CPU {result.get('cpu_s', 0):.0f} s; "
             f"load average {la:.1f} at the start, {lb:.1f} at the end; finished {result.get('finished', '?')}"
             + (" — **quick smoke-scale run, not a result**" if result.get("quick") else "") + "\n\n")
+    if result.get("training_runs"):
+        made = [u for u in result["training_runs"] if not u.get("missing")]
+        head += (f"Training runs used: {len(made)}, {sum(u['reused'] for u in made)} of them reused from an earlier "
+                 f"invocation; made in {result.get('runs_wall_s', 0):.0f} s wall ({result.get('runs_wall_s', 0) / 60:.1f} min), "
+                 f"{result.get('runs_cpu_s', 0):.0f} s CPU (evaluations included).")
+        if result.get("missing_runs"):
+            head += " **Not finished in time, left out:** " + ", ".join(f"`{m}`" for m in result["missing_runs"]) + "."
+        head += "\n\n"
     return head + body.strip() + "\n"
 
 
@@ -71,8 +94,7 @@ def write_report(out_dir: Path, md_path: Path) -> Path:
     """Write the markdown report from the JSONs in `out_dir`; returns its path."""
     results = load_results(out_dir)
     mach = common.machine()
-    total_wall = sum(r["wall_s"] for r in results.values())
-    total_cpu = sum(r.get("cpu_s", 0) for r in results.values())
+    total_wall, total_cpu = regeneration_time(results)
     text = INTRO.format(seed=common.SEED, cpu=mach["cpu"], cores=mach["cores"], total_wall=total_wall,
                         total_min=total_wall / 60, total_cpu=total_cpu)
     missing = [p for p in common.PARTS if p not in results]

@@ -5,6 +5,7 @@
     .venv/bin/python experiments/reproduction/run.py --list
     .venv/bin/python experiments/reproduction/run.py --quick              # smoke scale, into runs/reproduction_quick/
     .venv/bin/python experiments/reproduction/run.py --report-only        # re-assemble the markdown
+    .venv/bin/python experiments/reproduction/run.py --collect-only       # parts from the finished runs only
 
 Each part writes <out_dir>/<part>.json (its results + wall_s, cpu_s, the command) and its PNGs; the
 protocol is in common.py's docstring. A part whose module is missing is skipped with a note.
@@ -39,7 +40,7 @@ def load_part(name: str):
 
 
 def command_of(part: str, quick: bool) -> str:
-    """The command line that regenerates one part."""
+    """The command line that regenerates one part (trains what is missing, reuses what finished)."""
     return f".venv/bin/python experiments/reproduction/run.py --parts {part}" + (" --quick" if quick else "")
 
 
@@ -51,8 +52,12 @@ def run_part(ctx: common.Context, name: str) -> dict | None:
         return None
     ctx.log(f"{name}: start")
     w0, c0, load0 = time.perf_counter(), time.process_time(), common.machine()["loadavg"]
+    ctx.used = []
     result = module.run(ctx)
+    made = [u for u in ctx.used if not u.get("missing")]
     result.update(
+        training_runs=ctx.used, runs_wall_s=sum(u["wall_s"] for u in made), runs_cpu_s=sum(u["cpu_s"] for u in made),
+        missing_runs=[u["name"] for u in ctx.used if u.get("missing")], collect_only=ctx.collect_only,
         wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0, command=command_of(name, ctx.quick),
         quick=ctx.quick, finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         loadavg_start=load0, loadavg_end=common.machine()["loadavg"],
@@ -68,12 +73,14 @@ def main(argv=None) -> int:
     p.add_argument("--list", action="store_true", help="list the parts and whether their modules exist")
     p.add_argument("--quick", action="store_true", help="smoke scale (few steps, n=20), into runs/reproduction_quick/")
     p.add_argument("--report-only", action="store_true", help="only assemble the markdown from the JSON present")
+    p.add_argument("--collect-only", action="store_true",
+                   help="train nothing: build each part from the runs that finished (others are listed as missing)")
     args = p.parse_args(argv)
     if args.list:
         for name in common.PARTS:
             print(f"{name:18s} {'ok' if load_part(name) is not None else 'module missing'}")
         return 0
-    ctx = common.Context(quick=args.quick)
+    ctx = common.Context(quick=args.quick, collect_only=args.collect_only)
     failed = []
     if not args.report_only:
         for name in [s.strip() for s in args.parts.split(",") if s.strip()]:

@@ -63,7 +63,9 @@ def run(ctx: common.Context) -> dict:
     for key, label, name, config, overrides in ROWS:
         extra = [f"es.warm_start={ctx.runs_dir / 'table1_sft_lora'}"] if key == "essa" else []
         s = ctx.train_or_load(name, config, [*overrides, *extra])
-        runs[key] = {"name": name, "config": config, "overrides": [*overrides, *extra]}
+        runs[key] = {"name": name, "config": config, "overrides": [*overrides, *extra], "missing": s is None}
+        if s is None:  # --collect-only and the run did not finish
+            label, s = label + " (not run)", {}
         if key == "steering":
             rows.append(_row("base", "base model (no training)", {}, s.get("eval_before")))
         if key == "steering_boxed":
@@ -87,7 +89,8 @@ def figure(ctx: common.Context, rows: list[dict]) -> str:
     ax.set_xticks(x)
     ax.set_xticklabels([r["key"] for r in rows], rotation=20)
     ax.set_ylabel("held-out greedy accuracy (%)")
-    ax.set_title(f"SmolLM2-135M-Instruct, 2-digit addition, n={rows[0]['lenient']['n']} (95% Wilson CI)")
+    n = next((r["lenient"]["n"] for r in rows if r.get("lenient")), "?")
+    ax.set_title(f"SmolLM2-135M-Instruct, 2-digit addition, n={n} (95% Wilson CI)")
     ax.legend()
     return ctx.save_fig(fig, "table1_accuracy")
 
