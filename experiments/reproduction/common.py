@@ -177,11 +177,11 @@ class Context:
         cfg = load_config(str(ROOT / config_path), overrides)
         self.log(f"{name}: training {config_path} {' '.join(overrides)}")
         model, tokenizer = self.model()
-        w0, c0 = time.perf_counter(), time.process_time()
+        w0, c0, git0 = time.perf_counter(), time.process_time(), git_state()
         with CpuStamper(out / "metrics.jsonl") as stamper:
             train(cfg, model=model, tokenizer=tokenizer)
         timing = {"key": key, "wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
-                  "stamps": stamper.stamps if stamp else None}
+                  "stamps": stamper.stamps if stamp else None, "git": git0}
         timing_path.write_text(json.dumps(timing, indent=1))
         (out / "repro_training.pid").unlink(missing_ok=True)
         self.log(f"{name}: done in {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU")
@@ -236,6 +236,17 @@ def pct(a: dict | None) -> str:
     if not a:
         return "n/a"
     return f"{100 * a['acc']:.1f}% [{100 * a['lo']:.1f}, {100 * a['hi']:.1f}]"
+
+
+def git_state() -> dict:
+    """The commit the code ran at and the library files with uncommitted edits (the tree is shared)."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout
+
+    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "jaxsteer").splitlines() if ln.strip()]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "dirty_library_files": dirty}
 
 
 def machine() -> dict:

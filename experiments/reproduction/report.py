@@ -79,6 +79,11 @@ def part_section(name: str, result: dict) -> str:
             f"Wall-clock {result['wall_s']:.0f} s ({result['wall_s'] / 60:.1f} min), CPU {result.get('cpu_s', 0):.0f} s; "
             f"load average {la:.1f} at the start, {lb:.1f} at the end; finished {result.get('finished', '?')}"
             + (" — **quick smoke-scale run, not a result**" if result.get("quick") else "") + "\n\n")
+    g = result.get("git")
+    if g:
+        head += (f"Code at commit `{g.get('commit')}`" + (
+            "; library files with other sessions' uncommitted edits in the shared tree when the part started: "
+            + ", ".join(f"`{f}`" for f in g["dirty_library_files"]) if g.get("dirty_library_files") else "") + ".\n\n")
     if result.get("training_runs"):
         made = [u for u in result["training_runs"] if not u.get("missing")]
         head += (f"Training runs used: {len(made)}, {sum(u['reused'] for u in made)} of them reused from an earlier "

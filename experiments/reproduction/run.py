@@ -52,7 +52,7 @@ def run_part(ctx: common.Context, name: str) -> dict | None:
         return None
     ctx.log(f"{name}: start")
     w0, c0, load0 = time.perf_counter(), time.process_time(), common.machine()["loadavg"]
-    ctx.used = []
+    ctx.used, git0 = [], common.git_state()
     result = module.run(ctx)
     made = [u for u in ctx.used if not u.get("missing")]
     result.update(
@@ -60,7 +60,7 @@ def run_part(ctx: common.Context, name: str) -> dict | None:
         missing_runs=[u["name"] for u in ctx.used if u.get("missing")], collect_only=ctx.collect_only,
         wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0, command=command_of(name, ctx.quick),
         quick=ctx.quick, finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        loadavg_start=load0, loadavg_end=common.machine()["loadavg"],
+        loadavg_start=load0, loadavg_end=common.machine()["loadavg"], git=git0,
     )
     (ctx.out_dir / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
     ctx.log(f"{name}: done in {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU")

@@ -42,6 +42,9 @@ BOXED = ['data.prompt_template="<|im_start|>user\\n{prompt} Put the number in \\
 ROWS.append(("steering_boxed", "RL steering vectors, all layers, boxed prompt + strict reward", "table1_steering_boxed",
              common.STEERING_CONFIG, BOXED))
 
+# What docs/training.md reports for the committed steering config (accuracy, 95% CI): compared, not reused.
+DOCS_STEERING = (0.620, (0.551, 0.684))
+
 # The papers' Table 1 (accuracy %, GSM8K, Qwen2.5-Math-1.5B; ../shared/METHODS.md section 1).
 PAPER = {"base": 29.3, "full": 86.5, "steering": 79.9, "lora": 85.4}
 
@@ -117,6 +120,14 @@ def _compare(rows: dict, paper: dict) -> list[str]:
                "Here the vectors fall further behind than in the paper: at 20 steps a 17,280-number policy "
                "and a 2.4M / 135M-parameter one are both far from converged, so the gap measures speed at "
                "this learning rate as much as capacity."))
+    if st:
+        lo, hi = DOCS_STEERING[1]
+        same = st["lo"] <= hi and lo <= st["hi"]
+        out.append(f"- The same config and seed are documented at {100 * DOCS_STEERING[0]:.1f}% [{100 * lo:.1f}, "
+                   f"{100 * hi:.1f}] (docs/training.md, an earlier commit on an idle machine); this run gave "
+                   f"{common.pct(st)} ({'intervals overlap' if same else 'the intervals do not overlap'}). The library "
+                   "changed since (issue 14's algorithm work, and uncommitted edits by other sessions while this "
+                   "ran, see the commit line above), so a bit-identical rerun was not expected.")
     base = rows.get("base", {}).get("lenient")
     if base and st:
         out.append(f"- Gain over the base model: {100 * (st['acc'] - base['acc']):+.1f} points here, "

@@ -20,14 +20,14 @@ THRESHOLD = 0.40  # held-out lenient accuracy to reach (base ~0.17, the 20-step 
 STEPS = 12  # 384 completions (RAPID: 3 batches of 128); the 20-step demo run reaches ~60% (table1)
 EVAL = ["eval.n=64", "eval.batch_size=64", "eval.every=2", "checkpoint.every=0", f"steps={STEPS}"]
 STEER = common.STEERING_CONFIG
-ALGOS = [  # (label, config, overrides)
+ALGOS = [  # (label, config, overrides); the papers' efficiency claims (DASH, RAPID) first
     ("GRPO", STEER, ["algorithm.advantage=grpo"]),
-    ("DAPO", common.cfg_path("smollm2_arithmetic_dapo.yaml"), []),
-    ("Dr. GRPO", STEER, ["algorithm.advantage=mean", "loss.aggregation=seq_sum_norm"]),
     ("DASH", STEER, ["algorithm.advantage=grpo", "algorithm.dash=true", "loss.dash_tau=0.1",
                      "algorithm.micro_batches=4"]),
     ("RAPID", STEER, ["algorithm.advantage=rapid", "algorithm.prompts_per_step=16", "algorithm.updates_per_batch=4",
                       "loss.importance_cap=2.0", f"steps={STEPS // 4}", "eval.every=1"]),
+    ("DAPO", common.cfg_path("smollm2_arithmetic_dapo.yaml"), []),
+    ("Dr. GRPO", STEER, ["algorithm.advantage=mean", "loss.aggregation=seq_sum_norm"]),
 ]
 PAPER_SAVING = {"DASH": "83% less training time than GRPO at equal accuracy (arXiv 2505.17218)",
                 "RAPID": "11-34% less runtime than on-policy training (arXiv 2510.03515)"}
