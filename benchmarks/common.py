@@ -138,3 +138,53 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return info
+
+
+# --------------------------------------------------------------------------- model FLOPs and MFU
+
+FLOP_COUNT = (
+    "model FLOPs of a forward over n new tokens = 2 * P_mm * n (P_mm = the per-layer matmul weights summed over "
+    "layers, L * (d*H*hd + 2*d*KV*hd + H*hd*d + 3*d*F): the '2 * params * tokens' rule without embeddings and "
+    "norms) + 4 * L * H * hd * (keys each token attends to, causal: a prompt of P tokens attends to P(P+1)/2 keys "
+    "in all) + 2 * d * V per position that goes through the unembedding; norms, RoPE, softmax and activations "
+    "are not counted, nor recomputation under remat. A backward costs 1x the forward when only activation "
+    "gradients are needed (steering vectors: the frozen weights get none; LoRA: nearly so) and 2x with weight "
+    "gradients (full fine-tuning): forward + backward = 2x or 3x the forward"
+)
+
+
+def forward_flops(cfg, rows: float, new: int, past: int = 0, head: int | None = None) -> float:
+    """Model FLOPs (see `FLOP_COUNT`) of a forward of `rows` rows of `new` tokens each, placed after
+    `past` cached positions, with `head` positions per row through the unembedding (None: all)."""
+    L, d, F, H, KV, hd, V = (cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+                             cfg.vocab_size)
+    p_mm = L * (d * H * hd + 2 * d * KV * hd + H * hd * d + 3 * d * F)
+    keys = new * past + new * (new + 1) / 2  # causal: token i of the new ones sees past + i + 1 keys
+    head = new if head is None else head
+    return rows * (2.0 * p_mm * new + 4.0 * L * H * hd * keys + 2.0 * d * V * head)
+
+
+def generate_flops(cfg, prompts: int, rows: int, prompt_len: int, new_tokens: int) -> float:
+    """Model FLOPs of sampling `new_tokens` for `rows` rows from `prompts` distinct prompts of
+    `prompt_len` tokens (each prompt prefilled once, one logit row each; then one token per row per step)."""
+    prefill = forward_flops(cfg, prompts, prompt_len, head=1)
+    decode = sum(forward_flops(cfg, rows, 1, past=prompt_len + i) for i in range(new_tokens - 1))
+    return prefill + decode
+
+
+def matmul_peak_call(n: int = 1024, dtype: str = "float32") -> tuple[Callable[[], Any], float]:
+    """`(call, flops)`: a blocking, jitted `n x n` matmul in `dtype` (the large-matmul peak to divide
+    by; time it in the same rounds as what it is compared with) and its FLOPs."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    return (lambda: dot(a, b).block_until_ready()), 2.0 * n**3
+
+
+def mfu(flops: float, seconds: float, peak_flops_per_s: float) -> float:
+    """Model FLOPs utilisation: `flops / seconds` over the measured large-matmul rate."""
+    return flops / seconds / peak_flops_per_s

@@ -20,6 +20,13 @@ of `reps` rounds): on a shared, oversubscribed machine wall time mostly measures
 while the CPU time the program burns is stable to ~3%; wall-clock tokens/s (best and median
 round) are reported next to it and agree with it on an idle machine. Progress on stderr; one JSON object
 on stdout (and in --out).
+
+MFU of each population evaluation (and of plain generation): model FLOPs per second over the
+rate of a large matmul (`n x n`, `--peak-n`, the model's dtype) timed in the same interleaved
+rounds, by wall and by CPU time. Model FLOPs (`benchmarks.common.FLOP_COUNT`): members x (each
+prompt's prefill, its real tokens, once + one forward per further token per row), forward only;
+the perturbation itself (noise regeneration, low-rank products) is not counted, so a search
+space's extra work shows as a lower MFU than plain generation's.
 """
 
 from __future__ import annotations
@@ -29,12 +36,11 @@ import json
 import os
 import statistics
 import sys
-import time
 from typing import Any
 
 import numpy as np
 
-from .common import log, machine_info, timed
+from .common import generate_flops, interleaved_times, log, machine_info, matmul_peak_call, mfu, timed
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 PROMPTS = [
@@ -52,33 +58,16 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--members", type=int, default=8)
-    ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--spaces", default="steering,eggroll,essa")
-    ap.add_argument("--quick", action="store_true", help="8 new tokens, 1 round")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.new_tokens, args.reps = 8, 1
-
+def population_calls(model, prompt_ids: list, M: int, N: int, names: list[str]) -> tuple[dict, dict]:
+    """`(calls, extra)`: "plain" generation of the tiled prompts and one `population_generate` per
+    search space in `names` (zero-argument callables returning the tokens), and each space's facts."""
     import jax
     import jax.numpy as jnp
 
     import jaxsteer
-    from jaxsteer.models.generate import tokenize_prompts
     from jaxsteer.train.es import CMAES, EggrollSpace, OpenES, SteeringSpace, essa_space, population_generate
     from jaxsteer.train.trainable import TrainableConfig
 
-    M, B, N = args.members, args.prompts, args.new_tokens
-    load_before = _loadavg()
-    log(f"loading {MODEL_ALIAS} ...")
-    t_load, (model, tok) = timed(lambda: jaxsteer.load(MODEL_ALIAS, dtype=jnp.float32))
-    c = model.config
-    prompt_ids = tokenize_prompts(tok, (PROMPTS * (1 + B // len(PROMPTS)))[:B])
     tiled = [p for _ in range(M) for p in prompt_ids]
 
     def plain():
@@ -96,7 +85,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eggroll": lambda: (EggrollSpace(rank=1), OpenES(population=M, sigma=1e-3, lr=1e-3)),
         "essa": lambda: (essa_space(model, lora, lora_cfg), CMAES(population=M, sigma=0.01)),
     }
-    names = [s for s in args.spaces.split(",") if s]
     calls = {"plain": plain}
     extra: dict[str, Any] = {}
     for name in names:
@@ -107,22 +95,53 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "space": type(space).__name__}
         calls[name] = (lambda space=space, strategy=strategy, state=state: population_generate(
             model, space, strategy, state, prompt_ids, greedy=True, max_new_tokens=N, stop_tokens=[], bucket=32).tokens)
+    return calls, extra
 
+
+def measure(calls: dict, reps: int, expect_size: int) -> tuple[dict, dict, dict]:
+    """`(first-call seconds, wall seconds, CPU seconds)` per call: one compile / warm-up call each
+    (its output must have `expect_size` tokens), then `reps` interleaved rounds."""
     first = {}
     for name, fn in calls.items():
         log(f"first call (compile) of {name} ...")
         first[name], out = timed(fn)
-        assert out.size == M * B * N, out.shape
-    log(f"{args.reps} interleaved rounds of {', '.join(calls)} ...")
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    cpu: dict[str, list[float]] = {k: [] for k in calls}
-    for r in range(args.reps):
-        for name, fn in calls.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            times[name].append(time.perf_counter() - w0)
-            cpu[name].append(time.process_time() - c0)
-        log(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+        assert out is None or out.size == expect_size, out.shape
+    log(f"{reps} interleaved rounds of {', '.join(calls)} ...")
+    times, cpu = interleaved_times(calls, reps)
+    log("  medians: " + ", ".join(f"{k} {statistics.median(v):.2f}s" for k, v in times.items()))
+    return first, times, cpu
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--spaces", default="steering,eggroll,essa")
+    ap.add_argument("--quick", action="store_true", help="8 new tokens, 1 round")
+    ap.add_argument("--peak-n", type=int, default=1024, help="size of the square matmul whose rate MFU divides by")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.new_tokens, args.reps = 8, 1
+
+    import jax.numpy as jnp
+
+    import jaxsteer
+    from jaxsteer.models.generate import tokenize_prompts
+
+    M, B, N = args.members, args.prompts, args.new_tokens
+    load_before = _loadavg()
+    log(f"loading {MODEL_ALIAS} ...")
+    t_load, (model, tok) = timed(lambda: jaxsteer.load(MODEL_ALIAS, dtype=jnp.float32))
+    c = model.config
+    prompt_ids = tokenize_prompts(tok, (PROMPTS * (1 + B // len(PROMPTS)))[:B])
+    names = [s for s in args.spaces.split(",") if s]
+    calls, extra = population_calls(model, prompt_ids, M, N, names)
+    peak_call, peak_flops = matmul_peak_call(args.peak_n, str(model.params["embed"].dtype))
+    calls["matmul_peak"] = lambda: (peak_call(), None)[1]
+    first, times, cpu = measure(calls, args.reps, M * B * N)
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
@@ -152,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg_before_after": [load_before, None],
         "machine": machine_info(),
     }
+    result["mfu"] = mfu_table(c, prompt_ids, M, N, peak_flops, med, med_cpu, ["plain", *names])
     for name in names:
         result["spaces"][name] = {
             **extra[name],
@@ -161,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "tokens_per_s_wall_median": rows * N / med[name],
             "fraction_of_plain_wall_best": best["plain"] / best[name],
             "fraction_of_plain_wall_median": med["plain"] / med[name],
+            "mfu": result["mfu"][name],
+            "mfu_cpu_time": result["mfu"][f"{name}_cpu_time"],
         }
     result["loadavg_before_after"][1] = _loadavg()
     text = json.dumps(result, indent=2)
@@ -169,6 +191,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with open(args.out, "w") as f:
             f.write(text + "\n")
     return result
+
+
+def mfu_table(c, prompt_ids: list, M: int, N: int, peak_flops: float, med: dict, med_cpu: dict,
+              names: list[str]) -> dict[str, Any]:
+    """MFU of each call (wall and CPU time) from its median times and the matmul's in the same rounds."""
+    B = len(prompt_ids)
+    flops = M * generate_flops(c, B, B, sum(map(len, prompt_ids)) / B, N)  # members x the prompts' generation
+    peak, peak_cpu = peak_flops / med["matmul_peak"], peak_flops / med_cpu["matmul_peak"]
+    out: dict[str, Any] = {"flops_per_call": flops, "peak_flops_per_s": peak, "peak_flops_per_cpu_s": peak_cpu,
+                           "flop_count": "see benchmarks.common.FLOP_COUNT (forward only)"}
+    for name in names:
+        out[name] = mfu(flops, med[name], peak)
+        out[f"{name}_cpu_time"] = mfu(flops, med_cpu[name], peak_cpu)
+        log(f"MFU {name}: {out[name]:.3f} (by CPU time {out[f'{name}_cpu_time']:.3f})")
+    return out
 
 
 if __name__ == "__main__":

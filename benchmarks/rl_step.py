@@ -15,6 +15,16 @@ threads; less sensitive than wall time to other work on a shared machine). TRL t
 mode); jaxsteer is timed for steering vectors (the library's purpose) and for full fine-tuning
 (like for like). Also reported: rollout vs update share, and the peak RSS of a steering and a
 full fine-tuning process (each measured in its own subprocess).
+
+MFU (model FLOPs utilisation) of jaxsteer's rollout, update and whole step: model FLOPs per
+second over the rate of a large matmul (`n x n`, `--peak-n`, in the model's dtype) timed once
+per step in the same loop, so both see the same load; by wall time and by process CPU time (the
+CPU-time figure is the robust one on a shared machine). Model FLOPs (`benchmarks.common.FLOP_COUNT`):
+rollout = each prompt's prefill once (its real tokens) + one forward per further completion
+token per row (`generate_flops`); update = the same forward (grouped scoring runs each prompt
+once) x 2 for steering vectors and LoRA (the backward needs activation gradients only; LoRA's
+own weight gradients are negligible) or x 3 for full fine-tuning (weight gradients too);
+step = rollout + update. Rewards, the optimizer and (with remat) recomputation are not counted.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import log, machine_info
+from .common import generate_flops, log, machine_info, matmul_peak_call, mfu
 
 TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
@@ -46,9 +56,10 @@ def _problems(n: int):
 
 
 def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: int, model=None, tok=None,
-                   devices: int = 1) -> dict[str, Any]:
+                   devices: int = 1, peak_n: int = 1024) -> dict[str, Any]:
     """Warm-up + `steps` timed RL steps with jaxsteer's own learner pieces (rl.rollout.collect + the jitted step),
-    rollouts and update data-parallel over the first `devices` devices."""
+    rollouts and update data-parallel over the first `devices` devices; with each step's model FLOPs
+    and a `peak_n`-sized matmul timed after it, and the phases' MFU (`out["mfu"]`)."""
     import jax
 
     import jaxsteer
@@ -78,6 +89,7 @@ def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: 
                            metric_sharding=replicated(mesh))
     state = setup.state
     problems = _problems(prompts * (steps + 1))
+    peak_call, peak_flops = matmul_peak_call(peak_n, str(model.params["embed"].dtype))
     times = []
     for i in range(steps + 1):
         exs = problems[i * prompts:(i + 1) * prompts]
@@ -95,11 +107,33 @@ def jaxsteer_steps(kind: str, prompts: int, group: int, new_tokens: int, steps: 
         jax.block_until_ready(state)
         t2, c2 = time.perf_counter(), time.process_time()
         assert int(batch.lengths.min()) == new_tokens, batch.lengths
+        t3, c3 = time.perf_counter(), time.process_time()
+        peak_call()  # the large-matmul rate, under the same load as this step
         times.append({"rollout_s": t1 - t0, "update_s": t2 - t1, "step_s": t2 - t0,
-                      "rollout_cpu_s": c1 - c0, "update_cpu_s": c2 - c1, "step_cpu_s": c2 - c0})
+                      "rollout_cpu_s": c1 - c0, "update_cpu_s": c2 - c1, "step_cpu_s": c2 - c0,
+                      "peak_flops_per_s": peak_flops / (time.perf_counter() - t3),
+                      "peak_flops_per_cpu_s": peak_flops / (time.process_time() - c3),
+                      **step_flops(model.config, kind, batch, group)})
         log(f"jaxsteer {kind} x{devices} device(s) step {i}{' (warm-up, compiles)' if i == 0 else ''}: "
             f"rollout {t1 - t0:.2f} s, update {t2 - t1:.2f} s")
-    return _summary(times[1:], warmup=times[0])
+    return _with_mfu(_summary(times[1:], warmup=times[0]))
+
+
+def step_flops(cfg, kind: str, batch, group: int) -> dict[str, float]:
+    """Model FLOPs of one RL step's rollout and update (see the module docstring)."""
+    prompts = len(batch.rewards) // group
+    prompt_len = float(batch.mask[::group, :batch.prompt_width].sum()) / prompts  # real tokens, padding excluded
+    forward = generate_flops(cfg, prompts, len(batch.rewards), prompt_len, batch.tokens.shape[1] - batch.prompt_width)
+    update = forward * (3.0 if kind == "full" else 2.0)
+    return {"rollout_flops": forward, "update_flops": update, "step_flops": forward + update}
+
+
+def _with_mfu(out: dict[str, Any]) -> dict[str, Any]:
+    """MFU of each phase (median time and FLOPs) by wall and by CPU time, in `out["mfu"]`."""
+    out["mfu"] = {f"{phase}{suffix}": mfu(out[f"{phase}_flops"], out[f"{phase}{t}"], out[f"peak_flops_per{p}"])
+                  for phase in ("rollout", "update", "step")
+                  for suffix, t, p in (("", "_s", "_s"), ("_cpu_time", "_cpu_s", "_cpu_s"))}
+    return out
 
 
 def _summary(times: list[dict], warmup: dict | None = None) -> dict[str, Any]:
@@ -278,50 +312,8 @@ def _device_scaling(result: dict, counts: list[int], args, model, tok) -> dict[s
     return result
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompts", type=int, default=4)
-    p.add_argument("--group", type=int, default=8)
-    p.add_argument("--new-tokens", type=int, default=12)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
-    p.add_argument("--no-trl", action="store_true")
-    p.add_argument("--only-trl", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--no-rss", action="store_true")
-    p.add_argument("--json", help="write the results here")
-    p.add_argument("--devices", default="1", help="comma-separated device counts for jaxsteer's mesh (virtual CPU "
-                   "devices: set XLA_FLAGS=--xla_force_host_platform_device_count=N)")
-    p.add_argument("--rss-child", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.rss_child:
-        _rss_child(args.rss_child, args.prompts, args.group, args.new_tokens)
-        return {}
-
-    import jaxsteer
-
-    result: dict[str, Any] = {
-        "machine": machine_info(),
-        "loadavg_start": list(os.getloadavg()),
-        "setup": {"prompts": args.prompts, "group": args.group, "rollouts": args.prompts * args.group,
-                  "new_tokens": args.new_tokens, "prompt_tokens": 25, "timed_steps": args.steps},
-    }
-    model, tok = jaxsteer.load("smollm2-135m-instruct")
-    counts = [int(c) for c in args.devices.split(",")]
-    if not args.only_trl and counts != [1]:
-        return _device_scaling(result, counts, args, model, tok)
-    if not args.only_trl:
-        result["jaxsteer_steering"] = jaxsteer_steps("steering", args.prompts, args.group, args.new_tokens, args.steps, model, tok)
-        result["jaxsteer_full"] = jaxsteer_steps("full", args.prompts, args.group, args.new_tokens, args.steps, model, tok)
-    del model
-    if not args.no_trl:
-        try:
-            result["trl_full"] = trl_steps(args.prompts, args.group, args.new_tokens, args.steps, tok)
-        except Exception as e:  # noqa: BLE001 - report why TRL could not run, keep our own numbers
-            result["trl_error"] = f"{type(e).__name__}: {e}"
-            log(f"TRL could not run: {result['trl_error']}")
-    if not args.no_rss:
-        result["peak_rss_mib"] = {k: peak_rss(k, args.prompts, args.group, args.new_tokens) for k in ("steering", "full")}
-    result["loadavg_end"] = list(os.getloadavg())
-
+def print_table(result: dict[str, Any], args) -> None:
+    """The step-time table, MFU per phase, the ratios to TRL and peak memory (fills `speedup_vs_trl`)."""
     print(f"\nOne RL step: {args.prompts} prompts x G={args.group} = {args.prompts * args.group} rollouts of "
           f"{args.new_tokens} tokens (25-token prompts), SmolLM2-135M float32, CPU, median of {args.steps} steps")
     print(f"{'':28s} {'step s':>8s} {'rollout s':>10s} {'update s':>9s} {'rollout share':>14s} {'step CPU s':>11s}")
@@ -332,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if r:
             print(f"{label:28s} {r['step_s']:8.2f} {r['rollout_s']:10.2f} {r['update_s']:9.2f} {100 * r['rollout_share']:13.0f}%"
                   f" {r['step_cpu_s']:11.2f}")
+    print_mfu(result)
     if "trl_full" in result and "jaxsteer_full" in result:
         trl = result["trl_full"]["step_s"]
         trl_cpu = result["trl_full"]["step_cpu_s"]
@@ -351,6 +344,82 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if r:
                 print(f"memory, {k}: RSS {r['after_load']:.0f} MiB after loading the model, peak {r['training_peak']:.0f} MiB "
                       f"while training (+{r['training_extra']:.0f} MiB), process high-water mark {r['process_high_water']:.0f} MiB")
+
+
+def print_mfu(result: dict[str, Any]) -> None:
+    """MFU of jaxsteer's rollout, update and whole step (and TRL's, with the same FLOPs and the
+    matmul rate measured during jaxsteer's full fine-tuning steps)."""
+    rows = [("jaxsteer steering vectors", result.get("jaxsteer_steering")),
+            ("jaxsteer full fine-tuning", result.get("jaxsteer_full"))]
+    full, trl = result.get("jaxsteer_full"), result.get("trl_full")
+    if full and trl:
+        trl.update({k: full[k] for k in ("rollout_flops", "update_flops", "step_flops", "peak_flops_per_s",
+                                         "peak_flops_per_cpu_s")})
+        rows.append(("TRL GRPOTrainer (full)", _with_mfu(trl)))
+    rows = [(label, r) for label, r in rows if r and "mfu" in r]
+    if not rows:
+        return
+    peak = rows[0][1]
+    print(f"MFU = model FLOPs per second / large-matmul rate ({peak['peak_flops_per_s'] / 1e9:.0f} GFLOP/s wall, "
+          f"{peak['peak_flops_per_cpu_s'] / 1e9:.0f} GFLOP per CPU-s; FLOPs: see the module docstring)")
+    print(f"{'':28s} {'rollout':>8s} {'update':>8s} {'step':>8s}   {'by CPU time: rollout':>20s} {'update':>7s} {'step':>7s}")
+    for label, r in rows:
+        m = r["mfu"]
+        print(f"{label:28s} {m['rollout']:8.3f} {m['update']:8.3f} {m['step']:8.3f}   {m['rollout_cpu_time']:20.3f} "
+              f"{m['update_cpu_time']:7.3f} {m['step_cpu_time']:7.3f}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=12)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
+    p.add_argument("--no-trl", action="store_true")
+    p.add_argument("--only-trl", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-rss", action="store_true")
+    p.add_argument("--quick", action="store_true", help="1 timed step, no TRL, no peak-RSS subprocesses")
+    p.add_argument("--peak-n", type=int, default=1024, help="size of the square matmul whose rate MFU divides by")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--devices", default="1", help="comma-separated device counts for jaxsteer's mesh (virtual CPU "
+                   "devices: set XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    p.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.no_trl, args.no_rss = 1, True, True
+    if args.rss_child:
+        _rss_child(args.rss_child, args.prompts, args.group, args.new_tokens)
+        return {}
+
+    import jaxsteer
+
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "loadavg_start": list(os.getloadavg()),
+        "setup": {"prompts": args.prompts, "group": args.group, "rollouts": args.prompts * args.group,
+                  "new_tokens": args.new_tokens, "prompt_tokens": 25, "timed_steps": args.steps},
+    }
+    model, tok = jaxsteer.load("smollm2-135m-instruct")
+    counts = [int(c) for c in args.devices.split(",")]
+    if not args.only_trl and counts != [1]:
+        return _device_scaling(result, counts, args, model, tok)
+    if not args.only_trl:
+        result["jaxsteer_steering"] = jaxsteer_steps("steering", args.prompts, args.group, args.new_tokens, args.steps, model, tok,
+                                                    peak_n=args.peak_n)
+        result["jaxsteer_full"] = jaxsteer_steps("full", args.prompts, args.group, args.new_tokens, args.steps, model, tok,
+                                                peak_n=args.peak_n)
+    del model
+    if not args.no_trl:
+        try:
+            result["trl_full"] = trl_steps(args.prompts, args.group, args.new_tokens, args.steps, tok)
+        except Exception as e:  # noqa: BLE001 - report why TRL could not run, keep our own numbers
+            result["trl_error"] = f"{type(e).__name__}: {e}"
+            log(f"TRL could not run: {result['trl_error']}")
+    if not args.no_rss:
+        result["peak_rss_mib"] = {k: peak_rss(k, args.prompts, args.group, args.new_tokens) for k in ("steering", "full")}
+    result["loadavg_end"] = list(os.getloadavg())
+
+    print_table(result, args)
     print(f"load average at start / end: {result['loadavg_start'][0]:.1f} / {result['loadavg_end'][0]:.1f} "
           f"({result['machine']['cores']} cores; other work on the machine skews absolute times)")
     if args.json:
