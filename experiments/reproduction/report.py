@@ -36,7 +36,8 @@ its heading; `.venv/bin/python experiments/reproduction/run.py` regenerates ever
   accuracy measures whether a policy invents the papers' answer format unprompted; it is expected to be
   near 0 for every row and is reported because the issue asks for both, not as a competing score.
 - **Scale**: papers use 1.5B-8B models, GSM8K / MATH, hundreds of steps with G = 16-64; here 135M
-  parameters, 20 steps of 4 prompts x G = 8 (640 sampled completions) per RL run, on CPU.
+  parameters, at most 20 steps of 4 prompts x G = 8 (640 sampled completions) per RL run, on CPU; each part
+  states its budget.
 - **Seeds**: every run uses seed {seed}; data seeds are fixed in the configs.
 - **Machine**: {cpu}, {cores} cores, shared with other jobs (load average at the start and end of each
   part is stated; wall-clock on an idle machine would be shorter; CPU seconds are this process's own).

@@ -59,6 +59,20 @@ def curve(summary: dict, records: list[dict]) -> list[dict]:
     return sorted(pts, key=lambda p: p["step"])
 
 
+def step_costs(summary: dict, records: list[dict]) -> dict:
+    """Median per-step CPU seconds (from the stamps; step 1, which compiles, left out) and mean
+    sampling / update wall seconds per step from the metrics."""
+    deltas, last = [], None
+    for s in summary.get("stamps") or []:
+        if s["kind"] == "train" and last is not None and s["step"] > 1:
+            deltas.append(s["cpu_s"] - last)
+        last = s["cpu_s"]
+    train = [r for r in records if r["kind"] == "train" and r["step"] > 1]
+    mean = lambda k: float(np.mean([r.get(k) or 0.0 for r in train])) if train else None  # noqa: E731
+    return {"cpu_per_step": float(np.median(deltas)) if deltas else None, "rollout_s": mean("rollout_s"),
+            "update_s": mean("update_s")}
+
+
 def reached(pts: list[dict]) -> dict | None:
     """The first evaluation at or above THRESHOLD."""
     return next((p for p in pts if p["acc"] >= THRESHOLD), None)
@@ -79,6 +93,7 @@ def run(ctx: common.Context) -> dict:
                       "hit": reached(pts), "final": pts[-1]["acc"] if pts else None,
                       "rollouts": pts[-1]["rollouts"] if pts else s["rollouts"],
                       "update_rows": float(np.sum([r.get("update_rows") or 0 for r in train])),
+                      **step_costs(s, recs),
                       "train_cpu_s": pts[-1]["cpu_s"] if pts else None, "train_wall_s": pts[-1]["wall_s"] if pts else None})
     grpo = next((a for a in algos if a["label"] == "GRPO"), {"hit": None})
     for a in algos:
@@ -136,6 +151,13 @@ def section(result: dict) -> str:
             f"| {_fmt(h.get('wall_s'))} | {_fmt(None if sc is None else 100 * sc, '+.0f', '-')}% "
             f"| {_fmt(None if sw is None else 100 * sw, '+.0f', '-')}% | {100 * (a['final'] or 0):.0f}% "
             f"| {_fmt(a['train_cpu_s'])} | {a['update_rows']:.0f} |")
+    lines += ["", "Per-step cost after the first (compiling) step: median CPU seconds of a step, mean wall seconds "
+              "of its sampling and of its update (wall-clock inflated by the machine's load; RAPID's step is 128 "
+              "completions and 4 updates, the others' 32 and 1).", "",
+              "| algorithm | CPU s / step | sampling wall s / step | update wall s / step |", "|---|---:|---:|---:|"]
+    for a in result["algos"]:
+        lines.append(f"| {a['label']} | {_fmt(a.get('cpu_per_step'), '.1f', '-')} | {_fmt(a.get('rollout_s'), '.1f', '-')} "
+                     f"| {_fmt(a.get('update_s'), '.1f', '-')} |")
     by = {a["label"]: a for a in result["algos"]}
     lines += ["", "**Against the papers**", ""]
     for label, claim in result["paper"].items():
