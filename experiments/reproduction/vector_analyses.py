@@ -236,6 +236,16 @@ def gate_stats(g: np.ndarray, mask: np.ndarray, digits: np.ndarray, P: int, leng
     return {"per_layer": per_layer, "mean": overall, "std": spread}
 
 
+def gate_by_prompt_token(g: np.ndarray, mask: np.ndarray, seqs: np.ndarray, P: int, tok, n: int = 5) -> dict:
+    """Mean gate (over layers and prompts) at each prompt position, labelled with row 0's token (digits
+    shown as `<digit>`: they differ between prompts); the `n` lowest and highest positions."""
+    m = mask[:, :P] > 0
+    per_pos = [(float(g[:, m[:, t], t].mean()), t) for t in range(P) if m[:, t].any()]
+    label = lambda t: "<digit>" if _is_digit(tok.decode([int(seqs[0, t])])) else tok.decode([int(seqs[0, t])])
+    ranked = sorted(per_pos)
+    return {"lowest": [[label(t), v] for v, t in ranked[:n]], "highest": [[label(t), v] for v, t in ranked[-n:][::-1]]}
+
+
 def adaptive(ctx: common.Context, model, prompt_ids: list) -> dict:
     """Train `adaptive_steering` with table1's steering config (same steps, rollouts, lr, held-out
     set); compare with table1's constant vectors; gate statistics and a figure."""
@@ -253,7 +263,7 @@ def adaptive(ctx: common.Context, model, prompt_ids: list) -> dict:
         "rollouts": {"adaptive": s_ad.get("rollouts"), "constant": s_const.get("rollouts")},
         "train_wall_s": {"adaptive": s_ad.get("wall_s"), "constant": s_const.get("wall_s")},
         "adaptive_reused": bool(s_ad.get("reused")),
-        "gate": stats, "gate_n": len(prompt_ids), "w_norm": [float(x) for x in np.linalg.norm(gate["w"], axis=-1)],
+        "gate": stats, "gate_n": len(prompt_ids), "gate_by_prompt_token": gate_by_prompt_token(g, mask, seqs, P, tok), "w_norm": [float(x) for x in np.linalg.norm(gate["w"], axis=-1)],
         "b": [float(x) for x in gate["b"]], "figure": gate_figure(ctx, stats),
     }
 
@@ -339,7 +349,8 @@ def lens_section(r: dict) -> list[str]:
               + _last_layer_reading(raw),
               "",
               ("Middle layers' bottom tokens are non-ASCII at least twice as often as their top tokens and the "
-               "vocabulary, in line with the paper." if mid_bottom >= 2 * max(mid_top, r["vocab_non_ascii_frac"]) else
+               "vocabulary and make up at least 10% of them, in line with the paper."
+               if mid_bottom >= 2 * max(mid_top, r["vocab_non_ascii_frac"]) and mid_bottom >= 0.1 else
                "Middle layers' bottom tokens are not clearly more often non-ASCII than their top tokens or the "
                "vocabulary: the paper's "
                "de-emphasis of non-English tokens does not show here (our guess: a short run moves the vectors little from "
@@ -383,8 +394,16 @@ def persistence_section(r: dict) -> list[str]:
     for l, cos, ratio in zip(r["layers"], r["cos"], r["norm_ratio"]):
         at = lambda j: cos[j] if j < len(cos) else None
         lines.append(f"| {l} | {_f(at(l))} | {_f(at(l + 1))} | {_f(at(l + 3))} | {_f(cos[-1])} | {_f(ratio[-1])} |")
+    c3 = [cos[l + 3] for l, cos in zip(r["layers"], r["cos"]) if l + 3 < len(cos) and cos[l + 3] is not None]
+    last_ratio = [ratio[-1] for ratio in r["norm_ratio"] if ratio[-1] is not None]
     lines += ["", "cos(dh_j, s_l) is 1 at j = l by construction; how fast it falls afterwards says how long the "
               "inserted direction survives in the residual stream as itself rather than as downstream changes."]
+    if c3 and last_ratio:
+        lines.append(f"Three layers after the insertion the change still points along the vector at mean cos "
+                     f"{np.mean(c3):.2f}; at the last layer |dh| / |s| is {min(last_ratio):.1f} .. {max(last_ratio):.1f}"
+                     + (" (the change grows beyond the vector itself: later layers amplify it"
+                        + (" while rotating it away" if np.mean([c[-1] for c in r["cos"] if c[-1] is not None]) < 0.5 else "")
+                        + ")" if min(last_ratio) > 1 else "") + ".")
     return lines
 
 
@@ -404,7 +423,9 @@ def pairs_section(r: dict) -> list[str]:
         lines += ["", f"Paper: vectors trained in isolation combine across layers (a pair does better than either alone). "
                   f"Here the mean normalised gain over the pairs is {mean:+.2f}: "
                   + ("pairs beat their better single on average, as in the paper." if mean > 0 else
-                     "pairs do not beat their better single on average, unlike the paper.")]
+                     "pairs do not beat their better single on average, unlike the paper.")
+                  + ("" if r["source"].startswith("isolated") else
+                     " These are rows of vectors trained together, not alone, so this is not the paper's test.")]
         lines += ["", f"Normalised gains range {min(gains):.2f} .. {max(gains):.2f} (1 = the pair reaches the accuracy "
                   "of all the listed layers together, 0 = no better than its better single, < 0 = worse). With "
                   f"n = {r['n']} an accuracy difference below ~10 points is within the intervals, so gains whose "
@@ -414,7 +435,8 @@ def pairs_section(r: dict) -> list[str]:
 
 def adaptive_section(r: dict) -> list[str]:
     """Accuracy at equal budget and the gate statistics."""
-    lines = ["| policy | lenient | strict | rollouts | training wall s |", "|---|---|---|---:|---:|"]
+    lines = ["| policy | lenient | strict | rollouts | run wall s (evaluations included; load differs) |",
+             "|---|---|---|---:|---:|"]
     for name in ("base", "constant", "adaptive"):
         ro = r["rollouts"].get(name) if name != "base" else None
         w = r["train_wall_s"].get(name) if name != "base" else None
@@ -425,6 +447,10 @@ def adaptive_section(r: dict) -> list[str]:
               f"Gate sigmoid(w . h_t + b) over {r['gate_n']} held-out prompts and their greedy answers, all layers: " +
               "; ".join(f"{k}: mean {_f(m[k], '.3f')} (sd {_f(sd[k], '.3f')})" for k in m) + ".",
               f"|w_l| ranges {min(r['w_norm']):.3f} .. {max(r['w_norm']):.3f}, b_l {min(r['b']):.3f} .. {max(r['b']):.3f}."]
+    by_tok = r.get("gate_by_prompt_token")
+    if by_tok:
+        fmt = lambda rows: ", ".join(f"{t!r} {v:.3f}" for t, v in rows)
+        lines.append(f"Prompt tokens with the lowest mean gate: {fmt(by_tok['lowest'])}; highest: {fmt(by_tok['highest'])}.")
     a, c = r["adaptive"]["lenient"], r["constant"]["lenient"]
     if a and c:
         overlap = a["lo"] <= c["hi"] and c["lo"] <= a["hi"]
