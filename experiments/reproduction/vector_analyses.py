@@ -443,6 +443,9 @@ def adaptive_section(r: dict) -> list[str]:
         lines.append(f"| {name} | {common.pct(r[name]['lenient'])} | {common.pct(r[name]['strict'])} | "
                      f"{ro if ro is not None else ''} | {_f(w, '.0f') if w is not None else ''} |")
     m, sd = r["gate"]["mean"], r["gate"]["std"]
+    if r.get("adaptive_reused"):
+        lines += ["", f"(The adaptive run was trained by an earlier invocation of this part and reused here; its run "
+                  f"took {_f(r['train_wall_s'].get('adaptive'), '.0f')} s, not counted in this part's wall-clock.)"]
     lines += ["", f"![gate]({r['figure']})", "",
               f"Gate sigmoid(w . h_t + b) over {r['gate_n']} held-out prompts and their greedy answers, all layers: " +
               "; ".join(f"{k}: mean {_f(m[k], '.3f')} (sd {_f(sd[k], '.3f')})" for k in m) + ".",
