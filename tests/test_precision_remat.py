@@ -1,6 +1,7 @@
 """Training precision and rematerialisation as config switches: `model.dtype` ("auto" = bfloat16
 on accelerators, float32 on CPU; trainables, optimizer moments, logits and losses float32) and
-`model.remat` (same update, less memory, read by `jaxsteer plan`)."""
+`model.remat` (same update, less memory, read by `jaxsteer plan`); `sampling.call_rows` (micro-batches
+sampled together up to 128 rows per sampler call)."""
 
 from __future__ import annotations
 
@@ -203,3 +204,30 @@ def test_bfloat16_rl_raises_the_reward_like_float32(tmp_path):
         r = [h["reward_mean"] for h in train(cfg).history]
         gains[dtype] = np.mean(r[-2:]) - np.mean(r[:2])
     assert gains["float32"] > 0.4 and gains["bfloat16"] > 0.4, gains
+
+
+# --------------------------------------------------------------------------- decode batch
+
+
+def test_sampler_calls_merge_micro_batches_up_to_call_rows():
+    """Rollouts sample whole micro-batches together up to `sampling.call_rows` rows per call (the
+    decode matmuls' rate rises with rows), never splitting a micro-batch; `jaxsteer plan`'s rollout
+    follows the same layout."""
+    from jaxsteer.train.rl.learner import sampler_calls
+
+    def calls(prompts, group, micro, **kw):
+        return sampler_calls(load_config(None, [f"algorithm.prompts_per_step={prompts}", f"algorithm.group_size={group}",
+                                                f"algorithm.micro_batches={micro}", *(f"{k}={v}" for k, v in kw.items())]))
+
+    assert calls(8, 8, 1) == 1
+    assert calls(8, 4, 2) == 1  # 32 rows: one call instead of two of 16
+    assert calls(64, 8, 8) == 4  # 512 rows: calls of 128 (2 micro-batches each)
+    assert calls(256, 8, 8) == 8  # 2048 rows: a micro-batch (256) is already over 128
+    assert calls(64, 8, 8, **{"sampling.call_rows": 512}) == 1
+    assert calls(64, 8, 8, **{"sampling.call_rows": 0}) == 8  # one call per micro-batch
+    assert calls(64, 8, 8, **{"algorithm.dash": "true"}) == 1
+    cfg = config_from_dict({"model": {"spec": "random", "random": T.RANDOM_MODEL},
+                            "algorithm": {"prompts_per_step": 64, "group_size": 8, "micro_batches": 8}})
+    assert plan(cfg, data=2, prompt_len=8).rollout_rows == 128 / 2
+    with pytest.raises(ConfigError, match="sampling.call_rows"):
+        load_config(None, ["sampling.call_rows=-1"])

@@ -211,7 +211,7 @@ class AlgorithmConfig:
     prompts_per_step * G completions is split into this many micro-batches).
     dash: DASH preemptive sampling: the whole accumulation batch is sampled in one call, then the
     update runs over the micro-batches (set `loss.dash_tau`, e.g. 0.1, to drop samples with
-    |A| <= tau). Without dash, sampling runs once per micro-batch.
+    |A| <= tau). Without dash, sampling runs in calls of whole micro-batches (`sampling.call_rows`).
     updates_per_batch: off-policy minibatch updates per rollout batch (RAPID's schedule): the batch is
     split into this many minibatches, one optimizer step each, importance-weighted against the
     stored pi_old log-probs: RAPID's estimator with `advantage: rapid`, else truncated importance
@@ -236,13 +236,23 @@ class AlgorithmConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSpec:
-    """Rollout sampling (the compiled KV-cache sampler's settings)."""
+    """Rollout sampling (the compiled KV-cache sampler's settings).
+
+    call_rows: without `algorithm.dash` the RL learner samples micro-batch by micro-batch; calls
+    are merged (several micro-batches' prompts in one sampler call) while a call holds at most
+    this many rows over the whole mesh, or one micro-batch's rows if that is more. Decode
+    matmuls are `[rows, d] x [d, d_mlp]`: at 32 rows a CPU runs them at about half its
+    large-matmul rate, at 128 rows near it (docs/scale.md); raise it with the devices of the
+    mesh, lower it when the rollout's K/V cache does not fit (`jaxsteer plan`). 0 = one call
+    per micro-batch. The update's micro-batches are unchanged.
+    """
 
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     bucket: int = 8  # prompts are left-padded to a multiple of this
+    call_rows: int = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,6 +365,7 @@ class TrainConfig:
             (a.updates_per_batch >= 1, "algorithm.updates_per_batch must be >= 1"),
             (not (a.dash and a.updates_per_batch > 1), "algorithm.dash and algorithm.updates_per_batch > 1 exclude each other"),
             (self.sampling.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1"),
+            (self.sampling.call_rows >= 0, "sampling.call_rows must be >= 0 (0 = one sampler call per micro-batch)"),
             (a.dynamic_sampling_rounds >= 0, "algorithm.dynamic_sampling_rounds must be >= 0"),
             (0 <= a.overlong_buffer <= self.sampling.max_new_tokens,
              "algorithm.overlong_buffer must be in [0, sampling.max_new_tokens]"),
@@ -410,7 +421,7 @@ def non_finite_fields(cfg: Any, prefix: str = "") -> list[str]:
 RL_ONLY = ("model.remat", "lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "adam_eps", "grad_clip", "loss", "mesh",
            "algorithm.advantage", "algorithm.group_size", "algorithm.micro_batches", "algorithm.dash",
            "algorithm.updates_per_batch", "algorithm.ei_threshold", "algorithm.log_kl", "algorithm.dynamic_sampling",
-           "algorithm.dynamic_sampling_rounds", "algorithm.overlong_buffer")
+           "algorithm.dynamic_sampling_rounds", "algorithm.overlong_buffer", "sampling.call_rows")
 ES_ONLY = ("es",)
 
 

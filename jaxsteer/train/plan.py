@@ -242,9 +242,13 @@ class _Layout:
         return per_micro / self.shards, step_spec(cfg).shared_prompts
 
     def rollout_rows(self, micro_batches: int) -> float:
-        """Sampler rows per device: the whole batch with dash, else one micro-batch's prompts."""
+        """Sampler rows per device: the batch over `rl.learner.sampler_calls` (1 with dash; else
+        micro-batches merged up to `sampling.call_rows` rows per call)."""
+        from .rl.learner import sampler_calls
+
         a = self.cfg.algorithm
-        return a.prompts_per_step / (1 if a.dash else micro_batches) * a.group_size / self.shards
+        cfg = dataclasses.replace(self.cfg, algorithm=dataclasses.replace(a, micro_batches=micro_batches))
+        return a.prompts_per_step / sampler_calls(cfg) * a.group_size / self.shards
 
     def transient(self, micro_batches: int) -> dict[str, Any]:
         """Per-phase bytes at `micro_batches`: activations per variant, update batch, KV cache."""

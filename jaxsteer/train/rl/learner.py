@@ -5,7 +5,7 @@ Per step (`cfg.steps` of them):
 1. take `prompts_per_step / process_count` prompts from this process's shard of the grain loader;
 2. sample G completions per prompt with the core's compiled sampler (`jaxsteer.generate`),
    under the current policy (`build_policy`): one call for the whole batch with
-   `algorithm.dash`, else one call per micro-batch;
+   `algorithm.dash`, else one call per group of micro-batches up to `sampling.call_rows` rows;
 3. rewards in Python (text or token ids), group advantages (RLOO / GRPO / mean);
 4. `updates_per_batch` optimizer updates (1 = on-policy), each one jitted step with the
    micro-batches accumulated inside by `lax.scan`, explicit shardings on a ("data", "fsdp") mesh;
@@ -99,6 +99,19 @@ def setup_training(cfg: TrainConfig, model: Model, mesh) -> Setup:
                  ts.state_shardings, batch_shardings)
 
 
+def sampler_calls(cfg: TrainConfig) -> int:
+    """Sampler calls per RL step: 1 with `algorithm.dash`; else the fewest calls, one per group of
+    consecutive micro-batches (a divisor of `micro_batches`), whose rows stay within
+    `sampling.call_rows` (or one micro-batch's rows, when that is more; 0 = one call per micro-batch).
+    Counted over the whole mesh, so the rollout is the same on any number of devices or processes."""
+    a = cfg.algorithm
+    if a.dash:
+        return 1
+    rows, m = cfg.rollouts_per_step, a.micro_batches
+    limit = max(cfg.sampling.call_rows, rows // m) if cfg.sampling.call_rows else rows // m
+    return min(c for c in range(1, m + 1) if m % c == 0 and rows // c <= limit)
+
+
 def check_layout(cfg: TrainConfig, mesh) -> tuple[int, int]:
     """`(prompts per process, sampler calls per step)`; ConfigError when the batch does not split
     over processes, mesh batch shards or micro-batches."""
@@ -112,11 +125,11 @@ def check_layout(cfg: TrainConfig, mesh) -> tuple[int, int]:
             f"a micro-batch has {rows_per_micro} rollouts, not divisible by the {shards} batch shards of the mesh "
             f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
         )
-    local_prompts, calls = a.prompts_per_step // nproc, 1 if a.dash else a.micro_batches
+    local_prompts, calls = a.prompts_per_step // nproc, sampler_calls(cfg)
     if local_prompts % calls:
         raise ConfigError(
-            f"without dash, sampling runs once per micro-batch: prompts_per_step={a.prompts_per_step} must split "
-            f"into micro_batches={a.micro_batches}"
+            f"without dash, sampling runs in {calls} calls of whole micro-batches (sampling.call_rows="
+            f"{cfg.sampling.call_rows}): prompts_per_step={a.prompts_per_step} must split into them"
         )
     return local_prompts, calls
 
@@ -308,4 +321,4 @@ def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | 
     return trainable, history, files
 
 
-__all__ = ["Setup", "step_spec", "setup_training", "check_layout", "update", "step_record", "RLLearner", "train_rl"]
+__all__ = ["Setup", "step_spec", "setup_training", "sampler_calls", "check_layout", "update", "step_record", "RLLearner", "train_rl"]
