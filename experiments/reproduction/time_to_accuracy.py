@@ -17,6 +17,10 @@ import common
 TITLE = "Time to a fixed accuracy: GRPO, DAPO, Dr. GRPO, DASH, RAPID"
 
 THRESHOLD = 0.40  # held-out lenient accuracy to reach (base ~0.17, the 20-step steering run ~0.6)
+# Added after the real GRPO run was seen crossing 40% at its first evaluation (step 2), which makes the
+# 40% comparison a comparison of two steps' cost; 55% is roughly where GRPO's curve levels off. Post hoc,
+# chosen from GRPO's curve alone (not from the DASH / RAPID runs or the papers' numbers); both are reported.
+THRESHOLD_2 = 0.55
 STEPS = 12  # 384 completions (RAPID: 3 batches of 128); the 20-step demo run reaches ~60% (table1)
 EVAL = ["eval.n=64", "eval.batch_size=64", "eval.every=2", "checkpoint.every=0", f"steps={STEPS}"]
 STEER = common.STEERING_CONFIG
@@ -73,9 +77,9 @@ def step_costs(summary: dict, records: list[dict]) -> dict:
             "update_s": mean("update_s")}
 
 
-def reached(pts: list[dict]) -> dict | None:
-    """The first evaluation at or above THRESHOLD."""
-    return next((p for p in pts if p["acc"] >= THRESHOLD), None)
+def reached(pts: list[dict], threshold: float = THRESHOLD) -> dict | None:
+    """The first evaluation at or above `threshold`."""
+    return next((p for p in pts if p["acc"] >= threshold), None)
 
 
 def run(ctx: common.Context) -> dict:
@@ -90,17 +94,19 @@ def run(ctx: common.Context) -> dict:
         pts = curve(s, recs)
         train = [r for r in recs if r["kind"] == "train"]
         algos.append({"label": label, "run": name, "config": config, "overrides": overrides, "curve": pts,
-                      "hit": reached(pts), "final": pts[-1]["acc"] if pts else None,
+                      "hit": reached(pts), "hit2": reached(pts, THRESHOLD_2), "final": pts[-1]["acc"] if pts else None,
                       "rollouts": pts[-1]["rollouts"] if pts else s["rollouts"],
                       "update_rows": float(np.sum([r.get("update_rows") or 0 for r in train])),
-                      **step_costs(s, recs),
+                      **step_costs(s, recs), "completions_per_step": s["rollouts"] / max(s["steps"], 1),
                       "train_cpu_s": pts[-1]["cpu_s"] if pts else None, "train_wall_s": pts[-1]["wall_s"] if pts else None})
-    grpo = next((a for a in algos if a["label"] == "GRPO"), {"hit": None})
+    grpo = next((a for a in algos if a["label"] == "GRPO"), {"hit": None, "hit2": None})
     for a in algos:
-        for unit in ("cpu_s", "wall_s"):
-            ok = a["hit"] and grpo["hit"] and grpo["hit"][unit] > 0
-            a[f"saving_{unit}"] = 1 - a["hit"][unit] / grpo["hit"][unit] if ok else None
-    return {"threshold": THRESHOLD, "algos": algos, "figure": figure(ctx, algos), "paper": PAPER_SAVING}
+        for hit, suffix in (("hit", ""), ("hit2", "_2")):
+            for unit in ("cpu_s", "wall_s"):
+                ok = a[hit] and grpo[hit] and grpo[hit][unit] > 0
+                a[f"saving_{unit}{suffix}"] = 1 - a[hit][unit] / grpo[hit][unit] if ok else None
+    return {"threshold": THRESHOLD, "threshold_2": THRESHOLD_2, "algos": algos, "figure": figure(ctx, algos),
+            "paper": PAPER_SAVING}
 
 
 def figure(ctx: common.Context, algos: list[dict]) -> str:
@@ -114,6 +120,7 @@ def figure(ctx: common.Context, algos: list[dict]) -> str:
                     label=a["label"])
     for ax, xl in zip(axes, ("training CPU seconds (evaluations excluded)", "sampled completions")):
         ax.axhline(100 * THRESHOLD, color="gray", ls="--", lw=1)
+        ax.axhline(100 * THRESHOLD_2, color="gray", ls=":", lw=1)
         ax.set_xlabel(xl)
     axes[0].set_ylabel("held-out greedy accuracy (%), n=64")
     axes[0].legend()
@@ -123,6 +130,22 @@ def figure(ctx: common.Context, algos: list[dict]) -> str:
 
 def _fmt(v, spec: str = ".0f", none: str = "not reached") -> str:
     return none if v is None else format(v, spec)
+
+
+def _threshold_table(result: dict, hit_key: str, suffix: str, thr: float) -> list[str]:
+    """Markdown rows: when each algorithm first reached `thr` percent and what it saved vs GRPO."""
+    lines = [f"| algorithm | step at {thr:.0f}% | completions | training CPU s | training wall s | CPU saved vs GRPO "
+             "| wall saved vs GRPO | final acc. | total training CPU s | rows forward+backward |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for a in result["algos"]:
+        h = a.get(hit_key) or {}
+        sc, sw = a.get(f"saving_cpu_s{suffix}"), a.get(f"saving_wall_s{suffix}")
+        lines.append(
+            f"| {a['label']} | {_fmt(h.get('step'))} | {_fmt(h.get('rollouts'))} | {_fmt(h.get('cpu_s'))} "
+            f"| {_fmt(h.get('wall_s'))} | {_fmt(None if sc is None else 100 * sc, '+.0f', '-')}% "
+            f"| {_fmt(None if sw is None else 100 * sw, '+.0f', '-')}% | {100 * (a['final'] or 0):.0f}% "
+            f"| {_fmt(a['train_cpu_s'])} | {a['update_rows']:.0f} |")
+    return lines
 
 
 def section(result: dict) -> str:
@@ -139,18 +162,12 @@ def section(result: dict) -> str:
         "4 micro-batches. RAPID: 16 prompts x 8 sampled at once, 4 off-policy updates with importance-weighted "
         "group advantages, weights clipped at 2.",
         "", f"![accuracy vs time]({result['figure']})", "",
-        f"| algorithm | step at {thr:.0f}% | completions | training CPU s | training wall s | CPU saved vs GRPO "
-        "| wall saved vs GRPO | final acc. | total training CPU s | rows forward+backward |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for a in result["algos"]:
-        h = a["hit"] or {}
-        sc, sw = a.get("saving_cpu_s"), a.get("saving_wall_s")
-        lines.append(
-            f"| {a['label']} | {_fmt(h.get('step'))} | {_fmt(h.get('rollouts'))} | {_fmt(h.get('cpu_s'))} "
-            f"| {_fmt(h.get('wall_s'))} | {_fmt(None if sc is None else 100 * sc, '+.0f', '-')}% "
-            f"| {_fmt(None if sw is None else 100 * sw, '+.0f', '-')}% | {100 * (a['final'] or 0):.0f}% "
-            f"| {_fmt(a['train_cpu_s'])} | {a['update_rows']:.0f} |")
+    lines += _threshold_table(result, "hit", "", thr)
+    if result.get("threshold_2"):
+        lines += ["", f"Second threshold, {100 * result['threshold_2']:.0f}% (added after GRPO's run crossed "
+                  f"{thr:.0f}% at its first evaluation; read off GRPO's curve alone, see the module docstring):", ""]
+        lines += _threshold_table(result, "hit2", "_2", 100 * result["threshold_2"])
     lines += ["", "Per-step cost after the first (compiling) step: median CPU seconds of a step, mean wall seconds "
               "of its sampling and of its update (wall-clock inflated by the machine's load; RAPID's step is 128 "
               "completions and 4 updates, the others' 32 and 1).", "",
@@ -164,11 +181,16 @@ def section(result: dict) -> str:
         a = by.get(label)
         if a is None:
             continue
-        sc = a.get("saving_cpu_s")
-        lines.append(
-            f"- {label}: the paper reports {claim}. Here: "
-            + (f"{100 * sc:+.0f}% training CPU time to {thr:.0f}% vs GRPO. " if sc is not None else
-               f"no saving can be stated ({label if not a['hit'] else 'GRPO'} did not reach {thr:.0f}%). "))
+        said = []
+        for hit, suffix, t in (("hit", "", thr), ("hit2", "_2", 100 * result.get("threshold_2", 0))):
+            sc = a.get(f"saving_cpu_s{suffix}")
+            said.append(f"{100 * sc:+.0f}% training CPU time to {t:.0f}% vs GRPO" if sc is not None else
+                        f"no saving at {t:.0f}% ({label if not a.get(hit) else 'GRPO'} did not reach it)")
+        cps, g = a.get("cpu_per_step"), by.get("GRPO", {}).get("cpu_per_step")
+        if cps and g:  # per 32 sampled completions (RAPID's step samples 128 and updates 4 times)
+            said.append(f"{100 * (1 - cps * 32 / a.get('completions_per_step', 32) / g):+.0f}% CPU per 32 completions "
+                        "after the first step")
+        lines.append(f"- {label}: the paper reports {claim}. Here (+ = saved): " + "; ".join(said) + ".")
     lines.append(
         "- Why the savings differ at this scale: the papers' savings come from long completions (thousands of "
         "tokens) where the backward pass and the inference engine dominate. Here a completion is at most 12 "
