@@ -8,6 +8,8 @@ studies the last two in depth. Here: every 5th layer (4, 9, ..., 29;
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 import common
@@ -33,11 +35,15 @@ def run(ctx: common.Context) -> dict:
         points.append({"layer": layer, "lenient": common.acc(s.get("eval_after")),
                        "strict": common.acc(s.get("eval_after"), "strict"), "norm": float(np.linalg.norm(vec)),
                        "wall_s": s.get("wall_s"), "cpu_s": s.get("cpu_s"), "rollouts": s.get("rollouts")})
-    return {"points": points, "base": base, "steps": STEPS, "eval_n": EVAL_N,
-            "figure": figure(ctx, points, base)}
+    all_layers = None  # table1's all-layer run (20 steps, n = 200) when it has finished: a reference line
+    summary = ctx.runs_dir / common.STEERING_RUN / "summary.json"
+    if summary.exists():
+        all_layers = common.acc(json.loads(summary.read_text()).get("eval_after"))
+    return {"points": points, "base": base, "steps": STEPS, "eval_n": EVAL_N, "all_layers": all_layers,
+            "figure": figure(ctx, points, base, all_layers)}
 
 
-def figure(ctx: common.Context, points: list[dict], base: dict | None) -> str:
+def figure(ctx: common.Context, points: list[dict], base: dict | None, all_layers: dict | None = None) -> str:
     """Accuracy (95% CI) of each single-layer vector against its layer, the base model as a line."""
     import matplotlib.pyplot as plt
 
@@ -49,6 +55,8 @@ def figure(ctx: common.Context, points: list[dict], base: dict | None) -> str:
     ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label="single-layer vector (lenient)")
     if base:
         ax.axhline(100 * base["acc"], color="gray", ls="--", label="base model")
+    if all_layers:
+        ax.axhline(100 * all_layers["acc"], color="tab:green", ls=":", label="all 30 layers, 20 steps (table1)")
     ax.set_xlabel("layer of the single vector")
     ax.set_ylabel("held-out greedy accuracy (%)")
     ax.set_title(f"One RL steering vector per layer, {STEPS} steps each (95% Wilson CI)")
@@ -75,6 +83,12 @@ def section(result: dict) -> str:
     late = [p for p in pts if p["layer"] >= 20]
     early = [p for p in pts if p["layer"] < 10]
     lines += ["", f"Best single layer: {best['layer']} ({common.pct(best['lenient'])})."]
+    if result.get("all_layers"):
+        lines.append(f"For reference, all 30 vectors trained together for 20 steps (table1, n = 200): "
+                     f"{common.pct(result['all_layers'])}. A single vector gets 1/30 of the parameters and here half "
+                     "the steps; the best one is " + ("below the all-layer run's interval."
+                                                      if best["lenient"]["hi"] < result["all_layers"]["lo"]
+                                                      else "within reach of the all-layer run (intervals overlap)."))
     if late and early:
         d = np.mean([p["lenient"]["acc"] for p in late]) - np.mean([p["lenient"]["acc"] for p in early])
         lines.append(
