@@ -153,15 +153,23 @@ FLOP_COUNT = (
 )
 
 
-def forward_flops(cfg, rows: float, new: int, past: int = 0, head: int | None = None) -> float:
-    """Model FLOPs (see `FLOP_COUNT`) of a forward of `rows` rows of `new` tokens each, placed after
-    `past` cached positions, with `head` positions per row through the unembedding (None: all)."""
+def forward_flop_terms(cfg, rows: float, new: int, past: int = 0, head: int | None = None) -> dict[str, float]:
+    """`forward_flops` by term: {"params_matmul": P_mm, "layers": the weight matmuls, "attention",
+    "lm_head", "total"} (FLOPs, see `FLOP_COUNT`; "params_matmul" is a weight count)."""
     L, d, F, H, KV, hd, V = (cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
                              cfg.vocab_size)
     p_mm = L * (d * H * hd + 2 * d * KV * hd + H * hd * d + 3 * d * F)
     keys = new * past + new * (new + 1) / 2  # causal: token i of the new ones sees past + i + 1 keys
     head = new if head is None else head
-    return rows * (2.0 * p_mm * new + 4.0 * L * H * hd * keys + 2.0 * d * V * head)
+    layers, attention, lm_head = 2.0 * p_mm * new, 4.0 * L * H * hd * keys, 2.0 * d * V * head  # per row
+    return {"params_matmul": p_mm, "layers": rows * layers, "attention": rows * attention,
+            "lm_head": rows * lm_head, "total": rows * (layers + attention + lm_head)}
+
+
+def forward_flops(cfg, rows: float, new: int, past: int = 0, head: int | None = None) -> float:
+    """Model FLOPs (see `FLOP_COUNT`) of a forward of `rows` rows of `new` tokens each, placed after
+    `past` cached positions, with `head` positions per row through the unembedding (None: all)."""
+    return forward_flop_terms(cfg, rows, new, past, head)["total"]
 
 
 def generate_flops(cfg, prompts: int, rows: int, prompt_len: int, new_tokens: int) -> float:

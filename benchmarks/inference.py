@@ -16,7 +16,9 @@ Measures, in one process on one machine (torch uses all cores, as XLA:CPU does):
 3. the overhead of a `Steer` on every layer (vectors `[L, d]`) for prefill and decode.
 4. llama-cpp-python on the same GGUF (Q4_1 weights: not a float32 comparison), if installed.
 5. MFU (model FLOPs utilisation) of prefill and decode on both sides: achieved FLOP rate over
-   the large float32 matmul rate measured in the same rounds; and the rate of decode-shaped
+   the large float32 matmul rate measured in the same rounds (model FLOPs as in
+   `benchmarks.common.FLOP_COUNT`: causal attention, the unembedding only where logits are
+   used, a prompt's real tokens; one count for jaxsteer and HF); and the rate of decode-shaped
    matmuls `[B, d] x [d, d_mlp]` per batch size B (`--decode-batches 8,32,128` also times
    jaxsteer decode at those batch sizes).
 
@@ -36,21 +38,26 @@ import pathlib
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .common import compile_seconds, interleaved_times, log, machine_info, median_time, timed
+from .common import (
+    FLOP_COUNT,
+    compile_seconds,
+    forward_flop_terms,
+    generate_flops,
+    interleaved_times,
+    log,
+    machine_info,
+    matmul_peak_call,
+    median_time,
+    mfu,
+    timed,
+)
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-FLOP_FORMULA = (
-    "forward FLOPs = 2*P_mm*B*T (P_mm = per-layer matmul weights summed over layers: "
-    "L*(d*H*hd + 2*d*KV*hd + H*hd*d + 3*d*F)) + attention 4*B*T*S*H*hd*L (QK^T and PV, full "
-    "T x S scores, causal half not discounted; S = T for prefill) + lm head 2*B*T*d*V; "
-    "norms, RoPE, softmax and activations not counted"
-)
 
 TOPICS = [
     "the water cycle",
@@ -90,17 +97,6 @@ def chat_prompts(n: int) -> list[str]:
     return [ASKS[i % len(ASKS)].format(t=TOPICS[(i // len(ASKS)) % len(TOPICS)]) for i in range(n)]
 
 
-def flop_counts(cfg, B: int, T: int, S: int | None = None) -> dict[str, float]:
-    """FLOPs of one forward over `B x T` new tokens attending to `S` keys (see FLOP_FORMULA)."""
-    S = T if S is None else S
-    L, d, F, H, KV, hd, V = cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.vocab_size
-    p_mm = L * (d * H * hd + 2 * d * KV * hd + H * hd * d + 3 * d * F)
-    layers = 2.0 * p_mm * B * T
-    attn = 4.0 * B * T * S * H * hd * L
-    head = 2.0 * B * T * d * V
-    return {"params_matmul": p_mm, "layers": layers, "attention": attn, "lm_head": head, "total": layers + attn + head}
-
-
 def _cfg_summary(cfg) -> dict[str, Any]:
     return {
         "n_layers": cfg.n_layers,
@@ -118,19 +114,13 @@ def _cfg_summary(cfg) -> dict[str, Any]:
 
 
 def matmul_roofline(n: int, reps: int) -> dict[str, Any]:
-    import jax
-    import jax.numpy as jnp
+    """float32 `n x n` matmul rate of jitted jnp.dot (`common.matmul_peak_call`) and torch.mm,
+    median and best of `reps` calls each (GFLOP/s)."""
     import torch
 
-    flops = 2.0 * n**3
+    call, flops = matmul_peak_call(n)
     out: dict[str, Any] = {"n": n, "dtype": "float32", "flops_per_matmul": flops}
-
-    ka, kb = jax.random.split(jax.random.PRNGKey(0))
-    a = jax.random.normal(ka, (n, n), jnp.float32)
-    b = jax.random.normal(kb, (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    dot(a, b).block_until_ready()
-    t, times = median_time(lambda: dot(a, b).block_until_ready(), reps)
+    t, times = median_time(call, reps)
     out["jax_gflops"] = flops / t / 1e9
     out["jax_gflops_best"] = flops / min(times) / 1e9
 
@@ -153,7 +143,6 @@ def matmul_shapes(d: int, f: int, batches: list[int], reps: int, n: int) -> dict
 
     dot = jax.jit(jnp.dot)
     w = jax.random.normal(jax.random.PRNGKey(2), (d, f), jnp.float32)
-    big = jax.random.normal(jax.random.PRNGKey(3), (n, n), jnp.float32)
     calls, flops = {}, {}
     for b in batches:
         x = jax.random.normal(jax.random.PRNGKey(b), (b, d), jnp.float32)
@@ -165,7 +154,7 @@ def matmul_shapes(d: int, f: int, batches: list[int], reps: int, n: int) -> dict
             y.block_until_ready()
 
         calls[str(b)], flops[str(b)] = run, 2.0 * b * d * f * inner
-    calls["large"], flops["large"] = (lambda: dot(big, big).block_until_ready()), 2.0 * n**3
+    calls["large"], flops["large"] = matmul_peak_call(n)
     for fn in calls.values():
         fn()
     wall, cpu = interleaved_times(calls, reps)
@@ -174,11 +163,6 @@ def matmul_shapes(d: int, f: int, batches: list[int], reps: int, n: int) -> dict
     return {"d": d, "f": f, "large_n": n, "gflops": rate, "gflops_per_cpu_s": rate_cpu,
             "fraction_of_large": {b: rate[b] / rate["large"] for b in map(str, batches)},
             "fraction_of_large_cpu_time": {b: rate_cpu[b] / rate_cpu["large"] for b in map(str, batches)}}
-
-
-def mfu(flops: float, seconds: float, peak_gflops: float) -> float:
-    """Model FLOPs utilisation: achieved FLOP rate over the machine's measured large-matmul rate."""
-    return flops / seconds / 1e9 / peak_gflops
 
 
 # --------------------------------------------------------------------------- model loading
@@ -223,8 +207,9 @@ def make_steer(model, seed: int = 0):
 # --------------------------------------------------------------------------- the measured calls
 
 
-def prefill_calls(model, hf, tokens: np.ndarray, steer, mm_n: int) -> dict[str, Any]:
-    """name -> zero-argument callable that runs one prefill (blocking) and returns its logits."""
+def prefill_calls(model, hf, tokens: np.ndarray, steer, dot_call) -> dict[str, Any]:
+    """name -> zero-argument callable that runs one prefill (blocking) and returns its logits;
+    "jnp_dot" is `dot_call`, the large matmul, measured again in the same rounds (same load)."""
     import jax.numpy as jnp
     import torch
 
@@ -243,22 +228,13 @@ def prefill_calls(model, hf, tokens: np.ndarray, steer, mm_n: int) -> dict[str, 
                 return hf(input_ids=ids, use_cache=False).logits
 
         calls["hf"] = hf_call
-    calls["jnp_dot"] = _dot_call(mm_n)  # the matmul peak, measured again in the same rounds (same load)
+    calls["jnp_dot"] = dot_call
     return calls
 
 
-def _dot_call(n: int):
-    """A blocking `n x n` float32 jnp.dot: the large-matmul peak, measured in the same rounds."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    return lambda: dot(a, b).block_until_ready()
-
-
-def decode_calls(model, hf, tok, seqs: list[list[int]], new_tokens: int, steer, mm_n: int) -> tuple[dict[str, Any], dict]:
+def decode_calls(
+    model, hf, tok, seqs: list[list[int]], new_tokens: int, steer, dot_call
+) -> tuple[dict[str, Any], dict]:
     import jaxsteer
     from jaxsteer.models.generate import left_pad
 
@@ -274,7 +250,7 @@ def decode_calls(model, hf, tok, seqs: list[list[int]], new_tokens: int, steer, 
         info["jaxsteer_prompt_padded_len"] = int(g.prompt_tokens.shape[1])
         return g
 
-    calls = {"jaxsteer": lambda: jax_run(()), "steer": lambda: jax_run(steer), "jnp_dot": _dot_call(mm_n)}
+    calls = {"jaxsteer": lambda: jax_run(()), "steer": lambda: jax_run(steer), "jnp_dot": dot_call}
     if hf is not None:
         import torch
 
@@ -299,12 +275,38 @@ def decode_calls(model, hf, tok, seqs: list[list[int]], new_tokens: int, steer, 
     return calls, info
 
 
+class Rounds(NamedTuple):
+    """What `warm_and_measure` returns, per name: seconds of the first call, JAX trace+compile
+    seconds within it, wall and CPU seconds of the interleaved rounds, the first call's output."""
+
+    first: dict[str, float]
+    compile: dict[str, float]
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    outs: dict[str, Any]
+
+    @property
+    def med(self) -> dict[str, float]:
+        return {k: _med(v) for k, v in self.wall.items()}
+
+    @property
+    def cmed(self) -> dict[str, float]:
+        return {k: _med(v) for k, v in self.cpu.items()}
+
+    @property
+    def best(self) -> dict[str, float]:
+        return {k: min(v) for k, v in self.wall.items()}
+
+    def peak(self, dot_flops: float) -> tuple[float, float]:
+        """FLOP/s of the "jnp_dot" large matmul in these rounds: per wall second, per CPU second."""
+        return dot_flops / _med(self.wall["jnp_dot"]), dot_flops / _med(self.cpu["jnp_dot"])
+
+
 def warm_and_measure(
     calls: dict[str, Any], reps: int | dict[str, int], what: str, warmups: dict[str, Any] | None = None
-) -> tuple[dict[str, float], dict[str, list[float]], dict[str, list[float]], dict]:
+) -> Rounds:
     """First call of each (compile / warm-up; `warmups` may give a cheaper one), then round-robin
-    rounds (`reps`: count, or count per name). Returns (first-call seconds, JAX compile seconds
-    within the first call, wall times and CPU times per name, first outputs)."""
+    rounds (`reps`: count, or count per name)."""
     first, comp, outs = {}, {}, {}
     for name, fn in calls.items():
         log(f"  {what}: first call of {name} ...")
@@ -316,7 +318,7 @@ def warm_and_measure(
     wall, cpu = interleaved_times(
         calls, reps, lambda k, w, c: log(f"    {k}: {w:.3f}s wall, {c:.3f}s cpu (load {_loadavg()})")
     )
-    return first, comp, wall, cpu, outs
+    return Rounds(first, comp, wall, cpu, outs)
 
 
 def decode_batch_sweep(model, batches: list[int], new_tokens: int, reps: int, mm_n: int) -> dict[str, Any]:
@@ -326,25 +328,178 @@ def decode_batch_sweep(model, batches: list[int], new_tokens: int, reps: int, mm
     import jaxsteer
 
     cfg, P, rng = model.config, 8, np.random.default_rng(3)
-    calls, flops = {"jnp_dot": _dot_call(mm_n)}, {}
+    dot_call, dot_flops = matmul_peak_call(mm_n)
+    calls, flops = {"jnp_dot": dot_call}, {}
     for b in batches:
         prompts = rng.integers(100, cfg.vocab_size, size=(b, P)).astype(np.int32)
-        flops[str(b)] = (flop_counts(cfg, b, P, P + new_tokens)["total"]
-                         + new_tokens * flop_counts(cfg, b, 1, P + new_tokens)["total"])
+        flops[str(b)] = generate_flops(cfg, b, b, P, new_tokens)
         calls[str(b)] = lambda prompts=prompts: jaxsteer.generate(
             model, prompts, max_new_tokens=new_tokens, temperature=1.0, stop_tokens=[], bucket=P)
     log(f"decode batch sweep: B in {batches}, {P}-token prompts, {new_tokens} new tokens ...")
-    _, _, wall, cpu, _ = warm_and_measure(calls, reps, "decode sweep")
-    peak, peak_cpu = (2.0 * mm_n**3 / _med(t["jnp_dot"]) / 1e9 for t in (wall, cpu))
-    out: dict[str, Any] = {"prompt_tokens": P, "new_tokens": new_tokens, "jnp_dot_gflops_same_rounds": peak,
+    r = warm_and_measure(calls, reps, "decode sweep")
+    peak, peak_cpu = r.peak(dot_flops)
+    med, cmed = r.med, r.cmed
+    out: dict[str, Any] = {"prompt_tokens": P, "new_tokens": new_tokens, "jnp_dot_gflops_same_rounds": peak / 1e9,
                            "by_batch": {}}
     for b in map(str, batches):
         n_tok = int(b) * new_tokens
         row = out["by_batch"][b] = {
-            "median_s": _med(wall[b]), "tokens_per_s": n_tok / _med(wall[b]), "tokens_per_cpu_s": n_tok / _med(cpu[b]),
-            "mfu": mfu(flops[b], _med(wall[b]), peak), "mfu_cpu_time": mfu(flops[b], _med(cpu[b]), peak_cpu)}
+            "median_s": med[b], "tokens_per_s": n_tok / med[b], "tokens_per_cpu_s": n_tok / cmed[b],
+            "mfu": mfu(flops[b], med[b], peak), "mfu_cpu_time": mfu(flops[b], cmed[b], peak_cpu)}
         log(f"  B={b}: {row['tokens_per_cpu_s']:.0f} tok per CPU-s, MFU {row['mfu']:.2f} (CPU time {row['mfu_cpu_time']:.2f})")
     return out
+
+
+# --------------------------------------------------------------------------- result entries
+
+
+def _timing_entry(r: Rounds, name: str, n_tokens: int) -> dict[str, Any]:
+    """First call, compile and round times of the jaxsteer-side call `name`; tokens per second."""
+    return {
+        "compile_plus_first_run_s": r.first[name],
+        "compile_s": r.compile[name],
+        "times_s": r.wall[name], "median_s": r.med[name],
+        "tokens_per_s": n_tokens / r.med[name],
+        "tokens_per_s_best": n_tokens / r.best[name],
+    }
+
+
+def _steer_entry(r: Rounds, n_tokens: int) -> dict[str, Any]:
+    """The "steer" call's times and its overhead over plain "jaxsteer" in the same rounds."""
+    med, cmed, best = r.med, r.cmed, r.best
+    return {
+        "compile_plus_first_run_s": r.first["steer"], "compile_s": r.compile["steer"],
+        "times_s": r.wall["steer"], "median_s": med["steer"], "tokens_per_s": n_tokens / med["steer"],
+        "overhead_pct": 100 * (med["steer"] / med["jaxsteer"] - 1),
+        "overhead_pct_best": 100 * (best["steer"] / best["jaxsteer"] - 1),
+        "cpu_times_s": r.cpu["steer"],
+        "overhead_pct_cpu": 100 * (cmed["steer"] / cmed["jaxsteer"] - 1),
+    }
+
+
+def _ratios_vs_hf(r: Rounds) -> dict[str, float]:
+    """How many times faster jaxsteer (and steer) ran than HF in the same rounds."""
+    med, cmed, best = r.med, r.cmed, r.best
+    return {
+        "ratio_jaxsteer_over_hf": med["hf"] / med["jaxsteer"],
+        "ratio_jaxsteer_over_hf_best": best["hf"] / best["jaxsteer"],
+        "ratio_jaxsteer_over_hf_cpu_time": cmed["hf"] / cmed["jaxsteer"],
+        "ratio_steer_over_hf": med["hf"] / med["steer"],
+    }
+
+
+# --------------------------------------------------------------------------- the measured phases
+
+
+def measure_roofline(sz: dict[str, int]) -> dict[str, Any]:
+    log(f"matmul roofline: {sz['mm_n']}^2 float32 ...")
+    roof = matmul_roofline(sz["mm_n"], sz["mm_reps"])
+    log(f"  jax {roof['jax_gflops']:.1f} GFLOP/s, torch {roof['torch_gflops']:.1f} GFLOP/s")
+    return roof
+
+
+def measure_decode_shaped(cfg, sz: dict[str, int], quick: bool) -> dict[str, Any]:
+    batches = [8, 32] if quick else [1, 8, 32, 64, 128, 256, 512]
+    log(f"decode-shaped matmuls [B, {cfg.d_model}] x [{cfg.d_model}, {cfg.d_mlp}] for B in {batches} ...")
+    shaped = matmul_shapes(cfg.d_model, cfg.d_mlp, batches, sz["mm_reps"], sz["mm_n"])
+    log("  fraction of the large matmul (CPU time): "
+        + ", ".join(f"B={b}: {x:.2f}" for b, x in shaped["fraction_of_large_cpu_time"].items()))
+    return shaped
+
+
+def measure_prefill(model, hf, steer, sz: dict[str, int], roof: dict[str, Any]) -> dict[str, Any]:
+    """Prefill of `pf_B x pf_T` random tokens, full logits: jaxsteer, steer, HF and the large
+    matmul in interleaved rounds; rates, MFU, steer overhead, ratios, logit difference to HF."""
+    cfg = model.config
+    B, T = sz["pf_B"], sz["pf_T"]
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(B, T), dtype=np.int32)
+    fl = forward_flop_terms(cfg, B, T)  # full logits: every position through the unembedding
+    log(f"prefill B={B} T={T} (load {_loadavg()}) ...")
+    dot_call, dot_flops = matmul_peak_call(sz["mm_n"])
+    r = warm_and_measure(prefill_calls(model, hf, tokens, steer, dot_call), sz["pf_reps"], "prefill")
+    med, cmed, total = r.med, r.cmed, fl["total"]
+    peak, peak_cpu = r.peak(dot_flops)
+    prefill: dict[str, Any] = {
+        "batch": B, "seq_len": T, "tokens": B * T, "padding": False, "logits": "full [B, T, V] float32 on both sides",
+        "flop_formula": FLOP_COUNT, "flops": fl,
+        "jnp_dot_gflops_same_rounds": peak / 1e9,
+        "jaxsteer": {
+            **_timing_entry(r, "jaxsteer", B * T),
+            "gflops_achieved": total / med["jaxsteer"] / 1e9,
+            "mfu": mfu(total, med["jaxsteer"], peak),
+            "fraction_of_jax_matmul_roofline": mfu(total, med["jaxsteer"], roof["jax_gflops"] * 1e9),
+            "fraction_of_jnp_dot_same_rounds": mfu(total, med["jaxsteer"], peak),
+            "cpu_times_s": r.cpu["jaxsteer"],
+            "gflops_per_cpu_s": total / cmed["jaxsteer"] / 1e9,
+            "fraction_of_jnp_dot_per_cpu_s": mfu(total, cmed["jaxsteer"], peak_cpu),
+        },
+        "steer": _steer_entry(r, B * T),
+    }
+    log(f"  jaxsteer {B * T / med['jaxsteer']:.0f} tok/s ({prefill['jaxsteer']['gflops_achieved']:.1f} GFLOP/s, "
+        f"{100 * prefill['jaxsteer']['fraction_of_jax_matmul_roofline']:.0f}% of jnp.dot), "
+        f"steer overhead {prefill['steer']['overhead_pct']:+.1f}%")
+    if hf is not None:
+        prefill["hf"] = {
+            "first_run_s": r.first["hf"], "times_s": r.wall["hf"], "median_s": med["hf"],
+            "tokens_per_s": B * T / med["hf"], "tokens_per_s_best": B * T / r.best["hf"],
+            "gflops_achieved": total / med["hf"] / 1e9,
+            "mfu": mfu(total, med["hf"], peak),
+            "mfu_cpu_time": mfu(total, cmed["hf"], peak_cpu),
+            "fraction_of_torch_matmul_roofline": mfu(total, med["hf"], roof["torch_gflops"] * 1e9),
+            "cpu_times_s": r.cpu["hf"],
+        }
+        prefill.update(_ratios_vs_hf(r))
+        prefill["max_abs_logit_diff_vs_hf"] = float(np.max(np.abs(r.outs["hf"].numpy() - np.asarray(r.outs["jaxsteer"]))))
+        log(f"  HF {B * T / med['hf']:.0f} tok/s; jaxsteer/HF = {prefill['ratio_jaxsteer_over_hf']:.2f}x; "
+            f"max |dlogit| = {prefill['max_abs_logit_diff_vs_hf']:.2e}")
+    return prefill
+
+
+def measure_decode(model, hf, tok, steer, sz: dict[str, int]) -> dict[str, Any]:
+    """Sampled decode of `dec_B` chat prompts, `dec_N` new tokens (whole generate calls): jaxsteer,
+    steer, HF and the large matmul in interleaved rounds; rates, MFU, steer overhead, ratios."""
+    from jaxsteer.models.generate import tokenize_prompts
+
+    dB, dN = sz["dec_B"], sz["dec_N"]
+    seqs = tokenize_prompts(tok, chat_prompts(dB), chat=True)
+    lens = [len(s) for s in seqs]
+    log(f"decode B={dB} new={dN} prompt lengths {min(lens)}..{max(lens)} (load {_loadavg()}) ...")
+    dot_call, dot_flops = matmul_peak_call(sz["mm_n"])
+    calls, info = decode_calls(model, hf, tok, seqs, dN, steer, dot_call)
+    reps = {"jaxsteer": sz["dec_reps"], "steer": sz["dec_reps"], "hf": sz["hf_dec_reps"], "jnp_dot": sz["dec_reps"]}
+    r = warm_and_measure(calls, reps, "decode", info.get("warmups"))
+    med, cmed = r.med, r.cmed
+    peak, peak_cpu = r.peak(dot_flops)  # per CPU second: robust to other load
+    # model FLOPs of the prompts' real tokens (padding excluded): the same count for jaxsteer and HF
+    dec_fl = generate_flops(model.config, dB, dB, sum(lens) / dB, dN)
+    decode: dict[str, Any] = {
+        "batch": dB, "new_tokens": dN, "temperature": 1.0, "stop_tokens": "none", "prompt_lengths": lens,
+        "timing_includes": "the whole generate call: prompt prefill + sampling loop",
+        "jnp_dot_gflops_same_rounds": peak / 1e9,
+        "jaxsteer": {
+            "prompt_padded_len": info["jaxsteer_prompt_padded_len"],
+            **_timing_entry(r, "jaxsteer", dB * dN),
+            "flops_per_call": dec_fl, "gflops_achieved": dec_fl / med["jaxsteer"] / 1e9,
+            "mfu": mfu(dec_fl, med["jaxsteer"], peak),
+            "mfu_cpu_time": mfu(dec_fl, cmed["jaxsteer"], peak_cpu),
+            "cpu_times_s": r.cpu["jaxsteer"],
+        },
+        "steer": _steer_entry(r, dB * dN),
+    }
+    log(f"  jaxsteer {dB * dN / med['jaxsteer']:.0f} tok/s (compile {decode['jaxsteer']['compile_s']:.1f}s), "
+        f"steer overhead {decode['steer']['overhead_pct']:+.1f}%")
+    if hf is not None:
+        decode["hf"] = {
+            "prompt_padded_len": info["hf_prompt_padded_len"],
+            "warmup_s": r.first["hf"], "times_s": r.wall["hf"], "median_s": med["hf"], "cpu_times_s": r.cpu["hf"],
+            "tokens_per_s": dB * dN / med["hf"], "tokens_per_s_best": dB * dN / r.best["hf"],
+            "settings": "do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=max_new_tokens",
+            "mfu": mfu(dec_fl, med["hf"], peak),
+            "mfu_cpu_time": mfu(dec_fl, cmed["hf"], peak_cpu),
+        }
+        decode.update(_ratios_vs_hf(r))
+        log(f"  HF {dB * dN / med['hf']:.0f} tok/s; jaxsteer/HF = {decode['ratio_jaxsteer_over_hf']:.2f}x")
+    return decode
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -399,6 +554,27 @@ def llamacpp_bench(
     }
 
 
+def measure_llamacpp(path: pathlib.Path, sz: dict[str, int], vocab: int) -> dict[str, Any]:
+    """llama.cpp with one thread per core, then (if that worked) with one thread, under "one_thread"."""
+    log(f"llama.cpp (load {_loadavg()}) ...")
+    result: dict[str, Any] = {}
+    for threads in dict.fromkeys([os.cpu_count(), 1]):
+        try:
+            lc = llamacpp_bench(path, sz["lc_prefill"], sz["lc_new"], sz["lc_reps"], vocab, threads)
+        except Exception as err:
+            lc = {"status": f"failed: {type(err).__name__}: {err}"}
+        if threads == os.cpu_count():
+            result = lc
+        else:  # llama.cpp's spinning thread pool suffers most when other processes share the cores
+            result["one_thread"] = lc
+        if lc.get("status") != "ok":
+            log("  llama.cpp", lc["status"])
+            break
+        log(f"  llama.cpp ({threads} threads) prefill {lc['prefill']['tokens_per_s']:.0f} tok/s, "
+            f"decode {lc['decode']['tokens_per_s']:.1f} tok/s")
+    return result
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -413,7 +589,7 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (smoke test)")
     ap.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face transformers side")
@@ -422,27 +598,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--set", default="", help="override sizes, e.g. pf_reps=2,dec_N=32 (keys: see 'sizes' in the output)")
     ap.add_argument("--decode-batches", type=lambda t: [int(x) for x in t.split(",")], default=[],
                     help="also time jaxsteer decode alone at these batch sizes (e.g. 8,32,128): short prompts, sweep_N new tokens")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    import torch
 
-    torch.set_num_threads(os.cpu_count())
-
-    if args.quick:
+def sizes(quick: bool, overrides: str) -> dict[str, int]:
+    """Batch sizes, lengths and repetitions: --quick's or the full run's, then --set's overrides."""
+    if quick:
         sz = dict(pf_B=2, pf_T=32, pf_reps=2, dec_B=4, dec_N=8, dec_reps=1, hf_dec_reps=1, mm_n=512, mm_reps=3,
                   lc_prefill=64, lc_new=8, lc_reps=1, sweep_N=8)
     else:
         sz = dict(pf_B=16, pf_T=256, pf_reps=3, dec_B=32, dec_N=64, dec_reps=3, hf_dec_reps=2, mm_n=2048, mm_reps=10,
                   lc_prefill=512, lc_new=64, lc_reps=3, sweep_N=32)
-
-    for item in filter(None, args.set.split(",")):
+    for item in filter(None, overrides.split(",")):
         key, _, value = item.partition("=")
         if key not in sz:
             raise SystemExit(f"--set: unknown size {key!r}; known: {', '.join(sz)}")
         sz[key] = int(value)
-    t_start = time.perf_counter()
-    result: dict[str, Any] = {"benchmark": "jaxsteer.inference", "quick": args.quick, "sizes": sz}
+    return sz
+
+
+def new_result(quick: bool, sz: dict[str, int]) -> dict[str, Any]:
+    """The result's header: benchmark, sizes, machine (load average at the start) and method."""
+    import torch
+
+    result: dict[str, Any] = {"benchmark": "jaxsteer.inference", "quick": quick, "sizes": sz}
     result["machine"] = machine_info()
     result["machine"]["loadavg_start"] = _loadavg()
     result["machine"]["torch_parallel"] = torch.__config__.parallel_info().splitlines()[:6]
@@ -453,192 +632,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "only ever adds time)"
     )
     log("machine:", result["machine"]["cpu_model"], f"{result['machine']['cores']} cores, load", _loadavg())
-    path = gguf_path()
-    result["model"] = {"alias": MODEL_ALIAS, "gguf": str(path), "dtype": "float32 (dequantised from Q4_1) on both sides"}
+    return result
 
-    log(f"matmul roofline: {sz['mm_n']}^2 float32 ...")
-    roof = matmul_roofline(sz["mm_n"], sz["mm_reps"])
-    result["matmul"] = roof
-    log(f"  jax {roof['jax_gflops']:.1f} GFLOP/s, torch {roof['torch_gflops']:.1f} GFLOP/s")
 
+def load_jaxsteer_side(model_info: dict[str, Any]):
+    """`(model, tokenizer)`; the model's shape and load time go into `model_info`."""
     log("loading jaxsteer model ...")
     with contextlib.redirect_stderr(io.StringIO()):  # the loader's per-tensor progress bar
         model, tok, load_s = load_jaxsteer()
-    cfg = model.config
-    result["model"].update(_cfg_summary(cfg))
-    result["model"]["jaxsteer_load_s"] = load_s
-    steer = make_steer(model)
-    batches = [8, 32] if args.quick else [1, 8, 32, 64, 128, 256, 512]
-    log(f"decode-shaped matmuls [B, {cfg.d_model}] x [{cfg.d_model}, {cfg.d_mlp}] for B in {batches} ...")
-    shaped = result["matmul_decode_shaped"] = matmul_shapes(cfg.d_model, cfg.d_mlp, batches, sz["mm_reps"], sz["mm_n"])
-    log("  fraction of the large matmul (CPU time): "
-        + ", ".join(f"B={b}: {x:.2f}" for b, x in shaped["fraction_of_large_cpu_time"].items()))
-    hf = None
-    if args.skip_hf:
-        result["hf"] = {"status": "skipped: --skip-hf"}
-    else:
-        log("loading HF transformers model (GGUF dequantised to float32, eager attention) ...")
-        hf, hf_load_s = load_hf(path)
-        result["hf"] = {"status": "ok", "load_s": hf_load_s, "attn_implementation": "eager",
-                        "threads": torch.get_num_threads()}
+    model_info.update(_cfg_summary(model.config))
+    model_info["jaxsteer_load_s"] = load_s
+    return model, tok
 
-    # ---- prefill
-    B, T = sz["pf_B"], sz["pf_T"]
-    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(B, T), dtype=np.int32)
-    fl = flop_counts(cfg, B, T)
-    log(f"prefill B={B} T={T} (load {_loadavg()}) ...")
-    first, comp, times, cpu, outs = warm_and_measure(
-        prefill_calls(model, hf, tokens, steer, sz["mm_n"]), sz["pf_reps"], "prefill"
-    )
-    med = {k: _med(v) for k, v in times.items()}
-    cmed = {k: _med(v) for k, v in cpu.items()}
-    best = {k: min(v) for k, v in times.items()}
-    dot_gflops = 2.0 * sz["mm_n"] ** 3 / med["jnp_dot"] / 1e9
-    prefill: dict[str, Any] = {
-        "batch": B, "seq_len": T, "tokens": B * T, "padding": False, "logits": "full [B, T, V] float32 on both sides",
-        "flop_formula": FLOP_FORMULA, "flops": fl,
-        "jnp_dot_gflops_same_rounds": dot_gflops,
-        "jaxsteer": {
-            "compile_plus_first_run_s": first["jaxsteer"],
-            "compile_s": comp["jaxsteer"],
-            "times_s": times["jaxsteer"], "median_s": med["jaxsteer"],
-            "tokens_per_s": B * T / med["jaxsteer"],
-            "tokens_per_s_best": B * T / best["jaxsteer"],
-            "gflops_achieved": fl["total"] / med["jaxsteer"] / 1e9,
-            "mfu": mfu(fl["total"], med["jaxsteer"], dot_gflops),
-            "fraction_of_jax_matmul_roofline": fl["total"] / med["jaxsteer"] / 1e9 / roof["jax_gflops"],
-            "fraction_of_jnp_dot_same_rounds": fl["total"] / med["jaxsteer"] / 1e9 / dot_gflops,
-            "cpu_times_s": cpu["jaxsteer"],
-            "gflops_per_cpu_s": fl["total"] / cmed["jaxsteer"] / 1e9,
-            "fraction_of_jnp_dot_per_cpu_s": (fl["total"] / cmed["jaxsteer"]) / (2.0 * sz["mm_n"] ** 3 / cmed["jnp_dot"]),
-        },
-        "steer": {
-            "compile_plus_first_run_s": first["steer"], "compile_s": comp["steer"],
-            "times_s": times["steer"], "median_s": med["steer"], "tokens_per_s": B * T / med["steer"],
-            "overhead_pct": 100 * (med["steer"] / med["jaxsteer"] - 1),
-            "overhead_pct_best": 100 * (best["steer"] / best["jaxsteer"] - 1),
-            "cpu_times_s": cpu["steer"],
-            "overhead_pct_cpu": 100 * (cmed["steer"] / cmed["jaxsteer"] - 1),
-        },
-    }
-    log(f"  jaxsteer {B * T / med['jaxsteer']:.0f} tok/s ({prefill['jaxsteer']['gflops_achieved']:.1f} GFLOP/s, "
-        f"{100 * prefill['jaxsteer']['fraction_of_jax_matmul_roofline']:.0f}% of jnp.dot), "
-        f"steer overhead {prefill['steer']['overhead_pct']:+.1f}%")
-    if hf is not None:
-        prefill["hf"] = {
-            "first_run_s": first["hf"], "times_s": times["hf"], "median_s": med["hf"],
-            "tokens_per_s": B * T / med["hf"], "tokens_per_s_best": B * T / best["hf"],
-            "gflops_achieved": fl["total"] / med["hf"] / 1e9,
-            "mfu": mfu(fl["total"], med["hf"], dot_gflops),
-            "mfu_cpu_time": (fl["total"] / cmed["hf"]) / (2.0 * sz["mm_n"] ** 3 / cmed["jnp_dot"]),
-            "fraction_of_torch_matmul_roofline": fl["total"] / med["hf"] / 1e9 / roof["torch_gflops"],
-            "cpu_times_s": cpu["hf"],
-        }
-        prefill["ratio_jaxsteer_over_hf"] = med["hf"] / med["jaxsteer"]
-        prefill["ratio_jaxsteer_over_hf_best"] = best["hf"] / best["jaxsteer"]
-        prefill["ratio_jaxsteer_over_hf_cpu_time"] = cmed["hf"] / cmed["jaxsteer"]
-        prefill["ratio_steer_over_hf"] = med["hf"] / med["steer"]
-        prefill["max_abs_logit_diff_vs_hf"] = float(np.max(np.abs(outs["hf"].numpy() - np.asarray(outs["jaxsteer"]))))
-        log(f"  HF {B * T / med['hf']:.0f} tok/s; jaxsteer/HF = {prefill['ratio_jaxsteer_over_hf']:.2f}x; "
-            f"max |dlogit| = {prefill['max_abs_logit_diff_vs_hf']:.2e}")
-    del outs
-    gc.collect()
 
-    # ---- decode
-    from jaxsteer.models.generate import tokenize_prompts
+def load_hf_side(path: pathlib.Path, skip: bool) -> tuple[Any, dict[str, Any]]:
+    """`(hf model or None, result["hf"])`."""
+    import torch
 
-    dB, dN = sz["dec_B"], sz["dec_N"]
-    seqs = tokenize_prompts(tok, chat_prompts(dB), chat=True)
-    lens = [len(s) for s in seqs]
-    log(f"decode B={dB} new={dN} prompt lengths {min(lens)}..{max(lens)} (load {_loadavg()}) ...")
-    calls, info = decode_calls(model, hf, tok, seqs, dN, steer, sz["mm_n"])
-    reps = {"jaxsteer": sz["dec_reps"], "steer": sz["dec_reps"], "hf": sz["hf_dec_reps"], "jnp_dot": sz["dec_reps"]}
-    first, comp, times, cpu, outs = warm_and_measure(calls, reps, "decode", info.get("warmups"))
-    del outs
-    med = {k: _med(v) for k, v in times.items()}
-    cmed = {k: _med(v) for k, v in cpu.items()}
-    best = {k: min(v) for k, v in times.items()}
-    P = info["jaxsteer_prompt_padded_len"]
-    S = P + dN
-    # prompt forward (P queries over the S-slot cache) + N one-token steps (each over all S slots, as computed)
-    dec_fl = flop_counts(cfg, dB, P, S)["total"] + dN * flop_counts(cfg, dB, 1, S)["total"]
-    dec_peak = 2.0 * sz["mm_n"] ** 3 / med["jnp_dot"] / 1e9
-    dec_peak_cpu = 2.0 * sz["mm_n"] ** 3 / cmed["jnp_dot"] / 1e9  # per CPU second: robust to other load
-    decode: dict[str, Any] = {
-        "batch": dB, "new_tokens": dN, "temperature": 1.0, "stop_tokens": "none", "prompt_lengths": lens,
-        "timing_includes": "the whole generate call: prompt prefill + sampling loop",
-        "jnp_dot_gflops_same_rounds": dec_peak,
-        "jaxsteer": {
-            "prompt_padded_len": P,
-            "compile_plus_first_run_s": first["jaxsteer"],
-            "compile_s": comp["jaxsteer"],
-            "times_s": times["jaxsteer"], "median_s": med["jaxsteer"],
-            "tokens_per_s": dB * dN / med["jaxsteer"], "tokens_per_s_best": dB * dN / best["jaxsteer"],
-            "flops_per_call": dec_fl, "gflops_achieved": dec_fl / med["jaxsteer"] / 1e9,
-            "mfu": mfu(dec_fl, med["jaxsteer"], dec_peak),
-            "mfu_cpu_time": mfu(dec_fl, cmed["jaxsteer"], dec_peak_cpu),
-            "cpu_times_s": cpu["jaxsteer"],
-        },
-        "steer": {
-            "compile_plus_first_run_s": first["steer"], "compile_s": comp["steer"],
-            "times_s": times["steer"], "median_s": med["steer"], "tokens_per_s": dB * dN / med["steer"],
-            "overhead_pct": 100 * (med["steer"] / med["jaxsteer"] - 1),
-            "overhead_pct_best": 100 * (best["steer"] / best["jaxsteer"] - 1),
-            "cpu_times_s": cpu["steer"],
-            "overhead_pct_cpu": 100 * (cmed["steer"] / cmed["jaxsteer"] - 1),
-        },
-    }
-    log(f"  jaxsteer {dB * dN / med['jaxsteer']:.0f} tok/s (compile {decode['jaxsteer']['compile_s']:.1f}s), "
-        f"steer overhead {decode['steer']['overhead_pct']:+.1f}%")
-    if hf is not None:
-        decode["hf"] = {
-            "prompt_padded_len": info["hf_prompt_padded_len"],
-            "warmup_s": first["hf"], "times_s": times["hf"], "median_s": med["hf"], "cpu_times_s": cpu["hf"],
-            "tokens_per_s": dB * dN / med["hf"], "tokens_per_s_best": dB * dN / best["hf"],
-            "settings": "do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=max_new_tokens",
-        }
-        hP = info["hf_prompt_padded_len"]  # HF's cache grows: count its keys as if all P + N slots were there
-        hf_fl = flop_counts(cfg, dB, hP, hP + dN)["total"] + dN * flop_counts(cfg, dB, 1, hP + dN)["total"]
-        decode["hf"]["mfu"] = mfu(hf_fl, med["hf"], dec_peak)
-        decode["hf"]["mfu_cpu_time"] = mfu(hf_fl, cmed["hf"], dec_peak_cpu)
-        decode["ratio_jaxsteer_over_hf"] = med["hf"] / med["jaxsteer"]
-        decode["ratio_jaxsteer_over_hf_best"] = best["hf"] / best["jaxsteer"]
-        decode["ratio_jaxsteer_over_hf_cpu_time"] = cmed["hf"] / cmed["jaxsteer"]
-        decode["ratio_steer_over_hf"] = med["hf"] / med["steer"]
-        log(f"  HF {dB * dN / med['hf']:.0f} tok/s; jaxsteer/HF = {decode['ratio_jaxsteer_over_hf']:.2f}x")
-    del hf, calls
-    gc.collect()
-    if args.decode_batches:
-        result["decode_batch_sweep"] = decode_batch_sweep(model, args.decode_batches, sz["sweep_N"], sz["dec_reps"],
-                                                          sz["mm_n"])
+    if skip:
+        return None, {"status": "skipped: --skip-hf"}
+    log("loading HF transformers model (GGUF dequantised to float32, eager attention) ...")
+    hf, hf_load_s = load_hf(path)
+    return hf, {"status": "ok", "load_s": hf_load_s, "attn_implementation": "eager", "threads": torch.get_num_threads()}
 
-    result["prefill"] = prefill
-    result["decode"] = decode
-    result["steer_overhead_pct"] = {
-        "prefill": prefill["steer"]["overhead_pct"], "decode": decode["steer"]["overhead_pct"],
-        "prefill_cpu_time": prefill["steer"]["overhead_pct_cpu"], "decode_cpu_time": decode["steer"]["overhead_pct_cpu"],
-    }
 
-    # ---- llama.cpp
-    if args.skip_llamacpp:
-        result["llamacpp"] = {"status": "skipped: --skip-llamacpp"}
-    else:
-        log(f"llama.cpp (load {_loadavg()}) ...")
-        for threads in dict.fromkeys([os.cpu_count(), 1]):
-            try:
-                lc = llamacpp_bench(path, sz["lc_prefill"], sz["lc_new"], sz["lc_reps"], cfg.vocab_size, threads)
-            except Exception as err:
-                lc = {"status": f"failed: {type(err).__name__}: {err}"}
-            if threads == os.cpu_count():
-                result["llamacpp"] = lc
-            else:  # llama.cpp's spinning thread pool suffers most when other processes share the cores
-                result["llamacpp"]["one_thread"] = lc
-            if lc.get("status") != "ok":
-                log("  llama.cpp", lc["status"])
-                break
-            log(f"  llama.cpp ({threads} threads) prefill {lc['prefill']['tokens_per_s']:.0f} tok/s, "
-                f"decode {lc['decode']['tokens_per_s']:.1f} tok/s")
-
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of `result`, gathered under result["summary"]."""
+    prefill, decode, roof = result["prefill"], result["decode"], result["matmul"]
     summary = {
         "prefill_tokens_per_s": {"jaxsteer": prefill["jaxsteer"]["tokens_per_s"],
                                  "hf": prefill.get("hf", {}).get("tokens_per_s")},
@@ -650,7 +670,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "decode_mfu": {"jaxsteer": decode["jaxsteer"]["mfu"], "hf": decode.get("hf", {}).get("mfu")},
         "decode_mfu_cpu_time": {"jaxsteer": decode["jaxsteer"]["mfu_cpu_time"],
                                 "hf": decode.get("hf", {}).get("mfu_cpu_time")},
-        "matmul_decode_shaped_fraction_cpu_time": shaped["fraction_of_large_cpu_time"],
+        "matmul_decode_shaped_fraction_cpu_time": result["matmul_decode_shaped"]["fraction_of_large_cpu_time"],
         "prefill_fraction_of_matmul_roofline": prefill["jaxsteer"]["fraction_of_jax_matmul_roofline"],
         "prefill_fraction_of_jnp_dot_same_rounds": prefill["jaxsteer"]["fraction_of_jnp_dot_same_rounds"],
         "prefill_fraction_of_jnp_dot_per_cpu_s": prefill["jaxsteer"]["fraction_of_jnp_dot_per_cpu_s"],
@@ -662,13 +682,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "decode_compile_s": decode["jaxsteer"]["compile_s"],
         "steer_overhead_pct": result["steer_overhead_pct"],
         "matmul_gflops": {"jax": roof["jax_gflops"], "torch": roof["torch_gflops"],
-                          "jax_in_prefill_rounds": dot_gflops},
+                          "jax_in_prefill_rounds": prefill["jnp_dot_gflops_same_rounds"]},
     }
     lc = result.get("llamacpp", {})
     if lc.get("status") == "ok":
         summary["llamacpp_q4_1_tokens_per_s"] = {"prefill_b1": lc["prefill"]["tokens_per_s"],
                                                  "decode_b1": lc["decode"]["tokens_per_s"]}
-    result["summary"] = summary
+    return summary
+
+
+def steer_overheads(prefill: dict[str, Any], decode: dict[str, Any]) -> dict[str, float]:
+    return {
+        "prefill": prefill["steer"]["overhead_pct"], "decode": decode["steer"]["overhead_pct"],
+        "prefill_cpu_time": prefill["steer"]["overhead_pct_cpu"], "decode_cpu_time": decode["steer"]["overhead_pct_cpu"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    sz = sizes(args.quick, args.set)
+    t_start = time.perf_counter()
+    result = new_result(args.quick, sz)
+    path = gguf_path()
+    result["model"] = {"alias": MODEL_ALIAS, "gguf": str(path), "dtype": "float32 (dequantised from Q4_1) on both sides"}
+    result["matmul"] = measure_roofline(sz)
+    model, tok = load_jaxsteer_side(result["model"])
+    steer = make_steer(model)
+    result["matmul_decode_shaped"] = measure_decode_shaped(model.config, sz, args.quick)
+    hf, result["hf"] = load_hf_side(path, args.skip_hf)
+
+    prefill = measure_prefill(model, hf, steer, sz, result["matmul"])
+    gc.collect()  # the prefill's full logits
+    decode = measure_decode(model, hf, tok, steer, sz)
+    del hf
+    gc.collect()
+    if args.decode_batches:
+        result["decode_batch_sweep"] = decode_batch_sweep(model, args.decode_batches, sz["sweep_N"], sz["dec_reps"],
+                                                          sz["mm_n"])
+    result["prefill"] = prefill
+    result["decode"] = decode
+    result["steer_overhead_pct"] = steer_overheads(prefill, decode)
+    if args.skip_llamacpp:
+        result["llamacpp"] = {"status": "skipped: --skip-llamacpp"}
+    else:
+        result["llamacpp"] = measure_llamacpp(path, sz, model.config.vocab_size)
+    result["summary"] = summarize(result)
     result["machine"]["loadavg_end"] = _loadavg()
     result["wall_s"] = time.perf_counter() - t_start
     log(f"done in {result['wall_s']:.0f}s")
