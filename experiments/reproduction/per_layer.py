@@ -83,6 +83,9 @@ def section(result: dict) -> str:
     late = [p for p in pts if p["layer"] >= 20]
     early = [p for p in pts if p["layer"] < 10]
     lines += ["", f"Best single layer: {best['layer']} ({common.pct(best['lenient'])})."]
+    if base:
+        above = [p["layer"] for p in pts if p["lenient"]["acc"] > base["acc"] and p["lenient"]["lo"] > base["hi"]]
+        lines.append(f"Layers whose interval lies wholly above the base model's: {', '.join(map(str, above)) or 'none'}.")
     if result.get("all_layers"):
         lines.append(f"For reference, all 30 vectors trained together for 20 steps (table1, n = 200): "
                      f"{common.pct(result['all_layers'])}. A single vector gets 1/30 of the parameters and here half "

@@ -82,7 +82,8 @@ def part_section(name: str, result: dict) -> str:
             + (" — **quick smoke-scale run, not a result**" if result.get("quick") else "") + "\n\n")
     g = result.get("git")
     if g:
-        head += (f"Code at commit `{g.get('commit')}`" + (
+        head += ((f"Assembled (--collect-only) at commit `{g.get('commit')}` from runs made earlier"
+                  if result.get("collect_only") else f"Code at commit `{g.get('commit')}`") + (
             "; library files with other sessions' uncommitted edits in the shared tree when the part started: "
             + ", ".join(f"`{f}`" for f in g["dirty_library_files"]) if g.get("dirty_library_files") else "") + ".\n\n")
     if result.get("training_runs"):
