@@ -354,8 +354,8 @@ def lens_section(r: dict) -> list[str]:
                if mid_bottom >= 2 * max(mid_top, r["vocab_non_ascii_frac"]) and mid_bottom >= 0.1 else
                "Middle layers' bottom tokens are not clearly more often non-ASCII than their top tokens or the "
                "vocabulary: the paper's "
-               "de-emphasis of non-English tokens does not show here (our guess: a short run moves the vectors little from "
-               "zero; SmolLM2's vocabulary is mostly English).")]
+               "de-emphasis of non-English tokens does not show here (our guess: on GSM8K / MATH a model can drift into "
+               "other languages and RL has a reason to suppress them; 2-digit addition in English gives it none).")]
     return lines
 
 
