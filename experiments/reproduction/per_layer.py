@@ -60,7 +60,7 @@ def figure(ctx: common.Context, points: list[dict], base: dict | None, all_layer
     ax.set_xlabel("layer of the single vector")
     ax.set_ylabel("held-out greedy accuracy (%)")
     ax.set_title(f"One RL steering vector per layer, {STEPS} steps each (95% Wilson CI)")
-    ax.legend()
+    ax.legend(loc="center right", fontsize=8)
     return ctx.save_fig(fig, "per_layer_accuracy")
 
 
