@@ -144,6 +144,12 @@ def _compare(rows: dict, paper: dict) -> list[str]:
                "not reproduced here: ESSA's population is 16 and each member sees 4 prompts (the equal-rollout "
                "budget allows 10 generations), so its fitness is a 4-problem estimate; its accuracy mostly "
                "reflects the SFT warm start (row sft_lora)."))
+    sft = rows.get("sft_lora", {}).get("lenient")
+    if essa and sft:
+        out.append(f"- ESSA vs its own SFT warm start: {100 * (essa['acc'] - sft['acc']):+.1f} points "
+                   f"({common.pct(sft)} -> {common.pct(essa)})" + (
+                       "; SFT on the reference answers did the work, the singular-value search on top of it changed "
+                       "little in its generations." if abs(essa["acc"] - sft["acc"]) < 0.05 else "."))
     if es:
         out.append(f"- OpenAI-ES on the same 17,280 steering numbers: {common.pct(es)}; with 10 generations of "
                    "16 members the ES gradient is a 16-sample estimate in 17,280 dimensions.")
