@@ -42,7 +42,11 @@ its heading; `.venv/bin/python experiments/reproduction/run.py` regenerates ever
 - **Machine**: {cpu}, {cores} cores, shared with other jobs (load average at the start and end of each
   part is stated; wall-clock on an idle machine would be shorter; CPU seconds are this process's own).
 - **Total**: {total_wall:.0f} s wall-clock ({total_min:.1f} min), {total_cpu:.0f} s CPU to regenerate the parts
-  below from nothing (every training run counted once, with the time it took when it was made).
+  below from nothing (every training run counted once, with the time it took when it was made). The machine
+  was shared with other sessions' jobs (1-minute load averages recorded at the parts' starts and ends:
+  {load_lo:.1f} to {load_hi:.1f}, on 2 cores), so wall-clock here is
+  inflated several-fold; the process's own CPU time says that an idle 2-core machine needs between
+  {cpu_half:.0f} and {cpu_min:.0f} min (CPU / 2 with both cores busy, CPU / 1 with one).
 """
 
 
@@ -102,8 +106,10 @@ def write_report(out_dir: Path, md_path: Path) -> Path:
     results = load_results(out_dir)
     mach = common.machine()
     total_wall, total_cpu = regeneration_time(results)
+    loads = [r[k][0] for r in results.values() for k in ("loadavg_start", "loadavg_end") if r.get(k)]
     text = INTRO.format(seed=common.SEED, cpu=mach["cpu"], cores=mach["cores"], total_wall=total_wall,
-                        total_min=total_wall / 60, total_cpu=total_cpu)
+                        total_min=total_wall / 60, total_cpu=total_cpu, cpu_half=total_cpu / 120, cpu_min=total_cpu / 60,
+                        load_lo=min(loads, default=0), load_hi=max(loads, default=0))
     missing = [p for p in common.PARTS if p not in results]
     if missing:
         text += "- **Not run yet**: " + ", ".join(f"`{p}`" for p in missing) + \
