@@ -50,8 +50,8 @@ def figure(ctx: common.Context, points: list[dict], base: dict | None, all_layer
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     xs = [p["layer"] for p in points]
     ys = np.array([100 * p["lenient"]["acc"] for p in points])
-    lo = ys - np.array([100 * p["lenient"]["lo"] for p in points])
-    hi = np.array([100 * p["lenient"]["hi"] for p in points]) - ys
+    lo = np.maximum(0.0, ys - np.array([100 * p["lenient"]["lo"] for p in points]))  # Wilson lo can be 1e-18 > 0
+    hi = np.maximum(0.0, np.array([100 * p["lenient"]["hi"] for p in points]) - ys)
     ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label="single-layer vector (lenient)")
     if base:
         ax.axhline(100 * base["acc"], color="gray", ls="--", label="base model")

@@ -38,7 +38,8 @@ ROWS = [
 # A prompt that asks for the papers' answer format, trained on the strict reward: the rows in which strict
 # extraction means something (YAML double quotes: \n is a newline; {{}} survives str.format as {}).
 BOXED = ['data.prompt_template="<|im_start|>user\\n{prompt} Put the number in \\\\boxed{{}}.<|im_end|>\\n'
-         '<|im_start|>assistant\\n"', "data.reward=correctness_strict", "sampling.max_new_tokens=16"]
+         '<|im_start|>assistant\\n"', "data.reward=correctness_strict", "sampling.max_new_tokens=16",
+         "plot=false"]  # the library's curves.png fails on a 0% accuracy (Wilson lower bound 1.7e-18 > 0)
 ROWS.append(("steering_boxed", "RL steering vectors, all layers, boxed prompt + strict reward", "table1_steering_boxed",
              common.STEERING_CONFIG, BOXED))
 
@@ -86,8 +87,8 @@ def figure(ctx: common.Context, rows: list[dict]) -> str:
     x = np.arange(len(rows))
     for off, mode, color in ((-0.2, "lenient", "tab:blue"), (0.2, "strict", "tab:orange")):
         vals = [100 * (r[mode] or {}).get("acc", 0) for r in rows]
-        lo = [v - 100 * (r[mode] or {}).get("lo", 0) for v, r in zip(vals, rows)]
-        hi = [100 * (r[mode] or {}).get("hi", 0) - v for v, r in zip(vals, rows)]
+        lo = [max(0.0, v - 100 * (r[mode] or {}).get("lo", 0)) for v, r in zip(vals, rows)]  # Wilson lo can be 1e-18 > 0
+        hi = [max(0.0, 100 * (r[mode] or {}).get("hi", 0) - v) for v, r in zip(vals, rows)]
         ax.bar(x + off, vals, 0.4, yerr=[lo, hi], capsize=3, color=color, label=f"{mode} extraction")
     ax.set_xticks(x)
     ax.set_xticklabels([r["key"] for r in rows], rotation=20)
