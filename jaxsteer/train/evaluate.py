@@ -39,7 +39,8 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # exact at the ends (0 and n successes), where rounding would otherwise put p just outside
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def mean_ci(values: Sequence[float], z: float = Z95) -> tuple[float, tuple[float, float]]:
