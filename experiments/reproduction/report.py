@@ -32,9 +32,9 @@ its heading; `.venv/bin/python experiments/reproduction/run.py` regenerates ever
   held-out problems from the disjoint test split (`seed=1,split=test`), greedy decoding, 12 new tokens.
 - **Answer extraction**: *lenient* = the last `\\boxed{{}}`, else `#### n`, else the last number in the
   completion (the library's training reward); *strict* = only `\\boxed{{}}` or `#### n`, as the papers
-  extract. The task's prompt asks for "just the number" and no prompt here asks for a box, so strict
-  accuracy measures whether a policy invents the papers' answer format unprompted; it is expected to be
-  near 0 for every row and is reported because the issue asks for both, not as a competing score.
+  extract. The task's prompt asks for "just the number", so with it strict accuracy measures whether a
+  policy invents the papers' answer format unprompted (expected near 0); Table 1 adds two rows with a prompt
+  that asks for `\\boxed{{}}` and a strict reward, where strict accuracy is the papers' measure.
 - **Scale**: papers use 1.5B-8B models, GSM8K / MATH, hundreds of steps with G = 16-64; here 135M
   parameters, at most 20 steps of 4 prompts x G = 8 (640 sampled completions) per RL run, on CPU; each part
   states its budget.
