@@ -77,6 +77,7 @@ class CpuStamper:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _poll(self) -> None:
+        """Stamp the records written since the last poll."""
         if not self.path.exists():
             return
         with open(self.path) as f:
@@ -189,6 +190,7 @@ class Context:
         return {**json.loads((out / "summary.json").read_text()), **timing, "reused": False}
 
     def _note(self, name: str, timing: dict, reused: bool) -> None:
+        """Record a training run the current part used (run.py puts the list in the part's JSON)."""
         self.used.append({"name": name, "wall_s": timing["wall_s"], "cpu_s": timing["cpu_s"], "reused": reused})
 
     def _wait_for_other(self, out: Path) -> bool:

@@ -68,6 +68,7 @@ def run_part(ctx: common.Context, name: str) -> dict | None:
 
 
 def main(argv=None) -> int:
+    """Parse the arguments, run the parts asked for (a failing part does not stop the others), write the report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", default=",".join(common.PARTS), help="comma-separated parts (default: all)")
     p.add_argument("--list", action="store_true", help="list the parts and whether their modules exist")

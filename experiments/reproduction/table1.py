@@ -51,6 +51,7 @@ PAPER = {"base": 29.3, "full": 86.5, "steering": 79.9, "lora": 85.4}
 
 
 def _row(key: str, label: str, summary: dict, ev: dict | None) -> dict:
+    """One table row from a run's summary and one of its evaluations (None: not run)."""
     return {
         "key": key, "label": label, "lenient": common.acc(ev, "lenient"), "strict": common.acc(ev, "strict"),
         "rollouts": summary.get("rollouts") if key not in ("base", "base_boxed", "sft_lora") else 0,
@@ -104,6 +105,7 @@ def figure(ctx: common.Context, rows: list[dict]) -> str:
 
 
 def _overlap(a: dict | None, b: dict | None) -> bool:
+    """Whether two accuracies' 95% intervals overlap."""
     return bool(a and b and a["lo"] <= b["hi"] and b["lo"] <= a["hi"])
 
 

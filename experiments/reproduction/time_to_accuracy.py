@@ -138,6 +138,7 @@ def figure(ctx: common.Context, algos: list[dict]) -> str:
 
 
 def _fmt(v, spec: str = ".0f", none: str = "not reached") -> str:
+    """`v` formatted with `spec`, or `none` for None."""
     return none if v is None else format(v, spec)
 
 
