@@ -132,5 +132,7 @@ def test_head_swap_refuses_bad_input(tiny_model):
         OnRuns(Steer(vec), runs=2, selected=(2,)).check(tiny_model.config)
     with pytest.raises(ValueError, match="split into 3 runs"):
         jaxsteer.forward(tiny_model, np.zeros((4, 3), np.int32), interventions=CrossRunPatch(runs=3))
+    with pytest.raises(ValueError, match="site must be one of"):  # before anything asks the site for heads
+        head_swap_study(tiny_model, vec, PROMPTS, [1] * len(PROMPTS), lambda c, a: True, site="attn_out")
     with pytest.raises(ValueError, match="prompts and"):
         head_swap_study(tiny_model, vec, PROMPTS, [1], lambda c, a: True)

@@ -52,6 +52,19 @@ def _vector_at(model: Model, vector: Any, layer: int) -> jnp.ndarray:
     return v
 
 
+def _check_site(site: str) -> None:
+    if site not in HEAD_SWAP_SITES:
+        raise ValueError(f"head swap: site must be one of {HEAD_SWAP_SITES}, got {site!r}")
+
+
+def _placements(s: jnp.ndarray, final: int, scale: float) -> dict[str, Steer]:
+    """The vector at the final layer's input ("steered"), after its attention ("skip attention")
+    and at its output ("skip layer")."""
+    return {"steered": Steer(s, scale=scale, site="resid_post", layers=(final - 1,)),
+            "skip attention": Steer(s, scale=scale, site="resid_mid", layers=(final,)),
+            "skip layer": Steer(s, scale=scale, site="resid_post", layers=(final,))}
+
+
 def head_swap_interventions(model: Model, vector: Any, head_mask: Any, *, layer: int | None = None,
                             route: str = "both", site: str = "z", scale: float = 1.0) -> tuple[tuple, int]:
     """`(interventions, runs)` for one head-swap condition (see the module docstring): `vector` at
@@ -59,15 +72,12 @@ def head_swap_interventions(model: Model, vector: Any, head_mask: Any, *, layer:
     layer copied from the steered run into the patched one, `route` in `HEAD_SWAP_ROUTES`."""
     if route not in HEAD_SWAP_ROUTES:
         raise ValueError(f"head swap: route must be one of {HEAD_SWAP_ROUTES}, got {route!r}")
-    if site not in HEAD_SWAP_SITES:
-        raise ValueError(f"head swap: site must be one of {HEAD_SWAP_SITES}, got {site!r}")
+    _check_site(site)
     final = _final_layer(model, layer)
-    s = _vector_at(model, vector, final - 1)
+    place = _placements(_vector_at(model, vector, final - 1), final, scale)
     runs = 2 if route == "both" else 3
-    after_attention = Steer(s, scale=scale, site="resid_mid", layers=(final,))
-    at_input = Steer(s, scale=scale, site="resid_post", layers=(final - 1,))
-    ivs = [OnRuns(after_attention, runs=runs, selected=(0,) if runs == 2 else (0, 2)),
-           OnRuns(at_input, runs=runs, selected=(1,)),
+    ivs = [OnRuns(place["skip attention"], runs=runs, selected=(0,) if runs == 2 else (0, 2)),
+           OnRuns(place["steered"], runs=runs, selected=(1,)),
            CrossRunPatch(runs=runs, source=1, target=0, head_mask=jnp.asarray(head_mask, jnp.float32), site=site,
                          layers=(final,))]
     if route != "both":  # the path that keeps the unpatched attention output takes it from run 2
@@ -158,17 +168,15 @@ def head_swap_study(model: Model, vector: Any, prompts: Sequence, answers: Seque
     per route serves all heads (the head choice is data)."""
     if len(prompts) != len(answers) or not len(prompts):
         raise ValueError(f"head swap: {len(prompts)} prompts and {len(answers)} answers; need as many, at least one")
+    _check_site(site)
     final = _final_layer(model, layer)
     n_heads = site_n_heads(site, model.config)
     heads = tuple(range(n_heads)) if heads is None else tuple(int(h) for h in heads)
-    if any(not 0 <= h < (n_heads or 0) for h in heads):
+    if any(not 0 <= h < n_heads for h in heads):
         raise ValueError(f"head swap: heads {heads} out of range for site {site!r} with {n_heads} heads")
     s = _vector_at(model, vector, final - 1)
-    plain = {"unsteered": (), "steered": (Steer(s, scale=scale, site="resid_post", layers=(final - 1,)),),
-             "skip attention": (Steer(s, scale=scale, site="resid_mid", layers=(final,)),),
-             "skip layer": (Steer(s, scale=scale, site="resid_post", layers=(final,)),)}
     head_routes = tuple(routes if head_routes is None else head_routes)
-    jobs = [(name, ivs, 1) for name, ivs in plain.items()]
+    jobs = [("unsteered", (), 1)] + [(name, (steer,), 1) for name, steer in _placements(s, final, scale).items()]
     for route in dict.fromkeys((*head_routes, *routes)):
         swaps = [(f"head {h}", np.eye(n_heads)[h]) for h in heads] if route in head_routes else []
         for label, mask in swaps + ([("all heads", np.ones(n_heads))] if route in routes else []):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .decoder import embed, run_layers, unembed
-from .interventions import as_tuple, check_all
+from .interventions import as_tuple, check_all, rows_per_run
 from .params import Model
 from .validation import check_binary_mask, check_token_ids
 
@@ -110,9 +110,7 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
     n_prompts, P = prompt.shape
     R = sampling.samples_per_prompt
     B = n_prompts * R
-    if n_prompts % sampling.runs:
-        raise ValueError(f"{n_prompts} prompt rows do not split into {sampling.runs} runs")
-    lead = B // sampling.runs
+    lead = R * rows_per_run(n_prompts, sampling.runs)
     N = sampling.max_new_tokens
     S = P + N
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)

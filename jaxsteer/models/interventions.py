@@ -311,12 +311,17 @@ class Ablate(_Where):
         return x + w * (new - x)
 
 
-def run_rows(runs: int, selected: Sequence[int], batch: int) -> jax.Array:
-    """Boolean `[batch]`: the rows of the `selected` runs in a run-major batch of `runs` runs."""
+def rows_per_run(batch: int, runs: int) -> int:
+    """Rows of each run in a run-major batch of `runs` equal runs; ValueError when it does not split."""
     if batch % runs:
         raise ValueError(f"a batch of {batch} rows does not split into {runs} runs")
+    return batch // runs
+
+
+def run_rows(runs: int, selected: Sequence[int], batch: int) -> jax.Array:
+    """Boolean `[batch]`: the rows of the `selected` runs in a run-major batch of `runs` runs."""
     onehot = jnp.zeros((runs,), bool).at[jnp.asarray(tuple(selected), jnp.int32)].set(True)
-    return jnp.repeat(onehot, batch // runs)
+    return jnp.repeat(onehot, rows_per_run(batch, runs))
 
 
 def _check_runs(name: str, runs: int, indices: Sequence[int]) -> None:
@@ -363,9 +368,7 @@ class CrossRunPatch(_Where):
             check_finite(self.head_mask, "CrossRunPatch: head_mask")
 
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
-        if x.shape[0] % self.runs:
-            raise ValueError(f"CrossRunPatch: a batch of {x.shape[0]} rows does not split into {self.runs} runs")
-        xr = x.reshape(self.runs, x.shape[0] // self.runs, *x.shape[1:])
+        xr = x.reshape(self.runs, rows_per_run(x.shape[0], self.runs), *x.shape[1:])
         src, tgt = xr[self.source], xr[self.target]
         w = self._weight(layer, tgt)
         if self.head_mask is not None:
