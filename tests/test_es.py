@@ -19,6 +19,7 @@ import pytest
 
 import jaxsteer
 from conftest import TINY_CONFIG, random_model
+from virtual_devices import device_env
 from jaxsteer.models.params import param_shapes
 from jaxsteer.train.data import Example
 from jaxsteer.train.es import (
@@ -61,8 +62,7 @@ def sharded_run():
     """The 8-virtual-device check runs in a subprocess started with the module's first test (it
     compiles in parallel with the rest); `test_sharded_population_equals_one_device` collects it."""
     tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, "-c", SHARDED.format(tests=tests)], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", SHARDED.format(tests=tests)], env=device_env(8), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     yield proc
     if proc.poll() is None:

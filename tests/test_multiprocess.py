@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 import train_toy as T
+from virtual_devices import device_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -57,8 +58,7 @@ def _config(out: str, name: str) -> str:
 
 def _launch(config: str, processes: int, devices: int, *extra: str) -> None:
     """`jaxsteer train CONFIG` as `processes` local processes with `devices` CPU devices each."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = device_env(devices)
     cmd = [sys.executable, "-m", "jaxsteer.cli", "train", config, "--logit-lens", "0", *extra]
     port = _free_port()
     procs = [subprocess.Popen(cmd + (["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),

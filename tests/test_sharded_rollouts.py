@@ -12,13 +12,7 @@ set before jax is imported).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from virtual_devices import run_script
 
 SCRIPT = r"""
 import json, re
@@ -86,11 +80,7 @@ print("RESULT" + json.dumps(out))
 
 
 def test_sharded_rollouts_equal_unsharded_and_split_the_work():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    out = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1][len("RESULT"):])
+    out = run_script(SCRIPT, devices=8, timeout=1200)
     for name in ("data8", "data4_fsdp2_steered"):
         r = out[name]
         assert r["tokens_equal"] and r["lengths_equal"] and r["logp_diff"] < 1e-4 and r["rows"] == 16, (name, r)

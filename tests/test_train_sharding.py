@@ -6,13 +6,7 @@ fine-tuning with fsdp-sharded parameters and optimizer state; LoRA)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from virtual_devices import run_script
 
 SCRIPT = r"""
 import json, sys
@@ -64,12 +58,7 @@ print("RESULT" + json.dumps(out))
 
 
 def test_sharded_step_equals_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-    out = json.loads(line[len("RESULT"):])
+    out = run_script(SCRIPT, devices=8, timeout=900)
     for kind, r in out.items():
         assert r["max_abs_diff"] <= 1e-5 * max(1.0, r["scale"]), (kind, r)
         assert abs(r["loss"][0] - r["loss"][1]) <= 1e-5, (kind, r)
