@@ -224,6 +224,17 @@ class Context:
         return np.load(self.runs_dir / STEERING_RUN / "steering_vectors.npy")
 
 
+def held_out_problems(ctx: Context, n: int, overrides=()) -> tuple:
+    """`(cfg, examples, encode)`: the steering config (with `overrides`), its first `n` held-out
+    problems and its prompt encoder (the config's template and system prompt)."""
+    from jaxsteer.train import load_config
+    from jaxsteer.train.build import PromptEncoder, load_examples
+
+    cfg = load_config(str(ROOT / STEERING_CONFIG), list(overrides))
+    _, tok = ctx.model()
+    return cfg, list(load_examples(cfg.data.eval))[:n], PromptEncoder(tok, cfg.data.prompt_template, cfg.data.system)
+
+
 def acc(ev: dict | None, mode: str = "lenient") -> dict | None:
     """{"acc", "lo", "hi", "n"} of an evaluation dict's greedy accuracy under `mode` (lenient / strict)."""
     if not ev:

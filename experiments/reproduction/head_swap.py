@@ -35,15 +35,11 @@ def _vector(ctx: common.Context) -> tuple[np.ndarray, dict]:
 
 def run(ctx: common.Context) -> dict:
     from jaxsteer.analysis import head_swap_study
-    from jaxsteer.train.build import PromptEncoder, load_examples
-    from jaxsteer.train.config import load_config
     from jaxsteer.train.rewards import correctness_reward
 
     model, tokenizer = ctx.model()
     vector, summary = _vector(ctx)
-    cfg = load_config(str(common.ROOT / common.STEERING_CONFIG), [])
-    problems = list(load_examples(cfg.data.eval))[: ctx.scale(N_PROBLEMS, 8)]
-    encode = PromptEncoder(tokenizer, cfg.data.prompt_template, cfg.data.system)
+    cfg, problems, encode = common.held_out_problems(ctx, ctx.scale(N_PROBLEMS, 8))
     prompts = [encode(p) for p in problems]
     score = lambda completion, answer: correctness_reward("", completion, answer) > 0
     ctx.log(f"head swap on {len(prompts)} problems, vector norm {np.linalg.norm(vector):.2f}")

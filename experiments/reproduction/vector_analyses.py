@@ -37,16 +37,11 @@ ADAPTIVE_OVERRIDES = ["trainable.kind=adaptive_steering", "eval.before=false"]
 def held_out(ctx: common.Context, n: int):
     """The first `n` held-out problems of table1's steering config as a `HeldOut` (greedy, strict and
     lenient extraction) and their prompt ids."""
-    from jaxsteer.train import load_config
-    from jaxsteer.train.build import PromptEncoder, load_examples
     from jaxsteer.train.evaluate import HeldOut
     from jaxsteer.train.rewards import get_reward_fn
 
-    cfg = load_config(str(common.ROOT / common.STEERING_CONFIG), [f"eval.n={n}", f"eval.batch_size={n}"])
-    _, tok = ctx.model()
-    examples = load_examples(cfg.data.eval)[:n]
-    encode = PromptEncoder(tok, cfg.data.prompt_template, cfg.data.system)
-    held = HeldOut.from_config(cfg, examples, encode, tok, get_reward_fn(cfg.data.reward))
+    cfg, examples, encode = common.held_out_problems(ctx, n, [f"eval.n={n}", f"eval.batch_size={n}"])
+    held = HeldOut.from_config(cfg, examples, encode, ctx.model()[1], get_reward_fn(cfg.data.reward))
     return held, held.prompt_ids
 
 
