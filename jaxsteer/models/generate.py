@@ -163,7 +163,8 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
     return state[2], state[3], state[5]
 
 
-def _bucket(n: int, multiple: int) -> int:
+def bucket_width(n: int, multiple: int) -> int:
+    """`n` rounded up to a multiple of `multiple` (at least one `multiple`): the padded prompt width."""
     return max(multiple, -(-n // multiple) * multiple)
 
 
@@ -328,7 +329,7 @@ def prepare_prompts(model: Model, prompt_ids: Sequence[Sequence[int]], *, tokeni
     if not prompt_ids:
         raise ValueError("no prompts given")
     seqs = [list(map(int, p)) for p in prompt_ids]
-    width = _bucket(max(len(p) for p in seqs), bucket)
+    width = bucket_width(max(len(p) for p in seqs), bucket)
     if width + max_new_tokens > model.config.max_position_embeddings:
         raise ValueError(
             f"prompt ({width} padded) + max_new_tokens ({max_new_tokens}) exceeds the model's "

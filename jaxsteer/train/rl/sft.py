@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...models.generate import bucket_width, left_pad
 from .rollout import RolloutBatch, trim_completions
 
 
@@ -37,13 +38,13 @@ def reference_batch(examples: Sequence, prompt_ids: Sequence[Sequence[int]], *, 
     advantages 1, `old_logp` 0."""
     t0 = time.perf_counter()
     targets = [target_ids(e, tokenizer, eos_id)[:max_new_tokens] for e in examples]
-    P = -(-max(len(p) for p in prompt_ids) // bucket) * bucket
+    P = bucket_width(max(len(p) for p in prompt_ids), bucket)
     N = max_new_tokens
     B = len(examples)
     tokens = np.full((B, P + N), pad_id, np.int32)
     mask = np.zeros((B, P + N), np.int32)
-    for i, (p, t) in enumerate(zip(prompt_ids, targets)):
-        tokens[i, P - len(p):P], mask[i, P - len(p):P] = p, 1
+    tokens[:, :P], mask[:, :P] = left_pad(prompt_ids, pad_id, P)
+    for i, t in enumerate(targets):
         tokens[i, P:P + len(t)], mask[i, P:P + len(t)] = t, 1
     tokens, mask, old_logp = trim_completions(tokens, mask, np.zeros((B, N), np.float32), P)
     ones = np.ones(B, np.float32)
