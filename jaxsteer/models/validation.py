@@ -1,8 +1,10 @@
 """Range and finiteness checks of inputs at the API boundary.
 
 Each check runs only on concrete values (NumPy arrays, Python numbers, fully addressable
-`jax.Array`s). Under `jit`, `grad` or `vmap` the value is a tracer and the check is skipped,
-so compiled code never waits on the device for it. The checks locate the first bad entry
+`jax.Array`s). Under `jit`, `grad` or `vmap` a value that is an argument of the traced function
+is a tracer and its check is skipped, so compiled code never waits on the device for it. A
+concrete value closed over by a traced function is still checked: its reduction runs eagerly
+(`jax.ensure_compile_time_eval`), not as part of the trace, so it never becomes a tracer. The checks locate the first bad entry
 only after a cheap whole-array test has failed.
 """
 
@@ -76,8 +78,11 @@ def check_finite(value: Any, name: str) -> None:
     if value is None or not is_concrete(value):
         return
     if isinstance(value, jax.Array):
-        if not jnp.issubdtype(value.dtype, jnp.inexact) or bool(jnp.isfinite(value).all()):
-            return
+        # Eager even inside a trace (e.g. a jax.Array closed over by a jitted or lax.map-ped
+        # function): staged into the trace, the reduction would be a tracer that bool() refuses.
+        with jax.ensure_compile_time_eval():
+            if not jnp.issubdtype(value.dtype, jnp.inexact) or bool(jnp.isfinite(value).all()):
+                return
     a = np.asarray(value)
     if not jnp.issubdtype(a.dtype, jnp.inexact):
         return
