@@ -8,6 +8,7 @@
 
 from .models import (
     SITES,
+    TL_ALIASES,
     Ablate,
     AdaptiveSteer,
     CrossRunPatch,
@@ -23,6 +24,10 @@ from .models import (
     from_hf_config,
     generate,
     init_params,
+    run_with_cache,
+    to_str_tokens,
+    to_string,
+    to_tokens,
 )
 
 from .models.loading import load

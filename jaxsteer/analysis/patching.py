@@ -46,6 +46,7 @@ from ..models.interventions import (
 )
 from ..models.generate import kv_cache
 from ..models.params import Model
+from ..models.sites import canonical_site
 from ._common import new_figure, save_figure, single_token_ids, token_strs
 
 AXES = ("layer", "position", "head")
@@ -394,6 +395,7 @@ def activation_patching(
     `fast=False` runs full forward passes instead of resuming the cached base run (the same
     numbers; needed when the base run has position-dependent interventions).
     """
+    site = canonical_site(site)
     check_site(site)
     over = _check_over(over or _default_over(site), site)
     c = model.config
@@ -486,6 +488,7 @@ class Node:
     positions: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "site", canonical_site(self.site))
         check_site(self.site)
         if self.heads is not None:
             object.__setattr__(self, "heads", tuple(int(h) for h in np.atleast_1d(self.heads)))
@@ -659,7 +662,7 @@ def attribution_patching(
     positions sum the per-position terms. Returns `{site: PatchingResult}` (method "attribution")
     with the same normalisation as `activation_patching`."""
     c = model.config
-    sites = tuple(sites)
+    sites = tuple(canonical_site(s) for s in sites)
     for s in sites:
         check_site(s)
     metric = _as_metric(metric, answers, tokenizer)

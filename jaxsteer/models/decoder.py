@@ -25,6 +25,7 @@ import numpy as np
 from .config import ModelConfig
 from .interventions import SITES, as_tuple, check_all, check_site
 from .params import Model
+from .sites import parse_site
 from .validation import check_binary_mask, check_token_ids
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row never turns into NaN
@@ -33,13 +34,40 @@ _NEG = -1e30  # finite "minus infinity": a fully masked row never turns into NaN
 class Trace(dict):
     """Recorded activations, site name -> array stacked over layers `[L, B, T, ...]`.
 
-    A dict with attribute access (`trace.resid_post`), registered as a JAX pytree."""
+    A dict with attribute access (`trace.resid_post`), registered as a JAX pytree. Indexing
+    also takes a layer and TransformerLens names, as a TransformerLens cache does:
+    `trace["resid_post", 10]`, `trace["blocks.10.hook_resid_post"]` and
+    `trace["hook_resid_post"]` (all layers) all work."""
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise KeyError(f"index a trace with a site name or (site, layer), got {key!r}")
+            return self[key[0]][key[1]]
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        site, layer = parse_site(key) if isinstance(key, str) else (key, None)
+        if not dict.__contains__(self, site):
+            raise KeyError(f"site {key!r} was not recorded (recorded: {sorted(self)})")
+        values = dict.__getitem__(self, site)
+        return values if layer is None else values[layer]
 
     def __getattr__(self, name: str):
         try:
-            return self[name]
+            return dict.__getitem__(self, name)
         except KeyError:
             raise AttributeError(f"site {name!r} was not recorded (recorded: {sorted(self)})") from None
+
+    def __repr__(self) -> str:
+        from .display import array_summary
+
+        inner = ", ".join(f"{k}: {array_summary(v)}" for k, v in sorted(self.items()))
+        return f"Trace({inner})"
+
+    def _repr_html_(self) -> str:
+        from .display import html_table
+
+        return html_table("Trace", [(k, v) for k, v in sorted(self.items())])
 
 
 jax.tree_util.register_pytree_node(
@@ -365,6 +393,19 @@ def default_positions(tokens: jax.Array, attention_mask: jax.Array | None) -> ja
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
+def record_sites(record: Sequence[str] | str) -> tuple[str, ...]:
+    """The sorted jaxsteer sites for a `record=` argument: `"all"`, one name or several, each a
+    jaxsteer site or a TransformerLens name (a name's layer is dropped: every layer is recorded)."""
+    if isinstance(record, str):
+        record = SITES if record == "all" else (record,)
+    names = set()
+    for name in record:
+        site = parse_site(name)[0]
+        check_site(site)
+        names.add(site)
+    return tuple(sorted(names))
+
+
 def _check_inputs(model: Model, tokens, attention_mask, positions, record):
     if not isinstance(model, Model):
         raise TypeError(f"expected a jaxsteer Model, got {type(model).__name__}")
@@ -373,8 +414,6 @@ def _check_inputs(model: Model, tokens, attention_mask, positions, record):
     for name, arr in (("attention_mask", attention_mask), ("positions", positions)):
         if arr is not None and jnp.shape(arr) != jnp.shape(tokens):
             raise ValueError(f"{name} has shape {jnp.shape(arr)}, tokens have {jnp.shape(tokens)}")
-    for site in record:
-        check_site(site)
     check_token_ids(tokens, model.config.vocab_size)
     check_binary_mask(attention_mask)
 
@@ -408,13 +447,14 @@ def forward(
     tokens `[B, T]` int; attention_mask `[B, T]` (1 = real token; padding may be on either side);
     positions `[B, T]` (default: from the mask, like Hugging Face); interventions: a
     `Steer` / `Patch` / `Ablate` or a sequence of them, applied in order; record: site
-    names (see `SITES`) whose values come back in `trace`, stacked over layers `[L, B, ...]`.
+    names (see `SITES`; TransformerLens names work too) or `"all"`, whose values come back in
+    `trace`, stacked over layers `[L, B, ...]`.
     attention: "auto" (`jax.nn.dot_product_attention` where it can express the layer, else the
     einsum path), "einsum", "xla" or "cudnn"; remat: rematerialise layers for `jax.grad` (see
     `run_layers`). Pure and jit-compiled; `jax.grad` / `jax.vmap` work through it.
     Concrete inputs are checked (ids in `[0, vocab)`, a 0/1 mask, finite intervention values).
     """
-    record = (record,) if isinstance(record, str) else tuple(sorted(set(record)))
+    record = record_sites(record)
     interventions = as_tuple(interventions)
     _check_inputs(model, tokens, attention_mask, positions, record)
     tokens = jnp.asarray(tokens)
@@ -423,4 +463,16 @@ def forward(
     return _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat)
 
 
-__all__ = ["forward", "Trace", "SITES", "ATTENTION", "attention_impl", "embed", "unembed", "run_layers", "rms_norm"]
+def run_with_cache(model: Model, tokens: Any, *, names: Sequence[str] | str = "all", tokenizer: Any = None,
+                   **forward_kw) -> tuple[jax.Array, Trace]:
+    """`(logits, cache)`, as TransformerLens' `run_with_cache`: `forward` recording `names`
+    (default every site). `tokens` may be ids `[B, T]` or text (a string or equal-length strings,
+    with `tokenizer`). Index the cache as `cache["resid_post", 10]` or `cache["blocks.10.hook_resid_post"]`."""
+    if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
+        from .tokens import to_tokens
+
+        tokens = to_tokens(tokenizer, tokens)
+    return forward(model, tokens, record=names, **forward_kw)
+
+
+__all__ = ["forward", "run_with_cache", "record_sites", "Trace", "SITES", "ATTENTION", "attention_impl", "embed", "unembed", "run_layers", "rms_norm"]

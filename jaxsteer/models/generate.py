@@ -54,6 +54,19 @@ class Generation:
     prompt_mask: np.ndarray
     texts: list[str] | None = None
 
+    def __repr__(self) -> str:
+        from .display import summary_repr
+
+        return summary_repr(self, [("tokens", self.tokens), ("lengths", self.lengths),
+                                   ("texts", None if self.texts is None else [t[:40] for t in self.texts])])
+
+    def _repr_html_(self) -> str:
+        from .display import frame_html
+
+        texts = self.texts or [" ".join(map(str, row[:n])) for row, n in zip(self.tokens, self.lengths)]
+        return frame_html(np.array([[n, t] for n, t in zip(self.lengths, texts)], dtype=object),
+                          range(len(texts)), ["tokens", "completion"], title="Generation")
+
     def sequences(self) -> tuple[np.ndarray, np.ndarray]:
         """Prompt + completion tokens `[B, P + N]` and their attention mask (for scoring)."""
         n = self.tokens.shape[1]

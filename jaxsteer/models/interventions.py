@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from .config import ModelConfig
+from .sites import parse_site
 from .validation import check_finite
 
 # Site name -> (rank of the activation including batch, token axis, head axis or None, feature rank)
@@ -56,7 +57,19 @@ HEAD_SITES = tuple(s for s, lay in SITE_LAYOUT.items() if lay[2] is not None)
 
 def check_site(site: str) -> None:
     if site not in SITE_LAYOUT:
-        raise ValueError(f"unknown site {site!r}; sites are: {', '.join(SITES)}")
+        raise ValueError(f"unknown site {site!r}; sites are: {', '.join(SITES)} "
+                         "(or their TransformerLens names, e.g. 'blocks.10.hook_resid_post'; see jaxsteer.models.sites)")
+
+
+def resolve_site(site: str, layers: tuple[int, ...] | None, owner: str) -> tuple[str, tuple[int, ...] | None]:
+    """`(site, layers)` for a site given by any name: a TransformerLens alias becomes the jaxsteer
+    site, and a name with a layer (`blocks.10.hook_resid_post`) selects that layer."""
+    name, layer = parse_site(site)
+    if layer is not None:
+        if layers is not None and tuple(layers) != (layer,):
+            raise ValueError(f"{owner}: site {site!r} names layer {layer} but layers={tuple(layers)}")
+        layers = (layer,)
+    return name, layers
 
 
 def site_feature_shape(site: str, config: ModelConfig) -> tuple[int, ...] | None:
@@ -106,6 +119,11 @@ class _Where:
     heads: tuple[int, ...] | None
     positions: Any
     mask: Any
+
+    def __post_init__(self):
+        site, layers = resolve_site(self.site, self.layers, type(self).__name__)
+        object.__setattr__(self, "site", site)
+        object.__setattr__(self, "layers", layers)
 
     def _check_where(self, config: ModelConfig, n_tokens: int | None) -> None:
         name = type(self).__name__
@@ -427,6 +445,8 @@ class AdaptiveSteer:
     scale: Any = 1.0
     site: str = struct.field(pytree_node=False, default="resid_post")
     layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    __post_init__ = _Where.__post_init__
 
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
         check_site(self.site)

@@ -45,6 +45,19 @@ class Model:
         """Cast every parameter to `dtype`."""
         return self.replace(params=jax.tree_util.tree_map(lambda p: p.astype(dtype), self.params))
 
+    def __repr__(self) -> str:
+        c = self.config
+        leaves = jax.tree_util.tree_leaves(self.params)
+        n = sum(int(np.prod(p.shape)) for p in leaves)
+        dtypes = sorted({str(p.dtype) for p in leaves})
+        return (f"Model({c.architecture}, {c.n_layers} layers, d_model={c.d_model}, heads={c.n_heads}/{c.n_kv_heads}"
+                f", vocab={c.vocab_size}, {n / 1e6:.1f}M params {'/'.join(dtypes)})")
+
+    def _repr_html_(self) -> str:
+        from .display import html_table
+
+        return html_table(repr(self), [])
+
 
 def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Expected shape of every parameter, keyed by '/'-joined path (e.g. 'layers/q_proj')."""
