@@ -30,14 +30,19 @@ class CharTokenizer:
         return "".join(chr(97 + int(i) % 26) for i in ids)
 
 
-@pytest.fixture(scope="module")
-def model():
+def tiny_sae_model():
+    """A 3-layer random Llama (vocab 40, d_model 16) for the SAE runs."""
     cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=V, d_model=D, n_layers=3, n_heads=2, n_kv_heads=1,
                       head_dim=8, d_mlp=24, norm_eps=1e-6, rope_full=RopeConfig(10000.0))
     rng = np.random.RandomState(0)
     flat = {p: ((1.0 if p.endswith("norm") else 0.0) + rng.normal(0, 0.1 if p.endswith("norm") else 0.3, s)).astype(np.float32)
             for p, s in sorted(param_shapes(cfg).items())}
     return jaxsteer.Model(params=jax.tree_util.tree_map(jnp.asarray, unflatten(flat)), config=cfg)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_sae_model()
 
 
 @pytest.fixture(scope="module")

@@ -132,13 +132,15 @@ def test_damaged_latest_falls_back_to_the_newest_intact_step(tmp_path):
         with open(f, "r+b") as fh:
             fh.truncate(max(0, os.path.getsize(f) // 2))
     fresh = Checkpointer(str(tmp_path / "ck"))
-    with pytest.warns(UserWarning, match=r"step 3.*corrupted.*newest intact checkpoint, step 2"):
+    with pytest.warns(UserWarning, match=r"step 3.*corrupted.*moved to .*damaged-3; .*newest intact checkpoint, step 2"):
         restored, meta = fresh.restore(_state(), identity=IDENT, trainable_config=TCFG)
     assert meta["step"] == 2
     np.testing.assert_array_equal(np.asarray(restored["train"]["trainable"]["vectors"]),
                                   np.asarray(_state(seed=2)["train"]["trainable"]["vectors"]))
-    with pytest.raises(CheckpointError, match="step 3.*corrupted"):  # asking for that step names it
-        fresh.restore(_state(), identity=IDENT, trainable_config=TCFG, step=3)
+    # the damaged step was moved aside (kept for inspection), so training re-reaches and re-saves it
+    assert fresh.all_steps() == [1, 2] and os.path.isdir(tmp_path / "ck" / "damaged-3")
+    fresh.save(3, _state(seed=3), {"model": IDENT, "trainable": TCFG})
+    assert fresh.restore(_state(), identity=IDENT, trainable_config=TCFG)[1]["step"] == 3
     # an intact checkpoint that does not fit this run is an error, never skipped over
     with pytest.raises(CheckpointError, match="different model"):
         fresh.restore(_state(), identity=dict(IDENT, d_model=16), trainable_config=TCFG)

@@ -109,6 +109,12 @@ def _check_fingerprints(saved: dict, tree: Any, where: str) -> None:
             raise CheckpointDamagedError(f"{where}: the data of {key!r} does not match its recorded fingerprint (corrupted file?)")
 
 
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most `limit` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _diff_dicts(name: str, saved: dict, expected: dict, where: str) -> None:
     for k in sorted(set(saved) | set(expected)):
         if saved.get(k) != expected.get(k):
@@ -171,7 +177,7 @@ class Checkpointer:
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # noqa: BLE001 - any failure to read means the files are damaged
-            raise CheckpointDamagedError(f"{where}: metadata is missing or unreadable (corrupted?): {type(e).__name__}: {e}") from None
+            raise CheckpointDamagedError(f"{where}: metadata is missing or unreadable (corrupted?): {type(e).__name__}: {_one_line(e)}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{where}: not a jaxsteer training checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
         return step, meta
@@ -189,26 +195,50 @@ class Checkpointer:
         (a pytree of `jax.ShapeDtypeStruct` or arrays). Returns `(state, meta)`.
 
         Without `step`, the latest checkpoint; if its files are damaged and `fallback`, the
-        newest earlier one that is intact, with a warning naming what was wrong (a checkpoint
-        that is intact but does not fit this run is an error, never skipped)."""
+        newest earlier one that is intact, with a warning naming what was wrong. The damaged
+        steps after it are moved aside to `damaged-<step>/` (kept for inspection, out of the
+        manager's view), so the resumed run re-reaches and re-saves them. A checkpoint that is
+        intact but does not fit this run is an error, never skipped."""
         if step is not None or not fallback:
             return self._restore_step(abstract_state, identity, trainable_config, step)
-        damaged = []
+        damaged: dict[int, str] = {}
         for candidate in sorted(self.all_steps(), reverse=True):
             try:
                 out = self._restore_step(abstract_state, identity, trainable_config, candidate)
             except CheckpointDamagedError as err:
-                damaged.append(str(err))
+                damaged[candidate] = str(err)
                 continue
             if damaged:
                 import warnings
 
-                warnings.warn(f"{'; '.join(damaged)}; resuming from the newest intact checkpoint, step {candidate}",
-                              stacklevel=2)
+                moved = self.move_aside(sorted(damaged))
+                warnings.warn(f"{'; '.join(damaged.values())}; moved to {', '.join(moved)}; resuming from the newest "
+                              f"intact checkpoint, step {candidate}", stacklevel=2)
             return out
         if damaged:
-            raise CheckpointDamagedError(f"every checkpoint in {self.directory} is damaged: {'; '.join(damaged)}")
+            raise CheckpointDamagedError(
+                f"every checkpoint in {self.directory} is damaged: {'; '.join(damaged.values())}. Start afresh "
+                f"(without --resume), or move the damaged step directories away")
         return self._restore_step(abstract_state, identity, trainable_config, None)  # raises: no checkpoint
+
+    def move_aside(self, steps: list[int]) -> list[str]:
+        """Rename each step's directory to `damaged-<step>` (`damaged-<step>.<n>` if taken; process
+        0 renames, every process waits for it) and reload the manager. Returns the new paths."""
+        moved = []
+        for step in steps:
+            target = os.path.join(self.directory, f"damaged-{step}")
+            n = 1
+            while os.path.exists(target):
+                target, n = os.path.join(self.directory, f"damaged-{step}.{n}"), n + 1
+            if jax.process_index() == 0:
+                os.rename(os.path.join(self.directory, str(step)), target)
+            moved.append(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxsteer-damaged-checkpoints-moved")
+        self.manager.reload()
+        return moved
 
     def _restore_step(self, abstract_state: Any, identity: dict, trainable_config: dict,
                       step: int | None) -> tuple[Any, dict]:
@@ -224,7 +254,7 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
         except Exception as e:  # noqa: BLE001
-            raise CheckpointDamagedError(f"{where}: the saved state cannot be read (corrupted?): {type(e).__name__}: {str(e)[:300]}") from None
+            raise CheckpointDamagedError(f"{where}: the saved state cannot be read (corrupted?): {type(e).__name__}: {_one_line(e)}") from None
         if jax.tree_util.tree_structure(restored) != jax.tree_util.tree_structure(target):
             raise CheckpointError(f"{where}: restored state has a different structure")
         _check_fingerprints(meta.get("fingerprint", {}), restored, where)
