@@ -13,6 +13,7 @@ from .models import (
     AdaptiveSteer,
     CrossRunPatch,
     Generation,
+    Hook,
     Model,
     ModelConfig,
     OnRuns,

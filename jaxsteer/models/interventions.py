@@ -487,6 +487,55 @@ class AdaptiveSteer:
         return x + (g[..., None] * vec).astype(x.dtype)
 
 
+@struct.dataclass
+class Hook:
+    """Any jittable function of the activation at `site`: `Hook(site, fn)` maps `x -> fn(x, layer)` (or
+    `fn(x, layer, params)` when `params` is given), like a TransformerLens hook or an nnsight edit.
+
+    `layer` is the layer index as a traced int32 scalar (the layers run in one `lax.scan`);
+    `layers` restricts the hook to some layers (elsewhere the activation passes unchanged). `fn`
+    must return an array of the activation's shape and dtype. `fn` is static: define it once (a
+    new lambda per call recompiles); put arrays you want to vary, differentiate or vmap over in
+    `params` (a pytree), not in `fn`'s closure. In `generate`, `fn` sees the tokens of each call
+    (the prompt, then `[B, 1, ...]` per new token), so a function of one token's activation
+    behaves as in `forward`.
+
+        Hook("resid_post", lambda x, l, v: x + v[l], params=vectors)          # == Steer(vectors)
+        Hook("z", lambda x, l: x.at[:, :, 4].set(0), layers=(5, 6))         # == Ablate(site="z", layers=(5, 6), heads=(4,))
+    """
+
+    site: str = struct.field(pytree_node=False)
+    fn: Any = struct.field(pytree_node=False)
+    params: Any = None
+    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"Hook: fn must be callable, got {self.fn!r}")
+        _Where.__post_init__(self)
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        check_site(self.site)
+        for l in self.layers or ():
+            if not 0 <= int(l) < config.n_layers:
+                raise ValueError(f"Hook: layer {l} out of range for a model with {config.n_layers} layers")
+        for path, leaf in jax.tree_util.tree_flatten_with_path(self.params)[0]:
+            check_finite(leaf, f"Hook at {self.site!r}: params{jax.tree_util.keystr(path)}")
+
+    def generation_safe(self) -> bool:
+        return True
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        y = self.fn(x, layer) if self.params is None else self.fn(x, layer, self.params)
+        if not hasattr(y, "shape") or y.shape != x.shape:
+            raise ValueError(f"Hook at {self.site!r}: fn returned shape {getattr(y, 'shape', type(y).__name__)}; "
+                             f"it must keep the activation's shape {x.shape}")
+        y = y.astype(x.dtype)
+        if self.layers is None:
+            return y
+        return jnp.where(jnp.isin(layer, jnp.asarray(self.layers, jnp.int32)), y, x)
+
+
 Intervention = Steer | Patch | Ablate
 
 
