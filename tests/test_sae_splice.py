@@ -111,3 +111,24 @@ def test_top_contexts_are_the_largest_activations(model):
         assert [r["value"] for r in rows] == sorted((r["value"] for r in rows), reverse=True)
         np.testing.assert_allclose(rows[0]["value"], z[..., f].max(), rtol=1e-5)
         assert z[rows[0]["row"], rows[0]["pos"], f] == pytest.approx(rows[0]["value"], rel=1e-5)
+
+
+def test_z_site_sae_splices_the_flattened_heads(model):
+    """A hook_z SAE (d_in = n_heads * head_dim) splices at z: the layer's z becomes the
+    reconstruction of its heads flattened head-major, reshaped back; other layers are untouched."""
+    H, hd = model.config.n_heads, model.config.head_dim
+    cfg = sae.SAEConfig(kind="topk", d_in=H * hd, d_sae=24, k=4, site="z", layer=1)
+    s = sae.init_sae(cfg, jax.random.PRNGKey(3))
+    _, ref = jaxsteer.forward(model, TOKENS, record=("z",))
+    _, trace = jaxsteer.forward(model, TOKENS, interventions=[sae.Splice(s)], record=("z",))
+    flat = ref.z[1].reshape(*TOKENS.shape, H * hd)
+    want = np.asarray(sae.reconstruct(s, flat)).reshape(*TOKENS.shape, H, hd)
+    np.testing.assert_allclose(np.asarray(trace.z[1]), want, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(trace.z[0]), np.asarray(ref.z[0]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(sae.feature_acts(model, s, TOKENS)), np.asarray(sae.encode(s, flat)), atol=1e-5)
+    kept, _ = jaxsteer.forward(model, TOKENS, interventions=[sae.Splice(s, keep_error=True)])
+    clean, _ = jaxsteer.forward(model, TOKENS)
+    np.testing.assert_allclose(np.asarray(kept), np.asarray(clean), atol=1e-4)
+    with pytest.raises(ValueError, match="d_in=12; site 'z' of this model has width 16"):
+        narrow = sae.init_sae(sae.SAEConfig(kind="topk", d_in=12, d_sae=24, k=4, site="z", layer=1), jax.random.PRNGKey(0))
+        jaxsteer.forward(model, TOKENS, interventions=[sae.Splice(narrow)])

@@ -18,6 +18,7 @@ from .arch import (
     decode,
     encode,
     encoder_flops,
+    fold_decoder_norm,
     init_sae,
     kron_full_matrices,
     mand,
@@ -35,6 +36,6 @@ except ImportError:  # pragma: no cover
 
 try:
     from .evaluate import evaluate_sae, plot_ev_by_k
-    from .saelens import load_saelens, save_saelens
+    from .saelens import list_sae_ids, load_gemma_scope, load_saelens, save_saelens
 except ImportError:  # pragma: no cover
     pass

@@ -137,7 +137,7 @@ class ActivationStream:
     def _harvest_fn(self, model, tokens):
         _, trace = forward(model, tokens, record=(self.site,), return_logits=False)
         acts = trace[self.site][self.layer][:, self.skip_first:]
-        return acts.reshape(-1, acts.shape[-1]).astype(jnp.float32)
+        return acts.reshape(acts.shape[0] * acts.shape[1], -1).astype(jnp.float32)  # z: heads flattened
 
     def _refill(self) -> None:
         self.start_state = self.loader.get_state()

@@ -81,6 +81,8 @@ class SAEConfig:
             raise ValueError(
                 f"kron SAE: heads*m*n = {self.kron_heads}*{self.kron_m}*{self.kron_n} must equal d_sae={self.d_sae}"
             )
+        if self.kind == "kron" and self.rescale_acts_by_decoder_norm:
+            raise ValueError("kron SAE: rescale_acts_by_decoder_norm is not supported (its encoder has no W_enc to fold into)")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"SAE dtype must be float32 or bfloat16, got {self.dtype!r}")
 
@@ -237,6 +239,28 @@ def residual_reconstruct(base: SAE, residual: SAE, x: jax.Array) -> jax.Array:
     return xb + reconstruct(residual, x.astype(xb.dtype) - xb)
 
 
+def fold_decoder_norm(sae: SAE) -> SAE:
+    """The same SAE with unit-norm decoder rows, the norms folded into the encoder (SAELens'
+    `fold_W_dec_norm`): `W_enc *= n`, `b_enc *= n`, `W_dec /= n` (and a JumpReLU threshold `*= n`).
+
+    With `rescale_acts_by_decoder_norm` the codes and reconstructions are unchanged and the flag
+    is cleared (how SAELens saves such SAEs for inference). Without it, ReLU / JumpReLU codes are
+    multiplied by `n` (reconstructions unchanged); the TopK family and BatchTopK's one global
+    threshold cannot absorb the norms without changing which latents fire, so they are refused."""
+    c, p = sae.config, sae.params
+    if c.kind == "kron":
+        raise ValueError("fold_decoder_norm: a kron SAE has no W_enc to fold the decoder norms into")
+    if not c.rescale_acts_by_decoder_norm and c.kind not in ("relu", "jumprelu"):
+        raise ValueError(f"fold_decoder_norm: folding would change which latents a {c.kind} SAE selects "
+                         "(only exact with rescale_acts_by_decoder_norm, or for relu / jumprelu)")
+    n = jnp.maximum(jnp.linalg.norm(p["W_dec"].astype(jnp.float32), axis=-1), 1e-8)
+    new = dict(p, W_enc=(p["W_enc"] * n).astype(p["W_enc"].dtype), b_enc=(p["b_enc"] * n).astype(p["b_enc"].dtype),
+               W_dec=(p["W_dec"] / n[:, None]).astype(p["W_dec"].dtype))
+    if c.kind == "jumprelu" and not c.rescale_acts_by_decoder_norm:
+        new["threshold"] = (p["threshold"] * n).astype(p["threshold"].dtype)
+    return SAE(new, dataclasses.replace(c, rescale_acts_by_decoder_norm=False))
+
+
 def kron_full_matrices(sae: SAE) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """KronSAE encoder as materialised `[d, d_sae]` matrices `(P, Q, b_P, b_Q)`: latent
     `(g, i, j)` reads column `g*m+i` of `W_p` and `g*n+j` of `W_q`. For checks and export."""
@@ -266,5 +290,5 @@ def astype(sae: SAE, dtype: str) -> SAE:
 __all__ = [
     "KINDS", "SAEConfig", "SAE", "init_sae", "b_dec", "mand", "pre_acts", "topk_mask", "batch_topk",
     "activate", "encode", "decode", "reconstruct", "residual_reconstruct", "kron_full_matrices",
-    "encoder_flops", "astype",
+    "encoder_flops", "astype", "fold_decoder_norm",
 ]

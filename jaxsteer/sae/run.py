@@ -27,10 +27,12 @@ from .arch import SAE, SAEConfig, init_sae, reconstruct
 from .config import SAERunConfig, config_dict, load_run_config
 from .evaluate import evaluate_sae, plot_ev_by_k
 from .saelens import load_saelens, save_saelens
+from .splice import site_width
 from .train import StepConfig, init_b_dec, init_state, make_optimizer, make_step
 
 
 def sae_config(cfg: SAERunConfig, d_model: int) -> SAEConfig:
+    """The SAE a run trains; `d_model` is the width of the run's site (`splice.site_width`)."""
     s = cfg.sae
     return SAEConfig(kind=s.kind, d_in=d_model, d_sae=s.d_sae or s.expansion * d_model, k=s.k,
                      kron_heads=s.kron_heads, kron_m=s.kron_m, kron_n=s.kron_n, dtype=s.dtype,
@@ -108,7 +110,8 @@ def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = F
         if model is None:
             model, tokenizer = load_model(cfg)
         train_w, _ = split_windows(cfg, token_windows(cfg, tokenizer))
-        sae_cfg, scfg = sae_config(cfg, model.config.d_model), step_config(cfg, model.config.d_model)
+        width = site_width(cfg.site, model.config)
+        sae_cfg, scfg = sae_config(cfg, width), step_config(cfg, width)
         base = load_sae(cfg.base_sae) if cfg.base_sae else None
         tx = make_optimizer(scfg)
         stream = _stream(cfg, model, train_w, run.say)

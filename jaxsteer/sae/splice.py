@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ..models.interventions import SITES
+from ..models.interventions import SITES, site_feature_shape
 from ..models.params import Model
 from ..models.validation import check_finite
 from .activations import site_activations
@@ -49,10 +49,13 @@ class Splice:
         object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
 
     def check(self, config, n_tokens: int | None = None) -> None:
-        if self.site not in SITES or self.site in ("q", "k", "v", "z", "pattern"):
-            raise ValueError(f"Splice: site {self.site!r} must be a residual-width site (resid_pre, attn_out, mlp_out, resid_post, ...)")
-        if self.sae.config.d_in != config.d_model:
-            raise ValueError(f"Splice: the SAE reads d_in={self.sae.config.d_in}, the model has d_model={config.d_model}")
+        if self.site not in SITES or self.site in ("q", "k", "v", "pattern"):
+            raise ValueError(f"Splice: site {self.site!r} must be a residual-width site (resid_pre, attn_out, mlp_out, "
+                             "resid_post, ...) or z (all heads flattened, as SAELens' hook_z SAEs)")
+        width = site_width(self.site, config)
+        if self.sae.config.d_in != width:
+            raise ValueError(f"Splice: the SAE reads d_in={self.sae.config.d_in}; site {self.site!r} of this model "
+                             f"has width {width}")
         for l in self.layers:
             if not 0 <= l < config.n_layers:
                 raise ValueError(f"Splice: layer {l} out of range for a model with {config.n_layers} layers")
@@ -70,6 +73,11 @@ class Splice:
         return self.positions is None and (self.feature_delta is None or jnp.ndim(self.feature_delta) == 1)
 
     def _spliced(self, x: jax.Array) -> jax.Array:
+        if self.site == "z":  # [B, T, H, hd]: the SAE reads the heads flattened head-major, as SAELens' hook_z
+            return self._spliced_flat(x.reshape(*x.shape[:-2], -1)).reshape(x.shape)
+        return self._spliced_flat(x)
+
+    def _spliced_flat(self, x: jax.Array) -> jax.Array:
         z = encode(self.sae, x)
         x_hat = decode(self.sae, z)
         if self.feature_delta is not None:
@@ -93,10 +101,16 @@ class Splice:
         return jax.lax.cond(selected, self._spliced, lambda x: x, x)
 
 
+def site_width(site: str, config) -> int:
+    """The width an SAE on `site` reads: d_model, or n_heads * head_dim for `z` (heads flattened)."""
+    return int(np.prod(site_feature_shape(site, config)))
+
+
 def feature_acts(model: Model, sae: SAE, tokens, attention_mask=None) -> jax.Array:
-    """SAE latents `[B, T, d_sae]` at the SAE's site and layer (the forward stops at that layer)."""
+    """SAE latents `[B, T, d_sae]` at the SAE's site and layer (the forward stops at that layer;
+    a `z` SAE reads the heads flattened)."""
     acts = site_activations(model, tokens, sae.config.site, (sae.config.layer,), attention_mask)[0]
-    return encode(sae, acts)
+    return encode(sae, acts.reshape(*acts.shape[:2], -1))
 
 
 def top_contexts(model: Model, sae: SAE, windows: np.ndarray, features, *, n: int = 10, batch: int = 8,
@@ -120,4 +134,4 @@ def top_contexts(model: Model, sae: SAE, windows: np.ndarray, features, *, n: in
     return out
 
 
-__all__ = ["Splice", "feature_acts", "top_contexts"]
+__all__ = ["Splice", "site_width", "feature_acts", "top_contexts"]
