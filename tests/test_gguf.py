@@ -167,6 +167,45 @@ def test_non_finite_weights_are_refused(tiny_gguf):
         load(str(tiny_gguf), tokenizer=False)
 
 
+@pytest.mark.parametrize("config, needle", [
+    (dict(rms_norm_eps=float("nan")), r"layer_norm_rms_epsilon=nan must be a finite number > 0"),
+    (dict(rms_norm_eps=-1.0), r"layer_norm_rms_epsilon=-1.0 must be a finite number > 0"),
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": 0.0}), r"llama.rope.freq_base=0.0 must be"),
+    (dict(max_position_embeddings=0), r"llama.context_length=0 must be"),
+    (dict(bos_token_id=H.VOCAB + 7), rf"tokenizer.ggml.bos_token_id={H.VOCAB + 7} is outside the vocabulary"),
+])
+def test_damaged_metadata_is_refused_by_name(tmp_path, config, needle):
+    """Metadata that would load and then give NaN (or wrong) logits from every forward."""
+    hf = H.randomize_(transformers.AutoModelForCausalLM.from_config(H.llama_config(**config)))
+    path = write_gguf(tmp_path / "bad.gguf", "llama", hf, tokenizer=_tiny_tokenizer_meta(H.VOCAB, hf.config))
+    with pytest.raises(GGUFError, match=needle):
+        load(str(path), tokenizer=False)
+
+
+def _set_tensor_type(path, name: str, ggml_type: int) -> None:
+    """Overwrite tensor `name`'s ggml type in the header (a relabelled tensor, data unchanged)."""
+    data = bytearray(path.read_bytes())
+    key = len(name).to_bytes(8, "little") + name.encode()
+    at = data.index(key) + len(key)
+    n_dims = int.from_bytes(data[at : at + 4], "little")
+    at += 4 + 8 * n_dims
+    data[at : at + 4] = ggml_type.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name, ggml_type, needle", [
+    ("output_norm.weight", 1, r"output_norm.weight \(F16.*unused bytes.*recorded type or shape is wrong"),
+    ("blk.0.ffn_norm.weight", 1, r"blk.0.ffn_norm.weight \(F16.*unused bytes"),
+    ("blk.0.attn_q.weight", 0, r"blk.0.attn_q.weight \(F32.*overlaps the next tensor"),
+    ("output_norm.weight", 8, r"output_norm.weight \(Q8_0.*norm weight must be F32, F16 or BF16"),
+])
+def test_relabelled_tensor_types_are_refused(tiny_gguf, name, ggml_type, needle):
+    """An F32 norm relabelled F16 used to load with logits off by up to 22."""
+    _set_tensor_type(tiny_gguf, name, ggml_type)
+    with pytest.raises(GGUFError, match=needle):
+        load(str(tiny_gguf), tokenizer=False)
+
+
 # --------------------------------------------------------------------------- tokenizers
 
 

@@ -152,6 +152,30 @@ class GGUFFile:
                     f"{len(self._map)} bytes (truncated download?)"
                 )
             self.tensors[name] = info
+        self._check_layout(alignment)
+
+    def _check_layout(self, alignment: int) -> None:
+        """Tensors lie back to back (each padded to `alignment`, as llama.cpp and gguf-py write
+        them): an overlap or a gap means a tensor's recorded type or shape is wrong (an F32
+        tensor relabelled F16 would otherwise load as plausible-looking garbage). Norm weights
+        must be F32, F16 or BF16 (llama.cpp never quantises them)."""
+        import gguf
+
+        ordered = sorted(self.tensors.values(), key=lambda t: t.offset)
+        for info, nxt in zip(ordered, ordered[1:] + [None]):
+            end = info.offset + info.nbytes
+            limit = nxt.offset if nxt is not None else len(self._map)
+            kind = gguf.GGMLQuantizationType(info.ggml_type).name
+            what = f"{self.path}: tensor {info.name} ({kind}, shape {info.shape}, {info.nbytes} bytes)"
+            if info.name.endswith("norm.weight") and kind not in ("F32", "F16", "BF16"):
+                raise GGUFError(f"{what}: a norm weight must be F32, F16 or BF16 (llama.cpp never quantises norms)")
+            if end > limit:
+                raise GGUFError(f"{what} overlaps the next tensor {nxt.name} at byte {limit}: its recorded type or shape "
+                                "is wrong (damaged header?)")
+            if limit - end >= max(alignment, 1):
+                raise GGUFError(f"{what} is followed by {limit - end} unused bytes before "
+                                f"{'tensor ' + nxt.name if nxt is not None else 'the end of the file'}: its recorded "
+                                "type or shape is wrong (damaged header?)")
 
     @staticmethod
     def _tensor_entry(cur: _Cursor):
@@ -204,11 +228,41 @@ def _tensor_nbytes(name: str, shape: tuple[int, ...], ggml_type: int, path: path
 # --------------------------------------------------------------------------- config
 
 
+def _positive(f: GGUFFile, key: str, value: Any, kind: type = float) -> Any:
+    """`value` (metadata `key`) as a finite `kind` > 0; a GGUFError naming the key otherwise."""
+    try:
+        number = kind(value)
+        ok = math.isfinite(number) and number > 0 and not isinstance(value, bool)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise GGUFError(f"{f.path}: GGUF metadata {key}={value!r} must be a finite number > 0 (damaged file?)")
+    return number
+
+
+def _check_metadata(f: GGUFFile, arch: str, cfg: dict) -> None:
+    """Values that would load but make every forward NaN or wrong: norm epsilon, sizes, context
+    length and the special token ids (which must lie inside the vocabulary)."""
+    _positive(f, f"{arch}.attention.layer_norm_rms_epsilon", cfg["rms_norm_eps"])
+    for key, name in (("context_length", "max_position_embeddings"), ("embedding_length", "hidden_size"),
+                      ("block_count", "num_hidden_layers"), ("attention.head_count", "num_attention_heads"),
+                      ("attention.head_count_kv", "num_key_value_heads"), ("feed_forward_length", "intermediate_size"),
+                      ("vocab_size", "vocab_size")):
+        _positive(f, f"{arch}.{key}", cfg[name], int)
+    for key in ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id"):
+        value = f.metadata.get(f"tokenizer.ggml.{key}")
+        if value is not None and not (isinstance(value, int) and 0 <= value < cfg["vocab_size"]):
+            raise GGUFError(f"{f.path}: GGUF metadata tokenizer.ggml.{key}={value!r} is outside the vocabulary "
+                            f"[0, {cfg['vocab_size']}) (damaged file?)")
+
+
 def _rope_parameters(f: GGUFFile, arch: str, default_theta: float) -> dict:
     kind = f.metadata.get(f"{arch}.rope.scaling.type", "none")
-    rope = {"rope_type": "default", "rope_theta": float(f.metadata.get(f"{arch}.rope.freq_base", default_theta))}
+    base = f.metadata.get(f"{arch}.rope.freq_base", default_theta)
+    rope = {"rope_type": "default", "rope_theta": _positive(f, f"{arch}.rope.freq_base", base)}
     if kind == "linear":
-        rope.update(rope_type="linear", factor=float(f.require(f"{arch}.rope.scaling.factor")))
+        factor = f.require(f"{arch}.rope.scaling.factor")
+        rope.update(rope_type="linear", factor=_positive(f, f"{arch}.rope.scaling.factor", factor))
     elif kind not in ("none", ""):
         raise UnsupportedConfigError(f"{f.path}: GGUF {arch}.rope.scaling.type={kind!r} is not supported")
     return rope
@@ -265,6 +319,7 @@ def gguf_hf_config(f: GGUFFile) -> dict:
         eos_token_id=f.metadata.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=f.metadata.get("tokenizer.ggml.padding_token_id"),
     )
+    _check_metadata(f, arch, cfg)
     if arch != "gemma3":
         cfg.update(hidden_act="silu", rope_parameters=_rope_parameters(f, arch, 10000.0))
         return cfg
@@ -272,7 +327,7 @@ def gguf_hf_config(f: GGUFFile) -> dict:
     # 62-layer 27B model (d_model / n_heads), and an explicit attention.scale when present.
     scale = f.metadata.get("gemma3.attention.scale")
     query_scalar = scale**-2 if scale else (d / n_heads if n_layers == 62 else head_dim)
-    local_theta = float(f.metadata.get("gemma3.rope.freq_base_swa", 10000.0))
+    local_theta = _positive(f, "gemma3.rope.freq_base_swa", f.metadata.get("gemma3.rope.freq_base_swa", 10000.0))
     cfg.update(
         hidden_activation="gelu_pytorch_tanh",
         query_pre_attn_scalar=query_scalar,
