@@ -102,7 +102,7 @@ def cmd_demo(args) -> None:
     """Load the default model; generate with and without a contrastive steering vector."""
     import jax.numpy as jnp
 
-    from .analysis.vectors import contrast_vector
+    from .steering.extract import contrast_vector
     from .models.generate import generate
     from .models.interventions import Steer
     from .models.loading import load

@@ -1,5 +1,6 @@
 """Interpretability toolkit on jaxsteer traces: logit lens, activation / path / attribution
-patching, attention comparison, linear probes, and steering-vector studies. See docs/analysis.md."""
+patching, attention comparison, linear probes, and steering-vector studies. See docs/analysis.md
+(steering-vector extraction lives in `jaxsteer.steering`)."""
 
 from ._common import single_token_ids, tokenize_pair
 from .attention import AttentionComparison, attention_change, compare_patterns
@@ -41,4 +42,3 @@ from .studies import (
     persistence,
     transfer_steer,
 )
-from .vectors import contrast_vector, mean_activation

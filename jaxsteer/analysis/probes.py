@@ -105,7 +105,10 @@ def harvest(
 class ProbeResult:
     """Held-out scores of linear probes. `scores` / `train_scores` have the lead shape of the
     activations (e.g. `[G, L]`); `metric` is "accuracy" (classification) or "r2" (regression);
-    `chance` is the held-out majority-class rate (classification) or 0 (R^2)."""
+    `chance` is the held-out majority-class rate (classification) or 0 (R^2). `weights`
+    `[..., d, out]` and `bias` `[..., out]` are the fitted probes in the raw activation space
+    (standardisation folded in): `acts @ weights + bias` are the logits (or the standardised
+    regression prediction)."""
 
     scores: np.ndarray
     train_scores: np.ndarray
@@ -113,6 +116,8 @@ class ProbeResult:
     chance: float
     groups: list[str] | None = None
     layers: list[int] | None = None
+    weights: np.ndarray | None = None
+    bias: np.ndarray | None = None
 
     def table(self) -> str:
         s = np.atleast_2d(self.scores)
@@ -229,8 +234,12 @@ def train_probes(
     train = _score(params, xs[:, tr], y_fit[tr], n_classes).reshape(lead)
     if layers is None and len(lead) >= 1:
         layers = list(range(lead[-1]))
+    w_std, b_std = np.asarray(params["w"]), np.asarray(params["b"])  # on (x - mu) / sd
+    weights = w_std / sd[:, 0, :, None]
+    bias = b_std - np.einsum("pd,pdo->po", mu[:, 0], weights)
     return ProbeResult(np.asarray(test), np.asarray(train), metric, chance, list(groups) if groups else None,
-                       list(layers) if layers is not None else None)
+                       list(layers) if layers is not None else None,
+                       weights.reshape(*lead, d, -1), bias.reshape(*lead, -1))
 
 
 def probe_layers(
