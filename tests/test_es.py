@@ -19,6 +19,7 @@ import pytest
 
 import jaxsteer
 from conftest import TINY_CONFIG, random_model
+from jaxsteer.train.config import ConfigError
 from virtual_devices import device_env
 from jaxsteer.models.params import param_shapes
 from jaxsteer.train.data import Example
@@ -42,7 +43,8 @@ from jaxsteer.train.es.strategies import (
     shape_fitness,
     zscore,
 )
-from jaxsteer.train.es.spaces import EggrollSpace, FullSpace, SteeringSpace, TrainableSpace, essa_space, normal_like
+from jaxsteer.train.es.spaces import (EggrollSpace, ESSASpace, FullSpace, SteeringSpace, TrainableSpace, essa_product_space,
+                                     essa_space, n_evolving, normal_like)
 from jaxsteer.train.rewards import get_reward_fn
 from jaxsteer.train.trainable import TrainableConfig, apply_trainable
 
@@ -77,7 +79,7 @@ def model(tiny_model):
 
 @pytest.fixture(scope="module")
 def essa(model):
-    return essa_space(model, rank=4, seed=0), CMAES(population=16, sigma=1.0)
+    return essa_product_space(model, rank=4, seed=0), CMAES(population=16, sigma=1.0)
 
 
 def low_tokens(prompt_ids, completion, reference) -> float:
@@ -220,9 +222,9 @@ def lora(model):
     return trainable, cfg
 
 
-def test_essa_svd_reproduces_lora_and_only_singular_values_evolve(model, lora):
+def test_essa_product_svd_reproduces_lora_and_only_singular_values_evolve(model, lora):
     trainable, cfg = lora
-    space = essa_space(model, trainable, cfg, top_p=0.5)
+    space = essa_product_space(model, trainable, cfg, alpha=0.5)
     assert space.n_active == 2
     theta = space.init(model)
     tokens = jnp.asarray([[3, 4, 5, 6, 7], [9, 8, 7, 6, 5]])
@@ -253,6 +255,77 @@ def test_essa_svd_reproduces_lora_and_only_singular_values_evolve(model, lora):
         np.testing.assert_array_equal(usv["s"], s_new[p])
     via_lora, _ = apply_trainable(model, space.to_lora(new["theta"], cfg), cfg)
     np.testing.assert_allclose(jaxsteer.forward(via_lora, tokens)[0], jaxsteer.forward(run, tokens)[0], atol=1e-5)
+
+
+def test_essa_factorwise_svd_is_the_papers_space(model, lora):
+    """ESSA as its paper defines it: each LoRA factor decomposed separately (2r values per adapted
+    matrix), U and V frozen, zero offsets = the LoRA itself, the top floor(alpha r) values evolving."""
+    trainable, cfg = lora
+    space = essa_space(model, trainable, cfg, alpha=1.0, targets=("q_proj", "v_proj"))
+    L = CFG.n_layers
+    theta = space.init(model)
+    assert set(theta) == {"q_proj", "v_proj"} and set(space.frozen) == {"down_proj"}
+    for p in theta:  # 2r = 8 values per adapted matrix (r for a, r for b), all zero offsets
+        assert theta[p]["a"].shape == (L, 4) and theta[p]["b"].shape == (L, 4)
+        assert sum(x.size for x in jax.tree_util.tree_leaves(theta[p])) == 2 * 4 * L
+        assert float(jnp.abs(theta[p]["a"]).max()) == 0.0
+        for u in (space.u_a[p], space.u_b[p], jnp.swapaxes(space.vt_a[p], -1, -2), jnp.swapaxes(space.vt_b[p], -1, -2)):
+            np.testing.assert_allclose(jnp.swapaxes(u, -1, -2) @ u, np.broadcast_to(np.eye(4), (L, 4, 4)), atol=1e-5)
+        # each factor's own singular values (not those of the product)
+        np.testing.assert_allclose(space.s_a[p], np.linalg.svd(np.asarray(trainable[p]["a"]), compute_uv=False), rtol=1e-5)
+        np.testing.assert_allclose(space.s_b[p], np.linalg.svd(np.asarray(trainable[p]["b"]), compute_uv=False), rtol=1e-5)
+    tokens = jnp.asarray([[3, 4, 5, 6, 7], [9, 8, 7, 6, 5]])
+    want, _ = jaxsteer.forward(apply_trainable(model, trainable, cfg)[0], tokens)
+    got, _ = jaxsteer.forward(space.apply(model, center_member(space, theta))[0], tokens)
+    np.testing.assert_allclose(got, want, atol=2e-5)  # zero offsets reproduce the LoRA (frozen down_proj included)
+
+    half = essa_space(model, trainable, cfg, alpha=0.6)  # floor(0.6 * 4) = 2 per factor (ceil would give 3)
+    assert half.n_a == half.n_b == 2 and set(half.s_a) == {"q_proj", "v_proj"}  # the fixture's attention adapters
+    es = OpenES(population=8, sigma=0.3, lr=0.5)
+    new = es.update(half, es.init(half.init(model), KEY), jnp.arange(8.0))[0]["theta"]
+    s_new = half.singular_values(new)
+    for p, (sa, sb) in s_new.items():
+        for s, s0 in ((sa, half.s_a[p]), (sb, half.s_b[p])):
+            np.testing.assert_array_equal(np.asarray(s)[:, 2:], np.asarray(s0)[:, 2:])  # outside the top alpha: fixed
+            assert not np.allclose(np.asarray(s)[:, :2], np.asarray(s0)[:, :2])
+    run, _ = half.apply(model, new)
+    adapter = run.params["layers"]["lora"]["q_proj"]
+    np.testing.assert_array_equal(adapter["a"], half.u_a["q_proj"])  # U_a frozen; only s, s_out move
+    np.testing.assert_array_equal(adapter["s_out"], s_new["q_proj"][1])
+    via_lora, _ = apply_trainable(model, half.to_lora(new, cfg), cfg)  # the evolved factors as a plain LoRA
+    np.testing.assert_allclose(jaxsteer.forward(via_lora, tokens)[0], jaxsteer.forward(run, tokens)[0], atol=2e-5)
+
+
+def test_essa_alpha_rounds_down():
+    """The paper rounds the top-alpha count down; a fraction that leaves no value is an error."""
+    assert [n_evolving(a, 8) for a in (0.2, 0.4, 0.6, 0.8, 1.0)] == [1, 3, 4, 6, 8]
+    assert n_evolving(0.25, 4) == 1 and n_evolving(0.3, 10) == 3
+    with pytest.raises(ValueError, match="rounds down to 0"):
+        n_evolving(0.1, 8)  # the paper's empty cell: rank 8, alpha 0.1
+    with pytest.raises(ValueError, match="alpha"):
+        n_evolving(0.0, 8)
+
+
+def test_essa_members_of_a_generation_share_one_prompt_batch(model, lora):
+    """Every member of a generation is scored on the same prompt mini-batch; the next generation
+    draws a new one."""
+    trainable, cfg = lora
+    space, strategy = essa_space(model, trainable, cfg, targets=("q_proj",)), CMAES(population=4, sigma=0.1)
+    seen = []
+
+    def record(prompt_ids, completion, reference):
+        seen.append(tuple(prompt_ids))
+        return float(len(completion))
+
+    record.uses_tokens = True
+    examples = [Example(f"p{i}", "", {"prompt_ids": [3 + i, 4, 5 + i]}) for i in range(6)]
+    spec = ESLoopSpec(generations=2, prompts_per_generation=3, max_new_tokens=2, stop_tokens=(), seed=1)
+    run_es(model, space, strategy, examples, record, spec, log=None)
+    assert len(seen) == 2 * 4 * 3  # generations x members x prompts
+    batches = [[seen[g * 12 + m * 3: g * 12 + m * 3 + 3] for m in range(4)] for g in range(2)]
+    for members in batches:
+        assert all(b == members[0] for b in members) and len(set(members[0])) == 3
+    assert set(batches[0][0]) != set(batches[1][0])
 
 
 # --------------------------------------------------------------------------- population evaluation
@@ -418,8 +491,12 @@ def test_config_builds_spaces_and_strategies(model, lora):
     assert isinstance(space, TrainableSpace) and isinstance(strat, OpenES)
     space, strat = build_es(model, ESConfig(rank=2, targets=("q_proj",)), "eggroll")
     assert isinstance(space, EggrollSpace) and space.rank == 2 and set(space.init(model)) == {"q_proj"}
-    space, strat = build_es(model, ESConfig(top_p=0.25), "essa", cfg, trainable)
+    space, strat = build_es(model, ESConfig(alpha=0.25, space="essa_product"), "essa", cfg, trainable)
     assert isinstance(strat, CMAES) and space.n_active == 1
+    space, strat = build_es(model, ESConfig(alpha=0.5, targets=("q_proj", "v_proj")), "essa", cfg, trainable)
+    assert isinstance(space, ESSASpace) and set(space.s_a) == {"q_proj", "v_proj"} and set(space.frozen) == {"down_proj"}
+    with pytest.raises(ConfigError, match="have no adapter"):
+        build_es(model, ESConfig(targets=("k_proj",)), "essa", cfg, trainable)  # the fixture has no k_proj adapter
     space, strat = build_es(model, ESConfig(space="full", strategy="sep_cma", population=8), "es")
     assert isinstance(space, FullSpace) and isinstance(strat, SepCMAES)
     with pytest.raises(ValueError):

@@ -61,7 +61,7 @@ def test_essa_centre_reproduces_the_sft_lora_policy(tmp_path):
     from jaxsteer.train.es.spaces import essa_space
 
     cfg, result = _sft(tmp_path, "lora")
-    space = essa_space(result.model, result.trainable, cfg.trainable, top_p=0.5)
+    space = essa_space(result.model, result.trainable, cfg.trainable, alpha=0.5)
     centre = space.perturb(space.init(result.model), jax.random.PRNGKey(0), 0.0)
     essa_model, essa_ivs = space.apply(result.model, centre)
     lora_model, lora_ivs = build_policy(result.model, result.trainable, cfg.trainable)
@@ -84,12 +84,12 @@ def test_sft_needs_group_size_one():
 def test_essa_needs_trained_adapters_and_the_fresh_start_has_its_own_name(tiny_model):
     from jaxsteer.train.config import ESConfig
     from jaxsteer.train.es.learner import build_es
-    from jaxsteer.train.es.spaces import ESSASpace
+    from jaxsteer.train.es.spaces import ESSAProductSpace
 
     with pytest.raises(ConfigError, match="random_subspace"):
         build_es(tiny_model, ESConfig(), "essa")  # no warm start: not ESSA
     space, _ = build_es(tiny_model, ESConfig(space="random_subspace", essa_rank=2, targets=("q_proj",)), "essa")
-    assert isinstance(space, ESSASpace) and set(space.s0) == {"q_proj"}
+    assert isinstance(space, ESSAProductSpace) and set(space.s0) == {"q_proj"}
     assert float(np.abs(space.s0["q_proj"]).max()) == 0.0  # random orthonormal U, V with s = 0
     cfg = config_from_dict({"algorithm": {"name": "essa"}, "es": {"space": "random_subspace"}})
     assert cfg.es.space_for("essa") == "random_subspace"

@@ -134,6 +134,7 @@ class _Sites:
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION_PROJECTIONS = PROJECTIONS[:4]  # q/k/v/o
 
 
 def _proj(x: jax.Array, p: dict[str, Any], name: str) -> jax.Array:
@@ -143,13 +144,17 @@ def _proj(x: jax.Array, p: dict[str, Any], name: str) -> jax.Array:
     scale folded into `b`); they are never merged into W, so LoRA training, low-rank ES
     perturbations (vmapped over a population) and SVD-parameterised adapters share this path.
     An optional `"s": [L, r]` scales the rank axis between the factors, `((x @ a) * s) @ b` (ESSA's
-    `U diag(s) V^T`: U and V stay shared across a vmapped population, only s is per member)."""
+    `U diag(s) V^T`: U and V stay shared across a vmapped population, only s is per member); an
+    optional `"core": [L, r, r']` with `"s_out": [L, r']` follows it, `((((x @ a) * s) @ core) * s_out) @ b`
+    (ESSA's factor-wise form `U_a diag(s_a) (V_a^T U_b) diag(s_b) V_b^T`)."""
     y = x @ p[name]
     adapter = p.get("lora", {}).get(name)
     if adapter is not None:
         t = x @ adapter["a"].astype(x.dtype)
         if "s" in adapter:
             t = t * adapter["s"].astype(x.dtype)
+        if "core" in adapter:
+            t = (t @ adapter["core"].astype(x.dtype)) * adapter["s_out"].astype(x.dtype)
         y = y + (t @ adapter["b"].astype(x.dtype))
     return y
 

@@ -30,6 +30,7 @@ from .trainable import TrainableConfig
 RL_ALGORITHMS = ("grpo", "expert_iteration", "sft")
 ES_ALGORITHMS = ("es", "eggroll", "essa")
 ES_STRATEGIES = ("openai", "cma", "sep_cma")
+ES_SPACES = ("trainable", "full", "eggroll", "essa", "essa_product", "random_subspace")
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_sum_norm")
 MODEL_DTYPES = ("auto", "float32", "bfloat16")
 # model.remat policies: config name -> `jax.checkpoint_policies` name (what each layer keeps for the backward)
@@ -91,18 +92,22 @@ class ESConfig:
 
     The algorithm picks the defaults: "es" = dense ES over `space` (default the run's `trainable`,
     e.g. steering vectors), "eggroll" = low-rank perturbations of the projection matrices, "essa" =
-    the paper's recipe: the singular values of a trained (SFT) LoRA's adapters, from `warm_start`.
-    space: "trainable" | "full" | "eggroll" | "essa" | "random_subspace" (None: from the algorithm;
-    "random_subspace" = random orthonormal U, V of rank `essa_rank` with s = 0, the singular values
-    evolving: a random-subspace ES, not ESSA, which needs no warm start).
+    the paper's recipe: the singular values of a trained (SFT) LoRA's adapters, from `warm_start`,
+    each factor decomposed separately (2r values per adapted matrix).
+    space: "trainable" | "full" | "eggroll" | "essa" | "essa_product" | "random_subspace" (None: from
+    the algorithm). "essa_product" = today's product form (the SVD of `scale * a @ b`, r values per
+    matrix) of the same warm start; "random_subspace" = random orthonormal U, V of rank `essa_rank`
+    with s = 0, the singular values evolving: a random-subspace ES, not ESSA, which needs no warm start.
     strategy: "openai" | "cma" | "sep_cma" (None: "cma" for essa, else "openai").
     sigma: noise scale (OpenES) or initial step size (CMA). lr, optimizer, shaping, antithetic,
-    divide_by_sigma: OpenES settings (see `OpenES`). rank: EGGROLL noise rank. targets:
-    projections for eggroll / random_subspace. top_p: ESSA's evolving fraction of singular values;
-    essa_rank: random_subspace's rank. warm_start: ESSA's LoRA warm start, the output directory of a
-    LoRA training run (`algorithm.name: sft` in the paper's recipe; its latest checkpoint). member_batch: members evaluated at once (0 = all).
-    greedy: greedy evaluation (else sampled with the run's sampling settings, one key shared by all
-    members).
+    divide_by_sigma: OpenES settings (see `OpenES`). rank: EGGROLL noise rank. targets: the
+    projections searched (None: the warm start's q/k/v/o adapters for essa, all its adapters for
+    essa_product, all seven for eggroll / random_subspace). alpha: the evolving fraction of each SVD's singular values
+    (the largest), rounded down as in the ESSA paper (0 evolving values is an error); essa_rank:
+    random_subspace's rank (and the warm-start rank `jaxsteer plan` assumes for essa). warm_start: ESSA's LoRA warm start, the output directory of a LoRA
+    training run (`algorithm.name: sft` in the paper's recipe; its latest checkpoint).
+    member_batch: members evaluated at once (0 = all). greedy: greedy evaluation (else sampled with
+    the run's sampling settings, one key shared by all members).
     """
 
     space: str | None = None
@@ -115,29 +120,38 @@ class ESConfig:
     antithetic: bool = True
     divide_by_sigma: bool = True
     rank: int = 1
-    targets: tuple[str, ...] = PROJECTIONS
-    top_p: float = 1.0
+    targets: tuple[str, ...] | None = None
+    alpha: float = 1.0
     essa_rank: int = 8
     warm_start: str | None = None
     member_batch: int = 0
     greedy: bool = True
 
     def __post_init__(self):
-        if self.space not in (None, "trainable", "full", "eggroll", "essa", "random_subspace"):
-            raise ValueError(f"es.space must be trainable, full, eggroll, essa or random_subspace, got {self.space!r}")
+        if self.space not in (None, *ES_SPACES):
+            raise ValueError(f"es.space must be one of {', '.join(ES_SPACES)}, got {self.space!r}")
         if self.strategy not in (None, *ES_STRATEGIES):
             raise ValueError(f"es.strategy must be one of {sorted(ES_STRATEGIES)}, got {self.strategy!r}")
         if self.population < 2:
             raise ValueError(f"es.population must be >= 2, got {self.population}")
-        bad = [t for t in self.targets if t not in PROJECTIONS]
-        if bad:
-            raise ValueError(f"es.targets: unknown projections {bad}; choose from {list(PROJECTIONS)}")
-        object.__setattr__(self, "targets", tuple(self.targets))
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"es.alpha must be in (0, 1], got {self.alpha}")
+        if self.targets is not None:
+            bad = [t for t in self.targets if t not in PROJECTIONS]
+            if bad or not self.targets:
+                raise ValueError(f"es.targets: unknown projections {bad}; choose a non-empty subset of {list(PROJECTIONS)}")
+            object.__setattr__(self, "targets", tuple(self.targets))
 
     def space_for(self, algorithm: str) -> str:
         """The search space's name for `algorithm` (es | eggroll | essa)."""
         _check_es_algorithm(algorithm)
         return self.space or {"es": "trainable", "eggroll": "eggroll", "essa": "essa"}[algorithm]
+
+    def targets_for(self, space: str) -> tuple[str, ...] | None:
+        """The projections `space` searches: `targets`, or its default (None: the warm start's adapters)."""
+        if self.targets is not None:
+            return self.targets
+        return None if space in ("essa", "essa_product") else PROJECTIONS
 
     def strategy_for(self, algorithm: str) -> str:
         """The strategy's name for `algorithm` (es | eggroll | essa)."""

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from ..models.config import ModelConfig, from_hf_config
+from ..models.decoder import ATTENTION_PROJECTIONS, PROJECTIONS
 from ..models.params import Model, init_params
 from .config import ConfigError, TrainConfig, load_config, resolve_dtype
 from .sharding import fsdp_spec
@@ -337,12 +338,16 @@ def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capaci
     act_bytes = np.dtype(model.params["embed"].dtype).itemsize
     space = es.space_for(cfg.algorithm.name)
     layers = {k: v.shape for k, v in model.params["layers"].items()}
-    if space == "essa":
-        r = es.essa_rank
-        frozen = sum(L * (i + o) * r for L, i, o in (layers[t] for t in es.targets)) * 4  # U, V^T
-        n = sum(layers[t][0] for t in es.targets) * max(1, math.ceil(es.top_p * r - 1e-9))
+    targets = es.targets_for(space) or (ATTENTION_PROJECTIONS if space == "essa" else PROJECTIONS)  # warm start: assumed
+    r = es.essa_rank  # ESSA's warm-start rank as far as the plan knows
+    if space == "essa":  # U_a, V_a^T, U_b, V_b^T per adapted matrix; 2 floor(alpha r) values
+        frozen = sum(L * (i + 2 * r + o) * r for L, i, o in (layers[t] for t in targets)) * 4
+        n = sum(layers[t][0] for t in targets) * 2 * int(math.floor(es.alpha * r + 1e-9))
+    elif space in ("essa_product", "random_subspace"):
+        frozen = sum(L * (i + o) * r for L, i, o in (layers[t] for t in targets)) * 4  # U, V^T
+        n = sum(layers[t][0] for t in targets) * int(math.floor(es.alpha * r + 1e-9))
     elif space == "eggroll":
-        frozen, n = 0, sum(math.prod(layers[t]) for t in es.targets)
+        frozen, n = 0, sum(math.prod(layers[t]) for t in targets)
     elif space == "full":
         frozen, n = 0, c.n_params()
     else:
@@ -354,12 +359,12 @@ def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capaci
     strategy = es.strategy_for(cfg.algorithm.name)
     members = es.member_batch or es.population
     per_device = math.ceil(members / devices)
-    per_member = (sum(L * (i + o) * es.rank for L, i, o in (layers[t] for t in es.targets)) * 4
+    per_member = (sum(L * (i + o) * es.rank for L, i, o in (layers[t] for t in targets)) * 4
                   if space == "eggroll" else n * 4 if space != "full" else n * act_bytes)
     rows = per_device * cfg.algorithm.prompts_per_step
     parts = {
         "base parameters": device_bytes(model),
-        "search space (frozen U, V)" if space == "essa" else "search space": frozen + 4 * n,
+        "search space (frozen U, V)" if frozen else "search space": frozen + 4 * n,
         f"strategy state ({strategy})": 4 * (n * n + 4 * n if strategy == "cma" else 3 * n),
         f"members' parameters ({per_device} per device)": per_device * per_member,
         "rollout KV cache": kv_cache_bytes(c, rows, prompt_len + new, act_bytes),

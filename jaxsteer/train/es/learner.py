@@ -37,7 +37,7 @@ from ..sharding import make_mesh, replicate
 from ..state import load_trainable
 from ..trainable import STEERING_KINDS, TrainableConfig
 from .population import center_member, es_generation, member_mesh
-from .spaces import EggrollSpace, FullSpace, TrainableSpace, essa_space
+from .spaces import EggrollSpace, FullSpace, TrainableSpace, essa_product_space, essa_space
 from .strategies import STRATEGIES, OpenES
 
 
@@ -47,20 +47,27 @@ def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: Trai
     parameterisation for space "trainable" (default steering on every layer); lora + trainable
     (kind "lora"): ESSA's warm start."""
     name = cfg.space_for(algorithm)
+    targets = cfg.targets_for(name)
     if name == "trainable":
         space = TrainableSpace(trainable or TrainableConfig())
     elif name == "full":
         space = FullSpace()
     elif name == "eggroll":
-        space = EggrollSpace(targets=cfg.targets, rank=cfg.rank)
+        space = EggrollSpace(targets=targets, rank=cfg.rank)
     elif name == "random_subspace":  # random orthonormal U, V with s = 0: not ESSA, which starts from trained adapters
-        space = essa_space(model, None, None, top_p=cfg.top_p, rank=cfg.essa_rank, targets=cfg.targets, seed=seed)
+        space = essa_product_space(model, None, None, alpha=cfg.alpha, rank=cfg.essa_rank, targets=targets, seed=seed)
     elif lora is None:
-        raise ConfigError("ESSA evolves the singular values of trained LoRA adapters (the paper: an SFT run): set "
-                          "es.warm_start to a LoRA run's directory, or es.space=random_subspace for random "
+        raise ConfigError(f"es.space={name} evolves the singular values of trained LoRA adapters (the paper: an SFT "
+                          "run): set es.warm_start to a LoRA run's directory, or es.space=random_subspace for random "
                           "orthonormal adapters with s = 0")
+    elif name == "essa_product":
+        space = essa_product_space(model, lora if targets is None else {p: lora[p] for p in targets if p in lora},
+                                   trainable, alpha=cfg.alpha)
     else:
-        space = essa_space(model, lora, trainable, top_p=cfg.top_p, seed=seed)
+        try:
+            space = essa_space(model, lora, trainable, alpha=cfg.alpha, targets=targets)
+        except ValueError as e:
+            raise ConfigError(f"es.targets / es.alpha: {e}") from e
     strategy_name = cfg.strategy_for(algorithm)
     if strategy_name == "openai":
         strategy = OpenES(population=cfg.population, sigma=cfg.sigma, lr=cfg.lr, antithetic=cfg.antithetic,
@@ -74,7 +81,7 @@ def es_space_for_run(cfg: TrainConfig, model: Model, tokenizer: Any = None, lora
     """`(space, strategy)` of an ES run config; ESSA's LoRA warm start from `es.warm_start` (the
     directory of a LoRA run) or given directly as `lora` (a LoRA trainable of `cfg.trainable`)."""
     es, trainable = cfg.es, cfg.trainable
-    if cfg.algorithm.name == "essa" and lora is None and es.warm_start:
+    if es.space_for(cfg.algorithm.name) in ("essa", "essa_product") and lora is None and es.warm_start:
         warm_cfg = load_config(os.path.join(es.warm_start, "config.yaml"), [f"output_dir={es.warm_start}"])
         if warm_cfg.trainable.kind != "lora" or warm_cfg.is_es:
             raise ValueError(f"es.warm_start={es.warm_start!r} is a {warm_cfg.trainable.kind} run; ESSA needs a LoRA run")
@@ -90,7 +97,7 @@ def describe(space, strategy) -> dict:
     d = {"space": type(space).__name__, "strategy": type(strategy).__name__}
     for f in dataclasses.fields(strategy):
         d[f.name] = getattr(strategy, f.name)
-    for field in ("cfg", "paths", "targets", "rank", "n_active"):
+    for field in ("cfg", "paths", "targets", "rank", "n_active", "n_a", "n_b", "scale"):
         if hasattr(space, field):
             v = getattr(space, field)
             d[f"space_{field}"] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v

@@ -16,8 +16,11 @@ from keys, in the evaluation (one member at a time under `vmap`) and in `noise_s
 - `FullSpace`: the model's own parameters, Gaussian noise per tensor (Qiu et al.).
 - `EggrollSpace`: the projection matrices with low-rank noise `E = A B^T / sqrt(r)` per matrix
   (EGGROLL), run through the decoder's adapter path, never materialised.
-- `ESSASpace`: LoRA adapters reparameterised by SVD, `U diag(s) V^T`; only (the top p% of) the
-  singular values evolve (ESSA).
+- `ESSASpace`: ESSA as its paper defines it: each factor of a trained LoRA decomposed separately,
+  `a = U_a diag(s_a) V_a^T`, `b = U_b diag(s_b) V_b^T` (2r values per adapted matrix), U and V
+  frozen, offsets on the top `floor(alpha * r)` singular values of each factor evolving.
+- `ESSAProductSpace`: the product `scale * a @ b = U diag(s) V^T` (r values per matrix), also the
+  random-subspace ES (random orthonormal U, V with s = 0).
 
 Dense spaces (`dense = True`: members are theta-shaped) also work with the CMA strategies.
 """
@@ -31,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ...models.decoder import PROJECTIONS
+from ...models.decoder import ATTENTION_PROJECTIONS, PROJECTIONS
 from ...models.params import Model, flatten, unflatten
 from ..trainable import TrainableConfig, apply_trainable, init_trainable
 
@@ -60,12 +63,36 @@ def normal_like(tree, key: jax.Array):
     return jax.tree_util.tree_unflatten(treedef, _normal_pieces(key, [tuple(jnp.shape(x)) for x in leaves]))
 
 
+def _block_diagonal(x: jax.Array, y: jax.Array) -> jax.Array:
+    """`[..., m, n]`, `[..., p, q]` -> `[..., m + p, n + q]` with x and y on the diagonal."""
+    top = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + y.shape[-1:], x.dtype)], axis=-1)
+    bottom = jnp.concatenate([jnp.zeros(y.shape[:-1] + x.shape[-1:], x.dtype), y.astype(x.dtype)], axis=-1)
+    return jnp.concatenate([top, bottom], axis=-2)
+
+
+def _factorwise(ad: dict) -> dict:
+    """An adapter in the decoder's full factor-wise form (missing `s` / `s_out`: ones; `core`: identity)."""
+    r = ad["a"].shape[-1]
+    lead = ad["a"].shape[:-2]
+    ones = jnp.ones(lead + (r,), ad["a"].dtype)
+    return {"a": ad["a"], "s": ad.get("s", ones), "core": ad.get("core", jnp.broadcast_to(jnp.eye(r, dtype=ad["a"].dtype), lead + (r, r))),
+            "s_out": ad.get("s_out", ones), "b": ad["b"]}
+
+
 def _with_adapter(layers: dict, proj: str, new: dict) -> None:
-    """Set `layers["lora"][proj]` to `new` (`{"a", "b"}`, optionally `"s"`), concatenating along the
-    rank axis with an adapter already there (a missing `"s"` counts as ones)."""
+    """Set `layers["lora"][proj]` to `new` (`{"a", "b"}`, optionally `"s"`, or `"core"` + `"s_out"`),
+    concatenating along the rank axis with an adapter already there (a missing `"s"` counts as ones,
+    a missing `"core"` as the identity; cores are joined block-diagonally)."""
     lora = dict(layers.get("lora", {}))
     old = lora.get(proj)
-    if old is not None:
+    if old is not None and ("core" in old or "core" in new):
+        old, new = _factorwise(old), _factorwise(new)
+        new = {"a": jnp.concatenate([old["a"], new["a"].astype(old["a"].dtype)], axis=-1),
+               "s": jnp.concatenate([old["s"], new["s"].astype(old["a"].dtype)], axis=-1),
+               "core": _block_diagonal(old["core"], new["core"]),
+               "s_out": jnp.concatenate([old["s_out"], new["s_out"].astype(old["a"].dtype)], axis=-1),
+               "b": jnp.concatenate([old["b"], new["b"].astype(old["b"].dtype)], axis=-2)}
+    elif old is not None:
         merged = {
             "a": jnp.concatenate([old["a"], new["a"].astype(old["a"].dtype)], axis=-1),
             "b": jnp.concatenate([old["b"], new["b"].astype(old["b"].dtype)], axis=-2),
@@ -235,12 +262,115 @@ class EggrollSpace:
 
 # --------------------------------------------------------------------------- ESSA
 
+def n_evolving(alpha: float, n: int) -> int:
+    """ESSA's top-alpha count of `n` singular values: `floor(alpha * n)` (the paper rounds down);
+    an error when that leaves none (the paper's rank 8, alpha 0.1 cell)."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"es.alpha must be in (0, 1], got {alpha}")
+    k = int(math.floor(alpha * n + 1e-9))
+    if k < 1:
+        raise ValueError(f"es.alpha={alpha} of {n} singular values rounds down to 0 evolving values; "
+                         f"use alpha >= {1 / n:g}")
+    return k
+
+
+def _pad_offsets(offsets: jax.Array, s: jax.Array) -> jax.Array:
+    """`s + [offsets, 0...]`: offsets on the leading (largest) singular values, the rest fixed."""
+    return s + jnp.pad(offsets.astype(_f32), [(0, 0)] * (s.ndim - 1) + [(0, s.shape[-1] - offsets.shape[-1])])
+
 
 @struct.dataclass
 class ESSASpace(_Dense):
-    """ESSA: each LoRA adapter `scale * a @ b = U diag(s) V^T` (per layer and projection); U, V are
-    frozen leaves of the space, theta `{proj: [L, k]}` holds the top-k singular values that evolve
-    (k = ceil(top_p * r)); the rest stay at `s0`. Build with `essa_space`."""
+    """ESSA as its paper defines it (arXiv 2507.04453, section 3.2 and Algorithm 1): each factor of
+    a trained LoRA adapter is decomposed separately, `a = U_a diag(s_a) V_a^T`, `b = U_b diag(s_b)
+    V_b^T` (our `[in, r]` / `[r, out]` layout: the paper's A and B transposed, same singular values),
+    so an adapted matrix carries 2r singular values. U, V are frozen leaves; theta holds offsets
+    `{proj: {"a": [L, k_a], "b": [L, k_b]}}` added to the top `floor(alpha * r)` values of each
+    factor (zeros at init: the centre is the warm-start LoRA exactly). Adapters of the warm start on
+    projections outside `targets` stay applied, unchanged. Build with `essa_space`."""
+
+    u_a: dict  # {proj: [L, in, r]}
+    s_a: dict  # {proj: [L, r]} descending
+    vt_a: dict  # {proj: [L, r, r]}
+    u_b: dict  # {proj: [L, r, r]}
+    s_b: dict  # {proj: [L, r]} descending
+    vt_b: dict  # {proj: [L, r, out]}
+    frozen: dict  # {proj: {"a", "b"}}: the warm start's other adapters (LoRA scale folded into b)
+    n_a: int = struct.field(pytree_node=False, default=1)
+    n_b: int = struct.field(pytree_node=False, default=1)
+    scale: float = struct.field(pytree_node=False, default=1.0)  # the LoRA's alpha / rank
+
+    def init(self, model: Model | None = None, key: jax.Array | None = None):
+        return {p: {"a": jnp.zeros(s.shape[:-1] + (self.n_a,), _f32), "b": jnp.zeros(self.s_b[p].shape[:-1] + (self.n_b,), _f32)}
+                for p, s in self.s_a.items()}
+
+    def singular_values(self, theta) -> dict:
+        """`{proj: (s_a [L, r], s_b [L, r])}`: each factor's values plus the member's offsets."""
+        return {p: (_pad_offsets(theta[p]["a"], self.s_a[p]), _pad_offsets(theta[p]["b"], self.s_b[p])) for p in self.s_a}
+
+    def adapters(self, theta) -> dict:
+        """`{proj: {"a": U_a, "s": s_a, "core": V_a^T U_b, "s_out": s_b, "b": scale V_b^T}}` (the
+        decoder's factor-wise adapter path): under a vmapped population only s_a, s_b are per member."""
+        return {p: {"a": self.u_a[p], "s": sa, "core": self.vt_a[p] @ self.u_b[p], "s_out": sb, "b": self.scale * self.vt_b[p]}
+                for p, (sa, sb) in self.singular_values(theta).items()}
+
+    def apply(self, model: Model, member) -> tuple[Model, tuple]:
+        layers = dict(model.params["layers"])
+        for p, ab in self.frozen.items():
+            _with_adapter(layers, p, ab)
+        for p, adapter in self.adapters(member).items():
+            _with_adapter(layers, p, adapter)
+        return model.replace(params={**model.params, "layers": layers}), ()
+
+    def to_lora(self, theta, cfg: TrainableConfig) -> dict:
+        """The LoRA trainable of `cfg` (the warm start's) that `apply_trainable` runs as this member:
+        `a = U_a diag(s_a) V_a^T`, `b = U_b diag(s_b) V_b^T`, plus the frozen adapters unchanged."""
+        out = {p: {"a": ab["a"], "b": ab["b"] / cfg.lora_scale} for p, ab in self.frozen.items()}
+        for p, (sa, sb) in self.singular_values(theta).items():
+            out[p] = {"a": (self.u_a[p] * sa[:, None, :]) @ self.vt_a[p], "b": (self.u_b[p] * sb[:, None, :]) @ self.vt_b[p]}
+        return out
+
+
+def _svd_stack(x: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Thin SVD of a stack `[L, m, n]` in float64: U `[L, m, k]`, s `[L, k]` (descending), V^T `[L, k, n]`."""
+    u, s, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+    return jnp.asarray(u, _f32), jnp.asarray(s, _f32), jnp.asarray(vt, _f32)
+
+
+def essa_space(model: Model, lora: dict, cfg: TrainableConfig, *, alpha: float = 1.0,
+               targets: tuple[str, ...] | None = None) -> ESSASpace:
+    """The paper's `ESSASpace` from a trained LoRA (`lora`, a trainable of `cfg`, e.g. an SFT run):
+    factor-wise SVD on `targets` (None: the LoRA's adapters on the attention projections q/k/v/o,
+    as in the paper), the top `floor(alpha * r)` singular values of each factor evolving. Runs once,
+    on the host, in float64. The model must not already carry this LoRA (the space adds it)."""
+    if lora is None or cfg is None or cfg.kind != "lora":
+        raise ValueError("essa_space needs a trained LoRA and its TrainableConfig(kind='lora')")
+    if targets is None:
+        targets = tuple(p for p in ATTENTION_PROJECTIONS if p in lora)
+        if not targets:
+            raise ValueError(f"the warm start has no adapter on an attention projection (it adapts {sorted(lora)}); "
+                             "set the ESSA targets")
+    missing = [t for t in targets if t not in lora]
+    if missing:
+        raise ValueError(f"ESSA targets {missing} have no adapter in the warm start (it adapts {sorted(lora)})")
+    frozen = {p: {"a": jnp.asarray(lora[p]["a"], _f32), "b": jnp.asarray(lora[p]["b"], _f32) * cfg.lora_scale}
+              for p in sorted(lora) if p not in targets}
+    fields = {k: {} for k in ("u_a", "s_a", "vt_a", "u_b", "s_b", "vt_b")}
+    for p in sorted(targets):
+        fields["u_a"][p], fields["s_a"][p], fields["vt_a"][p] = _svd_stack(lora[p]["a"])
+        fields["u_b"][p], fields["s_b"][p], fields["vt_b"][p] = _svd_stack(lora[p]["b"])
+    some = sorted(targets)[0]
+    n_a = n_evolving(alpha, fields["s_a"][some].shape[-1])
+    n_b = n_evolving(alpha, fields["s_b"][some].shape[-1])
+    return ESSASpace(**fields, frozen=frozen, n_a=n_a, n_b=n_b, scale=float(cfg.lora_scale))
+
+
+@struct.dataclass
+class ESSAProductSpace(_Dense):
+    """ESSA's product variant: each adapter's product `scale * a @ b = U diag(s) V^T` (per layer and
+    projection, r values per matrix); U, V are frozen leaves of the space, theta `{proj: [L, k]}`
+    holds the top-k singular values that evolve (k = floor(alpha * r)); the rest stay at `s0`. Also
+    the random-subspace ES (random orthonormal U, V with s = 0). Build with `essa_product_space`."""
 
     u: dict  # {proj: [L, in, r]}
     vt: dict  # {proj: [L, r, out]}
@@ -280,30 +410,28 @@ def _svd_lowrank(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return qa @ uk, s, vkt @ qb.T
 
 
-def essa_space(
+def essa_product_space(
     model: Model,
     lora: dict | None = None,
     cfg: TrainableConfig | None = None,
     *,
-    top_p: float = 1.0,
+    alpha: float = 1.0,
     rank: int = 8,
     targets: tuple[str, ...] | None = None,
     seed: int = 0,
-) -> ESSASpace:
-    """An `ESSASpace` from a LoRA trainable (`lora` with its `cfg`, e.g. an SFT or RL warm start), or
-    fresh: random orthonormal U, V of `rank` on `targets` (default all projections; numpy `seed`)
-    with s = 0.
+) -> ESSAProductSpace:
+    """An `ESSAProductSpace` from a LoRA trainable (`lora` with its `cfg`: every adapter's product
+    decomposed), or fresh (the random-subspace ES): random orthonormal U, V of `rank` on `targets`
+    (default all projections; numpy `seed`) with s = 0.
 
-    top_p: fraction of each adapter's singular values (the largest) that evolve. The model must not
-    already carry this LoRA (the space adds it; other adapters on the model are kept, concatenated
-    along the rank axis). Runs once, on the host, in float64."""
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    alpha: fraction of each adapter's singular values (the largest) that evolve, rounded down. The
+    model must not already carry this LoRA (the space adds it; other adapters on the model are kept,
+    concatenated along the rank axis). Runs once, on the host, in float64."""
     layers = model.params["layers"]
     u, vt, s0 = {}, {}, {}
     if lora is not None:
         if cfg is None or cfg.kind != "lora":
-            raise ValueError("essa_space: a LoRA warm start needs its TrainableConfig(kind='lora')")
+            raise ValueError("essa_product_space: a LoRA warm start needs its TrainableConfig(kind='lora')")
         for p in sorted(lora):
             a = np.asarray(lora[p]["a"], np.float64)
             b = np.asarray(lora[p]["b"], np.float64) * cfg.lora_scale
@@ -323,9 +451,8 @@ def essa_space(
             vt[p] = jnp.asarray(np.swapaxes(qb, -1, -2), _f32)
             s0[p] = jnp.zeros((L, rank), _f32)
         r = rank
-    n_active = max(1, int(math.ceil(top_p * r - 1e-9)))
-    return ESSASpace(u=u, vt=vt, s0=s0, n_active=n_active)
+    return ESSAProductSpace(u=u, vt=vt, s0=s0, n_active=n_evolving(alpha, r))
 
 
-
-__all__ = ["normal_like", "TrainableSpace", "SteeringSpace", "FullSpace", "EggrollSpace", "ESSASpace", "essa_space"]
+__all__ = ["normal_like", "TrainableSpace", "SteeringSpace", "FullSpace", "EggrollSpace", "ATTENTION_PROJECTIONS",
+           "n_evolving", "ESSASpace", "essa_space", "ESSAProductSpace", "essa_product_space"]
