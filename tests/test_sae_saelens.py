@@ -22,7 +22,9 @@ X = np.random.default_rng(0).normal(size=(16, D)).astype(np.float32)
 
 def randomised(kind, d=D, f=F, k=5, seed=0, **kw):
     """A jaxsteer SAE with random biases, decoder norms and thresholds."""
-    cfg = sae.SAEConfig(kind=kind, d_in=d, d_sae=f, k=k if kind in ("topk", "batchtopk", "htopk") else 0,
+    if kind == "matryoshka":
+        kw["matryoshka_widths"] = (f // 4, f)
+    cfg = sae.SAEConfig(kind=kind, d_in=d, d_sae=f, k=k if kind in ("topk", "batchtopk", "htopk", "matryoshka") else 0,
                         layer=3, site=kw.pop("site", "resid_post"), **kw)
     s = sae.init_sae(cfg, jax.random.PRNGKey(seed))
     ks = jax.random.split(jax.random.PRNGKey(seed + 1), 4)
@@ -30,7 +32,7 @@ def randomised(kind, d=D, f=F, k=5, seed=0, **kw):
              W_dec=s.params["W_dec"] * jax.random.uniform(ks[2], (f, 1), minval=0.5, maxval=1.5))
     if kind == "jumprelu":
         p["threshold"] = jax.random.uniform(ks[3], (f,), maxval=0.4)
-    if kind == "batchtopk":
+    if kind in ("batchtopk", "matryoshka"):
         p["threshold"] = jnp.asarray(0.3)
     return sae.SAE(p, cfg)
 
@@ -106,7 +108,9 @@ def test_saelens_batchtopk_training_and_inference_directories_load(training, tmp
     sl.save_model(str(tmp_path / "train"))          # training format: scalar topk_threshold, decoder-norm rescaling
     sl.save_inference_model(str(tmp_path / "infer"))  # SAELens' inference form: JumpReLU, norms folded
     s = load_saelens(str(tmp_path / "train"))
-    assert s.config.kind == "batchtopk" and s.config.rescale_acts_by_decoder_norm
+    assert s.config.kind == training.removesuffix("_batchtopk") and s.config.rescale_acts_by_decoder_norm
+    if training != "batchtopk":
+        assert s.config.matryoshka_widths == (10, 25, F)
     np.testing.assert_allclose(float(s.params["threshold"]), 0.025)
     inference = sae_lens.SAE.load_from_disk(str(tmp_path / "infer"))
     assert_same_as_saelens(inference, s)
@@ -208,7 +212,7 @@ def test_dtype_at_load_and_fold_w_dec_norm(tmp_path):
 
 # ----- jaxsteer writes, SAELens reads -------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["relu", "topk", "jumprelu", "batchtopk", "htopk"])
+@pytest.mark.parametrize("kind", ["relu", "topk", "jumprelu", "batchtopk", "htopk", "matryoshka"])
 @pytest.mark.parametrize("rescale", [False, True])
 def test_jaxsteer_sae_loads_in_saelens(kind, rescale, tmp_path):
     s = randomised(kind, rescale_acts_by_decoder_norm=rescale)
@@ -228,7 +232,7 @@ def test_jaxsteer_sae_loads_in_saelens(kind, rescale, tmp_path):
         assert back.config == sae.SAEConfig(**dict(s.config.to_dict(), model="tiny"))
 
 
-@given(kind=st.sampled_from(["relu", "topk", "jumprelu", "batchtopk", "htopk"]), rescale=st.booleans(),
+@given(kind=st.sampled_from(["relu", "topk", "jumprelu", "batchtopk", "htopk", "matryoshka"]), rescale=st.booleans(),
        b_dec_in=st.booleans(), d=st.integers(2, 9), f=st.integers(4, 30), k=st.integers(1, 4), seed=st.integers(0, 99))
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_random_configs_round_trip_through_saelens(kind, rescale, b_dec_in, d, f, k, seed, tmp_path_factory):

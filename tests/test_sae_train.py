@@ -55,11 +55,11 @@ def text_file(tmp_path_factory):
     return str(path)
 
 
-def run_cfg(text_file, out_dir, kind="topk", **extra):
+def run_cfg(text_file, out_dir, kind="topk", overrides=(), **extra):
     sets = [f"text={text_file}", f"out_dir={out_dir}", "layer=1", "context=16", f"sae.kind={kind}", "sae.d_sae=32",
             "sae.k=4", "train.batch_size=60", "train.steps=6", "train.lr=0.003", "train.dead_tokens=120", "save_every=3",
             "log_every=1", "buffer.contexts_per_forward=4", "buffer.buffer_batches=2", "eval.contexts=8", "eval.fraction=0.2"]
-    return load_run_config(None, sets + [f"{k}={v}" for k, v in extra.items()])
+    return load_run_config(None, sets + list(overrides) + [f"{k}={v}" for k, v in extra.items()])
 
 
 def test_truncated_harvest_equals_full_trace(model):
@@ -140,3 +140,22 @@ def test_a_locked_run_directory_is_refused(model, text_file, tmp_path):
     with RunLock(cfg.out_dir):
         with pytest.raises(RunLockedError):
             train_sae(cfg, model=model, tokenizer=CharTokenizer(), progress=False)
+
+
+def test_jumprelu_matryoshka_and_z_runs_from_the_config(model, text_file, tmp_path):
+    """The config keys reach the step: a JumpReLU run trains its thresholds under the L0 penalty,
+    a Matryoshka run keeps its prefixes, a z-site run reads the heads flattened; each exports and
+    loads back."""
+    tok = CharTokenizer()
+    cases = {"jumprelu": ["train.l0_coef=0.01", "train.jumprelu_bandwidth=0.05"],
+             "matryoshka": ["sae.matryoshka_widths=[8,32]"], "topk": ["site=z"]}
+    for kind, extra in cases.items():
+        out = train_sae(run_cfg(text_file, tmp_path / kind, kind, extra), model=model, tokenizer=tok, progress=False)
+        s = load_sae(out)
+        assert s.config.kind == kind
+        if kind == "jumprelu":
+            assert float(jnp.std(s.params["threshold"])) > 0  # per-latent thresholds moved from their common init
+        if kind == "matryoshka":
+            assert s.config.matryoshka_widths == (8, 32) and float(s.params["threshold"]) > 0
+        if kind == "topk":
+            assert (s.config.site, s.config.d_in) == ("z", model.config.n_heads * model.config.head_dim)

@@ -11,7 +11,12 @@ One `SAE` value (flax struct: `params` leaves + static `SAEConfig`) covers every
   selection kept; like SAELens we track it as an exponential moving average of that minimum
   (rate `threshold_lr`, default 0.01), see `losses.update_threshold`.
 - `jumprelu` (Rajamanoharan et al. 2024, Gemma Scope): `z = relu(pre) * (pre > threshold)`,
-  per-latent threshold. Inference (and loading) only: no straight-through training here.
+  per-latent threshold, trained with straight-through pseudo-derivatives and an L0 penalty
+  (`losses.jumprelu_ste`, `losses.step_ste`).
+- `matryoshka` (Matryoshka BatchTopK, Bussmann et al. 2025, arXiv 2503.17547): BatchTopK whose
+  latents are nested prefixes `matryoshka_widths` (the last = `d_sae`); the loss averages the
+  reconstruction error of every prefix, so the first latents must reconstruct on their own.
+  Inference as BatchTopK (one global threshold).
 - `htopk` (HierarchicalTopK, arXiv 2505.24473): the encoder is TopK with `k = K` (the largest
   budget); the loss (`losses.htopk_loss`) averages the reconstruction error of the top-j
   latents over j, so one SAE serves every `k <= K` (`encode(..., k=j)`).
@@ -42,7 +47,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-KINDS = ("relu", "topk", "batchtopk", "jumprelu", "htopk", "kron")
+KINDS = ("relu", "topk", "batchtopk", "jumprelu", "htopk", "kron", "matryoshka")
+BATCH_KINDS = ("batchtopk", "matryoshka")  # batch-level top-k in training, one global threshold at inference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +57,7 @@ class SAEConfig:
 
     kind: one of `KINDS`. k: latents kept (TopK family; for `htopk` the largest budget K).
     kron_heads / kron_m / kron_n: KronSAE factorisation (`d_sae = heads * m * n`).
+    matryoshka_widths: the nested prefix sizes of a `matryoshka` SAE (increasing, last = d_sae).
     decoder_bias: False for a residual SAE (no `b_dec`). apply_b_dec_to_input: subtract `b_dec`
     before encoding (SAELens default True). rescale_acts_by_decoder_norm: SAELens' option that
     ranks latents by `pre * ||W_dec row||` (loaded SAEs only). site / layer / model: where the
@@ -64,6 +71,7 @@ class SAEConfig:
     kron_heads: int = 0
     kron_m: int = 0
     kron_n: int = 0
+    matryoshka_widths: tuple[int, ...] = ()
     decoder_bias: bool = True
     apply_b_dec_to_input: bool = True
     rescale_acts_by_decoder_norm: bool = False
@@ -75,12 +83,16 @@ class SAEConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown SAE kind {self.kind!r}; kinds are {KINDS}")
-        if self.kind in ("topk", "batchtopk", "htopk", "kron") and not 0 < self.k <= self.d_sae:
+        object.__setattr__(self, "matryoshka_widths", tuple(int(w) for w in self.matryoshka_widths))
+        if self.kind in ("topk", "batchtopk", "htopk", "kron", "matryoshka") and not 0 < self.k <= self.d_sae:
             raise ValueError(f"{self.kind} SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k}")
         if self.kind == "kron" and self.kron_heads * self.kron_m * self.kron_n != self.d_sae:
             raise ValueError(
                 f"kron SAE: heads*m*n = {self.kron_heads}*{self.kron_m}*{self.kron_n} must equal d_sae={self.d_sae}"
             )
+        w = self.matryoshka_widths
+        if self.kind == "matryoshka" and (not w or w[-1] != self.d_sae or any(b <= a for a, b in zip((0,) + w, w))):
+            raise ValueError(f"matryoshka SAE: matryoshka_widths {list(w)} must increase from > 0 to d_sae={self.d_sae}")
         if self.kind == "kron" and self.rescale_acts_by_decoder_norm:
             raise ValueError("kron SAE: rescale_acts_by_decoder_norm is not supported (its encoder has no W_enc to fold into)")
         if self.dtype not in ("float32", "bfloat16"):
@@ -136,7 +148,7 @@ def init_sae(config: SAEConfig, key: jax.Array) -> SAE:
         params["b_dec"] = jnp.zeros((c.d_in,), jnp.float32)
     if c.kind == "jumprelu":
         params["threshold"] = jnp.zeros((c.d_sae,), jnp.float32)
-    if c.kind == "batchtopk":
+    if c.kind in BATCH_KINDS:
         params["threshold"] = jnp.zeros((), jnp.float32)
     return SAE({k: v.astype(dt) for k, v in params.items()}, c)
 
@@ -204,7 +216,7 @@ def activate(sae: SAE, pre: jax.Array, *, k: int | None = None, train: bool = Fa
         return jax.nn.relu(pre)
     if c.kind == "jumprelu":
         return jax.nn.relu(pre) * (pre > p["threshold"].astype(pre.dtype)).astype(pre.dtype)
-    if c.kind == "batchtopk":
+    if c.kind in BATCH_KINDS:
         if train:
             return batch_topk(pre, k or c.k)
         return jax.nn.relu(pre) * (pre > p["threshold"].astype(pre.dtype)).astype(pre.dtype)
@@ -288,7 +300,7 @@ def astype(sae: SAE, dtype: str) -> SAE:
 
 
 __all__ = [
-    "KINDS", "SAEConfig", "SAE", "init_sae", "b_dec", "mand", "pre_acts", "topk_mask", "batch_topk",
+    "KINDS", "BATCH_KINDS", "SAEConfig", "SAE", "init_sae", "b_dec", "mand", "pre_acts", "topk_mask", "batch_topk",
     "activate", "encode", "decode", "reconstruct", "residual_reconstruct", "kron_full_matrices",
     "encoder_flops", "astype", "fold_decoder_norm",
 ]

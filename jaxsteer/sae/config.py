@@ -6,7 +6,7 @@
     text: py:jaxsteer.sae.corpora:general_text   # file, directory, hf:NAME[:SPLIT], py:module:fn
     context: 128
     out_dir: runs/sae_topk
-    sae: {kind: topk, expansion: 16, k: 32}      # or d_sae; kron_heads/kron_m/kron_n; dtype
+    sae: {kind: topk, expansion: 16, k: 32}      # or d_sae; kron_heads/kron_m/kron_n; matryoshka_widths; dtype
     train: {batch_size: 4096, steps: 2000, lr: 2e-4, k_aux: 288, dead_tokens: 1000000}
     buffer: {contexts_per_forward: 8, buffer_batches: 16}
     eval: {contexts: 64}
@@ -31,6 +31,7 @@ class SAESpec:
     kron_heads: int = 0
     kron_m: int = 0
     kron_n: int = 0
+    matryoshka_widths: list = dataclasses.field(default_factory=list)  # kind matryoshka: nested prefix sizes
     dtype: str = "float32"
 
 
@@ -48,6 +49,10 @@ class TrainSpec:
     threshold_lr: float = 0.01
     htopk_levels: list = dataclasses.field(default_factory=list)
     b_dec_init: str = "geometric_median"
+    l0_coef: float = 0.0  # jumprelu: L0 penalty weight (FVU units per active latent)
+    l0_warmup_steps: int = 0
+    jumprelu_bandwidth: float = 0.001  # in units of the batch's RMS activation (Gemma Scope)
+    jumprelu_init_threshold: float = 0.001  # likewise
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""Training losses: reconstruction (sparse decode), HierarchicalTopK, AuxK, BatchTopK threshold.
+"""Training losses: reconstruction (sparse decode), HierarchicalTopK, Matryoshka, AuxK, BatchTopK
+threshold, JumpReLU's straight-through threshold gradient and L0 penalty.
 
 Training never builds the dense `[B, d_sae]` latent matrix for the decoder: the TopK family
 keeps `(values, indices)` and decodes by gathering `k` decoder rows per example, so the decoder
@@ -17,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .arch import SAE, b_dec, decode, pre_acts
+from .arch import BATCH_KINDS, SAE, b_dec, decode, pre_acts
 from .sparse import topk_encode_sparse_grad
 
 
@@ -99,41 +100,147 @@ def train_topk(sae: SAE, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return sparse_topk(pre_acts(sae, x), c.k)
 
 
-def train_forward(sae: SAE, x: jax.Array, dead: jax.Array | None, *, k_aux: int = 0, aux_coef: float = 0.0,
-                  htopk_levels: tuple[int, ...] | None = None) -> tuple[jax.Array, dict[str, Any]]:
-    """Loss and diagnostics of one training batch `x [B, d_in]`.
+def rectangle(u: jax.Array) -> jax.Array:
+    """The rectangle kernel `1{|u| < 1/2}` of the JumpReLU pseudo-derivatives."""
+    return (jnp.abs(u) < 0.5).astype(u.dtype)
 
-    Returns `(loss, info)` with info: `fvu`, `aux`, `l0`, `fired` (`[d_sae]` bool: latent
-    active somewhere in the batch), `min_active` (BatchTopK: smallest kept activation)."""
+
+@jax.custom_vjp
+def jumprelu_ste(pre: jax.Array, theta: jax.Array, eps: jax.Array) -> jax.Array:
+    """JumpReLU `pre * (pre > theta)` with Rajamanoharan et al.'s (arXiv 2407.14435) straight-through
+    pseudo-derivative for the threshold: `d/dtheta = -(theta / eps) K((pre - theta) / eps)` with the
+    rectangle kernel K and bandwidth `eps`; `d/dpre = 1{pre > theta}` (no kernel term)."""
+    return pre * (pre > theta).astype(pre.dtype)
+
+
+def _jumprelu_fwd(pre, theta, eps):
+    return jumprelu_ste(pre, theta, eps), (pre, theta, eps)
+
+
+def _jumprelu_bwd(saved, g):
+    pre, theta, eps = saved
+    k = rectangle((pre - theta) / eps) / eps
+    g_theta = -jnp.sum(theta * k * g, axis=tuple(range(pre.ndim - 1)))
+    return (pre > theta).astype(g.dtype) * g, g_theta.astype(theta.dtype), jnp.zeros_like(eps)
+
+
+jumprelu_ste.defvjp(_jumprelu_fwd, _jumprelu_bwd)
+
+
+@jax.custom_vjp
+def step_ste(pre: jax.Array, theta: jax.Array, eps: jax.Array) -> jax.Array:
+    """Heaviside `1{pre > theta}` (the L0 count) with the pseudo-derivative
+    `d/dtheta = -(1 / eps) K((pre - theta) / eps)` and no gradient to `pre` (Gemma Scope's L0 penalty)."""
+    return (pre > theta).astype(pre.dtype)
+
+
+def _step_fwd(pre, theta, eps):
+    return step_ste(pre, theta, eps), (pre, theta, eps)
+
+
+def _step_bwd(saved, g):
+    pre, theta, eps = saved
+    g_theta = -jnp.sum(rectangle((pre - theta) / eps) / eps * g, axis=tuple(range(pre.ndim - 1)))
+    return jnp.zeros_like(pre), g_theta.astype(theta.dtype), jnp.zeros_like(eps)
+
+
+step_ste.defvjp(_step_fwd, _step_bwd)
+
+
+def rms(x: jax.Array) -> jax.Array:
+    """Root mean square of the activations (the unit of JumpReLU's bandwidth and initial threshold)."""
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+
+
+def jumprelu_forward(sae: SAE, x: jax.Array, bandwidth: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(pre, z, l0)` of a JumpReLU SAE in training: codes through `jumprelu_ste`, and the per-row L0
+    through `step_ste`, with bandwidth `bandwidth * rms(x)` (Gemma Scope's eps = 0.001 is in units of
+    inputs normalised to E||x||^2 = d, i.e. rms 1)."""
+    pre = pre_acts(sae, x)
+    theta = sae.params["threshold"].astype(pre.dtype)
+    eps = jax.lax.stop_gradient(bandwidth * rms(x)).astype(pre.dtype)
+    z = jumprelu_ste(pre, theta, eps)
+    return pre, z, jnp.sum(step_ste(pre, theta, eps), axis=-1)
+
+
+def batch_topk_codes(sae: SAE, pre: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """BatchTopK training selection: the top `k * B` relu'd pre-activations of the batch as flat
+    `(values, rows, cols)`."""
     c = sae.config
-    pre = None
-    info: dict[str, Any] = {"min_active": jnp.zeros((), jnp.float32)}
+    vals, flat_idx = jax.lax.top_k(jax.nn.relu(pre).reshape(-1), c.k * pre.shape[0])
+    return vals, flat_idx // c.d_sae, flat_idx % c.d_sae
+
+
+def matryoshka_errors(sae: SAE, x: jax.Array, vals: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
+    """Squared error summed over the batch of every nested prefix's reconstruction `[n_levels]`:
+    level i decodes only latents `< matryoshka_widths[i]`. One segment sum over (row, level of the
+    latent) and a cumulative sum over levels; the last level is the whole SAE."""
+    widths = jnp.asarray(sae.config.matryoshka_widths)
+    n_levels, b = len(sae.config.matryoshka_widths), x.shape[0]
+    level = jnp.searchsorted(widths, cols, side="right")  # first prefix holding the latent
+    contrib = vals[:, None].astype(jnp.float32) * sae.params["W_dec"][cols].astype(jnp.float32)
+    per_level = jax.ops.segment_sum(contrib, rows * n_levels + level, num_segments=b * n_levels)
+    partial = jnp.cumsum(per_level.reshape(b, n_levels, -1), axis=1) + b_dec(sae, jnp.float32)
+    diff = x.astype(jnp.float32)[:, None, :] - partial
+    return jnp.sum(diff * diff, axis=(0, 2))
+
+
+def _codes_and_reconstruction(sae: SAE, x: jax.Array, bandwidth: float) -> dict[str, Any]:
+    """Per-kind training codes: `x_hat`, `vals` (the non-zero candidates), `fired` `[d_sae]`, `pre`
+    (when computed densely) and kind-specific terms (`level_errors`, `l0_ste`, `min_active`)."""
+    c = sae.config
+    out: dict[str, Any] = {"pre": None, "min_active": jnp.zeros((), jnp.float32)}
     fired = jnp.zeros((c.d_sae,), bool)
-    if c.kind == "batchtopk":
-        pre = pre_acts(sae, x)
-        vals, flat_idx = jax.lax.top_k(jax.nn.relu(pre).reshape(-1), c.k * x.shape[0])
-        rows, cols = flat_idx // c.d_sae, flat_idx % c.d_sae
+    if c.kind in BATCH_KINDS:
+        out["pre"] = pre = pre_acts(sae, x)
+        vals, rows, cols = batch_topk_codes(sae, pre)
         contrib = vals[:, None].astype(sae.dtype) * sae.params["W_dec"][cols]
-        x_hat = jax.ops.segment_sum(contrib, rows, num_segments=x.shape[0]) + b_dec(sae)
-        fired = fired.at[cols].max(vals > 0)
-        info["min_active"] = jnp.min(jnp.where(vals > 0, vals, jnp.inf)).astype(jnp.float32)
+        out["x_hat"] = jax.ops.segment_sum(contrib, rows, num_segments=x.shape[0]) + b_dec(sae)
+        out["fired"] = fired.at[cols].max(vals > 0)
+        out["min_active"] = jnp.min(jnp.where(vals > 0, vals, jnp.inf)).astype(jnp.float32)
+        if c.kind == "matryoshka":
+            out["level_errors"] = matryoshka_errors(sae, x, vals, rows, cols)
     elif c.kind in ("topk", "htopk", "kron"):
         vals, idx = train_topk(sae, x)
-        x_hat = gather_decode(sae, vals, idx)
-        fired = fired.at[idx.reshape(-1)].max((vals > 0).reshape(-1))
-    else:  # relu / jumprelu: dense (no sparsity penalty here: train TopK-family SAEs instead)
-        pre = pre_acts(sae, x)
-        vals = jax.nn.relu(pre)
-        x_hat = decode(sae, vals)
-        fired = jnp.any(vals > 0, axis=0)
+        out["x_hat"] = gather_decode(sae, vals, idx)
+        out["fired"] = fired.at[idx.reshape(-1)].max((vals > 0).reshape(-1))
+        if c.kind == "htopk":
+            out["level_errors"] = htopk_errors(sae, x, vals, idx)
+    elif c.kind == "jumprelu":
+        out["pre"], vals, out["l0_ste"] = jumprelu_forward(sae, x, bandwidth)
+        out["x_hat"], out["fired"] = decode(sae, vals), jnp.any(vals > 0, axis=0)
+    else:  # relu: dense, no sparsity penalty (train another kind for sparse codes)
+        out["pre"] = pre_acts(sae, x)
+        vals = jax.nn.relu(out["pre"])
+        out["x_hat"], out["fired"] = decode(sae, vals), jnp.any(vals > 0, axis=0)
+    out["vals"] = vals
+    return out
+
+
+def train_forward(sae: SAE, x: jax.Array, dead: jax.Array | None, *, k_aux: int = 0, aux_coef: float = 0.0,
+                  htopk_levels: tuple[int, ...] | None = None, l0_coef: jax.Array | float = 0.0,
+                  bandwidth: float = 0.001) -> tuple[jax.Array, dict[str, Any]]:
+    """Loss and diagnostics of one training batch `x [B, d_in]`.
+
+    The loss is the FVU (HierarchicalTopK: the mean over its budgets; Matryoshka: the mean over its
+    nested prefixes) plus `aux_coef` x AuxK (TopK family) plus, for JumpReLU, `l0_coef` x the mean
+    L0 through the straight-through step (Gemma Scope's sparsity penalty). Returns `(loss, info)`
+    with info: `fvu`, `aux`, `l0`, `fired` (`[d_sae]` bool: latent active somewhere in the batch),
+    `min_active` (BatchTopK / Matryoshka: smallest kept activation)."""
+    c = sae.config
+    r = _codes_and_reconstruction(sae, x, bandwidth)
     var = jax.lax.stop_gradient(total_variance(x))
-    fvu = _sq_err(x, x_hat) / var
-    loss = _level_mean(htopk_errors(sae, x, vals, idx), htopk_levels) / var if c.kind == "htopk" else fvu
+    fvu = _sq_err(x, r["x_hat"]) / var
+    loss = _level_mean(r["level_errors"], htopk_levels) / var if "level_errors" in r else fvu
+    if c.kind == "jumprelu":
+        loss = loss + l0_coef * jnp.mean(r["l0_ste"])
     aux = jnp.zeros((), jnp.float32)
-    if dead is not None and k_aux > 0 and aux_coef > 0:
-        aux = auxk_loss(sae, x, x.astype(jnp.float32) - x_hat.astype(jnp.float32), dead, k_aux, pre)
+    if dead is not None and k_aux > 0 and aux_coef > 0 and c.kind not in ("relu", "jumprelu"):
+        residual = x.astype(jnp.float32) - r["x_hat"].astype(jnp.float32)
+        aux = auxk_loss(sae, x, residual, dead, k_aux, r["pre"])
         loss = loss + aux_coef * aux
-    info.update(fvu=fvu, aux=aux, l0=jnp.sum(vals > 0) / x.shape[0], fired=fired)
+    info = {"fvu": fvu, "aux": aux, "l0": jnp.sum(r["vals"] > 0) / x.shape[0], "fired": r["fired"],
+            "min_active": r["min_active"]}
     return loss, info
 
 
@@ -146,4 +253,5 @@ def update_threshold(theta: jax.Array, min_active: jax.Array, lr: float) -> jax.
 
 
 __all__ = ["gather_decode", "sparse_topk", "total_variance", "htopk_errors", "htopk_loss", "auxk_loss",
-           "train_topk", "train_forward", "update_threshold"]
+           "train_topk", "rectangle", "jumprelu_ste", "step_ste", "rms", "jumprelu_forward", "batch_topk_codes",
+           "matryoshka_errors", "train_forward", "update_threshold"]

@@ -28,7 +28,7 @@ from .config import SAERunConfig, config_dict, load_run_config
 from .evaluate import evaluate_sae, plot_ev_by_k
 from .saelens import load_saelens, save_saelens
 from .splice import site_width
-from .train import StepConfig, init_b_dec, init_state, make_optimizer, make_step
+from .train import StepConfig, init_b_dec, init_jumprelu_threshold, init_state, make_optimizer, make_step
 
 
 def sae_config(cfg: SAERunConfig, d_model: int) -> SAEConfig:
@@ -36,6 +36,7 @@ def sae_config(cfg: SAERunConfig, d_model: int) -> SAEConfig:
     s = cfg.sae
     return SAEConfig(kind=s.kind, d_in=d_model, d_sae=s.d_sae or s.expansion * d_model, k=s.k,
                      kron_heads=s.kron_heads, kron_m=s.kron_m, kron_n=s.kron_n, dtype=s.dtype,
+                     matryoshka_widths=tuple(int(w) for w in s.matryoshka_widths),
                      decoder_bias=not cfg.base_sae, site=cfg.site, layer=cfg.layer, model=cfg.model)
 
 
@@ -44,7 +45,8 @@ def step_config(cfg: SAERunConfig, d_model: int) -> StepConfig:
     return StepConfig(lr=t.lr, warmup_steps=t.warmup_steps, decay_start=t.decay_start, total_steps=t.steps,
                       grad_clip=t.grad_clip, k_aux=t.k_aux or d_model // 2, aux_coef=t.aux_coef,
                       dead_batches=max(1, t.dead_tokens // t.batch_size), threshold_lr=t.threshold_lr,
-                      htopk_levels=tuple(int(j) for j in t.htopk_levels))
+                      htopk_levels=tuple(int(j) for j in t.htopk_levels), l0_coef=t.l0_coef,
+                      l0_warmup_steps=t.l0_warmup_steps, jumprelu_bandwidth=t.jumprelu_bandwidth)
 
 
 def load_model(cfg: SAERunConfig):
@@ -97,7 +99,9 @@ def _fresh_state(cfg, stream, sae_cfg, tx, base) -> dict:
     target = x0 if base is None else x0 - np.asarray(reconstruct(base, x0), np.float32)
     stream.set_state(s0)
     sae = init_sae(sae_cfg, jax.random.PRNGKey(cfg.seed))
-    return init_state(init_b_dec(sae, target, cfg.train.b_dec_init), tx)
+    sae = init_jumprelu_threshold(init_b_dec(sae, target, cfg.train.b_dec_init), target,
+                                  cfg.train.jumprelu_init_threshold)
+    return init_state(sae, tx)
 
 
 def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = False, stop_after: int | None = None,

@@ -8,8 +8,8 @@ Written (and read) without importing SAELens or torch. Mapping of kinds:
 | topk | topk | `k` |
 | htopk | topk (k = K) | SAELens runs it at its largest budget; jaxsteer reads the kind back from `metadata.jaxsteer` |
 | jumprelu | jumprelu | per-latent `threshold` |
-| batchtopk | jumprelu | as SAELens saves its own BatchTopK SAEs for inference: `threshold = theta` for every latent; a SAELens `batchtopk` / `matryoshka_batchtopk` directory (training format, scalar `topk_threshold`) loads too |
-| matryoshka | jumprelu | as batchtopk (its inference is BatchTopK's) |
+| batchtopk | jumprelu | as SAELens saves its own BatchTopK SAEs for inference: `threshold = theta` for every latent; a SAELens `batchtopk` directory (training format, scalar `topk_threshold`) loads too |
+| matryoshka | jumprelu | as batchtopk (its inference is BatchTopK's); a SAELens `matryoshka_batchtopk` training directory loads too |
 | kron | jaxsteer_kron | jaxsteer only (SAELens has no factorised encoder): `W_p, W_q, b_p, b_q` |
 
 Loading follows SAELens 6.54's `SAE.load_from_disk` field by field, so a directory never loads
@@ -47,7 +47,7 @@ import numpy as np
 
 from ..models.interventions import SITES
 from ..models.sites import TL_ALIASES, parse_site
-from .arch import SAE, SAEConfig, b_dec, fold_decoder_norm
+from .arch import BATCH_KINDS, SAE, SAEConfig, b_dec, fold_decoder_norm
 
 CFG_FILE = "cfg.json"
 SAELENS_FORMAT = "6.0.0"  # the cfg.json layout written here is SAELens 6.x's (metadata nested)
@@ -101,7 +101,7 @@ def save_saelens(sae: SAE, path: str, *, model_name: str = "", context_size: int
         weights.update(W_enc=p["W_enc"], b_enc=p["b_enc"])
     if c.kind == "jumprelu":
         weights["threshold"] = p["threshold"]
-    if c.kind in ("batchtopk", "matryoshka"):
+    if c.kind in BATCH_KINDS:
         weights["threshold"] = jnp.full((c.d_sae,), p["threshold"], p["W_dec"].dtype)
     arrays = {k: _to_numpy(v, c.dtype) for k, v in weights.items()}
     save_file(arrays, os.path.join(path, WEIGHTS_FILE), metadata={"dtype": c.dtype})
@@ -201,12 +201,14 @@ def _kind(arch: str, cfg: dict, w: dict, saved: dict, where: str) -> tuple[str, 
         return ("htopk" if saved_kind == "htopk" else "topk"), {"k": int(cfg["k"])}
     if arch == "jumprelu":
         t = w["threshold"]
-        if saved_kind in ("batchtopk", "matryoshka") and np.all(t == t.reshape(-1)[0]):
+        if saved_kind in BATCH_KINDS and np.all(t == t.reshape(-1)[0]):
             extra = {f: saved[f] for f in ("k", "matryoshka_widths") if f in saved}
             return saved_kind, extra
         return "jumprelu", {}
-    if arch in ("batchtopk", "matryoshka_batchtopk"):
+    if arch == "batchtopk":
         return "batchtopk", {"k": max(1, int(round(float(cfg["k"]))))}
+    if arch == "matryoshka_batchtopk":
+        return "matryoshka", {"k": max(1, int(round(float(cfg["k"])))), "matryoshka_widths": cfg["matryoshka_widths"]}
     if arch == "jaxsteer_kron":
         if saved_kind != "kron":
             raise ValueError(f"{where}: architecture jaxsteer_kron needs its metadata.jaxsteer block")
@@ -261,12 +263,12 @@ def sae_from_saelens_config(cfg: dict, w: dict[str, np.ndarray], *, where: str =
     params = {k: v for k, v in w.items() if k not in ("topk_threshold", "threshold")}
     if kind == "jumprelu":
         params["threshold"] = w["threshold"]
-    elif kind in ("batchtopk", "matryoshka"):
+    elif kind in BATCH_KINDS:
         theta = w["topk_threshold"] if "topk_threshold" in w else w["threshold"].reshape(-1)[0]
         params["threshold"] = np.asarray(theta, np.float32).reshape(())
     if scale is not None:  # SAELens' fold_activation_norm_scaling_factor
         params.update(W_enc=params["W_enc"] * scale, W_dec=params["W_dec"] / scale, b_dec=params["b_dec"] / scale)
-        if kind in ("batchtopk", "matryoshka") and rescale:
+        if kind in BATCH_KINDS and rescale:
             params["threshold"] = params["threshold"] / scale
     if not decoder_bias:
         params.pop("b_dec", None)

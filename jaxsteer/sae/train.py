@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .arch import SAE, init_sae, reconstruct, SAEConfig
-from .losses import train_forward, update_threshold
+from .arch import BATCH_KINDS, SAE, SAEConfig, init_sae, reconstruct
+from .losses import rms, train_forward, update_threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,10 @@ class StepConfig:
     linearly to 0; 1.0 = constant), grad_clip; k_aux (0 = off; Gao et al. use d_in/2) and
     aux_coef (1/32 in Gao et al.); dead_batches: a latent is dead after this many batches
     without firing; threshold_lr: BatchTopK's inference-threshold EMA rate; htopk_levels: the
-    budgets j averaged by the HierarchicalTopK loss (empty = every j in 1..K)."""
+    budgets j averaged by the HierarchicalTopK loss (empty = every j in 1..K). JumpReLU: l0_coef
+    (the L0 penalty's weight, in units of the FVU: one latent firing per token costs `l0_coef`),
+    reached linearly over l0_warmup_steps; jumprelu_bandwidth: the pseudo-derivative's bandwidth
+    in units of the batch's RMS activation (Gemma Scope: 0.001 on inputs with RMS 1)."""
 
     lr: float = 2e-4
     b1: float = 0.9
@@ -41,6 +44,9 @@ class StepConfig:
     dead_batches: int = 1000
     threshold_lr: float = 0.01
     htopk_levels: tuple[int, ...] = ()
+    l0_coef: float = 0.0
+    l0_warmup_steps: int = 0
+    jumprelu_bandwidth: float = 0.001
 
 
 def make_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
@@ -57,8 +63,13 @@ def make_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
     return optax.chain(*chain, optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
 
 
+def trainable_params(params: dict, kind: str) -> dict:
+    """The parameters the optimizer updates: all but BatchTopK's threshold (an EMA, not a gradient)."""
+    return {k: v for k, v in params.items() if not (k == "threshold" and kind in BATCH_KINDS)}
+
+
 def init_state(sae: SAE, tx: optax.GradientTransformation) -> dict:
-    trainable = {k: v for k, v in sae.params.items() if k != "threshold"}
+    trainable = trainable_params(sae.params, sae.config.kind)
     return {
         "sae": dict(sae.params),
         "opt": tx.init(trainable),
@@ -88,26 +99,26 @@ def make_step(config: SAEConfig, cfg: StepConfig, tx: optax.GradientTransformati
     base: a frozen SAE; when given the trained SAE is a residual SAE fitted to
     `x - reconstruct(base, x)` (SAE Boost)."""
 
-    def loss_fn(trainable, threshold, x, dead):
-        params = dict(trainable) if threshold is None else dict(trainable, threshold=threshold)
-        return train_forward(SAE(params, config), x, dead, k_aux=cfg.k_aux, aux_coef=cfg.aux_coef,
-                             htopk_levels=cfg.htopk_levels or None)
+    def loss_fn(trainable, frozen, x, dead, l0_coef):
+        return train_forward(SAE(dict(frozen, **trainable), config), x, dead, k_aux=cfg.k_aux, aux_coef=cfg.aux_coef,
+                             htopk_levels=cfg.htopk_levels or None, l0_coef=l0_coef, bandwidth=cfg.jumprelu_bandwidth)
 
     def step(state, x):
         if base is not None:
             x = x.astype(jnp.float32) - reconstruct(base, x).astype(jnp.float32)
         params = state["sae"]
-        trainable = {k: v for k, v in params.items() if k != "threshold"}
-        threshold = params.get("threshold")
+        trainable = trainable_params(params, config.kind)
+        frozen = {k: v for k, v in params.items() if k not in trainable}
         dead = state["since_fired"] >= cfg.dead_batches
-        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, threshold, x, dead)
+        warm = jnp.minimum((state["step"] + 1) / max(cfg.l0_warmup_steps, 1), 1.0)
+        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, x, dead, cfg.l0_coef * warm)
         grads = _project_decoder_grad(grads, trainable["W_dec"])
         updates, opt = tx.update(grads, state["opt"], trainable)
         new = normalize_decoder(optax.apply_updates(trainable, updates))
-        if threshold is not None and config.kind == "batchtopk":
-            new["threshold"] = update_threshold(threshold, info["min_active"], cfg.threshold_lr)
-        elif threshold is not None:
-            new["threshold"] = threshold
+        if config.kind in BATCH_KINDS:
+            new["threshold"] = update_threshold(frozen["threshold"], info["min_active"], cfg.threshold_lr)
+        if config.kind == "jumprelu":  # thresholds trained directly (as SAELens), kept >= 0
+            new["threshold"] = jnp.maximum(new["threshold"], 0)
         since = jnp.where(info["fired"], 0, state["since_fired"] + 1)
         metrics = {"loss": loss, "fvu": info["fvu"], "explained_variance": 1 - info["fvu"], "aux_loss": info["aux"],
                    "l0": info["l0"], "dead_fraction": jnp.mean(since >= cfg.dead_batches)}
@@ -148,6 +159,15 @@ def geometric_median(x: np.ndarray, iters: int = 50, eps: float = 1e-6) -> np.nd
     return y
 
 
+def init_jumprelu_threshold(sae: SAE, sample: np.ndarray, value: float = 0.001) -> SAE:
+    """A JumpReLU SAE's thresholds set to `value` x the RMS activation of `sample` (Gemma Scope
+    starts at 0.001 on inputs with RMS 1); other kinds unchanged."""
+    if sae.config.kind != "jumprelu":
+        return sae
+    theta = jnp.full((sae.config.d_sae,), value * float(rms(jnp.asarray(sample))), sae.dtype)
+    return SAE(dict(sae.params, threshold=theta), sae.config)
+
+
 def init_b_dec(sae: SAE, sample: np.ndarray, method: str) -> SAE:
     """Set `b_dec` from a sample of activations: `geometric_median`, `mean` or `zero`."""
     if "b_dec" not in sae.params or method == "zero":
@@ -162,17 +182,21 @@ def init_b_dec(sae: SAE, sample: np.ndarray, method: str) -> SAE:
 
 
 def fit(config: SAEConfig, batches: Iterable[np.ndarray], cfg: StepConfig, *, seed: int = 0,
-        b_dec_init: str = "geometric_median", base: SAE | None = None) -> tuple[SAE, list[dict]]:
+        b_dec_init: str = "geometric_median", base: SAE | None = None, jumprelu_init_threshold: float = 0.001,
+        mesh: jax.sharding.Mesh | None = None) -> tuple[SAE, list[dict]]:
     """Train an SAE in memory on an iterable of `[B, d_in]` batches (`cfg.total_steps` of them).
-    Returns the SAE and the per-step metrics. For runs with checkpoints use `jaxsteer sae train`."""
+    Returns the SAE and the per-step metrics. mesh: split the latent axis over the mesh's first
+    axis (`shard_state`). For runs with checkpoints use `jaxsteer sae train`."""
     it = iter(batches)
     first = np.asarray(next(it))
     sae = init_sae(config, jax.random.PRNGKey(seed))
     target = first if base is None else first - np.asarray(reconstruct(base, first), np.float32)
-    sae = init_b_dec(sae, target, b_dec_init)
+    sae = init_jumprelu_threshold(init_b_dec(sae, target, b_dec_init), target, jumprelu_init_threshold)
     tx = make_optimizer(cfg)
     step = make_step(config, cfg, tx, base)
     state = init_state(sae, tx)
+    if mesh is not None:
+        state = shard_state(state, mesh, mesh.axis_names[0], config.d_sae)
     history = []
     x = first
     for i in range(cfg.total_steps):
@@ -184,5 +208,5 @@ def fit(config: SAEConfig, batches: Iterable[np.ndarray], cfg: StepConfig, *, se
     return SAE(state["sae"], config), history
 
 
-__all__ = ["StepConfig", "make_optimizer", "init_state", "normalize_decoder", "make_step", "shard_state", "geometric_median",
+__all__ = ["StepConfig", "make_optimizer", "trainable_params", "init_state", "init_jumprelu_threshold", "normalize_decoder", "make_step", "shard_state", "geometric_median",
            "init_b_dec", "fit"]
