@@ -33,4 +33,12 @@ from .models import (
 
 from .models.loading import load
 
+
+def load_run(directory: str, **kwargs):
+    """A trained run directory -> `LoadedRun` (model, tokenizer, trained interventions or weights,
+    the prompt formatter it trained with); see `jaxsteer.train.load_run`."""
+    from .train import load_run as load_trained_run
+
+    return load_trained_run(directory, **kwargs)
+
 __version__ = "0.1.0"

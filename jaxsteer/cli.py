@@ -71,25 +71,31 @@ def cmd_generate(args) -> None:
     from .models.generate import generate
     from .models.loading import load
 
-    model, tok = load(args.model, dtype=_dtype(args.dtype))
+    run = None
+    if args.run:
+        if args.no_chat:
+            raise SystemExit("jaxsteer generate: --no-chat does not apply with --run (prompts are formatted as the run trained)")
+        from .train import load_run
+
+        try:
+            run = load_run(args.run)
+        except (FileNotFoundError, ValueError) + _run_errors() as e:
+            raise SystemExit(f"jaxsteer generate: {e}") from None
+        model, tok = run.model, run.tokenizer
+        print(f"[{run!r}]", file=sys.stderr)
+    else:
+        model, tok = load(args.model, dtype=_dtype(args.dtype))
     interventions = []
     if args.steer:
         interventions.append(_steer_from_file(args.steer, args.scale, args.layers, args.site, model.config.n_layers))
     t0 = time.perf_counter()
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+              greedy=args.greedy, seed=args.seed, interventions=interventions)
     try:
-        out = generate(
-            model,
-            args.prompt,
-            tokenizer=tok,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            greedy=args.greedy,
-            seed=args.seed,
-            interventions=interventions,
-            chat=not args.no_chat,
-        )
+        if run is not None:
+            out = run.generate(args.prompt, **kw)
+        else:
+            out = generate(model, args.prompt, tokenizer=tok, chat=not args.no_chat, **kw)
     except ValueError as e:  # bad settings or inputs (e.g. a non-finite --steer vector): one line, exit 1
         raise SystemExit(f"jaxsteer generate: {e}") from None
     dt = time.perf_counter() - t0
@@ -295,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="sample completions, optionally steered")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name, GGUF file or HF directory (default: %(default)s)")
+    p.add_argument("--run", metavar="DIR", help="a trained run directory: its model, trained part and prompt format "
+                                                "(as in training) replace --model and the chat template")
     p.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
     p.add_argument("--steer", help=".npy file with a [d] or [L, d] steering vector")
     p.add_argument("--scale", type=float, default=1.0)

@@ -80,14 +80,22 @@ def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None
                        run.evals.get("after"), cfg.output_dir, files)
 
 
+def _restore_policy(cfg: TrainConfig, step: int | None, model: Model | None, tokenizer: Any):
+    """`(base model, tokenizer, policy model, interventions, trainable or None for ES, meta)` of a
+    run's latest (or `step`) checkpoint."""
+    if cfg.is_es:
+        model, tokenizer, (policy, ivs), meta = load_es_policy(cfg, step=step, model=model, tokenizer=tokenizer)
+        return model, tokenizer, policy, ivs, None, meta
+    given_tokenizer = tokenizer
+    model, tokenizer, trainable, meta = load_trainable(cfg, step=step, model=model, tokenizer=tokenizer)
+    policy, ivs = build_policy(model, trainable, cfg.trainable)
+    return model, given_tokenizer if given_tokenizer is not None else tokenizer, policy, ivs, trainable, meta
+
+
 def evaluate_run(cfg: TrainConfig, *, step: int | None = None, base: bool = True, model: Model | None = None,
                  tokenizer: Any = None, eval_examples: Sequence | None = None, reward_fn: Callable | None = None) -> dict:
     """Held-out accuracy of a trained run (RL or ES) with and without its trained part (`jaxsteer eval`)."""
-    if cfg.is_es:
-        model, tokenizer, (policy, ivs), meta = load_es_policy(cfg, step=step, model=model, tokenizer=tokenizer)
-    else:
-        model, tokenizer, trainable, meta = load_trainable(cfg, step=step, model=model, tokenizer=tokenizer)
-        policy, ivs = build_policy(model, trainable, cfg.trainable)
+    model, tokenizer, policy, ivs, _, meta = _restore_policy(cfg, step, model, tokenizer)
     examples = list(eval_examples if eval_examples is not None else load_examples(cfg.data.eval))[: cfg.eval.n]
     encode = PromptEncoder(tokenizer, cfg.data.prompt_template, cfg.data.system)
     held_out = HeldOut.from_config(cfg, examples, encode, tokenizer,
@@ -99,5 +107,72 @@ def evaluate_run(cfg: TrainConfig, *, step: int | None = None, base: bool = True
     return out
 
 
-__all__ = ["train", "evaluate_run", "TrainResult", "load_config", "ConfigError", "print_logit_lens",
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run, ready to use (`load_run`).
+
+    model: the policy (the base with LoRA or full weights applied; the base itself for steering);
+    base_model: the untrained base; interventions: what the policy adds at run time (the trained
+    `Steer` / `AdaptiveSteer`; empty for LoRA and full weights); trainable: the trained pytree
+    (None for ES runs, whose centre is already applied); config: the run's `TrainConfig`; step:
+    the checkpoint's step. `encode(prompt)` formats and tokenizes a prompt exactly as training did
+    (the run's `data.prompt_template` and `data.system`), and `generate(prompts, **kw)` samples
+    from the policy with those prompts (`max_new_tokens` defaults to the run's `sampling.max_new_tokens`)."""
+
+    model: Model
+    base_model: Model
+    tokenizer: Any
+    interventions: tuple
+    trainable: Any
+    config: TrainConfig
+    step: int
+    directory: str
+
+    def encode(self, prompt: Any) -> list[int]:
+        """Token ids of one prompt (text, or an `Example`) as the run's training formatted it."""
+        from .data import Example
+
+        example = prompt if isinstance(prompt, Example) else Example(str(prompt), "")
+        return PromptEncoder(self.tokenizer, self.config.data.prompt_template, self.config.data.system)(example)
+
+    @property
+    def vectors(self):
+        """The trained steering vectors, dense `[L, *feat]` float32 (steering kinds only)."""
+        if self.trainable is None or self.config.trainable.kind not in ("steering", "adaptive_steering"):
+            raise AttributeError(f"run {self.directory} trained {self.config.trainable.kind!r}, not steering vectors")
+        from .export import steering_array
+
+        return steering_array(self.trainable, self.config.trainable, self.base_model.config.n_layers)
+
+    def generate(self, prompts: Sequence, **kwargs):
+        """`jaxsteer.generate` on the policy, each prompt encoded as in training (`encode`)."""
+        from ..models.generate import generate
+
+        kwargs.setdefault("max_new_tokens", self.config.sampling.max_new_tokens)
+        ids = [self.encode(p) if not isinstance(p, (list, tuple)) else list(p) for p in prompts]
+        ivs = tuple(self.interventions) + tuple(kwargs.pop("interventions", ()))
+        return generate(self.model, ids, tokenizer=self.tokenizer, interventions=ivs, **kwargs)
+
+    def __repr__(self) -> str:
+        t = self.config.trainable
+        return (f"LoadedRun({self.directory!r}, step={self.step}, {self.config.algorithm.name} on {t.kind}, "
+                f"{len(self.interventions)} intervention(s), prompt_template={self.config.data.prompt_template!r})")
+
+
+def load_run(directory: str, *, step: int | None = None, model: Model | None = None, tokenizer: Any = None,
+             overrides: Sequence[str] = ()) -> LoadedRun:
+    """Load a run directory written by `train` (RL or ES): its config, the model and tokenizer it
+    trained, and its latest (or `step`) checkpoint's trained part. `model` / `tokenizer` replace
+    what the config would load (the checkpoint still checks that the model matches)."""
+    import os
+
+    path = os.path.join(directory, "config.yaml")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory} is not a run directory (no config.yaml)")
+    cfg = load_config(path, [*overrides, f"output_dir={directory}"])
+    base, tokenizer, policy, ivs, trainable, meta = _restore_policy(cfg, step, model, tokenizer)
+    return LoadedRun(policy, base, tokenizer, tuple(ivs), trainable, cfg, int(meta["step"]), directory)
+
+
+__all__ = ["train", "evaluate_run", "load_run", "LoadedRun", "TrainResult", "load_config", "ConfigError", "print_logit_lens",
            "evaluate_policy"]
