@@ -159,3 +159,39 @@ def test_jumprelu_matryoshka_and_z_runs_from_the_config(model, text_file, tmp_pa
             assert s.config.matryoshka_widths == (8, 32) and float(s.params["threshold"]) > 0
         if kind == "topk":
             assert (s.config.site, s.config.d_in) == ("z", model.config.n_heads * model.config.head_dim)
+
+
+SHARDED_RUN = """
+import json, os, tempfile
+import jax, numpy as np
+from test_sae_train import CharTokenizer, run_cfg, tiny_sae_model
+from jaxsteer import sae
+from jaxsteer.sae.run import load_sae, place_state, train_sae
+from jaxsteer.sae.train import init_state, make_optimizer
+
+tmp = tempfile.mkdtemp()
+rng = np.random.default_rng(0)
+words = ["alpha", "beta", "gamma", "delta", "one", "two", "plus", "the", "cat"]
+text = os.path.join(tmp, "corpus.txt")
+open(text, "w").write("\\n\\n".join(" ".join(rng.choice(words, 30)) for _ in range(60)))
+model, tok = tiny_sae_model(), CharTokenizer()
+out = {}
+for n in (1, 4):
+    cfg = run_cfg(text, os.path.join(tmp, f"n{n}"), "topk", [f"shard_latents={n}"])
+    out[n] = load_sae(train_sae(cfg, model=model, tokenizer=tok, progress=False)).params
+diff = max(float(np.max(np.abs(np.asarray(out[1][k]) - np.asarray(out[4][k])))) for k in out[1])
+state = init_state(sae.init_sae(sae.SAEConfig(kind="topk", d_in=16, d_sae=32, k=4), jax.random.PRNGKey(0)),
+                   make_optimizer(sae.StepConfig()))
+spec = list(place_state(state, cfg, 32)["sae"]["W_enc"].sharding.spec)
+print("RESULT" + json.dumps({"diff": diff, "devices": len(jax.devices()), "spec": spec}))
+"""
+
+
+def test_sae_train_shards_the_latent_axis_from_the_config():
+    """`shard_latents: 4` on 4 virtual devices: the state's latent axis is split and the run ends
+    with the same SAE as on one device."""
+    from virtual_devices import run_script
+
+    r = run_script(SHARDED_RUN, devices=4, timeout=600)
+    assert r["devices"] == 4 and r["spec"] == [None, "model"]
+    assert r["diff"] < 1e-5

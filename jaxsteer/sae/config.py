@@ -82,6 +82,7 @@ class SAERunConfig:
     out_dir: str = "runs/sae"
     seed: int = 0
     base_sae: str = ""  # residual SAE: a run directory or SAELens directory of the frozen base
+    shard_latents: int = 1  # split the latent axis over this many devices (0: all of them)
     save_every: int = 500
     keep: int = 2
     log_every: int = 10

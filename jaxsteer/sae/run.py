@@ -28,7 +28,7 @@ from .config import SAERunConfig, config_dict, load_run_config
 from .evaluate import evaluate_sae, plot_ev_by_k
 from .saelens import load_saelens, save_saelens
 from .splice import site_width
-from .train import StepConfig, init_b_dec, init_jumprelu_threshold, init_state, make_optimizer, make_step
+from .train import StepConfig, init_b_dec, init_jumprelu_threshold, init_state, make_optimizer, make_step, shard_state
 
 
 def sae_config(cfg: SAERunConfig, d_model: int) -> SAEConfig:
@@ -127,6 +127,7 @@ def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = F
             state = _fresh_state(cfg, stream, sae_cfg, tx, base)
         else:
             stream.set_state(decode_data_state(meta["data"]))
+        state = place_state(state, cfg, sae_cfg.d_sae)
         step = make_step(sae_cfg, scfg, tx, base)
         state = _loop(run, cfg, state, step, stream, {"model": identity, "trainable": trainable}, stop_after)
     except BaseException:
@@ -140,6 +141,25 @@ def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = F
     run.files["sae"] = path
     run.finish({"steps": int(state["step"]), "sae": sae_cfg.to_dict()})
     return cfg.out_dir
+
+
+def latent_mesh(n_devices: int, d_sae: int) -> jax.sharding.Mesh:
+    """A one-axis mesh ("model") over the first `n_devices` devices (0: all) for splitting `d_sae`."""
+    devices = jax.devices()
+    n = n_devices or len(devices)
+    if n > len(devices):
+        raise ValueError(f"shard_latents={n_devices}: only {len(devices)} devices are visible")
+    if d_sae % n:
+        raise ValueError(f"shard_latents={n}: d_sae={d_sae} is not divisible by the number of devices")
+    return jax.sharding.Mesh(np.array(devices[:n]), ("model",))
+
+
+def place_state(state: dict, cfg: SAERunConfig, d_sae: int) -> dict:
+    """The training state with its latent axis split over `cfg.shard_latents` devices
+    (`train.shard_state`); unchanged for one device."""
+    if cfg.shard_latents == 1:
+        return state
+    return shard_state(state, latent_mesh(cfg.shard_latents, d_sae), "model", d_sae)
 
 
 def _loop(run, cfg, state, step, stream, meta, stop_after):
@@ -191,4 +211,4 @@ def eval_run(run_dir: str, *, contexts: int | None = None, model=None, tokenizer
     return res
 
 
-__all__ = ["sae_config", "step_config", "token_windows", "split_windows", "load_sae", "train_sae", "eval_run"]
+__all__ = ["sae_config", "step_config", "latent_mesh", "place_state", "token_windows", "split_windows", "load_sae", "train_sae", "eval_run"]
