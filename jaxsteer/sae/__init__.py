@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover
 
 try:
     from .evaluate import evaluate_sae, plot_ev_by_k
+    from .flow import FeatureGraph, feature_flow, flow_graph
     from .saelens import list_sae_ids, load_gemma_scope, load_saelens, save_saelens
 except ImportError:  # pragma: no cover
     pass
