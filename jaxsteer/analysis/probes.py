@@ -19,19 +19,46 @@ import numpy as np
 import optax
 
 from ..models.decoder import forward
+from ..models.display import array_summary, frame_html, summary_html, summary_repr
 from ..models.interventions import SITE_LAYOUT, check_site
 from ..models.params import Model
+from ..models.sites import canonical_site
 from ._common import new_figure, save_figure
 from .patching import PatchingResult
 
 
 @dataclasses.dataclass
 class Activations:
-    """Harvested activations `values [G, L, N, d]` (float32) for position groups `groups`."""
+    """Harvested activations `values [G, L, N, d]` (float32) for position groups `groups` at the
+    model layers `layers` (true layer indices; `select` keeps them when slicing)."""
 
     values: np.ndarray
     groups: list[str]
     site: str
+    layers: list[int] | None = None
+
+    def __post_init__(self):
+        if self.layers is None:
+            self.layers = list(range(self.values.shape[1]))
+
+    def select(self, *, layers: Sequence[int] | None = None, groups: Sequence[str] | None = None) -> "Activations":
+        """The activations of some layers (model layer indices) and / or groups, labels kept."""
+        li = list(range(len(self.layers))) if layers is None else [self._index(self.layers, l, "layer") for l in layers]
+        gi = list(range(len(self.groups))) if groups is None else [self._index(self.groups, g, "group") for g in groups]
+        return Activations(self.values[np.ix_(gi, li)], [self.groups[i] for i in gi], self.site,
+                           [self.layers[i] for i in li])
+
+    @staticmethod
+    def _index(labels: list, label: Any, what: str) -> int:
+        if label not in labels:
+            raise ValueError(f"{what} {label!r} was not harvested (have {labels})")
+        return labels.index(label)
+
+    def __repr__(self) -> str:
+        return summary_repr(self)
+
+    def _repr_html_(self) -> str:
+        return summary_html(self)
 
 
 @functools.partial(jax.jit, static_argnames=("site",))
@@ -71,11 +98,14 @@ def harvest(
     attention_mask: Any = None,
     site: str = "resid_post",
     groups: Mapping[str, Any] | None = None,
+    layers: Sequence[int] | None = None,
     batch_size: int = 16,
 ) -> Activations:
     """Record `site` for a dataset `tokens [N, T]` (left padding with `attention_mask` is fine) and
     keep, per position group, the activation at one position or the mean over selected positions.
-    Default group: `{"last": -1}` (the last token). Returns `[G, L, N, d]`."""
+    Default group: `{"last": -1}` (the last token). `layers`: keep only these model layers (their
+    labels follow into `train_probes`). Returns `[G, L, N, d]`."""
+    site = canonical_site(site)
     check_site(site)
     if SITE_LAYOUT[site][0] != 3:
         raise ValueError(f"harvest needs a residual-width site [B, T, d], got {site!r}")
@@ -95,7 +125,8 @@ def harvest(
         m = None if mask is None else jnp.asarray(mask[i:i + bs])
         parts.append(np.asarray(_harvest_batch(model, jnp.asarray(tokens[i:i + bs]), m, jnp.asarray(weights[:, i:i + bs]),
                                                site=site)))
-    return Activations(np.concatenate(parts, axis=2)[:, :, :N], list(groups), site)
+    acts = Activations(np.concatenate(parts, axis=2)[:, :, :N], list(groups), site)
+    return acts if layers is None else acts.select(layers=[int(l) for l in layers])
 
 
 # --------------------------------------------------------------------------- training
@@ -108,7 +139,8 @@ class ProbeResult:
     `chance` is the held-out majority-class rate (classification) or 0 (R^2). `weights`
     `[..., d, out]` and `bias` `[..., out]` are the fitted probes in the raw activation space
     (standardisation folded in): `acts @ weights + bias` are the logits (or the standardised
-    regression prediction)."""
+    regression prediction). `directions` are their unit vectors, usable as `Steer` vectors;
+    `layers` are true model layer indices; `test_fraction` and `seed` record the split."""
 
     scores: np.ndarray
     train_scores: np.ndarray
@@ -118,6 +150,56 @@ class ProbeResult:
     layers: list[int] | None = None
     weights: np.ndarray | None = None
     bias: np.ndarray | None = None
+    test_fraction: float | None = None
+    seed: int | None = None
+
+    @property
+    def directions(self) -> np.ndarray:
+        """Unit directions in activation space: `[..., d]` for a binary probe (class 1 minus
+        class 0) or a regression (toward larger targets), `[..., C, d]` for C > 2 classes (each
+        class's weight minus the classes' mean). `directions[g, l]` steers toward the positive
+        class at layer `layers[l]` (`Steer(v * scale, layers=(layer,))`)."""
+        w = np.asarray(self.weights)
+        if w.shape[-1] == 1:
+            v = w[..., 0]
+        elif w.shape[-1] == 2:
+            v = w[..., 1] - w[..., 0]
+        else:
+            v = np.moveaxis(w - w.mean(-1, keepdims=True), -1, -2)
+        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+    def at(self, layer: int, group: str | int = 0) -> "ProbeResult":
+        """The probe of one model layer (and group): scalar scores, labels kept."""
+        s = np.atleast_2d(self.scores)
+        layers = self.layers or list(range(s.shape[-1]))
+        if layer not in layers:
+            raise ValueError(f"layer {layer} was not probed (layers: {layers})")
+        j = layers.index(layer)
+        groups = self.groups or [f"group {i}" for i in range(s.shape[0])]
+        i = group if isinstance(group, int) else groups.index(group)
+        two_d = np.ndim(self.scores) == 2
+
+        def pick(a):
+            a = np.asarray(a)
+            return a[i, j] if two_d else a[j]
+
+        return dataclasses.replace(self, scores=pick(self.scores), train_scores=pick(self.train_scores),
+                                   groups=[groups[i]], layers=[layer],
+                                   weights=None if self.weights is None else pick(self.weights),
+                                   bias=None if self.bias is None else pick(self.bias))
+
+    def __repr__(self) -> str:
+        s = np.atleast_1d(self.scores)
+        best = int(np.unravel_index(np.argmax(s), s.shape)[-1])
+        layers = self.layers or list(range(s.shape[-1]))
+        return (f"ProbeResult({self.metric} {array_summary(self.scores)}, best {float(s.max()):.3f} at layer "
+                f"{layers[best]}, chance {self.chance:.3f}, weights={array_summary(self.weights)})")
+
+    def _repr_html_(self) -> str:
+        s = np.atleast_2d(self.scores)
+        groups = self.groups or [f"group {i}" for i in range(s.shape[0])]
+        layers = self.layers or list(range(s.shape[1]))
+        return frame_html(s.T, layers, groups, title=f"held-out probe {self.metric} by layer (chance {self.chance:.3f})")
 
     def table(self) -> str:
         s = np.atleast_2d(self.scores)
@@ -200,7 +282,14 @@ def train_probes(
     targets `[N]`: integer class labels (task "classification": softmax regression, accuracy) or
     floats ("regression": least squares, R^2); "auto" picks by dtype. One random train / held-out
     split (`test_fraction`, `seed`) shared by all probes; features are standardised with the
-    training split's statistics per probe (regression targets too)."""
+    training split's statistics per probe (regression targets too). `acts` may be an
+    `Activations` (from `harvest`), whose groups and true layer indices label the result."""
+    if isinstance(acts, Activations):
+        groups = acts.groups if groups is None else groups
+        layers = acts.layers if layers is None else layers
+        acts = acts.values
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     x = np.asarray(acts, np.float32)
     y = np.asarray(targets)
     if x.ndim < 2 or x.shape[-2] != y.shape[0]:
@@ -239,7 +328,7 @@ def train_probes(
     bias = b_std - np.einsum("pd,pdo->po", mu[:, 0], weights)
     return ProbeResult(np.asarray(test), np.asarray(train), metric, chance, list(groups) if groups else None,
                        list(layers) if layers is not None else None,
-                       weights.reshape(*lead, d, -1), bias.reshape(*lead, -1))
+                       weights.reshape(*lead, d, -1), bias.reshape(*lead, -1), float(test_fraction), int(seed))
 
 
 def probe_layers(
@@ -250,11 +339,15 @@ def probe_layers(
     attention_mask: Any = None,
     site: str = "resid_post",
     groups: Mapping[str, Any] | None = None,
+    layers: Sequence[int] | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
     **train_kwargs,
 ) -> ProbeResult:
-    """`harvest` then `train_probes`: held-out probe scores `[G, L]` for a labelled dataset."""
-    acts = harvest(model, tokens, attention_mask=attention_mask, site=site, groups=groups)
-    return train_probes(acts.values, targets, groups=acts.groups, **train_kwargs)
+    """`harvest` then `train_probes`: held-out probe scores `[G, L]` for a labelled dataset
+    (`layers`: only these model layers; `test_fraction` of the examples held out, split by `seed`)."""
+    acts = harvest(model, tokens, attention_mask=attention_mask, site=site, groups=groups, layers=layers)
+    return train_probes(acts, targets, test_fraction=test_fraction, seed=seed, **train_kwargs)
 
 
 # --------------------------------------------------------------------------- decodability vs causality
