@@ -289,6 +289,27 @@ def cmd_patch(args) -> None:
         row = np.atleast_1d(res.values[i])
         print(f"{layer:>5} " + " ".join(f"{v:>8.3f}" for v in row))
     print(f"wrote {stem}.png and {stem}.json [{dt:.1f} s, compile included]", file=sys.stderr)
+    if args.compare:
+        _compare_estimates(model, tok, clean, corrupt, answers, res, args.out)
+
+
+def _compare_estimates(model, tok, clean, corrupt, answers, actual, out_dir) -> None:
+    """Attribution and relevance patching (RelP) of the same sweep, each scored against `actual`."""
+    import os
+
+    from .analysis.patching import attribution_patching, compare_attribution, relevance_patching
+
+    kw = dict(sites=(actual.site,), answers=answers, tokenizer=tok, direction=actual.direction, over=actual.axes)
+    for name, fn in (("attribution", attribution_patching), ("relevance", relevance_patching)):
+        t0 = time.perf_counter()
+        est = fn(model, clean, corrupt, **kw)[actual.site]
+        dt = time.perf_counter() - t0
+        stem = os.path.join(out_dir, f"{name}_{actual.site}")
+        est.save_json(stem + ".json")
+        est.plot(stem + ".png")
+        r = compare_attribution(est, actual)
+        print(f"{name} patching vs activation patching ({actual.site}, {r['n']} entries): Pearson {r['pearson']:.3f}, "
+              f"max |diff| {r['max_abs_diff']:.3f} [{dt:.1f} s, compile included]")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -370,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--site", default="resid_pre")
     p.add_argument("--direction", default="denoise", choices=("denoise", "noise"))
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--compare", action="store_true",
+                   help="also run attribution and relevance patching (RelP) and print each one's Pearson r against it")
     p.add_argument("--out", default="patching", help="output directory for the PNG and JSON")
     p.add_argument("--dtype", default="float32")
     p.set_defaults(func=cmd_patch)

@@ -1,5 +1,5 @@
-"""Interpretability toolkit on jaxsteer traces: logit lens, activation / path / attribution
-patching, attention comparison, linear probes, and steering-vector studies. See docs/analysis.md
+"""Interpretability toolkit on jaxsteer traces: logit lens, activation / path / attribution /
+relevance patching, attention comparison, linear probes, and steering-vector studies. See docs/analysis.md
 (steering-vector extraction lives in `jaxsteer.steering`)."""
 
 from ._common import single_token_ids, tokenize_pair
@@ -21,6 +21,7 @@ from .patching import (
     logit_diff_metric,
     normalise,
     path_patching,
+    relevance_patching,
 )
 from .probes import (
     Activations,

@@ -16,6 +16,8 @@ normalised so that 0 = the corrupted run's metric and 1 = the clean run's.
 - `path_patching`: the sender's change reaches the output only through chosen receivers.
 - `attribution_patching`: the first-order estimate of every entry of every site's sweep from
   one forward and one backward pass.
+- `relevance_patching` (RelP): attribution patching with the gradient replaced by LRP propagation
+  coefficients (the same forward, a backward under `models.relevance.RULES`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..models.interventions import (
 )
 from ..models.generate import kv_cache
 from ..models.params import Model
+from ..models.relevance import RULES, check_rules
 from ..models.sites import canonical_site
 from ._common import new_figure, save_figure, single_token_ids, token_strs
 
@@ -101,7 +104,7 @@ def normalise(value: Any, clean: float, corrupt: float) -> np.ndarray:
 class PatchingResult:
     """A labelled sweep: `values` (normalised, 0 = corrupted, 1 = clean) and `raw` metric values,
     shaped by `axes` (a subset of layer, position, head, in that order); labels per axis; the
-    site; `method` ("activation" or "attribution"); the clean / corrupted metrics; token strings."""
+    site; `method` ("activation", "attribution" or "relevance"); the clean / corrupted metrics; token strings."""
 
     values: np.ndarray
     raw: np.ndarray
@@ -618,8 +621,8 @@ def path_patching(
 # --------------------------------------------------------------------------- attribution patching
 
 
-@functools.partial(jax.jit, static_argnames=("sites", "metric_positions"))
-def _attr_grads(model, tokens, attention_mask, base_ivs, metric, pattern_base, *, sites, metric_positions):
+@functools.partial(jax.jit, static_argnames=("sites", "metric_positions", "lrp_rules"))
+def _attr_grads(model, tokens, attention_mask, base_ivs, metric, pattern_base, *, sites, metric_positions, lrp_rules):
     c = model.config
     B, T = tokens.shape
     zeros = {}
@@ -631,7 +634,8 @@ def _attr_grads(model, tokens, attention_mask, base_ivs, metric, pattern_base, *
     def f(deltas):
         ivs = base_ivs + tuple(
             Patch(pattern_base + deltas[s], site=s) if s == "pattern" else Steer(deltas[s], site=s) for s in sites)
-        logits, trace = forward(model, tokens, attention_mask=attention_mask, interventions=ivs, record=sites)
+        logits, trace = forward(model, tokens, attention_mask=attention_mask, interventions=ivs, record=sites,
+                                lrp_rules=lrp_rules)
         return metric(logits[:, list(metric_positions)]), trace
 
     (m, trace), grads = jax.value_and_grad(f, has_aux=True)(zeros)
@@ -653,6 +657,7 @@ def attribution_patching(
     clean_interventions: Any = (),
     metric_positions: Sequence[int] | None = (-1,),
     tokenizer: Any = None,
+    lrp_rules: Sequence[str] = (),
 ) -> dict[str, PatchingResult]:
     """First-order estimate of `activation_patching` for every entry of every site at once:
     `metric(base) + (a_source - a_base) . d metric / d a`, with the gradient taken at the base
@@ -660,8 +665,10 @@ def attribution_patching(
     `[L, B, T, *feat]` at each site (`pattern`: a `Patch` of base + delta). Cost: the two plain
     runs plus one forward and one backward pass. Entries over several positions (groups) or all
     positions sum the per-position terms. Returns `{site: PatchingResult}` (method "attribution")
-    with the same normalisation as `activation_patching`."""
+    with the same normalisation as `activation_patching`. `lrp_rules` replace the gradient by
+    LRP coefficients (method "relevance"; see `relevance_patching`)."""
     c = model.config
+    lrp_rules = check_rules(lrp_rules)
     sites = tuple(canonical_site(s) for s in sites)
     for s in sites:
         check_site(s)
@@ -675,7 +682,7 @@ def attribution_patching(
         _, pt = forward(model, base_tokens, attention_mask=attention_mask, interventions=base_ivs, record=("pattern",))
         pattern_base = pt["pattern"].astype(jnp.float32)
     m_base, base_trace, grads = _attr_grads(model, base_tokens, attention_mask, base_ivs, metric, pattern_base,
-                                            sites=tuple(sorted(sites)), metric_positions=mp)
+                                            sites=tuple(sorted(sites)), metric_positions=mp, lrp_rules=lrp_rules)
     m_base = float(m_base)
     out = {}
     for s in sites:
@@ -707,13 +714,24 @@ def attribution_patching(
             positions=pos_labels if "position" in site_over else None,
             heads=heads,
             site=s,
-            method="attribution",
+            method="relevance" if lrp_rules else "attribution",
             direction=direction,
             clean_metric=m_clean,
             corrupt_metric=m_corrupt,
             **_token_labels(tokenizer, clean_tokens, corrupt_tokens),
         )
     return out
+
+
+def relevance_patching(model: Model, clean_tokens: Any, corrupt_tokens: Any, *, rules: Sequence[str] = RULES,
+                       **kwargs) -> dict[str, PatchingResult]:
+    """RelP (relevance patching, arXiv 2508.21258): `attribution_patching` with the local gradient
+    replaced by LRP propagation coefficients, `metric(base) + (a_source - a_base) . R`, where `R`
+    is the backward pass of the base run under the LRP `rules` (default all of
+    `models.relevance.RULES`: LN-rule, Identity-rule, Half-rule, AH-rule). The same cost (two
+    plain runs, one forward and one backward) and arguments as `attribution_patching`; results
+    carry method "relevance". `rules=()` is exactly attribution patching."""
+    return attribution_patching(model, clean_tokens, corrupt_tokens, lrp_rules=rules, **kwargs)
 
 
 def compare_attribution(estimate: PatchingResult, actual: PatchingResult) -> dict[str, float]:

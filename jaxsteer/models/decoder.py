@@ -25,6 +25,8 @@ import numpy as np
 from .config import ModelConfig
 from .interventions import SITES, as_tuple, check_all, check_site
 from .params import Model
+from .relevance import activation as lrp_activation
+from .relevance import check_rules, half_rule
 from .sites import parse_site
 from .validation import check_binary_mask, check_token_ids
 
@@ -77,11 +79,15 @@ jax.tree_util.register_pytree_node(
 )
 
 
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float) -> jax.Array:
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float, constant_scale: bool = False) -> jax.Array:
     """RMSNorm computed in float32. Llama style (`offset=0`): `w * y.astype(dtype)`;
-    Gemma style (`offset=1`): `(y * (1 + w)).astype(dtype)`, exactly as in transformers."""
+    Gemma style (`offset=1`): `(y * (1 + w)).astype(dtype)`, exactly as in transformers.
+    `constant_scale`: the same value, with `1 / rms(x)` a constant for gradients (LRP's LN-rule)."""
     x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if constant_scale:
+        inv_rms = jax.lax.stop_gradient(inv_rms)
+    y = x32 * inv_rms
     if offset:
         return (y * (offset + weight.astype(jnp.float32))).astype(x.dtype)
     return weight * y.astype(x.dtype)
@@ -175,16 +181,18 @@ def attention_impl(config: ModelConfig, attention: str, record_pattern: bool = F
     if attention == "auto":
         return "einsum" if needs_einsum else "auto"
     if attention != "einsum" and needs_einsum:
-        what = "an attention logit softcap" if config.attn_logit_softcap else "the `pattern` site"
+        what = "an attention logit softcap" if config.attn_logit_softcap else "the `pattern` site (recorded, intervened on or held by the AH-rule)"
         raise ValueError(f"attention={attention!r} cannot compute {what}; use 'auto' or 'einsum'")
     return attention
 
 
-def _attention(c: ModelConfig, q, k, v, q_pos, k_pos, window, sites: _Sites, attention: str) -> jax.Array:
+def _attention(c: ModelConfig, q, k, v, q_pos, k_pos, window, sites: _Sites, attention: str,
+               constant_pattern: bool = False) -> jax.Array:
     """Attention output z `[B, T, H, hd]` from q `[B, T, H, hd]` and k, v `[B, S, KV, hd]` (RoPE applied).
 
     A key is visible when it is a real slot (`k_pos >= 0`), not in the future and within the
-    layer's window. Grouped-query attention never repeats K/V."""
+    layer's window. Grouped-query attention never repeats K/V. `constant_pattern`: the
+    probabilities are constants for gradients (LRP's AH-rule; einsum path only)."""
     B, T, H, hd = q.shape
     KV = k.shape[2]
     diff = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
@@ -195,9 +203,11 @@ def _attention(c: ModelConfig, q, k, v, q_pos, k_pos, window, sites: _Sites, att
     qg = q.reshape(B, T, KV, H // KV, hd)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * c.softmax_scale
     if c.attn_logit_softcap:
-        scores = jnp.tanh(scores / c.attn_logit_softcap) * c.attn_logit_softcap
+        scores = softcap(scores, c.attn_logit_softcap)
     scores = jnp.where(allowed[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1)
+    if constant_pattern:
+        probs = jax.lax.stop_gradient(probs)
     if sites.touches("pattern"):
         pattern = sites.visit("pattern", probs.reshape(B, H, T, -1))
         probs = pattern.reshape(probs.shape)
@@ -219,16 +229,19 @@ def _layer(
     cache_index: jax.Array | None,
     cache_layer: jax.Array | int,
     attention: str,
+    lrp_rules: frozenset = frozenset(),
 ):
     """One decoder layer. Returns the new residual and (if caching) the K/V cache `[L', ...]` with
-    this layer's new keys and values written at `[cache_layer, :, cache_index]`."""
+    this layer's new keys and values written at `[cache_layer, :, cache_index]`. `lrp_rules`:
+    see `relevance` (values unchanged, gradients modified)."""
     c = config
+    norm = functools.partial(rms_norm, eps=c.norm_eps, offset=c.norm_offset, constant_scale="LN-rule" in lrp_rules)
     B, T, _ = h.shape
     H, KV, hd = c.n_heads, c.n_kv_heads, c.head_dim
     dtype = h.dtype
 
     h = sites.visit("resid_pre", h)
-    x = sites.visit("attn_in", rms_norm(h, p["attn_norm"], c.norm_eps, c.norm_offset))
+    x = sites.visit("attn_in", norm(h, p["attn_norm"]))
 
     q = _proj(x, p, "q_proj")
     k = _proj(x, p, "k_proj")
@@ -239,8 +252,8 @@ def _layer(
     k = k.reshape(B, T, KV, hd)
     v = v.reshape(B, T, KV, hd)
     if c.qk_norm:
-        q = rms_norm(q, p["q_norm"], c.norm_eps, c.norm_offset)
-        k = rms_norm(k, p["k_norm"], c.norm_eps, c.norm_offset)
+        q = norm(q, p["q_norm"])
+        k = norm(k, p["k_norm"])
     q = sites.visit("q", q)
     k = sites.visit("k", k)
     v = sites.visit("v", v)
@@ -259,12 +272,12 @@ def _layer(
                           for full, x in zip(kv_cache, (k, v)))
         k, v = (full[cache_layer].astype(dtype) for full in new_cache)
 
-    z = _attention(c, q, k, v, q_pos, k_pos, window, sites, attention)
+    z = _attention(c, q, k, v, q_pos, k_pos, window, sites, attention, "AH-rule" in lrp_rules)
     z = sites.visit("z", z)
 
     attn = _proj(z.reshape(B, T, H * hd), p, "o_proj")
     if c.sandwich_norms:
-        attn = rms_norm(attn, p["attn_post_norm"], c.norm_eps, c.norm_offset)
+        attn = norm(attn, p["attn_post_norm"])
     attn = sites.visit("attn_out", attn)
     if sites.touches("attn_to_resid") or sites.touches("attn_to_mlp"):  # the two routes told apart
         to_resid = sites.visit("attn_to_resid", attn)
@@ -274,11 +287,14 @@ def _layer(
     else:
         h = mlp_stream = sites.visit("resid_mid", h + attn)
 
-    x = sites.visit("mlp_in", rms_norm(mlp_stream, p["mlp_norm"], c.norm_eps, c.norm_offset))
-    act = _activation(c.activation)
-    mlp = _proj(act(_proj(x, p, "gate_proj")) * _proj(x, p, "up_proj"), p, "down_proj")
+    x = sites.visit("mlp_in", norm(mlp_stream, p["mlp_norm"]))
+    act = lrp_activation(_activation(c.activation), lrp_rules)
+    gated = act(_proj(x, p, "gate_proj")) * _proj(x, p, "up_proj")
+    if "Half-rule" in lrp_rules:
+        gated = half_rule(gated)
+    mlp = _proj(gated, p, "down_proj")
     if c.sandwich_norms:
-        mlp = rms_norm(mlp, p["mlp_post_norm"], c.norm_eps, c.norm_offset)
+        mlp = norm(mlp, p["mlp_post_norm"])
     mlp = sites.visit("mlp_out", mlp)
     h = sites.visit("resid_post", h + mlp)
     return h, new_cache
@@ -292,16 +308,22 @@ def embed(model: Model, tokens: jax.Array) -> jax.Array:
     return h
 
 
-def unembed(model: Model, h: jax.Array, *, final_norm: bool = True) -> jax.Array:
-    """Logits (float32) from residual vectors `[..., d]`, through the final norm by default."""
+def unembed(model: Model, h: jax.Array, *, final_norm: bool = True, lrp_rules: frozenset = frozenset()) -> jax.Array:
+    """Logits (float32) from residual vectors `[..., d]`, through the final norm by default
+    (`lrp_rules`: see `relevance`)."""
     c = model.config
     if final_norm:
-        h = rms_norm(h, model.params["final_norm"], c.norm_eps, c.norm_offset)
+        h = rms_norm(h, model.params["final_norm"], c.norm_eps, c.norm_offset, "LN-rule" in lrp_rules)
     w = model.params["embed"] if c.tie_word_embeddings else model.params["unembed"]
     logits = jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
     if c.final_logit_softcap:
-        logits = jnp.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+        logits = lrp_activation(functools.partial(softcap, cap=c.final_logit_softcap), lrp_rules)(logits)
     return logits
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+    """`tanh(x / cap) * cap` (Gemma's logit softcap)."""
+    return jnp.tanh(x / cap) * cap
 
 
 def remat_policy(remat: bool | str | Callable) -> Callable | None:
@@ -331,6 +353,7 @@ def run_layers(
     *,
     attention: str = "auto",
     remat: bool | str | Callable = False,
+    lrp_rules: frozenset = frozenset(),
 ):
     """Run all layers with `lax.scan`. Returns (h, trace, new_kv_cache).
 
@@ -342,10 +365,11 @@ def run_layers(
     attention: see `attention_impl`. remat: rematerialise each layer in the backward pass
     (`jax.checkpoint` of the scan body): True saves nothing inside a layer, a name from
     `jax.checkpoint_policies` (e.g. "dots_with_no_batch_dims_saveable") or a policy saves what it says.
+    lrp_rules: LRP rules for the backward pass (see `relevance`; the AH-rule takes the einsum path).
     """
     c = model.config
     touches_pattern = "pattern" in record or any(getattr(iv, "site", None) == "pattern" for iv in interventions)
-    attention = attention_impl(c, attention, touches_pattern)
+    attention = attention_impl(c, attention, touches_pattern or "AH-rule" in lrp_rules)
     rope_full = rope_tables(c.rope_full.inv_freq(c.head_dim), q_pos)
     rope_sliding = None
     if c.has_sliding_layers and c.rope_sliding is not None:
@@ -366,7 +390,8 @@ def run_layers(
         else:
             at = layer
         h, cache = _layer(
-            c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, cache, cache_index, at, attention
+            c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, cache, cache_index, at, attention,
+            lrp_rules,
         )
         if per_layer_cache:
             return (h, None), (sites.recorded, tuple(x[0] for x in cache))
@@ -423,15 +448,16 @@ def _check_inputs(model: Model, tokens, attention_mask, positions, record):
     check_binary_mask(attention_mask)
 
 
-@functools.partial(jax.jit, static_argnames=("record", "return_logits", "attention", "remat"))
-def _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat):
+@functools.partial(jax.jit, static_argnames=("record", "return_logits", "attention", "remat", "lrp_rules"))
+def _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat,
+             lrp_rules=frozenset()):
     if positions is None:
         positions = default_positions(tokens, attention_mask)
     k_pos = positions if attention_mask is None else jnp.where(attention_mask.astype(bool), positions, -1)
     h = embed(model, tokens)
     h, trace, _ = run_layers(model, h, positions, k_pos, interventions, frozenset(record), attention=attention,
-                             remat=remat)
-    logits = unembed(model, h) if return_logits else None
+                             remat=remat, lrp_rules=lrp_rules)
+    logits = unembed(model, h, lrp_rules=lrp_rules) if return_logits else None
     return logits, trace
 
 
@@ -446,6 +472,7 @@ def forward(
     return_logits: bool = True,
     attention: str = "auto",
     remat: bool | str | Callable = False,
+    lrp_rules: Sequence[str] = (),
 ) -> tuple[jax.Array | None, Trace]:
     """Run the model: `(logits [B, T, V] float32, trace)`.
 
@@ -457,15 +484,19 @@ def forward(
     attention: "auto" (`jax.nn.dot_product_attention` where it can express the layer, else the
     einsum path), "einsum", "xla" or "cudnn"; remat: rematerialise layers for `jax.grad` (see
     `run_layers`). Pure and jit-compiled; `jax.grad` / `jax.vmap` work through it.
+    lrp_rules: names from `relevance.RULES`: the same values, with gradients that propagate
+    LRP relevance instead (relevance patching; see `jaxsteer.models.relevance`).
     Concrete inputs are checked (ids in `[0, vocab)`, a 0/1 mask, finite intervention values).
     """
     record = record_sites(record)
+    lrp_rules = check_rules(lrp_rules)
     interventions = as_tuple(interventions)
     _check_inputs(model, tokens, attention_mask, positions, record)
     tokens = jnp.asarray(tokens)
     check_all(interventions, model.config, tokens.shape[1])
-    attention_impl(model.config, attention)
-    return _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat)
+    attention_impl(model.config, attention, "AH-rule" in lrp_rules)
+    return _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat,
+                    lrp_rules)
 
 
 def run_with_cache(model: Model, tokens: Any, *, names: Sequence[str] | str = "all", tokenizer: Any = None,
