@@ -99,3 +99,78 @@ def test_sae_resume_after_a_damaged_latest_checkpoint_equals_an_undamaged_run(sa
     for k in a.params:
         np.testing.assert_array_equal(np.asarray(a.params[k]), np.asarray(b.params[k]))
     assert Checkpointer(str(run / "checkpoints")).all_steps() == [2, 4]
+
+
+# --------------------------------------------------------------------------- bad inputs to generate / forward
+
+import jax.numpy as jnp  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+import jaxsteer  # noqa: E402
+from jaxsteer import Steer  # noqa: E402
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(temperature=float("nan")), r"temperature is nan; it must be finite"),
+    (dict(temperature=float("inf")), r"temperature is inf; it must be finite"),
+    (dict(top_p=float("nan")), r"top_p is nan"),
+    (dict(top_k=2.5), r"top_k must be an integer, got 2.5"),
+    (dict(top_k=float("inf")), r"top_k must be an integer"),
+    (dict(max_new_tokens=2.0), r"max_new_tokens must be an integer"),
+    (dict(bucket=0), r"bucket must be >= 1, got 0"),
+    (dict(greedy="yes"), r"greedy must be True or False"),
+    (dict(prompts=np.array([[3.5, 4.0]])), r"prompts: token ids must be integers, got dtype float64"),
+    (dict(prompts=[[3.0, 4.0]]), r"prompt 0: token ids must be integers, got dtype float64"),
+    (dict(prompts=np.array([[3, 4]]), prompt_mask=np.ones((1, 3))), r"prompt_mask has shape \(1, 3\); the prompts have shape \(1, 2\)"),
+    (dict(interventions=Steer(np.ones(32) * (1 + 1j))), r"Steer at 'resid_post': vector must hold real numbers, got dtype complex128"),
+    (dict(interventions=Steer(np.array([object()] * 32))), r"vector must hold real numbers, got dtype object"),
+    (dict(interventions=Steer(np.ones(32, np.float32), scale=1e38)), r"\|scale\| x \|vector\| x 3 layers reaches 3e\+38.*overflow"),
+])
+def test_generate_refuses_silent_wrong_inputs_by_name(tiny_model, kwargs, needle):
+    """Each used to give NaN log-probs / empty text, a silent cast, or an IndexError / ZeroDivisionError."""
+    args = dict(prompts=[[3, 4, 5]], max_new_tokens=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=needle):
+        jaxsteer.generate(tiny_model, args.pop("prompts"), **args)
+
+
+def test_forward_refuses_complex_and_overflowing_steers(tiny_model):
+    toks = jnp.asarray([[3, 4, 5]])
+    with pytest.raises(ValueError, match="vector must hold real numbers, got dtype complex64"):
+        jaxsteer.forward(tiny_model, toks, interventions=Steer(jnp.ones(32, jnp.complex64)))
+    with pytest.raises(ValueError, match=r"x 3 layers reaches 3e\+38"):
+        jaxsteer.forward(tiny_model, toks, interventions=Steer(jnp.ones(32), scale=1e38))
+
+
+SCALARS = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-3, 60),
+                    st.sampled_from([True, "1", None, 1 + 1j]))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(temperature=SCALARS, top_p=SCALARS, top_k=SCALARS, greedy=st.booleans(),
+       token=st.one_of(st.integers(-2, 60), st.floats(-2, 60)), scale=st.floats(allow_nan=True, allow_infinity=True))
+def test_generate_returns_finite_results_or_a_named_error(tiny_model, temperature, top_p, top_k, greedy, token, scale):
+    args = dict(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy, max_new_tokens=2,
+                interventions=Steer(np.ones(32, np.float32), scale=scale, layers=(1,)))
+    try:
+        out = jaxsteer.generate(tiny_model, [[3, token, 5]], **args)
+    except ValueError as err:
+        names = ("temperature", "top_p", "top_k", "greedy", "prompt 0", "scale")
+        assert any(n in str(err) for n in names), err
+        return
+    assert np.isfinite(out.logprobs).all() and ((out.tokens >= 0) & (out.tokens < 53)).all()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtype=st.sampled_from(["int32", "int64", "float32", "bool", "complex64", "uint8"]),
+       token=st.integers(-3, 60), scale=st.floats(allow_nan=True, allow_infinity=True),
+       vector_dtype=st.sampled_from(["float32", "float16", "complex64", "int32"]))
+def test_forward_returns_finite_logits_or_a_named_error(tiny_model, dtype, token, scale, vector_dtype):
+    toks = np.array([[3, token % 256 if dtype == "uint8" else token, 5]]).astype(dtype)
+    steer = Steer(np.ones(32).astype(vector_dtype), scale=scale)
+    try:
+        logits, _ = jaxsteer.forward(tiny_model, toks, interventions=steer)
+    except ValueError as err:
+        assert any(n in str(err) for n in ("tokens", "scale", "vector")), err
+        return
+    assert np.isfinite(np.asarray(logits)).all()

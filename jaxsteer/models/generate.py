@@ -18,7 +18,7 @@ import numpy as np
 from .decoder import embed, run_layers, unembed
 from .interventions import as_tuple, check_all, rows_per_run
 from .params import Model
-from .validation import check_binary_mask, check_token_ids
+from .validation import check_binary_mask, check_number, check_token_ids
 
 PROMPT_BUCKET = 32
 
@@ -262,18 +262,8 @@ def generate(
     the tokens sampled from run 0, for generation-time patching between runs (`OnRuns`,
     `CrossRunPatch`); the result holds run 0's rows.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not greedy and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling (use greedy=True), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if samples_per_prompt < 1:
-        raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1, got {runs}")
+    check_sampling_args(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                        greedy=greedy, samples_per_prompt=samples_per_prompt, runs=runs, bucket=bucket)
     interventions = as_tuple(interventions)
     check_all(interventions, model.config, None)
     for iv in interventions:
@@ -285,15 +275,22 @@ def generate(
     pad_id = pad_id_for(model, tokenizer)
 
     if isinstance(prompts, np.ndarray) or isinstance(prompts, jax.Array):
+        if not jnp.issubdtype(prompts.dtype, jnp.integer):  # as in forward (ranges: per prompt, below)
+            raise ValueError(f"prompts: token ids must be integers, got dtype {prompts.dtype}")
         arr = np.asarray(prompts, np.int32)
         if arr.ndim != 2:
             raise ValueError(f"token prompts must be [B, P], got shape {arr.shape}")
         check_binary_mask(prompt_mask, "prompt_mask")
+        if prompt_mask is not None and np.shape(prompt_mask) != arr.shape:
+            raise ValueError(f"prompt_mask has shape {np.shape(prompt_mask)}; the prompts have shape {arr.shape}")
         mask = np.ones_like(arr) if prompt_mask is None else np.asarray(prompt_mask, np.int32)
         seqs = [row[m > 0].tolist() for row, m in zip(arr, mask)]
     elif len(prompts) and isinstance(prompts[0], str):
         seqs = tokenize_prompts(tokenizer, prompts, chat=chat, system=system)
     else:
+        for i, s in enumerate(prompts):
+            if len(s):
+                check_token_ids(np.asarray(s), model.config.vocab_size, f"prompt {i}")
         seqs = [list(map(int, s)) for s in prompts]
     if not seqs:
         raise ValueError("no prompts given")
@@ -314,6 +311,23 @@ def generate(
     if samples_per_prompt > 1:
         toks, mask = np.repeat(toks, samples_per_prompt, axis=0), np.repeat(mask, samples_per_prompt, axis=0)
     return Generation(out, lps, lengths, toks, mask, decode_completions(tokenizer, out, lengths))
+
+
+def check_sampling_args(*, max_new_tokens: Any, temperature: Any, top_p: Any, top_k: Any, greedy: Any,
+                        samples_per_prompt: Any = 1, runs: Any = 1, bucket: Any = PROMPT_BUCKET) -> None:
+    """ValueError naming the first of `generate`'s sampling arguments that is not a finite number
+    of the right kind in its range (a NaN temperature would sample from NaN probabilities)."""
+    check_number(max_new_tokens, "max_new_tokens", integer=True, low=1)
+    if not isinstance(greedy, (bool, np.bool_)):
+        raise ValueError(f"greedy must be True or False, got {greedy!r}")
+    temperature = check_number(temperature, "temperature")
+    if not greedy and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for sampling (use greedy=True), got {temperature}")
+    check_number(top_p, "top_p", low=0, high=1, low_open=True)
+    check_number(top_k, "top_k", integer=True, low=0)
+    check_number(samples_per_prompt, "samples_per_prompt", integer=True, low=1)
+    check_number(runs, "runs", integer=True, low=1)
+    check_number(bucket, "bucket", integer=True, low=1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from flax import struct
 
 from .config import ModelConfig
 from .sites import parse_site
-from .validation import check_finite
+from .validation import check_finite, check_steer_size
 
 # Site name -> (rank of the activation including batch, token axis, head axis or None, feature rank)
 SITE_LAYOUT = {
@@ -223,6 +223,8 @@ class Steer(_Where):
             raise ValueError(f"Steer: scale has shape {s}; expected a scalar or [B, T={n_tokens}]")
         check_finite(self.vector, f"Steer at {self.site!r}: vector")
         check_finite(self.scale, f"Steer at {self.site!r}: scale")
+        check_steer_size(self.vector, self.scale, config.d_model, f"Steer at {self.site!r}",
+                         additions=len(self.layers) if self.layers is not None else config.n_layers)
 
     def generation_safe(self) -> bool:
         nf = 1 if SITE_LAYOUT[self.site][3] == 1 else 2

@@ -70,11 +70,31 @@ def check_binary_mask(mask: Any, name: str = "attention_mask") -> None:
         raise ValueError(f"{name} must be 0/1; found {m[index]} at position {_fmt(index)} ({n} non-binary entries)")
 
 
+def check_real(value: Any, name: str) -> None:
+    """Raise ValueError if `value` holds complex numbers, Python objects or strings (which a
+    float cast would silently truncate or fail on). Reads only the dtype, so it is jit-safe."""
+    if value is None:
+        return
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        if not is_concrete(value):
+            return
+        try:
+            dtype = np.asarray(value).dtype
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be an array of real numbers; cannot read {type(value).__name__}: {err}") from None
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.complexfloating) or dtype.kind in "OSUM":
+        raise ValueError(f"{name} must hold real numbers, got dtype {dtype}")
+
+
 def check_finite(value: Any, name: str) -> None:
-    """Raise ValueError if a concrete floating-point `value` holds NaN or inf.
+    """Raise ValueError if a concrete floating-point `value` holds NaN or inf, or (`check_real`,
+    even under a trace) complex, object or string data.
 
     A `jax.Array` is reduced on its device (one scalar comes back); the array itself is only
     copied to the host to locate a bad entry."""
+    check_real(value, name)
     if value is None or not is_concrete(value):
         return
     if isinstance(value, jax.Array):
@@ -96,4 +116,43 @@ def check_finite(value: Any, name: str) -> None:
         )
 
 
-__all__ = ["is_concrete", "check_token_ids", "check_binary_mask", "check_finite"]
+def check_number(value: Any, name: str, *, integer: bool = False, low: float | None = None,
+                 high: float | None = None, low_open: bool = False) -> float | int:
+    """A Python/NumPy scalar `value` as float (int with `integer`), checked finite and inside
+    `[low, high]` (`(low, high]` with `low_open`); ValueError naming `name` otherwise."""
+    ok_type = (np.issubdtype(type(value), np.integer) if integer else
+               np.issubdtype(type(value), np.integer) or np.issubdtype(type(value), np.floating))
+    if isinstance(value, bool) or not ok_type:
+        kind = "an integer" if integer else "a real number"
+        raise ValueError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+    number = int(value) if integer else float(value)
+    if not np.isfinite(number):
+        raise ValueError(f"{name} is {number}; it must be finite")
+    below = low is not None and (number <= low if low_open else number < low)
+    if below or (high is not None and number > high):
+        if high is None:
+            raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+        lo = "-inf" if low is None else low
+        raise ValueError(f"{name} must be in {'(' if low_open else '['}{lo}, {high}], got {value!r}")
+    return number
+
+
+def check_steer_size(vector: Any, scale: Any, d_model: int, name: str, additions: int = 1) -> None:
+    """Raise ValueError if `scale * vector` (concrete values), added `additions` times (once per
+    steered layer), reaches a size at which the model's float32 RMSNorm overflows (the sum of
+    d_model squares exceeds float32's range), so every later activation would be inf or NaN."""
+    if not (is_concrete(vector) and is_concrete(scale)) or vector is None:
+        return
+    v, s = np.asarray(vector), np.asarray(scale)
+    if v.size == 0 or s.size == 0:
+        return
+    top = max(1, additions) * float(np.max(np.abs(v.astype(np.float64)))) * float(np.max(np.abs(s.astype(np.float64))))
+    limit = float(np.sqrt(np.finfo(np.float32).max / max(1, d_model)))
+    if top > limit:
+        raise ValueError(
+            f"{name}: |scale| x |vector|{f' x {additions} layers' if additions > 1 else ''} reaches {top:.3g}; above {limit:.3g} the float32 activations overflow "
+            "to inf / NaN (lower the scale)")
+
+
+__all__ = ["is_concrete", "check_token_ids", "check_binary_mask", "check_finite", "check_real", "check_number",
+           "check_steer_size"]
