@@ -6,6 +6,7 @@
                             interventions=[jaxsteer.Steer(vectors)])
 """
 
+from .errors import JaxsteerError
 from .models import (
     SITES,
     TL_ALIASES,

@@ -174,3 +174,55 @@ def test_forward_returns_finite_logits_or_a_named_error(tiny_model, dtype, token
         assert any(n in str(err) for n in ("tokens", "scale", "vector")), err
         return
     assert np.isfinite(np.asarray(logits)).all()
+
+
+# --------------------------------------------------------------------------- configs
+
+from jaxsteer.errors import JaxsteerError  # noqa: E402
+from jaxsteer.sae.config import load_run_config  # noqa: E402
+from jaxsteer.train.config import ConfigError, load_config  # noqa: E402
+
+BAD_YAML = {
+    "duplicate key": ("lr: 0.01\nsteps: 3\nlr: 5.0\n", r"x.yaml:3: duplicate key 'lr' \(first given on line 1\)"),
+    "nested duplicate": ("algorithm:\n  group_size: 2\n  group_size: 3\n",
+                         r"x.yaml:3: duplicate key 'group_size' \(first given on line 2\)"),
+    "syntax error": ("lr: 0.01\nalgorithm: {group_size: 2\n", r"x.yaml:3:1: YAML syntax error: expected ',' or '}'"),
+    "bad indentation": ("lr: 1\n  steps: 2\n", r"x.yaml:2:8: YAML syntax error: mapping values are not allowed here"),
+    "empty file": ("# nothing here\n", r"x.yaml is empty: it would run on every default setting"),
+    "a list": ("- lr: 1\n", r"x.yaml: the top level must be a mapping of settings, got list"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_YAML))
+@pytest.mark.parametrize("loader", [load_config, load_run_config], ids=["train", "sae"])
+def test_bad_yaml_is_one_config_error_with_file_line_col(tmp_path, case, loader):
+    text, needle = BAD_YAML[case]
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=needle) as info:
+        loader(str(path))
+    assert "\n" not in str(info.value) and isinstance(info.value, JaxsteerError)
+
+
+def _toy(out, **kw):
+    return config_from_dict(T.config_dict(str(out), **kw))
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"eval.greedy": False, "eval.samples": 0, "eval.after": True},
+     r"eval.greedy=false with eval.samples=0 evaluates nothing"),
+    ({"sampling.max_new_tokens": 200}, r"sampling.bucket \(8, the shortest padded prompt\) \+ max_new_tokens \(200\) "
+                                       r"exceeds the context length of random \(128 tokens\)"),
+    ({"eval.max_new_tokens": 130, "eval.after": True}, r"max_new_tokens \(130\) exceeds the context length"),
+    ({"algorithm.group_size": 10**7}, r"planned memory: the update, no remat needs .* GiB per device .*group_size=10000000"),
+])
+def test_settings_that_do_nothing_or_cannot_fit_are_refused_before_the_model_loads(tmp_path, overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        train(_toy(tmp_path / "run", **overrides))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before the run directory was touched
+
+
+def test_a_dataset_smaller_than_a_step_is_refused_by_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"train_examples has 1 example\(s\), fewer than "
+                                          r"algorithm.prompts_per_step=4"):
+        train(_toy(tmp_path / "run"), train_examples=T.examples(1))

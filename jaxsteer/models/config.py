@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import JaxsteerError
+
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM")
 _MODEL_TYPE_TO_ARCH = {
     "llama": "LlamaForCausalLM",
@@ -21,7 +23,7 @@ _MODEL_TYPE_TO_ARCH = {
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(JaxsteerError, ValueError):
     """A Hugging Face config field has a value that jaxsteer does not implement."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import JaxsteerError
 from .config import ModelConfig, UnsupportedConfigError, from_hf_config
 
 __all__ = ["GGUFError", "GGUFFile", "TensorInfo", "gguf_config", "gguf_hf_config", "gguf_tokenizer"]
@@ -37,7 +38,7 @@ _STRING, _ARRAY = 8, 9
 _MAGIC = b"GGUF"
 
 
-class GGUFError(ValueError):
+class GGUFError(JaxsteerError, ValueError):
     """A GGUF file is damaged, truncated or lacks a metadata key jaxsteer needs."""
 
 

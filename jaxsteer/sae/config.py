@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..train.config import read_config_file
+
 
 @dataclasses.dataclass
 class SAESpec:
@@ -127,10 +129,7 @@ def _set(data: dict, dotted: str, value: Any) -> None:
 
 def load_run_config(path: str | None, overrides: Sequence[str] = ()) -> SAERunConfig:
     """Read a YAML config and apply `key.sub=value` overrides (values parsed as YAML)."""
-    data = {}
-    if path:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+    data = read_config_file(path) if path else {}
     for ov in overrides:
         key, sep, value = ov.partition("=")
         if not sep:

@@ -24,6 +24,7 @@ from .build import PromptEncoder, build_inputs, check_before_loading, load_examp
 from .config import ConfigError, TrainConfig, load_config
 from .es.learner import load_es_policy, train_es
 from .evaluate import HeldOut, evaluate_policy
+from .plan import check_model_fits
 from .export import print_logit_lens
 from .rewards import get_reward_fn
 from .rl.learner import check_layout, train_rl
@@ -60,6 +61,8 @@ def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None
     if not cfg.is_es and lora is not None:
         raise ConfigError("train(lora=...) is ESSA's warm start; this is an RL run")
     check_before_loading(cfg, train_examples=train_examples, eval_examples=eval_examples, reward_fn=reward_fn)
+    if model is None:  # the model's context and the planned memory, from its config alone
+        check_model_fits(cfg, devices=devices)
     if not cfg.is_es:  # the batch must split over processes, the mesh and the micro-batches
         try:
             check_layout(cfg, make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices))

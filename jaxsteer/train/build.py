@@ -146,14 +146,20 @@ def build_inputs(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any
     pass tiny models and token-id tasks). Held-out examples are loaded only when some evaluation
     is on, and cut to `eval.n`."""
     t0 = time.perf_counter()
-    if model is None:
-        model, tokenizer = build_model(cfg.model)
-    reward_fn = get_reward_fn(reward_fn if reward_fn is not None else cfg.data.reward)
-    if train_examples is None:
-        train_examples = load_examples(cfg.data.train)
+    source = "train_examples"
+    if train_examples is None:  # the data first: a dataset that cannot serve a step fails before the model loads
+        train_examples, source = load_examples(cfg.data.train), f"data.train={cfg.data.train!r}"
+    if len(train_examples) < cfg.algorithm.prompts_per_step:
+        raise ConfigError(
+            f"{source} has {len(train_examples)} example(s), fewer than "
+            f"algorithm.prompts_per_step={cfg.algorithm.prompts_per_step}: every step would repeat the same prompts; "
+            "lower algorithm.prompts_per_step or use more data")
     e = cfg.eval
     if eval_examples is None and cfg.data.eval and (e.before or e.after or e.every):
         eval_examples = load_examples(cfg.data.eval)
+    if model is None:
+        model, tokenizer = build_model(cfg.model)
+    reward_fn = get_reward_fn(reward_fn if reward_fn is not None else cfg.data.reward)
     encode = PromptEncoder(tokenizer, cfg.data.prompt_template, cfg.data.system)
     return Inputs(model, tokenizer, reward_fn, train_examples, list(eval_examples or [])[: e.n], encode,
                   time.perf_counter() - t0)

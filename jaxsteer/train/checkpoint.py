@@ -29,10 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ..errors import JaxsteerError
+
 FORMAT = "jaxsteer-train-checkpoint/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(JaxsteerError, RuntimeError):
     """A checkpoint that cannot be used with this run (mismatched, corrupted or missing)."""
 
 

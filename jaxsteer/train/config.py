@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..errors import JaxsteerError
 from ..models.decoder import PROJECTIONS
 from .trainable import TrainableConfig
 
@@ -39,7 +40,7 @@ REMAT_POLICIES = {"dots": "dots_with_no_batch_dims_saveable",
                   "dots_saveable": "dots_saveable", "nothing_saveable": "nothing_saveable"}
 
 
-class ConfigError(ValueError):
+class ConfigError(JaxsteerError, ValueError):
     """A config key or value that cannot be used (the message names it)."""
 
 
@@ -365,6 +366,9 @@ class TrainConfig:
             (s.top_k >= 0 and s.bucket >= 1, "sampling.top_k must be >= 0 and sampling.bucket >= 1"),
             (self.eval.n >= 1 and self.eval.batch_size >= 1, "eval.n and eval.batch_size must be >= 1"),
             (self.eval.samples >= 0 and self.eval.every >= 0, "eval.samples and eval.every must be >= 0"),
+            (self.eval.greedy or self.eval.samples > 0 or not (self.eval.before or self.eval.after or self.eval.every),
+             "eval.greedy=false with eval.samples=0 evaluates nothing; set eval.greedy=true, eval.samples=K, "
+             "or turn the evaluations off (eval.before=false eval.after=false)"),
             (self.checkpoint.every >= 0 and self.log_every >= 1, "checkpoint.every must be >= 0 and log_every >= 1"),
             (0 <= self.warmup_frac < 1, "warmup_frac must be in [0, 1)"),
             (self.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {self.schedule!r}"),
@@ -633,14 +637,53 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if first != line:
+                raise ConfigError(f"{self.name}:{line}: duplicate key {key!r} (first given on line {first}); "
+                                  "keep one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_file(path: str) -> dict:
+    """A YAML config file as a mapping. ConfigError, one line, for a syntax error
+    (`file:line:col: problem`), a duplicated key (naming both lines), an empty file or a top level
+    that is not a mapping."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    loader = _StrictLoader(text)
+    loader.name = str(path)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: YAML error: {' '.join(str(err).split())}") from None
+    finally:
+        loader.dispose()
+    if data is None:
+        raise ConfigError(f"{path} is empty: it would run on every default setting; write the settings you mean")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config (None = all defaults) and apply dotted `key=value` overrides."""
-    data = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    """Read a YAML config (None = all defaults; see `read_config_file`) and apply dotted
+    `key=value` overrides."""
+    data = read_config_file(path) if path is not None else {}
     return config_from_dict(apply_overrides(data, overrides))
 
 
@@ -670,6 +713,7 @@ __all__ = [
     "unused_fields",
     "non_finite_fields",
     "load_config",
+    "read_config_file",
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",

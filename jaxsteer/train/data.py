@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import grain
 
+from ..errors import JaxsteerError
 from .rewards import extract_boxed, extract_gsm8k
 
 
@@ -51,7 +52,7 @@ def _as_example(x) -> Example:
     return x if isinstance(x, Example) else Example.from_dict(x)
 
 
-class DatasetError(ValueError):
+class DatasetError(JaxsteerError, ValueError):
     """A dataset spec that does not parse, a missing or unreadable file, or a row without a
     usable field; the message names the spec or the file, the line and the field."""
 

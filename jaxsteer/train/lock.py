@@ -24,12 +24,14 @@ import socket
 import sys
 import warnings
 
+from ..errors import JaxsteerError
+
 __all__ = ["LOCK_FILE", "RunLock", "RunLockedError"]
 
 LOCK_FILE = ".lock"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(JaxsteerError, RuntimeError):
     """Another live process holds the run directory's lock."""
 
 

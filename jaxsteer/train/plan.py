@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import re
 from typing import Any
@@ -396,6 +397,54 @@ def plan(cfg: TrainConfig, *, data: int | None = None, fsdp: int | None = None, 
     return dataclasses.replace(result, dtype=dtype)
 
 
+def device_capacity(device=None) -> int | None:
+    """Bytes one device can hold: the accelerator's `bytes_limit`; on CPU, the machine's
+    physical memory shared by its local CPU devices (None when unknown)."""
+    device = device or jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return int(ram // max(1, len([d for d in jax.local_devices() if d.platform == device.platform])))
+
+
+def check_model_fits(cfg: TrainConfig, *, devices=None, margin: float = 2.0) -> None:
+    """Before the model loads, with its config only (local models; hub ids are skipped): the
+    shortest possible prompt (one `sampling.bucket`) plus `max_new_tokens` must fit the model's
+    context, and the planned per-device peak (`plan` with that prompt length, a lower bound)
+    must stay within `margin` x the device's memory. ConfigError naming the settings otherwise."""
+    try:
+        c = model_config(cfg.model)
+    except ConfigError:  # not local: nothing to read without a download
+        return
+    new = max(cfg.sampling.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    if cfg.sampling.bucket + new > c.max_position_embeddings:
+        raise ConfigError(
+            f"sampling.bucket ({cfg.sampling.bucket}, the shortest padded prompt) + max_new_tokens ({new}) exceeds "
+            f"the context length of {cfg.model.spec} ({c.max_position_embeddings} tokens); lower "
+            "sampling.max_new_tokens / eval.max_new_tokens")
+    devices = list(devices) if devices is not None else jax.devices()
+    capacity = device_capacity(devices[0])
+    if capacity is None:
+        return
+    mesh_data = cfg.mesh.data if cfg.mesh.data > 0 else max(1, len(devices) // max(1, cfg.mesh.fsdp))
+    p = plan(cfg, data=mesh_data, fsdp=max(1, cfg.mesh.fsdp), capacity=capacity, prompt_len=cfg.sampling.bucket,
+             backend=devices[0].platform)
+    phase = "rollout" if p.peaks["rollout"] >= p.peaks[p.configured] else p.configured
+    peak = p.peaks[phase]
+    if peak > margin * capacity:
+        a = cfg.algorithm
+        raise ConfigError(
+            f"planned memory: the {phase} needs {fmt_bytes(peak)} per device even with {cfg.sampling.bucket}-token "
+            f"prompts, and a {devices[0].platform} device here has {fmt_bytes(capacity)} "
+            f"(algorithm.prompts_per_step={a.prompts_per_step} x group_size={a.group_size}, "
+            f"micro_batches={a.micro_batches}); lower them, raise micro_batches or sampling.call_rows, or see "
+            "`jaxsteer plan CONFIG`")
+
+
 def format_plan(p: MemoryPlan, device: str | None = None) -> str:
     """The plan as the text `jaxsteer plan` prints."""
     c, cfg = p.model, p.config
@@ -470,5 +519,5 @@ def cmd_plan(args) -> None:
 
 
 __all__ = ["DEVICES", "ACTIVATION_TERMS", "WEIGHT_GRAD_TERMS", "LOGIT_COPIES", "MemoryPlan", "model_config",
-           "abstract_model", "device_bytes", "activation_bytes", "kv_cache_bytes", "plan", "rl_plan", "es_plan",
+           "abstract_model", "device_bytes", "device_capacity", "check_model_fits", "activation_bytes", "kv_cache_bytes", "plan", "rl_plan", "es_plan",
            "format_plan", "parse_bytes", "parse_mesh", "add_parser"]

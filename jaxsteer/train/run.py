@@ -33,13 +33,14 @@ from typing import Any, Callable, Iterator
 import jax
 import yaml
 
+from ..errors import JaxsteerError
 from . import checkpoint as ckpt
 from .config import ConfigError, config_to_dict, save_config
 from .lock import RunLock
 from .metrics import RunLogger, plot_curves
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(JaxsteerError, RuntimeError):
     """A training quantity became NaN or infinite; the run stopped without saving that state."""
 
 
