@@ -107,13 +107,15 @@ def test_dapo_config_fields():
 
 
 def test_dapo_run_on_the_toy_task(tmp_path):
-    """All four DAPO parts in one run (clip-higher, token-mean loss, dynamic sampling, overlong shaping)."""
+    """All four DAPO parts in one run (clip-higher, token-mean loss, dynamic sampling, overlong shaping),
+    and it learns."""
     import train_toy as T
     from jaxsteer.train import train
 
-    flags = {"algorithm.dynamic_sampling": True, "algorithm.overlong_buffer": 2, "loss.clip_eps_low": 0.2,
-             "loss.clip_eps_high": 0.28, "loss.aggregation": "token_mean", "steps": 3, "checkpoint.every": 0}
+    flags = {**T.LEARN, "algorithm.dynamic_sampling": True, "algorithm.overlong_buffer": 1, "loss.clip_eps_low": 0.2,
+             "loss.clip_eps_high": 0.28, "loss.aggregation": "token_mean", "lr": 0.3}
     result = train(config_from_dict(T.config_dict(str(tmp_path / "dapo"), **flags)))
+    T.assert_learns(result)  # untrained / lr 1e-12: 0.253
     h = result.history[-1]
     assert {"dynamic_rounds", "dynamic_dropped_groups", "dynamic_short_groups"} <= set(h)
     assert h["dynamic_short_groups"] == 0 and h["zero_std_fraction"] == 0.0

@@ -50,11 +50,9 @@ def test_sft_lowers_the_nll_of_its_targets(tmp_path, kind):
 
 
 def test_rejection_sampling_sft_raises_the_reward(tmp_path):
-    flags = {"algorithm.name": "expert_iteration", "lr": 0.3, "steps": 6, "checkpoint.every": 0,
-             "model.random_scale": 0.2, "algorithm.prompts_per_step": 8, "sampling.max_new_tokens": 2}
+    flags = {**T.LEARN, "algorithm.name": "expert_iteration", "lr": 0.3}
     result = train(config_from_dict(T.config_dict(str(tmp_path / "rs"), **flags)))
-    r = [h["reward_mean"] for h in result.history]
-    assert np.mean(r[-2:]) > np.mean(r[:2]) + 0.2, r
+    T.assert_learns(result)  # untrained / lr 1e-12: 0.253 (sampled reward "rises" by 0.219); trained: 0.646
 
 
 def test_essa_centre_reproduces_the_sft_lora_policy(tmp_path):

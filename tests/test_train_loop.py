@@ -1,5 +1,6 @@
 """The RL loop end to end on a tiny random model and a token-id task (no tokenizer):
-reward rises for steering, LoRA and full fine-tuning; micro-batching does not change the
+steering, LoRA and full fine-tuning learn (beat the untrained policy, the null run, by a margin
+it cannot reach: train_toy.assert_learns); micro-batching does not change the
 update; kill-and-resume in a new process equals an uninterrupted run."""
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def _rises(history):
 
 def test_reward_rises_steering(steering_run):
     _, result = steering_run
+    T.assert_learns(result)  # untrained / lr 1e-12: 0.253; trained: 0.628
     gain, r = _rises(result.history)
-    assert gain > 0.4, r
+    assert gain > 0.4, r  # the sampled reward too; a lr 1e-12 run "rises" by 0.219 on these prompts
     assert result.history[0]["zero_std_fraction"] < 1.0
     assert {"reward_std", "accuracy", "entropy", "grad_norm", "completion_length", "clip_fraction",
             "rollout_tokens_per_s", "rollout_s", "update_s"} <= set(result.history[0])
@@ -69,8 +71,9 @@ def test_reward_rises_steering(steering_run):
 def test_reward_rises(tmp_path, kind):
     kw = {f"trainable.kind": kind, **KINDS[kind], "checkpoint.every": 0}
     result = train(_cfg(tmp_path, **kw))
+    T.assert_learns(result)  # untrained / lr 1e-12: 0.253; trained: LoRA 0.744, full 0.633
     gain, r = _rises(result.history)
-    assert gain > 0.4, r
+    assert gain > 0.4, r  # a lr 1e-12 run: 0.219
 
 
 def _batch(rng, rows, P, N, vocab, G=4):
@@ -144,13 +147,13 @@ def test_kill_and_resume_in_a_new_process(steering_run, tmp_path):
                                       "checkpoint.every": 2, "checkpoint.keep": 3})
     proc = _resume_in_new_process(data, tmp_path / "cfg.yaml")
     assert "resumed from" in proc.stdout and "at step 4" in proc.stdout, proc.stdout
-    np.testing.assert_allclose(np.load(run / "steering_vectors.npy"), np.load(straight.files["vectors_npy"]), atol=1e-6)
+    np.testing.assert_array_equal(np.load(run / "steering_vectors.npy"), np.load(straight.files["vectors_npy"]))
     straight_log = [json.loads(l) for l in open(straight.files["metrics"]) if '"train"' in l]
     resumed_log = [json.loads(l) for l in open(run / "metrics.jsonl") if '"train"' in l]
     assert [r["step"] for r in resumed_log] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(straight_log, resumed_log):  # same data order and samples => same rewards and losses
         for k in ("reward_mean", "accuracy", "loss", "grad_norm"):
-            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)
+            assert a[k] == b[k], (a["step"], k, a[k], b[k])
 
 
 @pytest.mark.parametrize(
@@ -159,14 +162,15 @@ def test_kill_and_resume_in_a_new_process(steering_run, tmp_path):
         {"algorithm.dash": True, "algorithm.micro_batches": 2, "loss.dash_tau": 0.1},
         {"algorithm.updates_per_batch": 2, "loss.importance_cap": 2.0, "loss.clip_eps_low": 0.2,
          "loss.clip_eps_high": 0.28, "loss.kl_coef": 0.01},
-        {"algorithm.name": "expert_iteration", "algorithm.log_kl": True, "lr": 0.1},
+        {"algorithm.name": "expert_iteration", "algorithm.log_kl": True},
     ],
     ids=["dash", "rapid-offpolicy-clip-kl", "expert-iteration"],
 )
 def test_algorithm_variants_run_and_learn(tmp_path, variant):
     result = train(_cfg(tmp_path, **{"lr": 0.3, "checkpoint.every": 0, **variant}))
-    gain, r = _rises(result.history)
-    assert gain > 0.2, r
+    # untrained / lr 1e-12: 0.253 (its sampled reward still "rises" by 0.219); trained: DASH 0.628,
+    # RAPID off-policy 0.676, expert iteration 0.646 (at lr 0.1 it reached only 0.383)
+    T.assert_learns(result)
     h = result.history[-1]
     if "loss.dash_tau" in variant:
         assert 0 < h["kept_fraction"] <= 1

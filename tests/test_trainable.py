@@ -31,7 +31,8 @@ STEERING = {
     "low_rank": TrainableConfig(rank=2),
     "attn_out": TrainableConfig(site="attn_out"),
 }
-ALL = {**STEERING, "lora": TrainableConfig(kind="lora", lora_rank=4, lora_alpha=8.0), "full": TrainableConfig(kind="full")}
+ALL = {**STEERING, "adaptive": TrainableConfig(kind="adaptive_steering", layers=(0, 2)),
+       "lora": TrainableConfig(kind="lora", lora_rank=4, lora_alpha=8.0), "full": TrainableConfig(kind="full")}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def _grad_fn(model, name, tokens):
     return _GRAD_FNS[name]
 
 
-@pytest.mark.parametrize("name", ["low_rank", "one_layer", "lora"])
+@pytest.mark.parametrize("name", ["low_rank", "one_layer", "adaptive", "lora"])
 def test_gradients_reach_every_trainable_leaf(model, tokens, name):
     cfg = ALL[name]
     trainable = _perturb(init_trainable(model, cfg, KEY), scale=0.1)
@@ -179,6 +180,7 @@ def test_count_params(model):
     assert count_params(init_trainable(model, STEERING["all"], KEY)) == L * D
     assert count_params(init_trainable(model, STEERING["one_layer"], KEY)) == D
     assert count_params(init_trainable(model, STEERING["low_rank"], KEY)) == L * 2 + 2 * D
+    assert count_params(init_trainable(model, ALL["adaptive"], KEY)) == 2 * (2 * D + 1)  # vector, w, b per layer
     r = 4
     shapes = param_shapes(CFG)
     want = sum(L * (shapes[f"layers/{p}"][1] + shapes[f"layers/{p}"][2]) * r for p in ALL["lora"].lora_targets)

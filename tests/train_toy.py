@@ -3,10 +3,17 @@
 Prompts are random token ids; the reward is +1 when the first generated token is one of
 `GOOD` (a quarter of the vocabulary), else -1, so a random tiny model starts near 25% and any
 trainable kind can push it up within a few steps.
+
+Learning is judged by `good_probability`: the exact probability of a GOOD first token on the eval
+prompts (no sampling noise), compared with the untrained policy. The sampled per-step reward is a
+poor judge: its prompts change every step, and a run whose policy never moves (lr = 1e-12,
+tests/test_train_loop.py config, seed 0) still rises by +0.219 between the first two and the last
+two of six steps, because the later steps' prompts happen to favour GOOD tokens.
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from jaxsteer.train.data import Example
@@ -63,3 +70,36 @@ def config_dict(output_dir: str, **overrides) -> dict:
         else:
             cfg[k] = v
     return cfg
+
+
+def good_probability(model, trainable=None, trainable_cfg=None, examples=None) -> float:
+    """Mean over `examples` (default: the eval prompts) of P(first completion token in GOOD) at
+    temperature 1: the exact expected (reward + 1) / 2 of the policy; `trainable=None` = untrained."""
+    from jaxsteer import forward
+    from jaxsteer.train.trainable import build_policy
+
+    policy, ivs = build_policy(model, trainable, trainable_cfg) if trainable is not None else (model, ())
+    tokens = np.asarray([e.meta["prompt_ids"] for e in (examples or eval_examples())], np.int32)
+    logits, _ = forward(policy, tokens, interventions=ivs)
+    probs = jax.nn.softmax(logits[:, -1].astype(np.float32), axis=-1)
+    return float(np.mean(np.sum(np.asarray(probs)[:, list(GOOD)], axis=-1)))
+
+
+# The learning tests' setting: a bigger initial spread (random_scale) so the policy is not uniform,
+# 8 prompts x 4 samples per step, 2 new tokens, 6 steps.
+LEARN = {"model.random_scale": 0.2, "algorithm.prompts_per_step": 8, "sampling.max_new_tokens": 2, "steps": 6,
+         "checkpoint.every": 0}
+# The untrained policy puts 0.253 of its first-token mass on GOOD (eval prompts, seed 0); so does a
+# run at lr = 1e-12, which never moves. Trained runs of every RL kind and algorithm reach 0.63-0.74
+# in 6 steps (steering 0.628, LoRA 0.744, full 0.633, DASH 0.628, RAPID-off-policy 0.676, expert
+# iteration at lr 0.3 0.646). A margin of 0.25 over the untrained policy is out of a null run's reach.
+LEARN_MARGIN = 0.25
+
+
+def assert_learns(result, margin: float = LEARN_MARGIN) -> tuple[float, float]:
+    """Assert the trained policy beats the untrained one (the null run) on `good_probability` by
+    `margin`; returns `(untrained, trained)`."""
+    null = good_probability(result.model)
+    trained = good_probability(result.model, result.trainable, result.config.trainable)
+    assert trained > null + margin, f"trained {trained:.4f} vs untrained (null run) {null:.4f}; need +{margin}"
+    return null, trained
