@@ -126,6 +126,44 @@ def test_sampling_is_seeded_and_logprobs_match_the_filtered_distribution(llama, 
     np.testing.assert_allclose(top1.logprobs, 0.0, atol=1e-6)
 
 
+def _numpy_filter(logits, temperature, top_k, top_p):
+    """An independent top-k / top-p construction: per row, sort descending, keep the first k, then
+    the shortest prefix whose probability reaches top_p (the token that crosses it included)."""
+    out = np.full_like(logits, -np.inf)
+    for row, z in enumerate(logits / temperature):
+        order = np.argsort(-z, kind="stable")
+        if top_k:
+            order = order[:top_k]
+        p = np.exp(z[order] - z[order].max())
+        p /= p.sum()
+        n = int(np.searchsorted(np.cumsum(p), top_p - 1e-12)) + 1 if top_p < 1 else len(order)
+        out[row, order[:n]] = z[order[:n]]
+    return out
+
+
+def test_top_k_top_p_equal_an_independent_numpy_construction():
+    logits = np.array([[2.0, 1.0, 0.5, -1.0, 3.0, 0.0],
+                       [0.0, 0.2, 5.0, 1.0, 1.0 - 1e-3, -2.0],
+                       [1.0, 1.1, 1.2, 1.3, 1.4, 1.5]], np.float32)
+    # known answers first: row 0 at T = 1 has probabilities 0.61, 0.22, 0.08, ... in the order 4, 0, 1, ...
+    got = np.asarray(gen_module.filter_logits(jnp.asarray(logits), gen_module.SamplingConfig(4, 1.0, 0, 0.8, False)))
+    assert np.isfinite(got[0]).nonzero()[0].tolist() == [0, 4]  # 0.61 < 0.8 <= 0.61 + 0.22
+    assert np.isfinite(got[1]).nonzero()[0].tolist() == [2]  # e^5 / sum = 0.94 >= 0.8 alone
+    got = np.asarray(gen_module.filter_logits(jnp.asarray(logits), gen_module.SamplingConfig(4, 1.0, 2, 1.0, False)))
+    assert [np.isfinite(r).nonzero()[0].tolist() for r in got] == [[0, 4], [2, 3], [4, 5]]
+    for temperature in (0.5, 1.0, 2.0):
+        for top_k in (0, 1, 3, 5):
+            for top_p in (0.3, 0.6, 0.9, 0.99, 1.0):
+                s = gen_module.SamplingConfig(4, temperature, top_k, top_p, False)
+                got = np.asarray(gen_module.filter_logits(jnp.asarray(logits), s))
+                want = _numpy_filter(logits, temperature, top_k, top_p)
+                np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want), err_msg=str((temperature, top_k, top_p)))
+                np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)
+    # a tie at the k-th logit keeps every tied token, as transformers' TopKLogitsWarper does
+    tied = np.asarray(gen_module.filter_logits(jnp.asarray([[1.0, 3.0, 1.0, 0.0]]), gen_module.SamplingConfig(4, 1.0, 2, 1.0, False)))
+    assert np.isfinite(tied[0]).tolist() == [True, True, True, False]
+
+
 def test_steer_in_generate_matches_hf_with_down_proj_bias(llama, prompts):
     import copy
 
