@@ -1,6 +1,7 @@
 """Evolution strategies: fitness shaping and gradient estimates by hand, known-answer optimisation,
 EGGROLL's low-rank forward, ESSA's SVD reparameterisation, the batched population against a loop,
-planted rewards on a tiny model, exact resume and a sharded population on 8 virtual devices."""
+planted rewards on a tiny model, exact resume, and one whole generation (population, rewards,
+update) sharded over 8 virtual devices equal to one device for steering, EGGROLL and ESSA."""
 
 from __future__ import annotations
 
@@ -513,17 +514,26 @@ SHARDED = textwrap.dedent(
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
     import test_es as t
-    from jaxsteer.train.es import member_mesh, population_generate
+    from jaxsteer.train.es import CMAES, es_generation, essa_space, member_mesh
     assert jax.device_count() == 8, jax.devices()
     model = t.random_model()
-    for space, strategy in (t.STEER,):
+    essa = (essa_space(model, rank=4, seed=0), CMAES(population=16, sigma=1.0))
+    examples = t._examples()
+    for name, (space, strategy) in (("steering", t.STEER), ("eggroll", t.EGG), ("essa", essa)):
         state = strategy.init(space.init(model), jax.random.PRNGKey(1))
         kw = dict(max_new_tokens=t.N_NEW, stop_tokens=[1])
-        one = population_generate(model, space, strategy, state, t.PROMPTS, **kw)
-        many = population_generate(model, space, strategy, state, t.PROMPTS, mesh=member_mesh(), **kw)
-        np.testing.assert_array_equal(one.tokens, many.tokens)
-        np.testing.assert_array_equal(one.lengths, many.lengths)
-        np.testing.assert_allclose(one.logprobs, many.logprobs, atol=1e-5)
+        # one whole generation: population, rewards, and the strategy's update
+        s1, m1, one, r1 = es_generation(model, space, strategy, state, examples, t.PROMPTS, t.low_tokens, **kw)
+        s8, m8, many, r8 = es_generation(model, space, strategy, state, examples, t.PROMPTS, t.low_tokens,
+                                         mesh=member_mesh(), **kw)
+        np.testing.assert_array_equal(one.tokens, many.tokens, err_msg=name)
+        np.testing.assert_array_equal(one.lengths, many.lengths, err_msg=name)
+        np.testing.assert_allclose(one.logprobs, many.logprobs, atol=1e-5, err_msg=name)
+        np.testing.assert_array_equal(r1, r8, err_msg=name)
+        assert r1.std() > 0, name  # the update has something to move
+        for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s8)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7, err_msg=name)
+        assert m1["update_norm"] > 0 and abs(m1["update_norm"] - m8["update_norm"]) <= 1e-6 * m1["update_norm"]
     print("SHARDED-OK")
     """
 )
