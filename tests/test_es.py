@@ -213,6 +213,11 @@ def test_eggroll_forward_equals_materialised_weights(model):
 
 @pytest.fixture(scope="module")
 def lora(model):
+    return random_lora(model)
+
+
+def random_lora(model):
+    """A trained-looking LoRA (random a and b) on q, v and down projections: `(trainable, cfg)`."""
     cfg = TrainableConfig(kind="lora", lora_rank=4, lora_alpha=8.0, lora_targets=("q_proj", "v_proj", "down_proj"))
     rng = np.random.RandomState(5)
     trainable = {}
@@ -517,7 +522,7 @@ SHARDED = textwrap.dedent(
     from jaxsteer.train.es import CMAES, es_generation, essa_space, member_mesh
     assert jax.device_count() == 8, jax.devices()
     model = t.random_model()
-    essa = (essa_space(model, rank=4, seed=0), CMAES(population=16, sigma=1.0))
+    essa = (essa_space(model, *t.random_lora(model)), CMAES(population=16, sigma=1.0))  # the paper's factor-wise ESSA
     examples = t._examples()
     for name, (space, strategy) in (("steering", t.STEER), ("eggroll", t.EGG), ("essa", essa)):
         state = strategy.init(space.init(model), jax.random.PRNGKey(1))
