@@ -26,6 +26,7 @@ from .activations import ActivationStream, CachedActivations, cache_activations,
 from .arch import SAE, SAEConfig, init_sae, reconstruct
 from .config import SAERunConfig, config_dict, load_run_config
 from .evaluate import evaluate_sae, plot_ev_by_k
+from .losses import rms
 from .saelens import load_saelens, save_saelens
 from .splice import site_width
 from .train import StepConfig, init_b_dec, init_jumprelu_threshold, init_state, make_optimizer, make_step, shard_state
@@ -101,7 +102,7 @@ def _fresh_state(cfg, stream, sae_cfg, tx, base) -> dict:
     sae = init_sae(sae_cfg, jax.random.PRNGKey(cfg.seed))
     sae = init_jumprelu_threshold(init_b_dec(sae, target, cfg.train.b_dec_init), target,
                                   cfg.train.jumprelu_init_threshold)
-    return init_state(sae, tx)
+    return init_state(sae, tx, act_scale=float(rms(jnp.asarray(target))))
 
 
 def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = False, stop_after: int | None = None,

@@ -68,13 +68,16 @@ def trainable_params(params: dict, kind: str) -> dict:
     return {k: v for k, v in params.items() if not (k == "threshold" and kind in BATCH_KINDS)}
 
 
-def init_state(sae: SAE, tx: optax.GradientTransformation) -> dict:
+def init_state(sae: SAE, tx: optax.GradientTransformation, act_scale: float = 1.0) -> dict:
+    """A fresh training state. act_scale: the activations' RMS (`losses.rms` of a first batch),
+    the unit in which a JumpReLU SAE's thresholds are optimised (see `make_step`)."""
     trainable = trainable_params(sae.params, sae.config.kind)
     return {
         "sae": dict(sae.params),
         "opt": tx.init(trainable),
         "step": jnp.zeros((), jnp.int32),
         "since_fired": jnp.zeros((sae.config.d_sae,), jnp.int32),
+        "act_scale": jnp.asarray(act_scale, jnp.float32),
     }
 
 
@@ -97,32 +100,44 @@ def make_step(config: SAEConfig, cfg: StepConfig, tx: optax.GradientTransformati
     """A jitted `step(state, x) -> (state, metrics)` for activations `x [B, d_in]`.
 
     base: a frozen SAE; when given the trained SAE is a residual SAE fitted to
-    `x - reconstruct(base, x)` (SAE Boost)."""
+    `x - reconstruct(base, x)` (SAE Boost).
 
-    def loss_fn(trainable, frozen, x, dead, l0_coef):
-        return train_forward(SAE(dict(frozen, **trainable), config), x, dead, k_aux=cfg.k_aux, aux_coef=cfg.aux_coef,
+    JumpReLU thresholds are optimised directly (as SAELens; DeepMind trains log theta) in units of
+    `state["act_scale"]`: Adam moves a parameter by about lr per step whatever its scale, and
+    Gemma Scope's recipe assumes inputs normalised to RMS 1, so the optimizer sees
+    `threshold / act_scale` while the SAE keeps activation units. Thresholds stay >= 0."""
+    unit_threshold = config.kind == "jumprelu"
+
+    def loss_fn(trainable, frozen, scale, x, dead, l0_coef):
+        params = dict(frozen, **trainable)
+        if unit_threshold:
+            params["threshold"] = params["threshold"] * scale
+        return train_forward(SAE(params, config), x, dead, k_aux=cfg.k_aux, aux_coef=cfg.aux_coef,
                              htopk_levels=cfg.htopk_levels or None, l0_coef=l0_coef, bandwidth=cfg.jumprelu_bandwidth)
 
     def step(state, x):
         if base is not None:
             x = x.astype(jnp.float32) - reconstruct(base, x).astype(jnp.float32)
-        params = state["sae"]
+        params, scale = state["sae"], state["act_scale"]
         trainable = trainable_params(params, config.kind)
         frozen = {k: v for k, v in params.items() if k not in trainable}
+        if unit_threshold:
+            trainable["threshold"] = trainable["threshold"] / scale.astype(trainable["threshold"].dtype)
         dead = state["since_fired"] >= cfg.dead_batches
         warm = jnp.minimum((state["step"] + 1) / max(cfg.l0_warmup_steps, 1), 1.0)
-        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, x, dead, cfg.l0_coef * warm)
+        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, scale, x, dead,
+                                                                        cfg.l0_coef * warm)
         grads = _project_decoder_grad(grads, trainable["W_dec"])
         updates, opt = tx.update(grads, state["opt"], trainable)
         new = normalize_decoder(optax.apply_updates(trainable, updates))
         if config.kind in BATCH_KINDS:
             new["threshold"] = update_threshold(frozen["threshold"], info["min_active"], cfg.threshold_lr)
-        if config.kind == "jumprelu":  # thresholds trained directly (as SAELens), kept >= 0
-            new["threshold"] = jnp.maximum(new["threshold"], 0)
+        if unit_threshold:
+            new["threshold"] = (jnp.maximum(new["threshold"], 0) * scale).astype(params["threshold"].dtype)
         since = jnp.where(info["fired"], 0, state["since_fired"] + 1)
         metrics = {"loss": loss, "fvu": info["fvu"], "explained_variance": 1 - info["fvu"], "aux_loss": info["aux"],
                    "l0": info["l0"], "dead_fraction": jnp.mean(since >= cfg.dead_batches)}
-        return {"sae": new, "opt": opt, "step": state["step"] + 1, "since_fired": since}, metrics
+        return {"sae": new, "opt": opt, "step": state["step"] + 1, "since_fired": since, "act_scale": scale}, metrics
 
     return jax.jit(step, donate_argnums=(0,))
 
@@ -194,7 +209,7 @@ def fit(config: SAEConfig, batches: Iterable[np.ndarray], cfg: StepConfig, *, se
     sae = init_jumprelu_threshold(init_b_dec(sae, target, b_dec_init), target, jumprelu_init_threshold)
     tx = make_optimizer(cfg)
     step = make_step(config, cfg, tx, base)
-    state = init_state(sae, tx)
+    state = init_state(sae, tx, act_scale=float(rms(jnp.asarray(target))))
     if mesh is not None:
         state = shard_state(state, mesh, mesh.axis_names[0], config.d_sae)
     history = []
