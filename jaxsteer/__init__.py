@@ -12,6 +12,7 @@ from .models import (
     TL_ALIASES,
     Ablate,
     AdaptiveSteer,
+    Affine,
     CrossRunPatch,
     Generation,
     Hook,

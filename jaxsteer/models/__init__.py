@@ -3,7 +3,7 @@
 from .config import ModelConfig, RopeConfig, UnsupportedConfigError, from_hf_config
 from .decoder import Trace, embed, forward, run_layers, run_with_cache, unembed
 from .generate import Generation, generate
-from .interventions import SITES, Ablate, AdaptiveSteer, CrossRunPatch, Hook, OnRuns, Patch, Steer
+from .interventions import SITES, Ablate, AdaptiveSteer, Affine, CrossRunPatch, Hook, OnRuns, Patch, Steer
 from .params import Model, init_params, param_shapes
 from .sites import TL_ALIASES
 from .tokens import to_str_tokens, to_string, to_tokens

@@ -538,6 +538,48 @@ class Hook:
         return jnp.where(jnp.isin(layer, jnp.asarray(self.layers, jnp.int32)), y, x)
 
 
+@struct.dataclass
+class Affine:
+    """A per-dimension affine map of the activation: `x -> scale * x + shift` (LinEAS's steering
+    map, `jaxsteer.steering.lineas`).
+
+    At `site` (a residual-width site, default `mlp_in`, the MLP's normalised input), at `layers`
+    (default all). scale, shift: `[d]` (shared) or `[L, d]` (per layer). Computed in float32 and
+    cast back; `scale = 1, shift = 0` is the identity exactly. Depends on each token's own
+    activation only, so it works in `generate` as well as in `forward`."""
+
+    scale: jax.Array
+    shift: jax.Array
+    site: str = struct.field(pytree_node=False, default="mlp_in")
+    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        check_site(self.site)
+        if SITE_LAYOUT[self.site][0] != 3:
+            raise ValueError(f"Affine: site {self.site!r} is not a residual-width [B, T, d] site")
+        L, d = config.n_layers, config.d_model
+        for name in ("scale", "shift"):
+            s = jnp.shape(getattr(self, name))
+            if s not in ((d,), (L, d)):
+                raise ValueError(f"Affine: {name} has shape {s}; expected [{d}] or [{L}, {d}]")
+            check_finite(getattr(self, name), f"Affine.{name}")
+        for l in self.layers or ():
+            if not 0 <= int(l) < L:
+                raise ValueError(f"Affine: layer {l} out of range for {L} layers")
+
+    def generation_safe(self) -> bool:
+        return True
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        scale, shift = (jnp.asarray(a) for a in (self.scale, self.shift))
+        scale = (scale[layer] if scale.ndim == 2 else scale).astype(jnp.float32)
+        shift = (shift[layer] if shift.ndim == 2 else shift).astype(jnp.float32)
+        y = (x.astype(jnp.float32) * scale + shift).astype(x.dtype)
+        if self.layers is None:
+            return y
+        return jnp.where(jnp.isin(layer, jnp.asarray(self.layers, jnp.int32)), y, x)
+
+
 Intervention = Steer | Patch | Ablate
 
 

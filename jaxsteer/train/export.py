@@ -1,4 +1,5 @@
-"""Export trained steering vectors: a `[L, d]` `.npy`, and a Hugging Face safetensors patch.
+"""Export trained steering vectors: a `[L, d]` `.npy`, and a Hugging Face safetensors patch;
+LinEAS affine maps as a `.npz` (`save_affine` / `load_affine`).
 
 The patch holds `model.layers.{l}.mlp.down_proj.bias` (float32, `[d]`) for every layer: adding a
 bias to the MLP's down projection is exactly adding the vector to the residual stream after the
@@ -18,7 +19,8 @@ import numpy as np
 
 from ..models.params import Model
 from .config import TrainConfig
-from .trainable import TrainableConfig, adaptive_gate, steering_vectors
+from ..models.interventions import Affine
+from .trainable import TrainableConfig, adaptive_gate, affine_map, steering_vectors
 
 
 def steering_array(trainable, cfg: TrainableConfig, n_layers: int) -> np.ndarray:
@@ -30,6 +32,24 @@ def save_npy(path: str, trainable, cfg: TrainableConfig, n_layers: int) -> str:
     """Write the dense `[L, *feat]` vectors to `path` (`.npy`)."""
     np.save(path, steering_array(trainable, cfg, n_layers))
     return path
+
+
+def save_affine(path: str, trainable, cfg: TrainableConfig, n_layers: int) -> str:
+    """Write a lineas trainable as `.npz`: `scale`, `shift` (`[L, d]` float32, the identity on
+    untrained layers), the `site` and the trained `layers` (see `load_affine`)."""
+    m = {k: np.asarray(v, np.float32) for k, v in affine_map(trainable, cfg, n_layers).items()}
+    layers = np.asarray(cfg.layers if cfg.layers is not None else range(n_layers), np.int32)
+    np.savez(path, site=np.asarray(cfg.site), layers=layers, **m)
+    return path
+
+
+def load_affine(path: str) -> Affine:
+    """The `jaxsteer.Affine` intervention saved by `save_affine` (for `forward` / `generate`)."""
+    with np.load(path) as f:
+        missing = {"scale", "shift", "site", "layers"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path}: not a LinEAS map (missing {sorted(missing)})")
+        return Affine(f["scale"], f["shift"], site=str(f["site"]), layers=tuple(int(l) for l in f["layers"]))
 
 
 def hf_patch(vectors: np.ndarray, model: Model, cfg: TrainableConfig) -> dict[str, np.ndarray]:
@@ -74,11 +94,15 @@ def save_hf_patch(path: str, trainable, cfg: TrainableConfig, model: Model, extr
 def export_steering(out_dir: str, cfg: TrainConfig, model: Model, trainable: Any, say: Callable = print) -> dict:
     """End of a run that trained steering vectors of `cfg.trainable` (process 0): write
     `steering_vectors.npy` and, where it means the same, the safetensors patch; adaptive steering
-    also writes its gate, `adaptive_steering.npz` (`vectors`, `w`, `b`, dense over layers). Returns
-    the files."""
+    also writes its gate, `adaptive_steering.npz` (`vectors`, `w`, `b`, dense over layers); a
+    LinEAS map writes `lineas.npz` (`save_affine`) instead. Returns the files."""
     if jax.process_index() != 0:
         return {}
     tcfg = cfg.trainable
+    if tcfg.kind == "lineas":
+        path = save_affine(os.path.join(out_dir, "lineas.npz"), trainable, tcfg, model.config.n_layers)
+        say("(no steering vectors or safetensors patch: a LinEAS map scales as well as shifts)")
+        return {"lineas_npz": path}
     files = {"vectors_npy": save_npy(os.path.join(out_dir, "steering_vectors.npy"), trainable, tcfg, model.config.n_layers)}
     if tcfg.kind == "adaptive_steering":  # the (ungated) vectors above, and the gate
         gate = {k: np.asarray(v, np.float32) for k, v in adaptive_gate(trainable, tcfg, model.config.n_layers).items()}
@@ -107,4 +131,4 @@ def print_logit_lens(model: Model, tokenizer, vectors: np.ndarray, k: int = 5) -
     print(res.table())
 
 
-__all__ = ["steering_array", "save_npy", "hf_patch", "save_hf_patch", "export_steering", "print_logit_lens"]
+__all__ = ["steering_array", "save_npy", "save_affine", "load_affine", "hf_patch", "save_hf_patch", "export_steering", "print_logit_lens"]

@@ -19,6 +19,9 @@ Kinds:
   scaling; `jaxsteer.AdaptiveSteer`): at each selected layer
   `x_t + sigmoid(w . x_t + b) * v`, `{"vectors": [n, d], "w": [n, d], "b": [n]}`, all zeros at
   init (vectors 0: no effect; gate 0.5). Residual-width sites only.
+- "lineas": a per-dimension affine map at each selected layer, `x -> (1 + scale) * x + shift`
+  (LinEAS, `jaxsteer.steering.lineas`; `jaxsteer.Affine`), `{"scale": [n, d], "shift": [n, d]}`,
+  zeros at init (the identity). Residual-width sites only.
 - "full": the model's own parameter pytree.
 
 Every kind starts with zero effect: the initial policy equals the base model.
@@ -34,11 +37,12 @@ import jax
 import jax.numpy as jnp
 
 from ..models.decoder import PROJECTIONS
-from ..models.interventions import AdaptiveSteer, Steer, check_site, site_feature_shape
+from ..models.interventions import AdaptiveSteer, Affine, Steer, check_site, site_feature_shape
 from ..models.params import Model
 
-KINDS = ("steering", "adaptive_steering", "lora", "full")
+KINDS = ("steering", "adaptive_steering", "lineas", "lora", "full")
 STEERING_KINDS = ("steering", "adaptive_steering")  # vectors added to the residual stream (exported as such)
+LAYERED_KINDS = STEERING_KINDS + ("lineas",)  # kinds that act at chosen layers of one site
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +70,14 @@ class TrainableConfig:
             raise ValueError(f"unknown trainable kind {self.kind!r}; kinds: {KINDS}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
-            if self.kind not in STEERING_KINDS:
+            if self.kind not in LAYERED_KINDS:
                 raise ValueError(f"layers is a steering option; kind={self.kind!r} trains every layer")
             if not self.layers or len(set(self.layers)) != len(self.layers):
                 raise ValueError(f"layers must be a non-empty tuple of distinct indices, got {self.layers}")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        if self.kind == "adaptive_steering" and self.rank is not None:
-            raise ValueError("rank (low-rank steering) is not an adaptive_steering option")
-        if self.kind in STEERING_KINDS:
+        if self.kind in ("adaptive_steering", "lineas") and self.rank is not None:
+            raise ValueError(f"rank (low-rank steering) is not a {self.kind} option")
+        if self.kind in LAYERED_KINDS:
             check_site(self.site)
             if self.site == "pattern":
                 raise ValueError("cannot steer the attention pattern; choose another site")
@@ -134,12 +138,14 @@ def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
             "a": _kaiming_uniform(key, (n, cfg.rank), fan_in=cfg.rank),
             "b": jnp.zeros((cfg.rank, *feat), jnp.float32),
         }
-    if cfg.kind == "adaptive_steering":
+    if cfg.kind in ("adaptive_steering", "lineas"):
         feat = site_feature_shape(cfg.site, c)
         if feat != (c.d_model,):
-            raise ValueError(f"adaptive_steering needs a residual-width site; {cfg.site!r} has features {feat}")
+            raise ValueError(f"{cfg.kind} needs a residual-width site; {cfg.site!r} has features {feat}")
         n = len(_steer_layers(cfg, c.n_layers))
         zeros = jnp.zeros((n, c.d_model), jnp.float32)
+        if cfg.kind == "lineas":
+            return {"scale": zeros, "shift": zeros}
         return {"vectors": zeros, "w": zeros, "b": jnp.zeros((n,), jnp.float32)}
     if cfg.kind == "lora":
         layers = model.params["layers"]
@@ -169,6 +175,14 @@ def _dense(x: jax.Array, cfg: TrainableConfig, n_layers: int) -> jax.Array:
 def adaptive_gate(trainable: dict, cfg: TrainableConfig, n_layers: int) -> dict:
     """An adaptive_steering trainable as dense `{"vectors": [L, d], "w": [L, d], "b": [L]}`."""
     return {k: _dense(trainable[k], cfg, n_layers) for k in ("vectors", "w", "b")}
+
+
+def affine_map(trainable: dict, cfg: TrainableConfig, n_layers: int) -> dict:
+    """A lineas trainable as the dense map `{"scale": [L, d], "shift": [L, d]}` of `jaxsteer.Affine`
+    (scale 1 and shift 0, the identity, on layers that were not trained)."""
+    if cfg.kind != "lineas":
+        raise ValueError(f"affine_map needs kind='lineas', got {cfg.kind!r}")
+    return {"scale": 1.0 + _dense(trainable["scale"], cfg, n_layers), "shift": _dense(trainable["shift"], cfg, n_layers)}
 
 
 def _vectors(trainable: dict, cfg: TrainableConfig) -> jax.Array:
@@ -207,6 +221,9 @@ def apply_trainable(
 
         d = adaptive_gate(trainable, cfg, model.config.n_layers)
         return model, (AdaptiveSteer(d["vectors"], d["w"], d["b"], site=cfg.site, layers=cfg.layers),)
+    if cfg.kind == "lineas":
+        m = affine_map(trainable, cfg, model.config.n_layers)
+        return model, (Affine(m["scale"], m["shift"], site=cfg.site, layers=cfg.layers),)
     if cfg.kind == "lora":
         layers = dict(model.params["layers"])
         lora = dict(layers.get("lora", {}))
@@ -250,7 +267,9 @@ __all__ = [
     "build_policy",
     "steering_vectors",
     "adaptive_gate",
+    "affine_map",
     "STEERING_KINDS",
+    "LAYERED_KINDS",
     "merge_lora",
     "count_params",
 ]

@@ -35,7 +35,7 @@ from ..rewards import get_reward_fn
 from ..run import Run, peak_rss_mb
 from ..sharding import make_mesh, replicate
 from ..state import load_trainable
-from ..trainable import STEERING_KINDS, TrainableConfig
+from ..trainable import LAYERED_KINDS, TrainableConfig
 from .population import center_member, es_generation, member_mesh
 from .spaces import EggrollSpace, FullSpace, TrainableSpace, essa_product_space, essa_space
 from .strategies import STRATEGIES, OpenES
@@ -230,7 +230,7 @@ def train_es(cfg: TrainConfig, inputs: Inputs, run: Run, *, lora: dict | None = 
     held_out.after(run, lambda: space.apply(model, center_member(space, result.state["theta"])))
     theta = to_host(result.state["theta"])
     trains_trainable = isinstance(space, TrainableSpace)
-    if trains_trainable and cfg.trainable.kind in STEERING_KINDS:
+    if trains_trainable and cfg.trainable.kind in LAYERED_KINDS:
         run.files.update(export_steering(run.directory, cfg, model, theta, run.say))
     what = cfg.trainable.kind if trains_trainable else type(space).__name__
     files = run.finish({

@@ -36,7 +36,7 @@ from ..export import export_steering
 from ..run import Run, peak_rss_mb
 from ..sharding import batch_sharding, global_batch, make_mesh, n_batch_shards, replicated
 from ..state import init_train_state
-from ..trainable import STEERING_KINDS, build_policy, count_params
+from ..trainable import LAYERED_KINDS, build_policy, count_params
 from .dash import pack_kept, packs_dash
 from .dynamic import fill_batch
 from .losses import group_advantages, zero_std_fraction
@@ -310,7 +310,7 @@ def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | 
     train_seconds = time.perf_counter() - t_train
     held_out.after(run, lambda: learner.policy(state))
     trainable = to_host(state["trainable"])
-    if cfg.trainable.kind in STEERING_KINDS:
+    if cfg.trainable.kind in LAYERED_KINDS:
         run.files.update(export_steering(run.directory, cfg, learner.setup.model, trainable, run.say))
     files = run.finish({
         "steps": cfg.steps, "algorithm": cfg.algorithm.name, "trainable_kind": cfg.trainable.kind,
