@@ -54,3 +54,8 @@ def real_model():
 def pytest_configure(config):
     config.addinivalue_line("markers", "multiprocess: starts local multi-process JAX runs (jax.distributed, gloo); "
                                        "deselect with -m 'not multiprocess'")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--docs-slow", action="store_true", default=False,
+                     help="tests/test_docs.py: also run doc blocks marked <!-- docs-test: slow --> (shortened)")
