@@ -29,6 +29,7 @@ import dataclasses
 import os
 import re
 import shlex
+import time
 import traceback
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def _parse_marker(text: str) -> dict:
 
 def _commands(text: str) -> str:
     lines = []
-    for raw in text.splitlines():
+    for raw in text.replace("\\\n", " ").splitlines():  # join backslash-continued lines
         line = raw.strip()
         if line.startswith("$ "):
             line = line[2:]
@@ -198,12 +199,13 @@ def test_doc_blocks_run(path, shared_load, tmp_path, monkeypatch, request):
     monkeypatch.syspath_prepend(str(ROOT))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     namespace: dict = {"__name__": "__docs__"}
-    skipped = []
+    skipped, timings = [], []
     for block in blocks:
         if block.skip or (block.slow and not slow_run):
             skipped.append(f"{block.where} ({block.skip or 'slow'})")
             continue
         text = block.shortened() if block.slow else block.text
+        t0 = time.perf_counter()
         try:
             if block.kind == "python":
                 exec(compile(text, f"{block.where}", "exec"), namespace)
@@ -214,6 +216,8 @@ def test_doc_blocks_run(path, shared_load, tmp_path, monkeypatch, request):
         except BaseException as e:  # noqa: BLE001 - report any failure with the block's location
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
             raise AssertionError(f"{block.where}: {type(e).__name__}: {e}\n{tb}") from None
+        timings.append(f"{block.where} {time.perf_counter() - t0:.1f}s")
+    print(f"{path.name}: " + ", ".join(timings))
     if skipped:
         print(f"{path.name}: skipped {len(skipped)} block(s): " + ", ".join(skipped))
 

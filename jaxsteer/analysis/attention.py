@@ -9,13 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..models.display import ResultDisplay
 from ..models.decoder import forward
 from ..models.params import Model
 from ._common import new_figure, save_figure
 
 
-@dataclasses.dataclass
-class AttentionComparison:
+@dataclasses.dataclass(repr=False)
+class AttentionComparison(ResultDisplay):
     """Per-layer, per-head distances between two runs' attention patterns.
 
     js `[L, H]`: Jensen-Shannon divergence (base 2, in [0, 1]) between the two runs' attention

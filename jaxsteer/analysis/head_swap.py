@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..models.display import ResultDisplay
 from ..models.generate import generate
 from ..models.interventions import CrossRunPatch, OnRuns, Steer, site_n_heads
 from ..models.params import Model
@@ -86,8 +87,8 @@ def head_swap_interventions(model: Model, vector: Any, head_mask: Any, *, layer:
     return tuple(ivs), runs
 
 
-@dataclasses.dataclass
-class HeadSwapResult:
+@dataclasses.dataclass(repr=False)
+class HeadSwapResult(ResultDisplay):
     """Per-condition correctness `[C, N]` of greedy generations. Conditions: "unsteered",
     "steered", "skip attention" (vector after the final layer's attention), "skip layer" (vector
     at the final layer's output), and per route "all heads / {route}" and "head {h} / {route}"."""

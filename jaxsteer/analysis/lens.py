@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..models.display import ResultDisplay
 from ..models.decoder import Trace, forward, unembed
 from ..models.params import Model
 from ._common import new_figure, save_figure, token_strs
 
 
-@dataclasses.dataclass
-class LensResult:
+@dataclasses.dataclass(repr=False)
+class LensResult(ResultDisplay):
     """Top-k / bottom-k tokens of each vector's unembedding.
 
     Arrays have the lead shape of the input (`[R]` for vectors, `[R, B, T]` for traces) plus `k`.
@@ -60,20 +61,46 @@ class LensResult:
             position_labels=None,
         )
 
-    def table(self, k: int | None = None, batch: int = 0, position: int = -1) -> str:
-        """Plain-text table: one row per label with its top-k and bottom-k tokens (and logits)."""
+    def probabilities(self) -> tuple[np.ndarray, np.ndarray]:
+        """`(top, bottom)` softmax probabilities of the listed tokens (the same logits' softmax;
+        meaningful with the final norm)."""
+        log_norm = self.top_logits[..., :1] - self.top_logprobs[..., :1]  # logsumexp of each row's logits
+        return np.exp(self.top_logprobs), np.exp(self.bottom_logits - log_norm)
+
+    def _rows(self, k: int | None, batch: int, position: int, probs: bool):
         r = self.select(batch, position) if self.top_ids.ndim == 4 else self
         if r.top_ids.ndim != 2:
             raise ValueError(f"table needs a [R, k] or [R, B, T, k] result, this one is {self.top_ids.shape}")
-        k = min(k or r.k, r.k)
+        top, bottom = r.probabilities() if probs else (r.top_logits, r.bottom_logits)
+        return r, min(k or r.k, r.k), top, bottom
+
+    def table(self, k: int | None = None, batch: int = 0, position: int = -1, probs: bool = False) -> str:
+        """Plain-text table: one row per label with its top-k and bottom-k tokens and their logits
+        (`probs=True`: probabilities)."""
+        r, k, top_v, bottom_v = self._rows(k, batch, position, probs)
         width = max(len(s) for s in r.labels)
         norm = "with final norm" if self.final_norm else "raw (no final norm)"
-        lines = [f"logit lens, {norm}: top-{k} | bottom-{k} tokens (logit)"]
+        lines = [f"logit lens, {norm}: top-{k} | bottom-{k} tokens ({'probability' if probs else 'logit'})"]
+        fmt = "{:.3f}" if probs else "{:.2f}"
         for i, label in enumerate(r.labels):
-            top = "  ".join(f"{r.top_tokens[i, j]!r} {r.top_logits[i, j]:.2f}" for j in range(k))
-            bottom = "  ".join(f"{r.bottom_tokens[i, j]!r} {r.bottom_logits[i, j]:.2f}" for j in range(k))
+            top = "  ".join(f"{r.top_tokens[i, j]!r} {fmt.format(top_v[i, j])}" for j in range(k))
+            bottom = "  ".join(f"{r.bottom_tokens[i, j]!r} {fmt.format(bottom_v[i, j])}" for j in range(k))
             lines.append(f"{label:>{width}} | {top} | {bottom}")
         return "\n".join(lines)
+
+    def html_table_body(self, k: int = 5, probs: bool | None = None) -> str:
+        """HTML table of the top-k tokens per row (probabilities with the final norm, else logits)."""
+        from ..models.display import frame_html
+
+        probs = self.final_norm if probs is None else probs
+        try:
+            r, k, top_v, _ = self._rows(k, 0, -1, probs)
+        except ValueError:
+            return ""
+        cells = np.array([[f"{r.top_tokens[i, j]!r} {top_v[i, j]:.3f}" for j in range(k)] for i in range(len(r.labels))],
+                         dtype=object)
+        what = "probability" if probs else "logit"
+        return frame_html(cells, r.labels, [f"top {j + 1}" for j in range(k)], title=f"logit lens: top-{k} tokens ({what})")
 
     def plot(self, path: str, k: int | None = None, batch: int = 0, title: str | None = None) -> str:
         """Write a PNG. `[R]` results: rows x ranks, cells show the top-k (left) and bottom-k (right)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
+from ..models.display import ResultDisplay
 from ..models.decoder import default_positions, embed, forward, run_layers, unembed
 from ..models.interventions import (
     SITE_LAYOUT,
@@ -100,8 +101,8 @@ def normalise(value: Any, clean: float, corrupt: float) -> np.ndarray:
 # --------------------------------------------------------------------------- result
 
 
-@dataclasses.dataclass
-class PatchingResult:
+@dataclasses.dataclass(repr=False)
+class PatchingResult(ResultDisplay):
     """A labelled sweep: `values` (normalised, 0 = corrupted, 1 = clean) and `raw` metric values,
     shaped by `axes` (a subset of layer, position, head, in that order); labels per axis; the
     site; `method` ("activation", "attribution" or "relevance"); the clean / corrupted metrics; token strings."""
@@ -133,6 +134,18 @@ class PatchingResult:
                 p = f"{p} {a!r}" if a == b else f"{p} {a!r}/{b!r}"
             out.append(p)
         return out
+
+    def html_table_body(self) -> str:
+        """The normalised values as an HTML table (layers x the second axis; one table for 1-D)."""
+        from ..models.display import frame_html
+
+        v = np.asarray(self.values)
+        title = f"{self.method} patching at {self.site} (0 = corrupted, 1 = clean)"
+        if v.ndim == 1:
+            return frame_html(v[:, None], self.labels("layer"), ["value"], title=title, fmt="{:.2f}")
+        if v.ndim == 2:
+            return frame_html(v, self.labels("layer"), self.labels(self.axes[1]), title=title, fmt="{:.2f}")
+        return ""
 
     def to_dict(self) -> dict:
         return {

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from ..models.decoder import forward
-from ..models.display import array_summary, frame_html, summary_html, summary_repr
+from ..models.display import ResultDisplay, array_summary, frame_html, summary_html, summary_repr
 from ..models.interventions import SITE_LAYOUT, check_site
 from ..models.params import Model
 from ..models.sites import canonical_site
@@ -353,8 +353,8 @@ def probe_layers(
 # --------------------------------------------------------------------------- decodability vs causality
 
 
-@dataclasses.dataclass
-class DecodabilityCausality:
+@dataclasses.dataclass(repr=False)
+class DecodabilityCausality(ResultDisplay):
     """Probe score and patching effect per position group and layer (arXiv 2510.09794)."""
 
     groups: list[str]

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..models.display import ResultDisplay
 from ..models.config import ModelConfig
 from ..models.decoder import forward
 from ..models.generate import generate
@@ -22,8 +23,8 @@ from ._common import new_figure, save_figure, token_strs
 # --------------------------------------------------------------------------- first-token effect
 
 
-@dataclasses.dataclass
-class FirstTokenEffect:
+@dataclasses.dataclass(repr=False)
+class FirstTokenEffect(ResultDisplay):
     """Per generated position `n` (rows `[B, N]`, NaN after a row stops): the largest increase and
     decrease of any token's probability, `softmax(steered) - softmax(unsteered)`, the entropies
     (nats) of both distributions, whether the argmax changed, and the most increased token."""
@@ -100,8 +101,8 @@ def first_token_effect(
 # --------------------------------------------------------------------------- persistence
 
 
-@dataclasses.dataclass
-class Persistence:
+@dataclasses.dataclass(repr=False)
+class Persistence(ResultDisplay):
     """cos(dh_j, s) and |dh_j| / |s| per layer j, batch row and token `[L, B, T]` (NaN for j before
     the steered layer), where dh_j is the change of `resid_post` at layer j caused by adding `s`
     at layer `layer` only."""
@@ -165,8 +166,8 @@ def persistence(
 # --------------------------------------------------------------------------- combining layers
 
 
-@dataclasses.dataclass
-class CombinationGains:
+@dataclasses.dataclass(repr=False)
+class CombinationGains(ResultDisplay):
     """Normalised gain of using the vectors of layers i and j together:
     `(acc_ij - max(acc_i, acc_j)) / (acc_all - max(acc_i, acc_j))` in `gain[i, j]` (symmetric,
     NaN on the diagonal or where the denominator is 0)."""

@@ -72,4 +72,40 @@ def frame_html(values: np.ndarray, row_labels: Iterable[Any], col_labels: Iterab
     return f"<table>{caption}{head}{body}</table>"
 
 
-__all__ = ["array_summary", "summary_repr", "summary_html", "html_table", "frame_html"]
+class ResultDisplay:
+    """Mixin for result dataclasses (declare them with `@dataclasses.dataclass(repr=False)`): a
+    one-line `repr` with arrays as shapes, and a notebook display with the fields and, when the
+    class has one, its `table()` text or `html_table_body()` HTML."""
+
+    def __repr__(self) -> str:
+        return summary_repr(self)
+
+    def _repr_html_(self) -> str:
+        parts = [summary_html(self)]
+        if hasattr(self, "html_table_body"):
+            parts.append(self.html_table_body())
+        elif hasattr(self, "table"):
+            try:
+                parts.append(f"<pre>{html.escape(self.table())}</pre>")
+            except (ValueError, TypeError):  # a shape table() does not print
+                pass
+        return "".join(parts)
+
+
+def config_html(config: Any, title: str | None = None) -> str:
+    """A nested dataclass config as one HTML table of dotted keys and values."""
+    rows: list[tuple[str, Any]] = []
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                walk(v, f"{prefix}{f.name}.")
+            else:
+                rows.append((prefix + f.name, v))
+
+    walk(config, "")
+    return html_table(title or type(config).__name__, rows)
+
+
+__all__ = ["ResultDisplay", "config_html", "array_summary", "summary_repr", "summary_html", "html_table", "frame_html"]

@@ -422,6 +422,11 @@ class TrainConfig:
         per_prompt = self.es.population if self.is_es else self.algorithm.group_size
         return self.algorithm.prompts_per_step * per_prompt
 
+    def _repr_html_(self) -> str:
+        from ..models.display import config_html
+
+        return config_html(self, "TrainConfig")
+
 
 def non_finite_fields(cfg: Any, prefix: str = "") -> list[str]:
     """Dotted names of the float fields of a config tree that are NaN or infinite."""
