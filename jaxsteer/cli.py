@@ -1,4 +1,4 @@
-"""Command line: `jaxsteer info | generate | demo | train | eval | lens | patch | sae`."""
+"""Command line: `jaxsteer info | generate | demo | train | eval | lens | patch | sae | steer`."""
 
 from __future__ import annotations
 
@@ -400,6 +400,10 @@ def main(argv: list[str] | None = None) -> None:
     from .sae.commands import add_parser as add_sae_parser
 
     add_sae_parser(sub)  # jaxsteer sae train | eval
+
+    from .steering.commands import add_parser as add_steer_parser
+
+    add_steer_parser(sub)  # jaxsteer steer extract | apply | eval | export | import
 
     from .train.plan import add_parser as add_plan_parser
 

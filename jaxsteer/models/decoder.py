@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import ModelConfig
+from .controls import bind_controls, check_rows, needs_prompt_read, prompt_context, reads_generated
 from .interventions import SITES, as_tuple, check_all, check_site
-from .params import Model
+from .params import Model, truncate
 from .relevance import activation as lrp_activation
 from .relevance import check_rules, half_rule
 from .sites import parse_site
@@ -448,9 +449,46 @@ def _check_inputs(model: Model, tokens, attention_mask, positions, record):
     check_binary_mask(attention_mask)
 
 
+def read_site(model: Model, tokens: jax.Array, attention_mask: jax.Array, site: str, layer: int) -> jax.Array:
+    """The unsteered activation `[B, T, ...]` at `site` of `layer`, running only layers `<= layer`."""
+    small = truncate(model, int(layer) + 1)
+    positions = default_positions(tokens, attention_mask)
+    k_pos = jnp.where(attention_mask.astype(bool), positions, -1)
+    _, trace, _ = run_layers(small, embed(small, tokens), positions, k_pos, (), frozenset({site}))
+    return trace[site][int(layer)]
+
+
+def bind_to_tokens(model: Model, tokens: jax.Array, attention_mask: jax.Array | None, interventions: tuple,
+                   prompt_length: Any = None) -> tuple:
+    """Interventions with their controls (`jaxsteer.models.controls`) made concrete for one pass
+    over `tokens`: conditions read from the prompt columns (`< prompt_length`), token selections
+    bound. Traceable; a no-op for interventions without controls."""
+    ctx = prompt_context(tokens, prompt_length)
+    if needs_prompt_read(interventions):
+        prompt_mask = (ctx.generated < 0) if attention_mask is None else (attention_mask.astype(bool) & (ctx.generated < 0))
+        read = functools.partial(read_site, model, tokens, prompt_mask)
+        interventions = tuple(iv.prepare(read, prompt_mask) if hasattr(iv, "prepare") else iv for iv in interventions)
+    return bind_controls(interventions, ctx)
+
+
+_bind_to_tokens = jax.jit(bind_to_tokens)
+
+
+def prepare_controls(model: Model, tokens: Any, interventions: Any, *, attention_mask: Any = None,
+                     prompt_length: Any = None) -> tuple:
+    """The interventions as `forward` runs them on `tokens`: each `Conditional` with its `score`
+    and `decision` `[B]` filled in (for inspection; passing the result to `forward` reuses them)."""
+    interventions = as_tuple(interventions)
+    tokens = jnp.asarray(tokens)
+    check_all(interventions, model.config, tokens.shape[1])
+    mask = None if attention_mask is None else jnp.asarray(attention_mask)
+    return _bind_to_tokens(model, tokens, mask, interventions, prompt_length)
+
+
 @functools.partial(jax.jit, static_argnames=("record", "return_logits", "attention", "remat", "lrp_rules"))
 def _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat,
-             lrp_rules=frozenset()):
+             lrp_rules=frozenset(), prompt_length=None):
+    interventions = bind_to_tokens(model, tokens, attention_mask, interventions, prompt_length)
     if positions is None:
         positions = default_positions(tokens, attention_mask)
     k_pos = positions if attention_mask is None else jnp.where(attention_mask.astype(bool), positions, -1)
@@ -473,6 +511,7 @@ def forward(
     attention: str = "auto",
     remat: bool | str | Callable = False,
     lrp_rules: Sequence[str] = (),
+    prompt_length: Any = None,
 ) -> tuple[jax.Array | None, Trace]:
     """Run the model: `(logits [B, T, V] float32, trace)`.
 
@@ -486,6 +525,8 @@ def forward(
     `run_layers`). Pure and jit-compiled; `jax.grad` / `jax.vmap` work through it.
     lrp_rules: names from `relevance.RULES`: the same values, with gradients that propagate
     LRP relevance instead (relevance patching; see `jaxsteer.models.relevance`).
+    prompt_length (an int or `[B]`): columns from there on are generated tokens, for controls
+    that select them (`OnTokens`; `Conditional` reads only the prompt columns).
     Concrete inputs are checked (ids in `[0, vocab)`, a 0/1 mask, finite intervention values).
     """
     record = record_sites(record)
@@ -494,9 +535,12 @@ def forward(
     _check_inputs(model, tokens, attention_mask, positions, record)
     tokens = jnp.asarray(tokens)
     check_all(interventions, model.config, tokens.shape[1])
+    check_rows(interventions, tokens.shape[0])
+    if prompt_length is None and reads_generated(interventions):
+        raise ValueError("an OnTokens selects generated tokens: pass prompt_length= (where the generated columns start)")
     attention_impl(model.config, attention, "AH-rule" in lrp_rules)
     return _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat,
-                    lrp_rules)
+                    lrp_rules, prompt_length)
 
 
 def run_with_cache(model: Model, tokens: Any, *, names: Sequence[str] | str = "all", tokenizer: Any = None,
@@ -511,4 +555,4 @@ def run_with_cache(model: Model, tokens: Any, *, names: Sequence[str] | str = "a
     return forward(model, tokens, record=names, **forward_kw)
 
 
-__all__ = ["forward", "run_with_cache", "record_sites", "Trace", "SITES", "ATTENTION", "attention_impl", "embed", "unembed", "run_layers", "rms_norm"]
+__all__ = ["forward", "prepare_controls", "bind_to_tokens", "read_site", "run_with_cache", "record_sites", "Trace", "SITES", "ATTENTION", "attention_impl", "embed", "unembed", "run_layers", "rms_norm"]

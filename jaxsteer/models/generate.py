@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .decoder import embed, run_layers, unembed
+from .controls import TokenContext, bind_controls, check_rows, conditions, needs_prompt_read, repeat_rows
+from .decoder import bind_to_tokens, embed, prepare_controls, run_layers, unembed
 from .interventions import as_tuple, check_all, rows_per_run
 from .params import Model
 from .validation import check_binary_mask, check_number, check_token_ids
@@ -53,6 +54,8 @@ class Generation:
     prompt_tokens: np.ndarray
     prompt_mask: np.ndarray
     texts: list[str] | None = None
+    decisions: np.ndarray | None = None
+    condition_scores: np.ndarray | None = None
 
     def __repr__(self) -> str:
         from .display import summary_repr
@@ -130,7 +133,9 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
     k_pos = jnp.full((n_prompts, S), -1, jnp.int32).at[:, :P].set(jnp.where(prompt_mask > 0, positions, -1))
     cache = kv_cache(model, n_prompts, S)
 
-    h, _, cache = run_layers(model, embed(model, prompt), positions, k_pos, interventions, frozenset(), cache, 0)
+    prefill_ivs = bind_to_tokens(model, prompt, prompt_mask, interventions)
+    h, _, cache = run_layers(model, embed(model, prompt), positions, k_pos, prefill_ivs, frozenset(), cache, 0)
+    interventions = repeat_rows(prefill_ivs, R)  # conditions decided on the prompt; rows per sample
     logits = unembed(model, h[:, -1])
     next_pos = positions[:, -1] + 1
     if R > 1:  # rows [p0] * R, [p1] * R, ...: the interventions here act alike on every row
@@ -154,8 +159,9 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
         done = done | jnp.isin(tok, stop_ids)
         slot = P + step
         k_pos = k_pos.at[:, slot].set(pos)
+        step_ivs = bind_controls(interventions, TokenContext(tok[:, None], jnp.full((B, 1), step, jnp.int32)))
         h, _, cache = run_layers(
-            model, embed(model, tok[:, None]), pos[:, None], k_pos, interventions, frozenset(), cache, slot
+            model, embed(model, tok[:, None]), pos[:, None], k_pos, step_ivs, frozenset(), cache, slot
         )
         logits = unembed(model, h[:, -1])
         return step + 1, logits, out, lps, done, lengths, cache, k_pos, pos + 1, key
@@ -257,7 +263,8 @@ def generate(
     as for GRPO groups); each prompt is prefilled once and its K/V cache shared by its k rows.
     seed: an int or a `jax.random` key. stop_tokens default to the model's and tokenizer's EOS.
     interventions: as for `forward`, restricted to ones that do not depend on the prompt
-    length (no position masks, per-token scales or Patch values).
+    length (no position masks, per-token scales or Patch values); controls (`OnTokens`,
+    `RowSteer` with one row per prompt, `Conditional`) work here as in `forward`.
     runs: decode `runs` copies of the batch side by side (rows run-major), every copy reading
     the tokens sampled from run 0, for generation-time patching between runs (`OnRuns`,
     `CrossRunPatch`); the result holds run 0's rows.
@@ -301,6 +308,13 @@ def generate(
     check_token_ids(np.asarray([pad_id]), model.config.vocab_size, "pad_id")
     prepared = prepare_prompts(model, seqs * runs, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket,
                                stop_tokens=stop_tokens)
+    check_rows(interventions, len(seqs) * runs)
+    decisions = scores = None
+    if needs_prompt_read(interventions):  # decide the conditions here too, to return the decisions
+        interventions = prepare_controls(model, prepared.tokens, interventions, attention_mask=prepared.mask)
+        conds = conditions(interventions)
+        decisions, scores = (np.repeat(np.stack([np.asarray(getattr(c, f)) for c in conds])[:, : len(seqs)],
+                                       samples_per_prompt, axis=1) for f in ("decision", "score"))
     key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
     sampling = SamplingConfig(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy),
                               int(samples_per_prompt), int(runs))
@@ -310,7 +324,7 @@ def generate(
     toks, mask = prepared.tokens[: len(seqs)], prepared.mask[: len(seqs)]
     if samples_per_prompt > 1:
         toks, mask = np.repeat(toks, samples_per_prompt, axis=0), np.repeat(mask, samples_per_prompt, axis=0)
-    return Generation(out, lps, lengths, toks, mask, decode_completions(tokenizer, out, lengths))
+    return Generation(out, lps, lengths, toks, mask, decode_completions(tokenizer, out, lengths), decisions, scores)
 
 
 def check_sampling_args(*, max_new_tokens: Any, temperature: Any, top_p: Any, top_k: Any, greedy: Any,

@@ -92,7 +92,7 @@ def site_n_heads(site: str, config: ModelConfig) -> int | None:
     return None
 
 
-def _to_layout(arr: jax.Array, site: str, kind: str) -> jax.Array:
+def to_layout(arr: jax.Array, site: str, kind: str) -> jax.Array:
     """Reshape a positions (`[T]`/`[B,T]`), heads (`[H]`) or pos-heads (`[T,H]`) array to broadcast
     against the site's activation."""
     rank, tok_ax, head_ax, _ = SITE_LAYOUT[site]
@@ -165,15 +165,15 @@ class _Where:
         if self.heads is not None:
             n = x.shape[SITE_LAYOUT[self.site][2]]
             onehot = jnp.zeros((n,), dtype).at[jnp.asarray(self.heads)].set(1)
-            w = w * _to_layout(onehot, self.site, "heads")
+            w = w * to_layout(onehot, self.site, "heads")
         if self.positions is not None:
-            w = w * _to_layout(jnp.asarray(self.positions).astype(dtype), self.site, "positions")
+            w = w * to_layout(jnp.asarray(self.positions).astype(dtype), self.site, "positions")
         if self.mask is not None:
             m = jnp.asarray(self.mask)[layer].astype(dtype)
             if m.ndim == 1:
-                m = _to_layout(m, self.site, "positions")
+                m = to_layout(m, self.site, "positions")
             elif m.ndim == 2:
-                m = _to_layout(m, self.site, "pos_heads")
+                m = to_layout(m, self.site, "pos_heads")
             w = w * m
         return w
 
@@ -392,7 +392,7 @@ class CrossRunPatch(_Where):
         src, tgt = xr[self.source], xr[self.target]
         w = self._weight(layer, tgt)
         if self.head_mask is not None:
-            w = w * _to_layout(jnp.asarray(self.head_mask, x.dtype), self.site, "heads")
+            w = w * to_layout(jnp.asarray(self.head_mask, x.dtype), self.site, "heads")
         w = jnp.broadcast_to(w, tgt.shape)
         new = jnp.where(w == 1, src, jnp.where(w == 0, tgt, tgt + w * (src - tgt)))
         return xr.at[self.target].set(new).reshape(x.shape)

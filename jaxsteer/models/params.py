@@ -20,6 +20,7 @@ raw Hugging Face values, Gemma's `1 + w` offset is applied in the forward pass):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -109,6 +110,19 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[path] = v
     return out
+
+
+def truncate(model: Model, n_layers: int) -> Model:
+    """The first `n_layers` layers of `model` (a view: parameters are sliced, not copied), e.g. to
+    stop a forward pass at the layer whose activation is wanted."""
+    c = model.config
+    if not 1 <= n_layers <= c.n_layers:
+        raise ValueError(f"cannot keep {n_layers} layers of a {c.n_layers}-layer model")
+    if n_layers == c.n_layers:
+        return model
+    cfg = dataclasses.replace(c, n_layers=n_layers, layer_types=c.layer_types[:n_layers])
+    layers = jax.tree_util.tree_map(lambda a: a[:n_layers], model.params["layers"])
+    return Model(params=dict(model.params, layers=layers), config=cfg)
 
 
 def validate_params(params: dict[str, Any], config: ModelConfig) -> None:

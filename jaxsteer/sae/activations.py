@@ -29,19 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.decoder import forward
-from ..models.params import Model
-
-
-def truncate(model: Model, n_layers: int) -> Model:
-    """The first `n_layers` layers of `model` (a view: parameters are sliced, not copied)."""
-    c = model.config
-    if not 1 <= n_layers <= c.n_layers:
-        raise ValueError(f"cannot keep {n_layers} layers of a {c.n_layers}-layer model")
-    if n_layers == c.n_layers:
-        return model
-    cfg = dataclasses.replace(c, n_layers=n_layers, layer_types=c.layer_types[:n_layers])
-    layers = jax.tree_util.tree_map(lambda a: a[:n_layers], model.params["layers"])
-    return Model(params=dict(model.params, layers=layers), config=cfg)
+from ..models.params import Model, truncate
 
 
 def site_activations(model: Model, tokens, site: str, layers: tuple[int, ...], attention_mask=None) -> jax.Array:

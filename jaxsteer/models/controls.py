@@ -1,0 +1,385 @@
+"""Application controls for steering: which tokens and which rows an intervention acts on.
+
+- `OnTokens(iv, select=, first=, triggers=)`: restrict `iv` to prompt or generated tokens, to
+  the first k generated tokens, and/or to the positions whose input token is a trigger id.
+- `RowSteer(vectors, index=, scale=)`: a different vector and scale per row of the batch
+  (`[B, d]`, `[B, L, d]`, or a bank `[K, (L,) d]` indexed by `index [B]`), so requests with
+  different vectors share one compiled call.
+- `Conditional(iv, condition, layer, threshold)`: CAST-style conditional steering. Each row's
+  prompt is read once by the unsteered model at `layer`; the cosine between its mean activation
+  and `condition` is the row's `score`, and `iv` acts on the rows where the score passes
+  `threshold` (`decision`, returned for inspection: `prepare_controls`, `Generation.decisions`).
+- `compose(vectors, weights)`: one vector from several, weighted (the weights may be traced).
+
+Controls need to know, at each call of the layers, which tokens are fed and which of them are
+generated: `forward` (with `prompt_length=`) and `generate` build a `TokenContext` and `bind`
+the controls to it inside the compiled call; `prepare` reads the prompt for `Conditional`.
+Wrap in this order when combining: `Conditional(OnTokens(Steer(...)))` (controls outside, the
+intervention that acts innermost). Everything is a pytree (jit / vmap / grad work); the
+selections are exact (`where`), so unselected positions keep their activation bitwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from .config import ModelConfig
+from .interventions import SITE_LAYOUT, check_site, resolve_site, site_feature_shape, to_layout
+from .validation import check_finite, check_token_ids, is_concrete
+
+SELECT = ("all", "prompt", "generated")
+
+
+@struct.dataclass
+class TokenContext:
+    """What one call of the layers reads: `tokens [B, T]` (input ids) and `generated [B, T]`
+    (int32: the index of the generated token at each position, 0 for the first token the sampler
+    produced; -1 at prompt positions)."""
+
+    tokens: jax.Array
+    generated: jax.Array
+
+
+def prompt_context(tokens: jax.Array, prompt_length: Any = None) -> TokenContext:
+    """The context of a forward pass over `tokens [B, T]` whose columns `>= prompt_length` (an int
+    or `[B]`) are generated tokens (None: every token is prompt)."""
+    B, T = tokens.shape
+    if prompt_length is None:
+        return TokenContext(tokens, jnp.full((B, T), -1, jnp.int32))
+    start = jnp.broadcast_to(jnp.asarray(prompt_length, jnp.int32).reshape(-1, 1), (B, 1))
+    col = jnp.arange(T, dtype=jnp.int32)[None]
+    return TokenContext(tokens, jnp.where(col >= start, col - start, -1).astype(jnp.int32))
+
+
+def _row_where(keep: jax.Array, new: jax.Array, x: jax.Array, site: str) -> jax.Array:
+    """`new` where the row/position weight `keep` (`[B]` or `[B, T]`, bool) is set, else `x`."""
+    if keep.ndim == 2:
+        keep = to_layout(keep, site, "positions")
+    else:
+        keep = keep.reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, new, x)
+
+
+def _has_positions(iv: Any) -> bool:
+    return hasattr(iv, "positions") and hasattr(iv, "replace")
+
+
+# --------------------------------------------------------------------------- token selection
+
+
+@struct.dataclass
+class OnTokens:
+    """Apply `intervention` only at selected token positions.
+
+    select: "all", "prompt" (prompt positions only) or "generated" (positions of tokens the
+    sampler produced: steering there shapes the tokens after them). first: only the first k
+    generated tokens (implies "generated"). triggers: token ids; only positions whose input token
+    is one of them. The conditions combine with AND. In `forward`, "generated" needs
+    `prompt_length=` (columns from there on count as generated).
+    """
+
+    intervention: Any
+    triggers: Any = None
+    weights: Any = None  # [B, T] bool, set by `bind`
+    select: str = struct.field(pytree_node=False, default="all")
+    first: int | None = struct.field(pytree_node=False, default=None)
+
+    @property
+    def site(self) -> str:
+        return self.intervention.site
+
+    @property
+    def reads_generated(self) -> bool:
+        return self.select == "generated" or self.first is not None
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        if self.select not in SELECT:
+            raise ValueError(f"OnTokens: select must be one of {SELECT}, got {self.select!r}")
+        if self.first is not None and (int(self.first) < 1 or self.select == "prompt"):
+            raise ValueError(f"OnTokens: first={self.first} must be >= 1 and cannot combine with select='prompt'")
+        if self.triggers is not None:
+            if jnp.ndim(self.triggers) != 1 or jnp.size(self.triggers) == 0:
+                raise ValueError(f"OnTokens: triggers must be a non-empty list of token ids, got shape {jnp.shape(self.triggers)}")
+            check_token_ids(self.triggers, config.vocab_size, "OnTokens triggers")
+        self.intervention.check(config, n_tokens)
+
+    def generation_safe(self) -> bool:
+        return self.intervention.generation_safe()
+
+    def prepare(self, read: Callable[[str, int], jax.Array], prompt_mask: jax.Array) -> "OnTokens":
+        return self.replace(intervention=prepare_controls_with(self.intervention, read, prompt_mask))
+
+    def bind(self, ctx: TokenContext) -> "OnTokens":
+        keep = jnp.ones(ctx.tokens.shape, bool)
+        if self.select == "prompt":
+            keep = ctx.generated < 0
+        elif self.reads_generated:
+            keep = ctx.generated >= 0
+        if self.first is not None:
+            keep = keep & (ctx.generated < int(self.first))
+        if self.triggers is not None:
+            keep = keep & jnp.isin(ctx.tokens, jnp.asarray(self.triggers, jnp.int32))
+        return self.replace(intervention=bind_controls((self.intervention,), ctx)[0], weights=keep)
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        if self.weights is None:
+            raise ValueError("OnTokens needs the token context that forward / generate bind; "
+                             "call it through them (or bind_controls) rather than run_layers")
+        return _row_where(self.weights, self.intervention.apply(x, layer), x, self.site)
+
+
+# --------------------------------------------------------------------------- per-row vectors
+
+
+@struct.dataclass
+class RowSteer:
+    """Add a different vector (and scale) to each row of the batch at `site`, `layers`.
+
+    vectors: `[B, *feat]` or `[B, L, *feat]` (one per row, optionally per layer), or, with
+    `index [B]` (ints), a bank `[K, *feat]` / `[K, L, *feat]` whose row `index[b]` row b uses.
+    scale: a scalar or `[B]`. In `generate` B is the number of prompts (times `runs`); with
+    `samples_per_prompt` the rows of a prompt share its vector. feat as for `Steer`.
+    """
+
+    vectors: jax.Array
+    index: Any = None
+    scale: Any = 1.0
+    site: str = struct.field(pytree_node=False, default="resid_post")
+    layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    def __post_init__(self):
+        site, layers = resolve_site(self.site, self.layers, "RowSteer")
+        object.__setattr__(self, "site", site)
+        object.__setattr__(self, "layers", layers)
+
+    def _per_layer(self, config: ModelConfig) -> bool:
+        return jnp.ndim(self.vectors) == len(site_feature_shape(self.site, config) or ()) + 2
+
+    @property
+    def rows(self) -> int:
+        return int(jnp.shape(self.index if self.index is not None else self.vectors)[0])
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        check_site(self.site)
+        feat = site_feature_shape(self.site, config)
+        if feat is None:
+            raise ValueError("RowSteer: cannot add a vector to the attention pattern")
+        v = tuple(jnp.shape(self.vectors))
+        lead = "K" if self.index is not None else "B"
+        if not (v[1:] == feat or (len(v) == len(feat) + 2 and v[1] == config.n_layers and v[2:] == feat)):
+            raise ValueError(f"RowSteer: vectors have shape {v}; site {self.site!r} of this model expects "
+                             f"[{lead}, *{feat}] or [{lead}, L={config.n_layers}, *{feat}]")
+        if self.index is not None:
+            idx = self.index
+            if jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.asarray(idx).dtype, jnp.integer):
+                raise ValueError(f"RowSteer: index must be [B] integers, got shape {jnp.shape(idx)}")
+            if is_concrete(idx):
+                a = np.asarray(idx)
+                bad = (a < 0) | (a >= v[0])
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise ValueError(f"RowSteer: index {int(a[i])} (row {i}) is out of range for a bank of {v[0]} vectors")
+        if jnp.ndim(self.scale) not in (0, 1) or (jnp.ndim(self.scale) == 1 and jnp.shape(self.scale)[0] != self.rows):
+            raise ValueError(f"RowSteer: scale has shape {jnp.shape(self.scale)}; expected a scalar or [B={self.rows}]")
+        for l in self.layers or ():
+            if not 0 <= int(l) < config.n_layers:
+                raise ValueError(f"RowSteer: layer {l} out of range for a model with {config.n_layers} layers")
+        check_finite(self.vectors, "RowSteer: vectors")
+        check_finite(self.scale, "RowSteer: scale")
+
+    def generation_safe(self) -> bool:
+        return True
+
+    def repeat_rows(self, n: int) -> "RowSteer":
+        """Each row repeated `n` times (the rows of `samples_per_prompt` samples)."""
+        rep = lambda a: None if a is None else jnp.repeat(jnp.asarray(a), n, axis=0)
+        scale = self.scale if jnp.ndim(self.scale) == 0 else rep(self.scale)
+        if self.index is not None:
+            return self.replace(index=rep(self.index), scale=scale)
+        return self.replace(vectors=rep(self.vectors), scale=scale)
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        nf = SITE_LAYOUT[self.site][3]
+        v = jnp.asarray(self.vectors)
+        if self.index is not None:
+            v = v[jnp.asarray(self.index)]
+        if v.ndim == nf + 2:
+            v = v[:, layer]
+        v = v[:, None].astype(x.dtype)  # [B, 1, *feat]
+        scale = jnp.asarray(self.scale, x.dtype)
+        if scale.ndim == 1:
+            scale = scale.reshape((-1,) + (1,) * (x.ndim - 1))
+        y = x + scale * v
+        if self.layers is None:
+            return y
+        return jnp.where(jnp.isin(layer, jnp.asarray(self.layers, jnp.int32)), y, x)
+
+
+# --------------------------------------------------------------------------- conditional steering
+
+
+@struct.dataclass
+class Conditional:
+    """Apply `intervention` to the rows whose prompt passes a condition (CAST, arXiv 2409.05907).
+
+    score[b] = cos(mean over row b's prompt tokens of the unsteered activation at
+    `condition_site`, `layer`; `condition`); decision[b] = score > threshold (`compare="greater"`)
+    or score < threshold ("less"). The decision is made once per prompt and holds for every
+    generated token. `prepare_controls` fills `score` and `decision`; a `decision` given by hand
+    `[B]` is used as is.
+    """
+
+    intervention: Any
+    condition: jax.Array
+    threshold: Any = 0.0
+    score: Any = None
+    decision: Any = None
+    layer: int = struct.field(pytree_node=False, default=0)
+    condition_site: str = struct.field(pytree_node=False, default="resid_post")
+    compare: str = struct.field(pytree_node=False, default="greater")
+
+    @property
+    def site(self) -> str:
+        return self.intervention.site
+
+    @property
+    def rows(self) -> int | None:
+        return None if self.decision is None else int(jnp.shape(self.decision)[0])
+
+    def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
+        check_site(self.condition_site)
+        if SITE_LAYOUT[self.condition_site][0] != 3:
+            raise ValueError(f"Conditional: condition_site must be a residual-width site, got {self.condition_site!r}")
+        if jnp.shape(self.condition) != (config.d_model,):
+            raise ValueError(f"Conditional: condition vector has shape {jnp.shape(self.condition)}; "
+                             f"this model needs [{config.d_model}]")
+        if not 0 <= int(self.layer) < config.n_layers:
+            raise ValueError(f"Conditional: layer {self.layer} out of range for a model with {config.n_layers} layers")
+        if self.compare not in ("greater", "less"):
+            raise ValueError(f"Conditional: compare must be 'greater' or 'less', got {self.compare!r}")
+        if jnp.ndim(self.threshold) != 0:
+            raise ValueError(f"Conditional: threshold must be a scalar, got shape {jnp.shape(self.threshold)}")
+        if self.decision is not None and jnp.ndim(self.decision) != 1:
+            raise ValueError(f"Conditional: decision must be [B], got shape {jnp.shape(self.decision)}")
+        check_finite(self.condition, "Conditional: condition")
+        self.intervention.check(config, n_tokens)
+
+    def generation_safe(self) -> bool:
+        return self.intervention.generation_safe()
+
+    def prepare(self, read: Callable[[str, int], jax.Array], prompt_mask: jax.Array) -> "Conditional":
+        """Fill `score` and `decision` from `read(site, layer) -> [B, T, d]` over the prompt."""
+        inner = prepare_controls_with(self.intervention, read, prompt_mask)
+        if self.decision is not None:
+            return self.replace(intervention=inner)
+        acts = read(self.condition_site, int(self.layer)).astype(jnp.float32)
+        w = prompt_mask.astype(jnp.float32)[..., None]
+        mean = (acts * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+        c = jnp.asarray(self.condition, jnp.float32)
+        score = mean @ c / jnp.maximum(jnp.linalg.norm(mean, axis=-1) * jnp.linalg.norm(c), 1e-12)
+        thr = jnp.asarray(self.threshold, jnp.float32)
+        decision = score > thr if self.compare == "greater" else score < thr
+        return self.replace(intervention=inner, score=score, decision=decision)
+
+    def bind(self, ctx: TokenContext) -> "Conditional":
+        return self.replace(intervention=bind_controls((self.intervention,), ctx)[0])
+
+    def repeat_rows(self, n: int) -> "Conditional":
+        rep = lambda a: None if a is None else jnp.repeat(jnp.asarray(a), n, axis=0)
+        return self.replace(intervention=repeat_rows((self.intervention,), n)[0], score=rep(self.score),
+                            decision=rep(self.decision))
+
+    def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
+        if self.decision is None:
+            raise ValueError("Conditional has no decision: forward / generate prepare it from the prompt "
+                             "(or call prepare_controls)")
+        return _row_where(jnp.asarray(self.decision, bool), self.intervention.apply(x, layer), x, self.site)
+
+
+def compose(vectors: Sequence[Any], weights: Sequence[float] | jax.Array) -> jax.Array:
+    """`sum_k weights[k] * vectors[k]`: several steering vectors (each `[d]` or `[L, d]`, all one
+    shape) as one, e.g. `Steer(compose([happy, formal], [1.0, 0.5]))`. Traceable in `weights`."""
+    v = jnp.stack([jnp.asarray(x, jnp.float32) for x in vectors]) if not hasattr(vectors, "shape") else jnp.asarray(vectors)
+    w = jnp.asarray(weights, jnp.float32)
+    if w.shape != (v.shape[0],):
+        raise ValueError(f"compose: {v.shape[0]} vectors but weights have shape {w.shape}")
+    return jnp.tensordot(w, v, axes=1)
+
+
+# --------------------------------------------------------------------------- binding
+
+
+def bind_controls(interventions: tuple, ctx: TokenContext) -> tuple:
+    """Interventions with their token controls bound to `ctx` (others unchanged)."""
+    return tuple(iv.bind(ctx) if hasattr(iv, "bind") else iv for iv in interventions)
+
+
+def prepare_controls_with(iv: Any, read: Callable, prompt_mask: jax.Array) -> Any:
+    return iv.prepare(read, prompt_mask) if hasattr(iv, "prepare") else iv
+
+
+def needs_prompt_read(interventions: Sequence) -> bool:
+    """True when some `Conditional` still has to read its prompt."""
+    def need(iv):
+        if isinstance(iv, Conditional):
+            return iv.decision is None or need(iv.intervention)
+        return isinstance(iv, OnTokens) and need(iv.intervention)
+
+    return any(need(iv) for iv in interventions)
+
+
+def repeat_rows(interventions: tuple, n: int) -> tuple:
+    """Per-row controls with each row repeated `n` times (after a prompt's prefill, for its samples)."""
+    if n == 1:
+        return interventions
+    out = []
+    for iv in interventions:
+        if isinstance(iv, OnTokens):
+            iv = iv.replace(intervention=repeat_rows((iv.intervention,), n)[0])
+        elif hasattr(iv, "repeat_rows"):
+            iv = iv.repeat_rows(n)
+        out.append(iv)
+    return tuple(out)
+
+
+def check_rows(interventions: Sequence, batch: int) -> None:
+    """Per-row controls must have one row per batch row."""
+    for iv in interventions:
+        inner = getattr(iv, "intervention", None)
+        if inner is not None:
+            check_rows((inner,), batch)
+        rows = getattr(iv, "rows", None)
+        if rows is not None and rows != batch:
+            raise ValueError(f"{type(iv).__name__} has {rows} rows but the batch has {batch}")
+
+
+def reads_generated(interventions: Sequence) -> bool:
+    """True when some `OnTokens` selects generated tokens (forward then needs `prompt_length`)."""
+    for iv in interventions:
+        if isinstance(iv, OnTokens) and iv.reads_generated:
+            return True
+        inner = getattr(iv, "intervention", None)
+        if inner is not None and reads_generated((inner,)):
+            return True
+    return False
+
+
+def conditions(interventions: Sequence) -> list[Conditional]:
+    """The `Conditional`s among `interventions` (outermost first), in order."""
+    out = []
+    for iv in interventions:
+        if isinstance(iv, Conditional):
+            out.append(iv)
+        inner = getattr(iv, "intervention", None)
+        if inner is not None:
+            out += conditions((inner,))
+    return out
+
+
+__all__ = ["OnTokens", "RowSteer", "Conditional", "TokenContext", "compose", "prompt_context", "bind_controls",
+           "repeat_rows", "check_rows", "reads_generated", "needs_prompt_read", "conditions", "SELECT"]
