@@ -179,8 +179,7 @@ def probe_direction(data: ContrastData, **train_kwargs) -> np.ndarray:
     """Weight vector of a logistic probe per layer (`analysis.train_probes`; held-out split and
     options as there), in the raw activation space, unit length, pointing to the positives."""
     result = train_probes(data.acts, data.labels.astype(np.int32), task="classification", **train_kwargs)
-    w = result.weights[..., 1] - result.weights[..., 0]  # logit(positive) - logit(negative)
-    return _orient(_unit(w), data)
+    return _orient(result.directions.astype(np.float32), data)  # class 1 (positive) minus class 0
 
 
 def sae_features(data: ContrastData, sae: Any, layer: int, top: int = 1) -> tuple[np.ndarray, np.ndarray]:
