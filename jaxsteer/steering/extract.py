@@ -21,6 +21,7 @@ its natural length; the other methods return unit directions per layer (rescale 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -234,22 +235,29 @@ def supervised_vector(data: ContrastData, *, model: Model, layers: Sequence[int]
         mask[r, P - len(p):P + len(c)] = 1
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
     trainable = init_trainable(model, cfg, jax.random.PRNGKey(seed))
+    trainable = _fit_supervised(model, trainable, tokens, mask, cfg=cfg, prompt_width=P, steps=int(steps),
+                                learning_rate=float(learning_rate))
+    return np.asarray(steering_vectors(trainable, cfg, model.config.n_layers), np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "prompt_width", "steps", "learning_rate"))
+def _fit_supervised(model, trainable, tokens, mask, *, cfg, prompt_width, steps, learning_rate):
+    """Full-batch Adam on the completions' mean negative log-likelihood (the model is an argument,
+    not a closure constant, so XLA does not constant-fold the weights)."""
     opt = optax.adam(learning_rate)
 
     def loss(t):
         run_model, ivs = apply_trainable(model, t, cfg)
-        logp, _ = sequence_logprobs(run_model, tokens, mask, ivs, completion_start=P)
-        return -logp.sum() / mask[:, P:].sum()
+        logp, _ = sequence_logprobs(run_model, tokens, mask, ivs, completion_start=prompt_width)
+        return -logp.sum() / mask[:, prompt_width:].sum()
 
-    @jax.jit
     def step(state, _):
         t, o = state
-        g = jax.grad(loss)(t)
-        upd, o = opt.update(g, o, t)
+        upd, o = opt.update(jax.grad(loss)(t), o, t)
         return (optax.apply_updates(t, upd), o), None
 
-    (trainable, _), _ = jax.lax.scan(step, (trainable, opt.init(trainable)), None, length=int(steps))
-    return np.asarray(steering_vectors(trainable, cfg, model.config.n_layers), np.float32)
+    (trainable, _), _ = jax.lax.scan(step, (trainable, opt.init(trainable)), None, length=steps)
+    return trainable
 
 
 METHODS: dict[str, Callable[..., np.ndarray]] = {
