@@ -1,4 +1,19 @@
-"""Command line: `jaxsteer info | generate | demo | train | eval | lens | patch | sae | steer`."""
+"""jaxsteer: steer, probe and RL-train language models in JAX.
+
+commands:
+  info      architecture, sizes and dtype of a model (JSON)
+  generate  sample completions, optionally steered, or as a trained run (--run DIR)
+  demo      contrastive steering vectors on the default model, with and without steering
+  train     RL (GRPO family) or evolution-strategies training from a YAML config
+  eval      held-out accuracy of a trained run, with and without its trained part
+  plan      will a config fit on a device mesh? (memory per device, largest micro-batch)
+  lens      logit lens of steering vectors
+  patch     activation patching sweep for a clean / corrupted prompt pair
+  sae       sparse autoencoders: sae train CONFIG, sae eval RUN_DIR
+  steer     steering vectors: extract, apply, evaluate, export to llama.cpp / import
+
+`jaxsteer COMMAND --help` lists a command's options.
+"""
 
 from __future__ import annotations
 
@@ -150,6 +165,11 @@ def cmd_demo(args) -> None:
     if args.save:
         np.save(args.save, vectors)
         print(f"\nsaved the [L, d] contrast vectors to {args.save}")
+        print(f"\nnext:\n  jaxsteer generate --prompt \"Tell me a joke.\" --steer {args.save} --layers {layer} "
+              f"--scale {args.scale} --greedy\n  jaxsteer lens --vectors {args.save}")
+    else:
+        print("\nnext: `jaxsteer demo --save vectors.npy` keeps the vectors; "
+              "`jaxsteer train experiments/smollm2_arithmetic_steering.yaml` RL-trains them")
 
 
 def _run_errors() -> tuple[type, ...]:
@@ -203,6 +223,17 @@ def cmd_train(args) -> None:
     if "vectors_npy" in result.files and result.tokenizer is not None and args.logit_lens:
         print("\nlogit lens of the trained steering vectors (W_U @ s_l, no final norm): top / bottom tokens per layer")
         print_logit_lens(result.model, result.tokenizer, np.load(result.files["vectors_npy"]), k=args.logit_lens)
+    print(next_steps(cfg.output_dir, has_vectors="vectors_npy" in result.files))
+
+
+def next_steps(run_dir: str, *, has_vectors: bool) -> str:
+    """The "next:" lines printed after training: evaluate, generate with, inspect the run."""
+    lines = [f"\nnext:\n  jaxsteer eval {run_dir}                        # held-out accuracy with / without the trained part",
+             f"  jaxsteer generate --run {run_dir} --prompt \"What is 17 + 25?\" --greedy   # generate as trained",
+             f"  python -c \"import jaxsteer; run = jaxsteer.load_run('{run_dir}')\"   # the same from Python"]
+    if has_vectors:
+        lines.append(f"  jaxsteer lens --vectors {run_dir}/steering_vectors.npy   # logit lens of the vectors")
+    return "\n".join(lines)
 
 
 def cmd_eval(args) -> None:
@@ -312,40 +343,56 @@ def _compare_estimates(model, tok, clean, corrupt, answers, actual, out_dir) -> 
               f"max |diff| {r['max_abs_diff']:.3f} [{dt:.1f} s, compile included]")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="jaxsteer", description=__doc__)
+MODEL_HELP = "model: alias, GGUF file, HF directory or hub id (default: %(default)s)"
+DTYPE_HELP = "weights' dtype: float32 (default) or bfloat16"
+
+
+def quiet_absl() -> None:
+    """Silence absl's INFO / WARNING lines (Orbax logs through absl) on the command line."""
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `jaxsteer` argument parser, every command registered."""
+    parser = argparse.ArgumentParser(prog="jaxsteer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="architecture, sizes and dtype of a model")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="hub id, HF directory, .gguf file or alias")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="sample completions, optionally steered")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model name, GGUF file or HF directory (default: %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--run", metavar="DIR", help="a trained run directory: its model, trained part and prompt format "
                                                 "(as in training) replace --model and the chat template")
     p.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
     p.add_argument("--steer", help=".npy file with a [d] or [L, d] steering vector")
-    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--scale", type=float, default=1.0, help="multiplier of the --steer vector (default 1)")
     p.add_argument("--layers", type=int, nargs="*", help="layers to steer (default: all)")
-    p.add_argument("--site", default="resid_post")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--greedy", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--site", default="resid_post", help="site the --steer vector is added at (default resid_post; "
+                                                        "TransformerLens names work too)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt (default 64)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0 = off)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="the main job: load the default model, generate with and without steering")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--prompt", action="append")
-    p.add_argument("--layer", type=int)
-    p.add_argument("--scale", type=float, default=1.5)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--prompt", action="append", help="prompt to generate for (repeat for several; default: three built in)")
+    p.add_argument("--layer", type=int, help="layer to steer at (default: the middle layer)")
+    p.add_argument("--scale", type=float, default=1.5, help="multiplier of the contrast vector (default 1.5)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate per prompt (default 48)")
     p.add_argument("--save", help="write the contrast vectors [L, d] to this .npy file")
     p.set_defaults(func=cmd_demo)
 
@@ -357,8 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--logit-lens", type=int, default=5, help="top-k tokens per layer of the trained vectors (0 = off)")
     g = p.add_argument_group("multi-process runs (jax.distributed; or JAXSTEER_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID)")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
-    g.add_argument("--num-processes", type=int, metavar="N")
-    g.add_argument("--process-id", type=int, metavar="I")
+    g.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")
     g.add_argument("--distributed", action="store_true",
                    help="join with JAX's cluster detection (TPU pods, SLURM, Open MPI) instead of explicit values")
     p.set_defaults(func=cmd_train)
@@ -374,27 +421,28 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("lens", help="logit lens of steering vectors (top / bottom tokens per layer)")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--vectors", required=True, help=".npy file with a [d] or [L, d] array")
-    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--top-k", type=int, default=10, help="tokens listed per layer (default 10)")
     p.add_argument("--final-norm", action="store_true", help="apply the final norm first (default: raw W_U s)")
     p.add_argument("--out", help="write a PNG here")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     p.set_defaults(func=cmd_lens)
 
     p = sub.add_parser("patch", help="activation patching sweep (layers x positions, or x heads) for a prompt pair")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--clean", required=True, help="clean prompt (raw text, no chat template)")
     p.add_argument("--corrupt", required=True, help="corrupted prompt; must tokenize to the same length")
     p.add_argument("--answers", nargs=2, required=True, metavar=("CORRECT", "WRONG"),
                    help="single-token answers, e.g. ' Paris' ' Rome'; metric = logit difference at the last position")
-    p.add_argument("--site", default="resid_pre")
-    p.add_argument("--direction", default="denoise", choices=("denoise", "noise"))
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--site", default="resid_pre", help="site to patch (default resid_pre; TransformerLens names work too)")
+    p.add_argument("--direction", default="denoise", choices=("denoise", "noise"),
+                   help="denoise: clean values into the corrupted run (default); noise: the reverse")
+    p.add_argument("--batch-size", type=int, default=32, help="patched runs per vmapped chunk (default 32)")
     p.add_argument("--compare", action="store_true",
                    help="also run attribution and relevance patching (RelP) and print each one's Pearson r against it")
     p.add_argument("--out", default="patching", help="output directory for the PNG and JSON")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     p.set_defaults(func=cmd_patch)
 
     from .sae.commands import add_parser as add_sae_parser
@@ -408,8 +456,12 @@ def main(argv: list[str] | None = None) -> None:
     from .train.plan import add_parser as add_plan_parser
 
     add_plan_parser(sub)  # jaxsteer plan CONFIG --mesh ... --device ...
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    quiet_absl()
+    args = build_parser().parse_args(argv)
     args.func(args)
 
 

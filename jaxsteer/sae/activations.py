@@ -164,13 +164,21 @@ class ActivationStream:
             self.buffer, self.pos = None, 0
 
 
-def cache_activations(stream: Iterator[np.ndarray], n_batches: int, path: str, dtype=np.float32) -> str:
-    """Write `n_batches` batches of a stream to one `.npy` file (for repeated sweeps)."""
+def cache_activations(stream: Iterator[np.ndarray], n_batches: int, path: str, dtype=np.float32,
+                      progress: bool = True) -> str:
+    """Write `n_batches` batches of a stream to one `.npy` file (for repeated sweeps), with a
+    progress bar (`progress=False` for none)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_batches, desc="caching activations", unit="batch", disable=not progress, leave=False)
     first = np.asarray(next(stream))
+    bar.update()
     out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_batches * len(first), first.shape[1]))
     out[: len(first)] = first
     for i in range(1, n_batches):
         out[i * len(first): (i + 1) * len(first)] = next(stream)
+        bar.update()
+    bar.close()
     out.flush()
     return path
 

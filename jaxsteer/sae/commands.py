@@ -15,10 +15,10 @@ def add_parser(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     t.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
     e = ss.add_parser("eval", help="explained variance, L0, dead latents, CE with the SAE spliced in")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="an SAE run directory written by `jaxsteer sae train`")
     e.add_argument("--contexts", type=int, default=None, help="evaluation windows (default: the config's eval.contexts)")
     e.set_defaults(func=cmd_eval)
 
@@ -33,6 +33,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                     progress=not args.no_progress)
     if not args.no_eval and (args.stop_after is None or args.stop_after >= cfg.train.steps):
         eval_run(out, model=model, tokenizer=tok)
+    print(f"\nnext:\n  jaxsteer sae eval {out}                 # explained variance, L0, dead latents, CE spliced in\n"
+          f"  python -c \"from jaxsteer import sae; s = sae.load_saelens('{out}/sae')\"   # use it (sae.Splice, feature_acts)")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -1,0 +1,40 @@
+"""The command line explains itself (issue 21): every option of every command has help text, the
+top-level description names every command, and training ends with what to run next."""
+
+from __future__ import annotations
+
+import argparse
+
+from jaxsteer import cli
+
+
+def _parsers():
+    top, out = cli.build_parser(), {}
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    out[f"{name} {sub_name}".strip()] = sub
+                    walk(sub, f"{name} {sub_name}".strip())
+
+    walk(top, "")
+    return top, out
+
+
+def test_every_option_has_help_and_every_command_is_described():
+    top, commands = _parsers()
+    missing = [f"jaxsteer {name} {'/'.join(a.option_strings) or a.dest}"
+               for name, p in commands.items() for a in p._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
+    assert not missing, missing
+    top_level = [n for n in commands if " " not in n]
+    assert {"info", "generate", "demo", "train", "eval", "plan", "lens", "patch", "sae"} <= set(top_level)
+    for name in top_level:
+        assert f"\n  {name} " in top.description, name
+
+
+def test_next_steps_name_the_commands_to_run():
+    text = cli.next_steps("runs/x", has_vectors=True)
+    assert "jaxsteer eval runs/x" in text and "jaxsteer generate --run runs/x" in text
+    assert "jaxsteer.load_run('runs/x')" in text and "jaxsteer lens --vectors runs/x/steering_vectors.npy" in text
