@@ -194,5 +194,14 @@ def matmul_peak_call(n: int = 1024, dtype: str = "float32") -> tuple[Callable[[]
 
 
 def mfu(flops: float, seconds: float, peak_flops_per_s: float) -> float:
-    """Model FLOPs utilisation: `flops / seconds` over the measured large-matmul rate."""
-    return flops / seconds / peak_flops_per_s
+    """Model FLOPs utilisation: `flops / seconds` over the measured large-matmul rate.
+
+    A value above 1 is not physical: the reference matmul ran slower than the work it divides
+    (other load on the machine during its rounds); it is returned as measured with a warning."""
+    value = flops / seconds / peak_flops_per_s
+    if value > 1.0:
+        import warnings
+
+        warnings.warn(f"MFU {value:.2f} > 1: the reference matmul ran slower than expected (machine load?); "
+                      "rerun on an idle machine or read the CPU-time figures", RuntimeWarning, stacklevel=2)
+    return value

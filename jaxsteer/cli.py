@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="patched runs per vmapped chunk (default 32)")
     p.add_argument("--compare", action="store_true",
                    help="also run attribution and relevance patching (RelP) and print each one's Pearson r against it")
-    p.add_argument("--out", default="patching", help="output directory for the PNG and JSON")
+    p.add_argument("--out", default="runs/patching", help="output directory for the PNG and JSON (default: %(default)s)")
     p.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     p.set_defaults(func=cmd_patch)
 

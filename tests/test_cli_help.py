@@ -38,3 +38,17 @@ def test_next_steps_name_the_commands_to_run():
     text = cli.next_steps("runs/x", has_vectors=True)
     assert "jaxsteer eval runs/x" in text and "jaxsteer generate --run runs/x" in text
     assert "jaxsteer.load_run('runs/x')" in text and "jaxsteer lens --vectors runs/x/steering_vectors.npy" in text
+
+
+def test_mfu_above_one_is_flagged():
+    import warnings
+
+    from benchmarks.common import mfu
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mfu(50.0, 1.0, 100.0) == 0.5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert mfu(150.0, 1.0, 100.0) == 1.5
+    assert any("reference matmul ran slower than expected" in str(w.message) for w in caught)

@@ -49,7 +49,7 @@ assert np.allclose(cache["blocks.10.hook_resid_post"], cache["resid_post", 10])
 
 # %%
 v = contrast_vector(model, tok, ["I love this!", "What a joyful day."], ["I hate this.", "What a gloomy day."], chat=False)
-steer = jaxsteer.Steer(4.0 * v[10], layers=(10,))
+steer = jaxsteer.Steer(1.5 * v[10], layers=(10,))
 for name, ivs in (("base", []), ("steered", [steer])):
     out = jaxsteer.generate(model, ["Tell me about your day."], tokenizer=tok, interventions=ivs, max_new_tokens=20, greedy=True)
     print(f"{name}: {out.texts[0]!r}")

@@ -69,7 +69,7 @@ def add_parser(sub) -> None:
     v.add_argument("--read", type=_read, default="mean", help="last | mean | k (last k tokens)")
     v.add_argument("--supervised-steps", type=int, default=60, help="optimiser steps of the supervised method (default 60)")
     v.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per prompt (default 24)")
-    v.add_argument("--out", default="steer_eval", help="output directory for the table, plot and JSON (default: %(default)s)")
+    v.add_argument("--out", default="runs/steer_eval", help="output directory for the table, plot and JSON (default: %(default)s)")
     v.set_defaults(func=cmd_eval)
 
     x = ss.add_parser("export", help="write [L, d] resid_post vectors as a llama.cpp control vector GGUF")
