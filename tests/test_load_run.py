@@ -82,3 +82,16 @@ def test_cli_generate_with_run(steering, capsys):
         cli.main(["generate", "--run", steering.output_dir, "--prompt", "hi", "--greedy"])
     with pytest.raises(SystemExit, match="--no-chat does not apply with --run"):
         cli.main(["generate", "--run", steering.output_dir, "--prompt", "hi", "--no-chat"])
+
+
+def test_load_run_of_an_es_run(tmp_path):
+    cfg = config_from_dict(train_toy.config_dict(str(tmp_path / "es"), steps=2, **{
+        "algorithm.name": "es", "es": {"population": 8, "sigma": 0.5, "lr": 1.0}, "checkpoint.every": 2}))
+    result = train(cfg)
+    run = jaxsteer.load_run(result.output_dir)
+    assert run.trainable is None and run.step == 2 and len(run.interventions) == 1
+    np.testing.assert_array_equal(run.vectors, np.load(result.files["vectors_npy"]))
+    policy, ivs = build_policy(result.model, result.trainable, result.config.trainable)
+    tokens = np.asarray(PROMPTS, np.int32)
+    np.testing.assert_allclose(jaxsteer.forward(run.model, tokens, interventions=run.interventions)[0],
+                               jaxsteer.forward(policy, tokens, interventions=ivs)[0], atol=1e-6)

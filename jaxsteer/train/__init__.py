@@ -141,8 +141,15 @@ class LoadedRun:
     @property
     def vectors(self):
         """The trained steering vectors, dense `[L, *feat]` float32 (steering kinds only)."""
-        if self.trainable is None or self.config.trainable.kind not in ("steering", "adaptive_steering"):
+        if self.config.trainable.kind not in ("steering", "adaptive_steering"):
             raise AttributeError(f"run {self.directory} trained {self.config.trainable.kind!r}, not steering vectors")
+        if self.trainable is None:  # ES: the centre is already a Steer
+            import numpy as np
+
+            steers = [iv for iv in self.interventions if hasattr(iv, "vector")]
+            if len(steers) != 1:
+                raise AttributeError(f"run {self.directory}: no single steering intervention to read vectors from")
+            return np.asarray(steers[0].vector, np.float32)
         from .export import steering_array
 
         return steering_array(self.trainable, self.config.trainable, self.base_model.config.n_layers)
