@@ -24,7 +24,7 @@ import jaxsteer
 from jaxsteer import analysis as A
 from jaxsteer.train import load_config, train
 
-# %% docs-test: slow; sub: steps=20 => steps=2
+# %% docs-test: slow; sub: "steps=20" => "steps=2", "eval.n=16"
 cfg = load_config("experiments/smollm2_arithmetic_steering.yaml", ["steps=20", "output_dir=runs/tutorial_vectors"])
 result = train(cfg)                       # prints the held-out accuracy before / after and the exported files
 result.eval_after and result.eval_after["greedy_acc"]

@@ -553,6 +553,8 @@ class Affine:
     site: str = struct.field(pytree_node=False, default="mlp_in")
     layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
 
+    __post_init__ = _Where.__post_init__  # TransformerLens site names, as for the other interventions
+
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
         check_site(self.site)
         if SITE_LAYOUT[self.site][0] != 3:
