@@ -1,8 +1,17 @@
-"""Shared helpers for the benchmarks: logging to stderr, timing, machine description."""
+"""Shared helpers for the benchmarks: logging to stderr, timing, machine description, and MFU
+against a checked matmul reference.
+
+Importing this module sets `OMP_WAIT_POLICY=PASSIVE` (unless already set) before torch is
+imported, so torch's OpenMP threads sleep instead of spinning between parallel regions and
+CPU-time ratios measure work; XLA:CPU's thread pool has no such switch (its idle spinning is
+short). Every benchmark states the policy in its output (`thread_policy()`).
+"""
 
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import platform
 import statistics
 import sys
@@ -205,3 +214,88 @@ def mfu(flops: float, seconds: float, peak_flops_per_s: float) -> float:
         warnings.warn(f"MFU {value:.2f} > 1: the reference matmul ran slower than expected (machine load?); "
                       "rerun on an idle machine or read the CPU-time figures", RuntimeWarning, stacklevel=2)
     return value
+
+
+def thread_policy() -> dict[str, Any]:
+    """The thread settings that decide what CPU time means here (stated in every benchmark's output)."""
+    out: dict[str, Any] = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+                           "note": "PASSIVE: torch's OpenMP workers sleep when idle, so process CPU time counts "
+                                   "work rather than spinning; XLA:CPU's pool is not affected",
+                           "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    try:
+        import torch
+
+        out["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return out
+
+
+def torch_matmul_call(n: int = 1024, dtype: str = "float32") -> tuple[Callable[[], Any], float]:
+    """`(call, flops)`: an `n x n` torch.mm in `dtype` under `torch.inference_mode` (the PyTorch
+    side's own matmul rate, for its MFU)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, generator=g, dtype=getattr(torch, dtype))
+
+    def call():
+        with torch.inference_mode():
+            return torch.mm(a, b)
+
+    call()
+    return call, 2.0 * n**3
+
+
+MFU_REFERENCE_FLOOR = 0.7  # below this fraction of its idle rate, the in-round reference is flagged
+
+
+class MatmulReference:
+    """A framework's large-matmul rate, checked: `idle(rounds)` times it alone before the benchmark
+    (the best of `rounds`), then the benchmark times `call` in its own interleaved rounds and
+    `report(wall, cpu)` compares the two. MFU divides by the in-round rate (same load as the
+    work), but is flagged when that rate fell below `MFU_REFERENCE_FLOOR` of the idle rate or when
+    an MFU exceeds 1 (both mean the reference was slowed by other load, not the work sped up)."""
+
+    def __init__(self, framework: str, call: Callable[[], Any], flops: float):
+        self.framework, self.call, self.flops = framework, call, flops
+        self.idle_wall = self.idle_cpu = None
+
+    def idle(self, rounds: int = 5) -> "MatmulReference":
+        wall, cpu = [], []
+        for _ in range(rounds):
+            c0, t0 = time.process_time(), time.perf_counter()
+            self.call()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        self.idle_wall, self.idle_cpu = self.flops / min(wall), self.flops / min(cpu)
+        return self
+
+    def report(self, wall: list[float], cpu: list[float]) -> dict[str, Any]:
+        """The reference's rates from its in-round timings (medians) and whether it is trustworthy."""
+        rate, rate_cpu = self.flops / statistics.median(wall), self.flops / statistics.median(cpu)
+        out = {"framework": self.framework, "gflops_per_s_in_rounds": rate / 1e9,
+               "gflops_per_cpu_s_in_rounds": rate_cpu / 1e9,
+               "gflops_per_s_idle": None if self.idle_wall is None else self.idle_wall / 1e9,
+               "gflops_per_cpu_s_idle": None if self.idle_cpu is None else self.idle_cpu / 1e9, "flags": []}
+        for suffix, got, idle in (("wall", rate, self.idle_wall), ("cpu", rate_cpu, self.idle_cpu)):
+            if idle and got < MFU_REFERENCE_FLOOR * idle:
+                out["flags"].append(f"{self.framework} matmul ran at {got / idle:.0%} of its idle rate by {suffix} "
+                                    f"time in the rounds (< {MFU_REFERENCE_FLOOR:.0%}): MFU by {suffix} time is "
+                                    "inflated by other load")
+        return out
+
+
+def mfu_entry(flops: float, wall_s: float, cpu_s: float, reference: dict[str, Any]) -> dict[str, Any]:
+    """MFU of `flops` done in `wall_s` / `cpu_s` against `reference` (a `MatmulReference.report`
+    of the same framework, same rounds), by wall and CPU time, with the reference's flags and a
+    flag for any MFU > 1."""
+    out = {"vs": reference["framework"],
+           "mfu_wall": flops / wall_s / (reference["gflops_per_s_in_rounds"] * 1e9),
+           "mfu_cpu_time": flops / cpu_s / (reference["gflops_per_cpu_s_in_rounds"] * 1e9)}
+    flags = list(reference["flags"])
+    flags += [f"MFU by {k[4:]} > 1: the reference was slowed, not the work sped up" for k in ("mfu_wall", "mfu_cpu_time")
+              if out[k] > 1]
+    out["flags"] = flags
+    return out

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from .common import thread_policy
+
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -76,6 +78,7 @@ def main(argv=None) -> dict:
         jax.tree_util.tree_leaves(out["masked"]["state"]["trainable"]),
         jax.tree_util.tree_leaves(out["packed"]["state"]["trainable"])))
     m, p = out["masked"], out["packed"]
+    print(f"peer: jaxsteer's own masked update (no other library implements DASH); threads: {thread_policy()}")
     print(f"{args.kind}, {args.rows} rows ({args.kept} kept), 4 micro-batches of {args.rows // 4}:")
     print(f"  masked (all rows forward + backward): {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} s CPU")
     print(f"  packed (kept rows only):              {p['wall_s']:.2f} s wall, {p['cpu_s']:.2f} s CPU")

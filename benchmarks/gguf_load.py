@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from benchmarks.common import interleaved_times, log
+from benchmarks.common import interleaved_times, log, thread_policy
 
 
 def main() -> None:
@@ -40,6 +40,8 @@ def main() -> None:
         "jaxsteer.load (model + tokenizer)": lambda: jaxsteer.load("smollm2-135m-instruct"),
     }
     log(f"{path.name}: {args.rounds} interleaved rounds")
+    print(f"peer: transformers {transformers.__version__} AutoConfig / AutoTokenizer .from_pretrained(gguf_file=...), "
+          f"its only GGUF path; threads: {thread_policy()}")
     wall, cpu = interleaved_times(fns, args.rounds, on_result=lambda k, w, c: log(f"{k}: {w:.2f} s wall, {c:.2f} s CPU"))
     med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
     print(f"{'what':36s} {'wall s':>8s} {'CPU s':>8s}")

@@ -4,23 +4,28 @@
     python -m benchmarks.inference --quick      # smoke test with tiny sizes
     python -m benchmarks.inference --skip-hf --out bench.json
 
-Measures, in one process on one machine (torch uses all cores, as XLA:CPU does):
+Measures, in one process on one machine (torch uses all cores, as XLA:CPU does; OMP_WAIT_POLICY=
+PASSIVE, see `benchmarks.common`). The peer runs at its fastest documented CPU setting:
+transformers' default sdpa attention (`--hf-attn eager` for parity checks), `torch.inference_mode`,
+and for decode also a static K/V cache with which `generate` compiles the forward with
+torch.compile (`hf_static`; its compile is excluded as jaxsteer's is). Every side gets the same
+number of interleaved rounds.
 
 1. prefill: a batch of random token ids (no padding), float32, full logits on both sides:
-   `jaxsteer.forward` (jitted; compile excluded, median of N) vs HF `AutoModelForCausalLM`
-   (eager attention, `torch.inference_mode`); plus the machine's float32 matmul rate (jnp.dot
-   and torch.mm of square matrices) and jaxsteer's achieved FLOP rate as a fraction of it.
+   `jaxsteer.forward` (jitted; compile excluded, median of N) vs HF `AutoModelForCausalLM`.
 2. sampled batched decode: chat prompts of different lengths, temperature 1, no stop tokens,
-   a fixed number of new tokens: `jaxsteer.generate` vs HF `generate` (both include the prompt
-   prefill; generated tokens / wall second).
+   a fixed number of new tokens: `jaxsteer.generate` vs HF `generate` (dynamic cache, and static
+   cache + torch.compile); both include the prompt prefill; generated tokens / wall second.
 3. the overhead of a `Steer` on every layer (vectors `[L, d]`) for prefill and decode.
 4. llama-cpp-python on the same GGUF (Q4_1 weights: not a float32 comparison), if installed.
 5. MFU (model FLOPs utilisation) of prefill and decode on both sides: achieved FLOP rate over
-   the large float32 matmul rate measured in the same rounds (model FLOPs as in
-   `benchmarks.common.FLOP_COUNT`: causal attention, the unembedding only where logits are
-   used, a prompt's real tokens; one count for jaxsteer and HF); and the rate of decode-shaped
-   matmuls `[B, d] x [d, d_mlp]` per batch size B (`--decode-batches 8,32,128` also times
-   jaxsteer decode at those batch sizes).
+   each framework's own large float32 matmul rate (jnp.dot for jaxsteer, torch.mm for HF)
+   measured in the same rounds and checked against the rate it measured idle before them
+   (`benchmarks.common.MatmulReference`: flagged below 70%, or when MFU > 1), by wall and CPU time
+   (model FLOPs as in `benchmarks.common.FLOP_COUNT`: causal attention, the unembedding only where
+   logits are used, a prompt's real tokens; one count for jaxsteer and HF); and the rate of
+   decode-shaped matmuls `[B, d] x [d, d_mlp]` per batch size B (`--decode-batches 8,32,128` also
+   times jaxsteer decode at those batch sizes).
 
 Progress goes to stderr; one JSON object with all figures goes to stdout (and to --out).
 """
@@ -44,6 +49,7 @@ import numpy as np
 
 from .common import (
     FLOP_COUNT,
+    MatmulReference,
     compile_seconds,
     forward_flop_terms,
     generate_flops,
@@ -53,7 +59,10 @@ from .common import (
     matmul_peak_call,
     median_time,
     mfu,
+    mfu_entry,
+    thread_policy,
     timed,
+    torch_matmul_call,
 )
 
 MODEL_ALIAS = "smollm2-135m-instruct"
@@ -179,13 +188,13 @@ def load_jaxsteer():
     return model, tok, t
 
 
-def load_hf(path: pathlib.Path):
+def load_hf(path: pathlib.Path, attn: str = "sdpa"):
     import torch
     import transformers
 
     def go():
         m = transformers.AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+            path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation=attn
         )
         return m.eval()
 
@@ -207,9 +216,9 @@ def make_steer(model, seed: int = 0):
 # --------------------------------------------------------------------------- the measured calls
 
 
-def prefill_calls(model, hf, tokens: np.ndarray, steer, dot_call) -> dict[str, Any]:
+def prefill_calls(model, hf, tokens: np.ndarray, steer, refs) -> dict[str, Any]:
     """name -> zero-argument callable that runs one prefill (blocking) and returns its logits;
-    "jnp_dot" is `dot_call`, the large matmul, measured again in the same rounds (same load)."""
+    plus each framework's large matmul (`refs`: name -> MatmulReference), in the same rounds."""
     import jax.numpy as jnp
     import torch
 
@@ -228,12 +237,12 @@ def prefill_calls(model, hf, tokens: np.ndarray, steer, dot_call) -> dict[str, A
                 return hf(input_ids=ids, use_cache=False).logits
 
         calls["hf"] = hf_call
-    calls["jnp_dot"] = dot_call
+    calls.update({name: ref.call for name, ref in refs.items()})
     return calls
 
 
 def decode_calls(
-    model, hf, tok, seqs: list[list[int]], new_tokens: int, steer, dot_call
+    model, hf, tok, seqs: list[list[int]], new_tokens: int, steer, refs, hf_static: bool = True
 ) -> tuple[dict[str, Any], dict]:
     import jaxsteer
     from jaxsteer.models.generate import left_pad
@@ -250,7 +259,8 @@ def decode_calls(
         info["jaxsteer_prompt_padded_len"] = int(g.prompt_tokens.shape[1])
         return g
 
-    calls = {"jaxsteer": lambda: jax_run(()), "steer": lambda: jax_run(steer), "jnp_dot": dot_call}
+    calls = {"jaxsteer": lambda: jax_run(()), "steer": lambda: jax_run(steer),
+             **{name: ref.call for name, ref in refs.items()}}
     if hf is not None:
         import torch
 
@@ -259,19 +269,23 @@ def decode_calls(
         ids, am = torch.from_numpy(toks.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
         info["hf_prompt_padded_len"] = int(toks.shape[1])
 
-        def hf_run(n=new_tokens):
+        def hf_run(n=new_tokens, **kw):
             torch.manual_seed(next(seeds))
             with torch.inference_mode():
                 out = hf.generate(
                     input_ids=ids, attention_mask=am, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                    min_new_tokens=n, max_new_tokens=n, pad_token_id=pad_id,
+                    min_new_tokens=n, max_new_tokens=n, pad_token_id=pad_id, **kw,
                 )
             assert out.shape[1] - ids.shape[1] == n, out.shape
             return out
 
         calls["hf"] = hf_run
-        # torch has nothing to compile: warm it up with a short generation (HF generate is the slow side)
+        # eager torch has nothing to compile: warm it up with a short generation (HF generate is the slow side)
         info["warmups"] = {"hf": lambda: hf_run(min(4, new_tokens))}
+        if hf_static:
+            # transformers' documented fast path: a static K/V cache, with which generate compiles the
+            # forward (torch.compile); the first call (same shapes: the compile) is the warm-up, excluded
+            calls["hf_static"] = lambda: hf_run(cache_implementation="static")
     return calls, info
 
 
@@ -301,6 +315,15 @@ class Rounds(NamedTuple):
         """FLOP/s of the "jnp_dot" large matmul in these rounds: per wall second, per CPU second."""
         return dot_flops / _med(self.wall["jnp_dot"]), dot_flops / _med(self.cpu["jnp_dot"])
 
+    def references(self, refs) -> dict[str, dict[str, Any]]:
+        """Each framework's matmul reference in these rounds, checked against its idle rate."""
+        return {name: ref.report(self.wall[name], self.cpu[name]) for name, ref in refs.items()}
+
+    def checked_mfu(self, name: str, flops: float, reports: dict[str, Any]) -> dict[str, Any]:
+        """MFU of call `name` against its own framework's reference (torch.mm for HF, jnp.dot else)."""
+        ref = reports["torch_mm" if name.startswith("hf") else "jnp_dot"]
+        return mfu_entry(flops, _med(self.wall[name]), _med(self.cpu[name]), ref)
+
 
 def warm_and_measure(
     calls: dict[str, Any], reps: int | dict[str, int], what: str, warmups: dict[str, Any] | None = None
@@ -321,15 +344,15 @@ def warm_and_measure(
     return Rounds(first, comp, wall, cpu, outs)
 
 
-def decode_batch_sweep(model, batches: list[int], new_tokens: int, reps: int, mm_n: int) -> dict[str, Any]:
+def decode_batch_sweep(model, batches: list[int], new_tokens: int, reps: int, refs) -> dict[str, Any]:
     """jaxsteer decode alone at several batch sizes: 8-token random prompts (bucket 8, so the
     prefill is a small part), `new_tokens` sampled tokens per row, interleaved rounds with the
     large matmul. Tokens per second and per CPU second, and MFU (wall and CPU time), per batch."""
     import jaxsteer
 
     cfg, P, rng = model.config, 8, np.random.default_rng(3)
-    dot_call, dot_flops = matmul_peak_call(mm_n)
-    calls, flops = {"jnp_dot": dot_call}, {}
+    refs = {"jnp_dot": refs["jnp_dot"]}
+    calls, flops = {"jnp_dot": refs["jnp_dot"].call}, {}
     for b in batches:
         prompts = rng.integers(100, cfg.vocab_size, size=(b, P)).astype(np.int32)
         flops[str(b)] = generate_flops(cfg, b, b, P, new_tokens)
@@ -337,15 +360,17 @@ def decode_batch_sweep(model, batches: list[int], new_tokens: int, reps: int, mm
             model, prompts, max_new_tokens=new_tokens, temperature=1.0, stop_tokens=[], bucket=P)
     log(f"decode batch sweep: B in {batches}, {P}-token prompts, {new_tokens} new tokens ...")
     r = warm_and_measure(calls, reps, "decode sweep")
-    peak, peak_cpu = r.peak(dot_flops)
+    peak, peak_cpu = r.peak(refs["jnp_dot"].flops)
     med, cmed = r.med, r.cmed
+    reports = r.references(refs)
     out: dict[str, Any] = {"prompt_tokens": P, "new_tokens": new_tokens, "jnp_dot_gflops_same_rounds": peak / 1e9,
-                           "by_batch": {}}
+                           "matmul_references": reports, "by_batch": {}}
     for b in map(str, batches):
         n_tok = int(b) * new_tokens
         row = out["by_batch"][b] = {
             "median_s": med[b], "tokens_per_s": n_tok / med[b], "tokens_per_cpu_s": n_tok / cmed[b],
-            "mfu": mfu(flops[b], med[b], peak), "mfu_cpu_time": mfu(flops[b], cmed[b], peak_cpu)}
+            "mfu": mfu(flops[b], med[b], peak), "mfu_cpu_time": mfu(flops[b], cmed[b], peak_cpu),
+            "mfu_flags": r.checked_mfu(b, flops[b], reports)["flags"]}
         log(f"  B={b}: {row['tokens_per_cpu_s']:.0f} tok per CPU-s, MFU {row['mfu']:.2f} (CPU time {row['mfu_cpu_time']:.2f})")
     return out
 
@@ -407,7 +432,7 @@ def measure_decode_shaped(cfg, sz: dict[str, int], quick: bool) -> dict[str, Any
     return shaped
 
 
-def measure_prefill(model, hf, steer, sz: dict[str, int], roof: dict[str, Any]) -> dict[str, Any]:
+def measure_prefill(model, hf, steer, sz: dict[str, int], roof: dict[str, Any], refs) -> dict[str, Any]:
     """Prefill of `pf_B x pf_T` random tokens, full logits: jaxsteer, steer, HF and the large
     matmul in interleaved rounds; rates, MFU, steer overhead, ratios, logit difference to HF."""
     cfg = model.config
@@ -415,16 +440,18 @@ def measure_prefill(model, hf, steer, sz: dict[str, int], roof: dict[str, Any]) 
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(B, T), dtype=np.int32)
     fl = forward_flop_terms(cfg, B, T)  # full logits: every position through the unembedding
     log(f"prefill B={B} T={T} (load {_loadavg()}) ...")
-    dot_call, dot_flops = matmul_peak_call(sz["mm_n"])
-    r = warm_and_measure(prefill_calls(model, hf, tokens, steer, dot_call), sz["pf_reps"], "prefill")
+    r = warm_and_measure(prefill_calls(model, hf, tokens, steer, refs), sz["pf_reps"], "prefill")
     med, cmed, total = r.med, r.cmed, fl["total"]
-    peak, peak_cpu = r.peak(dot_flops)
+    peak, peak_cpu = r.peak(refs["jnp_dot"].flops)
+    reports = r.references(refs)
     prefill: dict[str, Any] = {
         "batch": B, "seq_len": T, "tokens": B * T, "padding": False, "logits": "full [B, T, V] float32 on both sides",
         "flop_formula": FLOP_COUNT, "flops": fl,
         "jnp_dot_gflops_same_rounds": peak / 1e9,
+        "matmul_references": reports,
         "jaxsteer": {
             **_timing_entry(r, "jaxsteer", B * T),
+            "mfu_checked": r.checked_mfu("jaxsteer", total, reports),
             "gflops_achieved": total / med["jaxsteer"] / 1e9,
             "mfu": mfu(total, med["jaxsteer"], peak),
             "fraction_of_jax_matmul_roofline": mfu(total, med["jaxsteer"], roof["jax_gflops"] * 1e9),
@@ -443,11 +470,12 @@ def measure_prefill(model, hf, steer, sz: dict[str, int], roof: dict[str, Any]) 
             "first_run_s": r.first["hf"], "times_s": r.wall["hf"], "median_s": med["hf"],
             "tokens_per_s": B * T / med["hf"], "tokens_per_s_best": B * T / r.best["hf"],
             "gflops_achieved": total / med["hf"] / 1e9,
-            "mfu": mfu(total, med["hf"], peak),
-            "mfu_cpu_time": mfu(total, cmed["hf"], peak_cpu),
+            "mfu_checked": r.checked_mfu("hf", total, reports),  # against torch.mm in the same rounds
             "fraction_of_torch_matmul_roofline": mfu(total, med["hf"], roof["torch_gflops"] * 1e9),
             "cpu_times_s": r.cpu["hf"],
         }
+        prefill["hf"]["mfu"] = prefill["hf"]["mfu_checked"]["mfu_wall"]
+        prefill["hf"]["mfu_cpu_time"] = prefill["hf"]["mfu_checked"]["mfu_cpu_time"]
         prefill.update(_ratios_vs_hf(r))
         prefill["max_abs_logit_diff_vs_hf"] = float(np.max(np.abs(r.outs["hf"].numpy() - np.asarray(r.outs["jaxsteer"]))))
         log(f"  HF {B * T / med['hf']:.0f} tok/s; jaxsteer/HF = {prefill['ratio_jaxsteer_over_hf']:.2f}x; "
@@ -455,7 +483,7 @@ def measure_prefill(model, hf, steer, sz: dict[str, int], roof: dict[str, Any]) 
     return prefill
 
 
-def measure_decode(model, hf, tok, steer, sz: dict[str, int]) -> dict[str, Any]:
+def measure_decode(model, hf, tok, steer, sz: dict[str, int], refs, hf_static: bool = True) -> dict[str, Any]:
     """Sampled decode of `dec_B` chat prompts, `dec_N` new tokens (whole generate calls): jaxsteer,
     steer, HF and the large matmul in interleaved rounds; rates, MFU, steer overhead, ratios."""
     from jaxsteer.models.generate import tokenize_prompts
@@ -464,20 +492,22 @@ def measure_decode(model, hf, tok, steer, sz: dict[str, int]) -> dict[str, Any]:
     seqs = tokenize_prompts(tok, chat_prompts(dB), chat=True)
     lens = [len(s) for s in seqs]
     log(f"decode B={dB} new={dN} prompt lengths {min(lens)}..{max(lens)} (load {_loadavg()}) ...")
-    dot_call, dot_flops = matmul_peak_call(sz["mm_n"])
-    calls, info = decode_calls(model, hf, tok, seqs, dN, steer, dot_call)
-    reps = {"jaxsteer": sz["dec_reps"], "steer": sz["dec_reps"], "hf": sz["hf_dec_reps"], "jnp_dot": sz["dec_reps"]}
-    r = warm_and_measure(calls, reps, "decode", info.get("warmups"))
+    calls, info = decode_calls(model, hf, tok, seqs, dN, steer, refs, hf_static)
+    r = warm_and_measure(calls, sz["dec_reps"], "decode", info.get("warmups"))  # equal rounds for every side
     med, cmed = r.med, r.cmed
-    peak, peak_cpu = r.peak(dot_flops)  # per CPU second: robust to other load
+    peak, peak_cpu = r.peak(refs["jnp_dot"].flops)  # per CPU second: robust to other load
+    reports = r.references(refs)
     # model FLOPs of the prompts' real tokens (padding excluded): the same count for jaxsteer and HF
     dec_fl = generate_flops(model.config, dB, dB, sum(lens) / dB, dN)
     decode: dict[str, Any] = {
         "batch": dB, "new_tokens": dN, "temperature": 1.0, "stop_tokens": "none", "prompt_lengths": lens,
         "timing_includes": "the whole generate call: prompt prefill + sampling loop",
         "jnp_dot_gflops_same_rounds": peak / 1e9,
+        "matmul_references": reports,
+        "rounds": sz["dec_reps"],
         "jaxsteer": {
             "prompt_padded_len": info["jaxsteer_prompt_padded_len"],
+            "mfu_checked": r.checked_mfu("jaxsteer", dec_fl, reports),
             **_timing_entry(r, "jaxsteer", dB * dN),
             "flops_per_call": dec_fl, "gflops_achieved": dec_fl / med["jaxsteer"] / 1e9,
             "mfu": mfu(dec_fl, med["jaxsteer"], peak),
@@ -494,9 +524,23 @@ def measure_decode(model, hf, tok, steer, sz: dict[str, int]) -> dict[str, Any]:
             "warmup_s": r.first["hf"], "times_s": r.wall["hf"], "median_s": med["hf"], "cpu_times_s": r.cpu["hf"],
             "tokens_per_s": dB * dN / med["hf"], "tokens_per_s_best": dB * dN / r.best["hf"],
             "settings": "do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=max_new_tokens",
-            "mfu": mfu(dec_fl, med["hf"], peak),
-            "mfu_cpu_time": mfu(dec_fl, cmed["hf"], peak_cpu),
+            "mfu_checked": r.checked_mfu("hf", dec_fl, reports),  # against torch.mm in the same rounds
         }
+        decode["hf"]["mfu"] = decode["hf"]["mfu_checked"]["mfu_wall"]
+        decode["hf"]["mfu_cpu_time"] = decode["hf"]["mfu_checked"]["mfu_cpu_time"]
+        if "hf_static" in r.wall:
+            decode["hf_static"] = {
+                "settings": "the same, plus cache_implementation='static' (generate compiles the forward with "
+                            "torch.compile); the first call (the compile) is excluded",
+                "compile_plus_first_run_s": r.first["hf_static"], "times_s": r.wall["hf_static"],
+                "median_s": med["hf_static"], "cpu_times_s": r.cpu["hf_static"],
+                "tokens_per_s": dB * dN / med["hf_static"],
+                "mfu_checked": r.checked_mfu("hf_static", dec_fl, reports),
+            }
+            decode["ratio_jaxsteer_over_hf_static"] = med["hf_static"] / med["jaxsteer"]
+            decode["ratio_jaxsteer_over_hf_static_cpu_time"] = cmed["hf_static"] / cmed["jaxsteer"]
+            decode["ratio_jaxsteer_over_fastest_hf"] = min(med["hf"], med["hf_static"]) / med["jaxsteer"]
+            decode["ratio_jaxsteer_over_fastest_hf_cpu_time"] = min(cmed["hf"], cmed["hf_static"]) / cmed["jaxsteer"]
         decode.update(_ratios_vs_hf(r))
         log(f"  HF {dB * dN / med['hf']:.0f} tok/s; jaxsteer/HF = {decode['ratio_jaxsteer_over_hf']:.2f}x")
     return decode
@@ -594,6 +638,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (smoke test)")
     ap.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face transformers side")
     ap.add_argument("--skip-llamacpp", action="store_true", help="skip llama-cpp-python even if installed")
+    ap.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"),
+                    help="transformers attention (sdpa: its default and fastest on CPU; eager for parity checks)")
+    ap.add_argument("--no-hf-static", action="store_true",
+                    help="do not time HF decode with a static cache + torch.compile (its documented fast path)")
     ap.add_argument("--out", type=pathlib.Path, help="also write the JSON here")
     ap.add_argument("--set", default="", help="override sizes, e.g. pf_reps=2,dec_N=32 (keys: see 'sizes' in the output)")
     ap.add_argument("--decode-batches", type=lambda t: [int(x) for x in t.split(",")], default=[],
@@ -604,10 +652,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def sizes(quick: bool, overrides: str) -> dict[str, int]:
     """Batch sizes, lengths and repetitions: --quick's or the full run's, then --set's overrides."""
     if quick:
-        sz = dict(pf_B=2, pf_T=32, pf_reps=2, dec_B=4, dec_N=8, dec_reps=1, hf_dec_reps=1, mm_n=512, mm_reps=3,
+        sz = dict(pf_B=2, pf_T=32, pf_reps=2, dec_B=4, dec_N=8, dec_reps=2, mm_n=512, mm_reps=3,
                   lc_prefill=64, lc_new=8, lc_reps=1, sweep_N=8)
     else:
-        sz = dict(pf_B=16, pf_T=256, pf_reps=3, dec_B=32, dec_N=64, dec_reps=3, hf_dec_reps=2, mm_n=2048, mm_reps=10,
+        sz = dict(pf_B=16, pf_T=256, pf_reps=3, dec_B=32, dec_N=64, dec_reps=3, mm_n=2048, mm_reps=10,
                   lc_prefill=512, lc_new=64, lc_reps=3, sweep_N=32)
     for item in filter(None, overrides.split(",")):
         key, _, value = item.partition("=")
@@ -645,15 +693,15 @@ def load_jaxsteer_side(model_info: dict[str, Any]):
     return model, tok
 
 
-def load_hf_side(path: pathlib.Path, skip: bool) -> tuple[Any, dict[str, Any]]:
+def load_hf_side(path: pathlib.Path, skip: bool, attn: str = "sdpa") -> tuple[Any, dict[str, Any]]:
     """`(hf model or None, result["hf"])`."""
     import torch
 
     if skip:
         return None, {"status": "skipped: --skip-hf"}
-    log("loading HF transformers model (GGUF dequantised to float32, eager attention) ...")
-    hf, hf_load_s = load_hf(path)
-    return hf, {"status": "ok", "load_s": hf_load_s, "attn_implementation": "eager", "threads": torch.get_num_threads()}
+    log(f"loading HF transformers model (GGUF dequantised to float32, {attn} attention) ...")
+    hf, hf_load_s = load_hf(path, attn)
+    return hf, {"status": "ok", "load_s": hf_load_s, "attn_implementation": attn, "threads": torch.get_num_threads()}
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
@@ -678,6 +726,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                                 "hf": decode.get("hf", {}).get("tokens_per_s")},
         "decode_ratio_jaxsteer_over_hf": decode.get("ratio_jaxsteer_over_hf"),
         "decode_ratio_jaxsteer_over_hf_cpu_time": decode.get("ratio_jaxsteer_over_hf_cpu_time"),
+        "decode_ratio_jaxsteer_over_hf_static": decode.get("ratio_jaxsteer_over_hf_static"),
+        "decode_ratio_jaxsteer_over_hf_static_cpu_time": decode.get("ratio_jaxsteer_over_hf_static_cpu_time"),
+        "mfu_flags": sorted({f for part in (prefill, decode) for side in ("jaxsteer", "hf", "hf_static")
+                             for f in part.get(side, {}).get("mfu_checked", {}).get("flags", [])}),
         "prefill_compile_s": prefill["jaxsteer"]["compile_s"],
         "decode_compile_s": decode["jaxsteer"]["compile_s"],
         "steer_overhead_pct": result["steer_overhead_pct"],
@@ -713,16 +765,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, tok = load_jaxsteer_side(result["model"])
     steer = make_steer(model)
     result["matmul_decode_shaped"] = measure_decode_shaped(model.config, sz, args.quick)
-    hf, result["hf"] = load_hf_side(path, args.skip_hf)
+    hf, result["hf"] = load_hf_side(path, args.skip_hf, args.hf_attn)
+    refs = {"jnp_dot": MatmulReference("jnp.dot", *matmul_peak_call(sz["mm_n"])).idle(),
+            "torch_mm": MatmulReference("torch.mm", *torch_matmul_call(sz["mm_n"])).idle()}
+    if hf is not None:
+        result["hf"]["peer"] = (f"transformers AutoModelForCausalLM, float32, attn_implementation={args.hf_attn!r}, "
+                                "torch.inference_mode; decode also with cache_implementation='static' (torch.compile), "
+                                "compile excluded as jaxsteer's is" if not args.no_hf_static else "")
+    result["thread_policy"] = thread_policy()
 
-    prefill = measure_prefill(model, hf, steer, sz, result["matmul"])
+    prefill = measure_prefill(model, hf, steer, sz, result["matmul"], refs)
     gc.collect()  # the prefill's full logits
-    decode = measure_decode(model, hf, tok, steer, sz)
+    decode = measure_decode(model, hf, tok, steer, sz, refs, hf_static=not args.no_hf_static)
     del hf
     gc.collect()
     if args.decode_batches:
-        result["decode_batch_sweep"] = decode_batch_sweep(model, args.decode_batches, sz["sweep_N"], sz["dec_reps"],
-                                                          sz["mm_n"])
+        result["decode_batch_sweep"] = decode_batch_sweep(model, args.decode_batches, sz["sweep_N"], sz["dec_reps"], refs)
     result["prefill"] = prefill
     result["decode"] = decode
     result["steer_overhead_pct"] = steer_overheads(prefill, decode)
