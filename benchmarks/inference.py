@@ -770,8 +770,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "torch_mm": MatmulReference("torch.mm", *torch_matmul_call(sz["mm_n"])).idle()}
     if hf is not None:
         result["hf"]["peer"] = (f"transformers AutoModelForCausalLM, float32, attn_implementation={args.hf_attn!r}, "
-                                "torch.inference_mode; decode also with cache_implementation='static' (torch.compile), "
-                                "compile excluded as jaxsteer's is" if not args.no_hf_static else "")
+                                "torch.inference_mode" + ("" if args.no_hf_static else
+                                "; decode also with cache_implementation='static' (generate compiles the forward "
+                                "with torch.compile), compile excluded as jaxsteer's is"))
     result["thread_policy"] = thread_policy()
 
     prefill = measure_prefill(model, hf, steer, sz, result["matmul"], refs)

@@ -3,7 +3,8 @@
 with 4 devices on the same ("data", "fsdp") mesh shape.
 
 - RL with steering vectors (data=4) and full fine-tuning (data=2 x fsdp=2): the same parameters
-  after 3 steps;
+  after 3 steps; the full fine-tuning run's weights moved from their start (every tensor), and equal
+  a run on one device;
 - ES (OpenAI-ES on steering vectors, members spread over the 4 devices of both processes): the
   same centre after 3 generations;
 - a checkpoint written by the 2-process full fine-tuning run (step 2; parameters split over each
@@ -47,8 +48,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(out: str, name: str) -> str:
-    cfg = T.config_dict(out, **{"model.random_scale": 0.2, "checkpoint.every": 2, "checkpoint.keep": 3, **RUNS[name]})
+def _config(out: str, name: str, **overrides) -> str:
+    cfg = T.config_dict(out, **{"model.random_scale": 0.2, "checkpoint.every": 2, "checkpoint.keep": 3, **RUNS[name],
+                                **overrides})
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "..", f"{os.path.basename(out)}.yaml")
     with open(path, "w") as f:
@@ -98,8 +100,8 @@ def _flatten(tree, prefix=()):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Each config on 1 process x 4 devices and on 2 processes x 2 devices; the 2-process full
-    run's step-2 checkpoint resumed in 1 process."""
+    """Each config on 1 process x 4 devices and on 2 processes x 2 devices; full fine-tuning on one
+    device too; the 2-process full run's step-2 checkpoint resumed in 1 process."""
     base = tmp_path_factory.mktemp("multiprocess")
     dirs = {}
     for name in RUNS:
@@ -107,6 +109,8 @@ def runs(tmp_path_factory):
             out = str(base / f"{name}_{procs}p")
             _launch(_config(out, name), procs, devs)
             dirs[name, procs] = out
+    dirs["full", "1 device"] = str(base / "full_1dev")
+    _launch(_config(dirs["full", "1 device"], "full", **{"mesh.data": 1, "mesh.fsdp": 1}), 1, 1)
     resumed = str(base / "full_resumed")
     shutil.copytree(dirs["full", 2], resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", "3"))
@@ -127,8 +131,22 @@ def _assert_same(a: dict, b: dict, rtol: float = 2e-5) -> None:
 def test_two_processes_equal_one(runs, name):
     one, two = _checkpoint(runs[name, 1], 3), _checkpoint(runs[name, 2], 3)
     moved = [k for k in one if "trainable" in k or "theta" in k]
-    assert moved and any(np.abs(one[k]).max() > 0 for k in moved)  # something was trained
+    assert moved and any(np.abs(one[k]).max() > 0 for k in moved)  # steering / ES start at 0; "full": below
     _assert_same(one, two)
+
+
+def test_two_process_full_fine_tuning_moved_every_weight_and_equals_one_device(runs):
+    from jaxsteer.train.build import build_model
+    from jaxsteer.train.config import config_from_dict
+
+    cfg = config_from_dict(T.config_dict("/tmp/unused", **{"model.random_scale": 0.2, **RUNS["full"]}))
+    params = build_model(cfg.model)[0].params
+    start = {"train/trainable/" + "/".join(map(str, k)): np.asarray(v) for k, v in _flatten(params)}
+    two = _checkpoint(runs["full", 2], 3)
+    assert start and start.keys() <= two.keys()
+    for k, w0 in start.items():  # Adam at lr 0.01 moves each weight with a gradient by ~0.01 a step
+        assert np.abs(two[k] - w0).max() > 5e-3, (k, np.abs(two[k] - w0).max())
+    _assert_same(_checkpoint(runs["full", "1 device"], 3), two)
 
 
 def test_two_process_checkpoint_resumes_in_one_process(runs):
