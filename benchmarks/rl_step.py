@@ -369,7 +369,7 @@ def run_length(new_tokens: int, args, model, tok) -> dict[str, Any]:
     """Every side at one completion length: warm-up steps, then `args.steps` interleaved rounds
     with both matmul references; per side the medians, rollout share and MFU, and the pair ratios."""
     sides: dict[str, Any] = {}
-    for kind in ("lora", "full", "steering"):
+    for kind in args.kinds:
         if not args.only_trl:
             sides[f"jaxsteer_{kind}"] = JaxsteerSide(kind, args.prompts, args.group, new_tokens, args.steps, model, tok)
         if not args.no_trl and kind != "steering":
@@ -441,6 +441,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--new-tokens", default="12,128,256", help="comma-separated completion lengths")
     p.add_argument("--steps", type=int, default=5, help="timed interleaved rounds per side (after one warm-up step)")
+    p.add_argument("--kinds", default="lora,full,steering",
+                   help="trainable kinds to time (lora and full on both sides, steering on jaxsteer only)")
     p.add_argument("--no-trl", action="store_true")
     p.add_argument("--only-trl", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-rss", action="store_true")
@@ -454,6 +456,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.prompts, args.group, args.new_tokens, args.steps, args.no_rss = 2, 4, "12", 2, True
     lengths = [int(n) for n in str(args.new_tokens).split(",")]
+    args.kinds = [k for k in args.kinds.split(",") if k]
+    if not set(args.kinds) <= {"lora", "full", "steering"}:
+        p.error(f"--kinds: lora, full, steering; got {args.kinds}")
     if args.rss_child:
         _rss_child(args.rss_child, args.prompts, args.group, lengths[0])
         return {}
