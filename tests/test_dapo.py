@@ -119,3 +119,59 @@ def test_dapo_run_on_the_toy_task(tmp_path):
     h = result.history[-1]
     assert {"dynamic_rounds", "dynamic_dropped_groups", "dynamic_short_groups"} <= set(h)
     assert h["dynamic_short_groups"] == 0 and h["zero_std_fraction"] == 0.0
+
+
+# --------------------------------------------------------------------------- clip-higher and mini-batch updates
+
+
+def test_clip_higher_changes_the_update_only_outside_the_symmetric_range():
+    """Hand-made ratios and advantages: inside [1 - 0.2, 1 + 0.2] symmetric clipping (GRPO's 0.2 / 0.2)
+    and clip-higher (DAPO's 0.2 / 0.28) give the same gradient; at ratio 1.25 with A > 0 the symmetric
+    clip zeroes the token's gradient and clip-higher keeps it (-A rho / N); beyond 1.28 both clip."""
+    from jaxsteer.train.config import LossConfig
+    from jaxsteer.train.rl.losses import policy_loss
+
+    ratios = np.array([1.0, 1.1, 1.25, 1.35, 0.9, 0.75], np.float32)
+    adv = np.array([1.0, 1.0, 1.0, 1.0, -1.0, -1.0], np.float32)
+    old = np.full((6, 1), -2.0, np.float32)
+    logp = old + np.log(ratios)[:, None]
+    mask = np.ones((6, 1), np.float32)
+
+    def grad(cfg):
+        return np.asarray(jax.grad(lambda lp: policy_loss(lp, old, None, adv, mask, cfg)[0])(logp))[:, 0]
+
+    symmetric, higher = grad(LossConfig(clip_eps_low=0.2, clip_eps_high=0.2)), grad(LossConfig(clip_eps_low=0.2, clip_eps_high=0.28))
+    unclipped = -adv * ratios / 6  # token_mean over 6 tokens: d(-rho A)/d logp = -rho A / 6
+    np.testing.assert_allclose(symmetric, [*unclipped[:2], 0.0, 0.0, unclipped[4], 0.0], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(higher, [*unclipped[:3], 0.0, unclipped[4], 0.0], rtol=1e-6, atol=1e-9)
+    differs = np.flatnonzero(~np.isclose(symmetric, higher))
+    assert differs.tolist() == [2]  # only the token whose ratio sits in (1.2, 1.28]
+
+
+def test_shipped_dapo_config_clips_after_the_first_minibatch(tmp_path):
+    """experiments/smollm2_arithmetic_dapo.yaml's loss and algorithm sections (4 mini-batch updates per
+    rollout batch, clip 0.2 / 0.28) on the toy task at the toy's learning rate (its 2-layer, d=32
+    model barely moves at the shipped 0.01; SmolLM2 at 0.01 clips 14% of the later mini-batches'
+    tokens at step 1): the first mini-batch is on-policy (ratio 1, nothing clipped); the later ones
+    see ratios that clip-higher bounds, so their clip fraction is > 0."""
+    import os
+
+    import yaml
+    import train_toy as T
+    from jaxsteer.train import train
+    from jaxsteer.train.config import config_from_dict
+    from jaxsteer.train.metrics import read_log
+
+    shipped = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "experiments", "smollm2_arithmetic_dapo.yaml")))
+    assert shipped["algorithm"]["updates_per_batch"] > 1 and shipped["loss"]["clip_eps_high"] > shipped["loss"]["clip_eps_low"]
+    flags = {f"{sec}.{k}": v for sec in ("loss", "algorithm") for k, v in shipped[sec].items()}
+    flags.update({"steps": 2, "checkpoint.every": 0, "sampling.max_new_tokens": 4,
+                  "algorithm.overlong_buffer": 0, "model.random_scale": 0.2})
+    cfg = config_from_dict(T.config_dict(str(tmp_path), **flags))
+    result = train(cfg)
+    log = read_log(result.files["metrics"])
+    assert len(log) == 2
+    for rec in log:
+        assert rec["clip_fraction_after_first"] > 0, rec
+        # the first mini-batch clips nothing (ratio 1): the mean over all 4 is 3/4 of the later ones'
+        assert rec["clip_fraction"] == pytest.approx(rec["clip_fraction_after_first"] * 3 / 4, rel=1e-5)

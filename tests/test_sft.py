@@ -55,10 +55,16 @@ def test_rejection_sampling_sft_raises_the_reward(tmp_path):
     T.assert_learns(result)  # untrained / lr 1e-12: 0.253 (sampled reward "rises" by 0.219); trained: 0.646
 
 
-def test_essa_centre_reproduces_the_sft_lora_policy(tmp_path):
-    from jaxsteer.train.es.spaces import essa_space
+@pytest.fixture(scope="module")
+def sft_lora(tmp_path_factory):
+    """A trained SFT LoRA run (rank 4, all projections), shared by the warm-start tests."""
+    return _sft(tmp_path_factory.mktemp("sft"), "lora")
 
-    cfg, result = _sft(tmp_path, "lora")
+
+def test_essa_centre_reproduces_the_sft_lora_policy(sft_lora):
+    from jaxsteer.train.es.spaces import ESSASpace, essa_space
+
+    cfg, result = sft_lora
     space = essa_space(result.model, result.trainable, cfg.trainable, alpha=0.5)
     centre = space.perturb(space.init(result.model), jax.random.PRNGKey(0), 0.0)
     essa_model, essa_ivs = space.apply(result.model, centre)
@@ -69,7 +75,41 @@ def test_essa_centre_reproduces_the_sft_lora_policy(tmp_path):
     a, _ = sequence_logprobs(essa_model, batch.tokens, batch.mask, essa_ivs, completion_start=batch.prompt_width)
     b, _ = sequence_logprobs(lora_model, batch.tokens, batch.mask, lora_ivs, completion_start=batch.prompt_width)
     np.testing.assert_allclose(a, b, atol=1e-4)
+    assert isinstance(space, ESSASpace) and set(space.s_a) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     assert _nll(result.model, result.trainable, cfg, ex) < _nll(result.model, None, cfg, ex)
+
+
+def test_rl_starts_from_the_sft_lora_run(sft_lora, tmp_path):
+    """`model.init_from: <run dir>`: an RL LoRA run's step-0 trainable is the SFT run's trained
+    adapters, so its log-probs equal the SFT LoRA's; a trainable section that disagrees is an error."""
+    from jaxsteer.train.rl.learner import setup_training
+    from jaxsteer.train.sharding import make_mesh
+
+    cfg, result = sft_lora
+    rl = config_from_dict(T.config_dict(str(tmp_path / "rl"), **{"model.random_scale": 0.2, "trainable.kind": "lora",
+                                                                 "trainable.lora_rank": 4, "model.init_from": cfg.output_dir}))
+    setup = setup_training(rl, result.model, make_mesh(1, 1, jax.devices()[:1]))
+    start = jax.device_get(setup.state["trainable"])
+    for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(result.trainable)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    ex = _examples(4, seed=3)
+    batch = reference_batch(ex, [e.meta["prompt_ids"] for e in ex], tokenizer=None, pad_id=0, eos_id=1,
+                            max_new_tokens=4, bucket=1)
+
+    def logp(trainable):
+        policy, ivs = build_policy(result.model, trainable, rl.trainable)
+        return sequence_logprobs(policy, batch.tokens, batch.mask, ivs, completion_start=batch.prompt_width)[0]
+
+    np.testing.assert_allclose(logp(start), logp(result.trainable), atol=1e-6)
+    assert not np.allclose(logp(start), sequence_logprobs(result.model, batch.tokens, batch.mask,
+                                                          completion_start=batch.prompt_width)[0], atol=1e-3)
+    bad = config_from_dict(T.config_dict(str(tmp_path / "bad"), **{"trainable.kind": "lora", "trainable.lora_rank": 8,
+                                                                   "model.init_from": cfg.output_dir}))
+    with pytest.raises(ConfigError, match="must agree"):
+        setup_training(bad, result.model, make_mesh(1, 1, jax.devices()[:1]))
+    with pytest.raises(ConfigError, match="not a run directory"):
+        setup_training(config_from_dict(T.config_dict(str(tmp_path / "x"), **{"model.init_from": str(tmp_path)})),
+                       result.model, make_mesh(1, 1, jax.devices()[:1]))
 
 
 def test_sft_needs_group_size_one():

@@ -179,6 +179,10 @@ class ModelSpec:
     recompute the rest), or a policy: "dots" (also keep the weight matmuls' outputs; =
     "dots_with_no_batch_dims_saveable") or one of `REMAT_POLICIES`. Same gradients, less memory,
     about one more forward of compute. `jaxsteer plan` reports the update's peak for this setting.
+    init_from: the output directory of a trained gradient run (RL or SFT) on the same base model:
+    a gradient run's trainable starts from that run's latest checkpoint (e.g. RL LoRA started from
+    an SFT LoRA) instead of its zero-effect init; the trainable sections must agree (kind, rank,
+    targets, layers). The optimizer starts fresh; the reference policy stays the base model.
     """
 
     spec: str = "smollm2-135m-instruct"
@@ -188,6 +192,7 @@ class ModelSpec:
     random_seed: int = 0
     random_scale: float = 0.02  # std of the random weights
     hf_config: dict | str | None = None  # a HF config mapping or config.json path, read by `jaxsteer plan`; training ignores it
+    init_from: str | None = None  # a trained gradient run's directory: the trainable starts from its latest checkpoint
 
     def __post_init__(self):
         if self.dtype not in MODEL_DTYPES:
@@ -441,7 +446,7 @@ def non_finite_fields(cfg: Any, prefix: str = "") -> list[str]:
 
 
 # Fields only one learner reads ("section" = every field of it). The rest is shared.
-RL_ONLY = ("model.remat", "lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "adam_eps", "grad_clip", "loss", "mesh",
+RL_ONLY = ("model.remat", "model.init_from", "lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "adam_eps", "grad_clip", "loss", "mesh",
            "algorithm.advantage", "algorithm.group_size", "algorithm.micro_batches", "algorithm.dash",
            "algorithm.updates_per_batch", "algorithm.ei_threshold", "algorithm.log_kl", "algorithm.dynamic_sampling",
            "algorithm.dynamic_sampling_rounds", "algorithm.overlong_buffer", "sampling.call_rows")

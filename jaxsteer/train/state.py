@@ -18,7 +18,7 @@ import optax
 from ..models.params import Model
 from . import checkpoint as ckpt
 from .build import build_model
-from .config import TrainConfig, config_to_dict
+from .config import ConfigError, TrainConfig, config_to_dict, load_config
 from .sharding import make_mesh, replicate, replicated, tree_shardings
 from .trainable import init_trainable
 
@@ -68,15 +68,17 @@ class TrainState:
         return {"train": self.state if state is None else state, "rng": self.rng if rng is None else rng}
 
 
-def init_train_state(cfg: TrainConfig, model: Model, mesh, total_updates: int) -> TrainState:
+def init_train_state(cfg: TrainConfig, model: Model, mesh, total_updates: int, trainable0: Any = None) -> TrainState:
     """Place the base model on `mesh` (FSDP-sharded when the mesh's "fsdp" axis > 1), build the
     optimizer for `total_updates` and the initial train state (created directly with its
-    shardings; "full" trainables are sharded like the base)."""
+    shardings; "full" trainables are sharded like the base). trainable0: the starting trainable
+    (default: `init_trainable`'s zero-effect init; see `start_trainable`)."""
     fsdp = mesh.shape["fsdp"] > 1
     base_shardings = tree_shardings(model, mesh, shard=fsdp)
     model = jax.device_put(model, base_shardings)
     init_key, rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    trainable0 = init_trainable(model, cfg.trainable, init_key)
+    if trainable0 is None:
+        trainable0 = init_trainable(model, cfg.trainable, init_key)
     tx, sched = make_optimizer(
         cfg.lr, total_updates, warmup_frac=cfg.warmup_frac, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
         b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps, grad_clip=cfg.grad_clip,
@@ -112,4 +114,31 @@ def load_trainable(cfg: TrainConfig, *, step: int | None = None, model: Model | 
     return ts.model, tokenizer, restored["train"]["trainable"], meta
 
 
-__all__ = ["make_optimizer", "init_state", "TrainState", "init_train_state", "load_trainable"]
+def load_run_trainable(run_dir: str, *, model: Model, tokenizer: Any = None) -> tuple[Any, Any]:
+    """`(trainable, trainable_config)` of the trained gradient run in `run_dir` (its saved
+    config.yaml and latest checkpoint, validated against `model` like a resume): the warm start of
+    `model.init_from` (RL / SFT) and of ESSA's `es.warm_start`."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        raise ConfigError(f"{run_dir!r} is not a run directory (no config.yaml)")
+    source = load_config(path, [f"output_dir={run_dir}"])
+    if source.is_es:
+        raise ConfigError(f"{run_dir!r} is an evolution-strategies run ({source.algorithm.name}); a warm start needs a gradient run")
+    _, _, trainable, _ = load_trainable(source, model=model, tokenizer=tokenizer)
+    return jax.device_get(trainable), source.trainable
+
+
+def start_trainable(cfg: TrainConfig, model: Model, tokenizer: Any = None) -> Any:
+    """The trainable a gradient run starts from: None (the zero-effect init) or, with
+    `model.init_from`, that run's trained trainable, checked against `cfg.trainable`."""
+    if not cfg.model.init_from:
+        return None
+    trainable, source = load_run_trainable(cfg.model.init_from, model=model, tokenizer=tokenizer)
+    if config_to_dict(source) != config_to_dict(cfg.trainable):
+        raise ConfigError(f"model.init_from={cfg.model.init_from!r} trained trainable {config_to_dict(source)}; this run's "
+                          f"trainable section is {config_to_dict(cfg.trainable)}: they must agree")
+    return trainable
+
+
+__all__ = ["make_optimizer", "init_state", "TrainState", "init_train_state", "load_trainable", "load_run_trainable",
+           "start_trainable"]

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from ...models.params import Model
 from .. import checkpoint as ckpt
 from ..build import Inputs, PromptEncoder, build_model
-from ..config import ConfigError, ESConfig, TrainConfig, load_config
+from ..config import ConfigError, ESConfig, TrainConfig
 from ..data import make_loader
 from ..distributed import to_host
 from ..evaluate import HeldOut
@@ -34,7 +34,7 @@ from ..export import export_steering
 from ..rewards import get_reward_fn
 from ..run import Run, peak_rss_mb
 from ..sharding import make_mesh, replicate
-from ..state import load_trainable
+from ..state import load_run_trainable
 from ..trainable import LAYERED_KINDS, TrainableConfig
 from .population import center_member, es_generation, member_mesh
 from .spaces import EggrollSpace, FullSpace, TrainableSpace, essa_product_space, essa_space
@@ -82,11 +82,9 @@ def es_space_for_run(cfg: TrainConfig, model: Model, tokenizer: Any = None, lora
     directory of a LoRA run) or given directly as `lora` (a LoRA trainable of `cfg.trainable`)."""
     es, trainable = cfg.es, cfg.trainable
     if es.space_for(cfg.algorithm.name) in ("essa", "essa_product") and lora is None and es.warm_start:
-        warm_cfg = load_config(os.path.join(es.warm_start, "config.yaml"), [f"output_dir={es.warm_start}"])
-        if warm_cfg.trainable.kind != "lora" or warm_cfg.is_es:
-            raise ValueError(f"es.warm_start={es.warm_start!r} is a {warm_cfg.trainable.kind} run; ESSA needs a LoRA run")
-        _, _, lora, _ = load_trainable(warm_cfg, model=model, tokenizer=tokenizer)
-        lora, trainable = jax.device_get(lora), warm_cfg.trainable
+        lora, trainable = load_run_trainable(es.warm_start, model=model, tokenizer=tokenizer)
+        if trainable.kind != "lora":
+            raise ValueError(f"es.warm_start={es.warm_start!r} is a {trainable.kind} run; ESSA needs a LoRA run")
     elif lora is not None:
         trainable = trainable if trainable.kind == "lora" else None
     return build_es(model, es, cfg.algorithm.name, trainable, lora, seed=cfg.seed)

@@ -35,7 +35,7 @@ from ..evaluate import HeldOut
 from ..export import export_steering
 from ..run import Run, peak_rss_mb
 from ..sharding import batch_sharding, global_batch, make_mesh, n_batch_shards, replicated
-from ..state import init_train_state
+from ..state import init_train_state, start_trainable
 from ..trainable import LAYERED_KINDS, build_policy, count_params
 from .dash import pack_kept, packs_dash
 from .dynamic import fill_batch
@@ -90,10 +90,12 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
     )
 
 
-def setup_training(cfg: TrainConfig, model: Model, mesh) -> Setup:
+def setup_training(cfg: TrainConfig, model: Model, mesh, tokenizer: Any = None) -> Setup:
     """Place the base model on the mesh, build the optimizer, the initial train state (trainable in
-    float32, created directly with its shardings) and the step spec."""
-    ts = init_train_state(cfg, model, mesh, cfg.steps * cfg.algorithm.updates_per_batch)
+    float32, created directly with its shardings; from `model.init_from`'s run when set) and the
+    step spec."""
+    ts = init_train_state(cfg, model, mesh, cfg.steps * cfg.algorithm.updates_per_batch,
+                          start_trainable(cfg, model, tokenizer))
     batch_shardings = {k: batch_sharding(mesh, 2 if k in ("advantages", "rewards") else 3) for k in BATCH_KEYS}
     return Setup(ts.model, ts.state, ts.rng, ts.tx, ts.schedule, step_spec(cfg), ts.base_shardings,
                  ts.state_shardings, batch_shardings)
@@ -136,7 +138,8 @@ def check_layout(cfg: TrainConfig, mesh) -> tuple[int, int]:
 
 def update(step_fn, setup: Setup, state: dict, batch: RolloutBatch, cfg: TrainConfig, mesh) -> tuple[dict, dict]:
     """`updates_per_batch` optimizer steps on consecutive minibatches of a rollout batch; metrics
-    averaged over them."""
+    averaged over them, plus `clip_fraction_after_first`: the clip fraction of the minibatches after
+    the first (whose ratios are all 1, so only later ones can clip)."""
     a = cfg.algorithm
     per_update = len(batch.rewards) // a.updates_per_batch
     metrics = []
@@ -153,7 +156,10 @@ def update(step_fn, setup: Setup, state: dict, batch: RolloutBatch, cfg: TrainCo
             m["kept_fraction"] = kept / per_update
         metrics.append(m)
     metrics = jax.device_get(metrics)
-    return state, {k: float(np.mean([m[k] for m in metrics])) for k in metrics[-1]}
+    out = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[-1]}
+    if len(metrics) > 1 and "clip_fraction" in out:
+        out["clip_fraction_after_first"] = float(np.mean([m["clip_fraction"] for m in metrics[1:]]))
+    return state, out
 
 
 def step_record(cfg: TrainConfig, spec: StepSpec, batch: RolloutBatch, m: dict, lr: float, times: tuple) -> dict:
@@ -171,6 +177,7 @@ def step_record(cfg: TrainConfig, spec: StepSpec, batch: RolloutBatch, m: dict, 
         "entropy": m.get("entropy"),
         "kl": m.get("kl") if spec.need_ref else None,
         "clip_fraction": m.get("clip_fraction"),
+        "clip_fraction_after_first": m.get("clip_fraction_after_first"),  # updates_per_batch > 1
         "kept_fraction": m.get("kept_fraction"),
         "update_rows": m.get("update_rows"),  # rows run forward and backward (fewer with DASH's filter)
         "grad_norm": m.get("grad_norm"),
@@ -202,7 +209,7 @@ class RLLearner:
     def __init__(self, cfg: TrainConfig, inputs: Inputs, mesh):
         self.cfg, self.inputs, self.mesh = cfg, inputs, mesh
         local_prompts, self.calls = check_layout(cfg, mesh)
-        self.setup = setup_training(cfg, inputs.model, mesh)
+        self.setup = setup_training(cfg, inputs.model, mesh, inputs.tokenizer)
         self.step_fn = compile_step(
             self.setup.spec, self.setup.tx, base_shardings=self.setup.base_shardings,
             state_shardings=self.setup.state_shardings, batch_shardings=self.setup.batch_shardings,
