@@ -273,7 +273,7 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
     summary = json.load(open(tmp_path / "essa" / "summary.json"))
     assert summary["algorithm"] == "essa" and summary["space"] == "ESSASpace" and len(result.history) == 1
     bad = config_from_dict(T.config_dict(str(tmp_path / "bad"), **{"algorithm.name": "essa", "es.warm_start": str(tmp_path / "essa")}))
-    with pytest.raises(ValueError, match="needs a LoRA run"):
+    with pytest.raises(ValueError, match="needs a gradient run"):  # an ES run's directory holds no trained adapters
         es_space_for_run(bad, model)
 
 
