@@ -72,8 +72,12 @@ def _members_fn(model, space, state, prompt, mask, stop_ids, pad_id, strategy, s
 
 
 @functools.partial(jax.jit, static_argnames=("sampling", "member_batch", "mesh", "axis"))
-def _population(model, space, strategy, state, member_ids, prompt, mask, stop_ids, pad_id, *, sampling,
-                member_batch, mesh, axis):
+def population_program(model, space, strategy, state, member_ids, prompt, mask, stop_ids, pad_id, *, sampling,
+                       member_batch, mesh, axis):
+    """The compiled population evaluation behind `population_generate` (prepared prompts, member ids
+    split over `axis` of `mesh` with `shard_map`, or vmapped on one device when `mesh` is None):
+    `(tokens, logprobs, lengths)` `[M, B, N]`, `[M, B, N]`, `[M, B]`. Public for lowering it ahead
+    of time (`jax.export`)."""
     if mesh is None:
         many = _members_fn(model, space, state, prompt, mask, stop_ids, pad_id, strategy, sampling, member_batch)
         return many(member_ids)
@@ -131,7 +135,7 @@ def population_generate(
         member_ids_arr = jax.make_array_from_callback(ids.shape, NamedSharding(mesh, P(axis)), lambda i: ids[i])
     prompt_args = prepared.args if mesh is None else replicate(prepared.args, mesh)
     t0 = time.perf_counter()
-    out = _population(*args, member_ids_arr, *prompt_args, sampling=sampling, member_batch=member_batch or None,
+    out = population_program(*args, member_ids_arr, *prompt_args, sampling=sampling, member_batch=member_batch or None,
                       mesh=mesh, axis=axis)
     tokens, logprobs, lengths = (local_rows(x) for x in jax.block_until_ready(out))
     seconds = time.perf_counter() - t0
@@ -204,5 +208,5 @@ def es_generation(
     return new_state, metrics, out, rewards
 
 
-__all__ = ["PopulationOutput", "member_mesh", "population_generate", "score_population", "center_member",
+__all__ = ["PopulationOutput", "member_mesh", "population_program", "population_generate", "score_population", "center_member",
            "update_strategy", "es_generation"]
