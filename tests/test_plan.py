@@ -172,3 +172,31 @@ def test_sizes_follow_the_allocators_and_shardings():
     whole = device_bytes(model)
     assert whole == 2 * c.n_params()
     assert whole / 8 <= device_bytes(model, fsdp=8, shard=True) < whole / 8 * 1.001
+
+
+def test_roofline_known_answer_on_a_tiny_config():
+    """`roofline` against hand-counted FLOPs and bytes: a 2-layer d=32 model (untied, 20,640
+    parameters, 19,616 of them in matmuls), 16 rollouts of 8 prompt + 4 new tokens on one device, bf16."""
+    import math
+
+    import train_toy as T
+    from jaxsteer.train.plan import PEAKS, plan, roofline
+
+    cfg = config_from_dict(T.config_dict("/tmp/unused", **{"sampling.max_new_tokens": 4}))
+    p = plan(cfg, data=1, fsdp=1, capacity=DEVICES["h100"], prompt_len=8, backend="gpu")
+    assert p.dtype == "bfloat16" and p.model.n_params() == 20640
+    r = roofline(p, "h100")
+    n_mm, attn, kv_token, weights = 19616, 4 * 2 * 4 * 8, 2 * 2 * 2 * 8 * 2, 20640 * 2
+    rows, P, N = 16, 8, 4
+    calls = math.ceil(rows / p.rollout_rows)
+    f, b = r.phases["rollout prefill"]
+    assert f == rows * (2 * n_mm * P + attn * P * P / 2) and b == calls * weights + rows * P * kv_token
+    f, b_decode = r.phases["rollout decode"]
+    assert f == rows * N * (2 * n_mm + attn * (P + N / 2)) and b_decode == calls * N * weights + rows * N * (P + N / 2) * kv_token
+    f, _ = r.phases["update"]
+    assert f == 2 * (2 * n_mm * rows * (P + N) + attn * rows * (P + N) ** 2 / 2)  # steering: forward + activation grads
+    peak, bw = PEAKS["h100"]
+    assert r.step_seconds == pytest.approx(sum(max(f / peak, b / bw) for f, b in r.phases.values()))
+    assert r.seconds["rollout decode"] == b_decode / bw and 0 < r.mfu_bound < 1  # decoding 16 rows is memory-bound
+    with pytest.raises(ValueError, match="no peak figures"):
+        roofline(p, "cpu")

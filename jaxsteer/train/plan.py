@@ -49,6 +49,19 @@ DEVICES = {
     "h200": 141 * 10**9,
 }
 
+# Peak dense bf16 matmul rate (FLOP/s) and HBM bandwidth (bytes/s) per chip, from the vendors'
+# datasheets (H100 / H200: SXM; dense, no sparsity). The roofline below divides by these.
+PEAKS = {
+    "v4": (275e12, 1.2e12),
+    "v5e": (197e12, 819e9),
+    "v5p": (459e12, 2.765e12),
+    "v6e": (918e12, 1.64e12),
+    "a100-40gb": (312e12, 1.555e12),
+    "a100-80gb": (312e12, 2.039e12),
+    "h100": (989e12, 3.35e12),
+    "h200": (989e12, 4.8e12),
+}
+
 # Elements kept per token per layer by the backward pass of the RL step without remat, by what
 # they scale with (measured on XLA:CPU, float32; see the module docstring). "scores" are float32.
 ACTIVATION_TERMS = {"d_model": 1.25, "d_mlp": 5.5, "qkv": 0.25, "scores": 3.25, "kv_cache": 1.5}
@@ -478,6 +491,83 @@ def format_plan(p: MemoryPlan, device: str | None = None) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- the roofline
+
+
+@dataclasses.dataclass
+class Roofline:
+    """Per-device FLOPs and HBM bytes of one RL step (or ES generation) by phase, and the time each
+    phase needs at the device's peak matmul rate or bandwidth, whichever binds (`PEAKS`)."""
+
+    device: str
+    phases: dict[str, tuple[float, float]]  # name -> (FLOPs, bytes) per device
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        flops, bw = PEAKS[self.device]
+        return {k: max(f / flops, b / bw) for k, (f, b) in self.phases.items()}
+
+    @property
+    def step_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    @property
+    def mfu_bound(self) -> float:
+        """Model FLOPs over (predicted time x peak): the MFU a perfect implementation would reach."""
+        return sum(f for f, _ in self.phases.values()) / (self.step_seconds * PEAKS[self.device][0])
+
+
+def roofline(p: MemoryPlan, device: str) -> Roofline:
+    """The roofline of `p`'s run on `device` (a key of `PEAKS`). Per device: rollout prefill
+    (`2 N_mm` FLOPs per token plus attention, the weights read once per sampler call), decode (one
+    read of all weights and of the rows' K/V cache per generated token per call: FSDP gathers the
+    weights, so each device reads them whole) and, for RL, the update (forward + activation
+    gradients, + weight gradients for lora/full, + a recomputed forward under remat; the weights
+    read per micro-batch in each pass, the train state read and written). `N_mm`: the matmul
+    parameters (the input embedding is a lookup). Ignores collectives, the reference-policy forward
+    (KL), dynamic-sampling rounds, early stops and kernel efficiency: a lower bound on step time."""
+    if device not in PEAKS:
+        raise ValueError(f"no peak figures for device {device!r}; known: {sorted(PEAKS)}")
+    c, cfg = p.model, p.config
+    act = 2 if p.dtype == "bfloat16" else 4
+    n_mm = c.n_params() - (0 if c.tie_word_embeddings else c.vocab_size * c.d_model)
+    weights = c.n_params() * act
+    attn = 4 * c.n_layers * c.n_heads * c.head_dim  # FLOPs per (query, key) pair, QK^T and AV
+    kv_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * act
+    P, N, devices = p.prompt_len, cfg.sampling.max_new_tokens, p.data * p.fsdp
+    rows = (math.ceil(cfg.es.population / devices) * cfg.algorithm.prompts_per_step if cfg.is_es
+            else cfg.rollouts_per_step / devices)  # sampled rows per device per step / generation
+    calls = max(1, math.ceil(rows / max(p.rollout_rows, 1)))  # sampler calls, each reading all weights per token
+    phases = {
+        "rollout prefill": (rows * (2 * n_mm * P + attn * P * P / 2), calls * weights + rows * P * kv_token),
+        "rollout decode": (rows * N * (2 * n_mm + attn * (P + N / 2)),
+                           calls * N * weights + rows * N * (P + N / 2) * kv_token),
+    }
+    if not cfg.is_es:
+        passes = 2 + (cfg.trainable.kind != "steering") + bool(cfg.model.remat)
+        tokens = rows * (P + N)
+        from .build import DTYPES
+
+        model = abstract_model(c, DTYPES[p.dtype])
+        state = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_state_shapes(cfg, model)))
+        state /= devices if cfg.trainable.kind == "full" and p.fsdp > 1 else 1
+        phases["update"] = (passes * (2 * n_mm * tokens + attn * rows * (P + N) ** 2 / 2),
+                            cfg.algorithm.micro_batches * cfg.algorithm.updates_per_batch * passes * weights + 3 * state)
+    return Roofline(device, phases)
+
+
+def format_roofline(r: Roofline) -> str:
+    """The roofline as `jaxsteer plan --device` prints it."""
+    flops, bw = PEAKS[r.device]
+    lines = [f"roofline on {r.device} ({flops / 1e12:g} TFLOP/s bf16, {bw / 1e12:g} TB/s HBM), per device:"]
+    for k, (f, b) in r.phases.items():
+        t = r.seconds[k]
+        bound = "compute" if f / flops >= b / bw else "memory"
+        lines.append(f"  {k:<22}{f / 1e12:>12.2f} TFLOP {fmt_bytes(b):>12} {t:>10.3f} s  {bound}-bound")
+    lines.append(f"  predicted step time {r.step_seconds:.3f} s (a lower bound); MFU bound {100 * r.mfu_bound:.1f}%")
+    return "\n".join(lines)
+
+
 def parse_mesh(text: str) -> tuple[int, int]:
     """'data=8,fsdp=2' -> (8, 2); a missing axis is 1."""
     axes = {"data": 1, "fsdp": 1}
@@ -516,8 +606,11 @@ def cmd_plan(args) -> None:
     except (ValueError, OSError) as e:  # ConfigError and UnsupportedConfigError are ValueErrors
         raise SystemExit(f"jaxsteer plan: {e}") from None
     print(format_plan(result, args.device))
+    if args.device in PEAKS:
+        print(format_roofline(roofline(result, args.device)))
 
 
-__all__ = ["DEVICES", "ACTIVATION_TERMS", "WEIGHT_GRAD_TERMS", "LOGIT_COPIES", "MemoryPlan", "model_config",
-           "abstract_model", "device_bytes", "device_capacity", "check_model_fits", "activation_bytes", "kv_cache_bytes", "plan", "rl_plan", "es_plan",
+__all__ = ["DEVICES", "PEAKS", "Roofline", "roofline", "format_roofline", "ACTIVATION_TERMS", "WEIGHT_GRAD_TERMS",
+           "LOGIT_COPIES", "MemoryPlan", "model_config", "abstract_model", "device_bytes", "device_capacity",
+           "check_model_fits", "activation_bytes", "kv_cache_bytes", "plan", "rl_plan", "es_plan",
            "format_plan", "parse_bytes", "parse_mesh", "add_parser"]
