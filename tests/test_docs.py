@@ -154,9 +154,10 @@ def _is_slow_run(config) -> bool:
     return bool(config.getoption("--docs-slow", default=False)) or os.environ.get("JAXSTEER_DOCS_SLOW") == "1"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def shared_load():
-    """`jaxsteer.load` memoised on its arguments: every document shares one loaded default model."""
+    """`jaxsteer.load` memoised on its arguments while this module runs: every document shares one
+    loaded default model (restored afterwards, so other test modules see the real `load`)."""
     import jaxsteer
     import jaxsteer.models.loading as loading
 
