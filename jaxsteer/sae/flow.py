@@ -48,10 +48,9 @@ class FeatureGraph:
     def plot(self, path: str | None = None, *, title: str = "", labels: dict | None = None):
         """Draw the graph (levels left to right, edge width and shade by weight); returns the
         matplotlib figure and writes it to `path` when given. `labels`: `{node: text}`."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib import colormaps
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
         levels = sorted({lv for lv, _ in self.nodes})
         pos = {}
@@ -60,12 +59,14 @@ class FeatureGraph:
             for row, f in enumerate(column):
                 pos[(lv, f)] = (lv, -row)
         height = max(sum(1 for n in self.nodes if n[0] == lv) for lv in levels) if levels else 1
-        fig, ax = plt.subplots(figsize=(2.2 * max(len(levels), 2), 0.45 * height + 1.2))
+        fig = Figure(figsize=(2.2 * max(len(levels), 2), 0.45 * height + 1.2), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
         wmax = max([abs(e["weight"]) for e in self.edges] + [1e-9])
         for e in self.edges:
             (x0, y0), (x1, y1) = pos[e["src"]], pos[e["dst"]]
             w = abs(e["weight"]) / wmax
-            ax.plot([x0, x1], [y0, y1], color=plt.cm.viridis(1 - w), lw=0.5 + 3 * w, alpha=0.8, zorder=1)
+            ax.plot([x0, x1], [y0, y1], color=colormaps["viridis"](1 - w), lw=0.5 + 3 * w, alpha=0.8, zorder=1)
         for node, (x, y) in pos.items():
             ax.scatter([x], [y], s=120, color="white", edgecolor="black", zorder=2)
             text = (labels or {}).get(node, str(node[1]))
@@ -75,7 +76,6 @@ class FeatureGraph:
         ax.set_title(title or f"feature flow (edge weight: {self.by})")
         for side in ("left", "right", "top"):
             ax.spines[side].set_visible(False)
-        fig.tight_layout()
         if path:
             fig.savefig(path, dpi=150)
         return fig

@@ -55,9 +55,8 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 GEMMA_SCOPE_FILE = "params.npz"
 _ARCH = {"relu": "standard", "topk": "topk", "htopk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu",
          "matryoshka": "jumprelu", "kron": "jaxsteer_kron"}
-_SITE_HOOKS: dict[str, str] = {}
-for _name, _site in TL_ALIASES.items():  # the long TransformerLens forms come first (attn.hook_z)
-    _SITE_HOOKS.setdefault(_site, _name)
+# site -> TransformerLens name; reversed so that the long forms listed first (attn.hook_z) win
+_SITE_HOOKS = {site: name for name, site in reversed(TL_ALIASES.items())}
 _LOADABLE = ("standard", "topk", "jumprelu", "batchtopk", "matryoshka_batchtopk", "jaxsteer_kron")
 
 
