@@ -425,6 +425,24 @@ class OnRuns:
         return jnp.where(rows.reshape((-1,) + (1,) * (x.ndim - 1)), self.intervention.apply(x, layer), x)
 
 
+def _check_residual_map(iv: Any, arrays: Sequence[str], config: ModelConfig) -> None:
+    """Checks shared by per-token maps of residual-width sites: the site, each of `arrays` `[d]` or
+    `[L, d]` and finite, the layers in range."""
+    name = type(iv).__name__
+    check_site(iv.site)
+    if SITE_LAYOUT[iv.site][0] != 3:
+        raise ValueError(f"{name}: site {iv.site!r} is not a residual-width [B, T, d] site")
+    L, d = config.n_layers, config.d_model
+    for a in arrays:
+        s = jnp.shape(getattr(iv, a))
+        if s not in ((d,), (L, d)):
+            raise ValueError(f"{name}: {a} has shape {s}; expected [{d}] or [{L}, {d}]")
+        check_finite(getattr(iv, a), f"{name}.{a}")
+    for l in iv.layers or ():
+        if not 0 <= int(l) < L:
+            raise ValueError(f"{name}: layer {l} out of range for {L} layers")
+
+
 @struct.dataclass
 class AdaptiveSteer:
     """A steering vector with a per-token gate computed from the residual it is added to:
@@ -451,23 +469,14 @@ class AdaptiveSteer:
     __post_init__ = _Where.__post_init__
 
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
-        check_site(self.site)
-        if SITE_LAYOUT[self.site][0] != 3:
-            raise ValueError(f"AdaptiveSteer: site {self.site!r} is not a residual-width [B, T, d] site")
-        L, d = config.n_layers, config.d_model
-        for name in ("vector", "w"):
-            s = jnp.shape(getattr(self, name))
-            if s not in ((d,), (L, d)):
-                raise ValueError(f"AdaptiveSteer: {name} has shape {s}; expected [{d}] or [{L}, {d}]")
+        _check_residual_map(self, ("vector", "w"), config)
+        L = config.n_layers
         if jnp.shape(self.b) not in ((), (L,)):
             raise ValueError(f"AdaptiveSteer: b has shape {jnp.shape(self.b)}; expected a scalar or [{L}]")
         if jnp.ndim(self.scale) != 0:
             raise ValueError("AdaptiveSteer: scale must be a scalar (the gate is the per-token scale)")
-        for name in ("vector", "w", "b", "scale"):
+        for name in ("b", "scale"):
             check_finite(getattr(self, name), f"AdaptiveSteer.{name}")
-        for l in self.layers or ():
-            if not 0 <= int(l) < L:
-                raise ValueError(f"AdaptiveSteer: layer {l} out of range for {L} layers")
 
     def generation_safe(self) -> bool:
         return True
@@ -556,18 +565,7 @@ class Affine:
     __post_init__ = _Where.__post_init__  # TransformerLens site names, as for the other interventions
 
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
-        check_site(self.site)
-        if SITE_LAYOUT[self.site][0] != 3:
-            raise ValueError(f"Affine: site {self.site!r} is not a residual-width [B, T, d] site")
-        L, d = config.n_layers, config.d_model
-        for name in ("scale", "shift"):
-            s = jnp.shape(getattr(self, name))
-            if s not in ((d,), (L, d)):
-                raise ValueError(f"Affine: {name} has shape {s}; expected [{d}] or [{L}, {d}]")
-            check_finite(getattr(self, name), f"Affine.{name}")
-        for l in self.layers or ():
-            if not 0 <= int(l) < L:
-                raise ValueError(f"Affine: layer {l} out of range for {L} layers")
+        _check_residual_map(self, ("scale", "shift"), config)
 
     def generation_safe(self) -> bool:
         return True

@@ -1,5 +1,6 @@
 """Steering toolkit: extraction methods behind one API, llama.cpp control vectors, and an
-evaluation harness that compares methods on one footing. See docs/steering.md."""
+evaluation harness that compares methods on one footing (docs/steering.md); LinEAS, learned affine
+steering with a distributional loss (`lineas`, docs/analysis.md)."""
 
 from .extract import (
     METHODS,
@@ -17,3 +18,4 @@ from .extract import (
     sae_features,
     supervised_vector,
 )
+from .lineas import LinEASResult, sliced_wasserstein, train_lineas, wasserstein_1d

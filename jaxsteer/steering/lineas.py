@@ -215,8 +215,8 @@ def train_lineas(
     trainable = init_trainable(model, cfg, key)
     opt = optax.sgd(lr) if optimizer == "sgd" else optax.adam(lr)
 
-    @jax.jit
-    def step(trainable, opt_state):
+    @jax.jit  # the model and data are arguments, not closed-over constants (XLA would fold them)
+    def step(trainable, opt_state, model, src, target_acts, proj):
         loss, grads = jax.value_and_grad(lineas_loss, argnums=1)(model, trainable, cfg, src, target_acts, pooling, proj)
         updates, opt_state = opt.update(grads, opt_state, trainable)
         trainable = sparse_group_prox(optax.apply_updates(trainable, updates), lr * l1, lr * group)
@@ -224,7 +224,7 @@ def train_lineas(
 
     opt_state, losses = opt.init(trainable), []
     for _ in tqdm(range(steps), desc="LinEAS", disable=not progress):
-        trainable, opt_state, loss = step(trainable, opt_state)
+        trainable, opt_state, loss = step(trainable, opt_state, model, src, target_acts, proj)
         losses.append(float(loss))
     final = float(lineas_loss(model, trainable, cfg, src, target_acts, pooling, proj))
     return LinEASResult(trainable=trainable, config=cfg, losses=losses, final_loss=final, pooling=pooling,
