@@ -18,11 +18,16 @@ commands:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import re
 import sys
 import time
 
 import numpy as np
+
+from .errors import JaxsteerError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -69,14 +74,40 @@ def cmd_info(args) -> None:
     print(json.dumps(info, indent=2))
 
 
-def _steer_from_file(path: str, scale: float, layers: list[int] | None, site: str, n_layers: int):
+def read_vectors(path: str, flag: str = "--steer", command: str = "jaxsteer generate") -> np.ndarray:
+    """A `[d]` or `[L, d]` array of real, finite numbers from a `.npy` file (or a `.safetensors`
+    file holding one tensor, e.g. a run's `steering_vectors.safetensors`), read before any model
+    loads; SystemExit naming the file and what is wrong with it."""
+    from .models.validation import check_finite
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            tensors = load_file(path)
+            if len(tensors) != 1:
+                raise ValueError(f"holds {len(tensors)} tensors ({', '.join(sorted(tensors)[:4])}); expected one")
+            vec = next(iter(tensors.values()))
+        else:
+            vec = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:  # missing, truncated, text, empty, pickled objects, ...
+        raise SystemExit(f"{command}: {flag} {path}: not a readable array file ({' '.join(str(err).split())})") from None
+    if not isinstance(vec, np.ndarray):
+        raise SystemExit(f"{command}: {flag} {path}: an .npz archive, not one array; save one [d] or [L, d] array with np.save")
+    if vec.ndim not in (1, 2) or vec.size == 0:
+        raise SystemExit(f"{command}: {flag} {path}: expected a [d] or [L, d] array, got shape {vec.shape}")
+    try:
+        check_finite(vec, f"{flag} {path}")
+    except ValueError as err:
+        raise SystemExit(f"{command}: {err}") from None
+    return vec
+
+
+def _steer_from_file(vec: np.ndarray, path: str, scale: float, layers: list[int] | None, site: str, n_layers: int):
     import jax.numpy as jnp
 
     from .models.interventions import Steer
 
-    vec = np.load(path)
-    if vec.ndim not in (1, 2):
-        raise SystemExit(f"{path}: expected a [d] or [L, d] array, got shape {vec.shape}")
     if vec.ndim == 2 and vec.shape[0] != n_layers:
         raise SystemExit(f"{path}: {vec.shape[0]} layer vectors for a model with {n_layers} layers")
     return Steer(jnp.asarray(vec, jnp.float32), scale=scale, site=site, layers=tuple(layers) if layers else None)
@@ -86,6 +117,14 @@ def cmd_generate(args) -> None:
     from .models.generate import generate
     from .models.loading import load
 
+    from .models.generate import check_sampling_args
+
+    try:  # before the model loads
+        check_sampling_args(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, greedy=args.greedy)
+    except ValueError as e:
+        raise SystemExit(f"jaxsteer generate: {e}") from None
+    steer = read_vectors(args.steer) if args.steer else None
     run = None
     if args.run:
         if args.no_chat:
@@ -102,7 +141,7 @@ def cmd_generate(args) -> None:
         model, tok = load(args.model, dtype=_dtype(args.dtype))
     interventions = []
     if args.steer:
-        interventions.append(_steer_from_file(args.steer, args.scale, args.layers, args.site, model.config.n_layers))
+        interventions.append(_steer_from_file(steer, args.steer, args.scale, args.layers, args.site, model.config.n_layers))
     t0 = time.perf_counter()
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
               greedy=args.greedy, seed=args.seed, interventions=interventions)
@@ -193,7 +232,8 @@ def cmd_train(args) -> None:
     from .train.distributed import initialize
 
     try:  # before any other JAX call
-        initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+        initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed,
+                   timeout=args.startup_timeout)
     except ValueError as e:
         raise SystemExit(f"jaxsteer train: {e}") from None
     overrides = list(args.overrides)
@@ -276,8 +316,8 @@ def cmd_lens(args) -> None:
     from .analysis.lens import vector_lens
     from .models.loading import load
 
+    vec = read_vectors(args.vectors, "--vectors", "jaxsteer lens")  # before the model loads
     model, tok = load(args.model, dtype=_dtype(args.dtype))
-    vec = np.load(args.vectors)
     d, L = model.config.d_model, model.config.n_layers
     if vec.ndim not in (1, 2) or vec.shape[-1] != d or (vec.ndim == 2 and vec.shape[0] != L):
         raise SystemExit(f"{args.vectors}: expected a [d={d}] or [L={L}, d] array, got shape {vec.shape}")
@@ -406,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
     g.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")
     g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")
+    g.add_argument("--startup-timeout", type=float, metavar="SECONDS",
+                   help="give up (one line, exit 1) when the processes have not all joined by then "
+                        "(default 120; or JAXSTEER_STARTUP_TIMEOUT)")
     g.add_argument("--distributed", action="store_true",
                    help="join with JAX's cluster detection (TPU pods, SLURM, Open MPI) instead of explicit values")
     p.set_defaults(func=cmd_train)
@@ -460,9 +503,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command; every expected failure ends as one line and exit status 1 (set
+    JAXSTEER_TRACEBACK=1 for the traceback)."""
     quiet_absl()
-    args = build_parser().parse_args(argv)
-    args.func(args)
+    args = parse_args(argv)
+    command = " ".join(filter(None, ("jaxsteer", args.command, getattr(args, "sae_command", None),
+                                     getattr(args, "steer_command", None))))
+    try:
+        args.func(args)
+    except (JaxsteerError, OSError, ValueError) as err:
+        if os.environ.get("JAXSTEER_TRACEBACK"):
+            raise
+        raise SystemExit(describe_error(command, err)) from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed; `key=value` overrides may come before or after the --flags."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides after --flags; anything else is an error as before
+        if not hasattr(args, "overrides") or not all(_OVERRIDE.match(x) for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def describe_error(command: str, err: BaseException) -> str:
+    """One line for a failure: `command: Type: message`. An OSError anywhere in the chain of
+    causes wins, with its path and errno (a disk-full write that made TensorBoard's writer fail
+    afterwards is reported as the disk being full, not as the writer's closed handle)."""
+    chain, seen = [], err
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ if seen.__cause__ is not None else None if seen.__suppress_context__ else seen.__context__
+    os_err = next((e for e in chain if isinstance(e, OSError) and e.errno), None)
+    if os_err is not None:
+        code = errno.errorcode.get(os_err.errno, str(os_err.errno))
+        where = f"{os_err.filename}: " if os_err.filename else ""
+        return f"{command}: {type(os_err).__name__}: {where}{os_err.strerror or os_err} ({code})"
+    text = " ".join(str(err).split())
+    return f"{command}: {text}" if text.startswith(type(err).__name__) else f"{command}: {type(err).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def test_flags_and_environment(monkeypatch):
     for v in ENV.values():
         monkeypatch.delenv(v, raising=False)
     assert cluster_args() is None and initialize() is False  # single process: nothing to join
-    assert cluster_args("h:1", 2, 1) == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
+    assert cluster_args("localhost:1", 2, 1) == {"coordinator_address": "localhost:1", "num_processes": 2, "process_id": 1}
     monkeypatch.setenv(ENV["coordinator"], "10.0.0.1:1234")
     monkeypatch.setenv(ENV["num_processes"], "4")
     monkeypatch.setenv(ENV["process_id"], "3")
@@ -22,9 +22,9 @@ def test_flags_and_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"coordinator": "h:1"}, "--num-processes"),
+    ({"coordinator": "localhost:1"}, "--num-processes"),
     ({"num_processes": 2, "process_id": 0}, "--coordinator"),
-    ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, "process-id"),
+    ({"coordinator": "localhost:1", "num_processes": 2, "process_id": 2}, "process-id"),
 ])
 def test_incomplete_or_bad_arguments_are_refused(monkeypatch, kw, match):
     for v in ENV.values():

@@ -226,3 +226,212 @@ def test_a_dataset_smaller_than_a_step_is_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match=r"train_examples has 1 example\(s\), fewer than "
                                           r"algorithm.prompts_per_step=4"):
         train(_toy(tmp_path / "run"), train_examples=T.examples(1))
+
+
+# --------------------------------------------------------------------------- multi-process start-up
+
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from jaxsteer.train.distributed import cluster_args  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("127.0.0.1:99999", 2, 0), r"--coordinator '127.0.0.1:99999': expected HOST:PORT with a port in 1..65535"),
+    (("127.0.0.1", 2, 1), r"expected HOST:PORT"),
+    (("no-such-host.invalid:1234", 2, 1), r"cannot resolve host 'no-such-host.invalid'"),
+    (("127.0.0.1:1234", 0, 0), r"--num-processes must be >= 1, got 0"),
+])
+def test_bad_cluster_flags_are_refused_by_name(args, needle):
+    with pytest.raises(ValueError, match=needle):
+        cluster_args(*args)
+
+
+def test_a_busy_coordinator_port_is_refused_for_process_0():
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"process 0 cannot serve on port {port}"):
+            cluster_args(f"127.0.0.1:{port}", 2, 0)
+
+
+def test_a_lone_process_of_two_exits_with_one_line_within_the_timeout(tmp_path):
+    """It used to print nothing for 300 s and then abort with a C++ stack (exit 134)."""
+    port = _free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text("steps: 1\n")
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "jaxsteer.cli", "train", str(config), "--coordinator",
+                           f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0", "--startup-timeout", "4"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and time.monotonic() - t0 < 90, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert any(f"waiting for 2 processes at coordinator 127.0.0.1:{port}" in line for line in lines), lines
+    assert lines[-1].startswith(f"jaxsteer: start-up timed out after 4 s at coordinator 127.0.0.1:{port}: "
+                                "process 1 never joined (this is process 0)"), lines
+
+
+# --------------------------------------------------------------------------- the CLI: one line per failure
+
+import errno  # noqa: E402
+
+import yaml  # noqa: E402
+
+from jaxsteer import cli  # noqa: E402
+from jaxsteer.train import metrics as metrics_module  # noqa: E402
+from jaxsteer.train.lock import RunLock  # noqa: E402
+
+
+def _cli_line(argv) -> str:
+    """The one line a failing command prints (its SystemExit message), checked to be one line."""
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(a) for a in argv])
+    message = str(info.value.code)
+    assert info.value.code not in (0, None) and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+def _npy_bytes(tmp_path):
+    np.save(tmp_path / "ok.npy", np.ones(8, np.float32))
+    return (tmp_path / "ok.npy").read_bytes()
+
+
+STEER_FILES = {
+    "missing": (None, r"--steer .*absent.npy: not a readable array file \(.*No such file"),
+    "truncated": (lambda d: _npy_bytes(d)[:60], r"--steer .*bad: not a readable array file"),
+    "text": (lambda d: b"1 2 3\n", r"--steer .*bad: not a readable array file"),
+    "empty": (lambda d: b"", r"--steer .*bad: not a readable array file"),
+    "object array": ("object", r"--steer .*bad.npy: not a readable array file \(.*pickle"),
+    "safetensors with two tensors": ("safetensors", r"--steer .*bad.safetensors: not a readable array file \(holds 2 tensors"),
+    "nan": ("nan", r"--steer .*bad.npy has a non-finite value"),
+}
+
+
+@pytest.mark.parametrize("case", list(STEER_FILES))
+def test_bad_steer_files_are_one_line_before_the_model_loads(tmp_path, case):
+    make, needle = STEER_FILES[case]
+    path = tmp_path / "absent.npy"
+    if make == "object":
+        path = tmp_path / "bad.npy"
+        np.save(path, np.array([object(), 1], dtype=object), allow_pickle=True)
+    elif make == "safetensors":
+        from safetensors.numpy import save_file
+
+        path = tmp_path / "bad.safetensors"
+        save_file({"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)}, str(path))
+    elif make == "nan":
+        path = tmp_path / "bad.npy"
+        np.save(path, np.array([1.0, np.nan], np.float32))
+    elif make is not None:
+        path = tmp_path / "bad"
+        path.write_bytes(make(tmp_path))
+    # the model does not exist: reaching it would be a different error, so the file was checked first
+    line = _cli_line(["generate", "--model", tmp_path / "no-model", "--prompt", "hi", "--steer", path])
+    assert re.search(needle, line), line
+
+
+import re  # noqa: E402
+
+
+def _toy_yaml(tmp_path, out="run", **overrides):
+    data = T.config_dict(str(tmp_path / out), **{"sampling.max_new_tokens": 2, "steps": 2, "checkpoint.every": 1,
+                                                   **overrides})
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "{bad}"], r"^jaxsteer train: .*x.yaml:3: duplicate key 'lr'"),
+    (["eval", "{bad}"], r"^jaxsteer eval: .*x.yaml:3: duplicate key 'lr'"),
+    (["plan", "{bad}"], r"^jaxsteer plan: .*x.yaml:3: duplicate key 'lr'"),
+    (["sae", "train", "{bad}"], r"^jaxsteer sae train: ConfigError: .*x.yaml:3: duplicate key 'lr'"),
+    (["train", "{missing}"], r"^jaxsteer train: .*No such file"),
+    (["sae", "train", "{missing}"], r"^jaxsteer sae train: FileNotFoundError: .*nope.yaml: No such file or directory \(ENOENT\)"),
+    (["sae", "eval", "{missing}"], r"^jaxsteer sae eval: .*nope.yaml"),
+    (["lens", "--vectors", "{missing}"], r"^jaxsteer lens: --vectors .*nope.yaml: not a readable array file"),
+])
+def test_config_and_file_errors_are_one_line_for_every_command(tmp_path, argv, needle):
+    bad = tmp_path / "x.yaml"
+    bad.write_text("lr: 0.01\nsteps: 3\nlr: 5.0\n")
+    names = {"{bad}": str(bad), "{missing}": str(tmp_path / "nope.yaml")}
+    assert re.search(needle, _cli_line([names.get(a, a) for a in argv]))
+
+
+def test_overrides_after_flags_and_the_sae_set_flag(tmp_path, capsys):
+    args = cli.parse_args(["train", "c.yaml", "--resume", "lr=1", "--logit-lens", "0", "steps=2"])
+    assert args.overrides == ["lr=1", "steps=2"] and args.resume
+    args = cli.parse_args(["sae", "train", "c.yaml", "--no-progress", "train.steps=3", "--set", "layer=1"])
+    assert args.overrides == ["train.steps=3"] and args.set == ["layer=1"]
+    with pytest.raises(SystemExit):
+        cli.parse_args(["train", "c.yaml", "--resume", "not-an-override"])
+    path = _toy_yaml(tmp_path)
+    cli.main(["plan", str(path), "--prompt-len", "8", "algorithm.group_size=2", "algorithm.micro_batches=1"])
+    assert "4 prompts x 2 = 8 rollouts per step" in capsys.readouterr().out
+
+
+def test_a_locked_sae_run_directory_is_one_line_before_the_model_loads(tmp_path):
+    out = tmp_path / "sae-run"
+    config = tmp_path / "sae.yaml"
+    config.write_text(f"model: {tmp_path / 'no-such-model'}\nout_dir: {out}\n")
+    with RunLock(out):
+        line = _cli_line(["sae", "train", config, "--set", "train.steps=2"])
+    assert line.startswith("jaxsteer sae train: RunLockedError: run directory") and "is in use by process" in line
+
+
+def test_output_dir_naming_a_file_is_one_line(tmp_path):
+    path = _toy_yaml(tmp_path, out="a-file")
+    (tmp_path / "a-file").write_text("not a directory")
+    line = _cli_line(["train", path, "--logit-lens", "0"])
+    assert "a-file" in line and ("(EEXIST)" in line or "(ENOTDIR)" in line), line
+
+
+def test_disk_full_reports_the_real_errno_even_when_tensorboard_fails_first(tmp_path, monkeypatch):
+    """The run's last line used to be tensorboardX's 'handle is closed', hiding ENOSPC."""
+    real_open = open
+
+    def full_disk_open(path, mode="r", *a, **kw):
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *a, **kw)
+
+    class BrokenWriter:  # tensorboardX's writer thread died on the full disk first
+        def __init__(self, *a, **kw):
+            pass
+
+        def add_scalar(self, *a, **kw):
+            pass
+
+        def close(self):
+            raise ValueError("I/O operation on closed file: the handle is closed")
+
+    import tensorboardX
+
+    monkeypatch.setattr(metrics_module, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(tensorboardX, "SummaryWriter", BrokenWriter)
+    path = _toy_yaml(tmp_path, tensorboard=True)
+    with pytest.warns(UserWarning, match="TensorBoard writer failed to close"):
+        line = _cli_line(["train", path, "--logit-lens", "0"])
+    assert line.startswith("jaxsteer train: OSError: ") and "metrics.jsonl: No space left on device (ENOSPC)" in line, line
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--temperature", "nan"], "jaxsteer generate: temperature is nan; it must be finite"),
+    (["--top-p", "inf"], "jaxsteer generate: top_p is inf; it must be finite"),
+    (["--top-k", "-1"], "jaxsteer generate: top_k must be >= 0, got -1"),
+])
+def test_cli_generate_sampling_flags_are_checked_before_the_model_loads(tmp_path, flags, needle):
+    """`--temperature nan` used to print an empty completion with exit 0."""
+    assert _cli_line(["generate", "--model", tmp_path / "no-model", "--prompt", "hi", *flags]) == needle

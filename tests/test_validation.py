@@ -120,7 +120,7 @@ def test_cli_generate_with_a_nan_steering_file_exits_with_a_message(model, tmp_p
     # before: empty completions and exit code 0
     with pytest.raises(SystemExit) as exc:
         cli.main(["generate", "--prompt", "hi", "--steer", str(path), "--greedy", "--max-new-tokens", "2"])
-    assert "jaxsteer generate: Steer at 'resid_post': vector has a non-finite value (nan) at index 5" in str(exc.value.code)
+    assert f"jaxsteer generate: --steer {path} has a non-finite value (nan) at index 5" in str(exc.value.code)
 
 
 @pytest.mark.parametrize("n", ["-5", "0"])

@@ -1,4 +1,4 @@
-"""The `jaxsteer sae` subcommands: `train CONFIG.yaml [--set key=value ...]` and `eval RUN_DIR`."""
+"""The `jaxsteer sae` subcommands: `train CONFIG.yaml [key=value ...]` and `eval RUN_DIR`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ def add_parser(sub) -> None:
     ss = p.add_subparsers(dest="sae_command", required=True)
     t = ss.add_parser("train", help="train (or resume) an SAE on activations computed on the fly")
     t.add_argument("config", help="YAML config (see experiments/sae_*.yaml)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=100")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="deprecated: write KEY=VALUE without --set, as for the other commands")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     t.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
@@ -24,10 +26,17 @@ def add_parser(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    import sys
+
+    from ..train.lock import RunLock
     from .config import load_run_config
     from .run import eval_run, load_model, train_sae
 
-    cfg = load_run_config(args.config, args.set)
+    if args.set:
+        print("jaxsteer sae train: --set KEY=VALUE is deprecated; write KEY=VALUE (as for `jaxsteer train`)",
+              file=sys.stderr)
+    cfg = load_run_config(args.config, list(args.overrides) + list(args.set))
+    RunLock(cfg.out_dir).check_free()  # a busy run directory is refused before the model loads
     model, tok = load_model(cfg)
     out = train_sae(cfg, model=model, tokenizer=tok, resume=args.resume, stop_after=args.stop_after,
                     progress=not args.no_progress)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ..train.config import read_config_file
+from ..train.config import ConfigError, read_config_file
 
 
 @dataclasses.dataclass
@@ -96,12 +96,12 @@ class SAERunConfig:
 
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
-        raise ValueError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; known: {sorted(names)}")
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; known: {sorted(names)}")
     kwargs = {}
     for k, v in data.items():
         tp = hints[k]
@@ -116,7 +116,7 @@ def _build(cls, data: dict, prefix: str):
         elif isinstance(v, tp):
             kwargs[k] = v
         else:
-            raise ValueError(f"config key {prefix}{k}: expected {tp.__name__}, got {v!r}")
+            raise ConfigError(f"config key {prefix}{k}: expected {tp.__name__}, got {v!r}")
     return cls(**kwargs)
 
 
@@ -133,7 +133,7 @@ def load_run_config(path: str | None, overrides: Sequence[str] = ()) -> SAERunCo
     for ov in overrides:
         key, sep, value = ov.partition("=")
         if not sep:
-            raise ValueError(f"override {ov!r} must look like key.sub=value")
+            raise ConfigError(f"override {ov!r} must look like key.sub=value")
         _set(data, key.strip(), yaml.safe_load(value))
     return _build(SAERunConfig, data, "")
 

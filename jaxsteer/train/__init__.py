@@ -19,13 +19,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
+import jax
+
 from ..models.params import Model
 from .build import PromptEncoder, build_inputs, check_before_loading, load_examples
 from .config import ConfigError, TrainConfig, load_config
 from .es.learner import load_es_policy, train_es
 from .evaluate import HeldOut, evaluate_policy
-from .plan import check_model_fits
 from .export import print_logit_lens
+from .lock import RunLock
+from .plan import check_model_fits
 from .rewards import get_reward_fn
 from .rl.learner import check_layout, train_rl
 from .run import Run
@@ -68,6 +71,8 @@ def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None
             check_layout(cfg, make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices))
         except ValueError as err:
             raise ConfigError(f"mesh: {err}") from None
+    if jax.process_index() == 0:  # a busy run directory is refused before the model loads
+        RunLock(cfg.output_dir).check_free()
     inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, reward_fn=reward_fn, train_examples=train_examples,
                           eval_examples=eval_examples)
     run = Run(cfg.output_dir, config=cfg, resume=resume, keep=cfg.checkpoint.keep, tensorboard=cfg.tensorboard,

@@ -13,13 +13,39 @@ its own rows (`local_rows`), and small host values are agreed on with `process_m
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import threading
+import time
 from typing import Any
 
 import jax
 import numpy as np
 
 ENV = {"coordinator": "JAXSTEER_COORDINATOR", "num_processes": "JAXSTEER_NUM_PROCESSES",
-       "process_id": "JAXSTEER_PROCESS_ID"}
+       "process_id": "JAXSTEER_PROCESS_ID", "startup_timeout": "JAXSTEER_STARTUP_TIMEOUT"}
+STARTUP_TIMEOUT = 120.0  # seconds a process waits for all the others to join
+
+
+def check_coordinator(address: str, process_id: int) -> tuple[str, int]:
+    """`(host, port)` of a HOST:PORT coordinator address. ValueError naming it when the port is
+    not in 1..65535, the host does not resolve, or (process 0, which serves it) the port is taken."""
+    host, sep, port = str(address).rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"--coordinator {address!r}: expected HOST:PORT with a port in 1..65535")
+    try:
+        socket.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"--coordinator {address!r}: cannot resolve host {host!r} ({err})") from None
+    if process_id == 0:  # the coordinator service binds every interface on this port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("", int(port)))
+            except OSError as err:
+                raise ValueError(f"--coordinator {address!r}: process 0 cannot serve on port {port} "
+                                 f"({err.strerror}); choose a free port") from None
+    return host, int(port)
 
 
 def cluster_args(coordinator: str | None = None, num_processes: int | None = None,
@@ -27,33 +53,81 @@ def cluster_args(coordinator: str | None = None, num_processes: int | None = Non
     """`jax.distributed.initialize` keyword arguments from explicit values, else the JAXSTEER_*
     environment variables; None when neither names a coordinator (a single-process run)."""
     coordinator = coordinator or os.environ.get(ENV["coordinator"])
-    if num_processes is None and os.environ.get(ENV["num_processes"]):
-        num_processes = int(os.environ[ENV["num_processes"]])
-    if process_id is None and os.environ.get(ENV["process_id"]):
-        process_id = int(os.environ[ENV["process_id"]])
+    num_processes = num_processes if num_processes is not None else _env_number("num_processes", int)
+    process_id = process_id if process_id is not None else _env_number("process_id", int)
     if coordinator is None:
         if num_processes is not None or process_id is not None:
             raise ValueError("--num-processes / --process-id need --coordinator HOST:PORT")
         return None
     if num_processes is None or process_id is None:
         raise ValueError("--coordinator needs --num-processes N and --process-id I")
+    if num_processes < 1:
+        raise ValueError(f"--num-processes must be >= 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
         raise ValueError(f"--process-id {process_id} must be in [0, {num_processes})")
+    check_coordinator(coordinator, process_id)
     return {"coordinator_address": coordinator, "num_processes": num_processes, "process_id": process_id}
 
 
+def _env_number(name: str, kind: type):
+    text = os.environ.get(ENV[name])
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{ENV[name]}={text!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               *, auto: bool = False) -> bool:
+               *, auto: bool = False, timeout: float | None = None) -> bool:
     """Join a multi-process run: explicit values or JAXSTEER_* variables (`cluster_args`), or with
-    `auto` JAX's own cluster detection. Call before any other JAX work. Returns whether it joined."""
+    `auto` JAX's own cluster detection. Call before any other JAX work. Returns whether it joined.
+
+    While the processes gather, a line every few seconds says who it waits for; after `timeout`
+    seconds (default JAXSTEER_STARTUP_TIMEOUT or `STARTUP_TIMEOUT`) without all of them, it prints
+    one line naming the coordinator and the process ids that never joined, and exits the process
+    with status 1 (JAX's runtime would otherwise abort with a C++ stack trace after 300 s)."""
     kwargs = cluster_args(coordinator, num_processes, process_id)
     if kwargs is None and not auto:
         return False
+    timeout = float(timeout if timeout is not None else _env_number("startup_timeout", float) or STARTUP_TIMEOUT)
+    if not (timeout > 0 and np.isfinite(timeout)):
+        raise ValueError(f"--startup-timeout must be a positive number of seconds, got {timeout}")
     platforms = jax.config.jax_platforms
     if platforms == "cpu" or (not platforms and _cpu_only()):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**(kwargs or {}))
+    joined = threading.Event()
+    threading.Thread(target=_startup_watch, args=(kwargs, timeout, joined), daemon=True,
+                     name="jaxsteer-startup-watch").start()
+    try:
+        jax.distributed.initialize(**(kwargs or {}), initialization_timeout=int(timeout) + 60)
+    finally:
+        joined.set()
     return True
+
+
+def _startup_watch(kwargs: dict | None, timeout: float, joined: threading.Event) -> None:
+    """Progress lines while `jax.distributed.initialize` waits for the other processes; one line
+    and `os._exit(1)` when they have not all joined after `timeout` seconds."""
+    where = f"coordinator {kwargs['coordinator_address']}" if kwargs else "the coordinator found by JAX's cluster detection"
+    me = kwargs["process_id"] if kwargs else None
+    others = [i for i in range(kwargs["num_processes"]) if i != me] if kwargs else []
+    who = f"{kwargs['num_processes']} processes" if kwargs else "every process"
+    start, every = time.monotonic(), max(1.0, min(10.0, timeout / 4))
+    while not joined.wait(every):
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            missing = (f"process {others[0]} never joined" if len(others) == 1 else
+                       f"not all of processes {', '.join(map(str, others))} joined" if others else "not every process joined")
+            sys.stderr.write(f"jaxsteer: start-up timed out after {timeout:g} s at {where}: {missing} (this is process "
+                             f"{me if me is not None else '?'}); start them with the same --coordinator and "
+                             "--num-processes, or raise --startup-timeout\n")
+            sys.stderr.flush()
+            os._exit(1)
+        sys.stderr.write(f"jaxsteer: waiting for {who} at {where} (this is process {me if me is not None else '?'}): "
+                         f"{waited:.0f} s of {timeout:g} s\n")
+        sys.stderr.flush()
 
 
 def _cpu_only() -> bool:
@@ -109,4 +183,4 @@ def gather_rows(x):
     return np.asarray(multihost_utils.process_allgather(x)).reshape(-1, *x.shape[1:])
 
 
-__all__ = ["ENV", "cluster_args", "initialize", "local_rows", "to_host", "process_max", "gather_rows"]
+__all__ = ["ENV", "STARTUP_TIMEOUT", "check_coordinator", "cluster_args", "initialize", "local_rows", "to_host", "process_max", "gather_rows"]

@@ -62,6 +62,26 @@ class RunLock:
         except (OSError, ValueError):
             return {}
 
+    def check_free(self) -> None:
+        """`RunLockedError` naming the holder if another live process holds the lock now; takes and
+        writes nothing (a cheap early refusal before slow work; `acquire` still decides)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file (or an unreadable one: `acquire` reports it)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise self._locked() from None
+            raise
+        finally:
+            os.close(fd)
+
+    def _locked(self) -> RunLockedError:
+        return RunLockedError(f"run directory {self.directory} is in use by {_describe(self.holder())}; "
+                              "wait for it to finish or choose another output_dir")
+
     def acquire(self) -> "RunLock":
         """Take the lock; `RunLockedError` naming the holder if another live process has it."""
         if self._fd is not None:
@@ -73,10 +93,7 @@ class RunLock:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise RunLockedError(
-                    f"run directory {self.directory} is in use by {_describe(self.holder())}; "
-                    "wait for it to finish or choose another output_dir"
-                ) from None
+                raise self._locked() from None
             raise
         previous = self.holder()
         if previous:  # the file outlived its process: that run died without releasing it

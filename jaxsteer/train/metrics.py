@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -84,9 +85,15 @@ class RunLogger:
                     self.tb.add_scalar(f"{kind}/{k}", v, int(step))
 
     def close(self) -> None:
+        """Close the TensorBoard writer. Its failure (e.g. a closed handle after the disk filled
+        up) is a warning, so it never hides the error that stopped the run."""
         if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+            tb, self.tb = self.tb, None
+            try:
+                tb.close()
+            except Exception as err:  # noqa: BLE001 - tensorboardX raises assorted types
+                warnings.warn(f"{os.path.join(self.directory, 'tb')}: the TensorBoard writer failed to close "
+                              f"({type(err).__name__}: {err})", stacklevel=2)
 
 
 def read_log(path: str) -> list[dict]:

@@ -237,14 +237,16 @@ class Run:
 
     def close(self) -> None:
         """Close the metrics log and the checkpointer (idempotent)."""
-        if self.logger is not None:
-            self.logger.close()
-        if self.checkpointer is not None:
-            self.checkpointer.close()
-            self.checkpointer = None
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+        try:
+            if self.logger is not None:
+                self.logger.close()
+            if self.checkpointer is not None:
+                checkpointer, self.checkpointer = self.checkpointer, None
+                checkpointer.close()
+        finally:  # the directory is released whatever failed above
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     def _clear_checkpoints(self, ckpt_dir: str) -> None:
         if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
