@@ -435,3 +435,35 @@ def test_disk_full_reports_the_real_errno_even_when_tensorboard_fails_first(tmp_
 def test_cli_generate_sampling_flags_are_checked_before_the_model_loads(tmp_path, flags, needle):
     """`--temperature nan` used to print an empty completion with exit 0."""
     assert _cli_line(["generate", "--model", tmp_path / "no-model", "--prompt", "hi", *flags]) == needle
+
+
+# --------------------------------------------------------------------------- a kill at a random point
+
+import signal  # noqa: E402
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_sigkill_at_a_random_point_then_resume_equals_an_uninterrupted_run(undamaged, tmp_path, seed):
+    """`kill -9` a CLI run at a random moment after its first checkpoint (inside a step, a
+    checkpoint write or a metrics write), `--resume` it: the vectors equal an uninterrupted run's."""
+    reference = undamaged[1]  # the same run with checkpoints every 2 steps (checkpointing changes no result)
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(T.config_dict(str(tmp_path / "killed"), **{
+        "model.random_scale": 0.2, "sampling.max_new_tokens": 2, "steps": 4, "checkpoint.every": 1,
+        "checkpoint.keep": 5})))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), ROOT]),
+               JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "jaxsteer.cli", "train", str(path), "--logit-lens", "0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "killed" / "checkpoints" / "1"
+    deadline = time.monotonic() + 600
+    while not first.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(np.random.RandomState(seed).uniform(0, 1.5))  # somewhere in steps 2-4
+    assert proc.poll() is None, proc.stderr.read()[-3000:]  # still running: the kill lands mid-run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "killed" / "steering_vectors.npy"),
+                               reference, atol=1e-6)

@@ -440,19 +440,20 @@ def check_model_fits(cfg: TrainConfig, *, devices=None, margin: float = 2.0) -> 
             f"the context length of {cfg.model.spec} ({c.max_position_embeddings} tokens); lower "
             "sampling.max_new_tokens / eval.max_new_tokens")
     devices = list(devices) if devices is not None else jax.devices()
-    capacity = device_capacity(devices[0])
+    mine = [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
+    capacity = device_capacity(mine[0])  # this process's own device (another's cannot be asked)
     if capacity is None:
         return
     mesh_data = cfg.mesh.data if cfg.mesh.data > 0 else max(1, len(devices) // max(1, cfg.mesh.fsdp))
     p = plan(cfg, data=mesh_data, fsdp=max(1, cfg.mesh.fsdp), capacity=capacity, prompt_len=cfg.sampling.bucket,
-             backend=devices[0].platform)
+             backend=mine[0].platform)
     phase = "rollout" if p.peaks["rollout"] >= p.peaks[p.configured] else p.configured
     peak = p.peaks[phase]
     if peak > margin * capacity:
         a = cfg.algorithm
         raise ConfigError(
             f"planned memory: the {phase} needs {fmt_bytes(peak)} per device even with {cfg.sampling.bucket}-token "
-            f"prompts, and a {devices[0].platform} device here has {fmt_bytes(capacity)} "
+            f"prompts, and a {mine[0].platform} device here has {fmt_bytes(capacity)} "
             f"(algorithm.prompts_per_step={a.prompts_per_step} x group_size={a.group_size}, "
             f"micro_batches={a.micro_batches}); lower them, raise micro_batches or sampling.call_rows, or see "
             "`jaxsteer plan CONFIG`")
