@@ -216,6 +216,16 @@ def mfu(flops: float, seconds: float, peak_flops_per_s: float) -> float:
     return value
 
 
+def package_version(dist: str) -> str:
+    """An installed distribution's version, or "not installed" (for the peer statements)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def thread_policy() -> dict[str, Any]:
     """The thread settings that decide what CPU time means here (stated in every benchmark's output)."""
     out: dict[str, Any] = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),

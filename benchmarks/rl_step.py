@@ -50,8 +50,18 @@ from typing import Any
 
 import numpy as np
 
-from .common import (MatmulReference, generate_flops, interleaved_times, log, machine_info, matmul_peak_call, mfu_entry, thread_policy,
-                     torch_matmul_call)
+from .common import (
+    MatmulReference,
+    generate_flops,
+    interleaved_times,
+    log,
+    machine_info,
+    matmul_peak_call,
+    mfu_entry,
+    package_version,
+    thread_policy,
+    torch_matmul_call,
+)
 
 LORA = {"rank": 8, "alpha": 16.0}  # jaxsteer's TrainableConfig defaults; TRL's LoraConfig gets the same
 
@@ -466,7 +476,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import jaxsteer
 
     result: dict[str, Any] = {
-        "peer": ("TRL GRPOTrainer (trl " + _version("trl") + ", peft " + _version("peft") + ") at its CPU defaults, "
+        "peer": (f"TRL GRPOTrainer (trl {package_version('trl')}, peft {package_version('peft')}) at its CPU defaults, "
                  "transformers sdpa attention, float32, no gradient checkpointing; trl_lora: PEFT "
                  f"LoraConfig(r={LORA['rank']}, lora_alpha={LORA['alpha']:g}, all 7 projections), the headline pair with "
                  "jaxsteer LoRA of the same rank, alpha and targets; trl_full vs jaxsteer full fine-tuning"),
@@ -494,15 +504,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2, default=str)
     return result
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 if __name__ == "__main__":

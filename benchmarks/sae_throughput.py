@@ -50,6 +50,7 @@ from benchmarks.common import (  # noqa: E402  (sets OMP_WAIT_POLICY before torc
     machine_info,
     matmul_peak_call,
     mfu_entry,
+    package_version,
     thread_policy,
     torch_matmul_call,
 )
@@ -168,7 +169,7 @@ def main(argv=None) -> dict:
     wall, cpu = interleaved_times(calls, args.rounds, on_result=lambda k, w, c: log(f"{k}: {w:.3f} s wall, {c:.3f} s cpu"))
     ref_reports = {k: ref.report(wall[f"matmul_{k}"], cpu[f"matmul_{k}"]) for k, ref in refs.items()}
     flops = model_flops(B, d, F, args.k, dead=args.dead_fraction > 0)
-    res: dict = {"peer": "SAELens " + _version("sae-lens") + " TopKTrainingSAE: sae_lens_sparse (headline: "
+    res: dict = {"peer": "SAELens " + package_version("sae-lens") + " TopKTrainingSAE: sae_lens_sparse (headline: "
                  "use_sparse_activations=True, rescale_acts_by_decoder_norm=False, matching jaxsteer) and "
                  "sae_lens_default (dense, rescale_acts_by_decoder_norm=True); AuxK on both sides, dead window "
                  f"{DEAD_WINDOW} batches, {args.dead_fraction:.0%} of latents dead at the start"}
@@ -195,12 +196,6 @@ def main(argv=None) -> dict:
         log(f"jaxsteer {j['activations_per_s']:.0f} act/s vs {peer} {s_['activations_per_s']:.0f} act/s: "
             f"{res[f'ratio_wall_{peer}']:.2f}x wall, {res[f'ratio_cpu_{peer}']:.2f}x CPU time")
     return res
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import version
-
-    return version(dist)
 
 
 if __name__ == "__main__":
