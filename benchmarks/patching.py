@@ -151,7 +151,45 @@ def _pick_threads(hf, tokens, probes: int = 5) -> tuple[int, dict]:
     return best, {str(k): round(v, 4) for k, v in timings.items()}
 
 
-def main(argv=None) -> dict:
+def _fast_false_row(run_jax, res) -> dict[str, Any]:
+    """jaxsteer's `fast=False` sweep (vmapped full forwards, no base-run reuse): first call and one
+    steady call, and its difference from the fast sweep `res`."""
+    t0 = time.perf_counter()
+    run_jax(fast=False)
+    full_first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res_full = run_jax(fast=False)
+    full = {"first_call_s": round(full_first, 2), "steady_s": round(time.perf_counter() - t0, 2),
+            "max_abs_diff_vs_fast": float(np.abs(res_full.raw - res.raw).max())}
+    log(f"jaxsteer fast=False: {full}")
+    return full
+
+
+def _peer_rows(results: dict, wall: dict, cpu: dict, res) -> dict[str, Any]:
+    """Each Hugging Face side's times, its ratios to jaxsteer (same rounds) and its differences
+    from jaxsteer's result `res`."""
+    from jaxsteer.analysis.patching import normalise
+
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
+    peers = {}
+    for name, out in results.items():
+        if name == "jaxsteer":
+            continue
+        raw, m_clean, m_corrupt = out
+        peers[name] = {
+            "steady_s": round(med[name], 3), "steady_cpu_s": round(cmed[name], 3),
+            "runs_s": [round(t, 2) for t in wall[name]],
+            "speedup_over_jaxsteer_wall": round(med[name] / med["jaxsteer"], 2),
+            "speedup_over_jaxsteer_cpu_time": round(cmed[name] / cmed["jaxsteer"], 2),
+            "max_abs_diff_normalised": float(np.abs(normalise(raw, m_clean, m_corrupt) - res.values).max()),
+            "max_abs_diff_logit_diff": float(np.abs(raw - res.raw).max()),
+            "metric_clean_corrupt": [m_clean, m_corrupt],
+        }
+    return peers
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="steady-state runs of each side (interleaved)")
     ap.add_argument("--quick", action="store_true", help="one round, no fast=False variant")
@@ -164,10 +202,15 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.skip_full = 1, True
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
 
     import jaxsteer
     from jaxsteer.analysis import single_token_ids, tokenize_pair
-    from jaxsteer.analysis.patching import activation_patching, normalise
+    from jaxsteer.analysis.patching import activation_patching
 
     log("loading SmolLM2-135M-Instruct (jaxsteer GGUF loader) ...")
     model, tok = jaxsteer.load("smollm2-135m-instruct")
@@ -200,31 +243,9 @@ def main(argv=None) -> dict:
     cmed = {k: statistics.median(v) for k, v in cpu.items()}
     res = results["jaxsteer"]
 
-    full = None
-    if not args.skip_full:
-        t0 = time.perf_counter()
-        run_jax(fast=False)
-        full_first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        res_full = run_jax(fast=False)
-        full = {"first_call_s": round(full_first, 2), "steady_s": round(time.perf_counter() - t0, 2),
-                "max_abs_diff_vs_fast": float(np.abs(res_full.raw - res.raw).max())}
-        log(f"jaxsteer fast=False: {full}")
+    full = None if args.skip_full else _fast_false_row(run_jax, res)
 
-    peers = {}
-    for name in sides:
-        if name == "jaxsteer":
-            continue
-        raw, m_clean, m_corrupt = results[name]
-        peers[name] = {
-            "steady_s": round(med[name], 3), "steady_cpu_s": round(cmed[name], 3),
-            "runs_s": [round(t, 2) for t in wall[name]],
-            "speedup_over_jaxsteer_wall": round(med[name] / med["jaxsteer"], 2),
-            "speedup_over_jaxsteer_cpu_time": round(cmed[name] / cmed["jaxsteer"], 2),
-            "max_abs_diff_normalised": float(np.abs(normalise(raw, m_clean, m_corrupt) - res.values).max()),
-            "max_abs_diff_logit_diff": float(np.abs(raw - res.raw).max()),
-            "metric_clean_corrupt": [m_clean, m_corrupt],
-        }
+    peers = _peer_rows(results, wall, cpu, res)
     out = {
         "benchmark": "activation patching sweep, resid_pre, layers x positions",
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32)",
