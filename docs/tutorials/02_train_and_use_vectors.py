@@ -56,15 +56,15 @@ for scale in (0.0, 1.0, 2.0):
 
 # %% [markdown]
 # Which layers' vectors matter? Keep one layer's vector at a time and measure the log-probability
-# of the correct first answer token. `jax.lax.map` over 30 one-hot layer masks runs the sweep as
-# one compiled program, the vector array closed over (no tracer leaks into the checks).
+# of the token the fully steered model says first. `jax.lax.map` over 30 one-hot layer masks runs
+# the sweep as one compiled program, the vector array closed over (no tracer leaks into the checks).
 
 # %% docs-test: slow
 import jax
 import jax.numpy as jnp
 
 tokens = jnp.asarray(prompt)
-answer = tok("42")["input_ids"][0]
+answer = int(run.generate(["What is 17 + 25?"], greedy=True, max_new_tokens=1).tokens[0, 0])   # steered first token
 L = model.config.n_layers
 
 def logprob_with(mask):                   # mask [L]: which layers keep their vector
@@ -72,5 +72,5 @@ def logprob_with(mask):                   # mask [L]: which layers keep their ve
     return jax.nn.log_softmax(logits[0, -1])[answer]
 
 per_layer = jax.lax.map(logprob_with, jnp.eye(L))
-print("log p(answer) with only layer l steered:", np.round(np.asarray(per_layer), 2))
+print(f"log p({tok.decode([answer])!r}) with only layer l steered:", np.round(np.asarray(per_layer), 2))
 print("all layers:", float(logprob_with(jnp.ones(L))), " none:", float(logprob_with(jnp.zeros(L))))
