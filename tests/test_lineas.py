@@ -136,3 +136,41 @@ def test_sparsity_zeroes_neurons_and_layers(model):
     assert none.sparsity()["identity_layers"] == 1.0
     with pytest.raises(ValueError, match="pooling"):
         train_lineas(model, source, target, pooling="max", **kw)
+
+
+def test_per_row_affine_bank_equals_one_map_per_row(model):
+    from jaxsteer.steering.evaluate import row_interventions
+
+    rng = np.random.default_rng(3)
+    scale = jnp.asarray(1 + 0.3 * rng.normal(size=(3, 3, 32)), jnp.float32)
+    shift = jnp.asarray(0.3 * rng.normal(size=(3, 3, 32)), jnp.float32)
+    vectors = jnp.zeros((3, 3, 32), jnp.float32)
+    tokens = np.repeat(PROMPT, 3, axis=0)
+    index = jnp.asarray([2, 0, 1])
+    rows, _ = jaxsteer.forward(model, tokens, interventions=row_interventions(
+        {"vectors": vectors, "scale": scale, "shift": shift}, index, "mlp_in"))
+    for b, k in enumerate(np.asarray(index)):
+        one, _ = jaxsteer.forward(model, PROMPT, interventions=Affine(scale[k], shift[k], site="mlp_in"))
+        np.testing.assert_allclose(rows[b], one[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="banks"):
+        jaxsteer.forward(model, tokens, interventions=Affine(scale, shift[:, 0], index=index))
+
+
+def test_lineas_joins_the_steering_harness(model, monkeypatch):
+    from test_steering_evaluate import CharTokenizer, _task
+
+    from jaxsteer.steering import evaluate
+
+    tok = CharTokenizer()
+    monkeypatch.setattr(evaluate, "general_text_windows", lambda t, n, length: [t("some plain text here")["input_ids"]] * 2)
+    rng = np.random.default_rng(4)
+    lineas = Affine(jnp.asarray(1 + 0.5 * rng.normal(size=(3, 32)), jnp.float32),
+                    jnp.asarray(rng.normal(size=(3, 32)), jnp.float32), site="mlp_in")
+    res = evaluate.sweep(model, tok, _task(), methods=("mean_difference",), layers=(1,), scales=(2,),
+                         maps={"lineas": lineas}, trained_scales=(0, 1), max_new_tokens=4, say=lambda *a: None)
+    rows = {(r["method"], r["scale"]): r for r in res.rows}
+    assert set(rows) == {("mean_difference", 2.0), ("lineas", 0.0), ("lineas", 1.0)}
+    assert rows["lineas", 0.0]["kl"] == pytest.approx(0, abs=1e-6)  # strength 0: the identity
+    assert rows["lineas", 0.0]["ppl"] == pytest.approx(res.baseline["ppl"], rel=1e-5)
+    assert rows["lineas", 1.0]["kl"] > 1e-3
+    assert "| lineas | own |" in res.table()

@@ -553,27 +553,48 @@ class Affine:
     map, `jaxsteer.steering.lineas`).
 
     At `site` (a residual-width site, default `mlp_in`, the MLP's normalised input), at `layers`
-    (default all). scale, shift: `[d]` (shared) or `[L, d]` (per layer). Computed in float32 and
-    cast back; `scale = 1, shift = 0` is the identity exactly. Depends on each token's own
-    activation only, so it works in `generate` as well as in `forward`."""
+    (default all). scale, shift: `[d]` (shared) or `[L, d]` (per layer); with `index [B]` (ints)
+    a bank `[K, d]` / `[K, L, d]` whose entry `index[b]` row b uses (one map per batch row, as
+    `RowSteer` does for vectors). Computed in float32 and cast back; `scale = 1, shift = 0` is
+    the identity exactly. Depends on each token's own activation only, so it works in
+    `generate` as well as in `forward`."""
 
     scale: jax.Array
     shift: jax.Array
+    index: Any = None
     site: str = struct.field(pytree_node=False, default="mlp_in")
     layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
 
     __post_init__ = _Where.__post_init__  # TransformerLens site names, as for the other interventions
 
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
-        _check_residual_map(self, ("scale", "shift"), config)
+        if self.index is None:
+            return _check_residual_map(self, ("scale", "shift"), config)
+        banks = {"scale": jnp.shape(self.scale), "shift": jnp.shape(self.shift)}
+        L, d = config.n_layers, config.d_model
+        if banks["scale"] != banks["shift"] or banks["scale"][1:] not in ((d,), (L, d)):
+            raise ValueError(f"Affine: with an index, scale and shift are banks [K, {d}] or [K, {L}, {d}] of one "
+                             f"shape; got {banks['scale']} and {banks['shift']}")
+        if jnp.ndim(self.index) != 1:
+            raise ValueError(f"Affine: index must be [B] integers, got shape {jnp.shape(self.index)}")
+        probe = self.replace(scale=jnp.zeros((d,)), shift=jnp.zeros((d,)), index=None)
+        _check_residual_map(probe, (), config)  # the site and layers
+        for name in ("scale", "shift"):
+            check_finite(getattr(self, name), f"Affine.{name}")
 
     def generation_safe(self) -> bool:
         return True
 
+    def _param(self, a: Any, layer: jax.Array) -> jax.Array:
+        """scale or shift at this layer, `[d]` or (with an index) `[B, 1, d]`, float32."""
+        a = jnp.asarray(a)
+        if self.index is None:
+            return (a[layer] if a.ndim == 2 else a).astype(jnp.float32)
+        a = a[jnp.asarray(self.index)]
+        return (a[:, layer] if a.ndim == 3 else a)[:, None, :].astype(jnp.float32)
+
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
-        scale, shift = (jnp.asarray(a) for a in (self.scale, self.shift))
-        scale = (scale[layer] if scale.ndim == 2 else scale).astype(jnp.float32)
-        shift = (shift[layer] if shift.ndim == 2 else shift).astype(jnp.float32)
+        scale, shift = self._param(self.scale, layer), self._param(self.shift, layer)
         y = (x.astype(jnp.float32) * scale + shift).astype(x.dtype)
         if self.layers is None:
             return y

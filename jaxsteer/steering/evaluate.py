@@ -10,7 +10,10 @@ Every (method, layer, scale) becomes one row of a `RowSteer` bank, so one compil
 serves the whole sweep (chunks of `rows` rows). Extracted vectors are rescaled to the mean
 difference's length at each layer (`match_norms`), so a scale means the same push for every
 method; vectors given in `vectors=` (e.g. RL- or ES-trained, `[L, d]`) are used as they are, at
-their own layers (`layer = -1` in the table), scale 1 being the trained vector.
+their own layers (`layer = -1` in the table), scale 1 being the trained vector. Affine maps given
+in `maps=` (LinEAS, `steering.lineas`) join the same sweep as a per-row `Affine` bank: at
+strength s a map becomes `x -> x + s * (map(x) - x)` (s = 1 the trained map), vector rows carry
+the identity map and map rows a zero vector.
 
 Scores: the task's (lexicon sentiment, or arithmetic correctness) on greedy completions of the
 validation and test prompts; side effects: KL(unsteered || steered) of the next-token
@@ -21,6 +24,7 @@ steered model on a general text sample (`sae.corpora.general_text`, the Python d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -32,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..models.controls import RowSteer
+from ..models.interventions import Affine
 from ..models.decoder import forward
 from ..models.generate import generate, left_pad, pad_id_for, tokenize_prompts
 from ..models.params import Model
@@ -124,10 +129,23 @@ def _padded(seqs: list[list[int]], pad: int) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(toks), jnp.asarray(mask)
 
 
-@jax.jit
-def _kl_and_nll(model, bank, index, tokens, mask, base_logp):
+def row_interventions(bank: Any, index: jax.Array, map_site: str = "mlp_in") -> tuple:
+    """The interventions of bank rows `index`: a `RowSteer` of the vectors, and a per-row `Affine`
+    at `map_site` when the bank is `{"vectors", "scale", "shift"}` (each `[K, L, d]`)."""
+    if isinstance(bank, dict):
+        return (RowSteer(bank["vectors"], index=index),
+                Affine(bank["scale"], bank["shift"], index=index, site=map_site))
+    return (RowSteer(bank, index=index),)
+
+
+def _bank_size(bank: Any) -> int:
+    return int(jax.tree_util.tree_leaves(bank)[0].shape[0])
+
+
+@functools.partial(jax.jit, static_argnames=("map_site",))
+def _kl_and_nll(model, bank, index, tokens, mask, base_logp, map_site="mlp_in"):
     """Per row: mean KL(base || steered) over real positions, and mean next-token NLL."""
-    logits, _ = forward(model, tokens, attention_mask=mask, interventions=RowSteer(bank, index=index))
+    logits, _ = forward(model, tokens, attention_mask=mask, interventions=row_interventions(bank, index, map_site))
     logp = jax.nn.log_softmax(logits[:, :-1])
     m = (mask[:, :-1] * mask[:, 1:]).astype(jnp.float32)
     kl = (jnp.exp(base_logp) * (base_logp - logp)).sum(-1)
@@ -135,11 +153,12 @@ def _kl_and_nll(model, bank, index, tokens, mask, base_logp):
     return (kl * m).sum(1) / m.sum(1), (nll * m).sum(1) / m.sum(1)
 
 
-def side_effects(model: Model, bank: jax.Array, neutral: tuple, text: tuple, rows: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def side_effects(model: Model, bank: Any, neutral: tuple, text: tuple, rows: int = 16,
+                 map_site: str = "mlp_in") -> tuple[np.ndarray, np.ndarray]:
     """`(kl [K], perplexity [K])` for each vector of `bank [K, L, d]` (the unsteered model is a
-    zero vector): KL from the unsteered model on the `neutral` prompts `(tokens, mask)` and
-    perplexity on `text` windows `(tokens, mask)`."""
-    K = bank.shape[0]
+    zero vector; a dict bank carries affine maps too, see `row_interventions`): KL from the
+    unsteered model on the `neutral` prompts `(tokens, mask)` and perplexity on `text` windows."""
+    K = _bank_size(bank)
     kls, nlls = np.zeros(K), np.zeros(K)
     for which, (tokens, mask) in (("kl", neutral), ("ppl", text)):
         n = tokens.shape[0]
@@ -149,7 +168,7 @@ def side_effects(model: Model, bank: jax.Array, neutral: tuple, text: tuple, row
         rep = lambda a: jnp.tile(a, (per,) + (1,) * (a.ndim - 1))
         tokens_r, mask_r, base_r = rep(tokens), rep(mask), rep(base_logp)
         for ks in _chunks(K, per):
-            kl, nll = _kl_and_nll(model, bank, jnp.asarray(np.repeat(ks, n)), tokens_r, mask_r, base_r)
+            kl, nll = _kl_and_nll(model, bank, jnp.asarray(np.repeat(ks, n)), tokens_r, mask_r, base_r, map_site)
             value = np.asarray(kl if which == "kl" else nll).reshape(per, n).mean(1)
             (kls if which == "kl" else nlls)[ks] = value
     return kls, np.exp(nlls)
@@ -163,16 +182,17 @@ def _chunks(K: int, per: int):
         yield np.concatenate([ks, np.full(per - len(ks), ks[-1])])
 
 
-def task_scores(model: Model, tokenizer: Any, task: Task, prompts: Sequence[str], bank: jax.Array, *,
-                max_new_tokens: int = 24, rows: int = 96, desc: str = "") -> np.ndarray:
-    """The task score of greedy completions to `prompts` under each vector of `bank [K, L, d]`."""
+def task_scores(model: Model, tokenizer: Any, task: Task, prompts: Sequence[str], bank: Any, *,
+                max_new_tokens: int = 24, rows: int = 96, desc: str = "", map_site: str = "mlp_in") -> np.ndarray:
+    """The task score of greedy completions to `prompts` under each row of `bank` (vectors
+    `[K, L, d]`, or a dict bank with affine maps, see `row_interventions`)."""
     ids = task.encode(tokenizer, prompts)
-    K, n = bank.shape[0], len(ids)
+    K, n = _bank_size(bank), len(ids)
     per = max(1, rows // n)
     out = np.zeros(K)
     for ks in tqdm(list(_chunks(K, per)), desc=desc or "steered generation", leave=False):
         gen = generate(model, ids * per, tokenizer=tokenizer, max_new_tokens=max_new_tokens, greedy=True,
-                       interventions=RowSteer(bank, index=jnp.asarray(np.repeat(ks, n))))
+                       interventions=row_interventions(bank, jnp.asarray(np.repeat(ks, n)), map_site))
         for j, k in enumerate(ks):
             out[k] = task.score(prompts, gen.texts[j * n:(j + 1) * n])
     return out
@@ -266,34 +286,80 @@ def _configs(vectors: dict[str, np.ndarray], layers: Sequence[int], scales: Sequ
     return configs, np.stack(bank).astype(np.float32)
 
 
+def _map_configs(maps: dict[str, Any], n_layers: int, strengths: Sequence[float]) -> tuple[list[dict], dict, str]:
+    """Bank rows for affine maps (`jaxsteer.Affine` or a `LinEASResult`) at each strength s:
+    `scale = 1 + s * (scale - 1)`, `shift = s * shift` (dense `[L, d]`, identity off the map's layers)."""
+    configs, scale_rows, shift_rows, sites = [], [], [], set()
+    for name, m in maps.items():
+        if hasattr(m, "interventions") and hasattr(m, "config"):  # a LinEASResult
+            from ..train.trainable import affine_map
+
+            dense = affine_map(m.trainable, m.config, n_layers)
+            scale, shift, site = np.asarray(dense["scale"]), np.asarray(dense["shift"]), m.config.site
+        elif isinstance(m, Affine) and m.index is None:
+            scale, shift = (np.broadcast_to(np.asarray(a, np.float32), (n_layers, np.shape(a)[-1])) for a in (m.scale, m.shift))
+            if m.layers is not None:
+                off = np.setdiff1d(np.arange(n_layers), m.layers)
+                scale, shift = scale.copy(), shift.copy()
+                scale[off], shift[off] = 1.0, 0.0
+            site = m.site
+        else:
+            raise ValueError(f"maps[{name!r}]: expected a jaxsteer.Affine or a LinEASResult, got {type(m).__name__}")
+        sites.add(site)
+        for s in strengths:
+            configs.append({"method": name, "layer": -1, "scale": float(s)})
+            scale_rows.append(1.0 + s * (scale - 1.0))
+            shift_rows.append(s * shift)
+    if len(sites) > 1:
+        raise ValueError(f"all maps of one sweep act at one site; got {sorted(sites)}")
+    return configs, {"scale": np.stack(scale_rows).astype(np.float32), "shift": np.stack(shift_rows).astype(np.float32)}, sites.pop()
+
+
+def _with_maps(bank: np.ndarray, map_bank: dict, n_vector_rows: int) -> dict:
+    """One dict bank: vector rows with identity maps, then map rows with zero vectors."""
+    K, shape = map_bank["scale"].shape[0], bank.shape[1:]
+    return {"vectors": np.concatenate([bank, np.zeros((K, *shape), np.float32)]),
+            "scale": np.concatenate([np.ones((n_vector_rows, *shape), np.float32), map_bank["scale"]]),
+            "shift": np.concatenate([np.zeros((n_vector_rows, *shape), np.float32), map_bank["shift"]])}
+
+
 def sweep(model: Model, tokenizer: Any, task: Task, *, methods: Sequence[str] = ("mean_difference", "pca", "probe"),
           layers: Sequence[int] = (10,), scales: Sequence[float] = (1, 2, 4, 8), vectors: dict[str, Any] | None = None,
-          trained_scales: Sequence[float] = (0.5, 1, 2), read: str | int = "mean", options: dict | None = None,
+          trained_scales: Sequence[float] = (0.5, 1, 2), maps: dict[str, Any] | None = None,
+          read: str | int = "mean", options: dict | None = None,
           max_new_tokens: int = 24, text_windows: int = 8, text_tokens: int = 64, rows: int = 96,
           say: Callable = print) -> SweepResult:
     """Sweep layer x scale per method (see the module doc) and pick each (method, layer)'s scale
-    by validation score (ties: the smaller KL)."""
+    by validation score (ties: the smaller KL). `maps`: affine maps (LinEAS) swept over
+    `trained_scales` as strengths."""
     vecs = method_vectors(model, tokenizer, task, methods, layers, read=read, options=options)
     configs, bank = _configs(vecs, layers, scales, ())
     if vectors:
         extra, extra_bank = _configs({k: np.asarray(v, np.float32) for k, v in vectors.items()}, layers,
                                      trained_scales, tuple(vectors))
         configs, bank = configs + extra, np.concatenate([bank, extra_bank])
-    bank = jnp.asarray(np.concatenate([np.zeros_like(bank[:1]), bank]))  # row 0: unsteered
+    bank = np.concatenate([np.zeros_like(bank[:1]), bank])  # row 0: unsteered
+    map_site = "mlp_in"
+    if maps:
+        map_configs, map_bank, map_site = _map_configs(maps, model.config.n_layers, trained_scales)
+        bank = _with_maps(bank, map_bank, len(configs) + 1)
+        configs = configs + map_configs
+    bank = jax.tree_util.tree_map(jnp.asarray, bank)
     say(f"{task.name}: {len(configs)} configurations x {len(task.validation)} validation prompts")
     val = task_scores(model, tokenizer, task, task.validation, bank, max_new_tokens=max_new_tokens, rows=rows,
-                      desc="validation")
+                      desc="validation", map_site=map_site)
     pad = pad_id_for(model, tokenizer)
     neutral = _padded(task.encode(tokenizer, task.validation), pad)
     text = _padded(general_text_windows(tokenizer, text_windows, text_tokens), pad)
-    kl, ppl = side_effects(model, bank, neutral, text)
+    kl, ppl = side_effects(model, bank, neutral, text, map_site=map_site)
     rows_out = [dict(c, val=float(val[i + 1]), kl=float(kl[i + 1]), ppl=float(ppl[i + 1])) for i, c in enumerate(configs)]
     best_idx = []
     for key in dict.fromkeys((r["method"], r["layer"]) for r in rows_out):
         cand = [i for i, r in enumerate(rows_out) if (r["method"], r["layer"]) == key]
         best_idx.append(max(cand, key=lambda i: (rows_out[i]["val"], -rows_out[i]["kl"])))
-    test = task_scores(model, tokenizer, task, task.test, bank[jnp.asarray([0] + [i + 1 for i in best_idx])],
-                       max_new_tokens=max_new_tokens, rows=rows, desc="test")
+    picked = jnp.asarray([0] + [i + 1 for i in best_idx])
+    test = task_scores(model, tokenizer, task, task.test, jax.tree_util.tree_map(lambda b: b[picked], bank),
+                       max_new_tokens=max_new_tokens, rows=rows, desc="test", map_site=map_site)
     best = [dict(rows_out[i], test=float(test[j + 1])) for j, i in enumerate(best_idx)]
     baseline = {"val": float(val[0]), "test": float(test[0]), "ppl": float(ppl[0])}
     return SweepResult(task.name, rows_out, best, baseline)
