@@ -104,6 +104,9 @@ def test_shipped_tasks_load():
     assert all(len(p) == 3 for p in task.pairs) and task.scorer == "lexicon"
     arith = load_task("arithmetic")
     assert arith.scorer == "correctness" and set(arith.validation).isdisjoint(arith.test)
+    pairs, chat = arith.extraction_pairs()
+    assert not chat and pairs[0][0] == arith.prompt_template.format(prompt=arith.pairs[0][0])
+    assert task.extraction_pairs() == (list(task.pairs), True)
     p = arith.test[0]
     assert arith.score([p], [f"The answer is {arith.references[p]}."]) == 1.0
     with pytest.raises(ValueError, match="unknown task 'nope'"):

@@ -106,8 +106,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
     model, tok = load(args.model)
     task = load_task(args.task)
-    chat = task.prompt_template is None
-    pairs = task.pairs if chat else [(task.prompt_template.format(prompt=p), a, b) for p, a, b in task.pairs]
+    pairs, chat = task.extraction_pairs()
     data = contrast_data(model, tok, pairs=pairs, read=args.read, site=args.site, chat=chat)
     opts = {}
     if args.method == "supervised":

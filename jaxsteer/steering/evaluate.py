@@ -76,6 +76,13 @@ class Task:
 
         return float(np.mean([correctness_reward(p, c, self.references[p]) > 0 for p, c in zip(prompts, completions)]))
 
+    def extraction_pairs(self) -> tuple[list[tuple[str, str, str]], bool]:
+        """`(pairs, chat)` for `contrast_data`: the pairs with `prompt_template` applied (chat=False),
+        or as they are for the tokenizer's chat template (chat=True)."""
+        if self.prompt_template is None:
+            return list(self.pairs), True
+        return [(self.prompt_template.format(prompt=p), a, b) for p, a, b in self.pairs], False
+
     def encode(self, tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
         """Prompt token ids (through `prompt_template`, else the chat template)."""
         if self.prompt_template:
@@ -252,8 +259,7 @@ def method_vectors(model: Model, tokenizer: Any, task: Task, methods: Sequence[s
     """`[L, d]` vectors per extraction method from the task's pairs, rescaled to the mean
     difference's length per layer. The supervised method trains one vector per layer in `layers`."""
     options = options or {}
-    chat = task.prompt_template is None
-    pairs = task.pairs if chat else [(task.prompt_template.format(prompt=p), a, b) for p, a, b in task.pairs]
+    pairs, chat = task.extraction_pairs()
     data = contrast_data(model, tokenizer, pairs=pairs, read=read, chat=chat)
     reference = extract("mean_difference", data)
     out = {}
