@@ -143,10 +143,18 @@ def check_steer_size(vector: Any, scale: Any, d_model: int, name: str, additions
     d_model squares exceeds float32's range), so every later activation would be inf or NaN."""
     if not (is_concrete(vector) and is_concrete(scale)) or vector is None:
         return
-    v, s = np.asarray(vector), np.asarray(scale)
-    if v.size == 0 or s.size == 0:
+    def largest(x) -> float | None:  # on the array's device for a jax.Array (one scalar comes back)
+        if np.size(x) == 0:
+            return None
+        if isinstance(x, jax.Array):
+            with jax.ensure_compile_time_eval():
+                return float(jnp.max(jnp.abs(x)))
+        return float(np.max(np.abs(np.asarray(x, np.float64))))
+
+    v, s = largest(vector), largest(scale)
+    if v is None or s is None:
         return
-    top = max(1, additions) * float(np.max(np.abs(v.astype(np.float64)))) * float(np.max(np.abs(s.astype(np.float64))))
+    top = max(1, additions) * v * s
     limit = float(np.sqrt(np.finfo(np.float32).max / max(1, d_model)))
     if top > limit:
         raise ValueError(
