@@ -1,6 +1,6 @@
 """Part `table1`: the steering paper's Table 1 at small scale (arXiv 2505.18706 / 2509.06608).
 
-Base model / RL steering vectors at every layer / one RL vector at the last layer / RL LoRA / RL full
+Base model / RL steering vectors at every layer / PPO (value head) steering vectors / one RL vector at the last layer / RL LoRA / RL full
 fine-tuning / ESSA from an SFT LoRA warm start / OpenAI-ES on the steering vectors, every trained
 row at the same rollout budget (640 sampled completions: 20 RL steps x 4 prompts x G=8; ES and ESSA
 10 generations x 16 members x 4 prompts, each member's answers counting as rollouts), held-out
@@ -23,6 +23,8 @@ LAST_LAYER = 29
 ROWS = [
     ("steering", "RL steering vectors, all 30 layers", common.STEERING_RUN, common.STEERING_CONFIG,
      common.STEERING_OVERRIDES),
+    ("ppo", "PPO (learned value head, GAE) steering vectors, all 30 layers", "table1_ppo",
+     common.cfg_path("smollm2_arithmetic_ppo.yaml"), NO_BEFORE),
     ("one_layer", f"RL steering vector, layer {LAST_LAYER} only", "table1_one_layer", common.STEERING_CONFIG,
      [f"trainable.layers=[{LAST_LAYER}]", *NO_BEFORE]),
     ("lora", "RL LoRA r=8, all projections", "table1_lora", common.cfg_path("smollm2_arithmetic_lora.yaml"), NO_BEFORE),
@@ -133,6 +135,13 @@ def _compare(rows: dict, paper: dict) -> list[str]:
                    "a9609f8, where the README's earlier 62.0% came from (its sampling keys differ from step 1 on). So "
                    "one RL run's interval covers evaluation noise only; seeds move this row by ~7 points, and the "
                    "differences between rows that are smaller than that are not findings.")
+    ppo = rows.get("ppo", {}).get("lenient")
+    if ppo and st:
+        out.append(f"- PPO with a critic {common.pct(ppo)} vs RLOO {common.pct(st)} on the same vectors and rollouts "
+                   f"({100 * (ppo['acc'] - st['acc']):+.1f} points; "
+                   + ("intervals overlap" if _overlap(ppo, st) else "intervals do not overlap")
+                   + "). The RL-for-reasoning seed study compares PPO, GRPO and expert iteration on models trained "
+                   "from scratch; this row is the same comparison on a pretrained model's vectors.")
     base = rows.get("base", {}).get("lenient")
     if base and st:
         out.append(f"- Gain over the base model: {100 * (st['acc'] - base['acc']):+.1f} points here, "

@@ -28,7 +28,7 @@ from ..errors import JaxsteerError
 from ..models.decoder import PROJECTIONS
 from .trainable import TrainableConfig
 
-RL_ALGORITHMS = ("grpo", "expert_iteration", "sft")
+RL_ALGORITHMS = ("grpo", "ppo", "expert_iteration", "sft")
 ES_ALGORITHMS = ("es", "eggroll", "essa")
 ES_STRATEGIES = ("openai", "cma", "sep_cma")
 ES_SPACES = ("trainable", "full", "eggroll", "essa", "essa_product", "random_subspace")
@@ -65,6 +65,9 @@ class LossConfig:
     instead the clip of RAPID's sequence weights (`rl.losses.rapid_advantages`; None = unclipped).
     importance_level: TIS weight per "token" or per "sequence" (the product of the token ratios,
     `pi_theta(y|x) / pi_old(y|x)`).
+    value_coef / value_clip: PPO only (`algorithm.name: ppo`): the weight of the value-head loss in
+    the joint loss, and its clip range: `0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)`
+    per token (None = the unclipped squared error).
     """
 
     clip_eps_low: float | None = None
@@ -75,6 +78,8 @@ class LossConfig:
     dash_tau: float = 0.0
     importance_cap: float | None = None
     importance_level: str = "token"
+    value_coef: float = 0.5
+    value_clip: float | None = 0.2
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
@@ -85,6 +90,8 @@ class LossConfig:
             raise ValueError(f"importance_level must be 'token' or 'sequence', got {self.importance_level!r}")
         if self.importance_cap is not None and self.importance_cap <= 0:
             raise ValueError("importance_cap must be positive")
+        if self.value_coef < 0 or (self.value_clip is not None and self.value_clip <= 0):
+            raise ValueError("value_coef must be >= 0 and value_clip positive (or null)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +229,10 @@ class AlgorithmConfig:
     """The RL algorithm.
 
     name: "grpo" (the policy-gradient family: REINFORCE/RLOO/GRPO/DAPO/Dr. GRPO, set by
-    `advantage` and `loss`), "expert_iteration" (NLL on samples with reward > ei_threshold: rejection-
+    `advantage` and `loss`), "ppo" (a learned value head on the policy's last residual stream,
+    per-token GAE advantages with `gamma` / `gae_lambda`, the clipped policy objective with
+    `loss.clip_eps_low` and the clipped value loss `loss.value_coef` / `loss.value_clip`; `advantage`
+    is not used), "expert_iteration" (NLL on samples with reward > ei_threshold: rejection-
     sampling SFT), "sft" (NLL on the prompts' reference answers; group_size 1), or an
     evolution strategy: "es" | "eggroll" | "essa" (settings in the `es` section; then `steps` counts
     generations, `prompts_per_step` is the prompts per generation and the GRPO fields are unused).
@@ -236,6 +246,10 @@ class AlgorithmConfig:
     split into this many minibatches, one optimizer step each, importance-weighted against the
     stored pi_old log-probs: RAPID's estimator with `advantage: rapid`, else truncated importance
     sampling (set `loss.importance_cap`). 1 = on-policy.
+    epochs: passes over those minibatches per rollout batch (PPO's K epochs; every pass after the
+    first is off-policy too), so a step makes `updates_per_batch * epochs` optimizer updates.
+    gamma / gae_lambda: PPO's discount and GAE lambda over the generated tokens (1 / 1 = Monte
+    Carlo returns: every token's return is the sequence's reward).
     dynamic_sampling / dynamic_sampling_rounds / overlong_buffer: DAPO's dynamic sampling and overlong
     reward shaping (see `rl.dynamic` and `rewards.overlong_penalty`).
     """
@@ -247,6 +261,9 @@ class AlgorithmConfig:
     micro_batches: int = 1
     dash: bool = False
     updates_per_batch: int = 1
+    epochs: int = 1
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
     ei_threshold: float = 0.0
     log_kl: bool = False  # score the reference policy each step to log KL even when loss.kl_coef = 0
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all agree, sample more prompts to refill
@@ -341,6 +358,7 @@ class TrainConfig:
     steps: int = 100
     seed: int = 0
     lr: float = 1e-3
+    value_lr: float | None = None  # PPO: the value head's learning rate (None = lr; same schedule shape)
     warmup_frac: float = 0.03
     schedule: str = "constant"  # "constant" (after warmup) | "cosine"
     weight_decay: float = 0.0
@@ -362,7 +380,8 @@ class TrainConfig:
         s = self.sampling
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
+            (self.lr >= 0, "lr must be >= 0 (0 = a null run: nothing moves)"),
+            (self.value_lr is None or self.value_lr >= 0, "value_lr must be >= 0"),
             (0 <= self.b1 < 1 and 0 <= self.b2 < 1, "b1 and b2 must be in [0, 1)"),
             (self.adam_eps > 0, "adam_eps must be > 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
@@ -386,6 +405,9 @@ class TrainConfig:
             (a.prompts_per_step >= 1, "algorithm.prompts_per_step must be >= 1"),
             (a.micro_batches >= 1, "algorithm.micro_batches must be >= 1"),
             (a.updates_per_batch >= 1, "algorithm.updates_per_batch must be >= 1"),
+            (a.epochs >= 1, "algorithm.epochs must be >= 1"),
+            (0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1, "algorithm.gamma and algorithm.gae_lambda must be in [0, 1]"),
+            (not (a.dash and a.epochs > 1), "algorithm.dash and algorithm.epochs > 1 exclude each other"),
             (not (a.dash and a.updates_per_batch > 1), "algorithm.dash and algorithm.updates_per_batch > 1 exclude each other"),
             (self.sampling.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1"),
             (self.sampling.call_rows >= 0, "sampling.call_rows must be >= 0 (0 = one sampler call per micro-batch)"),
@@ -408,6 +430,7 @@ class TrainConfig:
                 f"algorithm.group_size=1 gives a zero {a.advantage} advantage (and gradient) every step; "
                 "use group_size >= 2 (or algorithm.name=expert_iteration)"
             )
+        self._check_ppo_fields()
         batch = a.prompts_per_step * a.group_size
         per_update = batch // a.updates_per_batch
         if batch % a.updates_per_batch or per_update % a.micro_batches:
@@ -415,6 +438,27 @@ class TrainConfig:
                 f"prompts_per_step * group_size = {batch} must split into updates_per_batch={a.updates_per_batch} "
                 f"minibatches of micro_batches={a.micro_batches} equal micro-batches"
             )
+
+    def _check_ppo_fields(self) -> None:
+        """PPO's own fields are an error elsewhere; PPO's exclusions are an error in PPO."""
+        a, loss = self.algorithm, self.loss
+        ppo_only = [f"algorithm.{n}" for n in ("gamma", "gae_lambda") if getattr(a, n) != _default(AlgorithmConfig, n)]
+        ppo_only += [f"loss.{n}" for n in ("value_coef", "value_clip") if getattr(loss, n) != _default(LossConfig, n)]
+        ppo_only += ["value_lr"] if self.value_lr is not None else []
+        if a.name != "ppo" and ppo_only:
+            raise ConfigError(f"{', '.join(ppo_only)}: PPO settings, not used by algorithm.name={a.name}; remove them")
+        if a.name == "ppo":
+            bad = [(a.dash, "algorithm.dash"), (a.advantage == "rapid", "algorithm.advantage=rapid"),
+                   (loss.dash_tau > 0, "loss.dash_tau"), (loss.importance_cap is not None, "loss.importance_cap")]
+            named = [name for on, name in bad if on]
+            if named:
+                raise ConfigError(f"{', '.join(named)}: not available with algorithm.name=ppo (per-token GAE "
+                                  "advantages and the clipped objective replace them)")
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per RL step: `updates_per_batch * epochs`."""
+        return self.algorithm.updates_per_batch * self.algorithm.epochs
 
     @property
     def is_es(self) -> bool:
@@ -446,9 +490,10 @@ def non_finite_fields(cfg: Any, prefix: str = "") -> list[str]:
 
 
 # Fields only one learner reads ("section" = every field of it). The rest is shared.
-RL_ONLY = ("model.remat", "model.init_from", "lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "adam_eps", "grad_clip", "loss", "mesh",
+RL_ONLY = ("model.remat", "model.init_from", "lr", "value_lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "adam_eps", "grad_clip", "loss", "mesh",
            "algorithm.advantage", "algorithm.group_size", "algorithm.micro_batches", "algorithm.dash",
-           "algorithm.updates_per_batch", "algorithm.ei_threshold", "algorithm.log_kl", "algorithm.dynamic_sampling",
+           "algorithm.updates_per_batch", "algorithm.epochs", "algorithm.gamma", "algorithm.gae_lambda",
+           "algorithm.ei_threshold", "algorithm.log_kl", "algorithm.dynamic_sampling",
            "algorithm.dynamic_sampling_rounds", "algorithm.overlong_buffer", "sampling.call_rows")
 ES_ONLY = ("es",)
 

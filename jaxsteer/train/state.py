@@ -1,12 +1,14 @@
 """Gradient-trained state shared by the gradient learners (RL now, SFT later): the optimizer, the
 train state placed on a mesh, and restoring a run's trained part from its checkpoints.
 
-A checkpoint of a gradient run holds `{"train": {"step", "trainable", "opt"}, "rng": key}`.
+A checkpoint of a gradient run holds `{"train": {"step", "trainable", "opt"}, "rng": key}`; a PPO
+run's "train" also holds its value head and that head's optimizer state ("value", "value_opt").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Any, Callable, Sequence
@@ -20,7 +22,7 @@ from . import checkpoint as ckpt
 from .build import build_model
 from .config import ConfigError, TrainConfig, config_to_dict, load_config
 from .sharding import make_mesh, replicate, replicated, tree_shardings
-from .trainable import init_trainable
+from .trainable import init_trainable, init_value_head
 
 
 def make_optimizer(lr: float, total_updates: int, *, warmup_frac: float = 0.03, schedule: str = "constant",
@@ -44,10 +46,17 @@ def make_optimizer(lr: float, total_updates: int, *, warmup_frac: float = 0.03, 
     return optax.chain(*parts), sched
 
 
-def init_state(trainable: Any, tx: optax.GradientTransformation) -> dict:
-    """Train state: `{"step": int32, "trainable": ..., "opt": optax state}` (trainable in float32)."""
+def init_state(trainable: Any, tx: optax.GradientTransformation, value_head: dict | None = None,
+               value_tx: optax.GradientTransformation | None = None) -> dict:
+    """Train state: `{"step": int32, "trainable": ..., "opt": optax state}` (trainable in float32),
+    plus `"value"` / `"value_opt"` when a value head (PPO's critic) is given (its optimizer:
+    `value_tx`, default `tx`)."""
     trainable = jax.tree_util.tree_map(lambda x: jnp.array(x, jnp.float32), trainable)  # a fresh copy
-    return {"step": jnp.zeros((), jnp.int32), "trainable": trainable, "opt": tx.init(trainable)}
+    state = {"step": jnp.zeros((), jnp.int32), "trainable": trainable, "opt": tx.init(trainable)}
+    if value_head is not None:
+        state["value"] = jax.tree_util.tree_map(lambda x: jnp.array(x, jnp.float32), value_head)
+        state["value_opt"] = (value_tx or tx).init(state["value"])
+    return state
 
 
 @dataclasses.dataclass
@@ -62,6 +71,7 @@ class TrainState:
     schedule: Callable
     base_shardings: Any
     state_shardings: Any
+    value_tx: Any = None  # PPO: the value head's optimizer (`value_lr`)
 
     def checkpoint_tree(self, state: dict | None = None, rng: jax.Array | None = None) -> dict:
         """What a checkpoint holds: `{"train": state, "rng": rng}` (defaults: the initial ones)."""
@@ -79,20 +89,27 @@ def init_train_state(cfg: TrainConfig, model: Model, mesh, total_updates: int, t
     init_key, rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     if trainable0 is None:
         trainable0 = init_trainable(model, cfg.trainable, init_key)
-    tx, sched = make_optimizer(
-        cfg.lr, total_updates, warmup_frac=cfg.warmup_frac, schedule=cfg.schedule, weight_decay=cfg.weight_decay,
-        b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps, grad_clip=cfg.grad_clip,
-    )
-    abstract = jax.eval_shape(lambda t: init_state(t, tx), trainable0)
+    optimizer = functools.partial(make_optimizer, total_updates=total_updates, warmup_frac=cfg.warmup_frac,
+                                  schedule=cfg.schedule, weight_decay=cfg.weight_decay, b1=cfg.b1, b2=cfg.b2,
+                                  eps=cfg.adam_eps, grad_clip=cfg.grad_clip)
+    tx, sched = optimizer(cfg.lr)
+    head, value_tx = None, None
+    if cfg.algorithm.name == "ppo":
+        head = init_value_head(model.config.d_model)
+        value_tx = optimizer(cfg.lr if cfg.value_lr is None else cfg.value_lr)[0]
+    abstract = jax.eval_shape(lambda t, v: init_state(t, tx, v, value_tx), trainable0, head)
     shard_state = cfg.trainable.kind == "full" and fsdp
     state_shardings = {
         "step": replicated(mesh),
         "trainable": tree_shardings(abstract["trainable"], mesh, shard_state),
         "opt": tree_shardings(abstract["opt"], mesh, shard_state),
     }
-    state = jax.jit(lambda t: init_state(t, tx), out_shardings=state_shardings)(trainable0)
+    for name in ("value", "value_opt"):  # PPO's value head: small, replicated
+        if name in abstract:
+            state_shardings[name] = tree_shardings(abstract[name], mesh, False)
+    state = jax.jit(lambda t, v: init_state(t, tx, v, value_tx), out_shardings=state_shardings)(trainable0, head)
     rng = replicate(rng, mesh)  # one global key: every process saves and samples with the same one
-    return TrainState(model, state, rng, tx, sched, base_shardings, state_shardings)
+    return TrainState(model, state, rng, tx, sched, base_shardings, state_shardings, value_tx)
 
 
 def load_trainable(cfg: TrainConfig, *, step: int | None = None, model: Model | None = None, tokenizer: Any = None,
@@ -102,7 +119,7 @@ def load_trainable(cfg: TrainConfig, *, step: int | None = None, model: Model | 
     if model is None:
         model, tokenizer = build_model(cfg.model)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)
-    ts = init_train_state(cfg, model, mesh, cfg.steps * cfg.algorithm.updates_per_batch)
+    ts = init_train_state(cfg, model, mesh, cfg.steps * cfg.updates_per_step)
     checkpointer = ckpt.Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), read_only=True)
     try:
         restored, meta = checkpointer.restore(

@@ -24,6 +24,9 @@ Kinds:
   zeros at init (the identity). Residual-width sites only.
 - "full": the model's own parameter pytree.
 
+PPO's critic, a linear value head on the last residual stream (`init_value_head`,
+`value_estimates`), is trained beside any of these kinds (`rl.value`).
+
 Every kind starts with zero effect: the initial policy equals the base model.
 """
 
@@ -36,7 +39,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..models.decoder import PROJECTIONS
+from ..models.decoder import PROJECTIONS, rms_norm
 from ..models.interventions import AdaptiveSteer, Affine, Steer, check_site, site_feature_shape
 from ..models.params import Model
 
@@ -255,6 +258,19 @@ def merge_lora(model: Model, trainable: dict, cfg: TrainableConfig) -> Model:
     return model.replace(params={**model.params, "layers": layers})
 
 
+def init_value_head(d_model: int) -> dict:
+    """A value head `{"w": zeros [d], "b": 0.0}` (float32): V = 0 everywhere at the start."""
+    return {"w": jnp.zeros((d_model,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+
+
+def value_estimates(model: Model, head: dict, h: jax.Array) -> jax.Array:
+    """Per-position values `[...]` (float32) from residual vectors `h [..., d]` (before the final
+    norm): `rms_norm(h) . w + b` with the model's final norm."""
+    c = model.config
+    x = rms_norm(h, model.params["final_norm"], c.norm_eps, c.norm_offset).astype(jnp.float32)
+    return x @ head["w"] + head["b"]
+
+
 def count_params(trainable) -> int:
     """Number of trainable scalars."""
     return int(sum(math.prod(jnp.shape(x)) for x in jax.tree_util.tree_leaves(trainable)))
@@ -272,4 +288,6 @@ __all__ = [
     "LAYERED_KINDS",
     "merge_lora",
     "count_params",
+    "init_value_head",
+    "value_estimates",
 ]

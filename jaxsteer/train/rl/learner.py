@@ -6,8 +6,10 @@ Per step (`cfg.steps` of them):
 2. sample G completions per prompt with the core's compiled sampler (`jaxsteer.generate`),
    under the current policy (`build_policy`): one call for the whole batch with
    `algorithm.dash`, else one call per group of micro-batches up to `sampling.call_rows` rows;
-3. rewards in Python (text or token ids), group advantages (RLOO / GRPO / mean);
-4. `updates_per_batch` optimizer updates (1 = on-policy), each one jitted step with the
+3. rewards in Python (text or token ids), group advantages (RLOO / GRPO / mean); PPO: the value
+   head's estimates under the sampling policy and per-token GAE advantages (`rl.value`);
+4. `epochs` passes over `updates_per_batch` minibatches, one optimizer update each (1 x 1 =
+   on-policy), each one jitted step with the
    micro-batches accumulated inside by `lax.scan`, explicit shardings on a ("data", "fsdp") mesh;
 5. metrics to the run's progress bar / JSONL / TensorBoard, checkpoints every `checkpoint.every`.
 
@@ -18,6 +20,7 @@ checkpoints and the summary; `train_rl` is what `jaxsteer.train.train` calls for
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from typing import Any, Callable, Sequence
 
@@ -43,8 +46,15 @@ from .losses import group_advantages, zero_std_fraction
 from .rollout import RolloutBatch, collect
 from .sft import reference_batch
 from .step import StepSpec, compile_step
+from .value import make_value_fn, ppo_targets
 
 BATCH_KEYS = ("tokens", "mask", "old_logp", "advantages", "rewards")
+PPO_KEYS = ("returns", "old_values")  # PPO's extra per-token arrays (and its advantages are per token)
+
+
+def batch_keys(cfg: TrainConfig) -> tuple[str, ...]:
+    """The rollout-batch arrays the update step reads."""
+    return BATCH_KEYS + (PPO_KEYS if cfg.algorithm.name == "ppo" else ())
 
 
 @dataclasses.dataclass
@@ -60,6 +70,8 @@ class Setup:
     base_shardings: Any
     state_shardings: Any
     batch_shardings: dict
+    value_fn: Callable | None = None  # PPO: the value head's estimates of a rollout batch (`rl.value.make_value_fn`)
+    value_tx: Any = None  # PPO: the value head's optimizer
 
 
 def step_spec(cfg: TrainConfig) -> StepSpec:
@@ -82,7 +94,8 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
         algorithm="expert_iteration" if a.name == "sft" else a.name,  # SFT: the same NLL on reference rows
         ei_threshold=0.0 if a.name == "sft" else a.ei_threshold,
         temperature=cfg.sampling.temperature,
-        on_policy=a.updates_per_batch == 1 and cfg.loss.clip_eps_low is None and cfg.loss.importance_cap is None,
+        on_policy=(cfg.updates_per_step == 1 and cfg.loss.clip_eps_low is None and cfg.loss.importance_cap is None
+                   and a.name != "ppo"),
         need_ref=cfg.loss.kl_coef > 0 or a.log_kl,
         shared_prompts=a.group_size if rows_per_micro % a.group_size == 0 and not packs_dash(cfg) else 1,
         rapid_group=a.group_size if a.advantage == "rapid" and a.name == "grpo" else 0,
@@ -94,11 +107,15 @@ def setup_training(cfg: TrainConfig, model: Model, mesh, tokenizer: Any = None) 
     """Place the base model on the mesh, build the optimizer, the initial train state (trainable in
     float32, created directly with its shardings; from `model.init_from`'s run when set) and the
     step spec."""
-    ts = init_train_state(cfg, model, mesh, cfg.steps * cfg.algorithm.updates_per_batch,
-                          start_trainable(cfg, model, tokenizer))
-    batch_shardings = {k: batch_sharding(mesh, 2 if k in ("advantages", "rewards") else 3) for k in BATCH_KEYS}
-    return Setup(ts.model, ts.state, ts.rng, ts.tx, ts.schedule, step_spec(cfg), ts.base_shardings,
-                 ts.state_shardings, batch_shardings)
+    ts = init_train_state(cfg, model, mesh, cfg.steps * cfg.updates_per_step, start_trainable(cfg, model, tokenizer))
+    per_row = ("rewards",) if cfg.algorithm.name == "ppo" else ("advantages", "rewards")
+    batch_shardings = {k: batch_sharding(mesh, 2 if k in per_row else 3) for k in batch_keys(cfg)}
+    spec = step_spec(cfg)
+    value_fn = None
+    if cfg.algorithm.name == "ppo":
+        value_fn = make_value_fn(spec, base_shardings=ts.base_shardings, state_shardings=ts.state_shardings, mesh=mesh)
+    return Setup(ts.model, ts.state, ts.rng, ts.tx, ts.schedule, spec, ts.base_shardings, ts.state_shardings,
+                 batch_shardings, value_fn, ts.value_tx)
 
 
 def sampler_calls(cfg: TrainConfig) -> int:
@@ -137,15 +154,16 @@ def check_layout(cfg: TrainConfig, mesh) -> tuple[int, int]:
 
 
 def update(step_fn, setup: Setup, state: dict, batch: RolloutBatch, cfg: TrainConfig, mesh) -> tuple[dict, dict]:
-    """`updates_per_batch` optimizer steps on consecutive minibatches of a rollout batch; metrics
-    averaged over them, plus `clip_fraction_after_first`: the clip fraction of the minibatches after
-    the first (whose ratios are all 1, so only later ones can clip)."""
+    """`epochs` passes of one optimizer step on each of `updates_per_batch` consecutive minibatches
+    of a rollout batch (the same order every pass); metrics averaged over them, plus
+    `clip_fraction_after_first`: the clip fraction of the updates after the first (whose ratios are
+    all 1, so only later ones can clip)."""
     a = cfg.algorithm
     per_update = len(batch.rewards) // a.updates_per_batch
     metrics = []
-    for u in range(a.updates_per_batch):
+    for _, u in itertools.product(range(a.epochs), range(a.updates_per_batch)):
         sl = slice(u * per_update, (u + 1) * per_update)
-        local = {k: getattr(batch, k)[sl] for k in BATCH_KEYS}
+        local = {k: getattr(batch, k)[sl] for k in batch_keys(cfg)}
         if packs_dash(cfg):  # DASH: filtered samples never reach the forward / backward pass
             local, kept = pack_kept(local, per_update // a.micro_batches, cfg.loss.dash_tau, batch.prompt_width)
         else:
@@ -178,6 +196,9 @@ def step_record(cfg: TrainConfig, spec: StepSpec, batch: RolloutBatch, m: dict, 
         "kl": m.get("kl") if spec.need_ref else None,
         "clip_fraction": m.get("clip_fraction"),
         "clip_fraction_after_first": m.get("clip_fraction_after_first"),  # updates_per_batch > 1
+        "value_loss": m.get("value_loss"),  # PPO
+        "explained_variance": m.get("explained_variance"),  # PPO
+        "value_clip_fraction": m.get("value_clip_fraction"),  # PPO
         "kept_fraction": m.get("kept_fraction"),
         "update_rows": m.get("update_rows"),  # rows run forward and backward (fewer with DASH's filter)
         "grad_norm": m.get("grad_norm"),
@@ -194,9 +215,10 @@ def step_record(cfg: TrainConfig, spec: StepSpec, batch: RolloutBatch, m: dict, 
 
 def _describe(cfg: TrainConfig, c, n_trainable: int, mesh, load_seconds: float) -> str:
     a = cfg.algorithm
+    advantage = f"gae(gamma={a.gamma:g}, lambda={a.gae_lambda:g})" if a.name == "ppo" else a.advantage
     return (
         f"model {cfg.model.spec}: {c.architecture}, {c.n_layers} layers, d={c.d_model} | trainable {cfg.trainable.kind} "
-        f"({n_trainable:,} parameters) | {a.name}/{a.advantage}, {a.prompts_per_step} prompts x G={a.group_size}, "
+        f"({n_trainable:,} parameters) | {a.name}/{advantage}, {a.prompts_per_step} prompts x G={a.group_size}, "
         f"{a.micro_batches} micro-batch(es), lr {cfg.lr:g} | mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} "
         f"on {len(mesh.devices.flat)} {jax.default_backend()} device(s), {jax.process_count()} process(es) | "
         f"load {load_seconds:.1f} s"
@@ -213,7 +235,7 @@ class RLLearner:
         self.step_fn = compile_step(
             self.setup.spec, self.setup.tx, base_shardings=self.setup.base_shardings,
             state_shardings=self.setup.state_shardings, batch_shardings=self.setup.batch_shardings,
-            metric_sharding=replicated(mesh),
+            metric_sharding=replicated(mesh), value_tx=self.setup.value_tx,
         )
         loader = make_loader(inputs.train_examples, batch_size=local_prompts, seed=cfg.seed,
                              shard_index=jax.process_index(), shard_count=jax.process_count(), chunks=self.calls,
@@ -254,9 +276,13 @@ class RLLearner:
             )
 
         if not a.dynamic_sampling:
-            return sample(0)
-        batch, self.rollout_stats = fill_batch(sample, a.prompts_per_step // jax.process_count(), G,
-                                               a.dynamic_sampling_rounds, pad_id_for(model, inp.tokenizer))
+            batch = sample(0)
+        else:
+            batch, self.rollout_stats = fill_batch(sample, a.prompts_per_step // jax.process_count(), G,
+                                                   a.dynamic_sampling_rounds, pad_id_for(model, inp.tokenizer))
+        if a.name == "ppo":
+            batch = ppo_targets(self.setup.value_fn, self.setup.model, state, batch, micro_batches=a.micro_batches,
+                                gamma=a.gamma, lam=a.gae_lambda, mesh=self.mesh)
         return batch
 
     def step(self, state: dict, rng: jax.Array, step: int) -> tuple[dict, jax.Array, dict]:
@@ -267,7 +293,7 @@ class RLLearner:
         t1 = time.perf_counter()
         state, m = update(self.step_fn, self.setup, state, batch, self.cfg, self.mesh)
         t2 = time.perf_counter()
-        lr = float(self.setup.schedule((step + 1) * self.cfg.algorithm.updates_per_batch - 1))
+        lr = float(self.setup.schedule((step + 1) * self.cfg.updates_per_step - 1))
         record = step_record(self.cfg, self.setup.spec, batch, m, lr, (t1 - t0, t2 - t1, t2 - t0))
         return state, rng, {**record, **self.rollout_stats}
 

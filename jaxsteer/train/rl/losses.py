@@ -17,6 +17,10 @@ positions; `mask [B, N]` is 1 on generated tokens (including the stop token) and
   weights, `-w_i (r_i - b_i) grad log pi(y_i)` with `b_i` the weighted leave-one-out group mean;
 - optional k3 KL to the reference policy, `exp(ref - logp) - (ref - logp) - 1` per token;
 - optional DASH gradient filtering: samples with `|A| <= dash_tau` are left out.
+
+PPO (`gae`, `value_loss`): per-token advantages `[B, N]` from a learned value head by generalised
+advantage estimation, fed to the same `policy_loss` (advantages may be `[B]` or `[B, N]`), plus
+the clipped value loss.
 """
 
 from __future__ import annotations
@@ -161,7 +165,7 @@ def importance_weights(logp, old_logp, valid, cfg: LossConfig) -> tuple[jax.Arra
 def clipped_objective(rho, ratio, advantages, cfg: LossConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-token objective `min(rho A, clip(rho, 1 - low, 1 + high) A)` (plain `rho A` without
     clipping) and the masks of tokens clipped low / high (their branch is a constant)."""
-    A = advantages[:, None]
+    A = advantages if advantages.ndim == 2 else advantages[:, None]
     if cfg.clip_eps_low is None:
         none = jnp.zeros(rho.shape, bool)
         return rho * A, none, none
@@ -173,9 +177,10 @@ def clipped_objective(rho, ratio, advantages, cfg: LossConfig) -> tuple[jax.Arra
 
 
 def _check_shapes(logp, old_logp, m, adv) -> None:
-    if logp.ndim != 2 or old_logp.shape != logp.shape or m.shape != logp.shape or adv.shape != logp.shape[:1]:
+    if logp.ndim != 2 or old_logp.shape != logp.shape or m.shape != logp.shape or adv.shape not in (logp.shape[:1],
+                                                                                                    logp.shape):
         raise ValueError(
-            f"expected logp/old_logp/mask [B, N] and advantages [B]; got {logp.shape}, {old_logp.shape}, "
+            f"expected logp/old_logp/mask [B, N] and advantages [B] or [B, N]; got {logp.shape}, {old_logp.shape}, "
             f"{m.shape}, {adv.shape}"
         )
 
@@ -196,7 +201,8 @@ def policy_loss(
 
     logp `[B, N]` (current policy, differentiable), old_logp `[B, N]` (the sampling policy;
     `stop_gradient(logp)` for a single on-policy step), ref_logp `[B, N]` or None (reference
-    policy; needed when `cfg.kl_coef > 0`), advantages `[B]`, mask `[B, N]` completion mask.
+    policy; needed when `cfg.kl_coef > 0`), advantages `[B]` (per sequence) or `[B, N]` (per token,
+    PPO's GAE; then `cfg.dash_tau` must be 0), mask `[B, N]` completion mask.
     `denominator`: see `aggregate` (for micro-batching).
 
     Metrics (token means over the mask unless noted): pg_loss, kl_loss (aggregated like the loss),
@@ -211,7 +217,9 @@ def policy_loss(
     _check_shapes(logp, old_logp, m, adv)
     if cfg.kl_coef and ref_logp is None:
         raise ValueError("kl_coef > 0 needs ref_logp")
-    keep = dash_keep(adv, cfg.dash_tau)
+    if adv.ndim == 2 and cfg.dash_tau > 0:
+        raise ValueError("dash_tau filters whole samples; it needs per-sequence advantages [B]")
+    keep = dash_keep(adv, cfg.dash_tau) if adv.ndim == 1 else jnp.ones(adv.shape[:1], jnp.float32)
     m = m * keep[:, None]
     valid = m > 0
     rho, ratio, log_ratio, capped = importance_weights(logp, old_logp, valid, cfg)
@@ -242,6 +250,79 @@ def policy_loss(
         "n_tokens": jnp.sum(m),
     }
     return loss, metrics
+
+
+# --------------------------------------------------------------------------- PPO
+
+
+def terminal_rewards(rewards, mask) -> jax.Array:
+    """Per-token rewards `[B, N]`: each sequence's reward `[B]` on its last generated token (the
+    last 1 of its completion mask), 0 elsewhere."""
+    m = jnp.asarray(mask, jnp.float32)
+    last = (m > 0) & (jnp.pad(m[:, 1:], ((0, 0), (0, 1))) == 0)
+    return jnp.where(last, jnp.asarray(rewards, jnp.float32)[:, None], 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("gamma", "lam"))
+def gae(token_rewards, values, mask, gamma: float = 1.0, lam: float = 0.95) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation over the completion tokens: `(advantages, returns)`, each
+    `[B, N]`, zero on padding.
+
+    `delta_t = r_t + gamma V_{t+1} - V_t` (V after the last token is 0: the episode ends there),
+    `A_t = delta_t + gamma lam A_{t+1}`, returns `R_t = A_t + V_t` (the value head's targets).
+    token_rewards, values, mask `[B, N]` (mask contiguous from t = 0). `gamma = lam = 1` gives the
+    Monte Carlo returns `R_t = sum_{k >= t} r_k` and `A_t = R_t - V_t`."""
+    r = jnp.asarray(token_rewards, jnp.float32)
+    m = jnp.asarray(mask, jnp.float32)
+    v = jnp.asarray(values, jnp.float32) * m
+    next_v = jnp.pad(v[:, 1:], ((0, 0), (0, 1)))
+    delta = (r + gamma * next_v - v) * m
+    next_m = jnp.pad(m[:, 1:], ((0, 0), (0, 1)))
+
+    def back(carry, xs):  # from the last token to the first
+        d, nm = xs
+        a = d + gamma * lam * nm * carry
+        return a, a
+
+    _, adv = jax.lax.scan(back, jnp.zeros(r.shape[0], jnp.float32), (delta.T, next_m.T), reverse=True)
+    adv = adv.T * m
+    return adv, (adv + v) * m
+
+
+def whiten(x, mask, eps: float = 1e-8) -> jax.Array:
+    """`(x - mean) / std` over the masked entries (zero on the rest): PPO's advantage normalisation."""
+    m = jnp.asarray(mask, jnp.float32)
+    n = jnp.maximum(jnp.sum(m), 1.0)
+    mean = jnp.sum(x * m) / n
+    var = jnp.sum(jnp.square(x - mean) * m) / n
+    return (x - mean) * jax.lax.rsqrt(var + eps) * m
+
+
+def value_loss(values, old_values, returns, mask, clip: float | None = 0.2, *, aggregation: str = "token_mean",
+               max_len: int | None = None, denominator=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """PPO's value loss `0.5 * max((V - R)^2, (V_clip - R)^2)` with
+    `V_clip = V_old + clip(V - V_old, -clip, clip)` per token (`clip=None`: `0.5 (V - R)^2`),
+    aggregated like the policy loss (`aggregate`). Returns `(loss, metrics)`: value_loss,
+    value_clip_fraction (tokens where the clipped branch is the larger), explained_variance
+    (of the returns by the values, over the mask)."""
+    v = jnp.asarray(values, jnp.float32)
+    old = _sg(jnp.asarray(old_values, jnp.float32))
+    ret = _sg(jnp.asarray(returns, jnp.float32))
+    m = jnp.asarray(mask, jnp.float32)
+    err = jnp.square(v - ret)
+    if clip is None:
+        per_tok, clipped = err, jnp.zeros_like(err)
+    else:
+        err_clip = jnp.square(old + jnp.clip(v - old, -clip, clip) - ret)
+        per_tok, clipped = jnp.maximum(err, err_clip), (err_clip > err).astype(jnp.float32)
+    loss = aggregate(0.5 * per_tok, m, aggregation, max_len=max_len, denominator=denominator)
+    n = jnp.maximum(jnp.sum(m), 1.0)
+    mean_ret = jnp.sum(ret * m) / n
+    var_ret = jnp.sum(jnp.square(ret - mean_ret) * m) / n
+    resid = ret - _sg(v)
+    var_res = jnp.sum(jnp.square(resid - jnp.sum(resid * m) / n) * m) / n
+    return loss, {"value_loss": _sg(loss), "value_clip_fraction": jnp.sum(clipped * m) / n,
+                  "explained_variance": 1.0 - var_res / jnp.maximum(var_ret, 1e-8)}
 
 
 def rapid_advantages(rewards, seq_log_ratio, group_size: int, cap: float | None = None) -> tuple[jax.Array, jax.Array]:
@@ -315,5 +396,9 @@ __all__ = [
     "policy_loss",
     "rapid_advantages",
     "rapid_loss",
+    "terminal_rewards",
+    "gae",
+    "whiten",
+    "value_loss",
     "expert_iteration_loss",
 ]

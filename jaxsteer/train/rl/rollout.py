@@ -30,7 +30,8 @@ class RolloutBatch:
     tokens / mask `[B, P + N]` (prompt left-padded to width P, completion after it), old_logp `[B, N]`
     (sampling-distribution log-probs, 0 on padding), rewards / advantages `[B]`, lengths `[B]`,
     texts (decoded completions or None), seconds spent sampling, and `prompt_width` = P.
-    task_rewards `[B]`: the rewards before length shaping (= rewards without it)."""
+    task_rewards `[B]`: the rewards before length shaping (= rewards without it). PPO
+    (`value.ppo_targets`) sets per-token advantages `[B, N]` and adds returns and old_values `[B, N]`."""
 
     tokens: np.ndarray
     mask: np.ndarray
@@ -42,6 +43,8 @@ class RolloutBatch:
     texts: list[str] | None
     sample_seconds: float
     task_rewards: np.ndarray | None = None
+    returns: np.ndarray | None = None
+    old_values: np.ndarray | None = None
 
     @property
     def completion_mask(self) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Scoring completions under a policy: per-token log-probabilities and entropies.
 
-`token_logprobs` is the one log-softmax / gather / entropy; `sequence_logprobs` scores full rows
+`token_logprobs` is the one log-softmax / gather / entropy; `completion_states` is the last
+residual stream at the positions that predict completion tokens (what the unembedding and PPO's
+value head read); `sequence_logprobs` scores full rows
 with one forward, `grouped_sequence_logprobs` runs each prompt of a GRPO group once and repeats
 its K/V cache for the group's completions (same values and gradients, G times fewer prompt
 tokens).
@@ -32,14 +34,36 @@ def token_logprobs(logits, targets, mask, temperature: float = 1.0) -> tuple[jax
     return jnp.where(keep, logp, 0.0), jnp.where(keep, entropy, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("completion_start", "temperature", "remat"))
-def _sequence_logprobs(model, tokens, mask, interventions, completion_start, temperature, remat):
+@functools.partial(jax.jit, static_argnames=("completion_start", "remat"))
+def _completion_states(model, tokens, mask, interventions, completion_start, remat):
     positions = default_positions(tokens, mask)
     k_pos = jnp.where(mask.astype(bool), positions, -1)
     h, _, _ = run_layers(model, embed(model, tokens), positions, k_pos, interventions, frozenset(), remat=remat)
-    # Only the positions that predict completion tokens go through the unembedding.
-    logits = unembed(model, h[:, completion_start - 1 : -1])
-    return token_logprobs(logits, tokens[:, completion_start:], mask[:, completion_start:], temperature)
+    return h[:, completion_start - 1 : -1]  # only the positions that predict completion tokens
+
+
+def _check_rows(model, tokens, mask, interventions, completion_start):
+    tokens = jnp.asarray(tokens)
+    mask = jnp.asarray(mask)
+    if tokens.ndim != 2 or mask.shape != tokens.shape:
+        raise ValueError(f"tokens and mask must both be [B, T]; got {tokens.shape} and {mask.shape}")
+    if not 1 <= completion_start < tokens.shape[1]:
+        raise ValueError(f"completion_start={completion_start} must be in [1, {tokens.shape[1] - 1}]")
+    interventions = as_tuple(interventions)
+    check_all(interventions, model.config, tokens.shape[1])
+    return tokens, mask, interventions
+
+
+def completion_states(model: Model, tokens, mask, interventions: Any = (), *, completion_start: int,
+                      group_size: int = 1, remat: bool | str = False) -> jax.Array:
+    """The last layer's residual stream (`resid_post`, before the final norm) `[B, N, d]` at the
+    positions that predict the completion tokens `tokens[:, completion_start:]`: what the
+    unembedding (and a value head) reads. `group_size` > 1: rows come in groups sharing one prompt
+    (see `grouped_sequence_logprobs`), each prompt runs once. Same arguments as `sequence_logprobs`."""
+    if group_size > 1:
+        return _grouped_states(model, tokens, mask, as_tuple(interventions), completion_start, group_size, remat)
+    tokens, mask, interventions = _check_rows(model, tokens, mask, interventions, completion_start)
+    return _completion_states(model, tokens, mask, interventions, int(completion_start), remat)
 
 
 def sequence_logprobs(
@@ -61,15 +85,8 @@ def sequence_logprobs(
     to `model` and `interventions`. `remat`: rematerialise the layer scan in the backward pass
     (`run_layers`; a bool or a `jax.checkpoint_policies` name).
     """
-    tokens = jnp.asarray(tokens)
-    mask = jnp.asarray(mask)
-    if tokens.ndim != 2 or mask.shape != tokens.shape:
-        raise ValueError(f"tokens and mask must both be [B, T]; got {tokens.shape} and {mask.shape}")
-    if not 1 <= completion_start < tokens.shape[1]:
-        raise ValueError(f"completion_start={completion_start} must be in [1, {tokens.shape[1] - 1}]")
-    interventions = as_tuple(interventions)
-    check_all(interventions, model.config, tokens.shape[1])
-    return _sequence_logprobs(model, tokens, mask, interventions, int(completion_start), float(temperature), remat)
+    h = completion_states(model, tokens, mask, interventions, completion_start=completion_start, remat=remat)
+    return token_logprobs(unembed(model, h), tokens[:, completion_start:], mask[:, completion_start:], temperature)
 
 
 def grouped_sequence_logprobs(model: Model, tokens, mask, interventions=(), *, completion_start: int,
@@ -80,7 +97,14 @@ def grouped_sequence_logprobs(model: Model, tokens, mask, interventions=(), *, c
     full row (the prompt's activations, and so the gradient through them, are identical within a
     group), with `G` times fewer prompt tokens. Rows `g * G .. g * G + G - 1` must have identical
     prompt tokens and mask (`tokens[:, :completion_start]`). `remat` as in `sequence_logprobs`."""
-    interventions = as_tuple(interventions)
+    h = _grouped_states(model, tokens, mask, as_tuple(interventions), completion_start, group_size, remat)
+    P = completion_start
+    return token_logprobs(unembed(model, h), tokens[:, P:], mask[:, P:], temperature)
+
+
+def _grouped_states(model: Model, tokens, mask, interventions: tuple, completion_start: int, group_size: int,
+                    remat) -> jax.Array:
+    """`completion_states` of grouped rows: one prompt forward per group, its K/V cache repeated."""
     B, T = tokens.shape
     P, G = completion_start, group_size
     prompt, pmask = tokens[::G, :P], mask[::G, :P]
@@ -100,7 +124,7 @@ def grouped_sequence_logprobs(model: Model, tokens, mask, interventions=(), *, c
         h_rest, _, _ = run_layers(model, embed(model, c_tok), c_pos, k_pos, interventions, frozenset(), cache, P,
                                   remat=remat)
         h = jnp.concatenate([h, h_rest], axis=1)
-    return token_logprobs(unembed(model, h), tokens[:, P:], mask[:, P:], temperature)
+    return h
 
 
-__all__ = ["token_logprobs", "sequence_logprobs", "grouped_sequence_logprobs"]
+__all__ = ["token_logprobs", "completion_states", "sequence_logprobs", "grouped_sequence_logprobs"]

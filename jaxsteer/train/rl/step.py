@@ -9,6 +9,11 @@ denominator of the whole batch (total completion tokens for "token_mean", sequen
 "seq_mean_token_mean", sequences x max_len for "seq_sum_norm"; DASH-filtered samples excluded),
 so the summed gradient equals the full-batch gradient whatever M is. Then one optax update:
 global-norm clipping and AdamW. Shardings are explicit (`jax.jit(in_shardings, out_shardings)`).
+
+PPO (`algorithm="ppo"`): the state also holds a value head (`state["value"]`, `rl.value`) and its
+optimizer state (`state["value_opt"]`); the loss adds `value_coef * value_loss` on the batch's
+`returns` / `old_values`, the gradient goes to both, and each gets its own optax update (its own
+global-norm clip).
 """
 
 from __future__ import annotations
@@ -21,17 +26,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ...models.decoder import unembed
 from ...models.params import Model
 from ..config import LossConfig
-from ..trainable import TrainableConfig, build_policy
-from .losses import expert_iteration_loss, expert_iteration_mask, k3_kl, policy_loss, rapid_loss
-from .scoring import grouped_sequence_logprobs, sequence_logprobs
+from ..trainable import TrainableConfig, build_policy, value_estimates
+from .losses import expert_iteration_loss, expert_iteration_mask, k3_kl, policy_loss, rapid_loss, value_loss
+from .scoring import completion_states, token_logprobs
 
 _sg = jax.lax.stop_gradient
 
 # Metrics combined across micro-batches as token-weighted means / sums / extrema.
-_TOKEN_MEAN = ("kl", "clip_fraction", "clip_low_fraction", "clip_high_fraction", "ratio_mean", "importance_capped_fraction")
-_SUM = ("pg_loss", "kl_loss", "loss", "n_tokens", "entropy_sum", "comp_tokens")
+_TOKEN_MEAN = ("kl", "clip_fraction", "clip_low_fraction", "clip_high_fraction", "ratio_mean", "importance_capped_fraction",
+               "value_clip_fraction", "explained_variance")
+_SUM = ("pg_loss", "kl_loss", "loss", "n_tokens", "entropy_sum", "comp_tokens", "value_loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +47,7 @@ class StepSpec:
 
     trainable: TrainableConfig
     loss: LossConfig
-    algorithm: str = "grpo"  # or "expert_iteration"
+    algorithm: str = "grpo"  # or "ppo", "expert_iteration"
     ei_threshold: float = 0.0
     temperature: float = 1.0
     on_policy: bool = True  # old log-probs = stop_gradient(current): exact REINFORCE / RLOO / GRPO step
@@ -66,23 +73,24 @@ def global_denominator(comp_mask, advantages, cfg: LossConfig) -> jax.Array:
 
 
 def _score(model, tokens, mask, ivs, spec: StepSpec, prompt_width: int):
-    if spec.shared_prompts > 1 and tokens.shape[0] % spec.shared_prompts == 0:
-        return grouped_sequence_logprobs(model, tokens, mask, ivs, completion_start=prompt_width,
-                                         group_size=spec.shared_prompts, temperature=spec.temperature,
-                                         remat=spec.remat)
-    return sequence_logprobs(model, tokens, mask, ivs, completion_start=prompt_width, temperature=spec.temperature,
-                             remat=spec.remat)
+    """`(logp, entropy, h)`: log-probs and entropies `[B, N]` and the last residual `[B, N, d]` at
+    the positions that predict the completion (each prompt once when rows share it)."""
+    group = spec.shared_prompts if spec.shared_prompts > 1 and tokens.shape[0] % spec.shared_prompts == 0 else 1
+    h = completion_states(model, tokens, mask, ivs, completion_start=prompt_width, group_size=group, remat=spec.remat)
+    logp, entropy = token_logprobs(unembed(model, h), tokens[:, prompt_width:], mask[:, prompt_width:], spec.temperature)
+    return logp, entropy, h
 
 
-def microbatch_loss(trainable, base: Model, mb: dict, spec: StepSpec, prompt_width: int, denominator):
-    """Loss of one micro-batch (normalised by the global `denominator`) and its metrics."""
-    model, ivs = build_policy(base, trainable, spec.trainable)
+def microbatch_loss(params: dict, base: Model, mb: dict, spec: StepSpec, prompt_width: int, denominator):
+    """Loss of one micro-batch (normalised by the global `denominator`) and its metrics.
+    `params`: `{"trainable": ...}`, plus `"value"` (the value head) for PPO."""
+    model, ivs = build_policy(base, params["trainable"], spec.trainable)
     tokens, mask = mb["tokens"], mb["mask"]
-    logp, entropy = _score(model, tokens, mask, ivs, spec, prompt_width)
+    logp, entropy, h = _score(model, tokens, mask, ivs, spec, prompt_width)
     cm = mask[:, prompt_width:].astype(jnp.float32)
     ref_logp = None
     if spec.need_ref:  # the reference policy is the base model without the trainable part
-        ref_logp, _ = _score(base, tokens, mask, (), spec, prompt_width)
+        ref_logp, _, _ = _score(base, tokens, mask, (), spec, prompt_width)
         ref_logp = _sg(ref_logp)
     if spec.algorithm == "expert_iteration":
         loss = expert_iteration_loss(logp, mb["rewards"], cm, spec.ei_threshold, denominator=denominator)
@@ -98,6 +106,13 @@ def microbatch_loss(trainable, base: Model, mb: dict, spec: StepSpec, prompt_wid
         old = _sg(logp) if spec.on_policy else mb["old_logp"]
         loss, metrics = policy_loss(logp, old, ref_logp, mb["advantages"], cm, spec.loss, denominator=denominator)
     metrics = dict(metrics)
+    if spec.algorithm == "ppo":
+        values = value_estimates(model, params["value"], h)
+        v_loss, v_metrics = value_loss(values, mb["old_values"], mb["returns"], cm, spec.loss.value_clip,
+                                       aggregation=spec.loss.aggregation, max_len=spec.loss.max_len,
+                                       denominator=denominator)
+        loss = loss + spec.loss.value_coef * v_loss
+        metrics.update(v_metrics)
     metrics["loss"] = _sg(loss)
     metrics["entropy_sum"] = _sg(jnp.sum(entropy * cm))
     metrics["comp_tokens"] = jnp.sum(cm)
@@ -123,39 +138,45 @@ def _combine(ms: dict) -> dict:
     return out
 
 
-def train_step(base: Model, state: dict, batch: dict, *, spec: StepSpec, tx, prompt_width: int):
+def train_step(base: Model, state: dict, batch: dict, *, spec: StepSpec, tx, prompt_width: int, value_tx=None):
     """One optimizer update on a micro-batched rollout batch (arrays `[M, b, ...]`).
 
-    batch: tokens, mask `[M, b, P + N]`; old_logp `[M, b, N]`; advantages, rewards `[M, b]`.
-    Returns `(new_state, metrics)`; metrics include grad_norm (before clipping) and lr."""
+    batch: tokens, mask `[M, b, P + N]`; old_logp `[M, b, N]`; advantages, rewards `[M, b]` (PPO:
+    advantages, returns, old_values `[M, b, N]`).
+    Returns `(new_state, metrics)`; metrics include grad_norm (before clipping) and lr. `value_tx`:
+    the value head's optimizer (PPO; default `tx`)."""
     comp = batch["mask"][:, :, prompt_width:]
     if spec.algorithm == "expert_iteration":
         denominator = jnp.sum(jax.vmap(expert_iteration_mask, (0, 0, None))(batch["rewards"], comp, spec.ei_threshold))
     else:
         denominator = global_denominator(comp, batch["advantages"], spec.loss)
     grad_fn = jax.grad(microbatch_loss, has_aux=True)
-    trainable = state["trainable"]
+    params = {k: state[k] for k in ("trainable", "value") if k in state}
 
     def body(acc, mb):
-        g, metrics = grad_fn(trainable, base, mb, spec, prompt_width, denominator)
+        g, metrics = grad_fn(params, base, mb, spec, prompt_width, denominator)
         return jax.tree_util.tree_map(jnp.add, acc, g), metrics
 
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, trainable)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     grads, per_mb = jax.lax.scan(body, zeros, batch)
     metrics = _combine(per_mb)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    updates, opt = tx.update(grads, state["opt"], trainable)
-    new_trainable = optax.apply_updates(trainable, updates)
+    metrics["grad_norm"] = optax.global_norm(grads["trainable"])
+    updates, opt = tx.update(grads["trainable"], state["opt"], params["trainable"])
     metrics["update_norm"] = optax.global_norm(updates)
-    new_state = {"step": state["step"] + 1, "trainable": new_trainable, "opt": opt}
+    new_state = {**state, "step": state["step"] + 1, "trainable": optax.apply_updates(params["trainable"], updates),
+                 "opt": opt}
+    if "value" in state:  # PPO's value head: its own update (and clip) from the joint loss's gradient
+        v_updates, new_state["value_opt"] = (value_tx or tx).update(grads["value"], state["value_opt"], params["value"])
+        new_state["value"] = optax.apply_updates(params["value"], v_updates)
+        metrics["value_grad_norm"] = optax.global_norm(grads["value"])
     return new_state, metrics
 
 
 def compile_step(spec: StepSpec, tx, *, base_shardings=None, state_shardings=None, batch_shardings=None,
-                 metric_sharding=None, donate: bool = True):
+                 metric_sharding=None, donate: bool = True, value_tx=None):
     """`step(base, state, batch, prompt_width) -> (state, metrics)`, jitted with explicit shardings
-    (None = let JAX choose) and the train state donated."""
-    fn = functools.partial(train_step, spec=spec, tx=tx)
+    (None = let JAX choose) and the train state donated (`value_tx`: PPO's value-head optimizer)."""
+    fn = functools.partial(train_step, spec=spec, tx=tx, value_tx=value_tx)
     cache: dict[int, Any] = {}
 
     def step(base, state, batch, prompt_width: int):
