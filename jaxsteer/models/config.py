@@ -64,7 +64,9 @@ class ModelConfig:
 
     `layer_types[l]` is "full_attention" or "sliding_attention"; sliding layers attend to at
     most `sliding_window` previous positions (the query's own included) and use
-    `rope["sliding_attention"]`.
+    `rope["sliding_attention"]`. `lime` is an architecture option for models trained from scratch
+    (no Hugging Face checkpoint has it): each layer attends with a learned per-KV-head mix of the
+    keys / values of every layer up to it (`params["layers"]["lime_router"] [L, KV, L, KV]`).
     """
 
     architecture: str
@@ -94,6 +96,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     max_position_embeddings: int = 8192
+    lime: bool = False  # LIMe (arXiv 2502.09245): keys / values mixed from every earlier layer's (`decoder.lime_mix`)
 
     def __post_init__(self):
         if not self.layer_types:
@@ -130,7 +133,8 @@ class ModelConfig:
         norms = d * (4 if self.sandwich_norms else 2)
         per_layer = attn + 3 * d * f + norms
         emb = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
-        return self.n_layers * per_layer + emb + d
+        routing = kv * kv * self.n_layers * (self.n_layers + 1) // 2 if self.lime else 0  # the weights LIMe uses
+        return self.n_layers * per_layer + emb + d + routing
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:

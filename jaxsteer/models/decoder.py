@@ -215,6 +215,27 @@ def _attention(c: ModelConfig, q, k, v, q_pos, k_pos, window, sites: _Sites, att
     return jnp.einsum("bkgts,bskd->btkgd", probs.astype(q.dtype), v).reshape(B, T, H, hd)
 
 
+LIME_ROUTE = "lime_route"  # trace entry of LIMe's routing weights `[L, KV, L, KV]` (not an intervention site)
+
+
+def lime_mix(k: jax.Array, v: jax.Array, router: jax.Array, buffer: jax.Array, layer: jax.Array):
+    """LIMe (Layer-Integrated Memory, arXiv 2502.09245): the keys and values a layer attends with
+    are a learned mix of every layer's so far, per KV head.
+
+    Layer `l` writes its own keys and values (after bias and q/k norm, before RoPE) into `buffer
+    [L, B, T, KV, 2 hd]`, then KV head `r` reads `sum_{j <= l, h} router[r, j, h] * kv[j, h]`
+    (the paper's static router: one weight per (head, earlier layer, earlier head), no softmax;
+    weights of later layers are ignored). Mixing is per position, so a K/V cache of the mixed
+    values is all decoding needs: the memory footprint is the plain model's. Returns
+    `(k, v, buffer, weights)`, `weights [KV, L, KV]` as applied (zero beyond layer l)."""
+    hd = k.shape[-1]
+    buffer = jax.lax.dynamic_update_index_in_dim(buffer, jnp.concatenate([k, v], -1).astype(buffer.dtype), layer, 0)
+    weights = jnp.where((jnp.arange(buffer.shape[0]) <= layer)[None, :, None], router.astype(jnp.float32), 0.0)
+    mixed = jnp.einsum("rjh,jbthd->btrd", weights, buffer, preferred_element_type=jnp.float32,
+                       precision=jax.lax.Precision.HIGHEST).astype(k.dtype)
+    return mixed[..., :hd], mixed[..., hd:], buffer, weights
+
+
 def _layer(
     config: ModelConfig,
     p: dict[str, jax.Array],
@@ -231,10 +252,12 @@ def _layer(
     cache_layer: jax.Array | int,
     attention: str,
     lrp_rules: frozenset = frozenset(),
+    lime_buffer: jax.Array | None = None,
 ):
-    """One decoder layer. Returns the new residual and (if caching) the K/V cache `[L', ...]` with
-    this layer's new keys and values written at `[cache_layer, :, cache_index]`. `lrp_rules`:
-    see `relevance` (values unchanged, gradients modified)."""
+    """One decoder layer. Returns the new residual, (if caching) the K/V cache `[L', ...]` with
+    this layer's new keys and values written at `[cache_layer, :, cache_index]` and (LIMe) the
+    updated buffer of every layer's keys and values (`lime_mix`). `lrp_rules`: see `relevance`
+    (values unchanged, gradients modified)."""
     c = config
     norm = functools.partial(rms_norm, eps=c.norm_eps, offset=c.norm_offset, constant_scale="LN-rule" in lrp_rules)
     B, T, _ = h.shape
@@ -255,6 +278,10 @@ def _layer(
     if c.qk_norm:
         q = norm(q, p["q_norm"])
         k = norm(k, p["k_norm"])
+    if c.lime:  # the "k" / "v" sites below are the mixed keys / values attention reads
+        k, v, lime_buffer, route = lime_mix(k, v, p["lime_router"], lime_buffer, sites.layer)
+        if LIME_ROUTE in sites.record:
+            sites.recorded[LIME_ROUTE] = route
     q = sites.visit("q", q)
     k = sites.visit("k", k)
     v = sites.visit("v", v)
@@ -298,7 +325,7 @@ def _layer(
         mlp = norm(mlp, p["mlp_post_norm"])
     mlp = sites.visit("mlp_out", mlp)
     h = sites.visit("resid_post", h + mlp)
-    return h, new_cache
+    return h, new_cache, lime_buffer
 
 
 def embed(model: Model, tokens: jax.Array) -> jax.Array:
@@ -367,8 +394,14 @@ def run_layers(
     (`jax.checkpoint` of the scan body): True saves nothing inside a layer, a name from
     `jax.checkpoint_policies` (e.g. "dots_with_no_batch_dims_saveable") or a policy saves what it says.
     lrp_rules: LRP rules for the backward pass (see `relevance`; the AH-rule takes the einsum path).
+    LIMe models (`config.lime`) carry every layer's keys and values of the current tokens through
+    the scan (`lime_mix`; under remat each layer's checkpoint keeps that buffer: memory quadratic in
+    depth); they cannot start at a later layer, whose buffer would be missing.
     """
     c = model.config
+    if c.lime and start_layer is not None:
+        raise ValueError("a LIMe model cannot start at a later layer (start_layer): its layers read the keys and "
+                         "values of every earlier layer")
     touches_pattern = "pattern" in record or any(getattr(iv, "site", None) == "pattern" for iv in interventions)
     attention = attention_impl(c, attention, touches_pattern or "AH-rule" in lrp_rules)
     rope_full = rope_tables(c.rope_full.inv_freq(c.head_dim), q_pos)
@@ -383,20 +416,20 @@ def run_layers(
     per_layer_cache = bool(remat) and kv_cache is not None
 
     def body(carry, xs):
-        h, cache = carry
+        h, cache, lime_buffer = carry
         p, layer, window, is_sliding, layer_cache = xs
         sites = _Sites(interventions, record, layer)
         if per_layer_cache:
             cache, at = tuple(x[None] for x in layer_cache), 0
         else:
             at = layer
-        h, cache = _layer(
+        h, cache, lime_buffer = _layer(
             c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, cache, cache_index, at, attention,
-            lrp_rules,
+            lrp_rules, lime_buffer,
         )
         if per_layer_cache:
-            return (h, None), (sites.recorded, tuple(x[0] for x in cache))
-        return (h, cache), (sites.recorded, None)
+            return (h, None, lime_buffer), (sites.recorded, tuple(x[0] for x in cache))
+        return (h, cache, lime_buffer), (sites.recorded, None)
 
     if remat:
         body = jax.checkpoint(body, policy=remat_policy(remat), prevent_cse=False)
@@ -413,7 +446,10 @@ def run_layers(
 
     xs = (model.params["layers"], jnp.arange(c.n_layers, dtype=jnp.int32), windows, sliding,
           kv_cache if per_layer_cache else None)
-    (h, carried), (recorded, scanned) = jax.lax.scan(body, (h, None if per_layer_cache else kv_cache), xs)
+    B, T, _ = h.shape
+    lime_buffer = jnp.zeros((c.n_layers, B, T, c.n_kv_heads, 2 * c.head_dim), h.dtype) if c.lime else None
+    (h, carried, _), (recorded, scanned) = jax.lax.scan(body, (h, None if per_layer_cache else kv_cache, lime_buffer),
+                                                        xs)
     return h, Trace(recorded), scanned if per_layer_cache else carried
 
 
@@ -431,6 +467,9 @@ def record_sites(record: Sequence[str] | str) -> tuple[str, ...]:
         record = SITES if record == "all" else (record,)
     names = set()
     for name in record:
+        if name == LIME_ROUTE:  # LIMe's routing weights (`forward` checks the model is a LIMe model)
+            names.add(name)
+            continue
         site = parse_site(name)[0]
         check_site(site)
         names.add(site)
@@ -519,7 +558,8 @@ def forward(
     positions `[B, T]` (default: from the mask, like Hugging Face); interventions: a
     `Steer` / `Patch` / `Ablate` or a sequence of them, applied in order; record: site
     names (see `SITES`; TransformerLens names work too) or `"all"`, whose values come back in
-    `trace`, stacked over layers `[L, B, ...]`.
+    `trace`, stacked over layers `[L, B, ...]`; a LIMe model also records `"lime_route"`, its
+    routing weights `[L, KV, L, KV]` (layer, KV head, source layer, source KV head; see `lime_mix`).
     attention: "auto" (`jax.nn.dot_product_attention` where it can express the layer, else the
     einsum path), "einsum", "xla" or "cudnn"; remat: rematerialise layers for `jax.grad` (see
     `run_layers`). Pure and jit-compiled; `jax.grad` / `jax.vmap` work through it.
@@ -533,6 +573,8 @@ def forward(
     lrp_rules = check_rules(lrp_rules)
     interventions = as_tuple(interventions)
     _check_inputs(model, tokens, attention_mask, positions, record)
+    if LIME_ROUTE in record and not model.config.lime:
+        raise ValueError(f"{LIME_ROUTE!r} (LIMe's routing weights) is recorded by LIMe models only (ModelConfig.lime)")
     tokens = jnp.asarray(tokens)
     check_all(interventions, model.config, tokens.shape[1])
     check_rows(interventions, tokens.shape[0])
@@ -555,4 +597,5 @@ def run_with_cache(model: Model, tokens: Any, *, names: Sequence[str] | str = "a
     return forward(model, tokens, record=names, **forward_kw)
 
 
-__all__ = ["forward", "prepare_controls", "bind_to_tokens", "read_site", "run_with_cache", "record_sites", "Trace", "SITES", "ATTENTION", "attention_impl", "embed", "unembed", "run_layers", "rms_norm"]
+__all__ = ["forward", "prepare_controls", "bind_to_tokens", "read_site", "run_with_cache", "record_sites", "Trace", "SITES", "ATTENTION", "attention_impl", "embed", "unembed", "run_layers", "rms_norm",
+           "lime_mix", "LIME_ROUTE"]

@@ -16,6 +16,7 @@ raw Hugging Face values, Gemma's `1 + w` offset is applied in the forward pass):
       mlp_norm        [L, d]
       gate_proj, up_proj [L, d, F]     down_proj [L, F, d]
       mlp_post_norm   [L, d]                                          (sandwich_norms)
+      lime_router     [L, KV, L, KV]   (lime; layer l reads source layers j <= l)
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes.update({"layers/q_norm": (L, hd), "layers/k_norm": (L, hd)})
     if c.sandwich_norms:
         shapes.update({"layers/attn_post_norm": (L, d), "layers/mlp_post_norm": (L, d)})
+    if c.lime:
+        shapes["layers/lime_router"] = (L, KV, L, KV)
     return shapes
 
 
@@ -141,19 +144,40 @@ def validate_params(params: dict[str, Any], config: ModelConfig) -> None:
 
 
 def init_params(config: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Model:
-    """Random model (normal weights, norm weights near their identity value), for tests and demos."""
+    """Random model (normal weights, norm weights near their identity value), for tests and demos.
+    A LIMe model gets the plain model's weights for the same key, plus `lime_router_init`."""
     shapes = param_shapes(config)
+    router = shapes.pop("layers/lime_router", None)  # its own key: the other weights equal the plain model's
     keys = jax.random.split(key, len(shapes))
     flat = {}
     for k, (path, shape) in zip(keys, sorted(shapes.items())):
-        name = path.split("/")[-1]
-        if name.endswith("norm"):
+        if path.split("/")[-1].endswith("norm"):
             base = 0.0 if config.norm_offset else 1.0
             value = base + 0.1 * jax.random.normal(k, shape)
         else:
             value = scale * jax.random.normal(k, shape)
         flat[path] = value.astype(dtype)
+    if router is not None:
+        flat["layers/lime_router"] = lime_router_init(config, jax.random.fold_in(key, len(shapes))).astype(dtype)
     return Model(params=unflatten(flat), config=config)
+
+
+def lime_identity_routing(config: ModelConfig) -> jax.Array:
+    """LIMe routing `[L, KV, L, KV]` that reads only the current layer (each head its own): the
+    plain decoder."""
+    L, KV = config.n_layers, config.n_kv_heads
+    return jnp.einsum("lj,rh->lrjh", jnp.eye(L), jnp.eye(KV))
+
+
+def lime_router_init(config: ModelConfig, key: jax.Array) -> jax.Array:
+    """The LIMe paper's initial routing: identity on the current layer, earlier layers' weights
+    uniform in `+-sqrt(3 / fan_in)` with `fan_in = (l + 1) * KV` (layer l's inputs), later layers 0."""
+    L, KV = config.n_layers, config.n_kv_heads
+    layer = jnp.arange(L)
+    bound = jnp.sqrt(3.0 / ((layer + 1) * KV))[:, None, None, None]
+    noise = jax.random.uniform(key, (L, KV, L, KV), jnp.float32, -1.0, 1.0) * bound
+    earlier = (layer[None, :] < layer[:, None])[:, None, :, None]
+    return jnp.where(earlier, noise, 0.0) + lime_identity_routing(config)
 
 
 def as_numpy(model: Model) -> dict[str, np.ndarray]:
