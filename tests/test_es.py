@@ -488,7 +488,7 @@ def test_es_config_section():
     with pytest.raises(ConfigError, match="es.targets"):
         config_from_dict({"es": {"targets": ["wq"]}})
     with pytest.raises(ConfigError, match="algorithm.name"):
-        config_from_dict({"algorithm": {"name": "ppo"}})
+        config_from_dict({"algorithm": {"name": "a2c"}})
 
 
 def test_config_builds_spaces_and_strategies(model, lora):

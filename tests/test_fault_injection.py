@@ -455,11 +455,14 @@ def test_sigkill_at_a_random_point_then_resume_equals_an_uninterrupted_run(undam
                JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "jaxsteer.cli", "train", str(path), "--logit-lens", "0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = tmp_path / "killed" / "checkpoints" / "1"
+    # The moment is drawn in steps, not seconds (a fixed delay outlived the whole run on an idle
+    # machine): just after checkpoint k of 4 lands, plus a few milliseconds, i.e. inside step k + 1.
+    rng = np.random.RandomState(seed)
+    landed = tmp_path / "killed" / "checkpoints" / str(rng.randint(1, 3))
     deadline = time.monotonic() + 600
-    while not first.is_dir() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(np.random.RandomState(seed).uniform(0, 1.5))  # somewhere in steps 2-4
+    while not landed.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(rng.uniform(0, 0.01))
     assert proc.poll() is None, proc.stderr.read()[-3000:]  # still running: the kill lands mid-run
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
