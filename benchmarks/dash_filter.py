@@ -7,7 +7,7 @@ One jitted RL update (steering vectors by default) on a batch of `--rows` rollou
 micro-batches, of which `--kept` have |A| > tau. "masked" runs all rows forward and backward with
 the filtered ones masked out of the loss (the old behaviour); "packed" is `rl.learner.update`,
 which packs the kept rows into fewer micro-batches (`rl.dash.pack_kept`). Both give the same
-parameters (checked here, and in tests/test_dash.py). Medians of wall and process CPU time over
+parameters (checked here, and in tests/train/rl/test_dash.py). Medians of wall and process CPU time over
 `--repeats` updates after one warm-up (compile) each, in one process.
 """
 

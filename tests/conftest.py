@@ -6,10 +6,15 @@
 - `real_model`: `(model, tokenizer)` of SmolLM2-135M-Instruct (skips when its GGUF package is not
   installed).
 
-HF reference twins live in `hf_tiny.py` (they need torch), the toy RL task in `train_toy.py`.
+HF reference twins live in `hf_tiny.py` (they need torch), the toy RL task in `train_toy.py`; this
+folder is put on sys.path so that tests in any subfolder import them (and configs name `train_toy`)
+by bare name.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +22,10 @@ import pytest
 
 from jaxsteer.models.config import ModelConfig, RopeConfig
 from jaxsteer.models.params import Model, param_shapes, unflatten
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
 
 TINY_CONFIG = ModelConfig(
     architecture="LlamaForCausalLM", vocab_size=53, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
@@ -58,4 +67,4 @@ def pytest_configure(config):
 
 def pytest_addoption(parser):
     parser.addoption("--docs-slow", action="store_true", default=False,
-                     help="tests/test_docs.py: also run doc blocks marked <!-- docs-test: slow --> (shortened)")
+                     help="tests/integration/test_docs.py: also run doc blocks marked <!-- docs-test: slow --> (shortened)")

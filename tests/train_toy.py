@@ -7,7 +7,7 @@ trainable kind can push it up within a few steps.
 Learning is judged by `good_probability`: the exact probability of a GOOD first token on the eval
 prompts (no sampling noise), compared with the untrained policy. The sampled per-step reward is a
 poor judge: its prompts change every step, and a run whose policy never moves (lr = 1e-12,
-tests/test_train_loop.py config, seed 0) still rises by +0.219 between the first two and the last
+tests/train/rl/test_learner.py config, seed 0) still rises by +0.219 between the first two and the last
 two of six steps, because the later steps' prompts happen to favour GOOD tokens.
 """
 

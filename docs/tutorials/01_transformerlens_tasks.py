@@ -14,7 +14,7 @@
 #
 # Each task below takes at most six lines after the imports and the load. Open this file in
 # Jupyter with jupytext (`pip install jupytext`; "Open as notebook"), or run it as a script:
-# `python docs/tutorials/01_transformerlens_tasks.py`. `tests/test_docs.py` runs every cell
+# `python docs/tutorials/01_transformerlens_tasks.py`. `tests/integration/test_docs.py` runs every cell
 # (the last two, which train for a few minutes, only with `--docs-slow`).
 
 # %%

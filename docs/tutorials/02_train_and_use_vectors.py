@@ -15,7 +15,7 @@
 # RL-train one steering vector per layer on 2-digit addition (the README's main job), load the run
 # back with its prompt format, and use the vectors: generate, logit lens, and patch a single
 # layer's vector to see where it matters. The training cell takes about 2.5 minutes on two idle
-# CPU cores (20 steps); `tests/test_docs.py --docs-slow` runs it with 2 steps.
+# CPU cores (20 steps); `tests/integration/test_docs.py --docs-slow` runs it with 2 steps.
 
 # %%
 import numpy as np

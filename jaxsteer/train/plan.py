@@ -13,7 +13,7 @@ Activations of one update micro-batch are a model of what XLA keeps alive for th
 of the RL step (`rl.step.train_step`: grouped scoring, the prompt run once per group), in
 elements per token per layer (`ACTIVATION_TERMS`) plus float32 logits and log-softmax over the
 vocabulary. The coefficients were measured on XLA:CPU (float32) with `memory_analysis()` of the
-compiled step; tests/test_plan.py checks the plan against it within 15%. Accelerator backends fuse
+compiled step; tests/train/test_plan.py checks the plan against it within 15%. Accelerator backends fuse
 more, so on a GPU or TPU this is an upper bound. Attention through XLA materialises the scores
 `[rows, H, T, S]` in float32; a flash kernel (cuDNN on GPU) keeps none, which the plan shows apart.
 """

@@ -19,7 +19,7 @@ GitHub):
 
 A block that sets up state later blocks need must not be `skip`ped. Non-Python blocks (yaml,
 output listings) are ignored; in bash blocks only lines starting with `jaxsteer ` run (a
-trailing `# comment` is dropped). `python -m pytest tests/test_docs.py --docs-slow -k README`
+trailing `# comment` is dropped). `python -m pytest tests/integration/test_docs.py --docs-slow -k README`
 runs one document with its long blocks.
 """
 
@@ -35,7 +35,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+import tests
+
+ROOT = Path(tests.ROOT)
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "tutorials").glob("*.py"))]
 FENCE = re.compile(r"^```(\w*)\s*$")
 MARKER = re.compile(r"^<!--\s*docs-test:\s*(.*?)\s*-->\s*$")

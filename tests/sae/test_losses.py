@@ -11,7 +11,7 @@ from scipy.stats import norm
 from jaxsteer import sae
 from jaxsteer.sae.arch import batch_topk
 from jaxsteer.sae.losses import jumprelu_ste, matryoshka_errors, step_ste, batch_topk_codes, train_forward
-from test_sae import batches, planted, recovered_fraction
+from tests.sae.test_arch import batches, planted, recovered_fraction
 
 
 def test_pseudo_derivatives_are_the_rectangle_kernel_estimates():

@@ -172,7 +172,7 @@ def test_jumprelu_matryoshka_and_z_runs_from_the_config(model, text_file, tmp_pa
 SHARDED_RUN = """
 import json, os, tempfile
 import jax, numpy as np
-from test_sae_train import CharTokenizer, run_cfg, tiny_sae_model
+from tests.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
 from jaxsteer import sae
 from jaxsteer.sae.run import load_sae, place_state, train_sae
 from jaxsteer.sae.train import init_state, make_optimizer

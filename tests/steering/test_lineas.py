@@ -157,7 +157,7 @@ def test_per_row_affine_bank_equals_one_map_per_row(model):
 
 
 def test_lineas_joins_the_steering_harness(model, monkeypatch):
-    from test_steering_evaluate import CharTokenizer, _task
+    from tests.steering.test_evaluate import CharTokenizer, _task
 
     from jaxsteer.steering import evaluate
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import TESTS
 from jaxsteer import sae
 from jaxsteer.sae.arch import topk_mask
 from jaxsteer.sae.losses import sparse_topk
@@ -191,6 +192,6 @@ def test_latent_axis_sharded_over_8_devices_matches_one_device():
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(__file__), "sae_sharded_check.py")
+    script = os.path.join(TESTS, "sae_sharded_check.py")
     out = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
     assert "SHARDED_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]

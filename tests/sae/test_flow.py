@@ -8,7 +8,7 @@ import pytest
 
 from jaxsteer import sae
 from jaxsteer.sae.flow import activation_correlation, feature_flow, flow_graph
-from test_sae_splice import TOKENS, model  # noqa: F401  (the tiny Llama fixture, d_model 16)
+from tests.sae.test_splice import TOKENS, model  # noqa: F401  (the tiny Llama fixture, d_model 16)
 
 D, F = 16, 24
 

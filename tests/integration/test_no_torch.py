@@ -19,7 +19,9 @@ import textwrap
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import tests
+
+ROOT = pathlib.Path(tests.ROOT)
 
 SCRIPT = textwrap.dedent(
     """

@@ -222,7 +222,7 @@ SHARDED = r"""
 import json
 import jax, numpy as np
 import train_toy as T
-import test_ppo as P
+from tests.train.rl import test_value as P
 from jaxsteer.train.build import build_model
 from jaxsteer.train.config import config_from_dict
 from jaxsteer.train.rl.learner import setup_training

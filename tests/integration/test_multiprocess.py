@@ -27,10 +27,9 @@ import pytest
 import yaml
 
 import train_toy as T
+from tests import ROOT, TESTS
 from virtual_devices import device_env
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 pytestmark = pytest.mark.multiprocess
 

@@ -1,5 +1,5 @@
 """`jaxsteer train`'s cluster arguments (flags or JAXSTEER_* variables) for jax.distributed, checked
-without starting processes (tests/test_multiprocess.py runs real ones)."""
+without starting processes (tests/integration/test_multiprocess.py runs real ones)."""
 
 from __future__ import annotations
 

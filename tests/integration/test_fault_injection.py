@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import train_toy as T
+from tests import ROOT, TESTS
 from jaxsteer.train import train
 from jaxsteer.train.checkpoint import Checkpointer
 from jaxsteer.train.config import config_from_dict
@@ -70,7 +71,7 @@ def test_resume_after_a_damaged_latest_checkpoint_finishes_equal_to_an_undamaged
 
 @pytest.fixture(scope="module")
 def sae_undamaged(tmp_path_factory):
-    from test_sae_train import CharTokenizer, run_cfg, tiny_sae_model
+    from tests.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
 
     from jaxsteer.sae.run import train_sae
 
@@ -237,7 +238,6 @@ import time  # noqa: E402
 
 from jaxsteer.train.distributed import cluster_args  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _free_port() -> int:
@@ -451,7 +451,7 @@ def test_sigkill_at_a_random_point_then_resume_equals_an_uninterrupted_run(undam
     path.write_text(yaml.safe_dump(T.config_dict(str(tmp_path / "killed"), **{
         "model.random_scale": 0.2, "sampling.max_new_tokens": 2, "steps": 4, "checkpoint.every": 1,
         "checkpoint.keep": 5})))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), ROOT]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]),
                JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "jaxsteer.cli", "train", str(path), "--logit-lens", "0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

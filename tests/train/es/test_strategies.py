@@ -21,6 +21,7 @@ import pytest
 import jaxsteer
 from conftest import TINY_CONFIG, random_model
 from jaxsteer.train.config import ConfigError
+from tests import TESTS
 from virtual_devices import device_env
 from jaxsteer.models.params import param_shapes
 from jaxsteer.train.data import Example
@@ -64,8 +65,7 @@ EGG = (EggrollSpace(rank=1), OpenES(population=16, sigma=0.05, lr=0.01))
 def sharded_run():
     """The 8-virtual-device check runs in a subprocess started with the module's first test (it
     compiles in parallel with the rest); `test_sharded_population_equals_one_device` collects it."""
-    tests = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.Popen([sys.executable, "-c", SHARDED.format(tests=tests)], env=device_env(8), stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", SHARDED.format(tests=TESTS)], env=device_env(8), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     yield proc
     if proc.poll() is None:
@@ -518,7 +518,7 @@ SHARDED = textwrap.dedent(
     import sys
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
-    import test_es as t
+    from tests.train.es import test_strategies as t
     from jaxsteer.train.es import CMAES, es_generation, essa_space, member_mesh
     assert jax.device_count() == 8, jax.devices()
     model = t.random_model()

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from tests import ROOT
 from jaxsteer.models.decoder import default_positions, embed, run_layers, unembed
 from jaxsteer.models.generate import kv_cache
 from jaxsteer.models.interventions import Steer
@@ -25,7 +26,6 @@ from jaxsteer.train.rl.step import train_step
 from jaxsteer.train.state import init_state, make_optimizer
 from jaxsteer.train.trainable import init_trainable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(vocab_size=512, d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, d_mlp=128,
             max_position_embeddings=512)
 S = jax.ShapeDtypeStruct

@@ -14,14 +14,13 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 import train_toy as T
+from tests import ROOT, TESTS
 from jaxsteer.train import train
 from jaxsteer.train.checkpoint import Checkpointer
 from jaxsteer.train.config import ConfigError, apply_overrides, config_from_dict
 from jaxsteer.train.metrics import read_log
 from jaxsteer.train.run import NonFiniteError, resume_conflicts
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def _cfg(out, **kw):
@@ -34,7 +33,7 @@ def _cfg(out, **kw):
 def _cli(config: dict, path, *extra) -> subprocess.Popen:
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get("PYTHONPATH", "")]),
                JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, "-m", "jaxsteer.cli", "train", str(path), "--logit-lens", "0", *extra],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from tests import ROOT
 from jaxsteer.train.config import (
     ConfigError,
     TrainConfig,
@@ -16,7 +17,6 @@ from jaxsteer.train.config import (
     load_config,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write(tmp_path, text: str) -> str:

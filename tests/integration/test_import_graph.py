@@ -9,7 +9,9 @@ import os
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxsteer")
+import tests
+
+ROOT = os.path.join(tests.ROOT, "jaxsteer")
 
 
 def _modules() -> dict[str, str]:

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import ROOT
 from jaxsteer.train.config import SamplingSpec, config_from_dict
 from jaxsteer.train.data import Example
 from jaxsteer.train.rewards import overlong_penalty, token_reward
@@ -162,7 +163,7 @@ def test_shipped_dapo_config_clips_after_the_first_minibatch(tmp_path):
     from jaxsteer.train.config import config_from_dict
     from jaxsteer.train.metrics import read_log
 
-    shipped = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "experiments", "smollm2_arithmetic_dapo.yaml")))
+    shipped = yaml.safe_load(open(os.path.join(ROOT, "experiments", "smollm2_arithmetic_dapo.yaml")))
     assert shipped["algorithm"]["updates_per_batch"] > 1 and shipped["loss"]["clip_eps_high"] > shipped["loss"]["clip_eps_low"]
     flags = {f"{sec}.{k}": v for sec in ("loss", "algorithm") for k, v in shipped[sec].items()}
     flags.update({"steps": 2, "checkpoint.every": 0, "sampling.max_new_tokens": 4,

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 import train_toy as T
+from tests import ROOT, TESTS
 from jaxsteer.train.config import config_from_dict
 from jaxsteer.train import train
 from jaxsteer.train.build import build_model
@@ -25,8 +26,6 @@ from jaxsteer.train.rl.learner import setup_training
 from jaxsteer.train.sharding import make_mesh
 from jaxsteer.train.rl.step import compile_step
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 KINDS = {
     "steering": {"lr": 0.3},
@@ -119,7 +118,7 @@ def _resume_in_new_process(config: dict, path) -> subprocess.CompletedProcess:
     """Write `config` to `path` and run `jaxsteer train PATH --resume` in a fresh interpreter."""
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get("PYTHONPATH", "")]),
                JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-m", "jaxsteer.cli", "train", str(path), "--resume", "--logit-lens", "0"],
