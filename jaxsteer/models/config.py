@@ -29,7 +29,16 @@ class UnsupportedConfigError(JaxsteerError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
-    """Rotary embedding of one layer type: base, scaling type and its parameters."""
+    """Rotary embedding of one layer type: base, scaling type and its parameters.
+
+    Attributes:
+        theta: the RoPE base (`rope_theta`).
+        rope_type: "default", "linear" or "llama3" (`SUPPORTED_ROPE_TYPES`).
+        factor: the scaling factor (linear and llama3).
+        low_freq_factor: llama3's low-frequency factor.
+        high_freq_factor: llama3's high-frequency factor.
+        original_max_position_embeddings: llama3's original context length.
+    """
 
     theta: float
     rope_type: str = "default"
@@ -62,11 +71,37 @@ class RopeConfig:
 class ModelConfig:
     """Static description of a decoder-only transformer (hashable; a jit-static field).
 
-    `layer_types[l]` is "full_attention" or "sliding_attention"; sliding layers attend to at
-    most `sliding_window` previous positions (the query's own included) and use
-    `rope["sliding_attention"]`. `lime` is an architecture option for models trained from scratch
-    (no Hugging Face checkpoint has it): each layer attends with a learned per-KV-head mix of the
-    keys / values of every layer up to it (`params["layers"]["lime_router"] [L, KV, L, KV]`).
+    Attributes:
+        architecture: the Hugging Face class name, one of `SUPPORTED_ARCHITECTURES`.
+        vocab_size: the vocabulary size V.
+        d_model: the residual width d.
+        n_layers: the number of layers L.
+        n_heads: query heads H.
+        n_kv_heads: key / value heads KV (grouped-query attention when KV < H).
+        head_dim: the width of one head.
+        d_mlp: the MLP's hidden width.
+        norm_eps: RMSNorm's epsilon.
+        rope_full: the rotary embedding of full-attention layers.
+        rope_sliding: that of sliding-window layers (None: as `rope_full`).
+        layer_types: per layer, "full_attention" or "sliding_attention".
+        sliding_window: sliding layers attend to at most this many positions (the query's own included).
+        tie_word_embeddings: the unembedding is the embedding matrix.
+        qkv_bias: q / k / v projections have biases (Qwen2).
+        qk_norm: RMSNorm on queries and keys per head (Gemma 3).
+        norm_offset: RMSNorm multiplies by `(offset + w)` (Gemma: 1).
+        sandwich_norms: extra norms after attention and after the MLP (Gemma).
+        embed_scale: multiply embeddings by this (Gemma: sqrt(d_model)); None: 1.
+        attn_scale: the softmax scale; 0 means `head_dim ** -0.5`.
+        activation: the MLP's gate activation ("silu" or "gelu_pytorch_tanh").
+        final_logit_softcap: `cap * tanh(logits / cap)` on the logits (None: off).
+        attn_logit_softcap: the same on attention scores (None: off).
+        bos_token_id: the BOS id, if any.
+        eos_token_ids: the ids that end generation.
+        pad_token_id: the pad id, if any.
+        max_position_embeddings: the context length the model was trained for.
+        lime: LIMe (arXiv 2502.09245), for models trained from scratch (no Hugging Face checkpoint
+            has it): each layer attends with a learned per-KV-head mix of the keys / values of every
+            layer up to it (`params["layers"]["lime_router"] [L, KV, L, KV]`; `decoder.lime_mix`).
     """
 
     architecture: str
@@ -85,10 +120,10 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     qkv_bias: bool = False
     qk_norm: bool = False
-    norm_offset: float = 0.0  # Gemma: RMSNorm multiplies by (offset + w)
-    sandwich_norms: bool = False  # Gemma: extra norms after attention and after the MLP
-    embed_scale: float | None = None  # Gemma: multiply embeddings by sqrt(d_model)
-    attn_scale: float = 0.0  # softmax scale; 0 means head_dim ** -0.5
+    norm_offset: float = 0.0
+    sandwich_norms: bool = False
+    embed_scale: float | None = None
+    attn_scale: float = 0.0
     activation: str = "silu"
     final_logit_softcap: float | None = None
     attn_logit_softcap: float | None = None
@@ -96,7 +131,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     max_position_embeddings: int = 8192
-    lime: bool = False  # LIMe (arXiv 2502.09245): keys / values mixed from every earlier layer's (`decoder.lime_mix`)
+    lime: bool = False
 
     def __post_init__(self):
         if not self.layer_types:
@@ -152,7 +187,7 @@ def _rope_from_dict(params: dict, field: str) -> RopeConfig:
         raise UnsupportedConfigError(f"{field}.partial_rotary_factor={params['partial_rotary_factor']} is not supported")
     if "rope_theta" not in params:
         raise UnsupportedConfigError(f"{field} has no rope_theta")
-    kw = dict(theta=float(params["rope_theta"]), rope_type=rope_type)
+    kw: dict[str, Any] = dict(theta=float(params["rope_theta"]), rope_type=rope_type)
     if rope_type in ("linear", "llama3"):
         kw["factor"] = float(params["factor"])
     if rope_type == "llama3":
@@ -183,6 +218,12 @@ def from_hf_config(hf_config: Any) -> ModelConfig:
     """Translate a transformers `PretrainedConfig` (or its dict) into a `ModelConfig`.
 
     Raises `UnsupportedConfigError` naming the field for anything not implemented.
+
+    Args:
+        hf_config: a `PretrainedConfig` or its `to_dict()`.
+
+    Returns:
+        The `ModelConfig`.
     """
     model_type = _get(hf_config, "model_type")
     archs = _get(hf_config, "architectures") or []
@@ -212,7 +253,7 @@ def from_hf_config(hf_config: Any) -> ModelConfig:
         rope["rope_theta"] = _get(hf_config, "rope_theta", 10000.0)
     _reject(hf_config, "pretraining_tp", lambda v: v in (None, 1))
 
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=int(_get(hf_config, "vocab_size")),
         d_model=d,
         n_layers=n_layers,

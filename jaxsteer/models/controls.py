@@ -21,7 +21,9 @@ selections are exact (`where`), so unselected positions keep their activation bi
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -76,11 +78,16 @@ def _has_positions(iv: Any) -> bool:
 class OnTokens:
     """Apply `intervention` only at selected token positions.
 
-    select: "all", "prompt" (prompt positions only) or "generated" (positions of tokens the
-    sampler produced: steering there shapes the tokens after them). first: only the first k
-    generated tokens (implies "generated"). triggers: token ids; only positions whose input token
-    is one of them. The conditions combine with AND. In `forward`, "generated" needs
-    `prompt_length=` (columns from there on count as generated).
+    The conditions combine with AND. In `forward`, "generated" needs `prompt_length=` (columns
+    from there on count as generated).
+
+    Attributes:
+        intervention: the intervention to apply.
+        triggers: token ids; only positions whose input token is one of them (None: any token).
+        weights: `[B, T]` bool, set by `bind` (leave None).
+        select: "all", "prompt" (prompt positions only) or "generated" (positions of tokens the
+            sampler produced: steering there shapes the tokens after them).
+        first: only the first k generated tokens (implies "generated").
     """
 
     intervention: Any
@@ -111,10 +118,10 @@ class OnTokens:
     def generation_safe(self) -> bool:
         return self.intervention.generation_safe()
 
-    def prepare(self, read: Callable[[str, int], jax.Array], prompt_mask: jax.Array) -> "OnTokens":
-        return self.replace(intervention=prepare_controls_with(self.intervention, read, prompt_mask))
+    def prepare(self, read: Callable[[str, int], jax.Array], prompt_mask: jax.Array) -> OnTokens:
+        return dataclasses.replace(self, intervention=prepare_controls_with(self.intervention, read, prompt_mask))
 
-    def bind(self, ctx: TokenContext) -> "OnTokens":
+    def bind(self, ctx: TokenContext) -> OnTokens:
         keep = jnp.ones(ctx.tokens.shape, bool)
         if self.select == "prompt":
             keep = ctx.generated < 0
@@ -124,7 +131,7 @@ class OnTokens:
             keep = keep & (ctx.generated < int(self.first))
         if self.triggers is not None:
             keep = keep & jnp.isin(ctx.tokens, jnp.asarray(self.triggers, jnp.int32))
-        return self.replace(intervention=bind_controls((self.intervention,), ctx)[0], weights=keep)
+        return dataclasses.replace(self, intervention=bind_controls((self.intervention,), ctx)[0], weights=keep)
 
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
         if self.weights is None:
@@ -140,10 +147,16 @@ class OnTokens:
 class RowSteer:
     """Add a different vector (and scale) to each row of the batch at `site`, `layers`.
 
-    vectors: `[B, *feat]` or `[B, L, *feat]` (one per row, optionally per layer), or, with
-    `index [B]` (ints), a bank `[K, *feat]` / `[K, L, *feat]` whose row `index[b]` row b uses.
-    scale: a scalar or `[B]`. In `generate` B is the number of prompts (times `runs`); with
-    `samples_per_prompt` the rows of a prompt share its vector. feat as for `Steer`.
+    In `generate` B is the number of prompts (times `runs`); with `samples_per_prompt` the rows
+    of a prompt share its vector.
+
+    Attributes:
+        vectors: `[B, *feat]` or `[B, L, *feat]` (one per row, optionally per layer; feat as for
+            `Steer`), or, with `index`, a bank `[K, *feat]` / `[K, L, *feat]`.
+        index: `[B]` ints: row b uses bank entry `index[b]` (None: one vector per row).
+        scale: a scalar or `[B]`.
+        site: where it acts (default `resid_post`).
+        layers: the layers it acts at (default all).
     """
 
     vectors: jax.Array
@@ -195,13 +208,13 @@ class RowSteer:
     def generation_safe(self) -> bool:
         return True
 
-    def repeat_rows(self, n: int) -> "RowSteer":
+    def repeat_rows(self, n: int) -> RowSteer:
         """Each row repeated `n` times (the rows of `samples_per_prompt` samples)."""
         rep = lambda a: None if a is None else jnp.repeat(jnp.asarray(a), n, axis=0)
         scale = self.scale if jnp.ndim(self.scale) == 0 else rep(self.scale)
         if self.index is not None:
-            return self.replace(index=rep(self.index), scale=scale)
-        return self.replace(vectors=rep(self.vectors), scale=scale)
+            return dataclasses.replace(self, index=rep(self.index), scale=scale)
+        return dataclasses.replace(self, vectors=rep(self.vectors), scale=scale)
 
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
         nf = SITE_LAYOUT[self.site][3]
@@ -230,8 +243,17 @@ class Conditional:
     score[b] = cos(mean over row b's prompt tokens of the unsteered activation at
     `condition_site`, `layer`; `condition`); decision[b] = score > threshold (`compare="greater"`)
     or score < threshold ("less"). The decision is made once per prompt and holds for every
-    generated token. `prepare_controls` fills `score` and `decision`; a `decision` given by hand
-    `[B]` is used as is.
+    generated token.
+
+    Attributes:
+        intervention: the intervention to apply where the condition holds.
+        condition: the condition direction `[d]`.
+        threshold: the cosine threshold.
+        score: `[B]`, filled by `prepare_controls` (leave None).
+        decision: `[B]` bool, filled by `prepare_controls`; one given by hand is used as is.
+        layer: the layer whose activation is read.
+        condition_site: the site read (default `resid_post`).
+        compare: "greater" or "less".
     """
 
     intervention: Any
@@ -272,11 +294,11 @@ class Conditional:
     def generation_safe(self) -> bool:
         return self.intervention.generation_safe()
 
-    def prepare(self, read: Callable[[str, int], jax.Array], prompt_mask: jax.Array) -> "Conditional":
+    def prepare(self, read: Callable[[str, int], jax.Array], prompt_mask: jax.Array) -> Conditional:
         """Fill `score` and `decision` from `read(site, layer) -> [B, T, d]` over the prompt."""
         inner = prepare_controls_with(self.intervention, read, prompt_mask)
         if self.decision is not None:
-            return self.replace(intervention=inner)
+            return dataclasses.replace(self, intervention=inner)
         acts = read(self.condition_site, int(self.layer)).astype(jnp.float32)
         w = prompt_mask.astype(jnp.float32)[..., None]
         mean = (acts * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
@@ -284,14 +306,14 @@ class Conditional:
         score = mean @ c / jnp.maximum(jnp.linalg.norm(mean, axis=-1) * jnp.linalg.norm(c), 1e-12)
         thr = jnp.asarray(self.threshold, jnp.float32)
         decision = score > thr if self.compare == "greater" else score < thr
-        return self.replace(intervention=inner, score=score, decision=decision)
+        return dataclasses.replace(self, intervention=inner, score=score, decision=decision)
 
-    def bind(self, ctx: TokenContext) -> "Conditional":
-        return self.replace(intervention=bind_controls((self.intervention,), ctx)[0])
+    def bind(self, ctx: TokenContext) -> Conditional:
+        return dataclasses.replace(self, intervention=bind_controls((self.intervention,), ctx)[0])
 
-    def repeat_rows(self, n: int) -> "Conditional":
+    def repeat_rows(self, n: int) -> Conditional:
         rep = lambda a: None if a is None else jnp.repeat(jnp.asarray(a), n, axis=0)
-        return self.replace(intervention=repeat_rows((self.intervention,), n)[0], score=rep(self.score),
+        return dataclasses.replace(self, intervention=repeat_rows((self.intervention,), n)[0], score=rep(self.score),
                             decision=rep(self.decision))
 
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
@@ -302,8 +324,17 @@ class Conditional:
 
 
 def compose(vectors: Sequence[Any], weights: Sequence[float] | jax.Array) -> jax.Array:
-    """`sum_k weights[k] * vectors[k]`: several steering vectors (each `[d]` or `[L, d]`, all one
-    shape) as one, e.g. `Steer(compose([happy, formal], [1.0, 0.5]))`. Traceable in `weights`."""
+    """`sum_k weights[k] * vectors[k]`: several steering vectors as one.
+
+    E.g. `Steer(compose([happy, formal], [1.0, 0.5]))`. Traceable in `weights`.
+
+    Args:
+        vectors: K vectors, each `[d]` or `[L, d]`, all one shape (or one stacked array).
+        weights: K weights.
+
+    Returns:
+        The weighted sum (float32), shaped as one vector.
+    """
     v = jnp.stack([jnp.asarray(x, jnp.float32) for x in vectors]) if not hasattr(vectors, "shape") else jnp.asarray(vectors)
     w = jnp.asarray(weights, jnp.float32)
     if w.shape != (v.shape[0],):
@@ -340,7 +371,7 @@ def repeat_rows(interventions: tuple, n: int) -> tuple:
     out = []
     for iv in interventions:
         if isinstance(iv, OnTokens):
-            iv = iv.replace(intervention=repeat_rows((iv.intervention,), n)[0])
+            iv = dataclasses.replace(iv, intervention=repeat_rows((iv.intervention,), n)[0])
         elif hasattr(iv, "repeat_rows"):
             iv = iv.repeat_rows(n)
         out.append(iv)

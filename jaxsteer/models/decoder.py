@@ -16,11 +16,13 @@ intervention routes them apart (they are only computed when something records or
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, cast, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .config import ModelConfig
 from .controls import bind_controls, check_rows, needs_prompt_read, prompt_context, reads_generated
@@ -76,7 +78,7 @@ class Trace(dict):
 jax.tree_util.register_pytree_node(
     Trace,
     lambda t: (tuple(t[k] for k in sorted(t)), tuple(sorted(t))),
-    lambda keys, vals: Trace(zip(keys, vals)),
+    lambda keys, vals: Trace(zip(keys, vals, strict=True)),
 )
 
 
@@ -199,7 +201,7 @@ def _attention(c: ModelConfig, q, k, v, q_pos, k_pos, window, sites: _Sites, att
     diff = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
     allowed = (k_pos[:, None, :] >= 0) & (diff >= 0) & (diff < window)
     if attention != "einsum":
-        impl = None if attention == "auto" else attention
+        impl = None if attention == "auto" else cast(Literal["xla", "cudnn"], attention)  # checked by attention_impl
         return jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None], scale=c.softmax_scale, implementation=impl)
     qg = q.reshape(B, T, KV, H // KV, hd)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * c.softmax_scale
@@ -248,7 +250,7 @@ def _layer(
     q_pos: jax.Array,
     k_pos: jax.Array,
     kv_cache: tuple[jax.Array, jax.Array] | None,
-    cache_index: jax.Array | None,
+    cache_index: jax.Array | int | None,
     cache_layer: jax.Array | int,
     attention: str,
     lrp_rules: frozenset = frozenset(),
@@ -279,6 +281,7 @@ def _layer(
         q = norm(q, p["q_norm"])
         k = norm(k, p["k_norm"])
     if c.lime:  # the "k" / "v" sites below are the mixed keys / values attention reads
+        assert lime_buffer is not None, "run_layers passes LIMe models their buffer"
         k, v, lime_buffer, route = lime_mix(k, v, p["lime_router"], lime_buffer, sites.layer)
         if LIME_ROUTE in sites.record:
             sites.recorded[LIME_ROUTE] = route
@@ -295,9 +298,10 @@ def _layer(
 
     new_cache = None
     if kv_cache is not None:  # write only the new slots of this layer, in place, then read the layer back
+        assert cache_index is not None, "a kv_cache comes with its cache_index"
         at = (cache_layer, 0, cache_index, 0, 0)
         new_cache = tuple(jax.lax.dynamic_update_slice(full, x[None].astype(full.dtype), at)
-                          for full, x in zip(kv_cache, (k, v)))
+                          for full, x in zip(kv_cache, (k, v), strict=True))
         k, v = (full[cache_layer].astype(dtype) for full in new_cache)
 
     z = _attention(c, q, k, v, q_pos, k_pos, window, sites, attention, "AH-rule" in lrp_rules)
@@ -329,7 +333,15 @@ def _layer(
 
 
 def embed(model: Model, tokens: jax.Array) -> jax.Array:
-    """Token embeddings `[B, T, d]` (with Gemma's sqrt(d) scale, cast to the weight dtype first)."""
+    """Token embeddings `[B, T, d]` (with Gemma's sqrt(d) scale, cast to the weight dtype first).
+
+    Args:
+        model: the model.
+        tokens: ids `[B, T]`.
+
+    Returns:
+        `[B, T, d]` in the parameter dtype.
+    """
     h = jnp.take(model.params["embed"], tokens, axis=0)
     if model.config.embed_scale is not None:
         h = h * jnp.asarray(model.config.embed_scale, h.dtype)
@@ -338,7 +350,17 @@ def embed(model: Model, tokens: jax.Array) -> jax.Array:
 
 def unembed(model: Model, h: jax.Array, *, final_norm: bool = True, lrp_rules: frozenset = frozenset()) -> jax.Array:
     """Logits (float32) from residual vectors `[..., d]`, through the final norm by default
-    (`lrp_rules`: see `relevance`)."""
+    (`lrp_rules`: see `relevance`).
+
+    Args:
+        model: the model.
+        h: residual vectors `[..., d]`.
+        final_norm: apply the final RMSNorm first (False: `h` is already normalised).
+        lrp_rules: LRP rules for the backward pass (see `relevance`).
+
+    Returns:
+        Logits `[..., V]` float32 (Gemma's final soft-cap applied).
+    """
     c = model.config
     if final_norm:
         h = rms_norm(h, model.params["final_norm"], c.norm_eps, c.norm_offset, "LN-rule" in lrp_rules)
@@ -376,27 +398,40 @@ def run_layers(
     interventions: tuple = (),
     record: frozenset = frozenset(),
     kv_cache: tuple[jax.Array, jax.Array] | None = None,
-    cache_index: jax.Array | None = None,
+    cache_index: jax.Array | int | None = None,
     start_layer: jax.Array | None = None,
     *,
     attention: str = "auto",
     remat: bool | str | Callable = False,
     lrp_rules: frozenset = frozenset(),
 ):
-    """Run all layers with `lax.scan`. Returns (h, trace, new_kv_cache).
+    """Run all layers with `lax.scan`.
 
-    q_pos `[B, T]`: position of each query token. k_pos `[B, S]`: position of each key slot,
-    negative for padding or empty cache slots. kv_cache: `(K, V)`, each `[L, B, S, KV, hd]`;
-    the new keys are written at `cache_index` along S. start_layer (int scalar, may be traced):
-    layers below it are skipped with `lax.cond` (`h` is then the residual entering that layer;
-    skipped layers record zeros and leave the cache alone), e.g. to resume from a cached run.
-    attention: see `attention_impl`. remat: rematerialise each layer in the backward pass
-    (`jax.checkpoint` of the scan body): True saves nothing inside a layer, a name from
-    `jax.checkpoint_policies` (e.g. "dots_with_no_batch_dims_saveable") or a policy saves what it says.
-    lrp_rules: LRP rules for the backward pass (see `relevance`; the AH-rule takes the einsum path).
+    Args:
+        model: the model.
+        h: the residual entering the first layer run, `[B, T, d]`.
+        q_pos: position of each query token `[B, T]`.
+        k_pos: position of each key slot `[B, S]`, negative for padding or empty cache slots.
+        interventions: a tuple of interventions.
+        record: the sites to record.
+        kv_cache: `(K, V)`, each `[L, B, S, KV, hd]`; the new keys are written at `cache_index` along S.
+        cache_index: where the new keys go in the cache.
+        start_layer: an int scalar (may be traced): layers below it are skipped with `lax.cond`
+            (`h` is then the residual entering that layer; skipped layers record zeros and leave
+            the cache alone), e.g. to resume from a cached run.
+        attention: see `attention_impl`.
+        remat: rematerialise each layer in the backward pass (`jax.checkpoint` of the scan body):
+            True saves nothing inside a layer, a name from `jax.checkpoint_policies` (e.g.
+            "dots_with_no_batch_dims_saveable") or a policy saves what it says.
+        lrp_rules: LRP rules for the backward pass (see `relevance`; the AH-rule takes the einsum path).
+
     LIMe models (`config.lime`) carry every layer's keys and values of the current tokens through
-    the scan (`lime_mix`; under remat each layer's checkpoint keeps that buffer: memory quadratic in
-    depth); they cannot start at a later layer, whose buffer would be missing.
+    the scan (`lime_mix`; under remat each layer's checkpoint keeps that buffer: memory quadratic
+    in depth); they cannot start at a later layer, whose buffer would be missing.
+
+    Returns:
+        `(h, trace, new_kv_cache)`: the final residual, the `Trace`, the updated cache (None
+        without one).
     """
     c = model.config
     if c.lime and start_layer is not None:
@@ -428,6 +463,7 @@ def run_layers(
             lrp_rules, lime_buffer,
         )
         if per_layer_cache:
+            assert cache is not None, "a per-layer cache comes back from _layer"
             return (h, None, lime_buffer), (sites.recorded, tuple(x[0] for x in cache))
         return (h, cache, lime_buffer), (sites.recorded, None)
 
@@ -436,13 +472,15 @@ def run_layers(
     if start_layer is not None:
         full_body = body
 
-        def body(carry, xs):
+        def body_from_start_layer(carry, xs):
             shapes = jax.eval_shape(full_body, carry, xs)[1][0]
 
             def skip(carry, xs):  # record zeros, leave the cache alone
                 return carry, (jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), xs[4])
 
             return jax.lax.cond(xs[1] >= start_layer, full_body, skip, carry, xs)
+
+        body = body_from_start_layer
 
     xs = (model.params["layers"], jnp.arange(c.n_layers, dtype=jnp.int32), windows, sliding,
           kv_cache if per_layer_cache else None)
@@ -454,7 +492,15 @@ def run_layers(
 
 
 def default_positions(tokens: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
-    """Position ids: 0..T-1, or for a padding mask `cumsum(mask) - 1` (pads get 0), like HF."""
+    """Position ids: 0..T-1, or for a padding mask `cumsum(mask) - 1` (pads get 0), like HF.
+
+    Args:
+        tokens: ids `[B, T]`.
+        attention_mask: `[B, T]` 0/1, or None.
+
+    Returns:
+        Position ids `[B, T]` int32.
+    """
     if attention_mask is None:
         return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
@@ -462,7 +508,14 @@ def default_positions(tokens: jax.Array, attention_mask: jax.Array | None) -> ja
 
 def record_sites(record: Sequence[str] | str) -> tuple[str, ...]:
     """The sorted jaxsteer sites for a `record=` argument: `"all"`, one name or several, each a
-    jaxsteer site or a TransformerLens name (a name's layer is dropped: every layer is recorded)."""
+    jaxsteer site or a TransformerLens name (a name's layer is dropped: every layer is recorded).
+
+    Args:
+        record: `"all"`, a site name, or several.
+
+    Returns:
+        The sorted, de-duplicated jaxsteer site names.
+    """
     if isinstance(record, str):
         record = SITES if record == "all" else (record,)
     names = set()
@@ -489,7 +542,18 @@ def _check_inputs(model: Model, tokens, attention_mask, positions, record):
 
 
 def read_site(model: Model, tokens: jax.Array, attention_mask: jax.Array, site: str, layer: int) -> jax.Array:
-    """The unsteered activation `[B, T, ...]` at `site` of `layer`, running only layers `<= layer`."""
+    """The unsteered activation `[B, T, ...]` at `site` of `layer`, running only layers `<= layer`.
+
+    Args:
+        model: the model.
+        tokens: ids `[B, T]`.
+        attention_mask: `[B, T]` 0/1.
+        site: the site to read.
+        layer: the layer to read it at.
+
+    Returns:
+        The activation `[B, T, ...]`.
+    """
     small = truncate(model, int(layer) + 1)
     positions = default_positions(tokens, attention_mask)
     k_pos = jnp.where(attention_mask.astype(bool), positions, -1)
@@ -516,7 +580,18 @@ _bind_to_tokens = jax.jit(bind_to_tokens)
 def prepare_controls(model: Model, tokens: Any, interventions: Any, *, attention_mask: Any = None,
                      prompt_length: Any = None) -> tuple:
     """The interventions as `forward` runs them on `tokens`: each `Conditional` with its `score`
-    and `decision` `[B]` filled in (for inspection; passing the result to `forward` reuses them)."""
+    and `decision` `[B]` filled in (for inspection; passing the result to `forward` reuses them).
+
+    Args:
+        model: the model.
+        tokens: ids `[B, T]`.
+        interventions: an intervention or a sequence of them.
+        attention_mask: `[B, T]` 0/1 (None: no padding).
+        prompt_length: where generated columns start (an int or `[B]`), as for `forward`.
+
+    Returns:
+        The interventions, a tuple, with every `Conditional` decided.
+    """
     interventions = as_tuple(interventions)
     tokens = jnp.asarray(tokens)
     check_all(interventions, model.config, tokens.shape[1])
@@ -538,36 +613,79 @@ def _forward(model, tokens, attention_mask, positions, interventions, record, re
     return logits, trace
 
 
+@overload
 def forward(
     model: Model,
-    tokens: jax.Array,
+    tokens: ArrayLike,
     *,
-    attention_mask: jax.Array | None = None,
-    positions: jax.Array | None = None,
+    attention_mask: ArrayLike | None = None,
+    positions: ArrayLike | None = None,
+    interventions: Any = (),
+    record: Sequence[str] | str = (),
+    return_logits: Literal[True] = True,
+    attention: str = "auto",
+    remat: bool | str | Callable = False,
+    lrp_rules: Iterable[str] = (),
+    prompt_length: Any = None,
+) -> tuple[jax.Array, Trace]: ...
+
+
+@overload
+def forward(
+    model: Model,
+    tokens: ArrayLike,
+    *,
+    attention_mask: ArrayLike | None = None,
+    positions: ArrayLike | None = None,
+    interventions: Any = (),
+    record: Sequence[str] | str = (),
+    return_logits: bool,
+    attention: str = "auto",
+    remat: bool | str | Callable = False,
+    lrp_rules: Iterable[str] = (),
+    prompt_length: Any = None,
+) -> tuple[jax.Array | None, Trace]: ...
+
+
+def forward(
+    model: Model,
+    tokens: ArrayLike,
+    *,
+    attention_mask: ArrayLike | None = None,
+    positions: ArrayLike | None = None,
     interventions: Any = (),
     record: Sequence[str] | str = (),
     return_logits: bool = True,
     attention: str = "auto",
     remat: bool | str | Callable = False,
-    lrp_rules: Sequence[str] = (),
+    lrp_rules: Iterable[str] = (),
     prompt_length: Any = None,
 ) -> tuple[jax.Array | None, Trace]:
-    """Run the model: `(logits [B, T, V] float32, trace)`.
+    """Run the model on token ids and return its logits and the recorded activations.
 
-    tokens `[B, T]` int; attention_mask `[B, T]` (1 = real token; padding may be on either side);
-    positions `[B, T]` (default: from the mask, like Hugging Face); interventions: a
-    `Steer` / `Patch` / `Ablate` or a sequence of them, applied in order; record: site
-    names (see `SITES`; TransformerLens names work too) or `"all"`, whose values come back in
-    `trace`, stacked over layers `[L, B, ...]`; a LIMe model also records `"lime_route"`, its
-    routing weights `[L, KV, L, KV]` (layer, KV head, source layer, source KV head; see `lime_mix`).
-    attention: "auto" (`jax.nn.dot_product_attention` where it can express the layer, else the
-    einsum path), "einsum", "xla" or "cudnn"; remat: rematerialise layers for `jax.grad` (see
-    `run_layers`). Pure and jit-compiled; `jax.grad` / `jax.vmap` work through it.
-    lrp_rules: names from `relevance.RULES`: the same values, with gradients that propagate
-    LRP relevance instead (relevance patching; see `jaxsteer.models.relevance`).
-    prompt_length (an int or `[B]`): columns from there on are generated tokens, for controls
-    that select them (`OnTokens`; `Conditional` reads only the prompt columns).
-    Concrete inputs are checked (ids in `[0, vocab)`, a 0/1 mask, finite intervention values).
+    Pure and jit-compiled; `jax.grad` / `jax.vmap` work through it. Concrete inputs are checked
+    (ids in `[0, vocab)`, a 0/1 mask, finite intervention values).
+
+    Args:
+        model: the decoder (`load` / `init_params`).
+        tokens: ids `[B, T]`.
+        attention_mask: `[B, T]`, 1 = real token; padding may be on either side.
+        positions: position ids `[B, T]` (default: from the mask, like Hugging Face).
+        interventions: a `Steer` / `Patch` / `Ablate` / control or a sequence of them, applied in order.
+        record: site names (see `SITES`; TransformerLens names work too) or `"all"`; a LIMe model
+            also records `"lime_route"`, its routing weights `[L, KV, L, KV]` (see `lime_mix`).
+        return_logits: False skips the unembedding (the logits come back as None).
+        attention: "auto" (`jax.nn.dot_product_attention` where it can express the layer, else the
+            einsum path), "einsum", "xla" or "cudnn".
+        remat: rematerialise layers for `jax.grad` (see `run_layers`).
+        lrp_rules: names from `relevance.RULES`: the same values, with gradients that propagate LRP
+            relevance instead (relevance patching; see `jaxsteer.models.relevance`).
+        prompt_length: an int or `[B]`: columns from there on are generated tokens, for controls that
+            select them (`OnTokens`; `Conditional` reads only the prompt columns).
+
+    Returns:
+        `(logits, trace)`: logits `[B, T, V]` float32 (None without `return_logits`) and a `Trace`
+        of the recorded sites, each stacked over layers `[L, B, T, ...]`.
     """
     record = record_sites(record)
     lrp_rules = check_rules(lrp_rules)
@@ -586,15 +704,26 @@ def forward(
 
 
 def run_with_cache(model: Model, tokens: Any, *, names: Sequence[str] | str = "all", tokenizer: Any = None,
-                   **forward_kw) -> tuple[jax.Array, Trace]:
+                   **forward_kw) -> tuple[jax.Array | None, Trace]:
     """`(logits, cache)`, as TransformerLens' `run_with_cache`: `forward` recording `names`
     (default every site). `tokens` may be ids `[B, T]` or text (a string or equal-length strings,
-    with `tokenizer`). Index the cache as `cache["resid_post", 10]` or `cache["blocks.10.hook_resid_post"]`."""
+    with `tokenizer`). Index the cache as `cache["resid_post", 10]` or `cache["blocks.10.hook_resid_post"]`.
+
+    Args:
+        model: the model.
+        tokens: ids `[B, T]`, a string, or equal-length strings.
+        names: the sites to record (default every site).
+        tokenizer: encodes string `tokens`.
+        **forward_kw: passed to `forward`.
+
+    Returns:
+        `(logits, trace)`, as `forward` returns them.
+    """
     if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)):
         from .tokens import to_tokens
 
         tokens = to_tokens(tokenizer, tokens)
-    return forward(model, tokens, record=names, **forward_kw)
+    return forward(model, jnp.asarray(tokens), record=names, **forward_kw)
 
 
 __all__ = ["forward", "prepare_controls", "bind_to_tokens", "read_site", "run_with_cache", "record_sites", "Trace", "SITES", "ATTENTION", "attention_impl", "embed", "unembed", "run_layers", "rms_norm",

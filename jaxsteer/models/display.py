@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import html
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def frame_html(values: np.ndarray, row_labels: Iterable[Any], col_labels: Iterab
 
     head = "<tr><th></th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in col_labels) + "</tr>"
     body = "".join("<tr><th>" + html.escape(str(r)) + "</th>" + "".join(
-        f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>" for r, row in zip(row_labels, values))
+        f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>" for r, row in zip(row_labels, values, strict=True))
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
     return f"<table>{caption}{head}{body}</table>"
 
@@ -82,11 +83,12 @@ class ResultDisplay:
 
     def _repr_html_(self) -> str:
         parts = [summary_html(self)]
-        if hasattr(self, "html_table_body"):
-            parts.append(self.html_table_body())
-        elif hasattr(self, "table"):
+        html_table_body, table = getattr(self, "html_table_body", None), getattr(self, "table", None)
+        if html_table_body is not None:
+            parts.append(html_table_body())
+        elif table is not None:
             try:
-                parts.append(f"<pre>{html.escape(self.table())}</pre>")
+                parts.append(f"<pre>{html.escape(table())}</pre>")
             except (ValueError, TypeError):  # a shape table() does not print
                 pass
         return "".join(parts)

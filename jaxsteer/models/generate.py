@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -41,11 +42,16 @@ class SamplingConfig:
 class Generation:
     """Result of `generate`.
 
-    tokens `[B, N]` generated ids (pad after a row stops); logprobs `[B, N]` log-probability
-    of each token under the sampling distribution (after temperature / top-k / top-p; under
-    the plain softmax for greedy), 0 after the row stops; lengths `[B]` generated tokens up to
-    and including the stop token; prompt_tokens / prompt_mask: the left-padded prompts; texts:
-    decoded completions (when a tokenizer was available).
+    Attributes:
+        tokens: `[B, N]` generated ids (pad after a row stops).
+        logprobs: `[B, N]` log-probability of each token under the sampling distribution (after
+            temperature / top-k / top-p; under the plain softmax for greedy), 0 after the row stops.
+        lengths: `[B]` generated tokens up to and including the stop token.
+        prompt_tokens: the left-padded prompts `[B, P]`.
+        prompt_mask: their 0/1 mask `[B, P]`.
+        texts: decoded completions (when a tokenizer was available).
+        decisions: each `Conditional`'s decision per row `[n_conditionals, B]` (when there are any).
+        condition_scores: their scores, shaped as `decisions`.
     """
 
     tokens: np.ndarray
@@ -66,8 +72,8 @@ class Generation:
     def _repr_html_(self) -> str:
         from .display import frame_html
 
-        texts = self.texts or [" ".join(map(str, row[:n])) for row, n in zip(self.tokens, self.lengths)]
-        return frame_html(np.array([[n, t] for n, t in zip(self.lengths, texts)], dtype=object),
+        texts = self.texts or [" ".join(map(str, row[:n])) for row, n in zip(self.tokens, self.lengths, strict=True)]
+        return frame_html(np.array([[n, t] for n, t in zip(self.lengths, texts, strict=True)], dtype=object),
                           range(len(texts)), ["tokens", "completion"], title="Generation")
 
     def sequences(self) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +87,15 @@ class Generation:
 
 
 def filter_logits(logits: jax.Array, s: SamplingConfig) -> jax.Array:
-    """Apply temperature, top-k and top-p (nucleus) filtering to float32 logits `[B, V]`."""
+    """Apply temperature, top-k and top-p (nucleus) filtering to float32 logits `[B, V]`.
+
+    Args:
+        logits: `[B, V]` float32.
+        s: the sampling settings (temperature, top_k, top_p).
+
+    Returns:
+        The filtered logits (removed entries at -inf), `[B, V]`.
+    """
     logits = logits / jnp.float32(max(s.temperature, 1e-6))
     if s.top_k and s.top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, s.top_k)[0][:, -1:]
@@ -109,8 +123,8 @@ def kv_cache(model: Model, batch: int, slots: int) -> tuple[jax.Array, jax.Array
     """An empty K/V cache `(K, V)`, each `[L, batch, slots, n_kv_heads, head_dim]` in the model's
     dtype (what `run_layers` fills; the one allocator for generation, scoring and patching)."""
     c = model.config
-    shape = (c.n_layers, batch, slots, c.n_kv_heads, c.head_dim)
-    return tuple(jnp.zeros(shape, model.params["embed"].dtype) for _ in range(2))
+    shape, dtype = (c.n_layers, batch, slots, c.n_kv_heads, c.head_dim), model.params["embed"].dtype
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
@@ -122,6 +136,19 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
     With `sampling.runs = r > 1` the prompts are `r` run-major copies of one batch: tokens are
     sampled from run 0's logits only and fed to every run (so interventions such as
     `CrossRunPatch` compare the runs on the same text); all rows of the result hold run 0's tokens.
+
+    Args:
+        model: the model.
+        prompt: `[n_prompts, P]` left-padded ids (`PreparedPrompts.tokens`).
+        prompt_mask: `[n_prompts, P]` 0/1.
+        stop_ids: `[S]` ids that end a row (`[-1]`: none).
+        pad_id: the id written after a row stops.
+        key: a `jax.random` key.
+        interventions: a tuple of interventions, as for `generate`.
+        sampling: the static `SamplingConfig`.
+
+    Returns:
+        `(tokens, logprobs, lengths)`, `[B, N]`, `[B, N]` and `[B]`.
     """
     n_prompts, P = prompt.shape
     R = sampling.samples_per_prompt
@@ -135,6 +162,7 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
 
     prefill_ivs = bind_to_tokens(model, prompt, prompt_mask, interventions)
     h, _, cache = run_layers(model, embed(model, prompt), positions, k_pos, prefill_ivs, frozenset(), cache, 0)
+    assert cache is not None  # run_layers returns the cache it was given, filled
     interventions = repeat_rows(prefill_ivs, R)  # conditions decided on the prompt; rows per sample
     logits = unembed(model, h[:, -1])
     next_pos = positions[:, -1] + 1
@@ -257,17 +285,34 @@ def generate(
 ) -> Generation:
     """Sample completions for a batch of prompts with a KV cache, in one compiled loop.
 
-    prompts: strings (need `tokenizer`; wrapped in its chat template when `chat`), token id
-    lists of any lengths, or a left-padded `[B, P]` array with `prompt_mask`.
-    samples_per_prompt: k completions per prompt (rows `[p0] * k, [p1] * k, ...` of the result,
-    as for GRPO groups); each prompt is prefilled once and its K/V cache shared by its k rows.
-    seed: an int or a `jax.random` key. stop_tokens default to the model's and tokenizer's EOS.
-    interventions: as for `forward`, restricted to ones that do not depend on the prompt
-    length (no position masks, per-token scales or Patch values); controls (`OnTokens`,
-    `RowSteer` with one row per prompt, `Conditional`) work here as in `forward`.
-    runs: decode `runs` copies of the batch side by side (rows run-major), every copy reading
-    the tokens sampled from run 0, for generation-time patching between runs (`OnRuns`,
-    `CrossRunPatch`); the result holds run 0's rows.
+    Args:
+        model: the decoder.
+        prompts: strings (need `tokenizer`; wrapped in its chat template when `chat`), token id
+            lists of any lengths, or a left-padded `[B, P]` array with `prompt_mask`.
+        tokenizer: decodes the completions into `Generation.texts` and encodes string prompts.
+        max_new_tokens: tokens sampled per completion at most.
+        temperature: softmax temperature.
+        top_p: nucleus filtering mass (1.0: off).
+        top_k: keep the k most likely tokens (0: off).
+        greedy: take the argmax instead of sampling.
+        seed: an int or a `jax.random` key.
+        interventions: as for `forward`, restricted to ones that do not depend on the prompt
+            length (no position masks, per-token scales or Patch values); controls (`OnTokens`,
+            `RowSteer` with one row per prompt, `Conditional`) work here as in `forward`.
+        stop_tokens: ids that end a completion (default: the model's and tokenizer's EOS).
+        chat: wrap string prompts in the tokenizer's chat template.
+        system: a system message for the chat template.
+        prompt_mask: `[B, P]` 0/1 mask of a token-array `prompts`.
+        bucket: prompt lengths are padded to a multiple of this (fewer recompilations).
+        samples_per_prompt: k completions per prompt (rows `[p0] * k, [p1] * k, ...`, as for GRPO
+            groups); each prompt is prefilled once and its K/V cache shared by its k rows.
+        runs: decode `runs` copies of the batch side by side (rows run-major), every copy reading
+            the tokens sampled from run 0, for generation-time patching between runs (`OnRuns`,
+            `CrossRunPatch`); the result holds run 0's rows.
+
+    Returns:
+        A `Generation`: tokens, log-probabilities and lengths per row, the prompts, and the
+        decoded texts when a tokenizer was given.
     """
     check_sampling_args(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                         greedy=greedy, samples_per_prompt=samples_per_prompt, runs=runs, bucket=bucket)
@@ -291,9 +336,9 @@ def generate(
         if prompt_mask is not None and np.shape(prompt_mask) != arr.shape:
             raise ValueError(f"prompt_mask has shape {np.shape(prompt_mask)}; the prompts have shape {arr.shape}")
         mask = np.ones_like(arr) if prompt_mask is None else np.asarray(prompt_mask, np.int32)
-        seqs = [row[m > 0].tolist() for row, m in zip(arr, mask)]
+        seqs = [row[m > 0].tolist() for row, m in zip(arr, mask, strict=True)]
     elif len(prompts) and isinstance(prompts[0], str):
-        seqs = tokenize_prompts(tokenizer, prompts, chat=chat, system=system)
+        seqs = tokenize_prompts(tokenizer, cast(Sequence[str], prompts), chat=chat, system=system)
     else:
         for i, s in enumerate(prompts):
             if len(s):
@@ -348,7 +393,14 @@ def check_sampling_args(*, max_new_tokens: Any, temperature: Any, top_p: Any, to
 class PreparedPrompts:
     """Token-id prompts ready for `sample_tokens`: left-padded to a bucketed width.
 
-    tokens / mask `[B, P]` int32 numpy; stop_ids `[S]` (`[-1]` when there are none); pad_id."""
+    tokens / mask `[B, P]` int32 numpy; stop_ids `[S]` (`[-1]` when there are none); pad_id.
+
+    Attributes:
+        tokens: `[B, P]` int32 left-padded ids.
+        mask: `[B, P]` int32 0/1.
+        stop_ids: `[S]` stop ids (`[-1]` when there are none).
+        pad_id: the pad id.
+    """
 
     tokens: np.ndarray
     mask: np.ndarray
@@ -366,7 +418,19 @@ def prepare_prompts(model: Model, prompt_ids: Sequence[Sequence[int]], *, tokeni
                     stop_tokens: Sequence[int] | None = None) -> PreparedPrompts:
     """Bucket, left-pad and pick the pad and stop ids for token-id prompts (the one place that
     does it for `generate`, RL rollouts and ES populations). stop_tokens default to the model's
-    and tokenizer's EOS; `()` = always generate `max_new_tokens`."""
+    and tokenizer's EOS; `()` = always generate `max_new_tokens`.
+
+    Args:
+        model: the model.
+        prompt_ids: one id list per prompt.
+        tokenizer: its pad id (else the config's, else 0) and its EOS id (with the config's) are used.
+        max_new_tokens: tokens to be generated (width + max_new_tokens must fit the context).
+        bucket: prompt widths are rounded up to a multiple of this.
+        stop_tokens: stop ids (None: EOS).
+
+    Returns:
+        The `PreparedPrompts`.
+    """
     if not prompt_ids:
         raise ValueError("no prompts given")
     seqs = [list(map(int, p)) for p in prompt_ids]
@@ -389,5 +453,5 @@ def decode_completions(tokenizer: Any, tokens: np.ndarray, lengths: np.ndarray) 
     if tokenizer is None:
         return None
     if tokens.ndim > 2:
-        return [decode_completions(tokenizer, t, n) for t, n in zip(tokens, lengths)]
-    return [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(tokens, lengths)]
+        return [decode_completions(tokenizer, t, n) for t, n in zip(tokens, lengths, strict=True)]
+    return [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(tokens, lengths, strict=True)]

@@ -57,13 +57,14 @@ class _Cursor:
     def __init__(self, buf, path: pathlib.Path):
         self.buf, self.pos, self.path = buf, 0, path
 
-    def take(self, fmt: str):
+    def take(self, fmt: str) -> Any:
+        """The one value of `struct` format `fmt` (e.g. "Q") at the cursor."""
         size = struct.calcsize("<" + fmt)
         if self.pos + size > len(self.buf):
             raise GGUFError(f"{self.path}: truncated GGUF header (needed {size} bytes at offset {self.pos})")
-        out = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        (out,) = struct.unpack_from("<" + fmt, self.buf, self.pos)
         self.pos += size
-        return out[0] if len(out) == 1 else out
+        return out
 
     def string(self) -> str:
         n = self.take("Q")
@@ -163,19 +164,19 @@ class GGUFFile:
         import gguf
 
         ordered = sorted(self.tensors.values(), key=lambda t: t.offset)
-        for info, nxt in zip(ordered, ordered[1:] + [None]):
+        for info, nxt in zip(ordered, ordered[1:] + [None], strict=True):
             end = info.offset + info.nbytes
             limit = nxt.offset if nxt is not None else len(self._map)
             kind = gguf.GGMLQuantizationType(info.ggml_type).name
             what = f"{self.path}: tensor {info.name} ({kind}, shape {info.shape}, {info.nbytes} bytes)"
             if info.name.endswith("norm.weight") and kind not in ("F32", "F16", "BF16"):
                 raise GGUFError(f"{what}: a norm weight must be F32, F16 or BF16 (llama.cpp never quantises norms)")
+            following = f"the next tensor {nxt.name}" if nxt is not None else "the end of the file"
             if end > limit:
-                raise GGUFError(f"{what} overlaps the next tensor {nxt.name} at byte {limit}: its recorded type or shape "
+                raise GGUFError(f"{what} overlaps {following} at byte {limit}: its recorded type or shape "
                                 "is wrong (damaged header?)")
             if limit - end >= max(alignment, 1):
-                raise GGUFError(f"{what} is followed by {limit - end} unused bytes before "
-                                f"{'tensor ' + nxt.name if nxt is not None else 'the end of the file'}: its recorded "
+                raise GGUFError(f"{what} is followed by {limit - end} unused bytes before {following}: its recorded "
                                 "type or shape is wrong (damaged header?)")
 
     @staticmethod
@@ -287,11 +288,18 @@ def gguf_hf_config(f: GGUFFile) -> dict:
 
     Raises UnsupportedConfigError for an architecture jaxsteer does not port and GGUFError for
     a required key that is missing.
+
+    Args:
+        f: the opened GGUF file.
+
+    Returns:
+        A dict `from_hf_config` reads.
     """
     arch = f.architecture
     if arch not in SUPPORTED_GGUF_ARCHITECTURES:
         raise UnsupportedConfigError(
-            f"{f.path}: GGUF architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)})"
+            f"{f.path}: GGUF architecture {arch!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)})"
         )
     key = lambda name: f.require(f"{arch}.{name}")  # noqa: E731
     d, n_heads, n_layers = int(key("embedding_length")), int(key("attention.head_count")), int(key("block_count"))
@@ -344,7 +352,14 @@ def gguf_hf_config(f: GGUFFile) -> dict:
 
 
 def gguf_config(f: GGUFFile) -> ModelConfig:
-    """`ModelConfig` of a GGUF file from its metadata alone (no transformers, no torch)."""
+    """`ModelConfig` of a GGUF file from its metadata alone (no transformers, no torch).
+
+    Args:
+        f: the opened GGUF file.
+
+    Returns:
+        The `ModelConfig`.
+    """
     return from_hf_config(gguf_hf_config(f))
 
 
@@ -352,7 +367,8 @@ def gguf_config(f: GGUFFile) -> ModelConfig:
 
 # Pre-tokenizer split patterns, keyed by `tokenizer.ggml.pre` (llama.cpp's names).
 _LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -460,6 +476,12 @@ def gguf_tokenizer(f: GGUFFile):
     Control tokens become special tokens, user-defined ones added tokens; BOS/EOS/UNK/PAD and
     the chat template come from the file (a missing pad token is set to EOS). Raises
     UnsupportedConfigError for tokenizer models other than `gpt2` and `llama`.
+
+    Args:
+        f: the opened GGUF file.
+
+    Returns:
+        A `transformers.PreTrainedTokenizerFast`.
     """
     from tokenizers import AddedToken, Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
@@ -472,8 +494,9 @@ def gguf_tokenizer(f: GGUFFile):
         model, normalizer, pre_tok, decoder = _sentencepiece_pieces(meta, f.architecture)
     else:
         raise UnsupportedConfigError(
-            f"{f.path}: GGUF tokenizer model {kind!r} is not supported (supported: {', '.join(SUPPORTED_TOKENIZER_MODELS)}); "
-            "pass a tokenizer explicitly: jaxsteer.load(spec, tokenizer='path/or/hub-id') or tokenizer=<tokenizer object>"
+            f"{f.path}: GGUF tokenizer model {kind!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_TOKENIZER_MODELS)}); pass a tokenizer explicitly: "
+            "jaxsteer.load(spec, tokenizer='path/or/hub-id') or tokenizer=<tokenizer object>"
         )
     tok = Tokenizer(model)
     if normalizer is not None:
@@ -483,8 +506,8 @@ def gguf_tokenizer(f: GGUFFile):
     tok.decoder = decoder
     tokens = meta["tokenizer.ggml.tokens"]
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == _CONTROL])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == _USER_DEFINED])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types, strict=True) if ty == _CONTROL])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types, strict=True) if ty == _USER_DEFINED])
 
     def token(key: str):
         i = meta.get(f"tokenizer.ggml.{key}")

@@ -24,7 +24,9 @@ masks may be soft, and sweeps are vmaps over masks.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +113,13 @@ def to_layout(arr: jax.Array, site: str, kind: str) -> jax.Array:
     return arr.reshape(shape)
 
 
+def _resolve_site_fields(iv: Any) -> None:
+    """Canonicalise a frozen intervention's `site` and `layers` fields in place (`resolve_site`)."""
+    site, layers = resolve_site(iv.site, iv.layers, type(iv).__name__)
+    object.__setattr__(iv, "site", site)
+    object.__setattr__(iv, "layers", layers)
+
+
 class _Where:
     """Shared selection logic (mixed into the intervention dataclasses)."""
 
@@ -121,9 +130,7 @@ class _Where:
     mask: Any
 
     def __post_init__(self):
-        site, layers = resolve_site(self.site, self.layers, type(self).__name__)
-        object.__setattr__(self, "site", site)
-        object.__setattr__(self, "layers", layers)
+        _resolve_site_fields(self)
 
     def _check_where(self, config: ModelConfig, n_tokens: int | None) -> None:
         name = type(self).__name__
@@ -189,10 +196,17 @@ def _per_layer(values: jax.Array, layer: jax.Array, site_rank: int, per_layer_ra
 class Steer(_Where):
     """Add `vector * scale` to the activation at `site` (default: the residual stream after the MLP).
 
-    vector: `[*feat]` (same at every selected layer), `[L, *feat]` (per layer), or
-    `[L, B, T, *feat]` (per layer and token; forward only). feat is `[d_model]` for residual
-    sites, `[H, head_dim]` for q/z, `[KV, head_dim]` for k/v.
-    scale: scalar or per token `[B, T]` (forward only).
+    `feat` below is `[d_model]` for residual sites, `[H, head_dim]` for q/z, `[KV, head_dim]` for k/v.
+
+    Attributes:
+        vector: `[*feat]` (same at every selected layer), `[L, *feat]` (per layer), or
+            `[L, B, T, *feat]` (per layer and token; forward only).
+        scale: a scalar or per token `[B, T]` (forward only).
+        positions: a 0/1 mask over the token axis, `[T]` or `[B, T]`.
+        mask: a data mask `[L]`, `[L, T]` or `[L, T, H]` (handy for vmapped sweeps).
+        site: where it acts (a name of `SITES` or a TransformerLens name).
+        layers: the layers it acts at (default all).
+        heads: the heads it acts on (per-head sites only; default all).
     """
 
     vector: jax.Array
@@ -208,6 +222,7 @@ class Steer(_Where):
         if self.site == "pattern":
             raise ValueError("Steer: cannot add a vector to the attention pattern; use Patch or Ablate")
         feat = site_feature_shape(self.site, config)
+        assert feat is not None  # only "pattern" has no fixed feature shape, refused above
         v = jnp.shape(self.vector)
         nf = len(feat)
         ok = v == feat or (len(v) == nf + 1 and v[1:] == feat and v[0] == config.n_layers) or (
@@ -247,8 +262,14 @@ class Steer(_Where):
 class Patch(_Where):
     """Replace the activation at `site` with `values` where selected.
 
-    values: `[L, B, T, *feat]` (e.g. another run's `trace[site]`; indexed by layer) or
-    `[B, T, *feat]` (same at every selected layer). B may be 1 to broadcast.
+    Attributes:
+        values: `[L, B, T, *feat]` (e.g. another run's `trace[site]`; indexed by layer) or
+            `[B, T, *feat]` (same at every selected layer). B may be 1 to broadcast.
+        positions: a 0/1 mask over the token axis, `[T]` or `[B, T]`.
+        mask: a data mask `[L]`, `[L, T]` or `[L, T, H]`.
+        site: where it acts (default `resid_post`).
+        layers: the layers it acts at (default all).
+        heads: the heads it acts on (per-head sites only; default all).
     """
 
     values: jax.Array
@@ -289,8 +310,15 @@ class Patch(_Where):
 class Ablate(_Where):
     """Zero (`mode='zero'`) or mean-ablate (`mode='mean'`) the activation at `site` where selected.
 
-    For `mode='mean'`, `values` gives the mean (`[*feat]` or `[L, *feat]`, e.g. averaged over a
-    dataset); without it the mean over the current batch and positions is used.
+    Attributes:
+        values: for `mode='mean'`, the mean (`[*feat]` or `[L, *feat]`, e.g. averaged over a
+            dataset); without it the mean over the current batch and positions is used.
+        positions: a 0/1 mask over the token axis, `[T]` or `[B, T]`.
+        mask: a data mask `[L]`, `[L, T]` or `[L, T, H]`.
+        site: where it acts (default `resid_post`).
+        layers: the layers it acts at (default all).
+        heads: the heads it acts on (per-head sites only; default all).
+        mode: "zero" or "mean".
     """
 
     values: Any = None
@@ -358,9 +386,19 @@ class CrossRunPatch(_Where):
 
     The batch holds `runs` runs of equal size, run-major (run r is rows `[r * B0, (r + 1) * B0)`),
     as `generate(..., runs=...)` decodes them: all runs read the same tokens, so copying at every
-    step patches the other run's activation at every generated token. `head_mask` (`[H]`
-    weights, data, so one compiled program serves every head) and the static `heads` select
-    heads at per-head sites. Where the weight is exactly 1 the source value is copied bitwise.
+    step patches the other run's activation at every generated token. Where the weight is exactly
+    1 the source value is copied bitwise.
+
+    Attributes:
+        runs: how many runs the batch holds.
+        source: the run copied from.
+        target: the run copied into.
+        head_mask: `[H]` weights at per-head sites (data, so one compiled program serves every head).
+        positions: a 0/1 mask over the token axis, `[T]` (rows differ between runs).
+        mask: a data mask `[L]`, `[L, T]` or `[L, T, H]`.
+        site: where it acts (default `z`).
+        layers: the layers it acts at (default all).
+        heads: the heads it acts on (static; default all).
     """
 
     runs: int = struct.field(pytree_node=False, default=2)
@@ -400,8 +438,13 @@ class CrossRunPatch(_Where):
 
 @struct.dataclass
 class OnRuns:
-    """Apply `intervention` only to the rows of the runs in `selected` (of `runs` run-major runs,
-    as in `CrossRunPatch`); other rows keep their activation bitwise."""
+    """Apply `intervention` only to the rows of some runs; other rows keep their activation bitwise.
+
+    Attributes:
+        intervention: the intervention to apply.
+        runs: how many run-major runs the batch holds (as in `CrossRunPatch`).
+        selected: the runs it applies to.
+    """
 
     intervention: Any
     runs: int = struct.field(pytree_node=False, default=2)
@@ -445,18 +488,24 @@ def _check_residual_map(iv: Any, arrays: Sequence[str], config: ModelConfig) -> 
 
 @struct.dataclass
 class AdaptiveSteer:
-    """A steering vector with a per-token gate computed from the residual it is added to:
+    """A steering vector with a per-token gate computed from the residual it is added to.
 
         x_t  ->  x_t + scale * sigmoid(w . x_t + b) * vector
 
-    at `site` (a residual-width site, default `resid_post`), at `layers` (default all).
-    vector, w: `[d]` (shared) or `[L, d]` (per layer); b: scalar or `[L]`. The gate reads the
-    activation *before* the addition, in float32, with no normalisation of `x_t` (so `w` lives on
-    the residual's scale; RMS-normalising would be a different parameterisation). Everything is
-    a pytree leaf except `site` and `layers`, so `jax.grad` trains `vector`, `w` and `b`
-    together. The gate depends only on the current token's activation, so it works in `generate`
-    as well as in `forward`. Init suggestion: `w = 0, b = 0` (gate 0.5 everywhere); a constant
-    gate `sigmoid(b)` is then an ordinary `Steer` with that scale.
+    The gate reads the activation *before* the addition, in float32, with no normalisation of
+    `x_t` (so `w` lives on the residual's scale; RMS-normalising would be a different
+    parameterisation). Everything is a pytree leaf except `site` and `layers`, so `jax.grad` trains
+    `vector`, `w` and `b` together. The gate depends only on the current token's activation, so it
+    works in `generate` as well as in `forward`. Init suggestion: `w = 0, b = 0` (gate 0.5
+    everywhere); a constant gate `sigmoid(b)` is then an ordinary `Steer` with that scale.
+
+    Attributes:
+        vector: `[d]` (shared) or `[L, d]` (per layer).
+        w: the gate's weights, `[d]` or `[L, d]`.
+        b: the gate's bias, a scalar or `[L]`.
+        scale: multiplies the gated vector.
+        site: a residual-width site (default `resid_post`).
+        layers: the layers it acts at (default all).
     """
 
     vector: jax.Array
@@ -500,19 +549,24 @@ class AdaptiveSteer:
 
 @struct.dataclass
 class Hook:
-    """Any jittable function of the activation at `site`: `Hook(site, fn)` maps `x -> fn(x, layer)` (or
-    `fn(x, layer, params)` when `params` is given), like a TransformerLens hook or an nnsight edit.
+    """Any jittable function of the activation at `site`, like a TransformerLens hook or an nnsight edit.
 
-    `layer` is the layer index as a traced int32 scalar (the layers run in one `lax.scan`);
-    `layers` restricts the hook to some layers (elsewhere the activation passes unchanged). `fn`
+    `Hook(site, fn)` maps `x -> fn(x, layer)` (or `fn(x, layer, params)` when `params` is given);
+    `layer` is the layer index as a traced int32 scalar (the layers run in one `lax.scan`). `fn`
     must return an array of the activation's shape and dtype. `fn` is static: define it once (a
     new lambda per call recompiles); put arrays you want to vary, differentiate or vmap over in
     `params` (a pytree), not in `fn`'s closure. In `generate`, `fn` sees the tokens of each call
     (the prompt, then `[B, 1, ...]` per new token), so a function of one token's activation
     behaves as in `forward`.
 
-        Hook("resid_post", lambda x, l, v: x + v[l], params=vectors)          # == Steer(vectors)
-        Hook("z", lambda x, l: x.at[:, :, 4].set(0), layers=(5, 6))         # == Ablate(site="z", layers=(5, 6), heads=(4,))
+        Hook("resid_post", lambda x, l, v: x + v[l], params=vectors)  # == Steer(vectors)
+        Hook("z", lambda x, l: x.at[:, :, 4].set(0), layers=(5, 6))  # == Ablate(site="z", layers=(5, 6), heads=(4,))
+
+    Attributes:
+        site: where it acts.
+        fn: the function (static).
+        params: a pytree passed to `fn` as its third argument (None: `fn` takes two).
+        layers: the layers it acts at (elsewhere the activation passes unchanged; default all).
     """
 
     site: str = struct.field(pytree_node=False)
@@ -523,7 +577,7 @@ class Hook:
     def __post_init__(self):
         if not callable(self.fn):
             raise TypeError(f"Hook: fn must be callable, got {self.fn!r}")
-        _Where.__post_init__(self)
+        _resolve_site_fields(self)
 
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
         check_site(self.site)
@@ -549,15 +603,20 @@ class Hook:
 
 @struct.dataclass
 class Affine:
-    """A per-dimension affine map of the activation: `x -> scale * x + shift` (LinEAS's steering
-    map, `jaxsteer.steering.lineas`).
+    """A per-dimension affine map of the activation, `x -> scale * x + shift` (LinEAS's steering map).
 
-    At `site` (a residual-width site, default `mlp_in`, the MLP's normalised input), at `layers`
-    (default all). scale, shift: `[d]` (shared) or `[L, d]` (per layer); with `index [B]` (ints)
-    a bank `[K, d]` / `[K, L, d]` whose entry `index[b]` row b uses (one map per batch row, as
-    `RowSteer` does for vectors). Computed in float32 and cast back; `scale = 1, shift = 0` is
-    the identity exactly. Depends on each token's own activation only, so it works in
-    `generate` as well as in `forward`."""
+    Computed in float32 and cast back; `scale = 1, shift = 0` is the identity exactly. Depends on
+    each token's own activation only, so it works in `generate` as well as in `forward`
+    (`jaxsteer.steering.lineas` trains it).
+
+    Attributes:
+        scale: `[d]` (shared) or `[L, d]` (per layer); with `index`, a bank `[K, d]` / `[K, L, d]`.
+        shift: shaped as `scale`.
+        index: `[B]` ints: row b uses bank entry `index[b]` (one map per batch row, as `RowSteer`
+            does for vectors); None: no bank.
+        site: a residual-width site (default `mlp_in`, the MLP's normalised input).
+        layers: the layers it acts at (default all).
+    """
 
     scale: jax.Array
     shift: jax.Array
@@ -577,7 +636,7 @@ class Affine:
                              f"shape; got {banks['scale']} and {banks['shift']}")
         if jnp.ndim(self.index) != 1:
             raise ValueError(f"Affine: index must be [B] integers, got shape {jnp.shape(self.index)}")
-        probe = self.replace(scale=jnp.zeros((d,)), shift=jnp.zeros((d,)), index=None)
+        probe = dataclasses.replace(self, scale=jnp.zeros((d,)), shift=jnp.zeros((d,)), index=None)
         _check_residual_map(probe, (), config)  # the site and layers
         for name in ("scale", "shift"):
             check_finite(getattr(self, name), f"Affine.{name}")

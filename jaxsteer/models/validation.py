@@ -4,8 +4,8 @@ Each check runs only on concrete values (NumPy arrays, Python numbers, fully add
 `jax.Array`s). Under `jit`, `grad` or `vmap` a value that is an argument of the traced function
 is a tracer and its check is skipped, so compiled code never waits on the device for it. A
 concrete value closed over by a traced function is still checked: its reduction runs eagerly
-(`jax.ensure_compile_time_eval`), not as part of the trace, so it never becomes a tracer. The checks locate the first bad entry
-only after a cheap whole-array test has failed.
+(`jax.ensure_compile_time_eval`), not as part of the trace, so it never becomes a tracer. The
+checks locate the first bad entry only after a cheap whole-array test has failed.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 
 def is_concrete(x: Any) -> bool:
     """True for values whose contents can be read now (not tracers, not other hosts' shards)."""
-    if isinstance(x, jax.core.Tracer):
+    if isinstance(x, Tracer):
         return False
     if isinstance(x, jax.Array):
         return x.is_fully_addressable
@@ -158,8 +159,8 @@ def check_steer_size(vector: Any, scale: Any, d_model: int, name: str, additions
     limit = float(np.sqrt(np.finfo(np.float32).max / max(1, d_model)))
     if top > limit:
         raise ValueError(
-            f"{name}: |scale| x |vector|{f' x {additions} layers' if additions > 1 else ''} reaches {top:.3g}; above {limit:.3g} the float32 activations overflow "
-            "to inf / NaN (lower the scale)")
+            f"{name}: |scale| x |vector|{f' x {additions} layers' if additions > 1 else ''} reaches {top:.3g}; "
+            f"above {limit:.3g} the float32 activations overflow to inf / NaN (lower the scale)")
 
 
 __all__ = ["is_concrete", "check_token_ids", "check_binary_mask", "check_finite", "check_real", "check_number",
