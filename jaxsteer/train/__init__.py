@@ -26,7 +26,6 @@ from .build import PromptEncoder, build_inputs, check_before_loading, load_examp
 from .config import ConfigError, TrainConfig, load_config
 from .es.learner import load_es_policy, train_es
 from .evaluate import HeldOut, evaluate_policy
-from .export import print_logit_lens
 from .lock import RunLock
 from .plan import check_model_fits
 from .rewards import get_reward_fn
@@ -189,5 +188,5 @@ def load_run(directory: str, *, step: int | None = None, model: Model | None = N
     return LoadedRun(policy, base, tokenizer, tuple(ivs), trainable, cfg, int(meta["step"]), directory)
 
 
-__all__ = ["train", "evaluate_run", "load_run", "LoadedRun", "TrainResult", "load_config", "ConfigError", "print_logit_lens",
+__all__ = ["train", "evaluate_run", "load_run", "LoadedRun", "TrainResult", "load_config", "ConfigError",
            "evaluate_policy"]

@@ -120,15 +120,4 @@ def export_steering(out_dir: str, cfg: TrainConfig, model: Model, trainable: Any
     return files
 
 
-def print_logit_lens(model: Model, tokenizer, vectors: np.ndarray, k: int = 5) -> None:
-    """Top-k / bottom-k tokens of `W_U @ s_l` per layer (raw vector, no final norm), with the
-    per-layer vector norms (`jaxsteer.analysis.lens.vector_lens`)."""
-    from ..analysis.lens import vector_lens
-
-    res = vector_lens(model, vectors, final_norm=False, k=k, tokenizer=tokenizer)
-    norms = np.linalg.norm(np.asarray(vectors), axis=-1)
-    print("vector norms per layer: " + " ".join(f"{n:.2f}" for n in norms))
-    print(res.table())
-
-
-__all__ = ["steering_array", "save_npy", "save_affine", "load_affine", "hf_patch", "save_hf_patch", "export_steering", "print_logit_lens"]
+__all__ = ["steering_array", "save_npy", "save_affine", "load_affine", "hf_patch", "save_hf_patch", "export_steering"]

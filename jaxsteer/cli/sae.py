@@ -1,12 +1,13 @@
-"""The `jaxsteer sae` subcommands: `train CONFIG.yaml [key=value ...]` and `eval RUN_DIR`."""
+"""`jaxsteer sae train CONFIG.yaml [key=value ...]` and `jaxsteer sae eval RUN_DIR`: sparse autoencoders."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
-def add_parser(sub) -> None:
-    """Register `sae train` / `sae eval` on the main CLI's subparsers."""
+def add_parsers(sub) -> None:
+    """Register `sae train` and `sae eval`."""
     p = sub.add_parser("sae", help="sparse autoencoders: train from a YAML config, evaluate a run")
     ss = p.add_subparsers(dest="sae_command", required=True)
     t = ss.add_parser("train", help="train (or resume) an SAE on activations computed on the fly")
@@ -26,11 +27,10 @@ def add_parser(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import sys
-
+    """Train (or resume) an SAE, evaluate it, print what to run next."""
+    from ..sae.config import load_run_config
+    from ..sae.run import eval_run, load_model, train_sae
     from ..train.lock import RunLock
-    from .config import load_run_config
-    from .run import eval_run, load_model, train_sae
 
     if args.set:
         print("jaxsteer sae train: --set KEY=VALUE is deprecated; write KEY=VALUE (as for `jaxsteer train`)",
@@ -47,9 +47,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .run import eval_run
+    """Evaluate an SAE run directory (its results print as JSON)."""
+    from ..sae.run import eval_run
 
     eval_run(args.run_dir, contexts=args.contexts)
 
 
-__all__ = ["add_parser", "cmd_train", "cmd_eval"]
+__all__ = ["add_parsers", "cmd_train", "cmd_eval"]

@@ -1,4 +1,4 @@
-"""The `jaxsteer steer` subcommands: `extract`, `apply`, `eval`, `export` and `import`.
+"""`jaxsteer steer extract | apply | eval | export | import`: steering vectors from the command line.
 
     jaxsteer steer extract --task sentiment --method pca --out pca.npy
     jaxsteer steer apply --vectors pca.npy --layer 8 --scale 4 --select generated --prompt "Describe your morning."
@@ -13,7 +13,8 @@ import argparse
 import json
 import os
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from ..errors import InputError
+from .common import DEFAULT_MODEL
 
 
 def _ints(text: str) -> list[int]:
@@ -28,8 +29,8 @@ def _read(text: str) -> str | int:
     return int(text) if text.isdigit() else text
 
 
-def add_parser(sub) -> None:
-    """Register `steer extract | apply | eval | export | import` on the main CLI's subparsers."""
+def add_parsers(sub) -> None:
+    """Register `steer extract | apply | eval | export | import`."""
     p = sub.add_parser("steer", help="steering vectors: extract, apply, evaluate, export to llama.cpp")
     ss = p.add_subparsers(dest="steer_command", required=True)
 
@@ -91,18 +92,19 @@ def _load_vectors(path: str, n_layers: int | None = None):
     import numpy as np
 
     if path.endswith(".gguf"):
-        from .llamacpp import load_control_vector
+        from ..steering.llamacpp import load_control_vector
 
         return load_control_vector(path, n_layers)[0]
     return np.load(path)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
+    """Extract [L, d] vectors from a task's contrastive pairs and save them as .npy."""
     import numpy as np
 
     from ..models.loading import load
-    from .evaluate import load_task
-    from .extract import contrast_data, extract
+    from ..steering.evaluate import load_task
+    from ..steering.extract import contrast_data, extract
 
     model, tok = load(args.model)
     task = load_task(args.task)
@@ -115,7 +117,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
         from ..sae.saelens import load_saelens
 
         if not args.sae or not args.layers:
-            raise SystemExit("--method sae needs --sae DIR and --layers L")
+            raise InputError("--method sae needs --sae DIR and --layers L")
         opts = {"sae": load_saelens(args.sae), "layer": args.layers[0], "top": args.top}
     vectors = extract(args.method, data, **opts)
     np.save(args.out, vectors)
@@ -124,6 +126,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
+    """Print greedy completions unsteered and steered (optionally on some tokens only)."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -147,10 +150,11 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    """Sweep methods x layers x scales on a task; print the table, write table, plot and JSON."""
     import numpy as np
 
     from ..models.loading import load
-    from .evaluate import load_task, sweep
+    from ..steering.evaluate import load_task, sweep
 
     model, tok = load(args.model)
     task = load_task(args.task)
@@ -158,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for spec in args.vector:
         name, _, path = spec.partition("=")
         if not path:
-            raise SystemExit(f"--vector takes NAME=PATH, got {spec!r}")
+            raise InputError(f"--vector takes NAME=PATH, got {spec!r}")
         vectors[name] = np.asarray(_load_vectors(path, model.config.n_layers), np.float32)
     methods = [m for m in args.methods.split(",") if m]
     result = sweep(model, tok, task, methods=methods, layers=args.layers, scales=args.scales, vectors=vectors,
@@ -175,7 +179,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .llamacpp import save_control_vector
+    """Write vectors as a llama.cpp control vector GGUF."""
+    from ..steering.llamacpp import save_control_vector
 
     path = save_control_vector(args.out, _load_vectors(args.vectors), model_hint=args.model_hint, layers=args.layers,
                                scale=args.scale)
@@ -183,11 +188,15 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
+    """Read a llama.cpp / repeng control vector GGUF into an [L, d] .npy."""
     import numpy as np
 
-    from .llamacpp import load_control_vector
+    from ..steering.llamacpp import load_control_vector
 
     vectors, meta = load_control_vector(args.path, args.n_layers)
     np.save(args.out, vectors)
     layers = [int(l) for l in np.flatnonzero(np.abs(vectors).sum(-1))]
     print(f"{args.path}: {json.dumps({k: str(v) for k, v in meta.items()})}; layers {layers} -> {args.out} {vectors.shape}")
+
+
+__all__ = ["add_parsers", "cmd_extract", "cmd_apply", "cmd_eval", "cmd_export", "cmd_import"]

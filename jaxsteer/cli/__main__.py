@@ -1,0 +1,5 @@
+"""`python -m jaxsteer.cli ...`: the `jaxsteer` command."""
+
+from . import main
+
+main()
