@@ -6,7 +6,7 @@
                             interventions=[jaxsteer.Steer(vectors)])
 """
 
-from .errors import JaxsteerError
+from .errors import InputError, JaxsteerError, NotFoundError
 from .models import (
     SITES,
     TL_ALIASES,

@@ -6,6 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import InputError
+
 
 def token_str(tokenizer: Any, token_id: int) -> str:
     """A printable string for one token id (`decode`, newlines and tabs escaped)."""
@@ -46,11 +48,11 @@ def single_token_ids(tokenizer: Any, answers: Sequence[Any]) -> list[int]:
             out.append(int(a))
             continue
         if tokenizer is None:
-            raise ValueError(f"answer {a!r} is a string but no tokenizer was given")
+            raise InputError(f"answer {a!r} is a string but no tokenizer was given")
         ids = tokenizer(a, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             pieces = [tokenizer.decode([i]) for i in ids]
-            raise ValueError(f"answer {a!r} is {len(ids)} tokens {pieces}; give a single-token answer (e.g. with a leading space)")
+            raise InputError(f"answer {a!r} is {len(ids)} tokens {pieces}; give a single-token answer (e.g. with a leading space)")
         out.append(int(ids[0]))
     return out
 
@@ -62,7 +64,7 @@ def tokenize_pair(tokenizer: Any, clean: str, corrupt: str) -> tuple[np.ndarray,
     if len(a) != len(b):
         sa = [tokenizer.decode([i]) for i in a]
         sb = [tokenizer.decode([i]) for i in b]
-        raise ValueError(
+        raise InputError(
             f"clean and corrupted prompts must tokenize to the same length: {len(a)} tokens {sa} vs {len(b)} tokens {sb}"
         )
     return np.asarray([a], np.int32), np.asarray([b], np.int32)

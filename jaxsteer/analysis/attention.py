@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError
 from ..models.display import ResultDisplay
 from ..models.decoder import forward
 from ..models.params import Model
@@ -72,7 +73,7 @@ def compare_patterns(pattern_a: Any, pattern_b: Any, attention_mask: Any = None)
     columns (attention_mask `[B, T]` = 0) are ignored."""
     pa, pb = jnp.asarray(pattern_a), jnp.asarray(pattern_b)
     if pa.shape != pb.shape or pa.ndim != 5:
-        raise ValueError(f"patterns must both be [L, B, H, T, S] of one shape, got {pa.shape} and {pb.shape}")
+        raise InputError(f"patterns must both be [L, B, H, T, S] of one shape, got {pa.shape} and {pb.shape}")
     B, T = pa.shape[1], pa.shape[3]
     valid = jnp.ones((B, T), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
     js, mx, jp = _distances(pa, pb, valid)

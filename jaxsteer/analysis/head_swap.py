@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..models.display import ResultDisplay
 from ..models.generate import generate
 from ..models.interventions import CrossRunPatch, OnRuns, Steer, site_n_heads
@@ -39,7 +40,7 @@ def _final_layer(model: Model, layer: int | None) -> int:
     L = model.config.n_layers
     layer = L - 2 if layer is None else int(layer)
     if not 0 <= layer < L - 1:
-        raise ValueError(f"head swap: the vector's layer must be in [0, {L - 2}] (a later layer must read it), got {layer}")
+        raise InputError(f"head swap: the vector's layer must be in [0, {L - 2}] (a later layer must read it), got {layer}")
     return layer + 1
 
 
@@ -49,13 +50,13 @@ def _vector_at(model: Model, vector: Any, layer: int) -> jnp.ndarray:
     if v.shape == (c.n_layers, c.d_model):
         v = v[layer]
     if v.shape != (c.d_model,):
-        raise ValueError(f"head swap: vector must be [{c.d_model}] or [{c.n_layers}, {c.d_model}], got {v.shape}")
+        raise InputError(f"head swap: vector must be [{c.d_model}] or [{c.n_layers}, {c.d_model}], got {v.shape}")
     return v
 
 
 def _check_site(site: str) -> None:
     if site not in HEAD_SWAP_SITES:
-        raise ValueError(f"head swap: site must be one of {HEAD_SWAP_SITES}, got {site!r}")
+        raise InputError(f"head swap: site must be one of {HEAD_SWAP_SITES}, got {site!r}")
 
 
 def _placements(s: jnp.ndarray, final: int, scale: float) -> dict[str, Steer]:
@@ -72,7 +73,7 @@ def head_swap_interventions(model: Model, vector: Any, head_mask: Any, *, layer:
     `layer` (default the penultimate, L - 2), `head_mask` `[H]` weights of the heads of the next
     layer copied from the steered run into the patched one, `route` in `HEAD_SWAP_ROUTES`."""
     if route not in HEAD_SWAP_ROUTES:
-        raise ValueError(f"head swap: route must be one of {HEAD_SWAP_ROUTES}, got {route!r}")
+        raise InputError(f"head swap: route must be one of {HEAD_SWAP_ROUTES}, got {route!r}")
     _check_site(site)
     final = _final_layer(model, layer)
     place = _placements(_vector_at(model, vector, final - 1), final, scale)
@@ -110,7 +111,7 @@ class HeadSwapResult(ResultDisplay):
     def per_head(self, route: str) -> np.ndarray:
         """Accuracy with head h alone swapped, minus skip-attention accuracy, per head."""
         if route not in self.head_routes:
-            raise ValueError(f"no single-head swaps were run for route {route!r} (ran: {self.head_routes})")
+            raise InputError(f"no single-head swaps were run for route {route!r} (ran: {self.head_routes})")
         acc = self.accuracy()
         return np.array([acc[f"head {h} / {route}"] - acc["skip attention"] for h in self.heads])
 
@@ -168,13 +169,13 @@ def head_swap_study(model: Model, vector: Any, prompts: Sequence, answers: Seque
     (default `routes`), and all heads together for each route in `routes`. One compiled program
     per route serves all heads (the head choice is data)."""
     if len(prompts) != len(answers) or not len(prompts):
-        raise ValueError(f"head swap: {len(prompts)} prompts and {len(answers)} answers; need as many, at least one")
+        raise InputError(f"head swap: {len(prompts)} prompts and {len(answers)} answers; need as many, at least one")
     _check_site(site)
     final = _final_layer(model, layer)
     n_heads = site_n_heads(site, model.config)
     heads = tuple(range(n_heads)) if heads is None else tuple(int(h) for h in heads)
     if any(not 0 <= h < n_heads for h in heads):
-        raise ValueError(f"head swap: heads {heads} out of range for site {site!r} with {n_heads} heads")
+        raise InputError(f"head swap: heads {heads} out of range for site {site!r} with {n_heads} heads")
     s = _vector_at(model, vector, final - 1)
     head_routes = tuple(routes if head_routes is None else head_routes)
     jobs = [("unsteered", (), 1)] + [(name, (steer,), 1) for name, steer in _placements(s, final, scale).items()]

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError
 from ..models.display import ResultDisplay
 from ..models.decoder import Trace, forward, unembed
 from ..models.params import Model
@@ -53,7 +54,7 @@ class LensResult(ResultDisplay):
     def select(self, batch: int = 0, position: int = -1) -> "LensResult":
         """For a `[R, B, T]` result: the `[R]` result at one batch row and position."""
         if self.top_ids.ndim != 4:
-            raise ValueError(f"select needs a [R, B, T, k] result, this one is {self.top_ids.shape}")
+            raise InputError(f"select needs a [R, B, T, k] result, this one is {self.top_ids.shape}")
         pick = lambda a: a[:, batch, position]
         return dataclasses.replace(
             self,
@@ -70,7 +71,7 @@ class LensResult(ResultDisplay):
     def _rows(self, k: int | None, batch: int, position: int, probs: bool):
         r = self.select(batch, position) if self.top_ids.ndim == 4 else self
         if r.top_ids.ndim != 2:
-            raise ValueError(f"table needs a [R, k] or [R, B, T, k] result, this one is {self.top_ids.shape}")
+            raise InputError(f"table needs a [R, k] or [R, B, T, k] result, this one is {self.top_ids.shape}")
         top, bottom = r.probabilities() if probs else (r.top_logits, r.bottom_logits)
         return r, min(k or r.k, r.k), top, bottom
 
@@ -109,7 +110,7 @@ class LensResult(ResultDisplay):
         if self.top_ids.ndim == 4:
             return self._plot_positions(path, batch, title)
         if self.top_ids.ndim != 2:
-            raise ValueError(f"plot needs a [R, k] or [R, B, T, k] result, this one is {self.top_ids.shape}")
+            raise InputError(f"plot needs a [R, k] or [R, B, T, k] result, this one is {self.top_ids.shape}")
         k = min(k or self.k, self.k, 10)
         R = len(self.labels)
         fig = new_figure(2.0 + 1.3 * 2 * k, 1.0 + 0.28 * R)
@@ -182,7 +183,7 @@ def logit_lens(
     if x.ndim == 1:
         x = x[None]
     if x.shape[-1] != d:
-        raise ValueError(f"logit_lens: last axis has size {x.shape[-1]}, the model's d_model is {d}")
+        raise InputError(f"logit_lens: last axis has size {x.shape[-1]}, the model's d_model is {d}")
     lead = x.shape[:-1]
     rows = x.reshape(-1, d).astype(model.dtype)
     top_i, top_v, top_lp, bot_i, bot_v = (np.asarray(a).reshape(lead + (k,)) for a in _topk(model, rows, k, final_norm, chunk))
@@ -190,7 +191,7 @@ def logit_lens(
         prefix = "layer " if lead[0] == model.config.n_layers else ""
         labels = [f"{prefix}{i}" for i in range(lead[0])]
     if len(labels) != lead[0]:
-        raise ValueError(f"logit_lens: {len(labels)} labels for a leading axis of {lead[0]}")
+        raise InputError(f"logit_lens: {len(labels)} labels for a leading axis of {lead[0]}")
     return LensResult(
         top_ids=top_i,
         top_logits=top_v,
@@ -217,7 +218,7 @@ def accumulated_resid(trace: Trace, *, incl_mid: bool = False) -> tuple[jax.Arra
     recorded with `resid_pre` and `resid_post` (and `resid_mid`)."""
     for site in ("resid_pre", "resid_post") + (("resid_mid",) if incl_mid else ()):
         if site not in trace:
-            raise ValueError(f"accumulated_resid needs {site!r} in the trace (recorded: {sorted(trace)})")
+            raise InputError(f"accumulated_resid needs {site!r} in the trace (recorded: {sorted(trace)})")
     pre = trace["resid_pre"]
     L = pre.shape[0]
     if incl_mid:

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
+from ..errors import InputError
 from ..models.display import ResultDisplay
 from ..models.decoder import default_positions, embed, forward, run_layers, unembed
 from ..models.interventions import (
@@ -74,14 +75,14 @@ def logit_diff_metric(answers: Any) -> Partial:
     a `jax.tree_util.Partial`, so sweeps with the same metric function reuse their compilation."""
     a = jnp.asarray(answers, jnp.int32)
     if a.shape[-1] != 2 or a.ndim not in (1, 2):
-        raise ValueError(f"answers must be [2] or [B, 2] token ids (correct, wrong), got shape {a.shape}")
+        raise InputError(f"answers must be [2] or [B, 2] token ids (correct, wrong), got shape {a.shape}")
     return Partial(_logit_diff, a)
 
 
 def _as_metric(metric: Any, answers: Any, tokenizer: Any) -> Partial:
     if metric is None:
         if answers is None:
-            raise ValueError("give a metric or answers=(correct, wrong)")
+            raise InputError("give a metric or answers=(correct, wrong)")
         ans = np.asarray(answers)
         if ans.dtype.kind in "US" or (ans.dtype == object):
             ans = np.asarray(single_token_ids(tokenizer, list(ans.reshape(-1)))).reshape(ans.shape)
@@ -217,7 +218,7 @@ def _resolve_positions(positions: Any, T: int) -> tuple[list[str], np.ndarray]:
             row = np.zeros(T, np.float32)
             idx = np.atleast_1d(np.asarray(pos, np.int64))
             if idx.size == 0 or (idx >= T).any() or (idx < -T).any():
-                raise ValueError(f"position group {name!r}: positions {idx.tolist()} out of range for {T} tokens")
+                raise InputError(f"position group {name!r}: positions {idx.tolist()} out of range for {T} tokens")
             row[idx] = 1
             names.append(str(name))
             rows.append(row)
@@ -225,7 +226,7 @@ def _resolve_positions(positions: Any, T: int) -> tuple[list[str], np.ndarray]:
     idx = [int(p) for p in positions]
     for p in idx:
         if not -T <= p < T:
-            raise ValueError(f"position {p} out of range for {T} tokens")
+            raise InputError(f"position {p} out of range for {T} tokens")
     rows = np.zeros((len(idx), T), np.float32)
     rows[np.arange(len(idx)), idx] = 1
     return [str(p % T) for p in idx], rows
@@ -234,9 +235,9 @@ def _resolve_positions(positions: Any, T: int) -> tuple[list[str], np.ndarray]:
 def _check_over(over: Sequence[str], site: str) -> tuple[str, ...]:
     over = tuple(over)
     if not over or over[0] != "layer" or any(a not in AXES for a in over) or list(over) != sorted(over, key=AXES.index):
-        raise ValueError(f"over must start with 'layer' and follow the order {AXES}, got {over}")
+        raise InputError(f"over must start with 'layer' and follow the order {AXES}, got {over}")
     if "head" in over and SITE_LAYOUT[site][2] is None:
-        raise ValueError(f"site {site!r} has no heads; head sites are {tuple(s for s in SITES if SITE_LAYOUT[s][2] is not None)}")
+        raise InputError(f"site {site!r} has no heads; head sites are {tuple(s for s in SITES if SITE_LAYOUT[s][2] is not None)}")
     return over
 
 
@@ -354,11 +355,11 @@ def _prepare(model, clean_tokens, corrupt_tokens, site_list, metric, attention_m
     """Run the clean and corrupted inputs once: metric positions, (source trace, base trace, clean
     metric, corrupted metric, base tokens, base interventions) for the chosen direction."""
     if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' (patch clean into corrupted) or 'noise', got {direction!r}")
+        raise InputError(f"direction must be 'denoise' (patch clean into corrupted) or 'noise', got {direction!r}")
     clean_tokens = jnp.asarray(clean_tokens, jnp.int32)
     corrupt_tokens = jnp.asarray(corrupt_tokens, jnp.int32)
     if clean_tokens.ndim != 2 or clean_tokens.shape != corrupt_tokens.shape:
-        raise ValueError(
+        raise InputError(
             f"clean and corrupted tokens must be [B, T] arrays of the same shape, got {clean_tokens.shape} and "
             f"{corrupt_tokens.shape} (prompts must tokenize to the same length)"
         )
@@ -425,7 +426,7 @@ def activation_patching(
     layer_list = list(range(c.n_layers)) if layers is None else [int(l) for l in layers]
     for l in layer_list:
         if not 0 <= l < c.n_layers:
-            raise ValueError(f"layer {l} out of range for {c.n_layers} layers")
+            raise InputError(f"layer {l} out of range for {c.n_layers} layers")
     n_site_heads = site_n_heads(site, c)
     if "position" in over:
         pos_labels, prows = _resolve_positions(positions, T)
@@ -439,7 +440,7 @@ def activation_patching(
         head_list = list(range(n_site_heads)) if heads is None else [int(h) for h in heads]
         for h in head_list:
             if not 0 <= h < n_site_heads:
-                raise ValueError(f"head {h} out of range for site {site!r} with {n_site_heads} heads")
+                raise InputError(f"head {h} out of range for site {site!r} with {n_site_heads} heads")
     mask_heads = n_site_heads if "head" in over else None
 
     grid = np.stack(np.meshgrid(np.arange(len(layer_list)), np.arange(len(pos_labels)),
@@ -518,16 +519,16 @@ class Node:
         """`[L, T]` (or `[L, T, H]` for head sites when heads are given or `with_heads`) 0/1 mask."""
         L = config.n_layers
         if not 0 <= self.layer < L:
-            raise ValueError(f"{self}: layer out of range for {L} layers")
+            raise InputError(f"{self}: layer out of range for {L} layers")
         n_heads = site_n_heads(self.site, config)
         if self.heads is not None and n_heads is None:
-            raise ValueError(f"{self}: site {self.site!r} has no heads")
+            raise InputError(f"{self}: site {self.site!r} has no heads")
         pos = list(range(T)) if self.positions is None else [p % T for p in self.positions]
         if with_heads or (with_heads is None and self.heads is not None):
             m = np.zeros((L, T, n_heads), np.float32)
             for h in self.heads if self.heads is not None else range(n_heads):
                 if not 0 <= h < n_heads:
-                    raise ValueError(f"{self}: head {h} out of range ({n_heads} heads)")
+                    raise InputError(f"{self}: head {h} out of range ({n_heads} heads)")
                 m[self.layer, pos, h] = 1
             return m
         m = np.zeros((L, T), np.float32)
@@ -583,18 +584,18 @@ def path_patching(
     base_tokens = jnp.asarray(base_tokens, jnp.int32)
     source_tokens = base_tokens if source_tokens is None else jnp.asarray(source_tokens, jnp.int32)
     if source_tokens.shape != base_tokens.shape:
-        raise ValueError(f"base and source tokens differ in shape: {base_tokens.shape} vs {source_tokens.shape}")
+        raise InputError(f"base and source tokens differ in shape: {base_tokens.shape} vs {source_tokens.shape}")
     T = base_tokens.shape[1]
     base_ivs, src_ivs = as_tuple(base_interventions), as_tuple(source_interventions)
     receivers = list(receivers)
     for r in receivers:
         if r.site not in _RECEIVER_SITES:
-            raise ValueError(
+            raise InputError(
                 f"receiver {r}: site {r.site!r} cannot be a receiver (use reader sites q, k, v, attn_in, mlp_in or "
                 "residual sites resid_pre, resid_mid, resid_post; a component's output only changes through its inputs)"
             )
         if r.order() <= sender.order():
-            raise ValueError(f"receiver {r} is not downstream of the sender {sender}")
+            raise InputError(f"receiver {r} is not downstream of the sender {sender}")
 
     # Freeze masks: reader sites after the sender, minus the receivers.
     freeze = {}
@@ -752,7 +753,7 @@ def compare_attribution(estimate: PatchingResult, actual: PatchingResult) -> dic
     of the normalised values, max abs difference, and the number of entries."""
     a, b = np.asarray(estimate.values, np.float64).ravel(), np.asarray(actual.values, np.float64).ravel()
     if a.shape != b.shape:
-        raise ValueError(f"results have different shapes: {np.shape(estimate.values)} vs {np.shape(actual.values)}")
+        raise InputError(f"results have different shapes: {np.shape(estimate.values)} vs {np.shape(actual.values)}")
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     r = float(np.corrcoef(a, b)[0, 1]) if a.size > 1 and a.std() > 0 and b.std() > 0 else float("nan")

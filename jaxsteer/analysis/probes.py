@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..errors import InputError
 from ..models.decoder import forward
 from ..models.display import ResultDisplay, array_summary, frame_html, summary_html, summary_repr
 from ..models.interventions import SITE_LAYOUT, check_site
@@ -51,7 +52,7 @@ class Activations:
     @staticmethod
     def _index(labels: list, label: Any, what: str) -> int:
         if label not in labels:
-            raise ValueError(f"{what} {label!r} was not harvested (have {labels})")
+            raise InputError(f"{what} {label!r} was not harvested (have {labels})")
         return labels.index(label)
 
     def __repr__(self) -> str:
@@ -83,9 +84,9 @@ def _group_weights(groups: Mapping[str, Any], N: int, T: int) -> np.ndarray:
         elif a.shape == (N, T):
             w = a.astype(np.float32)
             if (w.sum(-1) <= 0).any():
-                raise ValueError(f"group {name!r}: some examples select no position")
+                raise InputError(f"group {name!r}: some examples select no position")
         else:
-            raise ValueError(f"group {name!r}: expected an int, per-example positions [N={N}] or a mask [N, T={T}], "
+            raise InputError(f"group {name!r}: expected an int, per-example positions [N={N}] or a mask [N, T={T}], "
                              f"got shape {a.shape}")
         out.append(w)
     return np.stack(out)
@@ -108,7 +109,7 @@ def harvest(
     site = canonical_site(site)
     check_site(site)
     if SITE_LAYOUT[site][0] != 3:
-        raise ValueError(f"harvest needs a residual-width site [B, T, d], got {site!r}")
+        raise InputError(f"harvest needs a residual-width site [B, T, d], got {site!r}")
     tokens = np.asarray(tokens, np.int32)
     N, T = tokens.shape
     groups = dict(groups or {"last": -1})
@@ -173,7 +174,7 @@ class ProbeResult:
         s = np.atleast_2d(self.scores)
         layers = self.layers or list(range(s.shape[-1]))
         if layer not in layers:
-            raise ValueError(f"layer {layer} was not probed (layers: {layers})")
+            raise InputError(f"layer {layer} was not probed (layers: {layers})")
         j = layers.index(layer)
         groups = self.groups or [f"group {i}" for i in range(s.shape[0])]
         i = group if isinstance(group, int) else groups.index(group)
@@ -289,22 +290,22 @@ def train_probes(
         layers = acts.layers if layers is None else layers
         acts = acts.values
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
     x = np.asarray(acts, np.float32)
     y = np.asarray(targets)
     if x.ndim < 2 or x.shape[-2] != y.shape[0]:
-        raise ValueError(f"acts must be [..., N, d] with N = len(targets) = {y.shape[0]}, got {x.shape}")
+        raise InputError(f"acts must be [..., N, d] with N = len(targets) = {y.shape[0]}, got {x.shape}")
     if task == "auto":
         task = "classification" if y.dtype.kind in "iub" else "regression"
     if task not in ("classification", "regression"):
-        raise ValueError(f"task must be 'classification', 'regression' or 'auto', got {task!r}")
+        raise InputError(f"task must be 'classification', 'regression' or 'auto', got {task!r}")
     lead, (N, d) = x.shape[:-2], x.shape[-2:]
     x = x.reshape((-1, N, d))
     perm = np.random.default_rng(seed).permutation(N)
     n_test = max(1, int(round(N * test_fraction)))
     te, tr = perm[:n_test], perm[n_test:]
     if len(tr) < 2:
-        raise ValueError(f"too few examples ({N}) for a train / held-out split")
+        raise InputError(f"too few examples ({N}) for a train / held-out split")
     mu, sd = x[:, tr].mean(1, keepdims=True), x[:, tr].std(1, keepdims=True) + 1e-6
     xs = (x - mu) / sd
     if task == "classification":
@@ -400,18 +401,18 @@ def decodability_vs_causality(
     `positions={group: [...]}` to patch a group jointly), or the columns listed in
     `group_positions[group]` reduced by `reduce` ("max" or "mean")."""
     if patching.axes != ("layer", "position"):
-        raise ValueError(f"need a ('layer', 'position') patching result, got axes {patching.axes}")
+        raise InputError(f"need a ('layer', 'position') patching result, got axes {patching.axes}")
     scores = np.atleast_2d(probes.scores)
     groups = probes.groups or [f"group {i}" for i in range(scores.shape[0])]
     if scores.shape[1] != len(patching.layers):
-        raise ValueError(f"probes cover {scores.shape[1]} layers, the patching result {len(patching.layers)}")
+        raise InputError(f"probes cover {scores.shape[1]} layers, the patching result {len(patching.layers)}")
     cols = patching.positions or []
     effects = []
     for g in groups:
         names = list((group_positions or {}).get(g, [g]))
         missing = [n for n in names if n not in cols]
         if missing:
-            raise ValueError(f"probe group {g!r}: patching has no position column(s) {missing}; columns are {cols}")
+            raise InputError(f"probe group {g!r}: patching has no position column(s) {missing}; columns are {cols}")
         v = np.asarray(patching.values)[:, [cols.index(n) for n in names]]
         effects.append(v.max(axis=1) if reduce == "max" else v.mean(axis=1))
     return DecodabilityCausality(list(groups), list(patching.layers), scores, np.stack(effects), probes.metric, probes.chance)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError
 from ..models.display import ResultDisplay
 from ..models.config import ModelConfig
 from ..models.decoder import forward
@@ -82,7 +83,7 @@ def first_token_effect(
     generated position (the prediction of generated token n)."""
     ivs = as_tuple(interventions)
     if follow not in ("steered", "unsteered"):
-        raise ValueError(f"follow must be 'steered' or 'unsteered', got {follow!r}")
+        raise InputError(f"follow must be 'steered' or 'unsteered', got {follow!r}")
     gen = generate(model, prompts, tokenizer=tokenizer, max_new_tokens=max_new_tokens, greedy=True, chat=chat,
                    interventions=ivs if follow == "steered" else ())
     seqs, mask = gen.sequences()
@@ -146,9 +147,9 @@ def persistence(
     c = model.config
     vector = jnp.asarray(vector)
     if vector.shape != (c.d_model,):
-        raise ValueError(f"persistence: vector must be [d_model={c.d_model}], got {vector.shape}")
+        raise InputError(f"persistence: vector must be [d_model={c.d_model}], got {vector.shape}")
     if not 0 <= layer < c.n_layers:
-        raise ValueError(f"persistence: layer {layer} out of range for {c.n_layers} layers")
+        raise InputError(f"persistence: layer {layer} out of range for {c.n_layers} layers")
     steer = Steer(vector, scale=scale, site=site, layers=(int(layer),))
     _, base = forward(model, tokens, attention_mask=attention_mask, record=("resid_post",), return_logits=False)
     _, steered = forward(model, tokens, attention_mask=attention_mask, interventions=[steer], record=("resid_post",),
@@ -228,7 +229,7 @@ def combined_steer(vectors: Any, layers: Sequence[int], *, scale: float = 1.0, s
     isolation per layer, stacked)."""
     v = jnp.asarray(vectors)
     if v.ndim != 2:
-        raise ValueError(f"combined_steer: vectors must be [L, d], got {v.shape}")
+        raise InputError(f"combined_steer: vectors must be [L, d], got {v.shape}")
     return Steer(v, scale=scale, site=site, layers=tuple(sorted(int(l) for l in layers)))
 
 
@@ -255,11 +256,11 @@ def transfer_steer(
     if sc.n_layers != tc.n_layers:
         problems.append(f"n_layers {sc.n_layers} vs {tc.n_layers}")
     if problems:
-        raise ValueError("cannot transfer steering vectors between models of different shape: " + ", ".join(problems)
+        raise InputError("cannot transfer steering vectors between models of different shape: " + ", ".join(problems)
                          + " (source vs target); transfer needs equal width and depth")
     v = jnp.asarray(vectors)
     if v.shape not in ((sc.d_model,), (sc.n_layers, sc.d_model)):
-        raise ValueError(f"vectors have shape {v.shape}; expected [{sc.d_model}] or [{sc.n_layers}, {sc.d_model}]")
+        raise InputError(f"vectors have shape {v.shape}; expected [{sc.d_model}] or [{sc.n_layers}, {sc.d_model}]")
     steer = Steer(v, scale=scale, site=site, layers=None if layers is None else tuple(int(l) for l in layers))
     steer.check(tc)
     return steer

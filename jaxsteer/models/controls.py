@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ..errors import InputError
 from .config import ModelConfig
 from .interventions import SITE_LAYOUT, check_site, resolve_site, site_feature_shape, to_layout
 from .validation import check_finite, check_token_ids, is_concrete
@@ -106,12 +107,12 @@ class OnTokens:
 
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
         if self.select not in SELECT:
-            raise ValueError(f"OnTokens: select must be one of {SELECT}, got {self.select!r}")
+            raise InputError(f"OnTokens: select must be one of {SELECT}, got {self.select!r}")
         if self.first is not None and (int(self.first) < 1 or self.select == "prompt"):
-            raise ValueError(f"OnTokens: first={self.first} must be >= 1 and cannot combine with select='prompt'")
+            raise InputError(f"OnTokens: first={self.first} must be >= 1 and cannot combine with select='prompt'")
         if self.triggers is not None:
             if jnp.ndim(self.triggers) != 1 or jnp.size(self.triggers) == 0:
-                raise ValueError(f"OnTokens: triggers must be a non-empty list of token ids, got shape {jnp.shape(self.triggers)}")
+                raise InputError(f"OnTokens: triggers must be a non-empty list of token ids, got shape {jnp.shape(self.triggers)}")
             check_token_ids(self.triggers, config.vocab_size, "OnTokens triggers")
         self.intervention.check(config, n_tokens)
 
@@ -135,7 +136,7 @@ class OnTokens:
 
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
         if self.weights is None:
-            raise ValueError("OnTokens needs the token context that forward / generate bind; "
+            raise InputError("OnTokens needs the token context that forward / generate bind; "
                              "call it through them (or bind_controls) rather than run_layers")
         return _row_where(self.weights, self.intervention.apply(x, layer), x, self.site)
 
@@ -181,27 +182,27 @@ class RowSteer:
         check_site(self.site)
         feat = site_feature_shape(self.site, config)
         if feat is None:
-            raise ValueError("RowSteer: cannot add a vector to the attention pattern")
+            raise InputError("RowSteer: cannot add a vector to the attention pattern")
         v = tuple(jnp.shape(self.vectors))
         lead = "K" if self.index is not None else "B"
         if not (v[1:] == feat or (len(v) == len(feat) + 2 and v[1] == config.n_layers and v[2:] == feat)):
-            raise ValueError(f"RowSteer: vectors have shape {v}; site {self.site!r} of this model expects "
+            raise InputError(f"RowSteer: vectors have shape {v}; site {self.site!r} of this model expects "
                              f"[{lead}, *{feat}] or [{lead}, L={config.n_layers}, *{feat}]")
         if self.index is not None:
             idx = self.index
             if jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.asarray(idx).dtype, jnp.integer):
-                raise ValueError(f"RowSteer: index must be [B] integers, got shape {jnp.shape(idx)}")
+                raise InputError(f"RowSteer: index must be [B] integers, got shape {jnp.shape(idx)}")
             if is_concrete(idx):
                 a = np.asarray(idx)
                 bad = (a < 0) | (a >= v[0])
                 if bad.any():
                     i = int(np.argmax(bad))
-                    raise ValueError(f"RowSteer: index {int(a[i])} (row {i}) is out of range for a bank of {v[0]} vectors")
+                    raise InputError(f"RowSteer: index {int(a[i])} (row {i}) is out of range for a bank of {v[0]} vectors")
         if jnp.ndim(self.scale) not in (0, 1) or (jnp.ndim(self.scale) == 1 and jnp.shape(self.scale)[0] != self.rows):
-            raise ValueError(f"RowSteer: scale has shape {jnp.shape(self.scale)}; expected a scalar or [B={self.rows}]")
+            raise InputError(f"RowSteer: scale has shape {jnp.shape(self.scale)}; expected a scalar or [B={self.rows}]")
         for l in self.layers or ():
             if not 0 <= int(l) < config.n_layers:
-                raise ValueError(f"RowSteer: layer {l} out of range for a model with {config.n_layers} layers")
+                raise InputError(f"RowSteer: layer {l} out of range for a model with {config.n_layers} layers")
         check_finite(self.vectors, "RowSteer: vectors")
         check_finite(self.scale, "RowSteer: scale")
 
@@ -276,18 +277,18 @@ class Conditional:
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
         check_site(self.condition_site)
         if SITE_LAYOUT[self.condition_site][0] != 3:
-            raise ValueError(f"Conditional: condition_site must be a residual-width site, got {self.condition_site!r}")
+            raise InputError(f"Conditional: condition_site must be a residual-width site, got {self.condition_site!r}")
         if jnp.shape(self.condition) != (config.d_model,):
-            raise ValueError(f"Conditional: condition vector has shape {jnp.shape(self.condition)}; "
+            raise InputError(f"Conditional: condition vector has shape {jnp.shape(self.condition)}; "
                              f"this model needs [{config.d_model}]")
         if not 0 <= int(self.layer) < config.n_layers:
-            raise ValueError(f"Conditional: layer {self.layer} out of range for a model with {config.n_layers} layers")
+            raise InputError(f"Conditional: layer {self.layer} out of range for a model with {config.n_layers} layers")
         if self.compare not in ("greater", "less"):
-            raise ValueError(f"Conditional: compare must be 'greater' or 'less', got {self.compare!r}")
+            raise InputError(f"Conditional: compare must be 'greater' or 'less', got {self.compare!r}")
         if jnp.ndim(self.threshold) != 0:
-            raise ValueError(f"Conditional: threshold must be a scalar, got shape {jnp.shape(self.threshold)}")
+            raise InputError(f"Conditional: threshold must be a scalar, got shape {jnp.shape(self.threshold)}")
         if self.decision is not None and jnp.ndim(self.decision) != 1:
-            raise ValueError(f"Conditional: decision must be [B], got shape {jnp.shape(self.decision)}")
+            raise InputError(f"Conditional: decision must be [B], got shape {jnp.shape(self.decision)}")
         check_finite(self.condition, "Conditional: condition")
         self.intervention.check(config, n_tokens)
 
@@ -318,7 +319,7 @@ class Conditional:
 
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
         if self.decision is None:
-            raise ValueError("Conditional has no decision: forward / generate prepare it from the prompt "
+            raise InputError("Conditional has no decision: forward / generate prepare it from the prompt "
                              "(or call prepare_controls)")
         return _row_where(jnp.asarray(self.decision, bool), self.intervention.apply(x, layer), x, self.site)
 
@@ -338,7 +339,7 @@ def compose(vectors: Sequence[Any], weights: Sequence[float] | jax.Array) -> jax
     v = jnp.stack([jnp.asarray(x, jnp.float32) for x in vectors]) if not hasattr(vectors, "shape") else jnp.asarray(vectors)
     w = jnp.asarray(weights, jnp.float32)
     if w.shape != (v.shape[0],):
-        raise ValueError(f"compose: {v.shape[0]} vectors but weights have shape {w.shape}")
+        raise InputError(f"compose: {v.shape[0]} vectors but weights have shape {w.shape}")
     return jnp.tensordot(w, v, axes=1)
 
 
@@ -386,7 +387,7 @@ def check_rows(interventions: Sequence, batch: int) -> None:
             check_rows((inner,), batch)
         rows = getattr(iv, "rows", None)
         if rows is not None and rows != batch:
-            raise ValueError(f"{type(iv).__name__} has {rows} rows but the batch has {batch}")
+            raise InputError(f"{type(iv).__name__} has {rows} rows but the batch has {batch}")
 
 
 def reads_generated(interventions: Sequence) -> bool:

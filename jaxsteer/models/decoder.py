@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from ..errors import InputError
 from .config import ModelConfig
 from .controls import bind_controls, check_rows, needs_prompt_read, prompt_context, reads_generated
 from .interventions import SITES, as_tuple, check_all, check_site
@@ -117,7 +118,7 @@ def _activation(name: str):
         return jax.nn.silu
     if name == "gelu_tanh":
         return functools.partial(jax.nn.gelu, approximate=True)
-    raise ValueError(f"unknown activation {name!r}")
+    raise InputError(f"unknown activation {name!r}")
 
 
 class _Sites:
@@ -179,13 +180,13 @@ def attention_impl(config: ModelConfig, attention: str, record_pattern: bool = F
     intervened on, which only the einsum path computes. "xla" / "cudnn" force that kernel
     (cuDNN: GPU, bfloat16 / float16) and refuse what they cannot express."""
     if attention not in ATTENTION:
-        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        raise InputError(f"attention must be one of {ATTENTION}, got {attention!r}")
     needs_einsum = bool(config.attn_logit_softcap) or record_pattern
     if attention == "auto":
         return "einsum" if needs_einsum else "auto"
     if attention != "einsum" and needs_einsum:
         what = "an attention logit softcap" if config.attn_logit_softcap else "the `pattern` site (recorded, intervened on or held by the AH-rule)"
-        raise ValueError(f"attention={attention!r} cannot compute {what}; use 'auto' or 'einsum'")
+        raise InputError(f"attention={attention!r} cannot compute {what}; use 'auto' or 'einsum'")
     return attention
 
 
@@ -383,11 +384,11 @@ def remat_policy(remat: bool | str | Callable) -> Callable | None:
     if isinstance(remat, str):
         policy = getattr(jax.checkpoint_policies, remat, None)
         if policy is None or remat.startswith("_"):
-            raise ValueError(f"unknown remat policy {remat!r}; use True or a name from jax.checkpoint_policies")
+            raise InputError(f"unknown remat policy {remat!r}; use True or a name from jax.checkpoint_policies")
         return policy
     if callable(remat):
         return remat
-    raise ValueError(f"remat must be a bool, a jax.checkpoint_policies name or a policy, got {remat!r}")
+    raise InputError(f"remat must be a bool, a jax.checkpoint_policies name or a policy, got {remat!r}")
 
 
 def run_layers(
@@ -435,7 +436,7 @@ def run_layers(
     """
     c = model.config
     if c.lime and start_layer is not None:
-        raise ValueError("a LIMe model cannot start at a later layer (start_layer): its layers read the keys and "
+        raise InputError("a LIMe model cannot start at a later layer (start_layer): its layers read the keys and "
                          "values of every earlier layer")
     touches_pattern = "pattern" in record or any(getattr(iv, "site", None) == "pattern" for iv in interventions)
     attention = attention_impl(c, attention, touches_pattern or "AH-rule" in lrp_rules)
@@ -533,10 +534,10 @@ def _check_inputs(model: Model, tokens, attention_mask, positions, record):
     if not isinstance(model, Model):
         raise TypeError(f"expected a jaxsteer Model, got {type(model).__name__}")
     if jnp.ndim(tokens) != 2:
-        raise ValueError(f"tokens must be [batch, seq] integers, got shape {jnp.shape(tokens)}")
+        raise InputError(f"tokens must be [batch, seq] integers, got shape {jnp.shape(tokens)}")
     for name, arr in (("attention_mask", attention_mask), ("positions", positions)):
         if arr is not None and jnp.shape(arr) != jnp.shape(tokens):
-            raise ValueError(f"{name} has shape {jnp.shape(arr)}, tokens have {jnp.shape(tokens)}")
+            raise InputError(f"{name} has shape {jnp.shape(arr)}, tokens have {jnp.shape(tokens)}")
     check_token_ids(tokens, model.config.vocab_size)
     check_binary_mask(attention_mask)
 
@@ -692,12 +693,12 @@ def forward(
     interventions = as_tuple(interventions)
     _check_inputs(model, tokens, attention_mask, positions, record)
     if LIME_ROUTE in record and not model.config.lime:
-        raise ValueError(f"{LIME_ROUTE!r} (LIMe's routing weights) is recorded by LIMe models only (ModelConfig.lime)")
+        raise InputError(f"{LIME_ROUTE!r} (LIMe's routing weights) is recorded by LIMe models only (ModelConfig.lime)")
     tokens = jnp.asarray(tokens)
     check_all(interventions, model.config, tokens.shape[1])
     check_rows(interventions, tokens.shape[0])
     if prompt_length is None and reads_generated(interventions):
-        raise ValueError("an OnTokens selects generated tokens: pass prompt_length= (where the generated columns start)")
+        raise InputError("an OnTokens selects generated tokens: pass prompt_length= (where the generated columns start)")
     attention_impl(model.config, attention, "AH-rule" in lrp_rules)
     return _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat,
                     lrp_rules, prompt_length)

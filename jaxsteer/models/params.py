@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ..errors import InputError
 from .config import ModelConfig
 
 
@@ -140,7 +141,7 @@ def truncate(model: Model, n_layers: int) -> Model:
     """
     c = model.config
     if not 1 <= n_layers <= c.n_layers:
-        raise ValueError(f"cannot keep {n_layers} layers of a {c.n_layers}-layer model")
+        raise InputError(f"cannot keep {n_layers} layers of a {c.n_layers}-layer model")
     if n_layers == c.n_layers:
         return model
     cfg = dataclasses.replace(c, n_layers=n_layers, layer_types=c.layer_types[:n_layers])
@@ -155,12 +156,12 @@ def validate_params(params: dict[str, Any], config: ModelConfig) -> None:
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     if missing:
-        raise ValueError(f"missing parameters: {', '.join(missing)}")
+        raise InputError(f"missing parameters: {', '.join(missing)}")
     if unexpected:
-        raise ValueError(f"unexpected parameters: {', '.join(unexpected)}")
+        raise InputError(f"unexpected parameters: {', '.join(unexpected)}")
     for k, shape in expected.items():
         if tuple(got[k].shape) != shape:
-            raise ValueError(f"parameter {k} has shape {tuple(got[k].shape)}, expected {shape}")
+            raise InputError(f"parameter {k} has shape {tuple(got[k].shape)}, expected {shape}")
 
 
 def init_params(config: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Model:

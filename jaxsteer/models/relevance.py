@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 import jax
 import jax.numpy as jnp
 
+from ..errors import InputError
+
 RULES = ("LN-rule", "Identity-rule", "Half-rule", "AH-rule")
 
 
@@ -38,7 +40,7 @@ def check_rules(rules: Iterable[str] | str | None) -> frozenset[str]:
     rules = (rules,) if isinstance(rules, str) else tuple(rules)
     for r in rules:
         if r not in RULES:
-            raise ValueError(f"unknown LRP rule {r!r}; rules: {', '.join(RULES)}")
+            raise InputError(f"unknown LRP rule {r!r}; rules: {', '.join(RULES)}")
     return frozenset(rules)
 
 

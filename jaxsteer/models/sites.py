@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+from ..errors import InputError
+
 TL_ALIASES = {
     "hook_resid_pre": "resid_pre",
     "hook_resid_mid": "resid_mid",
@@ -58,7 +60,7 @@ def parse_site(name: str) -> tuple[str, int | None]:
     if m:
         layer, name = int(m.group(1)), m.group(2)
     if name in NOT_ALIASED:
-        raise ValueError(f"site {name!r} has no jaxsteer alias: {NOT_ALIASED[name]}")
+        raise InputError(f"site {name!r} has no jaxsteer alias: {NOT_ALIASED[name]}")
     return TL_ALIASES.get(name, name), layer
 
 

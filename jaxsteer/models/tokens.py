@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
+
 
 def _need(tokenizer: Any, what: str) -> None:
     if tokenizer is None:
-        raise ValueError(f"{what} needs a tokenizer (the second value `jaxsteer.load` returns)")
+        raise InputError(f"{what} needs a tokenizer (the second value `jaxsteer.load` returns)")
 
 
 def to_tokens(tokenizer: Any, text: str | Sequence[str], *, prepend_bos: bool = False) -> np.ndarray:
@@ -44,11 +46,11 @@ def to_tokens(tokenizer: Any, text: str | Sequence[str], *, prepend_bos: bool = 
     bos = getattr(tokenizer, "bos_token_id", None)
     if prepend_bos:
         if bos is None:
-            raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
+            raise InputError("prepend_bos=True but the tokenizer has no BOS token")
         ids = [row if row[:1] == [bos] else [bos] + row for row in ids]
     lengths = sorted({len(row) for row in ids})
     if len(lengths) > 1:
-        raise ValueError(f"the strings have different token lengths {[len(r) for r in ids]}; tokenize them one "
+        raise InputError(f"the strings have different token lengths {[len(r) for r in ids]}; tokenize them one "
                          "at a time, or pad them with an attention_mask")
     return np.asarray(ids, np.int32)
 
@@ -73,7 +75,7 @@ def to_str_tokens(tokenizer: Any, tokens: Any) -> list[str] | list[list[str]]:
     if ids.ndim == 2:
         return [_decode_each(tokenizer, row) for row in ids]
     if ids.ndim != 1:
-        raise ValueError(f"to_str_tokens takes ids [T] or [B, T], got shape {ids.shape}")
+        raise InputError(f"to_str_tokens takes ids [T] or [B, T], got shape {ids.shape}")
     return _decode_each(tokenizer, ids)
 
 
@@ -96,7 +98,7 @@ def to_string(tokenizer: Any, tokens: Any) -> str | list[str]:
     if ids.ndim == 2:
         return [tokenizer.decode([int(i) for i in row]) for row in ids]
     if ids.ndim != 1:
-        raise ValueError(f"to_string takes ids [T] or [B, T], got shape {ids.shape}")
+        raise InputError(f"to_string takes ids [T] or [B, T], got shape {ids.shape}")
     return tokenizer.decode([int(i) for i in ids])
 
 

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
+from ..errors import InputError
+
 
 def is_concrete(x: Any) -> bool:
     """True for values whose contents can be read now (not tracers, not other hosts' shards)."""
@@ -47,12 +49,12 @@ def check_token_ids(tokens: Any, vocab_size: int, name: str = "tokens") -> None:
     if t.size == 0:
         return
     if not np.issubdtype(t.dtype, np.integer):
-        raise ValueError(f"{name}: token ids must be integers, got dtype {t.dtype}")
+        raise InputError(f"{name}: token ids must be integers, got dtype {t.dtype}")
     bad = (t < 0) | (t >= vocab_size)
     if bad.any():
         index, n = _where(bad)
         more = f" ({n} ids out of range)" if n > 1 else ""
-        raise ValueError(
+        raise InputError(
             f"{name}: token id {int(t[index])} at position {_fmt(index)} is outside the vocabulary "
             f"[0, {vocab_size}){more}"
         )
@@ -68,7 +70,7 @@ def check_binary_mask(mask: Any, name: str = "attention_mask") -> None:
     bad = (m != 0) & (m != 1)
     if bad.any():
         index, n = _where(bad)
-        raise ValueError(f"{name} must be 0/1; found {m[index]} at position {_fmt(index)} ({n} non-binary entries)")
+        raise InputError(f"{name} must be 0/1; found {m[index]} at position {_fmt(index)} ({n} non-binary entries)")
 
 
 def check_real(value: Any, name: str) -> None:
@@ -83,10 +85,10 @@ def check_real(value: Any, name: str) -> None:
         try:
             dtype = np.asarray(value).dtype
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{name} must be an array of real numbers; cannot read {type(value).__name__}: {err}") from None
+            raise InputError(f"{name} must be an array of real numbers; cannot read {type(value).__name__}: {err}") from None
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.complexfloating) or dtype.kind in "OSUM":
-        raise ValueError(f"{name} must hold real numbers, got dtype {dtype}")
+        raise InputError(f"{name} must hold real numbers, got dtype {dtype}")
 
 
 def check_finite(value: Any, name: str) -> None:
@@ -110,9 +112,9 @@ def check_finite(value: Any, name: str) -> None:
     bad = ~np.isfinite(a)
     if bad.any():
         if a.ndim == 0:
-            raise ValueError(f"{name} is {a.item()}; it must be finite")
+            raise InputError(f"{name} is {a.item()}; it must be finite")
         index, n = _where(bad)
-        raise ValueError(
+        raise InputError(
             f"{name} has a non-finite value ({a[index]}) at index {_fmt(index)}; {n} of {a.size} values are NaN or inf"
         )
 
@@ -125,16 +127,16 @@ def check_number(value: Any, name: str, *, integer: bool = False, low: float | N
                np.issubdtype(type(value), np.integer) or np.issubdtype(type(value), np.floating))
     if isinstance(value, bool) or not ok_type:
         kind = "an integer" if integer else "a real number"
-        raise ValueError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+        raise InputError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
     number = int(value) if integer else float(value)
     if not np.isfinite(number):
-        raise ValueError(f"{name} is {number}; it must be finite")
+        raise InputError(f"{name} is {number}; it must be finite")
     below = low is not None and (number <= low if low_open else number < low)
     if below or (high is not None and number > high):
         if high is None:
-            raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+            raise InputError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
         lo = "-inf" if low is None else low
-        raise ValueError(f"{name} must be in {'(' if low_open else '['}{lo}, {high}], got {value!r}")
+        raise InputError(f"{name} must be in {'(' if low_open else '['}{lo}, {high}], got {value!r}")
     return number
 
 
@@ -158,7 +160,7 @@ def check_steer_size(vector: Any, scale: Any, d_model: int, name: str, additions
     top = max(1, additions) * v * s
     limit = float(np.sqrt(np.finfo(np.float32).max / max(1, d_model)))
     if top > limit:
-        raise ValueError(
+        raise InputError(
             f"{name}: |scale| x |vector|{f' x {additions} layers' if additions > 1 else ''} reaches {top:.3g}; "
             f"above {limit:.3g} the float32 activations overflow to inf / NaN (lower the scale)")
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError, NotFoundError
 from ..models.decoder import forward
 from ..models.params import Model, truncate
 
@@ -73,7 +74,7 @@ def read_texts(spec: str) -> list[str]:
         files = sorted(f for ext in ("txt", "jsonl", "json", "parquet") for f in glob.glob(os.path.join(spec, f"**/*.{ext}"), recursive=True))
         return [t for f in files for t in _read_file(f)]
     if not os.path.exists(spec):
-        raise FileNotFoundError(f"text source {spec!r} not found (a .txt/.jsonl/.json/.parquet file, a directory, hf:NAME or py:module:fn)")
+        raise NotFoundError(f"text source {spec!r} not found (a .txt/.jsonl/.json/.parquet file, a directory, hf:NAME or py:module:fn)")
     return _read_file(spec)
 
 
@@ -89,7 +90,7 @@ def pack_tokens(texts: list[str], tokenizer: Any, context: int, bos: int | None,
     body = context - (1 if bos is not None else 0)
     n = len(ids) // body
     if n == 0:
-        raise ValueError(f"the text has {len(ids)} tokens, fewer than one context of {context}")
+        raise InputError(f"the text has {len(ids)} tokens, fewer than one context of {context}")
     out = np.asarray(ids[: n * body], np.int32).reshape(n, body)
     if bos is not None:
         out = np.concatenate([np.full((n, 1), bos, np.int32), out], axis=1)
@@ -144,7 +145,7 @@ class ActivationStream:
                 self.refill_index += 1
             self._refill()
             if self.batch_size > len(self.buffer):
-                raise ValueError(f"batch_size {self.batch_size} exceeds the buffer ({len(self.buffer)} activations)")
+                raise InputError(f"batch_size {self.batch_size} exceeds the buffer ({len(self.buffer)} activations)")
         out = self.buffer[self.pos: self.pos + self.batch_size]
         self.pos += self.batch_size
         return out

@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ..errors import InputError
+
 KINDS = ("relu", "topk", "batchtopk", "jumprelu", "htopk", "kron", "matryoshka")
 BATCH_KINDS = ("batchtopk", "matryoshka")  # batch-level top-k in training, one global threshold at inference
 
@@ -82,21 +84,21 @@ class SAEConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"unknown SAE kind {self.kind!r}; kinds are {KINDS}")
+            raise InputError(f"unknown SAE kind {self.kind!r}; kinds are {KINDS}")
         object.__setattr__(self, "matryoshka_widths", tuple(int(w) for w in self.matryoshka_widths))
         if self.kind in ("topk", "batchtopk", "htopk", "kron", "matryoshka") and not 0 < self.k <= self.d_sae:
-            raise ValueError(f"{self.kind} SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k}")
+            raise InputError(f"{self.kind} SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k}")
         if self.kind == "kron" and self.kron_heads * self.kron_m * self.kron_n != self.d_sae:
-            raise ValueError(
+            raise InputError(
                 f"kron SAE: heads*m*n = {self.kron_heads}*{self.kron_m}*{self.kron_n} must equal d_sae={self.d_sae}"
             )
         w = self.matryoshka_widths
         if self.kind == "matryoshka" and (not w or w[-1] != self.d_sae or any(b <= a for a, b in zip((0,) + w, w))):
-            raise ValueError(f"matryoshka SAE: matryoshka_widths {list(w)} must increase from > 0 to d_sae={self.d_sae}")
+            raise InputError(f"matryoshka SAE: matryoshka_widths {list(w)} must increase from > 0 to d_sae={self.d_sae}")
         if self.kind == "kron" and self.rescale_acts_by_decoder_norm:
-            raise ValueError("kron SAE: rescale_acts_by_decoder_norm is not supported (its encoder has no W_enc to fold into)")
+            raise InputError("kron SAE: rescale_acts_by_decoder_norm is not supported (its encoder has no W_enc to fold into)")
         if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"SAE dtype must be float32 or bfloat16, got {self.dtype!r}")
+            raise InputError(f"SAE dtype must be float32 or bfloat16, got {self.dtype!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -261,9 +263,9 @@ def fold_decoder_norm(sae: SAE) -> SAE:
     threshold cannot absorb the norms without changing which latents fire, so they are refused."""
     c, p = sae.config, sae.params
     if c.kind == "kron":
-        raise ValueError("fold_decoder_norm: a kron SAE has no W_enc to fold the decoder norms into")
+        raise InputError("fold_decoder_norm: a kron SAE has no W_enc to fold the decoder norms into")
     if not c.rescale_acts_by_decoder_norm and c.kind not in ("relu", "jumprelu"):
-        raise ValueError(f"fold_decoder_norm: folding would change which latents a {c.kind} SAE selects "
+        raise InputError(f"fold_decoder_norm: folding would change which latents a {c.kind} SAE selects "
                          "(only exact with rescale_acts_by_decoder_norm, or for relu / jumprelu)")
     n = jnp.maximum(jnp.linalg.norm(p["W_dec"].astype(jnp.float32), axis=-1), 1e-8)
     new = dict(p, W_enc=(p["W_enc"] * n).astype(p["W_enc"].dtype), b_enc=(p["b_enc"] * n).astype(p["b_enc"].dtype),

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError
 from ..models.decoder import forward
 from ..models.interventions import Ablate
 from ..models.params import Model
@@ -65,7 +66,7 @@ def evaluate_sae(model: Model, sae: SAE, windows: np.ndarray, *, batch: int = 8,
         for k, v in stats.items():
             acc[k] = (acc.get(k, False) | v) if k == "fired" else (acc.get(k, 0) + np.asarray(v, np.float64))
     if not acc:
-        raise ValueError(f"need at least {batch} evaluation windows, got {len(windows)}")
+        raise InputError(f"need at least {batch} evaluation windows, got {len(windows)}")
     n = acc["n"]
     total_var = acc["sum_x2"] - float(np.sum(acc["sum_x"] ** 2)) / n
     fvu = float(acc["sq_err"] / total_var)

@@ -23,6 +23,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError
 from .arch import SAE, encode
 
 SCORES = ("correlation", "decoder_cosine", "encoder_cosine")
@@ -93,7 +94,7 @@ def decoder_cosine(a: SAE, b: SAE) -> np.ndarray:
 def encoder_cosine(a: SAE, b: SAE) -> np.ndarray:
     """`[F_a, F_b]` cosines between `a`'s decoder rows and `b`'s encoder columns (needs `W_enc`)."""
     if "W_enc" not in b.params:
-        raise ValueError(f"encoder_cosine: the {b.config.kind} SAE has no W_enc")
+        raise InputError(f"encoder_cosine: the {b.config.kind} SAE has no W_enc")
     return _unit_rows(np.asarray(a.params["W_dec"], np.float32)) @ _unit_rows(np.asarray(b.params["W_enc"], np.float32).T).T
 
 
@@ -102,7 +103,7 @@ def activation_correlation(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
     `zb [N, F_b]` over the same N tokens (0 for a feature that is constant on them)."""
     za, zb = np.asarray(za, np.float64), np.asarray(zb, np.float64)
     if za.shape[0] != zb.shape[0]:
-        raise ValueError(f"activation_correlation: {za.shape[0]} vs {zb.shape[0]} tokens; they must be the same tokens")
+        raise InputError(f"activation_correlation: {za.shape[0]} vs {zb.shape[0]} tokens; they must be the same tokens")
     da, db = za - za.mean(0), zb - zb.mean(0)
     sa, sb = np.sqrt((da * da).sum(0)), np.sqrt((db * db).sum(0))
     cov = da.T @ db
@@ -121,9 +122,9 @@ def flow_graph(saes: Sequence[SAE], acts: Sequence[np.ndarray], *, features: Seq
     links to its `top` best matches in the next SAE by score `by` (one of `SCORES`) when that
     score is at least `min_weight`; the matches are the next level's features."""
     if by not in SCORES:
-        raise ValueError(f"flow_graph: by={by!r}; scores are {SCORES}")
+        raise InputError(f"flow_graph: by={by!r}; scores are {SCORES}")
     if len(saes) < 2 or len(saes) != len(acts):
-        raise ValueError(f"flow_graph: need >= 2 SAEs and one activation array per SAE, got {len(saes)} and {len(acts)}")
+        raise InputError(f"flow_graph: need >= 2 SAEs and one activation array per SAE, got {len(saes)} and {len(acts)}")
     codes = [np.asarray(encode(s, jnp.asarray(a).reshape(-1, s.config.d_in)), np.float32) for s, a in zip(saes, acts)]
     current = sorted(int(f) for f in (features if features is not None else np.flatnonzero((codes[0] > 0).any(0))))
     nodes = [(0, f) for f in current]

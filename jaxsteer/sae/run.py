@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError
 from ..train.checkpoint import decode_data_state, encode_data_state, model_identity
 from ..train.run import Run
 from .activations import ActivationStream, CachedActivations, cache_activations, pack_tokens, read_texts
@@ -149,9 +150,9 @@ def latent_mesh(n_devices: int, d_sae: int) -> jax.sharding.Mesh:
     devices = jax.devices()
     n = n_devices or len(devices)
     if n > len(devices):
-        raise ValueError(f"shard_latents={n_devices}: only {len(devices)} devices are visible")
+        raise InputError(f"shard_latents={n_devices}: only {len(devices)} devices are visible")
     if d_sae % n:
-        raise ValueError(f"shard_latents={n}: d_sae={d_sae} is not divisible by the number of devices")
+        raise InputError(f"shard_latents={n}: d_sae={d_sae} is not divisible by the number of devices")
     return jax.sharding.Mesh(np.array(devices[:n]), ("model",))
 
 

@@ -45,6 +45,7 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError, NotFoundError
 from ..models.interventions import SITES
 from ..models.sites import TL_ALIASES, parse_site
 from .arch import BATCH_KINDS, SAE, SAEConfig, b_dec, fold_decoder_norm
@@ -80,7 +81,7 @@ def parse_hook_name(name: str | None) -> tuple[str, int]:
     except ValueError as e:
         site, layer, reason = None, None, f" ({e})"
     if site not in SITES or layer is None:
-        raise ValueError(f"hook_name {name!r} is not a site jaxsteer knows{reason}; pass site= and layer=")
+        raise InputError(f"hook_name {name!r} is not a site jaxsteer knows{reason}; pass site= and layer=")
     return site, layer
 
 
@@ -163,9 +164,9 @@ def normalise_config(cfg: dict) -> dict:
             cfg["normalize_activations"] = "expected_average_only_in" if cfg["normalize_activations"] else "none"
         activation = cfg.get("activation_fn", "relu")
         if cfg["architecture"] == "standard" and activation not in ("relu", None):
-            raise ValueError(f"activation_fn={activation!r} is not supported (SAELens 6 would run it as a plain ReLU)")
+            raise InputError(f"activation_fn={activation!r} is not supported (SAELens 6 would run it as a plain ReLU)")
         if cfg.get("finetuning_scaling_factor"):
-            raise ValueError("finetuning_scaling_factor=True is not supported (SAELens 6 drops it)")
+            raise InputError("finetuning_scaling_factor=True is not supported (SAELens 6 drops it)")
     if cfg.get("normalize_activations") is None:
         cfg["normalize_activations"] = "none"
     meta = {k: cfg[k] for k in ("hook_name", "hook_head_index", "model_name") if k in cfg}
@@ -179,14 +180,14 @@ def _site_and_layer(meta: dict, site: str | None, layer: int | None, where: str)
     try:
         parsed = parse_hook_name(meta.get("hook_name"))
     except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise InputError(f"{where}: {e}") from None
     return (site or parsed[0]), (parsed[1] if layer is None else int(layer))
 
 
 def _dtype_name(name, where: str) -> str:
     name = str(name).removeprefix("torch.")
     if name not in ("float32", "bfloat16"):
-        raise ValueError(f"{where}: dtype {name!r} is not supported; pass dtype='float32' or 'bfloat16'")
+        raise InputError(f"{where}: dtype {name!r} is not supported; pass dtype='float32' or 'bfloat16'")
     return name
 
 
@@ -210,23 +211,23 @@ def _kind(arch: str, cfg: dict, w: dict, saved: dict, where: str) -> tuple[str, 
         return "matryoshka", {"k": max(1, int(round(float(cfg["k"])))), "matryoshka_widths": cfg["matryoshka_widths"]}
     if arch == "jaxsteer_kron":
         if saved_kind != "kron":
-            raise ValueError(f"{where}: architecture jaxsteer_kron needs its metadata.jaxsteer block")
+            raise InputError(f"{where}: architecture jaxsteer_kron needs its metadata.jaxsteer block")
         return "kron", {f: saved[f] for f in ("k", "kron_heads", "kron_m", "kron_n")}
-    raise ValueError(f"{where}: SAELens architecture {arch!r} is not supported ({', '.join(_LOADABLE)})")
+    raise InputError(f"{where}: SAELens architecture {arch!r} is not supported ({', '.join(_LOADABLE)})")
 
 
 def _check_normalisation(cfg: dict, norm_scaling_factor: float | None, where: str) -> float | None:
     norm = cfg.get("normalize_activations", "none")
     if norm == "expected_average_only_in":
         if norm_scaling_factor is None:
-            raise ValueError(f"{where}: normalize_activations='expected_average_only_in' scales inputs by a dataset "
+            raise InputError(f"{where}: normalize_activations='expected_average_only_in' scales inputs by a dataset "
                              "constant that the directory does not hold; pass norm_scaling_factor= (1.0 computes "
                              "what SAELens' load_from_disk computes, which ignores it)")
         return float(norm_scaling_factor)
     if norm != "none":
-        raise ValueError(f"{where}: normalize_activations={norm!r} is not supported")
+        raise InputError(f"{where}: normalize_activations={norm!r} is not supported")
     if cfg.get("reshape_activations", "none") not in ("none", "hook_z", None):
-        raise ValueError(f"{where}: reshape_activations={cfg['reshape_activations']!r} is not supported")
+        raise InputError(f"{where}: reshape_activations={cfg['reshape_activations']!r} is not supported")
     return None
 
 
@@ -238,17 +239,17 @@ def sae_from_saelens_config(cfg: dict, w: dict[str, np.ndarray], *, where: str =
     cfg = normalise_config(cfg)
     meta = cfg["metadata"]
     if meta.get("hook_head_index") is not None:
-        raise ValueError(f"{where}: hook_head_index={meta['hook_head_index']} (an SAE on one head) is not supported")
+        raise InputError(f"{where}: hook_head_index={meta['hook_head_index']} (an SAE on one head) is not supported")
     scale = _check_normalisation(cfg, norm_scaling_factor, where)
     where_site = _site_and_layer(meta, site, layer, where)
     if cfg.get("reshape_activations") == "hook_z" and where_site[0] != "z":
-        raise ValueError(f"{where}: reshape_activations='hook_z' but the SAE is placed on site {where_site[0]!r}")
+        raise InputError(f"{where}: reshape_activations='hook_z' but the SAE is placed on site {where_site[0]!r}")
     w = dict(w)
     if "log_threshold" in w:
         w["threshold"] = np.exp(w.pop("log_threshold"))
     arch = cfg.get("architecture", "standard")
     if arch == "jumprelu" and "threshold" not in w:
-        raise ValueError(f"{where}: a jumprelu SAE needs a 'threshold' tensor; found {sorted(w)}")
+        raise InputError(f"{where}: a jumprelu SAE needs a 'threshold' tensor; found {sorted(w)}")
     saved = meta.get("jaxsteer") or {}
     kind, extra = _kind(arch, cfg, w, saved, where)
     rescale = bool(cfg.get("rescale_acts_by_decoder_norm", arch in ("batchtopk", "matryoshka_batchtopk"))) \
@@ -282,7 +283,7 @@ def _check_shapes(c: SAEConfig, params: dict, where: str) -> None:
         want["threshold"] = (c.d_sae,)
     for name, shape in want.items():
         if name in params and tuple(np.shape(params[name])) != shape:
-            raise ValueError(f"{where}: {name} has shape {tuple(np.shape(params[name]))}, expected {shape} "
+            raise InputError(f"{where}: {name} has shape {tuple(np.shape(params[name]))}, expected {shape} "
                              f"(d_in={c.d_in}, d_sae={c.d_sae})")
 
 
@@ -310,7 +311,7 @@ def load_saelens(path: str, sae_id: str | None = None, *, dtype: str | None = No
     constant of `normalize_activations='expected_average_only_in'`, folded in as SAELens does."""
     folder = os.path.join(path, sae_id) if sae_id else path
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"no SAE directory {folder!r}" + (f"; sae_ids: {list_sae_ids(path)}" if sae_id else ""))
+        raise NotFoundError(f"no SAE directory {folder!r}" + (f"; sae_ids: {list_sae_ids(path)}" if sae_id else ""))
     if os.path.exists(os.path.join(folder, GEMMA_SCOPE_FILE)) and not os.path.exists(os.path.join(folder, CFG_FILE)):
         sae = load_gemma_scope(folder, site=site, layer=layer, dtype=dtype)
     elif os.path.exists(os.path.join(folder, CFG_FILE)):
@@ -321,8 +322,8 @@ def load_saelens(path: str, sae_id: str | None = None, *, dtype: str | None = No
     else:
         ids = list_sae_ids(folder)
         if not ids:
-            raise FileNotFoundError(f"{folder}: no {CFG_FILE} or {GEMMA_SCOPE_FILE} here or below")
-        raise ValueError(f"{folder} is a release with {len(ids)} SAEs; pass sae_id= one of {ids}")
+            raise NotFoundError(f"{folder}: no {CFG_FILE} or {GEMMA_SCOPE_FILE} here or below")
+        raise InputError(f"{folder} is a release with {len(ids)} SAEs; pass sae_id= one of {ids}")
     return fold_decoder_norm(sae) if fold_W_dec_norm else sae
 
 
@@ -334,15 +335,15 @@ def load_gemma_scope(folder: str, *, site: str | None, layer: int | None = None,
         m = re.findall(r"layer_(\d+)", os.path.abspath(folder))
         layer = int(m[-1]) if m else None
     if site is None or layer is None:
-        raise ValueError(f"{folder}: a Gemma Scope params.npz names no hook; pass site= (e.g. 'resid_post') and layer=")
+        raise InputError(f"{folder}: a Gemma Scope params.npz names no hook; pass site= (e.g. 'resid_post') and layer=")
     with np.load(os.path.join(folder, GEMMA_SCOPE_FILE)) as data:
         w = {("W_" + k[2:] if k.startswith("w_") else k): np.asarray(data[k], np.float32) for k in data.files}
     scaling = w.pop("scaling_factor", None)
     if scaling is not None and not np.allclose(scaling, 1.0):
-        raise ValueError(f"{folder}: a scaling_factor other than 1 (fine-tuning scaling) is not supported")
+        raise InputError(f"{folder}: a scaling_factor other than 1 (fine-tuning scaling) is not supported")
     missing = sorted({"W_enc", "W_dec", "b_enc", "b_dec", "threshold"} - set(w))
     if missing:
-        raise ValueError(f"{folder}: params.npz lacks {missing}")
+        raise InputError(f"{folder}: params.npz lacks {missing}")
     d_in, d_sae = w["W_enc"].shape
     cfg = {"architecture": "jumprelu", "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "apply_b_dec_to_input": False,
            "normalize_activations": "none", "sae_lens_version": SAELENS_FORMAT, "metadata": {}}

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ..errors import InputError
 from ..models.interventions import SITES, site_feature_shape
 from ..models.params import Model
 from ..models.validation import check_finite
@@ -50,21 +51,21 @@ class Splice:
 
     def check(self, config, n_tokens: int | None = None) -> None:
         if self.site not in SITES or self.site in ("q", "k", "v", "pattern"):
-            raise ValueError(f"Splice: site {self.site!r} must be a residual-width site (resid_pre, attn_out, mlp_out, "
+            raise InputError(f"Splice: site {self.site!r} must be a residual-width site (resid_pre, attn_out, mlp_out, "
                              "resid_post, ...) or z (all heads flattened, as SAELens' hook_z SAEs)")
         width = site_width(self.site, config)
         if self.sae.config.d_in != width:
-            raise ValueError(f"Splice: the SAE reads d_in={self.sae.config.d_in}; site {self.site!r} of this model "
+            raise InputError(f"Splice: the SAE reads d_in={self.sae.config.d_in}; site {self.site!r} of this model "
                              f"has width {width}")
         for l in self.layers:
             if not 0 <= l < config.n_layers:
-                raise ValueError(f"Splice: layer {l} out of range for a model with {config.n_layers} layers")
+                raise InputError(f"Splice: layer {l} out of range for a model with {config.n_layers} layers")
         if self.positions is not None:
             p = jnp.shape(self.positions)
             if len(p) not in (1, 2) or (n_tokens is not None and p[-1] != n_tokens):
-                raise ValueError(f"Splice: positions has shape {p}; expected [T] or [B, T] with T={n_tokens}")
+                raise InputError(f"Splice: positions has shape {p}; expected [T] or [B, T] with T={n_tokens}")
         if self.feature_delta is not None and jnp.shape(self.feature_delta)[-1] != self.sae.config.d_sae:
-            raise ValueError(f"Splice: feature_delta has shape {jnp.shape(self.feature_delta)}; last axis should be d_sae={self.sae.config.d_sae}")
+            raise InputError(f"Splice: feature_delta has shape {jnp.shape(self.feature_delta)}; last axis should be d_sae={self.sae.config.d_sae}")
         check_finite(self.feature_delta, "Splice.feature_delta")
         for path, leaf in jax.tree_util.tree_leaves_with_path(self.sae.params):
             check_finite(leaf, f"Splice: SAE parameter {jax.tree_util.keystr(path)}")

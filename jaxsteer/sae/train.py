@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..errors import InputError
 from .arch import BATCH_KINDS, SAE, SAEConfig, init_sae, reconstruct
 from .losses import rms, train_forward, update_threshold
 
@@ -192,7 +193,7 @@ def init_b_dec(sae: SAE, sample: np.ndarray, method: str) -> SAE:
     elif method == "mean":
         v = np.asarray(sample, np.float64).mean(axis=0)
     else:
-        raise ValueError(f"b_dec_init must be geometric_median, mean or zero, got {method!r}")
+        raise InputError(f"b_dec_init must be geometric_median, mean or zero, got {method!r}")
     return SAE(dict(sae.params, b_dec=jnp.asarray(v, sae.dtype)), sae.config)
 
 

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..models.controls import RowSteer
 from ..models.interventions import Affine
 from ..models.decoder import forward
@@ -99,13 +100,13 @@ def load_task(spec: str) -> Task:
     path = spec if os.path.exists(spec) else os.path.join(TASKS_DIR, f"{spec}.json")
     if not os.path.exists(path):
         shipped = sorted(f[:-5] for f in os.listdir(TASKS_DIR) if f.endswith(".json"))
-        raise ValueError(f"unknown task {spec!r}: not a file, and the shipped tasks are {shipped + ['arithmetic']}")
+        raise InputError(f"unknown task {spec!r}: not a file, and the shipped tasks are {shipped + ['arithmetic']}")
     with open(path) as fh:
         data = json.load(fh)
     fields = {f.name for f in dataclasses.fields(Task)}
     unknown = set(data) - fields
     if unknown:
-        raise ValueError(f"{path}: unknown task fields {sorted(unknown)}")
+        raise InputError(f"{path}: unknown task fields {sorted(unknown)}")
     data["pairs"] = [tuple(p) for p in data["pairs"]]
     return Task(**data)
 
@@ -310,14 +311,14 @@ def _map_configs(maps: dict[str, Any], n_layers: int, strengths: Sequence[float]
                 scale[off], shift[off] = 1.0, 0.0
             site = m.site
         else:
-            raise ValueError(f"maps[{name!r}]: expected a jaxsteer.Affine or a LinEASResult, got {type(m).__name__}")
+            raise InputError(f"maps[{name!r}]: expected a jaxsteer.Affine or a LinEASResult, got {type(m).__name__}")
         sites.add(site)
         for s in strengths:
             configs.append({"method": name, "layer": -1, "scale": float(s)})
             scale_rows.append(1.0 + s * (scale - 1.0))
             shift_rows.append(s * shift)
     if len(sites) > 1:
-        raise ValueError(f"all maps of one sweep act at one site; got {sorted(sites)}")
+        raise InputError(f"all maps of one sweep act at one site; got {sorted(sites)}")
     return configs, {"scale": np.stack(scale_rows).astype(np.float32), "shift": np.stack(shift_rows).astype(np.float32)}, sites.pop()
 
 
@@ -383,4 +384,4 @@ def general_text_windows(tokenizer: Any, n: int, length: int) -> list[list[int]]
             ids = ids[length * 7:]  # skip ahead: windows from different places
         if len(out) >= n:
             return out
-    raise ValueError(f"the general text sample holds fewer than {n} windows of {length} tokens")
+    raise InputError(f"the general text sample holds fewer than {n} windows of {length} tokens")

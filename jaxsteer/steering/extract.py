@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from ..analysis.probes import harvest, train_probes
+from ..errors import InputError
 from ..models.generate import left_pad, pad_id_for, tokenize_prompts
 from ..models.interventions import SITE_LAYOUT, check_site
 from ..models.params import Model
@@ -65,22 +66,22 @@ class ContrastData:
                 (pos if y == 1 else neg)[int(p)] = i
         ids = sorted(set(pos) & set(neg))
         if not ids:
-            raise ValueError("this method needs contrastive pairs (pairs=...), not unpaired labelled prompts")
+            raise InputError("this method needs contrastive pairs (pairs=...), not unpaired labelled prompts")
         return self.acts[:, [pos[p] for p in ids]] - self.acts[:, [neg[p] for p in ids]]
 
 
 def _items(pairs, prompts, labels) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
     """(prompt, completion) texts with labels and pair ids, from pairs or labelled prompts."""
     if (pairs is None) == (prompts is None):
-        raise ValueError("give either pairs=[(positive, negative) or (prompt, positive, negative), ...] "
+        raise InputError("give either pairs=[(positive, negative) or (prompt, positive, negative), ...] "
                          "or prompts=[...] with labels=[...]")
     if prompts is not None:
         if labels is None or len(labels) != len(prompts):
-            raise ValueError(f"labelled prompts need one label per prompt ({len(prompts)} prompts, "
+            raise InputError(f"labelled prompts need one label per prompt ({len(prompts)} prompts, "
                              f"{None if labels is None else len(labels)} labels)")
         lab = np.asarray(labels).astype(int)
         if not set(lab.tolist()) <= {0, 1} or len(set(lab.tolist())) != 2:
-            raise ValueError(f"labels must be 0/1 with both classes present, got {sorted(set(lab.tolist()))}")
+            raise InputError(f"labels must be 0/1 with both classes present, got {sorted(set(lab.tolist()))}")
         return [(p, "") for p in prompts], lab, np.full(len(prompts), -1)
     items, lab, pair = [], [], []
     for i, p in enumerate(pairs):
@@ -89,11 +90,11 @@ def _items(pairs, prompts, labels) -> tuple[list[tuple[str, str]], np.ndarray, n
         elif len(p) == 3:
             items += [(p[0], p[1]), (p[0], p[2])]
         else:
-            raise ValueError(f"pair {i} has {len(p)} parts; expected (positive, negative) or (prompt, positive, negative)")
+            raise InputError(f"pair {i} has {len(p)} parts; expected (positive, negative) or (prompt, positive, negative)")
         lab += [1, 0]
         pair += [i, i]
     if not items:
-        raise ValueError("no pairs given")
+        raise InputError("no pairs given")
     return items, np.asarray(lab), np.asarray(pair)
 
 
@@ -112,7 +113,7 @@ def read_weights(prompt_lens: Sequence[int], completion_lens: Sequence[int], wid
         elif isinstance(read, (int, np.integer)) and not isinstance(read, bool) and read >= 1:
             w[i, width - min(int(read), total):] = 1
         else:
-            raise ValueError(f"read must be 'last', 'mean' or a positive int k (last k tokens), got {read!r}")
+            raise InputError(f"read must be 'last', 'mean' or a positive int k (last k tokens), got {read!r}")
     return w
 
 
@@ -132,7 +133,7 @@ def contrast_data(
     appended as plain tokens) and read `site` at every layer (see the module doc)."""
     check_site(site)
     if SITE_LAYOUT[site][0] != 3:
-        raise ValueError(f"steering vectors are extracted at residual-width sites, got {site!r}")
+        raise InputError(f"steering vectors are extracted at residual-width sites, got {site!r}")
     items, lab, pair = _items(pairs, prompts, labels)
     prompt_ids = tokenize_prompts(tokenizer, [p for p, _ in items], chat=chat)
     completion_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) if c else [] for _, c in items]
@@ -200,16 +201,16 @@ def sae_direction(data: ContrastData, *, sae: Any, layer: int, features: Sequenc
     `features` (summed), or of the `top` latents chosen by `sae_features` (weighted by their
     activation difference). `sae`: a jaxsteer SAE (`sae.load_saelens` reads SAELens folders)."""
     if not 0 <= layer < data.n_layers:
-        raise ValueError(f"layer {layer} out of range for {data.n_layers} layers")
+        raise InputError(f"layer {layer} out of range for {data.n_layers} layers")
     w_dec = np.asarray(sae.params["W_dec"], np.float32)
     if w_dec.shape[1] != data.acts.shape[-1]:
-        raise ValueError(f"the SAE reads width {w_dec.shape[1]}; the activations have width {data.acts.shape[-1]}")
+        raise InputError(f"the SAE reads width {w_dec.shape[1]}; the activations have width {data.acts.shape[-1]}")
     if features is None:
         idx, weight = sae_features(data, sae, layer, top)
     else:
         idx = np.asarray(features, int)
         if idx.size == 0 or idx.min() < 0 or idx.max() >= w_dec.shape[0]:
-            raise ValueError(f"SAE features {idx.tolist()} out of range for {w_dec.shape[0]} latents")
+            raise InputError(f"SAE features {idx.tolist()} out of range for {w_dec.shape[0]} latents")
         weight = np.ones(len(idx), np.float32)
     out = np.zeros((data.n_layers, w_dec.shape[1]), np.float32)
     out[layer] = _unit(weight @ w_dec[idx])
@@ -223,7 +224,7 @@ def supervised_vector(data: ContrastData, *, model: Model, layers: Sequence[int]
     style), at `layers` (default all). Returns `[L, d]` (zeros on untrained layers)."""
     rows = [i for i in range(len(data.labels)) if data.labels[i] == 1 and data.completion_ids[i]]
     if not rows:
-        raise ValueError("the supervised method needs positive completions: pairs=(prompt, positive, negative)")
+        raise InputError("the supervised method needs positive completions: pairs=(prompt, positive, negative)")
     cfg = TrainableConfig(kind="steering", layers=None if layers is None else tuple(layers), site=data.site)
     P = max(len(data.prompt_ids[i]) for i in rows)
     C = max(len(data.completion_ids[i]) for i in rows)
@@ -272,14 +273,14 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {
 def register_method(name: str, fn: Callable[..., np.ndarray]) -> None:
     """Add an extraction method `fn(data: ContrastData, **options) -> [L, d]` under `name`."""
     if name in METHODS:
-        raise ValueError(f"an extraction method named {name!r} exists already")
+        raise InputError(f"an extraction method named {name!r} exists already")
     METHODS[name] = fn
 
 
 def extract(method: str, data: ContrastData, **options) -> np.ndarray:
     """Steering vectors `[L, d]` float32 by the named method (see `METHODS`)."""
     if method not in METHODS:
-        raise ValueError(f"unknown extraction method {method!r}; methods: {', '.join(METHODS)}")
+        raise InputError(f"unknown extraction method {method!r}; methods: {', '.join(METHODS)}")
     return np.asarray(METHODS[method](data, **options), np.float32)
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..models.decoder import forward
 from ..models.generate import left_pad, pad_id_for, tokenize_prompts
 from ..models.interventions import SITE_LAYOUT, check_site
@@ -71,7 +72,7 @@ def sliced_wasserstein(x: jax.Array, y: jax.Array, projections: jax.Array | None
     and `y [m, d]`. Slices: the coordinate axes (`projections=None`, LinEAS's coordinate-wise
     loss) or the rows of `projections [k, d]` (unit directions, e.g. `random_directions`)."""
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"expected point clouds [n, d] and [m, d], got {x.shape} and {y.shape}")
+        raise InputError(f"expected point clouds [n, d] and [m, d], got {x.shape} and {y.shape}")
     if projections is not None:
         x, y = x @ projections.T, y @ projections.T
     return jnp.mean(wasserstein_1d(x.T, y.T))
@@ -99,7 +100,7 @@ def encode_prompts(model: Model, items: Any, tokenizer: Any = None, chat: bool =
         return np.asarray(items[0], np.int32), np.asarray(items[1], np.int32)
     items = list(items)
     if not items:
-        raise ValueError("LinEAS: an empty prompt set")
+        raise InputError("LinEAS: an empty prompt set")
     if isinstance(items[0], str):
         items = tokenize_prompts(tokenizer, items, chat=chat)
     return left_pad(items, pad_id_for(model, tokenizer))
@@ -200,13 +201,13 @@ def train_lineas(
     """
     check_site(site)
     if SITE_LAYOUT[site][0] != 3:
-        raise ValueError(f"train_lineas needs a residual-width site [B, T, d], got {site!r}")
+        raise InputError(f"train_lineas needs a residual-width site [B, T, d], got {site!r}")
     if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        raise InputError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if steps < 1 or lr < 0 or l1 < 0 or group < 0:
-        raise ValueError(f"need steps >= 1 and lr, l1, group >= 0; got {steps}, {lr}, {l1}, {group}")
+        raise InputError(f"need steps >= 1 and lr, l1, group >= 0; got {steps}, {lr}, {l1}, {group}")
     cfg = TrainableConfig(kind="lineas", site=site, layers=None if layers is None else tuple(layers))
     src = tuple(jnp.asarray(a) for a in encode_prompts(model, source, tokenizer, chat))
     target_acts = target_activations(model, target, site, pooling, tokenizer, chat)

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import InputError
+
 ARCH = "controlvector"
 _DIRECTION = re.compile(r"^direction\.(\d+)$")
 
@@ -39,22 +41,22 @@ def save_control_vector(path: str, vectors: Any, *, model_hint: str = "llama", l
     import gguf
 
     if site != "resid_post":
-        raise ValueError(f"llama.cpp adds control vectors after each block's MLP (resid_post); these act at {site!r}")
+        raise InputError(f"llama.cpp adds control vectors after each block's MLP (resid_post); these act at {site!r}")
     v = np.asarray(vectors, np.float32)
     if v.ndim != 2:
-        raise ValueError(f"vectors must be [L, d], got shape {v.shape}")
+        raise InputError(f"vectors must be [L, d], got shape {v.shape}")
     if not np.isfinite(v).all():
-        raise ValueError("vectors hold NaN or inf")
+        raise InputError("vectors hold NaN or inf")
     if layers is None:
         layers = [l for l in range(len(v)) if np.any(v[l])]
     layers = sorted(int(l) for l in layers)
     if not layers:
-        raise ValueError("no layer to export: every vector is zero")
+        raise InputError("no layer to export: every vector is zero")
     for l in layers:
         if not 0 <= l < len(v):
-            raise ValueError(f"layer {l} out of range for {len(v)} layers")
+            raise InputError(f"layer {l} out of range for {len(v)} layers")
     if layers[0] == 0:
-        raise ValueError("llama.cpp cannot steer layer 0 (its loader rejects direction.0); steer layers >= 1")
+        raise InputError("llama.cpp cannot steer layer 0 (its loader rejects direction.0); steer layers >= 1")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     writer = gguf.GGUFWriter(path, ARCH)
     writer.add_string(f"{ARCH}.model_hint", model_hint)
@@ -77,26 +79,26 @@ def load_control_vector(path: str, n_layers: int | None = None) -> tuple[np.ndar
     reader = gguf.GGUFReader(path)
     arch = reader.fields.get("general.architecture")
     if arch is None or arch.contents() != ARCH:
-        raise ValueError(f"{path}: not a control vector (general.architecture is "
+        raise InputError(f"{path}: not a control vector (general.architecture is "
                          f"{None if arch is None else arch.contents()!r}, expected {ARCH!r})")
     directions = {}
     for t in reader.tensors:
         m = _DIRECTION.match(t.name)
         if m is None:
-            raise ValueError(f"{path}: unexpected tensor {t.name!r} (a control vector holds direction.<layer> tensors)")
+            raise InputError(f"{path}: unexpected tensor {t.name!r} (a control vector holds direction.<layer> tensors)")
         if t.tensor_type != gguf.GGMLQuantizationType.F32 or len(t.shape) != 1:
-            raise ValueError(f"{path}: {t.name} must be a 1-D float32 tensor (llama.cpp reads only those)")
+            raise InputError(f"{path}: {t.name} must be a 1-D float32 tensor (llama.cpp reads only those)")
         directions[int(m.group(1))] = np.asarray(t.data, np.float32).reshape(-1)
     if not directions:
-        raise ValueError(f"{path}: no direction tensors")
+        raise InputError(f"{path}: no direction tensors")
     if 0 in directions:
-        raise ValueError(f"{path}: direction.0 (llama.cpp rejects layer 0)")
+        raise InputError(f"{path}: direction.0 (llama.cpp rejects layer 0)")
     widths = {len(d) for d in directions.values()}
     if len(widths) != 1:
-        raise ValueError(f"{path}: direction tensors of different widths {sorted(widths)}")
+        raise InputError(f"{path}: direction tensors of different widths {sorted(widths)}")
     L = max(directions) + 1 if n_layers is None else int(n_layers)
     if max(directions) >= L:
-        raise ValueError(f"{path}: direction.{max(directions)} does not exist in a model with {L} layers")
+        raise InputError(f"{path}: direction.{max(directions)} does not exist in a model with {L} layers")
     out = np.zeros((L, widths.pop()), np.float32)
     for l, d in directions.items():
         out[l] = d
@@ -109,9 +111,9 @@ def control_vector_data(vectors: Any, strength: float = 1.0) -> np.ndarray:
     vector at offset `(l - 1) * d` for l = 1..L-1 (llama.cpp's own loader fills it the same way)."""
     v = np.asarray(vectors, np.float32)
     if v.ndim != 2:
-        raise ValueError(f"vectors must be [L, d], got shape {v.shape}")
+        raise InputError(f"vectors must be [L, d], got shape {v.shape}")
     if np.any(v[0]):
-        raise ValueError("llama.cpp cannot steer layer 0; its vector must be zero")
+        raise InputError("llama.cpp cannot steer layer 0; its vector must be zero")
     return np.ascontiguousarray(v[1:].reshape(-1) * np.float32(strength))
 
 
@@ -123,7 +125,7 @@ def write_unquantized_gguf(src: str, dst: str, dtype: str = "f32") -> str:
     from gguf.quants import dequantize
 
     if dtype not in ("f32", "f16"):
-        raise ValueError(f"dtype must be 'f32' or 'f16', got {dtype!r}")
+        raise InputError(f"dtype must be 'f32' or 'f16', got {dtype!r}")
     reader = gguf.GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
     writer = gguf.GGUFWriter(dst, arch)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 
+from ..errors import NotFoundError
 from ..models.params import Model
 from .build import PromptEncoder, build_inputs, check_before_loading, load_examples
 from .config import ConfigError, TrainConfig, load_config
@@ -182,7 +183,7 @@ def load_run(directory: str, *, step: int | None = None, model: Model | None = N
 
     path = os.path.join(directory, "config.yaml")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{directory} is not a run directory (no config.yaml)")
+        raise NotFoundError(f"{directory} is not a run directory (no config.yaml)")
     cfg = load_config(path, [*overrides, f"output_dir={directory}"])
     base, tokenizer, policy, ivs, trainable, meta = _restore_policy(cfg, step, model, tokenizer)
     return LoadedRun(policy, base, tokenizer, tuple(ivs), trainable, cfg, int(meta["step"]), directory)

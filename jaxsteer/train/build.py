@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from ..errors import InputError
 from ..models.config import ModelConfig, RopeConfig
 from ..models.generate import tokenize_prompts
 from ..models.params import Model, init_params
@@ -105,7 +106,7 @@ def encode_prompt(example, tokenizer: Any, template: str = "chat", system: str |
     if ids is not None:
         return [int(i) for i in ids]
     if tokenizer is None:
-        raise ValueError("text prompts need a tokenizer (or give token ids in example.meta['prompt_ids'])")
+        raise InputError("text prompts need a tokenizer (or give token ids in example.meta['prompt_ids'])")
     if template == "chat":
         return tokenize_prompts(tokenizer, [example.prompt], chat=True, system=system)[0]
     text = example.prompt if template == "raw" else template.format(prompt=example.prompt)

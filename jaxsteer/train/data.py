@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import grain
 
-from ..errors import JaxsteerError
+from ..errors import InputError, JaxsteerError
 from .rewards import extract_boxed, extract_gsm8k
 
 
@@ -94,13 +94,13 @@ def _in_split(key: str, split: str, test_fraction: float) -> bool:
 def _draw_unique(n: int, rng: random.Random, draw, key_of, split: str, test_fraction: float) -> list:
     """Draw n problems, without repeats while the problem space allows it."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise InputError(f"split must be one of {SPLITS}, got {split!r}")
     out, seen, attempts = [], set(), 0
     max_attempts = 200 * max(n, 1) + 10_000
     while len(out) < n:
         attempts += 1
         if attempts > max_attempts:
-            raise ValueError(f"could not draw {n} problems for split={split!r}; the problem space is too small")
+            raise InputError(f"could not draw {n} problems for split={split!r}; the problem space is too small")
         item = draw(rng)
         key = key_of(item)
         if not _in_split(key, split, test_fraction):
@@ -134,9 +134,9 @@ def arithmetic_problems(
     ops = tuple(ops)
     bad = [o for o in ops if o not in ARITHMETIC_OPS]
     if bad or not ops:
-        raise ValueError(f"ops must be a non-empty subset of {ARITHMETIC_OPS}, got {ops}")
+        raise InputError(f"ops must be a non-empty subset of {ARITHMETIC_OPS}, got {ops}")
     if digits < 1:
-        raise ValueError("digits must be >= 1")
+        raise InputError("digits must be >= 1")
     lo, hi = 10 ** (digits - 1), 10**digits - 1
 
     def draw(rng: random.Random):
@@ -201,7 +201,7 @@ def countdown_problems(
     numbers. `answer` is the JSON `{"target": t, "numbers": [...]}` that
     `countdown_reward` reads. Deterministic in `seed`; `split` as in `arithmetic_problems`."""
     if n_numbers < 2:
-        raise ValueError("n_numbers must be >= 2")
+        raise InputError("n_numbers must be >= 2")
 
     def draw(rng: random.Random):
         while True:
@@ -479,11 +479,11 @@ def make_loader(
     With finite epochs the last batch may be short unless `drop_remainder`.
     """
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise InputError("batch_size must be >= 1")
     if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+        raise InputError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
     if not examples:
-        raise ValueError("no examples")
+        raise InputError("no examples")
     ds = grain.MapDataset.source([_as_example(e) for e in examples])
     if shuffle:
         ds = ds.shuffle(seed=int(seed) % 2**32)
@@ -491,7 +491,7 @@ def make_loader(
         ds = ds.repeat(num_epochs)
     ds = ds.batch(batch_size * shard_count, drop_remainder=drop_remainder, batch_fn=list)
     if batch_size % chunks:
-        raise ValueError(f"batch_size={batch_size} does not split into {chunks} chunks")
+        raise InputError(f"batch_size={batch_size} does not split into {chunks} chunks")
     if shard_count > 1:  # this process's slice of each part of a global batch (records are in memory)
         per, part = batch_size // chunks, batch_size * shard_count // chunks
         lo = shard_index * per

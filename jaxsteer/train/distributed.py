@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ..errors import InputError
+
 ENV = {"coordinator": "JAXSTEER_COORDINATOR", "num_processes": "JAXSTEER_NUM_PROCESSES",
        "process_id": "JAXSTEER_PROCESS_ID", "startup_timeout": "JAXSTEER_STARTUP_TIMEOUT"}
 STARTUP_TIMEOUT = 120.0  # seconds a process waits for all the others to join
@@ -33,17 +35,17 @@ def check_coordinator(address: str, process_id: int) -> tuple[str, int]:
     host, sep, port = str(address).rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"--coordinator {address!r}: expected HOST:PORT with a port in 1..65535")
+        raise InputError(f"--coordinator {address!r}: expected HOST:PORT with a port in 1..65535")
     try:
         socket.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as err:
-        raise ValueError(f"--coordinator {address!r}: cannot resolve host {host!r} ({err})") from None
+        raise InputError(f"--coordinator {address!r}: cannot resolve host {host!r} ({err})") from None
     if process_id == 0:  # the coordinator service binds every interface on this port
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
                 probe.bind(("", int(port)))
             except OSError as err:
-                raise ValueError(f"--coordinator {address!r}: process 0 cannot serve on port {port} "
+                raise InputError(f"--coordinator {address!r}: process 0 cannot serve on port {port} "
                                  f"({err.strerror}); choose a free port") from None
     return host, int(port)
 
@@ -57,14 +59,14 @@ def cluster_args(coordinator: str | None = None, num_processes: int | None = Non
     process_id = process_id if process_id is not None else _env_number("process_id", int)
     if coordinator is None:
         if num_processes is not None or process_id is not None:
-            raise ValueError("--num-processes / --process-id need --coordinator HOST:PORT")
+            raise InputError("--num-processes / --process-id need --coordinator HOST:PORT")
         return None
     if num_processes is None or process_id is None:
-        raise ValueError("--coordinator needs --num-processes N and --process-id I")
+        raise InputError("--coordinator needs --num-processes N and --process-id I")
     if num_processes < 1:
-        raise ValueError(f"--num-processes must be >= 1, got {num_processes}")
+        raise InputError(f"--num-processes must be >= 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"--process-id {process_id} must be in [0, {num_processes})")
+        raise InputError(f"--process-id {process_id} must be in [0, {num_processes})")
     check_coordinator(coordinator, process_id)
     return {"coordinator_address": coordinator, "num_processes": num_processes, "process_id": process_id}
 
@@ -76,7 +78,7 @@ def _env_number(name: str, kind: type):
     try:
         return kind(text)
     except ValueError:
-        raise ValueError(f"{ENV[name]}={text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        raise InputError(f"{ENV[name]}={text!r} is not {'an integer' if kind is int else 'a number'}") from None
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
@@ -93,7 +95,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         return False
     timeout = float(timeout if timeout is not None else _env_number("startup_timeout", float) or STARTUP_TIMEOUT)
     if not (timeout > 0 and np.isfinite(timeout)):
-        raise ValueError(f"--startup-timeout must be a positive number of seconds, got {timeout}")
+        raise InputError(f"--startup-timeout must be a positive number of seconds, got {timeout}")
     platforms = jax.config.jax_platforms
     if platforms == "cpu" or (not platforms and _cpu_only()):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

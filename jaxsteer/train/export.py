@@ -17,6 +17,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from ..errors import InputError
 from ..models.params import Model
 from .config import TrainConfig
 from ..models.interventions import Affine
@@ -48,7 +49,7 @@ def load_affine(path: str) -> Affine:
     with np.load(path) as f:
         missing = {"scale", "shift", "site", "layers"} - set(f.files)
         if missing:
-            raise ValueError(f"{path}: not a LinEAS map (missing {sorted(missing)})")
+            raise InputError(f"{path}: not a LinEAS map (missing {sorted(missing)})")
         return Affine(f["scale"], f["shift"], site=str(f["site"]), layers=tuple(int(l) for l in f["layers"]))
 
 
@@ -57,16 +58,16 @@ def hf_patch(vectors: np.ndarray, model: Model, cfg: TrainableConfig) -> dict[st
     a down_proj bias is not the same thing."""
     c = model.config
     if cfg.kind != "steering":
-        raise ValueError(f"only steering vectors export as a down_proj bias patch (kind={cfg.kind!r})")
+        raise InputError(f"only steering vectors export as a down_proj bias patch (kind={cfg.kind!r})")
     if cfg.site != "resid_post":
-        raise ValueError(
+        raise InputError(
             f"a down_proj bias equals a steering vector at site 'resid_post' only; these vectors act at {cfg.site!r}"
         )
     if c.sandwich_norms:
-        raise ValueError(f"{c.architecture} normalises the MLP output after down_proj, so a down_proj bias is not resid_post steering")
+        raise InputError(f"{c.architecture} normalises the MLP output after down_proj, so a down_proj bias is not resid_post steering")
     vectors = np.asarray(vectors, np.float32)
     if vectors.shape != (c.n_layers, c.d_model):
-        raise ValueError(f"vectors have shape {vectors.shape}, expected [{c.n_layers}, {c.d_model}]")
+        raise InputError(f"vectors have shape {vectors.shape}, expected [{c.n_layers}, {c.d_model}]")
     return {f"model.layers.{l}.mlp.down_proj.bias": np.ascontiguousarray(vectors[l]) for l in range(c.n_layers)}
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ..errors import InputError
+
 # Curves drawn by `plot_curves`, in panel order.
 PLOT_KEYS = (
     ("reward_mean", "reward (mean)"),
@@ -112,7 +114,7 @@ def read_log(path: str) -> list[dict]:
                 warnings.warn(f"{path}: dropping a truncated last line ({number}), left by an interrupted write",
                               stacklevel=2)
                 break
-            raise ValueError(f"{path}:{number}: not a JSON record ({err})") from None
+            raise InputError(f"{path}:{number}: not a JSON record ({err})") from None
     return records
 
 

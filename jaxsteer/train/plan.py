@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ..errors import InputError
 from ..models.config import ModelConfig, from_hf_config
 from ..models.decoder import ATTENTION_PROJECTIONS, PROJECTIONS
 from ..models.params import Model, init_params
@@ -485,7 +486,7 @@ def roofline(p: MemoryPlan, device: str) -> Roofline:
     parameters (the input embedding is a lookup). Ignores collectives, the reference-policy forward
     (KL), dynamic-sampling rounds, early stops and kernel efficiency: a lower bound on step time."""
     if device not in PEAKS:
-        raise ValueError(f"no peak figures for device {device!r}; known: {sorted(PEAKS)}")
+        raise InputError(f"no peak figures for device {device!r}; known: {sorted(PEAKS)}")
     c, cfg = p.model, p.config
     act = 2 if p.dtype == "bfloat16" else 4
     n_mm = c.n_params() - (0 if c.tie_word_embeddings else c.vocab_size * c.d_model)

@@ -27,6 +27,8 @@ import unicodedata
 from fractions import Fraction
 from typing import Callable
 
+from ..errors import InputError
+
 RewardFn = Callable[[str, str, str], float]
 
 _MAX_NUMBER_CHARS = 64  # longer "numbers" are compared as strings only (no giant ints)
@@ -379,7 +381,7 @@ def _countdown_task(prompt: str, reference: str) -> tuple[list[int], int]:
     nums = re.search(r"\[([\d,\s]+)\]", prompt)
     target = re.search(r"equals?\s+(-?\d+)", prompt)
     if not nums or not target:
-        raise ValueError("cannot find the numbers and target")
+        raise InputError("cannot find the numbers and target")
     return [int(n) for n in nums.group(1).replace(",", " ").split()], int(target.group(1))
 
 
@@ -458,9 +460,9 @@ def get_reward_fn(name_or_callable) -> RewardFn:
         module, _, attr = name.partition(":") if ":" in name else name.rpartition(".")
         fn = getattr(importlib.import_module(module), attr, None)
         if not callable(fn):
-            raise ValueError(f"{name!r} does not name a callable")
+            raise InputError(f"{name!r} does not name a callable")
         return fn
-    raise ValueError(f"unknown reward {name!r}; built-ins: {sorted(REWARDS)}, or 'pkg.module:function'")
+    raise InputError(f"unknown reward {name!r}; built-ins: {sorted(REWARDS)}, or 'pkg.module:function'")
 
 
 def token_reward(fn: Callable) -> Callable:
@@ -498,7 +500,7 @@ def score_completions(reward_fn: Callable, examples, prompt_ids, out, repeats: i
             rewards[i] = float(reward_fn(list(prompt_ids[i // repeats]), comp, ex.answer))
         else:
             if out.texts is None:
-                raise ValueError("a text reward needs a tokenizer; mark token-id rewards with @token_reward")
+                raise InputError("a text reward needs a tokenizer; mark token-id rewards with @token_reward")
             rewards[i] = float(reward_fn(ex.prompt, out.texts[i], ex.answer))
     return rewards
 

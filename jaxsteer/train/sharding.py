@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ..errors import InputError
 from ..models.generate import Generation, PreparedPrompts, SamplingConfig, decode_completions, sample_tokens
 from .distributed import local_rows, process_max
 
@@ -38,17 +39,17 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     if data == -1 and fsdp == -1:
-        raise ValueError("mesh: at most one axis may be -1")
+        raise InputError("mesh: at most one axis may be -1")
     if data == -1:
         if n % fsdp:
-            raise ValueError(f"mesh: {n} devices do not split into fsdp={fsdp}")
+            raise InputError(f"mesh: {n} devices do not split into fsdp={fsdp}")
         data = n // fsdp
     if fsdp == -1:
         if n % data:
-            raise ValueError(f"mesh: {n} devices do not split into data={data}")
+            raise InputError(f"mesh: {n} devices do not split into data={data}")
         fsdp = n // data
     if data * fsdp != n:
-        raise ValueError(f"mesh: data={data} x fsdp={fsdp} != {n} devices")
+        raise InputError(f"mesh: data={data} x fsdp={fsdp} != {n} devices")
     return Mesh(np.asarray(devices, dtype=object).reshape(data, fsdp), BATCH_AXES)
 
 

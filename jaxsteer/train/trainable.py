@@ -39,6 +39,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from ..errors import InputError
 from ..models.decoder import PROJECTIONS, rms_norm
 from ..models.interventions import AdaptiveSteer, Affine, Steer, check_site, site_feature_shape
 from ..models.params import Model
@@ -70,28 +71,28 @@ class TrainableConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"unknown trainable kind {self.kind!r}; kinds: {KINDS}")
+            raise InputError(f"unknown trainable kind {self.kind!r}; kinds: {KINDS}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
             if self.kind not in LAYERED_KINDS:
-                raise ValueError(f"layers is a steering option; kind={self.kind!r} trains every layer")
+                raise InputError(f"layers is a steering option; kind={self.kind!r} trains every layer")
             if not self.layers or len(set(self.layers)) != len(self.layers):
-                raise ValueError(f"layers must be a non-empty tuple of distinct indices, got {self.layers}")
+                raise InputError(f"layers must be a non-empty tuple of distinct indices, got {self.layers}")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.kind in ("adaptive_steering", "lineas") and self.rank is not None:
-            raise ValueError(f"rank (low-rank steering) is not a {self.kind} option")
+            raise InputError(f"rank (low-rank steering) is not a {self.kind} option")
         if self.kind in LAYERED_KINDS:
             check_site(self.site)
             if self.site == "pattern":
-                raise ValueError("cannot steer the attention pattern; choose another site")
+                raise InputError("cannot steer the attention pattern; choose another site")
             if self.rank is not None and self.rank < 1:
-                raise ValueError(f"rank must be positive, got {self.rank}")
+                raise InputError(f"rank must be positive, got {self.rank}")
         if self.kind == "lora":
             if self.lora_rank < 1:
-                raise ValueError(f"lora_rank must be positive, got {self.lora_rank}")
+                raise InputError(f"lora_rank must be positive, got {self.lora_rank}")
             unknown = [t for t in self.lora_targets if t not in PROJECTIONS]
             if unknown or not self.lora_targets:
-                raise ValueError(f"lora_targets {self.lora_targets} must be a non-empty subset of {PROJECTIONS}")
+                raise InputError(f"lora_targets {self.lora_targets} must be a non-empty subset of {PROJECTIONS}")
 
     @property
     def lora_scale(self) -> float:
@@ -102,7 +103,7 @@ def _steer_layers(cfg: TrainableConfig, n_layers: int) -> tuple[int, ...]:
     layers = tuple(range(n_layers)) if cfg.layers is None else cfg.layers
     for l in layers:
         if not 0 <= l < n_layers:
-            raise ValueError(f"steering layer {l} out of range for a model with {n_layers} layers")
+            raise InputError(f"steering layer {l} out of range for a model with {n_layers} layers")
     return layers
 
 
@@ -144,7 +145,7 @@ def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
     if cfg.kind in ("adaptive_steering", "lineas"):
         feat = site_feature_shape(cfg.site, c)
         if feat != (c.d_model,):
-            raise ValueError(f"{cfg.kind} needs a residual-width site; {cfg.site!r} has features {feat}")
+            raise InputError(f"{cfg.kind} needs a residual-width site; {cfg.site!r} has features {feat}")
         n = len(_steer_layers(cfg, c.n_layers))
         zeros = jnp.zeros((n, c.d_model), jnp.float32)
         if cfg.kind == "lineas":
@@ -155,7 +156,7 @@ def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
         existing = layers.get("lora", {})
         for name in cfg.lora_targets:
             if name in existing:
-                raise ValueError(f"the base model already has a LoRA adapter on {name}")
+                raise InputError(f"the base model already has a LoRA adapter on {name}")
         shapes = tuple((name, tuple(layers[name].shape)) for name in cfg.lora_targets)
         return _init_lora(key, shapes, cfg.lora_rank)
     return model.params  # "full"
@@ -164,7 +165,7 @@ def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
 def steering_vectors(trainable: dict, cfg: TrainableConfig, n_layers: int) -> jax.Array:
     """Dense steering vectors `[L, *feat]` (`[L, d]` at residual sites), zero on untrained layers."""
     if cfg.kind not in STEERING_KINDS:
-        raise ValueError(f"steering_vectors needs a steering kind, got {cfg.kind!r}")
+        raise InputError(f"steering_vectors needs a steering kind, got {cfg.kind!r}")
     return _dense(_vectors(trainable, cfg), cfg, n_layers)
 
 
@@ -184,7 +185,7 @@ def affine_map(trainable: dict, cfg: TrainableConfig, n_layers: int) -> dict:
     """A lineas trainable as the dense map `{"scale": [L, d], "shift": [L, d]}` of `jaxsteer.Affine`
     (scale 1 and shift 0, the identity, on layers that were not trained)."""
     if cfg.kind != "lineas":
-        raise ValueError(f"affine_map needs kind='lineas', got {cfg.kind!r}")
+        raise InputError(f"affine_map needs kind='lineas', got {cfg.kind!r}")
     return {"scale": 1.0 + _dense(trainable["scale"], cfg, n_layers), "shift": _dense(trainable["shift"], cfg, n_layers)}
 
 
@@ -249,7 +250,7 @@ def build_policy(base: Model, trainable: dict, cfg: TrainableConfig) -> tuple[Mo
 def merge_lora(model: Model, trainable: dict, cfg: TrainableConfig) -> Model:
     """The base model with `W + (alpha / r) * a @ b` merged into each target weight (for export)."""
     if cfg.kind != "lora":
-        raise ValueError(f"merge_lora needs kind='lora', got {cfg.kind!r}")
+        raise InputError(f"merge_lora needs kind='lora', got {cfg.kind!r}")
     layers = dict(model.params["layers"])
     for name in cfg.lora_targets:
         w = layers[name]

@@ -102,3 +102,34 @@ def test_no_private_names_across_modules():
     bad = [f"{m}: from {target} import {n}" for m in TRAIN for target, names in _imports(m, MODULES[m])
            for n in names if n.startswith("_") and target != m]
     assert not bad, bad
+
+
+CLI = sorted(m for m in MODULES if m == "jaxsteer.cli" or m.startswith("jaxsteer.cli."))
+
+
+def test_the_cli_is_the_top_layer():
+    """Nothing in jaxsteer imports jaxsteer.cli: the library returns values and raises, the CLI prints."""
+    bad = [f"{m} -> {dep}" for m in MODULES if m not in CLI for dep in GRAPH[m] if dep in CLI]
+    assert CLI and not bad, bad
+
+
+def test_train_does_not_import_analysis():
+    """The logit lens after `jaxsteer train` is the CLI's (cli/train.py), not the training package's."""
+    bad = [f"{m} -> {dep}" for m in TRAIN for dep in GRAPH[m] if dep.split(".")[:2] == ["jaxsteer", "analysis"]]
+    assert not bad, bad
+
+
+def test_only_the_cli_prints():
+    """print() is called in jaxsteer/cli/ and in `Run.say` (a run's progress seam) only."""
+    allowed = {("jaxsteer.train.run", "say")}
+    bad = []
+    for m, path in MODULES.items():
+        if m in CLI:
+            continue
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))] + [tree]:
+            calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"]
+            name = getattr(fn, "name", "<module>")
+            if calls and (m, name) not in allowed and fn is not tree:
+                bad.append(f"{m}.{name}")
+    assert not bad, sorted(set(bad))

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 import train_toy as T
+from jaxsteer.cli.plan import format_plan
 from jaxsteer.models.decoder import forward
 from jaxsteer.train import train
 from jaxsteer.train.build import build_model
 from jaxsteer.train.config import ConfigError, config_from_dict, load_config, resolve_dtype
-from jaxsteer.train.plan import abstract_model, format_plan, model_config, plan
+from jaxsteer.train.plan import abstract_model, model_config, plan
 from jaxsteer.train.rl.learner import setup_training, step_spec
 from jaxsteer.train.rl.scoring import sequence_logprobs
 from jaxsteer.train.rl.step import compile_step, train_step

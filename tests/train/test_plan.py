@@ -18,8 +18,9 @@ from jaxsteer.models.decoder import default_positions, embed, run_layers, unembe
 from jaxsteer.models.generate import kv_cache
 from jaxsteer.models.interventions import Steer
 from jaxsteer.train.config import config_from_dict, load_config
+from jaxsteer.cli.plan import parse_bytes, parse_mesh
 from jaxsteer.train.plan import (DEVICES, abstract_model, activation_bytes, device_bytes, kv_cache_bytes,
-                                 model_config, parse_bytes, parse_mesh, plan)
+                                 model_config, plan)
 from jaxsteer.train.rl.learner import step_spec
 from jaxsteer.train.rl.scoring import token_logprobs
 from jaxsteer.train.rl.step import train_step

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from ...errors import InputError
 from ...models.params import Model
 from .. import checkpoint as ckpt
 from ..build import Inputs, PromptEncoder, build_model
@@ -84,7 +85,7 @@ def es_space_for_run(cfg: TrainConfig, model: Model, tokenizer: Any = None, lora
     if es.space_for(cfg.algorithm.name) in ("essa", "essa_product") and lora is None and es.warm_start:
         lora, trainable = load_run_trainable(es.warm_start, model=model, tokenizer=tokenizer)
         if trainable.kind != "lora":
-            raise ValueError(f"es.warm_start={es.warm_start!r} is a {trainable.kind} run; ESSA needs a LoRA run")
+            raise InputError(f"es.warm_start={es.warm_start!r} is a {trainable.kind} run; ESSA needs a LoRA run")
     elif lora is not None:
         trainable = trainable if trainable.kind == "lora" else None
     return build_es(model, es, cfg.algorithm.name, trainable, lora, seed=cfg.seed)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ...errors import InputError
 from ...models.generate import SamplingConfig, decode_completions, prepare_prompts, sample_tokens
 from ...models.params import Model
 from ..distributed import gather_rows, local_rows
@@ -130,7 +131,7 @@ def population_generate(
     if mesh is not None:
         n = int(np.prod([mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,))]))
         if len(ids) % n:
-            raise ValueError(f"{len(ids)} members do not split over {n} devices of mesh axis {axis!r}")
+            raise InputError(f"{len(ids)} members do not split over {n} devices of mesh axis {axis!r}")
         args = replicate(args, mesh)
         member_ids_arr = jax.make_array_from_callback(ids.shape, NamedSharding(mesh, P(axis)), lambda i: ids[i])
     prompt_args = prepared.args if mesh is None else replicate(prepared.args, mesh)

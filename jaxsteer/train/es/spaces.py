@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ...errors import InputError
 from ...models.decoder import ATTENTION_PROJECTIONS, PROJECTIONS
 from ...models.params import Model, flatten, unflatten
 from ..trainable import TrainableConfig, apply_trainable, init_trainable
@@ -168,7 +169,7 @@ class FullSpace(_Dense):
             return sorted(p for p in flat if not p.startswith("layers/lora/"))
         missing = [p for p in self.paths if p not in flat]
         if missing:
-            raise ValueError(f"FullSpace: no parameter {missing[0]!r}; parameters: {sorted(flat)}")
+            raise InputError(f"FullSpace: no parameter {missing[0]!r}; parameters: {sorted(flat)}")
         return list(self.paths)
 
     def init(self, model: Model, key: jax.Array | None = None):
@@ -203,9 +204,9 @@ class EggrollSpace:
     def __post_init__(self):
         bad = [t for t in self.targets if t not in PROJECTIONS]
         if bad or not self.targets:
-            raise ValueError(f"EggrollSpace targets {self.targets} must be a non-empty subset of {PROJECTIONS}")
+            raise InputError(f"EggrollSpace targets {self.targets} must be a non-empty subset of {PROJECTIONS}")
         if self.rank < 1:
-            raise ValueError("rank must be >= 1")
+            raise InputError("rank must be >= 1")
 
     def init(self, model: Model, key: jax.Array | None = None):
         layers = model.params["layers"]
@@ -266,10 +267,10 @@ def n_evolving(alpha: float, n: int) -> int:
     """ESSA's top-alpha count of `n` singular values: `floor(alpha * n)` (the paper rounds down);
     an error when that leaves none (the paper's rank 8, alpha 0.1 cell)."""
     if not 0 < alpha <= 1:
-        raise ValueError(f"es.alpha must be in (0, 1], got {alpha}")
+        raise InputError(f"es.alpha must be in (0, 1], got {alpha}")
     k = int(math.floor(alpha * n + 1e-9))
     if k < 1:
-        raise ValueError(f"es.alpha={alpha} of {n} singular values rounds down to 0 evolving values; "
+        raise InputError(f"es.alpha={alpha} of {n} singular values rounds down to 0 evolving values; "
                          f"use alpha >= {1 / n:g}")
     return k
 
@@ -344,15 +345,15 @@ def essa_space(model: Model, lora: dict, cfg: TrainableConfig, *, alpha: float =
     as in the paper), the top `floor(alpha * r)` singular values of each factor evolving. Runs once,
     on the host, in float64. The model must not already carry this LoRA (the space adds it)."""
     if lora is None or cfg is None or cfg.kind != "lora":
-        raise ValueError("essa_space needs a trained LoRA and its TrainableConfig(kind='lora')")
+        raise InputError("essa_space needs a trained LoRA and its TrainableConfig(kind='lora')")
     if targets is None:
         targets = tuple(p for p in ATTENTION_PROJECTIONS if p in lora)
         if not targets:
-            raise ValueError(f"the warm start has no adapter on an attention projection (it adapts {sorted(lora)}); "
+            raise InputError(f"the warm start has no adapter on an attention projection (it adapts {sorted(lora)}); "
                              "set the ESSA targets")
     missing = [t for t in targets if t not in lora]
     if missing:
-        raise ValueError(f"ESSA targets {missing} have no adapter in the warm start (it adapts {sorted(lora)})")
+        raise InputError(f"ESSA targets {missing} have no adapter in the warm start (it adapts {sorted(lora)})")
     frozen = {p: {"a": jnp.asarray(lora[p]["a"], _f32), "b": jnp.asarray(lora[p]["b"], _f32) * cfg.lora_scale}
               for p in sorted(lora) if p not in targets}
     fields = {k: {} for k in ("u_a", "s_a", "vt_a", "u_b", "s_b", "vt_b")}
@@ -431,7 +432,7 @@ def essa_product_space(
     u, vt, s0 = {}, {}, {}
     if lora is not None:
         if cfg is None or cfg.kind != "lora":
-            raise ValueError("essa_product_space: a LoRA warm start needs its TrainableConfig(kind='lora')")
+            raise InputError("essa_product_space: a LoRA warm start needs its TrainableConfig(kind='lora')")
         for p in sorted(lora):
             a = np.asarray(lora[p]["a"], np.float64)
             b = np.asarray(lora[p]["b"], np.float64) * cfg.lora_scale

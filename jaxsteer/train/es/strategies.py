@@ -32,6 +32,7 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from ...errors import InputError
 from ..config import ES_STRATEGIES
 
 SHAPINGS = ("centered_rank", "zscore", "zscore_per_prompt", "none")
@@ -79,7 +80,7 @@ def shape_fitness(rewards: jax.Array, mode: str) -> jax.Array:
     if mode == "none":
         f = fitness(r)
         return f - jnp.mean(f)
-    raise ValueError(f"unknown fitness shaping {mode!r}; choose from {SHAPINGS}")
+    raise InputError(f"unknown fitness shaping {mode!r}; choose from {SHAPINGS}")
 
 
 def fitness_stats(rewards: jax.Array) -> dict[str, jax.Array]:
@@ -153,15 +154,15 @@ class OpenES:
 
     def __post_init__(self):
         if self.population < 2 or (self.antithetic and self.population % 2):
-            raise ValueError(f"population must be >= 2 (and even with antithetic sampling), got {self.population}")
+            raise InputError(f"population must be >= 2 (and even with antithetic sampling), got {self.population}")
         if self.shaping not in SHAPINGS:
-            raise ValueError(f"unknown fitness shaping {self.shaping!r}; choose from {SHAPINGS}")
+            raise InputError(f"unknown fitness shaping {self.shaping!r}; choose from {SHAPINGS}")
         if self.optimizer not in ("sgd", "adam", "adamw"):
-            raise ValueError(f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
+            raise InputError(f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
         for name in ("sigma", "lr"):
             v = getattr(self, name)
             if _concrete(v) and v <= 0:
-                raise ValueError(f"{name} must be > 0, got {v}")
+                raise InputError(f"{name} must be > 0, got {v}")
 
     def tx(self) -> optax.GradientTransformation:
         if self.optimizer == "sgd":
@@ -189,7 +190,7 @@ class OpenES:
         """The ES gradient estimate (ascent direction) from rewards `[M]` / `[M, B]`."""
         f = shape_fitness(rewards, self.shaping)
         if f.shape[0] != self.population:
-            raise ValueError(f"got {f.shape[0]} fitness values for a population of {self.population}")
+            raise InputError(f"got {f.shape[0]} fitness values for a population of {self.population}")
         nk = noise_key(state)
         if self.antithetic:
             weights = f[0::2] - f[1::2]
@@ -241,9 +242,9 @@ def _elite_weights(f: jax.Array, w: jax.Array) -> jax.Array:
 class _CMABase:
     def __post_init__(self):
         if self.population < 4:
-            raise ValueError(f"CMA-ES needs a population of at least 4, got {self.population}")
+            raise InputError(f"CMA-ES needs a population of at least 4, got {self.population}")
         if _concrete(self.sigma) and self.sigma <= 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+            raise InputError(f"sigma must be > 0, got {self.sigma}")
 
     def _z(self, state, m, D):
         return jax.random.normal(jax.random.fold_in(noise_key(state), m), (D,), jnp.float32)
@@ -280,7 +281,7 @@ class CMAES(_CMABase):
     def init(self, theta, key) -> dict:
         D = _dim(theta)
         if D > self.max_dim:
-            raise ValueError(f"CMAES: {D} dimensions need a [{D}, {D}] covariance; use SepCMAES (or raise max_dim)")
+            raise InputError(f"CMAES: {D} dimensions need a [{D}, {D}] covariance; use SepCMAES (or raise max_dim)")
         eye = jnp.eye(D, dtype=jnp.float32)
         return _base_state(theta, self._opt(D, C=eye, B=eye, D=jnp.ones((D,), jnp.float32)), key)
 

@@ -31,6 +31,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ...errors import InputError
 from ..config import AGGREGATIONS, LossConfig
 
 _sg = jax.lax.stop_gradient
@@ -44,9 +45,9 @@ ADVANTAGE_MODES = ("grpo", "rloo", "mean", "rapid")
 def _grouped(rewards: jax.Array, group_size: int) -> jax.Array:
     rewards = jnp.asarray(rewards, jnp.float32)
     if rewards.ndim != 1:
-        raise ValueError(f"rewards must be [N], got shape {rewards.shape}")
+        raise InputError(f"rewards must be [N], got shape {rewards.shape}")
     if group_size < 1 or rewards.shape[0] % group_size:
-        raise ValueError(f"{rewards.shape[0]} rewards do not split into groups of {group_size}")
+        raise InputError(f"{rewards.shape[0]} rewards do not split into groups of {group_size}")
     return rewards.reshape(-1, group_size)
 
 
@@ -71,13 +72,13 @@ def group_advantages(rewards, group_size: int, mode: str = "grpo", eps: float = 
         adv = (r - mean) / (std + eps)
     elif mode in ("rloo", "rapid"):
         if G < 2:
-            raise ValueError("rloo advantages need group_size >= 2")
+            raise InputError("rloo advantages need group_size >= 2")
         loo_mean = (jnp.sum(r, axis=1, keepdims=True) - r) / (G - 1)
         adv = r - loo_mean
     elif mode == "mean":
         adv = r - mean
     else:
-        raise ValueError(f"unknown advantage mode {mode!r}; modes: {ADVANTAGE_MODES}")
+        raise InputError(f"unknown advantage mode {mode!r}; modes: {ADVANTAGE_MODES}")
     return adv.reshape(-1)
 
 
@@ -117,7 +118,7 @@ def aggregate(values, mask, mode: str = "token_mean", *, max_len: int | None = N
         width = values.shape[1] if max_len is None else max_len
         den = n_seqs * width if denominator is None else denominator
         return jnp.sum(values * m) / jnp.maximum(den, 1.0)
-    raise ValueError(f"unknown aggregation {mode!r}; choose from {AGGREGATIONS}")
+    raise InputError(f"unknown aggregation {mode!r}; choose from {AGGREGATIONS}")
 
 
 def k3_kl(logp, ref_logp) -> jax.Array:
@@ -179,7 +180,7 @@ def clipped_objective(rho, ratio, advantages, cfg: LossConfig) -> tuple[jax.Arra
 def _check_shapes(logp, old_logp, m, adv) -> None:
     if logp.ndim != 2 or old_logp.shape != logp.shape or m.shape != logp.shape or adv.shape not in (logp.shape[:1],
                                                                                                     logp.shape):
-        raise ValueError(
+        raise InputError(
             f"expected logp/old_logp/mask [B, N] and advantages [B] or [B, N]; got {logp.shape}, {old_logp.shape}, "
             f"{m.shape}, {adv.shape}"
         )
@@ -216,9 +217,9 @@ def policy_loss(
     m = jnp.asarray(mask, jnp.float32)
     _check_shapes(logp, old_logp, m, adv)
     if cfg.kl_coef and ref_logp is None:
-        raise ValueError("kl_coef > 0 needs ref_logp")
+        raise InputError("kl_coef > 0 needs ref_logp")
     if adv.ndim == 2 and cfg.dash_tau > 0:
-        raise ValueError("dash_tau filters whole samples; it needs per-sequence advantages [B]")
+        raise InputError("dash_tau filters whole samples; it needs per-sequence advantages [B]")
     keep = dash_keep(adv, cfg.dash_tau) if adv.ndim == 1 else jnp.ones(adv.shape[:1], jnp.float32)
     m = m * keep[:, None]
     valid = m > 0
@@ -338,7 +339,7 @@ def rapid_advantages(rewards, seq_log_ratio, group_size: int, cap: float | None 
     `pi_theta = pi_old` it is RLOO."""
     r = _grouped(rewards, group_size)
     if group_size < 2:
-        raise ValueError("rapid advantages need group_size >= 2")
+        raise InputError("rapid advantages need group_size >= 2")
     w = jnp.exp(_sg(jnp.asarray(seq_log_ratio, jnp.float32))).reshape(r.shape)
     if cap is not None:
         w = jnp.minimum(w, cap)

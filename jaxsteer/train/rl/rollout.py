@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from ...errors import InputError
 from ...models.generate import SamplingConfig, pad_id_for, prepare_prompts
 from ...models.params import Model
 from ..config import SamplingSpec
@@ -101,7 +102,7 @@ def collect(
     mesh: the training mesh; this process's prompts are split over its batch axes
     (`sharding.sample_on_mesh`; default: one device); `key` must be the same on every process."""
     if len(examples) % calls:
-        raise ValueError(f"{len(examples)} prompts do not split into {calls} sampling calls")
+        raise InputError(f"{len(examples)} prompts do not split into {calls} sampling calls")
     per = len(examples) // calls
     parts, texts = [], []
     t0 = time.perf_counter()

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ...errors import InputError
 from ...models.decoder import default_positions, embed, run_layers, unembed
 from ...models.generate import kv_cache
 from ...models.interventions import as_tuple, check_all
@@ -46,9 +47,9 @@ def _check_rows(model, tokens, mask, interventions, completion_start):
     tokens = jnp.asarray(tokens)
     mask = jnp.asarray(mask)
     if tokens.ndim != 2 or mask.shape != tokens.shape:
-        raise ValueError(f"tokens and mask must both be [B, T]; got {tokens.shape} and {mask.shape}")
+        raise InputError(f"tokens and mask must both be [B, T]; got {tokens.shape} and {mask.shape}")
     if not 1 <= completion_start < tokens.shape[1]:
-        raise ValueError(f"completion_start={completion_start} must be in [1, {tokens.shape[1] - 1}]")
+        raise InputError(f"completion_start={completion_start} must be in [1, {tokens.shape[1] - 1}]")
     interventions = as_tuple(interventions)
     check_all(interventions, model.config, tokens.shape[1])
     return tokens, mask, interventions

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...errors import InputError
 from ...models.generate import bucket_width, left_pad
 from .rollout import RolloutBatch, trim_completions
 
@@ -26,7 +27,7 @@ def target_ids(example, tokenizer: Any, eos_id: int | None) -> list[int]:
     if "target_ids" in example.meta:
         return [int(t) for t in example.meta["target_ids"]]
     if tokenizer is None:
-        raise ValueError("SFT on text references needs a tokenizer (or meta['target_ids'] token ids)")
+        raise InputError("SFT on text references needs a tokenizer (or meta['target_ids'] token ids)")
     ids = list(tokenizer.encode(str(example.answer), add_special_tokens=False))
     return ids + ([int(eos_id)] if eos_id is not None else [])
 
