@@ -1,4 +1,4 @@
-"""Run in a subprocess by tests/sae/test_arch.py: one SAE step with the latent axis split over 8
+"""Run in a subprocess by tests/sae/test_train.py: one SAE step with the latent axis split over 8
 virtual CPU devices equals the same step on one device."""
 import os
 

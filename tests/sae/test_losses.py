@@ -1,6 +1,7 @@
-"""JumpReLU training (straight-through threshold gradient, L0 penalty) and Matryoshka BatchTopK
-(nested prefix losses): known answers for the estimators and the loss, and learning against an
-lr=0 run on the same seed and data."""
+"""SAE losses (jaxsteer.sae.losses): the sparse top-k and its gradient, the HTopK loss against an
+explicit loop; JumpReLU training (straight-through threshold gradient, L0 penalty) and Matryoshka
+BatchTopK (nested prefix losses): known answers for the estimators and the loss, and learning against
+an lr=0 run on the same seed and data."""
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,10 @@ import pytest
 from scipy.stats import norm
 
 from jaxsteer import sae
-from jaxsteer.sae.arch import batch_topk
-from jaxsteer.sae.losses import jumprelu_ste, matryoshka_errors, step_ste, batch_topk_codes, train_forward
-from tests.sae.test_arch import batches, planted, recovered_fraction
+from jaxsteer.sae.arch import batch_topk, topk_mask
+from jaxsteer.sae.losses import (batch_topk_codes, gather_decode, jumprelu_ste, matryoshka_errors, sparse_topk, step_ste,
+                                 total_variance, train_forward)
+from tests.sae.planted import batches, planted, recovered_fraction
 
 
 def test_pseudo_derivatives_are_the_rectangle_kernel_estimates():
@@ -101,3 +103,49 @@ def test_matryoshka_learns_and_its_first_prefix_reconstructs_alone():
     assert _ev(m, held) > 0.75 and _ev(models["null"], held) < 0.5
     assert 1.5 < _l0(m, held) < 6  # the learned global threshold keeps about k latents at inference
     assert prefix_ev(m) > prefix_ev(models["batchtopk"]) + 0.15  # the first 8 latents work on their own
+
+
+def test_sparse_topk_is_sorted_and_relu():
+    vals, idx = sparse_topk(jnp.array([[0.5, -2.0, 3.0, 1.0]]), 3)
+    np.testing.assert_allclose(np.asarray(vals), [[3.0, 1.0, 0.5]])
+    np.testing.assert_array_equal(np.asarray(idx), [[2, 3, 0]])
+
+
+def test_htopk_loss_equals_explicit_loop_over_k():
+    cfg = sae.SAEConfig(kind="htopk", d_in=12, d_sae=48, k=6)
+    s = sae.init_sae(cfg, jax.random.PRNGKey(3))
+    s = sae.SAE(dict(s.params, b_dec=jnp.full((12,), 0.1), b_enc=jnp.full((48,), 0.05)), cfg)
+    x = jax.random.normal(jax.random.PRNGKey(4), (10, 12))
+    var = float(jnp.sum((x - x.mean(0)) ** 2))
+
+    @jax.jit
+    def loop_errors(params):  # the explicit loop: encode with budget j, decode densely
+        t = sae.SAE(params, cfg)
+        return [jnp.sum((x - sae.decode(t, topk_mask(sae.pre_acts(t, x), j))) ** 2) for j in range(1, 7)]
+
+    errs = [float(e) for e in loop_errors(s.params)]
+    hl = jax.jit(sae.htopk_loss, static_argnums=2)
+    np.testing.assert_allclose(float(hl(s, x, None)), np.mean(errs) / var, rtol=1e-5)
+    np.testing.assert_allclose(float(hl(s, x, (2, 5))), (errs[1] + errs[4]) / 2 / var, rtol=1e-5)
+    # and its gradient equals the loop's gradient
+    g1 = jax.jit(jax.grad(lambda p: sae.htopk_loss(sae.SAE(p, cfg), x)))(s.params)
+    g2 = jax.jit(jax.grad(lambda p: sum(loop_errors(p)) / 6 / var))(s.params)
+    for k in g1:
+        np.testing.assert_allclose(np.asarray(g1[k]), np.asarray(g2[k]), atol=1e-5)
+
+
+def test_sparse_encoder_gradient_equals_autodiff():
+    cfg = sae.SAEConfig(kind="topk", d_in=12, d_sae=48, k=5)
+    s = sae.init_sae(cfg, jax.random.PRNGKey(0))
+    s = sae.SAE(dict(s.params, b_dec=jnp.full((12,), 0.3), b_enc=jnp.linspace(-0.1, 0.1, 48)), cfg)
+    x = jax.random.normal(jax.random.PRNGKey(1), (32, 12))
+
+    def reference(params):  # plain autodiff through top_k
+        t = sae.SAE(params, cfg)
+        vals, idx = sparse_topk(sae.pre_acts(t, x), cfg.k)
+        return jnp.sum((x - gather_decode(t, vals, idx)) ** 2) / total_variance(x)
+
+    g_ref = jax.jit(jax.grad(reference))(s.params)
+    g_new = jax.jit(jax.grad(lambda p: sae.train_forward(sae.SAE(p, cfg), x, None)[0]))(s.params)
+    for k in g_ref:
+        np.testing.assert_allclose(np.asarray(g_new[k]), np.asarray(g_ref[k]), rtol=1e-4, atol=1e-6)
