@@ -32,7 +32,9 @@ GROUPS = (models, train, analysis, sae, steer, plan)
 
 def build_parser() -> argparse.ArgumentParser:
     """The `jaxsteer` argument parser, every command registered."""
-    parser = argparse.ArgumentParser(prog="jaxsteer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="jaxsteer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.add_parsers(sub)
@@ -70,8 +72,11 @@ def main(argv: list[str] | None = None) -> None:
     traceback. JAXSTEER_TRACEBACK=1 shows the traceback of the one-line errors too."""
     quiet_absl()
     args = parse_args(argv)
-    command = " ".join(filter(None, ("jaxsteer", args.command, getattr(args, "sae_command", None),
-                                     getattr(args, "steer_command", None))))
+    command = " ".join(
+        filter(
+            None, ("jaxsteer", args.command, getattr(args, "sae_command", None), getattr(args, "steer_command", None))
+        )
+    )
     try:
         args.func(args)
     except (JaxsteerError, OSError) as err:
@@ -91,7 +96,7 @@ def describe_error(command: str, err: BaseException) -> str:
         chain.append(seen)
         seen = seen.__cause__ if seen.__cause__ is not None else None if seen.__suppress_context__ else seen.__context__
     os_err = next((e for e in chain if isinstance(e, OSError) and e.errno), None)
-    if os_err is not None:
+    if os_err is not None and os_err.errno is not None:
         code = errno.errorcode.get(os_err.errno, str(os_err.errno))
         where = f"{os_err.filename}: " if os_err.filename else ""
         return f"{command}: {type(os_err).__name__}: {where}{os_err.strerror or os_err} ({code})"

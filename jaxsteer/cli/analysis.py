@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -27,15 +28,31 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--clean", required=True, help="clean prompt (raw text, no chat template)")
     p.add_argument("--corrupt", required=True, help="corrupted prompt; must tokenize to the same length")
-    p.add_argument("--answers", nargs=2, required=True, metavar=("CORRECT", "WRONG"),
-                   help="single-token answers, e.g. ' Paris' ' Rome'; metric = logit difference at the last position")
-    p.add_argument("--site", default="resid_pre", help="site to patch (default resid_pre; TransformerLens names work too)")
-    p.add_argument("--direction", default="denoise", choices=("denoise", "noise"),
-                   help="denoise: clean values into the corrupted run (default); noise: the reverse")
+    p.add_argument(
+        "--answers",
+        nargs=2,
+        required=True,
+        metavar=("CORRECT", "WRONG"),
+        help="single-token answers, e.g. ' Paris' ' Rome'; metric = logit difference at the last position",
+    )
+    p.add_argument(
+        "--site", default="resid_pre", help="site to patch (default resid_pre; TransformerLens names work too)"
+    )
+    p.add_argument(
+        "--direction",
+        default="denoise",
+        choices=("denoise", "noise"),
+        help="denoise: clean values into the corrupted run (default); noise: the reverse",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="patched runs per vmapped chunk (default 32)")
-    p.add_argument("--compare", action="store_true",
-                   help="also run attribution and relevance patching (RelP) and print each one's Pearson r against it")
-    p.add_argument("--out", default="runs/patching", help="output directory for the PNG and JSON (default: %(default)s)")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run attribution and relevance patching (RelP) and print each one's Pearson r against it",
+    )
+    p.add_argument(
+        "--out", default="runs/patching", help="output directory for the PNG and JSON (default: %(default)s)"
+    )
     p.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     p.set_defaults(func=cmd_patch)
 
@@ -68,8 +85,16 @@ def cmd_patch(args) -> None:
     clean, corrupt = tokenize_pair(tok, args.clean, args.corrupt)
     answers = single_token_ids(tok, args.answers)
     t0 = time.perf_counter()
-    res = activation_patching(model, clean, corrupt, site=args.site, answers=answers, tokenizer=tok,
-                              direction=args.direction, batch_size=args.batch_size)
+    res = activation_patching(
+        model,
+        clean,
+        corrupt,
+        site=args.site,
+        answers=answers,
+        tokenizer=tok,
+        direction=args.direction,
+        batch_size=args.batch_size,
+    )
     dt = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"patching_{args.site}")
@@ -84,8 +109,11 @@ def cmd_patch(args) -> None:
 def print_patching(res, site: str, direction: str, answers: list[str]) -> None:
     """The sweep as a table: one row per layer, one column per position (or head)."""
     labels = res.labels(res.axes[1]) if len(res.axes) > 1 else ["all"]
-    print(f"{site} patching ({direction}), metric logit({answers[0]!r}) - logit({answers[1]!r}): "
-          f"clean {res.clean_metric:.3f}, corrupted {res.corrupt_metric:.3f}; normalised values (0 = corrupted, 1 = clean)")
+    print(
+        f"{site} patching ({direction}), metric logit({answers[0]!r}) - logit({answers[1]!r}): "
+        f"clean {res.clean_metric:.3f}, corrupted {res.corrupt_metric:.3f}; "
+        "normalised values (0 = corrupted, 1 = clean)"
+    )
     print(f"columns ({res.axes[1] if len(res.axes) > 1 else 'all positions at once'}): " + ", ".join(labels))
     print("layer " + " ".join(f"{i:>8}" for i in range(len(labels))))
     for i, layer in enumerate(res.layers):
@@ -97,7 +125,9 @@ def compare_estimates(model, tok, clean, corrupt, answers, actual, out_dir) -> N
     """Attribution and relevance patching (RelP) of the same sweep, each scored against `actual`."""
     from ..analysis.patching import attribution_patching, compare_attribution, relevance_patching
 
-    kw = dict(sites=(actual.site,), answers=answers, tokenizer=tok, direction=actual.direction, over=actual.axes)
+    kw: dict[str, Any] = dict(
+        sites=(actual.site,), answers=answers, tokenizer=tok, direction=actual.direction, over=actual.axes
+    )
     for name, fn in (("attribution", attribution_patching), ("relevance", relevance_patching)):
         t0 = time.perf_counter()
         est = fn(model, clean, corrupt, **kw)[actual.site]
@@ -106,8 +136,10 @@ def compare_estimates(model, tok, clean, corrupt, answers, actual, out_dir) -> N
         est.save_json(stem + ".json")
         est.plot(stem + ".png")
         r = compare_attribution(est, actual)
-        print(f"{name} patching vs activation patching ({actual.site}, {r['n']} entries): Pearson {r['pearson']:.3f}, "
-              f"max |diff| {r['max_abs_diff']:.3f} [{dt:.1f} s, compile included]")
+        print(
+            f"{name} patching vs activation patching ({actual.site}, {r['n']} entries): Pearson {r['pearson']:.3f}, "
+            f"max |diff| {r['max_abs_diff']:.3f} [{dt:.1f} s, compile included]"
+        )
 
 
 __all__ = ["add_parsers", "cmd_lens", "cmd_patch", "print_patching", "compare_estimates"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -21,14 +22,21 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("generate", help="sample completions, optionally steered")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--run", metavar="DIR", help="a trained run directory: its model, trained part and prompt format "
-                                                "(as in training) replace --model and the chat template")
+    p.add_argument(
+        "--run",
+        metavar="DIR",
+        help="a trained run directory: its model, trained part and prompt format "
+        "(as in training) replace --model and the chat template",
+    )
     p.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
     p.add_argument("--steer", help=".npy file with a [d] or [L, d] steering vector")
     p.add_argument("--scale", type=float, default=1.0, help="multiplier of the --steer vector (default 1)")
     p.add_argument("--layers", type=int, nargs="*", help="layers to steer (default: all)")
-    p.add_argument("--site", default="resid_post", help="site the --steer vector is added at (default resid_post; "
-                                                        "TransformerLens names work too)")
+    p.add_argument(
+        "--site",
+        default="resid_post",
+        help="site the --steer vector is added at (default resid_post; TransformerLens names work too)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt (default 64)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1 = off)")
@@ -41,7 +49,9 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("demo", help="the main job: load the default model, generate with and without steering")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--prompt", action="append", help="prompt to generate for (repeat for several; default: three built in)")
+    p.add_argument(
+        "--prompt", action="append", help="prompt to generate for (repeat for several; default: three built in)"
+    )
     p.add_argument("--layer", type=int, help="layer to steer at (default: the middle layer)")
     p.add_argument("--scale", type=float, default=1.5, help="multiplier of the contrast vector (default 1.5)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate per prompt (default 48)")
@@ -89,8 +99,13 @@ def cmd_generate(args) -> None:
     from ..models.loading import load
 
     # the flags and the --steer file are checked before the model loads
-    check_sampling_args(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        top_k=args.top_k, greedy=args.greedy)
+    check_sampling_args(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        greedy=args.greedy,
+    )
     steer = read_vectors(args.steer) if args.steer else None
     run = None
     if args.run:
@@ -105,16 +120,25 @@ def cmd_generate(args) -> None:
         model, tok = load(args.model, dtype=dtype(args.dtype))
     interventions = []
     if args.steer:
-        interventions.append(steer_from_file(steer, args.steer, args.scale, args.layers, args.site, model.config.n_layers))
+        interventions.append(
+            steer_from_file(steer, args.steer, args.scale, args.layers, args.site, model.config.n_layers)
+        )
     t0 = time.perf_counter()
-    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-              greedy=args.greedy, seed=args.seed, interventions=interventions)
+    kw: dict[str, Any] = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        greedy=args.greedy,
+        seed=args.seed,
+        interventions=interventions,
+    )
     if run is not None:
         out = run.generate(args.prompt, **kw)
     else:
         out = generate(model, args.prompt, tokenizer=tok, chat=not args.no_chat, **kw)
     dt = time.perf_counter() - t0
-    for prompt, text in zip(args.prompt, out.texts):
+    for prompt, text in zip(args.prompt, out.texts, strict=True):
         print(f">>> {prompt}\n{text}\n")
     print(f"[{int(out.lengths.sum())} tokens in {dt:.1f} s, compile included]", file=sys.stderr)
 
@@ -145,13 +169,17 @@ def cmd_demo(args) -> None:
     t0 = time.perf_counter()
     model, tok = load(args.model)
     c = model.config
-    print(f"loaded {args.model}: {c.architecture}, {c.n_layers} layers, d={c.d_model}, "
-          f"{c.n_params() / 1e6:.0f}M parameters ({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"loaded {args.model}: {c.architecture}, {c.n_layers} layers, d={c.d_model}, "
+        f"{c.n_params() / 1e6:.0f}M parameters ({time.perf_counter() - t0:.1f} s)"
+    )
     vectors = contrast_vector(model, tok, POSITIVE, NEGATIVE, chat=False)
     layer = args.layer if args.layer is not None else c.n_layers // 3
     steer = Steer(jnp.asarray(vectors[layer]), scale=args.scale, layers=(layer,))
-    print(f"steering vector: happy minus sad, resid_post of layer {layer}, "
-          f"norm {float(np.linalg.norm(vectors[layer])):.2f}, scale {args.scale}")
+    print(
+        f"steering vector: happy minus sad, resid_post of layer {layer}, "
+        f"norm {float(np.linalg.norm(vectors[layer])):.2f}, scale {args.scale}"
+    )
     prompts = args.prompt or ["Describe your morning in two sentences.", "How do you feel about Mondays?"]
     runs = (
         ("unsteered", []),
@@ -160,18 +188,24 @@ def cmd_demo(args) -> None:
     )
     for label, ivs in runs:
         t = time.perf_counter()
-        out = generate(model, prompts, tokenizer=tok, max_new_tokens=args.max_new_tokens, greedy=True, interventions=ivs)
+        out = generate(
+            model, prompts, tokenizer=tok, max_new_tokens=args.max_new_tokens, greedy=True, interventions=ivs
+        )
         print(f"\n=== {label}  [{time.perf_counter() - t:.1f} s, compile included]")
-        for p, text in zip(prompts, out.texts):
+        for p, text in zip(prompts, out.texts, strict=True):
             print(f">>> {p}\n{text.strip()}")
     if args.save:
         np.save(args.save, vectors)
         print(f"\nsaved the [L, d] contrast vectors to {args.save}")
-        print(f"\nnext:\n  jaxsteer generate --prompt \"Tell me a joke.\" --steer {args.save} --layers {layer} "
-              f"--scale {args.scale} --greedy\n  jaxsteer lens --vectors {args.save}")
+        print(
+            f'\nnext:\n  jaxsteer generate --prompt "Tell me a joke." --steer {args.save} --layers {layer} '
+            f"--scale {args.scale} --greedy\n  jaxsteer lens --vectors {args.save}"
+        )
     else:
-        print("\nnext: `jaxsteer demo --save vectors.npy` keeps the vectors; "
-              "`jaxsteer train experiments/smollm2_arithmetic_steering.yaml` RL-trains them")
+        print(
+            "\nnext: `jaxsteer demo --save vectors.npy` keeps the vectors; "
+            "`jaxsteer train experiments/smollm2_arithmetic_steering.yaml` RL-trains them"
+        )
 
 
 __all__ = ["add_parsers", "cmd_info", "cmd_generate", "cmd_demo", "steer_from_file"]

@@ -37,8 +37,7 @@ def cmd_plan(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     data, fsdp = parse_mesh(args.mesh) if args.mesh else (None, None)
-    capacity = (DEVICES[args.device] if args.device else
-                parse_bytes(args.device_memory) if args.device_memory else None)
+    capacity = DEVICES[args.device] if args.device else parse_bytes(args.device_memory) if args.device_memory else None
     if args.prompt_len < 1:
         raise InputError(f"--prompt-len must be positive, got {args.prompt_len}")
     backend = None if not args.device else "tpu" if args.device.startswith("v") else "gpu"  # for dtype auto
@@ -54,15 +53,20 @@ def format_plan(p: MemoryPlan, device: str | None = None) -> str:
 
     c, cfg = p.model, p.config
     a = cfg.algorithm
-    what = (f"{a.name} ({cfg.es.space_for(a.name)} space), population {cfg.es.population}" if cfg.is_es else
-            f"{a.name}, trainable {cfg.trainable.kind}, {a.prompts_per_step} prompts x {a.group_size} = "
-            f"{cfg.rollouts_per_step} rollouts per step, micro_batches {a.micro_batches}")
+    what = (
+        f"{a.name} ({cfg.es.space_for(a.name)} space), population {cfg.es.population}"
+        if cfg.is_es
+        else f"{a.name}, trainable {cfg.trainable.kind}, {a.prompts_per_step} prompts x {a.group_size} = "
+        f"{cfg.rollouts_per_step} rollouts per step, micro_batches {a.micro_batches}"
+    )
     cap = "" if p.capacity is None else f"; {fmt_bytes(p.capacity)} per device" + (f" ({device})" if device else "")
     dtype = p.dtype + (" (model.dtype=auto)" if cfg.model.dtype == "auto" else "")
-    lines = [f"model: {c.architecture}, {c.n_params() / 1e9:.2f}B parameters ({dtype}): {c.n_layers} layers, "
-             f"d_model {c.d_model}, d_mlp {c.d_mlp}, {c.n_heads} heads / {c.n_kv_heads} KV heads, vocab {c.vocab_size}",
-             f"run: {what}",
-             f"mesh: data={p.data} x fsdp={p.fsdp} = {p.data * p.fsdp} devices{cap}"]
+    lines = [
+        f"model: {c.architecture}, {c.n_params() / 1e9:.2f}B parameters ({dtype}): {c.n_layers} layers, "
+        f"d_model {c.d_model}, d_mlp {c.d_mlp}, {c.n_heads} heads / {c.n_kv_heads} KV heads, vocab {c.vocab_size}",
+        f"run: {what}",
+        f"mesh: data={p.data} x fsdp={p.fsdp} = {p.data * p.fsdp} devices{cap}",
+    ]
     lines += [f"  {n}" for n in p.notes]
     lines.append("per device:")
     lines += [f"  {k:<50}{fmt_bytes(v):>12}" for k, v in p.parts.items()]
@@ -108,8 +112,22 @@ def parse_mesh(text: str) -> tuple[int, int]:
     return axes["data"], axes["fsdp"]
 
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(text: str) -> int:

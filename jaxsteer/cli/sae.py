@@ -13,8 +13,13 @@ def add_parsers(sub) -> None:
     t = ss.add_parser("train", help="train (or resume) an SAE on activations computed on the fly")
     t.add_argument("config", help="YAML config (see experiments/sae_*.yaml)")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="deprecated: write KEY=VALUE without --set, as for the other commands")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="deprecated: write KEY=VALUE without --set, as for the other commands",
+    )
     t.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     t.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
@@ -22,7 +27,9 @@ def add_parsers(sub) -> None:
     t.set_defaults(func=cmd_train)
     e = ss.add_parser("eval", help="explained variance, L0, dead latents, CE with the SAE spliced in")
     e.add_argument("run_dir", help="an SAE run directory written by `jaxsteer sae train`")
-    e.add_argument("--contexts", type=int, default=None, help="evaluation windows (default: the config's eval.contexts)")
+    e.add_argument(
+        "--contexts", type=int, default=None, help="evaluation windows (default: the config's eval.contexts)"
+    )
     e.set_defaults(func=cmd_eval)
 
 
@@ -33,17 +40,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ..train.lock import RunLock
 
     if args.set:
-        print("jaxsteer sae train: --set KEY=VALUE is deprecated; write KEY=VALUE (as for `jaxsteer train`)",
-              file=sys.stderr)
+        print(
+            "jaxsteer sae train: --set KEY=VALUE is deprecated; write KEY=VALUE (as for `jaxsteer train`)",
+            file=sys.stderr,
+        )
     cfg = load_run_config(args.config, list(args.overrides) + list(args.set))
     RunLock(cfg.out_dir).check_free()  # a busy run directory is refused before the model loads
     model, tok = load_model(cfg)
-    out = train_sae(cfg, model=model, tokenizer=tok, resume=args.resume, stop_after=args.stop_after,
-                    progress=not args.no_progress)
+    out = train_sae(
+        cfg, model=model, tokenizer=tok, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress
+    )
     if not args.no_eval and (args.stop_after is None or args.stop_after >= cfg.train.steps):
         eval_run(out, model=model, tokenizer=tok)
-    print(f"\nnext:\n  jaxsteer sae eval {out}                 # explained variance, L0, dead latents, CE spliced in\n"
-          f"  python -c \"from jaxsteer import sae; s = sae.load_saelens('{out}/sae')\"   # use it (sae.Splice, feature_acts)")
+    print(
+        f"\nnext:\n  jaxsteer sae eval {out}                 # explained variance, L0, dead latents, CE spliced in\n"
+        f"  python -c \"from jaxsteer import sae; s = sae.load_saelens('{out}/sae')\""
+        "   # use it (sae.Splice, feature_acts)"
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -1,10 +1,10 @@
 """`jaxsteer steer extract | apply | eval | export | import`: steering vectors from the command line.
 
-    jaxsteer steer extract --task sentiment --method pca --out pca.npy
-    jaxsteer steer apply --vectors pca.npy --layer 8 --scale 4 --select generated --prompt "Describe your morning."
-    jaxsteer steer eval --task sentiment --methods mean_difference,pca,probe --layers 6,10,14 --scales 2,4,8 --out sweep/
-    jaxsteer steer export --vectors pca.npy --layers 8 --out pca.gguf        # llama.cpp --control-vector
-    jaxsteer steer import repeng.gguf --out repeng.npy
+jaxsteer steer extract --task sentiment --method pca --out pca.npy
+jaxsteer steer apply --vectors pca.npy --layer 8 --scale 4 --select generated --prompt "Describe your morning."
+jaxsteer steer eval --task sentiment --methods mean_difference,pca,probe --layers 6,10,14 --scales 2,4,8 --out sweep/
+jaxsteer steer export --vectors pca.npy --layers 8 --out pca.gguf        # llama.cpp --control-vector
+jaxsteer steer import repeng.gguf --out repeng.npy
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def add_parsers(sub) -> None:
     ss = p.add_subparsers(dest="steer_command", required=True)
 
     e = ss.add_parser("extract", help="extract [L, d] vectors from a task's contrastive pairs")
-    e.add_argument("--model", default=DEFAULT_MODEL, help="model alias, GGUF file or HF directory (default: %(default)s)")
+    e.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model alias, GGUF file or HF directory (default: %(default)s)"
+    )
     e.add_argument("--task", default="sentiment", help="shipped task name (sentiment, arithmetic) or a task JSON")
     e.add_argument("--method", default="mean_difference", help="mean_difference | pca | probe | supervised | sae")
     e.add_argument("--read", type=_read, default="mean", help="last | mean | k (last k tokens)")
@@ -47,37 +49,61 @@ def add_parsers(sub) -> None:
     e.set_defaults(func=cmd_extract)
 
     a = ss.add_parser("apply", help="generate with a steering vector and controls, next to the unsteered model")
-    a.add_argument("--model", default=DEFAULT_MODEL, help="model alias, GGUF file or HF directory (default: %(default)s)")
+    a.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model alias, GGUF file or HF directory (default: %(default)s)"
+    )
     a.add_argument("--vectors", required=True, help=".npy [L, d] (or [d]) or a llama.cpp control vector .gguf")
     a.add_argument("--layer", type=int, action="append", help="layers to steer (default: all non-zero)")
     a.add_argument("--scale", type=float, default=1.0, help="multiplier of the vectors (default 1)")
-    a.add_argument("--select", default="all", choices=("all", "prompt", "generated"),
-                   help="which tokens are steered (default all)")
+    a.add_argument(
+        "--select", default="all", choices=("all", "prompt", "generated"), help="which tokens are steered (default all)"
+    )
     a.add_argument("--first", type=int, help="steer only the first k generated tokens")
     a.add_argument("--prompt", action="append", required=True, help="prompt (repeat for a batch)")
     a.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate per prompt (default 48)")
     a.set_defaults(func=cmd_apply)
 
     v = ss.add_parser("eval", help="sweep layer x scale per method; table, plot and JSON")
-    v.add_argument("--model", default=DEFAULT_MODEL, help="model alias, GGUF file or HF directory (default: %(default)s)")
+    v.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model alias, GGUF file or HF directory (default: %(default)s)"
+    )
     v.add_argument("--task", default="sentiment", help="shipped task name (sentiment, arithmetic) or a task JSON")
-    v.add_argument("--methods", default="mean_difference,pca,probe", help="comma-separated extraction methods (default: %(default)s)")
+    v.add_argument(
+        "--methods",
+        default="mean_difference,pca,probe",
+        help="comma-separated extraction methods (default: %(default)s)",
+    )
     v.add_argument("--layers", type=_ints, default=[10], help="comma-separated layers to sweep (default 10)")
-    v.add_argument("--scales", type=_floats, default=[1, 2, 4, 8], help="comma-separated scales to sweep (default 1,2,4,8)")
-    v.add_argument("--vector", action="append", default=[], metavar="NAME=PATH.npy",
-                   help="a trained [L, d] vector to compare at its own layers (e.g. rl=run/steering_vectors.npy)")
-    v.add_argument("--trained-scales", type=_floats, default=[0.5, 1, 2], help="scales for --vector files (default 0.5,1,2)")
+    v.add_argument(
+        "--scales", type=_floats, default=[1, 2, 4, 8], help="comma-separated scales to sweep (default 1,2,4,8)"
+    )
+    v.add_argument(
+        "--vector",
+        action="append",
+        default=[],
+        metavar="NAME=PATH.npy",
+        help="a trained [L, d] vector to compare at its own layers (e.g. rl=run/steering_vectors.npy)",
+    )
+    v.add_argument(
+        "--trained-scales", type=_floats, default=[0.5, 1, 2], help="scales for --vector files (default 0.5,1,2)"
+    )
     v.add_argument("--read", type=_read, default="mean", help="last | mean | k (last k tokens)")
-    v.add_argument("--supervised-steps", type=int, default=60, help="optimiser steps of the supervised method (default 60)")
+    v.add_argument(
+        "--supervised-steps", type=int, default=60, help="optimiser steps of the supervised method (default 60)"
+    )
     v.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per prompt (default 24)")
-    v.add_argument("--out", default="runs/steer_eval", help="output directory for the table, plot and JSON (default: %(default)s)")
+    v.add_argument(
+        "--out", default="runs/steer_eval", help="output directory for the table, plot and JSON (default: %(default)s)"
+    )
     v.set_defaults(func=cmd_eval)
 
     x = ss.add_parser("export", help="write [L, d] resid_post vectors as a llama.cpp control vector GGUF")
     x.add_argument("--vectors", required=True, help=".npy [L, d] vectors")
     x.add_argument("--layers", type=_ints, help="layers to write (default: every non-zero layer)")
     x.add_argument("--scale", type=float, default=1.0, help="multiplier written into the file (default 1)")
-    x.add_argument("--model-hint", default="llama", help="llama.cpp architecture name stored in the GGUF (default llama)")
+    x.add_argument(
+        "--model-hint", default="llama", help="llama.cpp architecture name stored in the GGUF (default llama)"
+    )
     x.add_argument("--out", required=True, help="output .gguf path")
     x.set_defaults(func=cmd_export)
 
@@ -142,10 +168,11 @@ def cmd_apply(args: argparse.Namespace) -> None:
     if args.select != "all" or args.first:
         steer = OnTokens(steer, select=args.select, first=args.first)
     for label, ivs in (("unsteered", ()), (f"steered (scale {args.scale}, layers {layers or 'all'})", steer)):
-        out = generate(model, args.prompt, tokenizer=tok, max_new_tokens=args.max_new_tokens, greedy=True,
-                       interventions=ivs)
+        out = generate(
+            model, args.prompt, tokenizer=tok, max_new_tokens=args.max_new_tokens, greedy=True, interventions=ivs
+        )
         print(f"== {label}")
-        for p, t in zip(args.prompt, out.texts):
+        for p, t in zip(args.prompt, out.texts, strict=True):
             print(f">>> {p}\n{t}\n")
 
 
@@ -165,9 +192,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise InputError(f"--vector takes NAME=PATH, got {spec!r}")
         vectors[name] = np.asarray(_load_vectors(path, model.config.n_layers), np.float32)
     methods = [m for m in args.methods.split(",") if m]
-    result = sweep(model, tok, task, methods=methods, layers=args.layers, scales=args.scales, vectors=vectors,
-                   trained_scales=args.trained_scales, read=args.read, max_new_tokens=args.max_new_tokens,
-                   options={"supervised": {"steps": args.supervised_steps}})
+    result = sweep(
+        model,
+        tok,
+        task,
+        methods=methods,
+        layers=args.layers,
+        scales=args.scales,
+        vectors=vectors,
+        trained_scales=args.trained_scales,
+        read=args.read,
+        max_new_tokens=args.max_new_tokens,
+        options={"supervised": {"steps": args.supervised_steps}},
+    )
     os.makedirs(args.out, exist_ok=True)
     result.save(os.path.join(args.out, "sweep.json"))
     result.plot(os.path.join(args.out, "sweep.png"))
@@ -182,8 +219,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     """Write vectors as a llama.cpp control vector GGUF."""
     from ..steering.llamacpp import save_control_vector
 
-    path = save_control_vector(args.out, _load_vectors(args.vectors), model_hint=args.model_hint, layers=args.layers,
-                               scale=args.scale)
+    path = save_control_vector(
+        args.out, _load_vectors(args.vectors), model_hint=args.model_hint, layers=args.layers, scale=args.scale
+    )
     print(f"control vector -> {path} (llama-cli -m MODEL.gguf --control-vector {path})")
 
 
@@ -196,7 +234,10 @@ def cmd_import(args: argparse.Namespace) -> None:
     vectors, meta = load_control_vector(args.path, args.n_layers)
     np.save(args.out, vectors)
     layers = [int(l) for l in np.flatnonzero(np.abs(vectors).sum(-1))]
-    print(f"{args.path}: {json.dumps({k: str(v) for k, v in meta.items()})}; layers {layers} -> {args.out} {vectors.shape}")
+    print(
+        f"{args.path}: {json.dumps({k: str(v) for k, v in meta.items()})}; "
+        f"layers {layers} -> {args.out} {vectors.shape}"
+    )
 
 
 __all__ = ["add_parsers", "cmd_extract", "cmd_apply", "cmd_eval", "cmd_export", "cmd_import"]

@@ -19,15 +19,24 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     p.add_argument("--output-dir", help="same as output_dir=DIR")
     p.add_argument("--logit-lens", type=int, default=5, help="top-k tokens per layer of the trained vectors (0 = off)")
-    g = p.add_argument_group("multi-process runs (jax.distributed; or JAXSTEER_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID)")
+    g = p.add_argument_group(
+        "multi-process runs (jax.distributed; or JAXSTEER_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID)"
+    )
     g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
     g.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")
     g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")
-    g.add_argument("--startup-timeout", type=float, metavar="SECONDS",
-                   help="give up (one line, exit 1) when the processes have not all joined by then "
-                        "(default 120; or JAXSTEER_STARTUP_TIMEOUT)")
-    g.add_argument("--distributed", action="store_true",
-                   help="join with JAX's cluster detection (TPU pods, SLURM, Open MPI) instead of explicit values")
+    g.add_argument(
+        "--startup-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up (one line, exit 1) when the processes have not all joined by then "
+        "(default 120; or JAXSTEER_STARTUP_TIMEOUT)",
+    )
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join with JAX's cluster detection (TPU pods, SLURM, Open MPI) instead of explicit values",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="held-out accuracy of a trained run, with and without the trained part")
@@ -48,8 +57,9 @@ def cmd_train(args) -> None:
     from ..train.distributed import initialize
 
     # before any other JAX call
-    initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed,
-               timeout=args.startup_timeout)
+    initialize(
+        args.coordinator, args.num_processes, args.process_id, auto=args.distributed, timeout=args.startup_timeout
+    )
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
@@ -64,8 +74,11 @@ def cmd_train(args) -> None:
     before, after = result.eval_before, result.eval_after
     if before and after and "greedy_acc" in before and "greedy_acc" in after:
         (bl, bh), (al, ah) = before["greedy_ci"], after["greedy_ci"]
-        print(f"held-out greedy accuracy on {after['n']} problems: base {100 * before['greedy_acc']:.1f}% "
-              f"[{100 * bl:.1f}, {100 * bh:.1f}] -> trained {100 * after['greedy_acc']:.1f}% [{100 * al:.1f}, {100 * ah:.1f}]")
+        print(
+            f"held-out greedy accuracy on {after['n']} problems: base {100 * before['greedy_acc']:.1f}% "
+            f"[{100 * bl:.1f}, {100 * bh:.1f}] -> trained {100 * after['greedy_acc']:.1f}% "
+            f"[{100 * al:.1f}, {100 * ah:.1f}]"
+        )
     for name, path in result.files.items():
         print(f"  {name:20s} {path}")
     if "vectors_npy" in result.files and result.tokenizer is not None and args.logit_lens:
@@ -87,9 +100,12 @@ def print_logit_lens(model, tokenizer, vectors: np.ndarray, k: int = 5) -> None:
 
 def next_steps(run_dir: str, *, has_vectors: bool) -> str:
     """The "next:" lines printed after training: evaluate, generate with, inspect the run."""
-    lines = [f"\nnext:\n  jaxsteer eval {run_dir}                        # held-out accuracy with / without the trained part",
-             f"  jaxsteer generate --run {run_dir} --prompt \"What is 17 + 25?\" --greedy   # generate as trained",
-             f"  python -c \"import jaxsteer; run = jaxsteer.load_run('{run_dir}')\"   # the same from Python"]
+    lines = [
+        f"\nnext:\n  jaxsteer eval {run_dir}                        "
+        "# held-out accuracy with / without the trained part",
+        f'  jaxsteer generate --run {run_dir} --prompt "What is 17 + 25?" --greedy   # generate as trained',
+        f"  python -c \"import jaxsteer; run = jaxsteer.load_run('{run_dir}')\"   # the same from Python",
+    ]
     if has_vectors:
         lines.append(f"  jaxsteer lens --vectors {run_dir}/steering_vectors.npy   # logit lens of the vectors")
     return "\n".join(lines)

@@ -18,7 +18,6 @@ from jaxsteer.models.decoder import default_positions, embed, run_layers, unembe
 from jaxsteer.models.generate import kv_cache
 from jaxsteer.models.interventions import Steer
 from jaxsteer.train.config import config_from_dict, load_config
-from jaxsteer.cli.plan import parse_bytes, parse_mesh
 from jaxsteer.train.plan import (DEVICES, abstract_model, activation_bytes, device_bytes, kv_cache_bytes,
                                  model_config, plan)
 from jaxsteer.train.rl.learner import step_spec
@@ -152,15 +151,6 @@ def test_hf_config_from_a_config_json(tmp_path):
     cfg = load_config(os.path.join(ROOT, "experiments", "paper_qwen2.5_math_7b_steering.yaml"),
                       [f"model.hf_config={path}"])
     assert model_config(cfg.model) == model_config(cfg_7b.model)
-
-
-def test_small_parsers():
-    assert parse_bytes("16GiB") == DEVICES["v5e"] and parse_bytes("80GB") == DEVICES["h100"]
-    assert parse_mesh("data=8,fsdp=2") == (8, 2) and parse_mesh("fsdp=4") == (1, 4)
-    with pytest.raises(ValueError):
-        parse_mesh("tensor=2")
-    with pytest.raises(ValueError):
-        parse_bytes("lots")
 
 
 def test_sizes_follow_the_allocators_and_shardings():
