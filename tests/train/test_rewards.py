@@ -1,9 +1,11 @@
-"""Answer extraction, normalisation and rewards on a table of tricky strings; never raising."""
+"""Answer extraction, normalisation and rewards on a table of tricky strings; never raising. DAPO's
+soft overlong penalty by hand at the boundary lengths."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from jaxsteer.train.rewards import (
@@ -17,6 +19,7 @@ from jaxsteer.train.rewards import (
     format_reward,
     get_reward_fn,
     normalize_answer,
+    overlong_penalty,
     parse_arithmetic,
 )
 
@@ -307,3 +310,16 @@ def test_evaluation_reports_both_extraction_modes(tiny_model):
     assert HeldOut.from_config(TrainConfig(), examples, lambda e: [1], None, correctness_reward).settings["modes"] \
         == correctness_reward.extraction_modes
     assert np.isfinite(r["greedy_acc_strict"])
+
+
+# --------------------------------------------------------------------------- overlong penalty (DAPO)
+
+
+def test_overlong_penalty_at_the_boundaries():
+    L_max, L_cache = 20, 4  # punishment starts after 16 tokens, reaches -1 at 20
+    lengths = [0, 15, 16, 17, 18, 19, 20, 21]
+    want = [0, 0, 0, -0.25, -0.5, -0.75, -1.0, -1.0]
+    np.testing.assert_allclose(overlong_penalty(lengths, L_max, L_cache), want)
+    np.testing.assert_array_equal(overlong_penalty(lengths, L_max, 0), np.zeros(8))  # off
+    # The paper's numbers: L_max 20,480, L_cache 4,096.
+    np.testing.assert_allclose(overlong_penalty([16384, 18432, 20480], 20480, 4096), [0, -0.5, -1.0])

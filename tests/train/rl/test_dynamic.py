@@ -1,5 +1,7 @@
-"""DAPO's two data-side parts: dynamic sampling (drop groups whose rewards all agree, refill) and the
-soft overlong punishment, checked by hand at the boundary lengths."""
+"""DAPO's data side (jaxsteer.train.rl.dynamic): dynamic sampling (drop groups whose rewards all
+agree, refill), the soft overlong punishment in `collect`, DAPO's config fields, a run with all four
+DAPO parts, and the shipped DAPO config's mini-batch clipping. The overlong penalty's boundary values
+are tested in tests/train/test_rewards.py, clip-higher's gradient in test_losses.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from tests import ROOT
 from jaxsteer.train.config import SamplingSpec, config_from_dict
 from jaxsteer.train.data import Example
-from jaxsteer.train.rewards import overlong_penalty, token_reward
+from jaxsteer.train.rewards import token_reward
 from jaxsteer.train.rl.dynamic import fill_batch, informative_groups
 from jaxsteer.train.rl.losses import group_advantages
 from jaxsteer.train.rl.rollout import collect
@@ -75,16 +77,6 @@ def test_dynamic_sampling_cap_completes_with_dropped_groups(tiny_model):
     assert np.all(batch.advantages == 0)
 
 
-def test_overlong_penalty_at_the_boundaries():
-    L_max, L_cache = 20, 4  # punishment starts after 16 tokens, reaches -1 at 20
-    lengths = [0, 15, 16, 17, 18, 19, 20, 21]
-    want = [0, 0, 0, -0.25, -0.5, -0.75, -1.0, -1.0]
-    np.testing.assert_allclose(overlong_penalty(lengths, L_max, L_cache), want)
-    np.testing.assert_array_equal(overlong_penalty(lengths, L_max, 0), np.zeros(8))  # off
-    # The paper's numbers: L_max 20,480, L_cache 4,096.
-    np.testing.assert_allclose(overlong_penalty([16384, 18432, 20480], 20480, 4096), [0, -0.5, -1.0])
-
-
 def test_overlong_shaping_in_collect(tiny_model):
     """collect adds the penalty to the rewards (advantages from the shaped rewards) and keeps the task reward."""
     G = 2
@@ -122,31 +114,7 @@ def test_dapo_run_on_the_toy_task(tmp_path):
     assert h["dynamic_short_groups"] == 0 and h["zero_std_fraction"] == 0.0
 
 
-# --------------------------------------------------------------------------- clip-higher and mini-batch updates
-
-
-def test_clip_higher_changes_the_update_only_outside_the_symmetric_range():
-    """Hand-made ratios and advantages: inside [1 - 0.2, 1 + 0.2] symmetric clipping (GRPO's 0.2 / 0.2)
-    and clip-higher (DAPO's 0.2 / 0.28) give the same gradient; at ratio 1.25 with A > 0 the symmetric
-    clip zeroes the token's gradient and clip-higher keeps it (-A rho / N); beyond 1.28 both clip."""
-    from jaxsteer.train.config import LossConfig
-    from jaxsteer.train.rl.losses import policy_loss
-
-    ratios = np.array([1.0, 1.1, 1.25, 1.35, 0.9, 0.75], np.float32)
-    adv = np.array([1.0, 1.0, 1.0, 1.0, -1.0, -1.0], np.float32)
-    old = np.full((6, 1), -2.0, np.float32)
-    logp = old + np.log(ratios)[:, None]
-    mask = np.ones((6, 1), np.float32)
-
-    def grad(cfg):
-        return np.asarray(jax.grad(lambda lp: policy_loss(lp, old, None, adv, mask, cfg)[0])(logp))[:, 0]
-
-    symmetric, higher = grad(LossConfig(clip_eps_low=0.2, clip_eps_high=0.2)), grad(LossConfig(clip_eps_low=0.2, clip_eps_high=0.28))
-    unclipped = -adv * ratios / 6  # token_mean over 6 tokens: d(-rho A)/d logp = -rho A / 6
-    np.testing.assert_allclose(symmetric, [*unclipped[:2], 0.0, 0.0, unclipped[4], 0.0], rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(higher, [*unclipped[:3], 0.0, unclipped[4], 0.0], rtol=1e-6, atol=1e-9)
-    differs = np.flatnonzero(~np.isclose(symmetric, higher))
-    assert differs.tolist() == [2]  # only the token whose ratio sits in (1.2, 1.28]
+# --------------------------------------------------------------------------- mini-batch updates
 
 
 def test_shipped_dapo_config_clips_after_the_first_minibatch(tmp_path):

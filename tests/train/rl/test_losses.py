@@ -1,4 +1,7 @@
-"""Advantages and policy losses against hand-computed values and hand-written gradients."""
+"""Advantages and policy losses against hand-computed values and hand-written gradients; GAE and the
+clipped value loss (PPO) against hand computations; RAPID's estimator (importance-weighted group
+advantages with clipped weights): a hand computation on a tiny batch, unbiasedness on a toy bandit,
+and a run on the toy task."""
 
 from __future__ import annotations
 
@@ -10,13 +13,19 @@ import numpy as np
 import pytest
 
 import jaxsteer
-from jaxsteer.train.config import LossConfig
+from jaxsteer.train.config import LossConfig, config_from_dict
 from jaxsteer.train.rl.losses import (
     aggregate,
     expert_iteration_loss,
+    gae,
     group_advantages,
     k3_kl,
     policy_loss,
+    rapid_advantages,
+    rapid_loss,
+    terminal_rewards,
+    value_loss,
+    whiten,
     zero_std_fraction,
 )
 from jaxsteer.train.rl.scoring import sequence_logprobs
@@ -340,3 +349,177 @@ def test_dr_grpo_per_token_weight_is_constant_across_batches():
 
     short, long = token_weight(8, 5), token_weight(16, 13)  # trimmed widths 8 and 16
     assert short == long == pytest.approx(-1.0 / (2 * 24))
+
+
+# --------------------------------------------------------------------------- clip-higher (DAPO)
+
+
+def test_clip_higher_changes_the_update_only_outside_the_symmetric_range():
+    """Hand-made ratios and advantages: inside [1 - 0.2, 1 + 0.2] symmetric clipping (GRPO's 0.2 / 0.2)
+    and clip-higher (DAPO's 0.2 / 0.28) give the same gradient; at ratio 1.25 with A > 0 the symmetric
+    clip zeroes the token's gradient and clip-higher keeps it (-A rho / N); beyond 1.28 both clip."""
+    ratios = np.array([1.0, 1.1, 1.25, 1.35, 0.9, 0.75], np.float32)
+    adv = np.array([1.0, 1.0, 1.0, 1.0, -1.0, -1.0], np.float32)
+    old = np.full((6, 1), -2.0, np.float32)
+    logp = old + np.log(ratios)[:, None]
+    mask = np.ones((6, 1), np.float32)
+
+    def grad(cfg):
+        return np.asarray(jax.grad(lambda lp: policy_loss(lp, old, None, adv, mask, cfg)[0])(logp))[:, 0]
+
+    symmetric, higher = grad(LossConfig(clip_eps_low=0.2, clip_eps_high=0.2)), grad(LossConfig(clip_eps_low=0.2, clip_eps_high=0.28))
+    unclipped = -adv * ratios / 6  # token_mean over 6 tokens: d(-rho A)/d logp = -rho A / 6
+    np.testing.assert_allclose(symmetric, [*unclipped[:2], 0.0, 0.0, unclipped[4], 0.0], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(higher, [*unclipped[:3], 0.0, unclipped[4], 0.0], rtol=1e-6, atol=1e-9)
+    differs = np.flatnonzero(~np.isclose(symmetric, higher))
+    assert differs.tolist() == [2]  # only the token whose ratio sits in (1.2, 1.28]
+
+
+# --------------------------------------------------------------------------- GAE and the value loss (PPO)
+
+
+def _gae_by_hand(rewards, values, gamma, lam):
+    """The textbook recursion over one episode (lists, plain Python floats)."""
+    n = len(rewards)
+    adv = [0.0] * n
+    nxt = 0.0
+    for t in reversed(range(n)):
+        v_next = values[t + 1] if t + 1 < n else 0.0
+        delta = rewards[t] + gamma * v_next - values[t]
+        nxt = delta + gamma * lam * nxt
+        adv[t] = nxt
+    return adv, [a + v for a, v in zip(adv, values)]
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.9, 0.8), (1.0, 0.0), (0.5, 0.95)])
+def test_gae_equals_a_hand_computation(gamma, lam):
+    values = np.array([[0.5, -0.25, 1.0, 0.0], [0.2, 0.4, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0]], np.float32)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], np.float32)
+    seq_rewards = np.array([1.0, -1.0, 2.0], np.float32)
+    r = terminal_rewards(seq_rewards, mask)
+    np.testing.assert_array_equal(r, [[0, 0, 0, 1], [0, -1, 0, 0], [2, 0, 0, 0]])
+    adv, ret = gae(r, values, mask, gamma, lam)
+    for i, n in enumerate(mask.sum(1).astype(int)):
+        a, g = _gae_by_hand(list(r[i, :n]), list(values[i, :n]), gamma, lam)
+        np.testing.assert_allclose(adv[i, :n], a, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ret[i, :n], g, rtol=1e-6, atol=1e-6)
+        assert np.all(adv[i, n:] == 0) and np.all(ret[i, n:] == 0)
+
+
+def test_gae_one_one_is_monte_carlo():
+    """gamma = lambda = 1: the return of every token is the sequence reward; A = R - V."""
+    values = np.array([[0.3, 0.1, -0.2], [0.7, 0.0, 0.0]], np.float32)
+    mask = np.array([[1, 1, 1], [1, 0, 0]], np.float32)
+    adv, ret = gae(terminal_rewards(np.array([1.0, -1.0]), mask), values, mask, 1.0, 1.0)
+    np.testing.assert_allclose(ret, [[1, 1, 1], [-1, 0, 0]], atol=1e-7)
+    np.testing.assert_allclose(adv, [[0.7, 0.9, 1.2], [-1.7, 0, 0]], atol=1e-6)
+    # known answer with discounting: gamma 0.5, lambda 1, three tokens, reward 1, V = 0 -> 0.25, 0.5, 1
+    _, ret = gae(terminal_rewards(np.array([1.0]), np.ones((1, 3))), np.zeros((1, 3)), np.ones((1, 3)), 0.5, 1.0)
+    np.testing.assert_allclose(ret, [[0.25, 0.5, 1.0]], atol=1e-7)
+
+
+def test_whiten_and_value_loss_known_answers():
+    x = np.array([[1.0, 3.0, 100.0]], np.float32)
+    m = np.array([[1, 1, 0]], np.float32)
+    np.testing.assert_allclose(whiten(x, m), [[-1.0, 1.0, 0.0]], atol=1e-4)
+    v, old, ret = np.array([[0.5, 0.0]]), np.array([[0.0, 0.0]]), np.array([[1.0, -1.0]])
+    ones = np.ones((1, 2))
+    # unclipped: 0.5 * mean((0.5 - 1)^2, (0 + 1)^2) = 0.5 * (0.25 + 1) / 2
+    loss, _ = value_loss(v, old, ret, ones, None)
+    assert float(loss) == pytest.approx(0.3125)
+    # clip 0.2: token 0's clipped value is 0.2, error 0.64 > 0.25 (the max wins); token 1 unchanged
+    loss, metrics = value_loss(v, old, ret, ones, 0.2)
+    assert float(loss) == pytest.approx(0.5 * (0.64 + 1.0) / 2)
+    assert float(metrics["value_clip_fraction"]) == pytest.approx(0.5)
+
+
+def test_per_token_advantages_in_the_policy_loss():
+    """Advantages [B, N] with equal columns give the same loss as the per-sequence [B] ones."""
+    rng = np.random.RandomState(0)
+    logp, old = -rng.rand(3, 4).astype(np.float32), -rng.rand(3, 4).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], np.float32)
+    adv = rng.randn(3).astype(np.float32)
+    cfg = LossConfig(clip_eps_low=0.2)
+    a, _ = policy_loss(logp, old, None, adv, mask, cfg)
+    b, _ = policy_loss(logp, old, None, np.repeat(adv[:, None], 4, 1), mask, cfg)
+    assert float(a) == pytest.approx(float(b), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- RAPID
+
+
+def test_rapid_loss_equals_a_hand_computation():
+    # One group of G=3 completions of 2 tokens; the last token of row 2 is padding.
+    logp = jnp.array([[-1.0, -0.5], [-2.0, -1.0], [-0.2, 0.0]])
+    old = jnp.array([[-1.5, -0.5], [-1.0, -1.0], [-0.2, 0.0]])
+    mask = jnp.array([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    r = jnp.array([1.0, -1.0, 1.0])
+    cap = 1.5
+    # By hand: sequence log-ratios 0.5, -1, 0 -> weights min(e^0.5, 1.5) = 1.5, e^-1, 1.
+    w = np.array([1.5, np.exp(-1.0), 1.0])
+    b = np.array([(w[1] * -1 + w[2] * 1) / 2, (w[0] * 1 + w[2] * 1) / 2, (w[0] * 1 + w[1] * -1) / 2])
+    A = w * (np.array([1.0, -1.0, 1.0]) - b)
+    adv, weights = rapid_advantages(r, jnp.array([0.5, -1.0, 0.0]), 3, cap)
+    np.testing.assert_allclose(weights, w, rtol=1e-6)
+    np.testing.assert_allclose(adv, A, rtol=1e-6)
+    cfg = LossConfig(importance_cap=cap)  # token_mean over the 5 completion tokens
+    grad = jax.grad(lambda lp: rapid_loss(lp, old, None, r, mask, 3, cfg)[0])(logp)
+    np.testing.assert_allclose(grad, -A[:, None] * np.asarray(mask) / 5.0, rtol=1e-5)
+    loss, metrics = rapid_loss(logp, old, None, r, mask, 3, cfg)
+    assert float(metrics["importance_capped_fraction"]) == pytest.approx(1 / 3)
+    assert float(metrics["ratio_max"]) == pytest.approx(np.exp(0.5), rel=1e-6)
+
+
+def test_rapid_is_rloo_on_policy():
+    r = jnp.array([1.0, -1.0, 0.5, 0.0, 2.0, 1.0])
+    adv, _ = rapid_advantages(r, jnp.zeros(6), 3)
+    np.testing.assert_allclose(adv, group_advantages(r, 3, "rloo"), rtol=1e-6)
+    np.testing.assert_allclose(group_advantages(r, 3, "rapid"), group_advantages(r, 3, "rloo"))
+
+
+def test_rapid_is_unbiased_on_a_toy_bandit():
+    """Groups sampled from pi_old; the mean of many estimates `mean_i A_i grad log pi_theta(y_i)`
+    matches the on-policy gradient grad E_{pi_theta}[r] (within 4 standard errors); clipping the
+    weights hard makes it biased, as it should."""
+    K, G, M = 4, 4, 100_000
+    theta = jnp.array([0.5, -0.3, 0.2, 0.0])
+    theta_old = jnp.array([0.0, 0.1, -0.2, 0.3])
+    reward = jnp.array([1.0, -1.0, 0.5, 2.0])
+    exact = jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * reward))(theta)
+    y = jax.random.categorical(jax.random.PRNGKey(0), theta_old, shape=(M, G))
+    log_ratio = jax.nn.log_softmax(theta)[y] - jax.nn.log_softmax(theta_old)[y]
+
+    def estimates(cap):
+        adv, _ = jax.vmap(lambda lr, yy: rapid_advantages(reward[yy], lr, G, cap))(log_ratio, y)
+        score = jax.nn.one_hot(y, K) - jax.nn.softmax(theta)  # grad_theta log pi_theta(y)
+        return jnp.mean(adv[..., None] * score, axis=1)  # [M, K]: one estimate per group
+
+    est = estimates(None)
+    se = jnp.std(est, axis=0) / np.sqrt(M)
+    assert np.all(np.abs(jnp.mean(est, axis=0) - exact) < 4 * se + 1e-6), (jnp.mean(est, axis=0), exact, se)
+    clipped = jnp.mean(estimates(0.5), axis=0)
+    assert np.max(np.abs(clipped - exact)) > 10 * float(jnp.max(se))
+
+
+def test_rapid_run_on_the_toy_task(tmp_path):
+    import train_toy as T
+    from jaxsteer.train import train
+
+    flags = {**T.LEARN, "algorithm.advantage": "rapid", "algorithm.updates_per_batch": 2,
+             "loss.importance_cap": 2.0, "lr": 0.3}
+    result = train(config_from_dict(T.config_dict(str(tmp_path / "rapid"), **flags)))
+    T.assert_learns(result)  # untrained / lr 1e-12: 0.253
+    h = result.history[-1]
+    assert np.isfinite(h["loss"]) and h["grad_norm"] > 0
+
+
+def test_rapid_config_errors():
+    from jaxsteer.train.config import ConfigError
+    from jaxsteer.train.rl.learner import step_spec
+
+    base = {"algorithm": {"advantage": "rapid", "group_size": 4, "prompts_per_step": 2}}
+    assert step_spec(config_from_dict(base)).rapid_group == 4
+    with pytest.raises(ConfigError, match="rapid"):
+        step_spec(config_from_dict({**base, "loss": {"dash_tau": 0.1}}))
+    with pytest.raises(ConfigError, match="rapid"):
+        step_spec(config_from_dict({"algorithm": {**base["algorithm"], "micro_batches": 4}}))

@@ -1,6 +1,7 @@
-"""PPO with a learned value head: GAE against hand computations, the clipped value loss, the joint
-update for every trainable kind, and a toy run against an lr=0 null run on the same seed (reward
-and value loss), with resume equality."""
+"""PPO with a learned value head (jaxsteer.train.rl.value): config errors, the joint update of
+policy and value head for every trainable kind, and a toy run against an lr=0 null run on the same
+seed (reward and value loss), with resume equality; sharded like one device. GAE and the value loss
+themselves are tested in test_losses.py."""
 
 from __future__ import annotations
 
@@ -18,78 +19,8 @@ from jaxsteer.train import train
 from jaxsteer.train.build import build_model
 from jaxsteer.train.config import ConfigError, config_from_dict
 from jaxsteer.train.rl.learner import setup_training
-from jaxsteer.train.rl.losses import gae, policy_loss, terminal_rewards, value_loss, whiten
 from jaxsteer.train.rl.step import compile_step
 from jaxsteer.train.sharding import make_mesh
-
-
-def _gae_by_hand(rewards, values, gamma, lam):
-    """The textbook recursion over one episode (lists, plain Python floats)."""
-    n = len(rewards)
-    adv = [0.0] * n
-    nxt = 0.0
-    for t in reversed(range(n)):
-        v_next = values[t + 1] if t + 1 < n else 0.0
-        delta = rewards[t] + gamma * v_next - values[t]
-        nxt = delta + gamma * lam * nxt
-        adv[t] = nxt
-    return adv, [a + v for a, v in zip(adv, values)]
-
-
-@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.9, 0.8), (1.0, 0.0), (0.5, 0.95)])
-def test_gae_equals_a_hand_computation(gamma, lam):
-    values = np.array([[0.5, -0.25, 1.0, 0.0], [0.2, 0.4, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0]], np.float32)
-    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], np.float32)
-    seq_rewards = np.array([1.0, -1.0, 2.0], np.float32)
-    r = terminal_rewards(seq_rewards, mask)
-    np.testing.assert_array_equal(r, [[0, 0, 0, 1], [0, -1, 0, 0], [2, 0, 0, 0]])
-    adv, ret = gae(r, values, mask, gamma, lam)
-    for i, n in enumerate(mask.sum(1).astype(int)):
-        a, g = _gae_by_hand(list(r[i, :n]), list(values[i, :n]), gamma, lam)
-        np.testing.assert_allclose(adv[i, :n], a, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(ret[i, :n], g, rtol=1e-6, atol=1e-6)
-        assert np.all(adv[i, n:] == 0) and np.all(ret[i, n:] == 0)
-
-
-def test_gae_one_one_is_monte_carlo():
-    """gamma = lambda = 1: the return of every token is the sequence reward; A = R - V."""
-    values = np.array([[0.3, 0.1, -0.2], [0.7, 0.0, 0.0]], np.float32)
-    mask = np.array([[1, 1, 1], [1, 0, 0]], np.float32)
-    adv, ret = gae(terminal_rewards(np.array([1.0, -1.0]), mask), values, mask, 1.0, 1.0)
-    np.testing.assert_allclose(ret, [[1, 1, 1], [-1, 0, 0]], atol=1e-7)
-    np.testing.assert_allclose(adv, [[0.7, 0.9, 1.2], [-1.7, 0, 0]], atol=1e-6)
-    # known answer with discounting: gamma 0.5, lambda 1, three tokens, reward 1, V = 0 -> 0.25, 0.5, 1
-    _, ret = gae(terminal_rewards(np.array([1.0]), np.ones((1, 3))), np.zeros((1, 3)), np.ones((1, 3)), 0.5, 1.0)
-    np.testing.assert_allclose(ret, [[0.25, 0.5, 1.0]], atol=1e-7)
-
-
-def test_whiten_and_value_loss_known_answers():
-    x = np.array([[1.0, 3.0, 100.0]], np.float32)
-    m = np.array([[1, 1, 0]], np.float32)
-    np.testing.assert_allclose(whiten(x, m), [[-1.0, 1.0, 0.0]], atol=1e-4)
-    v, old, ret = np.array([[0.5, 0.0]]), np.array([[0.0, 0.0]]), np.array([[1.0, -1.0]])
-    ones = np.ones((1, 2))
-    # unclipped: 0.5 * mean((0.5 - 1)^2, (0 + 1)^2) = 0.5 * (0.25 + 1) / 2
-    loss, _ = value_loss(v, old, ret, ones, None)
-    assert float(loss) == pytest.approx(0.3125)
-    # clip 0.2: token 0's clipped value is 0.2, error 0.64 > 0.25 (the max wins); token 1 unchanged
-    loss, metrics = value_loss(v, old, ret, ones, 0.2)
-    assert float(loss) == pytest.approx(0.5 * (0.64 + 1.0) / 2)
-    assert float(metrics["value_clip_fraction"]) == pytest.approx(0.5)
-
-
-def test_per_token_advantages_in_the_policy_loss():
-    """Advantages [B, N] with equal columns give the same loss as the per-sequence [B] ones."""
-    rng = np.random.RandomState(0)
-    logp, old = -rng.rand(3, 4).astype(np.float32), -rng.rand(3, 4).astype(np.float32)
-    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], np.float32)
-    adv = rng.randn(3).astype(np.float32)
-    from jaxsteer.train.config import LossConfig
-
-    cfg = LossConfig(clip_eps_low=0.2)
-    a, _ = policy_loss(logp, old, None, adv, mask, cfg)
-    b, _ = policy_loss(logp, old, None, np.repeat(adv[:, None], 4, 1), mask, cfg)
-    assert float(a) == pytest.approx(float(b), rel=1e-6)
 
 
 def test_ppo_config_errors():
