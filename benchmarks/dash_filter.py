@@ -41,8 +41,8 @@ def main(argv=None) -> dict:
     from jaxsteer.train.sharding import make_mesh
 
     cfg = load_config("experiments/smollm2_arithmetic_steering.yaml",
-                      [f"trainable.kind={args.kind}", "algorithm.micro_batches=4", "loss.dash_tau=0.1", "lr=1e-4",
-                       f"algorithm.prompts_per_step={args.rows // 8}"])
+                      [f"trainable.kind={args.kind}", "optimizer.micro_batches=4", "rl.loss.dash_tau=0.1", "optimizer.lr=1e-4",
+                       f"prompts_per_step={args.rows // 8}"])
     model, _ = build_model(cfg.model)
     mesh = make_mesh(devices=jax.devices()[:1])
     setup = setup_training(cfg, model, mesh)

@@ -44,11 +44,17 @@ def first_token_reward(prompt_ids, completion_ids, reference) -> float:
 
 
 def config_dict(output_dir: str, **overrides) -> dict:
-    """A small complete run config (as plain data) for the toy task."""
-    cfg = {
+    """A small complete run config (as plain data) for the toy task; `overrides` are dotted keys
+    (renamed ones are moved to their new names, as `jaxsteer.config` does)."""
+    from jaxsteer.config import renamed_key
+    from jaxsteer.train.config import ES_ALGORITHMS, RL_ALGORITHMS, TrainConfig
+
+    overrides = {renamed_key(TrainConfig, k) or k: v for k, v in overrides.items()}
+    algorithm = overrides.get("algorithm", "grpo")
+    cfg: dict = {
         "model": {"spec": "random", "random": dict(RANDOM_MODEL), "random_seed": 0},
         "trainable": {"kind": "steering"},
-        "algorithm": {"prompts_per_step": 4},
+        "prompts_per_step": 4,
         "sampling": {"max_new_tokens": 4, "bucket": 8},
         "data": {"train": "py:train_toy:examples", "eval": "py:train_toy:eval_examples",
                  "reward": "train_toy:first_token_reward"},
@@ -60,15 +66,16 @@ def config_dict(output_dir: str, **overrides) -> dict:
         "plot": False,
         "tensorboard": False,
     }
-    if overrides.get("algorithm.name", "grpo") not in ("es", "eggroll", "essa"):  # RL-only fields
-        cfg["algorithm"].update(group_size=4, micro_batches=2)
-        cfg["lr"] = 0.05
+    if algorithm in RL_ALGORITHMS:
+        cfg["rl"] = {"group_size": 4}
+    if algorithm not in ES_ALGORITHMS:  # the gradient learners' settings
+        cfg["optimizer"] = {"lr": 0.05, "micro_batches": 2}
     for k, v in overrides.items():
-        if "." in k:
-            sec, f = k.split(".", 1)
-            cfg.setdefault(sec, {})[f] = v
-        else:
-            cfg[k] = v
+        *parents, last = k.split(".")
+        node = cfg
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
     return cfg
 
 
@@ -87,7 +94,7 @@ def good_probability(model, trainable=None, trainable_cfg=None, examples=None) -
 
 # The learning tests' setting: a bigger initial spread (random_scale) so the policy is not uniform,
 # 8 prompts x 4 samples per step, 2 new tokens, 6 steps.
-LEARN = {"model.random_scale": 0.2, "algorithm.prompts_per_step": 8, "sampling.max_new_tokens": 2, "steps": 6,
+LEARN = {"model.random_scale": 0.2, "prompts_per_step": 8, "sampling.max_new_tokens": 2, "steps": 6,
          "checkpoint.every": 0}
 # The untrained policy puts 0.253 of its first-token mass on GOOD (eval prompts, seed 0); so does a
 # run at lr = 1e-12, which never moves. Trained runs of every RL kind and algorithm reach 0.63-0.74

@@ -21,7 +21,7 @@ LAYER = 28
 # At the demo's lr (1e-2) a lone vector at layer 28 stays near norm 1 and inert after 12-20 steps
 # (16.3% -> 17.5%, every head-swap condition equal, a first run of this part): a single 576-number
 # vector needs larger steps than 30 of them trained together, so this one uses lr 5e-2.
-VECTOR_OVERRIDES = [f"trainable.layers=[{LAYER}]", "lr=0.05", "steps=20", "eval.n=100", "eval.before=false",
+VECTOR_OVERRIDES = [f"trainable.layers=[{LAYER}]", "optimizer.lr=0.05", "steps=20", "eval.n=100", "eval.before=false",
                     "checkpoint.every=0"]
 N_PROBLEMS = 80  # 30 run-batches of 80 rows: ~10 CPU-minutes here
 

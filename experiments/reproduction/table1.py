@@ -16,7 +16,7 @@ import common
 TITLE = "Table 1 at small scale: steering vectors vs LoRA vs full fine-tuning vs ES / ESSA"
 
 NO_BEFORE = ["eval.before=false"]  # the base model is evaluated once, in the steering run
-ES_BUDGET = ["algorithm.prompts_per_step=4", "steps=10"]  # 10 x 16 members x 4 prompts = 640 rollouts
+ES_BUDGET = ["prompts_per_step=4", "steps=10"]  # 10 x 16 members x 4 prompts = 640 rollouts
 LAST_LAYER = 29
 
 # (row key, label, run name, config, overrides); the SFT run must precede ESSA (its warm start).
@@ -67,7 +67,7 @@ def run(ctx: common.Context) -> dict:
     """Train (or reuse) every row's run and collect the held-out accuracies."""
     rows, runs = [], {}
     for key, label, name, config, overrides in ROWS:
-        extra = [f"es.warm_start={ctx.runs_dir / 'table1_sft_lora'}"] if key == "essa" else []
+        extra = [f"model.init_from={ctx.runs_dir / 'table1_sft_lora'}"] if key == "essa" else []
         s = ctx.train_or_load(name, config, [*overrides, *extra])
         runs[key] = {"name": name, "config": config, "overrides": [*overrides, *extra], "missing": s is None}
         if s is None:  # --collect-only and the run did not finish

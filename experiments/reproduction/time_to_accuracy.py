@@ -25,13 +25,13 @@ STEPS = 12  # 384 completions (RAPID: 3 batches of 128); the 20-step demo run re
 EVAL = ["eval.n=64", "eval.batch_size=64", "eval.every=2", "checkpoint.every=0", f"steps={STEPS}"]
 STEER = common.STEERING_CONFIG
 ALGOS = [  # (label, config, overrides); the papers' efficiency claims (DASH, RAPID) first
-    ("GRPO", STEER, ["algorithm.advantage=grpo"]),
-    ("DASH", STEER, ["algorithm.advantage=grpo", "algorithm.dash=true", "loss.dash_tau=0.1",
-                     "algorithm.micro_batches=4"]),
-    ("RAPID", STEER, ["algorithm.advantage=rapid", "algorithm.prompts_per_step=16", "algorithm.updates_per_batch=4",
-                      "loss.importance_cap=2.0", f"steps={STEPS // 4}", "eval.every=1"]),
+    ("GRPO", STEER, ["rl.advantage=grpo"]),
+    ("DASH", STEER, ["rl.advantage=grpo", "rl.dash=true", "rl.loss.dash_tau=0.1",
+                     "optimizer.micro_batches=4"]),
+    ("RAPID", STEER, ["rl.advantage=rapid", "prompts_per_step=16", "rl.updates_per_batch=4",
+                      "rl.loss.importance_cap=2.0", f"steps={STEPS // 4}", "eval.every=1"]),
     ("DAPO", common.cfg_path("smollm2_arithmetic_dapo.yaml"), []),
-    ("Dr. GRPO", STEER, ["algorithm.advantage=mean", "loss.aggregation=seq_sum_norm"]),
+    ("Dr. GRPO", STEER, ["rl.advantage=mean", "rl.loss.aggregation=seq_sum_norm"]),
 ]
 PAPER_SAVING = {"DASH": "83% less training time than GRPO at equal accuracy (arXiv 2505.17218)",
                 "RAPID": "11-34% less runtime than on-policy training (arXiv 2510.03515)"}
@@ -78,7 +78,7 @@ def step_costs(summary: dict, records: list[dict]) -> dict:
 
 
 def updates_per_batch(ctx: common.Context, name: str) -> int:
-    """algorithm.updates_per_batch of a finished run (its effective config.yaml)."""
+    """rl.updates_per_batch of a finished run (its effective config.yaml)."""
     import yaml
 
     cfg = yaml.safe_load((ctx.runs_dir / name / "config.yaml").read_text()) or {}

@@ -52,12 +52,11 @@ def format_plan(p: MemoryPlan, device: str | None = None) -> str:
     from ..train.plan import fmt_bytes
 
     c, cfg = p.model, p.config
-    a = cfg.algorithm
     what = (
-        f"{a.name} ({cfg.es.space_for(a.name)} space), population {cfg.es.population}"
+        f"{cfg.algorithm} ({cfg.es.space_for(cfg.algorithm)} space), population {cfg.es.population}"
         if cfg.is_es
-        else f"{a.name}, trainable {cfg.trainable.kind}, {a.prompts_per_step} prompts x {a.group_size} = "
-        f"{cfg.rollouts_per_step} rollouts per step, micro_batches {a.micro_batches}"
+        else f"{cfg.algorithm}, trainable {cfg.trainable.kind}, {cfg.prompts_per_step} prompts x {cfg.group_size} = "
+        f"{cfg.rollouts_per_step} rollouts per step, micro_batches {cfg.optimizer.micro_batches}"
     )
     cap = "" if p.capacity is None else f"; {fmt_bytes(p.capacity)} per device" + (f" ({device})" if device else "")
     dtype = p.dtype + (" (model.dtype=auto)" if cfg.model.dtype == "auto" else "")
@@ -75,7 +74,7 @@ def format_plan(p: MemoryPlan, device: str | None = None) -> str:
         verdict = "" if p.capacity is None else ("  fits" if v <= p.capacity else "  does NOT fit")
         lines.append(f"  {k:<50}{fmt_bytes(v):>12}{verdict}")
     if p.largest:
-        per_update = cfg.rollouts_per_step // a.updates_per_batch
+        per_update = cfg.rollouts_per_step // cfg.rl.updates_per_batch
         shards = p.data * p.fsdp
         lines.append("largest update micro-batch that fits (rows per device):")
         for k, rows in p.largest.items():

@@ -12,7 +12,7 @@ def add_parsers(sub) -> None:
     ss = p.add_subparsers(dest="sae_command", required=True)
     t = ss.add_parser("train", help="train (or resume) an SAE on activations computed on the fly")
     t.add_argument("config", help="YAML config (see experiments/sae_*.yaml)")
-    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. steps=100")
     t.add_argument(
         "--set",
         action="append",
@@ -45,12 +45,12 @@ def cmd_train(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     cfg = load_run_config(args.config, list(args.overrides) + list(args.set))
-    RunLock(cfg.out_dir).check_free()  # a busy run directory is refused before the model loads
+    RunLock(cfg.output_dir).check_free()  # a busy run directory is refused before the model loads
     model, tok = load_model(cfg)
     out = train_sae(
         cfg, model=model, tokenizer=tok, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress
     )
-    if not args.no_eval and (args.stop_after is None or args.stop_after >= cfg.train.steps):
+    if not args.no_eval and (args.stop_after is None or args.stop_after >= cfg.steps):
         eval_run(out, model=model, tokenizer=tok)
     print(
         f"\nnext:\n  jaxsteer sae eval {out}                 # explained variance, L0, dead latents, CE spliced in\n"

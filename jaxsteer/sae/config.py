@@ -1,151 +1,190 @@
-"""`jaxsteer sae train CONFIG.yaml`: the run configuration (strict: unknown keys are errors).
+"""`jaxsteer sae train CONFIG.yaml`: the SAE training run's configuration (`jaxsteer.config`'s
+loader, the training runs' vocabulary: `model.spec/dtype`, `output_dir`, `steps`,
+`checkpoint.every/keep`, `optimizer.lr`, `eval.*`; unknown keys are errors).
 
-    model: smollm2-135m-instruct     # any jaxsteer.load spec
+    model: {spec: smollm2-135m-instruct, dtype: float32}   # any jaxsteer.load spec, or "random"
     site: resid_post
     layer: 15
     text: py:jaxsteer.sae.corpora:general_text   # file, directory, hf:NAME[:SPLIT], py:module:fn
     context: 128
-    out_dir: runs/sae_topk
+    output_dir: runs/sae_topk
+    steps: 2000
     sae: {kind: topk, expansion: 16, k: 32}      # or d_sae; kron_heads/kron_m/kron_n; matryoshka_widths; dtype
-    train: {batch_size: 4096, steps: 2000, lr: 2e-4, k_aux: 288, dead_tokens: 1000000}
+    optimizer: {lr: 2e-4, warmup_steps: 0, decay_start: 0.8}
+    train: {batch_size: 4096, k_aux: 288, dead_tokens: 1000000}
     buffer: {contexts_per_forward: 8, buffer_batches: 16}
+    checkpoint: {every: 500, keep: 2}
     eval: {contexts: 64}
+
+Keys of the first release (`out_dir`, `save_every`, `keep`, `model: NAME`, `model_dtype`,
+`train.steps`, `train.lr`, ...) still load, with a one-line deprecation warning naming the new key
+(`SAERunConfig.RENAMED`); run directories written with them keep loading and resuming.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import typing
-from typing import Any, Sequence
+from typing import ClassVar, Sequence
 
-import yaml
+from .. import config as _config_lib
+from ..config import ConfigError, config_to_dict, save_config
+from ..train.config import CheckpointSpec, ModelSpec
 
-from ..train.config import ConfigError, read_config_file
+SAE_LEARNER = "sae"  # the `learners` name of SAE training (`jaxsteer.config.unused_fields`)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SAESpec:
+    """The `sae` section: the architecture trained.
+
+    Attributes:
+        kind: "topk" | "jumprelu" | "matryoshka" | "htopk" | "kron" (see `jaxsteer.sae.arch`).
+        d_sae: latents (0: `expansion * d_model`). k: active latents (TopK kinds).
+        kron_heads / kron_m / kron_n: KronSAE's factorisation. matryoshka_widths: nested prefix sizes.
+        dtype: the SAE parameters' dtype.
+    """
+
     kind: str = "topk"
-    d_sae: int = 0  # 0: expansion * d_model
+    d_sae: int = 0
     expansion: int = 16
     k: int = 32
     kron_heads: int = 0
     kron_m: int = 0
     kron_n: int = 0
-    matryoshka_widths: list = dataclasses.field(default_factory=list)  # kind matryoshka: nested prefix sizes
+    matryoshka_widths: tuple[int, ...] = ()
     dtype: str = "float32"
 
 
-@dataclasses.dataclass
-class TrainSpec:
-    batch_size: int = 4096
-    steps: int = 1000
+@dataclasses.dataclass(frozen=True)
+class SAEOptimizerSpec:
+    """The `optimizer` section of SAE training: Adam at `lr`, linear warmup over `warmup_steps`,
+    linear decay to 0 over the last `1 - decay_start` of the steps, global-norm clip `grad_clip`
+    (0 = off)."""
+
     lr: float = 2e-4
     warmup_steps: int = 0
     decay_start: float = 0.8
     grad_clip: float = 0.0
-    k_aux: int = 0  # 0: d_model // 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """The `train` section: the SAE objective and batches.
+
+    Attributes:
+        batch_size: activations per step. k_aux / aux_coef / dead_tokens: the TopK auxiliary loss on
+        dead latents (k_aux 0: d_model // 2; a latent is dead after `dead_tokens` tokens unused).
+        threshold_lr: JumpReLU threshold rate. htopk_levels: HierarchicalTopK's k levels.
+        b_dec_init: "geometric_median" | "mean" | "zeros". l0_coef / l0_warmup_steps: JumpReLU's L0
+        penalty (FVU units per active latent) and its ramp. jumprelu_bandwidth /
+        jumprelu_init_threshold: in units of the batch's RMS activation (Gemma Scope).
+    """
+
+    batch_size: int = 4096
+    k_aux: int = 0
     aux_coef: float = 1.0 / 32
     dead_tokens: int = 1_000_000
     threshold_lr: float = 0.01
-    htopk_levels: list = dataclasses.field(default_factory=list)
+    htopk_levels: tuple[int, ...] = ()
     b_dec_init: str = "geometric_median"
-    l0_coef: float = 0.0  # jumprelu: L0 penalty weight (FVU units per active latent)
+    l0_coef: float = 0.0
     l0_warmup_steps: int = 0
-    jumprelu_bandwidth: float = 0.001  # in units of the batch's RMS activation (Gemma Scope)
-    jumprelu_init_threshold: float = 0.001  # likewise
+    jumprelu_bandwidth: float = 0.001
+    jumprelu_init_threshold: float = 0.001
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class BufferSpec:
+    """The `buffer` section: the activation stream (contexts per model forward, batches shuffled
+    together, leading positions skipped) or an `.npy` activation `cache` to train from."""
+
     contexts_per_forward: int = 8
     buffer_batches: int = 16
     skip_first: int = 1
-    cache: str = ""  # an .npy activation cache to train from instead of the model
+    cache: str = ""
 
 
-@dataclasses.dataclass
-class EvalSpec:
+@dataclasses.dataclass(frozen=True)
+class SAEEvalSpec:
+    """The `eval` section: `contexts` windows evaluated, the held-out `fraction` of the packed
+    windows, another `text` to evaluate on (default: the held-out windows), `every` N steps during
+    training (0: only at the end)."""
+
     contexts: int = 64
-    fraction: float = 0.05  # of the packed windows held out from training for evaluation
-    text: str = ""  # evaluate on another text (default: the held-out windows)
-    every: int = 0  # also evaluate during training every N steps (0: only at the end)
+    fraction: float = 0.05
+    text: str = ""
+    every: int = 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SAERunConfig:
-    model: str = "smollm2-135m-instruct"
-    model_dtype: str = "float32"
+    """An SAE training run.
+
+    Attributes:
+        model: the model whose activations are encoded (`ModelSpec`; float32 by default).
+        site / layer: where (`jaxsteer.sae.splice` sites). text: the corpus spec; context: window length.
+        output_dir / steps / seed / log_every: as for every run. base_sae: a residual SAE's frozen
+        base (a run or SAELens directory). shard_latents: split the latent axis over this many
+        devices (0: all). sae / optimizer / train / buffer / checkpoint / eval: the sections.
+    """
+
+    model: ModelSpec = ModelSpec(dtype="float32")
     site: str = "resid_post"
     layer: int = 15
     text: str = "py:jaxsteer.sae.corpora:general_text"
     context: int = 128
-    out_dir: str = "runs/sae"
+    output_dir: str = "runs/sae"
+    steps: int = 1000
     seed: int = 0
-    base_sae: str = ""  # residual SAE: a run directory or SAELens directory of the frozen base
-    shard_latents: int = 1  # split the latent axis over this many devices (0: all of them)
-    save_every: int = 500
-    keep: int = 2
+    base_sae: str = ""
+    shard_latents: int = 1
     log_every: int = 10
-    sae: SAESpec = dataclasses.field(default_factory=SAESpec)
-    train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
-    buffer: BufferSpec = dataclasses.field(default_factory=BufferSpec)
-    eval: EvalSpec = dataclasses.field(default_factory=EvalSpec)
+    sae: SAESpec = SAESpec()
+    optimizer: SAEOptimizerSpec = SAEOptimizerSpec()
+    train: TrainSpec = TrainSpec()
+    buffer: BufferSpec = BufferSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec(every=500, keep=2)
+    eval: SAEEvalSpec = SAEEvalSpec()
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "out_dir": "output_dir", "save_every": "checkpoint.every", "keep": "checkpoint.keep",
+        "model": "model.spec", "model_dtype": "model.dtype", "train.steps": "steps",
+        **{f"train.{k}": f"optimizer.{k}" for k in ("lr", "warmup_steps", "decay_start", "grad_clip")},
+    }
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "output_dir", "log_every", "checkpoint.every",
+                                            "checkpoint.keep", "eval.every")
+
+    @classmethod
+    def migrate(cls, data: dict) -> dict:
+        """`model_dtype: bf16` of the first release is `model.dtype: bfloat16`."""
+        model = data.get("model")
+        if isinstance(model, dict) and model.get("dtype") == "bf16":
+            data = {**data, "model": {**model, "dtype": "bfloat16"}}
+        return data
+
+    def __post_init__(self):
+        unused = _config_lib.unused_fields(self, SAE_LEARNER)
+        if unused:
+            raise ConfigError(f"{', '.join(unused)}: not used by SAE training; remove {'them' if len(unused) > 1 else 'it'}")
+        if self.steps < 1 or self.log_every < 1 or self.checkpoint.keep < 1 or self.checkpoint.every < 0:
+            raise ConfigError("steps, log_every and checkpoint.keep must be >= 1, checkpoint.every >= 0")
 
 
-def _build(cls, data: dict, prefix: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; known: {sorted(names)}")
-    kwargs = {}
-    for k, v in data.items():
-        tp = hints[k]
-        if dataclasses.is_dataclass(tp):
-            kwargs[k] = _build(tp, v or {}, f"{prefix}{k}.")
-        elif tp is float and isinstance(v, (int, float, str)):
-            kwargs[k] = float(v)
-        elif tp is int and isinstance(v, (int, float)) and float(v).is_integer():
-            kwargs[k] = int(v)
-        elif tp is list and isinstance(v, (list, tuple)):
-            kwargs[k] = list(v)
-        elif isinstance(v, tp):
-            kwargs[k] = v
-        else:
-            raise ConfigError(f"config key {prefix}{k}: expected {tp.__name__}, got {v!r}")
-    return cls(**kwargs)
-
-
-def _set(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        data = data.setdefault(k, {})
-    data[keys[-1]] = value
-
-
-def load_run_config(path: str | None, overrides: Sequence[str] = ()) -> SAERunConfig:
-    """Read a YAML config and apply `key.sub=value` overrides (values parsed as YAML)."""
-    data = read_config_file(path) if path else {}
-    for ov in overrides:
-        key, sep, value = ov.partition("=")
-        if not sep:
-            raise ConfigError(f"override {ov!r} must look like key.sub=value")
-        _set(data, key.strip(), yaml.safe_load(value))
-    return _build(SAERunConfig, data, "")
+def load_run_config(path: str | None, overrides: Sequence[str] = (), *, warn: bool = True) -> SAERunConfig:
+    """Read a YAML SAE run config (None = all defaults) and apply dotted `key=value` overrides.
+    warn=False: renamed keys move silently (a run directory's saved config)."""
+    return _config_lib.load_config(SAERunConfig, path, overrides, warn=warn)
 
 
 def config_dict(cfg: SAERunConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """The effective config as plain data."""
+    return config_to_dict(cfg)
 
 
 def save_run_config(cfg: SAERunConfig, path: str) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(config_dict(cfg), f, sort_keys=False)
+    """Write the config as YAML (`config.yaml` of the run directory)."""
+    save_config(cfg, path)
 
 
-__all__ = ["SAESpec", "TrainSpec", "BufferSpec", "EvalSpec", "SAERunConfig", "load_run_config", "config_dict",
-           "save_run_config"]
+__all__ = ["SAESpec", "SAEOptimizerSpec", "TrainSpec", "BufferSpec", "SAEEvalSpec", "SAERunConfig",
+           "load_run_config", "config_dict", "save_run_config"]

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..train.checkpoint import decode_data_state, encode_data_state, model_identity
+from ..train.build import build_model
 from ..train.run import Run
 from .activations import ActivationStream, CachedActivations, cache_activations, pack_tokens, read_texts
 from .arch import SAE, SAEConfig, init_sae, reconstruct
@@ -39,23 +40,21 @@ def sae_config(cfg: SAERunConfig, d_model: int) -> SAEConfig:
     return SAEConfig(kind=s.kind, d_in=d_model, d_sae=s.d_sae or s.expansion * d_model, k=s.k,
                      kron_heads=s.kron_heads, kron_m=s.kron_m, kron_n=s.kron_n, dtype=s.dtype,
                      matryoshka_widths=tuple(int(w) for w in s.matryoshka_widths),
-                     decoder_bias=not cfg.base_sae, site=cfg.site, layer=cfg.layer, model=cfg.model)
+                     decoder_bias=not cfg.base_sae, site=cfg.site, layer=cfg.layer, model=cfg.model.spec)
 
 
 def step_config(cfg: SAERunConfig, d_model: int) -> StepConfig:
-    t = cfg.train
-    return StepConfig(lr=t.lr, warmup_steps=t.warmup_steps, decay_start=t.decay_start, total_steps=t.steps,
-                      grad_clip=t.grad_clip, k_aux=t.k_aux or d_model // 2, aux_coef=t.aux_coef,
+    t, o = cfg.train, cfg.optimizer
+    return StepConfig(lr=o.lr, warmup_steps=o.warmup_steps, decay_start=o.decay_start, total_steps=cfg.steps,
+                      grad_clip=o.grad_clip, k_aux=t.k_aux or d_model // 2, aux_coef=t.aux_coef,
                       dead_batches=max(1, t.dead_tokens // t.batch_size), threshold_lr=t.threshold_lr,
                       htopk_levels=tuple(int(j) for j in t.htopk_levels), l0_coef=t.l0_coef,
                       l0_warmup_steps=t.l0_warmup_steps, jumprelu_bandwidth=t.jumprelu_bandwidth)
 
 
 def load_model(cfg: SAERunConfig):
-    from ..models.loading import load
-
-    dtype = jnp.bfloat16 if cfg.model_dtype in ("bfloat16", "bf16") else jnp.float32
-    return load(cfg.model, dtype=dtype)
+    """`(model, tokenizer)` of the run's `model` section (`train.build.build_model`)."""
+    return build_model(cfg.model)
 
 
 def token_windows(cfg: SAERunConfig, tokenizer, text: str | None = None) -> np.ndarray:
@@ -111,7 +110,7 @@ def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = F
     """Train the run described by `cfg` (or, with `resume`, continue it from its latest
     checkpoint) on the shared `jaxsteer.train.run.Run` (lock, config.yaml, checkpoints, metrics,
     progress bar, summary.json). Returns the run directory."""
-    run = Run(cfg.out_dir, config=config_dict(cfg), resume=resume, keep=cfg.keep, progress=progress, plot=False)
+    run = Run(cfg.output_dir, config=cfg, resume=resume, keep=cfg.checkpoint.keep, progress=progress, plot=False)
     try:
         if model is None:
             model, tokenizer = load_model(cfg)
@@ -121,7 +120,7 @@ def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = F
         base = load_sae(cfg.base_sae) if cfg.base_sae else None
         tx = make_optimizer(scfg)
         stream = _stream(cfg, model, train_w, run.say)
-        identity = model_identity(model, cfg.model)
+        identity = model_identity(model, cfg.model.spec)
         trainable = json.loads(json.dumps({"sae": sae_cfg.to_dict(), "step": dataclasses.asdict(scfg)}))
         template = init_state(init_sae(sae_cfg, jax.random.PRNGKey(cfg.seed)), tx)
         state, meta = run.restore(template, identity=identity, trainable_config=trainable)
@@ -135,14 +134,14 @@ def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = F
     except BaseException:
         run.close()
         raise
-    if int(state["step"]) < cfg.train.steps:
+    if int(state["step"]) < cfg.steps:
         run.close()
-        return cfg.out_dir
-    path = save_saelens(SAE(jax.device_get(state["sae"]), sae_cfg), os.path.join(cfg.out_dir, "sae"),
+        return cfg.output_dir
+    path = save_saelens(SAE(jax.device_get(state["sae"]), sae_cfg), os.path.join(cfg.output_dir, "sae"),
                         context_size=cfg.context)
     run.files["sae"] = path
     run.finish({"steps": int(state["step"]), "sae": sae_cfg.to_dict()})
-    return cfg.out_dir
+    return cfg.output_dir
 
 
 def latent_mesh(n_devices: int, d_sae: int) -> jax.sharding.Mesh:
@@ -165,9 +164,9 @@ def place_state(state: dict, cfg: SAERunConfig, d_sae: int) -> dict:
 
 
 def _loop(run, cfg, state, step, stream, meta, stop_after):
-    end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     t0, n0 = time.perf_counter(), run.start_step
-    with run.progress(total=cfg.train.steps, desc="sae") as bar:
+    with run.progress(total=cfg.steps, desc="sae") as bar:
         for i in range(run.start_step, end):
             state, m = step(state, jnp.asarray(next(stream)))
             done = i + 1
@@ -179,14 +178,14 @@ def _loop(run, cfg, state, step, stream, meta, stop_after):
                 bar.set_postfix(ev=f"{m['explained_variance']:.3f}", l0=f"{m['l0']:.1f}",
                                 dead=f"{m['dead_fraction']:.3f}", act_s=f"{m['activations_per_s']:.0f}")
             bar.update(1)
-            if run.due(done, cfg.save_every, end):
+            if run.due(done, cfg.checkpoint.every, end):
                 run.save(done, state, dict(meta, data=encode_data_state(stream.get_state()), config=config_dict(cfg)))
     return state
 
 
 def eval_run(run_dir: str, *, contexts: int | None = None, model=None, tokenizer=None, say: Callable = print) -> dict:
     """Evaluate a finished run on its held-out windows; writes `eval.json` (+ `ev_by_k.png`)."""
-    cfg = load_run_config(os.path.join(run_dir, "config.yaml"))
+    cfg = load_run_config(os.path.join(run_dir, "config.yaml"), warn=False)
     if model is None:
         model, tokenizer = load_model(cfg)
     if cfg.eval.text:
@@ -208,7 +207,7 @@ def eval_run(run_dir: str, *, contexts: int | None = None, model=None, tokenizer
         json.dump(res, f, indent=1)
     if "ev_by_k" in res:
         plot_ev_by_k({"HierarchicalTopK": res["ev_by_k"]}, os.path.join(run_dir, "ev_by_k.png"),
-                     title=f"{cfg.model} L{cfg.layer} {cfg.site}")
+                     title=f"{cfg.model.spec} L{cfg.layer} {cfg.site}")
     say(json.dumps({k: v for k, v in res.items() if k != "ev_by_k"}, indent=1))
     return res
 

@@ -170,7 +170,7 @@ class LoadedRun:
 
     def __repr__(self) -> str:
         t = self.config.trainable
-        return (f"LoadedRun({self.directory!r}, step={self.step}, {self.config.algorithm.name} on {t.kind}, "
+        return (f"LoadedRun({self.directory!r}, step={self.step}, {self.config.algorithm} on {t.kind}, "
                 f"{len(self.interventions)} intervention(s), prompt_template={self.config.data.prompt_template!r})")
 
 

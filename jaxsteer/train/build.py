@@ -150,10 +150,10 @@ def build_inputs(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any
     source = "train_examples"
     if train_examples is None:  # the data first: a dataset that cannot serve a step fails before the model loads
         train_examples, source = load_examples(cfg.data.train), f"data.train={cfg.data.train!r}"
-    if len(train_examples) < cfg.algorithm.prompts_per_step:
+    if len(train_examples) < cfg.prompts_per_step:
         raise ConfigError(
             f"{source} has {len(train_examples)} example(s), fewer than "
-            f"algorithm.prompts_per_step={cfg.algorithm.prompts_per_step}: every step would repeat the same prompts; "
+            f"algorithm.prompts_per_step={cfg.prompts_per_step}: every step would repeat the same prompts; "
             "lower algorithm.prompts_per_step or use more data")
     e = cfg.eval
     if eval_examples is None and cfg.data.eval and (e.before or e.after or e.every):

@@ -1,35 +1,35 @@
 """Training configuration: a tree of frozen dataclasses, read from YAML plus dotted overrides.
 
-    cfg = load_config("experiments/smollm2_arithmetic_steering.yaml", ["trainable.kind=lora", "lr=1e-4"])
+    cfg = load_config("experiments/smollm2_arithmetic_steering.yaml", ["trainable.kind=lora", "optimizer.lr=1e-4"])
 
-Every key of the YAML file and of an override must name a field (`section.field` for nested
-sections); anything else is a `ConfigError` naming the key. Values are converted to the field's
-type (`"1e-4"` -> float, `"[10, 20]"` -> tuple, `"null"` -> None, `"true"` -> bool).
-`config_to_dict(cfg)` gives the effective config back as plain JSON-able data (saved with every
-checkpoint and printed at the start of a run).
+One section per concern: `model`, `trainable`, `data`, `optimizer` (gradient learners: RL and
+SFT), `rl` (the RL learner: advantages, groups, off-policy updates, `rl.loss`), `es` (evolution
+strategies), `sampling`, `eval`, `checkpoint`, `mesh`; `algorithm` (top level) picks the learner.
+The loading, coercion, overrides, renamed keys and resume diff are `jaxsteer.config`'s, shared by
+every run kind. Which learner reads a section is on its class (`LEARNERS`), or on a field
+(`metadata={"learners": ...}`); a field the run's learner does not read, set away from its default,
+is a `ConfigError` naming it, never silently ignored.
 
-This module holds specs only and knows no learner. Which fields each learner reads is listed in
-`RL_ONLY` and `ES_ONLY`; a field of the other learner set away from its default is a
-`ConfigError` naming it (`unused_fields`), never silently ignored. Everything else is shared.
+Keys renamed since the first release (`TrainConfig.RENAMED`: `algorithm.name` -> `algorithm`,
+`lr` -> `optimizer.lr`, `loss.*` -> `rl.loss.*`, `algorithm.*` -> `rl.*`, `es.warm_start` ->
+`model.init_from`, ...) still load, with a one-line deprecation warning naming the new key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import types
-import typing
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
-import yaml
-
-from ..errors import JaxsteerError
+from .. import config as _config_lib
+from ..config import ConfigDeprecationWarning, ConfigError, config_to_dict, read_config_file, save_config
 from ..models.decoder import PROJECTIONS
 from .trainable import TrainableConfig
 
-RL_ALGORITHMS = ("grpo", "ppo", "expert_iteration", "sft")
+RL_ALGORITHMS = ("grpo", "ppo", "expert_iteration")
 ES_ALGORITHMS = ("es", "eggroll", "essa")
+GRADIENT_ALGORITHMS = (*RL_ALGORITHMS, "sft")
+ALGORITHMS = (*GRADIENT_ALGORITHMS, *ES_ALGORITHMS)
 ES_STRATEGIES = ("openai", "cma", "sep_cma")
 ES_SPACES = ("trainable", "full", "eggroll", "essa", "essa_product", "random_subspace")
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_sum_norm")
@@ -40,13 +40,14 @@ REMAT_POLICIES = {"dots": "dots_with_no_batch_dims_saveable",
                   "dots_saveable": "dots_saveable", "nothing_saveable": "nothing_saveable"}
 
 
-class ConfigError(JaxsteerError, ValueError):
-    """A config key or value that cannot be used (the message names it)."""
+def read_by(*learners: str) -> dict:
+    """Field metadata: only these `algorithm`s' learners read the field."""
+    return {"learners": learners}
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Policy-loss settings of the RL learner (static; hashable).
+    """The `rl.loss` section: policy-loss settings of the RL learner (static; hashable).
 
     clip_eps_low / clip_eps_high: PPO ratio clipping `clip(rho, 1 - low, 1 + high)`; None = off
     (the steering paper's on-policy choice). GRPO: 0.2 / 0.2, DAPO: 0.2 / 0.28. Setting only
@@ -61,11 +62,11 @@ class LossConfig:
     (masked out, so they leave every denominator too). 0 = off.
     importance_cap: truncated importance sampling (TIS) for off-policy minibatch updates: the weight
     `pi_theta / pi_old` is cut at this value and used as a constant weight on `grad log pi`, with the
-    group advantages of the sampling policy. None = off. With `algorithm.advantage: rapid` it is
+    group advantages of the sampling policy. None = off. With `rl.advantage: rapid` it is
     instead the clip of RAPID's sequence weights (`rl.losses.rapid_advantages`; None = unclipped).
     importance_level: TIS weight per "token" or per "sequence" (the product of the token ratios,
     `pi_theta(y|x) / pi_old(y|x)`).
-    value_coef / value_clip: PPO only (`algorithm.name: ppo`): the weight of the value-head loss in
+    value_coef / value_clip: PPO only (`algorithm: ppo`): the weight of the value-head loss in
     the joint loss, and its clip range: `0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)`
     per token (None = the unclipped squared error).
     """
@@ -78,8 +79,8 @@ class LossConfig:
     dash_tau: float = 0.0
     importance_cap: float | None = None
     importance_level: str = "token"
-    value_coef: float = 0.5
-    value_clip: float | None = 0.2
+    value_coef: float = dataclasses.field(default=0.5, metadata=read_by("ppo"))
+    value_clip: float | None = dataclasses.field(default=0.2, metadata=read_by("ppo"))
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
@@ -96,11 +97,11 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ESConfig:
-    """The `es:` section of a training config (used when `algorithm.name` is es | eggroll | essa).
+    """The `es:` section of a training config (read when `algorithm` is es | eggroll | essa).
 
     The algorithm picks the defaults: "es" = dense ES over `space` (default the run's `trainable`,
     e.g. steering vectors), "eggroll" = low-rank perturbations of the projection matrices, "essa" =
-    the paper's recipe: the singular values of a trained (SFT) LoRA's adapters, from `warm_start`,
+    the paper's recipe: the singular values of a trained (SFT) LoRA's adapters, from `model.init_from`,
     each factor decomposed separately (2r values per adapted matrix).
     space: "trainable" | "full" | "eggroll" | "essa" | "essa_product" | "random_subspace" (None: from
     the algorithm). "essa_product" = today's product form (the SVD of `scale * a @ b`, r values per
@@ -112,8 +113,9 @@ class ESConfig:
     projections searched (None: the warm start's q/k/v/o adapters for essa, all its adapters for
     essa_product, all seven for eggroll / random_subspace). alpha: the evolving fraction of each SVD's singular values
     (the largest), rounded down as in the ESSA paper (0 evolving values is an error); essa_rank:
-    random_subspace's rank (and the warm-start rank `jaxsteer plan` assumes for essa). warm_start: ESSA's LoRA warm start, the output directory of a LoRA
-    training run (`algorithm.name: sft` in the paper's recipe; its latest checkpoint).
+    random_subspace's rank (and the warm-start rank `jaxsteer plan` assumes for essa). ESSA's LoRA warm
+    start is `model.init_from`: the output directory of a LoRA training run (`algorithm: sft` in the
+    paper's recipe; its latest checkpoint).
     member_batch: members evaluated at once (0 = all). greedy: greedy evaluation (else sampled with
     the run's sampling settings, one key shared by all members).
     """
@@ -131,9 +133,10 @@ class ESConfig:
     targets: tuple[str, ...] | None = None
     alpha: float = 1.0
     essa_rank: int = 8
-    warm_start: str | None = None
     member_batch: int = 0
     greedy: bool = True
+
+    LEARNERS: ClassVar[tuple[str, ...]] = ES_ALGORITHMS
 
     def __post_init__(self):
         if self.space not in (None, *ES_SPACES):
@@ -189,17 +192,18 @@ class ModelSpec:
     init_from: the output directory of a trained gradient run (RL or SFT) on the same base model:
     a gradient run's trainable starts from that run's latest checkpoint (e.g. RL LoRA started from
     an SFT LoRA) instead of its zero-effect init; the trainable sections must agree (kind, rank,
-    targets, layers). The optimizer starts fresh; the reference policy stays the base model.
+    targets, layers). The optimizer starts fresh; the reference policy stays the base model. For
+    ESSA (es.space essa | essa_product) it is the LoRA run whose singular values evolve.
     """
 
     spec: str = "smollm2-135m-instruct"
     dtype: str = "auto"
-    remat: bool | str = False
+    remat: bool | str = dataclasses.field(default=False, metadata=read_by(*GRADIENT_ALGORITHMS))
     random: dict | None = None
     random_seed: int = 0
     random_scale: float = 0.02  # std of the random weights
     hf_config: dict | str | None = None  # a HF config mapping or config.json path, read by `jaxsteer plan`; training ignores it
-    init_from: str | None = None  # a trained gradient run's directory: the trainable starts from its latest checkpoint
+    init_from: str | None = dataclasses.field(default=None, metadata=read_by(*ALGORITHMS))  # a trained run's directory
 
     def __post_init__(self):
         if self.dtype not in MODEL_DTYPES:
@@ -225,20 +229,51 @@ def resolve_dtype(name: str, backend: str | None = None) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class AlgorithmConfig:
-    """The RL algorithm.
+class OptimizerConfig:
+    """The `optimizer` section: the gradient learners' (RL and SFT) AdamW and schedule.
 
-    name: "grpo" (the policy-gradient family: REINFORCE/RLOO/GRPO/DAPO/Dr. GRPO, set by
-    `advantage` and `loss`), "ppo" (a learned value head on the policy's last residual stream,
-    per-token GAE advantages with `gamma` / `gae_lambda`, the clipped policy objective with
-    `loss.clip_eps_low` and the clipped value loss `loss.value_coef` / `loss.value_clip`; `advantage`
-    is not used), "expert_iteration" (NLL on samples with reward > ei_threshold: rejection-
-    sampling SFT), "sft" (NLL on the prompts' reference answers; group_size 1), or an
-    evolution strategy: "es" | "eggroll" | "essa" (settings in the `es` section; then `steps` counts
-    generations, `prompts_per_step` is the prompts per generation and the GRPO fields are unused).
-    group_size: completions per prompt (G). prompts_per_step: prompts per optimizer step over all
-    processes. micro_batches: gradient accumulation inside the jitted step (the batch of
-    prompts_per_step * G completions is split into this many micro-batches).
+    lr: the peak learning rate (0 = a null run: nothing moves). value_lr: PPO's value-head rate
+    (None = lr; same schedule shape). schedule: "constant" (after warmup) | "cosine"; warmup_frac:
+    the warmup's fraction of the updates. b1 / b2 / eps / weight_decay: AdamW's. grad_clip: the
+    global-norm clip (0 = off). micro_batches: gradient accumulation inside the jitted step (a
+    step's batch is split into this many micro-batches; same update, less memory).
+    """
+
+    lr: float = 1e-3
+    value_lr: float | None = dataclasses.field(default=None, metadata=read_by("ppo"))
+    schedule: str = "constant"
+    warmup_frac: float = 0.03
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 2.0
+    micro_batches: int = 1
+
+    LEARNERS: ClassVar[tuple[str, ...]] = GRADIENT_ALGORITHMS
+
+    def __post_init__(self):
+        checks = [
+            (self.lr >= 0, "lr must be >= 0 (0 = a null run: nothing moves)"),
+            (self.value_lr is None or self.value_lr >= 0, "value_lr must be >= 0"),
+            (0 <= self.b1 < 1 and 0 <= self.b2 < 1, "b1 and b2 must be in [0, 1)"),
+            (self.eps > 0, "eps must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.warmup_frac < 1, "warmup_frac must be in [0, 1)"),
+            (self.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {self.schedule!r}"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
+            (self.micro_batches >= 1, "micro_batches must be >= 1"),
+        ]
+        _check("optimizer.", checks)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """The `rl` section: the RL learner (`algorithm` grpo | ppo | expert_iteration).
+
+    advantage: "rloo" | "grpo" | "mean" | "rapid" (the policy-gradient family REINFORCE / RLOO /
+    GRPO / DAPO / Dr. GRPO is set by `advantage` and `loss`; PPO uses GAE instead).
+    group_size: completions per prompt (G).
     dash: DASH preemptive sampling: the whole accumulation batch is sampled in one call, then the
     update runs over the micro-batches (set `loss.dash_tau`, e.g. 0.1, to drop samples with
     |A| <= tau). Without dash, sampling runs in calls of whole micro-batches (`sampling.call_rows`).
@@ -250,32 +285,59 @@ class AlgorithmConfig:
     first is off-policy too), so a step makes `updates_per_batch * epochs` optimizer updates.
     gamma / gae_lambda: PPO's discount and GAE lambda over the generated tokens (1 / 1 = Monte
     Carlo returns: every token's return is the sequence's reward).
-    dynamic_sampling / dynamic_sampling_rounds / overlong_buffer: DAPO's dynamic sampling and overlong
-    reward shaping (see `rl.dynamic` and `rewards.overlong_penalty`).
+    ei_threshold: expert iteration keeps samples with reward above it (rejection-sampling SFT).
+    log_kl: score the reference policy each step to log KL even when `loss.kl_coef` = 0.
+    dynamic_sampling / dynamic_sampling_rounds / overlong_buffer: DAPO's dynamic sampling (drop
+    groups whose rewards all agree, sample up to this many more rounds to refill the batch) and
+    soft overlong punishment (L_cache tokens before `sampling.max_new_tokens`; 0 = off; see
+    `rl.dynamic` and `rewards.overlong_penalty`).
+    loss: the policy loss (`LossConfig`).
     """
 
-    name: str = "grpo"
     advantage: str = "rloo"
     group_size: int = 8
-    prompts_per_step: int = 8
-    micro_batches: int = 1
     dash: bool = False
     updates_per_batch: int = 1
     epochs: int = 1
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    ei_threshold: float = 0.0
-    log_kl: bool = False  # score the reference policy each step to log KL even when loss.kl_coef = 0
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all agree, sample more prompts to refill
-    dynamic_sampling_rounds: int = 3  # extra sampling rounds allowed per step to refill the batch
-    overlong_buffer: int = 0  # DAPO soft overlong punishment: L_cache tokens before sampling.max_new_tokens (0 = off)
+    gamma: float = dataclasses.field(default=1.0, metadata=read_by("ppo"))
+    gae_lambda: float = dataclasses.field(default=0.95, metadata=read_by("ppo"))
+    ei_threshold: float = dataclasses.field(default=0.0, metadata=read_by("expert_iteration"))
+    log_kl: bool = False
+    dynamic_sampling: bool = False
+    dynamic_sampling_rounds: int = 3
+    overlong_buffer: int = 0
+    loss: LossConfig = LossConfig()
+
+    LEARNERS: ClassVar[tuple[str, ...]] = RL_ALGORITHMS
+
+    def __post_init__(self):
+        checks = [
+            (self.advantage in ("grpo", "rloo", "mean", "rapid"),
+             f"advantage must be grpo, rloo, mean or rapid, got {self.advantage!r}"),
+            (self.group_size >= 1, "group_size must be >= 1"),
+            (self.updates_per_batch >= 1, "updates_per_batch must be >= 1"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma and gae_lambda must be in [0, 1]"),
+            (not (self.dash and self.epochs > 1), "dash and epochs > 1 exclude each other"),
+            (not (self.dash and self.updates_per_batch > 1), "dash and updates_per_batch > 1 exclude each other"),
+            (self.dynamic_sampling_rounds >= 0, "dynamic_sampling_rounds must be >= 0"),
+            (self.overlong_buffer >= 0, "overlong_buffer must be >= 0"),
+        ]
+        _check("rl.", checks)
+
+
+def _check(prefix: str, checks: list[tuple[bool, str]]) -> None:
+    """ConfigError with the first failed check's message (prefixed with its section)."""
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(prefix + msg)
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSpec:
     """Rollout sampling (the compiled KV-cache sampler's settings).
 
-    call_rows: without `algorithm.dash` the RL learner samples micro-batch by micro-batch; calls
+    call_rows: without `rl.dash` the RL learner samples micro-batch by micro-batch; calls
     are merged (several micro-batches' prompts in one sampler call) while a call holds at most
     this many rows over the whole mesh, or one micro-batch's rows if that is more. Decode
     matmuls are `[rows, d] x [d, d_mlp]`: at 32 rows a CPU runs them at about half its
@@ -289,7 +351,7 @@ class SamplingSpec:
     top_p: float = 1.0
     top_k: int = 0
     bucket: int = 8  # prompts are left-padded to a multiple of this
-    call_rows: int = 128
+    call_rows: int = dataclasses.field(default=128, metadata=read_by(*RL_ALGORITHMS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,141 +402,164 @@ class MeshSpec:
     data: int = -1
     fsdp: int = 1
 
+    LEARNERS: ClassVar[tuple[str, ...]] = GRADIENT_ALGORITHMS
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """A whole training run."""
+    """A whole training run.
 
-    model: ModelSpec = ModelSpec()
-    trainable: TrainableConfig = TrainableConfig()
-    loss: LossConfig = LossConfig()
-    algorithm: AlgorithmConfig = AlgorithmConfig()
-    sampling: SamplingSpec = SamplingSpec()
-    data: DataSpec = DataSpec()
-    eval: EvalSpec = EvalSpec()
-    checkpoint: CheckpointSpec = CheckpointSpec()
-    mesh: MeshSpec = MeshSpec()
-    es: ESConfig = ESConfig()
+    algorithm: the learner: "grpo" (the policy-gradient family), "ppo" (a learned value head,
+    per-token GAE advantages, the clipped objective), "expert_iteration" (NLL on own samples with
+    reward above `rl.ei_threshold`) — these read `rl` —, "sft" (NLL on the prompts' reference
+    answers), or an evolution strategy "es" | "eggroll" | "essa" (reads `es`; then `steps` counts
+    generations). The gradient learners (RL and SFT) read `optimizer` and `mesh`.
+    steps: optimizer steps (ES: generations). prompts_per_step: prompts per step over all
+    processes (RL: each sampled `rl.group_size` times; ES: per generation, every member scored on
+    them). seed: every random draw of the run. output_dir: the run directory. log_every: write
+    metrics.jsonl / TensorBoard every N steps. progress / plot / tensorboard: a progress bar, the
+    curves' PNG, TensorBoard event files.
+    """
+
+    algorithm: str = "grpo"
     steps: int = 100
+    prompts_per_step: int = 8
     seed: int = 0
-    lr: float = 1e-3
-    value_lr: float | None = None  # PPO: the value head's learning rate (None = lr; same schedule shape)
-    warmup_frac: float = 0.03
-    schedule: str = "constant"  # "constant" (after warmup) | "cosine"
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    adam_eps: float = 1e-8
-    grad_clip: float = 2.0
     output_dir: str = "runs/default"
-    log_every: int = 1  # write metrics.jsonl / TensorBoard every N steps
+    log_every: int = 1
     progress: bool = True
     plot: bool = True
     tensorboard: bool = True
+    model: ModelSpec = ModelSpec()
+    trainable: TrainableConfig = TrainableConfig()
+    data: DataSpec = DataSpec()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    rl: RLConfig = RLConfig()
+    es: ESConfig = ESConfig()
+    sampling: SamplingSpec = SamplingSpec()
+    eval: EvalSpec = EvalSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    mesh: MeshSpec = MeshSpec()
+
+    # old key -> new key (`jaxsteer.config.migrate`); "x.*" moves a whole section
+    RENAMED: ClassVar[dict[str, str]] = {
+        "algorithm.name": "algorithm",
+        "algorithm.prompts_per_step": "prompts_per_step",
+        "algorithm.micro_batches": "optimizer.micro_batches",
+        "algorithm.*": "rl.*",
+        "loss.*": "rl.loss.*",
+        **{k: f"optimizer.{k}" for k in ("lr", "value_lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2",
+                                          "grad_clip")},
+        "adam_eps": "optimizer.eps",
+        "es.warm_start": "model.init_from",
+    }
+
+    # Settings a resumed run may change (dotted prefixes): how long it runs, what it prints and how
+    # often it saves or evaluates. Everything else would make the checkpoints' trajectory a mix of
+    # two runs (data, reward, model, algorithm, optimizer, sampling, the held-out set's size).
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "output_dir", "progress", "plot", "tensorboard", "log_every",
+                                            "checkpoint.every", "checkpoint.keep", "eval.every", "eval.batch_size",
+                                            "eval.after")
+
+    @classmethod
+    def migrate(cls, data: dict) -> dict:
+        """Old SFT configs had to say `algorithm.group_size: 1` (SFT ran as an RL algorithm); SFT
+        does not read `rl`, so that setting is dropped."""
+        rl = data.get("rl")
+        if data.get("algorithm") == "sft" and isinstance(rl, dict) and rl.get("group_size") == 1:
+            rl = {k: v for k, v in rl.items() if k != "group_size"}
+            data = {**data, "rl": rl} if rl else {k: v for k, v in data.items() if k != "rl"}
+        return data
 
     def __post_init__(self):
-        a = self.algorithm
         bad = non_finite_fields(self)
         if bad:
             raise ConfigError(f"{', '.join(bad)}: must be a finite number")
-        s = self.sampling
+        s, e = self.sampling, self.eval
         checks = [
+            (self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}"),
             (self.steps >= 1, "steps must be >= 1"),
-            (self.lr >= 0, "lr must be >= 0 (0 = a null run: nothing moves)"),
-            (self.value_lr is None or self.value_lr >= 0, "value_lr must be >= 0"),
-            (0 <= self.b1 < 1 and 0 <= self.b2 < 1, "b1 and b2 must be in [0, 1)"),
-            (self.adam_eps > 0, "adam_eps must be > 0"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.prompts_per_step >= 1, "prompts_per_step must be >= 1"),
             (s.temperature > 0, "sampling.temperature must be > 0"),
             (0 < s.top_p <= 1, "sampling.top_p must be in (0, 1]"),
             (s.top_k >= 0 and s.bucket >= 1, "sampling.top_k must be >= 0 and sampling.bucket >= 1"),
-            (self.eval.n >= 1 and self.eval.batch_size >= 1, "eval.n and eval.batch_size must be >= 1"),
-            (self.eval.samples >= 0 and self.eval.every >= 0, "eval.samples and eval.every must be >= 0"),
-            (self.eval.greedy or self.eval.samples > 0 or not (self.eval.before or self.eval.after or self.eval.every),
+            (s.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1"),
+            (s.call_rows >= 0, "sampling.call_rows must be >= 0 (0 = one sampler call per micro-batch)"),
+            (e.n >= 1 and e.batch_size >= 1, "eval.n and eval.batch_size must be >= 1"),
+            (e.samples >= 0 and e.every >= 0, "eval.samples and eval.every must be >= 0"),
+            (e.greedy or e.samples > 0 or not (e.before or e.after or e.every),
              "eval.greedy=false with eval.samples=0 evaluates nothing; set eval.greedy=true, eval.samples=K, "
              "or turn the evaluations off (eval.before=false eval.after=false)"),
             (self.checkpoint.every >= 0 and self.log_every >= 1, "checkpoint.every must be >= 0 and log_every >= 1"),
-            (0 <= self.warmup_frac < 1, "warmup_frac must be in [0, 1)"),
-            (self.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {self.schedule!r}"),
-            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
-            (a.name in RL_ALGORITHMS + ES_ALGORITHMS,
-             f"algorithm.name must be one of {', '.join(RL_ALGORITHMS + ES_ALGORITHMS)}, got {a.name!r}"),
-            (a.advantage in ("grpo", "rloo", "mean", "rapid"),
-             f"algorithm.advantage must be grpo, rloo, mean or rapid, got {a.advantage!r}"),
-            (a.group_size >= 1, "algorithm.group_size must be >= 1"),
-            (a.prompts_per_step >= 1, "algorithm.prompts_per_step must be >= 1"),
-            (a.micro_batches >= 1, "algorithm.micro_batches must be >= 1"),
-            (a.updates_per_batch >= 1, "algorithm.updates_per_batch must be >= 1"),
-            (a.epochs >= 1, "algorithm.epochs must be >= 1"),
-            (0 <= a.gamma <= 1 and 0 <= a.gae_lambda <= 1, "algorithm.gamma and algorithm.gae_lambda must be in [0, 1]"),
-            (not (a.dash and a.epochs > 1), "algorithm.dash and algorithm.epochs > 1 exclude each other"),
-            (not (a.dash and a.updates_per_batch > 1), "algorithm.dash and algorithm.updates_per_batch > 1 exclude each other"),
-            (self.sampling.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1"),
-            (self.sampling.call_rows >= 0, "sampling.call_rows must be >= 0 (0 = one sampler call per micro-batch)"),
-            (a.dynamic_sampling_rounds >= 0, "algorithm.dynamic_sampling_rounds must be >= 0"),
-            (0 <= a.overlong_buffer <= self.sampling.max_new_tokens,
-             "algorithm.overlong_buffer must be in [0, sampling.max_new_tokens]"),
             (self.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
+            (self.rl.overlong_buffer <= s.max_new_tokens, "rl.overlong_buffer must be in [0, sampling.max_new_tokens]"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
-        unused = unused_fields(self)
+        _check("", checks)
+        unused = _config_lib.unused_fields(self, self.algorithm)
         if unused:
-            who = f"evolution strategies (algorithm.name={a.name})" if self.is_es else f"the RL learner ({a.name})"
-            raise ConfigError(f"{', '.join(unused)}: not used by {who}; remove {'them' if len(unused) > 1 else 'it'}")
-        if self.is_es:
-            return
-        if a.group_size < 2 and a.name == "grpo":  # one sample per prompt: every group advantage is 0
-            raise ConfigError(
-                f"algorithm.group_size=1 gives a zero {a.advantage} advantage (and gradient) every step; "
-                "use group_size >= 2 (or algorithm.name=expert_iteration)"
-            )
-        self._check_ppo_fields()
-        batch = a.prompts_per_step * a.group_size
-        per_update = batch // a.updates_per_batch
-        if batch % a.updates_per_batch or per_update % a.micro_batches:
-            raise ConfigError(
-                f"prompts_per_step * group_size = {batch} must split into updates_per_batch={a.updates_per_batch} "
-                f"minibatches of micro_batches={a.micro_batches} equal micro-batches"
-            )
+            raise ConfigError(f"{', '.join(unused)}: not used by {learner_name(self.algorithm)}; "
+                              f"remove {'them' if len(unused) > 1 else 'it'}")
+        if self.algorithm in RL_ALGORITHMS:
+            self._check_rl()
 
-    def _check_ppo_fields(self) -> None:
-        """PPO's own fields are an error elsewhere; PPO's exclusions are an error in PPO."""
-        a, loss = self.algorithm, self.loss
-        ppo_only = [f"algorithm.{n}" for n in ("gamma", "gae_lambda") if getattr(a, n) != _default(AlgorithmConfig, n)]
-        ppo_only += [f"loss.{n}" for n in ("value_coef", "value_clip") if getattr(loss, n) != _default(LossConfig, n)]
-        ppo_only += ["value_lr"] if self.value_lr is not None else []
-        if a.name != "ppo" and ppo_only:
-            raise ConfigError(f"{', '.join(ppo_only)}: PPO settings, not used by algorithm.name={a.name}; remove them")
-        if a.name == "ppo":
-            bad = [(a.dash, "algorithm.dash"), (a.advantage == "rapid", "algorithm.advantage=rapid"),
-                   (loss.dash_tau > 0, "loss.dash_tau"), (loss.importance_cap is not None, "loss.importance_cap")]
+    def _check_rl(self) -> None:
+        """The RL learner's cross-section rules: groups of two or more for GRPO, PPO's exclusions,
+        a batch that splits into minibatches of equal micro-batches."""
+        rl, loss = self.rl, self.rl.loss
+        if rl.group_size < 2 and self.algorithm == "grpo":  # one sample per prompt: every group advantage is 0
+            raise ConfigError(f"rl.group_size=1 gives a zero {rl.advantage} advantage (and gradient) every step; "
+                              "use group_size >= 2 (or algorithm=expert_iteration)")
+        if self.algorithm == "ppo":
+            bad = [(rl.dash, "rl.dash"), (rl.advantage == "rapid", "rl.advantage=rapid"),
+                   (loss.dash_tau > 0, "rl.loss.dash_tau"), (loss.importance_cap is not None, "rl.loss.importance_cap")]
             named = [name for on, name in bad if on]
             if named:
-                raise ConfigError(f"{', '.join(named)}: not available with algorithm.name=ppo (per-token GAE "
+                raise ConfigError(f"{', '.join(named)}: not available with algorithm=ppo (per-token GAE "
                                   "advantages and the clipped objective replace them)")
+        batch = self.prompts_per_step * rl.group_size
+        per_update = batch // rl.updates_per_batch
+        if batch % rl.updates_per_batch or per_update % self.optimizer.micro_batches:
+            raise ConfigError(
+                f"prompts_per_step * rl.group_size = {batch} must split into rl.updates_per_batch="
+                f"{rl.updates_per_batch} minibatches of optimizer.micro_batches={self.optimizer.micro_batches} "
+                "equal micro-batches"
+            )
 
     @property
     def updates_per_step(self) -> int:
-        """Optimizer updates per RL step: `updates_per_batch * epochs`."""
-        return self.algorithm.updates_per_batch * self.algorithm.epochs
+        """Optimizer updates per step: `rl.updates_per_batch * rl.epochs` for RL, 1 otherwise."""
+        if self.algorithm not in RL_ALGORITHMS:
+            return 1
+        return self.rl.updates_per_batch * self.rl.epochs
 
     @property
     def is_es(self) -> bool:
-        """An evolution-strategies run (`algorithm.name` es | eggroll | essa)."""
-        return self.algorithm.name in ES_ALGORITHMS
+        """An evolution-strategies run (`algorithm` es | eggroll | essa)."""
+        return self.algorithm in ES_ALGORITHMS
+
+    @property
+    def group_size(self) -> int:
+        """Completions per prompt: `rl.group_size` for RL, 1 for SFT, the population for ES."""
+        if self.is_es:
+            return self.es.population
+        return self.rl.group_size if self.algorithm in RL_ALGORITHMS else 1
 
     @property
     def rollouts_per_step(self) -> int:
         """Completions sampled per step (ES: per generation, over the whole population)."""
-        per_prompt = self.es.population if self.is_es else self.algorithm.group_size
-        return self.algorithm.prompts_per_step * per_prompt
+        return self.prompts_per_step * self.group_size
 
     def _repr_html_(self) -> str:
         from ..models.display import config_html
 
         return config_html(self, "TrainConfig")
+
+
+def learner_name(algorithm: str) -> str:
+    """Which learner runs `algorithm`, in words (for error messages)."""
+    if algorithm in ES_ALGORITHMS:
+        return f"evolution strategies (algorithm={algorithm})"
+    return f"the SFT learner (algorithm={algorithm})" if algorithm == "sft" else f"the RL learner ({algorithm})"
 
 
 def non_finite_fields(cfg: Any, prefix: str = "") -> list[str]:
@@ -489,282 +574,52 @@ def non_finite_fields(cfg: Any, prefix: str = "") -> list[str]:
     return out
 
 
-# Fields only one learner reads ("section" = every field of it). The rest is shared.
-RL_ONLY = ("model.remat", "model.init_from", "lr", "value_lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "adam_eps", "grad_clip", "loss", "mesh",
-           "algorithm.advantage", "algorithm.group_size", "algorithm.micro_batches", "algorithm.dash",
-           "algorithm.updates_per_batch", "algorithm.epochs", "algorithm.gamma", "algorithm.gae_lambda",
-           "algorithm.ei_threshold", "algorithm.log_kl", "algorithm.dynamic_sampling",
-           "algorithm.dynamic_sampling_rounds", "algorithm.overlong_buffer", "sampling.call_rows")
-ES_ONLY = ("es",)
-
-
-def _default(cls, name: str) -> Any:
-    f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
 def unused_fields(cfg: TrainConfig) -> list[str]:
-    """Dotted names of fields set away from their default that the run's learner does not read
-    (RL-only fields in an ES run, `es.*` in an RL run)."""
-    out = []
-    for name in ES_ONLY if not cfg.is_es else RL_ONLY:
-        section, _, field = name.partition(".")
-        if section in _SECTIONS:
-            cls, value = _SECTIONS[section], getattr(cfg, section)
-            names = [field] if field else _fields(cls)
-            out += [f"{section}.{n}" for n in names if getattr(value, n) != _default(cls, n)]
-        elif getattr(cfg, name) != _default(TrainConfig, name):
-            out.append(name)
-    return out
+    """Dotted names of fields set away from their default that the run's learner does not read."""
+    return _config_lib.unused_fields(cfg, cfg.algorithm)
 
 
-# --------------------------------------------------------------------------- (de)serialisation
+# --------------------------------------------------------------------------- loading (jaxsteer.config)
 
-_SECTIONS = {
-    "model": ModelSpec,
-    "trainable": TrainableConfig,
-    "loss": LossConfig,
-    "algorithm": AlgorithmConfig,
-    "sampling": SamplingSpec,
-    "data": DataSpec,
-    "eval": EvalSpec,
-    "checkpoint": CheckpointSpec,
-    "mesh": MeshSpec,
-    "es": ESConfig,
-}
-
-
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _fields(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def _parse_scalar(text: str) -> Any:
-    """A command-line value: YAML, except that `1e-4` is a float (YAML 1.1 reads it as a string)."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert `value` to the annotated type `tp`, or raise ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}")
-    if tp is Any:
-        return value
-    if origin is tuple or tp is tuple:
-        if isinstance(value, str):
-            value = _parse_scalar(value)
-        if isinstance(value, (int, str)):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        return tuple(_coerce(v, inner, key) for v in value)
-    if origin is dict or tp is dict:
-        if isinstance(value, str):
-            value = _parse_scalar(value)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, str):
-            value = _parse_scalar(value)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, str):
-            value = _parse_scalar(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            value = _parse_scalar(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, (dict, list, tuple)) or value is None:
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def _build(cls, values: dict, prefix: str) -> Any:
-    """`cls(**values)` with each value coerced to its field's type; ConfigError naming bad keys."""
-    hints = _hints(cls)
-    names = _fields(cls)
-    kwargs = {}
-    for k, v in values.items():
-        key = f"{prefix}{k}"
-        if k not in names:
-            where = f"in {prefix[:-1]}" if prefix else "top-level"
-            raise ConfigError(f"unknown config key {key!r}; valid {where} keys: {', '.join(names)}")
-        kwargs[k] = _coerce(v, hints[k], key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{prefix[:-1] + ': ' if prefix else ''}{e}") from None
-
-
-def config_from_dict(data: dict | None) -> TrainConfig:
-    """A `TrainConfig` from nested plain data (unknown keys raise `ConfigError`)."""
-    values = {}
-    for k, v in dict(data or {}).items():
-        if k in _SECTIONS:
-            if v is not None and not isinstance(v, dict):
-                raise ConfigError(f"config section {k!r} must be a mapping, got {v!r}")
-            v = _build(_SECTIONS[k], v or {}, f"{k}.")
-        values[k] = v
-    return _build(TrainConfig, values, "")
-
-
-def _jsonable(x: Any) -> Any:
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {f.name: _jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    return x
-
-
-def config_to_dict(cfg: TrainConfig) -> dict:
-    """The effective config as plain JSON-able data (round-trips through `config_from_dict`)."""
-    return _jsonable(cfg)
+def config_from_dict(data: dict | None, *, warn: bool = True) -> TrainConfig:
+    """A `TrainConfig` from nested plain data (renamed keys migrated; unknown keys raise `ConfigError`)."""
+    return _config_lib.config_from_dict(TrainConfig, data, warn=warn)
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Apply `section.key=value` strings to nested plain data (a copy)."""
-    data = json.loads(json.dumps(data or {}))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        parts = key.split(".")
-        if len(parts) > 2 or not all(parts):
-            raise ConfigError(f"unknown config key {key!r}")
-        if len(parts) == 2:
-            section, field = parts
-            if section not in _SECTIONS:
-                raise ConfigError(f"unknown config key {key!r}: no section {section!r} (sections: {', '.join(_SECTIONS)})")
-            if field not in _fields(_SECTIONS[section]):
-                raise ConfigError(
-                    f"unknown config key {key!r}; valid keys in {section}: {', '.join(_fields(_SECTIONS[section]))}"
-                )
-            node = data.setdefault(section, {}) or {}
-            data[section] = node
-            node[field] = _parse_scalar(text)
-        else:
-            if key in _SECTIONS:
-                raise ConfigError(f"config key {key!r} is a section; set one of its fields ({key}.FIELD=value)")
-            if key not in _fields(TrainConfig):
-                raise ConfigError(f"unknown config key {key!r}; valid top-level keys: {', '.join(_fields(TrainConfig))}")
-            data[key] = _parse_scalar(text)
-    return data
+    """Apply `section.key=value` strings to nested plain training-config data (a copy)."""
+    return _config_lib.apply_overrides(TrainConfig, data, overrides)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                first = seen.setdefault(key, line)
-            except TypeError:  # an unhashable key: PyYAML's own error follows
-                continue
-            if first != line:
-                raise ConfigError(f"{self.name}:{line}: duplicate key {key!r} (first given on line {first}); "
-                                  "keep one")
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_config_file(path: str) -> dict:
-    """A YAML config file as a mapping. ConfigError, one line, for a syntax error
-    (`file:line:col: problem`), a duplicated key (naming both lines), an empty file or a top level
-    that is not a mapping."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    loader = _StrictLoader(text)
-    loader.name = str(path)
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: YAML syntax error: {err.problem or err.context}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: YAML error: {' '.join(str(err).split())}") from None
-    finally:
-        loader.dispose()
-    if data is None:
-        raise ConfigError(f"{path} is empty: it would run on every default setting; write the settings you mean")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of settings, got {type(data).__name__}")
-    return data
-
-
-def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config (None = all defaults; see `read_config_file`) and apply dotted
-    `key=value` overrides."""
-    data = read_config_file(path) if path is not None else {}
-    return config_from_dict(apply_overrides(data, overrides))
-
-
-def save_config(cfg: Any, path: str) -> None:
-    """Write a config (any tree of dataclasses, or plain data) as YAML."""
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(_jsonable(cfg), f, sort_keys=False)
+def load_config(path: str | None = None, overrides: Sequence[str] = (), *, warn: bool = True) -> TrainConfig:
+    """Read a YAML training config (None = all defaults) and apply dotted `key=value` overrides.
+    warn=False: renamed keys move silently (a run directory's saved config)."""
+    return _config_lib.load_config(TrainConfig, path, overrides, warn=warn)
 
 
 __all__ = [
     "ConfigError",
+    "ConfigDeprecationWarning",
     "TrainConfig",
     "ModelSpec",
-    "AlgorithmConfig",
+    "OptimizerConfig",
+    "RLConfig",
+    "LossConfig",
+    "ESConfig",
     "SamplingSpec",
     "DataSpec",
     "EvalSpec",
     "CheckpointSpec",
     "MeshSpec",
-    "ESConfig",
-    "LossConfig",
+    "ALGORITHMS",
     "RL_ALGORITHMS",
+    "GRADIENT_ALGORITHMS",
+    "ES_ALGORITHMS",
     "MODEL_DTYPES",
     "REMAT_POLICIES",
+    "read_by",
+    "learner_name",
     "resolve_dtype",
-    "ES_ALGORITHMS",
     "unused_fields",
     "non_finite_fields",
     "load_config",

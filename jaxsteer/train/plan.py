@@ -218,8 +218,8 @@ def _state_shapes(cfg: TrainConfig, model: Model) -> dict:
     from .state import init_state, make_optimizer
     from .trainable import init_trainable
 
-    tx, _ = make_optimizer(cfg.lr, cfg.steps, warmup_frac=cfg.warmup_frac, schedule=cfg.schedule,
-                           weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+    tx, _ = make_optimizer(cfg.optimizer.lr, cfg.steps, warmup_frac=cfg.optimizer.warmup_frac, schedule=cfg.optimizer.schedule,
+                           weight_decay=cfg.optimizer.weight_decay, grad_clip=cfg.optimizer.grad_clip)
     return jax.eval_shape(lambda m: init_state(init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), tx), model)
 
 
@@ -242,9 +242,8 @@ class _Layout:
         """`(rows per device, group)` of one update micro-batch (group 1: rows scored one by one)."""
         from .rl.learner import step_spec
 
-        a = self.cfg.algorithm
-        cfg = dataclasses.replace(self.cfg, algorithm=dataclasses.replace(a, micro_batches=micro_batches))
-        per_micro = self.cfg.rollouts_per_step // a.updates_per_batch // micro_batches
+        cfg = dataclasses.replace(self.cfg, optimizer=dataclasses.replace(self.cfg.optimizer, micro_batches=micro_batches))
+        per_micro = self.cfg.rollouts_per_step // self.cfg.rl.updates_per_batch // micro_batches
         return per_micro / self.shards, step_spec(cfg).shared_prompts
 
     def rollout_rows(self, micro_batches: int) -> float:
@@ -252,9 +251,8 @@ class _Layout:
         micro-batches merged up to `sampling.call_rows` rows per call)."""
         from .rl.learner import sampler_calls
 
-        a = self.cfg.algorithm
-        cfg = dataclasses.replace(self.cfg, algorithm=dataclasses.replace(a, micro_batches=micro_batches))
-        return a.prompts_per_step / sampler_calls(cfg) * a.group_size / self.shards
+        cfg = dataclasses.replace(self.cfg, optimizer=dataclasses.replace(self.cfg.optimizer, micro_batches=micro_batches))
+        return cfg.prompts_per_step / sampler_calls(cfg) * cfg.group_size / self.shards
 
     def transient(self, micro_batches: int) -> dict[str, Any]:
         """Per-phase bytes at `micro_batches`: activations per variant, update batch, KV cache."""
@@ -272,7 +270,7 @@ class _Layout:
 def rl_plan(cfg: TrainConfig, c: ModelConfig, model: Model, data: int, fsdp: int, capacity: int | None,
             prompt_len: int) -> MemoryPlan:
     """The plan of a gradient (RL) run; see `plan`."""
-    a, new = cfg.algorithm, cfg.sampling.max_new_tokens
+    a, new = cfg.rl, cfg.sampling.max_new_tokens
     lay = _Layout(c, cfg, data * fsdp, prompt_len, np.dtype(model.params["embed"].dtype).itemsize)
     state = _state_shapes(cfg, model)
     shard_state = cfg.trainable.kind == "full" and fsdp > 1
@@ -288,7 +286,7 @@ def rl_plan(cfg: TrainConfig, c: ModelConfig, model: Model, data: int, fsdp: int
                     for x in jax.tree_util.tree_leaves(model.params["layers"]))
         parts["gathered weights (fsdp: a layer + unembedding)"] = layer + c.vocab_size * c.d_model * lay.act_bytes
     held = sum(parts.values()) - parts["gradients"]
-    t = lay.transient(a.micro_batches)
+    t = lay.transient(cfg.optimizer.micro_batches)
     parts["update batch"] = t["batch"]
     for k, v in t["act"].items():
         parts[f"activations, {k}"] = v["layers"]
@@ -300,17 +298,17 @@ def rl_plan(cfg: TrainConfig, c: ModelConfig, model: Model, data: int, fsdp: int
     if capacity is not None:
         for k in VARIANTS:
             largest[k] = _largest_rows(lay, held, parts["gradients"], capacity, k)
-    rows, group = lay.update_rows(a.micro_batches)
+    rows, group = lay.update_rows(cfg.optimizer.micro_batches)
     notes = [f"update micro-batch: {cfg.rollouts_per_step // a.updates_per_batch} rollouts / "
-             f"{a.micro_batches} micro-batches / {lay.shards} shards = {rows:g} rows per device"
+             f"{cfg.optimizer.micro_batches} micro-batches / {lay.shards} shards = {rows:g} rows per device"
              + (f", groups of {group} completions share their prompt" if group > 1 else ""),
-             f"sampler: {lay.rollout_rows(a.micro_batches):g} rows per device x {prompt_len + new} slots "
+             f"sampler: {lay.rollout_rows(cfg.optimizer.micro_batches):g} rows per device x {prompt_len + new} slots "
              f"({prompt_len} prompt + {new} new tokens), data-parallel over the mesh"]
-    per_micro = cfg.rollouts_per_step // a.updates_per_batch // a.micro_batches
+    per_micro = cfg.rollouts_per_step // a.updates_per_batch // cfg.optimizer.micro_batches
     if per_micro % lay.shards:
         notes.append(f"WARNING: a micro-batch of {per_micro} rollouts does not split over {lay.shards} batch shards; "
                      "jaxsteer train refuses this layout")
-    return MemoryPlan(c, cfg, data, fsdp, capacity, prompt_len, rows, lay.rollout_rows(a.micro_batches), parts,
+    return MemoryPlan(c, cfg, data, fsdp, capacity, prompt_len, rows, lay.rollout_rows(cfg.optimizer.micro_batches), parts,
                       peaks, largest, notes)
 
 
@@ -323,10 +321,11 @@ def _peaks(held: float, grads: float, t: dict) -> dict[str, float]:
 def _largest_rows(lay: _Layout, held: float, grads: float, capacity: int, variant: str) -> int | None:
     """Largest update micro-batch (rows per device) whose update and rollout both fit, over the
     micro_batches values that split the batch evenly over micro-batches and shards."""
-    a = lay.cfg.algorithm
-    per_update = lay.cfg.rollouts_per_step // a.updates_per_batch
+    cfg = lay.cfg
+    a = cfg.rl
+    per_update = cfg.rollouts_per_step // a.updates_per_batch
     for m in range(1, per_update + 1):
-        if per_update % m or (per_update // m) % lay.shards or (not a.dash and a.prompts_per_step % m):
+        if per_update % m or (per_update // m) % lay.shards or (not a.dash and cfg.prompts_per_step % m):
             continue
         t = lay.transient(m)
         p = _peaks(held, grads, t)
@@ -341,7 +340,7 @@ def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capaci
     sampling `prompts_per_step` completions (the population's K/V caches at once)."""
     es, new = cfg.es, cfg.sampling.max_new_tokens
     act_bytes = np.dtype(model.params["embed"].dtype).itemsize
-    space = es.space_for(cfg.algorithm.name)
+    space = es.space_for(cfg.algorithm)
     layers = {k: v.shape for k, v in model.params["layers"].items()}
     targets = es.targets_for(space) or (ATTENTION_PROJECTIONS if space == "essa" else PROJECTIONS)  # warm start: assumed
     r = es.essa_rank  # ESSA's warm-start rank as far as the plan knows
@@ -361,12 +360,12 @@ def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capaci
         frozen = 0
         n = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(
             jax.eval_shape(lambda m: init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), model)))
-    strategy = es.strategy_for(cfg.algorithm.name)
+    strategy = es.strategy_for(cfg.algorithm)
     members = es.member_batch or es.population
     per_device = math.ceil(members / devices)
     per_member = (sum(L * (i + o) * es.rank for L, i, o in (layers[t] for t in targets)) * 4
                   if space == "eggroll" else n * 4 if space != "full" else n * act_bytes)
-    rows = per_device * cfg.algorithm.prompts_per_step
+    rows = per_device * cfg.prompts_per_step
     parts = {
         "base parameters": device_bytes(model),
         "search space (frozen U, V)" if frozen else "search space": frozen + 4 * n,
@@ -441,12 +440,11 @@ def check_model_fits(cfg: TrainConfig, *, devices=None, margin: float = 2.0) -> 
     phase = "rollout" if p.peaks["rollout"] >= p.peaks[p.configured] else p.configured
     peak = p.peaks[phase]
     if peak > margin * capacity:
-        a = cfg.algorithm
         raise ConfigError(
             f"planned memory: the {phase} needs {fmt_bytes(peak)} per device even with {cfg.sampling.bucket}-token "
             f"prompts, and a {mine[0].platform} device here has {fmt_bytes(capacity)} "
-            f"(algorithm.prompts_per_step={a.prompts_per_step} x group_size={a.group_size}, "
-            f"micro_batches={a.micro_batches}); lower them, raise micro_batches or sampling.call_rows, or see "
+            f"(prompts_per_step={cfg.prompts_per_step} x group_size={cfg.group_size}, "
+            f"micro_batches={cfg.optimizer.micro_batches}); lower them, raise micro_batches or sampling.call_rows, or see "
             "`jaxsteer plan CONFIG`")
 
 
@@ -494,7 +492,7 @@ def roofline(p: MemoryPlan, device: str) -> Roofline:
     attn = 4 * c.n_layers * c.n_heads * c.head_dim  # FLOPs per (query, key) pair, QK^T and AV
     kv_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * act
     P, N, devices = p.prompt_len, cfg.sampling.max_new_tokens, p.data * p.fsdp
-    rows = (math.ceil(cfg.es.population / devices) * cfg.algorithm.prompts_per_step if cfg.is_es
+    rows = (math.ceil(cfg.es.population / devices) * cfg.prompts_per_step if cfg.is_es
             else cfg.rollouts_per_step / devices)  # sampled rows per device per step / generation
     calls = max(1, math.ceil(rows / max(p.rollout_rows, 1)))  # sampler calls, each reading all weights per token
     phases = {
@@ -511,7 +509,7 @@ def roofline(p: MemoryPlan, device: str) -> Roofline:
         state = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_state_shapes(cfg, model)))
         state /= devices if cfg.trainable.kind == "full" and p.fsdp > 1 else 1
         phases["update"] = (passes * (2 * n_mm * tokens + attn * rows * (P + N) ** 2 / 2),
-                            cfg.algorithm.micro_batches * cfg.algorithm.updates_per_batch * passes * weights + 3 * state)
+                            cfg.optimizer.micro_batches * cfg.rl.updates_per_batch * passes * weights + 3 * state)
     return Roofline(device, phases)
 
 

@@ -24,7 +24,6 @@ The Run knows no learner: RL, ES and other trainers (SAE, SFT) use it alike.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ import yaml
 
 from ..errors import JaxsteerError
 from . import checkpoint as ckpt
-from .config import ConfigError, config_to_dict, save_config
+from ..config import ConfigError, config_diff, save_config
 from .lock import RunLock
 from .metrics import RunLogger, plot_curves
 
@@ -102,7 +101,7 @@ class Run:
             return
         with open(path, encoding="utf-8") as f:
             original = yaml.safe_load(f) or {}
-        changed = resume_conflicts(original, config_to_dict(config), defaults=_defaults_of(config))
+        changed = resume_conflicts(original, config)
         if changed:
             self.close()
             raise ConfigError(
@@ -260,45 +259,16 @@ class Run:
                 multihost_utils.sync_global_devices("jaxsteer-fresh-run")
 
 
-# Settings a resumed run may change (dotted prefixes): how long it runs, what it prints and how
-# often it saves or evaluates. Everything else would make the checkpoints' trajectory a mix of
-# two runs (data, reward, model, algorithm, optimizer, sampling, the held-out set's size).
-RESUMABLE_CHANGES = ("steps", "output_dir", "out_dir", "progress", "plot", "tensorboard", "log_every",
-                     "checkpoint.every", "checkpoint.keep", "keep", "eval.every", "eval.batch_size", "eval.after")
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
-
-
-def _defaults_of(config: Any) -> dict:
-    """The all-defaults config of `config`'s type as plain data ({} when it has no defaults)."""
-    try:
-        return config_to_dict(type(config)()) if dataclasses.is_dataclass(config) else {}
-    except (TypeError, ValueError):  # a config type without defaults for every field
-        return {}
-
-
-def resume_conflicts(original: dict, new: dict, allowed: tuple[str, ...] = RESUMABLE_CHANGES,
-                     defaults: dict | None = None) -> list[str]:
-    """`"key: old -> new"` for every setting that differs between two configs (plain data)
-    outside the `allowed` dotted prefixes. A key missing from `original` (a field added after that
-    run was written) takes its value from `defaults`, so older run directories still resume."""
-    a, b = {**_flat(defaults or {}), **_flat(original)}, _flat(new)
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key) and not any(key == p or key.startswith(p + ".") for p in allowed):
-            out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return out
+def resume_conflicts(original: dict, config: Any) -> list[str]:
+    """`"key: old -> new"` for every setting of `config` (a config dataclass) that differs from the
+    saved `original` (plain data; renamed keys migrated, missing keys at their defaults) outside
+    the settings a resumed run may change, `type(config).RESUMABLE` (dotted prefixes: how long it
+    runs, what it prints, how often it saves or evaluates)."""
+    return config_diff(type(config), original, config, getattr(type(config), "RESUMABLE", ()))
 
 
 def _without_examples(r: dict | None) -> dict:
     return {k: v for k, v in (r or {}).items() if k != "examples"}
 
 
-__all__ = ["NonFiniteError", "RESUMABLE_CHANGES", "Run", "peak_rss_mb", "resume_conflicts"]
+__all__ = ["NonFiniteError", "Run", "peak_rss_mb", "resume_conflicts"]

@@ -89,14 +89,14 @@ def init_train_state(cfg: TrainConfig, model: Model, mesh, total_updates: int, t
     init_key, rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     if trainable0 is None:
         trainable0 = init_trainable(model, cfg.trainable, init_key)
-    optimizer = functools.partial(make_optimizer, total_updates=total_updates, warmup_frac=cfg.warmup_frac,
-                                  schedule=cfg.schedule, weight_decay=cfg.weight_decay, b1=cfg.b1, b2=cfg.b2,
-                                  eps=cfg.adam_eps, grad_clip=cfg.grad_clip)
-    tx, sched = optimizer(cfg.lr)
+    optimizer = functools.partial(make_optimizer, total_updates=total_updates, warmup_frac=cfg.optimizer.warmup_frac,
+                                  schedule=cfg.optimizer.schedule, weight_decay=cfg.optimizer.weight_decay, b1=cfg.optimizer.b1, b2=cfg.optimizer.b2,
+                                  eps=cfg.optimizer.eps, grad_clip=cfg.optimizer.grad_clip)
+    tx, sched = optimizer(cfg.optimizer.lr)
     head, value_tx = None, None
-    if cfg.algorithm.name == "ppo":
+    if cfg.algorithm == "ppo":
         head = init_value_head(model.config.d_model)
-        value_tx = optimizer(cfg.lr if cfg.value_lr is None else cfg.value_lr)[0]
+        value_tx = optimizer(cfg.optimizer.lr if cfg.optimizer.value_lr is None else cfg.optimizer.value_lr)[0]
     abstract = jax.eval_shape(lambda t, v: init_state(t, tx, v, value_tx), trainable0, head)
     shard_state = cfg.trainable.kind == "full" and fsdp
     state_shardings = {
@@ -134,13 +134,13 @@ def load_trainable(cfg: TrainConfig, *, step: int | None = None, model: Model | 
 def load_run_trainable(run_dir: str, *, model: Model, tokenizer: Any = None) -> tuple[Any, Any]:
     """`(trainable, trainable_config)` of the trained gradient run in `run_dir` (its saved
     config.yaml and latest checkpoint, validated against `model` like a resume): the warm start of
-    `model.init_from` (RL / SFT) and of ESSA's `es.warm_start`."""
+    `model.init_from` (RL / SFT, and ESSA's LoRA)."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path):
         raise ConfigError(f"{run_dir!r} is not a run directory (no config.yaml)")
-    source = load_config(path, [f"output_dir={run_dir}"])
+    source = load_config(path, [f"output_dir={run_dir}"], warn=False)
     if source.is_es:
-        raise ConfigError(f"{run_dir!r} is an evolution-strategies run ({source.algorithm.name}); a warm start needs a gradient run")
+        raise ConfigError(f"{run_dir!r} is an evolution-strategies run ({source.algorithm}); a warm start needs a gradient run")
     _, _, trainable, _ = load_trainable(source, model=model, tokenizer=tokenizer)
     return jax.device_get(trainable), source.trainable
 

@@ -22,8 +22,8 @@ from jaxsteer.train.sharding import batch_sharding, make_mesh, replicated
 
 PLATFORMS = ("cuda", "tpu")
 cfg = config_from_dict(T.config_dict("/tmp/unused", **{"model.dtype": "bfloat16", "trainable.kind": "lora",
-                                                       "mesh.data": 2, "mesh.fsdp": 4, "algorithm.prompts_per_step": 8,
-                                                       "loss.clip_eps_low": 0.2, "loss.clip_eps_high": 0.28}))
+                                                       "mesh.data": 2, "mesh.fsdp": 4, "prompts_per_step": 8,
+                                                       "rl.loss.clip_eps_low": 0.2, "rl.loss.clip_eps_high": 0.28}))
 model, _ = build_model(cfg.model)
 mesh = make_mesh(2, 4)
 setup = setup_training(cfg, model, mesh)
@@ -41,7 +41,7 @@ def report(exp, want_in):
             "in_shardings": all(matches(g, w.sharding, len(w.shape)) for g, w in used)}
 
 # ---- the RL update (LoRA, 2 micro-batches, FSDP-sharded base, batch over data x fsdp)
-M, rows, P, N = cfg.algorithm.micro_batches, cfg.rollouts_per_step // cfg.algorithm.micro_batches, 8, 4
+M, rows, P, N = cfg.optimizer.micro_batches, cfg.rollouts_per_step // cfg.optimizer.micro_batches, 8, 4
 shapes = {"tokens": ((M, rows, P + N), jnp.int32), "mask": ((M, rows, P + N), jnp.int32),
           "old_logp": ((M, rows, N), jnp.float32), "advantages": ((M, rows), jnp.float32), "rewards": ((M, rows), jnp.float32)}
 batch = {k: jax.ShapeDtypeStruct(s, d, sharding=setup.batch_shardings[k]) for k, (s, d) in shapes.items()}

@@ -215,7 +215,7 @@ def _toy(out, **kw):
     ({"sampling.max_new_tokens": 200}, r"sampling.bucket \(8, the shortest padded prompt\) \+ max_new_tokens \(200\) "
                                        r"exceeds the context length of random \(128 tokens\)"),
     ({"eval.max_new_tokens": 130, "eval.after": True}, r"max_new_tokens \(130\) exceeds the context length"),
-    ({"algorithm.group_size": 10**7}, r"planned memory: the update, no remat needs .* GiB per device .*group_size=10000000"),
+    ({"rl.group_size": 10**7}, r"planned memory: the update, no remat needs .* GiB per device .*group_size=10000000"),
 ])
 def test_settings_that_do_nothing_or_cannot_fit_are_refused_before_the_model_loads(tmp_path, overrides, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -225,7 +225,7 @@ def test_settings_that_do_nothing_or_cannot_fit_are_refused_before_the_model_loa
 
 def test_a_dataset_smaller_than_a_step_is_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match=r"train_examples has 1 example\(s\), fewer than "
-                                          r"algorithm.prompts_per_step=4"):
+                                          r"prompts_per_step=4"):
         train(_toy(tmp_path / "run"), train_examples=T.examples(1))
 
 
@@ -371,14 +371,14 @@ def test_config_and_file_errors_are_one_line_for_every_command(tmp_path, argv, n
 
 
 def test_overrides_after_flags_and_the_sae_set_flag(tmp_path, capsys):
-    args = cli.parse_args(["train", "c.yaml", "--resume", "lr=1", "--logit-lens", "0", "steps=2"])
-    assert args.overrides == ["lr=1", "steps=2"] and args.resume
+    args = cli.parse_args(["train", "c.yaml", "--resume", "optimizer.lr=1", "--logit-lens", "0", "steps=2"])
+    assert args.overrides == ["optimizer.lr=1", "steps=2"] and args.resume
     args = cli.parse_args(["sae", "train", "c.yaml", "--no-progress", "train.steps=3", "--set", "layer=1"])
     assert args.overrides == ["train.steps=3"] and args.set == ["layer=1"]
     with pytest.raises(SystemExit):
         cli.parse_args(["train", "c.yaml", "--resume", "not-an-override"])
     path = _toy_yaml(tmp_path)
-    cli.main(["plan", str(path), "--prompt-len", "8", "algorithm.group_size=2", "algorithm.micro_batches=1"])
+    cli.main(["plan", str(path), "--prompt-len", "8", "rl.group_size=2", "optimizer.micro_batches=1"])
     assert "4 prompts x 2 = 8 rollouts per step" in capsys.readouterr().out
 
 

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.multiprocess
 RUNS = {
     "steering": {"steps": 3},
     "full": {"steps": 3, "trainable.kind": "full", "lr": 0.01, "mesh.data": 2, "mesh.fsdp": 2},
-    "es": {"steps": 3, "algorithm.name": "es", "algorithm.prompts_per_step": 2,
+    "es": {"steps": 3, "algorithm": "es", "prompts_per_step": 2,
            "es.population": 8, "es.sigma": 0.5, "es.lr": 0.5},
 }
 

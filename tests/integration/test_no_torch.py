@@ -43,7 +43,7 @@ SCRIPT = textwrap.dedent(
     steered = jaxsteer.generate(model, ["What is 2 + 3?"], tokenizer=tok, greedy=True, max_new_tokens=6,
                                 interventions=[jaxsteer.Steer(vec)])
     out_dir = sys.argv[1]
-    code = main(["train", sys.argv[2], "steps=1", "algorithm.group_size=2", "algorithm.prompts_per_step=2",
+    code = main(["train", sys.argv[2], "steps=1", "rl.group_size=2", "prompts_per_step=2",
                  "sampling.max_new_tokens=4", "eval.n=4", "eval.batch_size=4", "checkpoint.every=1",
                  f"output_dir={out_dir}"])
     print(json.dumps({"plain": plain.texts[0], "steered": steered.texts[0], "code": code,

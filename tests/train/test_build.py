@@ -28,7 +28,7 @@ from jaxsteer.train.trainable import init_trainable
 
 
 def toy_config(out="/tmp/unused", **kw):
-    base = {"model.random_scale": 0.2, "algorithm.prompts_per_step": 8, "sampling.max_new_tokens": 2, "steps": 6}
+    base = {"model.random_scale": 0.2, "prompts_per_step": 8, "sampling.max_new_tokens": 2, "steps": 6}
     base.update(kw)
     return config_from_dict(T.config_dict(str(out), **base))
 
@@ -51,8 +51,8 @@ def run_updates(cfg, n_steps=2, P=6, N=4, rows=32):
     model, _ = build_model(cfg.model)
     setup = setup_training(cfg, model, make_mesh(devices=jax.devices()[:1]))
     step = compile_step(setup.spec, setup.tx)
-    M = cfg.algorithm.micro_batches
-    b = toy_batch(np.random.RandomState(0), rows, P, N, T.VOCAB, G=max(cfg.algorithm.group_size, 1))
+    M = cfg.optimizer.micro_batches
+    b = toy_batch(np.random.RandomState(0), rows, P, N, T.VOCAB, G=max(cfg.rl.group_size, 1))
     b = {k: jnp.asarray(v.reshape(M, -1, *v.shape[1:])) for k, v in b.items()}
     state, losses = setup.state, []
     for _ in range(n_steps):
@@ -71,7 +71,7 @@ def test_config_values_and_errors():
     assert load_config(None).model.remat is False and load_config(None).model.dtype == "auto"
     assert step_spec(load_config(None, ["model.remat=true"])).remat is True
     for bad, field in ((["model.remat=sometimes"], "model.remat"), (["model.dtype=float16"], "model.dtype"),
-                       (["model.remat=true", "algorithm.name=es"], "model.remat")):
+                       (["model.remat=true", "algorithm=es"], "model.remat")):
         with pytest.raises(ConfigError, match=field):
             load_config(None, bad)
 
@@ -91,8 +91,8 @@ def test_auto_dtype_is_bfloat16_on_accelerators_only():
 @pytest.mark.parametrize("overrides, policies", [
     ({"trainable.kind": "steering"}, (True, "dots")),  # grouped scoring: prompt once per group, K/V cache under remat
     ({"trainable.kind": "lora", "trainable.lora_rank": 4}, (True,)),
-    ({"trainable.kind": "lora", "algorithm.name": "sft", "algorithm.group_size": 1,
-      "algorithm.prompts_per_step": 32}, (True,)),  # SFT: the same step, rows scored whole
+    ({"trainable.kind": "lora", "algorithm": "sft", "rl.group_size": 1,
+      "prompts_per_step": 32}, (True,)),  # SFT: the same step, rows scored whole
 ])
 def test_remat_gives_the_same_update(overrides, policies):
     """Two AdamW updates with remat off and on (and a policy) give the same parameters. (lr 1e-2:
@@ -114,9 +114,9 @@ def compiled_update(remat, kind="steering"):
     """The RL update of a deeper, longer-context tiny model, lowered for abstract inputs."""
     random = dict(T.RANDOM_MODEL, n_layers=8, d_model=64, d_mlp=256, head_dim=16, max_position_embeddings=512)
     cfg = toy_config(**{"model.random": random, "model.remat": remat, "trainable.kind": kind,
-                        "sampling.max_new_tokens": 64, "algorithm.micro_batches": 1})
+                        "sampling.max_new_tokens": 64, "optimizer.micro_batches": 1})
     model = abstract_model(model_config(cfg.model), jnp.float32)
-    tx, _ = make_optimizer(cfg.lr, cfg.steps)
+    tx, _ = make_optimizer(cfg.optimizer.lr, cfg.steps)
     state = jax.eval_shape(lambda m: init_state(init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), tx), model)
     B, P, N = cfg.rollouts_per_step, 64, 64
     S = jax.ShapeDtypeStruct
@@ -191,7 +191,7 @@ def test_bfloat16_training_lowers_the_loss_like_float32():
     drops = {}
     for dtype in ("float32", "bfloat16"):
         cfg = toy_config(**{"model.dtype": dtype, "trainable.kind": "lora", "trainable.lora_rank": 4, "lr": 0.05,
-                            "algorithm.name": "sft", "algorithm.group_size": 1, "algorithm.prompts_per_step": 32})
+                            "algorithm": "sft", "rl.group_size": 1, "prompts_per_step": 32})
         _, losses = run_updates(cfg, n_steps=8)
         drops[dtype] = (losses[0] - losses[-1]) / losses[0]
     assert drops["float32"] > 0.2 and drops["bfloat16"] > 0.2, drops
@@ -223,8 +223,8 @@ def test_sampler_calls_merge_micro_batches_up_to_call_rows():
     from jaxsteer.train.rl.learner import sampler_calls
 
     def calls(prompts, group, micro, **kw):
-        return sampler_calls(load_config(None, [f"algorithm.prompts_per_step={prompts}", f"algorithm.group_size={group}",
-                                                f"algorithm.micro_batches={micro}", *(f"{k}={v}" for k, v in kw.items())]))
+        return sampler_calls(load_config(None, [f"prompts_per_step={prompts}", f"rl.group_size={group}",
+                                                f"optimizer.micro_batches={micro}", *(f"{k}={v}" for k, v in kw.items())]))
 
     assert calls(8, 8, 1) == 1
     assert calls(8, 4, 2) == 1  # 32 rows: one call instead of two of 16
@@ -232,7 +232,7 @@ def test_sampler_calls_merge_micro_batches_up_to_call_rows():
     assert calls(256, 8, 8) == 8  # 2048 rows: a micro-batch (256) is already over 128
     assert calls(64, 8, 8, **{"sampling.call_rows": 512}) == 1
     assert calls(64, 8, 8, **{"sampling.call_rows": 0}) == 8  # one call per micro-batch
-    assert calls(64, 8, 8, **{"algorithm.dash": "true"}) == 1
+    assert calls(64, 8, 8, **{"rl.dash": "true"}) == 1
     cfg = config_from_dict({"model": {"spec": "random", "random": T.RANDOM_MODEL},
                             "algorithm": {"prompts_per_step": 64, "group_size": 8, "micro_batches": 8}})
     assert plan(cfg, data=2, prompt_len=8).rollout_rows == 128 / 2

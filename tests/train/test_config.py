@@ -27,13 +27,13 @@ def _write(tmp_path, text: str) -> str:
 
 def test_yaml_and_overrides(tmp_path):
     path = _write(tmp_path, "steps: 7\ntrainable:\n  kind: steering\n  layers: [1, 2]\nalgorithm:\n  group_size: 4\n")
-    cfg = load_config(path, ["trainable.kind=lora", "trainable.layers=null", "lr=1e-4", "loss.clip_eps_low=0.2",
-                             "algorithm.dash=true", "data.system=null", "mesh.fsdp=2"])
+    cfg = load_config(path, ["trainable.kind=lora", "trainable.layers=null", "optimizer.lr=1e-4", "rl.loss.clip_eps_low=0.2",
+                             "rl.dash=true", "data.system=null", "mesh.fsdp=2"])
     assert cfg.steps == 7
     assert cfg.trainable.kind == "lora" and cfg.trainable.layers is None
-    assert cfg.lr == 1e-4 and isinstance(cfg.lr, float)
-    assert cfg.loss.clip_eps_low == 0.2
-    assert cfg.algorithm.group_size == 4 and cfg.algorithm.dash is True
+    assert cfg.optimizer.lr == 1e-4 and isinstance(cfg.optimizer.lr, float)
+    assert cfg.rl.loss.clip_eps_low == 0.2
+    assert cfg.rl.group_size == 4 and cfg.rl.dash is True
     assert cfg.mesh.fsdp == 2
     assert load_config(path, ["trainable.layers=[3, 4]"]).trainable.layers == (3, 4)
     assert load_config(path, ["trainable.layers=5"]).trainable.layers == (5,)
@@ -62,8 +62,10 @@ def test_unknown_override_names_the_key(override, needle):
 
 
 def test_unknown_yaml_key_names_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"'algorithm\.groupsize'"):
-        load_config(_write(tmp_path, "algorithm:\n  groupsize: 4\n"))
+    with pytest.raises(ConfigError, match=r"'rl\.groupsize'"):
+        load_config(_write(tmp_path, "rl:\n  groupsize: 4\n"))
+    with pytest.raises(ConfigError, match=r"'rl\.loss\.clip_eps'"):
+        load_config(_write(tmp_path, "rl:\n  loss:\n    clip_eps: 0.2\n"))
     with pytest.raises(ConfigError, match=r"'stepz'"):
         load_config(_write(tmp_path, "stepz: 4\n"))
 
@@ -72,13 +74,13 @@ def test_unknown_yaml_key_names_the_key(tmp_path):
     "override, needle",
     [
         ("steps=many", "steps: expected an integer"),
-        ("lr=fast", "lr: expected a number"),
-        ("algorithm.dash=maybe", "algorithm.dash: expected true or false"),
+        ("optimizer.lr=fast", "lr: expected a number"),
+        ("rl.dash=maybe", "rl.dash: expected true or false"),
         ("trainable.kind=adapter", "unknown trainable kind"),
-        ("algorithm.name=a2c", "algorithm.name"),
-        ("lr=-1", "lr must be >= 0"),
-        ("loss.aggregation=sum", "unknown aggregation"),
-        ("algorithm.micro_batches=5", "split into"),
+        ("algorithm=a2c", "algorithm"),
+        ("optimizer.lr=-1", "lr must be >= 0"),
+        ("rl.loss.aggregation=sum", "unknown aggregation"),
+        ("optimizer.micro_batches=5", "split into"),
         ("novalue", "not key=value"),
     ],
 )
@@ -111,7 +113,7 @@ def test_resume_accepts_fields_added_after_a_run_was_written():
 
     cfg = TrainConfig()
     old = config_to_dict(cfg)
-    del old["algorithm"]["log_kl"]  # as if written before `log_kl` was added
-    assert resume_conflicts(old, config_to_dict(cfg), defaults=config_to_dict(TrainConfig())) == []
-    changed = resume_conflicts(old, config_to_dict(dataclasses.replace(cfg, seed=1)), defaults=config_to_dict(TrainConfig()))
-    assert changed == ["seed: 0 -> 1"]
+    del old["rl"]["log_kl"]  # as if written before `log_kl` was added
+    assert resume_conflicts(old, cfg) == []
+    assert resume_conflicts(old, dataclasses.replace(cfg, seed=1)) == ["seed: 0 -> 1"]
+    assert resume_conflicts(old, dataclasses.replace(cfg, steps=1000)) == []  # a resumed run may run longer

@@ -86,7 +86,7 @@ def test_cli_generate_with_run(steering, capsys):
 
 def test_load_run_of_an_es_run(tmp_path):
     cfg = config_from_dict(train_toy.config_dict(str(tmp_path / "es"), steps=2, **{
-        "algorithm.name": "es", "es": {"population": 8, "sigma": 0.5, "lr": 1.0}, "checkpoint.every": 2}))
+        "algorithm": "es", "es": {"population": 8, "sigma": 0.5, "lr": 1.0}, "checkpoint.every": 2}))
     result = train(cfg)
     run = jaxsteer.load_run(result.output_dir)
     assert run.trainable is None and run.step == 2 and len(run.interventions) == 1

@@ -46,7 +46,7 @@ def xla_step_memory(cfg, prompt: int) -> dict:
     """XLA's memory analysis of the RL step (`train_step`) compiled for `cfg` on abstract inputs."""
     c = model_config(cfg.model)
     model = abstract_model(c, jnp.float32)
-    tx, _ = make_optimizer(cfg.lr, cfg.steps)
+    tx, _ = make_optimizer(cfg.optimizer.lr, cfg.steps)
     state = jax.eval_shape(lambda m: init_state(init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), tx), model)
     B, T, N = cfg.rollouts_per_step, prompt + cfg.sampling.max_new_tokens, cfg.sampling.max_new_tokens
     batch = {"tokens": S((1, B, T), jnp.int32), "mask": S((1, B, T), jnp.int32), "old_logp": S((1, B, N), jnp.float32),

@@ -24,7 +24,7 @@ from jaxsteer.train.run import NonFiniteError, resume_conflicts
 
 
 def _cfg(out, **kw):
-    base = {"model.random_scale": 0.2, "algorithm.prompts_per_step": 4, "sampling.max_new_tokens": 2, "steps": 3,
+    base = {"model.random_scale": 0.2, "prompts_per_step": 4, "sampling.max_new_tokens": 2, "steps": 3,
             "checkpoint.every": 1, "checkpoint.keep": 5}
     base.update(kw)
     return config_from_dict(T.config_dict(str(out), **base))
@@ -71,7 +71,7 @@ def test_resume_with_a_changed_config_is_refused_and_config_yaml_kept(three_step
     cfg = three_steps
     original = (cfg.output_dir + "/config.yaml")
     before = open(original).read()
-    for change in ({"lr": 0.5}, {"algorithm.group_size": 2}, {"data.train": "py:train_toy:eval_examples"},
+    for change in ({"lr": 0.5}, {"rl.group_size": 2}, {"data.train": "py:train_toy:eval_examples"},
                    {"eval.n": 8}):
         changed = config_from_dict(T.config_dict(cfg.output_dir, **{**_overrides(), **change}))
         with pytest.raises(ConfigError, match=rf"differs from the one that made the checkpoints.*{list(change)[0]}"):
@@ -87,14 +87,16 @@ def test_resume_with_a_changed_config_is_refused_and_config_yaml_kept(three_step
 
 
 def _overrides():
-    return {"model.random_scale": 0.2, "algorithm.prompts_per_step": 4, "sampling.max_new_tokens": 2, "steps": 3,
+    return {"model.random_scale": 0.2, "prompts_per_step": 4, "sampling.max_new_tokens": 2, "steps": 3,
             "checkpoint.every": 1, "checkpoint.keep": 5}
 
 
 def test_resume_conflicts_names_each_change():
+    """Each setting a resume would change is named (old keys of a saved config are migrated first:
+    `lr` is `optimizer.lr`); how long it runs and how often it evaluates may change."""
     old = {"lr": 0.01, "data": {"train": "a"}, "steps": 3, "eval": {"every": 0, "n": 200}}
-    new = {"lr": 0.02, "data": {"train": "b"}, "steps": 9, "eval": {"every": 2, "n": 8}}
-    assert resume_conflicts(old, new) == ["data.train: 'a' -> 'b'", "eval.n: 200 -> 8", "lr: 0.01 -> 0.02"]
+    new = config_from_dict({"optimizer": {"lr": 0.02}, "data": {"train": "b"}, "steps": 9, "eval": {"every": 2, "n": 8}})
+    assert resume_conflicts(old, new) == ["data.train: 'a' -> 'b'", "eval.n: 200 -> 8", "optimizer.lr: 0.01 -> 0.02"]
 
 
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -136,10 +138,10 @@ def test_bad_configs_fail_before_the_model_loads(tmp_path, overrides, needle):
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    (["lr=inf"], r"lr=inf: must be a finite number"),
-    (["lr=nan"], r"lr=nan: must be a finite number"),
-    (["loss.kl_coef=-inf"], r"loss.kl_coef=-inf"),
-    (["algorithm.group_size=1"], r"group_size=1 gives a zero rloo advantage"),
+    (["optimizer.lr=inf"], r"optimizer.lr=inf: must be a finite number"),
+    (["optimizer.lr=nan"], r"optimizer.lr=nan: must be a finite number"),
+    (["rl.loss.kl_coef=-inf"], r"rl.loss.kl_coef=-inf"),
+    (["rl.group_size=1"], r"group_size=1 gives a zero rloo advantage"),
     (["eval.n=0"], r"eval.n and eval.batch_size must be >= 1"),
 ])
 def test_nonsense_values_are_refused(tmp_path, overrides, needle):
@@ -147,8 +149,8 @@ def test_nonsense_values_are_refused(tmp_path, overrides, needle):
         config_from_dict(apply_overrides(T.config_dict(str(tmp_path)), overrides))
 
 
-KEYS = st.sampled_from(["lr", "steps", "seed", "algorithm.group_size", "algorithm.name", "sampling.temperature",
-                        "data.train", "eval.n", "loss.kl_coef", "trainable.kind", "mesh.data", "nosuch", "a.b.c",
+KEYS = st.sampled_from(["lr", "steps", "seed", "rl.group_size", "algorithm", "sampling.temperature",
+                        "data.train", "eval.n", "rl.loss.kl_coef", "trainable.kind", "mesh.data", "nosuch", "a.b.c",
                         "algorithm", "es.sigma", ""])
 VALUES = st.one_of(st.text(max_size=12), st.integers(-3, 10).map(str), st.sampled_from(
     ["inf", "nan", "-1e9", "true", "null", "[1, 2]", "{a: 1}", "1e-3", "'x'"]))

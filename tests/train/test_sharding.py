@@ -34,8 +34,8 @@ for kind, data, fsdp in (("steering", 8, 1), ("full", 4, 2), ("lora", 4, 2)):
     res = []
     for mesh in (make_mesh(1, 1, jax.devices()[:1]), make_mesh(data, fsdp)):
         cfg = config_from_dict(T.config_dict("/tmp/unused", **{"trainable.kind": kind, "model.random_scale": 0.2,
-                                "algorithm.micro_batches": 2, "lr": 0.01, "loss.kl_coef": 0.05,
-                                "adam_eps": 1e-3}))  # a large eps: Adam is not sign(g) for g ~ 0
+                                "optimizer.micro_batches": 2, "lr": 0.01, "rl.loss.kl_coef": 0.05,
+                                "optimizer.eps": 1e-3}))  # a large eps: Adam is not sign(g) for g ~ 0
         model, _ = build_model(cfg.model)
         setup = setup_training(cfg, model, mesh)
         step = compile_step(setup.spec, setup.tx, base_shardings=setup.base_shardings,

@@ -59,7 +59,7 @@ def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: Trai
         space = essa_product_space(model, None, None, alpha=cfg.alpha, rank=cfg.essa_rank, targets=targets, seed=seed)
     elif lora is None:
         raise ConfigError(f"es.space={name} evolves the singular values of trained LoRA adapters (the paper: an SFT "
-                          "run): set es.warm_start to a LoRA run's directory, or es.space=random_subspace for random "
+                          "run): set model.init_from to a LoRA run's directory, or es.space=random_subspace for random "
                           "orthonormal adapters with s = 0")
     elif name == "essa_product":
         space = essa_product_space(model, lora if targets is None else {p: lora[p] for p in targets if p in lora},
@@ -79,16 +79,20 @@ def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: Trai
 
 
 def es_space_for_run(cfg: TrainConfig, model: Model, tokenizer: Any = None, lora: dict | None = None):
-    """`(space, strategy)` of an ES run config; ESSA's LoRA warm start from `es.warm_start` (the
+    """`(space, strategy)` of an ES run config; ESSA's LoRA warm start from `model.init_from` (the
     directory of a LoRA run) or given directly as `lora` (a LoRA trainable of `cfg.trainable`)."""
-    es, trainable = cfg.es, cfg.trainable
-    if es.space_for(cfg.algorithm.name) in ("essa", "essa_product") and lora is None and es.warm_start:
-        lora, trainable = load_run_trainable(es.warm_start, model=model, tokenizer=tokenizer)
+    es, trainable, init_from = cfg.es, cfg.trainable, cfg.model.init_from
+    space = es.space_for(cfg.algorithm)
+    if init_from and space not in ("essa", "essa_product"):
+        raise ConfigError(f"model.init_from: es.space={space} does not start from a trained run (only ESSA's "
+                          "essa / essa_product spaces read it); remove it")
+    if space in ("essa", "essa_product") and lora is None and init_from:
+        lora, trainable = load_run_trainable(init_from, model=model, tokenizer=tokenizer)
         if trainable.kind != "lora":
-            raise InputError(f"es.warm_start={es.warm_start!r} is a {trainable.kind} run; ESSA needs a LoRA run")
+            raise ConfigError(f"model.init_from={init_from!r} is a {trainable.kind} run; ESSA needs a LoRA run")
     elif lora is not None:
         trainable = trainable if trainable.kind == "lora" else None
-    return build_es(model, es, cfg.algorithm.name, trainable, lora, seed=cfg.seed)
+    return build_es(model, es, cfg.algorithm, trainable, lora, seed=cfg.seed)
 
 
 def describe(space, strategy) -> dict:
@@ -128,7 +132,7 @@ class ESLoopSpec:
     def from_config(cls, cfg: TrainConfig) -> "ESLoopSpec":
         """The loop of an ES run config."""
         s = cfg.sampling
-        return cls(cfg.steps, cfg.algorithm.prompts_per_step, cfg.seed, cfg.data.shuffle, s.max_new_tokens,
+        return cls(cfg.steps, cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, s.max_new_tokens,
                    cfg.es.greedy, s.temperature, s.top_p, s.top_k, None, s.bucket, cfg.es.member_batch or None,
                    cfg.checkpoint.every, cfg.log_every)
 
@@ -213,9 +217,9 @@ def train_es(cfg: TrainConfig, inputs: Inputs, run: Run, *, lora: dict | None = 
     model, es = inputs.model, cfg.es
     space, strategy = es_space_for_run(cfg, model, inputs.tokenizer, lora)
     dims = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(jax.eval_shape(space.init, model)))
-    run.say(f"model {cfg.model.spec}: {model.config.n_layers} layers, d={model.config.d_model} | {cfg.algorithm.name}: "
+    run.say(f"model {cfg.model.spec}: {model.config.n_layers} layers, d={model.config.d_model} | {cfg.algorithm}: "
             f"{type(space).__name__} ({dims:,} dims), {type(strategy).__name__}, population {es.population}, "
-            f"sigma {es.sigma:g} | {cfg.algorithm.prompts_per_step} prompts per generation, {cfg.steps} generations")
+            f"sigma {es.sigma:g} | {cfg.prompts_per_step} prompts per generation, {cfg.steps} generations")
     held_out = HeldOut.from_config(cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn,
                                    mesh=make_mesh())  # held-out prompts split over every device
     if jax.process_count() > 1 and es.population % jax.device_count():
@@ -233,12 +237,12 @@ def train_es(cfg: TrainConfig, inputs: Inputs, run: Run, *, lora: dict | None = 
         run.files.update(export_steering(run.directory, cfg, model, theta, run.say))
     what = cfg.trainable.kind if trains_trainable else type(space).__name__
     files = run.finish({
-        "steps": cfg.steps, "algorithm": cfg.algorithm.name, "space": type(space).__name__,
+        "steps": cfg.steps, "algorithm": cfg.algorithm, "space": type(space).__name__,
         "strategy": type(strategy).__name__, "search_dims": dims, "population": es.population,
         "trainable_kind": cfg.trainable.kind if trains_trainable else None,
         "rollouts": cfg.steps * cfg.rollouts_per_step, "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
         "eval_before": run.evals.get("before"), "eval_after": run.evals.get("after"),
-    }, title=f"{cfg.model.spec} / {cfg.algorithm.name} / {what}")
+    }, title=f"{cfg.model.spec} / {cfg.algorithm} / {what}")
     return theta, result.history, files
 
 

@@ -23,8 +23,8 @@ from ..distributed import gather_rows
 def packs_dash(cfg: TrainConfig) -> bool:
     """Whether a run drops DASH-filtered samples before the update (policy-gradient runs with
     `loss.dash_tau > 0`; RAPID recomputes advantages in the step, so it cannot filter up front)."""
-    a = cfg.algorithm
-    return cfg.loss.dash_tau > 0 and a.name == "grpo" and a.advantage != "rapid"
+    a = cfg.rl
+    return cfg.rl.loss.dash_tau > 0 and cfg.algorithm == "grpo" and a.advantage != "rapid"
 
 
 def pack_kept(local: dict, rows_per_micro: int, tau: float, prompt_width: int) -> tuple[dict, int]:

@@ -54,7 +54,7 @@ PPO_KEYS = ("returns", "old_values")  # PPO's extra per-token arrays (and its ad
 
 def batch_keys(cfg: TrainConfig) -> tuple[str, ...]:
     """The rollout-batch arrays the update step reads."""
-    return BATCH_KEYS + (PPO_KEYS if cfg.algorithm.name == "ppo" else ())
+    return BATCH_KEYS + (PPO_KEYS if cfg.algorithm == "ppo" else ())
 
 
 @dataclasses.dataclass
@@ -77,28 +77,25 @@ class Setup:
 def step_spec(cfg: TrainConfig) -> StepSpec:
     """The static description of the RL update a config asks for (Dr. GRPO's `seq_sum_norm` constant
     `loss.max_len` defaults to `sampling.max_new_tokens`)."""
-    a = cfg.algorithm
-    rows_per_micro = cfg.rollouts_per_step // a.updates_per_batch // a.micro_batches
-    loss = cfg.loss
+    a = cfg.rl
+    rows_per_micro = cfg.rollouts_per_step // a.updates_per_batch // cfg.optimizer.micro_batches
+    loss = cfg.rl.loss
     if loss.aggregation == "seq_sum_norm" and loss.max_len is None:  # Dr. GRPO: a constant, not the batch width
         loss = dataclasses.replace(loss, max_len=cfg.sampling.max_new_tokens)
-    if a.name == "sft" and a.group_size != 1:
-        raise ConfigError(f"algorithm.name=sft trains on one reference per prompt: set algorithm.group_size=1 "
-                          f"(got {a.group_size})")
-    if a.advantage == "rapid" and (rows_per_micro % a.group_size or loss.dash_tau > 0 or loss.clip_eps_low is not None):
-        raise ConfigError("algorithm.advantage=rapid needs whole groups in every micro-batch and no loss.dash_tau "
-                          f"or ratio clipping (a micro-batch has {rows_per_micro} rows, group_size={a.group_size})")
+    if a.advantage == "rapid" and (rows_per_micro % cfg.group_size or loss.dash_tau > 0 or loss.clip_eps_low is not None):
+        raise ConfigError("rl.advantage=rapid needs whole groups in every micro-batch and no rl.loss.dash_tau "
+                          f"or ratio clipping (a micro-batch has {rows_per_micro} rows, group_size={cfg.group_size})")
     return StepSpec(
         trainable=cfg.trainable,
         loss=loss,
-        algorithm="expert_iteration" if a.name == "sft" else a.name,  # SFT: the same NLL on reference rows
-        ei_threshold=0.0 if a.name == "sft" else a.ei_threshold,
+        algorithm="expert_iteration" if cfg.algorithm == "sft" else cfg.algorithm,  # SFT: the same NLL on reference rows
+        ei_threshold=0.0 if cfg.algorithm == "sft" else a.ei_threshold,
         temperature=cfg.sampling.temperature,
-        on_policy=(cfg.updates_per_step == 1 and cfg.loss.clip_eps_low is None and cfg.loss.importance_cap is None
-                   and a.name != "ppo"),
-        need_ref=cfg.loss.kl_coef > 0 or a.log_kl,
-        shared_prompts=a.group_size if rows_per_micro % a.group_size == 0 and not packs_dash(cfg) else 1,
-        rapid_group=a.group_size if a.advantage == "rapid" and a.name == "grpo" else 0,
+        on_policy=(cfg.updates_per_step == 1 and cfg.rl.loss.clip_eps_low is None and cfg.rl.loss.importance_cap is None
+                   and cfg.algorithm != "ppo"),
+        need_ref=cfg.rl.loss.kl_coef > 0 or a.log_kl,
+        shared_prompts=cfg.group_size if rows_per_micro % cfg.group_size == 0 and not packs_dash(cfg) else 1,
+        rapid_group=cfg.group_size if a.advantage == "rapid" and cfg.algorithm == "grpo" else 0,
         remat=cfg.model.remat_arg,
     )
 
@@ -108,11 +105,11 @@ def setup_training(cfg: TrainConfig, model: Model, mesh, tokenizer: Any = None) 
     float32, created directly with its shardings; from `model.init_from`'s run when set) and the
     step spec."""
     ts = init_train_state(cfg, model, mesh, cfg.steps * cfg.updates_per_step, start_trainable(cfg, model, tokenizer))
-    per_row = ("rewards",) if cfg.algorithm.name == "ppo" else ("advantages", "rewards")
+    per_row = ("rewards",) if cfg.algorithm == "ppo" else ("advantages", "rewards")
     batch_shardings = {k: batch_sharding(mesh, 2 if k in per_row else 3) for k in batch_keys(cfg)}
     spec = step_spec(cfg)
     value_fn = None
-    if cfg.algorithm.name == "ppo":
+    if cfg.algorithm == "ppo":
         value_fn = make_value_fn(spec, base_shardings=ts.base_shardings, state_shardings=ts.state_shardings, mesh=mesh)
     return Setup(ts.model, ts.state, ts.rng, ts.tx, ts.schedule, spec, ts.base_shardings, ts.state_shardings,
                  batch_shardings, value_fn, ts.value_tx)
@@ -123,10 +120,10 @@ def sampler_calls(cfg: TrainConfig) -> int:
     consecutive micro-batches (a divisor of `micro_batches`), whose rows stay within
     `sampling.call_rows` (or one micro-batch's rows, when that is more; 0 = one call per micro-batch).
     Counted over the whole mesh, so the rollout is the same on any number of devices or processes."""
-    a = cfg.algorithm
+    a = cfg.rl
     if a.dash:
         return 1
-    rows, m = cfg.rollouts_per_step, a.micro_batches
+    rows, m = cfg.rollouts_per_step, cfg.optimizer.micro_batches
     limit = max(cfg.sampling.call_rows, rows // m) if cfg.sampling.call_rows else rows // m
     return min(c for c in range(1, m + 1) if m % c == 0 and rows // c <= limit)
 
@@ -134,21 +131,21 @@ def sampler_calls(cfg: TrainConfig) -> int:
 def check_layout(cfg: TrainConfig, mesh) -> tuple[int, int]:
     """`(prompts per process, sampler calls per step)`; ConfigError when the batch does not split
     over processes, mesh batch shards or micro-batches."""
-    a, nproc = cfg.algorithm, jax.process_count()
-    if a.prompts_per_step % nproc:
-        raise ConfigError(f"algorithm.prompts_per_step={a.prompts_per_step} does not split over {nproc} processes")
+    a, nproc = cfg.rl, jax.process_count()
+    if cfg.prompts_per_step % nproc:
+        raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split over {nproc} processes")
     shards = n_batch_shards(mesh)
-    rows_per_micro = cfg.rollouts_per_step // a.updates_per_batch // a.micro_batches
+    rows_per_micro = cfg.rollouts_per_step // a.updates_per_batch // cfg.optimizer.micro_batches
     if rows_per_micro % shards:
         raise ConfigError(
             f"a micro-batch has {rows_per_micro} rollouts, not divisible by the {shards} batch shards of the mesh "
             f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
         )
-    local_prompts, calls = a.prompts_per_step // nproc, sampler_calls(cfg)
+    local_prompts, calls = cfg.prompts_per_step // nproc, sampler_calls(cfg)
     if local_prompts % calls:
         raise ConfigError(
             f"without dash, sampling runs in {calls} calls of whole micro-batches (sampling.call_rows="
-            f"{cfg.sampling.call_rows}): prompts_per_step={a.prompts_per_step} must split into them"
+            f"{cfg.sampling.call_rows}): prompts_per_step={cfg.prompts_per_step} must split into them"
         )
     return local_prompts, calls
 
@@ -158,16 +155,16 @@ def update(step_fn, setup: Setup, state: dict, batch: RolloutBatch, cfg: TrainCo
     of a rollout batch (the same order every pass); metrics averaged over them, plus
     `clip_fraction_after_first`: the clip fraction of the updates after the first (whose ratios are
     all 1, so only later ones can clip)."""
-    a = cfg.algorithm
+    a = cfg.rl
     per_update = len(batch.rewards) // a.updates_per_batch
     metrics = []
     for _, u in itertools.product(range(a.epochs), range(a.updates_per_batch)):
         sl = slice(u * per_update, (u + 1) * per_update)
         local = {k: getattr(batch, k)[sl] for k in batch_keys(cfg)}
         if packs_dash(cfg):  # DASH: filtered samples never reach the forward / backward pass
-            local, kept = pack_kept(local, per_update // a.micro_batches, cfg.loss.dash_tau, batch.prompt_width)
+            local, kept = pack_kept(local, per_update // cfg.optimizer.micro_batches, cfg.rl.loss.dash_tau, batch.prompt_width)
         else:
-            local = {k: v.reshape(a.micro_batches, -1, *v.shape[1:]) for k, v in local.items()}
+            local = {k: v.reshape(cfg.optimizer.micro_batches, -1, *v.shape[1:]) for k, v in local.items()}
         state, m = step_fn(setup.model, state, {k: global_batch(v, mesh) for k, v in local.items()}, batch.prompt_width)
         m = {**m, "update_rows": local["tokens"].shape[0] * local["tokens"].shape[1]}
         if packs_dash(cfg):
@@ -183,7 +180,7 @@ def update(step_fn, setup: Setup, state: dict, batch: RolloutBatch, cfg: TrainCo
 def step_record(cfg: TrainConfig, spec: StepSpec, batch: RolloutBatch, m: dict, lr: float, times: tuple) -> dict:
     """The logged metrics of one step (rewards and lengths over all processes)."""
     t_roll, t_upd, t_step = times
-    G = cfg.algorithm.group_size
+    G = cfg.group_size
     rewards, lengths = gather_rows(batch.rewards), gather_rows(batch.lengths.astype(np.float32))
     task = rewards if batch.task_rewards is None else gather_rows(batch.task_rewards)
     return {
@@ -214,12 +211,12 @@ def step_record(cfg: TrainConfig, spec: StepSpec, batch: RolloutBatch, m: dict, 
 
 
 def _describe(cfg: TrainConfig, c, n_trainable: int, mesh, load_seconds: float) -> str:
-    a = cfg.algorithm
-    advantage = f"gae(gamma={a.gamma:g}, lambda={a.gae_lambda:g})" if a.name == "ppo" else a.advantage
+    a = cfg.rl
+    advantage = f"gae(gamma={a.gamma:g}, lambda={a.gae_lambda:g})" if cfg.algorithm == "ppo" else a.advantage
     return (
         f"model {cfg.model.spec}: {c.architecture}, {c.n_layers} layers, d={c.d_model} | trainable {cfg.trainable.kind} "
-        f"({n_trainable:,} parameters) | {a.name}/{advantage}, {a.prompts_per_step} prompts x G={a.group_size}, "
-        f"{a.micro_batches} micro-batch(es), lr {cfg.lr:g} | mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} "
+        f"({n_trainable:,} parameters) | {cfg.algorithm}/{advantage}, {cfg.prompts_per_step} prompts x G={cfg.group_size}, "
+        f"{cfg.optimizer.micro_batches} micro-batch(es), lr {cfg.optimizer.lr:g} | mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} "
         f"on {len(mesh.devices.flat)} {jax.default_backend()} device(s), {jax.process_count()} process(es) | "
         f"load {load_seconds:.1f} s"
     )
@@ -252,8 +249,9 @@ class RLLearner:
     def rollout(self, state: dict, key: jax.Array) -> RolloutBatch:
         """Sample, score and compute advantages for the next batch of prompts (SFT: the prompts
         followed by their reference answers)."""
-        a, inp = self.cfg.algorithm, self.inputs
-        if a.name == "sft":
+        cfg, inp = self.cfg, self.inputs
+        a = cfg.rl
+        if cfg.algorithm == "sft":
             examples = next(self.data_iter)
             stop = default_stop_tokens(self.setup.model, inp.tokenizer)
             eos = getattr(inp.tokenizer, "eos_token_id", None) if inp.tokenizer is not None else None
@@ -261,8 +259,8 @@ class RLLearner:
                                    pad_id=pad_id_for(self.setup.model, inp.tokenizer),
                                    eos_id=eos if eos is not None else (stop[0] if stop else None),
                                    max_new_tokens=self.cfg.sampling.max_new_tokens, bucket=self.cfg.sampling.bucket)
-        G = a.group_size
-        advantage_fn = (lambda r: np.asarray(group_advantages(r, G, a.advantage))) if a.name == "grpo" else (lambda r: r)
+        G = cfg.group_size
+        advantage_fn = (lambda r: np.asarray(group_advantages(r, G, a.advantage))) if cfg.algorithm == "grpo" else (lambda r: r)
         model, ivs = self.policy(state)
         # one key for the whole (multi-process) batch: the sampler runs on the mesh, each device its rows
 
@@ -278,10 +276,10 @@ class RLLearner:
         if not a.dynamic_sampling:
             batch = sample(0)
         else:
-            batch, self.rollout_stats = fill_batch(sample, a.prompts_per_step // jax.process_count(), G,
+            batch, self.rollout_stats = fill_batch(sample, cfg.prompts_per_step // jax.process_count(), G,
                                                    a.dynamic_sampling_rounds, pad_id_for(model, inp.tokenizer))
-        if a.name == "ppo":
-            batch = ppo_targets(self.setup.value_fn, self.setup.model, state, batch, micro_batches=a.micro_batches,
+        if cfg.algorithm == "ppo":
+            batch = ppo_targets(self.setup.value_fn, self.setup.model, state, batch, micro_batches=cfg.optimizer.micro_batches,
                                 gamma=a.gamma, lam=a.gae_lambda, mesh=self.mesh)
         return batch
 
@@ -346,11 +344,11 @@ def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | 
     if cfg.trainable.kind in LAYERED_KINDS:
         run.files.update(export_steering(run.directory, cfg, learner.setup.model, trainable, run.say))
     files = run.finish({
-        "steps": cfg.steps, "algorithm": cfg.algorithm.name, "trainable_kind": cfg.trainable.kind,
+        "steps": cfg.steps, "algorithm": cfg.algorithm, "trainable_kind": cfg.trainable.kind,
         "trainable_params": n_trainable, "rollouts": cfg.steps * cfg.rollouts_per_step,
         "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
         "eval_before": run.evals.get("before"), "eval_after": run.evals.get("after"),
-    }, title=f"{cfg.model.spec} / {cfg.algorithm.name} / {cfg.trainable.kind}")
+    }, title=f"{cfg.model.spec} / {cfg.algorithm} / {cfg.trainable.kind}")
     return trainable, history, files
 
 

@@ -439,7 +439,7 @@ def test_resume_is_exact(model, essa, tmp_path):
 
 
 def test_train_es_from_a_train_config(model, tmp_path):
-    """`train` with algorithm.name = es runs ES over the config's trainable (steering), with the
+    """`train` with algorithm = es runs ES over the config's trainable (steering), with the
     same run directory as RL: config, metrics, checkpoints, exported vectors, summary; and
     `evaluate_run` restores the centre from the checkpoint (= the returned one)."""
     from jaxsteer.train.config import config_from_dict
@@ -474,12 +474,12 @@ def test_es_config_section():
     is an error naming it (RL-only fields in an ES run, `es.*` in an RL run)."""
     from jaxsteer.train.config import ConfigError, config_from_dict, config_to_dict
 
-    with pytest.raises(ConfigError, match=r"lr, algorithm.group_size: not used by evolution strategies"):
+    with pytest.raises(ConfigError, match=r"lr, rl.group_size: not used by evolution strategies"):
         config_from_dict({"algorithm": {"name": "essa", "group_size": 1}, "lr": 0.1})
     with pytest.raises(ConfigError, match=r"es.population: not used by the RL learner"):
         config_from_dict({"algorithm": {"name": "grpo"}, "es": {"population": 8}})
     cfg = config_from_dict({"algorithm": {"name": "essa"}, "es": {"population": 8, "targets": ["q_proj"]}})
-    assert cfg.is_es and cfg.es.targets == ("q_proj",) and cfg.rollouts_per_step == 8 * cfg.algorithm.prompts_per_step
+    assert cfg.is_es and cfg.es.targets == ("q_proj",) and cfg.rollouts_per_step == 8 * cfg.prompts_per_step
     assert config_from_dict(config_to_dict(cfg)) == cfg
     with pytest.raises(ConfigError, match="es.strategy"):
         config_from_dict({"algorithm": {"name": "es"}, "es": {"strategy": "adam"}})
@@ -487,7 +487,7 @@ def test_es_config_section():
         config_from_dict({"es": {"popsize": 8}})
     with pytest.raises(ConfigError, match="es.targets"):
         config_from_dict({"es": {"targets": ["wq"]}})
-    with pytest.raises(ConfigError, match="algorithm.name"):
+    with pytest.raises(ConfigError, match="algorithm"):
         config_from_dict({"algorithm": {"name": "a2c"}})
 
 

@@ -92,7 +92,7 @@ def test_overlong_shaping_in_collect(tiny_model):
 
 def test_dapo_config_fields():
     cfg = config_from_dict({"algorithm": {"dynamic_sampling": True, "overlong_buffer": 8}, "sampling": {"max_new_tokens": 32}})
-    assert cfg.algorithm.dynamic_sampling and cfg.algorithm.overlong_buffer == 8
+    assert cfg.rl.dynamic_sampling and cfg.rl.overlong_buffer == 8
     with pytest.raises(ValueError, match="overlong_buffer"):
         config_from_dict({"algorithm": {"overlong_buffer": 64}, "sampling": {"max_new_tokens": 32}})
     with pytest.raises(ValueError, match="not used"):
@@ -105,8 +105,8 @@ def test_dapo_run_on_the_toy_task(tmp_path):
     import train_toy as T
     from jaxsteer.train import train
 
-    flags = {**T.LEARN, "algorithm.dynamic_sampling": True, "algorithm.overlong_buffer": 1, "loss.clip_eps_low": 0.2,
-             "loss.clip_eps_high": 0.28, "loss.aggregation": "token_mean", "lr": 0.3}
+    flags = {**T.LEARN, "rl.dynamic_sampling": True, "rl.overlong_buffer": 1, "rl.loss.clip_eps_low": 0.2,
+             "rl.loss.clip_eps_high": 0.28, "rl.loss.aggregation": "token_mean", "lr": 0.3}
     result = train(config_from_dict(T.config_dict(str(tmp_path / "dapo"), **flags)))
     T.assert_learns(result)  # untrained / lr 1e-12: 0.253
     h = result.history[-1]
@@ -125,17 +125,21 @@ def test_shipped_dapo_config_clips_after_the_first_minibatch(tmp_path):
     see ratios that clip-higher bounds, so their clip fraction is > 0."""
     import os
 
-    import yaml
     import train_toy as T
     from jaxsteer.train import train
     from jaxsteer.train.config import config_from_dict
     from jaxsteer.train.metrics import read_log
 
-    shipped = yaml.safe_load(open(os.path.join(ROOT, "experiments", "smollm2_arithmetic_dapo.yaml")))
-    assert shipped["algorithm"]["updates_per_batch"] > 1 and shipped["loss"]["clip_eps_high"] > shipped["loss"]["clip_eps_low"]
-    flags = {f"{sec}.{k}": v for sec in ("loss", "algorithm") for k, v in shipped[sec].items()}
+    from jaxsteer.config import config_to_dict, flatten
+    from jaxsteer.train.config import load_config
+
+    shipped = load_config(os.path.join(ROOT, "experiments", "smollm2_arithmetic_dapo.yaml"))
+    assert shipped.rl.updates_per_batch > 1 and shipped.rl.loss.clip_eps_high > shipped.rl.loss.clip_eps_low
+    flags = {f"rl.{k}": v for k, v in flatten(config_to_dict(shipped.rl)).items()}
+    flags.update({"algorithm": shipped.algorithm, "prompts_per_step": shipped.prompts_per_step,
+                  "optimizer.micro_batches": shipped.optimizer.micro_batches})
     flags.update({"steps": 2, "checkpoint.every": 0, "sampling.max_new_tokens": 4,
-                  "algorithm.overlong_buffer": 0, "model.random_scale": 0.2})
+                  "rl.overlong_buffer": 0, "model.random_scale": 0.2})
     cfg = config_from_dict(T.config_dict(str(tmp_path), **flags))
     result = train(cfg)
     log = read_log(result.files["metrics"])

@@ -35,7 +35,7 @@ KINDS = {
 
 
 def _cfg(out, **kw):
-    base = {"model.random_scale": 0.2, "algorithm.prompts_per_step": 8, "sampling.max_new_tokens": 2, "steps": 6}
+    base = {"model.random_scale": 0.2, "prompts_per_step": 8, "sampling.max_new_tokens": 2, "steps": 6}
     base.update(kw)
     return config_from_dict(T.config_dict(str(out), **base))
 
@@ -98,7 +98,7 @@ def test_micro_batches_do_not_change_the_update(tmp_path, aggregation):
     """One step on a batch as 1 micro-batch == the same batch as 4 micro-batches (grad accumulation)."""
     results = []
     for M in (1, 4):
-        cfg = _cfg(tmp_path, **{"algorithm.micro_batches": M, "loss.aggregation": aggregation, "loss.dash_tau": 0.5,
+        cfg = _cfg(tmp_path, **{"optimizer.micro_batches": M, "rl.loss.aggregation": aggregation, "rl.loss.dash_tau": 0.5,
                                 "model.random_scale": 0.2})
         model, _ = build_model(cfg.model)
         mesh = make_mesh(devices=jax.devices()[:1])
@@ -141,7 +141,7 @@ def test_kill_and_resume_in_a_new_process(steering_run, tmp_path):
     for name in ("steering_vectors.npy", "steering_vectors.safetensors", "summary.json"):
         if (run / name).exists():
             os.remove(run / name)
-    data = T.config_dict(str(run), **{"model.random_scale": 0.2, "algorithm.prompts_per_step": 8,
+    data = T.config_dict(str(run), **{"model.random_scale": 0.2, "prompts_per_step": 8,
                                       "sampling.max_new_tokens": 2, "steps": 6, "lr": 0.3,
                                       "checkpoint.every": 2, "checkpoint.keep": 3})
     proc = _resume_in_new_process(data, tmp_path / "cfg.yaml")
@@ -158,10 +158,10 @@ def test_kill_and_resume_in_a_new_process(steering_run, tmp_path):
 @pytest.mark.parametrize(
     "variant",
     [
-        {"algorithm.dash": True, "algorithm.micro_batches": 2, "loss.dash_tau": 0.1},
-        {"algorithm.updates_per_batch": 2, "loss.importance_cap": 2.0, "loss.clip_eps_low": 0.2,
-         "loss.clip_eps_high": 0.28, "loss.kl_coef": 0.01},
-        {"algorithm.name": "expert_iteration", "algorithm.log_kl": True},
+        {"rl.dash": True, "optimizer.micro_batches": 2, "rl.loss.dash_tau": 0.1},
+        {"rl.updates_per_batch": 2, "rl.loss.importance_cap": 2.0, "rl.loss.clip_eps_low": 0.2,
+         "rl.loss.clip_eps_high": 0.28, "rl.loss.kl_coef": 0.01},
+        {"algorithm": "expert_iteration", "rl.log_kl": True},
     ],
     ids=["dash", "rapid-offpolicy-clip-kl", "expert-iteration"],
 )
@@ -171,9 +171,9 @@ def test_algorithm_variants_run_and_learn(tmp_path, variant):
     # RAPID off-policy 0.676, expert iteration 0.646 (at lr 0.1 it reached only 0.383)
     T.assert_learns(result)
     h = result.history[-1]
-    if "loss.dash_tau" in variant:
+    if "rl.loss.dash_tau" in variant:
         assert 0 < h["kept_fraction"] <= 1
-    if variant.get("loss.kl_coef") or variant.get("algorithm.log_kl"):
+    if variant.get("rl.loss.kl_coef") or variant.get("rl.log_kl"):
         assert h["kl"] is not None and h["kl"] >= 0
 
 
@@ -244,7 +244,7 @@ def test_grouped_scoring_equals_full_rows(kind):
 
 
 def test_essa_warm_start_from_a_lora_run(tmp_path):
-    """`algorithm.name: essa` with `es.warm_start` = a LoRA run's directory: the ESSA centre at
+    """`algorithm: essa` with `model.init_from` = a LoRA run's directory: the ESSA centre at
     start reproduces that run's LoRA policy exactly, and a generation runs through `train`."""
     import jaxsteer
     from jaxsteer.train.es import center_member, es_space_for_run
@@ -255,9 +255,9 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
     lora_cfg = _cfg(lora_dir, **{"trainable.kind": "lora", "trainable.lora_rank": 4, "lr": 0.05, "steps": 2})
     lora_run = train(lora_cfg)
     essa_cfg = config_from_dict(T.config_dict(
-        str(tmp_path / "essa"), **{"model.random_scale": 0.2, "algorithm.name": "essa", "algorithm.prompts_per_step": 4,
+        str(tmp_path / "essa"), **{"model.random_scale": 0.2, "algorithm": "essa", "prompts_per_step": 4,
                                    "sampling.max_new_tokens": 2, "steps": 1, "es.population": 4,
-                                   "es.warm_start": str(lora_dir)}))
+                                   "model.init_from": str(lora_dir)}))
     model = lora_run.model
     space, _ = es_space_for_run(essa_cfg, model)
     tokens = np.array([[5, 6, 7, 8, 9, 10]])
@@ -271,7 +271,7 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
     result = train(essa_cfg)
     summary = json.load(open(tmp_path / "essa" / "summary.json"))
     assert summary["algorithm"] == "essa" and summary["space"] == "ESSASpace" and len(result.history) == 1
-    bad = config_from_dict(T.config_dict(str(tmp_path / "bad"), **{"algorithm.name": "essa", "es.warm_start": str(tmp_path / "essa")}))
+    bad = config_from_dict(T.config_dict(str(tmp_path / "bad"), **{"algorithm": "essa", "model.init_from": str(tmp_path / "essa")}))
     with pytest.raises(ValueError, match="needs a gradient run"):  # an ES run's directory holds no trained adapters
         es_space_for_run(bad, model)
 
@@ -279,7 +279,7 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
 def test_es_kill_and_resume_in_a_new_process(tmp_path):
     """ES through `jaxsteer train`: generations 1-2, stop, `--resume` in a new process for 3-4
     == four generations straight (same centre, same fitness per generation)."""
-    es_cfg = {"algorithm.name": "es", "algorithm.prompts_per_step": 4, "sampling.max_new_tokens": 2,
+    es_cfg = {"algorithm": "es", "prompts_per_step": 4, "sampling.max_new_tokens": 2,
               "es.population": 8, "es.sigma": 0.5, "es.lr": 0.5, "model.random_scale": 0.2, "steps": 4,
               "checkpoint.every": 2, "checkpoint.keep": 3}
     straight = train(config_from_dict(T.config_dict(str(tmp_path / "straight"), **es_cfg)))

@@ -26,7 +26,7 @@ def _examples(n=16, seed=0):
 
 
 def _sft(tmp_path, kind, **kw):
-    flags = {"algorithm.name": "sft", "algorithm.group_size": 1, "algorithm.micro_batches": 1, "steps": 4,
+    flags = {"algorithm": "sft", "rl.group_size": 1, "optimizer.micro_batches": 1, "steps": 4,
              "checkpoint.every": 0, "model.random_scale": 0.2, "trainable.kind": kind, **KINDS[kind], **kw}
     cfg = config_from_dict(T.config_dict(str(tmp_path / kind), **flags))
     return cfg, train(cfg, train_examples=_examples(), eval_examples=_examples(4, seed=1))
@@ -50,7 +50,7 @@ def test_sft_lowers_the_nll_of_its_targets(tmp_path, kind):
 
 
 def test_rejection_sampling_sft_raises_the_reward(tmp_path):
-    flags = {**T.LEARN, "algorithm.name": "expert_iteration", "lr": 0.3}
+    flags = {**T.LEARN, "algorithm": "expert_iteration", "lr": 0.3}
     result = train(config_from_dict(T.config_dict(str(tmp_path / "rs"), **flags)))
     T.assert_learns(result)  # untrained / lr 1e-12: 0.253 (sampled reward "rises" by 0.219); trained: 0.646
 

@@ -26,11 +26,11 @@ from jaxsteer.train.sharding import make_mesh
 def test_ppo_config_errors():
     base = {"algorithm": {"name": "ppo", "group_size": 4}}
     assert config_from_dict(base).updates_per_step == 1
-    with pytest.raises(ConfigError, match="algorithm.gamma"):
+    with pytest.raises(ConfigError, match="rl.gamma"):
         config_from_dict({"algorithm": {"gamma": 0.9}})  # a PPO setting in a GRPO run
     with pytest.raises(ConfigError, match="value_lr"):
         config_from_dict({"value_lr": 0.1})
-    with pytest.raises(ConfigError, match="loss.dash_tau"):
+    with pytest.raises(ConfigError, match="rl.loss.dash_tau"):
         config_from_dict({**base, "loss": {"dash_tau": 0.1}})
     with pytest.raises(ConfigError, match="gae_lambda"):
         config_from_dict({"algorithm": {"name": "ppo", "gae_lambda": 1.5}})
@@ -50,9 +50,9 @@ def _ppo_batch(rng, rows, P, N, G=4):
 
 
 def _one_step(tmp_path, kind, micro_batches):
-    flags = {"algorithm.name": "ppo", "loss.clip_eps_low": 0.2, "algorithm.micro_batches": micro_batches,
+    flags = {"algorithm": "ppo", "rl.loss.clip_eps_low": 0.2, "optimizer.micro_batches": micro_batches,
              "trainable.kind": kind, "lr": 0.01, "value_lr": 0.01, "model.random_scale": 0.2,
-             "algorithm.prompts_per_step": 8}
+             "prompts_per_step": 8}
     if kind == "lora":
         flags["trainable.lora_rank"] = 2
     cfg = config_from_dict(T.config_dict(str(tmp_path), **flags))
@@ -90,8 +90,8 @@ def test_micro_batches_do_not_change_the_ppo_update(tmp_path):
         np.testing.assert_allclose(m1[k], m2[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-TOY = {"algorithm.name": "ppo", "algorithm.epochs": 2, "algorithm.updates_per_batch": 2, "algorithm.micro_batches": 1,
-       "loss.clip_eps_low": 0.2, "model.random_scale": 0.2, "algorithm.prompts_per_step": 8,
+TOY = {"algorithm": "ppo", "rl.epochs": 2, "rl.updates_per_batch": 2, "optimizer.micro_batches": 1,
+       "rl.loss.clip_eps_low": 0.2, "model.random_scale": 0.2, "prompts_per_step": 8,
        "sampling.max_new_tokens": 2, "steps": 10, "checkpoint.every": 4, "checkpoint.keep": 3}
 
 
@@ -164,9 +164,9 @@ out = {}
 for kind, data, fsdp in (("steering", 8, 1), ("full", 4, 2)):
     res = []
     for mesh in (make_mesh(1, 1, jax.devices()[:1]), make_mesh(data, fsdp)):
-        cfg = config_from_dict(T.config_dict("/tmp/unused", **{"algorithm.name": "ppo", "trainable.kind": kind,
-                               "loss.clip_eps_low": 0.2, "algorithm.micro_batches": 2, "lr": 0.01, "adam_eps": 1e-3,
-                               "model.random_scale": 0.2, "algorithm.prompts_per_step": 8}))
+        cfg = config_from_dict(T.config_dict("/tmp/unused", **{"algorithm": "ppo", "trainable.kind": kind,
+                               "rl.loss.clip_eps_low": 0.2, "optimizer.micro_batches": 2, "lr": 0.01, "optimizer.eps": 1e-3,
+                               "model.random_scale": 0.2, "prompts_per_step": 8}))
         model, _ = build_model(cfg.model)
         setup = setup_training(cfg, model, mesh)
         step = compile_step(setup.spec, setup.tx, base_shardings=setup.base_shardings, value_tx=setup.value_tx,
