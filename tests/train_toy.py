@@ -38,6 +38,11 @@ def eval_examples() -> list[Example]:
     return examples(32, seed=1)
 
 
+def sft_examples(n: int = 16, seed: int = 0) -> list[Example]:
+    """Prompts whose reference completion is the token ids [9, 12, 1] (two GOOD tokens, then EOS)."""
+    return [Example(e.prompt, e.answer, {**e.meta, "target_ids": [9, 12, 1]}) for e in examples(n, seed)]
+
+
 @token_reward
 def first_token_reward(prompt_ids, completion_ids, reference) -> float:
     return 1.0 if completion_ids and completion_ids[0] in GOOD else -1.0

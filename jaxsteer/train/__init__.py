@@ -184,7 +184,7 @@ def load_run(directory: str, *, step: int | None = None, model: Model | None = N
     path = os.path.join(directory, "config.yaml")
     if not os.path.isfile(path):
         raise NotFoundError(f"{directory} is not a run directory (no config.yaml)")
-    cfg = load_config(path, [*overrides, f"output_dir={directory}"])
+    cfg = load_config(path, [*overrides, f"output_dir={directory}"], warn=False)
     base, tokenizer, policy, ivs, trainable, meta = _restore_policy(cfg, step, model, tokenizer)
     return LoadedRun(policy, base, tokenizer, tuple(ivs), trainable, cfg, int(meta["step"]), directory)
 

@@ -80,7 +80,7 @@ def sae_undamaged(tmp_path_factory):
     words = np.array(["alpha", "beta", "gamma", "one", "two", "plus", "equals", "the"])
     text.write_text("\n\n".join(" ".join(np.random.default_rng(i).choice(words, 30)) for i in range(40)))
     model = tiny_sae_model()
-    cfg = lambda out: run_cfg(str(text), out, **{"train.steps": 4, "save_every": 2, "keep": 3})  # noqa: E731
+    cfg = lambda out: run_cfg(str(text), out, **{"steps": 4, "checkpoint.every": 2, "checkpoint.keep": 3})  # noqa: E731
     straight = train_sae(cfg(root / "a"), model=model, tokenizer=CharTokenizer(), progress=False)
     return cfg, model, CharTokenizer(), straight
 
@@ -373,8 +373,8 @@ def test_config_and_file_errors_are_one_line_for_every_command(tmp_path, argv, n
 def test_overrides_after_flags_and_the_sae_set_flag(tmp_path, capsys):
     args = cli.parse_args(["train", "c.yaml", "--resume", "optimizer.lr=1", "--logit-lens", "0", "steps=2"])
     assert args.overrides == ["optimizer.lr=1", "steps=2"] and args.resume
-    args = cli.parse_args(["sae", "train", "c.yaml", "--no-progress", "train.steps=3", "--set", "layer=1"])
-    assert args.overrides == ["train.steps=3"] and args.set == ["layer=1"]
+    args = cli.parse_args(["sae", "train", "c.yaml", "--no-progress", "steps=3", "--set", "layer=1"])
+    assert args.overrides == ["steps=3"] and args.set == ["layer=1"]
     with pytest.raises(SystemExit):
         cli.parse_args(["train", "c.yaml", "--resume", "not-an-override"])
     path = _toy_yaml(tmp_path)
@@ -385,9 +385,9 @@ def test_overrides_after_flags_and_the_sae_set_flag(tmp_path, capsys):
 def test_a_locked_sae_run_directory_is_one_line_before_the_model_loads(tmp_path):
     out = tmp_path / "sae-run"
     config = tmp_path / "sae.yaml"
-    config.write_text(f"model: {tmp_path / 'no-such-model'}\nout_dir: {out}\n")
+    config.write_text(f"model: {{spec: {tmp_path / 'no-such-model'}}}\noutput_dir: {out}\n")
     with RunLock(out):
-        line = _cli_line(["sae", "train", config, "--set", "train.steps=2"])
+        line = _cli_line(["sae", "train", config, "--set", "steps=2"])
     assert line.startswith("jaxsteer sae train: RunLockedError: run directory") and "is in use by process" in line
 
 

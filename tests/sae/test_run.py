@@ -56,8 +56,8 @@ def text_file(tmp_path_factory):
 
 
 def run_cfg(text_file, out_dir, kind="topk", overrides=(), **extra):
-    sets = [f"text={text_file}", f"out_dir={out_dir}", "layer=1", "context=16", f"sae.kind={kind}", "sae.d_sae=32",
-            "sae.k=4", "train.batch_size=60", "train.steps=6", "train.lr=0.003", "train.dead_tokens=120", "save_every=3",
+    sets = [f"text={text_file}", f"output_dir={out_dir}", "layer=1", "context=16", f"sae.kind={kind}", "sae.d_sae=32",
+            "sae.k=4", "train.batch_size=60", "steps=6", "optimizer.lr=0.003", "train.dead_tokens=120", "checkpoint.every=3",
             "log_every=1", "buffer.contexts_per_forward=4", "buffer.buffer_batches=2", "eval.contexts=8", "eval.fraction=0.2"]
     return load_run_config(None, sets + list(overrides) + [f"{k}={v}" for k, v in extra.items()])
 
@@ -100,11 +100,11 @@ def test_resume_reproduces_an_uninterrupted_run(model, text_file, tmp_path):
 
 def test_eval_reports_metrics_and_htopk_curve(model, text_file, tmp_path):
     tok = CharTokenizer()
-    fast = {"train.steps": 20, "train.lr": 0.01}
+    fast = {"steps": 20, "optimizer.lr": 0.01}
     out = train_sae(run_cfg(text_file, tmp_path / "h", kind="htopk", **fast), model=model, tokenizer=tok, progress=False)
     res = eval_run(out, model=model, tokenizer=tok, say=lambda *a: None)
     # the null run: the same seed, data and init (b_dec at the geometric median) at lr 1e-12
-    out0 = train_sae(run_cfg(text_file, tmp_path / "null", kind="htopk", **{**fast, "train.lr": 1e-12}),
+    out0 = train_sae(run_cfg(text_file, tmp_path / "null", kind="htopk", **{**fast, "optimizer.lr": 1e-12}),
                      model=model, tokenizer=tok, progress=False)
     null = eval_run(out0, model=model, tokenizer=tok, say=lambda *a: None)
     # null: EV 0.320, loss recovered 0.913; trained (20 steps): EV 0.728, loss recovered 1.04
@@ -136,16 +136,16 @@ def test_config_is_strict(tmp_path):
         load_run_config(None, ["sae.kidn=topk"])
     with pytest.raises(ValueError, match="expected int"):
         load_run_config(None, ["layer=abc"])
-    cfg = load_run_config(None, ["train.lr=1e-3", "sae.kind=kron"])
-    assert cfg.train.lr == 1e-3 and cfg.sae.kind == "kron"
+    cfg = load_run_config(None, ["optimizer.lr=1e-3", "sae.kind=kron"])
+    assert cfg.optimizer.lr == 1e-3 and cfg.sae.kind == "kron"
 
 
 def test_a_locked_run_directory_is_refused(model, text_file, tmp_path):
     from jaxsteer.train.lock import RunLock, RunLockedError
 
     cfg = run_cfg(text_file, tmp_path / "locked")
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with RunLock(cfg.out_dir):
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    with RunLock(cfg.output_dir):
         with pytest.raises(RunLockedError):
             train_sae(cfg, model=model, tokenizer=CharTokenizer(), progress=False)
 
