@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 import train_toy as T
+from tests import TESTS
 from jaxsteer.train import evaluate_run, load_run, train
 from jaxsteer.train.config import config_from_dict, load_config
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "runs_v0")
+FIXTURE = os.path.join(TESTS, "data", "runs_v0")
 
 # today's spelling of each old run's settings (the generator's overrides, see the fixture's README)
 COMMON = {"steps": 4, "checkpoint.every": 2, "checkpoint.keep": 1, "model.random_scale": 0.2}
@@ -68,7 +69,7 @@ def test_old_training_run_loads_evaluates_and_resumes(runs, kind, tmp_path):
 
 
 def test_old_sae_run_resumes_and_evaluates(runs, tmp_path):
-    from test_sae_train import CharTokenizer, run_cfg, tiny_sae_model
+    from tests.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
 
     from jaxsteer.sae.config import load_run_config
     from jaxsteer.sae.run import eval_run, load_sae, train_sae
