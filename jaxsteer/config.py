@@ -248,16 +248,19 @@ def renamed_key(cls: type, key: str) -> str | None:
 
 def migrate(cls: type, data: dict, *, warn: bool = True, source: str = "") -> dict:
     """Old keys of `data` moved to their `cls.RENAMED` names (one ConfigDeprecationWarning each
-    when `warn`), then `cls.migrate` when defined. Both an old key and its new one: ConfigError."""
+    when `warn`), then `cls.migrate` when defined. An old key and its new one with different values
+    (neither null): ConfigError."""
     flat, out = flatten(data), {}
     renames = [(k, renamed_key(cls, k)) for k in flat]
-    new_keys = {k for k, new in renames if new is None}
+    out = {k: flat[k] for k, new in renames if new is None}
     for key, new in renames:
         if new is None:
-            out[key] = flat[key]
             continue
-        if new in new_keys or new in out:
-            raise ConfigError(f"{source}{key} is the old name of {new}, and both are given; keep {new}")
+        if new in out:  # both spellings: fine when they agree or one is unset (null), as in a full saved config
+            if flat[key] is not None and out[new] is not None and flat[key] != out[new]:
+                raise ConfigError(f"{source}{key} is the old name of {new}, and both are given; keep {new}")
+            if flat[key] is None:
+                continue
         if warn:
             warnings.warn(f"{source}config key {key!r} is now {new!r}; write {new}", ConfigDeprecationWarning,
                           stacklevel=3)

@@ -57,9 +57,13 @@ def test_old_keys_load_as_the_new_ones_with_one_warning_each(cls, old, new, n_re
         assert config_from_dict(cls, old, warn=False) == migrated  # a run directory's saved config: silent
 
 
-def test_old_and_new_key_together_is_an_error():
+def test_old_and_new_key_together_is_an_error_unless_they_agree():
     with pytest.raises(ConfigError, match=r"lr is the old name of optimizer.lr, and both are given"):
         config_from_dict(TrainConfig, {"lr": 0.1, "optimizer": {"lr": 0.2}}, warn=False)
+    # a full saved config of the first release had both es.warm_start and model.init_from (one null)
+    both = {"algorithm": "essa", "es": {"warm_start": "runs/sft"}, "model": {"init_from": None}}
+    assert config_from_dict(TrainConfig, both, warn=False).model.init_from == "runs/sft"
+    assert config_from_dict(TrainConfig, {"optimizer": {"lr": 0.1}, "lr": 0.1}, warn=False).optimizer.lr == 0.1
 
 
 def test_overrides_at_any_depth_and_renamed_overrides(tmp_path):

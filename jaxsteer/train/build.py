@@ -153,8 +153,8 @@ def build_inputs(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any
     if len(train_examples) < cfg.prompts_per_step:
         raise ConfigError(
             f"{source} has {len(train_examples)} example(s), fewer than "
-            f"algorithm.prompts_per_step={cfg.prompts_per_step}: every step would repeat the same prompts; "
-            "lower algorithm.prompts_per_step or use more data")
+            f"prompts_per_step={cfg.prompts_per_step}: every step would repeat the same prompts; "
+            "lower prompts_per_step or use more data")
     e = cfg.eval
     if eval_examples is None and cfg.data.eval and (e.before or e.after or e.every):
         eval_examples = load_examples(cfg.data.eval)

@@ -134,7 +134,7 @@ def test_identity_sae_recovers_all_loss(model):
 def test_config_is_strict(tmp_path):
     with pytest.raises(ValueError, match="unknown config key"):
         load_run_config(None, ["sae.kidn=topk"])
-    with pytest.raises(ValueError, match="expected int"):
+    with pytest.raises(ValueError, match="layer: expected an integer"):
         load_run_config(None, ["layer=abc"])
     cfg = load_run_config(None, ["optimizer.lr=1e-3", "sae.kind=kron"])
     assert cfg.optimizer.lr == 1e-3 and cfg.sae.kind == "kron"

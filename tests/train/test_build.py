@@ -191,7 +191,7 @@ def test_bfloat16_training_lowers_the_loss_like_float32():
     drops = {}
     for dtype in ("float32", "bfloat16"):
         cfg = toy_config(**{"model.dtype": dtype, "trainable.kind": "lora", "trainable.lora_rank": 4, "lr": 0.05,
-                            "algorithm": "sft", "rl.group_size": 1, "prompts_per_step": 32})
+                            "algorithm": "sft", "prompts_per_step": 32})
         _, losses = run_updates(cfg, n_steps=8)
         drops[dtype] = (losses[0] - losses[-1]) / losses[0]
     assert drops["float32"] > 0.2 and drops["bfloat16"] > 0.2, drops

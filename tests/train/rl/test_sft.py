@@ -26,7 +26,7 @@ def _examples(n=16, seed=0):
 
 
 def _sft(tmp_path, kind, **kw):
-    flags = {"algorithm": "sft", "rl.group_size": 1, "optimizer.micro_batches": 1, "steps": 4,
+    flags = {"algorithm": "sft", "optimizer.micro_batches": 1, "steps": 4,
              "checkpoint.every": 0, "model.random_scale": 0.2, "trainable.kind": kind, **KINDS[kind], **kw}
     cfg = config_from_dict(T.config_dict(str(tmp_path / kind), **flags))
     return cfg, train(cfg, train_examples=_examples(), eval_examples=_examples(4, seed=1))
@@ -112,10 +112,14 @@ def test_rl_starts_from_the_sft_lora_run(sft_lora, tmp_path):
                        result.model, make_mesh(1, 1, jax.devices()[:1]))
 
 
-def test_sft_needs_group_size_one():
-    with pytest.raises(ConfigError, match="group_size=1"):
-        step_spec(config_from_dict({"algorithm": {"name": "sft", "group_size": 4}}))
-    spec = step_spec(config_from_dict({"algorithm": {"name": "sft", "group_size": 1}}))
+def test_sft_reads_no_rl_settings():
+    """SFT trains on one reference per prompt: `rl.*` (group size, advantages, losses) is refused by
+    name; old configs' `algorithm.group_size: 1` (required when SFT was an RL algorithm) still loads."""
+    with pytest.raises(ConfigError, match="rl.group_size: not used by the SFT learner"):
+        config_from_dict({"algorithm": "sft", "rl": {"group_size": 4}})
+    cfg = config_from_dict({"algorithm": {"name": "sft", "group_size": 1}}, warn=False)
+    assert cfg.group_size == 1 and cfg.rollouts_per_step == cfg.prompts_per_step
+    spec = step_spec(cfg)
     assert spec.algorithm == "expert_iteration" and spec.ei_threshold == 0.0
 
 
