@@ -127,7 +127,7 @@ def cmd_eval(args) -> None:
         overrides.append(f"eval.n={args.n}")
     if args.samples is not None:
         overrides.append(f"eval.samples={args.samples}")
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, overrides, warn=not os.path.isdir(args.run))  # a run directory's saved config: silent
     out = evaluate_run(cfg, step=args.step, base=not args.no_base)
     print(f"checkpoint step {out['step']}, {out['n']} held-out problems ({cfg.data.eval})")
     for label in ("base", "trained"):

@@ -11,7 +11,7 @@ How the pieces fit (imports point one way, left to right):
 (`run.Run`), evaluates held-out accuracy (`evaluate`), and holds gradient-trained state (`state`);
 the learners `rl.learner.train_rl` and `es.learner.train_es` never import each other. This module
 is the only one that knows every learner: `train` and `evaluate_run` dispatch on
-`algorithm.name`.
+`algorithm`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class TrainResult:
 def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None, reward_fn: Callable | None = None,
           train_examples: Sequence | None = None, eval_examples: Sequence | None = None, resume: bool = False,
           devices: Sequence | None = None, lora: dict | None = None) -> TrainResult:
-    """Train as configured: RL for `algorithm.name` grpo | expert_iteration, evolution strategies
+    """Train as configured: RL for `algorithm` grpo | expert_iteration, evolution strategies
     for es | eggroll | essa. Keyword arguments replace what the config would load (tests pass tiny
     models and token-id tasks); `resume` continues from the latest checkpoint in `output_dir`;
     `devices` (RL) restricts the mesh; `lora` (ESSA) gives the warm-start adapters directly."""

@@ -4,7 +4,7 @@
     result = run_es(model, space, strategy, examples, "correctness",
                     ESLoopSpec(generations=50, prompts_per_generation=8), tokenizer=tokenizer)
 
-`train_es` is what `jaxsteer.train.train` calls for configs with `algorithm.name` es | eggroll |
+`train_es` is what `jaxsteer.train.train` calls for configs with `algorithm` es | eggroll |
 essa: the `es` section picks space, strategy and their settings; `steps` = generations;
 `algorithm.prompts_per_step` = prompts per generation; the shared sections (model, trainable,
 sampling, data, eval, checkpoint, seed, output_dir) mean what they mean for RL.

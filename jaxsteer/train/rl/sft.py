@@ -1,10 +1,10 @@
-"""Supervised fine-tuning batches: prompts followed by their reference answers (`algorithm.name: sft`).
+"""Supervised fine-tuning batches: prompts followed by their reference answers (`algorithm: sft`).
 
 SFT runs through the RL learner's machinery (the same Run, trainables, micro-batched jitted step,
 checkpoints, evaluation and export) with the rollout replaced by `reference_batch`: each prompt is
 followed by its target, every row gets reward 1, and the step's supervised loss (the negative
 log-likelihood of the completion tokens, token mean) trains on them. Rejection-sampling SFT on
-the model's own correct samples is `algorithm.name: expert_iteration` (the same loss on sampled
+the model's own correct samples is `algorithm: expert_iteration` (the same loss on sampled
 completions with reward above `ei_threshold`).
 """
 
