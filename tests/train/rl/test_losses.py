@@ -505,8 +505,8 @@ def test_rapid_run_on_the_toy_task(tmp_path):
     import train_toy as T
     from jaxsteer.train import train
 
-    flags = {**T.LEARN, "algorithm.advantage": "rapid", "algorithm.updates_per_batch": 2,
-             "loss.importance_cap": 2.0, "lr": 0.3}
+    flags = {**T.LEARN, "rl.advantage": "rapid", "rl.updates_per_batch": 2,
+             "rl.loss.importance_cap": 2.0, "lr": 0.3}
     result = train(config_from_dict(T.config_dict(str(tmp_path / "rapid"), **flags)))
     T.assert_learns(result)  # untrained / lr 1e-12: 0.253
     h = result.history[-1]
