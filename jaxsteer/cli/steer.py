@@ -16,6 +16,8 @@ import os
 from ..errors import InputError
 from .common import DEFAULT_MODEL
 
+MODEL_HELP = "model alias, GGUF file or HF directory (default: %(default)s)"
+
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
@@ -62,7 +64,12 @@ def add_parsers(sub) -> None:
     a.add_argument("--prompt", action="append", required=True, help="prompt (repeat for a batch)")
     a.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate per prompt (default 48)")
     a.set_defaults(func=cmd_apply)
+    add_eval_parser(ss)
+    add_llamacpp_parsers(ss)
 
+
+def add_eval_parser(ss) -> None:
+    """Register `steer eval` on the `steer` subparsers."""
     v = ss.add_parser("eval", help="sweep layer x scale per method; table, plot and JSON")
     v.add_argument(
         "--model", default=DEFAULT_MODEL, help="model alias, GGUF file or HF directory (default: %(default)s)"
@@ -97,6 +104,9 @@ def add_parsers(sub) -> None:
     )
     v.set_defaults(func=cmd_eval)
 
+
+def add_llamacpp_parsers(ss) -> None:
+    """Register `steer export` and `steer import` (llama.cpp control vectors) on the `steer` subparsers."""
     x = ss.add_parser("export", help="write [L, d] resid_post vectors as a llama.cpp control vector GGUF")
     x.add_argument("--vectors", required=True, help=".npy [L, d] vectors")
     x.add_argument("--layers", type=_ints, help="layers to write (default: every non-zero layer)")
