@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,15 @@ def save_figure(fig, path: str) -> str:
 
 
 def single_token_ids(tokenizer: Any, answers: Sequence[Any]) -> list[int]:
-    """Token ids for answers given as ids or strings; a string must encode to exactly one token."""
+    """Token ids for answers given as ids or strings; a string must encode to exactly one token.
+
+    Args:
+        tokenizer: encodes string answers (may be None when all answers are ids).
+        answers: ids or strings.
+
+    Returns:
+        One id per answer.
+    """
     out = []
     for a in answers:
         if isinstance(a, (int, np.integer)):
@@ -58,13 +67,23 @@ def single_token_ids(tokenizer: Any, answers: Sequence[Any]) -> list[int]:
 
 
 def tokenize_pair(tokenizer: Any, clean: str, corrupt: str) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize a clean / corrupted prompt pair (no chat template) to `[1, T]` arrays of equal length."""
+    """Tokenize a clean / corrupted prompt pair (no chat template) to `[1, T]` arrays of equal length.
+
+    Args:
+        tokenizer: the tokenizer.
+        clean: the clean prompt.
+        corrupt: the corrupted prompt.
+
+    Returns:
+        `(clean_ids, corrupt_ids)`, each `[1, T]` int32.
+    """
     a = tokenizer(clean)["input_ids"]
     b = tokenizer(corrupt)["input_ids"]
     if len(a) != len(b):
         sa = [tokenizer.decode([i]) for i in a]
         sb = [tokenizer.decode([i]) for i in b]
         raise InputError(
-            f"clean and corrupted prompts must tokenize to the same length: {len(a)} tokens {sa} vs {len(b)} tokens {sb}"
+            "clean and corrupted prompts must tokenize to the same length: "
+            f"{len(a)} tokens {sa} vs {len(b)} tokens {sb}"
         )
     return np.asarray([a], np.int32), np.asarray([b], np.int32)

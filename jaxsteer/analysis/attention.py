@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InputError
-from ..models.display import ResultDisplay
 from ..models.decoder import forward
+from ..models.display import ResultDisplay
 from ..models.params import Model
 from ._common import new_figure, save_figure
 
@@ -20,11 +20,13 @@ from ._common import new_figure, save_figure
 class AttentionComparison(ResultDisplay):
     """Per-layer, per-head distances between two runs' attention patterns.
 
-    js `[L, H]`: Jensen-Shannon divergence (base 2, in [0, 1]) between the two runs' attention
-    distributions of each query, averaged over valid queries (and the batch); max_abs `[L, H]`:
-    largest absolute probability difference over valid queries and keys; js_by_position
-    `[L, H, T]`: the JS divergence per query position, averaged over the batch (NaN where no
-    row of the batch has a real token there)."""
+    Attributes:
+        js: `[L, H]` Jensen-Shannon divergence (base 2, in [0, 1]) between the two runs' attention
+            distributions of each query, averaged over valid queries (and the batch).
+        max_abs: `[L, H]` largest absolute probability difference over valid queries and keys.
+        js_by_position: `[L, H, T]` the JS divergence per query position, averaged over the batch
+            (NaN where no row of the batch has a real token there).
+    """
 
     js: np.ndarray
     max_abs: np.ndarray
@@ -70,7 +72,16 @@ def _distances(pa: jax.Array, pb: jax.Array, valid: jax.Array):
 
 def compare_patterns(pattern_a: Any, pattern_b: Any, attention_mask: Any = None) -> AttentionComparison:
     """Distances between two recorded `pattern` traces `[L, B, H, T, S]` (S = T); padding rows and
-    columns (attention_mask `[B, T]` = 0) are ignored."""
+    columns (attention_mask `[B, T]` = 0) are ignored.
+
+    Args:
+        pattern_a: run a's `trace["pattern"]`.
+        pattern_b: run b's.
+        attention_mask: `[B, T]` 0/1 (None: no padding).
+
+    Returns:
+        The `AttentionComparison`.
+    """
     pa, pb = jnp.asarray(pattern_a), jnp.asarray(pattern_b)
     if pa.shape != pb.shape or pa.ndim != 5:
         raise InputError(f"patterns must both be [L, B, H, T, S] of one shape, got {pa.shape} and {pb.shape}")
@@ -90,7 +101,19 @@ def attention_change(
     attention_mask: Any = None,
 ) -> AttentionComparison:
     """Run the model twice (run a: `tokens` with `interventions_a`; run b: `tokens_b` or the same
-    tokens with `interventions_b`, e.g. a steering vector) and compare attention per layer and head."""
+    tokens with `interventions_b`, e.g. a steering vector) and compare attention per layer and head.
+
+    Args:
+        model: the model.
+        tokens: ids `[B, T]` of run a.
+        interventions_a: run a's interventions.
+        interventions_b: run b's interventions.
+        tokens_b: run b's ids (default `tokens`).
+        attention_mask: `[B, T]` 0/1, shared by both runs.
+
+    Returns:
+        The `AttentionComparison`.
+    """
     tokens = jnp.asarray(tokens)
     tokens_b = tokens if tokens_b is None else jnp.asarray(tokens_b)
     _, ta = forward(model, tokens, attention_mask=attention_mask, interventions=interventions_a, record=("pattern",),

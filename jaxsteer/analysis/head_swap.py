@@ -19,7 +19,8 @@ steered model. Task accuracy of run 0's greedy generations scores each condition
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -71,7 +72,20 @@ def head_swap_interventions(model: Model, vector: Any, head_mask: Any, *, layer:
                             route: str = "both", site: str = "z", scale: float = 1.0) -> tuple[tuple, int]:
     """`(interventions, runs)` for one head-swap condition (see the module docstring): `vector` at
     `layer` (default the penultimate, L - 2), `head_mask` `[H]` weights of the heads of the next
-    layer copied from the steered run into the patched one, `route` in `HEAD_SWAP_ROUTES`."""
+    layer copied from the steered run into the patched one, `route` in `HEAD_SWAP_ROUTES`.
+
+    Args:
+        model: the model.
+        vector: the steering vector (`[d]` or `[L, d]`).
+        head_mask: `[H]` weights of the heads swapped.
+        layer: the vector's layer (default L - 2).
+        route: one of `HEAD_SWAP_ROUTES`.
+        site: the per-head site swapped.
+        scale: the steering scale.
+
+    Returns:
+        `(interventions, runs)`, for `generate(..., interventions=..., runs=...)`.
+    """
     if route not in HEAD_SWAP_ROUTES:
         raise InputError(f"head swap: route must be one of {HEAD_SWAP_ROUTES}, got {route!r}")
     _check_site(site)
@@ -90,9 +104,21 @@ def head_swap_interventions(model: Model, vector: Any, head_mask: Any, *, layer:
 
 @dataclasses.dataclass(repr=False)
 class HeadSwapResult(ResultDisplay):
-    """Per-condition correctness `[C, N]` of greedy generations. Conditions: "unsteered",
-    "steered", "skip attention" (vector after the final layer's attention), "skip layer" (vector
-    at the final layer's output), and per route "all heads / {route}" and "head {h} / {route}"."""
+    """Per-condition correctness of greedy generations in the head-swap study.
+
+    Conditions: "unsteered", "steered", "skip attention" (vector after the final layer's
+    attention), "skip layer" (vector at the final layer's output), and per route "all heads /
+    {route}" and "head {h} / {route}".
+
+    Attributes:
+        layer: the final layer (the vector sits at `layer - 1`).
+        site: the per-head site swapped.
+        routes: the routes of the all-heads swaps.
+        heads: the heads swapped one at a time.
+        conditions: the condition names (C).
+        correct: `[C, N]` bool.
+        head_routes: the routes with single-head swaps (default: all of `routes`).
+    """
 
     layer: int
     site: str
@@ -106,7 +132,7 @@ class HeadSwapResult(ResultDisplay):
         self.head_routes = tuple(self.head_routes) or tuple(self.routes)
 
     def accuracy(self) -> dict[str, float]:
-        return {c: float(row.mean()) for c, row in zip(self.conditions, self.correct)}
+        return {c: float(row.mean()) for c, row in zip(self.conditions, self.correct, strict=True)}
 
     def per_head(self, route: str) -> np.ndarray:
         """Accuracy with head h alone swapped, minus skip-attention accuracy, per head."""
@@ -150,8 +176,8 @@ def _correct(model, prompts, answers, score, ivs, runs, batch_size, gen_kw) -> n
     for i in range(0, len(prompts), batch_size):
         gen = generate(model, prompts[i:i + batch_size], interventions=ivs, runs=runs, greedy=True, **gen_kw)
         completions = gen.texts if gen.texts is not None else [
-            row[:n].tolist() for row, n in zip(gen.tokens, gen.lengths)]
-        out += [bool(score(t, a)) for t, a in zip(completions, answers[i:i + batch_size])]
+            row[:n].tolist() for row, n in zip(gen.tokens, gen.lengths, strict=True)]
+        out += [bool(score(t, a)) for t, a in zip(completions, answers[i:i + batch_size], strict=True)]
     return np.array(out)
 
 
@@ -167,12 +193,35 @@ def head_swap_study(model: Model, vector: Any, prompts: Sequence, answers: Seque
 
     Every head is swapped alone (`heads`, default all of `site`) for each route in `head_routes`
     (default `routes`), and all heads together for each route in `routes`. One compiled program
-    per route serves all heads (the head choice is data)."""
+    per route serves all heads (the head choice is data).
+
+    Args:
+        model: the model.
+        vector: the steering vector.
+        prompts: strings or token-id lists.
+        answers: one answer per prompt, passed to `score`.
+        score: `score(completion, answer)`, truthy = correct.
+        tokenizer: encodes and decodes (None: token ids).
+        layer: the vector's layer (default L - 2).
+        heads: the heads swapped alone (default all of `site`).
+        routes: the routes of the all-heads swaps.
+        head_routes: the routes of the single-head swaps (default `routes`).
+        site: the per-head site swapped.
+        scale: the steering scale.
+        max_new_tokens: tokens generated per completion.
+        batch_size: prompts per `generate` call.
+        chat: wrap string prompts in the chat template.
+        progress: show a progress bar.
+
+    Returns:
+        The `HeadSwapResult`.
+    """
     if len(prompts) != len(answers) or not len(prompts):
         raise InputError(f"head swap: {len(prompts)} prompts and {len(answers)} answers; need as many, at least one")
     _check_site(site)
     final = _final_layer(model, layer)
     n_heads = site_n_heads(site, model.config)
+    assert n_heads is not None  # every HEAD_SWAP_SITES entry has a head axis
     heads = tuple(range(n_heads)) if heads is None else tuple(int(h) for h in heads)
     if any(not 0 <= h < n_heads for h in heads):
         raise InputError(f"head swap: heads {heads} out of range for site {site!r} with {n_heads} heads")

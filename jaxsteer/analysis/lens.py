@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InputError
-from ..models.display import ResultDisplay
 from ..models.decoder import Trace, forward, unembed
+from ..models.display import ResultDisplay
 from ..models.params import Model
 from ._common import new_figure, save_figure, token_strs
 
@@ -32,8 +33,18 @@ class LensResult(ResultDisplay):
     """Top-k / bottom-k tokens of each vector's unembedding.
 
     Arrays have the lead shape of the input (`[R]` for vectors, `[R, B, T]` for traces) plus `k`.
-    `labels` name the first lead axis (e.g. layers); `top_logprobs` are log-softmax values of the
-    same logits (meaningful with the final norm); `*_tokens` are decoded strings (or `#id`).
+
+    Attributes:
+        top_ids: the top-k token ids.
+        top_logits: their logits.
+        top_logprobs: their log-softmax values over the same logits (meaningful with the final norm).
+        bottom_ids: the bottom-k token ids.
+        bottom_logits: their logits.
+        top_tokens: the top-k tokens decoded (or `#id` without a tokenizer).
+        bottom_tokens: the bottom-k tokens decoded.
+        labels: names of the first lead axis (e.g. layers).
+        final_norm: whether the vectors went through the final norm.
+        position_labels: names of the token axis, when there is one.
     """
 
     top_ids: np.ndarray
@@ -51,7 +62,7 @@ class LensResult(ResultDisplay):
     def k(self) -> int:
         return self.top_ids.shape[-1]
 
-    def select(self, batch: int = 0, position: int = -1) -> "LensResult":
+    def select(self, batch: int = 0, position: int = -1) -> LensResult:
         """For a `[R, B, T]` result: the `[R]` result at one batch row and position."""
         if self.top_ids.ndim != 4:
             raise InputError(f"select needs a [R, B, T, k] result, this one is {self.top_ids.shape}")
@@ -175,9 +186,22 @@ def logit_lens(
     position_labels: Sequence[str] | None = None,
     chunk: int = 64,
 ) -> LensResult:
-    """Project residual vectors `x [..., d]` through the unembedding (through the model's final
-    norm when `final_norm`) and keep the top-k and bottom-k tokens of each. `labels` name the
-    first lead axis (default `layer i` for `[L, ...]` inputs with L = n_layers, else the index)."""
+    """Keep the top-k and bottom-k tokens of each residual vector's unembedding.
+
+    Args:
+        model: the model.
+        x: residual vectors `[..., d]`.
+        final_norm: go through the model's final norm first.
+        k: tokens kept at each end.
+        tokenizer: decodes the tokens.
+        labels: names of the first lead axis (default `layer i` for `[L, ...]` inputs with
+            L = n_layers, else the index).
+        position_labels: names of the token axis.
+        chunk: vectors per unembedding call.
+
+    Returns:
+        The `LensResult`.
+    """
     x = jnp.asarray(x)
     d = model.config.d_model
     if x.ndim == 1:
@@ -208,14 +232,33 @@ def logit_lens(
 
 def vector_lens(model: Model, vectors: Any, *, final_norm: bool = False, k: int = 10, tokenizer: Any = None) -> LensResult:
     """Logit lens of steering vectors (`[d]` or per layer `[L, d]`): `W_U s_l` per layer, raw by
-    default (as in the public code of arXiv 2509.06608), through the final norm with `final_norm`."""
+    default (as in the public code of arXiv 2509.06608), through the final norm with `final_norm`.
+
+    Args:
+        model: the model.
+        vectors: `[d]` or `[L, d]`.
+        final_norm: go through the model's final norm first.
+        k: tokens kept at each end.
+        tokenizer: decodes the tokens.
+
+    Returns:
+        The `LensResult`.
+    """
     return logit_lens(model, vectors, final_norm=final_norm, k=k, tokenizer=tokenizer)
 
 
 def accumulated_resid(trace: Trace, *, incl_mid: bool = False) -> tuple[jax.Array, list[str]]:
     """The residual stream at the start of every layer plus the final one: `[L + 1, B, T, d]`
     (`[2L + 1, ...]` with the mid-layer residuals when `incl_mid`), and its labels. Needs a trace
-    recorded with `resid_pre` and `resid_post` (and `resid_mid`)."""
+    recorded with `resid_pre` and `resid_post` (and `resid_mid`).
+
+    Args:
+        trace: a `Trace` with `resid_pre` and `resid_post` (and `resid_mid` for `incl_mid`).
+        incl_mid: interleave the mid-layer residuals.
+
+    Returns:
+        `(residuals, labels)`.
+    """
     for site in ("resid_pre", "resid_post") + (("resid_mid",) if incl_mid else ()):
         if site not in trace:
             raise InputError(f"accumulated_resid needs {site!r} in the trace (recorded: {sorted(trace)})")
@@ -243,9 +286,24 @@ def accumulated_lens(
     k: int = 5,
     tokenizer: Any = None,
 ) -> LensResult:
-    """What each layer's residual would predict (TransformerLens `accumulated_resid` style): the
-    lens of the residual entering every layer and of the final residual, at every position.
-    With `final_norm`, the last row equals the model's own logits. Result lead shape `[L+1, B, T]`."""
+    """What each layer's residual would predict (TransformerLens `accumulated_resid` style).
+
+    The lens of the residual entering every layer and of the final residual, at every position.
+    With `final_norm`, the last row equals the model's own logits.
+
+    Args:
+        model: the model.
+        tokens: ids `[B, T]`.
+        attention_mask: `[B, T]` 0/1 (None: no padding).
+        interventions: applied to the run.
+        final_norm: go through the model's final norm.
+        incl_mid: also the mid-layer residuals (after attention).
+        k: tokens kept at each end.
+        tokenizer: decodes the tokens.
+
+    Returns:
+        The `LensResult`, lead shape `[L+1, B, T]` (`[2L+1, B, T]` with `incl_mid`).
+    """
     tokens = jnp.asarray(tokens)
     record = ("resid_pre", "resid_post") + (("resid_mid",) if incl_mid else ())
     _, trace = forward(model, tokens, attention_mask=attention_mask, interventions=interventions, record=record,
@@ -260,7 +318,17 @@ def accumulated_lens(
 
 def token_rank(model: Model, x: Any, token_ids: Any, *, final_norm: bool = True) -> np.ndarray:
     """Rank (0 = top) of given token(s) in the lens of each vector: `x [..., d]` and `token_ids`
-    broadcastable to `x.shape[:-1]`."""
+    broadcastable to `x.shape[:-1]`.
+
+    Args:
+        model: the model.
+        x: residual vectors `[..., d]`.
+        token_ids: the tokens ranked, broadcastable to `x.shape[:-1]`.
+        final_norm: go through the model's final norm first.
+
+    Returns:
+        Ranks, shaped `x.shape[:-1]`.
+    """
     x = jnp.asarray(x)
     logits = unembed(model, x.astype(model.dtype), final_norm=final_norm)
     tid = jnp.broadcast_to(jnp.asarray(token_ids), x.shape[:-1])

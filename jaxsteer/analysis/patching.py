@@ -28,7 +28,8 @@ import json
 import math
 import pathlib
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,9 @@ import numpy as np
 from jax.tree_util import Partial
 
 from ..errors import InputError
-from ..models.display import ResultDisplay
 from ..models.decoder import default_positions, embed, forward, run_layers, unembed
+from ..models.display import ResultDisplay
+from ..models.generate import kv_cache
 from ..models.interventions import (
     SITE_LAYOUT,
     SITES,
@@ -48,7 +50,6 @@ from ..models.interventions import (
     site_feature_shape,
     site_n_heads,
 )
-from ..models.generate import kv_cache
 from ..models.params import Model
 from ..models.relevance import RULES, check_rules
 from ..models.sites import canonical_site
@@ -72,7 +73,14 @@ def _logit_diff(answers: jax.Array, logits: jax.Array) -> jax.Array:
 def logit_diff_metric(answers: Any) -> Partial:
     """Metric: logit of the correct answer minus the wrong one at the last position, averaged over
     the batch. `answers` is `[2]` (correct, wrong) or per example `[B, 2]` token ids. The result is
-    a `jax.tree_util.Partial`, so sweeps with the same metric function reuse their compilation."""
+    a `jax.tree_util.Partial`, so sweeps with the same metric function reuse their compilation.
+
+    Args:
+        answers: `[2]` or `[B, 2]` token ids.
+
+    Returns:
+        The metric, `metric(logits [B, P, V]) -> scalar`.
+    """
     a = jnp.asarray(answers, jnp.int32)
     if a.shape[-1] != 2 or a.ndim not in (1, 2):
         raise InputError(f"answers must be [2] or [B, 2] token ids (correct, wrong), got shape {a.shape}")
@@ -91,10 +99,19 @@ def _as_metric(metric: Any, answers: Any, tokenizer: Any) -> Partial:
 
 
 def normalise(value: Any, clean: float, corrupt: float) -> np.ndarray:
-    """`(value - corrupt) / (clean - corrupt)`: 0 = corrupted run, 1 = clean run (NaN if they tie)."""
+    """`(value - corrupt) / (clean - corrupt)`: 0 = corrupted run, 1 = clean run (NaN if they tie).
+
+    Args:
+        value: metric values.
+        clean: the clean run's metric.
+        corrupt: the corrupted run's metric.
+
+    Returns:
+        The normalised values, shaped as `value`.
+    """
     denom = clean - corrupt
     if denom == 0 or not np.isfinite(denom):
-        warnings.warn("the metric is the same on the clean and corrupted runs; normalised values are NaN")
+        warnings.warn("the metric is the same on the clean and corrupted runs; normalised values are NaN", stacklevel=2)
         return np.full(np.shape(value), np.nan)
     return (np.asarray(value) - corrupt) / denom
 
@@ -104,9 +121,23 @@ def normalise(value: Any, clean: float, corrupt: float) -> np.ndarray:
 
 @dataclasses.dataclass(repr=False)
 class PatchingResult(ResultDisplay):
-    """A labelled sweep: `values` (normalised, 0 = corrupted, 1 = clean) and `raw` metric values,
-    shaped by `axes` (a subset of layer, position, head, in that order); labels per axis; the
-    site; `method` ("activation", "attribution" or "relevance"); the clean / corrupted metrics; token strings."""
+    """A labelled patching sweep.
+
+    Attributes:
+        values: the metric normalised (0 = corrupted run, 1 = clean run), shaped by `axes`.
+        raw: the metric values, shaped by `axes`.
+        axes: a subset of ("layer", "position", "head"), in that order.
+        layers: the layer of each entry along "layer".
+        positions: the position labels (or group names), when swept or grouped.
+        heads: the heads, when swept.
+        site: the patched site.
+        method: "activation", "attribution" or "relevance".
+        direction: "denoise" or "noise".
+        clean_metric: the metric on the clean run.
+        corrupt_metric: the metric on the corrupted run.
+        clean_tokens: the clean prompt's tokens as strings (for labels).
+        corrupt_tokens: the corrupted prompt's.
+    """
 
     values: np.ndarray
     raw: np.ndarray
@@ -183,14 +214,14 @@ class PatchingResult(ResultDisplay):
             ax.axhline(0, color="grey", lw=0.5)
             ax.set_title(title, fontsize=9)
             return save_figure(fig, path)
-        panels = [(v, None)] if v.ndim == 2 else [(v[:, :, i], f"head {h}") for i, h in enumerate(self.heads)]
+        panels = [(v, None)] if v.ndim == 2 else [(v[:, :, i], f"head {h}") for i, h in enumerate(self.labels("head"))]
         ncol = min(len(panels), 3)
         nrow = math.ceil(len(panels) / ncol)
         xlab = self.labels(self.axes[1])
         fig = new_figure(1.5 + ncol * (1.5 + 0.45 * len(xlab)), 1.0 + nrow * (0.8 + 0.18 * len(self.layers)))
         axs = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).reshape(-1)
         im = None
-        for ax, (arr, name) in zip(axs, panels):
+        for ax, (arr, name) in zip(axs, panels, strict=False):
             im = ax.imshow(arr, aspect="auto", cmap="RdBu", vmin=-lim, vmax=lim, origin="lower")
             ax.set_xticks(range(len(xlab)), [s[:24] for s in xlab], rotation=60, ha="right", fontsize=7)
             ax.set_yticks(range(len(self.layers)), self.labels("layer"), fontsize=6)
@@ -200,6 +231,7 @@ class PatchingResult(ResultDisplay):
                 ax.set_title(name, fontsize=8)
         for ax in axs[len(panels):]:
             ax.set_visible(False)
+        assert im is not None  # there is at least one panel
         fig.colorbar(im, ax=list(axs[: len(panels)]), label="normalised metric", shrink=0.7)
         fig.suptitle(title, fontsize=9)
         return save_figure(fig, path)
@@ -283,7 +315,7 @@ def _sweep_fast(model, base, values, prows, groups, metric, base_ivs, *, site, n
     (start [n_chunks], layer / prow / head indices [n_chunks, chunk])."""
     L = model.config.n_layers
     outs = []
-    for (p0, _, _), (starts, ls, ps, hs) in zip(plan, groups):
+    for (p0, _, _), (starts, ls, ps, hs) in zip(plan, groups, strict=True):
         vals = _slice_tokens(values, site, p0)
         h0_all = base["resid_pre"][:, :, p0:]
         q_pos = base["q_pos"][:, p0:]
@@ -399,18 +431,35 @@ def activation_patching(
 ) -> PatchingResult:
     """Patch `site` entry by entry and measure the metric, in one compiled call.
 
-    clean_tokens / corrupt_tokens `[B, T]` (same shape). The metric is `metric(logits)` with
-    logits `[B, P, V]` at `metric_positions` (default: the last position only; None = all), or
-    by default the logit difference of `answers=(correct, wrong)` (ids or single-token strings).
-    `over`: the sweep axes, `("layer", "position")` (default for residual-width sites),
-    `("layer", "head")` (default for q, k, v, z, pattern: a head at all positions),
-    `("layer", "position", "head")` or `("layer",)` (all positions at once). `positions` restricts
-    the sweep to some positions, or, as a dict `name -> positions`, patches each group jointly.
-    `direction="denoise"`: run the corrupted input and patch in clean values; `"noise"`: run the
-    clean input and patch in corrupted values. `clean_interventions` apply to the clean run (e.g.
-    a steering vector, with clean = corrupted tokens). `batch_size` patched runs per vmapped chunk.
-    `fast=False` runs full forward passes instead of resuming the cached base run (the same
-    numbers; needed when the base run has position-dependent interventions).
+    Args:
+        model: the model.
+        clean_tokens: ids `[B, T]`.
+        corrupt_tokens: ids `[B, T]`, the same shape.
+        site: the patched site.
+        answers: `(correct, wrong)` ids or single-token strings: the metric is then their logit difference.
+        metric: `metric(logits)` with logits `[B, P, V]` at `metric_positions`, a scalar.
+        over: the sweep axes, `("layer", "position")` (default for residual-width sites),
+            `("layer", "head")` (default for q, k, v, z, pattern: a head at all positions),
+            `("layer", "position", "head")` or `("layer",)` (all positions at once).
+        layers: the layers swept (default all).
+        positions: restricts the sweep to some positions, or, as a dict `name -> positions`,
+            patches each group jointly.
+        heads: the heads swept (default all).
+        direction: "denoise" runs the corrupted input and patches in clean values; "noise" runs
+            the clean input and patches in corrupted values.
+        attention_mask: `[B, T]` 0/1, shared by both runs.
+        clean_interventions: applied to the clean run (e.g. a steering vector, with clean =
+            corrupted tokens).
+        metric_positions: where the metric reads the logits (default the last position; None = all).
+        batch_size: patched runs per vmapped chunk.
+        position_buckets: the fast path groups entries by their first patched position into at most
+            this many buckets, each resuming the base run from there (default: up to 4).
+        fast: resume the cached base run at each layer; False runs full forward passes (the same
+            numbers; needed when the base run has position-dependent interventions).
+        tokenizer: decodes position labels and encodes string answers.
+
+    Returns:
+        The `PatchingResult` (method "activation").
     """
     site = canonical_site(site)
     check_site(site)
@@ -437,6 +486,7 @@ def activation_patching(
             pos_labels, prows = ["all"], np.ones((1, T), np.float32)
     head_list = None
     if "head" in over:
+        assert n_site_heads is not None  # _check_over: sweeping heads needs a head site
         head_list = list(range(n_site_heads)) if heads is None else [int(h) for h in heads]
         for h in head_list:
             if not 0 <= h < n_site_heads:
@@ -457,14 +507,14 @@ def activation_patching(
         outs = _sweep_fast(model, base, values, prows_j, groups, metric, base_ivs, site=site, n_heads=mask_heads,
                            plan=plan, metric_positions=mp)
         flat = np.empty(len(entries), np.float64)
-        for order, out in zip(orders, outs):
+        for order, out in zip(orders, outs, strict=True):
             flat[order] = np.asarray(out)[: len(order)]
     else:
         e = tuple(jnp.asarray(entries[:, i], jnp.int32) for i in range(3))
         flat = np.asarray(_sweep_full(model, base_tokens, attention_mask, values, prows_j, e, metric, base_ivs,
                                       site=site, n_heads=mask_heads, metric_positions=mp, batch_size=batch_size),
                           np.float64)
-    shape = tuple(n for n, a in zip((len(layer_list), len(pos_labels), len(head_list or [0])), AXES) if a in over)
+    shape = tuple(n for n, a in zip((len(layer_list), len(pos_labels), len(head_list or [0])), AXES, strict=True) if a in over)
     raw = flat.reshape(len(layer_list), len(pos_labels), len(head_list or [0]))
     raw = raw.reshape(shape)
     return PatchingResult(
@@ -497,7 +547,14 @@ def _token_labels(tokenizer, clean_tokens, corrupt_tokens) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Node:
-    """A place in the model: a site at one layer, optionally some heads and token positions."""
+    """A place in the model: a site at one layer, optionally some heads and token positions.
+
+    Attributes:
+        site: a site name (TransformerLens names work too).
+        layer: the layer.
+        heads: the heads (per-head sites; None: all).
+        positions: the token positions (None: all; negative counts from the end).
+    """
 
     site: str
     layer: int
@@ -525,6 +582,8 @@ class Node:
             raise InputError(f"{self}: site {self.site!r} has no heads")
         pos = list(range(T)) if self.positions is None else [p % T for p in self.positions]
         if with_heads or (with_heads is None and self.heads is not None):
+            if n_heads is None:
+                raise InputError(f"{self}: site {self.site!r} has no heads (with_heads=True)")
             m = np.zeros((L, T, n_heads), np.float32)
             for h in self.heads if self.heads is not None else range(n_heads):
                 if not 0 <= h < n_heads:
@@ -539,7 +598,15 @@ class Node:
 def all_receivers(config, sender: Node) -> list[Node]:
     """Every reader site (q, k, v, mlp_in) downstream of `sender`, plus the final residual
     (`resid_post` of the last layer, which the unembedding reads). With these as receivers,
-    path patching equals ordinary activation patching of the sender."""
+    path patching equals ordinary activation patching of the sender.
+
+    Args:
+        config: the model's config.
+        sender: the sender node.
+
+    Returns:
+        The receiver nodes.
+    """
     out = []
     for layer in range(sender.layer, config.n_layers):
         for s in READER_SITES:
@@ -564,8 +631,7 @@ def path_patching(
     base_interventions: Any = (),
     source_interventions: Any = (),
 ) -> jax.Array:
-    """Logits `[B, T, V]` of the base run in which the sender's change (its value from the source
-    run) reaches the output only through `receivers`.
+    """Logits of the base run in which the sender's change reaches the output only through `receivers`.
 
     Run 1 (base input): patch the sender with the source value and freeze every reader site after
     it (q, k, v of every head and mlp_in, at later layers or later in the same layer) at the base
@@ -574,11 +640,22 @@ def path_patching(
     through earlier receivers. Run 2 (base input): patch only the receivers with their run-1
     values; everything downstream of them computes freely.
 
-    Receivers are reader sites (`q`, `k`, `v` with optional heads, `attn_in` = all of a layer's
-    q/k/v, `mlp_in`) or residual sites (`resid_pre`, `resid_mid`, `resid_post`;
-    `Node("resid_post", L-1)` is the direct path to the logits). `all_receivers(config, sender)`
-    reproduces activation patching; no receivers reproduce the base run.
-    source_tokens default to base_tokens (the runs then differ by `source_interventions`).
+    Args:
+        model: the model.
+        base_tokens: ids `[B, T]`.
+        source_tokens: ids `[B, T]` of the source run (default `base_tokens`: the runs then differ by
+            `source_interventions`).
+        sender: the `Node` whose value comes from the source run.
+        receivers: reader sites (`q`, `k`, `v` with optional heads, `attn_in` = all of a layer's
+            q/k/v, `mlp_in`) or residual sites (`resid_pre`, `resid_mid`, `resid_post`;
+            `Node("resid_post", L-1)` is the direct path to the logits). `all_receivers(config,
+            sender)` reproduces activation patching; no receivers reproduce the base run.
+        attention_mask: `[B, T]` 0/1, shared by the runs.
+        base_interventions: applied to the base runs.
+        source_interventions: applied to the source run.
+
+    Returns:
+        Logits `[B, T, V]`.
     """
     c = model.config
     base_tokens = jnp.asarray(base_tokens, jnp.int32)
@@ -641,8 +718,8 @@ def _attr_grads(model, tokens, attention_mask, base_ivs, metric, pattern_base, *
     B, T = tokens.shape
     zeros = {}
     for s in sites:
-        feat = site_feature_shape(s, c)
-        zeros[s] = jnp.zeros((c.n_layers, B, c.n_heads, T, T) if s == "pattern" else (c.n_layers, B, T) + feat,
+        feat = site_feature_shape(s, c)  # None only for "pattern", whose last axis is the key length
+        zeros[s] = jnp.zeros((c.n_layers, B, c.n_heads, T, T) if feat is None else (c.n_layers, B, T) + feat,
                              jnp.float32)
 
     def f(deltas):
@@ -671,16 +748,35 @@ def attribution_patching(
     clean_interventions: Any = (),
     metric_positions: Sequence[int] | None = (-1,),
     tokenizer: Any = None,
-    lrp_rules: Sequence[str] = (),
+    lrp_rules: Iterable[str] = (),
 ) -> dict[str, PatchingResult]:
-    """First-order estimate of `activation_patching` for every entry of every site at once:
-    `metric(base) + (a_source - a_base) . d metric / d a`, with the gradient taken at the base
-    run (the corrupted one for `direction="denoise"`) w.r.t. a zero per-token `Steer` delta
+    """First-order estimate of `activation_patching` for every entry of every site at once.
+
+    `metric(base) + (a_source - a_base) . d metric / d a`, with the gradient taken at the base run
+    (the corrupted one for `direction="denoise"`) w.r.t. a zero per-token `Steer` delta
     `[L, B, T, *feat]` at each site (`pattern`: a `Patch` of base + delta). Cost: the two plain
     runs plus one forward and one backward pass. Entries over several positions (groups) or all
-    positions sum the per-position terms. Returns `{site: PatchingResult}` (method "attribution")
-    with the same normalisation as `activation_patching`. `lrp_rules` replace the gradient by
-    LRP coefficients (method "relevance"; see `relevance_patching`)."""
+    positions sum the per-position terms.
+
+    Args:
+        model: the model.
+        clean_tokens: ids `[B, T]`.
+        corrupt_tokens: ids `[B, T]`.
+        sites: the sites estimated.
+        answers: as for `activation_patching`.
+        metric: as for `activation_patching`.
+        over: the sweep axes, one for all sites or a dict `site -> axes`.
+        positions: as for `activation_patching`.
+        direction: "denoise" or "noise".
+        attention_mask: `[B, T]` 0/1.
+        clean_interventions: applied to the clean run.
+        metric_positions: as for `activation_patching`.
+        tokenizer: as for `activation_patching`.
+        lrp_rules: replace the gradient by LRP coefficients (method "relevance"; see `relevance_patching`).
+
+    Returns:
+        `{site: PatchingResult}` (method "attribution"), normalised as `activation_patching`.
+    """
     c = model.config
     lrp_rules = check_rules(lrp_rules)
     sites = tuple(canonical_site(s) for s in sites)
@@ -744,13 +840,32 @@ def relevance_patching(model: Model, clean_tokens: Any, corrupt_tokens: Any, *, 
     is the backward pass of the base run under the LRP `rules` (default all of
     `models.relevance.RULES`: LN-rule, Identity-rule, Half-rule, AH-rule). The same cost (two
     plain runs, one forward and one backward) and arguments as `attribution_patching`; results
-    carry method "relevance". `rules=()` is exactly attribution patching."""
+    carry method "relevance". `rules=()` is exactly attribution patching.
+
+    Args:
+        model: the model.
+        clean_tokens: ids `[B, T]`.
+        corrupt_tokens: ids `[B, T]`.
+        rules: LRP rules (names of `RULES`).
+        **kwargs: as for `attribution_patching`.
+
+    Returns:
+        `{site: PatchingResult}`.
+    """
     return attribution_patching(model, clean_tokens, corrupt_tokens, lrp_rules=rules, **kwargs)
 
 
 def compare_attribution(estimate: PatchingResult, actual: PatchingResult) -> dict[str, float]:
     """How well attribution patching tracks real patching on the same sweep: Pearson correlation
-    of the normalised values, max abs difference, and the number of entries."""
+    of the normalised values, max abs difference, and the number of entries.
+
+    Args:
+        estimate: the attribution (or relevance) result.
+        actual: the activation-patching result on the same sweep.
+
+    Returns:
+        `{"pearson", "max_abs_diff", "n"}`.
+    """
     a, b = np.asarray(estimate.values, np.float64).ravel(), np.asarray(actual.values, np.float64).ravel()
     if a.shape != b.shape:
         raise InputError(f"results have different shapes: {np.shape(estimate.values)} vs {np.shape(actual.values)}")

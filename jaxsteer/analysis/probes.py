@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +31,15 @@ from .patching import PatchingResult
 
 @dataclasses.dataclass
 class Activations:
-    """Harvested activations `values [G, L, N, d]` (float32) for position groups `groups` at the
-    model layers `layers` (true layer indices; `select` keeps them when slicing)."""
+    """Harvested activations per position group and layer.
+
+    Attributes:
+        values: `[G, L, N, d]` float32.
+        groups: the position group names (G).
+        site: the site read.
+        layers: the true model layer index of each L entry (`select` keeps them when slicing;
+            default `0..L-1`).
+    """
 
     values: np.ndarray
     groups: list[str]
@@ -42,8 +50,9 @@ class Activations:
         if self.layers is None:
             self.layers = list(range(self.values.shape[1]))
 
-    def select(self, *, layers: Sequence[int] | None = None, groups: Sequence[str] | None = None) -> "Activations":
+    def select(self, *, layers: Sequence[int] | None = None, groups: Sequence[str] | None = None) -> Activations:
         """The activations of some layers (model layer indices) and / or groups, labels kept."""
+        assert self.layers is not None  # filled by __post_init__
         li = list(range(len(self.layers))) if layers is None else [self._index(self.layers, l, "layer") for l in layers]
         gi = list(range(len(self.groups))) if groups is None else [self._index(self.groups, g, "group") for g in groups]
         return Activations(self.values[np.ix_(gi, li)], [self.groups[i] for i in gi], self.site,
@@ -102,10 +111,22 @@ def harvest(
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
 ) -> Activations:
-    """Record `site` for a dataset `tokens [N, T]` (left padding with `attention_mask` is fine) and
-    keep, per position group, the activation at one position or the mean over selected positions.
-    Default group: `{"last": -1}` (the last token). `layers`: keep only these model layers (their
-    labels follow into `train_probes`). Returns `[G, L, N, d]`."""
+    """Record `site` for a dataset and keep, per position group, one position's activation or a mean.
+
+    Args:
+        model: the model.
+        tokens: ids `[N, T]` (left padding with `attention_mask` is fine).
+        attention_mask: `[N, T]` 0/1.
+        site: the site read.
+        groups: `name -> spec`: an int position (negative from the end), per-example positions
+            `[N]`, or a 0/1 (or soft) selection `[N, T]` whose activations are averaged;
+            default `{"last": -1}`.
+        layers: keep only these model layers (their labels follow into `train_probes`).
+        batch_size: rows per forward pass.
+
+    Returns:
+        The `Activations`, values `[G, L, N, d]`.
+    """
     site = canonical_site(site)
     check_site(site)
     if SITE_LAYOUT[site][0] != 3:
@@ -135,13 +156,21 @@ def harvest(
 
 @dataclasses.dataclass
 class ProbeResult:
-    """Held-out scores of linear probes. `scores` / `train_scores` have the lead shape of the
-    activations (e.g. `[G, L]`); `metric` is "accuracy" (classification) or "r2" (regression);
-    `chance` is the held-out majority-class rate (classification) or 0 (R^2). `weights`
-    `[..., d, out]` and `bias` `[..., out]` are the fitted probes in the raw activation space
-    (standardisation folded in): `acts @ weights + bias` are the logits (or the standardised
-    regression prediction). `directions` are their unit vectors, usable as `Steer` vectors;
-    `layers` are true model layer indices; `test_fraction` and `seed` record the split."""
+    """Held-out scores of linear probes.
+
+    Attributes:
+        scores: held-out scores, shaped as the lead axes of the activations (e.g. `[G, L]`).
+        train_scores: the same on the training split.
+        metric: "accuracy" (classification) or "r2" (regression).
+        chance: the held-out majority-class rate (classification) or 0 (R^2).
+        groups: the position group names, when probed from `Activations`.
+        layers: the true model layer indices.
+        weights: `[..., d, out]` fitted probes in the raw activation space (standardisation folded
+            in): `acts @ weights + bias` are the logits (or the standardised regression prediction).
+        bias: `[..., out]`.
+        test_fraction: the held-out fraction of the split.
+        seed: the split's seed.
+    """
 
     scores: np.ndarray
     train_scores: np.ndarray
@@ -169,7 +198,7 @@ class ProbeResult:
             v = np.moveaxis(w - w.mean(-1, keepdims=True), -1, -2)
         return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
-    def at(self, layer: int, group: str | int = 0) -> "ProbeResult":
+    def at(self, layer: int, group: str | int = 0) -> ProbeResult:
         """The probe of one model layer (and group): scalar scores, labels kept."""
         s = np.atleast_2d(self.scores)
         layers = self.layers or list(range(s.shape[-1]))
@@ -277,14 +306,28 @@ def train_probes(
     groups: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
 ) -> ProbeResult:
-    """Train one linear probe per leading index of `acts [..., N, d]` (e.g. `[G, L, N, d]` from
-    `harvest`, or `[L, N, d]`), all in one vmapped, jitted optax (AdamW, full batch) loop.
+    """Train one linear probe per leading index of `acts`, all in one vmapped, jitted optax loop.
 
-    targets `[N]`: integer class labels (task "classification": softmax regression, accuracy) or
-    floats ("regression": least squares, R^2); "auto" picks by dtype. One random train / held-out
-    split (`test_fraction`, `seed`) shared by all probes; features are standardised with the
-    training split's statistics per probe (regression targets too). `acts` may be an
-    `Activations` (from `harvest`), whose groups and true layer indices label the result."""
+    AdamW, full batch. One random train / held-out split shared by all probes; features are
+    standardised with the training split's statistics per probe (regression targets too).
+
+    Args:
+        acts: `[..., N, d]` (e.g. `[G, L, N, d]` or `[L, N, d]`), or `Activations` from `harvest`,
+            whose groups and true layer indices label the result.
+        targets: `[N]` integer class labels (softmax regression, accuracy) or floats (least
+            squares, R^2).
+        task: "classification", "regression" or "auto" (by the targets' dtype).
+        test_fraction: the held-out fraction.
+        steps: optimizer steps.
+        learning_rate: AdamW's learning rate.
+        weight_decay: AdamW's weight decay.
+        seed: the split's seed.
+        groups: labels of the first lead axis (when `acts` is an array).
+        layers: true layer indices of the layer axis (when `acts` is an array).
+
+    Returns:
+        The `ProbeResult`.
+    """
     if isinstance(acts, Activations):
         groups = acts.groups if groups is None else groups
         layers = acts.layers if layers is None else layers
@@ -346,7 +389,23 @@ def probe_layers(
     **train_kwargs,
 ) -> ProbeResult:
     """`harvest` then `train_probes`: held-out probe scores `[G, L]` for a labelled dataset
-    (`layers`: only these model layers; `test_fraction` of the examples held out, split by `seed`)."""
+    (`layers`: only these model layers; `test_fraction` of the examples held out, split by `seed`).
+
+    Args:
+        model: the model.
+        tokens: ids `[N, T]`.
+        targets: `[N]` labels or values.
+        attention_mask: `[N, T]` 0/1.
+        site: the site read.
+        groups: position groups, as for `harvest`.
+        layers: only these model layers.
+        test_fraction: the held-out fraction.
+        seed: the split's seed.
+        **train_kwargs: passed to `train_probes`.
+
+    Returns:
+        The `ProbeResult`.
+    """
     acts = harvest(model, tokens, attention_mask=attention_mask, site=site, groups=groups, layers=layers)
     return train_probes(acts, targets, test_fraction=test_fraction, seed=seed, **train_kwargs)
 
@@ -356,12 +415,21 @@ def probe_layers(
 
 @dataclasses.dataclass(repr=False)
 class DecodabilityCausality(ResultDisplay):
-    """Probe score and patching effect per position group and layer (arXiv 2510.09794)."""
+    """Probe score and patching effect per position group and layer (arXiv 2510.09794).
+
+    Attributes:
+        groups: the position group names.
+        layers: the layers.
+        probe: `[G, L]` probe scores.
+        patching: `[G, L]` normalised patching effects (0 = corrupted, 1 = clean).
+        probe_metric: "accuracy" or "r2".
+        chance: the probes' chance level.
+    """
 
     groups: list[str]
     layers: list[int]
-    probe: np.ndarray  # [G, L]
-    patching: np.ndarray  # [G, L], normalised (0 = corrupted, 1 = clean)
+    probe: np.ndarray
+    patching: np.ndarray
     probe_metric: str
     chance: float
 
@@ -378,7 +446,7 @@ class DecodabilityCausality(ResultDisplay):
         G = len(self.groups)
         fig = new_figure(4.5 * G, 3.5)
         axes = np.atleast_1d(fig.subplots(1, G, squeeze=False)).reshape(-1)
-        for ax, i in zip(axes, range(G)):
+        for i, ax in enumerate(axes[:G]):
             ax.plot(self.layers, self.probe[i], marker="o", label=f"probe {self.probe_metric}")
             ax.plot(self.layers, self.patching[i], marker="s", label="patching effect")
             ax.axhline(self.chance, color="grey", ls="--", lw=0.8, label="probe chance")
@@ -399,7 +467,17 @@ def decodability_vs_causality(
     """Line up probe scores `[G, L]` with a `("layer", "position")` patching result. Each probe
     group takes the patching column of the same name (run `activation_patching` with
     `positions={group: [...]}` to patch a group jointly), or the columns listed in
-    `group_positions[group]` reduced by `reduce` ("max" or "mean")."""
+    `group_positions[group]` reduced by `reduce` ("max" or "mean").
+
+    Args:
+        probes: probe scores `[G, L]` (`train_probes` on `harvest` groups).
+        patching: the patching result.
+        group_positions: `group -> position labels` of the patching result.
+        reduce: "max" or "mean" over a group's columns.
+
+    Returns:
+        The `DecodabilityCausality`.
+    """
     if patching.axes != ("layer", "position"):
         raise InputError(f"need a ('layer', 'position') patching result, got axes {patching.axes}")
     scores = np.atleast_2d(probes.scores)

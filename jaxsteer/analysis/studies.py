@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InputError
-from ..models.display import ResultDisplay
 from ..models.config import ModelConfig
 from ..models.decoder import forward
+from ..models.display import ResultDisplay
 from ..models.generate import generate
 from ..models.interventions import AdaptiveSteer, Steer, as_tuple  # noqa: F401  (AdaptiveSteer: re-exported)
 from ..models.params import Model
@@ -26,9 +27,19 @@ from ._common import new_figure, save_figure, token_strs
 
 @dataclasses.dataclass(repr=False)
 class FirstTokenEffect(ResultDisplay):
-    """Per generated position `n` (rows `[B, N]`, NaN after a row stops): the largest increase and
-    decrease of any token's probability, `softmax(steered) - softmax(unsteered)`, the entropies
-    (nats) of both distributions, whether the argmax changed, and the most increased token."""
+    """Per generated position: how the steered next-token distribution differs from the unsteered one.
+
+    Arrays are `[B, N]` (NaN after a row stops), comparing `softmax(steered)` with `softmax(unsteered)`.
+
+    Attributes:
+        max_increase: the largest increase of any token's probability.
+        max_decrease: the largest decrease.
+        entropy_steered: the steered distribution's entropy (nats).
+        entropy_unsteered: the unsteered one's.
+        argmax_changed: whether the argmax changed.
+        top_increase_token: the most increased token (decoded).
+        texts: the generated texts.
+    """
 
     max_increase: np.ndarray
     max_decrease: np.ndarray
@@ -80,7 +91,20 @@ def first_token_effect(
     """Where does a steering vector change the next-token distribution? Generate greedily (the
     steered model by default, `follow="unsteered"` for the base model), then score that one
     sequence with and without `interventions` and compare the two distributions at every
-    generated position (the prediction of generated token n)."""
+    generated position (the prediction of generated token n).
+
+    Args:
+        model: the model.
+        prompts: strings (with `tokenizer`) or token-id lists.
+        interventions: the steering.
+        tokenizer: encodes the prompts and decodes the tokens.
+        max_new_tokens: tokens generated.
+        chat: wrap string prompts in the chat template.
+        follow: "steered" or "unsteered": whose greedy sequence is scored.
+
+    Returns:
+        The `FirstTokenEffect`.
+    """
     ivs = as_tuple(interventions)
     if follow not in ("steered", "unsteered"):
         raise InputError(f"follow must be 'steered' or 'unsteered', got {follow!r}")
@@ -96,7 +120,8 @@ def first_token_effect(
     masked = [np.where(valid, a.astype(np.float64), np.nan) for a in stats[:5]]
     top = token_strs(tokenizer, stats[5])
     top = np.where(valid, top, "")
-    return FirstTokenEffect(*masked, top, gen.texts)
+    increase, decrease, entropy_steered, entropy_unsteered, argmax_changed = masked
+    return FirstTokenEffect(increase, decrease, entropy_steered, entropy_unsteered, argmax_changed, top, gen.texts)
 
 
 # --------------------------------------------------------------------------- persistence
@@ -104,9 +129,16 @@ def first_token_effect(
 
 @dataclasses.dataclass(repr=False)
 class Persistence(ResultDisplay):
-    """cos(dh_j, s) and |dh_j| / |s| per layer j, batch row and token `[L, B, T]` (NaN for j before
-    the steered layer), where dh_j is the change of `resid_post` at layer j caused by adding `s`
-    at layer `layer` only."""
+    """How a vector added at one layer persists in the residual stream of later layers.
+
+    dh_j is the change of `resid_post` at layer j caused by adding `s` at layer `layer` only.
+
+    Attributes:
+        cos: `[L, B, T]` cos(dh_j, s) (NaN for j before the steered layer).
+        norm_ratio: `[L, B, T]` |dh_j| / |s|.
+        layer: the steered layer.
+        attention_mask: `[B, T]` 0/1 of the tokens, when given.
+    """
 
     cos: np.ndarray
     norm_ratio: np.ndarray
@@ -143,7 +175,20 @@ def persistence(
     attention_mask: Any = None,
 ) -> Persistence:
     """Insert `scale * vector` at one layer (`Steer` at `site`) and compare `resid_post` with and
-    without it at that layer and every later one: cos(dh_j, s) per token."""
+    without it at that layer and every later one: cos(dh_j, s) per token.
+
+    Args:
+        model: the model.
+        tokens: ids `[B, T]`.
+        vector: `[d_model]`.
+        layer: the steered layer.
+        scale: the steering scale.
+        site: where the vector is added.
+        attention_mask: `[B, T]` 0/1.
+
+    Returns:
+        The `Persistence`.
+    """
     c = model.config
     vector = jnp.asarray(vector)
     if vector.shape != (c.d_model,):
@@ -169,9 +214,18 @@ def persistence(
 
 @dataclasses.dataclass(repr=False)
 class CombinationGains(ResultDisplay):
-    """Normalised gain of using the vectors of layers i and j together:
-    `(acc_ij - max(acc_i, acc_j)) / (acc_all - max(acc_i, acc_j))` in `gain[i, j]` (symmetric,
-    NaN on the diagonal or where the denominator is 0)."""
+    """Normalised gains of using the vectors of two layers together.
+
+    `gain[i, j] = (acc_ij - max(acc_i, acc_j)) / (acc_all - max(acc_i, acc_j))` (symmetric, NaN on
+    the diagonal or where the denominator is 0).
+
+    Attributes:
+        layers: the layers (rows and columns of `gain`).
+        gain: `[n, n]`.
+        single: the accuracy of each layer alone.
+        pairs: the accuracy of each pair.
+        all_layers: the accuracy of the full set.
+    """
 
     layers: list[int]
     gain: np.ndarray
@@ -184,8 +238,8 @@ class CombinationGains(ResultDisplay):
         fig = new_figure(1.5 + 0.45 * n, 1.2 + 0.4 * n)
         ax = fig.subplots()
         im = ax.imshow(self.gain, cmap="RdBu", vmin=-1, vmax=1)
-        ax.set_xticks(range(n), self.layers)
-        ax.set_yticks(range(n), self.layers)
+        ax.set_xticks(range(n), [str(l) for l in self.layers])
+        ax.set_yticks(range(n), [str(l) for l in self.layers])
         fig.colorbar(im, ax=ax, label="normalised gain")
         ax.set_title(title or "combining single-layer vectors", fontsize=9)
         return save_figure(fig, path)
@@ -199,7 +253,16 @@ def combination_gains(
 ) -> CombinationGains:
     """Evaluate `accuracy(layer_subset)` (e.g. the task accuracy with the vectors trained in
     isolation at those layers used together; see `combined_steer`) on each single layer, each
-    pair and the full set (`all_layers`, default `layers`), and return the normalised gains."""
+    pair and the full set (`all_layers`, default `layers`), and return the normalised gains.
+
+    Args:
+        accuracy: `accuracy(layer_subset) -> float`.
+        layers: the single layers and pairs evaluated.
+        all_layers: the full set (default `layers`).
+
+    Returns:
+        The `CombinationGains`.
+    """
     layers = [int(l) for l in layers]
     all_set = tuple(sorted(all_layers if all_layers is not None else layers))
     cache: dict[tuple[int, ...], float] = {}
@@ -226,7 +289,17 @@ def combination_gains(
 
 def combined_steer(vectors: Any, layers: Sequence[int], *, scale: float = 1.0, site: str = "resid_post") -> Steer:
     """A `Steer` that uses the rows of `vectors [L, d]` at `layers` only (e.g. vectors trained in
-    isolation per layer, stacked)."""
+    isolation per layer, stacked).
+
+    Args:
+        vectors: `[L, d]`.
+        layers: the layers used.
+        scale: the steering scale.
+        site: where the vectors are added.
+
+    Returns:
+        The `Steer`.
+    """
     v = jnp.asarray(vectors)
     if v.ndim != 2:
         raise InputError(f"combined_steer: vectors must be [L, d], got {v.shape}")
@@ -247,7 +320,19 @@ def transfer_steer(
 ) -> Steer:
     """Reuse steering vectors trained on `source` in `target` (e.g. base -> instruct of one
     family). The models must have equal width and depth; a clear `ValueError` otherwise. Returns
-    the `Steer` to pass to `forward` / `generate` of the target."""
+    the `Steer` to pass to `forward` / `generate` of the target.
+
+    Args:
+        vectors: `[d]` or `[L, d]`, trained on `source`.
+        source: the source model (or its config).
+        target: the target model (or its config).
+        scale: the steering scale.
+        site: where the vectors are added.
+        layers: the layers used (default all).
+
+    Returns:
+        The `Steer` for the target.
+    """
     sc = source.config if isinstance(source, Model) else source
     tc = target.config if isinstance(target, Model) else target
     problems = []
