@@ -28,7 +28,8 @@ import functools
 import json
 import os
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +38,9 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..models.controls import RowSteer
-from ..models.interventions import Affine
 from ..models.decoder import forward
 from ..models.generate import generate, left_pad, pad_id_for, tokenize_prompts
+from ..models.interventions import Affine
 from ..models.params import Model
 from .extract import contrast_data, extract, match_norms
 
@@ -48,11 +49,20 @@ TASKS_DIR = os.path.join(os.path.dirname(__file__), "tasks")
 
 @dataclasses.dataclass
 class Task:
-    """A steering task: contrastive `pairs` `(prompt, positive, negative)` to extract from,
-    `validation` / `test` prompts to steer, and how completions are scored: "lexicon" (the
-    fraction whose positive-word count exceeds their negative-word count) or "correctness"
-    (`references` per prompt, arithmetic answers). `prompt_template` (e.g. a chat format with
-    `{prompt}`) replaces the tokenizer's chat template when set."""
+    """A steering task: prompts to extract from and to steer, and how completions are scored.
+
+    Attributes:
+        name: the task's name.
+        pairs: contrastive `(prompt, positive, negative)` triples to extract from.
+        validation: prompts to pick scales on.
+        test: prompts to report on.
+        scorer: "lexicon" (the fraction of completions whose positive-word count exceeds their
+            negative-word count) or "correctness" (arithmetic answers against `references`).
+        lexicon: `{"positive": [...], "negative": [...]}` words (scorer "lexicon").
+        references: the answer per prompt (scorer "correctness").
+        prompt_template: a format with `{prompt}` that replaces the tokenizer's chat template when set.
+        description: a line for reports.
+    """
 
     name: str
     pairs: list[tuple[str, str, str]]
@@ -67,7 +77,10 @@ class Task:
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> float:
         """The task score of `completions` to `prompts` (a fraction in [0, 1])."""
         if self.scorer == "lexicon":
-            pos, neg = (set(self.lexicon[k]) for k in ("positive", "negative"))
+            if self.lexicon is None:
+                raise ValueError(f"task {self.name!r}: the lexicon scorer needs a lexicon")
+            lexicon = self.lexicon
+            pos, neg = (set(lexicon[k]) for k in ("positive", "negative"))
             hits = []
             for text in completions:
                 words = re.findall(r"[a-z']+", text.lower())
@@ -75,7 +88,10 @@ class Task:
             return float(np.mean(hits))
         from ..train.rewards import correctness_reward
 
-        return float(np.mean([correctness_reward(p, c, self.references[p]) > 0 for p, c in zip(prompts, completions)]))
+        if self.references is None:
+            raise ValueError(f"task {self.name!r}: the {self.scorer} scorer needs references")
+        refs = self.references
+        return float(np.mean([correctness_reward(p, c, refs[p]) > 0 for p, c in zip(prompts, completions, strict=True)]))
 
     def extraction_pairs(self) -> tuple[list[tuple[str, str, str]], bool]:
         """`(pairs, chat)` for `contrast_data`: the pairs with `prompt_template` applied (chat=False),
@@ -94,7 +110,14 @@ class Task:
 
 def load_task(spec: str) -> Task:
     """A shipped task by name (`sentiment`; `arithmetic` builds `arithmetic_task()`) or a JSON file
-    with the fields of `Task`."""
+    with the fields of `Task`.
+
+    Args:
+        spec: a shipped task's name or a JSON file path.
+
+    Returns:
+        The `Task`.
+    """
     if spec == "arithmetic":
         return arithmetic_task()
     path = spec if os.path.exists(spec) else os.path.join(TASKS_DIR, f"{spec}.json")
@@ -165,7 +188,19 @@ def side_effects(model: Model, bank: Any, neutral: tuple, text: tuple, rows: int
                  map_site: str = "mlp_in") -> tuple[np.ndarray, np.ndarray]:
     """`(kl [K], perplexity [K])` for each vector of `bank [K, L, d]` (the unsteered model is a
     zero vector; a dict bank carries affine maps too, see `row_interventions`): KL from the
-    unsteered model on the `neutral` prompts `(tokens, mask)` and perplexity on `text` windows."""
+    unsteered model on the `neutral` prompts `(tokens, mask)` and perplexity on `text` windows.
+
+    Args:
+        model: the model.
+        bank: vectors `[K, L, d]` or a dict bank.
+        neutral: `(tokens, mask)` of neutral prompts.
+        text: `(tokens, mask)` of general text windows.
+        rows: batch rows per forward pass.
+        map_site: where a dict bank's affine maps act.
+
+    Returns:
+        `(kl [K], perplexity [K])`.
+    """
     K = _bank_size(bank)
     kls, nlls = np.zeros(K), np.zeros(K)
     for which, (tokens, mask) in (("kl", neutral), ("ppl", text)):
@@ -173,8 +208,7 @@ def side_effects(model: Model, bank: Any, neutral: tuple, text: tuple, rows: int
         base, _ = forward(model, tokens, attention_mask=mask)
         base_logp = jax.nn.log_softmax(base[:, :-1])
         per = max(1, rows // n)
-        rep = lambda a: jnp.tile(a, (per,) + (1,) * (a.ndim - 1))
-        tokens_r, mask_r, base_r = rep(tokens), rep(mask), rep(base_logp)
+        tokens_r, mask_r, base_r = (jnp.tile(a, (per,) + (1,) * (a.ndim - 1)) for a in (tokens, mask, base_logp))
         for ks in _chunks(K, per):
             kl, nll = _kl_and_nll(model, bank, jnp.asarray(np.repeat(ks, n)), tokens_r, mask_r, base_r, map_site)
             value = np.asarray(kl if which == "kl" else nll).reshape(per, n).mean(1)
@@ -193,7 +227,22 @@ def _chunks(K: int, per: int):
 def task_scores(model: Model, tokenizer: Any, task: Task, prompts: Sequence[str], bank: Any, *,
                 max_new_tokens: int = 24, rows: int = 96, desc: str = "", map_site: str = "mlp_in") -> np.ndarray:
     """The task score of greedy completions to `prompts` under each row of `bank` (vectors
-    `[K, L, d]`, or a dict bank with affine maps, see `row_interventions`)."""
+    `[K, L, d]`, or a dict bank with affine maps, see `row_interventions`).
+
+    Args:
+        model: the model.
+        tokenizer: its tokenizer.
+        task: the task (its scorer).
+        prompts: the prompts completed.
+        bank: vectors `[K, L, d]` or a dict bank.
+        max_new_tokens: tokens per completion.
+        rows: batch rows per `generate` call.
+        desc: the progress bar's label.
+        map_site: where a dict bank's affine maps act.
+
+    Returns:
+        `[K]` scores.
+    """
     ids = task.encode(tokenizer, prompts)
     K, n = _bank_size(bank), len(ids)
     per = max(1, rows // n)
@@ -201,8 +250,10 @@ def task_scores(model: Model, tokenizer: Any, task: Task, prompts: Sequence[str]
     for ks in tqdm(list(_chunks(K, per)), desc=desc or "steered generation", leave=False):
         gen = generate(model, ids * per, tokenizer=tokenizer, max_new_tokens=max_new_tokens, greedy=True,
                        interventions=row_interventions(bank, jnp.asarray(np.repeat(ks, n)), map_site))
+        texts = gen.texts
+        assert texts is not None  # generate decodes when given a tokenizer
         for j, k in enumerate(ks):
-            out[k] = task.score(prompts, gen.texts[j * n:(j + 1) * n])
+            out[k] = task.score(prompts, texts[j * n:(j + 1) * n])
     return out
 
 
@@ -211,8 +262,14 @@ def task_scores(model: Model, tokenizer: Any, task: Task, prompts: Sequence[str]
 
 @dataclasses.dataclass
 class SweepResult:
-    """Every configuration (`rows`: method, layer, scale, validation score, KL, perplexity) and,
-    per method and layer, the scale picked on validation with its test score (`best`)."""
+    """Every configuration of a `sweep` and the scale picked per method and layer.
+
+    Attributes:
+        task: the task's name.
+        rows: one dict per configuration: method, layer, scale, validation score, KL, perplexity.
+        best: per method and layer, the scale picked on validation with its test score.
+        baseline: the unsteered model's scores.
+    """
 
     task: str
     rows: list[dict]

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +43,16 @@ from ..train.trainable import TrainableConfig, apply_trainable, init_trainable, 
 class ContrastData:
     """Activations of contrastive items, every layer.
 
-    acts `[L, N, d]` float32 (read as `read` says); labels `[N]` (1 = shows the behaviour, 0 =
-    does not); pair `[N]` (pair id, -1 for unpaired items); prompt_ids / completion_ids: the
-    tokens of each item (the supervised method trains on the positives' completions)."""
+    Attributes:
+        acts: `[L, N, d]` float32, read as `read` says.
+        labels: `[N]`, 1 = shows the behaviour, 0 = does not.
+        pair: `[N]` pair id, -1 for unpaired items.
+        site: the site read.
+        read: "last", "mean" or an int k (see `read_weights`).
+        prompt_ids: the prompt tokens of each item.
+        completion_ids: the completion tokens of each item (the supervised method trains on the
+            positives' completions).
+    """
 
     acts: np.ndarray
     labels: np.ndarray
@@ -61,7 +69,7 @@ class ContrastData:
     def paired_differences(self) -> np.ndarray:
         """`[L, P, d]`: positive minus negative activation of each pair."""
         pos, neg = {}, {}
-        for i, (p, y) in enumerate(zip(self.pair, self.labels)):
+        for i, (p, y) in enumerate(zip(self.pair, self.labels, strict=True)):
             if p >= 0:
                 (pos if y == 1 else neg)[int(p)] = i
         ids = sorted(set(pos) & set(neg))
@@ -101,10 +109,20 @@ def _items(pairs, prompts, labels) -> tuple[list[tuple[str, str]], np.ndarray, n
 def read_weights(prompt_lens: Sequence[int], completion_lens: Sequence[int], width: int, read: str | int) -> np.ndarray:
     """`[N, width]` weights over left-padded rows (prompt then completion, right-aligned) that
     select the tokens `read` names: "last", "mean" (the completion, or the whole row when there
-    is none) or an int k (the last k tokens)."""
+    is none) or an int k (the last k tokens).
+
+    Args:
+        prompt_lens: tokens of each row's prompt.
+        completion_lens: tokens of each row's completion.
+        width: the padded row width.
+        read: "last", "mean" or an int k.
+
+    Returns:
+        `[N, width]` float32 0/1 weights (a reader averages over the selected tokens).
+    """
     n = len(prompt_lens)
     w = np.zeros((n, width), np.float32)
-    for i, (p, c) in enumerate(zip(prompt_lens, completion_lens)):
+    for i, (p, c) in enumerate(zip(prompt_lens, completion_lens, strict=True)):
         total = p + c
         if read == "last":
             w[i, -1] = 1
@@ -130,14 +148,29 @@ def contrast_data(
     batch_size: int = 16,
 ) -> ContrastData:
     """Tokenize contrastive items (prompt through the chat template when `chat`, completion
-    appended as plain tokens) and read `site` at every layer (see the module doc)."""
+    appended as plain tokens) and read `site` at every layer (see the module doc).
+
+    Args:
+        model: the model.
+        tokenizer: its tokenizer.
+        pairs: `(prompt, positive, negative)` triples (or `(positive, negative)` prompts).
+        prompts: unpaired items, with `labels`.
+        labels: 1 / 0 per item of `prompts`.
+        read: which tokens are read: "last", "mean" or the last k.
+        site: the site read.
+        chat: wrap prompts in the chat template.
+        batch_size: items per forward pass.
+
+    Returns:
+        The `ContrastData`.
+    """
     check_site(site)
     if SITE_LAYOUT[site][0] != 3:
         raise InputError(f"steering vectors are extracted at residual-width sites, got {site!r}")
     items, lab, pair = _items(pairs, prompts, labels)
     prompt_ids = tokenize_prompts(tokenizer, [p for p, _ in items], chat=chat)
     completion_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) if c else [] for _, c in items]
-    seqs = [p + c for p, c in zip(prompt_ids, completion_ids)]
+    seqs = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
     tokens, mask = left_pad(seqs, pad_id_for(model, tokenizer))
     weights = read_weights([len(p) for p in prompt_ids], [len(c) for c in completion_ids], tokens.shape[1], read)
     acts = harvest(model, tokens, attention_mask=mask, site=site, groups={"read": weights}, batch_size=batch_size)
@@ -160,7 +193,14 @@ def _orient(directions: np.ndarray, data: ContrastData) -> np.ndarray:
 
 
 def mean_difference(data: ContrastData) -> np.ndarray:
-    """Mean activation of the positives minus that of the negatives, `[L, d]` (CAA / ActAdd)."""
+    """Mean activation of the positives minus that of the negatives, `[L, d]` (CAA / ActAdd).
+
+    Args:
+        data: the contrastive activations.
+
+    Returns:
+        `[L, d]` float32.
+    """
     pos, neg = data.acts[:, data.labels == 1], data.acts[:, data.labels == 0]
     return (pos.mean(1) - neg.mean(1)).astype(np.float32)
 
@@ -169,7 +209,15 @@ def pca_direction(data: ContrastData, *, center: bool = False) -> np.ndarray:
     """First principal direction of the paired differences per layer (unit, `[L, d]`), signed
     so the positives project higher. `center=False` takes the top right-singular vector of the
     raw differences (the consistent shift between the pair members); `center=True` first
-    subtracts their mean, as scikit-learn's PCA does (repeng's `pca_diff`)."""
+    subtracts their mean, as scikit-learn's PCA does (repeng's `pca_diff`).
+
+    Args:
+        data: the contrastive activations (paired).
+        center: subtract the differences' mean first.
+
+    Returns:
+        `[L, d]` unit vectors.
+    """
     diffs = data.paired_differences().astype(np.float64)
     if center:
         diffs = diffs - diffs.mean(1, keepdims=True)
@@ -179,14 +227,32 @@ def pca_direction(data: ContrastData, *, center: bool = False) -> np.ndarray:
 
 def probe_direction(data: ContrastData, **train_kwargs) -> np.ndarray:
     """Weight vector of a logistic probe per layer (`analysis.train_probes`; held-out split and
-    options as there), in the raw activation space, unit length, pointing to the positives."""
+    options as there), in the raw activation space, unit length, pointing to the positives.
+
+    Args:
+        data: the contrastive activations.
+        **train_kwargs: passed to `analysis.train_probes`.
+
+    Returns:
+        `[L, d]` unit vectors.
+    """
     result = train_probes(data.acts, data.labels.astype(np.int32), task="classification", **train_kwargs)
     return _orient(result.directions.astype(np.float32), data)  # class 1 (positive) minus class 0
 
 
 def sae_features(data: ContrastData, sae: Any, layer: int, top: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The `top` SAE latents whose mean activation rises most from negatives to positives at
-    `layer`: `(indices [top], mean activation difference [top])`."""
+    `layer`: `(indices [top], mean activation difference [top])`.
+
+    Args:
+        data: the contrastive activations.
+        sae: a jaxsteer SAE reading `data.site`.
+        layer: the layer whose activations it encodes.
+        top: how many latents.
+
+    Returns:
+        `(indices [top], mean activation difference [top])`.
+    """
     from ..sae.arch import encode
 
     z = np.asarray(encode(sae, jnp.asarray(data.acts[layer], sae.dtype)), np.float32)
@@ -199,7 +265,18 @@ def sae_direction(data: ContrastData, *, sae: Any, layer: int, features: Sequenc
                   top: int = 1) -> np.ndarray:
     """SAE decoder directions at `layer` (zeros elsewhere; unit length): the decoder rows of
     `features` (summed), or of the `top` latents chosen by `sae_features` (weighted by their
-    activation difference). `sae`: a jaxsteer SAE (`sae.load_saelens` reads SAELens folders)."""
+    activation difference). `sae`: a jaxsteer SAE (`sae.load_saelens` reads SAELens folders).
+
+    Args:
+        data: the contrastive activations.
+        sae: the SAE.
+        layer: the layer the direction is placed at.
+        features: latents to use (None: the `top` of `sae_features`).
+        top: how many latents `sae_features` picks.
+
+    Returns:
+        `[L, d]`.
+    """
     if not 0 <= layer < data.n_layers:
         raise InputError(f"layer {layer} out of range for {data.n_layers} layers")
     w_dec = np.asarray(sae.params["W_dec"], np.float32)
@@ -221,7 +298,19 @@ def supervised_vector(data: ContrastData, *, model: Model, layers: Sequence[int]
                       learning_rate: float = 0.05, seed: int = 0) -> np.ndarray:
     """A steering vector trained (Adam, full batch) to maximise the log-probability of the
     positives' completions after their prompts: the `steering` trainable of `train` (BiPO/SFT
-    style), at `layers` (default all). Returns `[L, d]` (zeros on untrained layers)."""
+    style), at `layers` (default all). Returns `[L, d]` (zeros on untrained layers).
+
+    Args:
+        data: the contrastive activations (their positives' prompt and completion tokens).
+        model: the model.
+        layers: the trained layers (default all).
+        steps: Adam steps.
+        learning_rate: Adam's learning rate.
+        seed: the initialisation seed.
+
+    Returns:
+        `[L, d]` (zeros on untrained layers).
+    """
     rows = [i for i in range(len(data.labels)) if data.labels[i] == 1 and data.completion_ids[i]]
     if not rows:
         raise InputError("the supervised method needs positive completions: pairs=(prompt, positive, negative)")
@@ -271,14 +360,28 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {
 
 
 def register_method(name: str, fn: Callable[..., np.ndarray]) -> None:
-    """Add an extraction method `fn(data: ContrastData, **options) -> [L, d]` under `name`."""
+    """Add an extraction method `fn(data: ContrastData, **options) -> [L, d]` under `name`.
+
+    Args:
+        name: the method's name in `METHODS`.
+        fn: the method.
+    """
     if name in METHODS:
         raise InputError(f"an extraction method named {name!r} exists already")
     METHODS[name] = fn
 
 
 def extract(method: str, data: ContrastData, **options) -> np.ndarray:
-    """Steering vectors `[L, d]` float32 by the named method (see `METHODS`)."""
+    """Steering vectors `[L, d]` float32 by the named method (see `METHODS`).
+
+    Args:
+        method: a name of `METHODS`.
+        data: the contrastive activations.
+        **options: passed to the method.
+
+    Returns:
+        `[L, d]` float32.
+    """
     if method not in METHODS:
         raise InputError(f"unknown extraction method {method!r}; methods: {', '.join(METHODS)}")
     return np.asarray(METHODS[method](data, **options), np.float32)
@@ -286,7 +389,15 @@ def extract(method: str, data: ContrastData, **options) -> np.ndarray:
 
 def match_norms(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Rescale each layer's vector to the length of `reference`'s (e.g. the mean difference), so
-    one scale means the same push for every method."""
+    one scale means the same push for every method.
+
+    Args:
+        vectors: `[L, d]`.
+        reference: `[L, d]`.
+
+    Returns:
+        `[L, d]`.
+    """
     ref = np.linalg.norm(reference, axis=-1, keepdims=True)
     return (_unit(np.asarray(vectors, np.float32)) * ref).astype(np.float32)
 
@@ -294,7 +405,20 @@ def match_norms(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def contrast_vector(model: Model, tokenizer: Any, positive: Sequence[str], negative: Sequence[str], *,
                     site: str = "resid_post", chat: bool = True, read: str | int = "last") -> np.ndarray:
     """Mean difference of `positive` and `negative` prompts' activations (last token by default),
-    `[L, d]` per layer: the activation-addition recipe in one call."""
+    `[L, d]` per layer: the activation-addition recipe in one call.
+
+    Args:
+        model: the model.
+        tokenizer: its tokenizer.
+        positive: prompts that show the behaviour.
+        negative: prompts that do not.
+        site: the site read.
+        chat: wrap prompts in the chat template.
+        read: which tokens are read: "last", "mean" or the last k.
+
+    Returns:
+        `[L, d]` float32.
+    """
     labels = [1] * len(positive) + [0] * len(negative)
     data = contrast_data(model, tokenizer, prompts=list(positive) + list(negative), labels=labels, read=read,
                          site=site, chat=chat)

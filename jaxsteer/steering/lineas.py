@@ -32,7 +32,8 @@ Choices (the paper's where its text says; ours otherwise, stated here):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,15 @@ def wasserstein_1d(x: jax.Array, y: jax.Array) -> jax.Array:
     """Squared 2-Wasserstein distance between the empirical distributions of `x [..., n]` and
     `y [..., m]` (uniform weights), along the last axis: the integral over u in (0, 1) of the
     squared difference of their quantile functions (for n = m, the mean squared difference of
-    the sorted samples). Differentiable in both."""
+    the sorted samples). Differentiable in both.
+
+    Args:
+        x: samples `[..., n]`.
+        y: samples `[..., m]`.
+
+    Returns:
+        `[...]`.
+    """
     n, m = x.shape[-1], y.shape[-1]
     xs, ys = jnp.sort(x, axis=-1), jnp.sort(y, axis=-1)
     if n == m:
@@ -70,7 +79,16 @@ def wasserstein_1d(x: jax.Array, y: jax.Array) -> jax.Array:
 def sliced_wasserstein(x: jax.Array, y: jax.Array, projections: jax.Array | None = None) -> jax.Array:
     """Mean over slices of the squared 1-D Wasserstein distance between point clouds `x [n, d]`
     and `y [m, d]`. Slices: the coordinate axes (`projections=None`, LinEAS's coordinate-wise
-    loss) or the rows of `projections [k, d]` (unit directions, e.g. `random_directions`)."""
+    loss) or the rows of `projections [k, d]` (unit directions, e.g. `random_directions`).
+
+    Args:
+        x: points `[n, d]`.
+        y: points `[m, d]`.
+        projections: unit directions `[k, d]` (None: the coordinate axes).
+
+    Returns:
+        A scalar.
+    """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise InputError(f"expected point clouds [n, d] and [m, d], got {x.shape} and {y.shape}")
     if projections is not None:
@@ -118,9 +136,16 @@ def pooled(acts: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
 
 @dataclasses.dataclass
 class LinEASResult:
-    """A trained LinEAS map: `trainable` (`{"scale", "shift"}` deviations from the identity per
-    trained layer), its `config` (kind "lineas"), the loss per step (`losses`, before each update),
-    the final loss, and the loss settings (`pooling`, `projections`)."""
+    """A trained LinEAS map.
+
+    Attributes:
+        trainable: `{"scale", "shift"}`, deviations from the identity per trained layer.
+        config: its `TrainableConfig` (kind "lineas").
+        losses: the loss per step, before each update.
+        final_loss: the loss after the last update.
+        pooling: "mean" or "last", as trained.
+        projections: the slices `[k, d]` of the loss (None: coordinate-wise).
+    """
 
     trainable: dict
     config: TrainableConfig
@@ -191,13 +216,27 @@ def train_lineas(
 ) -> LinEASResult:
     """Train a LinEAS map moving `source` prompts' activations onto `target` prompts' at every layer.
 
-    source / target: strings (with `tokenizer`; through its chat template when `chat`), token-id
-    lists, or a left-padded `(tokens [N, T], mask [N, T])` pair; the two sets are unpaired and may
-    differ in size. site: a residual-width site; layers: where maps act (default all; the loss
-    always covers every layer). lr: the step size (`lr=0` leaves the identity: the null run);
-    optimizer: "sgd" (the paper's proximal SGD) or "adam". l1 / group: sparse group lasso
-    strengths (see the module notes). pooling: "mean" or "last".
-    projections: None for the coordinate-wise loss, k for k random slices (fixed by `seed`).
+    Args:
+        model: the model.
+        source: strings (with `tokenizer`; through its chat template when `chat`), token-id lists,
+            or a left-padded `(tokens [N, T], mask [N, T])` pair.
+        target: likewise; the two sets are unpaired and may differ in size.
+        tokenizer: encodes string prompts.
+        site: a residual-width site.
+        layers: where maps act (default all; the loss always covers every layer).
+        steps: optimizer steps.
+        lr: the step size (`lr=0` leaves the identity: the null run).
+        l1: the sparse group lasso's per-dimension strength (see the module notes).
+        group: its per-layer strength.
+        pooling: "mean" or "last".
+        projections: None for the coordinate-wise loss, k for k random slices (fixed by `seed`).
+        chat: wrap string prompts in the chat template.
+        optimizer: "sgd" (the paper's proximal SGD) or "adam".
+        seed: seeds the initialisation and the slices.
+        progress: show a progress bar.
+
+    Returns:
+        The `LinEASResult`.
     """
     check_site(site)
     if SITE_LAYOUT[site][0] != 3:
@@ -220,7 +259,7 @@ def train_lineas(
     def step(trainable, opt_state, model, src, target_acts, proj):
         loss, grads = jax.value_and_grad(lineas_loss, argnums=1)(model, trainable, cfg, src, target_acts, pooling, proj)
         updates, opt_state = opt.update(grads, opt_state, trainable)
-        trainable = sparse_group_prox(optax.apply_updates(trainable, updates), lr * l1, lr * group)
+        trainable = sparse_group_prox(cast(dict, optax.apply_updates(trainable, updates)), lr * l1, lr * group)
         return trainable, opt_state, loss
 
     opt_state, losses = opt.init(trainable), []

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +36,18 @@ def save_control_vector(path: str, vectors: Any, *, model_hint: str = "llama", l
                         scale: float = 1.0, site: str = "resid_post") -> str:
     """Write `scale * vectors[l]` for each steered layer as a llama.cpp control vector.
 
-    vectors: `[L, d]` (`resid_post` vectors, e.g. from `jaxsteer.steering.extract`). layers:
-    which to write (default: every layer whose vector is non-zero). model_hint: the
-    `controlvector.model_hint` metadata (llama.cpp's architecture name, e.g. "llama", "qwen2")."""
+    Args:
+        path: the `.gguf` file to write.
+        vectors: `[L, d]` `resid_post` vectors (e.g. from `jaxsteer.steering.extract`).
+        model_hint: the `controlvector.model_hint` metadata (llama.cpp's architecture name, e.g.
+            "llama", "qwen2").
+        layers: which layers to write (default: every layer whose vector is non-zero).
+        scale: multiplies the vectors.
+        site: must be "resid_post" (what llama.cpp's control vectors add to).
+
+    Returns:
+        `path`.
+    """
     import gguf
 
     if site != "resid_post":
@@ -73,7 +83,15 @@ def save_control_vector(path: str, vectors: Any, *, model_hint: str = "llama", l
 def load_control_vector(path: str, n_layers: int | None = None) -> tuple[np.ndarray, dict]:
     """Read a control vector (jaxsteer's, repeng's or llama.cpp's `cvector-generator`'s):
     `(vectors [L, d] float32, zeros on layers without a direction; metadata)`. L is `n_layers`
-    (default: the highest direction index + 1)."""
+    (default: the highest direction index + 1).
+
+    Args:
+        path: the `.gguf` file.
+        n_layers: L (default: the highest direction index + 1).
+
+    Returns:
+        `(vectors, metadata)`.
+    """
     import gguf
 
     reader = gguf.GGUFReader(path)
