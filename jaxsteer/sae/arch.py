@@ -40,6 +40,7 @@ leading batch axes `[..., d_in]`; compute happens in the parameter dtype (float3
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any
 
@@ -57,13 +58,23 @@ BATCH_KINDS = ("batchtopk", "matryoshka")  # batch-level top-k in training, one 
 class SAEConfig:
     """Static description of an SAE.
 
-    kind: one of `KINDS`. k: latents kept (TopK family; for `htopk` the largest budget K).
-    kron_heads / kron_m / kron_n: KronSAE factorisation (`d_sae = heads * m * n`).
-    matryoshka_widths: the nested prefix sizes of a `matryoshka` SAE (increasing, last = d_sae).
-    decoder_bias: False for a residual SAE (no `b_dec`). apply_b_dec_to_input: subtract `b_dec`
-    before encoding (SAELens default True). rescale_acts_by_decoder_norm: SAELens' option that
-    ranks latents by `pre * ||W_dec row||` (loaded SAEs only). site / layer / model: where the
-    SAE reads (metadata used by `Splice` defaults and the SAELens `hook_name`).
+    Attributes:
+        kind: one of `KINDS`.
+        d_in: the width of the activations it reads.
+        d_sae: the number of latents.
+        k: latents kept (TopK family; for `htopk` the largest budget K).
+        kron_heads: KronSAE's number of heads (`d_sae = heads * m * n`).
+        kron_m: KronSAE's P-side width per head.
+        kron_n: KronSAE's Q-side width per head.
+        matryoshka_widths: the nested prefix sizes of a `matryoshka` SAE (increasing, last = d_sae).
+        decoder_bias: False for a residual SAE (no `b_dec`).
+        apply_b_dec_to_input: subtract `b_dec` before encoding (SAELens default True).
+        rescale_acts_by_decoder_norm: SAELens' option that ranks latents by `pre * ||W_dec row||`
+            (loaded SAEs only).
+        dtype: the parameter dtype, "float32" or "bfloat16".
+        site: the site the SAE reads (used by `Splice` defaults and the SAELens `hook_name`).
+        layer: the layer it reads.
+        model: the model it was trained on (metadata).
     """
 
     kind: str
@@ -93,7 +104,7 @@ class SAEConfig:
                 f"kron SAE: heads*m*n = {self.kron_heads}*{self.kron_m}*{self.kron_n} must equal d_sae={self.d_sae}"
             )
         w = self.matryoshka_widths
-        if self.kind == "matryoshka" and (not w or w[-1] != self.d_sae or any(b <= a for a, b in zip((0,) + w, w))):
+        if self.kind == "matryoshka" and (not w or w[-1] != self.d_sae or any(b <= a for a, b in itertools.pairwise((0,) + w))):
             raise InputError(f"matryoshka SAE: matryoshka_widths {list(w)} must increase from > 0 to d_sae={self.d_sae}")
         if self.kind == "kron" and self.rescale_acts_by_decoder_norm:
             raise InputError("kron SAE: rescale_acts_by_decoder_norm is not supported (its encoder has no W_enc to fold into)")
@@ -104,14 +115,21 @@ class SAEConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SAEConfig":
+    def from_dict(cls, d: dict) -> SAEConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @struct.dataclass
 class SAE:
-    """An SAE as data: `params` (dict of arrays) are pytree leaves, `config` is static."""
+    """An SAE as data: `params` (dict of arrays) are pytree leaves, `config` is static.
+
+    Attributes:
+        params: `W_enc [d_in, d_sae]`, `b_enc`, `W_dec [d_sae, d_in]`, `b_dec` (no `b_dec` for a
+            residual SAE; JumpReLU adds `threshold`; KronSAE has `W_p`, `W_q`, `b_p`, `b_q` instead
+            of `W_enc`, `b_enc`).
+        config: the static `SAEConfig`.
+    """
 
     params: dict[str, Any]
     config: SAEConfig = struct.field(pytree_node=False)
@@ -128,7 +146,15 @@ def _dtype(name: str):
 def init_sae(config: SAEConfig, key: jax.Array) -> SAE:
     """Random init: decoder rows uniform on the unit sphere, `W_enc = W_dec^T` (Gao et al. 2024),
     zero biases. KronSAE: P and Q columns are random unit vectors and each decoder row starts as
-    the normalised sum of the two encoder directions that gate it (our choice, see module doc)."""
+    the normalised sum of the two encoder directions that gate it (our choice, see module doc).
+
+    Args:
+        config: the SAE's config.
+        key: a `jax.random` key.
+
+    Returns:
+        The `SAE`.
+    """
     c = config
     dt = _dtype(c.dtype)
     k_dec, k_p, k_q = jax.random.split(key, 3)
@@ -175,7 +201,15 @@ def mand(p: jax.Array, q: jax.Array) -> jax.Array:
 
 
 def pre_acts(sae: SAE, x: jax.Array) -> jax.Array:
-    """Pre-activations `[..., d_sae]` (for `kron`, the mAND outputs before TopK)."""
+    """Pre-activations `[..., d_sae]` (for `kron`, the mAND outputs before TopK).
+
+    Args:
+        sae: the SAE.
+        x: activations `[..., d_in]`.
+
+    Returns:
+        `[..., d_sae]` float32.
+    """
     c, p = sae.config, sae.params
     dt = sae.dtype
     x = x.astype(dt)
@@ -228,13 +262,28 @@ def activate(sae: SAE, pre: jax.Array, *, k: int | None = None, train: bool = Fa
 def encode(sae: SAE, x: jax.Array, *, k: int | None = None, train: bool = False) -> jax.Array:
     """Latent activations `[..., d_sae]` of activations `x [..., d_in]`.
 
-    k: override the TopK budget (any `k <= K` for HierarchicalTopK). train: BatchTopK's batch-level
-    selection (otherwise its inference threshold)."""
+    Args:
+        sae: the SAE.
+        x: activations `[..., d_in]`.
+        k: override the TopK budget (any `k <= K` for HierarchicalTopK).
+        train: BatchTopK's batch-level selection (otherwise its inference threshold).
+
+    Returns:
+        The latents `[..., d_sae]`.
+    """
     return activate(sae, pre_acts(sae, x), k=k, train=train)
 
 
 def decode(sae: SAE, z: jax.Array) -> jax.Array:
-    """Reconstruction `z @ W_dec + b_dec` (`[..., d_in]`, parameter dtype)."""
+    """Reconstruction `z @ W_dec + b_dec` (`[..., d_in]`, parameter dtype).
+
+    Args:
+        sae: the SAE.
+        z: latents `[..., d_sae]`.
+
+    Returns:
+        The reconstruction `[..., d_in]`.
+    """
     p = sae.params
     z = z.astype(sae.dtype)
     if sae.config.rescale_acts_by_decoder_norm:
@@ -243,12 +292,30 @@ def decode(sae: SAE, z: jax.Array) -> jax.Array:
 
 
 def reconstruct(sae: SAE, x: jax.Array, *, k: int | None = None) -> jax.Array:
-    """`decode(encode(x))` at inference."""
+    """`decode(encode(x))` at inference.
+
+    Args:
+        sae: the SAE.
+        x: activations `[..., d_in]`.
+        k: override the TopK budget, as for `encode`.
+
+    Returns:
+        The reconstruction `[..., d_in]`.
+    """
     return decode(sae, encode(sae, x, k=k))
 
 
 def residual_reconstruct(base: SAE, residual: SAE, x: jax.Array) -> jax.Array:
-    """SAE Boost: `x_hat_base + x_hat_res`, the residual SAE reading `x - x_hat_base`."""
+    """SAE Boost: `x_hat_base + x_hat_res`, the residual SAE reading `x - x_hat_base`.
+
+    Args:
+        base: the base SAE.
+        residual: the residual SAE.
+        x: activations `[..., d_in]`.
+
+    Returns:
+        The combined reconstruction `[..., d_in]`.
+    """
     xb = reconstruct(base, x)
     return xb + reconstruct(residual, x.astype(xb.dtype) - xb)
 
@@ -260,7 +327,14 @@ def fold_decoder_norm(sae: SAE) -> SAE:
     With `rescale_acts_by_decoder_norm` the codes and reconstructions are unchanged and the flag
     is cleared (how SAELens saves such SAEs for inference). Without it, ReLU / JumpReLU codes are
     multiplied by `n` (reconstructions unchanged); the TopK family and BatchTopK's one global
-    threshold cannot absorb the norms without changing which latents fire, so they are refused."""
+    threshold cannot absorb the norms without changing which latents fire, so they are refused.
+
+    Args:
+        sae: the SAE.
+
+    Returns:
+        The folded `SAE`.
+    """
     c, p = sae.config, sae.params
     if c.kind == "kron":
         raise InputError("fold_decoder_norm: a kron SAE has no W_enc to fold the decoder norms into")
@@ -277,7 +351,14 @@ def fold_decoder_norm(sae: SAE) -> SAE:
 
 def kron_full_matrices(sae: SAE) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """KronSAE encoder as materialised `[d, d_sae]` matrices `(P, Q, b_P, b_Q)`: latent
-    `(g, i, j)` reads column `g*m+i` of `W_p` and `g*n+j` of `W_q`. For checks and export."""
+    `(g, i, j)` reads column `g*m+i` of `W_p` and `g*n+j` of `W_q`. For checks and export.
+
+    Args:
+        sae: a `kron` SAE.
+
+    Returns:
+        `(P, Q, b_P, b_Q)`, the matrices `[d, d_sae]` and biases `[d_sae]`.
+    """
     c, p = sae.config, sae.params
     h, m, n = c.kron_heads, c.kron_m, c.kron_n
     wp = jnp.broadcast_to(p["W_p"].reshape(c.d_in, h, m, 1), (c.d_in, h, m, n)).reshape(c.d_in, -1)
@@ -288,7 +369,14 @@ def kron_full_matrices(sae: SAE) -> tuple[jax.Array, jax.Array, jax.Array, jax.A
 
 
 def encoder_flops(config: SAEConfig) -> int:
-    """Multiply-adds x 2 of the encoder matmul(s) per activation vector."""
+    """Multiply-adds x 2 of the encoder matmul(s) per activation vector.
+
+    Args:
+        config: the SAE's config.
+
+    Returns:
+        FLOPs per activation vector.
+    """
     c = config
     if c.kind == "kron":
         return 2 * c.d_in * c.kron_heads * (c.kron_m + c.kron_n)
@@ -296,7 +384,15 @@ def encoder_flops(config: SAEConfig) -> int:
 
 
 def astype(sae: SAE, dtype: str) -> SAE:
-    """The same SAE with parameters (and config dtype) cast to float32 / bfloat16."""
+    """The same SAE with parameters (and config dtype) cast to float32 / bfloat16.
+
+    Args:
+        sae: the SAE.
+        dtype: "float32" or "bfloat16".
+
+    Returns:
+        The cast `SAE`.
+    """
     cfg = dataclasses.replace(sae.config, dtype=dtype)
     return SAE({k: v.astype(_dtype(dtype)) for k, v in sae.params.items()}, cfg)
 

@@ -46,6 +46,7 @@ def _batch_stats(model: Model, sae: SAE, residual: SAE | None, tokens: jax.Array
         vals, idx = sparse_topk(pre_acts(sae, x), c.k)
         out["htopk_err"] = htopk_errors(sae, x, vals, idx)
     if with_ce:
+        assert clean is not None  # forward returned logits: return_logits=with_ce
         spliced, _ = forward(model, tokens, interventions=[Splice(sae, residual=residual)], return_logits=True)
         zeroed, _ = forward(model, tokens, interventions=[Ablate(site=c.site, layers=(c.layer,))], return_logits=True)
         out.update(ce_clean=_ce(clean, tokens, skip_first), ce_sae=_ce(spliced, tokens, skip_first),
@@ -59,7 +60,21 @@ _batch_stats_jit = jax.jit(_batch_stats, static_argnums=(4, 5))
 
 def evaluate_sae(model: Model, sae: SAE, windows: np.ndarray, *, batch: int = 8, residual: SAE | None = None,
                  skip_first: int = 1, with_ce: bool = True) -> dict[str, Any]:
-    """Metrics of `sae` (plus an optional residual SAE on top) over token windows `[N, T]`."""
+    """Metrics of `sae` (plus an optional residual SAE on top) over token windows `[N, T]`.
+
+    Args:
+        model: the model.
+        sae: the SAE.
+        windows: ids `[N, T]`.
+        batch: windows per forward pass (a trailing partial batch is dropped).
+        residual: a residual SAE evaluated on top (SAE Boost).
+        skip_first: leading tokens of each window left out (the attention sink).
+        with_ce: also measure the next-token loss with the SAE spliced in and with the site zeroed.
+
+    Returns:
+        `tokens`, `fvu`, `explained_variance`, `l0`, `dead_fraction`, `mse`; `ev_by_k` for
+        HierarchicalTopK; with `with_ce`, `ce_clean`, `ce_sae`, `ce_zero` and `loss_recovered`.
+    """
     acc: dict[str, Any] = {}
     for i in range(0, len(windows) - batch + 1, batch):
         stats = jax.device_get(_batch_stats_jit(model, sae, residual, jnp.asarray(windows[i:i + batch]), skip_first, with_ce))
@@ -85,7 +100,17 @@ def evaluate_sae(model: Model, sae: SAE, windows: np.ndarray, *, batch: int = 8,
 def plot_ev_by_k(curves: dict[str, list[float]], path: str, points: dict[str, tuple[float, float]] | None = None,
                  title: str = "") -> str:
     """Explained variance against k (one curve per name, e.g. HierarchicalTopK at every k <= K),
-    plus single points (e.g. TopK SAEs trained at one k), drawn into a PNG."""
+    plus single points (e.g. TopK SAEs trained at one k), drawn into a PNG.
+
+    Args:
+        curves: `{name: [ev at k = 1, 2, ...]}`.
+        path: the PNG to write.
+        points: `{name: (k, ev)}`.
+        title: the figure title.
+
+    Returns:
+        `path`.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

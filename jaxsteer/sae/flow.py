@@ -18,7 +18,7 @@ with all three scores and the chosen weight), which `FeatureGraph.plot` draws.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,9 +31,16 @@ SCORES = ("correlation", "decoder_cosine", "encoder_cosine")
 
 @dataclasses.dataclass
 class FeatureGraph:
-    """Features (`nodes`: `(level, feature)`) of SAEs at `layers` (one level per SAE, in order)
-    and `edges` from level i to level i+1: dicts with `src`, `dst` (nodes), `weight` (the score
-    chosen by `by`) and every score of `SCORES`."""
+    """Features of SAEs at consecutive levels and the edges between them (`flow_graph`).
+
+    Attributes:
+        layers: the layer of each level's SAE.
+        sites: the site of each level's SAE.
+        nodes: `(level, feature)` pairs.
+        edges: from level i to level i+1: dicts with `src`, `dst` (nodes), `weight` (the score
+            chosen by `by`) and every score of `SCORES`.
+        by: the score the edges were chosen by.
+    """
 
     layers: list[int]
     sites: list[str]
@@ -116,16 +123,26 @@ def flow_graph(saes: Sequence[SAE], acts: Sequence[np.ndarray], *, features: Seq
                top: int = 3, by: str = "correlation", min_weight: float = 0.0) -> FeatureGraph:
     """Follow features from the first SAE through the rest.
 
-    saes: SAEs at consecutive levels; acts: each SAE's input activations on the same tokens
-    (`[N, d_in]` each, row n the same token everywhere). features: the first level's features to
-    start from (default: every feature that fires on `acts`). At each level every current feature
-    links to its `top` best matches in the next SAE by score `by` (one of `SCORES`) when that
-    score is at least `min_weight`; the matches are the next level's features."""
+    At each level every current feature links to its `top` best matches in the next SAE by score
+    `by` when that score is at least `min_weight`; the matches are the next level's features.
+
+    Args:
+        saes: SAEs at consecutive levels.
+        acts: each SAE's input activations on the same tokens (`[N, d_in]` each, row n the same
+            token everywhere).
+        features: the first level's features to start from (default: every feature that fires on `acts`).
+        top: matches kept per feature.
+        by: one of `SCORES`.
+        min_weight: the smallest score kept.
+
+    Returns:
+        The `FeatureGraph`.
+    """
     if by not in SCORES:
         raise InputError(f"flow_graph: by={by!r}; scores are {SCORES}")
     if len(saes) < 2 or len(saes) != len(acts):
         raise InputError(f"flow_graph: need >= 2 SAEs and one activation array per SAE, got {len(saes)} and {len(acts)}")
-    codes = [np.asarray(encode(s, jnp.asarray(a).reshape(-1, s.config.d_in)), np.float32) for s, a in zip(saes, acts)]
+    codes = [np.asarray(encode(s, jnp.asarray(a).reshape(-1, s.config.d_in)), np.float32) for s, a in zip(saes, acts, strict=True)]
     current = sorted(int(f) for f in (features if features is not None else np.flatnonzero((codes[0] > 0).any(0))))
     nodes = [(0, f) for f in current]
     edges = []
@@ -153,7 +170,19 @@ def flow_graph(saes: Sequence[SAE], acts: Sequence[np.ndarray], *, features: Seq
 def feature_flow(model, saes: Sequence[SAE], tokens, *, attention_mask=None, batch: int = 8, **kw) -> FeatureGraph:
     """`flow_graph` on activations harvested from `model` on `tokens [N, T]` at each SAE's site
     and layer: one forward pass per batch of rows, stopping after the deepest SAE's layer (padding
-    excluded when `attention_mask` is given; a z SAE reads the heads flattened). `kw` go to `flow_graph`."""
+    excluded when `attention_mask` is given; a z SAE reads the heads flattened). `kw` go to `flow_graph`.
+
+    Args:
+        model: the model.
+        saes: SAEs at consecutive levels.
+        tokens: ids `[N, T]`.
+        attention_mask: `[N, T]` 0/1 (None: every token counts).
+        batch: rows per forward pass.
+        **kw: passed to `flow_graph`.
+
+    Returns:
+        The `FeatureGraph`.
+    """
     from ..models.decoder import forward
     from .activations import truncate
 

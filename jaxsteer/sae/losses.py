@@ -23,14 +23,32 @@ from .sparse import topk_encode_sparse_grad
 
 
 def gather_decode(sae: SAE, vals: jax.Array, idx: jax.Array, *, bias: bool = True) -> jax.Array:
-    """`sum_i vals[..., i] * W_dec[idx[..., i]] (+ b_dec)`: decode from a sparse code."""
+    """`sum_i vals[..., i] * W_dec[idx[..., i]] (+ b_dec)`: decode from a sparse code.
+
+    Args:
+        sae: the SAE.
+        vals: code values `[..., k]`.
+        idx: their latent indices `[..., k]`.
+        bias: add `b_dec`.
+
+    Returns:
+        The reconstruction `[..., d_in]`.
+    """
     w = sae.params["W_dec"]
     out = jnp.einsum("...k,...kd->...d", vals.astype(w.dtype), w[idx])
     return out + b_dec(sae) if bias else out
 
 
 def sparse_topk(pre: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """Top `k` (ReLU'd values, indices) along the last axis, sorted by value (descending)."""
+    """Top `k` (ReLU'd values, indices) along the last axis, sorted by value (descending).
+
+    Args:
+        pre: pre-activations `[..., d_sae]`.
+        k: how many.
+
+    Returns:
+        `(values [..., k], indices [..., k])`.
+    """
     vals, idx = jax.lax.top_k(pre, k)
     return jax.nn.relu(vals), idx
 
@@ -48,7 +66,17 @@ def htopk_errors(sae: SAE, x: jax.Array, vals: jax.Array, idx: jax.Array) -> jax
     """Squared error summed over the batch of the top-j reconstruction, for every j = 1..K: `[K]`.
 
     `x_hat_j = b_dec + sum_{i<=j} v_i W_dec[idx_i]` (values sorted descending) as one cumulative
-    sum over the gathered decoder rows `[B, K, d]`; no loop over j."""
+    sum over the gathered decoder rows `[B, K, d]`; no loop over j.
+
+    Args:
+        sae: an `htopk` SAE.
+        x: activations `[B, d_in]`.
+        vals: the top-K latent values `[B, K]`, sorted descending (`sparse_topk`).
+        idx: their latent indices `[B, K]`.
+
+    Returns:
+        `[K]` float32.
+    """
     rows = sae.params["W_dec"][idx].astype(jnp.float32)  # [B, K, d]
     partial = jnp.cumsum(vals.astype(jnp.float32)[..., None] * rows, axis=-2) + b_dec(sae, jnp.float32)
     diff = x.astype(jnp.float32)[..., None, :] - partial
@@ -57,7 +85,16 @@ def htopk_errors(sae: SAE, x: jax.Array, vals: jax.Array, idx: jax.Array) -> jax
 
 def htopk_loss(sae: SAE, x: jax.Array, levels: tuple[int, ...] | None = None) -> jax.Array:
     """HierarchicalTopK loss (arXiv 2505.24473): mean over budgets j (all of 1..K, or `levels`)
-    of the top-j reconstruction error, normalised by the batch variance."""
+    of the top-j reconstruction error, normalised by the batch variance.
+
+    Args:
+        sae: an `htopk` SAE.
+        x: activations `[B, d_in]`.
+        levels: the budgets averaged over (default all of 1..K).
+
+    Returns:
+        The scalar loss.
+    """
     vals, idx = sparse_topk(pre_acts(sae, x), sae.config.k)
     return _level_mean(htopk_errors(sae, x, vals, idx), levels) / jax.lax.stop_gradient(total_variance(x))
 
@@ -73,7 +110,19 @@ def auxk_loss(sae: SAE, x: jax.Array, residual: jax.Array, dead: jax.Array, k_au
 
     Computed under `lax.cond`, so batches without dead latents pay nothing (pre-activations are
     recomputed inside when not given); the `k_aux` code is decoded densely (a `[B, k_aux, d]`
-    gather costs more than the matmul on CPU)."""
+    gather costs more than the matmul on CPU).
+
+    Args:
+        sae: the SAE.
+        x: activations `[B, d_in]`.
+        residual: the main reconstruction's error `x - x_hat` `[B, d_in]`.
+        dead: `[d_sae]` bool.
+        k_aux: the auxiliary budget.
+        pre: the pre-activations, when already computed.
+
+    Returns:
+        The scalar loss (normalised by the residual's variance).
+    """
     k_aux = min(k_aux, sae.config.d_sae)
     n_dead = jnp.sum(dead)
 
@@ -155,7 +204,16 @@ def rms(x: jax.Array) -> jax.Array:
 def jumprelu_forward(sae: SAE, x: jax.Array, bandwidth: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`(pre, z, l0)` of a JumpReLU SAE in training: codes through `jumprelu_ste`, and the per-row L0
     through `step_ste`, with bandwidth `bandwidth * rms(x)` (Gemma Scope's eps = 0.001 is in units of
-    inputs normalised to E||x||^2 = d, i.e. rms 1)."""
+    inputs normalised to E||x||^2 = d, i.e. rms 1).
+
+    Args:
+        sae: a `jumprelu` SAE.
+        x: activations `[B, d_in]`.
+        bandwidth: the STE bandwidth in units of `rms(x)`.
+
+    Returns:
+        `(pre, z, l0)`.
+    """
     pre = pre_acts(sae, x)
     theta = sae.params["threshold"].astype(pre.dtype)
     eps = jax.lax.stop_gradient(bandwidth * rms(x)).astype(pre.dtype)
@@ -165,7 +223,15 @@ def jumprelu_forward(sae: SAE, x: jax.Array, bandwidth: float) -> tuple[jax.Arra
 
 def batch_topk_codes(sae: SAE, pre: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """BatchTopK training selection: the top `k * B` relu'd pre-activations of the batch as flat
-    `(values, rows, cols)`."""
+    `(values, rows, cols)`.
+
+    Args:
+        sae: a BatchTopK-family SAE.
+        pre: pre-activations `[B, d_sae]`.
+
+    Returns:
+        `(values, rows, cols)`, each `[k * B]`.
+    """
     c = sae.config
     vals, flat_idx = jax.lax.top_k(jax.nn.relu(pre).reshape(-1), c.k * pre.shape[0])
     return vals, flat_idx // c.d_sae, flat_idx % c.d_sae
@@ -174,7 +240,18 @@ def batch_topk_codes(sae: SAE, pre: jax.Array) -> tuple[jax.Array, jax.Array, ja
 def matryoshka_errors(sae: SAE, x: jax.Array, vals: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
     """Squared error summed over the batch of every nested prefix's reconstruction `[n_levels]`:
     level i decodes only latents `< matryoshka_widths[i]`. One segment sum over (row, level of the
-    latent) and a cumulative sum over levels; the last level is the whole SAE."""
+    latent) and a cumulative sum over levels; the last level is the whole SAE.
+
+    Args:
+        sae: a `matryoshka` SAE.
+        x: activations `[B, d_in]`.
+        vals: the kept values, flat (`batch_topk_codes`).
+        rows: their batch rows.
+        cols: their latents.
+
+    Returns:
+        `[n_levels]`.
+    """
     widths = jnp.asarray(sae.config.matryoshka_widths)
     n_levels, b = len(sae.config.matryoshka_widths), x.shape[0]
     level = jnp.searchsorted(widths, cols, side="right")  # first prefix holding the latent
@@ -226,7 +303,21 @@ def train_forward(sae: SAE, x: jax.Array, dead: jax.Array | None, *, k_aux: int 
     nested prefixes) plus `aux_coef` x AuxK (TopK family) plus, for JumpReLU, `l0_coef` x the mean
     L0 through the straight-through step (Gemma Scope's sparsity penalty). Returns `(loss, info)`
     with info: `fvu`, `aux`, `l0`, `fired` (`[d_sae]` bool: latent active somewhere in the batch),
-    `min_active` (BatchTopK / Matryoshka: smallest kept activation)."""
+    `min_active` (BatchTopK / Matryoshka: smallest kept activation).
+
+    Args:
+        sae: the SAE.
+        x: activations `[B, d_in]`.
+        dead: `[d_sae]` bool, the latents AuxK revives (None: no AuxK).
+        k_aux: AuxK's budget.
+        aux_coef: AuxK's weight.
+        htopk_levels: HierarchicalTopK's budgets (default all).
+        l0_coef: JumpReLU's L0 weight.
+        bandwidth: the straight-through estimator's bandwidth (JumpReLU).
+
+    Returns:
+        `(loss, info)`.
+    """
     c = sae.config
     r = _codes_and_reconstruction(sae, x, bandwidth)
     var = jax.lax.stop_gradient(total_variance(x))
@@ -246,7 +337,16 @@ def train_forward(sae: SAE, x: jax.Array, dead: jax.Array | None, *, k_aux: int 
 
 def update_threshold(theta: jax.Array, min_active: jax.Array, lr: float) -> jax.Array:
     """BatchTopK inference threshold: EMA of the smallest activation the batch selection kept
-    (arXiv 2412.06410 averages it over batches; the EMA with rate 0.01 is SAELens' choice)."""
+    (arXiv 2412.06410 averages it over batches; the EMA with rate 0.01 is SAELens' choice).
+
+    Args:
+        theta: the current threshold.
+        min_active: this batch's smallest kept activation.
+        lr: the EMA rate.
+
+    Returns:
+        The new threshold.
+    """
     ok = jnp.isfinite(min_active) & (min_active > 0)
     new = (1 - lr) * theta.astype(jnp.float32) + lr * min_active
     return jnp.where(ok, new, theta.astype(jnp.float32)).astype(theta.dtype)

@@ -8,9 +8,12 @@ Written (and read) without importing SAELens or torch. Mapping of kinds:
 | topk | topk | `k` |
 | htopk | topk (k = K) | SAELens runs it at its largest budget; jaxsteer reads the kind back from `metadata.jaxsteer` |
 | jumprelu | jumprelu | per-latent `threshold` |
-| batchtopk | jumprelu | as SAELens saves its own BatchTopK SAEs for inference: `threshold = theta` for every latent; a SAELens `batchtopk` directory (training format, scalar `topk_threshold`) loads too |
-| matryoshka | jumprelu | as batchtopk (its inference is BatchTopK's); a SAELens `matryoshka_batchtopk` training directory loads too |
+| batchtopk | jumprelu | as SAELens saves BatchTopK for inference: `threshold = theta` for every latent (1) |
+| matryoshka | jumprelu | as batchtopk (its inference is BatchTopK's) (1) |
 | kron | jaxsteer_kron | jaxsteer only (SAELens has no factorised encoder): `W_p, W_q, b_p, b_q` |
+
+(1) SAELens' training-format directories (`batchtopk` with a scalar `topk_threshold`,
+`matryoshka_batchtopk`) load too.
 
 Loading follows SAELens 6.54's `SAE.load_from_disk` field by field, so a directory never loads
 as a different function than SAELens computes:
@@ -37,7 +40,6 @@ per `sae_id`) and Gemma Scope's `params.npz` (JumpReLU, `b_dec` not subtracted f
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -86,7 +88,17 @@ def parse_hook_name(name: str | None) -> tuple[str, int]:
 
 
 def save_saelens(sae: SAE, path: str, *, model_name: str = "", context_size: int | None = None) -> str:
-    """Write `sae` as a SAELens directory (see the module table). Returns `path`."""
+    """Write `sae` as a SAELens directory (see the module table). Returns `path`.
+
+    Args:
+        sae: the SAE.
+        path: the directory to write.
+        model_name: SAELens' `model_name` field.
+        context_size: SAELens' `context_size` field.
+
+    Returns:
+        `path`.
+    """
     from safetensors.numpy import save_file
 
     if sae.config.rescale_acts_by_decoder_norm:
@@ -289,7 +301,14 @@ def _check_shapes(c: SAEConfig, params: dict, where: str) -> None:
 
 def list_sae_ids(folder: str) -> list[str]:
     """The SAE ids of a release on disk: sub-folders (at any depth) holding `cfg.json` +
-    weights or a Gemma Scope `params.npz`, as paths relative to `folder`."""
+    weights or a Gemma Scope `params.npz`, as paths relative to `folder`.
+
+    Args:
+        folder: the release folder.
+
+    Returns:
+        The ids, sorted.
+    """
     out = []
     for root, _, files in os.walk(folder):
         if (CFG_FILE in files and WEIGHTS_FILE in files) or GEMMA_SCOPE_FILE in files:
@@ -302,13 +321,21 @@ def load_saelens(path: str, sae_id: str | None = None, *, dtype: str | None = No
                  norm_scaling_factor: float | None = None) -> SAE:
     """Read a SAELens directory as SAELens 6.54's `SAE.load_from_disk` reads it (module doc).
 
-    path: an SAE directory (`cfg.json` + `sae_weights.safetensors`, or Gemma Scope's
-    `params.npz`), or a release folder holding several; then `sae_id` picks the sub-folder (an
-    error lists them when it is missing). dtype: 'float32' / 'bfloat16' (default: the file's).
-    site / layer: where the SAE reads, when the hook name is not one jaxsteer knows (needed for
-    Gemma Scope's params.npz; its layer also comes from a `layer_N` folder). fold_W_dec_norm:
-    `arch.fold_decoder_norm` after loading, as SAELens' option. norm_scaling_factor: the dataset
-    constant of `normalize_activations='expected_average_only_in'`, folded in as SAELens does."""
+    Args:
+        path: an SAE directory (`cfg.json` + `sae_weights.safetensors`, or Gemma Scope's
+            `params.npz`), or a release folder holding several.
+        sae_id: picks the sub-folder of a release folder (an error lists them when it is missing).
+        dtype: 'float32' / 'bfloat16' (default: the file's).
+        site: where the SAE reads, when the hook name is not one jaxsteer knows (needed for Gemma
+            Scope's params.npz).
+        layer: likewise (Gemma Scope's also comes from a `layer_N` folder).
+        fold_W_dec_norm: `arch.fold_decoder_norm` after loading, as SAELens' option.
+        norm_scaling_factor: the dataset constant of `normalize_activations='expected_average_only_in'`,
+            folded in as SAELens does.
+
+    Returns:
+        The `SAE`.
+    """
     folder = os.path.join(path, sae_id) if sae_id else path
     if not os.path.isdir(folder):
         raise NotFoundError(f"no SAE directory {folder!r}" + (f"; sae_ids: {list_sae_ids(path)}" if sae_id else ""))
@@ -330,7 +357,17 @@ def load_saelens(path: str, sae_id: str | None = None, *, dtype: str | None = No
 def load_gemma_scope(folder: str, *, site: str | None, layer: int | None = None, dtype: str | None = None) -> SAE:
     """A Gemma Scope `params.npz` (JumpReLU: `W_enc, W_dec, b_enc, b_dec, threshold`; the input
     is not centred by `b_dec`). Its file names no site: `site` is required, `layer` defaults to
-    the `layer_N` in the folder's path."""
+    the `layer_N` in the folder's path.
+
+    Args:
+        folder: the folder holding `params.npz`.
+        site: the site the SAE reads.
+        layer: its layer (default: from the path).
+        dtype: 'float32' / 'bfloat16' (default: the file's).
+
+    Returns:
+        The `jumprelu` `SAE`.
+    """
     if layer is None:
         m = re.findall(r"layer_(\d+)", os.path.abspath(folder))
         layer = int(m[-1]) if m else None

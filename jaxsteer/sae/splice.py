@@ -31,8 +31,17 @@ from .arch import SAE, decode, encode, reconstruct
 
 @struct.dataclass
 class Splice:
-    """Replace the activation at `site` / `layers` (default: the SAE's own) by `decode(encode(x))`
-    (plus `residual`'s reconstruction of the remainder when a residual SAE is given)."""
+    """Replace the activation at `site` / `layers` by the SAE's reconstruction `decode(encode(x))`.
+
+    Attributes:
+        sae: the SAE.
+        feature_delta: `[d_sae]` or `[B, T, d_sae]` added to the latents before decoding (None: none).
+        positions: `[T]` or `[B, T]` weights in [0, 1]: splice only there (None: every token).
+        residual: a residual SAE whose reconstruction of the remainder is added (SAE Boost).
+        keep_error: add back the error `x - x_hat`, held constant (SAELens' `use_error_term`).
+        site: where it acts (default: the SAE's own).
+        layers: the layers it acts at (default: the SAE's own).
+    """
 
     sae: SAE
     feature_delta: Any = None
@@ -45,9 +54,8 @@ class Splice:
     def __post_init__(self):
         if self.site is None:
             object.__setattr__(self, "site", self.sae.config.site)
-        if self.layers is None:
-            object.__setattr__(self, "layers", (int(self.sae.config.layer),))
-        object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
+        layers = (self.sae.config.layer,) if self.layers is None else self.layers
+        object.__setattr__(self, "layers", tuple(int(l) for l in layers))
 
     def check(self, config, n_tokens: int | None = None) -> None:
         if self.site not in SITES or self.site in ("q", "k", "v", "pattern"):
@@ -57,6 +65,7 @@ class Splice:
         if self.sae.config.d_in != width:
             raise InputError(f"Splice: the SAE reads d_in={self.sae.config.d_in}; site {self.site!r} of this model "
                              f"has width {width}")
+        assert self.layers is not None  # filled by __post_init__
         for l in self.layers:
             if not 0 <= l < config.n_layers:
                 raise InputError(f"Splice: layer {l} out of range for a model with {config.n_layers} layers")
@@ -65,7 +74,8 @@ class Splice:
             if len(p) not in (1, 2) or (n_tokens is not None and p[-1] != n_tokens):
                 raise InputError(f"Splice: positions has shape {p}; expected [T] or [B, T] with T={n_tokens}")
         if self.feature_delta is not None and jnp.shape(self.feature_delta)[-1] != self.sae.config.d_sae:
-            raise InputError(f"Splice: feature_delta has shape {jnp.shape(self.feature_delta)}; last axis should be d_sae={self.sae.config.d_sae}")
+            raise InputError(f"Splice: feature_delta has shape {jnp.shape(self.feature_delta)}; "
+                             f"last axis should be d_sae={self.sae.config.d_sae}")
         check_finite(self.feature_delta, "Splice.feature_delta")
         for path, leaf in jax.tree_util.tree_leaves_with_path(self.sae.params):
             check_finite(leaf, f"Splice: SAE parameter {jax.tree_util.keystr(path)}")
@@ -104,12 +114,25 @@ class Splice:
 
 def site_width(site: str, config) -> int:
     """The width an SAE on `site` reads: d_model, or n_heads * head_dim for `z` (heads flattened)."""
-    return int(np.prod(site_feature_shape(site, config)))
+    feat = site_feature_shape(site, config)
+    if feat is None:
+        raise InputError(f"site {site!r} has no fixed width (its last axis is the key length)")
+    return int(np.prod(feat))
 
 
 def feature_acts(model: Model, sae: SAE, tokens, attention_mask=None) -> jax.Array:
     """SAE latents `[B, T, d_sae]` at the SAE's site and layer (the forward stops at that layer;
-    a `z` SAE reads the heads flattened)."""
+    a `z` SAE reads the heads flattened).
+
+    Args:
+        model: the model.
+        sae: the SAE.
+        tokens: ids `[B, T]`.
+        attention_mask: `[B, T]` 0/1 (None: no padding).
+
+    Returns:
+        `[B, T, d_sae]`.
+    """
     acts = site_activations(model, tokens, sae.config.site, (sae.config.layer,), attention_mask)[0]
     return encode(sae, acts.reshape(*acts.shape[:2], -1))
 
@@ -117,7 +140,21 @@ def feature_acts(model: Model, sae: SAE, tokens, attention_mask=None) -> jax.Arr
 def top_contexts(model: Model, sae: SAE, windows: np.ndarray, features, *, n: int = 10, batch: int = 8,
                  tokenizer: Any = None, width: int = 8) -> dict[int, list[dict]]:
     """Top-`n` activating tokens per feature over token `windows [N, T]`, with `width` tokens of
-    context on the left: `{feature: [{"value", "row", "pos", "context"}...]}`."""
+    context on the left: `{feature: [{"value", "row", "pos", "context"}...]}`.
+
+    Args:
+        model: the model.
+        sae: the SAE.
+        windows: ids `[N, T]`.
+        features: the feature indices to report.
+        n: contexts per feature.
+        batch: windows per forward pass.
+        tokenizer: decodes the contexts (None: ids).
+        width: tokens of left context.
+
+    Returns:
+        `{feature: [{"value", "row", "pos", "context"}, ...]}`, highest first.
+    """
     features = [int(f) for f in features]
     fa = jax.jit(lambda m, s, t: feature_acts(m, s, t)[..., jnp.asarray(features)])
     vals = np.concatenate([np.asarray(fa(model, sae, jnp.asarray(windows[i:i + batch]))) for i in range(0, len(windows), batch)])
