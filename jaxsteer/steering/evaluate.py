@@ -78,7 +78,7 @@ class Task:
         """The task score of `completions` to `prompts` (a fraction in [0, 1])."""
         if self.scorer == "lexicon":
             if self.lexicon is None:
-                raise ValueError(f"task {self.name!r}: the lexicon scorer needs a lexicon")
+                raise InputError(f"task {self.name!r}: the lexicon scorer needs a lexicon")
             lexicon = self.lexicon
             pos, neg = (set(lexicon[k]) for k in ("positive", "negative"))
             hits = []
@@ -89,7 +89,7 @@ class Task:
         from ..train.rewards import correctness_reward
 
         if self.references is None:
-            raise ValueError(f"task {self.name!r}: the {self.scorer} scorer needs references")
+            raise InputError(f"task {self.name!r}: the {self.scorer} scorer needs references")
         refs = self.references
         return float(np.mean([correctness_reward(p, c, refs[p]) > 0 for p, c in zip(prompts, completions, strict=True)]))
 
