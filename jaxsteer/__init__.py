@@ -37,7 +37,6 @@ from .models import (
     to_string,
     to_tokens,
 )
-
 from .models.loading import load
 
 
