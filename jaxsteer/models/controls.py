@@ -42,7 +42,12 @@ SELECT = ("all", "prompt", "generated")
 class TokenContext:
     """What one call of the layers reads: `tokens [B, T]` (input ids) and `generated [B, T]`
     (int32: the index of the generated token at each position, 0 for the first token the sampler
-    produced; -1 at prompt positions)."""
+    produced; -1 at prompt positions).
+
+    Attributes:
+        tokens: `[B, T]` input ids.
+        generated: `[B, T]` int32 index of the generated token at each position (-1 at prompt positions).
+    """
 
     tokens: jax.Array
     generated: jax.Array
@@ -50,7 +55,15 @@ class TokenContext:
 
 def prompt_context(tokens: jax.Array, prompt_length: Any = None) -> TokenContext:
     """The context of a forward pass over `tokens [B, T]` whose columns `>= prompt_length` (an int
-    or `[B]`) are generated tokens (None: every token is prompt)."""
+    or `[B]`) are generated tokens (None: every token is prompt).
+
+    Args:
+        tokens: ids `[B, T]`.
+        prompt_length: an int or `[B]` (None: every token is prompt).
+
+    Returns:
+        The `TokenContext`.
+    """
     B, T = tokens.shape
     if prompt_length is None:
         return TokenContext(tokens, jnp.full((B, T), -1, jnp.int32))

@@ -86,7 +86,18 @@ jax.tree_util.register_pytree_node(
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float, constant_scale: bool = False) -> jax.Array:
     """RMSNorm computed in float32. Llama style (`offset=0`): `w * y.astype(dtype)`;
     Gemma style (`offset=1`): `(y * (1 + w)).astype(dtype)`, exactly as in transformers.
-    `constant_scale`: the same value, with `1 / rms(x)` a constant for gradients (LRP's LN-rule)."""
+    `constant_scale`: the same value, with `1 / rms(x)` a constant for gradients (LRP's LN-rule).
+
+    Args:
+        x: activations `[..., d]`.
+        weight: `[d]`.
+        eps: the epsilon under the square root.
+        offset: 0 (Llama) or 1 (Gemma).
+        constant_scale: hold `1 / rms(x)` constant for gradients.
+
+    Returns:
+        The normalised activations, in `x`'s dtype.
+    """
     x32 = x.astype(jnp.float32)
     inv_rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     if constant_scale:
@@ -178,7 +189,16 @@ def attention_impl(config: ModelConfig, attention: str, record_pattern: bool = F
     "auto" takes `dot_product_attention` (JAX picks the kernel: XLA today, on every backend)
     unless the model has an attention logit softcap or the `pattern` site is recorded or
     intervened on, which only the einsum path computes. "xla" / "cudnn" force that kernel
-    (cuDNN: GPU, bfloat16 / float16) and refuse what they cannot express."""
+    (cuDNN: GPU, bfloat16 / float16) and refuse what they cannot express.
+
+    Args:
+        config: the model's config.
+        attention: "auto", "einsum", "xla" or "cudnn".
+        record_pattern: the `pattern` site is recorded or intervened on (or the AH-rule holds it).
+
+    Returns:
+        "einsum", "xla" or "cudnn" (or "auto": `dot_product_attention` choosing its kernel).
+    """
     if attention not in ATTENTION:
         raise InputError(f"attention must be one of {ATTENTION}, got {attention!r}")
     needs_einsum = bool(config.attn_logit_softcap) or record_pattern
@@ -230,7 +250,15 @@ def lime_mix(k: jax.Array, v: jax.Array, router: jax.Array, buffer: jax.Array, l
     (the paper's static router: one weight per (head, earlier layer, earlier head), no softmax;
     weights of later layers are ignored). Mixing is per position, so a K/V cache of the mixed
     values is all decoding needs: the memory footprint is the plain model's. Returns
-    `(k, v, buffer, weights)`, `weights [KV, L, KV]` as applied (zero beyond layer l)."""
+    `(k, v, buffer, weights)`, `weights [KV, L, KV]` as applied (zero beyond layer l).
+
+    Args:
+        k: this layer's keys `[B, T, KV, hd]`.
+        v: its values `[B, T, KV, hd]`.
+        router: the layer's routing weights `[KV, L, KV]`.
+        buffer: every layer's keys and values so far `[L, B, T, KV, 2 hd]`.
+        layer: this layer's index (traced).
+    """
     hd = k.shape[-1]
     buffer = jax.lax.dynamic_update_index_in_dim(buffer, jnp.concatenate([k, v], -1).astype(buffer.dtype), layer, 0)
     weights = jnp.where((jnp.arange(buffer.shape[0]) <= layer)[None, :, None], router.astype(jnp.float32), 0.0)
@@ -566,7 +594,18 @@ def bind_to_tokens(model: Model, tokens: jax.Array, attention_mask: jax.Array | 
                    prompt_length: Any = None) -> tuple:
     """Interventions with their controls (`jaxsteer.models.controls`) made concrete for one pass
     over `tokens`: conditions read from the prompt columns (`< prompt_length`), token selections
-    bound. Traceable; a no-op for interventions without controls."""
+    bound. Traceable; a no-op for interventions without controls.
+
+    Args:
+        model: the model.
+        tokens: ids `[B, T]`.
+        attention_mask: `[B, T]` 0/1, or None.
+        interventions: the interventions.
+        prompt_length: where generated columns start (an int or `[B]`; None: all prompt).
+
+    Returns:
+        The interventions, a tuple.
+    """
     ctx = prompt_context(tokens, prompt_length)
     if needs_prompt_read(interventions):
         prompt_mask = (ctx.generated < 0) if attention_mask is None else (attention_mask.astype(bool) & (ctx.generated < 0))

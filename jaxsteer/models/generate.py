@@ -219,7 +219,17 @@ def bucket_width(n: int, multiple: int) -> int:
 def tokenize_prompts(
     tokenizer: Any, prompts: Sequence[str], *, chat: bool = True, system: str | None = None
 ) -> list[list[int]]:
-    """Token ids per prompt; through the tokenizer's chat template when `chat` (and it has one)."""
+    """Token ids per prompt; through the tokenizer's chat template when `chat` (and it has one).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        prompts: the prompt strings.
+        chat: wrap each in the chat template (as one user turn, generation prompt added).
+        system: a system message for the chat template.
+
+    Returns:
+        One id list per prompt.
+    """
     if tokenizer is None:
         raise InputError("string prompts need a tokenizer; pass token id lists instead")
     out = []
@@ -236,7 +246,16 @@ def tokenize_prompts(
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad token lists to `length` (default: the longest): (tokens, mask) as int32 arrays."""
+    """Left-pad token lists to `length` (default: the longest): (tokens, mask) as int32 arrays.
+
+    Args:
+        seqs: one id list per row.
+        pad_id: the pad id.
+        length: the padded width (default: the longest row).
+
+    Returns:
+        `(tokens [B, length], mask [B, length])`.
+    """
     length = length or max(len(s) for s in seqs)
     toks = np.full((len(seqs), length), pad_id, np.int32)
     mask = np.zeros((len(seqs), length), np.int32)
@@ -450,7 +469,16 @@ def prepare_prompts(model: Model, prompt_ids: Sequence[Sequence[int]], *, tokeni
 
 def decode_completions(tokenizer: Any, tokens: np.ndarray, lengths: np.ndarray) -> list | None:
     """Decoded completions (each row up to its length), nested like `tokens[..., N]`; None
-    without a tokenizer."""
+    without a tokenizer.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer, or None.
+        tokens: generated ids `[..., N]`.
+        lengths: tokens per row `[...]`.
+
+    Returns:
+        The texts (special tokens dropped), or None.
+    """
     if tokenizer is None:
         return None
     if tokens.ndim > 2:

@@ -59,6 +59,7 @@ HEAD_SITES = tuple(s for s, lay in SITE_LAYOUT.items() if lay[2] is not None)
 
 
 def check_site(site: str) -> None:
+    """Raise InputError naming the valid sites unless `site` is a jaxsteer site name."""
     if site not in SITE_LAYOUT:
         raise InputError(f"unknown site {site!r}; sites are: {', '.join(SITES)} "
                          "(or their TransformerLens names, e.g. 'blocks.10.hook_resid_post'; see jaxsteer.models.sites)")
@@ -66,7 +67,16 @@ def check_site(site: str) -> None:
 
 def resolve_site(site: str, layers: tuple[int, ...] | None, owner: str) -> tuple[str, tuple[int, ...] | None]:
     """`(site, layers)` for a site given by any name: a TransformerLens alias becomes the jaxsteer
-    site, and a name with a layer (`blocks.10.hook_resid_post`) selects that layer."""
+    site, and a name with a layer (`blocks.10.hook_resid_post`) selects that layer.
+
+    Args:
+        site: a jaxsteer site or a TransformerLens name.
+        layers: the layers given with it (None: all).
+        owner: the intervention's name, for messages.
+
+    Returns:
+        `(site, layers)`.
+    """
     name, layer = parse_site(site)
     if layer is not None:
         if layers is not None and tuple(layers) != (layer,):
@@ -88,6 +98,8 @@ def site_feature_shape(site: str, config: ModelConfig) -> tuple[int, ...] | None
 
 
 def site_n_heads(site: str, config: ModelConfig) -> int | None:
+    """The size of `site`'s head axis (KV heads for k / v, query heads for q / z / pattern), or
+    None for a site without one."""
     if site in ("k", "v"):
         return config.n_kv_heads
     if site in ("q", "z", "pattern"):
@@ -97,7 +109,16 @@ def site_n_heads(site: str, config: ModelConfig) -> int | None:
 
 def to_layout(arr: jax.Array, site: str, kind: str) -> jax.Array:
     """Reshape a positions (`[T]`/`[B,T]`), heads (`[H]`) or pos-heads (`[T,H]`) array to broadcast
-    against the site's activation."""
+    against the site's activation.
+
+    Args:
+        arr: the selection array.
+        site: the site whose activation it will multiply.
+        kind: "positions", "heads" or "pos_heads".
+
+    Returns:
+        `arr` reshaped.
+    """
     rank, tok_ax, head_ax, _ = SITE_LAYOUT[site]
     shape = [1] * rank
     if kind == "positions":
@@ -674,6 +695,13 @@ def as_tuple(interventions: Any) -> tuple:
 
 
 def check_all(interventions: Sequence, config: ModelConfig, n_tokens: int | None) -> None:
+    """Check every intervention against the model (`iv.check`); TypeError for a non-intervention.
+
+    Args:
+        interventions: the interventions.
+        config: the model's config.
+        n_tokens: the token count T of the run (None: unknown, as in `generate`).
+    """
     for iv in interventions:
         if not hasattr(iv, "apply") or not hasattr(iv, "check"):
             raise TypeError(f"not an intervention: {iv!r}")

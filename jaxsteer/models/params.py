@@ -150,7 +150,12 @@ def truncate(model: Model, n_layers: int) -> Model:
 
 
 def validate_params(params: dict[str, Any], config: ModelConfig) -> None:
-    """Raise ValueError naming any missing, unexpected or mis-shaped parameter."""
+    """Raise ValueError naming any missing, unexpected or mis-shaped parameter.
+
+    Args:
+        params: the nested parameter dict.
+        config: the model's config.
+    """
     expected = param_shapes(config)
     got = flatten(params)
     missing = sorted(set(expected) - set(got))
@@ -202,7 +207,15 @@ def lime_identity_routing(config: ModelConfig) -> jax.Array:
 
 def lime_router_init(config: ModelConfig, key: jax.Array) -> jax.Array:
     """The LIMe paper's initial routing: identity on the current layer, earlier layers' weights
-    uniform in `+-sqrt(3 / fan_in)` with `fan_in = (l + 1) * KV` (layer l's inputs), later layers 0."""
+    uniform in `+-sqrt(3 / fan_in)` with `fan_in = (l + 1) * KV` (layer l's inputs), later layers 0.
+
+    Args:
+        config: a LIMe model's config.
+        key: a `jax.random` key.
+
+    Returns:
+        `[L, KV, L, KV]` float32.
+    """
     L, KV = config.n_layers, config.n_kv_heads
     layer = jnp.arange(L)
     bound = jnp.sqrt(3.0 / ((layer + 1) * KV))[:, None, None, None]

@@ -34,7 +34,14 @@ RULES = ("LN-rule", "Identity-rule", "Half-rule", "AH-rule")
 
 
 def check_rules(rules: Iterable[str] | str | None) -> frozenset[str]:
-    """The rules as a frozenset; a name that is not one of `RULES` is a ValueError."""
+    """The rules as a frozenset; a name that is not one of `RULES` is a ValueError.
+
+    Args:
+        rules: rule names, one name, or None (no rules).
+
+    Returns:
+        The rules.
+    """
     if rules is None:
         return frozenset()
     rules = (rules,) if isinstance(rules, str) else tuple(rules)
@@ -75,7 +82,15 @@ def half_rule(product: jax.Array) -> jax.Array:
 
 
 def activation(fn: Callable, rules: frozenset[str]) -> Callable:
-    """`fn`, or `fn` under the Identity-rule when it is among `rules`."""
+    """`fn`, or `fn` under the Identity-rule when it is among `rules`.
+
+    Args:
+        fn: an elementwise activation.
+        rules: the LRP rules in force.
+
+    Returns:
+        `fn` or its Identity-rule version.
+    """
     return functools.partial(identity_rule, fn) if "Identity-rule" in rules else fn
 
 

@@ -52,7 +52,14 @@ def parse_site(name: str) -> tuple[str, int | None]:
     """`(site, layer or None)` for a jaxsteer site name or a TransformerLens hook name.
 
     Unknown names come back unchanged (the caller's `check_site` names the valid ones); the
-    TransformerLens names that mean something else raise ValueError saying why."""
+    TransformerLens names that mean something else raise ValueError saying why.
+
+    Args:
+        name: a jaxsteer site or a TransformerLens hook name (e.g. `blocks.10.hook_resid_post`).
+
+    Returns:
+        `(site, layer)`, layer None when the name has none.
+    """
     if not isinstance(name, str):
         raise TypeError(f"a site name must be a string, got {name!r}")
     layer = None

@@ -42,7 +42,13 @@ def _fmt(index: tuple[int, ...]) -> str:
 def check_token_ids(tokens: Any, vocab_size: int, name: str = "tokens") -> None:
     """Raise ValueError unless every id in `tokens` is an integer in `[0, vocab_size)`.
 
-    The message names the first offending id and its position (row, column for `[B, T]`)."""
+    The message names the first offending id and its position (row, column for `[B, T]`).
+
+    Args:
+        tokens: ids of any shape.
+        vocab_size: the exclusive upper bound.
+        name: how the message names `tokens`.
+    """
     if tokens is None or not is_concrete(tokens):
         return
     t = np.asarray(tokens)
@@ -61,7 +67,12 @@ def check_token_ids(tokens: Any, vocab_size: int, name: str = "tokens") -> None:
 
 
 def check_binary_mask(mask: Any, name: str = "attention_mask") -> None:
-    """Raise ValueError unless `mask` holds only 0 and 1 (or booleans)."""
+    """Raise ValueError unless `mask` holds only 0 and 1 (or booleans).
+
+    Args:
+        mask: the mask, or None (accepted).
+        name: how the message names it.
+    """
     if mask is None or not is_concrete(mask):
         return
     m = np.asarray(mask)
@@ -75,7 +86,12 @@ def check_binary_mask(mask: Any, name: str = "attention_mask") -> None:
 
 def check_real(value: Any, name: str) -> None:
     """Raise ValueError if `value` holds complex numbers, Python objects or strings (which a
-    float cast would silently truncate or fail on). Reads only the dtype, so it is jit-safe."""
+    float cast would silently truncate or fail on). Reads only the dtype, so it is jit-safe.
+
+    Args:
+        value: an array or scalar.
+        name: how the message names it.
+    """
     if value is None:
         return
     dtype = getattr(value, "dtype", None)
@@ -96,7 +112,12 @@ def check_finite(value: Any, name: str) -> None:
     even under a trace) complex, object or string data.
 
     A `jax.Array` is reduced on its device (one scalar comes back); the array itself is only
-    copied to the host to locate a bad entry."""
+    copied to the host to locate a bad entry.
+
+    Args:
+        value: an array, a scalar, or None (accepted).
+        name: how the message names it.
+    """
     check_real(value, name)
     if value is None or not is_concrete(value):
         return
@@ -122,7 +143,19 @@ def check_finite(value: Any, name: str) -> None:
 def check_number(value: Any, name: str, *, integer: bool = False, low: float | None = None,
                  high: float | None = None, low_open: bool = False) -> float | int:
     """A Python/NumPy scalar `value` as float (int with `integer`), checked finite and inside
-    `[low, high]` (`(low, high]` with `low_open`); ValueError naming `name` otherwise."""
+    `[low, high]` (`(low, high]` with `low_open`); ValueError naming `name` otherwise.
+
+    Args:
+        value: the scalar.
+        name: how the message names it.
+        integer: require (and return) an int.
+        low: the lower bound (None: none).
+        high: the upper bound (None: none).
+        low_open: exclude `low` itself.
+
+    Returns:
+        `value` as float (or int).
+    """
     ok_type = (np.issubdtype(type(value), np.integer) if integer else
                np.issubdtype(type(value), np.integer) or np.issubdtype(type(value), np.floating))
     if isinstance(value, bool) or not ok_type:
@@ -143,7 +176,15 @@ def check_number(value: Any, name: str, *, integer: bool = False, low: float | N
 def check_steer_size(vector: Any, scale: Any, d_model: int, name: str, additions: int = 1) -> None:
     """Raise ValueError if `scale * vector` (concrete values), added `additions` times (once per
     steered layer), reaches a size at which the model's float32 RMSNorm overflows (the sum of
-    d_model squares exceeds float32's range), so every later activation would be inf or NaN."""
+    d_model squares exceeds float32's range), so every later activation would be inf or NaN.
+
+    Args:
+        vector: the steering vector.
+        scale: its scale.
+        d_model: the residual width.
+        name: how the message names the intervention.
+        additions: how many times the vector is added (steered layers).
+    """
     if not (is_concrete(vector) and is_concrete(scale)) or vector is None:
         return
     def largest(x) -> float | None:  # on the array's device for a jax.Array (one scalar comes back)
