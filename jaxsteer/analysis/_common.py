@@ -37,6 +37,7 @@ def new_figure(width: float, height: float):
 
 
 def save_figure(fig, path: str) -> str:
+    """Save `fig` as a PNG at `path`; returns `path`."""
     fig.savefig(path, dpi=110)
     return str(path)
 

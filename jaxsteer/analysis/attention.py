@@ -33,6 +33,7 @@ class AttentionComparison(ResultDisplay):
     js_by_position: np.ndarray
 
     def plot(self, path: str, title: str | None = None) -> str:
+        """Heatmaps of `js` and `max_abs` (layers x heads) into the PNG `path`; returns `path`."""
         L, H = self.js.shape
         fig = new_figure(3 + 0.5 * H * 2, 1.5 + 0.22 * L)
         axes = fig.subplots(1, 2)

@@ -132,6 +132,7 @@ class HeadSwapResult(ResultDisplay):
         self.head_routes = tuple(self.head_routes) or tuple(self.routes)
 
     def accuracy(self) -> dict[str, float]:
+        """Mean correctness per condition."""
         return {c: float(row.mean()) for c, row in zip(self.conditions, self.correct, strict=True)}
 
     def per_head(self, route: str) -> np.ndarray:
@@ -142,6 +143,7 @@ class HeadSwapResult(ResultDisplay):
         return np.array([acc[f"head {h} / {route}"] - acc["skip attention"] for h in self.heads])
 
     def table(self) -> str:
+        """The accuracy per condition as a text table."""
         acc, n = self.accuracy(), self.correct.shape[1]
         width = max(len(c) for c in self.conditions)
         return "\n".join([f"{'condition':<{width}}  accuracy (n={n})"]
@@ -166,6 +168,7 @@ class HeadSwapResult(ResultDisplay):
                      fontsize=9)
 
     def plot(self, path: str, title: str | None = None) -> str:
+        """`draw` into the PNG `path`; returns `path`."""
         fig = new_figure(1.5 + 0.35 * len(self.heads) * len(set(self.routes + self.head_routes)), 3.6)
         self.draw(fig.subplots(), title)
         return save_figure(fig, path)

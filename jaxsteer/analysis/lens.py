@@ -60,6 +60,7 @@ class LensResult(ResultDisplay):
 
     @property
     def k(self) -> int:
+        """Tokens kept at each end."""
         return self.top_ids.shape[-1]
 
     def select(self, batch: int = 0, position: int = -1) -> LensResult:

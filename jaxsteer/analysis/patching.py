@@ -180,6 +180,7 @@ class PatchingResult(ResultDisplay):
         return ""
 
     def to_dict(self) -> dict:
+        """The result as JSON-ready data (lists, floats)."""
         return {
             "site": self.site,
             "method": self.method,
@@ -197,6 +198,7 @@ class PatchingResult(ResultDisplay):
         }
 
     def save_json(self, path: str) -> str:
+        """Write `to_dict()` as JSON to `path`; returns `path`."""
         pathlib.Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True))
         return str(path)
 

@@ -232,6 +232,7 @@ class ProbeResult:
         return frame_html(s.T, layers, groups, title=f"held-out probe {self.metric} by layer (chance {self.chance:.3f})")
 
     def table(self) -> str:
+        """Held-out scores per layer (rows) and group (columns) as a text table."""
         s = np.atleast_2d(self.scores)
         groups = self.groups or [f"group {i}" for i in range(s.shape[0])]
         layers = self.layers or list(range(s.shape[1]))
@@ -241,6 +242,7 @@ class ProbeResult:
         return "\n".join(lines)
 
     def plot(self, path: str, title: str | None = None) -> str:
+        """Held-out score against layer, one line per group, into the PNG `path`; returns `path`."""
         s = np.atleast_2d(self.scores)
         groups = self.groups or [f"group {i}" for i in range(s.shape[0])]
         layers = self.layers or list(range(s.shape[1]))
@@ -434,6 +436,7 @@ class DecodabilityCausality(ResultDisplay):
     chance: float
 
     def table(self) -> str:
+        """Probe score and patching effect per layer and group as a text table."""
         head = "layer  " + "  ".join(f"{g[:12]:>12} probe {g[:12]:>12} patch" for g in self.groups)
         lines = [f"decodability ({self.probe_metric}, held out; chance {self.chance:.2f}) vs causality "
                  "(activation patching, 0 = corrupted, 1 = clean)", head]
@@ -443,6 +446,7 @@ class DecodabilityCausality(ResultDisplay):
         return "\n".join(lines)
 
     def plot(self, path: str, title: str | None = None) -> str:
+        """Probe score and patching effect against layer, one panel per group, into the PNG `path`; returns `path`."""
         G = len(self.groups)
         fig = new_figure(4.5 * G, 3.5)
         axes = np.atleast_1d(fig.subplots(1, G, squeeze=False)).reshape(-1)

@@ -61,6 +61,7 @@ class FirstTokenEffect(ResultDisplay):
         return out
 
     def table(self) -> str:
+        """`summary()` as a text table."""
         s = self.summary()
         keys = list(s["first"])
         lines = ["position  " + "  ".join(f"{k:>18}" for k in keys)]
@@ -146,11 +147,13 @@ class Persistence(ResultDisplay):
     attention_mask: np.ndarray | None = None
 
     def mean_over_tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        """`(cos [L], norm_ratio [L])` averaged over the batch and the real tokens."""
         w = np.ones(self.cos.shape[1:]) if self.attention_mask is None else np.asarray(self.attention_mask, float)
         m = lambda a: np.nansum(a * w[None], axis=(1, 2)) / w.sum()
         return m(self.cos), m(self.norm_ratio)
 
     def plot(self, path: str, title: str | None = None) -> str:
+        """`mean_over_tokens` against layer into the PNG `path`; returns `path`."""
         cos, ratio = self.mean_over_tokens()
         layers = np.arange(len(cos))
         fig = new_figure(6, 3.5)
@@ -234,6 +237,7 @@ class CombinationGains(ResultDisplay):
     all_layers: float
 
     def plot(self, path: str, title: str | None = None) -> str:
+        """The `gain` matrix as a heatmap into the PNG `path`; returns `path`."""
         n = len(self.layers)
         fig = new_figure(1.5 + 0.45 * n, 1.2 + 0.4 * n)
         ax = fig.subplots()

@@ -112,10 +112,12 @@ class SAEConfig:
             raise InputError(f"SAE dtype must be float32 or bfloat16, got {self.dtype!r}")
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (JSON-ready)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> SAEConfig:
+        """The config from `to_dict()` output; unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -136,6 +138,7 @@ class SAE:
 
     @property
     def dtype(self):
+        """The parameter dtype."""
         return self.params["W_dec"].dtype
 
 
@@ -246,7 +249,17 @@ def batch_topk(pre: jax.Array, k: int) -> jax.Array:
 
 
 def activate(sae: SAE, pre: jax.Array, *, k: int | None = None, train: bool = False) -> jax.Array:
-    """Apply the SAE's sparsifying activation to pre-activations (see `encode`)."""
+    """Apply the SAE's sparsifying activation to pre-activations (see `encode`).
+
+    Args:
+        sae: the SAE.
+        pre: pre-activations `[..., d_sae]`.
+        k: override the TopK budget.
+        train: BatchTopK's batch-level selection.
+
+    Returns:
+        The latents `[..., d_sae]`.
+    """
     c, p = sae.config, sae.params
     if c.kind == "relu":
         return jax.nn.relu(pre)

@@ -54,6 +54,7 @@ def sparse_topk(pre: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
 
 def total_variance(x: jax.Array) -> jax.Array:
+    """`sum ||x - mean(x)||^2` over the batch `x [B, d]` (float32, at least 1e-12): the FVU's denominator."""
     x = x.astype(jnp.float32)
     return jnp.maximum(jnp.sum((x - jnp.mean(x, axis=0)) ** 2), 1e-12)
 

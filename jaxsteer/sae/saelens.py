@@ -247,7 +247,20 @@ def sae_from_saelens_config(cfg: dict, w: dict[str, np.ndarray], *, where: str =
                             site: str | None = None, layer: int | None = None,
                             norm_scaling_factor: float | None = None) -> SAE:
     """An SAE from a SAELens cfg.json dict and its weights (float32 numpy arrays), read as SAELens
-    6.54 reads them (see the module doc); `site` / `layer` override (or supply) the hook name."""
+    6.54 reads them (see the module doc); `site` / `layer` override (or supply) the hook name.
+
+    Args:
+        cfg: the cfg.json dict.
+        w: the weights by SAELens name.
+        where: names the source in error messages.
+        dtype: 'float32' / 'bfloat16' (default: the config's).
+        site: the site, when the hook name does not give it.
+        layer: the layer, likewise.
+        norm_scaling_factor: the dataset constant of `normalize_activations='expected_average_only_in'`.
+
+    Returns:
+        The `SAE`.
+    """
     cfg = normalise_config(cfg)
     meta = cfg["metadata"]
     if meta.get("hook_head_index") is not None:

@@ -140,7 +140,17 @@ ARITHMETIC_TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assista
 def arithmetic_task(n_pairs: int = 32, n_val: int = 32, n_test: int = 64, seed: int = 0) -> Task:
     """2-digit addition (as `experiments/smollm2_arithmetic_steering.yaml` trains it): pairs are a
     training problem with its right answer and a wrong one; validation and test are held-out
-    problems scored by correctness."""
+    problems scored by correctness.
+
+    Args:
+        n_pairs: contrastive pairs.
+        n_val: validation problems.
+        n_test: test problems.
+        seed: draws the problems.
+
+    Returns:
+        The `Task` (scorer "correctness").
+    """
     from ..train.data import arithmetic_problems
 
     rng = np.random.default_rng(seed)
@@ -162,7 +172,16 @@ def _padded(seqs: list[list[int]], pad: int) -> tuple[jax.Array, jax.Array]:
 
 def row_interventions(bank: Any, index: jax.Array, map_site: str = "mlp_in") -> tuple:
     """The interventions of bank rows `index`: a `RowSteer` of the vectors, and a per-row `Affine`
-    at `map_site` when the bank is `{"vectors", "scale", "shift"}` (each `[K, L, d]`)."""
+    at `map_site` when the bank is `{"vectors", "scale", "shift"}` (each `[K, L, d]`).
+
+    Args:
+        bank: vectors `[K, L, d]` or `{"vectors", "scale", "shift"}`.
+        index: `[B]` bank rows, one per batch row.
+        map_site: where the affine maps act.
+
+    Returns:
+        The interventions, a tuple.
+    """
     if isinstance(bank, dict):
         return (RowSteer(bank["vectors"], index=index),
                 Affine(bank["scale"], bank["shift"], index=index, site=map_site))
@@ -307,6 +326,7 @@ class SweepResult:
         return save_figure(fig, path)
 
     def save(self, path: str) -> str:
+        """Write the result as JSON to `path`; returns `path`."""
         with open(path, "w") as fh:
             json.dump(dataclasses.asdict(self), fh, indent=1)
         return path
@@ -315,7 +335,20 @@ class SweepResult:
 def method_vectors(model: Model, tokenizer: Any, task: Task, methods: Sequence[str], layers: Sequence[int], *,
                    read: str | int = "mean", options: dict[str, dict] | None = None) -> dict[str, np.ndarray]:
     """`[L, d]` vectors per extraction method from the task's pairs, rescaled to the mean
-    difference's length per layer. The supervised method trains one vector per layer in `layers`."""
+    difference's length per layer. The supervised method trains one vector per layer in `layers`.
+
+    Args:
+        model: the model.
+        tokenizer: its tokenizer.
+        task: the task (its pairs).
+        methods: names of `METHODS`.
+        layers: the layers the supervised method trains.
+        read: which tokens are read, as for `contrast_data`.
+        options: per-method options, `{method: {option: value}}`.
+
+    Returns:
+        `{method: [L, d]}`.
+    """
     options = options or {}
     pairs, chat = task.extraction_pairs()
     data = contrast_data(model, tokenizer, pairs=pairs, read=read, chat=chat)

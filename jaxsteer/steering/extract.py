@@ -64,6 +64,7 @@ class ContrastData:
 
     @property
     def n_layers(self) -> int:
+        """L."""
         return self.acts.shape[0]
 
     def paired_differences(self) -> np.ndarray:

@@ -105,7 +105,16 @@ def random_directions(key: jax.Array, k: int, d: int) -> jax.Array:
 def sparse_group_prox(trainable: dict, l1: float, group: float) -> dict:
     """The proximal step of the sparse group lasso on a lineas trainable (`{"scale", "shift"}`,
     each `[n, d]`): soft-threshold every entry by `l1`, then shrink each layer's row pair as one
-    group, `theta_l * max(0, 1 - group / ||theta_l||)`."""
+    group, `theta_l * max(0, 1 - group / ||theta_l||)`.
+
+    Args:
+        trainable: `{"scale", "shift"}`.
+        l1: the entry-wise threshold (learning rate x l1 strength).
+        group: the group threshold (learning rate x group strength).
+
+    Returns:
+        The shrunk trainable.
+    """
     soft = {k: jnp.sign(v) * jnp.maximum(jnp.abs(v) - l1, 0.0) for k, v in trainable.items()}
     norm = jnp.sqrt(sum(jnp.sum(v * v, axis=-1) for v in soft.values()))  # [n]
     keep = jnp.maximum(0.0, 1.0 - group / jnp.maximum(norm, 1e-30))[:, None]
@@ -113,7 +122,17 @@ def sparse_group_prox(trainable: dict, l1: float, group: float) -> dict:
 
 
 def encode_prompts(model: Model, items: Any, tokenizer: Any = None, chat: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded `(tokens, mask)` from strings, token-id lists or a `(tokens, mask)` pair."""
+    """Left-padded `(tokens, mask)` from strings, token-id lists or a `(tokens, mask)` pair.
+
+    Args:
+        model: the model (its pad id).
+        items: strings, token-id lists, or a `(tokens [N, T], mask [N, T])` pair.
+        tokenizer: encodes strings.
+        chat: wrap strings in the chat template.
+
+    Returns:
+        `(tokens [N, T], mask [N, T])` int32.
+    """
     if isinstance(items, tuple) and len(items) == 2 and np.ndim(items[0]) == 2:
         return np.asarray(items[0], np.int32), np.asarray(items[1], np.int32)
     items = list(items)
@@ -156,7 +175,18 @@ class LinEASResult:
 
     def evaluate(self, model: Model, source: Any, target: Any, *, tokenizer: Any = None,
                  chat: bool = False) -> dict[str, float]:
-        """The LinEAS loss on other (e.g. held-out) prompt sets, without and with the map."""
+        """The LinEAS loss on other (e.g. held-out) prompt sets, without and with the map.
+
+        Args:
+            model: the model.
+            source: the source prompts, as for `encode_prompts`.
+            target: the target prompts.
+            tokenizer: encodes strings.
+            chat: wrap strings in the chat template.
+
+        Returns:
+            `{"identity": loss, "lineas": loss}`.
+        """
         src = tuple(jnp.asarray(a) for a in encode_prompts(model, source, tokenizer, chat))
         target_acts = target_activations(model, target, self.config.site, self.pooling, tokenizer, chat)
         identity = init_trainable(model, self.config, jax.random.PRNGKey(0))
@@ -176,7 +206,16 @@ class LinEASResult:
 
 def target_activations(model: Model, target: Any, site: str, pooling: str, tokenizer: Any = None,
                        chat: bool = False) -> jax.Array:
-    """The unsteered, pooled activations `[L, m, d]` of the target prompts at `site`."""
+    """The unsteered, pooled activations `[L, m, d]` of the target prompts at `site`.
+
+    Args:
+        model: the model.
+        target: the target prompts, as for `encode_prompts`.
+        site: the site read.
+        pooling: "mean" or "last".
+        tokenizer: encodes strings.
+        chat: wrap strings in the chat template.
+    """
     tokens, mask = encode_prompts(model, target, tokenizer, chat)
     _, trace = forward(model, tokens, attention_mask=mask, record=(site,), return_logits=False)
     return pooled(trace[site], jnp.asarray(mask), pooling)
@@ -185,7 +224,20 @@ def target_activations(model: Model, target: Any, site: str, pooling: str, token
 def lineas_loss(model: Model, trainable: dict, cfg: TrainableConfig, source: tuple, target_acts: jax.Array,
                 pooling: str = "mean", projections: jax.Array | None = None) -> jax.Array:
     """The LinEAS loss: the sum over layers of `sliced_wasserstein` between the source prompts'
-    steered, pooled activations at `cfg.site` and `target_acts [L, m, d]`. source: `(tokens, mask)`."""
+    steered, pooled activations at `cfg.site` and `target_acts [L, m, d]`. source: `(tokens, mask)`.
+
+    Args:
+        model: the model.
+        trainable: `{"scale", "shift"}`.
+        cfg: the lineas `TrainableConfig` (site, layers).
+        source: `(tokens, mask)` of the source prompts.
+        target_acts: `[L, m, d]` from `target_activations`.
+        pooling: "mean" or "last".
+        projections: the slices `[k, d]` (None: coordinate-wise).
+
+    Returns:
+        The scalar loss.
+    """
     run_model, ivs = apply_trainable(model, trainable, cfg)
     tokens, mask = source
     _, trace = forward(run_model, tokens, attention_mask=mask, interventions=ivs, record=(cfg.site,),

@@ -138,7 +138,16 @@ def control_vector_data(vectors: Any, strength: float = 1.0) -> np.ndarray:
 def write_unquantized_gguf(src: str, dst: str, dtype: str = "f32") -> str:
     """Copy a model GGUF with every tensor dequantised to float32 (`dtype="f32"`) or float16
     (`"f16"`, norms and other 1-D tensors stay float32, as llama.cpp's converters keep them).
-    Metadata is copied as is; `general.file_type` is updated."""
+    Metadata is copied as is; `general.file_type` is updated.
+
+    Args:
+        src: the model GGUF.
+        dst: the file to write.
+        dtype: "f32" or "f16".
+
+    Returns:
+        `dst`.
+    """
     import gguf
     from gguf.quants import dequantize
 
