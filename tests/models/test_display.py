@@ -1,5 +1,6 @@
-"""Notebook displays and short reprs (issue 21): results print shapes not contents, render HTML
-tables, and the logit lens can show probabilities that agree with a softmax of the logits."""
+"""Notebook displays and short reprs (issue 21): results print shapes not contents (traces, models,
+generations), render HTML tables, and the logit lens can show probabilities that agree with a
+softmax of the logits."""
 
 from __future__ import annotations
 
@@ -43,3 +44,13 @@ def test_config_html():
 
     html = load_config(None, ["steps=3"])._repr_html_()
     assert "<code>steps</code>" in html and "<code>model.spec</code>" in html and "<code>sampling.max_new_tokens</code>" in html
+
+
+def test_short_reprs(tiny_model):
+    _, cache = jaxsteer.run_with_cache(tiny_model, TOKENS, names=("resid_post", "pattern"))
+    assert repr(cache) == "Trace(pattern: f32[3, 2, 4, 4, 4], resid_post: f32[3, 2, 4, 32])"
+    r = repr(tiny_model)
+    assert r.startswith("Model(LlamaForCausalLM, 3 layers, d_model=32, heads=4/2, vocab=53,") and len(r) < 120
+    assert "<table>" in cache._repr_html_() and "f32[3, 2, 4, 32]" in cache._repr_html_()
+    out = jaxsteer.generate(tiny_model, [[3, 4]], max_new_tokens=2, greedy=True)
+    assert repr(out).startswith("Generation(tokens=i32[1, 2], lengths=") and len(repr(out)) < 200

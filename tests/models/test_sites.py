@@ -1,6 +1,6 @@
 """The TransformerLens-style cache surface (issue 21): `record="all"`, TransformerLens hook names
-wherever a site is accepted, `run_with_cache` with a cache indexable by (site, layer) and alias,
-token helpers, and short reprs."""
+wherever a site is accepted, `run_with_cache` with a cache indexable by (site, layer) and alias.
+The token helpers are tested in test_tokens.py, the short reprs in test_display.py."""
 
 from __future__ import annotations
 
@@ -69,28 +69,3 @@ def test_patching_accepts_tl_names(tiny_model):
     b = activation_patching(tiny_model, TOKENS[:1], TOKENS[1:], site="resid_pre", **kw)
     assert a.site == "resid_pre"
     np.testing.assert_array_equal(a.values, b.values)
-
-
-def test_short_reprs(tiny_model):
-    _, cache = jaxsteer.run_with_cache(tiny_model, TOKENS, names=("resid_post", "pattern"))
-    assert repr(cache) == "Trace(pattern: f32[3, 2, 4, 4, 4], resid_post: f32[3, 2, 4, 32])"
-    r = repr(tiny_model)
-    assert r.startswith("Model(LlamaForCausalLM, 3 layers, d_model=32, heads=4/2, vocab=53,") and len(r) < 120
-    assert "<table>" in cache._repr_html_() and "f32[3, 2, 4, 32]" in cache._repr_html_()
-    out = jaxsteer.generate(tiny_model, [[3, 4]], max_new_tokens=2, greedy=True)
-    assert repr(out).startswith("Generation(tokens=i32[1, 2], lengths=") and len(repr(out)) < 200
-
-
-def test_token_helpers(real_model):
-    _, tok = real_model
-    tokens = jaxsteer.to_tokens(tok, "The capital of France is")
-    assert tokens.dtype == np.int32 and tokens.shape == (1, 5)
-    assert jaxsteer.to_str_tokens(tok, tokens) == ["The", " capital", " of", " France", " is"]
-    assert jaxsteer.to_str_tokens(tok, "The capital") == ["The", " capital"]
-    assert jaxsteer.to_string(tok, tokens[0]) == "The capital of France is"
-    assert jaxsteer.to_string(tok, np.concatenate([tokens, tokens])) == ["The capital of France is"] * 2
-    assert jaxsteer.to_tokens(tok, ["a b", "c d"]).shape == (2, 2)
-    with pytest.raises(ValueError, match=r"different token lengths \[1, 3\]"):
-        jaxsteer.to_tokens(tok, ["a", "a b c"])
-    with pytest.raises(ValueError, match="needs a tokenizer"):
-        jaxsteer.to_tokens(None, "hi")
