@@ -16,7 +16,8 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def log(*args: Any) -> None:
@@ -37,7 +38,9 @@ def median_time(fn: Callable[[], Any], n: int) -> tuple[float, list[float]]:
 
 
 def interleaved_times(
-    fns: dict[str, Callable[[], Any]], n: int | dict[str, int], on_result: Callable[[str, float, float], None] | None = None
+    fns: dict[str, Callable[[], Any]],
+    n: int | dict[str, int],
+    on_result: Callable[[str, float, float], None] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Run the callables round-robin, so slow drift of the machine hits all alike. `n`: rounds, or
     rounds per name (a name with fewer takes part in the first rounds only).
@@ -165,14 +168,26 @@ FLOP_COUNT = (
 def forward_flop_terms(cfg, rows: float, new: int, past: int = 0, head: int | None = None) -> dict[str, float]:
     """`forward_flops` by term: {"params_matmul": P_mm, "layers": the weight matmuls, "attention",
     "lm_head", "total"} (FLOPs, see `FLOP_COUNT`; "params_matmul" is a weight count)."""
-    L, d, F, H, KV, hd, V = (cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
-                             cfg.vocab_size)
+    L, d, F, H, KV, hd, V = (
+        cfg.n_layers,
+        cfg.d_model,
+        cfg.d_mlp,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.vocab_size,
+    )
     p_mm = L * (d * H * hd + 2 * d * KV * hd + H * hd * d + 3 * d * F)
     keys = new * past + new * (new + 1) / 2  # causal: token i of the new ones sees past + i + 1 keys
     head = new if head is None else head
     layers, attention, lm_head = 2.0 * p_mm * new, 4.0 * L * H * hd * keys, 2.0 * d * V * head  # per row
-    return {"params_matmul": p_mm, "layers": rows * layers, "attention": rows * attention,
-            "lm_head": rows * lm_head, "total": rows * (layers + attention + lm_head)}
+    return {
+        "params_matmul": p_mm,
+        "layers": rows * layers,
+        "attention": rows * attention,
+        "lm_head": rows * lm_head,
+        "total": rows * (layers + attention + lm_head),
+    }
 
 
 def forward_flops(cfg, rows: float, new: int, past: int = 0, head: int | None = None) -> float:
@@ -211,8 +226,12 @@ def mfu(flops: float, seconds: float, peak_flops_per_s: float) -> float:
     if value > 1.0:
         import warnings
 
-        warnings.warn(f"MFU {value:.2f} > 1: the reference matmul ran slower than expected (machine load?); "
-                      "rerun on an idle machine or read the CPU-time figures", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"MFU {value:.2f} > 1: the reference matmul ran slower than expected (machine load?); "
+            "rerun on an idle machine or read the CPU-time figures",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return value
 
 
@@ -228,10 +247,12 @@ def package_version(dist: str) -> str:
 
 def thread_policy() -> dict[str, Any]:
     """The thread settings that decide what CPU time means here (stated in every benchmark's output)."""
-    out: dict[str, Any] = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-                           "note": "PASSIVE: torch's OpenMP workers sleep when idle, so process CPU time counts "
-                                   "work rather than spinning; XLA:CPU's pool is not affected",
-                           "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    out: dict[str, Any] = {
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "note": "PASSIVE: torch's OpenMP workers sleep when idle, so process CPU time counts "
+        "work rather than spinning; XLA:CPU's pool is not affected",
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
     try:
         import torch
 
@@ -272,7 +293,7 @@ class MatmulReference:
         self.framework, self.call, self.flops = framework, call, flops
         self.idle_wall = self.idle_cpu = None
 
-    def idle(self, rounds: int = 5) -> "MatmulReference":
+    def idle(self, rounds: int = 5) -> MatmulReference:
         wall, cpu = [], []
         for _ in range(rounds):
             c0, t0 = time.process_time(), time.perf_counter()
@@ -285,15 +306,21 @@ class MatmulReference:
     def report(self, wall: list[float], cpu: list[float]) -> dict[str, Any]:
         """The reference's rates from its in-round timings (medians) and whether it is trustworthy."""
         rate, rate_cpu = self.flops / statistics.median(wall), self.flops / statistics.median(cpu)
-        out = {"framework": self.framework, "gflops_per_s_in_rounds": rate / 1e9,
-               "gflops_per_cpu_s_in_rounds": rate_cpu / 1e9,
-               "gflops_per_s_idle": None if self.idle_wall is None else self.idle_wall / 1e9,
-               "gflops_per_cpu_s_idle": None if self.idle_cpu is None else self.idle_cpu / 1e9, "flags": []}
+        out = {
+            "framework": self.framework,
+            "gflops_per_s_in_rounds": rate / 1e9,
+            "gflops_per_cpu_s_in_rounds": rate_cpu / 1e9,
+            "gflops_per_s_idle": None if self.idle_wall is None else self.idle_wall / 1e9,
+            "gflops_per_cpu_s_idle": None if self.idle_cpu is None else self.idle_cpu / 1e9,
+            "flags": [],
+        }
         for suffix, got, idle in (("wall", rate, self.idle_wall), ("cpu", rate_cpu, self.idle_cpu)):
             if idle and got < MFU_REFERENCE_FLOOR * idle:
-                out["flags"].append(f"{self.framework} matmul ran at {got / idle:.0%} of its idle rate by {suffix} "
-                                    f"time in the rounds (< {MFU_REFERENCE_FLOOR:.0%}): MFU by {suffix} time is "
-                                    "inflated by other load")
+                out["flags"].append(
+                    f"{self.framework} matmul ran at {got / idle:.0%} of its idle rate by {suffix} "
+                    f"time in the rounds (< {MFU_REFERENCE_FLOOR:.0%}): MFU by {suffix} time is "
+                    "inflated by other load"
+                )
         return out
 
 
@@ -301,11 +328,16 @@ def mfu_entry(flops: float, wall_s: float, cpu_s: float, reference: dict[str, An
     """MFU of `flops` done in `wall_s` / `cpu_s` against `reference` (a `MatmulReference.report`
     of the same framework, same rounds), by wall and CPU time, with the reference's flags and a
     flag for any MFU > 1."""
-    out = {"vs": reference["framework"],
-           "mfu_wall": flops / wall_s / (reference["gflops_per_s_in_rounds"] * 1e9),
-           "mfu_cpu_time": flops / cpu_s / (reference["gflops_per_cpu_s_in_rounds"] * 1e9)}
+    out = {
+        "vs": reference["framework"],
+        "mfu_wall": flops / wall_s / (reference["gflops_per_s_in_rounds"] * 1e9),
+        "mfu_cpu_time": flops / cpu_s / (reference["gflops_per_cpu_s_in_rounds"] * 1e9),
+    }
     flags = list(reference["flags"])
-    flags += [f"MFU by {k[4:]} > 1: the reference was slowed, not the work sped up" for k in ("mfu_wall", "mfu_cpu_time")
-              if out[k] > 1]
+    flags += [
+        f"MFU by {k[4:]} > 1: the reference was slowed, not the work sped up"
+        for k in ("mfu_wall", "mfu_cpu_time")
+        if out[k] > 1
+    ]
     out["flags"] = flags
     return out

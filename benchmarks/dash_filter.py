@@ -40,9 +40,16 @@ def main(argv=None) -> dict:
     from jaxsteer.train.rl.step import compile_step
     from jaxsteer.train.sharding import make_mesh
 
-    cfg = load_config("experiments/smollm2_arithmetic_steering.yaml",
-                      [f"trainable.kind={args.kind}", "optimizer.micro_batches=4", "rl.loss.dash_tau=0.1", "optimizer.lr=1e-4",
-                       f"prompts_per_step={args.rows // 8}"])
+    cfg = load_config(
+        "experiments/smollm2_arithmetic_steering.yaml",
+        [
+            f"trainable.kind={args.kind}",
+            "optimizer.micro_batches=4",
+            "rl.loss.dash_tau=0.1",
+            "optimizer.lr=1e-4",
+            f"prompts_per_step={args.rows // 8}",
+        ],
+    )
     model, _ = build_model(cfg.model)
     mesh = make_mesh(devices=jax.devices()[:1])
     setup = setup_training(cfg, model, mesh)
@@ -52,11 +59,21 @@ def main(argv=None) -> dict:
     tokens = rng.randint(0, V, size=(args.rows, P + N)).astype(np.int32)
     adv = np.zeros(args.rows, np.float32)
     adv[rng.choice(args.rows, args.kept, replace=False)] = rng.choice([-1.0, 1.0], args.kept)
-    batch = RolloutBatch(tokens=tokens, mask=np.ones_like(tokens), old_logp=np.zeros((args.rows, N), np.float32),
-                         rewards=adv, advantages=adv, lengths=np.full(args.rows, N), prompt_width=P, texts=None,
-                         sample_seconds=0.0)
-    full = {k: jnp.asarray(getattr(batch, k).reshape(4, -1, *getattr(batch, k).shape[1:]))
-            for k in ("tokens", "mask", "old_logp", "advantages", "rewards")}
+    batch = RolloutBatch(
+        tokens=tokens,
+        mask=np.ones_like(tokens),
+        old_logp=np.zeros((args.rows, N), np.float32),
+        rewards=adv,
+        advantages=adv,
+        lengths=np.full(args.rows, N),
+        prompt_width=P,
+        texts=None,
+        sample_seconds=0.0,
+    )
+    full = {
+        k: jnp.asarray(getattr(batch, k).reshape(4, -1, *getattr(batch, k).shape[1:]))
+        for k in ("tokens", "mask", "old_logp", "advantages", "rewards")
+    }
 
     def masked():
         return jax.block_until_ready(step(setup.model, setup.state, full, P))[0]
@@ -74,16 +91,22 @@ def main(argv=None) -> dict:
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
         out[name] = {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "state": state}
-    diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(
-        jax.tree_util.tree_leaves(out["masked"]["state"]["trainable"]),
-        jax.tree_util.tree_leaves(out["packed"]["state"]["trainable"])))
+    diff = max(
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(
+            jax.tree_util.tree_leaves(out["masked"]["state"]["trainable"]),
+            jax.tree_util.tree_leaves(out["packed"]["state"]["trainable"]),
+        )
+    )
     m, p = out["masked"], out["packed"]
     print(f"peer: jaxsteer's own masked update (no other library implements DASH); threads: {thread_policy()}")
     print(f"{args.kind}, {args.rows} rows ({args.kept} kept), 4 micro-batches of {args.rows // 4}:")
     print(f"  masked (all rows forward + backward): {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} s CPU")
     print(f"  packed (kept rows only):              {p['wall_s']:.2f} s wall, {p['cpu_s']:.2f} s CPU")
-    print(f"  saved: {100 * (1 - p['wall_s'] / m['wall_s']):.0f}% wall, {100 * (1 - p['cpu_s'] / m['cpu_s']):.0f}% CPU; "
-          f"max |param difference| {diff:.1e}")
+    print(
+        f"  saved: {100 * (1 - p['wall_s'] / m['wall_s']):.0f}% wall, {100 * (1 - p['cpu_s'] / m['cpu_s']):.0f}% CPU; "
+        f"max |param difference| {diff:.1e}"
+    )
     return {k: {kk: vv for kk, vv in v.items() if kk != "state"} for k, v in out.items()}
 
 

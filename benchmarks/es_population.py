@@ -40,8 +40,17 @@ from typing import Any
 
 import numpy as np
 
-from .common import (MatmulReference, generate_flops, interleaved_times, log, machine_info, matmul_peak_call, mfu,
-                     thread_policy, timed)
+from .common import (
+    MatmulReference,
+    generate_flops,
+    interleaved_times,
+    log,
+    machine_info,
+    matmul_peak_call,
+    mfu,
+    thread_policy,
+    timed,
+)
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 PROMPTS = [
@@ -79,8 +88,10 @@ def population_calls(model, prompt_ids: list, M: int, N: int, names: list[str]) 
     lora = {}
     for p in lora_cfg.lora_targets:
         L, d_in, d_out = model.params["layers"][p].shape
-        lora[p] = {"a": jnp.asarray(rng.normal(size=(L, d_in, 8)) / np.sqrt(d_in), jnp.float32),
-                   "b": jnp.asarray(rng.normal(size=(L, 8, d_out)) * 0.01, jnp.float32)}
+        lora[p] = {
+            "a": jnp.asarray(rng.normal(size=(L, d_in, 8)) / np.sqrt(d_in), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(L, 8, d_out)) * 0.01, jnp.float32),
+        }
     setups = {
         "steering": lambda: (SteeringSpace(), OpenES(population=M, sigma=0.01, lr=0.01)),
         "eggroll": lambda: (EggrollSpace(rank=1), OpenES(population=M, sigma=1e-3, lr=1e-3)),
@@ -92,10 +103,16 @@ def population_calls(model, prompt_ids: list, M: int, N: int, names: list[str]) 
         space, strategy = setups[name]()
         state = strategy.init(space.init(model), jax.random.PRNGKey(0))
         leaves = jax.tree_util.tree_leaves(state["theta"])
-        extra[name] = {"search_dims": int(sum(x.size for x in leaves)), "strategy": type(strategy).__name__,
-                       "space": type(space).__name__}
-        calls[name] = (lambda space=space, strategy=strategy, state=state: population_generate(
-            model, space, strategy, state, prompt_ids, greedy=True, max_new_tokens=N, stop_tokens=[], bucket=32).tokens)
+        extra[name] = {
+            "search_dims": int(sum(x.size for x in leaves)),
+            "strategy": type(strategy).__name__,
+            "space": type(space).__name__,
+        }
+        calls[name] = lambda space=space, strategy=strategy, state=state: (
+            population_generate(
+                model, space, strategy, state, prompt_ids, greedy=True, max_new_tokens=N, stop_tokens=[], bucket=32
+            ).tokens
+        )
     return calls, extra
 
 
@@ -158,8 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "prompt_width": -(-max(len(p) for p in prompt_ids) // 32) * 32,
         "decoding": "greedy, stop_tokens=[] (exactly new_tokens per row), prefill included",
         "measure": "fraction_of_plain = (tokens per process-CPU-second) / (the same for plain), medians over the "
-                   "interleaved rounds: stable on a shared machine; wall-clock figures (best and median round) "
-                   "are given too and equal it on an idle machine",
+        "interleaved rounds: stable on a shared machine; wall-clock figures (best and median round) "
+        "are given too and equal it on an idle machine",
         "plain_tokens_per_cpu_s": rows * N / med_cpu["plain"],
         "plain_tokens_per_s_wall_best": rows * N / best["plain"],
         "plain_tokens_per_s_wall_median": rows * N / med["plain"],
@@ -178,8 +195,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["mfu"] = mfu_table(c, prompt_ids, M, N, reference.flops, med, med_cpu, ["plain", *names])
     result["mfu"]["flags"] = result["matmul_reference"]["flags"] + [
         f"MFU of {k} > 1: the reference was slowed, not the work sped up"
-        for k, v in result["mfu"].items() if isinstance(v, float) and k not in ("flops_per_call",) and
-        not k.startswith("peak") and v > 1]
+        for k, v in result["mfu"].items()
+        if isinstance(v, float) and k not in ("flops_per_call",) and not k.startswith("peak") and v > 1
+    ]
     for name in names:
         result["spaces"][name] = {
             **extra[name],
@@ -201,14 +219,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def mfu_table(c, prompt_ids: list, M: int, N: int, peak_flops: float, med: dict, med_cpu: dict,
-              names: list[str]) -> dict[str, Any]:
+def mfu_table(
+    c, prompt_ids: list, M: int, N: int, peak_flops: float, med: dict, med_cpu: dict, names: list[str]
+) -> dict[str, Any]:
     """MFU of each call (wall and CPU time) from its median times and the matmul's in the same rounds."""
     B = len(prompt_ids)
     flops = M * generate_flops(c, B, B, sum(map(len, prompt_ids)) / B, N)  # members x the prompts' generation
     peak, peak_cpu = peak_flops / med["matmul_peak"], peak_flops / med_cpu["matmul_peak"]
-    out: dict[str, Any] = {"flops_per_call": flops, "peak_flops_per_s": peak, "peak_flops_per_cpu_s": peak_cpu,
-                           "flop_count": "see benchmarks.common.FLOP_COUNT (forward only)"}
+    out: dict[str, Any] = {
+        "flops_per_call": flops,
+        "peak_flops_per_s": peak,
+        "peak_flops_per_cpu_s": peak_cpu,
+        "flop_count": "see benchmarks.common.FLOP_COUNT (forward only)",
+    }
     for name in names:
         out[name] = mfu(flops, med[name], peak)
         out[f"{name}_cpu_time"] = mfu(flops, med_cpu[name], peak_cpu)

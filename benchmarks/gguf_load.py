@@ -40,14 +40,21 @@ def main() -> None:
         "jaxsteer.load (model + tokenizer)": lambda: jaxsteer.load("smollm2-135m-instruct"),
     }
     log(f"{path.name}: {args.rounds} interleaved rounds")
-    print(f"peer: transformers {transformers.__version__} AutoConfig / AutoTokenizer .from_pretrained(gguf_file=...), "
-          f"its only GGUF path; threads: {thread_policy()}")
-    wall, cpu = interleaved_times(fns, args.rounds, on_result=lambda k, w, c: log(f"{k}: {w:.2f} s wall, {c:.2f} s CPU"))
+    print(
+        f"peer: transformers {transformers.__version__} AutoConfig / AutoTokenizer .from_pretrained(gguf_file=...), "
+        f"its only GGUF path; threads: {thread_policy()}"
+    )
+    wall, cpu = interleaved_times(
+        fns, args.rounds, on_result=lambda k, w, c: log(f"{k}: {w:.2f} s wall, {c:.2f} s CPU")
+    )
     med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
     print(f"{'what':36s} {'wall s':>8s} {'CPU s':>8s}")
     for k, (w, c) in med.items():
         print(f"{k:36s} {w:8.2f} {c:8.2f}")
-    for ours, peer in (("jaxsteer metadata+config", "transformers config"), ("jaxsteer tokenizer", "transformers tokenizer")):
+    for ours, peer in (
+        ("jaxsteer metadata+config", "transformers config"),
+        ("jaxsteer tokenizer", "transformers tokenizer"),
+    ):
         print(f"{peer} / {ours}: {med[peer][0] / med[ours][0]:.1f}x wall, {med[peer][1] / med[ours][1]:.1f}x CPU")
 
 

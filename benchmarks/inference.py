@@ -35,8 +35,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import io
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -169,9 +169,15 @@ def matmul_shapes(d: int, f: int, batches: list[int], reps: int, n: int) -> dict
     wall, cpu = interleaved_times(calls, reps)
     rate = {k: flops[k] / _med(wall[k]) / 1e9 for k in calls}
     rate_cpu = {k: flops[k] / _med(cpu[k]) / 1e9 for k in calls}
-    return {"d": d, "f": f, "large_n": n, "gflops": rate, "gflops_per_cpu_s": rate_cpu,
-            "fraction_of_large": {b: rate[b] / rate["large"] for b in map(str, batches)},
-            "fraction_of_large_cpu_time": {b: rate_cpu[b] / rate_cpu["large"] for b in map(str, batches)}}
+    return {
+        "d": d,
+        "f": f,
+        "large_n": n,
+        "gflops": rate,
+        "gflops_per_cpu_s": rate_cpu,
+        "fraction_of_large": {b: rate[b] / rate["large"] for b in map(str, batches)},
+        "fraction_of_large_cpu_time": {b: rate_cpu[b] / rate_cpu["large"] for b in map(str, batches)},
+    }
 
 
 # --------------------------------------------------------------------------- model loading
@@ -252,15 +258,23 @@ def decode_calls(
 
     def jax_run(interventions):
         g = jaxsteer.generate(
-            model, seqs, max_new_tokens=new_tokens, temperature=1.0, stop_tokens=[],
-            interventions=interventions, seed=next(seeds),
+            model,
+            seqs,
+            max_new_tokens=new_tokens,
+            temperature=1.0,
+            stop_tokens=[],
+            interventions=interventions,
+            seed=next(seeds),
         )
         assert g.tokens.shape == (len(seqs), new_tokens) and int(g.lengths.min()) == new_tokens, g.lengths
         info["jaxsteer_prompt_padded_len"] = int(g.prompt_tokens.shape[1])
         return g
 
-    calls = {"jaxsteer": lambda: jax_run(()), "steer": lambda: jax_run(steer),
-             **{name: ref.call for name, ref in refs.items()}}
+    calls = {
+        "jaxsteer": lambda: jax_run(()),
+        "steer": lambda: jax_run(steer),
+        **{name: ref.call for name, ref in refs.items()},
+    }
     if hf is not None:
         import torch
 
@@ -273,8 +287,16 @@ def decode_calls(
             torch.manual_seed(next(seeds))
             with torch.inference_mode():
                 out = hf.generate(
-                    input_ids=ids, attention_mask=am, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                    min_new_tokens=n, max_new_tokens=n, pad_token_id=pad_id, **kw,
+                    input_ids=ids,
+                    attention_mask=am,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    min_new_tokens=n,
+                    max_new_tokens=n,
+                    pad_token_id=pad_id,
+                    **kw,
                 )
             assert out.shape[1] - ids.shape[1] == n, out.shape
             return out
@@ -378,21 +400,33 @@ def decode_batch_sweep(model, batches: list[int], new_tokens: int, reps: int, re
         prompts = rng.integers(100, cfg.vocab_size, size=(b, P)).astype(np.int32)
         flops[str(b)] = generate_flops(cfg, b, b, P, new_tokens)
         calls[str(b)] = lambda prompts=prompts: jaxsteer.generate(
-            model, prompts, max_new_tokens=new_tokens, temperature=1.0, stop_tokens=[], bucket=P)
+            model, prompts, max_new_tokens=new_tokens, temperature=1.0, stop_tokens=[], bucket=P
+        )
     log(f"decode batch sweep: B in {batches}, {P}-token prompts, {new_tokens} new tokens ...")
     r = warm_and_measure(calls, reps, "decode sweep")
     peak, peak_cpu = r.peak(refs["jnp_dot"].flops)
     med, cmed = r.med, r.cmed
     reports = r.references(refs)
-    out: dict[str, Any] = {"prompt_tokens": P, "new_tokens": new_tokens, "jnp_dot_gflops_same_rounds": peak / 1e9,
-                           "matmul_references": reports, "by_batch": {}}
+    out: dict[str, Any] = {
+        "prompt_tokens": P,
+        "new_tokens": new_tokens,
+        "jnp_dot_gflops_same_rounds": peak / 1e9,
+        "matmul_references": reports,
+        "by_batch": {},
+    }
     for b in map(str, batches):
         n_tok = int(b) * new_tokens
         row = out["by_batch"][b] = {
-            "median_s": med[b], "tokens_per_s": n_tok / med[b], "tokens_per_cpu_s": n_tok / cmed[b],
-            "mfu": mfu(flops[b], med[b], peak), "mfu_cpu_time": mfu(flops[b], cmed[b], peak_cpu),
-            "mfu_flags": r.checked_mfu(b, flops[b], reports)["flags"]}
-        log(f"  B={b}: {row['tokens_per_cpu_s']:.0f} tok per CPU-s, MFU {row['mfu']:.2f} (CPU time {row['mfu_cpu_time']:.2f})")
+            "median_s": med[b],
+            "tokens_per_s": n_tok / med[b],
+            "tokens_per_cpu_s": n_tok / cmed[b],
+            "mfu": mfu(flops[b], med[b], peak),
+            "mfu_cpu_time": mfu(flops[b], cmed[b], peak_cpu),
+            "mfu_flags": r.checked_mfu(b, flops[b], reports)["flags"],
+        }
+        log(
+            f"  B={b}: {row['tokens_per_cpu_s']:.0f} tok per CPU-s, MFU {row['mfu']:.2f} (CPU time {row['mfu_cpu_time']:.2f})"
+        )
     return out
 
 
@@ -404,7 +438,8 @@ def _timing_entry(r: Rounds, name: str, n_tokens: int) -> dict[str, Any]:
     return {
         "compile_plus_first_run_s": r.first[name],
         "compile_s": r.compile[name],
-        "times_s": r.wall[name], "median_s": r.med[name],
+        "times_s": r.wall[name],
+        "median_s": r.med[name],
         "tokens_per_s": n_tokens / r.med[name],
         "tokens_per_s_best": n_tokens / r.best[name],
     }
@@ -414,8 +449,11 @@ def _steer_entry(r: Rounds, n_tokens: int) -> dict[str, Any]:
     """The "steer" call's times and its overhead over plain "jaxsteer" in the same rounds."""
     med, cmed, best = r.med, r.cmed, r.best
     return {
-        "compile_plus_first_run_s": r.first["steer"], "compile_s": r.compile["steer"],
-        "times_s": r.wall["steer"], "median_s": med["steer"], "tokens_per_s": n_tokens / med["steer"],
+        "compile_plus_first_run_s": r.first["steer"],
+        "compile_s": r.compile["steer"],
+        "times_s": r.wall["steer"],
+        "median_s": med["steer"],
+        "tokens_per_s": n_tokens / med["steer"],
         "overhead_pct": 100 * (med["steer"] / med["jaxsteer"] - 1),
         "overhead_pct_best": 100 * (best["steer"] / best["jaxsteer"] - 1),
         "cpu_times_s": r.cpu["steer"],
@@ -448,8 +486,10 @@ def measure_decode_shaped(cfg, sz: dict[str, int], quick: bool) -> dict[str, Any
     batches = [8, 32] if quick else [1, 8, 32, 64, 128, 256, 512]
     log(f"decode-shaped matmuls [B, {cfg.d_model}] x [{cfg.d_model}, {cfg.d_mlp}] for B in {batches} ...")
     shaped = matmul_shapes(cfg.d_model, cfg.d_mlp, batches, sz["mm_reps"], sz["mm_n"])
-    log("  fraction of the large matmul (CPU time): "
-        + ", ".join(f"B={b}: {x:.2f}" for b, x in shaped["fraction_of_large_cpu_time"].items()))
+    log(
+        "  fraction of the large matmul (CPU time): "
+        + ", ".join(f"B={b}: {x:.2f}" for b, x in shaped["fraction_of_large_cpu_time"].items())
+    )
     return shaped
 
 
@@ -466,8 +506,13 @@ def measure_prefill(model, hf, steer, sz: dict[str, int], roof: dict[str, Any], 
     peak, peak_cpu = r.peak(refs["jnp_dot"].flops)
     reports = r.references(refs)
     prefill: dict[str, Any] = {
-        "batch": B, "seq_len": T, "tokens": B * T, "padding": False, "logits": "full [B, T, V] float32 on both sides",
-        "flop_formula": FLOP_COUNT, "flops": fl,
+        "batch": B,
+        "seq_len": T,
+        "tokens": B * T,
+        "padding": False,
+        "logits": "full [B, T, V] float32 on both sides",
+        "flop_formula": FLOP_COUNT,
+        "flops": fl,
         "jnp_dot_gflops_same_rounds": peak / 1e9,
         "matmul_references": reports,
         "jaxsteer": {
@@ -483,13 +528,18 @@ def measure_prefill(model, hf, steer, sz: dict[str, int], roof: dict[str, Any], 
         },
         "steer": _steer_entry(r, B * T),
     }
-    log(f"  jaxsteer {B * T / med['jaxsteer']:.0f} tok/s ({prefill['jaxsteer']['gflops_achieved']:.1f} GFLOP/s, "
+    log(
+        f"  jaxsteer {B * T / med['jaxsteer']:.0f} tok/s ({prefill['jaxsteer']['gflops_achieved']:.1f} GFLOP/s, "
         f"{100 * prefill['jaxsteer']['fraction_of_jax_matmul_roofline']:.0f}% of jnp.dot), "
-        f"steer overhead {prefill['steer']['overhead_pct']:+.1f}%")
+        f"steer overhead {prefill['steer']['overhead_pct']:+.1f}%"
+    )
     if hf is not None:
         prefill["hf"] = {
-            "first_run_s": r.first["hf"], "times_s": r.wall["hf"], "median_s": med["hf"],
-            "tokens_per_s": B * T / med["hf"], "tokens_per_s_best": B * T / r.best["hf"],
+            "first_run_s": r.first["hf"],
+            "times_s": r.wall["hf"],
+            "median_s": med["hf"],
+            "tokens_per_s": B * T / med["hf"],
+            "tokens_per_s_best": B * T / r.best["hf"],
             "gflops_achieved": total / med["hf"] / 1e9,
             "mfu_checked": r.checked_mfu("hf", total, reports),  # against torch.mm in the same rounds
             "fraction_of_torch_matmul_roofline": mfu(total, med["hf"], roof["torch_gflops"] * 1e9),
@@ -498,9 +548,13 @@ def measure_prefill(model, hf, steer, sz: dict[str, int], roof: dict[str, Any], 
         prefill["hf"]["mfu"] = prefill["hf"]["mfu_checked"]["mfu_wall"]
         prefill["hf"]["mfu_cpu_time"] = prefill["hf"]["mfu_checked"]["mfu_cpu_time"]
         prefill.update(_ratios_vs_hf(r))
-        prefill["max_abs_logit_diff_vs_hf"] = float(np.max(np.abs(r.outs["hf"].numpy() - np.asarray(r.outs["jaxsteer"]))))
-        log(f"  HF {B * T / med['hf']:.0f} tok/s; jaxsteer/HF = {prefill['ratio_jaxsteer_over_hf']:.2f}x; "
-            f"max |dlogit| = {prefill['max_abs_logit_diff_vs_hf']:.2e}")
+        prefill["max_abs_logit_diff_vs_hf"] = float(
+            np.max(np.abs(r.outs["hf"].numpy() - np.asarray(r.outs["jaxsteer"])))
+        )
+        log(
+            f"  HF {B * T / med['hf']:.0f} tok/s; jaxsteer/HF = {prefill['ratio_jaxsteer_over_hf']:.2f}x; "
+            f"max |dlogit| = {prefill['max_abs_logit_diff_vs_hf']:.2e}"
+        )
     return prefill
 
 
@@ -521,7 +575,11 @@ def measure_decode(model, hf, tok, steer, sz: dict[str, int], refs, hf_static: b
     # model FLOPs of the prompts' real tokens (padding excluded): the same count for jaxsteer and HF
     dec_fl = generate_flops(model.config, dB, dB, sum(lens) / dB, dN)
     decode: dict[str, Any] = {
-        "batch": dB, "new_tokens": dN, "temperature": 1.0, "stop_tokens": "none", "prompt_lengths": lens,
+        "batch": dB,
+        "new_tokens": dN,
+        "temperature": 1.0,
+        "stop_tokens": "none",
+        "prompt_lengths": lens,
         "timing_includes": "the whole generate call: prompt prefill + sampling loop",
         "jnp_dot_gflops_same_rounds": peak / 1e9,
         "matmul_references": reports,
@@ -530,20 +588,27 @@ def measure_decode(model, hf, tok, steer, sz: dict[str, int], refs, hf_static: b
             "prompt_padded_len": info["jaxsteer_prompt_padded_len"],
             "mfu_checked": r.checked_mfu("jaxsteer", dec_fl, reports),
             **_timing_entry(r, "jaxsteer", dB * dN),
-            "flops_per_call": dec_fl, "gflops_achieved": dec_fl / med["jaxsteer"] / 1e9,
+            "flops_per_call": dec_fl,
+            "gflops_achieved": dec_fl / med["jaxsteer"] / 1e9,
             "mfu": mfu(dec_fl, med["jaxsteer"], peak),
             "mfu_cpu_time": mfu(dec_fl, cmed["jaxsteer"], peak_cpu),
             "cpu_times_s": r.cpu["jaxsteer"],
         },
         "steer": _steer_entry(r, dB * dN),
     }
-    log(f"  jaxsteer {dB * dN / med['jaxsteer']:.0f} tok/s (compile {decode['jaxsteer']['compile_s']:.1f}s), "
-        f"steer overhead {decode['steer']['overhead_pct']:+.1f}%")
+    log(
+        f"  jaxsteer {dB * dN / med['jaxsteer']:.0f} tok/s (compile {decode['jaxsteer']['compile_s']:.1f}s), "
+        f"steer overhead {decode['steer']['overhead_pct']:+.1f}%"
+    )
     if hf is not None:
         decode["hf"] = {
             "prompt_padded_len": info["hf_prompt_padded_len"],
-            "warmup_s": r.first["hf"], "times_s": r.wall["hf"], "median_s": med["hf"], "cpu_times_s": r.cpu["hf"],
-            "tokens_per_s": dB * dN / med["hf"], "tokens_per_s_best": dB * dN / r.best["hf"],
+            "warmup_s": r.first["hf"],
+            "times_s": r.wall["hf"],
+            "median_s": med["hf"],
+            "cpu_times_s": r.cpu["hf"],
+            "tokens_per_s": dB * dN / med["hf"],
+            "tokens_per_s_best": dB * dN / r.best["hf"],
             "settings": "do_sample=True, temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=max_new_tokens",
             "mfu_checked": r.checked_mfu("hf", dec_fl, reports),  # against torch.mm in the same rounds
         }
@@ -552,10 +617,12 @@ def measure_decode(model, hf, tok, steer, sz: dict[str, int], refs, hf_static: b
         if "hf_static" in r.wall:
             decode["hf_static"] = {
                 "settings": "the same, plus cache_implementation='static' (generate compiles the forward with "
-                            "torch.compile); the first call (the compile) is excluded",
+                "torch.compile); the first call (the compile) is excluded",
                 "compile_plus_first_run_s": info["hf_static_compile_plus_first_run_s"],
-                "second_run_s": r.first["hf_static"], "times_s": r.wall["hf_static"],
-                "median_s": med["hf_static"], "cpu_times_s": r.cpu["hf_static"],
+                "second_run_s": r.first["hf_static"],
+                "times_s": r.wall["hf_static"],
+                "median_s": med["hf_static"],
+                "cpu_times_s": r.cpu["hf_static"],
                 "tokens_per_s": dB * dN / med["hf_static"],
                 "mfu_checked": r.checked_mfu("hf_static", dec_fl, reports),
             }
@@ -584,8 +651,14 @@ def llamacpp_bench(
         return {"status": f"skipped: import failed: {type(err).__name__}: {err}"}
     n_ctx = prefill_tokens + new_tokens + 16
     llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=n_ctx, n_batch=prefill_tokens, n_ubatch=prefill_tokens,
-        n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=prefill_tokens,
+        n_ubatch=prefill_tokens,
+        n_threads=threads,
+        n_threads_batch=threads,
+        logits_all=False,
+        verbose=False,
     )
     rng = np.random.default_rng(1)
     prompt = rng.integers(100, vocab, size=prefill_tokens).tolist()
@@ -615,10 +688,20 @@ def llamacpp_bench(
         "version": getattr(llama_cpp, "__version__", "?"),
         "weights": "Q4_1 (4-bit) GGUF as stored: NOT a float32 comparison",
         "threads": threads,
-        "prefill": {"batch": 1, "tokens": prefill_tokens, "n_batch": prefill_tokens, "times_s": pre_times,
-                    "tokens_per_s": prefill_tokens / t_pre},
-        "decode": {"batch": 1, "prompt_tokens": len(short), "new_tokens": new_tokens, "times_s": dec_times,
-                   "tokens_per_s": new_tokens / t_dec},
+        "prefill": {
+            "batch": 1,
+            "tokens": prefill_tokens,
+            "n_batch": prefill_tokens,
+            "times_s": pre_times,
+            "tokens_per_s": prefill_tokens / t_pre,
+        },
+        "decode": {
+            "batch": 1,
+            "prompt_tokens": len(short),
+            "new_tokens": new_tokens,
+            "times_s": dec_times,
+            "tokens_per_s": new_tokens / t_dec,
+        },
     }
 
 
@@ -638,8 +721,10 @@ def measure_llamacpp(path: pathlib.Path, sz: dict[str, int], vocab: int) -> dict
         if lc.get("status") != "ok":
             log("  llama.cpp", lc["status"])
             break
-        log(f"  llama.cpp ({threads} threads) prefill {lc['prefill']['tokens_per_s']:.0f} tok/s, "
-            f"decode {lc['decode']['tokens_per_s']:.1f} tok/s")
+        log(
+            f"  llama.cpp ({threads} threads) prefill {lc['prefill']['tokens_per_s']:.0f} tok/s, "
+            f"decode {lc['decode']['tokens_per_s']:.1f} tok/s"
+        )
     return result
 
 
@@ -662,25 +747,62 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (smoke test)")
     ap.add_argument("--skip-hf", action="store_true", help="skip the Hugging Face transformers side")
     ap.add_argument("--skip-llamacpp", action="store_true", help="skip llama-cpp-python even if installed")
-    ap.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"),
-                    help="transformers attention (sdpa: its default and fastest on CPU; eager for parity checks)")
-    ap.add_argument("--no-hf-static", action="store_true",
-                    help="do not time HF decode with a static cache + torch.compile (its documented fast path)")
+    ap.add_argument(
+        "--hf-attn",
+        default="sdpa",
+        choices=("sdpa", "eager"),
+        help="transformers attention (sdpa: its default and fastest on CPU; eager for parity checks)",
+    )
+    ap.add_argument(
+        "--no-hf-static",
+        action="store_true",
+        help="do not time HF decode with a static cache + torch.compile (its documented fast path)",
+    )
     ap.add_argument("--out", type=pathlib.Path, help="also write the JSON here")
-    ap.add_argument("--set", default="", help="override sizes, e.g. pf_reps=2,dec_N=32 (keys: see 'sizes' in the output)")
-    ap.add_argument("--decode-batches", type=lambda t: [int(x) for x in t.split(",")], default=[],
-                    help="also time jaxsteer decode alone at these batch sizes (e.g. 8,32,128): short prompts, sweep_N new tokens")
+    ap.add_argument(
+        "--set", default="", help="override sizes, e.g. pf_reps=2,dec_N=32 (keys: see 'sizes' in the output)"
+    )
+    ap.add_argument(
+        "--decode-batches",
+        type=lambda t: [int(x) for x in t.split(",")],
+        default=[],
+        help="also time jaxsteer decode alone at these batch sizes (e.g. 8,32,128): short prompts, sweep_N new tokens",
+    )
     return ap.parse_args(argv)
 
 
 def sizes(quick: bool, overrides: str) -> dict[str, int]:
     """Batch sizes, lengths and repetitions: --quick's or the full run's, then --set's overrides."""
     if quick:
-        sz = dict(pf_B=2, pf_T=32, pf_reps=2, dec_B=4, dec_N=8, dec_reps=2, mm_n=512, mm_reps=3,
-                  lc_prefill=64, lc_new=8, lc_reps=1, sweep_N=8)
+        sz = dict(
+            pf_B=2,
+            pf_T=32,
+            pf_reps=2,
+            dec_B=4,
+            dec_N=8,
+            dec_reps=2,
+            mm_n=512,
+            mm_reps=3,
+            lc_prefill=64,
+            lc_new=8,
+            lc_reps=1,
+            sweep_N=8,
+        )
     else:
-        sz = dict(pf_B=16, pf_T=256, pf_reps=3, dec_B=32, dec_N=64, dec_reps=3, mm_n=2048, mm_reps=10,
-                  lc_prefill=512, lc_new=64, lc_reps=3, sweep_N=32)
+        sz = dict(
+            pf_B=16,
+            pf_T=256,
+            pf_reps=3,
+            dec_B=32,
+            dec_N=64,
+            dec_reps=3,
+            mm_n=2048,
+            mm_reps=10,
+            lc_prefill=512,
+            lc_new=64,
+            lc_reps=3,
+            sweep_N=32,
+        )
     for item in filter(None, overrides.split(",")):
         key, _, value = item.partition("=")
         if key not in sz:
@@ -732,45 +854,66 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of `result`, gathered under result["summary"]."""
     prefill, decode, roof = result["prefill"], result["decode"], result["matmul"]
     summary = {
-        "prefill_tokens_per_s": {"jaxsteer": prefill["jaxsteer"]["tokens_per_s"],
-                                 "hf": prefill.get("hf", {}).get("tokens_per_s")},
+        "prefill_tokens_per_s": {
+            "jaxsteer": prefill["jaxsteer"]["tokens_per_s"],
+            "hf": prefill.get("hf", {}).get("tokens_per_s"),
+        },
         "prefill_ratio_jaxsteer_over_hf": prefill.get("ratio_jaxsteer_over_hf"),
         "prefill_ratio_jaxsteer_over_hf_cpu_time": prefill.get("ratio_jaxsteer_over_hf_cpu_time"),
         "prefill_mfu": {"jaxsteer": prefill["jaxsteer"]["mfu"], "hf": prefill.get("hf", {}).get("mfu")},
-        "prefill_mfu_cpu_time": {"jaxsteer": prefill["jaxsteer"]["fraction_of_jnp_dot_per_cpu_s"],
-                                 "hf": prefill.get("hf", {}).get("mfu_cpu_time")},
+        "prefill_mfu_cpu_time": {
+            "jaxsteer": prefill["jaxsteer"]["fraction_of_jnp_dot_per_cpu_s"],
+            "hf": prefill.get("hf", {}).get("mfu_cpu_time"),
+        },
         "decode_mfu": {"jaxsteer": decode["jaxsteer"]["mfu"], "hf": decode.get("hf", {}).get("mfu")},
-        "decode_mfu_cpu_time": {"jaxsteer": decode["jaxsteer"]["mfu_cpu_time"],
-                                "hf": decode.get("hf", {}).get("mfu_cpu_time")},
+        "decode_mfu_cpu_time": {
+            "jaxsteer": decode["jaxsteer"]["mfu_cpu_time"],
+            "hf": decode.get("hf", {}).get("mfu_cpu_time"),
+        },
         "matmul_decode_shaped_fraction_cpu_time": result["matmul_decode_shaped"]["fraction_of_large_cpu_time"],
         "prefill_fraction_of_matmul_roofline": prefill["jaxsteer"]["fraction_of_jax_matmul_roofline"],
         "prefill_fraction_of_jnp_dot_same_rounds": prefill["jaxsteer"]["fraction_of_jnp_dot_same_rounds"],
         "prefill_fraction_of_jnp_dot_per_cpu_s": prefill["jaxsteer"]["fraction_of_jnp_dot_per_cpu_s"],
-        "decode_tokens_per_s": {"jaxsteer": decode["jaxsteer"]["tokens_per_s"],
-                                "hf": decode.get("hf", {}).get("tokens_per_s")},
+        "decode_tokens_per_s": {
+            "jaxsteer": decode["jaxsteer"]["tokens_per_s"],
+            "hf": decode.get("hf", {}).get("tokens_per_s"),
+        },
         "decode_ratio_jaxsteer_over_hf": decode.get("ratio_jaxsteer_over_hf"),
         "decode_ratio_jaxsteer_over_hf_cpu_time": decode.get("ratio_jaxsteer_over_hf_cpu_time"),
         "decode_ratio_jaxsteer_over_hf_static": decode.get("ratio_jaxsteer_over_hf_static"),
         "decode_ratio_jaxsteer_over_hf_static_cpu_time": decode.get("ratio_jaxsteer_over_hf_static_cpu_time"),
-        "mfu_flags": sorted({f for part in (prefill, decode) for side in ("jaxsteer", "hf", "hf_static")
-                             for f in part.get(side, {}).get("mfu_checked", {}).get("flags", [])}),
+        "mfu_flags": sorted(
+            {
+                f
+                for part in (prefill, decode)
+                for side in ("jaxsteer", "hf", "hf_static")
+                for f in part.get(side, {}).get("mfu_checked", {}).get("flags", [])
+            }
+        ),
         "prefill_compile_s": prefill["jaxsteer"]["compile_s"],
         "decode_compile_s": decode["jaxsteer"]["compile_s"],
         "steer_overhead_pct": result["steer_overhead_pct"],
-        "matmul_gflops": {"jax": roof["jax_gflops"], "torch": roof["torch_gflops"],
-                          "jax_in_prefill_rounds": prefill["jnp_dot_gflops_same_rounds"]},
+        "matmul_gflops": {
+            "jax": roof["jax_gflops"],
+            "torch": roof["torch_gflops"],
+            "jax_in_prefill_rounds": prefill["jnp_dot_gflops_same_rounds"],
+        },
     }
     lc = result.get("llamacpp", {})
     if lc.get("status") == "ok":
-        summary["llamacpp_q4_1_tokens_per_s"] = {"prefill_b1": lc["prefill"]["tokens_per_s"],
-                                                 "decode_b1": lc["decode"]["tokens_per_s"]}
+        summary["llamacpp_q4_1_tokens_per_s"] = {
+            "prefill_b1": lc["prefill"]["tokens_per_s"],
+            "decode_b1": lc["decode"]["tokens_per_s"],
+        }
     return summary
 
 
 def steer_overheads(prefill: dict[str, Any], decode: dict[str, Any]) -> dict[str, float]:
     return {
-        "prefill": prefill["steer"]["overhead_pct"], "decode": decode["steer"]["overhead_pct"],
-        "prefill_cpu_time": prefill["steer"]["overhead_pct_cpu"], "decode_cpu_time": decode["steer"]["overhead_pct_cpu"],
+        "prefill": prefill["steer"]["overhead_pct"],
+        "decode": decode["steer"]["overhead_pct"],
+        "prefill_cpu_time": prefill["steer"]["overhead_pct_cpu"],
+        "decode_cpu_time": decode["steer"]["overhead_pct_cpu"],
     }
 
 
@@ -784,19 +927,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     result = new_result(args.quick, sz)
     path = gguf_path()
-    result["model"] = {"alias": MODEL_ALIAS, "gguf": str(path), "dtype": "float32 (dequantised from Q4_1) on both sides"}
+    result["model"] = {
+        "alias": MODEL_ALIAS,
+        "gguf": str(path),
+        "dtype": "float32 (dequantised from Q4_1) on both sides",
+    }
     result["matmul"] = measure_roofline(sz)
     model, tok = load_jaxsteer_side(result["model"])
     steer = make_steer(model)
     result["matmul_decode_shaped"] = measure_decode_shaped(model.config, sz, args.quick)
     hf, result["hf"] = load_hf_side(path, args.skip_hf, args.hf_attn)
-    refs = {"jnp_dot": MatmulReference("jnp.dot", *matmul_peak_call(sz["mm_n"])).idle(),
-            "torch_mm": MatmulReference("torch.mm", *torch_matmul_call(sz["mm_n"])).idle()}
+    refs = {
+        "jnp_dot": MatmulReference("jnp.dot", *matmul_peak_call(sz["mm_n"])).idle(),
+        "torch_mm": MatmulReference("torch.mm", *torch_matmul_call(sz["mm_n"])).idle(),
+    }
     if hf is not None:
-        result["hf"]["peer"] = (f"transformers AutoModelForCausalLM, float32, attn_implementation={args.hf_attn!r}, "
-                                "torch.inference_mode" + ("" if args.no_hf_static else
-                                "; decode also with cache_implementation='static' (generate compiles the forward "
-                                "with torch.compile), compile excluded as jaxsteer's is"))
+        result["hf"]["peer"] = (
+            f"transformers AutoModelForCausalLM, float32, attn_implementation={args.hf_attn!r}, "
+            "torch.inference_mode"
+            + (
+                ""
+                if args.no_hf_static
+                else "; decode also with cache_implementation='static' (generate compiles the forward "
+                "with torch.compile), compile excluded as jaxsteer's is"
+            )
+        )
     result["thread_policy"] = thread_policy()
 
     prefill = measure_prefill(model, hf, steer, sz, result["matmul"], refs)
@@ -805,7 +960,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     del hf
     gc.collect()
     if args.decode_batches:
-        result["decode_batch_sweep"] = decode_batch_sweep(model, args.decode_batches, sz["sweep_N"], sz["dec_reps"], refs)
+        result["decode_batch_sweep"] = decode_batch_sweep(
+            model, args.decode_batches, sz["sweep_N"], sz["dec_reps"], refs
+        )
     result["prefill"] = prefill
     result["decode"] = decode
     result["steer_overhead_pct"] = steer_overheads(prefill, decode)

@@ -54,7 +54,7 @@ def _llama_greedy(llm, llama_cpp, prompt: list[int], n: int) -> list[int]:
 
 
 def _apply_cvec(llm, llama_cpp, data: np.ndarray | None, n_embd: int, n_layers: int) -> None:
-    apply = getattr(llama_cpp, "llama_apply_adapter_cvec", None) or getattr(llama_cpp, "llama_control_vector_apply")
+    apply = getattr(llama_cpp, "llama_apply_adapter_cvec", None) or llama_cpp.llama_control_vector_apply
     if data is None:
         rc = apply(llm.ctx, None, 0, n_embd, -1, -1)
     else:
@@ -64,8 +64,16 @@ def _apply_cvec(llm, llama_cpp, data: np.ndarray | None, n_embd: int, n_layers: 
         raise RuntimeError(f"llama.cpp refused the control vector (return code {rc})")
 
 
-def compare(model, tok, vectors: np.ndarray, prompts: list[str], *, max_new_tokens: int = 24,
-            workdir: str | None = None, threads: int = 2) -> dict:
+def compare(
+    model,
+    tok,
+    vectors: np.ndarray,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 24,
+    workdir: str | None = None,
+    threads: int = 2,
+) -> dict:
     """Greedy continuations of `prompts` in jaxsteer and llama.cpp, with and without `vectors`."""
     import jax.numpy as jnp
     import llama_cpp
@@ -73,7 +81,12 @@ def compare(model, tok, vectors: np.ndarray, prompts: list[str], *, max_new_toke
     import jaxsteer
     from jaxsteer.models.generate import tokenize_prompts
     from jaxsteer.models.loading import default_model_path
-    from jaxsteer.steering.llamacpp import control_vector_data, load_control_vector, save_control_vector, write_unquantized_gguf
+    from jaxsteer.steering.llamacpp import (
+        control_vector_data,
+        load_control_vector,
+        save_control_vector,
+        write_unquantized_gguf,
+    )
 
     c = model.config
     workdir = workdir or tempfile.mkdtemp(prefix="cvec-")
@@ -84,26 +97,44 @@ def compare(model, tok, vectors: np.ndarray, prompts: list[str], *, max_new_toke
     cv_path = save_control_vector(os.path.join(workdir, "sentiment.gguf"), vectors, model_hint="llama")
     loaded, _ = load_control_vector(cv_path, n_layers=c.n_layers)
     ids = tokenize_prompts(tok, prompts)
-    llm = llama_cpp.Llama(model_path=f32, n_ctx=max(map(len, ids)) + max_new_tokens + 8, n_threads=threads,
-                          n_threads_batch=threads, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=f32,
+        n_ctx=max(map(len, ids)) + max_new_tokens + 8,
+        n_threads=threads,
+        n_threads_batch=threads,
+        logits_all=True,
+        verbose=False,
+    )
     rows = []
     for label, vec in (("unsteered", None), ("steered", loaded)):
         ivs = () if vec is None else jaxsteer.Steer(jnp.asarray(vec))
-        ours = jaxsteer.generate(model, ids, max_new_tokens=max_new_tokens, greedy=True, stop_tokens=(),
-                                 interventions=ivs).tokens
+        ours = jaxsteer.generate(
+            model, ids, max_new_tokens=max_new_tokens, greedy=True, stop_tokens=(), interventions=ivs
+        ).tokens
         _apply_cvec(llm, llama_cpp, None if vec is None else control_vector_data(vec), c.d_model, c.n_layers)
         for i, p in enumerate(ids):
             theirs = _llama_greedy(llm, llama_cpp, p, max_new_tokens)
             same = [a == b for a, b in zip(ours[i].tolist(), theirs)]
             first = same.index(False) if False in same else max_new_tokens
-            rows.append({"run": label, "prompt": prompts[i], "jaxsteer": tok.decode(ours[i]),
-                         "llama_cpp": tok.decode(theirs), "exact": all(same), "first_difference": first,
-                         "agreement": float(np.mean(same)), "llama_tokens": theirs})
+            rows.append(
+                {
+                    "run": label,
+                    "prompt": prompts[i],
+                    "jaxsteer": tok.decode(ours[i]),
+                    "llama_cpp": tok.decode(theirs),
+                    "exact": all(same),
+                    "first_difference": first,
+                    "agreement": float(np.mean(same)),
+                    "llama_tokens": theirs,
+                }
+            )
             log(f"{label} {i}: exact={all(same)} first_diff={first}")
     steered = [r for r in rows if r["run"] == "steered"]
     plain = {r["prompt"]: r for r in rows if r["run"] == "unsteered"}
     return {
-        "prompts": len(prompts), "new_tokens": max_new_tokens, "layer_norms": np.linalg.norm(vectors, axis=-1).tolist(),
+        "prompts": len(prompts),
+        "new_tokens": max_new_tokens,
+        "layer_norms": np.linalg.norm(vectors, axis=-1).tolist(),
         "exact_match": sum(r["exact"] for r in steered),
         "token_agreement": float(np.mean([r["agreement"] for r in steered])),
         "unsteered_exact_match": sum(r["exact"] for r in plain.values()),
@@ -135,8 +166,10 @@ def main(argv=None) -> None:
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(text)
-    log(f"steered: {result['exact_match']}/{result['prompts']} identical continuations, token agreement "
-        f"{result['token_agreement']:.3f}; unsteered: {result['unsteered_exact_match']}/{result['prompts']}")
+    log(
+        f"steered: {result['exact_match']}/{result['prompts']} identical continuations, token agreement "
+        f"{result['token_agreement']:.3f}; unsteered: {result['unsteered_exact_match']}/{result['prompts']}"
+    )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,9 @@ import json
 import statistics
 import sys
 import time
+from typing import Any
 
 import numpy as np
-
-from typing import Any
 
 from .common import interleaved_times, log, machine_info, thread_policy
 
@@ -53,7 +52,8 @@ def _hf_model(attn: str = "sdpa"):
 
     path = default_model_path()
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation=attn)
+        path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation=attn
+    )
     return model.eval()
 
 
@@ -66,6 +66,7 @@ def _clean_and_corrupt(hf, x_clean, x_corrupt, a, b, L):
 
 def _patch_hook(patch):
     """A forward pre-hook on a decoder layer that rewrites its input with `patch(h)`."""
+
     def hook(module, args, kwargs):
         h = patch((args[0] if args else kwargs["hidden_states"]).clone())
         if args:
@@ -89,6 +90,7 @@ def _hf_sweep(hf, clean, corrupt, answers):
         result = np.zeros((L, T))
         for l in range(L):
             for t in range(T):
+
                 def patch(h, l=l, t=t):
                     h[:, t] = resid_pre[l][:, t]
                     return h
@@ -117,6 +119,7 @@ def _hf_batched_sweep(hf, clean, corrupt, answers):
         batch = x_corrupt.expand(T, -1)
         result = np.zeros((L, T))
         for l in range(L):
+
             def patch(h, l=l):
                 h[rows, rows] = resid_pre[l][0]
                 return h
@@ -159,8 +162,11 @@ def _fast_false_row(run_jax, res) -> dict[str, Any]:
     full_first = time.perf_counter() - t0
     t0 = time.perf_counter()
     res_full = run_jax(fast=False)
-    full = {"first_call_s": round(full_first, 2), "steady_s": round(time.perf_counter() - t0, 2),
-            "max_abs_diff_vs_fast": float(np.abs(res_full.raw - res.raw).max())}
+    full = {
+        "first_call_s": round(full_first, 2),
+        "steady_s": round(time.perf_counter() - t0, 2),
+        "max_abs_diff_vs_fast": float(np.abs(res_full.raw - res.raw).max()),
+    }
     log(f"jaxsteer fast=False: {full}")
     return full
 
@@ -178,7 +184,8 @@ def _peer_rows(results: dict, wall: dict, cpu: dict, res) -> dict[str, Any]:
             continue
         raw, m_clean, m_corrupt = out
         peers[name] = {
-            "steady_s": round(med[name], 3), "steady_cpu_s": round(cmed[name], 3),
+            "steady_s": round(med[name], 3),
+            "steady_cpu_s": round(cmed[name], 3),
             "runs_s": [round(t, 2) for t in wall[name]],
             "speedup_over_jaxsteer_wall": round(med[name] / med["jaxsteer"], 2),
             "speedup_over_jaxsteer_cpu_time": round(cmed[name] / cmed["jaxsteer"], 2),
@@ -194,8 +201,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3, help="steady-state runs of each side (interleaved)")
     ap.add_argument("--quick", action="store_true", help="one round, no fast=False variant")
     ap.add_argument("--batch-size", type=int, default=32, help="patched runs per vmapped chunk (jaxsteer)")
-    ap.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"),
-                    help="transformers attention (sdpa: its default and fastest on CPU)")
+    ap.add_argument(
+        "--hf-attn",
+        default="sdpa",
+        choices=("sdpa", "eager"),
+        help="transformers attention (sdpa: its default and fastest on CPU)",
+    )
     ap.add_argument("--skip-loop", action="store_true", help="do not time the batch-1 HF loop (second row)")
     ap.add_argument("--skip-full", action="store_true", help="do not time jaxsteer's fast=False variant")
     ap.add_argument("--out", help="also write the JSON here")
@@ -224,8 +235,9 @@ def main(argv=None) -> dict:
     log(f"torch threads: {threads} (median forward s per thread count: {thread_probe})")
 
     def run_jax(fast=True):
-        return activation_patching(model, clean, corrupt, site="resid_pre", answers=answers,
-                                   batch_size=args.batch_size, fast=fast)
+        return activation_patching(
+            model, clean, corrupt, site="resid_pre", answers=answers, batch_size=args.batch_size, fast=fast
+        )
 
     t0 = time.perf_counter()
     res = run_jax()
@@ -237,8 +249,9 @@ def main(argv=None) -> dict:
         sides["hf_batch1_loop"] = lambda: _hf_sweep(hf, clean, corrupt, answers)
     calls = {k: (lambda k=k, f=f: results.__setitem__(k, f())) for k, f in sides.items()}
     calls["hf_batched_hooks"]()  # torch warm-up (first-call allocations), untimed like jaxsteer's compile
-    wall, cpu = interleaved_times(calls, args.repeats,
-                                  on_result=lambda k, w, c: log(f"{k}: {w:.2f} s wall, {c:.2f} s CPU"))
+    wall, cpu = interleaved_times(
+        calls, args.repeats, on_result=lambda k, w, c: log(f"{k}: {w:.2f} s wall, {c:.2f} s CPU")
+    )
     med = {k: statistics.median(v) for k, v in wall.items()}
     cmed = {k: statistics.median(v) for k, v in cpu.items()}
     res = results["jaxsteer"]
@@ -249,10 +262,12 @@ def main(argv=None) -> dict:
     out = {
         "benchmark": "activation patching sweep, resid_pre, layers x positions",
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32)",
-        "peer": (f"transformers {machine_info()['transformers']} AutoModelForCausalLM on the same GGUF, float32, "
-                 f"attn_implementation={args.hf_attn!r}, torch.inference_mode, logits_to_keep=1, {threads} torch "
-                 "threads; hf_batched_hooks: per layer one forward of T rows with a pre-hook patching row t at "
-                 "position t (the headline peer); hf_batch1_loop: one forward per (layer, position)"),
+        "peer": (
+            f"transformers {machine_info()['transformers']} AutoModelForCausalLM on the same GGUF, float32, "
+            f"attn_implementation={args.hf_attn!r}, torch.inference_mode, logits_to_keep=1, {threads} torch "
+            "threads; hf_batched_hooks: per layer one forward of T rows with a pre-hook patching row t at "
+            "position t (the headline peer); hf_batch1_loop: one forward per (layer, position)"
+        ),
         "rounds": args.repeats,
         "prompt_tokens": T,
         "layers": L,

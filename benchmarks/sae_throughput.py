@@ -81,8 +81,9 @@ def jax_stepper(d, F, k, lr, since0):
     from jaxsteer.sae.train import init_state, make_optimizer
 
     cfg = sae.SAEConfig(kind="topk", d_in=d, d_sae=F, k=k)
-    scfg = sae.StepConfig(lr=lr, total_steps=10**6, grad_clip=1.0, k_aux=d // 2, aux_coef=1 / 32,
-                          dead_batches=DEAD_WINDOW)
+    scfg = sae.StepConfig(
+        lr=lr, total_steps=10**6, grad_clip=1.0, k_aux=d // 2, aux_coef=1 / 32, dead_batches=DEAD_WINDOW
+    )
     tx = make_optimizer(scfg)
     step = sae.make_step(cfg, scfg, tx)
     state = init_state(sae.init_sae(cfg, jax.random.PRNGKey(0)), tx)
@@ -102,18 +103,34 @@ def torch_stepper(d, F, k, lr, since0, sparse: bool, rescale: bool):
     from sae_lens.saes.sae import TrainStepInput
 
     torch.manual_seed(0)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=F, k=k, aux_loss_coefficient=1 / 32,
-                                                use_sparse_activations=sparse, rescale_acts_by_decoder_norm=rescale))
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(
+            d_in=d,
+            d_sae=F,
+            k=k,
+            aux_loss_coefficient=1 / 32,
+            use_sparse_activations=sparse,
+            rescale_acts_by_decoder_norm=rescale,
+        )
+    )
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     since = torch.as_tensor(np.asarray(since0), dtype=torch.float32).clone()
     n = [0]
 
     def run(x):
         xt = torch.from_numpy(np.ascontiguousarray(x))
-        coeffs = {name: c.value for name, c in sae.get_coefficients().items()} if hasattr(sae, "get_coefficients") else {}
-        out = sae.training_forward_pass(TrainStepInput(sae_in=xt, coefficients=coeffs,
-                                                       dead_neuron_mask=since >= DEAD_WINDOW,
-                                                       n_training_steps=n[0], is_logging_step=False))
+        coeffs = (
+            {name: c.value for name, c in sae.get_coefficients().items()} if hasattr(sae, "get_coefficients") else {}
+        )
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=xt,
+                coefficients=coeffs,
+                dead_neuron_mask=since >= DEAD_WINDOW,
+                n_training_steps=n[0],
+                is_logging_step=False,
+            )
+        )
         with torch.no_grad():
             acts = out.feature_acts.to_dense() if out.feature_acts.is_sparse else out.feature_acts
             fired = acts.bool().float().sum(-2).bool()
@@ -143,7 +160,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--dead-fraction", type=float, default=0.1, help="latents dead (for DEAD_WINDOW batches) at the start")
+    ap.add_argument(
+        "--dead-fraction", type=float, default=0.1, help="latents dead (for DEAD_WINDOW batches) at the start"
+    )
     ap.add_argument("--peak-n", type=int, default=1024, help="size of the square matmul each side's MFU divides by")
     ap.add_argument("--quick", action="store_true", help="batch 1024, 3 rounds")
     ap.add_argument("--out", help="also write the JSON here")
@@ -153,38 +172,65 @@ def main(argv=None) -> dict:
     acts = activations(args.batch * (args.rounds + 2))
     d = acts.shape[1]
     F, B = args.expansion * d, args.batch
-    batches = [np.asarray(acts[i * B:(i + 1) * B], np.float32) for i in range(min(len(acts) // B, args.rounds + 2))]
+    batches = [np.asarray(acts[i * B : (i + 1) * B], np.float32) for i in range(min(len(acts) // B, args.rounds + 2))]
     rng = np.random.RandomState(0)
     since0 = np.where(rng.rand(F) < args.dead_fraction, DEAD_WINDOW, 0).astype(np.int32)
-    log(f"{len(acts)} cached activations, d={d}, d_sae={F}, k={args.k}, batch={B}, dead at start {np.mean(since0 > 0):.2f}")
-    runners = {"jaxsteer": jax_stepper(d, F, args.k, args.lr, since0),
-               "sae_lens_sparse": torch_stepper(d, F, args.k, args.lr, since0, sparse=True, rescale=False),
-               "sae_lens_default": torch_stepper(d, F, args.k, args.lr, since0, sparse=False, rescale=True)}
-    refs = {"jax": MatmulReference("jnp.dot", *matmul_peak_call(args.peak_n)).idle(),
-            "torch": MatmulReference("torch.mm", *torch_matmul_call(args.peak_n)).idle()}
+    log(
+        f"{len(acts)} cached activations, d={d}, d_sae={F}, k={args.k}, batch={B}, dead at start {np.mean(since0 > 0):.2f}"
+    )
+    runners = {
+        "jaxsteer": jax_stepper(d, F, args.k, args.lr, since0),
+        "sae_lens_sparse": torch_stepper(d, F, args.k, args.lr, since0, sparse=True, rescale=False),
+        "sae_lens_default": torch_stepper(d, F, args.k, args.lr, since0, sparse=False, rescale=True),
+    }
+    refs = {
+        "jax": MatmulReference("jnp.dot", *matmul_peak_call(args.peak_n)).idle(),
+        "torch": MatmulReference("torch.mm", *torch_matmul_call(args.peak_n)).idle(),
+    }
     info = {name: run(batches[0]) for name, run in runners.items()}  # warm-up (jit compile) + first step
     it = {name: iter(batches[1:] * 10) for name in runners}
     calls = {name: (lambda r=run, n=name: info.__setitem__(n, r(next(it[n])))) for name, run in runners.items()}
     calls.update({f"matmul_{k}": ref.call for k, ref in refs.items()})
-    wall, cpu = interleaved_times(calls, args.rounds, on_result=lambda k, w, c: log(f"{k}: {w:.3f} s wall, {c:.3f} s cpu"))
+    wall, cpu = interleaved_times(
+        calls, args.rounds, on_result=lambda k, w, c: log(f"{k}: {w:.3f} s wall, {c:.3f} s cpu")
+    )
     ref_reports = {k: ref.report(wall[f"matmul_{k}"], cpu[f"matmul_{k}"]) for k, ref in refs.items()}
     flops = model_flops(B, d, F, args.k, dead=args.dead_fraction > 0)
-    res: dict = {"peer": "SAELens " + package_version("sae-lens") + " TopKTrainingSAE: sae_lens_sparse (headline: "
-                 "use_sparse_activations=True, rescale_acts_by_decoder_norm=False, matching jaxsteer) and "
-                 "sae_lens_default (dense, rescale_acts_by_decoder_norm=True); AuxK on both sides, dead window "
-                 f"{DEAD_WINDOW} batches, {args.dead_fraction:.0%} of latents dead at the start"}
+    res: dict = {
+        "peer": "SAELens " + package_version("sae-lens") + " TopKTrainingSAE: sae_lens_sparse (headline: "
+        "use_sparse_activations=True, rescale_acts_by_decoder_norm=False, matching jaxsteer) and "
+        "sae_lens_default (dense, rescale_acts_by_decoder_norm=True); AuxK on both sides, dead window "
+        f"{DEAD_WINDOW} batches, {args.dead_fraction:.0%} of latents dead at the start"
+    }
     for name in runners:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
         ref = ref_reports["jax" if name == "jaxsteer" else "torch"]
-        res[name] = {"step_s": w, "cpu_s": c, "activations_per_s": B / w, "mfu": mfu_entry(flops, w, c, ref), **info[name]}
+        res[name] = {
+            "step_s": w,
+            "cpu_s": c,
+            "activations_per_s": B / w,
+            "mfu": mfu_entry(flops, w, c, ref),
+            **info[name],
+        }
     for peer in ("sae_lens_sparse", "sae_lens_default"):
         res[f"ratio_wall_{peer}"] = res[peer]["step_s"] / res["jaxsteer"]["step_s"]
         res[f"ratio_cpu_{peer}"] = res[peer]["cpu_s"] / res["jaxsteer"]["cpu_s"]
-    res.update(matmul_references=ref_reports, model_flops_per_step=flops,
-               setup={"d": d, "d_sae": F, "k": args.k, "batch": B, "rounds": args.rounds, "dead_window": DEAD_WINDOW,
-                      "dead_fraction_at_start": args.dead_fraction},
-               thread_policy=thread_policy(), machine=machine_info(),
-               command="python -m benchmarks.sae_throughput " + " ".join(argv if argv is not None else sys.argv[1:]))
+    res.update(
+        matmul_references=ref_reports,
+        model_flops_per_step=flops,
+        setup={
+            "d": d,
+            "d_sae": F,
+            "k": args.k,
+            "batch": B,
+            "rounds": args.rounds,
+            "dead_window": DEAD_WINDOW,
+            "dead_fraction_at_start": args.dead_fraction,
+        },
+        thread_policy=thread_policy(),
+        machine=machine_info(),
+        command="python -m benchmarks.sae_throughput " + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:
@@ -193,8 +239,10 @@ def main(argv=None) -> dict:
     j = res["jaxsteer"]
     for peer in ("sae_lens_sparse", "sae_lens_default"):
         s_ = res[peer]
-        log(f"jaxsteer {j['activations_per_s']:.0f} act/s vs {peer} {s_['activations_per_s']:.0f} act/s: "
-            f"{res[f'ratio_wall_{peer}']:.2f}x wall, {res[f'ratio_cpu_{peer}']:.2f}x CPU time")
+        log(
+            f"jaxsteer {j['activations_per_s']:.0f} act/s vs {peer} {s_['activations_per_s']:.0f} act/s: "
+            f"{res[f'ratio_wall_{peer}']:.2f}x wall, {res[f'ratio_cpu_{peer}']:.2f}x CPU time"
+        )
     return res
 
 

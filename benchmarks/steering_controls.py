@@ -40,8 +40,9 @@ def variants(model, tok, batch: int, layer: int) -> dict:
         "row_vectors": RowSteer(per_row, scale=jnp.asarray(rng.uniform(0.5, 2, size=batch), jnp.float32)),
         "generated_first_8": OnTokens(Steer(v), first=8),
         "triggers": OnTokens(Steer(v), triggers=trig),
-        "conditional": Conditional(Steer(v), jnp.asarray(rng.normal(size=c.d_model), jnp.float32), layer=layer,
-                                   threshold=0.0),
+        "conditional": Conditional(
+            Steer(v), jnp.asarray(rng.normal(size=c.d_model), jnp.float32), layer=layer, threshold=0.0
+        ),
     }
 
 
@@ -62,21 +63,27 @@ def main(argv=None) -> None:
     model, tok = jaxsteer.load("smollm2-135m-instruct")
     task = load_task("sentiment")
     prompts = ((task.test + task.validation) * 2)[: args.batch]
-    prepared = prepare_prompts(model, tokenize_prompts(tok, prompts), tokenizer=tok, max_new_tokens=args.new_tokens,
-                               stop_tokens=())
+    prepared = prepare_prompts(
+        model, tokenize_prompts(tok, prompts), tokenizer=tok, max_new_tokens=args.new_tokens, stop_tokens=()
+    )
     sampling = SamplingConfig(max_new_tokens=args.new_tokens, greedy=True)
     key = jax.random.PRNGKey(0)
     calls = {}
     for name, iv in variants(model, tok, args.batch, args.layer).items():
+
         def call(iv=iv):
-            return jax.block_until_ready(sample_tokens(model, *prepared.args, key=key, interventions=(iv,),
-                                                       sampling=sampling))
+            return jax.block_until_ready(
+                sample_tokens(model, *prepared.args, key=key, interventions=(iv,), sampling=sampling)
+            )
+
         log(f"compiling {name}")
         call()
         calls[name] = call
     peak_call, peak_flops = matmul_peak_call(args.peak_n)
     calls["matmul_peak"] = peak_call
-    wall, cpu = interleaved_times(calls, args.rounds, on_result=lambda k, w, c: log(f"{k}: {w:.2f} s wall, {c:.2f} s CPU"))
+    wall, cpu = interleaved_times(
+        calls, args.rounds, on_result=lambda k, w, c: log(f"{k}: {w:.2f} s wall, {c:.2f} s CPU")
+    )
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     P = int(prepared.mask.sum(1).mean())
@@ -86,11 +93,24 @@ def main(argv=None) -> None:
     for name in calls:
         if name == "matmul_peak":
             continue
-        rows[name] = {"wall_s": med[name], "cpu_s": med_cpu[name], "wall_ratio": med[name] / med["steer"],
-                      "cpu_ratio": med_cpu[name] / med_cpu["steer"], "mfu": mfu(flops, med[name], peak),
-                      "mfu_cpu_time": mfu(flops, med_cpu[name], peak_cpu)}
-    result = {"batch": args.batch, "new_tokens": args.new_tokens, "prompt_tokens_mean": P, "rounds": args.rounds,
-              "model_flops": flops, "matmul_peak_flops_per_s": peak, "variants": rows, "machine": machine_info()}
+        rows[name] = {
+            "wall_s": med[name],
+            "cpu_s": med_cpu[name],
+            "wall_ratio": med[name] / med["steer"],
+            "cpu_ratio": med_cpu[name] / med_cpu["steer"],
+            "mfu": mfu(flops, med[name], peak),
+            "mfu_cpu_time": mfu(flops, med_cpu[name], peak_cpu),
+        }
+    result = {
+        "batch": args.batch,
+        "new_tokens": args.new_tokens,
+        "prompt_tokens_mean": P,
+        "rounds": args.rounds,
+        "model_flops": flops,
+        "matmul_peak_flops_per_s": peak,
+        "variants": rows,
+        "machine": machine_info(),
+    }
     print(json.dumps(result, indent=1))
     if args.out:
         with open(args.out, "w") as fh:

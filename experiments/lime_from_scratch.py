@@ -42,9 +42,21 @@ def byte_corpus(held_out: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_config(layers: int, lime: bool) -> ModelConfig:
-    return ModelConfig(architecture="LlamaForCausalLM", vocab_size=256, d_model=64, n_layers=layers, n_heads=4,
-                       n_kv_heads=4, head_dim=16, d_mlp=192, norm_eps=1e-5, rope_full=RopeConfig(theta=10000.0),
-                       tie_word_embeddings=True, lime=lime, max_position_embeddings=1024)
+    return ModelConfig(
+        architecture="LlamaForCausalLM",
+        vocab_size=256,
+        d_model=64,
+        n_layers=layers,
+        n_heads=4,
+        n_kv_heads=4,
+        head_dim=16,
+        d_mlp=192,
+        norm_eps=1e-5,
+        rope_full=RopeConfig(theta=10000.0),
+        tie_word_embeddings=True,
+        lime=lime,
+        max_position_embeddings=1024,
+    )
 
 
 def next_token_loss(params, config, tokens):
@@ -60,7 +72,7 @@ def batches(stream: np.ndarray, batch: int, length: int, steps: int, seed: int):
     rng = np.random.RandomState(seed)
     for _ in range(steps):
         starts = rng.randint(0, len(stream) - length - 1, size=batch)
-        yield np.stack([stream[s:s + length + 1] for s in starts])
+        yield np.stack([stream[s : s + length + 1] for s in starts])
 
 
 def matrix_entropy(x: np.ndarray) -> float:
@@ -82,8 +94,12 @@ def value_entropy(model, tokens: np.ndarray) -> list[float]:
 def train_one(config: ModelConfig, train: np.ndarray, test: np.ndarray, args) -> dict:
     """Train from scratch; return the loss curves, the value entropies and (LIMe) the routing."""
     model = init_params(config, jax.random.PRNGKey(args.seed), scale=0.02)
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(optax.warmup_cosine_decay_schedule(
-        0.0, args.lr, max(1, args.steps // 20), args.steps), weight_decay=0.1))
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(
+            optax.warmup_cosine_decay_schedule(0.0, args.lr, max(1, args.steps // 20), args.steps), weight_decay=0.1
+        ),
+    )
     params, opt = model.params, tx.init(model.params)
 
     @jax.jit
@@ -96,16 +112,22 @@ def train_one(config: ModelConfig, train: np.ndarray, test: np.ndarray, args) ->
     held = np.stack(list(batches(test, 32, args.length, 1, seed=1234))[0])
     curve, evals, t0 = [], [], time.perf_counter()
     name = "LIMe" if config.lime else "plain"
-    for i, tokens in enumerate(tqdm(batches(train, args.batch, args.length, args.steps, args.seed), total=args.steps,
-                                    desc=name)):
+    for i, tokens in enumerate(
+        tqdm(batches(train, args.batch, args.length, args.steps, args.seed), total=args.steps, desc=name)
+    ):
         params, opt, loss = step(params, opt, jnp.asarray(tokens))
         curve.append(float(loss))
         if (i + 1) % args.eval_every == 0 or i + 1 == args.steps:
             evals.append((i + 1, float(eval_loss(params, jnp.asarray(held)))))
     seconds = time.perf_counter() - t0
     trained = model.replace(params=params)
-    out = {"train_loss": curve, "eval_loss": evals, "seconds": seconds, "n_params": config.n_params(),
-           "value_entropy": value_entropy(trained, held[:16, :-1])}
+    out = {
+        "train_loss": curve,
+        "eval_loss": evals,
+        "seconds": seconds,
+        "n_params": config.n_params(),
+        "value_entropy": value_entropy(trained, held[:16, :-1]),
+    }
     if config.lime:
         _, trace = forward(trained, held[:1, :8], record=("lime_route",), return_logits=False)
         out["routing"] = np.asarray(trace.lime_route).tolist()  # [L, KV, L, KV]
@@ -120,19 +142,23 @@ def figure(results: dict, path: str) -> None:
         curve = np.asarray(r["train_loss"])
         k = max(1, len(curve) // 30)
         smooth = np.convolve(curve, np.ones(k) / k, mode="valid")
-        line, = axes[0].plot(np.arange(k, len(curve) + 1), smooth, label=f"{name} train")
+        (line,) = axes[0].plot(np.arange(k, len(curve) + 1), smooth, label=f"{name} train")
         steps, ev = zip(*r["eval_loss"])
         axes[0].plot(steps, ev, "o--", color=line.get_color(), label=f"{name} held-out")
         axes[1].plot(np.arange(len(r["value_entropy"])), r["value_entropy"], "o-", label=name)
     axes[0].set(xlabel="step", ylabel="next-byte loss (nats)", title="loss")
     axes[0].legend()
-    axes[1].set(xlabel="layer", ylabel="matrix entropy of value vectors (nats)",
-                title="value-vector entropy by depth (higher = less collapse)")
+    axes[1].set(
+        xlabel="layer",
+        ylabel="matrix entropy of value vectors (nats)",
+        title="value-vector entropy by depth (higher = less collapse)",
+    )
     axes[1].legend()
     w = np.abs(np.asarray(results["LIMe"]["routing"]))  # [L, KV, L, KV]
     im = axes[2].imshow(w.sum(axis=(1, 3)) / w.shape[1], cmap="viridis")
-    axes[2].set(xlabel="source layer j", ylabel="reading layer l",
-                title="LIMe routing: mean over heads of sum |w| from layer j")
+    axes[2].set(
+        xlabel="source layer j", ylabel="reading layer l", title="LIMe routing: mean over heads of sum |w| from layer j"
+    )
     fig.colorbar(im, ax=axes[2])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -150,17 +176,31 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="docs/figures")
     args = p.parse_args(argv)
     train, test = byte_corpus()
-    results = {name: train_one(model_config(args.layers, lime), train, test, args)
-               for name, lime in (("plain", False), ("LIMe", True))}
+    results = {
+        name: train_one(model_config(args.layers, lime), train, test, args)
+        for name, lime in (("plain", False), ("LIMe", True))
+    }
     os.makedirs(args.out, exist_ok=True)
     figure(results, os.path.join(args.out, "lime_from_scratch.png"))
-    summary = {name: {"final_eval_loss": r["eval_loss"][-1][1], "train_loss_last50": float(np.mean(r["train_loss"][-50:])),
-                      "seconds": r["seconds"], "n_params": r["n_params"],
-                      "value_entropy": [round(x, 3) for x in r["value_entropy"]]} for name, r in results.items()}
+    summary = {
+        name: {
+            "final_eval_loss": r["eval_loss"][-1][1],
+            "train_loss_last50": float(np.mean(r["train_loss"][-50:])),
+            "seconds": r["seconds"],
+            "n_params": r["n_params"],
+            "value_entropy": [round(x, 3) for x in r["value_entropy"]],
+        }
+        for name, r in results.items()
+    }
     summary["args"] = vars(args)
     with open(os.path.join(args.out, "lime_from_scratch.json"), "w") as f:
-        json.dump({**summary, "curves": {n: {"train_loss": r["train_loss"], "eval_loss": r["eval_loss"]}
-                                         for n, r in results.items()}}, f)
+        json.dump(
+            {
+                **summary,
+                "curves": {n: {"train_loss": r["train_loss"], "eval_loss": r["eval_loss"]} for n, r in results.items()},
+            },
+            f,
+        )
     print(json.dumps(summary, indent=1))
     return results
 

@@ -24,7 +24,6 @@ import json
 import os
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -36,8 +35,10 @@ def harvest(args) -> np.ndarray:
     if os.path.exists(args.cache):
         return np.load(args.cache, mmap_mode="r")
     model, windows = load(args)
-    out = [np.asarray(site_activations(model, windows[i:i + 8], "resid_post", (args.layer,))[0][:, 1:], np.float32)
-           for i in range(0, len(windows), 8)]
+    out = [
+        np.asarray(site_activations(model, windows[i : i + 8], "resid_post", (args.layer,))[0][:, 1:], np.float32)
+        for i in range(0, len(windows), 8)
+    ]
     acts = np.concatenate(out).reshape(-1, model.config.d_model)
     os.makedirs(os.path.dirname(os.path.abspath(args.cache)), exist_ok=True)
     np.save(args.cache, acts)
@@ -59,10 +60,13 @@ def configs(args, d: int) -> dict:
 
     f, k = args.d_sae, args.k
     base = dict(d_in=d, d_sae=f, site="resid_post", layer=args.layer)
-    out = {"topk": sae.SAEConfig(kind="topk", k=k, **base), "htopk": sae.SAEConfig(kind="htopk", k=k, **base),
-           "batchtopk": sae.SAEConfig(kind="batchtopk", k=k, **base),
-           "matryoshka": sae.SAEConfig(kind="matryoshka", k=k, matryoshka_widths=(f // 8, f // 4, f // 2, f), **base),
-           "kron": sae.SAEConfig(kind="kron", k=k, kron_heads=f // 72, kron_m=6, kron_n=12, **base)}
+    out = {
+        "topk": sae.SAEConfig(kind="topk", k=k, **base),
+        "htopk": sae.SAEConfig(kind="htopk", k=k, **base),
+        "batchtopk": sae.SAEConfig(kind="batchtopk", k=k, **base),
+        "matryoshka": sae.SAEConfig(kind="matryoshka", k=k, matryoshka_widths=(f // 8, f // 4, f // 2, f), **base),
+        "kron": sae.SAEConfig(kind="kron", k=k, kron_heads=f // 72, kron_m=6, kron_n=12, **base),
+    }
     for lam in args.l0_coefs:
         out[f"jumprelu l0_coef={lam:g}"] = sae.SAEConfig(kind="jumprelu", **base)
     return out
@@ -73,7 +77,7 @@ def batches(acts: np.ndarray, batch: int, seed: int):
     while True:
         order = rng.permutation(len(acts))
         for i in range(0, len(acts) - batch + 1, batch):
-            yield np.asarray(acts[np.sort(order[i:i + batch])], np.float32)
+            yield np.asarray(acts[np.sort(order[i : i + batch])], np.float32)
 
 
 def ev_l0(s, x: jnp.ndarray, z=None) -> tuple[float, float]:
@@ -114,10 +118,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--l0-coefs", type=float, nargs="*", default=[1e-3, 1e-2])
-    ap.add_argument("--jumprelu-init-threshold", type=float, default=1.0,
-                    help="in RMS units; Gemma Scope's 0.001 needs far longer runs for the thresholds to rise")
+    ap.add_argument(
+        "--jumprelu-init-threshold",
+        type=float,
+        default=1.0,
+        help="in RMS units; Gemma Scope's 0.001 needs far longer runs for the thresholds to rise",
+    )
     ap.add_argument("--bandwidth", type=float, default=0.001, help="JumpReLU bandwidth in RMS units (Gemma Scope)")
-    ap.add_argument("--ce-windows", type=int, default=0, help="held-out windows for the loss-recovered metric (0: skip)")
+    ap.add_argument(
+        "--ce-windows", type=int, default=0, help="held-out windows for the loss-recovered metric (0: skip)"
+    )
     ap.add_argument("--cache", default="runs/sae_cache/compare_l15_resid_post.npy")
     ap.add_argument("--out", default="docs/figures/sae_ev_vs_l0.png")
     ap.add_argument("--json", default="runs/sae_kinds_compare.json")
@@ -126,20 +136,36 @@ def main() -> None:
 
     acts = harvest(args)
     n_eval = args.eval_windows * (args.context - 1)
-    train, held = acts[: len(acts) - n_eval], jnp.asarray(acts[len(acts) - n_eval:])
+    train, held = acts[: len(acts) - n_eval], jnp.asarray(acts[len(acts) - n_eval :])
     print(f"{len(train)} training / {len(held)} held-out activations; {args.steps} steps x {args.batch}")
-    step = sae.StepConfig(lr=args.lr, total_steps=args.steps, warmup_steps=args.steps // 25, decay_start=0.8,
-                          k_aux=held.shape[1] // 2, dead_batches=max(1, 200_000 // args.batch),
-                          l0_warmup_steps=args.steps // 10, jumprelu_bandwidth=args.bandwidth)
+    step = sae.StepConfig(
+        lr=args.lr,
+        total_steps=args.steps,
+        warmup_steps=args.steps // 25,
+        decay_start=0.8,
+        k_aux=held.shape[1] // 2,
+        dead_batches=max(1, 200_000 // args.batch),
+        l0_warmup_steps=args.steps // 10,
+        jumprelu_bandwidth=args.bandwidth,
+    )
     models, rows = {}, []
     for name, cfg in configs(args, held.shape[1]).items():
         t0 = time.perf_counter()
         lam = float(name.split("=")[1]) if cfg.kind == "jumprelu" else 0.0
-        models[name], _ = sae.fit(cfg, batches(train, args.batch, seed=0), sae.StepConfig(**dict(step.__dict__, l0_coef=lam)),
-                                  jumprelu_init_threshold=args.jumprelu_init_threshold)
+        models[name], _ = sae.fit(
+            cfg,
+            batches(train, args.batch, seed=0),
+            sae.StepConfig(**dict(step.__dict__, l0_coef=lam)),
+            jumprelu_init_threshold=args.jumprelu_init_threshold,
+        )
         ev, l0 = ev_l0(models[name], held)
-        row = {"kind": name, "encoder_mflop": sae.encoder_flops(cfg) / 1e6, "ev": ev, "l0": l0,
-               "seconds": time.perf_counter() - t0}
+        row = {
+            "kind": name,
+            "encoder_mflop": sae.encoder_flops(cfg) / 1e6,
+            "ev": ev,
+            "l0": l0,
+            "seconds": time.perf_counter() - t0,
+        }
         rows.append(row)
         print(json.dumps(row))
     if args.ce_windows:
@@ -147,7 +173,7 @@ def main() -> None:
 
         model, windows = load(args)
         for row in rows:
-            r = evaluate_sae(model, models[row["kind"]], windows[len(windows) - args.ce_windows:], batch=8)
+            r = evaluate_sae(model, models[row["kind"]], windows[len(windows) - args.ce_windows :], batch=8)
             row["loss_recovered"] = r["loss_recovered"]
     curves = nested_curves(models, held, args.k)
     report(rows, curves, args)
@@ -162,8 +188,10 @@ def report(rows, curves, args) -> None:
     print("| SAE | encoder MFLOP/token | EV | L0 |" + (" loss recovered |" if args.ce_windows else ""))
     print("| --- | --- | --- | --- |" + (" --- |" if args.ce_windows else ""))
     for r in rows:
-        print(f"| {r['kind']} | {r['encoder_mflop']:.2f} | {r['ev']:.3f} | {r['l0']:.1f} |"
-              + (f" {r['loss_recovered']:.3f} |" if args.ce_windows else ""))
+        print(
+            f"| {r['kind']} | {r['encoder_mflop']:.2f} | {r['ev']:.3f} | {r['l0']:.1f} |"
+            + (f" {r['loss_recovered']:.3f} |" if args.ce_windows else "")
+        )
     for name, c in curves.items():
         print(f"{name}: " + ", ".join(f"L0 {l0:.1f} EV {ev:.3f}" for l0, ev in c))
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -174,7 +202,9 @@ def report(rows, curves, args) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("L0 (active latents per token, held out)")
     ax.set_ylabel("explained variance (held out)")
-    ax.set_title(f"SmolLM2-135M-Instruct L{args.layer} resid_post, d_sae={args.d_sae}, {args.steps}x{args.batch}", fontsize=9)
+    ax.set_title(
+        f"SmolLM2-135M-Instruct L{args.layer} resid_post, d_sae={args.d_sae}, {args.steps}x{args.batch}", fontsize=9
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsteer
-from jaxsteer.sae import feature_acts
 from jaxsteer.sae.run import load_sae
 from jaxsteer.train.data import arithmetic_problems
 from jaxsteer.train.rewards import correctness_reward
@@ -30,8 +29,15 @@ from jaxsteer.train.rewards import correctness_reward
 
 def rollouts(model, tok, problems, samples, steer, max_new_tokens):
     interventions = [steer] if steer is not None else []
-    out = jaxsteer.generate(model, [p.prompt for p in problems], tokenizer=tok, max_new_tokens=max_new_tokens,
-                            samples_per_prompt=samples, seed=0, interventions=interventions)
+    out = jaxsteer.generate(
+        model,
+        [p.prompt for p in problems],
+        tokenizer=tok,
+        max_new_tokens=max_new_tokens,
+        samples_per_prompt=samples,
+        seed=0,
+        interventions=interventions,
+    )
     refs = [p.answer for p in problems for _ in range(samples)]
     prompts = [p.prompt for p in problems for _ in range(samples)]
     correct = np.array([correctness_reward(p, t, r) > 0 for p, t, r in zip(prompts, out.texts, refs)])
@@ -49,13 +55,22 @@ def completion_features(model, sae, out, steer, batch=8):
 
     @jax.jit
     def feats(t, m, c):
-        _, trace = jaxsteer.forward(model, t, attention_mask=m, interventions=interventions,
-                                    record=(sae.config.site,), return_logits=False)
+        _, trace = jaxsteer.forward(
+            model, t, attention_mask=m, interventions=interventions, record=(sae.config.site,), return_logits=False
+        )
         z = jaxsteer.sae.encode(sae, trace[sae.config.site][sae.config.layer])
         return jnp.sum(z * c[..., None], axis=1) / jnp.maximum(jnp.sum(c, axis=1, keepdims=True), 1)
 
-    rows = [np.asarray(feats(jnp.asarray(toks[i:i + batch]), jnp.asarray(mask[i:i + batch].astype(np.int32)),
-                             jnp.asarray(comp[i:i + batch]))) for i in range(0, len(toks), batch)]
+    rows = [
+        np.asarray(
+            feats(
+                jnp.asarray(toks[i : i + batch]),
+                jnp.asarray(mask[i : i + batch].astype(np.int32)),
+                jnp.asarray(comp[i : i + batch]),
+            )
+        )
+        for i in range(0, len(toks), batch)
+    ]
     return np.concatenate(rows)
 
 
@@ -65,8 +80,15 @@ def compare(f: np.ndarray, correct: np.ndarray, top: int) -> dict:
     pooled = np.sqrt((a.var(0, ddof=1) * (len(a) - 1) + b.var(0, ddof=1) * (len(b) - 1)) / max(len(a) + len(b) - 2, 1))
     d = np.where(pooled > 0, diff / np.maximum(pooled, 1e-12), 0.0)
     order = np.argsort(-d)
-    pick = lambda idx: [{"feature": int(i), "cohens_d": float(d[i]), "mean_correct": float(a[:, i].mean()),
-                         "mean_incorrect": float(b[:, i].mean())} for i in idx]
+    pick = lambda idx: [
+        {
+            "feature": int(i),
+            "cohens_d": float(d[i]),
+            "mean_correct": float(a[:, i].mean()),
+            "mean_incorrect": float(b[:, i].mean()),
+        }
+        for i in idx
+    ]
     return {"more_in_correct": pick(order[:top]), "more_in_incorrect": pick(order[::-1][:top])}
 
 
@@ -100,8 +122,10 @@ def main() -> None:
     for side in ("more_in_correct", "more_in_incorrect"):
         print(side)
         for row in res[side][:8]:
-            print(f"  #{row['feature']:>5} d={row['cohens_d']:+.2f} correct {row['mean_correct']:.3f} "
-                  f"incorrect {row['mean_incorrect']:.3f}  e.g. {row['top_completions'][0]!r}")
+            print(
+                f"  #{row['feature']:>5} d={row['cohens_d']:+.2f} correct {row['mean_correct']:.3f} "
+                f"incorrect {row['mean_incorrect']:.3f}  e.g. {row['top_completions'][0]!r}"
+            )
     print(f"wrote {args.out}")
 
 

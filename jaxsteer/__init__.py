@@ -1,9 +1,9 @@
 """jaxsteer: pure-functional JAX ports of Hugging Face decoders with the residual stream as data.
 
-    model, tokenizer = jaxsteer.load("smollm2-135m-instruct")
-    logits, trace = jaxsteer.forward(model, tokens, record=("resid_post",))
-    out = jaxsteer.generate(model, ["What is 2+3?"], tokenizer=tokenizer,
-                            interventions=[jaxsteer.Steer(vectors)])
+model, tokenizer = jaxsteer.load("smollm2-135m-instruct")
+logits, trace = jaxsteer.forward(model, tokens, record=("resid_post",))
+out = jaxsteer.generate(model, ["What is 2+3?"], tokenizer=tokenizer,
+                        interventions=[jaxsteer.Steer(vectors)])
 """
 
 from .errors import InputError, JaxsteerError, NotFoundError
@@ -46,5 +46,6 @@ def load_run(directory: str, **kwargs):
     from .train import load_run as load_trained_run
 
     return load_trained_run(directory, **kwargs)
+
 
 __version__ = "0.1.0"

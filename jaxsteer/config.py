@@ -28,7 +28,8 @@ import math
 import types
 import typing
 import warnings
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import yaml
 
@@ -83,7 +84,7 @@ def resolve_key(cls: type, key: str) -> list[str]:
             if is_section(tp):
                 raise ConfigError(f"config key {key!r} is a section; set one of its fields ({key}.FIELD=value)")
         elif not is_section(tp):
-            raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
         node = tp
     return parts
 
@@ -242,7 +243,7 @@ def renamed_key(cls: type, key: str) -> str | None:
         return table[key]
     for old, new in table.items():
         if old.endswith(".*") and key.startswith(old[:-1]):
-            return new[:-1] + key[len(old) - 1:]
+            return new[:-1] + key[len(old) - 1 :]
     return None
 
 
@@ -262,8 +263,9 @@ def migrate(cls: type, data: dict, *, warn: bool = True, source: str = "") -> di
             if flat[key] is None:
                 continue
         if warn:
-            warnings.warn(f"{source}config key {key!r} is now {new!r}; write {new}", ConfigDeprecationWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"{source}config key {key!r} is now {new!r}; write {new}", ConfigDeprecationWarning, stacklevel=3
+            )
         out[new] = flat[key]
     data = unflatten(out)
     hook = getattr(cls, "migrate", None)
@@ -285,8 +287,9 @@ def apply_overrides(cls: type, data: dict, overrides: Sequence[str], *, warn: bo
         new = renamed_key(cls, key)
         if new is not None:
             if warn:
-                warnings.warn(f"override {key!r} is now {new!r}; write {new}={text}", ConfigDeprecationWarning,
-                              stacklevel=3)
+                warnings.warn(
+                    f"override {key!r} is now {new!r}; write {new}={text}", ConfigDeprecationWarning, stacklevel=3
+                )
             key = new
         *parents, last = resolve_key(cls, key)
         node = data
@@ -398,8 +401,7 @@ def unused_fields(cfg: Any, algorithm: str, prefix: str = "") -> list[str]:
         if readers is not None and algorithm not in readers:
             default = field_default(cls, f.name)
             if is_section(type(value)):
-                out += [f"{name}.{k}" for k, v in flatten(plain(value)).items()
-                        if flatten(plain(default)).get(k) != v]
+                out += [f"{name}.{k}" for k, v in flatten(plain(value)).items() if flatten(plain(default)).get(k) != v]
             elif value != default:
                 out.append(name)
         elif is_section(type(value)):

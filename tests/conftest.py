@@ -28,8 +28,18 @@ if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
 TINY_CONFIG = ModelConfig(
-    architecture="LlamaForCausalLM", vocab_size=53, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
-    head_dim=8, d_mlp=40, norm_eps=1e-6, rope_full=RopeConfig(theta=10000.0), eos_token_ids=(1,), pad_token_id=0,
+    architecture="LlamaForCausalLM",
+    vocab_size=53,
+    d_model=32,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=8,
+    d_mlp=40,
+    norm_eps=1e-6,
+    rope_full=RopeConfig(theta=10000.0),
+    eos_token_ids=(1,),
+    pad_token_id=0,
 )
 
 
@@ -61,10 +71,17 @@ def real_model():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "multiprocess: starts local multi-process JAX runs (jax.distributed, gloo); "
-                                       "deselect with -m 'not multiprocess'")
+    config.addinivalue_line(
+        "markers",
+        "multiprocess: starts local multi-process JAX runs (jax.distributed, gloo); "
+        "deselect with -m 'not multiprocess'",
+    )
 
 
 def pytest_addoption(parser):
-    parser.addoption("--docs-slow", action="store_true", default=False,
-                     help="tests/integration/test_docs.py: also run doc blocks marked <!-- docs-test: slow --> (shortened)")
+    parser.addoption(
+        "--docs-slow",
+        action="store_true",
+        default=False,
+        help="tests/integration/test_docs.py: also run doc blocks marked <!-- docs-test: slow --> (shortened)",
+    )

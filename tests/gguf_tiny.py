@@ -6,8 +6,8 @@ RMSNorm weights are stored as `1 + w`; the tokenizer is written as `tokenizer.gg
 
 from __future__ import annotations
 
-import numpy as np
 import gguf
+import numpy as np
 
 # llama.cpp tensor suffix (after "blk.{i}.") -> HF name suffix (after "model.layers.{i}.")
 LAYER_NAMES = {
@@ -79,8 +79,12 @@ def write_tokenizer_metadata(w: gguf.GGUFWriter, tok: dict) -> None:
         w.add_token_scores(tok["scores"])
     if "merges" in tok:
         w.add_token_merges(tok["merges"])
-    for key, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id),
-                     ("pad", w.add_pad_token_id)):
+    for key, add in (
+        ("bos", w.add_bos_token_id),
+        ("eos", w.add_eos_token_id),
+        ("unk", w.add_unk_token_id),
+        ("pad", w.add_pad_token_id),
+    ):
         if tok.get(key) is not None:
             add(tok[key])
     if "add_bos" in tok:

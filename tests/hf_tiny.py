@@ -141,7 +141,7 @@ def hf_greedy(hf, prompt: list[int], max_new_tokens: int, eos_token_id=None) -> 
             eos_token_id=eos,
             pad_token_id=pad,
         )
-    gen = out[0, len(prompt):].tolist()
+    gen = out[0, len(prompt) :].tolist()
     if eos is not None:  # HF pads a finished row of a batch; with one row it just stops
         eos_set = {eos} if isinstance(eos, int) else set(eos)
         for i, t in enumerate(gen):
@@ -158,7 +158,7 @@ def random_tokens(rng: np.random.RandomState, batch: int, length: int, low: int 
 def left_padding_mask(lengths: list[int], total: int) -> np.ndarray:
     mask = np.zeros((len(lengths), total), np.int32)
     for i, n in enumerate(lengths):
-        mask[i, total - n:] = 1
+        mask[i, total - n :] = 1
     return mask
 
 

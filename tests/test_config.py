@@ -22,29 +22,68 @@ from jaxsteer.train.config import TrainConfig
 
 # every renamed training key, old spelling -> today's
 OLD_TRAIN = {
-    "algorithm": {"name": "grpo", "advantage": "grpo", "group_size": 4, "prompts_per_step": 6, "micro_batches": 2,
-                  "log_kl": True},
+    "algorithm": {
+        "name": "grpo",
+        "advantage": "grpo",
+        "group_size": 4,
+        "prompts_per_step": 6,
+        "micro_batches": 2,
+        "log_kl": True,
+    },
     "loss": {"clip_eps_low": 0.2, "clip_eps_high": 0.28, "kl_coef": 0.01},
-    "lr": 0.02, "warmup_frac": 0.1, "schedule": "cosine", "weight_decay": 0.01, "b1": 0.8, "b2": 0.99,
-    "adam_eps": 1e-6, "grad_clip": 1.0,
+    "lr": 0.02,
+    "warmup_frac": 0.1,
+    "schedule": "cosine",
+    "weight_decay": 0.01,
+    "b1": 0.8,
+    "b2": 0.99,
+    "adam_eps": 1e-6,
+    "grad_clip": 1.0,
 }
 NEW_TRAIN = {
-    "algorithm": "grpo", "prompts_per_step": 6,
-    "rl": {"advantage": "grpo", "group_size": 4, "log_kl": True,
-           "loss": {"clip_eps_low": 0.2, "clip_eps_high": 0.28, "kl_coef": 0.01}},
-    "optimizer": {"lr": 0.02, "warmup_frac": 0.1, "schedule": "cosine", "weight_decay": 0.01, "b1": 0.8, "b2": 0.99,
-                  "eps": 1e-6, "grad_clip": 1.0, "micro_batches": 2},
+    "algorithm": "grpo",
+    "prompts_per_step": 6,
+    "rl": {
+        "advantage": "grpo",
+        "group_size": 4,
+        "log_kl": True,
+        "loss": {"clip_eps_low": 0.2, "clip_eps_high": 0.28, "kl_coef": 0.01},
+    },
+    "optimizer": {
+        "lr": 0.02,
+        "warmup_frac": 0.1,
+        "schedule": "cosine",
+        "weight_decay": 0.01,
+        "b1": 0.8,
+        "b2": 0.99,
+        "eps": 1e-6,
+        "grad_clip": 1.0,
+        "micro_batches": 2,
+    },
 }
-OLD_SAE = {"model": "some-model", "model_dtype": "bf16", "out_dir": "runs/x", "save_every": 7, "keep": 3,
-           "train": {"steps": 11, "lr": 0.001, "warmup_steps": 2, "decay_start": 0.5, "grad_clip": 1.0, "batch_size": 64}}
-NEW_SAE = {"model": {"spec": "some-model", "dtype": "bfloat16"}, "output_dir": "runs/x", "steps": 11,
-           "checkpoint": {"every": 7, "keep": 3},
-           "optimizer": {"lr": 0.001, "warmup_steps": 2, "decay_start": 0.5, "grad_clip": 1.0},
-           "train": {"batch_size": 64}}
+OLD_SAE = {
+    "model": "some-model",
+    "model_dtype": "bf16",
+    "out_dir": "runs/x",
+    "save_every": 7,
+    "keep": 3,
+    "train": {"steps": 11, "lr": 0.001, "warmup_steps": 2, "decay_start": 0.5, "grad_clip": 1.0, "batch_size": 64},
+}
+NEW_SAE = {
+    "model": {"spec": "some-model", "dtype": "bfloat16"},
+    "output_dir": "runs/x",
+    "steps": 11,
+    "checkpoint": {"every": 7, "keep": 3},
+    "optimizer": {"lr": 0.001, "warmup_steps": 2, "decay_start": 0.5, "grad_clip": 1.0},
+    "train": {"batch_size": 64},
+}
 
 
-@pytest.mark.parametrize("cls, old, new, n_renamed", [(TrainConfig, OLD_TRAIN, NEW_TRAIN, 17),
-                                                      (SAERunConfig, OLD_SAE, NEW_SAE, 10)], ids=["train", "sae"])
+@pytest.mark.parametrize(
+    "cls, old, new, n_renamed",
+    [(TrainConfig, OLD_TRAIN, NEW_TRAIN, 17), (SAERunConfig, OLD_SAE, NEW_SAE, 10)],
+    ids=["train", "sae"],
+)
 def test_old_keys_load_as_the_new_ones_with_one_warning_each(cls, old, new, n_renamed):
     with pytest.warns(ConfigDeprecationWarning) as caught:
         migrated = config_from_dict(cls, old)
@@ -87,15 +126,18 @@ def test_old_sft_configs_drop_their_group_size_of_one():
     assert cfg.algorithm == "sft" and cfg.rl == TrainConfig().rl and cfg.group_size == 1
 
 
-@pytest.mark.parametrize("data, needle", [
-    ({"algorithm": "es", "rl": {"group_size": 4}}, r"rl.group_size: not used by evolution strategies"),
-    ({"algorithm": "es", "optimizer": {"lr": 0.1}}, r"optimizer.lr: not used by evolution strategies"),
-    ({"algorithm": "essa", "model": {"remat": True}}, r"model.remat: not used by evolution strategies"),
-    ({"algorithm": "grpo", "es": {"population": 4}}, r"es.population: not used by the RL learner"),
-    ({"algorithm": "grpo", "optimizer": {"value_lr": 0.1}}, r"optimizer.value_lr: not used by the RL learner"),
-    ({"algorithm": "grpo", "rl": {"gamma": 0.9}}, r"rl.gamma: not used by the RL learner"),
-    ({"algorithm": "sft", "rl": {"loss": {"kl_coef": 0.1}}}, r"rl.loss.kl_coef: not used by the SFT learner"),
-])
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"algorithm": "es", "rl": {"group_size": 4}}, r"rl.group_size: not used by evolution strategies"),
+        ({"algorithm": "es", "optimizer": {"lr": 0.1}}, r"optimizer.lr: not used by evolution strategies"),
+        ({"algorithm": "essa", "model": {"remat": True}}, r"model.remat: not used by evolution strategies"),
+        ({"algorithm": "grpo", "es": {"population": 4}}, r"es.population: not used by the RL learner"),
+        ({"algorithm": "grpo", "optimizer": {"value_lr": 0.1}}, r"optimizer.value_lr: not used by the RL learner"),
+        ({"algorithm": "grpo", "rl": {"gamma": 0.9}}, r"rl.gamma: not used by the RL learner"),
+        ({"algorithm": "sft", "rl": {"loss": {"kl_coef": 0.1}}}, r"rl.loss.kl_coef: not used by the SFT learner"),
+    ],
+)
 def test_a_field_the_learner_does_not_read_is_named(data, needle):
     with pytest.raises(ConfigError, match=needle):
         config_from_dict(TrainConfig, data)
@@ -115,7 +157,9 @@ def test_config_diff_migrates_fills_defaults_and_allows_prefixes():
     assert config_diff(TrainConfig, saved, now) == ["steps: 3 -> 9"]
     changed = config_from_dict(TrainConfig, {"optimizer": {"lr": 0.02}, "rl": {"group_size": 4}})
     assert config_diff(TrainConfig, saved, changed, allowed=("steps",)) == [
-        "optimizer.lr: 0.01 -> 0.02", "rl.group_size: 8 -> 4"]
+        "optimizer.lr: 0.01 -> 0.02",
+        "rl.group_size: 8 -> 4",
+    ]
 
 
 @pytest.mark.parametrize("cls, data", [(TrainConfig, NEW_TRAIN), (SAERunConfig, NEW_SAE)], ids=["train", "sae"])

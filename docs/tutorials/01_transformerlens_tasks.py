@@ -37,7 +37,7 @@ model  # Model(LlamaForCausalLM, 30 layers, d_model=576, ...)
 # %%
 tokens = jaxsteer.to_tokens(tok, "The capital of France is")
 logits, cache = jaxsteer.run_with_cache(model, tokens)
-stack, labels = A.accumulated_resid(cache)                        # [L + 1, B, T, d]
+stack, labels = A.accumulated_resid(cache)  # [L + 1, B, T, d]
 lens = A.logit_lens(model, stack[:, 0, -1], tokenizer=tok, k=3, labels=labels)
 print(lens.table(probs=True))
 assert np.allclose(cache["blocks.10.hook_resid_post"], cache["resid_post", 10])
@@ -48,10 +48,14 @@ assert np.allclose(cache["blocks.10.hook_resid_post"], cache["resid_post", 10])
 # A contrastive vector (mean activation difference of two prompt sets), added at layer 10 only.
 
 # %%
-v = contrast_vector(model, tok, ["I love this!", "What a joyful day."], ["I hate this.", "What a gloomy day."], chat=False)
+v = contrast_vector(
+    model, tok, ["I love this!", "What a joyful day."], ["I hate this.", "What a gloomy day."], chat=False
+)
 steer = jaxsteer.Steer(1.5 * v[10], layers=(10,))
 for name, ivs in (("base", []), ("steered", [steer])):
-    out = jaxsteer.generate(model, ["Tell me about your day."], tokenizer=tok, interventions=ivs, max_new_tokens=20, greedy=True)
+    out = jaxsteer.generate(
+        model, ["Tell me about your day."], tokenizer=tok, interventions=ivs, max_new_tokens=20, greedy=True
+    )
     print(f"{name}: {out.texts[0]!r}")
 
 # %% [markdown]
@@ -89,8 +93,12 @@ print(probe, "\nsteering vector:", probe.directions.shape)
 # %% docs-test: slow
 from jaxsteer.train import load_config, train
 
-train(load_config("experiments/smollm2_arithmetic_steering.yaml",
-                  ["steps=2", "output_dir=runs/tutorial", "eval.before=false", "eval.after=false"]))
+train(
+    load_config(
+        "experiments/smollm2_arithmetic_steering.yaml",
+        ["steps=2", "output_dir=runs/tutorial", "eval.before=false", "eval.after=false"],
+    )
+)
 
 # %% docs-test: slow
 run = jaxsteer.load_run("runs/tutorial")

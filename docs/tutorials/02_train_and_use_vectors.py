@@ -26,7 +26,7 @@ from jaxsteer.train import load_config, train
 
 # %% docs-test: slow; sub: "steps=20" => "steps=2", "eval.n=16"
 cfg = load_config("experiments/smollm2_arithmetic_steering.yaml", ["steps=20", "output_dir=runs/tutorial_vectors"])
-result = train(cfg)                       # prints the held-out accuracy before / after and the exported files
+result = train(cfg)  # prints the held-out accuracy before / after and the exported files
 result.eval_after and result.eval_after["greedy_acc"]
 
 # %% [markdown]
@@ -36,7 +36,7 @@ result.eval_after and result.eval_after["greedy_acc"]
 
 # %% docs-test: slow
 run = jaxsteer.load_run("runs/tutorial_vectors")
-model, tok, vectors = run.model, run.tokenizer, run.vectors          # vectors: [L, d]
+model, tok, vectors = run.model, run.tokenizer, run.vectors  # vectors: [L, d]
 print(run)
 print(tok.decode(run.encode("What is 17 + 25?")))
 out = run.generate(["What is 17 + 25?", "What is 48 + 36?"], greedy=True)
@@ -50,8 +50,14 @@ print(out.texts)
 print(A.vector_lens(model, vectors, tokenizer=tok, k=5).table())
 prompt = [run.encode("What is 17 + 25?")]
 for scale in (0.0, 1.0, 2.0):
-    steered = jaxsteer.generate(model, prompt, tokenizer=tok, interventions=[jaxsteer.Steer(vectors, scale=scale)],
-                                max_new_tokens=12, greedy=True)
+    steered = jaxsteer.generate(
+        model,
+        prompt,
+        tokenizer=tok,
+        interventions=[jaxsteer.Steer(vectors, scale=scale)],
+        max_new_tokens=12,
+        greedy=True,
+    )
     print(scale, repr(steered.texts[0]))
 
 # %% [markdown]
@@ -64,12 +70,14 @@ import jax
 import jax.numpy as jnp
 
 tokens = jnp.asarray(prompt)
-answer = int(run.generate(["What is 17 + 25?"], greedy=True, max_new_tokens=1).tokens[0, 0])   # steered first token
+answer = int(run.generate(["What is 17 + 25?"], greedy=True, max_new_tokens=1).tokens[0, 0])  # steered first token
 L = model.config.n_layers
 
-def logprob_with(mask):                   # mask [L]: which layers keep their vector
+
+def logprob_with(mask):  # mask [L]: which layers keep their vector
     logits, _ = jaxsteer.forward(model, tokens, interventions=[jaxsteer.Steer(vectors, mask=mask)])
     return jax.nn.log_softmax(logits[0, -1])[answer]
+
 
 per_layer = jax.lax.map(logprob_with, jnp.eye(L))
 print(f"log p({tok.decode([answer])!r}) with only layer l steered:", np.round(np.asarray(per_layer), 2))

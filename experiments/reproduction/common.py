@@ -83,7 +83,7 @@ class CpuStamper:
         with open(self.path) as f:
             lines = [ln for ln in f.read().splitlines() if ln.strip()]
         now_w, now_c = time.perf_counter() - self.t0_wall, time.process_time() - self.t0_cpu
-        for ln in lines[self._seen:]:
+        for ln in lines[self._seen :]:
             try:
                 rec = json.loads(ln)
             except json.JSONDecodeError:
@@ -95,7 +95,7 @@ class CpuStamper:
         while not self._stop.wait(0.2):
             self._poll()
 
-    def __enter__(self) -> "CpuStamper":
+    def __enter__(self) -> CpuStamper:
         self._thread.start()
         return self
 
@@ -181,8 +181,13 @@ class Context:
         w0, c0, git0 = time.perf_counter(), time.process_time(), git_state()
         with CpuStamper(out / "metrics.jsonl") as stamper:
             train(cfg, model=model, tokenizer=tokenizer)
-        timing = {"key": key, "wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
-                  "stamps": stamper.stamps if stamp else None, "git": git0}
+        timing = {
+            "key": key,
+            "wall_s": time.perf_counter() - w0,
+            "cpu_s": time.process_time() - c0,
+            "stamps": stamper.stamps if stamp else None,
+            "git": git0,
+        }
         timing_path.write_text(json.dumps(timing, indent=1))
         (out / "repro_training.pid").unlink(missing_ok=True)
         self.log(f"{name}: done in {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU")

@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
-
 import common
+import numpy as np
 
 TITLE = "Decodability vs causality (arXiv 2510.09794): the answer's units digit in 2-digit addition"
 
-TEMPLATE = ("<|im_start|>user\nWhat is {a} + {b}? Answer with just the number.<|im_end|>\n"
-            "<|im_start|>assistant\n{a} + {b} = {t}")
+TEMPLATE = (
+    "<|im_start|>user\nWhat is {a} + {b}? Answer with just the number.<|im_end|>\n"
+    "<|im_start|>assistant\n{a} + {b} = {t}"
+)
 N_PROBE, N_PAIRS = 480, 24  # probe problems, patching pairs (full scale)
 SITE = "resid_post"
 # thresholds that name a layer "decodable but inert" / "causal but weakly decodable" (stated in the report)
@@ -54,8 +55,11 @@ def corrupt_b(a: int, b: int, rng: random.Random) -> int:
     """Another b with a different units digit and the same carry into the tens (so the same tens
     digit of a + b and a different units digit); None when there is none (e.g. 1 + 9)."""
     carry = (a % 10 + b % 10) >= 10
-    options = [b - b % 10 + u for u in range(10)
-               if u != b % 10 and ((a % 10 + u) >= 10) == carry and 10 <= b - b % 10 + u <= 89]
+    options = [
+        b - b % 10 + u
+        for u in range(10)
+        if u != b % 10 and ((a % 10 + u) >= 10) == carry and 10 <= b - b % 10 + u <= 89
+    ]
     return rng.choice(options) if options else None
 
 
@@ -76,8 +80,12 @@ def group_positions(tok, clean: np.ndarray, corrupt: np.ndarray) -> dict[str, in
     eq = tok(" =", add_special_tokens=False)["input_ids"]
     eq_pos = [i for i in range(clean.shape[1]) if clean[0, i] == eq[-1]]
     p_prompt, p_echo = diff[0]
-    return {"b units (prompt)": int(p_prompt), "b units (echo)": int(p_echo), "=": int(eq_pos[-1]),
-            "last": int(clean.shape[1] - 1)}
+    return {
+        "b units (prompt)": int(p_prompt),
+        "b units (echo)": int(p_echo),
+        "=": int(eq_pos[-1]),
+        "last": int(clean.shape[1] - 1),
+    }
 
 
 def digit_ids(tok) -> list[int]:
@@ -95,7 +103,9 @@ def patch_pairs(tok, n: int, seed: int):
             clean_p.append((a, b))
             corrupt_p.append((a, c))
     dig = digit_ids(tok)
-    answers = np.asarray([[dig[(a + b) % 10], dig[(a + c) % 10]] for (a, b), (_, c) in zip(clean_p, corrupt_p)], np.int32)
+    answers = np.asarray(
+        [[dig[(a + b) % 10], dig[(a + c) % 10]] for (a, b), (_, c) in zip(clean_p, corrupt_p)], np.int32
+    )
     return encode(tok, clean_p), encode(tok, corrupt_p), answers, clean_p
 
 
@@ -119,8 +129,10 @@ def divergence(groups: list[str], probe: np.ndarray, patch: np.ndarray) -> dict:
         out[g] = {
             "decodable_but_inert": [l for l in range(len(pr)) if pr[l] >= DECODABLE and pa[l] <= INERT],
             "causal_but_weakly_decodable": [l for l in range(len(pr)) if pa[l] >= CAUSAL and pr[l] <= WEAK],
-            "probe_peak_layer": int(np.argmax(pr)), "probe_peak": float(np.max(pr)),
-            "patch_peak_layer": int(np.nanargmax(pa)), "patch_peak": float(np.nanmax(pa)),
+            "probe_peak_layer": int(np.argmax(pr)),
+            "probe_peak": float(np.max(pr)),
+            "patch_peak_layer": int(np.nanargmax(pa)),
+            "patch_peak": float(np.nanmax(pa)),
             "first_decodable_layer": decodable[0] if decodable else None,
             "first_causal_layer": causal[0] if causal else None,
             "last_causal_layer": causal[-1] if causal else None,
@@ -165,26 +177,41 @@ def run(ctx: common.Context) -> dict:
     ctx.log(f"decodability: harvesting {SITE} for {n_probe} problems at groups {groups}")
     acts = A.harvest(model, encode(tok, probe_p), site=SITE, groups=groups)
     probes = A.train_probes(acts.values, labels, groups=acts.groups, seed=ctx.seed)
-    control = A.train_probes(acts.values, np.asarray([b % 10 for _, b in probe_p], np.int32), groups=acts.groups,
-                             seed=ctx.seed)  # what the operand token holds: b's own units digit
+    control = A.train_probes(
+        acts.values, np.asarray([b % 10 for _, b in probe_p], np.int32), groups=acts.groups, seed=ctx.seed
+    )  # what the operand token holds: b's own units digit
     t1 = time.perf_counter()
     ctx.log(f"decodability: probes done in {t1 - t0:.0f} s; patching {n_pairs} pairs")
-    patch = A.activation_patching(model, clean, corrupt, site=SITE, answers=answers, tokenizer=tok,
-                                  positions={g: [p] for g, p in groups.items()})
+    patch = A.activation_patching(
+        model, clean, corrupt, site=SITE, answers=answers, tokenizer=tok, positions={g: [p] for g, p in groups.items()}
+    )
     t2 = time.perf_counter()
     rep = A.decodability_vs_causality(probes, patch)
-    figure = curves_figure(ctx, rep, np.atleast_2d(control.scores),
-                           f"units digit of a + b: probe accuracy (N={n_probe}) vs patching effect ({n_pairs} pairs), {SITE}")
+    figure = curves_figure(
+        ctx,
+        rep,
+        np.atleast_2d(control.scores),
+        f"units digit of a + b: probe accuracy (N={n_probe}) vs patching effect ({n_pairs} pairs), {SITE}",
+    )
     return {
-        "n_probe": n_probe, "n_pairs": n_pairs, "site": SITE, "groups": groups, "layers": list(rep.layers),
-        "probe": rep.probe.tolist(), "probe_train": np.atleast_2d(probes.train_scores).tolist(),
-        "patching": rep.patching.tolist(), "chance": float(rep.chance),
+        "n_probe": n_probe,
+        "n_pairs": n_pairs,
+        "site": SITE,
+        "groups": groups,
+        "layers": list(rep.layers),
+        "probe": rep.probe.tolist(),
+        "probe_train": np.atleast_2d(probes.train_scores).tolist(),
+        "patching": rep.patching.tolist(),
+        "chance": float(rep.chance),
         "control_probe_b_units": np.atleast_2d(control.scores).tolist(),
-        "clean_metric": float(patch.clean_metric), "corrupt_metric": float(patch.corrupt_metric),
+        "clean_metric": float(patch.clean_metric),
+        "corrupt_metric": float(patch.corrupt_metric),
         "units_accuracy_clean_pairs": units_accuracy(model, clean, clean_p, digit_ids(tok)),
         "divergence": divergence(list(rep.groups), rep.probe, rep.patching),
         "thresholds": {"decodable": DECODABLE, "inert": INERT, "causal": CAUSAL, "weak": WEAK},
-        "probe_s": t1 - t0, "patching_s": t2 - t1, "figure": figure,
+        "probe_s": t1 - t0,
+        "patching_s": t2 - t1,
+        "figure": figure,
         "example": tok.decode(clean[0]),
     }
 
@@ -219,33 +246,49 @@ def verdicts(result: dict) -> list[str]:
         d = div[g]
         i = groups.index(g)
         mid, late = bool(d["causal_but_weakly_decodable"]), bool(d["decodable_but_inert"])
-        text = (f"- `{g}` (object token): probe at most {d['probe_peak']:.2f} (layer {d['probe_peak_layer']}), patching "
-                f"at most {d['patch_peak']:.2f}; causal but weakly decodable at layers "
-                f"{_layers(d['causal_but_weakly_decodable'])}, decodable but inert at layers {_layers(d['decodable_but_inert'])}. ")
+        text = (
+            f"- `{g}` (object token): probe at most {d['probe_peak']:.2f} (layer {d['probe_peak_layer']}), patching "
+            f"at most {d['patch_peak']:.2f}; causal but weakly decodable at layers "
+            f"{_layers(d['causal_but_weakly_decodable'])}, decodable but inert at layers {_layers(d['decodable_but_inert'])}. "
+        )
         if d["patch_peak"] < 2 * INERT:
             text += "Inert at every layer: the model does not read this copy of the operand. "
-        text += ("Both halves of the paper's object-token pattern appear." if mid and late else
-                 "Only the late half of the paper's pattern (decodable but inert) appears." if late else
-                 "Only the early half of the paper's pattern (causal while weakly decodable) appears." if mid else
-                 "Neither half of the paper's pattern appears.")
+        text += (
+            "Both halves of the paper's object-token pattern appear."
+            if mid and late
+            else "Only the late half of the paper's pattern (decodable but inert) appears."
+            if late
+            else "Only the early half of the paper's pattern (causal while weakly decodable) appears."
+            if mid
+            else "Neither half of the paper's pattern appears."
+        )
         ctrl = result.get("control_probe_b_units")
         if ctrl:
             inert = [l for l, (c, p) in enumerate(zip(ctrl[i], result["patching"][i])) if c >= DECODABLE and p <= INERT]
-            text += (f" Control: b's own units digit (what this token carries) is decodable here at "
-                     f"{min(ctrl[i]):.2f}-{max(ctrl[i]):.2f}; taking it as the concept, the token is decodable but "
-                     f"inert at layers {_layers(inert)}.")
+            text += (
+                f" Control: b's own units digit (what this token carries) is decodable here at "
+                f"{min(ctrl[i]):.2f}-{max(ctrl[i]):.2f}; taking it as the concept, the token is decodable but "
+                f"inert at layers {_layers(inert)}."
+            )
         out.append(text)
     d = div["last"]
     fd, fc = d["first_decodable_layer"], d["first_causal_layer"]
-    rel = ("before it becomes causal, as the paper's CLS token" if fd is not None and fc is not None and fd < fc else
-           "only when or after it becomes causal, unlike the paper's CLS token (decodable in the middle, causal late)")
-    out.append(f"- `last` (readout token): first decodable (probe >= {DECODABLE}) at layer {fd}, first causal "
-               f"(patching >= {CAUSAL}) at layer {fc}: decodable {rel}.")
+    rel = (
+        "before it becomes causal, as the paper's CLS token"
+        if fd is not None and fc is not None and fd < fc
+        else "only when or after it becomes causal, unlike the paper's CLS token (decodable in the middle, causal late)"
+    )
+    out.append(
+        f"- `last` (readout token): first decodable (probe >= {DECODABLE}) at layer {fd}, first causal "
+        f"(patching >= {CAUSAL}) at layer {fc}: decodable {rel}."
+    )
     echo, last = result["patching"][groups.index("b units (echo)")], result["patching"][groups.index("last")]
     off, on = crossing(echo, CAUSAL, upward=False), crossing(last, CAUSAL, upward=True)
     if off is not None and on is not None:
-        out.append(f"- Hand-off: the echoed operand stops being causal at layer {off} and the last position becomes "
-                   f"causal at layer {on}: the information moves from one to the other there.")
+        out.append(
+            f"- Hand-off: the echoed operand stops being causal at layer {off} and the last position becomes "
+            f"causal at layer {on}: the information moves from one to the other there."
+        )
     return out
 
 
@@ -259,30 +302,42 @@ def why(result: dict) -> str:
     operand_readable = bool(ctrl) and min(ctrl[groups.index("b units (echo)")]) >= DECODABLE
     parts = []
     if never_computed:
-        parts.append("The answer's digit is never linearly decodable at the operand tokens (their probes stay below "
-                     f"{WEAK})" + (", while the operand's own digit is at every layer" if operand_readable else "")
-                     + ": the sum is not computed there but at the readout position after attention moves the "
-                     "operand over. In a causal decoder nothing requires the sum at the operand token; in the "
-                     "paper's ViT, bidirectional attention lets object tokens accumulate the global count in late "
-                     "layers, which (we think) is what makes them decodable while inert. So the late half of the "
-                     "paper's object-token pattern has no analogue for the answer's digit; the early half (causal "
-                     "while weakly decodable) does.")
+        parts.append(
+            "The answer's digit is never linearly decodable at the operand tokens (their probes stay below "
+            f"{WEAK})"
+            + (", while the operand's own digit is at every layer" if operand_readable else "")
+            + ": the sum is not computed there but at the readout position after attention moves the "
+            "operand over. In a causal decoder nothing requires the sum at the operand token; in the "
+            "paper's ViT, bidirectional attention lets object tokens accumulate the global count in late "
+            "layers, which (we think) is what makes them decodable while inert. So the late half of the "
+            "paper's object-token pattern has no analogue for the answer's digit; the early half (causal "
+            "while weakly decodable) does."
+        )
     if ctrl:
         i = groups.index("b units (echo)")
         inert = [l for l, (c, p) in enumerate(zip(ctrl[i], result["patching"][i])) if c >= DECODABLE and p <= INERT]
         if inert:
-            parts.append(f"For the operand's own digit (the control) the late half does appear: it stays decodable at "
-                         f"the echoed operand at layers {_layers(inert)}, after attention has read it and the token "
-                         "stops mattering.")
+            parts.append(
+                f"For the operand's own digit (the control) the late half does appear: it stays decodable at "
+                f"the echoed operand at layers {_layers(inert)}, after attention has read it and the token "
+                "stops mattering."
+            )
     d = div["last"]
-    if d["first_decodable_layer"] is not None and d["first_causal_layer"] is not None \
-            and d["first_decodable_layer"] >= d["first_causal_layer"]:
-        parts.append("At the readout token the order is reversed relative to CLS: once the operand tokens hand the "
-                     "information over, nothing else carries it, so the last position is causal as soon as it holds "
-                     "it, and a linear probe reads the digit only a few layers later, once it is written in a "
-                     "readable direction.")
-    parts.append(f"Probes trained on {result['n_probe'] - round(0.25 * result['n_probe'])} problems and patching on "
-                 f"{result['n_pairs']} pairs are small samples; the probe curves carry a few points of split noise.")
+    if (
+        d["first_decodable_layer"] is not None
+        and d["first_causal_layer"] is not None
+        and d["first_decodable_layer"] >= d["first_causal_layer"]
+    ):
+        parts.append(
+            "At the readout token the order is reversed relative to CLS: once the operand tokens hand the "
+            "information over, nothing else carries it, so the last position is causal as soon as it holds "
+            "it, and a linear probe reads the digit only a few layers later, once it is written in a "
+            "readable direction."
+        )
+    parts.append(
+        f"Probes trained on {result['n_probe'] - round(0.25 * result['n_probe'])} problems and patching on "
+        f"{result['n_pairs']} pairs are small samples; the probe curves carry a few points of split noise."
+    )
     return " ".join(parts)
 
 
@@ -299,15 +354,21 @@ def section(result: dict) -> str:
         f"clean {result['clean_metric']:.2f}, corrupted {result['corrupt_metric']:.2f}; the model's top digit is the right "
         f"units digit on {100 * result['units_accuracy_clean_pairs']:.0f}% of the clean rows. Probes took "
         f"{result['probe_s']:.0f} s, patching {result['patching_s']:.0f} s.",
-        "", f"![decodability vs causality]({result['figure']})", "",
+        "",
+        f"![decodability vs causality]({result['figure']})",
+        "",
         "| layer | " + " | ".join(f"{g} probe | {g} patch" for g in groups) + " |",
         "|---:|" + "---:|---:|" * len(groups),
     ]
     for j, l in enumerate(layers):
         cells = " | ".join(f"{result['probe'][i][j]:.2f} | {result['patching'][i][j]:.2f}" for i in range(len(groups)))
         lines.append(f"| {l} | {cells} |")
-    lines += ["", f"Thresholds: decodable = probe >= {th['decodable']}, inert = patching <= {th['inert']}, causal = "
-              f"patching >= {th['causal']}, weakly decodable = probe <= {th['weak']}.", ""]
+    lines += [
+        "",
+        f"Thresholds: decodable = probe >= {th['decodable']}, inert = patching <= {th['inert']}, causal = "
+        f"patching >= {th['causal']}, weakly decodable = probe <= {th['weak']}.",
+        "",
+    ]
     lines += verdicts(result)
     lines += ["", "Where and why this differs from the paper: " + why(result)]
     return "\n".join(lines)

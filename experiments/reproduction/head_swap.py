@@ -11,9 +11,8 @@ extraction (the prompts do not ask for a boxed answer).
 
 from __future__ import annotations
 
-import numpy as np
-
 import common
+import numpy as np
 
 TITLE = "Penultimate-layer head swap (path patching at generation time)"
 
@@ -21,8 +20,14 @@ LAYER = 28
 # At the demo's lr (1e-2) a lone vector at layer 28 stays near norm 1 and inert after 12-20 steps
 # (16.3% -> 17.5%, every head-swap condition equal, a first run of this part): a single 576-number
 # vector needs larger steps than 30 of them trained together, so this one uses lr 5e-2.
-VECTOR_OVERRIDES = [f"trainable.layers=[{LAYER}]", "optimizer.lr=0.05", "steps=20", "eval.n=100", "eval.before=false",
-                    "checkpoint.every=0"]
+VECTOR_OVERRIDES = [
+    f"trainable.layers=[{LAYER}]",
+    "optimizer.lr=0.05",
+    "steps=20",
+    "eval.n=100",
+    "eval.before=false",
+    "checkpoint.every=0",
+]
 N_PROBLEMS = 80  # 30 run-batches of 80 rows: ~10 CPU-minutes here
 
 
@@ -43,18 +48,33 @@ def run(ctx: common.Context) -> dict:
     prompts = [encode(p) for p in problems]
     score = lambda completion, answer: correctness_reward("", completion, answer) > 0
     ctx.log(f"head swap on {len(prompts)} problems, vector norm {np.linalg.norm(vector):.2f}")
-    res = head_swap_study(model, vector, prompts, [p.answer for p in problems], score, tokenizer=tokenizer,
-                          layer=LAYER, max_new_tokens=cfg.sampling.max_new_tokens, batch_size=N_PROBLEMS,
-                          head_routes=("both",),
-                          heads=None if not ctx.quick else (0, 1))
+    res = head_swap_study(
+        model,
+        vector,
+        prompts,
+        [p.answer for p in problems],
+        score,
+        tokenizer=tokenizer,
+        layer=LAYER,
+        max_new_tokens=cfg.sampling.max_new_tokens,
+        batch_size=N_PROBLEMS,
+        head_routes=("both",),
+        heads=None if not ctx.quick else (0, 1),
+    )
     acc = res.accuracy()
     n = res.correct.shape[1]
-    return {"layer": LAYER, "n": n, "vector_norm": float(np.linalg.norm(vector)), "heads": list(res.heads),
-            "routes": list(res.routes), "accuracy": acc,
-            "head_routes": list(res.head_routes),
-            "per_head": {r: [float(x) for x in res.per_head(r)] for r in res.head_routes},
-            "vector_run": {"eval_after": common.acc(summary.get("eval_after"))},
-            "figure": ctx.save_fig(_figure(res), "head_swap_accuracy")}
+    return {
+        "layer": LAYER,
+        "n": n,
+        "vector_norm": float(np.linalg.norm(vector)),
+        "heads": list(res.heads),
+        "routes": list(res.routes),
+        "accuracy": acc,
+        "head_routes": list(res.head_routes),
+        "per_head": {r: [float(x) for x in res.per_head(r)] for r in res.head_routes},
+        "vector_run": {"eval_after": common.acc(summary.get("eval_after"))},
+        "figure": ctx.save_fig(_figure(res), "head_swap_accuracy"),
+    }
 
 
 def _figure(res):
@@ -73,13 +93,17 @@ def section(result: dict) -> str:
     def ci(a: float) -> str:
         lo, hi = wilson_interval(round(a * n), n)
         return common.pct({"acc": a, "lo": lo, "hi": hi})
+
     lines = [
         f"Vector: one RL steering vector trained alone at layer {result['layer']} (lr 5e-2, 20 steps; held-out "
         f"accuracy of its run {common.pct(result['vector_run']['eval_after'])}; norm "
         f"{result['vector_norm']:.2f}); moved to the input of layer {result['layer'] + 1}. Greedy accuracy on "
-        f"{n} held-out problems (95% Wilson intervals), lenient extraction.", "",
-        f"![head swap]({result['figure']})", "",
-        "| condition | accuracy |", "|---|---|",
+        f"{n} held-out problems (95% Wilson intervals), lenient extraction.",
+        "",
+        f"![head swap]({result['figure']})",
+        "",
+        "| condition | accuracy |",
+        "|---|---|",
     ]
     for name in ("unsteered", "steered", "skip attention", "skip layer"):
         lines.append(f"| {name} | {ci(acc[name])} |")
@@ -88,8 +112,10 @@ def section(result: dict) -> str:
     for route in result["head_routes"]:
         effects = result["per_head"][route]
         best = int(np.argmax(np.abs(effects)))
-        lines.append(f"| one head, routed to {route}: largest change (head {result['heads'][best]}) | "
-                     f"{100 * effects[best]:+.1f} points vs skip attention |")
+        lines.append(
+            f"| one head, routed to {route}: largest change (head {result['heads'][best]}) | "
+            f"{100 * effects[best]:+.1f} points vs skip attention |"
+        )
     gap = acc["steered"] - acc["skip attention"]
     lines += ["", _reading(acc, gap, result)]
     return "\n".join(lines)
@@ -99,15 +125,21 @@ def _reading(acc: dict, gap: float, result: dict) -> str:
     """What the numbers say, next to the paper's finding (attention barely matters; the effect
     goes through the MLP and the unembedding)."""
     through_attention = f"{100 * gap:+.1f} points"
-    text = (f"Letting the final layer's attention see the vector (steered vs skip attention) changes accuracy by "
-            f"{through_attention}; skipping the whole final layer (the vector reaches only the unembedding) gives "
-            f"{100 * acc['skip layer']:.1f}% against {100 * acc['steered']:.1f}% steered. ")
+    text = (
+        f"Letting the final layer's attention see the vector (steered vs skip attention) changes accuracy by "
+        f"{through_attention}; skipping the whole final layer (the vector reaches only the unembedding) gives "
+        f"{100 * acc['skip layer']:.1f}% against {100 * acc['steered']:.1f}% steered. "
+    )
     if abs(gap) <= 0.05:
-        text += ("As in the paper, the vector's effect does not go through the final layer's attention: swapping "
-                 "heads in moves accuracy within a few points.")
+        text += (
+            "As in the paper, the vector's effect does not go through the final layer's attention: swapping "
+            "heads in moves accuracy within a few points."
+        )
     else:
-        text += ("Unlike the paper's finding for Qwen2.5-Math, the final layer's attention carries a visible part "
-                 "of the effect here; the per-head rows show which heads carry it and by which route. A 135M model "
-                 "with 9 heads and a vector trained for a few hundred rollouts is a much smaller setting than the "
-                 "paper's, so this is a difference of scale we report rather than tune away.")
+        text += (
+            "Unlike the paper's finding for Qwen2.5-Math, the final layer's attention carries a visible part "
+            "of the effect here; the per-head rows show which heads carry it and by which route. A 135M model "
+            "with 9 heads and a vector trained for a few hundred rollouts is a much smaller setting than the "
+            "paper's, so this is a difference of scale we report rather than tune away."
+        )
     return text

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 import common
+import numpy as np
 
 TITLE = "Per-layer curve: one steering vector trained at a single layer"
 
@@ -25,22 +24,41 @@ def run(ctx: common.Context) -> dict:
     layers = ctx.scale(LAYERS, [LAYERS[-2], LAYERS[-1]])
     points, base = [], None
     for i, layer in enumerate(layers):
-        overrides = [f"trainable.layers=[{layer}]", f"steps={STEPS}", f"eval.n={EVAL_N}",
-                     f"eval.before={'true' if i == 0 else 'false'}", "checkpoint.every=0"]
+        overrides = [
+            f"trainable.layers=[{layer}]",
+            f"steps={STEPS}",
+            f"eval.n={EVAL_N}",
+            f"eval.before={'true' if i == 0 else 'false'}",
+            "checkpoint.every=0",
+        ]
         s = ctx.train_or_load(f"per_layer_{layer:02d}", common.STEERING_CONFIG, overrides)
         if s is None:  # --collect-only and the run did not finish
             continue
         base = base or common.acc(s.get("eval_before"))
         vec = np.load(ctx.runs_dir / f"per_layer_{layer:02d}" / "steering_vectors.npy")[layer]
-        points.append({"layer": layer, "lenient": common.acc(s.get("eval_after")),
-                       "strict": common.acc(s.get("eval_after"), "strict"), "norm": float(np.linalg.norm(vec)),
-                       "wall_s": s.get("wall_s"), "cpu_s": s.get("cpu_s"), "rollouts": s.get("rollouts")})
+        points.append(
+            {
+                "layer": layer,
+                "lenient": common.acc(s.get("eval_after")),
+                "strict": common.acc(s.get("eval_after"), "strict"),
+                "norm": float(np.linalg.norm(vec)),
+                "wall_s": s.get("wall_s"),
+                "cpu_s": s.get("cpu_s"),
+                "rollouts": s.get("rollouts"),
+            }
+        )
     all_layers = None  # table1's all-layer run (20 steps, n = 200) when it has finished: a reference line
     summary = ctx.runs_dir / common.STEERING_RUN / "summary.json"
     if summary.exists():
         all_layers = common.acc(json.loads(summary.read_text()).get("eval_after"))
-    return {"points": points, "base": base, "steps": STEPS, "eval_n": EVAL_N, "all_layers": all_layers,
-            "figure": figure(ctx, points, base, all_layers)}
+    return {
+        "points": points,
+        "base": base,
+        "steps": STEPS,
+        "eval_n": EVAL_N,
+        "all_layers": all_layers,
+        "figure": figure(ctx, points, base, all_layers),
+    }
 
 
 def figure(ctx: common.Context, points: list[dict], base: dict | None, all_layers: dict | None = None) -> str:
@@ -73,25 +91,37 @@ def section(result: dict) -> str:
         f"Layers {', '.join(str(p['layer']) for p in pts)} (every 5th of 30, to fit the budget; the others "
         f"were not run). Each vector alone, {result['steps']} RL steps x 32 rollouts, lr 1e-2, zeros at the "
         f"start; held-out n = {result['eval_n']} (95% Wilson intervals). Base model: {common.pct(base)}.",
-        "", f"![per-layer accuracy]({result['figure']})", "",
-        "| layer | lenient acc. | strict acc. | vector norm | run wall s | run CPU s |", "|---:|---|---|---:|---:|---:|",
+        "",
+        f"![per-layer accuracy]({result['figure']})",
+        "",
+        "| layer | lenient acc. | strict acc. | vector norm | run wall s | run CPU s |",
+        "|---:|---|---|---:|---:|---:|",
     ]
     for p in pts:
-        lines.append(f"| {p['layer']} | {common.pct(p['lenient'])} | {common.pct(p['strict'])} | {p['norm']:.2f} "
-                     f"| {p['wall_s'] or 0:.0f} | {p['cpu_s'] or 0:.0f} |")
+        lines.append(
+            f"| {p['layer']} | {common.pct(p['lenient'])} | {common.pct(p['strict'])} | {p['norm']:.2f} "
+            f"| {p['wall_s'] or 0:.0f} | {p['cpu_s'] or 0:.0f} |"
+        )
     best = max(pts, key=lambda p: p["lenient"]["acc"])
     late = [p for p in pts if p["layer"] >= 20]
     early = [p for p in pts if p["layer"] < 10]
     lines += ["", f"Best single layer: {best['layer']} ({common.pct(best['lenient'])})."]
     if base:
         above = [p["layer"] for p in pts if p["lenient"]["acc"] > base["acc"] and p["lenient"]["lo"] > base["hi"]]
-        lines.append(f"Layers whose interval lies wholly above the base model's: {', '.join(map(str, above)) or 'none'}.")
+        lines.append(
+            f"Layers whose interval lies wholly above the base model's: {', '.join(map(str, above)) or 'none'}."
+        )
     if result.get("all_layers"):
-        lines.append(f"For reference, all 30 vectors trained together for 20 steps (table1, n = 200): "
-                     f"{common.pct(result['all_layers'])}. A single vector gets 1/30 of the parameters and here half "
-                     "the steps; the best one is " + ("below the all-layer run's interval."
-                                                      if best["lenient"]["hi"] < result["all_layers"]["lo"]
-                                                      else "within reach of the all-layer run (intervals overlap)."))
+        lines.append(
+            f"For reference, all 30 vectors trained together for 20 steps (table1, n = 200): "
+            f"{common.pct(result['all_layers'])}. A single vector gets 1/30 of the parameters and here half "
+            "the steps; the best one is "
+            + (
+                "below the all-layer run's interval."
+                if best["lenient"]["hi"] < result["all_layers"]["lo"]
+                else "within reach of the all-layer run (intervals overlap)."
+            )
+        )
     if late and early:
         d = np.mean([p["lenient"]["acc"] for p in late]) - np.mean([p["lenient"]["acc"] for p in early])
         lines.append(
@@ -100,8 +130,11 @@ def section(result: dict) -> str:
             "on the last and penultimate layers (token substitution on the first generated token; an MLP / "
             "unembedding circuit); its per-layer accuracies are not in ../shared/METHODS.md, so only the shape is "
             "compared here, not numbers. "
-            + ("A late-layer vector alone moving accuracy as much as or more than an early one fits that story."
-               if d > 0 else
-               "Here the late layers are not better than the early ones; with 10 steps at lr 1e-2 a single "
-               "576-number vector is far from converged, and the n = 100 intervals are wide (about +-9 points)."))
+            + (
+                "A late-layer vector alone moving accuracy as much as or more than an early one fits that story."
+                if d > 0
+                else "Here the late layers are not better than the early ones; with 10 steps at lr 1e-2 a single "
+                "576-number vector is far from converged, and the n = 100 intervals are wide (about +-9 points)."
+            )
+        )
     return "\n".join(lines)

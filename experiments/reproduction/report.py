@@ -80,21 +80,36 @@ def part_section(name: str, result: dict) -> str:
     except Exception as err:  # noqa: BLE001 - a broken section must not lose the rest of the report
         title, body = name, f"(section could not be rendered: {type(err).__name__}: {err})"
     la, lb = result.get("loadavg_start", [0])[0], result.get("loadavg_end", [0])[0]
-    head = (f"## {title}\n\nCommand: `{result.get('command', '?')}`  \n"
-            f"Wall-clock {result['wall_s']:.0f} s ({result['wall_s'] / 60:.1f} min), CPU {result.get('cpu_s', 0):.0f} s; "
-            f"load average {la:.1f} at the start, {lb:.1f} at the end; finished {result.get('finished', '?')}"
-            + (" — **quick smoke-scale run, not a result**" if result.get("quick") else "") + "\n\n")
+    head = (
+        f"## {title}\n\nCommand: `{result.get('command', '?')}`  \n"
+        f"Wall-clock {result['wall_s']:.0f} s ({result['wall_s'] / 60:.1f} min), CPU {result.get('cpu_s', 0):.0f} s; "
+        f"load average {la:.1f} at the start, {lb:.1f} at the end; finished {result.get('finished', '?')}"
+        + (" — **quick smoke-scale run, not a result**" if result.get("quick") else "")
+        + "\n\n"
+    )
     g = result.get("git")
     if g:
-        head += ((f"Assembled (--collect-only) at commit `{g.get('commit')}` from runs made earlier"
-                  if result.get("collect_only") else f"Code at commit `{g.get('commit')}`") + (
-            "; library files with other sessions' uncommitted edits in the shared tree when the part started: "
-            + ", ".join(f"`{f}`" for f in g["dirty_library_files"]) if g.get("dirty_library_files") else "") + ".\n\n")
+        head += (
+            (
+                f"Assembled (--collect-only) at commit `{g.get('commit')}` from runs made earlier"
+                if result.get("collect_only")
+                else f"Code at commit `{g.get('commit')}`"
+            )
+            + (
+                "; library files with other sessions' uncommitted edits in the shared tree when the part started: "
+                + ", ".join(f"`{f}`" for f in g["dirty_library_files"])
+                if g.get("dirty_library_files")
+                else ""
+            )
+            + ".\n\n"
+        )
     if result.get("training_runs"):
         made = [u for u in result["training_runs"] if not u.get("missing")]
-        head += (f"Training runs used: {len(made)}, {sum(u['reused'] for u in made)} of them reused from an earlier "
-                 f"invocation; made in {result.get('runs_wall_s', 0):.0f} s wall ({result.get('runs_wall_s', 0) / 60:.1f} min), "
-                 f"{result.get('runs_cpu_s', 0):.0f} s CPU (evaluations included).")
+        head += (
+            f"Training runs used: {len(made)}, {sum(u['reused'] for u in made)} of them reused from an earlier "
+            f"invocation; made in {result.get('runs_wall_s', 0):.0f} s wall ({result.get('runs_wall_s', 0) / 60:.1f} min), "
+            f"{result.get('runs_cpu_s', 0):.0f} s CPU (evaluations included)."
+        )
         if result.get("missing_runs"):
             head += " **Not finished in time, left out:** " + ", ".join(f"`{m}`" for m in result["missing_runs"]) + "."
         head += "\n\n"
@@ -107,13 +122,25 @@ def write_report(out_dir: Path, md_path: Path) -> Path:
     mach = common.machine()
     total_wall, total_cpu = regeneration_time(results)
     loads = [r[k][0] for r in results.values() for k in ("loadavg_start", "loadavg_end") if r.get(k)]
-    text = INTRO.format(seed=common.SEED, cpu=mach["cpu"], cores=mach["cores"], total_wall=total_wall,
-                        total_min=total_wall / 60, total_cpu=total_cpu, cpu_half=total_cpu / 120, cpu_min=total_cpu / 60,
-                        load_lo=min(loads, default=0), load_hi=max(loads, default=0))
+    text = INTRO.format(
+        seed=common.SEED,
+        cpu=mach["cpu"],
+        cores=mach["cores"],
+        total_wall=total_wall,
+        total_min=total_wall / 60,
+        total_cpu=total_cpu,
+        cpu_half=total_cpu / 120,
+        cpu_min=total_cpu / 60,
+        load_lo=min(loads, default=0),
+        load_hi=max(loads, default=0),
+    )
     missing = [p for p in common.PARTS if p not in results]
     if missing:
-        text += "- **Not run yet**: " + ", ".join(f"`{p}`" for p in missing) + \
-            " (run them with `run.py --parts ...`; a part whose module does not exist is skipped).\n"
+        text += (
+            "- **Not run yet**: "
+            + ", ".join(f"`{p}`" for p in missing)
+            + " (run them with `run.py --parts ...`; a part whose module does not exist is skipped).\n"
+        )
     for name, result in results.items():
         text += "\n" + part_section(name, result)
     md_path.write_text(text)

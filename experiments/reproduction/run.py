@@ -56,11 +56,19 @@ def run_part(ctx: common.Context, name: str) -> dict | None:
     result = module.run(ctx)
     made = [u for u in ctx.used if not u.get("missing")]
     result.update(
-        training_runs=ctx.used, runs_wall_s=sum(u["wall_s"] for u in made), runs_cpu_s=sum(u["cpu_s"] for u in made),
-        missing_runs=[u["name"] for u in ctx.used if u.get("missing")], collect_only=ctx.collect_only,
-        wall_s=time.perf_counter() - w0, cpu_s=time.process_time() - c0, command=command_of(name, ctx.quick),
-        quick=ctx.quick, finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        loadavg_start=load0, loadavg_end=common.machine()["loadavg"], git=git0,
+        training_runs=ctx.used,
+        runs_wall_s=sum(u["wall_s"] for u in made),
+        runs_cpu_s=sum(u["cpu_s"] for u in made),
+        missing_runs=[u["name"] for u in ctx.used if u.get("missing")],
+        collect_only=ctx.collect_only,
+        wall_s=time.perf_counter() - w0,
+        cpu_s=time.process_time() - c0,
+        command=command_of(name, ctx.quick),
+        quick=ctx.quick,
+        finished=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        loadavg_start=load0,
+        loadavg_end=common.machine()["loadavg"],
+        git=git0,
     )
     (ctx.out_dir / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
     ctx.log(f"{name}: done in {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU")
@@ -74,8 +82,11 @@ def main(argv=None) -> int:
     p.add_argument("--list", action="store_true", help="list the parts and whether their modules exist")
     p.add_argument("--quick", action="store_true", help="smoke scale (few steps, n=20), into runs/reproduction_quick/")
     p.add_argument("--report-only", action="store_true", help="only assemble the markdown from the JSON present")
-    p.add_argument("--collect-only", action="store_true",
-                   help="train nothing: build each part from the runs that finished (others are listed as missing)")
+    p.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="train nothing: build each part from the runs that finished (others are listed as missing)",
+    )
     args = p.parse_args(argv)
     if args.list:
         for name in common.PARTS:

@@ -10,9 +10,8 @@ The threshold is fixed in advance (THRESHOLD), not read off the curves.
 
 from __future__ import annotations
 
-import numpy as np
-
 import common
+import numpy as np
 
 TITLE = "Time to a fixed accuracy: GRPO, DAPO, Dr. GRPO, DASH, RAPID"
 
@@ -26,15 +25,26 @@ EVAL = ["eval.n=64", "eval.batch_size=64", "eval.every=2", "checkpoint.every=0",
 STEER = common.STEERING_CONFIG
 ALGOS = [  # (label, config, overrides); the papers' efficiency claims (DASH, RAPID) first
     ("GRPO", STEER, ["rl.advantage=grpo"]),
-    ("DASH", STEER, ["rl.advantage=grpo", "rl.dash=true", "rl.loss.dash_tau=0.1",
-                     "optimizer.micro_batches=4"]),
-    ("RAPID", STEER, ["rl.advantage=rapid", "prompts_per_step=16", "rl.updates_per_batch=4",
-                      "rl.loss.importance_cap=2.0", f"steps={STEPS // 4}", "eval.every=1"]),
+    ("DASH", STEER, ["rl.advantage=grpo", "rl.dash=true", "rl.loss.dash_tau=0.1", "optimizer.micro_batches=4"]),
+    (
+        "RAPID",
+        STEER,
+        [
+            "rl.advantage=rapid",
+            "prompts_per_step=16",
+            "rl.updates_per_batch=4",
+            "rl.loss.importance_cap=2.0",
+            f"steps={STEPS // 4}",
+            "eval.every=1",
+        ],
+    ),
     ("DAPO", common.cfg_path("smollm2_arithmetic_dapo.yaml"), []),
     ("Dr. GRPO", STEER, ["rl.advantage=mean", "rl.loss.aggregation=seq_sum_norm"]),
 ]
-PAPER_SAVING = {"DASH": "83% less training time than GRPO at equal accuracy (arXiv 2505.17218)",
-                "RAPID": "11-34% less runtime than on-policy training (arXiv 2510.03515)"}
+PAPER_SAVING = {
+    "DASH": "83% less training time than GRPO at equal accuracy (arXiv 2505.17218)",
+    "RAPID": "11-34% less runtime than on-policy training (arXiv 2510.03515)",
+}
 
 
 def curve(summary: dict, records: list[dict]) -> list[dict]:
@@ -58,8 +68,15 @@ def curve(summary: dict, records: list[dict]) -> list[dict]:
         if r["kind"] == "eval" and ("greedy_acc_lenient" in r or "base_greedy_acc_lenient" in r):
             k = r["step"]
             a = r.get("greedy_acc_lenient", r.get("base_greedy_acc_lenient"))
-            pts.append({"step": k, "rollouts": done.get(k, 0.0), "cpu_s": train_cpu.get(k, 0.0), "wall_s": wall.get(k, 0.0),
-                        "acc": float(a)})
+            pts.append(
+                {
+                    "step": k,
+                    "rollouts": done.get(k, 0.0),
+                    "cpu_s": train_cpu.get(k, 0.0),
+                    "wall_s": wall.get(k, 0.0),
+                    "acc": float(a),
+                }
+            )
     return sorted(pts, key=lambda p: p["step"])
 
 
@@ -73,8 +90,11 @@ def step_costs(summary: dict, records: list[dict]) -> dict:
         last = s["cpu_s"]
     train = [r for r in records if r["kind"] == "train" and r["step"] > 1]
     mean = lambda k: float(np.mean([r.get(k) or 0.0 for r in train])) if train else None  # noqa: E731
-    return {"cpu_per_step": float(np.median(deltas)) if deltas else None, "rollout_s": mean("rollout_s"),
-            "update_s": mean("update_s")}
+    return {
+        "cpu_per_step": float(np.median(deltas)) if deltas else None,
+        "rollout_s": mean("rollout_s"),
+        "update_s": mean("update_s"),
+    }
 
 
 def updates_per_batch(ctx: common.Context, name: str) -> int:
@@ -102,20 +122,38 @@ def run(ctx: common.Context) -> dict:
         pts = curve(s, recs)
         train = [r for r in recs if r["kind"] == "train"]
         k = updates_per_batch(ctx, name)  # update_rows is logged per update
-        algos.append({"label": label, "run": name, "config": config, "overrides": overrides, "curve": pts,
-                      "hit": reached(pts), "hit2": reached(pts, THRESHOLD_2), "final": pts[-1]["acc"] if pts else None,
-                      "rollouts": pts[-1]["rollouts"] if pts else s["rollouts"],
-                      "update_rows": float(k * np.sum([r.get("update_rows") or 0 for r in train])), "updates_per_batch": k,
-                      **step_costs(s, recs), "completions_per_step": s["rollouts"] / max(s["steps"], 1),
-                      "train_cpu_s": pts[-1]["cpu_s"] if pts else None, "train_wall_s": pts[-1]["wall_s"] if pts else None})
+        algos.append(
+            {
+                "label": label,
+                "run": name,
+                "config": config,
+                "overrides": overrides,
+                "curve": pts,
+                "hit": reached(pts),
+                "hit2": reached(pts, THRESHOLD_2),
+                "final": pts[-1]["acc"] if pts else None,
+                "rollouts": pts[-1]["rollouts"] if pts else s["rollouts"],
+                "update_rows": float(k * np.sum([r.get("update_rows") or 0 for r in train])),
+                "updates_per_batch": k,
+                **step_costs(s, recs),
+                "completions_per_step": s["rollouts"] / max(s["steps"], 1),
+                "train_cpu_s": pts[-1]["cpu_s"] if pts else None,
+                "train_wall_s": pts[-1]["wall_s"] if pts else None,
+            }
+        )
     grpo = next((a for a in algos if a["label"] == "GRPO"), {"hit": None, "hit2": None})
     for a in algos:
         for hit, suffix in (("hit", ""), ("hit2", "_2")):
             for unit in ("cpu_s", "wall_s"):
                 ok = a[hit] and grpo[hit] and grpo[hit][unit] > 0
                 a[f"saving_{unit}{suffix}"] = 1 - a[hit][unit] / grpo[hit][unit] if ok else None
-    return {"threshold": THRESHOLD, "threshold_2": THRESHOLD_2, "algos": algos, "figure": figure(ctx, algos),
-            "paper": PAPER_SAVING}
+    return {
+        "threshold": THRESHOLD,
+        "threshold_2": THRESHOLD_2,
+        "algos": algos,
+        "figure": figure(ctx, algos),
+        "paper": PAPER_SAVING,
+    }
 
 
 def figure(ctx: common.Context, algos: list[dict]) -> str:
@@ -125,8 +163,9 @@ def figure(ctx: common.Context, algos: list[dict]) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for a in algos:
         for ax, unit in zip(axes, ("cpu_s", "rollouts")):
-            ax.plot([p[unit] for p in a["curve"]], [100 * p["acc"] for p in a["curve"]], marker="o", ms=3,
-                    label=a["label"])
+            ax.plot(
+                [p[unit] for p in a["curve"]], [100 * p["acc"] for p in a["curve"]], marker="o", ms=3, label=a["label"]
+            )
     for ax, xl in zip(axes, ("training CPU seconds (evaluations excluded)", "sampled completions")):
         ax.axhline(100 * THRESHOLD, color="gray", ls="--", lw=1)
         ax.axhline(100 * THRESHOLD_2, color="gray", ls=":", lw=1)
@@ -144,9 +183,11 @@ def _fmt(v, spec: str = ".0f", none: str = "not reached") -> str:
 
 def _threshold_table(result: dict, hit_key: str, suffix: str, thr: float) -> list[str]:
     """Markdown rows: when each algorithm first reached `thr` percent and what it saved vs GRPO."""
-    lines = [f"| algorithm | step at {thr:.0f}% | completions | training CPU s | training wall s | CPU saved vs GRPO "
-             "| wall saved vs GRPO | final acc. | total training CPU s | rows forward+backward |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| algorithm | step at {thr:.0f}% | completions | training CPU s | training wall s | CPU saved vs GRPO "
+        "| wall saved vs GRPO | final acc. | total training CPU s | rows forward+backward |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for a in result["algos"]:
         h = a.get(hit_key) or {}
         sc, sw = a.get(f"saving_cpu_s{suffix}"), a.get(f"saving_wall_s{suffix}")
@@ -154,7 +195,8 @@ def _threshold_table(result: dict, hit_key: str, suffix: str, thr: float) -> lis
             f"| {a['label']} | {_fmt(h.get('step'))} | {_fmt(h.get('rollouts'))} | {_fmt(h.get('cpu_s'))} "
             f"| {_fmt(h.get('wall_s'))} | {_fmt(None if sc is None else 100 * sc, '+.0f', '-')}% "
             f"| {_fmt(None if sw is None else 100 * sw, '+.0f', '-')}% | {100 * (a['final'] or 0):.0f}% "
-            f"| {_fmt(a['train_cpu_s'])} | {a['update_rows']:.0f} |")
+            f"| {_fmt(a['train_cpu_s'])} | {a['update_rows']:.0f} |"
+        )
     return lines
 
 
@@ -176,7 +218,8 @@ def _explain(by: dict) -> list[str]:
             f"DASH crossed the thresholds at steps {_steps(d)} (GRPO: {_steps(g)}); a lead in steps with one seed and "
             "n = 64 evaluations is within noise, and a lead at the same step comes from the first (compiling) "
             "steps, not from the filter. The paper's 83% comes from long reasoning completions on GPUs, where the "
-            "backward pass over thousands of tokens dominates and micro-batches are needed anyway.")
+            "backward pass over thousands of tokens dominates and micro-batches are needed anyway."
+        )
     if g and r and g.get("cpu_per_step") and r.get("cpu_per_step"):
         per32 = r["cpu_per_step"] * 32 / r.get("completions_per_step", 128)
         out.append(
@@ -185,14 +228,19 @@ def _explain(by: dict) -> list[str]:
             f"where sampling 32 rows is already one batched call; it ended at {100 * (r['final'] or 0):.0f}% vs "
             f"GRPO's {100 * (g['final'] or 0):.0f}% after the same completions, and its evaluations come every 128 "
             "completions, so it is first seen above a threshold later. The paper's 11-34% is for long generations, "
-            "where off-policy reuse amortises a large inference call.")
+            "where off-policy reuse amortises a large inference call."
+        )
     a = by.get("DAPO")
     if a and g:
-        out.append(f"- DAPO's dynamic sampling drew {a['rollouts']:.0f} completions in the {STEPS} steps (GRPO: "
-                   f"{g['rollouts']:.0f}): with rewards of +-1 and G = 8, many groups agree and are resampled, which "
-                   "costs sampling time; DAPO's paper claims stability and accuracy, not time.")
-    out.append("- Wall-clock columns are confounded by the machine's load (other sessions' jobs), which changed while "
-               "the runs went one after another; the CPU columns are this process's own time and the fairer comparison.")
+        out.append(
+            f"- DAPO's dynamic sampling drew {a['rollouts']:.0f} completions in the {STEPS} steps (GRPO: "
+            f"{g['rollouts']:.0f}): with rewards of +-1 and G = 8, many groups agree and are resampled, which "
+            "costs sampling time; DAPO's paper claims stability and accuracy, not time."
+        )
+    out.append(
+        "- Wall-clock columns are confounded by the machine's load (other sessions' jobs), which changed while "
+        "the runs went one after another; the CPU columns are this process's own time and the fairer comparison."
+    )
     return out
 
 
@@ -209,20 +257,33 @@ def section(result: dict) -> str:
         "DASH: GRPO with preemptive sampling of the whole batch and |A| <= 0.1 filtered before the update, "
         "4 micro-batches. RAPID: 16 prompts x 8 sampled at once, 4 off-policy updates with importance-weighted "
         "group advantages, weights clipped at 2.",
-        "", f"![accuracy vs time]({result['figure']})", "",
+        "",
+        f"![accuracy vs time]({result['figure']})",
+        "",
     ]
     lines += _threshold_table(result, "hit", "", thr)
     if result.get("threshold_2"):
-        lines += ["", f"Second threshold, {100 * result['threshold_2']:.0f}% (added after GRPO's run crossed "
-                  f"{thr:.0f}% at its first evaluation; read off GRPO's curve alone, see the module docstring):", ""]
+        lines += [
+            "",
+            f"Second threshold, {100 * result['threshold_2']:.0f}% (added after GRPO's run crossed "
+            f"{thr:.0f}% at its first evaluation; read off GRPO's curve alone, see the module docstring):",
+            "",
+        ]
         lines += _threshold_table(result, "hit2", "_2", 100 * result["threshold_2"])
-    lines += ["", "Per-step cost after the first (compiling) step: median CPU seconds of a step, mean wall seconds "
-              "of its sampling and of its update (wall-clock inflated by the machine's load; RAPID's step is 128 "
-              "completions and 4 updates, the others' 32 and 1).", "",
-              "| algorithm | CPU s / step | sampling wall s / step | update wall s / step |", "|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "Per-step cost after the first (compiling) step: median CPU seconds of a step, mean wall seconds "
+        "of its sampling and of its update (wall-clock inflated by the machine's load; RAPID's step is 128 "
+        "completions and 4 updates, the others' 32 and 1).",
+        "",
+        "| algorithm | CPU s / step | sampling wall s / step | update wall s / step |",
+        "|---|---:|---:|---:|",
+    ]
     for a in result["algos"]:
-        lines.append(f"| {a['label']} | {_fmt(a.get('cpu_per_step'), '.1f', '-')} | {_fmt(a.get('rollout_s'), '.1f', '-')} "
-                     f"| {_fmt(a.get('update_s'), '.1f', '-')} |")
+        lines.append(
+            f"| {a['label']} | {_fmt(a.get('cpu_per_step'), '.1f', '-')} | {_fmt(a.get('rollout_s'), '.1f', '-')} "
+            f"| {_fmt(a.get('update_s'), '.1f', '-')} |"
+        )
     by = {a["label"]: a for a in result["algos"]}
     lines += ["", "**Against the papers**", ""]
     for label, claim in result["paper"].items():
@@ -232,12 +293,17 @@ def section(result: dict) -> str:
         said = []
         for hit, suffix, t in (("hit", "", thr), ("hit2", "_2", 100 * result.get("threshold_2", 0))):
             sc = a.get(f"saving_cpu_s{suffix}")
-            said.append(f"{100 * sc:+.0f}% training CPU time to {t:.0f}% vs GRPO" if sc is not None else
-                        f"no saving at {t:.0f}% ({label if not a.get(hit) else 'GRPO'} did not reach it)")
+            said.append(
+                f"{100 * sc:+.0f}% training CPU time to {t:.0f}% vs GRPO"
+                if sc is not None
+                else f"no saving at {t:.0f}% ({label if not a.get(hit) else 'GRPO'} did not reach it)"
+            )
         cps, g = a.get("cpu_per_step"), by.get("GRPO", {}).get("cpu_per_step")
         if cps and g:  # per 32 sampled completions (RAPID's step samples 128 and updates 4 times)
-            said.append(f"{100 * (1 - cps * 32 / a.get('completions_per_step', 32) / g):+.0f}% CPU per 32 completions "
-                        "after the first step")
+            said.append(
+                f"{100 * (1 - cps * 32 / a.get('completions_per_step', 32) / g):+.0f}% CPU per 32 completions "
+                "after the first step"
+            )
         lines.append(f"- {label}: the paper reports {claim}. Here (+ = saved): " + "; ".join(said) + ".")
     lines += _explain(by)
     return "\n".join(lines)

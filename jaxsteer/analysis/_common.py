@@ -62,7 +62,9 @@ def single_token_ids(tokenizer: Any, answers: Sequence[Any]) -> list[int]:
         ids = tokenizer(a, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             pieces = [tokenizer.decode([i]) for i in ids]
-            raise InputError(f"answer {a!r} is {len(ids)} tokens {pieces}; give a single-token answer (e.g. with a leading space)")
+            raise InputError(
+                f"answer {a!r} is {len(ids)} tokens {pieces}; give a single-token answer (e.g. with a leading space)"
+            )
         out.append(int(ids[0]))
     return out
 

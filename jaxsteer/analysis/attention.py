@@ -37,8 +37,10 @@ class AttentionComparison(ResultDisplay):
         L, H = self.js.shape
         fig = new_figure(3 + 0.5 * H * 2, 1.5 + 0.22 * L)
         axes = fig.subplots(1, 2)
-        for ax, arr, name in ((axes[0], self.js, "JS divergence (bits), mean over queries"),
-                              (axes[1], self.max_abs, "max |p_a - p_b|")):
+        for ax, arr, name in (
+            (axes[0], self.js, "JS divergence (bits), mean over queries"),
+            (axes[1], self.max_abs, "max |p_a - p_b|"),
+        ):
             im = ax.imshow(arr, aspect="auto", cmap="magma", origin="lower", vmin=0)
             ax.set_xlabel("head")
             ax.set_ylabel("layer")
@@ -56,8 +58,9 @@ def _distances(pa: jax.Array, pb: jax.Array, valid: jax.Array):
     m = 0.5 * (pa + pb)
 
     def kl(p, q):  # sum_s p log2(p / q), with 0 log 0 = 0
-        return jnp.sum(jnp.where(p > 0, p * (jnp.log2(jnp.maximum(p, 1e-30)) - jnp.log2(jnp.maximum(q, 1e-30))), 0.0),
-                       axis=-1)
+        return jnp.sum(
+            jnp.where(p > 0, p * (jnp.log2(jnp.maximum(p, 1e-30)) - jnp.log2(jnp.maximum(q, 1e-30))), 0.0), axis=-1
+        )
 
     js = jnp.clip(0.5 * kl(pa, m) + 0.5 * kl(pb, m), 0.0, 1.0)  # [L, B, H, T]
     q_valid = valid[None, :, None, :]  # [1, B, 1, T]
@@ -117,8 +120,20 @@ def attention_change(
     """
     tokens = jnp.asarray(tokens)
     tokens_b = tokens if tokens_b is None else jnp.asarray(tokens_b)
-    _, ta = forward(model, tokens, attention_mask=attention_mask, interventions=interventions_a, record=("pattern",),
-                    return_logits=False)
-    _, tb = forward(model, tokens_b, attention_mask=attention_mask, interventions=interventions_b, record=("pattern",),
-                    return_logits=False)
+    _, ta = forward(
+        model,
+        tokens,
+        attention_mask=attention_mask,
+        interventions=interventions_a,
+        record=("pattern",),
+        return_logits=False,
+    )
+    _, tb = forward(
+        model,
+        tokens_b,
+        attention_mask=attention_mask,
+        interventions=interventions_b,
+        record=("pattern",),
+        return_logits=False,
+    )
     return compare_patterns(ta.pattern, tb.pattern, attention_mask)

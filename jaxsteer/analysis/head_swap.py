@@ -41,7 +41,9 @@ def _final_layer(model: Model, layer: int | None) -> int:
     L = model.config.n_layers
     layer = L - 2 if layer is None else int(layer)
     if not 0 <= layer < L - 1:
-        raise InputError(f"head swap: the vector's layer must be in [0, {L - 2}] (a later layer must read it), got {layer}")
+        raise InputError(
+            f"head swap: the vector's layer must be in [0, {L - 2}] (a later layer must read it), got {layer}"
+        )
     return layer + 1
 
 
@@ -63,13 +65,23 @@ def _check_site(site: str) -> None:
 def _placements(s: jnp.ndarray, final: int, scale: float) -> dict[str, Steer]:
     """The vector at the final layer's input ("steered"), after its attention ("skip attention")
     and at its output ("skip layer")."""
-    return {"steered": Steer(s, scale=scale, site="resid_post", layers=(final - 1,)),
-            "skip attention": Steer(s, scale=scale, site="resid_mid", layers=(final,)),
-            "skip layer": Steer(s, scale=scale, site="resid_post", layers=(final,))}
+    return {
+        "steered": Steer(s, scale=scale, site="resid_post", layers=(final - 1,)),
+        "skip attention": Steer(s, scale=scale, site="resid_mid", layers=(final,)),
+        "skip layer": Steer(s, scale=scale, site="resid_post", layers=(final,)),
+    }
 
 
-def head_swap_interventions(model: Model, vector: Any, head_mask: Any, *, layer: int | None = None,
-                            route: str = "both", site: str = "z", scale: float = 1.0) -> tuple[tuple, int]:
+def head_swap_interventions(
+    model: Model,
+    vector: Any,
+    head_mask: Any,
+    *,
+    layer: int | None = None,
+    route: str = "both",
+    site: str = "z",
+    scale: float = 1.0,
+) -> tuple[tuple, int]:
     """`(interventions, runs)` for one head-swap condition (see the module docstring): `vector` at
     `layer` (default the penultimate, L - 2), `head_mask` `[H]` weights of the heads of the next
     layer copied from the steered run into the patched one, `route` in `HEAD_SWAP_ROUTES`.
@@ -92,10 +104,13 @@ def head_swap_interventions(model: Model, vector: Any, head_mask: Any, *, layer:
     final = _final_layer(model, layer)
     place = _placements(_vector_at(model, vector, final - 1), final, scale)
     runs = 2 if route == "both" else 3
-    ivs = [OnRuns(place["skip attention"], runs=runs, selected=(0,) if runs == 2 else (0, 2)),
-           OnRuns(place["steered"], runs=runs, selected=(1,)),
-           CrossRunPatch(runs=runs, source=1, target=0, head_mask=jnp.asarray(head_mask, jnp.float32), site=site,
-                         layers=(final,))]
+    ivs = [
+        OnRuns(place["skip attention"], runs=runs, selected=(0,) if runs == 2 else (0, 2)),
+        OnRuns(place["steered"], runs=runs, selected=(1,)),
+        CrossRunPatch(
+            runs=runs, source=1, target=0, head_mask=jnp.asarray(head_mask, jnp.float32), site=site, layers=(final,)
+        ),
+    ]
     if route != "both":  # the path that keeps the unpatched attention output takes it from run 2
         keep = "attn_to_resid" if route == "mlp" else "attn_to_mlp"
         ivs.append(CrossRunPatch(runs=runs, source=2, target=0, site=keep, layers=(final,)))
@@ -146,8 +161,9 @@ class HeadSwapResult(ResultDisplay):
         """The accuracy per condition as a text table."""
         acc, n = self.accuracy(), self.correct.shape[1]
         width = max(len(c) for c in self.conditions)
-        return "\n".join([f"{'condition':<{width}}  accuracy (n={n})"]
-                         + [f"{c:<{width}}  {acc[c]:.3f}" for c in self.conditions])
+        return "\n".join(
+            [f"{'condition':<{width}}  accuracy (n={n})"] + [f"{c:<{width}}  {acc[c]:.3f}" for c in self.conditions]
+        )
 
     def draw(self, ax, title: str | None = None) -> None:
         """Bars of accuracy per swapped head and route, the reference conditions as lines."""
@@ -164,8 +180,9 @@ class HeadSwapResult(ResultDisplay):
         ax.set_xlabel(f"head of layer {self.layer + 1} swapped in ({self.site})")
         ax.set_ylabel("accuracy")
         ax.legend(fontsize=7, ncol=2)
-        ax.set_title(title or f"penultimate-layer vector (layer {self.layer}): heads swapped from the steered run",
-                     fontsize=9)
+        ax.set_title(
+            title or f"penultimate-layer vector (layer {self.layer}): heads swapped from the steered run", fontsize=9
+        )
 
     def plot(self, path: str, title: str | None = None) -> str:
         """`draw` into the PNG `path`; returns `path`."""
@@ -177,19 +194,35 @@ class HeadSwapResult(ResultDisplay):
 def _correct(model, prompts, answers, score, ivs, runs, batch_size, gen_kw) -> np.ndarray:
     out = []
     for i in range(0, len(prompts), batch_size):
-        gen = generate(model, prompts[i:i + batch_size], interventions=ivs, runs=runs, greedy=True, **gen_kw)
-        completions = gen.texts if gen.texts is not None else [
-            row[:n].tolist() for row, n in zip(gen.tokens, gen.lengths, strict=True)]
-        out += [bool(score(t, a)) for t, a in zip(completions, answers[i:i + batch_size], strict=True)]
+        gen = generate(model, prompts[i : i + batch_size], interventions=ivs, runs=runs, greedy=True, **gen_kw)
+        completions = (
+            gen.texts
+            if gen.texts is not None
+            else [row[:n].tolist() for row, n in zip(gen.tokens, gen.lengths, strict=True)]
+        )
+        out += [bool(score(t, a)) for t, a in zip(completions, answers[i : i + batch_size], strict=True)]
     return np.array(out)
 
 
-def head_swap_study(model: Model, vector: Any, prompts: Sequence, answers: Sequence,
-                    score: Callable[[Any, Any], Any], *, tokenizer: Any = None, layer: int | None = None,
-                    heads: Sequence[int] | None = None, routes: Sequence[str] = HEAD_SWAP_ROUTES,
-                    head_routes: Sequence[str] | None = None, site: str = "z",
-                    scale: float = 1.0, max_new_tokens: int = 16, batch_size: int = 64, chat: bool = True,
-                    progress: bool = True) -> HeadSwapResult:
+def head_swap_study(
+    model: Model,
+    vector: Any,
+    prompts: Sequence,
+    answers: Sequence,
+    score: Callable[[Any, Any], Any],
+    *,
+    tokenizer: Any = None,
+    layer: int | None = None,
+    heads: Sequence[int] | None = None,
+    routes: Sequence[str] = HEAD_SWAP_ROUTES,
+    head_routes: Sequence[str] | None = None,
+    site: str = "z",
+    scale: float = 1.0,
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+    chat: bool = True,
+    progress: bool = True,
+) -> HeadSwapResult:
     """Run every condition of the penultimate-layer study on `prompts` (strings or token-id
     lists) and score run 0's greedy completions with `score(completion, answer)` (truthy =
     correct; the completion is its text, or its token ids when `tokenizer` is None).
@@ -237,6 +270,8 @@ def head_swap_study(model: Model, vector: Any, prompts: Sequence, answers: Seque
             ivs, runs = head_swap_interventions(model, s, mask, layer=final - 1, route=route, site=site, scale=scale)
             jobs.append((f"{label} / {route}", ivs, runs))
     gen_kw = dict(tokenizer=tokenizer, max_new_tokens=max_new_tokens, chat=chat)
-    rows = [_correct(model, list(prompts), list(answers), score, ivs, runs, batch_size, gen_kw)
-            for _, ivs, runs in tqdm(jobs, desc="head swap", disable=not progress)]
+    rows = [
+        _correct(model, list(prompts), list(answers), score, ivs, runs, batch_size, gen_kw)
+        for _, ivs, runs in tqdm(jobs, desc="head swap", disable=not progress)
+    ]
     return HeadSwapResult(final - 1, site, tuple(routes), heads, [j[0] for j in jobs], np.stack(rows), head_routes)

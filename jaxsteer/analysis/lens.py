@@ -70,7 +70,11 @@ class LensResult(ResultDisplay):
         pick = lambda a: a[:, batch, position]
         return dataclasses.replace(
             self,
-            **{f.name: pick(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name.startswith(("top_", "bottom_"))},
+            **{
+                f.name: pick(getattr(self, f.name))
+                for f in dataclasses.fields(self)
+                if f.name.startswith(("top_", "bottom_"))
+            },
             position_labels=None,
         )
 
@@ -110,10 +114,14 @@ class LensResult(ResultDisplay):
             r, k, top_v, _ = self._rows(k, 0, -1, probs)
         except ValueError:
             return ""
-        cells = np.array([[f"{r.top_tokens[i, j]!r} {top_v[i, j]:.3f}" for j in range(k)] for i in range(len(r.labels))],
-                         dtype=object)
+        cells = np.array(
+            [[f"{r.top_tokens[i, j]!r} {top_v[i, j]:.3f}" for j in range(k)] for i in range(len(r.labels))],
+            dtype=object,
+        )
         what = "probability" if probs else "logit"
-        return frame_html(cells, r.labels, [f"top {j + 1}" for j in range(k)], title=f"logit lens: top-{k} tokens ({what})")
+        return frame_html(
+            cells, r.labels, [f"top {j + 1}" for j in range(k)], title=f"logit lens: top-{k} tokens ({what})"
+        )
 
     def plot(self, path: str, k: int | None = None, batch: int = 0, title: str | None = None) -> str:
         """Write a PNG. `[R]` results: rows x ranks, cells show the top-k (left) and bottom-k (right)
@@ -153,14 +161,23 @@ class LensResult(ResultDisplay):
         im = ax.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=1)
         for i in range(R):
             for t in range(T):
-                ax.text(t, i, self.top_tokens[i, batch, t, 0][:8], ha="center", va="center", fontsize=6,
-                        color="white" if probs[i, t] < 0.5 else "black")
+                ax.text(
+                    t,
+                    i,
+                    self.top_tokens[i, batch, t, 0][:8],
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if probs[i, t] < 0.5 else "black",
+                )
         ax.set_yticks(range(R), self.labels, fontsize=7)
         xl = self.position_labels or [str(t) for t in range(T)]
         ax.set_xticks(range(T), [s[:10] for s in xl], rotation=60, fontsize=7)
         ax.set_xlabel("position (input token)")
         fig.colorbar(im, ax=ax, label="top-1 probability")
-        ax.set_title(title or f"logit lens, top-1 token per layer and position{' (final norm)' if self.final_norm else ''}")
+        ax.set_title(
+            title or f"logit lens, top-1 token per layer and position{' (final norm)' if self.final_norm else ''}"
+        )
         return save_figure(fig, path)
 
 
@@ -211,7 +228,9 @@ def logit_lens(
         raise InputError(f"logit_lens: last axis has size {x.shape[-1]}, the model's d_model is {d}")
     lead = x.shape[:-1]
     rows = x.reshape(-1, d).astype(model.dtype)
-    top_i, top_v, top_lp, bot_i, bot_v = (np.asarray(a).reshape(lead + (k,)) for a in _topk(model, rows, k, final_norm, chunk))
+    top_i, top_v, top_lp, bot_i, bot_v = (
+        np.asarray(a).reshape(lead + (k,)) for a in _topk(model, rows, k, final_norm, chunk)
+    )
     if labels is None:
         prefix = "layer " if lead[0] == model.config.n_layers else ""
         labels = [f"{prefix}{i}" for i in range(lead[0])]
@@ -231,7 +250,9 @@ def logit_lens(
     )
 
 
-def vector_lens(model: Model, vectors: Any, *, final_norm: bool = False, k: int = 10, tokenizer: Any = None) -> LensResult:
+def vector_lens(
+    model: Model, vectors: Any, *, final_norm: bool = False, k: int = 10, tokenizer: Any = None
+) -> LensResult:
     """Logit lens of steering vectors (`[d]` or per layer `[L, d]`): `W_U s_l` per layer, raw by
     default (as in the public code of arXiv 2509.06608), through the final norm with `final_norm`.
 
@@ -307,14 +328,16 @@ def accumulated_lens(
     """
     tokens = jnp.asarray(tokens)
     record = ("resid_pre", "resid_post") + (("resid_mid",) if incl_mid else ())
-    _, trace = forward(model, tokens, attention_mask=attention_mask, interventions=interventions, record=record,
-                       return_logits=False)
+    _, trace = forward(
+        model, tokens, attention_mask=attention_mask, interventions=interventions, record=record, return_logits=False
+    )
     stacked, labels = accumulated_resid(trace, incl_mid=incl_mid)
     pos_labels = None
     if tokenizer is not None:
         pos_labels = [str(s) for s in token_strs(tokenizer, np.asarray(tokens[0]))]
-    return logit_lens(model, stacked, final_norm=final_norm, k=k, tokenizer=tokenizer, labels=labels,
-                      position_labels=pos_labels)
+    return logit_lens(
+        model, stacked, final_norm=final_norm, k=k, tokenizer=tokenizer, labels=labels, position_labels=pos_labels
+    )
 
 
 def token_rank(model: Model, x: Any, token_ids: Any, *, final_norm: bool = True) -> np.ndarray:

@@ -231,7 +231,7 @@ class PatchingResult(ResultDisplay):
             ax.set_ylabel("layer")
             if name:
                 ax.set_title(name, fontsize=8)
-        for ax in axs[len(panels):]:
+        for ax in axs[len(panels) :]:
             ax.set_visible(False)
         assert im is not None  # there is at least one panel
         fig.colorbar(im, ax=list(axs[: len(panels)]), label="normalised metric", shrink=0.7)
@@ -271,7 +271,9 @@ def _check_over(over: Sequence[str], site: str) -> tuple[str, ...]:
     if not over or over[0] != "layer" or any(a not in AXES for a in over) or list(over) != sorted(over, key=AXES.index):
         raise InputError(f"over must start with 'layer' and follow the order {AXES}, got {over}")
     if "head" in over and SITE_LAYOUT[site][2] is None:
-        raise InputError(f"site {site!r} has no heads; head sites are {tuple(s for s in SITES if SITE_LAYOUT[s][2] is not None)}")
+        raise InputError(
+            f"site {site!r} has no heads; head sites are {tuple(s for s in SITES if SITE_LAYOUT[s][2] is not None)}"
+        )
     return over
 
 
@@ -303,8 +305,9 @@ def _base_run(model: Model, tokens, attention_mask, interventions, record):
     positions = default_positions(tokens, attention_mask)
     k_pos = positions if attention_mask is None else jnp.where(attention_mask.astype(bool), positions, -1)
     cache = kv_cache(model, B, T)
-    h, trace, cache = run_layers(model, embed(model, tokens), positions, k_pos, interventions,
-                                 frozenset(record) | {"resid_pre"}, cache, 0)
+    h, trace, cache = run_layers(
+        model, embed(model, tokens), positions, k_pos, interventions, frozenset(record) | {"resid_pre"}, cache, 0
+    )
     return {"h": h, "resid_pre": trace["resid_pre"], "cache": cache, "q_pos": positions, "k_pos": k_pos}, trace
 
 
@@ -328,8 +331,9 @@ def _sweep_fast(model, base, values, prows, groups, metric, base_ivs, *, site, n
             def one(l, pi, hi):
                 mask = _entry_mask(L, prows[pi, p0:], n_heads, l, hi)
                 ivs = base_ivs + (Patch(vals, site=site, mask=mask),)
-                h, _, _ = run_layers(model, h0_all[start], q_pos, base["k_pos"], ivs, frozenset(), base["cache"], p0,
-                                     start_layer=start)
+                h, _, _ = run_layers(
+                    model, h0_all[start], q_pos, base["k_pos"], ivs, frozenset(), base["cache"], p0, start_layer=start
+                )
                 full = jnp.concatenate([base["h"][:, :p0], h], axis=1)
                 return metric(unembed(model, full[:, list(metric_positions)]))
 
@@ -340,16 +344,33 @@ def _sweep_fast(model, base, values, prows, groups, metric, base_ivs, *, site, n
 
 
 @functools.partial(jax.jit, static_argnames=("site", "n_heads", "metric_positions", "batch_size"))
-def _sweep_full(model, tokens, attention_mask, values, prows, entries, metric, base_ivs, *, site, n_heads,
-                metric_positions, batch_size):
+def _sweep_full(
+    model,
+    tokens,
+    attention_mask,
+    values,
+    prows,
+    entries,
+    metric,
+    base_ivs,
+    *,
+    site,
+    n_heads,
+    metric_positions,
+    batch_size,
+):
     L = model.config.n_layers
     ls, ps, hs = entries
 
     def one(args):
         l, pi, hi = args
         mask = _entry_mask(L, prows[pi], n_heads, l, hi)
-        logits, _ = forward(model, tokens, attention_mask=attention_mask,
-                            interventions=base_ivs + (Patch(values, site=site, mask=mask),))
+        logits, _ = forward(
+            model,
+            tokens,
+            attention_mask=attention_mask,
+            interventions=base_ivs + (Patch(values, site=site, mask=mask),),
+        )
         return metric(logits[:, list(metric_positions)])
 
     return jax.lax.map(one, (ls, ps, hs), batch_size=batch_size)
@@ -384,8 +405,17 @@ def _plan_buckets(first_pos: np.ndarray, entries: np.ndarray, n_buckets: int, ch
 # --------------------------------------------------------------------------- activation patching
 
 
-def _prepare(model, clean_tokens, corrupt_tokens, site_list, metric, attention_mask, clean_interventions,
-             direction, metric_positions):
+def _prepare(
+    model,
+    clean_tokens,
+    corrupt_tokens,
+    site_list,
+    metric,
+    attention_mask,
+    clean_interventions,
+    direction,
+    metric_positions,
+):
     """Run the clean and corrupted inputs once: metric positions, (source trace, base trace, clean
     metric, corrupted metric, base tokens, base interventions) for the chosen direction."""
     if direction not in ("denoise", "noise"):
@@ -469,8 +499,16 @@ def activation_patching(
     c = model.config
     metric = _as_metric(metric, answers, tokenizer)
     mp, src_trace, base_trace, m_clean, m_corrupt, base_tokens, base_ivs = _prepare(
-        model, clean_tokens, corrupt_tokens, [site], metric, attention_mask, clean_interventions, direction,
-        metric_positions)
+        model,
+        clean_tokens,
+        corrupt_tokens,
+        [site],
+        metric,
+        attention_mask,
+        clean_interventions,
+        direction,
+        metric_positions,
+    )
     T = base_tokens.shape[1]
     values = src_trace[site]
 
@@ -495,10 +533,23 @@ def activation_patching(
                 raise InputError(f"head {h} out of range for site {site!r} with {n_site_heads} heads")
     mask_heads = n_site_heads if "head" in over else None
 
-    grid = np.stack(np.meshgrid(np.arange(len(layer_list)), np.arange(len(pos_labels)),
-                                np.arange(len(head_list) if head_list else 1), indexing="ij"), -1).reshape(-1, 3)
-    entries = np.stack([np.asarray(layer_list)[grid[:, 0]], grid[:, 1],
-                        np.asarray(head_list)[grid[:, 2]] if head_list else np.zeros(len(grid), int)], -1)
+    grid = np.stack(
+        np.meshgrid(
+            np.arange(len(layer_list)),
+            np.arange(len(pos_labels)),
+            np.arange(len(head_list) if head_list else 1),
+            indexing="ij",
+        ),
+        -1,
+    ).reshape(-1, 3)
+    entries = np.stack(
+        [
+            np.asarray(layer_list)[grid[:, 0]],
+            grid[:, 1],
+            np.asarray(head_list)[grid[:, 2]] if head_list else np.zeros(len(grid), int),
+        ],
+        -1,
+    )
     prows_j = jnp.asarray(prows)
     ivs_fast = all(getattr(iv, "generation_safe", lambda: False)() for iv in base_ivs)
     if fast and ivs_fast:
@@ -506,17 +557,44 @@ def activation_patching(
         n_b = position_buckets if position_buckets is not None else max(1, min(4, T // 5))
         plan, groups, orders = _plan_buckets(first_pos, entries, n_b, batch_size)
         base, _ = _base_run(model, base_tokens, attention_mask, base_ivs, ())
-        outs = _sweep_fast(model, base, values, prows_j, groups, metric, base_ivs, site=site, n_heads=mask_heads,
-                           plan=plan, metric_positions=mp)
+        outs = _sweep_fast(
+            model,
+            base,
+            values,
+            prows_j,
+            groups,
+            metric,
+            base_ivs,
+            site=site,
+            n_heads=mask_heads,
+            plan=plan,
+            metric_positions=mp,
+        )
         flat = np.empty(len(entries), np.float64)
         for order, out in zip(orders, outs, strict=True):
             flat[order] = np.asarray(out)[: len(order)]
     else:
         e = tuple(jnp.asarray(entries[:, i], jnp.int32) for i in range(3))
-        flat = np.asarray(_sweep_full(model, base_tokens, attention_mask, values, prows_j, e, metric, base_ivs,
-                                      site=site, n_heads=mask_heads, metric_positions=mp, batch_size=batch_size),
-                          np.float64)
-    shape = tuple(n for n, a in zip((len(layer_list), len(pos_labels), len(head_list or [0])), AXES, strict=True) if a in over)
+        flat = np.asarray(
+            _sweep_full(
+                model,
+                base_tokens,
+                attention_mask,
+                values,
+                prows_j,
+                e,
+                metric,
+                base_ivs,
+                site=site,
+                n_heads=mask_heads,
+                metric_positions=mp,
+                batch_size=batch_size,
+            ),
+            np.float64,
+        )
+    shape = tuple(
+        n for n, a in zip((len(layer_list), len(pos_labels), len(head_list or [0])), AXES, strict=True) if a in over
+    )
     raw = flat.reshape(len(layer_list), len(pos_labels), len(head_list or [0]))
     raw = raw.reshape(shape)
     return PatchingResult(
@@ -702,10 +780,19 @@ def path_patching(
     frozen = tuple(s for s in READER_SITES if freeze[s].any())
     _, src = forward(model, source_tokens, attention_mask=attention_mask, interventions=src_ivs, record=(sender.site,))
     _, base = forward(model, base_tokens, attention_mask=attention_mask, interventions=base_ivs, record=frozen)
-    ivs1 = base_ivs + (Patch(src[sender.site], site=sender.site, mask=sender.mask(c, T)),) + tuple(
-        Patch(base[s], site=s, mask=freeze[s]) for s in frozen)
-    _, run1 = forward(model, base_tokens, attention_mask=attention_mask, interventions=ivs1, record=tuple(recv_sites),
-                      return_logits=False)
+    ivs1 = (
+        base_ivs
+        + (Patch(src[sender.site], site=sender.site, mask=sender.mask(c, T)),)
+        + tuple(Patch(base[s], site=s, mask=freeze[s]) for s in frozen)
+    )
+    _, run1 = forward(
+        model,
+        base_tokens,
+        attention_mask=attention_mask,
+        interventions=ivs1,
+        record=tuple(recv_sites),
+        return_logits=False,
+    )
     ivs2 = base_ivs + tuple(Patch(run1[s], site=s, mask=recv_masks[s]) for s in recv_sites)
     logits, _ = forward(model, base_tokens, attention_mask=attention_mask, interventions=ivs2)
     return logits
@@ -721,14 +808,17 @@ def _attr_grads(model, tokens, attention_mask, base_ivs, metric, pattern_base, *
     zeros = {}
     for s in sites:
         feat = site_feature_shape(s, c)  # None only for "pattern", whose last axis is the key length
-        zeros[s] = jnp.zeros((c.n_layers, B, c.n_heads, T, T) if feat is None else (c.n_layers, B, T) + feat,
-                             jnp.float32)
+        zeros[s] = jnp.zeros(
+            (c.n_layers, B, c.n_heads, T, T) if feat is None else (c.n_layers, B, T) + feat, jnp.float32
+        )
 
     def f(deltas):
         ivs = base_ivs + tuple(
-            Patch(pattern_base + deltas[s], site=s) if s == "pattern" else Steer(deltas[s], site=s) for s in sites)
-        logits, trace = forward(model, tokens, attention_mask=attention_mask, interventions=ivs, record=sites,
-                                lrp_rules=lrp_rules)
+            Patch(pattern_base + deltas[s], site=s) if s == "pattern" else Steer(deltas[s], site=s) for s in sites
+        )
+        logits, trace = forward(
+            model, tokens, attention_mask=attention_mask, interventions=ivs, record=sites, lrp_rules=lrp_rules
+        )
         return metric(logits[:, list(metric_positions)]), trace
 
     (m, trace), grads = jax.value_and_grad(f, has_aux=True)(zeros)
@@ -786,15 +876,32 @@ def attribution_patching(
         check_site(s)
     metric = _as_metric(metric, answers, tokenizer)
     mp, src_trace, _, m_clean, m_corrupt, base_tokens, base_ivs = _prepare(
-        model, clean_tokens, corrupt_tokens, sites, metric, attention_mask, clean_interventions, direction,
-        metric_positions)
+        model,
+        clean_tokens,
+        corrupt_tokens,
+        sites,
+        metric,
+        attention_mask,
+        clean_interventions,
+        direction,
+        metric_positions,
+    )
     T = base_tokens.shape[1]
     pattern_base = jnp.zeros(())
     if "pattern" in sites:
         _, pt = forward(model, base_tokens, attention_mask=attention_mask, interventions=base_ivs, record=("pattern",))
         pattern_base = pt["pattern"].astype(jnp.float32)
-    m_base, base_trace, grads = _attr_grads(model, base_tokens, attention_mask, base_ivs, metric, pattern_base,
-                                            sites=tuple(sorted(sites)), metric_positions=mp, lrp_rules=lrp_rules)
+    m_base, base_trace, grads = _attr_grads(
+        model,
+        base_tokens,
+        attention_mask,
+        base_ivs,
+        metric,
+        pattern_base,
+        sites=tuple(sorted(sites)),
+        metric_positions=mp,
+        lrp_rules=lrp_rules,
+    )
     m_base = float(m_base)
     out = {}
     for s in sites:
@@ -835,8 +942,9 @@ def attribution_patching(
     return out
 
 
-def relevance_patching(model: Model, clean_tokens: Any, corrupt_tokens: Any, *, rules: Sequence[str] = RULES,
-                       **kwargs) -> dict[str, PatchingResult]:
+def relevance_patching(
+    model: Model, clean_tokens: Any, corrupt_tokens: Any, *, rules: Sequence[str] = RULES, **kwargs
+) -> dict[str, PatchingResult]:
     """RelP (relevance patching, arXiv 2508.21258): `attribution_patching` with the local gradient
     replaced by LRP propagation coefficients, `metric(base) + (a_source - a_base) . R`, where `R`
     is the backward pass of the base run under the LRP `rules` (default all of

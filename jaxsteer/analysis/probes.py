@@ -55,8 +55,9 @@ class Activations:
         assert self.layers is not None  # filled by __post_init__
         li = list(range(len(self.layers))) if layers is None else [self._index(self.layers, l, "layer") for l in layers]
         gi = list(range(len(self.groups))) if groups is None else [self._index(self.groups, g, "group") for g in groups]
-        return Activations(self.values[np.ix_(gi, li)], [self.groups[i] for i in gi], self.site,
-                           [self.layers[i] for i in li])
+        return Activations(
+            self.values[np.ix_(gi, li)], [self.groups[i] for i in gi], self.site, [self.layers[i] for i in li]
+        )
 
     @staticmethod
     def _index(labels: list, label: Any, what: str) -> int:
@@ -95,8 +96,10 @@ def _group_weights(groups: Mapping[str, Any], N: int, T: int) -> np.ndarray:
             if (w.sum(-1) <= 0).any():
                 raise InputError(f"group {name!r}: some examples select no position")
         else:
-            raise InputError(f"group {name!r}: expected an int, per-example positions [N={N}] or a mask [N, T={T}], "
-                             f"got shape {a.shape}")
+            raise InputError(
+                f"group {name!r}: expected an int, per-example positions [N={N}] or a mask [N, T={T}], "
+                f"got shape {a.shape}"
+            )
         out.append(w)
     return np.stack(out)
 
@@ -144,9 +147,14 @@ def harvest(
         mask = None if mask is None else np.concatenate([mask, mask[:pad]])
     parts = []
     for i in range(0, len(tokens), bs):
-        m = None if mask is None else jnp.asarray(mask[i:i + bs])
-        parts.append(np.asarray(_harvest_batch(model, jnp.asarray(tokens[i:i + bs]), m, jnp.asarray(weights[:, i:i + bs]),
-                                               site=site)))
+        m = None if mask is None else jnp.asarray(mask[i : i + bs])
+        parts.append(
+            np.asarray(
+                _harvest_batch(
+                    model, jnp.asarray(tokens[i : i + bs]), m, jnp.asarray(weights[:, i : i + bs]), site=site
+                )
+            )
+        )
     acts = Activations(np.concatenate(parts, axis=2)[:, :, :N], list(groups), site)
     return acts if layers is None else acts.select(layers=[int(l) for l in layers])
 
@@ -213,30 +221,42 @@ class ProbeResult:
             a = np.asarray(a)
             return a[i, j] if two_d else a[j]
 
-        return dataclasses.replace(self, scores=pick(self.scores), train_scores=pick(self.train_scores),
-                                   groups=[groups[i]], layers=[layer],
-                                   weights=None if self.weights is None else pick(self.weights),
-                                   bias=None if self.bias is None else pick(self.bias))
+        return dataclasses.replace(
+            self,
+            scores=pick(self.scores),
+            train_scores=pick(self.train_scores),
+            groups=[groups[i]],
+            layers=[layer],
+            weights=None if self.weights is None else pick(self.weights),
+            bias=None if self.bias is None else pick(self.bias),
+        )
 
     def __repr__(self) -> str:
         s = np.atleast_1d(self.scores)
         best = int(np.unravel_index(np.argmax(s), s.shape)[-1])
         layers = self.layers or list(range(s.shape[-1]))
-        return (f"ProbeResult({self.metric} {array_summary(self.scores)}, best {float(s.max()):.3f} at layer "
-                f"{layers[best]}, chance {self.chance:.3f}, weights={array_summary(self.weights)})")
+        return (
+            f"ProbeResult({self.metric} {array_summary(self.scores)}, best {float(s.max()):.3f} at layer "
+            f"{layers[best]}, chance {self.chance:.3f}, weights={array_summary(self.weights)})"
+        )
 
     def _repr_html_(self) -> str:
         s = np.atleast_2d(self.scores)
         groups = self.groups or [f"group {i}" for i in range(s.shape[0])]
         layers = self.layers or list(range(s.shape[1]))
-        return frame_html(s.T, layers, groups, title=f"held-out probe {self.metric} by layer (chance {self.chance:.3f})")
+        return frame_html(
+            s.T, layers, groups, title=f"held-out probe {self.metric} by layer (chance {self.chance:.3f})"
+        )
 
     def table(self) -> str:
         """Held-out scores per layer (rows) and group (columns) as a text table."""
         s = np.atleast_2d(self.scores)
         groups = self.groups or [f"group {i}" for i in range(s.shape[0])]
         layers = self.layers or list(range(s.shape[1]))
-        lines = [f"probe {self.metric} (held out; chance {self.chance:.3f})", "layer  " + "  ".join(f"{g:>10}" for g in groups)]
+        lines = [
+            f"probe {self.metric} (held out; chance {self.chance:.3f})",
+            "layer  " + "  ".join(f"{g:>10}" for g in groups),
+        ]
         for j, l in enumerate(layers):
             lines.append(f"{l:>5}  " + "  ".join(f"{s[i, j]:>10.3f}" for i in range(len(groups))))
         return "\n".join(lines)
@@ -363,8 +383,14 @@ def train_probes(
         y_f = y.astype(np.float64)
         y_fit = ((y_f - y_f[tr].mean()) / (y_f[tr].std() + 1e-12)).astype(np.float32)
         n_classes, chance, metric = 0, 0.0, "r2"
-    params = _fit(jnp.asarray(xs[:, tr]), jnp.asarray(y_fit[tr]), n_classes=n_classes, steps=int(steps),
-                  learning_rate=float(learning_rate), weight_decay=float(weight_decay))
+    params = _fit(
+        jnp.asarray(xs[:, tr]),
+        jnp.asarray(y_fit[tr]),
+        n_classes=n_classes,
+        steps=int(steps),
+        learning_rate=float(learning_rate),
+        weight_decay=float(weight_decay),
+    )
     test = _score(params, xs[:, te], y_fit[te], n_classes).reshape(lead)
     train = _score(params, xs[:, tr], y_fit[tr], n_classes).reshape(lead)
     if layers is None and len(lead) >= 1:
@@ -372,9 +398,18 @@ def train_probes(
     w_std, b_std = np.asarray(params["w"]), np.asarray(params["b"])  # on (x - mu) / sd
     weights = w_std / sd[:, 0, :, None]
     bias = b_std - np.einsum("pd,pdo->po", mu[:, 0], weights)
-    return ProbeResult(np.asarray(test), np.asarray(train), metric, chance, list(groups) if groups else None,
-                       list(layers) if layers is not None else None,
-                       weights.reshape(*lead, d, -1), bias.reshape(*lead, -1), float(test_fraction), int(seed))
+    return ProbeResult(
+        np.asarray(test),
+        np.asarray(train),
+        metric,
+        chance,
+        list(groups) if groups else None,
+        list(layers) if layers is not None else None,
+        weights.reshape(*lead, d, -1),
+        bias.reshape(*lead, -1),
+        float(test_fraction),
+        int(seed),
+    )
 
 
 def probe_layers(
@@ -438,10 +473,15 @@ class DecodabilityCausality(ResultDisplay):
     def table(self) -> str:
         """Probe score and patching effect per layer and group as a text table."""
         head = "layer  " + "  ".join(f"{g[:12]:>12} probe {g[:12]:>12} patch" for g in self.groups)
-        lines = [f"decodability ({self.probe_metric}, held out; chance {self.chance:.2f}) vs causality "
-                 "(activation patching, 0 = corrupted, 1 = clean)", head]
+        lines = [
+            f"decodability ({self.probe_metric}, held out; chance {self.chance:.2f}) vs causality "
+            "(activation patching, 0 = corrupted, 1 = clean)",
+            head,
+        ]
         for j, l in enumerate(self.layers):
-            cells = "  ".join(f"{self.probe[i, j]:>18.3f} {self.patching[i, j]:>18.3f}" for i in range(len(self.groups)))
+            cells = "  ".join(
+                f"{self.probe[i, j]:>18.3f} {self.patching[i, j]:>18.3f}" for i in range(len(self.groups))
+            )
             lines.append(f"{l:>5}  {cells}")
         return "\n".join(lines)
 
@@ -497,4 +537,6 @@ def decodability_vs_causality(
             raise InputError(f"probe group {g!r}: patching has no position column(s) {missing}; columns are {cols}")
         v = np.asarray(patching.values)[:, [cols.index(n) for n in names]]
         effects.append(v.max(axis=1) if reduce == "max" else v.mean(axis=1))
-    return DecodabilityCausality(list(groups), list(patching.layers), scores, np.stack(effects), probes.metric, probes.chance)
+    return DecodabilityCausality(
+        list(groups), list(patching.layers), scores, np.stack(effects), probes.metric, probes.chance
+    )

@@ -75,8 +75,14 @@ def _prob_change(logits_s, logits_u):
     ps, pu = jax.nn.softmax(logits_s, -1), jax.nn.softmax(logits_u, -1)
     dp = ps - pu
     ent = lambda p, lg: -jnp.sum(p * jax.nn.log_softmax(lg, -1), -1)
-    return (dp.max(-1), dp.min(-1), ent(ps, logits_s), ent(pu, logits_u),
-            logits_s.argmax(-1) != logits_u.argmax(-1), dp.argmax(-1))
+    return (
+        dp.max(-1),
+        dp.min(-1),
+        ent(ps, logits_s),
+        ent(pu, logits_u),
+        logits_s.argmax(-1) != logits_u.argmax(-1),
+        dp.argmax(-1),
+    )
 
 
 def first_token_effect(
@@ -109,8 +115,15 @@ def first_token_effect(
     ivs = as_tuple(interventions)
     if follow not in ("steered", "unsteered"):
         raise InputError(f"follow must be 'steered' or 'unsteered', got {follow!r}")
-    gen = generate(model, prompts, tokenizer=tokenizer, max_new_tokens=max_new_tokens, greedy=True, chat=chat,
-                   interventions=ivs if follow == "steered" else ())
+    gen = generate(
+        model,
+        prompts,
+        tokenizer=tokenizer,
+        max_new_tokens=max_new_tokens,
+        greedy=True,
+        chat=chat,
+        interventions=ivs if follow == "steered" else (),
+    )
     seqs, mask = gen.sequences()
     P, N = gen.prompt_tokens.shape[1], gen.tokens.shape[1]
     ls, _ = forward(model, seqs, attention_mask=mask, interventions=ivs)
@@ -200,8 +213,9 @@ def persistence(
         raise InputError(f"persistence: layer {layer} out of range for {c.n_layers} layers")
     steer = Steer(vector, scale=scale, site=site, layers=(int(layer),))
     _, base = forward(model, tokens, attention_mask=attention_mask, record=("resid_post",), return_logits=False)
-    _, steered = forward(model, tokens, attention_mask=attention_mask, interventions=[steer], record=("resid_post",),
-                         return_logits=False)
+    _, steered = forward(
+        model, tokens, attention_mask=attention_mask, interventions=[steer], record=("resid_post",), return_logits=False
+    )
     dh = np.asarray(steered.resid_post, np.float64) - np.asarray(base.resid_post, np.float64)  # [L, B, T, d]
     s = np.asarray(vector, np.float64) * scale
     dn = np.linalg.norm(dh, axis=-1)
@@ -345,8 +359,11 @@ def transfer_steer(
     if sc.n_layers != tc.n_layers:
         problems.append(f"n_layers {sc.n_layers} vs {tc.n_layers}")
     if problems:
-        raise InputError("cannot transfer steering vectors between models of different shape: " + ", ".join(problems)
-                         + " (source vs target); transfer needs equal width and depth")
+        raise InputError(
+            "cannot transfer steering vectors between models of different shape: "
+            + ", ".join(problems)
+            + " (source vs target); transfer needs equal width and depth"
+        )
     v = jnp.asarray(vectors)
     if v.shape not in ((sc.d_model,), (sc.n_layers, sc.d_model)):
         raise InputError(f"vectors have shape {v.shape}; expected [{sc.d_model}] or [{sc.n_layers}, {sc.d_model}]")

@@ -137,9 +137,7 @@ class ModelConfig:
         if not self.layer_types:
             object.__setattr__(self, "layer_types", ("full_attention",) * self.n_layers)
         if len(self.layer_types) != self.n_layers:
-            raise UnsupportedConfigError(
-                f"layer_types has {len(self.layer_types)} entries for {self.n_layers} layers"
-            )
+            raise UnsupportedConfigError(f"layer_types has {len(self.layer_types)} entries for {self.n_layers} layers")
         if self.n_heads % self.n_kv_heads:
             raise UnsupportedConfigError(
                 f"num_attention_heads={self.n_heads} is not a multiple of num_key_value_heads={self.n_kv_heads}"
@@ -156,9 +154,7 @@ class ModelConfig:
     def layer_windows(self) -> np.ndarray:
         """Per-layer attention window `[L]` (int32); full-attention layers get a huge window."""
         big = np.iinfo(np.int32).max
-        return np.array(
-            [self.sliding_window if t == "sliding_attention" else big for t in self.layer_types], np.int32
-        )
+        return np.array([self.sliding_window if t == "sliding_attention" else big for t in self.layer_types], np.int32)
 
     def n_params(self) -> int:
         """Number of parameters (tied embeddings counted once)."""
@@ -184,7 +180,9 @@ def _rope_from_dict(params: dict, field: str) -> RopeConfig:
             f"{field}.rope_type={rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
         )
     if params.get("partial_rotary_factor", 1.0) not in (1.0, None):
-        raise UnsupportedConfigError(f"{field}.partial_rotary_factor={params['partial_rotary_factor']} is not supported")
+        raise UnsupportedConfigError(
+            f"{field}.partial_rotary_factor={params['partial_rotary_factor']} is not supported"
+        )
     if "rope_theta" not in params:
         raise UnsupportedConfigError(f"{field} has no rope_theta")
     kw: dict[str, Any] = dict(theta=float(params["rope_theta"]), rope_type=rope_type)

@@ -125,7 +125,9 @@ class OnTokens:
             raise InputError(f"OnTokens: first={self.first} must be >= 1 and cannot combine with select='prompt'")
         if self.triggers is not None:
             if jnp.ndim(self.triggers) != 1 or jnp.size(self.triggers) == 0:
-                raise InputError(f"OnTokens: triggers must be a non-empty list of token ids, got shape {jnp.shape(self.triggers)}")
+                raise InputError(
+                    f"OnTokens: triggers must be a non-empty list of token ids, got shape {jnp.shape(self.triggers)}"
+                )
             check_token_ids(self.triggers, config.vocab_size, "OnTokens triggers")
         self.intervention.check(config, n_tokens)
 
@@ -149,8 +151,10 @@ class OnTokens:
 
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
         if self.weights is None:
-            raise InputError("OnTokens needs the token context that forward / generate bind; "
-                             "call it through them (or bind_controls) rather than run_layers")
+            raise InputError(
+                "OnTokens needs the token context that forward / generate bind; "
+                "call it through them (or bind_controls) rather than run_layers"
+            )
         return _row_where(self.weights, self.intervention.apply(x, layer), x, self.site)
 
 
@@ -199,8 +203,10 @@ class RowSteer:
         v = tuple(jnp.shape(self.vectors))
         lead = "K" if self.index is not None else "B"
         if not (v[1:] == feat or (len(v) == len(feat) + 2 and v[1] == config.n_layers and v[2:] == feat)):
-            raise InputError(f"RowSteer: vectors have shape {v}; site {self.site!r} of this model expects "
-                             f"[{lead}, *{feat}] or [{lead}, L={config.n_layers}, *{feat}]")
+            raise InputError(
+                f"RowSteer: vectors have shape {v}; site {self.site!r} of this model expects "
+                f"[{lead}, *{feat}] or [{lead}, L={config.n_layers}, *{feat}]"
+            )
         if self.index is not None:
             idx = self.index
             if jnp.ndim(idx) != 1 or not jnp.issubdtype(jnp.asarray(idx).dtype, jnp.integer):
@@ -210,7 +216,9 @@ class RowSteer:
                 bad = (a < 0) | (a >= v[0])
                 if bad.any():
                     i = int(np.argmax(bad))
-                    raise InputError(f"RowSteer: index {int(a[i])} (row {i}) is out of range for a bank of {v[0]} vectors")
+                    raise InputError(
+                        f"RowSteer: index {int(a[i])} (row {i}) is out of range for a bank of {v[0]} vectors"
+                    )
         if jnp.ndim(self.scale) not in (0, 1) or (jnp.ndim(self.scale) == 1 and jnp.shape(self.scale)[0] != self.rows):
             raise InputError(f"RowSteer: scale has shape {jnp.shape(self.scale)}; expected a scalar or [B={self.rows}]")
         for l in self.layers or ():
@@ -292,8 +300,10 @@ class Conditional:
         if SITE_LAYOUT[self.condition_site][0] != 3:
             raise InputError(f"Conditional: condition_site must be a residual-width site, got {self.condition_site!r}")
         if jnp.shape(self.condition) != (config.d_model,):
-            raise InputError(f"Conditional: condition vector has shape {jnp.shape(self.condition)}; "
-                             f"this model needs [{config.d_model}]")
+            raise InputError(
+                f"Conditional: condition vector has shape {jnp.shape(self.condition)}; "
+                f"this model needs [{config.d_model}]"
+            )
         if not 0 <= int(self.layer) < config.n_layers:
             raise InputError(f"Conditional: layer {self.layer} out of range for a model with {config.n_layers} layers")
         if self.compare not in ("greater", "less"):
@@ -327,13 +337,18 @@ class Conditional:
 
     def repeat_rows(self, n: int) -> Conditional:
         rep = lambda a: None if a is None else jnp.repeat(jnp.asarray(a), n, axis=0)
-        return dataclasses.replace(self, intervention=repeat_rows((self.intervention,), n)[0], score=rep(self.score),
-                            decision=rep(self.decision))
+        return dataclasses.replace(
+            self,
+            intervention=repeat_rows((self.intervention,), n)[0],
+            score=rep(self.score),
+            decision=rep(self.decision),
+        )
 
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
         if self.decision is None:
-            raise InputError("Conditional has no decision: forward / generate prepare it from the prompt "
-                             "(or call prepare_controls)")
+            raise InputError(
+                "Conditional has no decision: forward / generate prepare it from the prompt (or call prepare_controls)"
+            )
         return _row_where(jnp.asarray(self.decision, bool), self.intervention.apply(x, layer), x, self.site)
 
 
@@ -349,7 +364,11 @@ def compose(vectors: Sequence[Any], weights: Sequence[float] | jax.Array) -> jax
     Returns:
         The weighted sum (float32), shaped as one vector.
     """
-    v = jnp.stack([jnp.asarray(x, jnp.float32) for x in vectors]) if not hasattr(vectors, "shape") else jnp.asarray(vectors)
+    v = (
+        jnp.stack([jnp.asarray(x, jnp.float32) for x in vectors])
+        if not hasattr(vectors, "shape")
+        else jnp.asarray(vectors)
+    )
     w = jnp.asarray(weights, jnp.float32)
     if w.shape != (v.shape[0],):
         raise InputError(f"compose: {v.shape[0]} vectors but weights have shape {w.shape}")
@@ -370,6 +389,7 @@ def prepare_controls_with(iv: Any, read: Callable, prompt_mask: jax.Array) -> An
 
 def needs_prompt_read(interventions: Sequence) -> bool:
     """True when some `Conditional` still has to read its prompt."""
+
     def need(iv):
         if isinstance(iv, Conditional):
             return iv.decision is None or need(iv.intervention)
@@ -426,5 +446,18 @@ def conditions(interventions: Sequence) -> list[Conditional]:
     return out
 
 
-__all__ = ["OnTokens", "RowSteer", "Conditional", "TokenContext", "compose", "prompt_context", "bind_controls",
-           "repeat_rows", "check_rows", "reads_generated", "needs_prompt_read", "conditions", "SELECT"]
+__all__ = [
+    "OnTokens",
+    "RowSteer",
+    "Conditional",
+    "TokenContext",
+    "compose",
+    "prompt_context",
+    "bind_controls",
+    "repeat_rows",
+    "check_rows",
+    "reads_generated",
+    "needs_prompt_read",
+    "conditions",
+    "SELECT",
+]

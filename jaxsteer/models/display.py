@@ -14,8 +14,17 @@ from typing import Any
 
 import numpy as np
 
-_SHORT_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "int32": "i32",
-                 "int64": "i64", "bool": "bool", "uint8": "u8", "int8": "i8"}
+_SHORT_DTYPES = {
+    "float32": "f32",
+    "float16": "f16",
+    "bfloat16": "bf16",
+    "float64": "f64",
+    "int32": "i32",
+    "int64": "i64",
+    "bool": "bool",
+    "uint8": "u8",
+    "int8": "i8",
+}
 
 
 def array_summary(x: Any) -> str:
@@ -47,8 +56,11 @@ def summary_repr(obj: Any, fields: Iterable[tuple[str, Any]] | None = None) -> s
 
 def html_table(title: str, rows: Iterable[tuple[str, Any]]) -> str:
     """A two-column HTML table (name, summary) under a bold title."""
-    body = "".join(f"<tr><td style='text-align:left'><code>{html.escape(str(k))}</code></td>"
-                   f"<td style='text-align:left'>{html.escape(array_summary(v))}</td></tr>" for k, v in rows)
+    body = "".join(
+        f"<tr><td style='text-align:left'><code>{html.escape(str(k))}</code></td>"
+        f"<td style='text-align:left'>{html.escape(array_summary(v))}</td></tr>"
+        for k, v in rows
+    )
     return f"<div><b>{html.escape(title)}</b><table>{body}</table></div>"
 
 
@@ -57,8 +69,9 @@ def summary_html(obj: Any, fields: Iterable[tuple[str, Any]] | None = None) -> s
     return html_table(type(obj).__name__, _fields(obj) if fields is None else fields)
 
 
-def frame_html(values: np.ndarray, row_labels: Iterable[Any], col_labels: Iterable[Any], *, title: str = "",
-               fmt: str = "{:.3g}") -> str:
+def frame_html(
+    values: np.ndarray, row_labels: Iterable[Any], col_labels: Iterable[Any], *, title: str = "", fmt: str = "{:.3g}"
+) -> str:
     """A 2-D array as an HTML table with labelled rows and columns (cells formatted with `fmt`
     when numeric, escaped text otherwise)."""
     values = np.asarray(values)
@@ -67,8 +80,10 @@ def frame_html(values: np.ndarray, row_labels: Iterable[Any], col_labels: Iterab
         return fmt.format(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v)
 
     head = "<tr><th></th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in col_labels) + "</tr>"
-    body = "".join("<tr><th>" + html.escape(str(r)) + "</th>" + "".join(
-        f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>" for r, row in zip(row_labels, values, strict=True))
+    body = "".join(
+        "<tr><th>" + html.escape(str(r)) + "</th>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>"
+        for r, row in zip(row_labels, values, strict=True)
+    )
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
     return f"<table>{caption}{head}{body}</table>"
 

@@ -136,7 +136,9 @@ class GGUFFile:
         cur.pos = 4
         self.version = cur.take("I")
         if self.version not in (2, 3):
-            raise GGUFError(f"{self.path}: GGUF version {self.version} is not supported (2 or 3; big-endian files are not)")
+            raise GGUFError(
+                f"{self.path}: GGUF version {self.version} is not supported (2 or 3; big-endian files are not)"
+            )
         n_tensors, n_kv = cur.take("Q"), cur.take("Q")
         self.metadata: dict[str, Any] = {}
         for _ in range(n_kv):
@@ -147,7 +149,9 @@ class GGUFFile:
         data_start = -(-cur.pos // alignment) * alignment
         self.tensors: dict[str, TensorInfo] = {}
         for name, shape, ggml_type, rel in infos:
-            info = TensorInfo(name, shape, ggml_type, data_start + rel, _tensor_nbytes(name, shape, ggml_type, self.path))
+            info = TensorInfo(
+                name, shape, ggml_type, data_start + rel, _tensor_nbytes(name, shape, ggml_type, self.path)
+            )
             if info.offset + info.nbytes > len(self._map):
                 raise GGUFError(
                     f"{self.path}: tensor {name} ends at byte {info.offset + info.nbytes} but the file has "
@@ -173,11 +177,15 @@ class GGUFFile:
                 raise GGUFError(f"{what}: a norm weight must be F32, F16 or BF16 (llama.cpp never quantises norms)")
             following = f"the next tensor {nxt.name}" if nxt is not None else "the end of the file"
             if end > limit:
-                raise GGUFError(f"{what} overlaps {following} at byte {limit}: its recorded type or shape "
-                                "is wrong (damaged header?)")
+                raise GGUFError(
+                    f"{what} overlaps {following} at byte {limit}: its recorded type or shape "
+                    "is wrong (damaged header?)"
+                )
             if limit - end >= max(alignment, 1):
-                raise GGUFError(f"{what} is followed by {limit - end} unused bytes before {following}: its recorded "
-                                "type or shape is wrong (damaged header?)")
+                raise GGUFError(
+                    f"{what} is followed by {limit - end} unused bytes before {following}: its recorded "
+                    "type or shape is wrong (damaged header?)"
+                )
 
     @staticmethod
     def _tensor_entry(cur: _Cursor):
@@ -209,7 +217,9 @@ class GGUFFile:
         w = gguf.quants.dequantize(raw.reshape(-1, row_bytes), qtype).reshape(info.shape).astype(np.float32, copy=False)
         if not np.isfinite(w).all():
             bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
-            raise GGUFError(f"{self.path}: tensor {name} has {bad} non-finite value(s) after dequantisation (damaged file?)")
+            raise GGUFError(
+                f"{self.path}: tensor {name} has {bad} non-finite value(s) after dequantisation (damaged file?)"
+            )
         return w
 
 
@@ -246,16 +256,23 @@ def _check_metadata(f: GGUFFile, arch: str, cfg: dict) -> None:
     """Values that would load but make every forward NaN or wrong: norm epsilon, sizes, context
     length and the special token ids (which must lie inside the vocabulary)."""
     _positive(f, f"{arch}.attention.layer_norm_rms_epsilon", cfg["rms_norm_eps"])
-    for key, name in (("context_length", "max_position_embeddings"), ("embedding_length", "hidden_size"),
-                      ("block_count", "num_hidden_layers"), ("attention.head_count", "num_attention_heads"),
-                      ("attention.head_count_kv", "num_key_value_heads"), ("feed_forward_length", "intermediate_size"),
-                      ("vocab_size", "vocab_size")):
+    for key, name in (
+        ("context_length", "max_position_embeddings"),
+        ("embedding_length", "hidden_size"),
+        ("block_count", "num_hidden_layers"),
+        ("attention.head_count", "num_attention_heads"),
+        ("attention.head_count_kv", "num_key_value_heads"),
+        ("feed_forward_length", "intermediate_size"),
+        ("vocab_size", "vocab_size"),
+    ):
         _positive(f, f"{arch}.{key}", cfg[name], int)
     for key in ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id"):
         value = f.metadata.get(f"tokenizer.ggml.{key}")
         if value is not None and not (isinstance(value, int) and 0 <= value < cfg["vocab_size"]):
-            raise GGUFError(f"{f.path}: GGUF metadata tokenizer.ggml.{key}={value!r} is outside the vocabulary "
-                            f"[0, {cfg['vocab_size']}) (damaged file?)")
+            raise GGUFError(
+                f"{f.path}: GGUF metadata tokenizer.ggml.{key}={value!r} is outside the vocabulary "
+                f"[0, {cfg['vocab_size']}) (damaged file?)"
+            )
 
 
 def _rope_parameters(f: GGUFFile, arch: str, default_theta: float) -> dict:
@@ -306,7 +323,9 @@ def gguf_hf_config(f: GGUFFile) -> dict:
     head_dim = int(f.metadata.get(f"{arch}.attention.key_length", d // n_heads))
     rotary = f.metadata.get(f"{arch}.rope.dimension_count")
     if rotary is not None and int(rotary) != head_dim:
-        raise UnsupportedConfigError(f"{f.path}: partial rotary embeddings (rope.dimension_count={rotary}) are not supported")
+        raise UnsupportedConfigError(
+            f"{f.path}: partial rotary embeddings (rope.dimension_count={rotary}) are not supported"
+        )
     tokens = f.metadata.get("tokenizer.ggml.tokens")
     vocab = f.metadata.get(f"{arch}.vocab_size", len(tokens) if tokens else None)
     if vocab is None:
@@ -506,8 +525,16 @@ def gguf_tokenizer(f: GGUFFile):
     tok.decoder = decoder
     tokens = meta["tokenizer.ggml.tokens"]
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types, strict=True) if ty == _CONTROL])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types, strict=True) if ty == _USER_DEFINED])
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types, strict=True) if ty == _CONTROL]
+    )
+    tok.add_tokens(
+        [
+            AddedToken(t, special=False, normalized=False)
+            for t, ty in zip(tokens, types, strict=True)
+            if ty == _USER_DEFINED
+        ]
+    )
 
     def token(key: str):
         i = meta.get(f"tokenizer.ggml.{key}")

@@ -61,8 +61,10 @@ HEAD_SITES = tuple(s for s, lay in SITE_LAYOUT.items() if lay[2] is not None)
 def check_site(site: str) -> None:
     """Raise InputError naming the valid sites unless `site` is a jaxsteer site name."""
     if site not in SITE_LAYOUT:
-        raise InputError(f"unknown site {site!r}; sites are: {', '.join(SITES)} "
-                         "(or their TransformerLens names, e.g. 'blocks.10.hook_resid_post'; see jaxsteer.models.sites)")
+        raise InputError(
+            f"unknown site {site!r}; sites are: {', '.join(SITES)} "
+            "(or their TransformerLens names, e.g. 'blocks.10.hook_resid_post'; see jaxsteer.models.sites)"
+        )
 
 
 def resolve_site(site: str, layers: tuple[int, ...] | None, owner: str) -> tuple[str, tuple[int, ...] | None]:
@@ -166,7 +168,9 @@ class _Where:
         if self.heads is not None:
             n_heads = site_n_heads(self.site, config)
             if n_heads is None:
-                raise InputError(f"{name}: heads given but site {self.site!r} has no head axis (head sites: {HEAD_SITES})")
+                raise InputError(
+                    f"{name}: heads given but site {self.site!r} has no head axis (head sites: {HEAD_SITES})"
+                )
             for h in self.heads:
                 if not 0 <= int(h) < n_heads:
                     raise InputError(f"{name}: head {h} out of range for site {self.site!r} with {n_heads} heads")
@@ -177,7 +181,9 @@ class _Where:
         if self.mask is not None:
             m = jnp.shape(self.mask)
             if not m or m[0] != config.n_layers or len(m) > 3:
-                raise InputError(f"{name}: mask has shape {m}; expected [L], [L, T] or [L, T, H] with L={config.n_layers}")
+                raise InputError(
+                    f"{name}: mask has shape {m}; expected [L], [L, T] or [L, T, H] with L={config.n_layers}"
+                )
             if len(m) >= 2 and n_tokens is not None and m[1] != n_tokens:
                 raise InputError(f"{name}: mask has shape {m}; its token axis should be {n_tokens}")
             if len(m) == 3:
@@ -247,8 +253,10 @@ class Steer(_Where):
         assert feat is not None  # only "pattern" has no fixed feature shape, refused above
         v = jnp.shape(self.vector)
         nf = len(feat)
-        ok = v == feat or (len(v) == nf + 1 and v[1:] == feat and v[0] == config.n_layers) or (
-            len(v) == nf + 3 and v[-nf:] == feat and v[0] == config.n_layers
+        ok = (
+            v == feat
+            or (len(v) == nf + 1 and v[1:] == feat and v[0] == config.n_layers)
+            or (len(v) == nf + 3 and v[-nf:] == feat and v[0] == config.n_layers)
         )
         if not ok:
             raise InputError(
@@ -260,8 +268,13 @@ class Steer(_Where):
             raise InputError(f"Steer: scale has shape {s}; expected a scalar or [B, T={n_tokens}]")
         check_finite(self.vector, f"Steer at {self.site!r}: vector")
         check_finite(self.scale, f"Steer at {self.site!r}: scale")
-        check_steer_size(self.vector, self.scale, config.d_model, f"Steer at {self.site!r}",
-                         additions=len(self.layers) if self.layers is not None else config.n_layers)
+        check_steer_size(
+            self.vector,
+            self.scale,
+            config.d_model,
+            f"Steer at {self.site!r}",
+            additions=len(self.layers) if self.layers is not None else config.n_layers,
+        )
 
     def generation_safe(self) -> bool:
         nf = 1 if SITE_LAYOUT[self.site][3] == 1 else 2
@@ -311,7 +324,7 @@ class Patch(_Where):
                 f"or [L={config.n_layers}, B, T, ...]"
             )
         feat = site_feature_shape(self.site, config)
-        if feat is not None and tuple(v[-len(feat):]) != feat:
+        if feat is not None and tuple(v[-len(feat) :]) != feat:
             raise InputError(f"Patch: values have shape {v}; trailing axes should be {feat} for site {self.site!r}")
         tok_ax = SITE_LAYOUT[self.site][1] + (len(v) - rank)
         if n_tokens is not None and v[tok_ax] != n_tokens:
@@ -443,8 +456,10 @@ class CrossRunPatch(_Where):
         if self.head_mask is not None:
             n_heads = site_n_heads(self.site, config)
             if n_heads is None or jnp.shape(self.head_mask) != (n_heads,):
-                raise InputError(f"CrossRunPatch: head_mask has shape {jnp.shape(self.head_mask)}; site "
-                                 f"{self.site!r} needs [{n_heads}] (head sites: {HEAD_SITES})")
+                raise InputError(
+                    f"CrossRunPatch: head_mask has shape {jnp.shape(self.head_mask)}; site "
+                    f"{self.site!r} needs [{n_heads}] (head sites: {HEAD_SITES})"
+                )
             check_finite(self.head_mask, "CrossRunPatch: head_mask")
 
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
@@ -615,8 +630,10 @@ class Hook:
     def apply(self, x: jax.Array, layer: jax.Array) -> jax.Array:
         y = self.fn(x, layer) if self.params is None else self.fn(x, layer, self.params)
         if not hasattr(y, "shape") or y.shape != x.shape:
-            raise InputError(f"Hook at {self.site!r}: fn returned shape {getattr(y, 'shape', type(y).__name__)}; "
-                             f"it must keep the activation's shape {x.shape}")
+            raise InputError(
+                f"Hook at {self.site!r}: fn returned shape {getattr(y, 'shape', type(y).__name__)}; "
+                f"it must keep the activation's shape {x.shape}"
+            )
         y = y.astype(x.dtype)
         if self.layers is None:
             return y
@@ -654,8 +671,10 @@ class Affine:
         banks = {"scale": jnp.shape(self.scale), "shift": jnp.shape(self.shift)}
         L, d = config.n_layers, config.d_model
         if banks["scale"] != banks["shift"] or banks["scale"][1:] not in ((d,), (L, d)):
-            raise InputError(f"Affine: with an index, scale and shift are banks [K, {d}] or [K, {L}, {d}] of one "
-                             f"shape; got {banks['scale']} and {banks['shift']}")
+            raise InputError(
+                f"Affine: with an index, scale and shift are banks [K, {d}] or [K, {L}, {d}] of one "
+                f"shape; got {banks['scale']} and {banks['shift']}"
+            )
         if jnp.ndim(self.index) != 1:
             raise InputError(f"Affine: index must be [B] integers, got shape {jnp.shape(self.index)}")
         probe = dataclasses.replace(self, scale=jnp.zeros((d,)), shift=jnp.zeros((d,)), index=None)

@@ -58,8 +58,10 @@ class Model:
         leaves = jax.tree_util.tree_leaves(self.params)
         n = sum(int(np.prod(p.shape)) for p in leaves)
         dtypes = sorted({str(p.dtype) for p in leaves})
-        return (f"Model({c.architecture}, {c.n_layers} layers, d_model={c.d_model}, heads={c.n_heads}/{c.n_kv_heads}"
-                f", vocab={c.vocab_size}, {n / 1e6:.1f}M params {'/'.join(dtypes)})")
+        return (
+            f"Model({c.architecture}, {c.n_layers} layers, d_model={c.d_model}, heads={c.n_heads}/{c.n_kv_heads}"
+            f", vocab={c.vocab_size}, {n / 1e6:.1f}M params {'/'.join(dtypes)})"
+        )
 
     def _repr_html_(self) -> str:
         from .display import html_table

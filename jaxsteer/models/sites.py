@@ -40,9 +40,9 @@ NOT_ALIASED = {
     "hook_attn_in": "TransformerLens' hook_attn_in is the residual before the norm, per head; use 'resid_pre'",
     "hook_mlp_in": "TransformerLens' hook_mlp_in is the residual before the norm; use 'resid_mid'",
     "ln1.hook_normalized": "TransformerLens' ln1.hook_normalized is x / rms(x) before the norm weight; jaxsteer's "
-                           "'attn_in' is the norm's output after the weight",
+    "'attn_in' is the norm's output after the weight",
     "ln2.hook_normalized": "TransformerLens' ln2.hook_normalized is x / rms(x) before the norm weight; jaxsteer's "
-                           "'mlp_in' is the norm's output after the weight",
+    "'mlp_in' is the norm's output after the weight",
 }
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")

@@ -50,8 +50,10 @@ def to_tokens(tokenizer: Any, text: str | Sequence[str], *, prepend_bos: bool = 
         ids = [row if row[:1] == [bos] else [bos] + row for row in ids]
     lengths = sorted({len(row) for row in ids})
     if len(lengths) > 1:
-        raise InputError(f"the strings have different token lengths {[len(r) for r in ids]}; tokenize them one "
-                         "at a time, or pad them with an attention_mask")
+        raise InputError(
+            f"the strings have different token lengths {[len(r) for r in ids]}; tokenize them one "
+            "at a time, or pad them with an attention_mask"
+        )
     return np.asarray(ids, np.int32)
 
 

@@ -101,7 +101,9 @@ def check_real(value: Any, name: str) -> None:
         try:
             dtype = np.asarray(value).dtype
         except (TypeError, ValueError) as err:
-            raise InputError(f"{name} must be an array of real numbers; cannot read {type(value).__name__}: {err}") from None
+            raise InputError(
+                f"{name} must be an array of real numbers; cannot read {type(value).__name__}: {err}"
+            ) from None
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.complexfloating) or dtype.kind in "OSUM":
         raise InputError(f"{name} must hold real numbers, got dtype {dtype}")
@@ -140,8 +142,15 @@ def check_finite(value: Any, name: str) -> None:
         )
 
 
-def check_number(value: Any, name: str, *, integer: bool = False, low: float | None = None,
-                 high: float | None = None, low_open: bool = False) -> float | int:
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> float | int:
     """A Python/NumPy scalar `value` as float (int with `integer`), checked finite and inside
     `[low, high]` (`(low, high]` with `low_open`); ValueError naming `name` otherwise.
 
@@ -156,8 +165,11 @@ def check_number(value: Any, name: str, *, integer: bool = False, low: float | N
     Returns:
         `value` as float (or int).
     """
-    ok_type = (np.issubdtype(type(value), np.integer) if integer else
-               np.issubdtype(type(value), np.integer) or np.issubdtype(type(value), np.floating))
+    ok_type = (
+        np.issubdtype(type(value), np.integer)
+        if integer
+        else np.issubdtype(type(value), np.integer) or np.issubdtype(type(value), np.floating)
+    )
     if isinstance(value, bool) or not ok_type:
         kind = "an integer" if integer else "a real number"
         raise InputError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
@@ -187,6 +199,7 @@ def check_steer_size(vector: Any, scale: Any, d_model: int, name: str, additions
     """
     if not (is_concrete(vector) and is_concrete(scale)) or vector is None:
         return
+
     def largest(x) -> float | None:  # on the array's device for a jax.Array (one scalar comes back)
         if np.size(x) == 0:
             return None
@@ -203,8 +216,16 @@ def check_steer_size(vector: Any, scale: Any, d_model: int, name: str, additions
     if top > limit:
         raise InputError(
             f"{name}: |scale| x |vector|{f' x {additions} layers' if additions > 1 else ''} reaches {top:.3g}; "
-            f"above {limit:.3g} the float32 activations overflow to inf / NaN (lower the scale)")
+            f"above {limit:.3g} the float32 activations overflow to inf / NaN (lower the scale)"
+        )
 
 
-__all__ = ["is_concrete", "check_token_ids", "check_binary_mask", "check_finite", "check_real", "check_number",
-           "check_steer_size"]
+__all__ = [
+    "is_concrete",
+    "check_token_ids",
+    "check_binary_mask",
+    "check_finite",
+    "check_real",
+    "check_number",
+    "check_steer_size",
+]

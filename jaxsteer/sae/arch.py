@@ -104,10 +104,16 @@ class SAEConfig:
                 f"kron SAE: heads*m*n = {self.kron_heads}*{self.kron_m}*{self.kron_n} must equal d_sae={self.d_sae}"
             )
         w = self.matryoshka_widths
-        if self.kind == "matryoshka" and (not w or w[-1] != self.d_sae or any(b <= a for a, b in itertools.pairwise((0,) + w))):
-            raise InputError(f"matryoshka SAE: matryoshka_widths {list(w)} must increase from > 0 to d_sae={self.d_sae}")
+        if self.kind == "matryoshka" and (
+            not w or w[-1] != self.d_sae or any(b <= a for a, b in itertools.pairwise((0,) + w))
+        ):
+            raise InputError(
+                f"matryoshka SAE: matryoshka_widths {list(w)} must increase from > 0 to d_sae={self.d_sae}"
+            )
         if self.kind == "kron" and self.rescale_acts_by_decoder_norm:
-            raise InputError("kron SAE: rescale_acts_by_decoder_norm is not supported (its encoder has no W_enc to fold into)")
+            raise InputError(
+                "kron SAE: rescale_acts_by_decoder_norm is not supported (its encoder has no W_enc to fold into)"
+            )
         if self.dtype not in ("float32", "bfloat16"):
             raise InputError(f"SAE dtype must be float32 or bfloat16, got {self.dtype!r}")
 
@@ -352,11 +358,17 @@ def fold_decoder_norm(sae: SAE) -> SAE:
     if c.kind == "kron":
         raise InputError("fold_decoder_norm: a kron SAE has no W_enc to fold the decoder norms into")
     if not c.rescale_acts_by_decoder_norm and c.kind not in ("relu", "jumprelu"):
-        raise InputError(f"fold_decoder_norm: folding would change which latents a {c.kind} SAE selects "
-                         "(only exact with rescale_acts_by_decoder_norm, or for relu / jumprelu)")
+        raise InputError(
+            f"fold_decoder_norm: folding would change which latents a {c.kind} SAE selects "
+            "(only exact with rescale_acts_by_decoder_norm, or for relu / jumprelu)"
+        )
     n = jnp.maximum(jnp.linalg.norm(p["W_dec"].astype(jnp.float32), axis=-1), 1e-8)
-    new = dict(p, W_enc=(p["W_enc"] * n).astype(p["W_enc"].dtype), b_enc=(p["b_enc"] * n).astype(p["b_enc"].dtype),
-               W_dec=(p["W_dec"] / n[:, None]).astype(p["W_dec"].dtype))
+    new = dict(
+        p,
+        W_enc=(p["W_enc"] * n).astype(p["W_enc"].dtype),
+        b_enc=(p["b_enc"] * n).astype(p["b_enc"].dtype),
+        W_dec=(p["W_dec"] / n[:, None]).astype(p["W_dec"].dtype),
+    )
     if c.kind == "jumprelu" and not c.rescale_acts_by_decoder_norm:
         new["threshold"] = (p["threshold"] * n).astype(p["threshold"].dtype)
     return SAE(new, dataclasses.replace(c, rescale_acts_by_decoder_norm=False))
@@ -411,7 +423,23 @@ def astype(sae: SAE, dtype: str) -> SAE:
 
 
 __all__ = [
-    "KINDS", "BATCH_KINDS", "SAEConfig", "SAE", "init_sae", "b_dec", "mand", "pre_acts", "topk_mask", "batch_topk",
-    "activate", "encode", "decode", "reconstruct", "residual_reconstruct", "kron_full_matrices",
-    "encoder_flops", "astype", "fold_decoder_norm",
+    "KINDS",
+    "BATCH_KINDS",
+    "SAEConfig",
+    "SAE",
+    "init_sae",
+    "b_dec",
+    "mand",
+    "pre_acts",
+    "topk_mask",
+    "batch_topk",
+    "activate",
+    "encode",
+    "decode",
+    "reconstruct",
+    "residual_reconstruct",
+    "kron_full_matrices",
+    "encoder_flops",
+    "astype",
+    "fold_decoder_norm",
 ]

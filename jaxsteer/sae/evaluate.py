@@ -28,7 +28,7 @@ from .splice import Splice
 
 def _ce(logits: jax.Array, tokens: jax.Array, skip_first: int) -> jax.Array:
     logp = jax.nn.log_softmax(logits[:, skip_first:-1].astype(jnp.float32), axis=-1)
-    tgt = tokens[:, skip_first + 1:]
+    tgt = tokens[:, skip_first + 1 :]
     return -jnp.sum(jnp.take_along_axis(logp, tgt[..., None], axis=-1))
 
 
@@ -40,8 +40,14 @@ def _batch_stats(model: Model, sae: SAE, residual: SAE | None, tokens: jax.Array
     x_hat = decode(sae, z).astype(jnp.float32)
     if residual is not None:
         x_hat = x_hat + decode(residual, encode(residual, x - x_hat)).astype(jnp.float32)
-    out = {"n": jnp.asarray(x.shape[0], jnp.float32), "sum_x": jnp.sum(x, 0), "sum_x2": jnp.sum(x * x),
-           "sq_err": jnp.sum((x - x_hat) ** 2), "l0": jnp.sum(z > 0), "fired": jnp.any(z > 0, axis=0)}
+    out = {
+        "n": jnp.asarray(x.shape[0], jnp.float32),
+        "sum_x": jnp.sum(x, 0),
+        "sum_x2": jnp.sum(x * x),
+        "sq_err": jnp.sum((x - x_hat) ** 2),
+        "l0": jnp.sum(z > 0),
+        "fired": jnp.any(z > 0, axis=0),
+    }
     if c.kind == "htopk":
         vals, idx = sparse_topk(pre_acts(sae, x), c.k)
         out["htopk_err"] = htopk_errors(sae, x, vals, idx)
@@ -49,17 +55,28 @@ def _batch_stats(model: Model, sae: SAE, residual: SAE | None, tokens: jax.Array
         assert clean is not None  # forward returned logits: return_logits=with_ce
         spliced, _ = forward(model, tokens, interventions=[Splice(sae, residual=residual)], return_logits=True)
         zeroed, _ = forward(model, tokens, interventions=[Ablate(site=c.site, layers=(c.layer,))], return_logits=True)
-        out.update(ce_clean=_ce(clean, tokens, skip_first), ce_sae=_ce(spliced, tokens, skip_first),
-                   ce_zero=_ce(zeroed, tokens, skip_first),
-                   n_ce=jnp.asarray(tokens.shape[0] * (tokens.shape[1] - skip_first - 1), jnp.float32))
+        out.update(
+            ce_clean=_ce(clean, tokens, skip_first),
+            ce_sae=_ce(spliced, tokens, skip_first),
+            ce_zero=_ce(zeroed, tokens, skip_first),
+            n_ce=jnp.asarray(tokens.shape[0] * (tokens.shape[1] - skip_first - 1), jnp.float32),
+        )
     return out
 
 
 _batch_stats_jit = jax.jit(_batch_stats, static_argnums=(4, 5))
 
 
-def evaluate_sae(model: Model, sae: SAE, windows: np.ndarray, *, batch: int = 8, residual: SAE | None = None,
-                 skip_first: int = 1, with_ce: bool = True) -> dict[str, Any]:
+def evaluate_sae(
+    model: Model,
+    sae: SAE,
+    windows: np.ndarray,
+    *,
+    batch: int = 8,
+    residual: SAE | None = None,
+    skip_first: int = 1,
+    with_ce: bool = True,
+) -> dict[str, Any]:
     """Metrics of `sae` (plus an optional residual SAE on top) over token windows `[N, T]`.
 
     Args:
@@ -77,7 +94,9 @@ def evaluate_sae(model: Model, sae: SAE, windows: np.ndarray, *, batch: int = 8,
     """
     acc: dict[str, Any] = {}
     for i in range(0, len(windows) - batch + 1, batch):
-        stats = jax.device_get(_batch_stats_jit(model, sae, residual, jnp.asarray(windows[i:i + batch]), skip_first, with_ce))
+        stats = jax.device_get(
+            _batch_stats_jit(model, sae, residual, jnp.asarray(windows[i : i + batch]), skip_first, with_ce)
+        )
         for k, v in stats.items():
             acc[k] = (acc.get(k, False) | v) if k == "fired" else (acc.get(k, 0) + np.asarray(v, np.float64))
     if not acc:
@@ -85,8 +104,14 @@ def evaluate_sae(model: Model, sae: SAE, windows: np.ndarray, *, batch: int = 8,
     n = acc["n"]
     total_var = acc["sum_x2"] - float(np.sum(acc["sum_x"] ** 2)) / n
     fvu = float(acc["sq_err"] / total_var)
-    out = {"tokens": int(n), "fvu": fvu, "explained_variance": 1 - fvu, "l0": float(acc["l0"] / n),
-           "dead_fraction": float(1 - np.mean(acc["fired"])), "mse": float(acc["sq_err"] / n / sae.config.d_in)}
+    out = {
+        "tokens": int(n),
+        "fvu": fvu,
+        "explained_variance": 1 - fvu,
+        "l0": float(acc["l0"] / n),
+        "dead_fraction": float(1 - np.mean(acc["fired"])),
+        "mse": float(acc["sq_err"] / n / sae.config.d_in),
+    }
     if "htopk_err" in acc:
         out["ev_by_k"] = [float(1 - e / total_var) for e in acc["htopk_err"]]
     if with_ce:
@@ -97,8 +122,9 @@ def evaluate_sae(model: Model, sae: SAE, windows: np.ndarray, *, batch: int = 8,
     return out
 
 
-def plot_ev_by_k(curves: dict[str, list[float]], path: str, points: dict[str, tuple[float, float]] | None = None,
-                 title: str = "") -> str:
+def plot_ev_by_k(
+    curves: dict[str, list[float]], path: str, points: dict[str, tuple[float, float]] | None = None, title: str = ""
+) -> str:
     """Explained variance against k (one curve per name, e.g. HierarchicalTopK at every k <= K),
     plus single points (e.g. TopK SAEs trained at one k), drawn into a PNG.
 

@@ -95,14 +95,19 @@ def _unit_rows(w: np.ndarray) -> np.ndarray:
 
 def decoder_cosine(a: SAE, b: SAE) -> np.ndarray:
     """`[F_a, F_b]` cosines between `a`'s and `b`'s decoder rows."""
-    return _unit_rows(np.asarray(a.params["W_dec"], np.float32)) @ _unit_rows(np.asarray(b.params["W_dec"], np.float32)).T
+    return (
+        _unit_rows(np.asarray(a.params["W_dec"], np.float32)) @ _unit_rows(np.asarray(b.params["W_dec"], np.float32)).T
+    )
 
 
 def encoder_cosine(a: SAE, b: SAE) -> np.ndarray:
     """`[F_a, F_b]` cosines between `a`'s decoder rows and `b`'s encoder columns (needs `W_enc`)."""
     if "W_enc" not in b.params:
         raise InputError(f"encoder_cosine: the {b.config.kind} SAE has no W_enc")
-    return _unit_rows(np.asarray(a.params["W_dec"], np.float32)) @ _unit_rows(np.asarray(b.params["W_enc"], np.float32).T).T
+    return (
+        _unit_rows(np.asarray(a.params["W_dec"], np.float32))
+        @ _unit_rows(np.asarray(b.params["W_enc"], np.float32).T).T
+    )
 
 
 def activation_correlation(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
@@ -119,8 +124,15 @@ def activation_correlation(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
     return np.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
-def flow_graph(saes: Sequence[SAE], acts: Sequence[np.ndarray], *, features: Sequence[int] | None = None,
-               top: int = 3, by: str = "correlation", min_weight: float = 0.0) -> FeatureGraph:
+def flow_graph(
+    saes: Sequence[SAE],
+    acts: Sequence[np.ndarray],
+    *,
+    features: Sequence[int] | None = None,
+    top: int = 3,
+    by: str = "correlation",
+    min_weight: float = 0.0,
+) -> FeatureGraph:
     """Follow features from the first SAE through the rest.
 
     At each level every current feature links to its `top` best matches in the next SAE by score
@@ -141,16 +153,23 @@ def flow_graph(saes: Sequence[SAE], acts: Sequence[np.ndarray], *, features: Seq
     if by not in SCORES:
         raise InputError(f"flow_graph: by={by!r}; scores are {SCORES}")
     if len(saes) < 2 or len(saes) != len(acts):
-        raise InputError(f"flow_graph: need >= 2 SAEs and one activation array per SAE, got {len(saes)} and {len(acts)}")
-    codes = [np.asarray(encode(s, jnp.asarray(a).reshape(-1, s.config.d_in)), np.float32) for s, a in zip(saes, acts, strict=True)]
+        raise InputError(
+            f"flow_graph: need >= 2 SAEs and one activation array per SAE, got {len(saes)} and {len(acts)}"
+        )
+    codes = [
+        np.asarray(encode(s, jnp.asarray(a).reshape(-1, s.config.d_in)), np.float32)
+        for s, a in zip(saes, acts, strict=True)
+    ]
     current = sorted(int(f) for f in (features if features is not None else np.flatnonzero((codes[0] > 0).any(0))))
     nodes = [(0, f) for f in current]
     edges = []
     for lv in range(len(saes) - 1):
         a, b = saes[lv], saes[lv + 1]
-        scores = {"correlation": activation_correlation(codes[lv][:, current], codes[lv + 1]),
-                  "decoder_cosine": decoder_cosine(a, b)[current],
-                  "encoder_cosine": encoder_cosine(a, b)[current] if "W_enc" in b.params else None}
+        scores = {
+            "correlation": activation_correlation(codes[lv][:, current], codes[lv + 1]),
+            "decoder_cosine": decoder_cosine(a, b)[current],
+            "encoder_cosine": encoder_cosine(a, b)[current] if "W_enc" in b.params else None,
+        }
         nxt = set()
         for row, f in enumerate(current):
             w = scores[by][row]
@@ -163,8 +182,9 @@ def flow_graph(saes: Sequence[SAE], acts: Sequence[np.ndarray], *, features: Seq
                 nxt.add(int(g))
         current = sorted(nxt)
         nodes += [(lv + 1, g) for g in current]
-    return FeatureGraph(layers=[s.config.layer for s in saes], sites=[s.config.site for s in saes], nodes=nodes,
-                        edges=edges, by=by)
+    return FeatureGraph(
+        layers=[s.config.layer for s in saes], sites=[s.config.site for s in saes], nodes=nodes, edges=edges, by=by
+    )
 
 
 def feature_flow(model, saes: Sequence[SAE], tokens, *, attention_mask=None, batch: int = 8, **kw) -> FeatureGraph:
@@ -191,14 +211,26 @@ def feature_flow(model, saes: Sequence[SAE], tokens, *, attention_mask=None, bat
     sites = tuple(sorted({s.config.site for s in saes}))
     per_sae: list[list[np.ndarray]] = [[] for _ in saes]
     for i in range(0, len(tokens), batch):
-        am = None if attention_mask is None else np.asarray(attention_mask)[i:i + batch]
-        _, trace = forward(small, jnp.asarray(tokens[i:i + batch]), attention_mask=None if am is None else jnp.asarray(am),
-                           record=sites, return_logits=False)
+        am = None if attention_mask is None else np.asarray(attention_mask)[i : i + batch]
+        _, trace = forward(
+            small,
+            jnp.asarray(tokens[i : i + batch]),
+            attention_mask=None if am is None else jnp.asarray(am),
+            record=sites,
+            return_logits=False,
+        )
         for j, s in enumerate(saes):
             x = np.asarray(trace[s.config.site][s.config.layer], np.float32).reshape(-1, s.config.d_in)
             per_sae[j].append(x if am is None else x[am.reshape(-1).astype(bool)])
     return flow_graph(saes, [np.concatenate(p) for p in per_sae], **kw)
 
 
-__all__ = ["SCORES", "FeatureGraph", "decoder_cosine", "encoder_cosine", "activation_correlation", "flow_graph",
-           "feature_flow"]
+__all__ = [
+    "SCORES",
+    "FeatureGraph",
+    "decoder_cosine",
+    "encoder_cosine",
+    "activation_correlation",
+    "flow_graph",
+    "feature_flow",
+]

@@ -104,8 +104,9 @@ def _level_mean(errs: jax.Array, levels: tuple[int, ...] | None) -> jax.Array:
     return jnp.mean(errs[jnp.asarray(levels) - 1] if levels else errs)
 
 
-def auxk_loss(sae: SAE, x: jax.Array, residual: jax.Array, dead: jax.Array, k_aux: int,
-              pre: jax.Array | None = None) -> jax.Array:
+def auxk_loss(
+    sae: SAE, x: jax.Array, residual: jax.Array, dead: jax.Array, k_aux: int, pre: jax.Array | None = None
+) -> jax.Array:
     """AuxK (Gao et al. 2024): the top `k_aux` dead latents reconstruct the main residual
     `x - x_hat` (held constant); scaled by `min(n_dead / k_aux, 1)` as in SAELens; 0 if none dead.
 
@@ -295,9 +296,17 @@ def _codes_and_reconstruction(sae: SAE, x: jax.Array, bandwidth: float) -> dict[
     return out
 
 
-def train_forward(sae: SAE, x: jax.Array, dead: jax.Array | None, *, k_aux: int = 0, aux_coef: float = 0.0,
-                  htopk_levels: tuple[int, ...] | None = None, l0_coef: jax.Array | float = 0.0,
-                  bandwidth: float = 0.001) -> tuple[jax.Array, dict[str, Any]]:
+def train_forward(
+    sae: SAE,
+    x: jax.Array,
+    dead: jax.Array | None,
+    *,
+    k_aux: int = 0,
+    aux_coef: float = 0.0,
+    htopk_levels: tuple[int, ...] | None = None,
+    l0_coef: jax.Array | float = 0.0,
+    bandwidth: float = 0.001,
+) -> tuple[jax.Array, dict[str, Any]]:
     """Loss and diagnostics of one training batch `x [B, d_in]`.
 
     The loss is the FVU (HierarchicalTopK: the mean over its budgets; Matryoshka: the mean over its
@@ -331,8 +340,13 @@ def train_forward(sae: SAE, x: jax.Array, dead: jax.Array | None, *, k_aux: int 
         residual = x.astype(jnp.float32) - r["x_hat"].astype(jnp.float32)
         aux = auxk_loss(sae, x, residual, dead, k_aux, r["pre"])
         loss = loss + aux_coef * aux
-    info = {"fvu": fvu, "aux": aux, "l0": jnp.sum(r["vals"] > 0) / x.shape[0], "fired": r["fired"],
-            "min_active": r["min_active"]}
+    info = {
+        "fvu": fvu,
+        "aux": aux,
+        "l0": jnp.sum(r["vals"] > 0) / x.shape[0],
+        "fired": r["fired"],
+        "min_active": r["min_active"],
+    }
     return loss, info
 
 
@@ -353,6 +367,21 @@ def update_threshold(theta: jax.Array, min_active: jax.Array, lr: float) -> jax.
     return jnp.where(ok, new, theta.astype(jnp.float32)).astype(theta.dtype)
 
 
-__all__ = ["gather_decode", "sparse_topk", "total_variance", "htopk_errors", "htopk_loss", "auxk_loss",
-           "train_topk", "rectangle", "jumprelu_ste", "step_ste", "rms", "jumprelu_forward", "batch_topk_codes",
-           "matryoshka_errors", "train_forward", "update_threshold"]
+__all__ = [
+    "gather_decode",
+    "sparse_topk",
+    "total_variance",
+    "htopk_errors",
+    "htopk_loss",
+    "auxk_loss",
+    "train_topk",
+    "rectangle",
+    "jumprelu_ste",
+    "step_ste",
+    "rms",
+    "jumprelu_forward",
+    "batch_topk_codes",
+    "matryoshka_errors",
+    "train_forward",
+    "update_threshold",
+]

@@ -56,8 +56,15 @@ CFG_FILE = "cfg.json"
 SAELENS_FORMAT = "6.0.0"  # the cfg.json layout written here is SAELens 6.x's (metadata nested)
 WEIGHTS_FILE = "sae_weights.safetensors"
 GEMMA_SCOPE_FILE = "params.npz"
-_ARCH = {"relu": "standard", "topk": "topk", "htopk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu",
-         "matryoshka": "jumprelu", "kron": "jaxsteer_kron"}
+_ARCH = {
+    "relu": "standard",
+    "topk": "topk",
+    "htopk": "topk",
+    "jumprelu": "jumprelu",
+    "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
+    "kron": "jaxsteer_kron",
+}
 # site -> TransformerLens name; reversed so that the long forms listed first (attn.hook_z) win
 _SITE_HOOKS = {site: name for name, site in reversed(TL_ALIASES.items())}
 _LOADABLE = ("standard", "topk", "jumprelu", "batchtopk", "matryoshka_batchtopk", "jaxsteer_kron")
@@ -117,15 +124,28 @@ def save_saelens(sae: SAE, path: str, *, model_name: str = "", context_size: int
         weights["threshold"] = jnp.full((c.d_sae,), p["threshold"], p["W_dec"].dtype)
     arrays = {k: _to_numpy(v, c.dtype) for k, v in weights.items()}
     save_file(arrays, os.path.join(path, WEIGHTS_FILE), metadata={"dtype": c.dtype})
-    meta = {"sae_lens_version": SAELENS_FORMAT, "sae_lens_training_version": None, "model_name": model_name or c.model,
-            "hook_name": hook_name(c.site, c.layer), "hook_head_index": None, "prepend_bos": True,
-            "jaxsteer": c.to_dict()}
+    meta = {
+        "sae_lens_version": SAELENS_FORMAT,
+        "sae_lens_training_version": None,
+        "model_name": model_name or c.model,
+        "hook_name": hook_name(c.site, c.layer),
+        "hook_head_index": None,
+        "prepend_bos": True,
+        "jaxsteer": c.to_dict(),
+    }
     if context_size:
         meta["context_size"] = int(context_size)
-    cfg = {"d_in": c.d_in, "d_sae": c.d_sae, "dtype": c.dtype, "device": "cpu",
-           "apply_b_dec_to_input": c.apply_b_dec_to_input, "normalize_activations": "none",
-           "reshape_activations": "hook_z" if c.site == "z" else "none", "metadata": meta,
-           "architecture": _ARCH[c.kind]}
+    cfg = {
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "dtype": c.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": c.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z" if c.site == "z" else "none",
+        "metadata": meta,
+        "architecture": _ARCH[c.kind],
+    }
     if _ARCH[c.kind] == "topk":
         cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
     with open(os.path.join(path, CFG_FILE), "w") as f:
@@ -163,8 +183,11 @@ def normalise_config(cfg: dict) -> dict:
     cfg = dict(cfg)
     version = cfg.get("sae_lens_version") or (cfg.get("metadata") or {}).get("sae_lens_version")
     if not version or _version(version) < (6, 0, 0):
-        renames = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
-                   "activation_fn_str": "activation_fn"}
+        renames = {
+            "hook_point": "hook_name",
+            "hook_point_head_index": "hook_head_index",
+            "activation_fn_str": "activation_fn",
+        }
         cfg = {renames.get(k, k): v for k, v in cfg.items()}
         cfg.setdefault("apply_b_dec_to_input", True)
         cfg.setdefault("architecture", "standard")
@@ -232,9 +255,11 @@ def _check_normalisation(cfg: dict, norm_scaling_factor: float | None, where: st
     norm = cfg.get("normalize_activations", "none")
     if norm == "expected_average_only_in":
         if norm_scaling_factor is None:
-            raise InputError(f"{where}: normalize_activations='expected_average_only_in' scales inputs by a dataset "
-                             "constant that the directory does not hold; pass norm_scaling_factor= (1.0 computes "
-                             "what SAELens' load_from_disk computes, which ignores it)")
+            raise InputError(
+                f"{where}: normalize_activations='expected_average_only_in' scales inputs by a dataset "
+                "constant that the directory does not hold; pass norm_scaling_factor= (1.0 computes "
+                "what SAELens' load_from_disk computes, which ignores it)"
+            )
         return float(norm_scaling_factor)
     if norm != "none":
         raise InputError(f"{where}: normalize_activations={norm!r} is not supported")
@@ -243,9 +268,16 @@ def _check_normalisation(cfg: dict, norm_scaling_factor: float | None, where: st
     return None
 
 
-def sae_from_saelens_config(cfg: dict, w: dict[str, np.ndarray], *, where: str = "SAE", dtype: str | None = None,
-                            site: str | None = None, layer: int | None = None,
-                            norm_scaling_factor: float | None = None) -> SAE:
+def sae_from_saelens_config(
+    cfg: dict,
+    w: dict[str, np.ndarray],
+    *,
+    where: str = "SAE",
+    dtype: str | None = None,
+    site: str | None = None,
+    layer: int | None = None,
+    norm_scaling_factor: float | None = None,
+) -> SAE:
     """An SAE from a SAELens cfg.json dict and its weights (float32 numpy arrays), read as SAELens
     6.54 reads them (see the module doc); `site` / `layer` override (or supply) the hook name.
 
@@ -277,14 +309,25 @@ def sae_from_saelens_config(cfg: dict, w: dict[str, np.ndarray], *, where: str =
         raise InputError(f"{where}: a jumprelu SAE needs a 'threshold' tensor; found {sorted(w)}")
     saved = meta.get("jaxsteer") or {}
     kind, extra = _kind(arch, cfg, w, saved, where)
-    rescale = bool(cfg.get("rescale_acts_by_decoder_norm", arch in ("batchtopk", "matryoshka_batchtopk"))) \
-        if arch in ("topk", "batchtopk", "matryoshka_batchtopk") else False
+    rescale = (
+        bool(cfg.get("rescale_acts_by_decoder_norm", arch in ("batchtopk", "matryoshka_batchtopk")))
+        if arch in ("topk", "batchtopk", "matryoshka_batchtopk")
+        else False
+    )
     decoder_bias = not (saved.get("decoder_bias") is False and not np.any(w.get("b_dec", 0)))
-    config = SAEConfig(kind=kind, d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), site=where_site[0],
-                       layer=where_site[1], dtype=_dtype_name(dtype or cfg.get("dtype", "float32"), where),
-                       apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-                       rescale_acts_by_decoder_norm=rescale, decoder_bias=decoder_bias,
-                       model=str(meta.get("model_name") or ""), **extra)
+    config = SAEConfig(
+        kind=kind,
+        d_in=int(cfg["d_in"]),
+        d_sae=int(cfg["d_sae"]),
+        site=where_site[0],
+        layer=where_site[1],
+        dtype=_dtype_name(dtype or cfg.get("dtype", "float32"), where),
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+        rescale_acts_by_decoder_norm=rescale,
+        decoder_bias=decoder_bias,
+        model=str(meta.get("model_name") or ""),
+        **extra,
+    )
     params = {k: v for k, v in w.items() if k not in ("topk_threshold", "threshold")}
     if kind == "jumprelu":
         params["threshold"] = w["threshold"]
@@ -308,8 +351,10 @@ def _check_shapes(c: SAEConfig, params: dict, where: str) -> None:
         want["threshold"] = (c.d_sae,)
     for name, shape in want.items():
         if name in params and tuple(np.shape(params[name])) != shape:
-            raise InputError(f"{where}: {name} has shape {tuple(np.shape(params[name]))}, expected {shape} "
-                             f"(d_in={c.d_in}, d_sae={c.d_sae})")
+            raise InputError(
+                f"{where}: {name} has shape {tuple(np.shape(params[name]))}, expected {shape} "
+                f"(d_in={c.d_in}, d_sae={c.d_sae})"
+            )
 
 
 def list_sae_ids(folder: str) -> list[str]:
@@ -329,9 +374,16 @@ def list_sae_ids(folder: str) -> list[str]:
     return sorted(out)
 
 
-def load_saelens(path: str, sae_id: str | None = None, *, dtype: str | None = None, site: str | None = None,
-                 layer: int | None = None, fold_W_dec_norm: bool = False,
-                 norm_scaling_factor: float | None = None) -> SAE:
+def load_saelens(
+    path: str,
+    sae_id: str | None = None,
+    *,
+    dtype: str | None = None,
+    site: str | None = None,
+    layer: int | None = None,
+    fold_W_dec_norm: bool = False,
+    norm_scaling_factor: float | None = None,
+) -> SAE:
     """Read a SAELens directory as SAELens 6.54's `SAE.load_from_disk` reads it (module doc).
 
     Args:
@@ -357,8 +409,15 @@ def load_saelens(path: str, sae_id: str | None = None, *, dtype: str | None = No
     elif os.path.exists(os.path.join(folder, CFG_FILE)):
         with open(os.path.join(folder, CFG_FILE)) as f:
             cfg = json.load(f)
-        sae = sae_from_saelens_config(cfg, _read_weights(folder), where=folder, dtype=dtype, site=site, layer=layer,
-                                      norm_scaling_factor=norm_scaling_factor)
+        sae = sae_from_saelens_config(
+            cfg,
+            _read_weights(folder),
+            where=folder,
+            dtype=dtype,
+            site=site,
+            layer=layer,
+            norm_scaling_factor=norm_scaling_factor,
+        )
     else:
         ids = list_sae_ids(folder)
         if not ids:
@@ -395,11 +454,29 @@ def load_gemma_scope(folder: str, *, site: str | None, layer: int | None = None,
     if missing:
         raise InputError(f"{folder}: params.npz lacks {missing}")
     d_in, d_sae = w["W_enc"].shape
-    cfg = {"architecture": "jumprelu", "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "apply_b_dec_to_input": False,
-           "normalize_activations": "none", "sae_lens_version": SAELENS_FORMAT, "metadata": {}}
+    cfg = {
+        "architecture": "jumprelu",
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": "float32",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "sae_lens_version": SAELENS_FORMAT,
+        "metadata": {},
+    }
     return sae_from_saelens_config(cfg, w, where=folder, dtype=dtype, site=site, layer=layer)
 
 
-__all__ = ["save_saelens", "load_saelens", "load_gemma_scope", "list_sae_ids", "sae_from_saelens_config",
-           "normalise_config", "hook_name", "parse_hook_name", "CFG_FILE", "WEIGHTS_FILE",
-           "GEMMA_SCOPE_FILE"]
+__all__ = [
+    "save_saelens",
+    "load_saelens",
+    "load_gemma_scope",
+    "list_sae_ids",
+    "sae_from_saelens_config",
+    "normalise_config",
+    "hook_name",
+    "parse_hook_name",
+    "CFG_FILE",
+    "WEIGHTS_FILE",
+    "GEMMA_SCOPE_FILE",
+]

@@ -59,12 +59,15 @@ class Splice:
 
     def check(self, config, n_tokens: int | None = None) -> None:
         if self.site not in SITES or self.site in ("q", "k", "v", "pattern"):
-            raise InputError(f"Splice: site {self.site!r} must be a residual-width site (resid_pre, attn_out, mlp_out, "
-                             "resid_post, ...) or z (all heads flattened, as SAELens' hook_z SAEs)")
+            raise InputError(
+                f"Splice: site {self.site!r} must be a residual-width site (resid_pre, attn_out, mlp_out, "
+                "resid_post, ...) or z (all heads flattened, as SAELens' hook_z SAEs)"
+            )
         width = site_width(self.site, config)
         if self.sae.config.d_in != width:
-            raise InputError(f"Splice: the SAE reads d_in={self.sae.config.d_in}; site {self.site!r} of this model "
-                             f"has width {width}")
+            raise InputError(
+                f"Splice: the SAE reads d_in={self.sae.config.d_in}; site {self.site!r} of this model has width {width}"
+            )
         assert self.layers is not None  # filled by __post_init__
         for l in self.layers:
             if not 0 <= l < config.n_layers:
@@ -74,8 +77,10 @@ class Splice:
             if len(p) not in (1, 2) or (n_tokens is not None and p[-1] != n_tokens):
                 raise InputError(f"Splice: positions has shape {p}; expected [T] or [B, T] with T={n_tokens}")
         if self.feature_delta is not None and jnp.shape(self.feature_delta)[-1] != self.sae.config.d_sae:
-            raise InputError(f"Splice: feature_delta has shape {jnp.shape(self.feature_delta)}; "
-                             f"last axis should be d_sae={self.sae.config.d_sae}")
+            raise InputError(
+                f"Splice: feature_delta has shape {jnp.shape(self.feature_delta)}; "
+                f"last axis should be d_sae={self.sae.config.d_sae}"
+            )
         check_finite(self.feature_delta, "Splice.feature_delta")
         for path, leaf in jax.tree_util.tree_leaves_with_path(self.sae.params):
             check_finite(leaf, f"Splice: SAE parameter {jax.tree_util.keystr(path)}")
@@ -137,8 +142,17 @@ def feature_acts(model: Model, sae: SAE, tokens, attention_mask=None) -> jax.Arr
     return encode(sae, acts.reshape(*acts.shape[:2], -1))
 
 
-def top_contexts(model: Model, sae: SAE, windows: np.ndarray, features, *, n: int = 10, batch: int = 8,
-                 tokenizer: Any = None, width: int = 8) -> dict[int, list[dict]]:
+def top_contexts(
+    model: Model,
+    sae: SAE,
+    windows: np.ndarray,
+    features,
+    *,
+    n: int = 10,
+    batch: int = 8,
+    tokenizer: Any = None,
+    width: int = 8,
+) -> dict[int, list[dict]]:
     """Top-`n` activating tokens per feature over token `windows [N, T]`, with `width` tokens of
     context on the left: `{feature: [{"value", "row", "pos", "context"}...]}`.
 
@@ -157,7 +171,9 @@ def top_contexts(model: Model, sae: SAE, windows: np.ndarray, features, *, n: in
     """
     features = [int(f) for f in features]
     fa = jax.jit(lambda m, s, t: feature_acts(m, s, t)[..., jnp.asarray(features)])
-    vals = np.concatenate([np.asarray(fa(model, sae, jnp.asarray(windows[i:i + batch]))) for i in range(0, len(windows), batch)])
+    vals = np.concatenate(
+        [np.asarray(fa(model, sae, jnp.asarray(windows[i : i + batch]))) for i in range(0, len(windows), batch)]
+    )
     out: dict[int, list[dict]] = {}
     for j, f in enumerate(features):
         flat = vals[..., j].reshape(-1)
@@ -165,7 +181,7 @@ def top_contexts(model: Model, sae: SAE, windows: np.ndarray, features, *, n: in
         rows = []
         for b in best:
             r, p = divmod(int(b), windows.shape[1])
-            ids = windows[r, max(0, p - width): p + 1]
+            ids = windows[r, max(0, p - width) : p + 1]
             text = tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
             rows.append({"value": float(flat[b]), "row": r, "pos": p, "context": text})
         out[f] = rows

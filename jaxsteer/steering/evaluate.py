@@ -91,7 +91,9 @@ class Task:
         if self.references is None:
             raise InputError(f"task {self.name!r}: the {self.scorer} scorer needs references")
         refs = self.references
-        return float(np.mean([correctness_reward(p, c, refs[p]) > 0 for p, c in zip(prompts, completions, strict=True)]))
+        return float(
+            np.mean([correctness_reward(p, c, refs[p]) > 0 for p, c in zip(prompts, completions, strict=True)])
+        )
 
     def extraction_pairs(self) -> tuple[list[tuple[str, str, str]], bool]:
         """`(pairs, chat)` for `contrast_data`: the pairs with `prompt_template` applied (chat=False),
@@ -103,8 +105,10 @@ class Task:
     def encode(self, tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
         """Prompt token ids (through `prompt_template`, else the chat template)."""
         if self.prompt_template:
-            return [list(tokenizer(self.prompt_template.format(prompt=p), add_special_tokens=False)["input_ids"])
-                    for p in prompts]
+            return [
+                list(tokenizer(self.prompt_template.format(prompt=p), add_special_tokens=False)["input_ids"])
+                for p in prompts
+            ]
         return tokenize_prompts(tokenizer, prompts)
 
 
@@ -157,9 +161,15 @@ def arithmetic_task(n_pairs: int = 32, n_val: int = 32, n_test: int = 64, seed: 
     train = arithmetic_problems(n_pairs, seed=seed, split="train")
     held = arithmetic_problems(n_val + n_test, seed=seed + 1, split="test")
     pairs = [(e.prompt, e.answer, str(int(e.answer) + int(rng.choice([-10, -1, 1, 10])))) for e in train]
-    return Task("arithmetic", pairs, [e.prompt for e in held[:n_val]], [e.prompt for e in held[n_val:]],
-                scorer="correctness", references={e.prompt: e.answer for e in held},
-                prompt_template=ARITHMETIC_TEMPLATE)
+    return Task(
+        "arithmetic",
+        pairs,
+        [e.prompt for e in held[:n_val]],
+        [e.prompt for e in held[n_val:]],
+        scorer="correctness",
+        references={e.prompt: e.answer for e in held},
+        prompt_template=ARITHMETIC_TEMPLATE,
+    )
 
 
 # --------------------------------------------------------------------------- measuring
@@ -183,8 +193,10 @@ def row_interventions(bank: Any, index: jax.Array, map_site: str = "mlp_in") -> 
         The interventions, a tuple.
     """
     if isinstance(bank, dict):
-        return (RowSteer(bank["vectors"], index=index),
-                Affine(bank["scale"], bank["shift"], index=index, site=map_site))
+        return (
+            RowSteer(bank["vectors"], index=index),
+            Affine(bank["scale"], bank["shift"], index=index, site=map_site),
+        )
     return (RowSteer(bank, index=index),)
 
 
@@ -203,8 +215,9 @@ def _kl_and_nll(model, bank, index, tokens, mask, base_logp, map_site="mlp_in"):
     return (kl * m).sum(1) / m.sum(1), (nll * m).sum(1) / m.sum(1)
 
 
-def side_effects(model: Model, bank: Any, neutral: tuple, text: tuple, rows: int = 16,
-                 map_site: str = "mlp_in") -> tuple[np.ndarray, np.ndarray]:
+def side_effects(
+    model: Model, bank: Any, neutral: tuple, text: tuple, rows: int = 16, map_site: str = "mlp_in"
+) -> tuple[np.ndarray, np.ndarray]:
     """`(kl [K], perplexity [K])` for each vector of `bank [K, L, d]` (the unsteered model is a
     zero vector; a dict bank carries affine maps too, see `row_interventions`): KL from the
     unsteered model on the `neutral` prompts `(tokens, mask)` and perplexity on `text` windows.
@@ -243,8 +256,18 @@ def _chunks(K: int, per: int):
         yield np.concatenate([ks, np.full(per - len(ks), ks[-1])])
 
 
-def task_scores(model: Model, tokenizer: Any, task: Task, prompts: Sequence[str], bank: Any, *,
-                max_new_tokens: int = 24, rows: int = 96, desc: str = "", map_site: str = "mlp_in") -> np.ndarray:
+def task_scores(
+    model: Model,
+    tokenizer: Any,
+    task: Task,
+    prompts: Sequence[str],
+    bank: Any,
+    *,
+    max_new_tokens: int = 24,
+    rows: int = 96,
+    desc: str = "",
+    map_site: str = "mlp_in",
+) -> np.ndarray:
     """The task score of greedy completions to `prompts` under each row of `bank` (vectors
     `[K, L, d]`, or a dict bank with affine maps, see `row_interventions`).
 
@@ -267,12 +290,18 @@ def task_scores(model: Model, tokenizer: Any, task: Task, prompts: Sequence[str]
     per = max(1, rows // n)
     out = np.zeros(K)
     for ks in tqdm(list(_chunks(K, per)), desc=desc or "steered generation", leave=False):
-        gen = generate(model, ids * per, tokenizer=tokenizer, max_new_tokens=max_new_tokens, greedy=True,
-                       interventions=row_interventions(bank, jnp.asarray(np.repeat(ks, n)), map_site))
+        gen = generate(
+            model,
+            ids * per,
+            tokenizer=tokenizer,
+            max_new_tokens=max_new_tokens,
+            greedy=True,
+            interventions=row_interventions(bank, jnp.asarray(np.repeat(ks, n)), map_site),
+        )
         texts = gen.texts
         assert texts is not None  # generate decodes when given a tokenizer
         for j, k in enumerate(ks):
-            out[k] = task.score(prompts, texts[j * n:(j + 1) * n])
+            out[k] = task.score(prompts, texts[j * n : (j + 1) * n])
     return out
 
 
@@ -298,13 +327,17 @@ class SweepResult:
     def table(self) -> str:
         """The picked configurations as a markdown table (unsteered first)."""
         b = self.baseline
-        lines = ["| method | layer | scale | val score | test score | KL (neutral) | perplexity |",
-                 "| --- | --- | --- | --- | --- | --- | --- |",
-                 f"| unsteered | - | 0 | {b['val']:.3f} | {b['test']:.3f} | 0 | {b['ppl']:.2f} |"]
+        lines = [
+            "| method | layer | scale | val score | test score | KL (neutral) | perplexity |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| unsteered | - | 0 | {b['val']:.3f} | {b['test']:.3f} | 0 | {b['ppl']:.2f} |",
+        ]
         for r in self.best:
             layer = "own" if r["layer"] < 0 else r["layer"]
-            lines.append(f"| {r['method']} | {layer} | {r['scale']:g} | {r['val']:.3f} | {r['test']:.3f} | "
-                         f"{r['kl']:.4f} | {r['ppl']:.2f} |")
+            lines.append(
+                f"| {r['method']} | {layer} | {r['scale']:g} | {r['val']:.3f} | {r['test']:.3f} | "
+                f"{r['kl']:.4f} | {r['ppl']:.2f} |"
+            )
         return "\n".join(lines)
 
     def plot(self, path: str) -> str:
@@ -315,13 +348,17 @@ class SweepResult:
         ax_s, ax_k = fig.subplots(1, 2)
         keys = sorted({(r["method"], r["layer"]) for r in self.rows}, key=str)
         for method, layer in keys:
-            rs = sorted((r for r in self.rows if r["method"] == method and r["layer"] == layer), key=lambda r: r["scale"])
+            rs = sorted(
+                (r for r in self.rows if r["method"] == method and r["layer"] == layer), key=lambda r: r["scale"]
+            )
             label = f"{method} @ {'own' if layer < 0 else layer}"
             ax_s.plot([r["scale"] for r in rs], [r["val"] for r in rs], marker="o", label=label)
             ax_k.plot([r["scale"] for r in rs], [r["kl"] for r in rs], marker="o", label=label)
         ax_s.axhline(self.baseline["val"], color="grey", ls="--", label="unsteered")
         ax_s.set(xlabel="scale", ylabel="validation score", title=f"{self.task}: task score")
-        ax_k.set(xlabel="scale", ylabel="KL(unsteered || steered)", title="side effect on neutral prompts", yscale="symlog")
+        ax_k.set(
+            xlabel="scale", ylabel="KL(unsteered || steered)", title="side effect on neutral prompts", yscale="symlog"
+        )
         ax_s.legend(fontsize=7)
         return save_figure(fig, path)
 
@@ -332,8 +369,16 @@ class SweepResult:
         return path
 
 
-def method_vectors(model: Model, tokenizer: Any, task: Task, methods: Sequence[str], layers: Sequence[int], *,
-                   read: str | int = "mean", options: dict[str, dict] | None = None) -> dict[str, np.ndarray]:
+def method_vectors(
+    model: Model,
+    tokenizer: Any,
+    task: Task,
+    methods: Sequence[str],
+    layers: Sequence[int],
+    *,
+    read: str | int = "mean",
+    options: dict[str, dict] | None = None,
+) -> dict[str, np.ndarray]:
     """`[L, d]` vectors per extraction method from the task's pairs, rescaled to the mean
     difference's length per layer. The supervised method trains one vector per layer in `layers`.
 
@@ -366,12 +411,13 @@ def method_vectors(model: Model, tokenizer: Any, task: Task, methods: Sequence[s
     return out
 
 
-def _configs(vectors: dict[str, np.ndarray], layers: Sequence[int], scales: Sequence[float],
-             trained: Sequence[str]) -> tuple[list[dict], np.ndarray]:
+def _configs(
+    vectors: dict[str, np.ndarray], layers: Sequence[int], scales: Sequence[float], trained: Sequence[str]
+) -> tuple[list[dict], np.ndarray]:
     """One bank row per (method, layer, scale); trained vectors keep all their layers (layer -1)."""
     configs, bank = [], []
     for m, v in vectors.items():
-        for l in ([-1] if m in trained else layers):
+        for l in [-1] if m in trained else layers:
             for s in scales:
                 row = np.zeros_like(v)
                 if l < 0:
@@ -394,7 +440,9 @@ def _map_configs(maps: dict[str, Any], n_layers: int, strengths: Sequence[float]
             dense = affine_map(m.trainable, m.config, n_layers)
             scale, shift, site = np.asarray(dense["scale"]), np.asarray(dense["shift"]), m.config.site
         elif isinstance(m, Affine) and m.index is None:
-            scale, shift = (np.broadcast_to(np.asarray(a, np.float32), (n_layers, np.shape(a)[-1])) for a in (m.scale, m.shift))
+            scale, shift = (
+                np.broadcast_to(np.asarray(a, np.float32), (n_layers, np.shape(a)[-1])) for a in (m.scale, m.shift)
+            )
             if m.layers is not None:
                 off = np.setdiff1d(np.arange(n_layers), m.layers)
                 scale, shift = scale.copy(), shift.copy()
@@ -409,31 +457,51 @@ def _map_configs(maps: dict[str, Any], n_layers: int, strengths: Sequence[float]
             shift_rows.append(s * shift)
     if len(sites) > 1:
         raise InputError(f"all maps of one sweep act at one site; got {sorted(sites)}")
-    return configs, {"scale": np.stack(scale_rows).astype(np.float32), "shift": np.stack(shift_rows).astype(np.float32)}, sites.pop()
+    return (
+        configs,
+        {"scale": np.stack(scale_rows).astype(np.float32), "shift": np.stack(shift_rows).astype(np.float32)},
+        sites.pop(),
+    )
 
 
 def _with_maps(bank: np.ndarray, map_bank: dict, n_vector_rows: int) -> dict:
     """One dict bank: vector rows with identity maps, then map rows with zero vectors."""
     K, shape = map_bank["scale"].shape[0], bank.shape[1:]
-    return {"vectors": np.concatenate([bank, np.zeros((K, *shape), np.float32)]),
-            "scale": np.concatenate([np.ones((n_vector_rows, *shape), np.float32), map_bank["scale"]]),
-            "shift": np.concatenate([np.zeros((n_vector_rows, *shape), np.float32), map_bank["shift"]])}
+    return {
+        "vectors": np.concatenate([bank, np.zeros((K, *shape), np.float32)]),
+        "scale": np.concatenate([np.ones((n_vector_rows, *shape), np.float32), map_bank["scale"]]),
+        "shift": np.concatenate([np.zeros((n_vector_rows, *shape), np.float32), map_bank["shift"]]),
+    }
 
 
-def sweep(model: Model, tokenizer: Any, task: Task, *, methods: Sequence[str] = ("mean_difference", "pca", "probe"),
-          layers: Sequence[int] = (10,), scales: Sequence[float] = (1, 2, 4, 8), vectors: dict[str, Any] | None = None,
-          trained_scales: Sequence[float] = (0.5, 1, 2), maps: dict[str, Any] | None = None,
-          read: str | int = "mean", options: dict | None = None,
-          max_new_tokens: int = 24, text_windows: int = 8, text_tokens: int = 64, rows: int = 96,
-          say: Callable = print) -> SweepResult:
+def sweep(
+    model: Model,
+    tokenizer: Any,
+    task: Task,
+    *,
+    methods: Sequence[str] = ("mean_difference", "pca", "probe"),
+    layers: Sequence[int] = (10,),
+    scales: Sequence[float] = (1, 2, 4, 8),
+    vectors: dict[str, Any] | None = None,
+    trained_scales: Sequence[float] = (0.5, 1, 2),
+    maps: dict[str, Any] | None = None,
+    read: str | int = "mean",
+    options: dict | None = None,
+    max_new_tokens: int = 24,
+    text_windows: int = 8,
+    text_tokens: int = 64,
+    rows: int = 96,
+    say: Callable = print,
+) -> SweepResult:
     """Sweep layer x scale per method (see the module doc) and pick each (method, layer)'s scale
     by validation score (ties: the smaller KL). `maps`: affine maps (LinEAS) swept over
     `trained_scales` as strengths."""
     vecs = method_vectors(model, tokenizer, task, methods, layers, read=read, options=options)
     configs, bank = _configs(vecs, layers, scales, ())
     if vectors:
-        extra, extra_bank = _configs({k: np.asarray(v, np.float32) for k, v in vectors.items()}, layers,
-                                     trained_scales, tuple(vectors))
+        extra, extra_bank = _configs(
+            {k: np.asarray(v, np.float32) for k, v in vectors.items()}, layers, trained_scales, tuple(vectors)
+        )
         configs, bank = configs + extra, np.concatenate([bank, extra_bank])
     bank = np.concatenate([np.zeros_like(bank[:1]), bank])  # row 0: unsteered
     map_site = "mlp_in"
@@ -443,20 +511,40 @@ def sweep(model: Model, tokenizer: Any, task: Task, *, methods: Sequence[str] = 
         configs = configs + map_configs
     bank = jax.tree_util.tree_map(jnp.asarray, bank)
     say(f"{task.name}: {len(configs)} configurations x {len(task.validation)} validation prompts")
-    val = task_scores(model, tokenizer, task, task.validation, bank, max_new_tokens=max_new_tokens, rows=rows,
-                      desc="validation", map_site=map_site)
+    val = task_scores(
+        model,
+        tokenizer,
+        task,
+        task.validation,
+        bank,
+        max_new_tokens=max_new_tokens,
+        rows=rows,
+        desc="validation",
+        map_site=map_site,
+    )
     pad = pad_id_for(model, tokenizer)
     neutral = _padded(task.encode(tokenizer, task.validation), pad)
     text = _padded(general_text_windows(tokenizer, text_windows, text_tokens), pad)
     kl, ppl = side_effects(model, bank, neutral, text, map_site=map_site)
-    rows_out = [dict(c, val=float(val[i + 1]), kl=float(kl[i + 1]), ppl=float(ppl[i + 1])) for i, c in enumerate(configs)]
+    rows_out = [
+        dict(c, val=float(val[i + 1]), kl=float(kl[i + 1]), ppl=float(ppl[i + 1])) for i, c in enumerate(configs)
+    ]
     best_idx = []
     for key in dict.fromkeys((r["method"], r["layer"]) for r in rows_out):
         cand = [i for i, r in enumerate(rows_out) if (r["method"], r["layer"]) == key]
         best_idx.append(max(cand, key=lambda i: (rows_out[i]["val"], -rows_out[i]["kl"])))
     picked = jnp.asarray([0] + [i + 1 for i in best_idx])
-    test = task_scores(model, tokenizer, task, task.test, jax.tree_util.tree_map(lambda b: b[picked], bank),
-                       max_new_tokens=max_new_tokens, rows=rows, desc="test", map_site=map_site)
+    test = task_scores(
+        model,
+        tokenizer,
+        task,
+        task.test,
+        jax.tree_util.tree_map(lambda b: b[picked], bank),
+        max_new_tokens=max_new_tokens,
+        rows=rows,
+        desc="test",
+        map_site=map_site,
+    )
     best = [dict(rows_out[i], test=float(test[j + 1])) for j, i in enumerate(best_idx)]
     baseline = {"val": float(val[0]), "test": float(test[0]), "ppl": float(ppl[0])}
     return SweepResult(task.name, rows_out, best, baseline)
@@ -471,7 +559,7 @@ def general_text_windows(tokenizer: Any, n: int, length: int) -> list[list[int]]
         ids += tokenizer(doc, add_special_tokens=False)["input_ids"]
         while len(ids) >= length and len(out) < n:
             out.append(ids[:length])
-            ids = ids[length * 7:]  # skip ahead: windows from different places
+            ids = ids[length * 7 :]  # skip ahead: windows from different places
         if len(out) >= n:
             return out
     raise InputError(f"the general text sample holds fewer than {n} windows of {length} tokens")

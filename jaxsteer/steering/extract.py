@@ -82,12 +82,16 @@ class ContrastData:
 def _items(pairs, prompts, labels) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
     """(prompt, completion) texts with labels and pair ids, from pairs or labelled prompts."""
     if (pairs is None) == (prompts is None):
-        raise InputError("give either pairs=[(positive, negative) or (prompt, positive, negative), ...] "
-                         "or prompts=[...] with labels=[...]")
+        raise InputError(
+            "give either pairs=[(positive, negative) or (prompt, positive, negative), ...] "
+            "or prompts=[...] with labels=[...]"
+        )
     if prompts is not None:
         if labels is None or len(labels) != len(prompts):
-            raise InputError(f"labelled prompts need one label per prompt ({len(prompts)} prompts, "
-                             f"{None if labels is None else len(labels)} labels)")
+            raise InputError(
+                f"labelled prompts need one label per prompt ({len(prompts)} prompts, "
+                f"{None if labels is None else len(labels)} labels)"
+            )
         lab = np.asarray(labels).astype(int)
         if not set(lab.tolist()) <= {0, 1} or len(set(lab.tolist())) != 2:
             raise InputError(f"labels must be 0/1 with both classes present, got {sorted(set(lab.tolist()))}")
@@ -99,7 +103,9 @@ def _items(pairs, prompts, labels) -> tuple[list[tuple[str, str]], np.ndarray, n
         elif len(p) == 3:
             items += [(p[0], p[1]), (p[0], p[2])]
         else:
-            raise InputError(f"pair {i} has {len(p)} parts; expected (positive, negative) or (prompt, positive, negative)")
+            raise InputError(
+                f"pair {i} has {len(p)} parts; expected (positive, negative) or (prompt, positive, negative)"
+            )
         lab += [1, 0]
         pair += [i, i]
     if not items:
@@ -128,9 +134,9 @@ def read_weights(prompt_lens: Sequence[int], completion_lens: Sequence[int], wid
         if read == "last":
             w[i, -1] = 1
         elif read == "mean":
-            w[i, width - (c if c else total):] = 1
+            w[i, width - (c if c else total) :] = 1
         elif isinstance(read, (int, np.integer)) and not isinstance(read, bool) and read >= 1:
-            w[i, width - min(int(read), total):] = 1
+            w[i, width - min(int(read), total) :] = 1
         else:
             raise InputError(f"read must be 'last', 'mean' or a positive int k (last k tokens), got {read!r}")
     return w
@@ -262,8 +268,9 @@ def sae_features(data: ContrastData, sae: Any, layer: int, top: int = 1) -> tupl
     return order, gap[order]
 
 
-def sae_direction(data: ContrastData, *, sae: Any, layer: int, features: Sequence[int] | None = None,
-                  top: int = 1) -> np.ndarray:
+def sae_direction(
+    data: ContrastData, *, sae: Any, layer: int, features: Sequence[int] | None = None, top: int = 1
+) -> np.ndarray:
     """SAE decoder directions at `layer` (zeros elsewhere; unit length): the decoder rows of
     `features` (summed), or of the `top` latents chosen by `sae_features` (weighted by their
     activation difference). `sae`: a jaxsteer SAE (`sae.load_saelens` reads SAELens folders).
@@ -295,8 +302,15 @@ def sae_direction(data: ContrastData, *, sae: Any, layer: int, features: Sequenc
     return out
 
 
-def supervised_vector(data: ContrastData, *, model: Model, layers: Sequence[int] | None = None, steps: int = 100,
-                      learning_rate: float = 0.05, seed: int = 0) -> np.ndarray:
+def supervised_vector(
+    data: ContrastData,
+    *,
+    model: Model,
+    layers: Sequence[int] | None = None,
+    steps: int = 100,
+    learning_rate: float = 0.05,
+    seed: int = 0,
+) -> np.ndarray:
     """A steering vector trained (Adam, full batch) to maximise the log-probability of the
     positives' completions after their prompts: the `steering` trainable of `train` (BiPO/SFT
     style), at `layers` (default all). Returns `[L, d]` (zeros on untrained layers).
@@ -322,12 +336,13 @@ def supervised_vector(data: ContrastData, *, model: Model, layers: Sequence[int]
     mask = np.zeros_like(tokens)
     for r, i in enumerate(rows):
         p, c = data.prompt_ids[i], data.completion_ids[i]
-        tokens[r, P - len(p):P + len(c)] = p + c
-        mask[r, P - len(p):P + len(c)] = 1
+        tokens[r, P - len(p) : P + len(c)] = p + c
+        mask[r, P - len(p) : P + len(c)] = 1
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
     trainable = init_trainable(model, cfg, jax.random.PRNGKey(seed))
-    trainable = _fit_supervised(model, trainable, tokens, mask, cfg=cfg, prompt_width=P, steps=int(steps),
-                                learning_rate=float(learning_rate))
+    trainable = _fit_supervised(
+        model, trainable, tokens, mask, cfg=cfg, prompt_width=P, steps=int(steps), learning_rate=float(learning_rate)
+    )
     return np.asarray(steering_vectors(trainable, cfg, model.config.n_layers), np.float32)
 
 
@@ -403,8 +418,16 @@ def match_norms(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (_unit(np.asarray(vectors, np.float32)) * ref).astype(np.float32)
 
 
-def contrast_vector(model: Model, tokenizer: Any, positive: Sequence[str], negative: Sequence[str], *,
-                    site: str = "resid_post", chat: bool = True, read: str | int = "last") -> np.ndarray:
+def contrast_vector(
+    model: Model,
+    tokenizer: Any,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
+    site: str = "resid_post",
+    chat: bool = True,
+    read: str | int = "last",
+) -> np.ndarray:
     """Mean difference of `positive` and `negative` prompts' activations (last token by default),
     `[L, d]` per layer: the activation-addition recipe in one call.
 
@@ -421,13 +444,25 @@ def contrast_vector(model: Model, tokenizer: Any, positive: Sequence[str], negat
         `[L, d]` float32.
     """
     labels = [1] * len(positive) + [0] * len(negative)
-    data = contrast_data(model, tokenizer, prompts=list(positive) + list(negative), labels=labels, read=read,
-                         site=site, chat=chat)
+    data = contrast_data(
+        model, tokenizer, prompts=list(positive) + list(negative), labels=labels, read=read, site=site, chat=chat
+    )
     return mean_difference(data)
 
 
 __all__ = [
-    "ContrastData", "contrast_data", "read_weights", "mean_difference", "pca_direction", "probe_direction",
-    "sae_features", "sae_direction", "supervised_vector", "METHODS", "register_method", "extract", "match_norms",
+    "ContrastData",
+    "contrast_data",
+    "read_weights",
+    "mean_difference",
+    "pca_direction",
+    "probe_direction",
+    "sae_features",
+    "sae_direction",
+    "supervised_vector",
+    "METHODS",
+    "register_method",
+    "extract",
+    "match_norms",
     "contrast_vector",
 ]

@@ -121,7 +121,9 @@ def sparse_group_prox(trainable: dict, l1: float, group: float) -> dict:
     return {k: v * keep for k, v in soft.items()}
 
 
-def encode_prompts(model: Model, items: Any, tokenizer: Any = None, chat: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def encode_prompts(
+    model: Model, items: Any, tokenizer: Any = None, chat: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded `(tokens, mask)` from strings, token-id lists or a `(tokens, mask)` pair.
 
     Args:
@@ -173,8 +175,9 @@ class LinEASResult:
     pooling: str = "mean"
     projections: jax.Array | None = None
 
-    def evaluate(self, model: Model, source: Any, target: Any, *, tokenizer: Any = None,
-                 chat: bool = False) -> dict[str, float]:
+    def evaluate(
+        self, model: Model, source: Any, target: Any, *, tokenizer: Any = None, chat: bool = False
+    ) -> dict[str, float]:
         """The LinEAS loss on other (e.g. held-out) prompt sets, without and with the map.
 
         Args:
@@ -190,8 +193,10 @@ class LinEASResult:
         src = tuple(jnp.asarray(a) for a in encode_prompts(model, source, tokenizer, chat))
         target_acts = target_activations(model, target, self.config.site, self.pooling, tokenizer, chat)
         identity = init_trainable(model, self.config, jax.random.PRNGKey(0))
-        return {name: float(lineas_loss(model, t, self.config, src, target_acts, self.pooling, self.projections))
-                for name, t in (("identity", identity), ("lineas", self.trainable))}
+        return {
+            name: float(lineas_loss(model, t, self.config, src, target_acts, self.pooling, self.projections))
+            for name, t in (("identity", identity), ("lineas", self.trainable))
+        }
 
     def interventions(self, model: Model) -> tuple:
         """The `jaxsteer.Affine` interventions for `forward` / `generate`."""
@@ -204,8 +209,9 @@ class LinEASResult:
         return {"zero_params": float(np.mean(flat == 0)), "identity_layers": float(np.mean(per_layer == 0))}
 
 
-def target_activations(model: Model, target: Any, site: str, pooling: str, tokenizer: Any = None,
-                       chat: bool = False) -> jax.Array:
+def target_activations(
+    model: Model, target: Any, site: str, pooling: str, tokenizer: Any = None, chat: bool = False
+) -> jax.Array:
     """The unsteered, pooled activations `[L, m, d]` of the target prompts at `site`.
 
     Args:
@@ -221,8 +227,15 @@ def target_activations(model: Model, target: Any, site: str, pooling: str, token
     return pooled(trace[site], jnp.asarray(mask), pooling)
 
 
-def lineas_loss(model: Model, trainable: dict, cfg: TrainableConfig, source: tuple, target_acts: jax.Array,
-                pooling: str = "mean", projections: jax.Array | None = None) -> jax.Array:
+def lineas_loss(
+    model: Model,
+    trainable: dict,
+    cfg: TrainableConfig,
+    source: tuple,
+    target_acts: jax.Array,
+    pooling: str = "mean",
+    projections: jax.Array | None = None,
+) -> jax.Array:
     """The LinEAS loss: the sum over layers of `sliced_wasserstein` between the source prompts'
     steered, pooled activations at `cfg.site` and `target_acts [L, m, d]`. source: `(tokens, mask)`.
 
@@ -240,8 +253,9 @@ def lineas_loss(model: Model, trainable: dict, cfg: TrainableConfig, source: tup
     """
     run_model, ivs = apply_trainable(model, trainable, cfg)
     tokens, mask = source
-    _, trace = forward(run_model, tokens, attention_mask=mask, interventions=ivs, record=(cfg.site,),
-                       return_logits=False)
+    _, trace = forward(
+        run_model, tokens, attention_mask=mask, interventions=ivs, record=(cfg.site,), return_logits=False
+    )
     acts = pooled(trace[cfg.site], mask, pooling)
     per_layer = jax.vmap(lambda a, b: sliced_wasserstein(a, b, projections))(acts, target_acts)
     return per_layer.sum()
@@ -319,12 +333,21 @@ def train_lineas(
         trainable, opt_state, loss = step(trainable, opt_state, model, src, target_acts, proj)
         losses.append(float(loss))
     final = float(lineas_loss(model, trainable, cfg, src, target_acts, pooling, proj))
-    return LinEASResult(trainable=trainable, config=cfg, losses=losses, final_loss=final, pooling=pooling,
-                        projections=proj)
+    return LinEASResult(
+        trainable=trainable, config=cfg, losses=losses, final_loss=final, pooling=pooling, projections=proj
+    )
 
 
 __all__ = [
-    "wasserstein_1d", "sliced_wasserstein", "random_directions", "sparse_group_prox", "pooled", "encode_prompts",
-    "target_activations", "lineas_loss",
-    "LinEASResult", "train_lineas", "POOLINGS",
+    "wasserstein_1d",
+    "sliced_wasserstein",
+    "random_directions",
+    "sparse_group_prox",
+    "pooled",
+    "encode_prompts",
+    "target_activations",
+    "lineas_loss",
+    "LinEASResult",
+    "train_lineas",
+    "POOLINGS",
 ]

@@ -32,8 +32,15 @@ ARCH = "controlvector"
 _DIRECTION = re.compile(r"^direction\.(\d+)$")
 
 
-def save_control_vector(path: str, vectors: Any, *, model_hint: str = "llama", layers: Sequence[int] | None = None,
-                        scale: float = 1.0, site: str = "resid_post") -> str:
+def save_control_vector(
+    path: str,
+    vectors: Any,
+    *,
+    model_hint: str = "llama",
+    layers: Sequence[int] | None = None,
+    scale: float = 1.0,
+    site: str = "resid_post",
+) -> str:
     """Write `scale * vectors[l]` for each steered layer as a llama.cpp control vector.
 
     Args:
@@ -97,8 +104,10 @@ def load_control_vector(path: str, n_layers: int | None = None) -> tuple[np.ndar
     reader = gguf.GGUFReader(path)
     arch = reader.fields.get("general.architecture")
     if arch is None or arch.contents() != ARCH:
-        raise InputError(f"{path}: not a control vector (general.architecture is "
-                         f"{None if arch is None else arch.contents()!r}, expected {ARCH!r})")
+        raise InputError(
+            f"{path}: not a control vector (general.architecture is "
+            f"{None if arch is None else arch.contents()!r}, expected {ARCH!r})"
+        )
     directions = {}
     for t in reader.tensors:
         m = _DIRECTION.match(t.name)

@@ -23,13 +23,22 @@ def make_model(n_layers=3, seed=0, scale=0.3, **kw) -> jaxsteer.Model:
     """Tiny GQA Llama (4 query heads, 2 KV heads, d=32) with weights large enough to be nonlinear
     (drawn like `jaxsteer.init_params`, but with numpy: no per-shape compilations)."""
     cfg = ModelConfig(
-        architecture="LlamaForCausalLM", vocab_size=V, d_model=32, n_layers=n_layers, n_heads=4, n_kv_heads=2,
-        head_dim=8, d_mlp=48, rope_full=RopeConfig(10000.0), **{"norm_eps": 1e-6, **kw},
+        architecture="LlamaForCausalLM",
+        vocab_size=V,
+        d_model=32,
+        n_layers=n_layers,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=8,
+        d_mlp=48,
+        rope_full=RopeConfig(10000.0),
+        **{"norm_eps": 1e-6, **kw},
     )
     rng = np.random.RandomState(seed)
     flat = {
-        path: ((1.0 if path.endswith("norm") else 0.0) + rng.normal(0, 0.1 if path.endswith("norm") else scale, shape))
-        .astype(np.float32)
+        path: (
+            (1.0 if path.endswith("norm") else 0.0) + rng.normal(0, 0.1 if path.endswith("norm") else scale, shape)
+        ).astype(np.float32)
         for path, shape in sorted(param_shapes(cfg).items())
     }
     return jaxsteer.Model(params=jax.tree_util.tree_map(jnp.asarray, unflatten(flat)), config=cfg)

@@ -50,6 +50,10 @@ def test_pattern_masks_with_heads_select_the_right_heads(model, pair):
     mask[1, 3:, 2] = 1
     pos = (np.arange(T) >= 3).astype(np.float32)
     _, a = jaxsteer.forward(model, clean, interventions=[Ablate(site="pattern", mask=mask)], record=("pattern",))
-    _, b = jaxsteer.forward(model, clean, interventions=[Ablate(site="pattern", layers=(1,), heads=(2,), positions=pos)],
-                            record=("pattern",))
+    _, b = jaxsteer.forward(
+        model,
+        clean,
+        interventions=[Ablate(site="pattern", layers=(1,), heads=(2,), positions=pos)],
+        record=("pattern",),
+    )
     np.testing.assert_allclose(a.pattern, b.pattern, atol=0)

@@ -97,13 +97,24 @@ def test_head_swap_study_scores_every_condition(tiny_model, tmp_path):
     vec = _vector(tiny_model, norm=6.0)
     answers = [7] * len(PROMPTS)
     score = lambda completion, answer: answer in completion  # token 7 anywhere in the completion
-    res = head_swap_study(tiny_model, vec, PROMPTS, answers, score, routes=("both", "mlp"), head_routes=("mlp",),
-                          max_new_tokens=6, batch_size=3, progress=False)
+    res = head_swap_study(
+        tiny_model,
+        vec,
+        PROMPTS,
+        answers,
+        score,
+        routes=("both", "mlp"),
+        head_routes=("mlp",),
+        max_new_tokens=6,
+        batch_size=3,
+        progress=False,
+    )
     acc = res.accuracy()
     assert len(res.conditions) == 4 + 4 + 2 and res.correct.shape == (10, len(PROMPTS))
     assert "head 0 / mlp" in acc and "head 0 / both" not in acc and "all heads / both" in acc
-    np.testing.assert_array_equal(res.correct[res.conditions.index("all heads / both")],
-                                  res.correct[res.conditions.index("steered")])
+    np.testing.assert_array_equal(
+        res.correct[res.conditions.index("all heads / both")], res.correct[res.conditions.index("steered")]
+    )
     steered = _gen(tiny_model, Steer(vec, layers=(tiny_model.config.n_layers - 2,)), stop_tokens=None)
     expect = [7 in row[:n].tolist() for row, n in zip(steered.tokens, steered.lengths)]
     assert acc["steered"] == pytest.approx(np.mean(expect))

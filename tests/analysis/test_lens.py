@@ -36,8 +36,9 @@ def test_accumulated_lens_final_row_is_the_models_output(model, pair, tmp_path):
     assert res.top_ids.shape == (L + 1, 1, T, 4) and res.labels[-1] == "final"
     want = np.argsort(-np.asarray(logits[0]), axis=-1)[:, :4]
     np.testing.assert_array_equal(res.top_ids[-1, 0], want)
-    np.testing.assert_allclose(res.top_logprobs[-1, 0], np.sort(np.asarray(jax.nn.log_softmax(logits[0])), -1)[:, ::-1][:, :4],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        res.top_logprobs[-1, 0], np.sort(np.asarray(jax.nn.log_softmax(logits[0])), -1)[:, ::-1][:, :4], atol=1e-5
+    )
     # row 0 is the lens of the embeddings; mid-layer residuals interleave with incl_mid
     mid = accumulated_lens(model, clean, k=2, incl_mid=True)
     assert mid.top_ids.shape[0] == 2 * L + 1 and mid.labels[:3] == ["0_pre", "0_mid", "1_pre"]

@@ -34,8 +34,9 @@ def test_patching_known_answers(model, pair, tmp_path):
     assert whole.corrupt_metric == pytest.approx(logit_diff(model, corrupt), abs=1e-5)
     assert abs(whole.clean_metric - whole.corrupt_metric) > 0.5  # the corruption matters
     # Noising: the corrupted value at every position of the last layer's resid_post gives 0.0.
-    noised = activation_patching(model, clean, corrupt, site="resid_post", answers=ANSWERS, over=("layer",),
-                                 direction="noise")
+    noised = activation_patching(
+        model, clean, corrupt, site="resid_post", answers=ANSWERS, over=("layer",), direction="noise"
+    )
     assert noised.values[-1] == pytest.approx(0.0, abs=1e-5)
     # Per position: at layer 0 only the corrupted tokens matter; nothing before the first one does.
     grid = activation_patching(model, clean, corrupt, site="resid_pre", answers=ANSWERS)
@@ -60,8 +61,9 @@ def _loop_reference(model, clean, corrupt, site, entries, attention_mask=None, h
         mask = np.zeros((c.n_layers, clean.shape[1]) + ((n_heads,) if heads_axis else ()), np.float32)
         sel = (layer, slice(None) if pos is None else list(pos)) + ((head,) if heads_axis else ())
         mask[sel] = 1
-        logits, _ = jaxsteer.forward(model, corrupt, attention_mask=attention_mask,
-                                     interventions=[Patch(tr[site], site=site, mask=mask)])
+        logits, _ = jaxsteer.forward(
+            model, corrupt, attention_mask=attention_mask, interventions=[Patch(tr[site], site=site, mask=mask)]
+        )
         out.append(np.mean(np.asarray(logits[:, -1, ANSWERS[0]] - logits[:, -1, ANSWERS[1]])))
     return np.asarray(out)
 
@@ -76,22 +78,51 @@ def test_vmapped_sweep_equals_loop_of_single_patches(model, pair, tmp_path):
     # per-head site, layers x heads (every position)
     res = activation_patching(model, clean, corrupt, site="z", answers=ANSWERS)
     assert res.axes == ("layer", "head") and res.raw.shape == (L, H)
-    ref = _loop_reference(model, clean, corrupt, "z", [(l, None, h) for l in range(L) for h in range(H)], heads_axis=True)
+    ref = _loop_reference(
+        model, clean, corrupt, "z", [(l, None, h) for l in range(L) for h in range(H)], heads_axis=True
+    )
     np.testing.assert_allclose(res.raw.ravel(), ref, atol=2e-5)
     # attention pattern, layers x positions x heads (query position)
-    res = activation_patching(model, clean, corrupt, site="pattern", answers=ANSWERS,
-                              over=("layer", "position", "head"), positions=[2, 4, 6], batch_size=5)
-    ref = _loop_reference(model, clean, corrupt, "pattern",
-                          [(l, [t], h) for l in range(L) for t in (2, 4, 6) for h in range(H)], heads_axis=True)
+    res = activation_patching(
+        model,
+        clean,
+        corrupt,
+        site="pattern",
+        answers=ANSWERS,
+        over=("layer", "position", "head"),
+        positions=[2, 4, 6],
+        batch_size=5,
+    )
+    ref = _loop_reference(
+        model,
+        clean,
+        corrupt,
+        "pattern",
+        [(l, [t], h) for l in range(L) for t in (2, 4, 6) for h in range(H)],
+        heads_axis=True,
+    )
     np.testing.assert_allclose(res.raw.ravel(), ref, atol=2e-5)
     res.plot(str(tmp_path / "heads.png"))  # one panel per head
     assert (tmp_path / "heads.png").stat().st_size > 1000
     # KV heads of v, and position groups patched jointly
-    res = activation_patching(model, clean, corrupt, site="v", answers=ANSWERS,
-                              over=("layer", "position", "head"), positions={"corrupted": [2, 4], "last": [-1]})
+    res = activation_patching(
+        model,
+        clean,
+        corrupt,
+        site="v",
+        answers=ANSWERS,
+        over=("layer", "position", "head"),
+        positions={"corrupted": [2, 4], "last": [-1]},
+    )
     assert res.positions == ["corrupted", "last"] and res.raw.shape == (L, 2, KV)
-    ref = _loop_reference(model, clean, corrupt, "v",
-                          [(l, p, h) for l in range(L) for p in ([2, 4], [T - 1]) for h in range(KV)], heads_axis=True)
+    ref = _loop_reference(
+        model,
+        clean,
+        corrupt,
+        "v",
+        [(l, p, h) for l in range(L) for p in ([2, 4], [T - 1]) for h in range(KV)],
+        heads_axis=True,
+    )
     np.testing.assert_allclose(res.raw.ravel(), ref, atol=2e-5)
 
 
@@ -103,16 +134,27 @@ def test_sweep_with_left_padding_and_a_batch(model):
     mask = np.ones((2, T), np.int32)
     mask[1, :3] = 0  # row 1 is left-padded
     fast = activation_patching(model, clean, corrupt, site="resid_pre", answers=ANSWERS, attention_mask=mask)
-    full = activation_patching(model, clean, corrupt, site="resid_pre", answers=ANSWERS, attention_mask=mask, fast=False)
+    full = activation_patching(
+        model, clean, corrupt, site="resid_pre", answers=ANSWERS, attention_mask=mask, fast=False
+    )
     np.testing.assert_allclose(fast.raw, full.raw, atol=2e-5)
     ref = _loop_reference(model, clean, corrupt, "resid_pre", [(1, [t], 0) for t in range(T)], attention_mask=mask)
     np.testing.assert_allclose(fast.raw[1], ref, atol=2e-5)
     # a metric over every position: the fast path stitches unchanged early positions from the base run
     metric = lambda logits: jnp.mean(jax.nn.log_softmax(logits)[..., 3])
-    fast = activation_patching(model, clean, corrupt, site="attn_out", metric=metric, metric_positions=None,
-                               attention_mask=mask, position_buckets=3)
-    full = activation_patching(model, clean, corrupt, site="attn_out", metric=metric, metric_positions=None,
-                               attention_mask=mask, fast=False)
+    fast = activation_patching(
+        model,
+        clean,
+        corrupt,
+        site="attn_out",
+        metric=metric,
+        metric_positions=None,
+        attention_mask=mask,
+        position_buckets=3,
+    )
+    full = activation_patching(
+        model, clean, corrupt, site="attn_out", metric=metric, metric_positions=None, attention_mask=mask, fast=False
+    )
     np.testing.assert_allclose(fast.raw, full.raw, atol=2e-6)
     assert np.ptp(fast.raw) > 1e-3
 
@@ -123,16 +165,34 @@ def test_patching_a_steering_vector_and_plots(model, tmp_path):
     toks = np.random.RandomState(5).randint(0, V, (1, T))
     vec = 3.0 * np.random.RandomState(6).normal(size=(model.config.d_model,)).astype(np.float32)
     steer = Steer(jnp.asarray(vec), layers=(0,))
-    whole = activation_patching(model, toks, toks, site="resid_post", answers=ANSWERS, clean_interventions=[steer],
-                                over=("layer",))
+    whole = activation_patching(
+        model, toks, toks, site="resid_post", answers=ANSWERS, clean_interventions=[steer], over=("layer",)
+    )
     assert whole.values[0] == pytest.approx(1.0, abs=1e-5)
     whole.plot(str(tmp_path / "layers.png"))
     assert (tmp_path / "layers.png").stat().st_size > 1000
     # noising direction: the steered run is the base (a Steer in the base run: the fast path keeps it)
-    res_n = activation_patching(model, toks, toks, site="resid_post", answers=ANSWERS, clean_interventions=[steer],
-                                direction="noise", over=("layer",))
-    res_f = activation_patching(model, toks, toks, site="resid_post", answers=ANSWERS, clean_interventions=[steer],
-                                direction="noise", over=("layer",), fast=False)
+    res_n = activation_patching(
+        model,
+        toks,
+        toks,
+        site="resid_post",
+        answers=ANSWERS,
+        clean_interventions=[steer],
+        direction="noise",
+        over=("layer",),
+    )
+    res_f = activation_patching(
+        model,
+        toks,
+        toks,
+        site="resid_post",
+        answers=ANSWERS,
+        clean_interventions=[steer],
+        direction="noise",
+        over=("layer",),
+        fast=False,
+    )
     np.testing.assert_allclose(res_n.raw, res_f.raw, atol=2e-5)
     assert res_n.values[0] == pytest.approx(0.0, abs=1e-5)
 
@@ -162,8 +222,9 @@ def test_path_patching_all_receivers_is_activation_patching_and_none_is_nothing(
     clean, corrupt = pair
     c = model.config
     _, src = jaxsteer.forward(model, clean, record=(sender.site,))
-    patched, _ = jaxsteer.forward(model, corrupt, interventions=[Patch(src[sender.site], site=sender.site,
-                                                                       mask=sender.mask(c, T))])
+    patched, _ = jaxsteer.forward(
+        model, corrupt, interventions=[Patch(src[sender.site], site=sender.site, mask=sender.mask(c, T))]
+    )
     base, _ = jaxsteer.forward(model, corrupt)
     assert np.abs(np.asarray(patched - base)).max() > 1e-2  # the sender matters
     got = path_patching(model, corrupt, clean, sender=sender, receivers=all_receivers(c, sender))
@@ -187,13 +248,19 @@ def test_path_patching_routes_last_layer_attention_to_mlp_or_residual(model, pai
     got = path_patching(model, corrupt, clean, sender=sender, receivers=[Node("resid_post", last)])
     np.testing.assert_allclose(got, want, atol=2e-5)
     # MLP only: the MLP reads the new residual, the residual keeps the old attention output
-    _, mlp_run = jaxsteer.forward(model, corrupt, interventions=[
-        Patch(tx.resid_mid[last] + delta, site="resid_mid", layers=(last,))], record=("mlp_out",))
+    _, mlp_run = jaxsteer.forward(
+        model,
+        corrupt,
+        interventions=[Patch(tx.resid_mid[last] + delta, site="resid_mid", layers=(last,))],
+        record=("mlp_out",),
+    )
     want = unembed(model, tx.resid_post[last] - tx.mlp_out[last] + mlp_run.mlp_out[last])
     got = path_patching(model, corrupt, clean, sender=sender, receivers=[Node("mlp_in", last)])
     np.testing.assert_allclose(got, want, atol=2e-5)
     # both = activation patching of the attention output
-    both = path_patching(model, corrupt, clean, sender=sender, receivers=[Node("mlp_in", last), Node("resid_post", last)])
+    both = path_patching(
+        model, corrupt, clean, sender=sender, receivers=[Node("mlp_in", last), Node("resid_post", last)]
+    )
     ref, _ = jaxsteer.forward(model, corrupt, interventions=[Patch(tc.attn_out, site="attn_out", layers=(last,))])
     np.testing.assert_allclose(both, ref, atol=2e-5)
     # receivers must be downstream reader or residual sites
@@ -214,10 +281,17 @@ def test_path_patching_through_one_head_only(model, pair):
     # the same run with head 3's z at layer 1 frozen to the base run is the base run
     _, bz = jaxsteer.forward(model, corrupt, record=("z",))
     _, src = jaxsteer.forward(model, clean, record=("attn_out",))
-    _, run1 = jaxsteer.forward(model, corrupt, record=("q",), interventions=[
-        Patch(src.attn_out, site="attn_out", layers=(0,))])
-    frozen, _ = jaxsteer.forward(model, corrupt, interventions=[
-        Patch(run1.q, site="q", layers=(1,), heads=(3,)), Patch(bz.z, site="z", layers=(1,), heads=(3,))])
+    _, run1 = jaxsteer.forward(
+        model, corrupt, record=("q",), interventions=[Patch(src.attn_out, site="attn_out", layers=(0,))]
+    )
+    frozen, _ = jaxsteer.forward(
+        model,
+        corrupt,
+        interventions=[
+            Patch(run1.q, site="q", layers=(1,), heads=(3,)),
+            Patch(bz.z, site="z", layers=(1,), heads=(3,)),
+        ],
+    )
     np.testing.assert_allclose(frozen, base, atol=2e-5)
 
 
@@ -244,8 +318,9 @@ def test_attribution_patching_is_exact_on_a_linear_model(pair):
     clean, corrupt = pair
     lin = _linear_model()
     sites = ("resid_pre", "v")
-    attr = attribution_patching(lin, clean, corrupt, sites=sites, answers=ANSWERS,
-                                over={"v": ("layer", "position", "head")})
+    attr = attribution_patching(
+        lin, clean, corrupt, sites=sites, answers=ANSWERS, over={"v": ("layer", "position", "head")}
+    )
     for s in sites:
         act = activation_patching(lin, clean, corrupt, site=s, answers=ANSWERS, over=attr[s].axes, fast=False)
         assert attr[s].values.shape == act.values.shape
@@ -256,11 +331,25 @@ def test_attribution_patching_is_exact_on_a_linear_model(pair):
 
 def test_attribution_patching_noise_direction_and_groups(model, pair):
     clean, corrupt = pair
-    attr = attribution_patching(model, clean, corrupt, sites=("resid_pre", "pattern", "z"), answers=ANSWERS,
-                                direction="noise", positions={"corrupted": [2, 4], "rest": [0, 1, 3, 5, 6]},
-                                over={"pattern": ("layer", "position", "head")})
-    act = activation_patching(model, clean, corrupt, site="resid_pre", answers=ANSWERS, direction="noise",
-                              positions={"corrupted": [2, 4], "rest": [0, 1, 3, 5, 6]})
+    attr = attribution_patching(
+        model,
+        clean,
+        corrupt,
+        sites=("resid_pre", "pattern", "z"),
+        answers=ANSWERS,
+        direction="noise",
+        positions={"corrupted": [2, 4], "rest": [0, 1, 3, 5, 6]},
+        over={"pattern": ("layer", "position", "head")},
+    )
+    act = activation_patching(
+        model,
+        clean,
+        corrupt,
+        site="resid_pre",
+        answers=ANSWERS,
+        direction="noise",
+        positions={"corrupted": [2, 4], "rest": [0, 1, 3, 5, 6]},
+    )
     assert attr["resid_pre"].values.shape == act.values.shape == (3, 2)
     # at layer 0 positions that are identical in both runs contribute exactly nothing
     assert attr["resid_pre"].values[0, 1] == pytest.approx(1.0, abs=1e-6)

@@ -42,7 +42,9 @@ def test_directions_point_along_the_planted_signal():
     pred = (acts[2] @ res.weights[2] + res.bias[2]).argmax(-1)
     assert (pred == labels).mean() > 0.95
     # a different seed draws a different held-out split
-    assert not np.array_equal(train_probes(acts, labels, steps=5, seed=5).scores, train_probes(acts, labels, steps=5, seed=4).scores)
+    assert not np.array_equal(
+        train_probes(acts, labels, steps=5, seed=5).scores, train_probes(acts, labels, steps=5, seed=4).scores
+    )
     with pytest.raises(ValueError, match="test_fraction must be in"):
         train_probes(acts, labels, test_fraction=1.0)
 
@@ -77,11 +79,14 @@ def test_layer_labels_survive_harvesting_and_selecting_layers(tiny_model):
     # the direction steers: adding it at layer 2's resid_post raises the probe's class-1 logit
     v = one.directions
     _, base = jaxsteer.forward(tiny_model, tokens[:4], record="resid_post")
-    _, steered = jaxsteer.forward(tiny_model, tokens[:4], record="resid_post",
-                                  interventions=jaxsteer.Steer(v * 2.0, layers=(2,)))
+    _, steered = jaxsteer.forward(
+        tiny_model, tokens[:4], record="resid_post", interventions=jaxsteer.Steer(v * 2.0, layers=(2,))
+    )
     logit = lambda x: (np.asarray(x["resid_post", 2][:, -1]) @ one.weights + one.bias) @ np.array([-1.0, 1.0])  # noqa: E731
     assert (logit(steered) > logit(base)).all()
-    assert repr(res).startswith("ProbeResult(accuracy f32[1, 1]") or repr(res).startswith("ProbeResult(accuracy f64[1, 1]")
+    assert repr(res).startswith("ProbeResult(accuracy f32[1, 1]") or repr(res).startswith(
+        "ProbeResult(accuracy f64[1, 1]"
+    )
     assert "<table>" in res._repr_html_() and isinstance(acts, Activations) and "f32[1, 1, 40, 32]" in repr(acts)
 
 
@@ -134,8 +139,9 @@ def test_harvest_groups_and_decodability_report(model, tmp_path):
     clean = tokens[:1]
     corrupt = clean.copy()
     corrupt[0, -1] = (corrupt[0, -1] + 1) % V
-    patch = activation_patching(model, clean, corrupt, site="resid_post", answers=ANSWERS,
-                                positions={"last": [-1], "op": [3]})
+    patch = activation_patching(
+        model, clean, corrupt, site="resid_post", answers=ANSWERS, positions={"last": [-1], "op": [3]}
+    )
     rep = decodability_vs_causality(probes, patch)
     assert rep.probe.shape == rep.patching.shape == (2, model.config.n_layers)
     np.testing.assert_allclose(rep.patching[0], patch.values[:, 0])

@@ -52,16 +52,20 @@ def test_adaptive_steer_equals_steer_with_the_gate_as_scale(model, pair):
 def test_adaptive_steer_in_generate_matches_forward(model):
     c = model.config
     rng = np.random.RandomState(4)
-    ad = AdaptiveSteer(jnp.asarray(3 * rng.normal(size=c.d_model).astype(np.float32)),
-                       jnp.asarray(rng.normal(size=c.d_model).astype(np.float32)), b=0.0, layers=(0, 2))
+    ad = AdaptiveSteer(
+        jnp.asarray(3 * rng.normal(size=c.d_model).astype(np.float32)),
+        jnp.asarray(rng.normal(size=c.d_model).astype(np.float32)),
+        b=0.0,
+        layers=(0, 2),
+    )
     prompts = [[1, 2, 3, 4], [5, 6, 7]]
     out = jaxsteer.generate(model, prompts, max_new_tokens=6, greedy=True, interventions=[ad], stop_tokens=[], bucket=8)
     seqs, mask = out.sequences()
     logits, _ = jaxsteer.forward(model, seqs, attention_mask=mask, interventions=[ad])
     P = out.prompt_tokens.shape[1]
-    np.testing.assert_array_equal(np.asarray(logits[:, P - 1:-1].argmax(-1)), out.tokens)
+    np.testing.assert_array_equal(np.asarray(logits[:, P - 1 : -1].argmax(-1)), out.tokens)
     plain, _ = jaxsteer.forward(model, seqs, attention_mask=mask)
-    assert (np.asarray(plain[:, P - 1:-1].argmax(-1)) != out.tokens).any()  # the gated vector changes the choice
+    assert (np.asarray(plain[:, P - 1 : -1].argmax(-1)) != out.tokens).any()  # the gated vector changes the choice
 
 
 def test_persistence_first_token_effect_gains_and_transfer(model, tmp_path):

@@ -24,9 +24,12 @@ def _parsers():
 
 def test_every_option_has_help_and_every_command_is_described():
     top, commands = _parsers()
-    missing = [f"jaxsteer {name} {'/'.join(a.option_strings) or a.dest}"
-               for name, p in commands.items() for a in p._actions
-               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
+    missing = [
+        f"jaxsteer {name} {'/'.join(a.option_strings) or a.dest}"
+        for name, p in commands.items()
+        for a in p._actions
+        if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help
+    ]
     assert not missing, missing
     top_level = [n for n in commands if " " not in n]
     assert {"info", "generate", "demo", "train", "eval", "plan", "lens", "patch", "sae"} <= set(top_level)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from virtual_devices import run_script
 
-SCRIPT = r'''
+SCRIPT = r"""
 import functools, json
 import jax, jax.numpy as jnp, numpy as np
 from jax import export
@@ -111,7 +111,7 @@ sa = {"platforms": list(exp_a.platforms), "callbacks": exp_a.mlir_module().count
       "latents_split": sum(1 for a in jax.tree_util.tree_leaves(st_abs) if not a.sharding.is_fully_replicated),
       "opt_dtypes": sorted({str(jnp.asarray(x).dtype) for x in jax.tree_util.tree_leaves(st["opt"]) if jnp.ndim(x) > 0})}
 print("RESULT" + json.dumps({"rl": rl, "sampler": sm, "es": es, "sae": sa}))
-'''
+"""
 
 
 def test_hot_programs_lower_for_cuda_and_tpu():
@@ -122,7 +122,11 @@ def test_hot_programs_lower_for_cuda_and_tpu():
         assert part["callbacks"] == 0, part  # nothing goes back to the host inside the programs
         assert part["in_shardings"], part
     assert rl["out_shardings"] and rl["fsdp_sharded_weights"] > 0, rl
-    assert rl["weight_dtypes"] == ["bfloat16"] and rl["opt_dtypes"] == ["float32"] and rl["trainable_dtypes"] == ["float32"], rl
+    assert (
+        rl["weight_dtypes"] == ["bfloat16"]
+        and rl["opt_dtypes"] == ["float32"]
+        and rl["trainable_dtypes"] == ["float32"]
+    ), rl
     assert sm["has_while"] and sm["out_dtypes"] == ["int32", "float32", "int32"], sm
     assert es["cma_dtypes"] == ["float32", "int32"] or es["cma_dtypes"] == ["float32"], es
     assert sa["latents_split"] > 0 and sa["opt_dtypes"] == ["float32"], sa

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jax.numpy as jnp
-
 import jaxsteer
-from jaxsteer.analysis import accumulated_lens, activation_patching, attribution_patching, compare_attribution, vector_lens
-from jaxsteer.analysis import tokenize_pair
+from jaxsteer.analysis import (
+    accumulated_lens,
+    activation_patching,
+    attribution_patching,
+    compare_attribution,
+    tokenize_pair,
+    vector_lens,
+)
 
 CLEAN, CORRUPT = "The capital of France is", "The capital of Italy is"
 
@@ -95,8 +100,15 @@ def _tiny_hf_dir(tmp_path, tok):
 
     from jaxsteer.models.loading import to_hf_state_dict
 
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     cfg.save_pretrained(tmp_path)
     model = jaxsteer.init_params(jaxsteer.from_hf_config(cfg), jnp.asarray([0, 1], jnp.uint32), scale=0.3)
     save_file(to_hf_state_dict(model), str(tmp_path / "model.safetensors"))
@@ -111,16 +123,53 @@ def test_cli_lens_and_patch(real, tmp_path, capsys):
     model = _tiny_hf_dir(tmp_path / "m", tok)
     vec = np.random.RandomState(0).normal(size=(2, 32)).astype(np.float32)
     np.save(tmp_path / "v.npy", vec)
-    cli.main(["lens", "--model", str(tmp_path / "m"), "--vectors", str(tmp_path / "v.npy"), "--top-k", "4",
-              "--out", str(tmp_path / "lens.png")])
+    cli.main(
+        [
+            "lens",
+            "--model",
+            str(tmp_path / "m"),
+            "--vectors",
+            str(tmp_path / "v.npy"),
+            "--top-k",
+            "4",
+            "--out",
+            str(tmp_path / "lens.png"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "layer 1" in out and (tmp_path / "lens.png").stat().st_size > 1000
-    cli.main(["patch", "--model", str(tmp_path / "m"), "--clean", CLEAN, "--corrupt", CORRUPT,
-              "--answers", " Paris", " Rome", "--out", str(tmp_path / "p")])
+    cli.main(
+        [
+            "patch",
+            "--model",
+            str(tmp_path / "m"),
+            "--clean",
+            CLEAN,
+            "--corrupt",
+            CORRUPT,
+            "--answers",
+            " Paris",
+            " Rome",
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
     data = json.loads((tmp_path / "p" / "patching_resid_pre.json").read_text())
     assert np.asarray(data["values"]).shape == (2, 5)
     assert data["clean_tokens"][3] == " France"
     assert (tmp_path / "p" / "patching_resid_pre.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="same length"):
-        cli.main(["patch", "--model", str(tmp_path / "m"), "--clean", CLEAN, "--corrupt", "The capital of the UK is",
-                  "--answers", " Paris", " Rome"])
+        cli.main(
+            [
+                "patch",
+                "--model",
+                str(tmp_path / "m"),
+                "--clean",
+                CLEAN,
+                "--corrupt",
+                "The capital of the UK is",
+                "--answers",
+                " Paris",
+                " Rome",
+            ]
+        )

@@ -116,7 +116,7 @@ def collect_markdown(path: Path) -> list[Block]:
             j = i + 1
             while j < len(lines) and lines[j].strip() != "```":
                 j += 1
-            body = "\n".join(lines[i + 1:j])
+            body = "\n".join(lines[i + 1 : j])
             kind = "python" if lang in ("python", "py") else "commands" if lang in SHELL else None
             if kind == "commands":
                 body = _commands(body)
@@ -227,12 +227,32 @@ def test_doc_blocks_run(path, shared_load, tmp_path, monkeypatch, request):
 
 def test_collector_reads_markers(tmp_path):
     doc = tmp_path / "x.md"
-    doc.write_text("\n".join([
-        "text", "```python", "a = 1", "```",
-        "<!-- docs-test: slow; append: steps=2; sub: a = 2 => a = 3 -->", "```python", "a = 2", "```",
-        "<!-- docs-test: skip: needs a GPU -->", "", "```bash", "jaxsteer info x   # note", "pip install y", "```",
-        "```yaml", "k: v", "```", "```", "plain", "```",
-    ]))
+    doc.write_text(
+        "\n".join(
+            [
+                "text",
+                "```python",
+                "a = 1",
+                "```",
+                "<!-- docs-test: slow; append: steps=2; sub: a = 2 => a = 3 -->",
+                "```python",
+                "a = 2",
+                "```",
+                "<!-- docs-test: skip: needs a GPU -->",
+                "",
+                "```bash",
+                "jaxsteer info x   # note",
+                "pip install y",
+                "```",
+                "```yaml",
+                "k: v",
+                "```",
+                "```",
+                "plain",
+                "```",
+            ]
+        )
+    )
     blocks = collect_markdown(doc)
     assert [(b.kind, b.line, b.text, b.slow, b.skip) for b in blocks] == [
         ("python", 2, "a = 1", False, None),

@@ -10,17 +10,20 @@ import warnings
 
 import numpy as np
 import pytest
-
 import train_toy as T
-from tests import ROOT, TESTS
+
 from jaxsteer.train import train
 from jaxsteer.train.checkpoint import Checkpointer
 from jaxsteer.train.config import config_from_dict
+from tests import ROOT, TESTS
 
 
 def _truncate_an_array_file(step_dir):
-    files = sorted(f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
-                   if os.path.isfile(f) and os.path.getsize(f) > 64 and "metadata" not in os.path.basename(f).lower())
+    files = sorted(
+        f
+        for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+        if os.path.isfile(f) and os.path.getsize(f) > 64 and "metadata" not in os.path.basename(f).lower()
+    )
     assert files, os.listdir(step_dir)
     for f in files:
         with open(f, "r+b") as fh:
@@ -36,8 +39,18 @@ DAMAGE = {
 
 
 def _rl_cfg(out):
-    return config_from_dict(T.config_dict(str(out), **{"model.random_scale": 0.2, "sampling.max_new_tokens": 2,
-                                                       "steps": 4, "checkpoint.every": 2, "checkpoint.keep": 3}))
+    return config_from_dict(
+        T.config_dict(
+            str(out),
+            **{
+                "model.random_scale": 0.2,
+                "sampling.max_new_tokens": 2,
+                "steps": 4,
+                "checkpoint.every": 2,
+                "checkpoint.keep": 3,
+            },
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +84,8 @@ def test_resume_after_a_damaged_latest_checkpoint_finishes_equal_to_an_undamaged
 
 @pytest.fixture(scope="module")
 def sae_undamaged(tmp_path_factory):
-    from tests.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
-
     from jaxsteer.sae.run import train_sae
+    from tests.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
 
     root = tmp_path_factory.mktemp("sae")
     text = root / "corpus.txt"
@@ -105,28 +117,41 @@ def test_sae_resume_after_a_damaged_latest_checkpoint_equals_an_undamaged_run(sa
 # --------------------------------------------------------------------------- bad inputs to generate / forward
 
 import jax.numpy as jnp  # noqa: E402
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 import jaxsteer  # noqa: E402
 from jaxsteer import Steer  # noqa: E402
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(temperature=float("nan")), r"temperature is nan; it must be finite"),
-    (dict(temperature=float("inf")), r"temperature is inf; it must be finite"),
-    (dict(top_p=float("nan")), r"top_p is nan"),
-    (dict(top_k=2.5), r"top_k must be an integer, got 2.5"),
-    (dict(top_k=float("inf")), r"top_k must be an integer"),
-    (dict(max_new_tokens=2.0), r"max_new_tokens must be an integer"),
-    (dict(bucket=0), r"bucket must be >= 1, got 0"),
-    (dict(greedy="yes"), r"greedy must be True or False"),
-    (dict(prompts=np.array([[3.5, 4.0]])), r"prompts: token ids must be integers, got dtype float64"),
-    (dict(prompts=[[3.0, 4.0]]), r"prompt 0: token ids must be integers, got dtype float64"),
-    (dict(prompts=np.array([[3, 4]]), prompt_mask=np.ones((1, 3))), r"prompt_mask has shape \(1, 3\); the prompts have shape \(1, 2\)"),
-    (dict(interventions=Steer(np.ones(32) * (1 + 1j))), r"Steer at 'resid_post': vector must hold real numbers, got dtype complex128"),
-    (dict(interventions=Steer(np.array([object()] * 32))), r"vector must hold real numbers, got dtype object"),
-    (dict(interventions=Steer(np.ones(32, np.float32), scale=1e38)), r"\|scale\| x \|vector\| x 3 layers reaches 3e\+38.*overflow"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(temperature=float("nan")), r"temperature is nan; it must be finite"),
+        (dict(temperature=float("inf")), r"temperature is inf; it must be finite"),
+        (dict(top_p=float("nan")), r"top_p is nan"),
+        (dict(top_k=2.5), r"top_k must be an integer, got 2.5"),
+        (dict(top_k=float("inf")), r"top_k must be an integer"),
+        (dict(max_new_tokens=2.0), r"max_new_tokens must be an integer"),
+        (dict(bucket=0), r"bucket must be >= 1, got 0"),
+        (dict(greedy="yes"), r"greedy must be True or False"),
+        (dict(prompts=np.array([[3.5, 4.0]])), r"prompts: token ids must be integers, got dtype float64"),
+        (dict(prompts=[[3.0, 4.0]]), r"prompt 0: token ids must be integers, got dtype float64"),
+        (
+            dict(prompts=np.array([[3, 4]]), prompt_mask=np.ones((1, 3))),
+            r"prompt_mask has shape \(1, 3\); the prompts have shape \(1, 2\)",
+        ),
+        (
+            dict(interventions=Steer(np.ones(32) * (1 + 1j))),
+            r"Steer at 'resid_post': vector must hold real numbers, got dtype complex128",
+        ),
+        (dict(interventions=Steer(np.array([object()] * 32))), r"vector must hold real numbers, got dtype object"),
+        (
+            dict(interventions=Steer(np.ones(32, np.float32), scale=1e38)),
+            r"\|scale\| x \|vector\| x 3 layers reaches 3e\+38.*overflow",
+        ),
+    ],
+)
 def test_generate_refuses_silent_wrong_inputs_by_name(tiny_model, kwargs, needle):
     """Each used to give NaN log-probs / empty text, a silent cast, or an IndexError / ZeroDivisionError."""
     args = dict(prompts=[[3, 4, 5]], max_new_tokens=2)
@@ -143,16 +168,31 @@ def test_forward_refuses_complex_and_overflowing_steers(tiny_model):
         jaxsteer.forward(tiny_model, toks, interventions=Steer(jnp.ones(32), scale=1e38))
 
 
-SCALARS = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-3, 60),
-                    st.sampled_from([True, "1", None, 1 + 1j]))
+SCALARS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.integers(-3, 60),
+    st.sampled_from([True, "1", None, 1 + 1j]),
+)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(temperature=SCALARS, top_p=SCALARS, top_k=SCALARS, greedy=st.booleans(),
-       token=st.one_of(st.integers(-2, 60), st.floats(-2, 60)), scale=st.floats(allow_nan=True, allow_infinity=True))
+@given(
+    temperature=SCALARS,
+    top_p=SCALARS,
+    top_k=SCALARS,
+    greedy=st.booleans(),
+    token=st.one_of(st.integers(-2, 60), st.floats(-2, 60)),
+    scale=st.floats(allow_nan=True, allow_infinity=True),
+)
 def test_generate_returns_finite_results_or_a_named_error(tiny_model, temperature, top_p, top_k, greedy, token, scale):
-    args = dict(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy, max_new_tokens=2,
-                interventions=Steer(np.ones(32, np.float32), scale=scale, layers=(1,)))
+    args = dict(
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        greedy=greedy,
+        max_new_tokens=2,
+        interventions=Steer(np.ones(32, np.float32), scale=scale, layers=(1,)),
+    )
     try:
         out = jaxsteer.generate(tiny_model, [[3, token, 5]], **args)
     except ValueError as err:
@@ -163,9 +203,12 @@ def test_generate_returns_finite_results_or_a_named_error(tiny_model, temperatur
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(dtype=st.sampled_from(["int32", "int64", "float32", "bool", "complex64", "uint8"]),
-       token=st.integers(-3, 60), scale=st.floats(allow_nan=True, allow_infinity=True),
-       vector_dtype=st.sampled_from(["float32", "float16", "complex64", "int32"]))
+@given(
+    dtype=st.sampled_from(["int32", "int64", "float32", "bool", "complex64", "uint8"]),
+    token=st.integers(-3, 60),
+    scale=st.floats(allow_nan=True, allow_infinity=True),
+    vector_dtype=st.sampled_from(["float32", "float16", "complex64", "int32"]),
+)
 def test_forward_returns_finite_logits_or_a_named_error(tiny_model, dtype, token, scale, vector_dtype):
     toks = np.array([[3, token % 256 if dtype == "uint8" else token, 5]]).astype(dtype)
     steer = Steer(np.ones(32).astype(vector_dtype), scale=scale)
@@ -185,8 +228,10 @@ from jaxsteer.train.config import ConfigError, load_config  # noqa: E402
 
 BAD_YAML = {
     "duplicate key": ("lr: 0.01\nsteps: 3\nlr: 5.0\n", r"x.yaml:3: duplicate key 'lr' \(first given on line 1\)"),
-    "nested duplicate": ("algorithm:\n  group_size: 2\n  group_size: 3\n",
-                         r"x.yaml:3: duplicate key 'group_size' \(first given on line 2\)"),
+    "nested duplicate": (
+        "algorithm:\n  group_size: 2\n  group_size: 3\n",
+        r"x.yaml:3: duplicate key 'group_size' \(first given on line 2\)",
+    ),
     "syntax error": ("lr: 0.01\nalgorithm: {group_size: 2\n", r"x.yaml:3:1: YAML syntax error: expected ',' or '}'"),
     "bad indentation": ("lr: 1\n  steps: 2\n", r"x.yaml:2:8: YAML syntax error: mapping values are not allowed here"),
     "empty file": ("# nothing here\n", r"x.yaml is empty: it would run on every default setting"),
@@ -209,14 +254,25 @@ def _toy(out, **kw):
     return config_from_dict(T.config_dict(str(out), **kw))
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    ({"eval.greedy": False, "eval.samples": 0, "eval.after": True},
-     r"eval.greedy=false with eval.samples=0 evaluates nothing"),
-    ({"sampling.max_new_tokens": 200}, r"sampling.bucket \(8, the shortest padded prompt\) \+ max_new_tokens \(200\) "
-                                       r"exceeds the context length of random \(128 tokens\)"),
-    ({"eval.max_new_tokens": 130, "eval.after": True}, r"max_new_tokens \(130\) exceeds the context length"),
-    ({"rl.group_size": 10**7}, r"planned memory: the update, no remat needs .* GiB per device .*group_size=10000000"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (
+            {"eval.greedy": False, "eval.samples": 0, "eval.after": True},
+            r"eval.greedy=false with eval.samples=0 evaluates nothing",
+        ),
+        (
+            {"sampling.max_new_tokens": 200},
+            r"sampling.bucket \(8, the shortest padded prompt\) \+ max_new_tokens \(200\) "
+            r"exceeds the context length of random \(128 tokens\)",
+        ),
+        ({"eval.max_new_tokens": 130, "eval.after": True}, r"max_new_tokens \(130\) exceeds the context length"),
+        (
+            {"rl.group_size": 10**7},
+            r"planned memory: the update, no remat needs .* GiB per device .*group_size=10000000",
+        ),
+    ],
+)
 def test_settings_that_do_nothing_or_cannot_fit_are_refused_before_the_model_loads(tmp_path, overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         train(_toy(tmp_path / "run", **overrides))
@@ -224,8 +280,11 @@ def test_settings_that_do_nothing_or_cannot_fit_are_refused_before_the_model_loa
 
 
 def test_a_dataset_smaller_than_a_step_is_refused_by_name(tmp_path):
-    with pytest.raises(ConfigError, match=r"train_examples has 1 example\(s\), fewer than "
-                                          r"prompts_per_step=4"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train_examples has 1 example\(s\), fewer than "
+        r"prompts_per_step=4",
+    ):
         train(_toy(tmp_path / "run"), train_examples=T.examples(1))
 
 
@@ -239,19 +298,21 @@ import time  # noqa: E402
 from jaxsteer.train.distributed import cluster_args  # noqa: E402
 
 
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (("127.0.0.1:99999", 2, 0), r"--coordinator '127.0.0.1:99999': expected HOST:PORT with a port in 1..65535"),
-    (("127.0.0.1", 2, 1), r"expected HOST:PORT"),
-    (("no-such-host.invalid:1234", 2, 1), r"cannot resolve host 'no-such-host.invalid'"),
-    (("127.0.0.1:1234", 0, 0), r"--num-processes must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("127.0.0.1:99999", 2, 0), r"--coordinator '127.0.0.1:99999': expected HOST:PORT with a port in 1..65535"),
+        (("127.0.0.1", 2, 1), r"expected HOST:PORT"),
+        (("no-such-host.invalid:1234", 2, 1), r"cannot resolve host 'no-such-host.invalid'"),
+        (("127.0.0.1:1234", 0, 0), r"--num-processes must be >= 1, got 0"),
+    ],
+)
 def test_bad_cluster_flags_are_refused_by_name(args, needle):
     with pytest.raises(ValueError, match=needle):
         cluster_args(*args)
@@ -273,14 +334,35 @@ def test_a_lone_process_of_two_exits_with_one_line_within_the_timeout(tmp_path):
     config.write_text("steps: 1\n")
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "jaxsteer.cli", "train", str(config), "--coordinator",
-                           f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0", "--startup-timeout", "4"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxsteer.cli",
+            "train",
+            str(config),
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            "0",
+            "--startup-timeout",
+            "4",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and time.monotonic() - t0 < 90, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert any(f"waiting for 2 processes at coordinator 127.0.0.1:{port}" in line for line in lines), lines
-    assert lines[-1].startswith(f"jaxsteer: start-up timed out after 4 s at coordinator 127.0.0.1:{port}: "
-                                "process 1 never joined (this is process 0)"), lines
+    assert lines[-1].startswith(
+        f"jaxsteer: start-up timed out after 4 s at coordinator 127.0.0.1:{port}: "
+        "process 1 never joined (this is process 0)"
+    ), lines
 
 
 # --------------------------------------------------------------------------- the CLI: one line per failure
@@ -314,7 +396,10 @@ STEER_FILES = {
     "text": (lambda d: b"1 2 3\n", r"--steer .*bad: not a readable array file"),
     "empty": (lambda d: b"", r"--steer .*bad: not a readable array file"),
     "object array": ("object", r"--steer .*bad.npy: not a readable array file \(.*pickle"),
-    "safetensors with two tensors": ("safetensors", r"--steer .*bad.safetensors: not a readable array file \(holds 2 tensors"),
+    "safetensors with two tensors": (
+        "safetensors",
+        r"--steer .*bad.safetensors: not a readable array file \(holds 2 tensors",
+    ),
     "nan": ("nan", r"--steer .*bad.npy has a non-finite value"),
 }
 
@@ -346,23 +431,30 @@ import re  # noqa: E402
 
 
 def _toy_yaml(tmp_path, out="run", **overrides):
-    data = T.config_dict(str(tmp_path / out), **{"sampling.max_new_tokens": 2, "steps": 2, "checkpoint.every": 1,
-                                                   **overrides})
+    data = T.config_dict(
+        str(tmp_path / out), **{"sampling.max_new_tokens": 2, "steps": 2, "checkpoint.every": 1, **overrides}
+    )
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["train", "{bad}"], r"^jaxsteer train: .*x.yaml:3: duplicate key 'lr'"),
-    (["eval", "{bad}"], r"^jaxsteer eval: .*x.yaml:3: duplicate key 'lr'"),
-    (["plan", "{bad}"], r"^jaxsteer plan: .*x.yaml:3: duplicate key 'lr'"),
-    (["sae", "train", "{bad}"], r"^jaxsteer sae train: ConfigError: .*x.yaml:3: duplicate key 'lr'"),
-    (["train", "{missing}"], r"^jaxsteer train: .*No such file"),
-    (["sae", "train", "{missing}"], r"^jaxsteer sae train: FileNotFoundError: .*nope.yaml: No such file or directory \(ENOENT\)"),
-    (["sae", "eval", "{missing}"], r"^jaxsteer sae eval: .*nope.yaml"),
-    (["lens", "--vectors", "{missing}"], r"^jaxsteer lens: --vectors .*nope.yaml: not a readable array file"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "{bad}"], r"^jaxsteer train: .*x.yaml:3: duplicate key 'lr'"),
+        (["eval", "{bad}"], r"^jaxsteer eval: .*x.yaml:3: duplicate key 'lr'"),
+        (["plan", "{bad}"], r"^jaxsteer plan: .*x.yaml:3: duplicate key 'lr'"),
+        (["sae", "train", "{bad}"], r"^jaxsteer sae train: ConfigError: .*x.yaml:3: duplicate key 'lr'"),
+        (["train", "{missing}"], r"^jaxsteer train: .*No such file"),
+        (
+            ["sae", "train", "{missing}"],
+            r"^jaxsteer sae train: FileNotFoundError: .*nope.yaml: No such file or directory \(ENOENT\)",
+        ),
+        (["sae", "eval", "{missing}"], r"^jaxsteer sae eval: .*nope.yaml"),
+        (["lens", "--vectors", "{missing}"], r"^jaxsteer lens: --vectors .*nope.yaml: not a readable array file"),
+    ],
+)
 def test_config_and_file_errors_are_one_line_for_every_command(tmp_path, argv, needle):
     bad = tmp_path / "x.yaml"
     bad.write_text("lr: 0.01\nsteps: 3\nlr: 5.0\n")
@@ -424,14 +516,19 @@ def test_disk_full_reports_the_real_errno_even_when_tensorboard_fails_first(tmp_
     path = _toy_yaml(tmp_path, tensorboard=True)
     with pytest.warns(UserWarning, match="TensorBoard writer failed to close"):
         line = _cli_line(["train", path, "--logit-lens", "0"])
-    assert line.startswith("jaxsteer train: OSError: ") and "metrics.jsonl: No space left on device (ENOSPC)" in line, line
+    assert line.startswith("jaxsteer train: OSError: ") and "metrics.jsonl: No space left on device (ENOSPC)" in line, (
+        line
+    )
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--temperature", "nan"], "jaxsteer generate: temperature is nan; it must be finite"),
-    (["--top-p", "inf"], "jaxsteer generate: top_p is inf; it must be finite"),
-    (["--top-k", "-1"], "jaxsteer generate: top_k must be >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--temperature", "nan"], "jaxsteer generate: temperature is nan; it must be finite"),
+        (["--top-p", "inf"], "jaxsteer generate: top_p is inf; it must be finite"),
+        (["--top-k", "-1"], "jaxsteer generate: top_k must be >= 0, got -1"),
+    ],
+)
 def test_cli_generate_sampling_flags_are_checked_before_the_model_loads(tmp_path, flags, needle):
     """`--temperature nan` used to print an empty completion with exit 0."""
     assert _cli_line(["generate", "--model", tmp_path / "no-model", "--prompt", "hi", *flags]) == needle
@@ -448,11 +545,21 @@ def test_sigkill_at_a_random_point_then_resume_equals_an_uninterrupted_run(undam
     checkpoint write or a metrics write), `--resume` it: the vectors equal an uninterrupted run's."""
     reference = undamaged[1]  # the same run with checkpoints every 2 steps (checkpointing changes no result)
     path = tmp_path / "killed.yaml"
-    path.write_text(yaml.safe_dump(T.config_dict(str(tmp_path / "killed"), **{
-        "model.random_scale": 0.2, "sampling.max_new_tokens": 2, "steps": 4, "checkpoint.every": 1,
-        "checkpoint.keep": 5})))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]),
-               JAX_PLATFORMS="cpu")
+    path.write_text(
+        yaml.safe_dump(
+            T.config_dict(
+                str(tmp_path / "killed"),
+                **{
+                    "model.random_scale": 0.2,
+                    "sampling.max_new_tokens": 2,
+                    "steps": 4,
+                    "checkpoint.every": 1,
+                    "checkpoint.keep": 5,
+                },
+            )
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]), JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "jaxsteer.cli", "train", str(path), "--logit-lens", "0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # The moment is drawn in steps, not seconds (a fixed delay outlived the whole run on an idle
@@ -468,5 +575,4 @@ def test_sigkill_at_a_random_point_then_resume_equals_an_uninterrupted_run(undam
     proc.wait(timeout=60)
     resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    np.testing.assert_allclose(np.load(tmp_path / "killed" / "steering_vectors.npy"),
-                               reference, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "killed" / "steering_vectors.npy"), reference, atol=1e-6)

@@ -99,8 +99,13 @@ def test_layers_point_one_way_and_learners_stay_apart():
 
 
 def test_no_private_names_across_modules():
-    bad = [f"{m}: from {target} import {n}" for m in TRAIN for target, names in _imports(m, MODULES[m])
-           for n in names if n.startswith("_") and target != m]
+    bad = [
+        f"{m}: from {target} import {n}"
+        for m in TRAIN
+        for target, names in _imports(m, MODULES[m])
+        for n in names
+        if n.startswith("_") and target != m
+    ]
     assert not bad, bad
 
 

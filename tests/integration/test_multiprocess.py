@@ -24,20 +24,18 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
-
 import train_toy as T
-from tests import ROOT, TESTS
+import yaml
 from virtual_devices import device_env
 
+from tests import ROOT
 
 pytestmark = pytest.mark.multiprocess
 
 RUNS = {
     "steering": {"steps": 3},
     "full": {"steps": 3, "trainable.kind": "full", "lr": 0.01, "mesh.data": 2, "mesh.fsdp": 2},
-    "es": {"steps": 3, "algorithm": "es", "prompts_per_step": 2,
-           "es.population": 8, "es.sigma": 0.5, "es.lr": 0.5},
+    "es": {"steps": 3, "algorithm": "es", "prompts_per_step": 2, "es.population": 8, "es.sigma": 0.5, "es.lr": 0.5},
 }
 
 
@@ -48,8 +46,9 @@ def _free_port() -> int:
 
 
 def _config(out: str, name: str, **overrides) -> str:
-    cfg = T.config_dict(out, **{"model.random_scale": 0.2, "checkpoint.every": 2, "checkpoint.keep": 3, **RUNS[name],
-                                **overrides})
+    cfg = T.config_dict(
+        out, **{"model.random_scale": 0.2, "checkpoint.every": 2, "checkpoint.keep": 3, **RUNS[name], **overrides}
+    )
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "..", f"{os.path.basename(out)}.yaml")
     with open(path, "w") as f:
@@ -62,10 +61,22 @@ def _launch(config: str, processes: int, devices: int, *extra: str) -> None:
     env = device_env(devices)
     cmd = [sys.executable, "-m", "jaxsteer.cli", "train", config, "--logit-lens", "0", *extra]
     port = _free_port()
-    procs = [subprocess.Popen(cmd + (["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
-                                      "--process-id", str(i)] if processes > 1 else []),
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(processes)]
+    procs = [
+        subprocess.Popen(
+            cmd
+            + (
+                ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(i)]
+                if processes > 1
+                else []
+            ),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(processes)
+    ]
     logs = [p.communicate(timeout=1200)[0] for p in procs]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-6000:]
@@ -77,11 +88,15 @@ def _checkpoint(out: str, step: int) -> dict:
     import orbax.checkpoint as ocp
 
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with ocp.CheckpointManager(os.path.join(out, "checkpoints"), item_names=("state",),
-                               item_handlers={"state": ocp.StandardCheckpointHandler()}) as mgr:
+    with ocp.CheckpointManager(
+        os.path.join(out, "checkpoints"),
+        item_names=("state",),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    ) as mgr:
         meta = mgr.item_metadata(step)["state"]
-        target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta,
-                                        is_leaf=lambda m: hasattr(m, "shape"))
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta, is_leaf=lambda m: hasattr(m, "shape")
+        )
         state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     return {"/".join(map(str, k)): np.asarray(v) for k, v in _flatten(state)}
 

@@ -17,8 +17,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import tests
 
 ROOT = pathlib.Path(tests.ROOT)
@@ -73,7 +71,11 @@ def test_load_generate_and_train_without_torch(tmp_path):
     config = ROOT / "experiments" / "smollm2_arithmetic_steering.yaml"
     proc = subprocess.run(
         [sys.executable, "-S", "-c", SCRIPT, str(tmp_path / "run"), str(config)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

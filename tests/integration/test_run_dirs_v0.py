@@ -11,11 +11,11 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
 import train_toy as T
-from tests import TESTS
+
 from jaxsteer.train import evaluate_run, load_run, train
 from jaxsteer.train.config import config_from_dict, load_config
+from tests import TESTS
 
 FIXTURE = os.path.join(TESTS, "data", "runs_v0")
 
@@ -23,8 +23,14 @@ FIXTURE = os.path.join(TESTS, "data", "runs_v0")
 COMMON = {"steps": 4, "checkpoint.every": 2, "checkpoint.keep": 1, "model.random_scale": 0.2}
 RUNS = {
     "rl_steering": {"optimizer.lr": 0.3},
-    "sft_lora": {"algorithm": "sft", "optimizer.micro_batches": 1, "trainable.kind": "lora",
-                 "trainable.lora_rank": 2, "optimizer.lr": 0.05, "data.train": "py:train_toy:sft_examples"},
+    "sft_lora": {
+        "algorithm": "sft",
+        "optimizer.micro_batches": 1,
+        "trainable.kind": "lora",
+        "trainable.lora_rank": 2,
+        "optimizer.lr": 0.05,
+        "data.train": "py:train_toy:sft_examples",
+    },
     "es": {"algorithm": "es", "es": {"population": 4, "sigma": 0.5, "lr": 1.0}},
     "essa": {"algorithm": "essa", "es": {"population": 4, "sigma": 0.5}},
 }
@@ -69,18 +75,20 @@ def test_old_training_run_loads_evaluates_and_resumes(runs, kind, tmp_path):
 
 
 def test_old_sae_run_resumes_and_evaluates(runs, tmp_path):
-    from tests.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
-
     from jaxsteer.sae.config import load_run_config
     from jaxsteer.sae.run import eval_run, load_sae, train_sae
+    from tests.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
 
     model, tok = tiny_sae_model(), CharTokenizer()
     run_dir = os.path.join(runs, "sae_topk")
     cfg = load_run_config(os.path.join(run_dir, "config.yaml"), warn=False)
     assert cfg.output_dir == run_dir and cfg.steps == 4 and cfg.checkpoint.every == 2
     train_sae(cfg, model=model, tokenizer=tok, resume=True, progress=False)
-    fresh_cfg = run_cfg(os.path.join(runs, "sae_corpus.txt"), tmp_path / "sae",
-                        overrides=["steps=4", "checkpoint.every=2", "checkpoint.keep=1"])
+    fresh_cfg = run_cfg(
+        os.path.join(runs, "sae_corpus.txt"),
+        tmp_path / "sae",
+        overrides=["steps=4", "checkpoint.every=2", "checkpoint.keep=1"],
+    )
     train_sae(fresh_cfg, model=model, tokenizer=tok, progress=False)
     a, b = load_sae(run_dir), load_sae(str(tmp_path / "sae"))
     for x, y in zip(_leaves(a.params), _leaves(b.params), strict=True):

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxsteer
 from jaxsteer import Conditional, OnTokens, RowSteer, Steer, compose, forward, generate, prepare_controls
 
 L, D, V = 3, 32, 53
@@ -29,13 +28,16 @@ def _close(a, b):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kw,hand", [
-    (dict(select="prompt"), lambda tok, col: col < 5),
-    (dict(select="generated"), lambda tok, col: col >= 5),
-    (dict(first=2), lambda tok, col: (col >= 5) & (col < 7)),
-    (dict(triggers=[7, 11, 30]), lambda tok, col: np.isin(tok, [7, 11, 30])),
-    (dict(select="generated", triggers=[7, 11, 30]), lambda tok, col: (col >= 5) & np.isin(tok, [7, 11, 30])),
-])
+@pytest.mark.parametrize(
+    "kw,hand",
+    [
+        (dict(select="prompt"), lambda tok, col: col < 5),
+        (dict(select="generated"), lambda tok, col: col >= 5),
+        (dict(first=2), lambda tok, col: (col >= 5) & (col < 7)),
+        (dict(triggers=[7, 11, 30]), lambda tok, col: np.isin(tok, [7, 11, 30])),
+        (dict(select="generated", triggers=[7, 11, 30]), lambda tok, col: (col >= 5) & np.isin(tok, [7, 11, 30])),
+    ],
+)
 def test_token_selection_equals_masking_by_hand(tiny_model, batch, kw, hand):
     tokens = np.asarray(batch).copy()
     tokens[:, ::3] = 11  # make sure some trigger ids occur
@@ -54,22 +56,29 @@ def test_token_selection_in_generate_matches_forward_masked_by_hand(tiny_model):
     prompts = [[5, 9, 12, 3], [8, 8, 20]]
     v = _vec(2, scale=6.0)
     k = 3
-    out = generate(tiny_model, prompts, max_new_tokens=8, greedy=True, stop_tokens=(),
-                   interventions=OnTokens(Steer(v), first=k))
+    out = generate(
+        tiny_model, prompts, max_new_tokens=8, greedy=True, stop_tokens=(), interventions=OnTokens(Steer(v), first=k)
+    )
     plain = generate(tiny_model, prompts, max_new_tokens=8, greedy=True, stop_tokens=())
     assert (out.tokens != plain.tokens).any()  # the control did something
     seq, mask = out.sequences()
     P = out.prompt_tokens.shape[1]
     hand = np.zeros(seq.shape, np.float32)
-    hand[:, P:P + k] = 1  # the first k generated tokens' positions
+    hand[:, P : P + k] = 1  # the first k generated tokens' positions
     logits, _ = forward(tiny_model, seq, attention_mask=mask, interventions=Steer(v, positions=hand))
-    np.testing.assert_array_equal(np.asarray(logits[:, P - 1:-1]).argmax(-1), out.tokens)
-    trig = generate(tiny_model, prompts, max_new_tokens=8, greedy=True, stop_tokens=(),
-                    interventions=OnTokens(Steer(v), triggers=[int(plain.tokens[0, 0])]))
+    np.testing.assert_array_equal(np.asarray(logits[:, P - 1 : -1]).argmax(-1), out.tokens)
+    trig = generate(
+        tiny_model,
+        prompts,
+        max_new_tokens=8,
+        greedy=True,
+        stop_tokens=(),
+        interventions=OnTokens(Steer(v), triggers=[int(plain.tokens[0, 0])]),
+    )
     seq, mask = trig.sequences()
     hand = np.isin(seq, [int(plain.tokens[0, 0])]).astype(np.float32)
     logits, _ = forward(tiny_model, seq, attention_mask=mask, interventions=Steer(v, positions=hand))
-    np.testing.assert_array_equal(np.asarray(logits[:, P - 1:-1]).argmax(-1), trig.tokens)
+    np.testing.assert_array_equal(np.asarray(logits[:, P - 1 : -1]).argmax(-1), trig.tokens)
 
 
 def test_per_row_vectors_equal_running_rows_one_by_one(tiny_model, batch):
@@ -80,9 +89,9 @@ def test_per_row_vectors_equal_running_rows_one_by_one(tiny_model, batch):
     index = jnp.asarray([4, 0, 4])
     got_bank, _ = forward(tiny_model, batch, interventions=RowSteer(bank, index=index))
     for b in range(3):
-        one, _ = forward(tiny_model, batch[b:b + 1], interventions=Steer(vecs[b], scale=scales[b], layers=(0, 2)))
+        one, _ = forward(tiny_model, batch[b : b + 1], interventions=Steer(vecs[b], scale=scales[b], layers=(0, 2)))
         _close(got[b], one[0])
-        one, _ = forward(tiny_model, batch[b:b + 1], interventions=Steer(bank[index[b]]))
+        one, _ = forward(tiny_model, batch[b : b + 1], interventions=Steer(bank[index[b]]))
         _close(got_bank[b], one[0])
 
 
@@ -90,15 +99,29 @@ def test_per_row_vectors_in_generate_equal_separate_generations(tiny_model):
     prompts = [[5, 9, 12, 3], [8, 8, 20], [30, 2]]
     bank = _vec(5, (2, L, D), scale=5.0)
     index = [1, 0, 1]
-    out = generate(tiny_model, prompts, max_new_tokens=6, greedy=True, stop_tokens=(),
-                   interventions=RowSteer(bank, index=jnp.asarray(index)))
+    out = generate(
+        tiny_model,
+        prompts,
+        max_new_tokens=6,
+        greedy=True,
+        stop_tokens=(),
+        interventions=RowSteer(bank, index=jnp.asarray(index)),
+    )
     for b, p in enumerate(prompts):
-        one = generate(tiny_model, [p], max_new_tokens=6, greedy=True, stop_tokens=(),
-                       interventions=Steer(bank[index[b]]))
+        one = generate(
+            tiny_model, [p], max_new_tokens=6, greedy=True, stop_tokens=(), interventions=Steer(bank[index[b]])
+        )
         np.testing.assert_array_equal(out.tokens[b], one.tokens[0])
     # samples_per_prompt: each prompt's samples share its vector
-    many = generate(tiny_model, prompts, max_new_tokens=6, greedy=True, stop_tokens=(), samples_per_prompt=2,
-                    interventions=RowSteer(bank, index=jnp.asarray(index)))
+    many = generate(
+        tiny_model,
+        prompts,
+        max_new_tokens=6,
+        greedy=True,
+        stop_tokens=(),
+        samples_per_prompt=2,
+        interventions=RowSteer(bank, index=jnp.asarray(index)),
+    )
     np.testing.assert_array_equal(many.tokens[::2], out.tokens)
     np.testing.assert_array_equal(many.tokens[1::2], out.tokens)
 
@@ -140,12 +163,24 @@ def test_condition_in_generate_reads_the_prompt_and_reports_its_decision(tiny_mo
     scores = _scores_by_hand(tiny_model, seqs.prompt_tokens, 2, cond, seqs.prompt_mask)
     thr = float(np.median(scores))
     v = _vec(10, scale=6.0)
-    out = generate(tiny_model, prompts, max_new_tokens=6, greedy=True, stop_tokens=(),
-                   interventions=Conditional(OnTokens(Steer(v), select="generated"), cond, threshold=thr, layer=2))
+    out = generate(
+        tiny_model,
+        prompts,
+        max_new_tokens=6,
+        greedy=True,
+        stop_tokens=(),
+        interventions=Conditional(OnTokens(Steer(v), select="generated"), cond, threshold=thr, layer=2),
+    )
     np.testing.assert_array_equal(out.decisions[0], scores > thr)
     _close(out.condition_scores[0], scores)
-    steered = generate(tiny_model, prompts, max_new_tokens=6, greedy=True, stop_tokens=(),
-                       interventions=OnTokens(Steer(v), select="generated"))
+    steered = generate(
+        tiny_model,
+        prompts,
+        max_new_tokens=6,
+        greedy=True,
+        stop_tokens=(),
+        interventions=OnTokens(Steer(v), select="generated"),
+    )
     plain = generate(tiny_model, prompts, max_new_tokens=6, greedy=True, stop_tokens=())
     for b, on in enumerate(out.decisions[0]):
         np.testing.assert_array_equal(out.tokens[b], (steered if on else plain).tokens[b])
@@ -156,8 +191,9 @@ def test_controls_jit_vmap_and_grad(tiny_model, batch):
 
     @jax.jit
     def loss(vecs, scale):
-        logits, _ = forward(tiny_model, batch, interventions=OnTokens(RowSteer(vecs, scale=scale), first=2),
-                            prompt_length=4)
+        logits, _ = forward(
+            tiny_model, batch, interventions=OnTokens(RowSteer(vecs, scale=scale), first=2), prompt_length=4
+        )
         return jax.nn.log_softmax(logits)[:, -1, 3].sum()
 
     vecs = jnp.stack([v, -v, 0 * v])

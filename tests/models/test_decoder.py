@@ -17,10 +17,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import jax  # noqa: E402
+import hf_tiny as H  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import hf_tiny as H  # noqa: E402
 import jaxsteer  # noqa: E402
 from jaxsteer.models.decoder import rms_norm  # noqa: E402
 
@@ -76,7 +75,9 @@ def test_logits_and_residual_stream_match_hf(pair, padded):
     ref_logits = out.logits.numpy()
     np.testing.assert_allclose(np.asarray(logits)[valid], ref_logits[valid], rtol=0, atol=ATOL)
     # hidden_states[0] is the (scaled) embedding = layer 0's resid_pre
-    np.testing.assert_allclose(np.asarray(trace.resid_pre[0])[valid], out.hidden_states[0].numpy()[valid], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray(trace.resid_pre[0])[valid], out.hidden_states[0].numpy()[valid], rtol=0, atol=ATOL
+    )
     for layer in range(L - 1):
         np.testing.assert_allclose(
             np.asarray(trace.resid_post[layer])[valid],
@@ -164,7 +165,9 @@ def test_trace_shapes_and_consistency():
     # recording does not change the output (recording `pattern` takes the einsum attention path,
     # which equals dot_product_attention up to float32 rounding)
     plain, _ = jaxsteer.forward(model, tokens, attention_mask=mask)
-    no_pattern, _ = jaxsteer.forward(model, tokens, attention_mask=mask, record=[s for s in jaxsteer.SITES if s != "pattern"])
+    no_pattern, _ = jaxsteer.forward(
+        model, tokens, attention_mask=mask, record=[s for s in jaxsteer.SITES if s != "pattern"]
+    )
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(no_pattern))
     np.testing.assert_allclose(np.asarray(plain), np.asarray(logits), rtol=0, atol=ATOL)
 
@@ -190,15 +193,21 @@ def test_trace_shapes_and_consistency():
     # z is the pattern applied to v (v has no RoPE), heads grouped over KV heads
     v_rep = np.repeat(tr["v"], H_ // KV, axis=3)  # [L, B, S, H, hd]
     z = np.einsum("lbhts,lbshd->lbthd", pat, v_rep)
-    np.testing.assert_allclose(tr["z"][:, valid.nonzero()[0], valid.nonzero()[1]], z[:, valid.nonzero()[0], valid.nonzero()[1]], atol=1e-5)
+    np.testing.assert_allclose(
+        tr["z"][:, valid.nonzero()[0], valid.nonzero()[1]], z[:, valid.nonzero()[0], valid.nonzero()[1]], atol=1e-5
+    )
     # attn_in / mlp_in are the pre-norms of the residual stream
     for l in range(L):
         p = model.params["layers"]
         np.testing.assert_allclose(
-            tr["attn_in"][l], np.asarray(rms_norm(trace.resid_pre[l], p["attn_norm"][l], c.norm_eps, c.norm_offset)), atol=1e-5
+            tr["attn_in"][l],
+            np.asarray(rms_norm(trace.resid_pre[l], p["attn_norm"][l], c.norm_eps, c.norm_offset)),
+            atol=1e-5,
         )
         np.testing.assert_allclose(
-            tr["mlp_in"][l], np.asarray(rms_norm(trace.resid_mid[l], p["mlp_norm"][l], c.norm_eps, c.norm_offset)), atol=1e-5
+            tr["mlp_in"][l],
+            np.asarray(rms_norm(trace.resid_mid[l], p["mlp_norm"][l], c.norm_eps, c.norm_offset)),
+            atol=1e-5,
         )
 
 
@@ -219,6 +228,6 @@ def test_attn_logit_softcap_bounds_attention_scores():
         row = pat[..., t, : t + 1]
         ratio = row.max(-1) / row.min(-1)
         assert np.all(ratio <= np.exp(2 * cap) * (1 + 1e-5))
-        assert np.all(pat[..., t, t + 1:] == 0)
+        assert np.all(pat[..., t, t + 1 :] == 0)
     clean_rows = np.asarray(clean.pattern)[..., T - 1, :]
     assert (clean_rows.max(-1) / clean_rows.min(-1)).max() > np.exp(2 * cap)  # the cap did bind

@@ -16,15 +16,35 @@ from jaxsteer.models.decoder import attention_impl, default_positions, embed, ru
 from jaxsteer.models.params import init_params
 
 ROPE = RopeConfig(theta=10000.0)
-BASE = dict(architecture="llama", vocab_size=61, d_model=48, n_layers=3, n_heads=6, head_dim=8, d_mlp=64,
-            norm_eps=1e-6, rope_full=ROPE)
+BASE = dict(
+    architecture="llama",
+    vocab_size=61,
+    d_model=48,
+    n_layers=3,
+    n_heads=6,
+    head_dim=8,
+    d_mlp=64,
+    norm_eps=1e-6,
+    rope_full=ROPE,
+)
 CONFIGS = {
     "gqa": dict(n_kv_heads=2),
     "mha": dict(n_kv_heads=6),
-    "mqa-sliding": dict(n_kv_heads=1, sliding_window=3, layer_types=("sliding_attention", "full_attention", "sliding_attention")),
-    "gemma-like": dict(n_kv_heads=3, norm_offset=1.0, sandwich_norms=True, qk_norm=True, embed_scale=48**0.5,
-                       attn_scale=0.2, sliding_window=2, rope_sliding=RopeConfig(theta=500.0),
-                       layer_types=("sliding_attention", "sliding_attention", "full_attention"), activation="gelu_tanh"),
+    "mqa-sliding": dict(
+        n_kv_heads=1, sliding_window=3, layer_types=("sliding_attention", "full_attention", "sliding_attention")
+    ),
+    "gemma-like": dict(
+        n_kv_heads=3,
+        norm_offset=1.0,
+        sandwich_norms=True,
+        qk_norm=True,
+        embed_scale=48**0.5,
+        attn_scale=0.2,
+        sliding_window=2,
+        rope_sliding=RopeConfig(theta=500.0),
+        layer_types=("sliding_attention", "sliding_attention", "full_attention"),
+        activation="gelu_tanh",
+    ),
 }
 T = 11
 

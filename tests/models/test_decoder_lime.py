@@ -17,8 +17,18 @@ from jaxsteer.models.config import ModelConfig, RopeConfig
 from jaxsteer.models.decoder import forward
 from jaxsteer.models.params import Model, init_params, lime_identity_routing, lime_router_init
 
-PLAIN = ModelConfig(architecture="LlamaForCausalLM", vocab_size=64, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
-                    head_dim=8, d_mlp=64, norm_eps=1e-5, rope_full=RopeConfig(theta=10000.0))
+PLAIN = ModelConfig(
+    architecture="LlamaForCausalLM",
+    vocab_size=64,
+    d_model=32,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=8,
+    d_mlp=64,
+    norm_eps=1e-5,
+    rope_full=RopeConfig(theta=10000.0),
+)
 LIME = dataclasses.replace(PLAIN, lime=True)
 
 
@@ -84,7 +94,7 @@ def test_trace_exposes_the_routing():
     np.testing.assert_array_equal(route, np.asarray(lime.params["layers"]["lime_router"]))
     for l in range(L):  # the current layer reads itself at init; later layers are never read
         np.testing.assert_array_equal(route[l, :, l], np.eye(KV))
-        assert np.all(route[l, :, l + 1:] == 0)
+        assert np.all(route[l, :, l + 1 :] == 0)
     with pytest.raises(ValueError, match="LIMe models only"):
         forward(plain, TOKENS, record="lime_route")
 
@@ -93,7 +103,7 @@ def test_routing_weights_beyond_the_layer_are_ignored():
     lime, _ = _models()
     noisy = np.array(lime.params["layers"]["lime_router"])
     for l in range(LIME.n_layers):
-        noisy[l, :, l + 1:] = 5.0
+        noisy[l, :, l + 1 :] = 5.0
     a, _ = forward(lime, TOKENS)
     b, _ = forward(_with_routing(lime, jnp.asarray(noisy)), TOKENS)
     np.testing.assert_array_equal(a, b)

@@ -43,7 +43,11 @@ def test_config_html():
     from jaxsteer.train.config import load_config
 
     html = load_config(None, ["steps=3"])._repr_html_()
-    assert "<code>steps</code>" in html and "<code>model.spec</code>" in html and "<code>sampling.max_new_tokens</code>" in html
+    assert (
+        "<code>steps</code>" in html
+        and "<code>model.spec</code>" in html
+        and "<code>sampling.max_new_tokens</code>" in html
+    )
 
 
 def test_short_reprs(tiny_model):

@@ -12,10 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import hf_tiny as H  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import hf_tiny as H  # noqa: E402
 import jaxsteer  # noqa: E402
 from jaxsteer import Steer  # noqa: E402
 
@@ -142,9 +142,10 @@ def _numpy_filter(logits, temperature, top_k, top_p):
 
 
 def test_top_k_top_p_equal_an_independent_numpy_construction():
-    logits = np.array([[2.0, 1.0, 0.5, -1.0, 3.0, 0.0],
-                       [0.0, 0.2, 5.0, 1.0, 1.0 - 1e-3, -2.0],
-                       [1.0, 1.1, 1.2, 1.3, 1.4, 1.5]], np.float32)
+    logits = np.array(
+        [[2.0, 1.0, 0.5, -1.0, 3.0, 0.0], [0.0, 0.2, 5.0, 1.0, 1.0 - 1e-3, -2.0], [1.0, 1.1, 1.2, 1.3, 1.4, 1.5]],
+        np.float32,
+    )
     # known answers first: row 0 at T = 1 has probabilities 0.61, 0.22, 0.08, ... in the order 4, 0, 1, ...
     got = np.asarray(gen_module.filter_logits(jnp.asarray(logits), gen_module.SamplingConfig(4, 1.0, 0, 0.8, False)))
     assert np.isfinite(got[0]).nonzero()[0].tolist() == [0, 4]  # 0.61 < 0.8 <= 0.61 + 0.22
@@ -157,10 +158,14 @@ def test_top_k_top_p_equal_an_independent_numpy_construction():
                 s = gen_module.SamplingConfig(4, temperature, top_k, top_p, False)
                 got = np.asarray(gen_module.filter_logits(jnp.asarray(logits), s))
                 want = _numpy_filter(logits, temperature, top_k, top_p)
-                np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want), err_msg=str((temperature, top_k, top_p)))
+                np.testing.assert_array_equal(
+                    np.isfinite(got), np.isfinite(want), err_msg=str((temperature, top_k, top_p))
+                )
                 np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)
     # a tie at the k-th logit keeps every tied token, as transformers' TopKLogitsWarper does
-    tied = np.asarray(gen_module.filter_logits(jnp.asarray([[1.0, 3.0, 1.0, 0.0]]), gen_module.SamplingConfig(4, 1.0, 2, 1.0, False)))
+    tied = np.asarray(
+        gen_module.filter_logits(jnp.asarray([[1.0, 3.0, 1.0, 0.0]]), gen_module.SamplingConfig(4, 1.0, 2, 1.0, False))
+    )
     assert np.isfinite(tied[0]).tolist() == [True, True, True, False]
 
 
@@ -225,9 +230,7 @@ def smollm2():
     except FileNotFoundError as err:
         pytest.skip(str(err))
     model, tokenizer = load("smollm2-135m-instruct")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    ).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     seqs = gen_module.tokenize_prompts(tokenizer, CHAT_PROMPTS)
     return model, tokenizer, hf, seqs
 
@@ -243,7 +246,7 @@ def test_default_model_logits_match_hf(smollm2):
     worst = 0.0
     for b, s in enumerate(seqs):
         ref = H.hf_logits(hf, np.asarray([s]))[0]  # HF unpadded, one prompt at a time
-        got = logits[b, P - len(s):]
+        got = logits[b, P - len(s) :]
         worst = max(worst, float(np.abs(got - ref).max()))
         assert np.array_equal(got.argmax(-1), ref.argmax(-1))
     assert worst <= 1e-3, worst
@@ -268,9 +271,13 @@ def test_samples_per_prompt_shares_the_prefill(llama, prompts):
     _, model = llama
     k = 3
     repeated = [p for p in prompts for _ in range(k)]
-    steer = Steer(jnp.asarray(np.random.RandomState(1).randn(model.config.n_layers, model.config.d_model), jnp.float32) * 0.3)
+    steer = Steer(
+        jnp.asarray(np.random.RandomState(1).randn(model.config.n_layers, model.config.d_model), jnp.float32) * 0.3
+    )
     for kw in ({"greedy": True}, {"temperature": 0.9, "top_k": 20, "seed": 3}):
-        shared = jaxsteer.generate(model, prompts, max_new_tokens=N_NEW, samples_per_prompt=k, interventions=[steer], **kw)
+        shared = jaxsteer.generate(
+            model, prompts, max_new_tokens=N_NEW, samples_per_prompt=k, interventions=[steer], **kw
+        )
         plain = jaxsteer.generate(model, repeated, max_new_tokens=N_NEW, interventions=[steer], **kw)
         np.testing.assert_array_equal(shared.tokens, plain.tokens)
         np.testing.assert_array_equal(shared.lengths, plain.lengths)

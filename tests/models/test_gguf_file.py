@@ -21,13 +21,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
+import hf_tiny as H  # noqa: E402
+from gguf_tiny import write_gguf, write_tokenizer_metadata  # noqa: E402
+
 import jaxsteer  # noqa: E402
 from jaxsteer.models.config import UnsupportedConfigError, from_hf_config  # noqa: E402
 from jaxsteer.models.gguf_file import GGUFError, GGUFFile, gguf_config, gguf_tokenizer  # noqa: E402
 from jaxsteer.models.loading import default_model_path, load, load_gguf  # noqa: E402
-
-import hf_tiny as H  # noqa: E402
-from gguf_tiny import write_gguf, write_tokenizer_metadata  # noqa: E402
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -87,16 +87,24 @@ def test_smollm2_config_equals_hf_directory(smollm2, tmp_path):
 
 def _tiny_tokenizer_meta(vocab_size: int, cfg) -> dict:
     tokens = [f"<t{i}>" for i in range(vocab_size)]
-    return dict(model="gpt2", tokens=tokens, token_types=[1] * vocab_size, merges=[], bos=cfg.bos_token_id,
-                eos=cfg.eos_token_id, pad=cfg.pad_token_id)
+    return dict(
+        model="gpt2",
+        tokens=tokens,
+        token_types=[1] * vocab_size,
+        merges=[],
+        bos=cfg.bos_token_id,
+        eos=cfg.eos_token_id,
+        pad=cfg.pad_token_id,
+    )
 
 
 GGUF_CASES = {
     "llama-untied": ("llama", lambda: H.llama_config(tie_word_embeddings=False, max_position_embeddings=256)),
     "llama-linear-rope-tied": (
         "llama",
-        lambda: H.llama_config(tie_word_embeddings=True, rope_parameters={"rope_type": "linear", "rope_theta": 500.0,
-                                                                          "factor": 3.0}),
+        lambda: H.llama_config(
+            tie_word_embeddings=True, rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 3.0}
+        ),
     ),
     "qwen2-tied": ("qwen2", lambda: H.qwen2_config(tie_word_embeddings=True)),
     "qwen2-untied": ("qwen2", lambda: H.qwen2_config(tie_word_embeddings=False)),
@@ -109,8 +117,9 @@ GGUF_CASES = {
 def test_tiny_gguf_config_and_logits_match_hf(case, tmp_path):
     arch, make = GGUF_CASES[case]
     hf = H.randomize_(transformers.AutoModelForCausalLM.from_config(make()).eval())
-    path = write_gguf(tmp_path / f"{case}.gguf", arch, hf, tokenizer=_tiny_tokenizer_meta(H.VOCAB, hf.config),
-                      q_f16=False)
+    path = write_gguf(
+        tmp_path / f"{case}.gguf", arch, hf, tokenizer=_tiny_tokenizer_meta(H.VOCAB, hf.config), q_f16=False
+    )
     config = gguf_config(GGUFFile(path))
     assert config == from_hf_config(hf.config)
     model = load_gguf(path)
@@ -167,13 +176,16 @@ def test_non_finite_weights_are_refused(tiny_gguf):
         load(str(tiny_gguf), tokenizer=False)
 
 
-@pytest.mark.parametrize("config, needle", [
-    (dict(rms_norm_eps=float("nan")), r"layer_norm_rms_epsilon=nan must be a finite number > 0"),
-    (dict(rms_norm_eps=-1.0), r"layer_norm_rms_epsilon=-1.0 must be a finite number > 0"),
-    (dict(rope_parameters={"rope_type": "default", "rope_theta": 0.0}), r"llama.rope.freq_base=0.0 must be"),
-    (dict(max_position_embeddings=0), r"llama.context_length=0 must be"),
-    (dict(bos_token_id=H.VOCAB + 7), rf"tokenizer.ggml.bos_token_id={H.VOCAB + 7} is outside the vocabulary"),
-])
+@pytest.mark.parametrize(
+    "config, needle",
+    [
+        (dict(rms_norm_eps=float("nan")), r"layer_norm_rms_epsilon=nan must be a finite number > 0"),
+        (dict(rms_norm_eps=-1.0), r"layer_norm_rms_epsilon=-1.0 must be a finite number > 0"),
+        (dict(rope_parameters={"rope_type": "default", "rope_theta": 0.0}), r"llama.rope.freq_base=0.0 must be"),
+        (dict(max_position_embeddings=0), r"llama.context_length=0 must be"),
+        (dict(bos_token_id=H.VOCAB + 7), rf"tokenizer.ggml.bos_token_id={H.VOCAB + 7} is outside the vocabulary"),
+    ],
+)
 def test_damaged_metadata_is_refused_by_name(tmp_path, config, needle):
     """Metadata that would load and then give NaN (or wrong) logits from every forward."""
     hf = H.randomize_(transformers.AutoModelForCausalLM.from_config(H.llama_config(**config)))
@@ -193,12 +205,15 @@ def _set_tensor_type(path, name: str, ggml_type: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name, ggml_type, needle", [
-    ("output_norm.weight", 1, r"output_norm.weight \(F16.*unused bytes.*recorded type or shape is wrong"),
-    ("blk.0.ffn_norm.weight", 1, r"blk.0.ffn_norm.weight \(F16.*unused bytes"),
-    ("blk.0.attn_q.weight", 0, r"blk.0.attn_q.weight \(F32.*overlaps the next tensor"),
-    ("output_norm.weight", 8, r"output_norm.weight \(Q8_0.*norm weight must be F32, F16 or BF16"),
-])
+@pytest.mark.parametrize(
+    "name, ggml_type, needle",
+    [
+        ("output_norm.weight", 1, r"output_norm.weight \(F16.*unused bytes.*recorded type or shape is wrong"),
+        ("blk.0.ffn_norm.weight", 1, r"blk.0.ffn_norm.weight \(F16.*unused bytes"),
+        ("blk.0.attn_q.weight", 0, r"blk.0.attn_q.weight \(F32.*overlaps the next tensor"),
+        ("output_norm.weight", 8, r"output_norm.weight \(Q8_0.*norm weight must be F32, F16 or BF16"),
+    ],
+)
 def test_relabelled_tensor_types_are_refused(tiny_gguf, name, ggml_type, needle):
     """An F32 norm relabelled F16 used to load with logits off by up to 22."""
     _set_tensor_type(tiny_gguf, name, ggml_type)
@@ -215,8 +230,12 @@ def test_smollm2_tokenizer_matches_transformers(smollm2):
         ids = tok(text)["input_ids"]
         assert ids == ref(text)["input_ids"], text
         assert tok.decode(ids) == text
-    assert (tok.bos_token, tok.eos_token, tok.unk_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>",
-                                                                           "<|endoftext|>", "<|im_end|>")
+    assert (tok.bos_token, tok.eos_token, tok.unk_token, tok.pad_token) == (
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|im_end|>",
+    )
     assert tok.all_special_tokens == ref.all_special_tokens and len(tok) == len(ref) == 49152
 
 
@@ -224,8 +243,11 @@ def test_smollm2_chat_template_matches_transformers(smollm2):
     _, tok, ref = smollm2
     chats = [
         [{"role": "system", "content": "You add numbers. Be terse."}, {"role": "user", "content": "What is 12 + 34?"}],
-        [{"role": "user", "content": "héllo 🙂"}, {"role": "assistant", "content": "Hi!"},
-         {"role": "user", "content": "code:\n  x = 1"}],
+        [
+            {"role": "user", "content": "héllo 🙂"},
+            {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": "code:\n  x = 1"},
+        ],
     ]
     for chat in chats:
         text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
@@ -243,8 +265,7 @@ def _sentencepiece_vocab() -> tuple[list[str], list[int]]:
     trained = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     trained.normalizer = normalizers.Replace(" ", "\u2581")
     trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=special + byte_tokens, show_progress=False)
-    trained.train_from_iterator([t for t in CORPUS if t] * 10 + ["hello world, hello there  two  spaces"] * 10,
-                                trainer)
+    trained.train_from_iterator([t for t in CORPUS if t] * 10 + ["hello world, hello there  two  spaces"] * 10, trainer)
     tokens = [t for t, _ in sorted(trained.get_vocab().items(), key=lambda kv: kv[1])]
     types = [3 if t in special else 6 if t in byte_tokens else 1 for t in tokens]
     return tokens, types
@@ -256,9 +277,21 @@ def test_sentencepiece_tokenizer_matches_transformers(tmp_path, arch, prefix):
     path = tmp_path / f"{arch}.gguf"
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(1)
-    write_tokenizer_metadata(w, dict(model="llama", tokens=tokens, token_types=types,
-                                     scores=[-float(i) for i in range(len(tokens))], bos=2, eos=1, unk=3, pad=0,
-                                     add_bos=True, add_space_prefix=prefix))
+    write_tokenizer_metadata(
+        w,
+        dict(
+            model="llama",
+            tokens=tokens,
+            token_types=types,
+            scores=[-float(i) for i in range(len(tokens))],
+            bos=2,
+            eos=1,
+            unk=3,
+            pad=0,
+            add_bos=True,
+            add_space_prefix=prefix,
+        ),
+    )
     w.add_tensor("token_embd.weight", np.zeros((len(tokens), 4), np.float32))
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     tok = gguf_tokenizer(GGUFFile(path))

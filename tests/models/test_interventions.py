@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import hf_tiny as H  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import hf_tiny as H  # noqa: E402
 import jaxsteer  # noqa: E402
 from jaxsteer import Ablate, Patch, Steer  # noqa: E402
 
@@ -161,8 +161,12 @@ def test_patch_known_answers(llama, tokens):
     got = _logits(model, a, Patch(tr_b.resid_post, layers=(L - 1,)))
     np.testing.assert_allclose(got, logits_b, rtol=0, atol=1e-6)
     # ... and so does its layer-0 resid_pre (= its embeddings), and any middle layer
-    np.testing.assert_allclose(_logits(model, a, Patch(tr_b.resid_pre, site="resid_pre", layers=(0,))), logits_b, atol=1e-5)
-    np.testing.assert_allclose(_logits(model, a, Patch(tr_b.resid_pre, site="resid_pre", layers=(1,))), logits_b, atol=1e-5)
+    np.testing.assert_allclose(
+        _logits(model, a, Patch(tr_b.resid_pre, site="resid_pre", layers=(0,))), logits_b, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        _logits(model, a, Patch(tr_b.resid_pre, site="resid_pre", layers=(1,))), logits_b, atol=1e-5
+    )
     # values without a layer axis: one [B, T, d] array used at the selected layer
     np.testing.assert_allclose(_logits(model, a, Patch(tr_b.resid_post[1], layers=(1,))), logits_b, atol=1e-5)
     # a soft (0.5) patch of the last layer is the midpoint of the two residual streams
@@ -419,8 +423,12 @@ def test_generate_rejects_position_dependent_interventions_and_bad_sampling(llam
         (lambda: H.llama_config(hidden_act="gelu"), "hidden_act='gelu'"),
         (
             lambda: H.llama_config(
-                rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                 "original_max_position_embeddings": 64}
+                rope_parameters={
+                    "rope_type": "yarn",
+                    "rope_theta": 10000.0,
+                    "factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                }
             ),
             "rope_type='yarn' is not supported",
         ),

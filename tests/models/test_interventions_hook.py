@@ -34,13 +34,18 @@ def _logits(model, ivs):
 
 
 def test_hook_reproduces_steer_and_ablate_exactly(tiny_model, vectors):
-    np.testing.assert_array_equal(_logits(tiny_model, Hook("resid_post", add_per_layer, params=vectors)),
-                                  _logits(tiny_model, Steer(vectors)))
-    np.testing.assert_array_equal(_logits(tiny_model, Hook("z", zero_head_1, layers=(0, 2))),
-                                  _logits(tiny_model, Ablate(site="z", layers=(0, 2), heads=(1,))))
+    np.testing.assert_array_equal(
+        _logits(tiny_model, Hook("resid_post", add_per_layer, params=vectors)), _logits(tiny_model, Steer(vectors))
+    )
+    np.testing.assert_array_equal(
+        _logits(tiny_model, Hook("z", zero_head_1, layers=(0, 2))),
+        _logits(tiny_model, Ablate(site="z", layers=(0, 2), heads=(1,))),
+    )
     # a TransformerLens name with a layer selects it, as for the other interventions
-    np.testing.assert_array_equal(_logits(tiny_model, Hook("blocks.2.attn.hook_z", zero_head_1)),
-                                  _logits(tiny_model, Ablate(site="z", layers=(2,), heads=(1,))))
+    np.testing.assert_array_equal(
+        _logits(tiny_model, Hook("blocks.2.attn.hook_z", zero_head_1)),
+        _logits(tiny_model, Ablate(site="z", layers=(2,), heads=(1,))),
+    )
 
 
 def test_hook_composes_in_order_with_other_interventions(tiny_model, vectors):
@@ -50,13 +55,18 @@ def test_hook_composes_in_order_with_other_interventions(tiny_model, vectors):
     a = _logits(tiny_model, [Steer(vectors[1], layers=(1,), site="mlp_out"), Hook("mlp_out", double, layers=(1,))])
     b = _logits(tiny_model, [Hook("mlp_out", double, layers=(1,)), Steer(2 * vectors[1], layers=(1,), site="mlp_out")])
     np.testing.assert_allclose(a, b, atol=1e-5)  # 2 (x + v) == 2 x + 2 v
-    assert not np.allclose(a, _logits(tiny_model, [Hook("mlp_out", double, layers=(1,)),
-                                                   Steer(vectors[1], layers=(1,), site="mlp_out")]), atol=1e-3)
+    assert not np.allclose(
+        a,
+        _logits(tiny_model, [Hook("mlp_out", double, layers=(1,)), Steer(vectors[1], layers=(1,), site="mlp_out")]),
+        atol=1e-3,
+    )
 
 
 def test_hook_in_generate_equals_steer(tiny_model, vectors):
     kw = dict(max_new_tokens=5, greedy=True)
-    h = jaxsteer.generate(tiny_model, [[3, 4, 5]], interventions=Hook("resid_post", add_per_layer, params=vectors), **kw)
+    h = jaxsteer.generate(
+        tiny_model, [[3, 4, 5]], interventions=Hook("resid_post", add_per_layer, params=vectors), **kw
+    )
     s = jaxsteer.generate(tiny_model, [[3, 4, 5]], interventions=Steer(vectors), **kw)
     np.testing.assert_array_equal(h.tokens, s.tokens)
     np.testing.assert_allclose(h.logprobs, s.logprobs, atol=1e-6)
@@ -77,7 +87,9 @@ def test_hook_params_under_jit_vmap_and_grad(tiny_model, vectors):
 
 
 def test_hook_errors(tiny_model, vectors):
-    with pytest.raises(ValueError, match=r"fn returned shape \(2, 4\); it must keep the activation's shape \(2, 4, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"fn returned shape \(2, 4\); it must keep the activation's shape \(2, 4, 32\)"
+    ):
         _logits(tiny_model, Hook("resid_post", lambda x, l: x.sum(-1)))
     with pytest.raises(TypeError, match="fn must be callable"):
         Hook("resid_post", 3)

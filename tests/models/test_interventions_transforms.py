@@ -74,8 +74,10 @@ def test_vmap_and_grad_with_closed_over_and_argument_values(setup, kind):
     g = jax.grad(loss)(value)
     assert g.shape == value.shape and bool(jnp.isfinite(g).all()) and float(jnp.abs(g).max()) > 0
     # closed-over intervention, gradient w.r.t. the model's final norm
-    g_norm = jax.grad(lambda n: jaxsteer.forward(
-        model.replace(params={**model.params, "final_norm": n}), TOKENS, interventions=[build(value)])[0][:, -1, 7].sum()
+    g_norm = jax.grad(
+        lambda n: jaxsteer.forward(
+            model.replace(params={**model.params, "final_norm": n}), TOKENS, interventions=[build(value)]
+        )[0][:, -1, 7].sum()
     )(model.params["final_norm"])
     assert bool(jnp.isfinite(g_norm).all()) and float(jnp.abs(g_norm).max()) > 0
 
@@ -98,7 +100,9 @@ def test_readme_patching_sweep_runs_and_equals_a_loop(setup):
 def test_closed_over_non_finite_value_is_still_refused_inside_jit(setup):
     model, vectors, _ = setup
     bad = vectors.at[1, 3].set(jnp.nan)
-    with pytest.raises(ValueError, match=r"Steer at 'resid_post': vector has a non-finite value \(nan\) at index \[1, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"Steer at 'resid_post': vector has a non-finite value \(nan\) at index \[1, 3\]"
+    ):
         jax.jit(lambda: _last_logits(model, Steer(bad)))()
     with pytest.raises(ValueError, match="non-finite"):
         jax.lax.map(lambda s: _last_logits(model, Steer(bad, scale=s)), jnp.ones(2))

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
+from gguf_tiny import write_gguf  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from jaxsteer.models import loading  # noqa: E402
@@ -28,8 +29,6 @@ from jaxsteer.models.loading import (  # noqa: E402
     to_hf_state_dict,
 )
 from jaxsteer.models.params import flatten, param_shapes, validate_params  # noqa: E402
-
-from gguf_tiny import write_gguf  # noqa: E402
 
 SMALL = dict(
     vocab_size=64,

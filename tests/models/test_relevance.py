@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_CONFIG, random_model
 
 import jaxsteer
-from conftest import TINY_CONFIG, random_model
 from jaxsteer import Steer
 from jaxsteer.analysis import attribution_patching, relevance_patching
 from jaxsteer.models.relevance import RULES
 
 GEMMA_LIKE = dataclasses.replace(
-    TINY_CONFIG, architecture="Gemma3ForCausalLM", norm_offset=1.0, sandwich_norms=True, qk_norm=True,
-    embed_scale=32**0.5, activation="gelu_tanh", final_logit_softcap=5.0, attn_logit_softcap=4.0,
+    TINY_CONFIG,
+    architecture="Gemma3ForCausalLM",
+    norm_offset=1.0,
+    sandwich_norms=True,
+    qk_norm=True,
+    embed_scale=32**0.5,
+    activation="gelu_tanh",
+    final_logit_softcap=5.0,
+    attn_logit_softcap=4.0,
     tie_word_embeddings=True,
 )
 TOKENS = np.array([[5, 17, 2, 40, 33, 8]])
@@ -36,8 +42,9 @@ def _logit(model, tokens, rules, delta=None):
 
     def f(deltas):
         ivs = (Steer(deltas[0], site="resid_pre"), Steer(deltas[1], site="resid_post"))
-        logits, trace = jaxsteer.forward(model, tokens, interventions=ivs, record=("resid_pre", "resid_post"),
-                                         lrp_rules=rules)
+        logits, trace = jaxsteer.forward(
+            model, tokens, interventions=ivs, record=("resid_pre", "resid_post"), lrp_rules=rules
+        )
         return logits[0, -1, TARGET], trace
 
     zeros = jnp.zeros((2, L, B, T, d), jnp.float32)
@@ -72,8 +79,13 @@ def test_relevance_coefficients_of_one_layer_by_hand():
     L, (B, T), d = 1, TOKENS.shape, model.config.d_model
 
     def f(delta):
-        logits, trace = jaxsteer.forward(model, TOKENS, interventions=Steer(delta, site="resid_mid"),
-                                         record=("resid_mid", "resid_post"), lrp_rules=RULES)
+        logits, trace = jaxsteer.forward(
+            model,
+            TOKENS,
+            interventions=Steer(delta, site="resid_mid"),
+            record=("resid_mid", "resid_post"),
+            lrp_rules=RULES,
+        )
         return logits[0, -1, TARGET], trace
 
     g, trace = jax.grad(f, has_aux=True)(jnp.zeros((L, B, T, d), jnp.float32))

@@ -40,8 +40,10 @@ def test_tl_names_with_a_layer_select_that_layer_in_interventions(tiny_model):
     np.testing.assert_array_equal(alias, ref)
     a = Ablate(site="blocks.2.attn.hook_z", heads=(1,))
     assert (a.site, a.layers) == ("z", (2,))
-    np.testing.assert_array_equal(jaxsteer.forward(tiny_model, TOKENS, interventions=a)[0],
-                                  jaxsteer.forward(tiny_model, TOKENS, interventions=Ablate(site="z", layers=(2,), heads=(1,)))[0])
+    np.testing.assert_array_equal(
+        jaxsteer.forward(tiny_model, TOKENS, interventions=a)[0],
+        jaxsteer.forward(tiny_model, TOKENS, interventions=Ablate(site="z", layers=(2,), heads=(1,)))[0],
+    )
     assert Patch(np.zeros((2, 4, 32)), site="hook_mlp_out").site == "mlp_out"
     with pytest.raises(ValueError, match=r"names layer 1 but layers=\(2,\)"):
         Steer(v, site="blocks.1.hook_resid_post", layers=(2,))

@@ -19,8 +19,20 @@ V = 50
 
 @pytest.fixture(scope="module")
 def model():
-    c = ModelConfig(architecture="llama", vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
-                    d_mlp=48, norm_eps=1e-6, rope_full=RopeConfig(theta=10000.0), eos_token_ids=(1,), pad_token_id=0)
+    c = ModelConfig(
+        architecture="llama",
+        vocab_size=V,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=8,
+        d_mlp=48,
+        norm_eps=1e-6,
+        rope_full=RopeConfig(theta=10000.0),
+        eos_token_ids=(1,),
+        pad_token_id=0,
+    )
     return init_params(c, jax.random.PRNGKey(0), scale=0.2)
 
 
@@ -36,7 +48,9 @@ def _bad(tokens, row, col, value):
 @pytest.mark.parametrize("bad_id", [V, V + 7, -1])
 def test_forward_rejects_token_ids_outside_the_vocabulary(model, bad_id):
     # before: id == vocab gave NaN logits for the row, -1 silently read the last embedding row
-    with pytest.raises(ValueError, match=rf"token id {bad_id} at position \[1, 2\] is outside the vocabulary \[0, {V}\)"):
+    with pytest.raises(
+        ValueError, match=rf"token id {bad_id} at position \[1, 2\] is outside the vocabulary \[0, {V}\)"
+    ):
         jaxsteer.forward(model, _bad(TOKENS, 1, 2, bad_id))
 
 
@@ -76,7 +90,9 @@ def test_non_finite_steering_vector_is_refused_by_forward_and_generate(model):
     L, d = model.config.n_layers, model.config.d_model
     steer = Steer(jnp.asarray(_nan_at((L, d), (1, 3))))
     # before: generate returned empty completions and NaN log-probs, forward NaN logits
-    with pytest.raises(ValueError, match=r"Steer at 'resid_post': vector has a non-finite value \(nan\) at index \[1, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"Steer at 'resid_post': vector has a non-finite value \(nan\) at index \[1, 3\]"
+    ):
         jaxsteer.forward(model, TOKENS, interventions=steer)
     with pytest.raises(ValueError, match="Steer at 'resid_post': vector has a non-finite value"):
         jaxsteer.generate(model, [[3, 4, 5]], max_new_tokens=2, greedy=True, interventions=steer)
@@ -89,7 +105,9 @@ def test_non_finite_patch_and_ablation_values_are_refused(model):
     with pytest.raises(ValueError, match="Patch at 'resid_pre': values has a non-finite value"):
         jaxsteer.forward(model, TOKENS, interventions=Patch(_nan_at((2, 4, d), (0, 1, 2)), site="resid_pre"))
     with pytest.raises(ValueError, match="Ablate at 'mlp_out': mean values"):
-        jaxsteer.forward(model, TOKENS, interventions=Ablate(values=_nan_at((L, d), (0, 0)), site="mlp_out", mode="mean"))
+        jaxsteer.forward(
+            model, TOKENS, interventions=Ablate(values=_nan_at((L, d), (0, 0)), site="mlp_out", mode="mean")
+        )
 
 
 def test_traced_intervention_values_are_not_checked(model):

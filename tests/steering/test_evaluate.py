@@ -33,9 +33,13 @@ class CharTokenizer:
 
 
 def _task():
-    return Task("toy", pairs=[("ab", "good", "bad"), ("cd", "nice", "poor"), ("ef", "fine", "sad")],
-                validation=["hello", "the cat", "a dog"], test=["blue sky", "red"],
-                lexicon={"positive": ["good", "nice"], "negative": ["bad", "sad"]})
+    return Task(
+        "toy",
+        pairs=[("ab", "good", "bad"), ("cd", "nice", "poor"), ("ef", "fine", "sad")],
+        validation=["hello", "the cat", "a dog"],
+        test=["blue sky", "red"],
+        lexicon={"positive": ["good", "nice"], "negative": ["bad", "sad"]},
+    )
 
 
 def test_side_effects_match_hand_computation(tiny_model):
@@ -68,8 +72,9 @@ def test_task_scores_equal_one_generation_per_vector(tiny_model):
     scores = task_scores(tiny_model, tok, task, task.validation, bank, max_new_tokens=6, rows=4)
     for k in range(3):
         ids = task.encode(tok, task.validation)
-        gen = jaxsteer.generate(tiny_model, ids, tokenizer=tok, max_new_tokens=6, greedy=True,
-                                interventions=jaxsteer.Steer(bank[k]))
+        gen = jaxsteer.generate(
+            tiny_model, ids, tokenizer=tok, max_new_tokens=6, greedy=True, interventions=jaxsteer.Steer(bank[k])
+        )
         assert scores[k] == task.score(task.validation, gen.texts)
 
 
@@ -82,10 +87,22 @@ def test_sweep_picks_the_best_validation_scale_and_reports(tiny_model, tmp_path,
     tok = CharTokenizer()
     from jaxsteer.steering import evaluate
 
-    monkeypatch.setattr(evaluate, "general_text_windows", lambda t, n, length: [t("some plain text here")["input_ids"]] * 2)
+    monkeypatch.setattr(
+        evaluate, "general_text_windows", lambda t, n, length: [t("some plain text here")["input_ids"]] * 2
+    )
     trained = np.random.default_rng(2).normal(size=(3, 32)).astype(np.float32)
-    res = sweep(tiny_model, tok, _task(), methods=("mean_difference", "pca"), layers=(1, 2), scales=(0, 4),
-                vectors={"rl": trained}, trained_scales=(1,), max_new_tokens=4, say=lambda *a: None)
+    res = sweep(
+        tiny_model,
+        tok,
+        _task(),
+        methods=("mean_difference", "pca"),
+        layers=(1, 2),
+        scales=(0, 4),
+        vectors={"rl": trained},
+        trained_scales=(1,),
+        max_new_tokens=4,
+        say=lambda *a: None,
+    )
     assert len(res.rows) == 2 * 2 * 2 + 1 and len(res.best) == 2 * 2 + 1
     for b in res.best:
         group = [r for r in res.rows if (r["method"], r["layer"]) == (b["method"], b["layer"])]

@@ -41,8 +41,9 @@ class CharTokenizer:
 def _data(acts, labels, pair=None, completions=None):
     n = acts.shape[1]
     pair = np.full(n, -1) if pair is None else np.asarray(pair)
-    return ContrastData(np.asarray(acts, np.float32), np.asarray(labels), pair, "resid_post", "last",
-                        [[2]] * n, completions or [[]] * n)
+    return ContrastData(
+        np.asarray(acts, np.float32), np.asarray(labels), pair, "resid_post", "last", [[2]] * n, completions or [[]] * n
+    )
 
 
 def _paired(rng, direction, n_pairs=12, d=8, L=2, noise=0.1):
@@ -182,10 +183,12 @@ def test_methods_end_to_end_on_the_tiny_model(tiny_model):
     toks = np.zeros((len(pairs), P + C), np.int32)
     mask = np.zeros_like(toks)
     for r, (p, c) in enumerate(zip(ids, comps)):
-        toks[r, P - len(p):P + len(c)] = p + c
-        mask[r, P - len(p):P + len(c)] = 1
+        toks[r, P - len(p) : P + len(c)] = p + c
+        mask[r, P - len(p) : P + len(c)] = 1
     before = float(sequence_logprobs(tiny_model, toks, mask, completion_start=P)[0].sum())
-    after = float(sequence_logprobs(tiny_model, toks, mask, jaxsteer.Steer(jnp.asarray(sup)), completion_start=P)[0].sum())
+    after = float(
+        sequence_logprobs(tiny_model, toks, mask, jaxsteer.Steer(jnp.asarray(sup)), completion_start=P)[0].sum()
+    )
     assert after > before + 1.0, (before, after)
     scaled = match_norms(extract("pca", data), md)
     np.testing.assert_allclose(np.linalg.norm(scaled, axis=-1), np.linalg.norm(md, axis=-1), rtol=1e-5)

@@ -3,14 +3,13 @@ trainable kind (identity at init, forward / generate / export), and learning aga
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_CONFIG, random_model
 
 import jaxsteer
-from conftest import TINY_CONFIG, random_model
 from jaxsteer import Affine
 from jaxsteer.steering.lineas import sliced_wasserstein, sparse_group_prox, train_lineas, wasserstein_1d
 from jaxsteer.train.export import load_affine, save_affine
@@ -37,7 +36,8 @@ def test_sliced_wasserstein_slices():
     assert float(sliced_wasserstein(a, b)) == pytest.approx(np.mean(per_axis), rel=1e-6)
     direction = jnp.array([[0.6, 0.8, 0.0]])
     assert float(sliced_wasserstein(a, b, direction)) == pytest.approx(
-        float(wasserstein_1d(a @ direction[0], b @ direction[0])), rel=1e-6)
+        float(wasserstein_1d(a @ direction[0], b @ direction[0])), rel=1e-6
+    )
     # a shift of one cloud by c along every axis costs exactly c^2 when the clouds are otherwise equal
     assert float(sliced_wasserstein(a, a + 0.5)) == pytest.approx(0.25, rel=1e-5)
     with pytest.raises(ValueError, match=r"\[n, d\] and \[m, d\]"):
@@ -79,8 +79,9 @@ def test_affine_acts_only_at_its_layers_and_checks_shapes(model):
     scale = jnp.full((32,), 2.0)
     shift = jnp.arange(32, dtype=jnp.float32)
     _, tr = jaxsteer.forward(model, PROMPT, record=("resid_post",))
-    _, st = jaxsteer.forward(model, PROMPT, record=("resid_post",),
-                             interventions=Affine(scale, shift, site="resid_post", layers=(1,)))
+    _, st = jaxsteer.forward(
+        model, PROMPT, record=("resid_post",), interventions=Affine(scale, shift, site="resid_post", layers=(1,))
+    )
     np.testing.assert_array_equal(st["resid_post"][0], tr["resid_post"][0])
     # layer 1's input is unchanged, so its output is exactly the affine map of the plain output
     np.testing.assert_allclose(st["resid_post"][1], 2.0 * tr["resid_post"][1] + shift, rtol=1e-6)
@@ -147,8 +148,11 @@ def test_per_row_affine_bank_equals_one_map_per_row(model):
     vectors = jnp.zeros((3, 3, 32), jnp.float32)
     tokens = np.repeat(PROMPT, 3, axis=0)
     index = jnp.asarray([2, 0, 1])
-    rows, _ = jaxsteer.forward(model, tokens, interventions=row_interventions(
-        {"vectors": vectors, "scale": scale, "shift": shift}, index, "mlp_in"))
+    rows, _ = jaxsteer.forward(
+        model,
+        tokens,
+        interventions=row_interventions({"vectors": vectors, "scale": scale, "shift": shift}, index, "mlp_in"),
+    )
     for b, k in enumerate(np.asarray(index)):
         one, _ = jaxsteer.forward(model, PROMPT, interventions=Affine(scale[k], shift[k], site="mlp_in"))
         np.testing.assert_allclose(rows[b], one[0], rtol=1e-5, atol=1e-5)
@@ -157,17 +161,31 @@ def test_per_row_affine_bank_equals_one_map_per_row(model):
 
 
 def test_lineas_joins_the_steering_harness(model, monkeypatch):
+    from jaxsteer.steering import evaluate
     from tests.steering.test_evaluate import CharTokenizer, _task
 
-    from jaxsteer.steering import evaluate
-
     tok = CharTokenizer()
-    monkeypatch.setattr(evaluate, "general_text_windows", lambda t, n, length: [t("some plain text here")["input_ids"]] * 2)
+    monkeypatch.setattr(
+        evaluate, "general_text_windows", lambda t, n, length: [t("some plain text here")["input_ids"]] * 2
+    )
     rng = np.random.default_rng(4)
-    lineas = Affine(jnp.asarray(1 + 0.5 * rng.normal(size=(3, 32)), jnp.float32),
-                    jnp.asarray(rng.normal(size=(3, 32)), jnp.float32), site="mlp_in")
-    res = evaluate.sweep(model, tok, _task(), methods=("mean_difference",), layers=(1,), scales=(2,),
-                         maps={"lineas": lineas}, trained_scales=(0, 1), max_new_tokens=4, say=lambda *a: None)
+    lineas = Affine(
+        jnp.asarray(1 + 0.5 * rng.normal(size=(3, 32)), jnp.float32),
+        jnp.asarray(rng.normal(size=(3, 32)), jnp.float32),
+        site="mlp_in",
+    )
+    res = evaluate.sweep(
+        model,
+        tok,
+        _task(),
+        methods=("mean_difference",),
+        layers=(1,),
+        scales=(2,),
+        maps={"lineas": lineas},
+        trained_scales=(0, 1),
+        max_new_tokens=4,
+        say=lambda *a: None,
+    )
     rows = {(r["method"], r["scale"]): r for r in res.rows}
     assert set(rows) == {("mean_difference", 2.0), ("lineas", 0.0), ("lineas", 1.0)}
     assert rows["lineas", 0.0]["kl"] == pytest.approx(0, abs=1e-6)  # strength 0: the identity

@@ -8,7 +8,6 @@ import importlib.util
 
 import gguf
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -107,8 +106,10 @@ def test_unquantized_gguf_keeps_the_weights_jaxsteer_loads(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                    reason="llama-cpp-python is not installed (pip install llama-cpp-python; it builds llama.cpp from source)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed (pip install llama-cpp-python; it builds llama.cpp from source)",
+)
 def test_llama_cpp_steers_as_jaxsteer_does(real_model, tmp_path):
     """llama.cpp on an f32 copy of the default model, steered by an exported control vector,
     decodes greedily the same tokens as jaxsteer (benchmarks/llamacpp_steering.py: 24 prompts)."""
@@ -116,9 +117,14 @@ def test_llama_cpp_steers_as_jaxsteer_does(real_model, tmp_path):
 
     model, tok = real_model
     vectors = sentiment_vector(model, tok, layer=8, scale=4.0)
-    result = compare(model, tok, vectors, prompts=["Describe your morning.", "How was the film?",
-                                                   "Tell me about your cat."],
-                     max_new_tokens=12, workdir=str(tmp_path))
+    result = compare(
+        model,
+        tok,
+        vectors,
+        prompts=["Describe your morning.", "How was the film?", "Tell me about your cat."],
+        max_new_tokens=12,
+        workdir=str(tmp_path),
+    )
     assert result["steered_changed"] > 0  # the vector changes llama.cpp's output: the comparison is not vacuous
     assert result["exact_match"] >= 2, result
 
