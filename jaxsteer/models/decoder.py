@@ -267,6 +267,56 @@ def lime_mix(k: jax.Array, v: jax.Array, router: jax.Array, buffer: jax.Array, l
     return mixed[..., :hd], mixed[..., hd:], buffer, weights
 
 
+def _qkv(c: ModelConfig, p: dict, x: jax.Array, sites: _Sites, norm: Callable, lime_buffer: jax.Array | None):
+    """`(q [B, T, H, hd], k, v [B, T, KV, hd], lime_buffer)` of one layer before RoPE: the
+    projections (+ biases, QK norms, LIMe's mixing of earlier layers' keys and values) and their
+    sites."""
+    B, T, _ = x.shape
+    q = _proj(x, p, "q_proj")
+    k = _proj(x, p, "k_proj")
+    v = _proj(x, p, "v_proj")
+    if c.qkv_bias:
+        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    q = q.reshape(B, T, c.n_heads, c.head_dim)
+    k = k.reshape(B, T, c.n_kv_heads, c.head_dim)
+    v = v.reshape(B, T, c.n_kv_heads, c.head_dim)
+    if c.qk_norm:
+        q = norm(q, p["q_norm"])
+        k = norm(k, p["k_norm"])
+    if c.lime:  # the "k" / "v" sites below are the mixed keys / values attention reads
+        assert lime_buffer is not None, "run_layers passes LIMe models their buffer"
+        k, v, lime_buffer, route = lime_mix(k, v, p["lime_router"], lime_buffer, sites.layer)
+        if LIME_ROUTE in sites.record:
+            sites.recorded[LIME_ROUTE] = route
+    return sites.visit("q", q), sites.visit("k", k), sites.visit("v", v), lime_buffer
+
+
+def _write_kv_cache(kv_cache: tuple[jax.Array, jax.Array], k: jax.Array, v: jax.Array,
+                    cache_index: jax.Array | int | None, cache_layer: jax.Array | int):
+    """`(k, v, new_cache)`: this layer's new keys and values written in place at
+    `[cache_layer, :, cache_index]` of the `[L', B, S, KV, hd]` cache, then the layer's whole K/V
+    read back (in the activations' dtype) for attention."""
+    assert cache_index is not None, "a kv_cache comes with its cache_index"
+    at = (cache_layer, 0, cache_index, 0, 0)
+    new_cache = tuple(jax.lax.dynamic_update_slice(full, x[None].astype(full.dtype), at)
+                      for full, x in zip(kv_cache, (k, v), strict=True))
+    k, v = (full[cache_layer].astype(k.dtype) for full in new_cache)
+    return k, v, new_cache
+
+
+def _mlp(c: ModelConfig, p: dict, stream: jax.Array, sites: _Sites, norm: Callable, lrp_rules: frozenset):
+    """The gated MLP block's output (after its sites `mlp_in` / `mlp_out`) read from `stream`."""
+    x = sites.visit("mlp_in", norm(stream, p["mlp_norm"]))
+    act = lrp_activation(_activation(c.activation), lrp_rules)
+    gated = act(_proj(x, p, "gate_proj")) * _proj(x, p, "up_proj")
+    if "Half-rule" in lrp_rules:
+        gated = half_rule(gated)
+    mlp = _proj(gated, p, "down_proj")
+    if c.sandwich_norms:
+        mlp = norm(mlp, p["mlp_post_norm"])
+    return sites.visit("mlp_out", mlp)
+
+
 def _layer(
     config: ModelConfig,
     p: dict[str, jax.Array],
@@ -292,31 +342,11 @@ def _layer(
     c = config
     norm = functools.partial(rms_norm, eps=c.norm_eps, offset=c.norm_offset, constant_scale="LN-rule" in lrp_rules)
     B, T, _ = h.shape
-    H, KV, hd = c.n_heads, c.n_kv_heads, c.head_dim
-    dtype = h.dtype
 
     h = sites.visit("resid_pre", h)
     x = sites.visit("attn_in", norm(h, p["attn_norm"]))
 
-    q = _proj(x, p, "q_proj")
-    k = _proj(x, p, "k_proj")
-    v = _proj(x, p, "v_proj")
-    if c.qkv_bias:
-        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
-    q = q.reshape(B, T, H, hd)
-    k = k.reshape(B, T, KV, hd)
-    v = v.reshape(B, T, KV, hd)
-    if c.qk_norm:
-        q = norm(q, p["q_norm"])
-        k = norm(k, p["k_norm"])
-    if c.lime:  # the "k" / "v" sites below are the mixed keys / values attention reads
-        assert lime_buffer is not None, "run_layers passes LIMe models their buffer"
-        k, v, lime_buffer, route = lime_mix(k, v, p["lime_router"], lime_buffer, sites.layer)
-        if LIME_ROUTE in sites.record:
-            sites.recorded[LIME_ROUTE] = route
-    q = sites.visit("q", q)
-    k = sites.visit("k", k)
-    v = sites.visit("v", v)
+    q, k, v, lime_buffer = _qkv(c, p, x, sites, norm, lime_buffer)
 
     cos, sin = rope_full
     if rope_sliding is not None:
@@ -326,17 +356,13 @@ def _layer(
     k = apply_rope(k, cos, sin)
 
     new_cache = None
-    if kv_cache is not None:  # write only the new slots of this layer, in place, then read the layer back
-        assert cache_index is not None, "a kv_cache comes with its cache_index"
-        at = (cache_layer, 0, cache_index, 0, 0)
-        new_cache = tuple(jax.lax.dynamic_update_slice(full, x[None].astype(full.dtype), at)
-                          for full, x in zip(kv_cache, (k, v), strict=True))
-        k, v = (full[cache_layer].astype(dtype) for full in new_cache)
+    if kv_cache is not None:
+        k, v, new_cache = _write_kv_cache(kv_cache, k, v, cache_index, cache_layer)
 
     z = _attention(c, q, k, v, q_pos, k_pos, window, sites, attention, "AH-rule" in lrp_rules)
     z = sites.visit("z", z)
 
-    attn = _proj(z.reshape(B, T, H * hd), p, "o_proj")
+    attn = _proj(z.reshape(B, T, c.n_heads * c.head_dim), p, "o_proj")
     if c.sandwich_norms:
         attn = norm(attn, p["attn_post_norm"])
     attn = sites.visit("attn_out", attn)
@@ -348,15 +374,7 @@ def _layer(
     else:
         h = mlp_stream = sites.visit("resid_mid", h + attn)
 
-    x = sites.visit("mlp_in", norm(mlp_stream, p["mlp_norm"]))
-    act = lrp_activation(_activation(c.activation), lrp_rules)
-    gated = act(_proj(x, p, "gate_proj")) * _proj(x, p, "up_proj")
-    if "Half-rule" in lrp_rules:
-        gated = half_rule(gated)
-    mlp = _proj(gated, p, "down_proj")
-    if c.sandwich_norms:
-        mlp = norm(mlp, p["mlp_post_norm"])
-    mlp = sites.visit("mlp_out", mlp)
+    mlp = _mlp(c, p, mlp_stream, sites, norm, lrp_rules)
     h = sites.visit("resid_post", h + mlp)
     return h, new_cache, lime_buffer
 
@@ -417,6 +435,21 @@ def remat_policy(remat: bool | str | Callable) -> Callable | None:
     if callable(remat):
         return remat
     raise InputError(f"remat must be a bool, a jax.checkpoint_policies name or a policy, got {remat!r}")
+
+
+def _from_start_layer(body: Callable, start_layer: jax.Array) -> Callable:
+    """A scan body that runs `body` for layers `>= start_layer` and skips the others with
+    `lax.cond` (recording zeros, leaving the cache alone)."""
+
+    def body_from_start_layer(carry, xs):
+        shapes = jax.eval_shape(body, carry, xs)[1][0]
+
+        def skip(carry, xs):
+            return carry, (jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), xs[4])
+
+        return jax.lax.cond(xs[1] >= start_layer, body, skip, carry, xs)
+
+    return body_from_start_layer
 
 
 def run_layers(
@@ -499,17 +532,7 @@ def run_layers(
     if remat:
         body = jax.checkpoint(body, policy=remat_policy(remat), prevent_cse=False)
     if start_layer is not None:
-        full_body = body
-
-        def body_from_start_layer(carry, xs):
-            shapes = jax.eval_shape(full_body, carry, xs)[1][0]
-
-            def skip(carry, xs):  # record zeros, leave the cache alone
-                return carry, (jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), xs[4])
-
-            return jax.lax.cond(xs[1] >= start_layer, full_body, skip, carry, xs)
-
-        body = body_from_start_layer
+        body = _from_start_layer(body, start_layer)
 
     xs = (model.params["layers"], jnp.arange(c.n_layers, dtype=jnp.int32), windows, sliding,
           kv_cache if per_layer_cache else None)

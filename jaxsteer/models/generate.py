@@ -283,6 +283,39 @@ def default_stop_tokens(model: Model, tokenizer: Any = None) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def prompt_sequences(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]] | np.ndarray, *,
+                     tokenizer: Any = None, chat: bool = True, system: str | None = None,
+                     prompt_mask: np.ndarray | None = None) -> list[list[int]]:
+    """The prompts of `generate` as token-id lists (strings tokenized, with the chat template when
+    `chat`; a left-padded `[B, P]` array read through `prompt_mask`), each checked to be non-empty
+    and inside the vocabulary (InputError naming the prompt)."""
+    if isinstance(prompts, np.ndarray) or isinstance(prompts, jax.Array):
+        if not jnp.issubdtype(prompts.dtype, jnp.integer):  # as in forward (ranges: per prompt, below)
+            raise InputError(f"prompts: token ids must be integers, got dtype {prompts.dtype}")
+        arr = np.asarray(prompts, np.int32)
+        if arr.ndim != 2:
+            raise InputError(f"token prompts must be [B, P], got shape {arr.shape}")
+        check_binary_mask(prompt_mask, "prompt_mask")
+        if prompt_mask is not None and np.shape(prompt_mask) != arr.shape:
+            raise InputError(f"prompt_mask has shape {np.shape(prompt_mask)}; the prompts have shape {arr.shape}")
+        mask = np.ones_like(arr) if prompt_mask is None else np.asarray(prompt_mask, np.int32)
+        seqs = [row[m > 0].tolist() for row, m in zip(arr, mask, strict=True)]
+    elif len(prompts) and isinstance(prompts[0], str):
+        seqs = tokenize_prompts(tokenizer, cast(Sequence[str], prompts), chat=chat, system=system)
+    else:
+        for i, s in enumerate(prompts):
+            if len(s):
+                check_token_ids(np.asarray(s), model.config.vocab_size, f"prompt {i}")
+        seqs = [list(map(int, s)) for s in prompts]
+    if not seqs:
+        raise InputError("no prompts given")
+    if any(len(s) == 0 for s in seqs):
+        raise InputError("empty prompt")
+    for i, s in enumerate(seqs):
+        check_token_ids(np.asarray(s, np.int64), model.config.vocab_size, f"prompt {i}")
+    return seqs
+
+
 def generate(
     model: Model,
     prompts: Sequence[str] | Sequence[Sequence[int]] | np.ndarray,
@@ -346,30 +379,7 @@ def generate(
             )
     pad_id = pad_id_for(model, tokenizer)
 
-    if isinstance(prompts, np.ndarray) or isinstance(prompts, jax.Array):
-        if not jnp.issubdtype(prompts.dtype, jnp.integer):  # as in forward (ranges: per prompt, below)
-            raise InputError(f"prompts: token ids must be integers, got dtype {prompts.dtype}")
-        arr = np.asarray(prompts, np.int32)
-        if arr.ndim != 2:
-            raise InputError(f"token prompts must be [B, P], got shape {arr.shape}")
-        check_binary_mask(prompt_mask, "prompt_mask")
-        if prompt_mask is not None and np.shape(prompt_mask) != arr.shape:
-            raise InputError(f"prompt_mask has shape {np.shape(prompt_mask)}; the prompts have shape {arr.shape}")
-        mask = np.ones_like(arr) if prompt_mask is None else np.asarray(prompt_mask, np.int32)
-        seqs = [row[m > 0].tolist() for row, m in zip(arr, mask, strict=True)]
-    elif len(prompts) and isinstance(prompts[0], str):
-        seqs = tokenize_prompts(tokenizer, cast(Sequence[str], prompts), chat=chat, system=system)
-    else:
-        for i, s in enumerate(prompts):
-            if len(s):
-                check_token_ids(np.asarray(s), model.config.vocab_size, f"prompt {i}")
-        seqs = [list(map(int, s)) for s in prompts]
-    if not seqs:
-        raise InputError("no prompts given")
-    if any(len(s) == 0 for s in seqs):
-        raise InputError("empty prompt")
-    for i, s in enumerate(seqs):
-        check_token_ids(np.asarray(s, np.int64), model.config.vocab_size, f"prompt {i}")
+    seqs = prompt_sequences(model, prompts, tokenizer=tokenizer, chat=chat, system=system, prompt_mask=prompt_mask)
     check_token_ids(np.asarray([pad_id]), model.config.vocab_size, "pad_id")
     prepared = prepare_prompts(model, seqs * runs, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket,
                                stop_tokens=stop_tokens)

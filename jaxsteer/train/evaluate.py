@@ -23,7 +23,7 @@ import numpy as np
 
 from ..models.generate import Generation, SamplingConfig, decode_completions, left_pad, prepare_prompts
 from ..models.params import Model
-from .config import TrainConfig
+from .config import EvalSpec, TrainConfig
 from .distributed import gather_rows
 from .rewards import score_completions
 from .sharding import make_mesh, sample_on_mesh
@@ -164,12 +164,14 @@ def format_result(label: str, r: dict) -> str:
 
 @dataclasses.dataclass
 class HeldOut:
-    """A run's held-out set and the settings of its evaluation (`eval` section of the config).
+    """A run's held-out set and the settings of its evaluation (the `eval` section of the config
+    and the run's `steps`).
 
     `policy` arguments are callables returning `(model, interventions)`, called only when an
     evaluation is due."""
 
-    cfg: TrainConfig
+    spec: EvalSpec
+    steps: int
     examples: list
     prompt_ids: list
     settings: dict
@@ -186,7 +188,7 @@ class HeldOut:
             modes=getattr(reward_fn, "extraction_modes", None),  # strict and lenient for the correctness reward
             mesh=mesh,
         )
-        return cls(cfg, list(examples), [encode(e) for e in examples], settings)
+        return cls(cfg.eval, cfg.steps, list(examples), [encode(e) for e in examples], settings)
 
     def __call__(self, model: Model, interventions: tuple = (), **kw) -> dict:
         """`evaluate_policy` of one policy on the held-out set."""
@@ -202,7 +204,7 @@ class HeldOut:
 
     def before(self, run, base: Model) -> dict | None:
         """The base model's result (persisted in checkpoints; a resumed run reuses it)."""
-        if not (self.examples and self.cfg.eval.before):
+        if not (self.examples and self.spec.before):
             return None
         if "before" not in run.evals:
             run.say(f"held-out evaluation on {len(self.examples)} problems (before training: the base model)")
@@ -210,18 +212,18 @@ class HeldOut:
 
     def during(self, run, done: int, policy: Callable) -> None:
         """Evaluate after step `done` when `eval.every` divides it (not at the last step)."""
-        every = self.cfg.eval.every
-        if self.examples and every and done % every == 0 and done < self.cfg.steps:
+        every = self.spec.every
+        if self.examples and every and done % every == 0 and done < self.steps:
             run.evaluate(f"step {done}", done, self._run(run, f"step {done}", policy))
 
     def after(self, run, policy: Callable) -> dict | None:
         """The trained policy's result at the end (printed under the base result)."""
-        if not (self.examples and self.cfg.eval.after):
+        if not (self.examples and self.spec.after):
             return None
-        run.say(f"held-out evaluation on {len(self.examples)} problems (after {self.cfg.steps} steps)")
+        run.say(f"held-out evaluation on {len(self.examples)} problems (after {self.steps} steps)")
         if run.evals.get("before") is not None:
             run.say(format_result("base", run.evals["before"]))
-        return run.evaluate("after", self.cfg.steps, self._run(run, "trained", policy))
+        return run.evaluate("after", self.steps, self._run(run, "trained", policy))
 
 
 __all__ = ["wilson_interval", "mean_ci", "sample_batch", "evaluate_policy", "format_result", "HeldOut"]

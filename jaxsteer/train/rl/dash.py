@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import RLConfig
 from ..distributed import gather_rows
 
 
-def packs_dash(cfg: TrainConfig) -> bool:
-    """Whether a run drops DASH-filtered samples before the update (policy-gradient runs with
-    `loss.dash_tau > 0`; RAPID recomputes advantages in the step, so it cannot filter up front)."""
-    a = cfg.rl
-    return cfg.rl.loss.dash_tau > 0 and cfg.algorithm == "grpo" and a.advantage != "rapid"
+def packs_dash(algorithm: str, rl: RLConfig) -> bool:
+    """Whether a run of `algorithm` with the `rl` section drops DASH-filtered samples before the
+    update (policy-gradient runs with `rl.loss.dash_tau > 0`; RAPID recomputes advantages in the
+    step, so it cannot filter up front)."""
+    return rl.loss.dash_tau > 0 and algorithm == "grpo" and rl.advantage != "rapid"
 
 
 def pack_kept(local: dict, rows_per_micro: int, tau: float, prompt_width: int) -> tuple[dict, int]:

@@ -94,7 +94,7 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
         on_policy=(cfg.updates_per_step == 1 and cfg.rl.loss.clip_eps_low is None and cfg.rl.loss.importance_cap is None
                    and cfg.algorithm != "ppo"),
         need_ref=cfg.rl.loss.kl_coef > 0 or a.log_kl,
-        shared_prompts=cfg.group_size if rows_per_micro % cfg.group_size == 0 and not packs_dash(cfg) else 1,
+        shared_prompts=cfg.group_size if rows_per_micro % cfg.group_size == 0 and not packs_dash(cfg.algorithm, cfg.rl) else 1,
         rapid_group=cfg.group_size if a.advantage == "rapid" and cfg.algorithm == "grpo" else 0,
         remat=cfg.model.remat_arg,
     )
@@ -161,13 +161,13 @@ def update(step_fn, setup: Setup, state: dict, batch: RolloutBatch, cfg: TrainCo
     for _, u in itertools.product(range(a.epochs), range(a.updates_per_batch)):
         sl = slice(u * per_update, (u + 1) * per_update)
         local = {k: getattr(batch, k)[sl] for k in batch_keys(cfg)}
-        if packs_dash(cfg):  # DASH: filtered samples never reach the forward / backward pass
+        if packs_dash(cfg.algorithm, cfg.rl):  # DASH: filtered samples never reach the forward / backward pass
             local, kept = pack_kept(local, per_update // cfg.optimizer.micro_batches, cfg.rl.loss.dash_tau, batch.prompt_width)
         else:
             local = {k: v.reshape(cfg.optimizer.micro_batches, -1, *v.shape[1:]) for k, v in local.items()}
         state, m = step_fn(setup.model, state, {k: global_batch(v, mesh) for k, v in local.items()}, batch.prompt_width)
         m = {**m, "update_rows": local["tokens"].shape[0] * local["tokens"].shape[1]}
-        if packs_dash(cfg):
+        if packs_dash(cfg.algorithm, cfg.rl):
             m["kept_fraction"] = kept / per_update
         metrics.append(m)
     metrics = jax.device_get(metrics)

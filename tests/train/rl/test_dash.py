@@ -34,7 +34,7 @@ def _rollout(rng, rows, P, N, G=4) -> RolloutBatch:
 def test_dash_drops_filtered_rows_before_the_update_and_matches_masking(tmp_path):
     cfg = config_from_dict(T.config_dict(str(tmp_path), **{"prompts_per_step": 8, "optimizer.micro_batches": 4,
                                                            "rl.loss.dash_tau": 0.1, "model.random_scale": 0.2}))
-    assert packs_dash(cfg)
+    assert packs_dash(cfg.algorithm, cfg.rl)
     model, _ = build_model(cfg.model)
     mesh = make_mesh(devices=jax.devices()[:1])
     setup = setup_training(cfg, model, mesh)
