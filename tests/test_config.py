@@ -168,3 +168,19 @@ def test_round_trips_through_plain_data_and_yaml(cls, data, tmp_path):
     assert config_from_dict(cls, config_to_dict(cfg)) == cfg
     save_config(cfg, str(tmp_path / "c.yaml"))
     assert load_config(cls, str(tmp_path / "c.yaml")) == cfg
+
+
+def test_shipped_configs_use_todays_keys():
+    """Every shipped experiment config (training and SAE) loads without a deprecation warning."""
+    import glob
+    import os
+
+    from tests import ROOT
+
+    paths = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.yaml")))
+    assert len(paths) > 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigDeprecationWarning)
+        for path in paths:
+            cls = SAERunConfig if os.path.basename(path).startswith("sae_") else TrainConfig
+            load_config(cls, path)
