@@ -21,6 +21,7 @@ import argparse
 import errno
 import os
 import re
+import sys
 
 from ..errors import InputError, JaxsteerError, NotFoundError
 from . import analysis, models, plan, sae, steer, train
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     traceback. JAXSTEER_TRACEBACK=1 shows the traceback of the one-line errors too."""
     quiet_absl()
     args = parse_args(argv)
+    show_deprecations_as_lines()
     command = " ".join(
         filter(
             None, ("jaxsteer", args.command, getattr(args, "sae_command", None), getattr(args, "steer_command", None))
@@ -83,6 +85,27 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("JAXSTEER_TRACEBACK"):
             raise
         raise SystemExit(describe_error(command, err)) from None
+
+
+def show_deprecations_as_lines() -> None:
+    """Print each renamed config key as one line on stderr (`jaxsteer: config key 'lr' is now
+    'optimizer.lr'; write optimizer.lr`) instead of Python's two-line warning with a source line."""
+    import warnings
+
+    from ..config import ConfigDeprecationWarning
+
+    default = warnings.showwarning
+    if getattr(default, "jaxsteer_lines", False):  # installed by an earlier call
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigDeprecationWarning):
+            print(f"jaxsteer: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.jaxsteer_lines = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 def describe_error(command: str, err: BaseException) -> str:

@@ -102,3 +102,19 @@ def test_jaxsteer_traceback_shows_the_one_line_errors_traceback(monkeypatch):
     monkeypatch.setenv("JAXSTEER_TRACEBACK", "1")
     with pytest.raises(InputError, match="bad flag"):
         cli.main(["info"])
+
+
+def test_renamed_config_keys_print_one_line_each(tmp_path, capsys):
+    """An old-vocabulary config on the command line: each renamed key is one stderr line naming
+    the new key (then the run fails here on its bad dataset, before any model loads)."""
+    import warnings
+
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("lr: 0.01\nalgorithm:\n  name: grpo\ndata:\n  train: 'arithmetic:n=abc'\n")
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_info:
+        warnings.simplefilter("default")
+        cli.main(["train", str(cfg), f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.splitlines()
+    assert f"jaxsteer: {cfg}: config key 'lr' is now 'optimizer.lr'; write optimizer.lr" in err
+    assert f"jaxsteer: {cfg}: config key 'algorithm.name' is now 'algorithm'; write algorithm" in err
+    assert "data.train" in str(exit_info.value)
