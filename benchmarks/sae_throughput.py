@@ -12,7 +12,7 @@ same dead-latent counters: a random `--dead-fraction` (default 0.1) of the laten
 for 1000 batches (what a run some way into training looks like); the counters then evolve as in
 training on each side.
 
-- jaxsteer: `jaxsteer.sae.make_step` (one jitted step: sparse decoder and encoder-gradient
+- jaxsteer: `jaxsteer.train.sae.make_step` (one jitted step: sparse decoder and encoder-gradient
   scatter, unit-norm decoder rows after each update, no activation rescaling).
 - SAELens, the body of its `SAETrainer._train_step` (`TopKTrainingSAE.training_forward_pass` +
   backward + `clip_grad_norm_` + Adam + fired-latent bookkeeping), in two configurations, both
@@ -63,10 +63,10 @@ def activations(n_min: int) -> np.ndarray:
     if os.path.exists(CACHE) and len(np.load(CACHE, mmap_mode="r")) >= n_min:
         return np.load(CACHE, mmap_mode="r")
     import jaxsteer
-    from jaxsteer.sae.activations import ActivationStream, cache_activations, pack_tokens, read_texts
+    from jaxsteer.train.sae.activations import ActivationStream, cache_activations, pack_tokens, read_texts
 
     model, tok = jaxsteer.load("smollm2-135m-instruct")
-    w = pack_tokens(read_texts("py:jaxsteer.sae.corpora:general_text"), tok, 128, tok.bos_token_id)
+    w = pack_tokens(read_texts("py:jaxsteer.train.sae.corpora:general_text"), tok, 128, tok.bos_token_id)
     stream = ActivationStream(model, w, site="resid_post", layer=15, batch_size=1024, buffer_batches=16)
     os.makedirs(os.path.dirname(CACHE), exist_ok=True)
     cache_activations(stream, -(-n_min // 1024), CACHE)
@@ -78,14 +78,14 @@ def jax_stepper(d, F, k, lr, since0):
     import jax.numpy as jnp
 
     from jaxsteer import sae
-    from jaxsteer.sae.train import init_state, make_optimizer
+    from jaxsteer.train.sae.step import StepConfig, init_state, make_optimizer, make_step
 
     cfg = sae.SAEConfig(kind="topk", d_in=d, d_sae=F, k=k)
-    scfg = sae.StepConfig(
+    scfg = StepConfig(
         lr=lr, total_steps=10**6, grad_clip=1.0, k_aux=d // 2, aux_coef=1 / 32, dead_batches=DEAD_WINDOW
     )
     tx = make_optimizer(scfg)
-    step = sae.make_step(cfg, scfg, tx)
+    step = make_step(cfg, scfg, tx)
     state = init_state(sae.init_sae(cfg, jax.random.PRNGKey(0)), tx)
     state = [dict(state, since_fired=jnp.asarray(since0, jnp.int32))]
 

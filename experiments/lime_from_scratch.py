@@ -2,7 +2,7 @@
 
     nice -n 10 python experiments/lime_from_scratch.py [--steps 300] [--layers 6] [--out docs/figures]
 
-Corpus: the Python documentation topics CPython ships (`jaxsteer.sae.corpora.general_text`), as
+Corpus: the Python documentation topics CPython ships (`jaxsteer.train.sae.corpora.general_text`), as
 bytes (vocabulary 256, no tokenizer), the last 5% of the documents held out. Two Llama-style models
 with the same seed, shapes and data order; one with `lime=True` (Layer-Integrated Memory, arXiv
 2502.09245: each layer's keys / values are a learned per-head mix of every earlier layer's, see
@@ -30,7 +30,7 @@ from tqdm import tqdm
 from jaxsteer.models.config import ModelConfig, RopeConfig
 from jaxsteer.models.decoder import forward
 from jaxsteer.models.params import init_params
-from jaxsteer.sae.corpora import general_text
+from jaxsteer.train.sae.corpora import general_text
 
 
 def byte_corpus(held_out: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

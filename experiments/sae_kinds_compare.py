@@ -5,9 +5,9 @@
         --ce-windows 48 --out docs/figures/sae_ev_vs_l0_long.png  # a longer one (hours on 2 CPU cores)
 
 SmolLM2-135M-Instruct, residual stream after layer 15; the training text is
-`jaxsteer.sae.corpora.general_text` packed into 128-token windows (BOS skipped). The activations
+`jaxsteer.train.sae.corpora.general_text` packed into 128-token windows (BOS skipped). The activations
 of the first `--windows` windows are harvested once (cached in `--cache`), the last
-`--eval-windows` of them are held out. Every kind trains with `sae.fit` on the same batches in
+`--eval-windows` of them are held out. Every kind trains with `jaxsteer.train.sae.fit` on the same batches in
 the same order (Adam, `--lr`, `--steps` x `--batch`): TopK, HierarchicalTopK, BatchTopK,
 Matryoshka BatchTopK (prefixes d/8, d/4, d/2, d), KronSAE (same d_sae, fewer encoder FLOPs) at
 k = `--k`, and JumpReLU at each L0 penalty of `--l0-coefs` (thresholds starting at
@@ -30,7 +30,7 @@ import numpy as np
 
 def harvest(args) -> np.ndarray:
     """`[windows * (context - 1), d]` layer activations of the first `--windows` windows."""
-    from jaxsteer.sae.activations import site_activations
+    from jaxsteer.sae.splice import site_activations
 
     if os.path.exists(args.cache):
         return np.load(args.cache, mmap_mode="r")
@@ -47,8 +47,8 @@ def harvest(args) -> np.ndarray:
 
 def load(args):
     import jaxsteer
-    from jaxsteer.sae.activations import pack_tokens
-    from jaxsteer.sae.corpora import general_text
+    from jaxsteer.train.sae.activations import pack_tokens
+    from jaxsteer.train.sae.corpora import general_text
 
     model, tok = jaxsteer.load("smollm2-135m-instruct")
     windows = pack_tokens(general_text(), tok, args.context, tok.bos_token_id)[: args.windows]
@@ -133,12 +133,13 @@ def main() -> None:
     ap.add_argument("--json", default="runs/sae_kinds_compare.json")
     args = ap.parse_args()
     from jaxsteer import sae
+    from jaxsteer.train.sae.step import StepConfig, fit
 
     acts = harvest(args)
     n_eval = args.eval_windows * (args.context - 1)
     train, held = acts[: len(acts) - n_eval], jnp.asarray(acts[len(acts) - n_eval :])
     print(f"{len(train)} training / {len(held)} held-out activations; {args.steps} steps x {args.batch}")
-    step = sae.StepConfig(
+    step = StepConfig(
         lr=args.lr,
         total_steps=args.steps,
         warmup_steps=args.steps // 25,
@@ -152,10 +153,10 @@ def main() -> None:
     for name, cfg in configs(args, held.shape[1]).items():
         t0 = time.perf_counter()
         lam = float(name.split("=")[1]) if cfg.kind == "jumprelu" else 0.0
-        models[name], _ = sae.fit(
+        models[name], _ = fit(
             cfg,
             batches(train, args.batch, seed=0),
-            sae.StepConfig(**dict(step.__dict__, l0_coef=lam)),
+            StepConfig(**dict(step.__dict__, l0_coef=lam)),
             jumprelu_init_threshold=args.jumprelu_init_threshold,
         )
         ev, l0 = ev_l0(models[name], held)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsteer
-from jaxsteer.sae.run import load_sae
+from jaxsteer.train.sae.run import load_sae
 from jaxsteer.train.data import arithmetic_problems
 from jaxsteer.train.rewards import correctness_reward
 

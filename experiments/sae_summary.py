@@ -22,7 +22,7 @@ RUNS = ("sae_topk", "sae_htopk", "sae_topk_small", "sae_kron", "sae_residual")
 
 def table(root: str) -> str:
     from jaxsteer.sae import encoder_flops
-    from jaxsteer.sae.run import load_sae
+    from jaxsteer.train.sae.run import load_sae
 
     head = (
         "| run | kind | d_sae | k | encoder MFLOP/token | EV | L0 | dead | CE clean | CE with SAE | CE zero-abl. | loss recovered |\n"
@@ -53,9 +53,9 @@ def table(root: str) -> str:
 
 def topk_curve(root: str, k_max: int) -> list[float]:
     """EV of the TopK run's SAE at each k <= k_max on its held-out windows."""
-    from jaxsteer.sae.activations import site_activations
-    from jaxsteer.sae.config import load_run_config
-    from jaxsteer.sae.run import load_model, load_sae, split_windows, token_windows
+    from jaxsteer.sae.splice import site_activations
+    from jaxsteer.train.sae.config import load_run_config
+    from jaxsteer.train.sae.run import load_model, load_sae, split_windows, token_windows
 
     run = os.path.join(root, "sae_topk")
     cfg = load_run_config(os.path.join(run, "config.yaml"))

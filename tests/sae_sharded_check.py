@@ -1,4 +1,4 @@
-"""Run in a subprocess by tests/sae/test_train.py: one SAE step with the latent axis split over 8
+"""Run in a subprocess by tests/train/sae/test_step.py: one SAE step with the latent axis split over 8
 virtual CPU devices equals the same step on one device."""
 import os
 
@@ -8,16 +8,16 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxsteer import sae  # noqa: E402
-from jaxsteer.sae.train import init_state, make_optimizer, shard_state  # noqa: E402
+from jaxsteer.train.sae.step import StepConfig, init_state, make_optimizer, make_step, shard_state  # noqa: E402
 
 assert len(jax.devices()) == 8
 for kind in ("topk", "htopk"):
     cfg = sae.SAEConfig(kind=kind, d_in=16, d_sae=64, k=4)
-    scfg = sae.StepConfig(lr=1e-2, k_aux=8, dead_batches=1)
+    scfg = StepConfig(lr=1e-2, k_aux=8, dead_batches=1)
     tx = make_optimizer(scfg)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32))
     s0 = init_state(sae.init_sae(cfg, jax.random.PRNGKey(0)), tx)
-    step = sae.make_step(cfg, scfg, tx)
+    step = make_step(cfg, scfg, tx)
     ref = s0
     for _ in range(3):
         ref, m_ref = step(ref, x)

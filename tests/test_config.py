@@ -17,7 +17,7 @@ from jaxsteer.config import (
     load_config,
     save_config,
 )
-from jaxsteer.sae.config import SAERunConfig
+from jaxsteer.train.sae.config import SAERunConfig
 from jaxsteer.train.config import TrainConfig
 
 # every renamed training key, old spelling -> today's

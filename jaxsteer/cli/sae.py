@@ -35,8 +35,8 @@ def add_parsers(sub) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train (or resume) an SAE, evaluate it, print what to run next."""
-    from ..sae.config import load_run_config
-    from ..sae.run import eval_run, load_model, train_sae
+    from ..train.sae.config import load_run_config
+    from ..train.sae.run import eval_run, load_model, train_sae
     from ..train.lock import RunLock
 
     if args.set:
@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     """Evaluate an SAE run directory (its results print as JSON)."""
-    from ..sae.run import eval_run
+    from ..train.sae.run import eval_run
 
     eval_run(args.run_dir, contexts=args.contexts)
 

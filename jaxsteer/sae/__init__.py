@@ -1,4 +1,4 @@
-"""Sparse autoencoders on jaxsteer traces: architectures, training, splicing, SAELens format.
+"""Sparse autoencoders as models: architectures, losses, splicing, evaluation, SAELens format.
 
     from jaxsteer import sae
     cfg = sae.SAEConfig(kind="topk", d_in=576, d_sae=9216, k=32, layer=15)
@@ -7,6 +7,7 @@
     x_hat = sae.decode(model_sae, z)
     logits, _ = jaxsteer.forward(model, tokens, interventions=[sae.Splice(model_sae)])
 
+Training (the step, `fit`, `jaxsteer sae train` runs) is on the train side: `jaxsteer.train.sae`.
 See docs/sae.md.
 """
 
@@ -27,10 +28,9 @@ from .arch import (
     residual_reconstruct,
 )
 from .losses import htopk_errors, htopk_loss, train_forward
-from .train import StepConfig, fit, geometric_median, make_step
 
 try:  # modules written after the core; keep the core importable on its own
-    from .splice import Splice, feature_acts
+    from .splice import Splice, feature_acts, site_activations
 except ImportError:  # pragma: no cover
     pass
 

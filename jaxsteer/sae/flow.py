@@ -204,7 +204,7 @@ def feature_flow(model, saes: Sequence[SAE], tokens, *, attention_mask=None, bat
         The `FeatureGraph`.
     """
     from ..models.decoder import forward
-    from .activations import truncate
+    from ..models.params import truncate
 
     tokens = np.asarray(tokens)
     small = truncate(model, max(s.config.layer for s in saes) + 1)

@@ -1,4 +1,5 @@
-"""Using an SAE inside the model: the `Splice` intervention, feature activations, top contexts.
+"""Using an SAE inside the model: the `Splice` intervention, site activations, feature
+activations, top contexts.
 
 `Splice(sae)` replaces the activation at the SAE's site and layer by its reconstruction. It is an
 ordinary jaxsteer intervention value (a pytree with `check` / `apply` / `generation_safe`), so it
@@ -23,9 +24,9 @@ from flax import struct
 
 from ..errors import InputError
 from ..models.interventions import SITES, site_feature_shape
-from ..models.params import Model
+from ..models.decoder import forward
+from ..models.params import Model, truncate
 from ..models.validation import check_finite
-from .activations import site_activations
 from .arch import SAE, decode, encode, reconstruct
 
 
@@ -125,6 +126,13 @@ def site_width(site: str, config) -> int:
     return int(np.prod(feat))
 
 
+def site_activations(model: Model, tokens, site: str, layers: tuple[int, ...], attention_mask=None) -> jax.Array:
+    """`[len(layers), B, T, d]` activations at `site`, running only up to `max(layers)`."""
+    small = truncate(model, max(layers) + 1)
+    _, trace = forward(small, jnp.asarray(tokens), attention_mask=attention_mask, record=(site,), return_logits=False)
+    return trace[site][jnp.asarray(layers)]
+
+
 def feature_acts(model: Model, sae: SAE, tokens, attention_mask=None) -> jax.Array:
     """SAE latents `[B, T, d_sae]` at the SAE's site and layer (the forward stops at that layer;
     a `z` SAE reads the heads flattened).
@@ -188,4 +196,4 @@ def top_contexts(
     return out
 
 
-__all__ = ["Splice", "site_width", "feature_acts", "top_contexts"]
+__all__ = ["Splice", "site_width", "site_activations", "feature_acts", "top_contexts"]

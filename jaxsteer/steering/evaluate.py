@@ -18,7 +18,7 @@ the identity map and map rows a zero vector.
 Scores: the task's (lexicon sentiment, or arithmetic correctness) on greedy completions of the
 validation and test prompts; side effects: KL(unsteered || steered) of the next-token
 distributions at every real token of the neutral (validation) prompts, and perplexity of the
-steered model on a general text sample (`sae.corpora.general_text`, the Python docs).
+steered model on a general text sample (`train.sae.corpora.general_text`, the Python docs).
 """
 
 from __future__ import annotations
@@ -551,8 +551,8 @@ def sweep(
 
 
 def general_text_windows(tokenizer: Any, n: int, length: int) -> list[list[int]]:
-    """`n` windows of `length` tokens of general English (the Python docs, `sae.corpora`)."""
-    from ..sae.corpora import general_text
+    """`n` windows of `length` tokens of general English (the Python docs, `train.sae.corpora`)."""
+    from ..train.sae.corpora import general_text
 
     ids, out = [], []
     for doc in general_text():

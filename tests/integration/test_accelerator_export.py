@@ -92,7 +92,7 @@ es = {"platforms": list(exp_p.platforms), "callbacks": exp_p.mlir_module().count
 
 # ---- the SAE training step (latents split over fsdp, activations over data)
 from jaxsteer import sae as S
-from jaxsteer.sae.train import init_state as sae_init_state, make_optimizer as sae_optimizer
+from jaxsteer.train.sae.step import init_state as sae_init_state, make_optimizer as sae_optimizer
 scfg = S.SAEConfig(kind="topk", d_in=32, d_sae=128, k=4)
 stcfg = S.StepConfig(lr=1e-3, k_aux=8)
 tx = sae_optimizer(stcfg)

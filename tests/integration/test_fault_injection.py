@@ -84,8 +84,8 @@ def test_resume_after_a_damaged_latest_checkpoint_finishes_equal_to_an_undamaged
 
 @pytest.fixture(scope="module")
 def sae_undamaged(tmp_path_factory):
-    from jaxsteer.sae.run import train_sae
-    from tests.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
+    from jaxsteer.train.sae.run import train_sae
+    from tests.train.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
 
     root = tmp_path_factory.mktemp("sae")
     text = root / "corpus.txt"
@@ -99,7 +99,7 @@ def sae_undamaged(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", list(DAMAGE))
 def test_sae_resume_after_a_damaged_latest_checkpoint_equals_an_undamaged_run(sae_undamaged, tmp_path, kind):
-    from jaxsteer.sae.run import load_sae, train_sae
+    from jaxsteer.train.sae.run import load_sae, train_sae
 
     cfg, model, tok, straight = sae_undamaged
     run = tmp_path / "b"
@@ -223,7 +223,7 @@ def test_forward_returns_finite_logits_or_a_named_error(tiny_model, dtype, token
 # --------------------------------------------------------------------------- configs
 
 from jaxsteer.errors import JaxsteerError  # noqa: E402
-from jaxsteer.sae.config import load_run_config  # noqa: E402
+from jaxsteer.train.sae.config import load_run_config  # noqa: E402
 from jaxsteer.train.config import ConfigError, load_config  # noqa: E402
 
 BAD_YAML = {

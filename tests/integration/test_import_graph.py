@@ -73,6 +73,8 @@ def test_no_import_cycle(module):
 
 # Modules above the learners besides the entry point: tools that inspect a learner's step.
 TOOLS = {"jaxsteer.train.plan"}
+# The learners, each a subpackage of jaxsteer.train; they never import each other.
+LEARNERS = ("rl", "es", "sae")
 
 
 def _layer(module: str) -> int:
@@ -80,7 +82,7 @@ def _layer(module: str) -> int:
     point and tools built on the learners."""
     if module in ("jaxsteer.train.config", "jaxsteer.train.trainable"):
         return 0
-    if module.startswith(("jaxsteer.train.rl", "jaxsteer.train.es")):
+    if module.startswith(tuple(f"jaxsteer.train.{learner}" for learner in LEARNERS)):
         return 2
     if module == "jaxsteer.train" or module in TOOLS:
         return 3
@@ -138,3 +140,14 @@ def test_only_the_cli_prints():
             if calls and (m, name) not in allowed and fn is not tree:
                 bad.append(f"{m}.{name}")
     assert not bad, sorted(set(bad))
+
+
+SAE_MODEL = sorted(m for m in MODULES if m == "jaxsteer.sae" or m.startswith("jaxsteer.sae."))
+
+
+def test_the_sae_model_is_below_training():
+    """jaxsteer.sae (the SAE as a model) imports nothing from jaxsteer.train; SAE training
+    (jaxsteer.train.sae) builds on it."""
+    bad = [f"{m} -> {dep}" for m in SAE_MODEL for dep in GRAPH[m] if dep in TRAIN]
+    assert SAE_MODEL and not bad, bad
+    assert any(dep in SAE_MODEL for dep in GRAPH["jaxsteer.train.sae.step"])

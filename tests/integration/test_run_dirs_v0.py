@@ -75,9 +75,9 @@ def test_old_training_run_loads_evaluates_and_resumes(runs, kind, tmp_path):
 
 
 def test_old_sae_run_resumes_and_evaluates(runs, tmp_path):
-    from jaxsteer.sae.config import load_run_config
-    from jaxsteer.sae.run import eval_run, load_sae, train_sae
-    from tests.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
+    from jaxsteer.train.sae.config import load_run_config
+    from jaxsteer.train.sae.run import eval_run, load_sae, train_sae
+    from tests.train.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
 
     model, tok = tiny_sae_model(), CharTokenizer()
     run_dir = os.path.join(runs, "sae_topk")

@@ -10,6 +10,7 @@ import pytest
 from scipy.stats import norm
 
 from jaxsteer import sae
+from jaxsteer.train.sae.step import StepConfig, fit
 from jaxsteer.sae.arch import batch_topk, topk_mask
 from jaxsteer.sae.losses import (batch_topk_codes, gather_decode, jumprelu_ste, matryoshka_errors, sparse_topk, step_ste,
                                  total_variance, train_forward)
@@ -46,8 +47,8 @@ def test_jumprelu_learns_a_planted_dictionary_and_the_l0_penalty_sets_sparsity()
     cfg = sae.SAEConfig(kind="jumprelu", d_in=16, d_sae=64)
     runs = {}
     for name, lr, l0_coef in [("trained", 3e-3, 0.1), ("null", 0.0, 0.1), ("no_penalty", 3e-3, 0.0)]:
-        step = sae.StepConfig(lr=lr, total_steps=800, l0_coef=l0_coef, l0_warmup_steps=100, jumprelu_bandwidth=0.05)
-        runs[name], _ = sae.fit(cfg, batches(x, 256), step, seed=1)
+        step = StepConfig(lr=lr, total_steps=800, l0_coef=l0_coef, l0_warmup_steps=100, jumprelu_bandwidth=0.05)
+        runs[name], _ = fit(cfg, batches(x, 256), step, seed=1)
     held = x[:2048]
     trained, null, free = runs["trained"], runs["null"], runs["no_penalty"]
     assert _ev(trained, held) > 0.7 and _ev(null, held) < 0  # null: thresholds at init, every latent fires
@@ -87,11 +88,11 @@ def test_matryoshka_loss_equals_explicit_loop_over_prefixes():
 def test_matryoshka_learns_and_its_first_prefix_reconstructs_alone():
     x, atoms = planted(8192)
     held = x[:2048]
-    step = sae.StepConfig(lr=3e-3, total_steps=800, k_aux=8, dead_batches=50)
+    step = StepConfig(lr=3e-3, total_steps=800, k_aux=8, dead_batches=50)
     models = {}
     for name, kind, lr in [("matryoshka", "matryoshka", 3e-3), ("null", "matryoshka", 0.0), ("batchtopk", "batchtopk", 3e-3)]:
         cfg = sae.SAEConfig(kind=kind, d_in=16, d_sae=64, k=3, matryoshka_widths=(8, 32, 64) if kind == "matryoshka" else ())
-        models[name], _ = sae.fit(cfg, batches(x, 256), sae.StepConfig(**dict(step.__dict__, lr=lr)), seed=1)
+        models[name], _ = fit(cfg, batches(x, 256), StepConfig(**dict(step.__dict__, lr=lr)), seed=1)
 
     def prefix_ev(model, width=8):
         z = np.array(sae.encode(model, held))

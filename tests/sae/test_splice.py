@@ -8,7 +8,8 @@ import pytest
 import jaxsteer
 from jaxsteer import sae
 from jaxsteer.models.config import ModelConfig, RopeConfig
-from jaxsteer.models.params import param_shapes, unflatten
+from jaxsteer.models.params import param_shapes, truncate, unflatten
+from jaxsteer.sae.splice import site_activations
 
 V, D, L = 50, 16, 3
 
@@ -132,3 +133,11 @@ def test_z_site_sae_splices_the_flattened_heads(model):
     with pytest.raises(ValueError, match="d_in=12; site 'z' of this model has width 16"):
         narrow = sae.init_sae(sae.SAEConfig(kind="topk", d_in=12, d_sae=24, k=4, site="z", layer=1), jax.random.PRNGKey(0))
         jaxsteer.forward(model, TOKENS, interventions=[sae.Splice(narrow)])
+
+
+def test_truncated_harvest_equals_full_trace(model):
+    toks = np.random.RandomState(0).randint(0, V, (2, 9))
+    assert truncate(model, 2).config.n_layers == 2
+    _, full = jaxsteer.forward(model, toks, record=("resid_post", "mlp_out"))
+    got = site_activations(model, toks, "mlp_out", (0, 1))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(full.mlp_out[:2]), atol=1e-6)

@@ -1,4 +1,4 @@
-"""SAE training steps (jaxsteer.sae.train): `fit` recovers a planted dictionary, a residual SAE
+"""SAE training steps (jaxsteer.train.sae.step): `fit` recovers a planted dictionary, a residual SAE
 trains on top of a frozen base, and the latent axis sharded over 8 virtual devices gives the
 one-device step."""
 
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxsteer import sae
+from jaxsteer.train.sae.step import StepConfig, fit
 from tests import TESTS
 from tests.sae.planted import batches, planted, recovered_fraction
 
@@ -20,8 +21,8 @@ from tests.sae.planted import batches, planted, recovered_fraction
 def test_planted_dictionary_is_recovered(kind):
     x, atoms = planted(8192)
     cfg = sae.SAEConfig(kind=kind, d_in=16, d_sae=64, k=3)
-    step = sae.StepConfig(lr=3e-3, total_steps=1200, k_aux=8, dead_batches=50)
-    model, hist = sae.fit(cfg, batches(x, 256), step, seed=1)
+    step = StepConfig(lr=3e-3, total_steps=1200, k_aux=8, dead_batches=50)
+    model, hist = fit(cfg, batches(x, 256), step, seed=1)
     assert recovered_fraction(model.params["W_dec"], atoms) >= 0.8
     assert hist[-1]["explained_variance"] > 0.85
     if kind == "batchtopk":  # the inference threshold was learned and gives about k latents per input
@@ -38,10 +39,10 @@ def test_residual_sae_improves_domain_and_leaves_base_untouched():
     domain_dir /= np.linalg.norm(domain_dir, axis=1, keepdims=True)
     domain = general[:2048] + (rng.uniform(0.5, 1.5, (2048, 1)) * domain_dir[rng.integers(0, 4, 2048)]).astype(np.float32)
     base_cfg = sae.SAEConfig(kind="topk", d_in=16, d_sae=32, k=3)
-    base, _ = sae.fit(base_cfg, batches(general, 256), sae.StepConfig(lr=3e-3, total_steps=400), seed=0)
+    base, _ = fit(base_cfg, batches(general, 256), StepConfig(lr=3e-3, total_steps=400), seed=0)
     frozen = jax.tree_util.tree_map(np.array, base.params)
     res_cfg = sae.SAEConfig(kind="topk", d_in=16, d_sae=16, k=1, decoder_bias=False)
-    res, _ = sae.fit(res_cfg, batches(domain, 256, seed=1), sae.StepConfig(lr=3e-3, total_steps=300), seed=0, base=base)
+    res, _ = fit(res_cfg, batches(domain, 256, seed=1), StepConfig(lr=3e-3, total_steps=300), seed=0, base=base)
     assert "b_dec" not in res.params
     for k, v in base.params.items():
         np.testing.assert_array_equal(np.asarray(v), frozen[k])

@@ -1,7 +1,7 @@
 """Activations for SAE training, computed on the fly from jaxsteer traces.
 
-- `truncate(model, n)`: the same model with only its first `n` layers, so a harvest stops
-  after the last layer it needs (no later layers, no unembedding).
+- The stream harvests from `truncate(model, layer + 1)` (`jaxsteer.models.params`): the model
+  with only the layers it needs (no later layers, no unembedding).
 - `read_texts(spec)`: text from a local `.txt` (one document per blank-line-separated block),
   `.jsonl` / `.json` (a `text` field), `.parquet` (a `text` column), a directory of those, or
   `hf:NAME[:SPLIT]` (a Hugging Face dataset already in the local cache; `datasets` is optional).
@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -28,16 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import InputError, NotFoundError
-from ..models.decoder import forward
-from ..models.params import Model, truncate
-
-
-def site_activations(model: Model, tokens, site: str, layers: tuple[int, ...], attention_mask=None) -> jax.Array:
-    """`[len(layers), B, T, d]` activations at `site`, running only up to `max(layers)`."""
-    small = truncate(model, max(layers) + 1)
-    _, trace = forward(small, jnp.asarray(tokens), attention_mask=attention_mask, record=(site,), return_logits=False)
-    return trace[site][jnp.asarray(layers)]
+from ...errors import InputError, NotFoundError
+from ...models.decoder import forward
+from ...models.params import Model, truncate
 
 
 def _read_file(path: str) -> list[str]:
@@ -215,5 +207,5 @@ class CachedActivations:
         self.i = int(state["i"])
 
 
-__all__ = ["truncate", "site_activations", "read_texts", "pack_tokens", "context_loader", "ActivationStream",
+__all__ = ["read_texts", "pack_tokens", "context_loader", "ActivationStream",
            "cache_activations", "CachedActivations"]

@@ -5,7 +5,7 @@ loader, the training runs' vocabulary: `model.spec/dtype`, `output_dir`, `steps`
     model: {spec: smollm2-135m-instruct, dtype: float32}   # any jaxsteer.load spec, or "random"
     site: resid_post
     layer: 15
-    text: py:jaxsteer.sae.corpora:general_text   # file, directory, hf:NAME[:SPLIT], py:module:fn
+    text: py:jaxsteer.train.sae.corpora:general_text   # file, directory, hf:NAME[:SPLIT], py:module:fn
     context: 128
     output_dir: runs/sae_topk
     steps: 2000
@@ -26,11 +26,19 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Sequence
 
-from .. import config as _config_lib
-from ..config import ConfigError, config_to_dict, save_config
-from ..train.config import CheckpointSpec, ModelSpec
+from ... import config as _config_lib
+from ...config import ConfigError, config_to_dict, save_config
+from ..config import CheckpointSpec, ModelSpec
 
 SAE_LEARNER = "sae"  # the `learners` name of SAE training (`jaxsteer.config.unused_fields`)
+
+
+OLD_CORPORA = "py:jaxsteer.sae.corpora:"  # where the shipped corpora lived before SAE training moved
+
+
+def moved_corpus(text: str) -> str:
+    """A text spec naming the corpora's old module, pointed at `jaxsteer.train.sae.corpora`."""
+    return "py:jaxsteer.train.sae.corpora:" + text[len(OLD_CORPORA):] if text.startswith(OLD_CORPORA) else text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +139,7 @@ class SAERunConfig:
     model: ModelSpec = ModelSpec(dtype="float32")
     site: str = "resid_post"
     layer: int = 15
-    text: str = "py:jaxsteer.sae.corpora:general_text"
+    text: str = "py:jaxsteer.train.sae.corpora:general_text"
     context: int = 128
     output_dir: str = "runs/sae"
     steps: int = 1000
@@ -156,10 +164,16 @@ class SAERunConfig:
 
     @classmethod
     def migrate(cls, data: dict) -> dict:
-        """`model_dtype: bf16` of the first release is `model.dtype: bfloat16`."""
+        """`model_dtype: bf16` of the first release is `model.dtype: bfloat16`; the corpora of
+        `py:jaxsteer.sae.corpora:NAME` are `py:jaxsteer.train.sae.corpora:NAME` (moved with SAE training)."""
         model = data.get("model")
         if isinstance(model, dict) and model.get("dtype") == "bf16":
             data = {**data, "model": {**model, "dtype": "bfloat16"}}
+        if isinstance(data.get("text"), str):
+            data = {**data, "text": moved_corpus(data["text"])}
+        evaluation = data.get("eval")
+        if isinstance(evaluation, dict) and isinstance(evaluation.get("text"), str):
+            data = {**data, "eval": {**evaluation, "text": moved_corpus(evaluation["text"])}}
         return data
 
     def __post_init__(self):

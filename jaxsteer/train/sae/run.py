@@ -20,18 +20,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import InputError
-from ..train.checkpoint import decode_data_state, encode_data_state, model_identity
-from ..train.build import build_model
-from ..train.run import Run
+from ...errors import InputError
+from ...sae.arch import SAE, SAEConfig, init_sae, reconstruct
+from ...sae.evaluate import evaluate_sae, plot_ev_by_k
+from ...sae.losses import rms
+from ...sae.saelens import load_saelens, save_saelens
+from ...sae.splice import site_width
+from ..build import build_model
+from ..checkpoint import decode_data_state, encode_data_state, model_identity
+from ..run import Run
 from .activations import ActivationStream, CachedActivations, cache_activations, pack_tokens, read_texts
-from .arch import SAE, SAEConfig, init_sae, reconstruct
 from .config import SAERunConfig, config_dict, load_run_config
-from .evaluate import evaluate_sae, plot_ev_by_k
-from .losses import rms
-from .saelens import load_saelens, save_saelens
-from .splice import site_width
-from .train import StepConfig, init_b_dec, init_jumprelu_threshold, init_state, make_optimizer, make_step, shard_state
+from .step import StepConfig, init_b_dec, init_jumprelu_threshold, init_state, make_optimizer, make_step, shard_state
 
 
 def sae_config(cfg: SAERunConfig, d_model: int) -> SAEConfig:

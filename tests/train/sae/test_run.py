@@ -1,6 +1,6 @@
-"""SAE training runs on a tiny random model: harvesting, exact resume, evaluation, config checks."""
+"""SAE training runs (jaxsteer.train.sae.run) on a tiny random model: exact resume, evaluation, the
+locked run directory, the config keys reaching the step, the latent axis sharded from the config."""
 
-import json
 import os
 
 import jax
@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 
 import jaxsteer
-from jaxsteer import sae
 from jaxsteer.models.config import ModelConfig, RopeConfig
 from jaxsteer.models.params import param_shapes, unflatten
-from jaxsteer.sae.activations import ActivationStream, site_activations, truncate
-from jaxsteer.sae.config import load_run_config
-from jaxsteer.sae.run import eval_run, load_sae, train_sae
+from jaxsteer.train.sae.config import load_run_config
+from jaxsteer.train.sae.run import eval_run, load_sae, train_sae
 from jaxsteer.train.metrics import read_log
 
 V, D = 40, 16
@@ -62,27 +60,6 @@ def run_cfg(text_file, out_dir, kind="topk", overrides=(), **extra):
     return load_run_config(None, sets + list(overrides) + [f"{k}={v}" for k, v in extra.items()])
 
 
-def test_truncated_harvest_equals_full_trace(model):
-    toks = np.random.RandomState(0).randint(0, V, (2, 9))
-    assert truncate(model, 2).config.n_layers == 2
-    _, full = jaxsteer.forward(model, toks, record=("resid_post", "mlp_out"))
-    got = site_activations(model, toks, "mlp_out", (0, 1))
-    np.testing.assert_allclose(np.asarray(got), np.asarray(full.mlp_out[:2]), atol=1e-6)
-
-
-def test_stream_is_shuffled_and_resumable(model):
-    windows = np.random.RandomState(1).randint(0, V, (20, 8))
-    a = ActivationStream(model, windows, site="resid_post", layer=1, batch_size=10, contexts_per_forward=4, buffer_batches=2)
-    first = [next(a) for _ in range(3)]
-    state = a.get_state()
-    rest = [next(a) for _ in range(4)]
-    b = ActivationStream(model, windows, site="resid_post", layer=1, batch_size=10, contexts_per_forward=4, buffer_batches=2)
-    b.set_state(json.loads(json.dumps(state)))
-    for x, y in zip(rest, [next(b) for _ in range(4)]):
-        np.testing.assert_array_equal(x, y)
-    assert first[0].shape == (10, D)
-
-
 def test_resume_reproduces_an_uninterrupted_run(model, text_file, tmp_path):
     tok = CharTokenizer()
     straight = train_sae(run_cfg(text_file, tmp_path / "a"), model=model, tokenizer=tok, progress=False)
@@ -119,27 +96,6 @@ def test_eval_reports_metrics_and_htopk_curve(model, text_file, tmp_path):
     assert os.path.exists(os.path.join(out, "ev_by_k.png")) and os.path.exists(os.path.join(out, "eval.json"))
 
 
-def test_identity_sae_recovers_all_loss(model):
-    eye = np.eye(D, dtype=np.float32)
-    ident = sae.SAE({"W_enc": jnp.asarray(np.concatenate([eye, -eye], 1)), "b_enc": jnp.zeros(2 * D),
-                     "W_dec": jnp.asarray(np.concatenate([eye, -eye], 0)), "b_dec": jnp.zeros(D)},
-                    sae.SAEConfig(kind="relu", d_in=D, d_sae=2 * D, layer=1))
-    windows = np.random.RandomState(2).randint(0, V, (8, 12))
-    res = sae.evaluate_sae(model, ident, windows, batch=4)
-    assert res["explained_variance"] > 1 - 1e-6
-    np.testing.assert_allclose(res["ce_sae"], res["ce_clean"], atol=1e-5)
-    np.testing.assert_allclose(res["loss_recovered"], 1.0, atol=1e-4)
-
-
-def test_config_is_strict(tmp_path):
-    with pytest.raises(ValueError, match="unknown config key"):
-        load_run_config(None, ["sae.kidn=topk"])
-    with pytest.raises(ValueError, match="layer: expected an integer"):
-        load_run_config(None, ["layer=abc"])
-    cfg = load_run_config(None, ["optimizer.lr=1e-3", "sae.kind=kron"])
-    assert cfg.optimizer.lr == 1e-3 and cfg.sae.kind == "kron"
-
-
 def test_a_locked_run_directory_is_refused(model, text_file, tmp_path):
     from jaxsteer.train.lock import RunLock, RunLockedError
 
@@ -172,10 +128,10 @@ def test_jumprelu_matryoshka_and_z_runs_from_the_config(model, text_file, tmp_pa
 SHARDED_RUN = """
 import json, os, tempfile
 import jax, numpy as np
-from tests.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
+from tests.train.sae.test_run import CharTokenizer, run_cfg, tiny_sae_model
 from jaxsteer import sae
-from jaxsteer.sae.run import load_sae, place_state, train_sae
-from jaxsteer.sae.train import init_state, make_optimizer
+from jaxsteer.train.sae.run import load_sae, place_state, train_sae
+from jaxsteer.train.sae.step import StepConfig, init_state, make_optimizer
 
 tmp = tempfile.mkdtemp()
 rng = np.random.default_rng(0)
@@ -189,7 +145,7 @@ for n in (1, 4):
     out[n] = load_sae(train_sae(cfg, model=model, tokenizer=tok, progress=False)).params
 diff = max(float(np.max(np.abs(np.asarray(out[1][k]) - np.asarray(out[4][k])))) for k in out[1])
 state = init_state(sae.init_sae(sae.SAEConfig(kind="topk", d_in=16, d_sae=32, k=4), jax.random.PRNGKey(0)),
-                   make_optimizer(sae.StepConfig()))
+                   make_optimizer(StepConfig()))
 spec = list(place_state(state, cfg, 32)["sae"]["W_enc"].sharding.spec)
 print("RESULT" + json.dumps({"diff": diff, "devices": len(jax.devices()), "spec": spec}))
 """

@@ -8,16 +8,16 @@ latents are never trained: a residual SAE's base is a separate SAE passed to the
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..errors import InputError
-from .arch import BATCH_KINDS, SAE, SAEConfig, init_sae, reconstruct
-from .losses import rms, train_forward, update_threshold
+from ...errors import InputError
+from ...sae.arch import BATCH_KINDS, SAE, SAEConfig, init_sae, reconstruct
+from ...sae.losses import rms, train_forward, update_threshold
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ def general_text() -> list[str]:
 
 def arithmetic_text(n: int = 4000, seed: int = 0) -> list[str]:
     """`n` one-line arithmetic problems with their answers (+, -, *; 2 digits)."""
-    from ..train.data import arithmetic_problems
+    from ..data import arithmetic_problems
 
     probs = arithmetic_problems(n, seed=seed, ops="+-*", split="all")
     return [f"{p.prompt} {p.answer}" for p in probs]
