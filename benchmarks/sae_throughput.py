@@ -81,9 +81,7 @@ def jax_stepper(d, F, k, lr, since0):
     from jaxsteer.train.sae.step import StepConfig, init_state, make_optimizer, make_step
 
     cfg = sae.SAEConfig(kind="topk", d_in=d, d_sae=F, k=k)
-    scfg = StepConfig(
-        lr=lr, total_steps=10**6, grad_clip=1.0, k_aux=d // 2, aux_coef=1 / 32, dead_batches=DEAD_WINDOW
-    )
+    scfg = StepConfig(lr=lr, total_steps=10**6, grad_clip=1.0, k_aux=d // 2, aux_coef=1 / 32, dead_batches=DEAD_WINDOW)
     tx = make_optimizer(scfg)
     step = make_step(cfg, scfg, tx)
     state = init_state(sae.init_sae(cfg, jax.random.PRNGKey(0)), tx)

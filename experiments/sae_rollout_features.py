@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsteer
-from jaxsteer.train.sae.run import load_sae
 from jaxsteer.train.data import arithmetic_problems
 from jaxsteer.train.rewards import correctness_reward
+from jaxsteer.train.sae.run import load_sae
 
 
 def rollouts(model, tok, problems, samples, steer, max_new_tokens):

@@ -17,8 +17,8 @@ from jaxsteer.config import (
     load_config,
     save_config,
 )
-from jaxsteer.train.sae.config import SAERunConfig
 from jaxsteer.train.config import TrainConfig
+from jaxsteer.train.sae.config import SAERunConfig
 
 # every renamed training key, old spelling -> today's
 OLD_TRAIN = {

@@ -35,9 +35,9 @@ def add_parsers(sub) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train (or resume) an SAE, evaluate it, print what to run next."""
+    from ..train.lock import RunLock
     from ..train.sae.config import load_run_config
     from ..train.sae.run import eval_run, load_model, train_sae
-    from ..train.lock import RunLock
 
     if args.set:
         print(

@@ -23,8 +23,8 @@ import numpy as np
 from flax import struct
 
 from ..errors import InputError
-from ..models.interventions import SITES, site_feature_shape
 from ..models.decoder import forward
+from ..models.interventions import SITES, site_feature_shape
 from ..models.params import Model, truncate
 from ..models.validation import check_finite
 from .arch import SAE, decode, encode, reconstruct

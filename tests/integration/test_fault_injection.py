@@ -223,8 +223,8 @@ def test_forward_returns_finite_logits_or_a_named_error(tiny_model, dtype, token
 # --------------------------------------------------------------------------- configs
 
 from jaxsteer.errors import JaxsteerError  # noqa: E402
-from jaxsteer.train.sae.config import load_run_config  # noqa: E402
 from jaxsteer.train.config import ConfigError, load_config  # noqa: E402
+from jaxsteer.train.sae.config import load_run_config  # noqa: E402
 
 BAD_YAML = {
     "duplicate key": ("lr: 0.01\nsteps: 3\nlr: 5.0\n", r"x.yaml:3: duplicate key 'lr' \(first given on line 1\)"),

@@ -11,9 +11,9 @@ import pytest
 import jaxsteer
 from jaxsteer.models.config import ModelConfig, RopeConfig
 from jaxsteer.models.params import param_shapes, unflatten
+from jaxsteer.train.metrics import read_log
 from jaxsteer.train.sae.config import load_run_config
 from jaxsteer.train.sae.run import eval_run, load_sae, train_sae
-from jaxsteer.train.metrics import read_log
 
 V, D = 40, 16
 
