@@ -68,7 +68,7 @@ compare(completion_features(untrained, out), correct)
 # %% [markdown]
 # With a trained SAE (train it once; `sae.load_saelens` also reads SAELens folders):
 
-# %% docs-test: slow; sub: sae_topk_small.yaml"]) => sae_topk_small.yaml", "--set", "train.steps=20"])
+# %% docs-test: slow; sub: sae_topk_small.yaml"]) => sae_topk_small.yaml", "steps=20"])
 from jaxsteer import cli
 
 cli.main(["sae", "train", "experiments/sae_topk_small.yaml"])
