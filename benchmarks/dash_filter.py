@@ -96,6 +96,7 @@ def main(argv=None) -> dict:
         for a, b in zip(
             jax.tree_util.tree_leaves(out["masked"]["state"]["trainable"]),
             jax.tree_util.tree_leaves(out["packed"]["state"]["trainable"]),
+            strict=True,
         )
     )
     m, p = out["masked"], out["packed"]

@@ -425,7 +425,8 @@ def decode_batch_sweep(model, batches: list[int], new_tokens: int, reps: int, re
             "mfu_flags": r.checked_mfu(b, flops[b], reports)["flags"],
         }
         log(
-            f"  B={b}: {row['tokens_per_cpu_s']:.0f} tok per CPU-s, MFU {row['mfu']:.2f} (CPU time {row['mfu_cpu_time']:.2f})"
+            f"  B={b}: {row['tokens_per_cpu_s']:.0f} tok per CPU-s, MFU {row['mfu']:.2f} "
+            f"(CPU time {row['mfu_cpu_time']:.2f})"
         )
     return out
 

@@ -114,7 +114,7 @@ def compare(
         _apply_cvec(llm, llama_cpp, None if vec is None else control_vector_data(vec), c.d_model, c.n_layers)
         for i, p in enumerate(ids):
             theirs = _llama_greedy(llm, llama_cpp, p, max_new_tokens)
-            same = [a == b for a, b in zip(ours[i].tolist(), theirs)]
+            same = [a == b for a, b in zip(ours[i].tolist(), theirs, strict=True)]
             first = same.index(False) if False in same else max_new_tokens
             rows.append(
                 {

@@ -270,7 +270,7 @@ class TRLSide:
         )
 
         def reward(prompts, completions, answer, **kw):
-            return [correctness_reward(p, c, a) for p, c, a in zip(prompts, completions, answer)]
+            return [correctness_reward(p, c, a) for p, c, a in zip(prompts, completions, answer, strict=True)]
 
         args = GRPOConfig(
             output_dir="/tmp/jaxsteer-bench-trl",
@@ -526,7 +526,7 @@ def run_length(new_tokens: int, args, model, tok) -> dict[str, Any]:
                 "wall": out[theirs]["step_s"] / out[ours]["step_s"],
                 "cpu_time": out[theirs]["step_cpu_s"] / out[ours]["step_cpu_s"],
             }
-    for name, side in sides.items():
+    for side in sides.values():
         if isinstance(side, TRLSide):
             side.thread.join(timeout=60)
     return out
@@ -563,8 +563,9 @@ def print_table(result: dict[str, Any], args) -> None:
         for k, r in result["peak_rss_mib"].items():
             if r:
                 print(
-                    f"memory, {k}: RSS {r['after_load']:.0f} MiB after loading the model, peak {r['training_peak']:.0f} MiB "
-                    f"while training (+{r['training_extra']:.0f} MiB), process high-water mark {r['process_high_water']:.0f} MiB"
+                    f"memory, {k}: RSS {r['after_load']:.0f} MiB after loading the model, "
+                    f"peak {r['training_peak']:.0f} MiB while training (+{r['training_extra']:.0f} MiB), "
+                    f"process high-water mark {r['process_high_water']:.0f} MiB"
                 )
 
 

@@ -174,7 +174,8 @@ def main(argv=None) -> dict:
     rng = np.random.RandomState(0)
     since0 = np.where(rng.rand(F) < args.dead_fraction, DEAD_WINDOW, 0).astype(np.int32)
     log(
-        f"{len(acts)} cached activations, d={d}, d_sae={F}, k={args.k}, batch={B}, dead at start {np.mean(since0 > 0):.2f}"
+        f"{len(acts)} cached activations, d={d}, d_sae={F}, k={args.k}, batch={B}, "
+        f"dead at start {np.mean(since0 > 0):.2f}"
     )
     runners = {
         "jaxsteer": jax_stepper(d, F, args.k, args.lr, since0),

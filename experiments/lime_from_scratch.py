@@ -143,7 +143,7 @@ def figure(results: dict, path: str) -> None:
         k = max(1, len(curve) // 30)
         smooth = np.convolve(curve, np.ones(k) / k, mode="valid")
         (line,) = axes[0].plot(np.arange(k, len(curve) + 1), smooth, label=f"{name} train")
-        steps, ev = zip(*r["eval_loss"])
+        steps, ev = zip(*r["eval_loss"], strict=True)
         axes[0].plot(steps, ev, "o--", color=line.get_color(), label=f"{name} held-out")
         axes[1].plot(np.arange(len(r["value_entropy"])), r["value_entropy"], "o-", label=name)
     axes[0].set(xlabel="step", ylabel="next-byte loss (nats)", title="loss")

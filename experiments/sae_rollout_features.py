@@ -40,7 +40,7 @@ def rollouts(model, tok, problems, samples, steer, max_new_tokens):
     )
     refs = [p.answer for p in problems for _ in range(samples)]
     prompts = [p.prompt for p in problems for _ in range(samples)]
-    correct = np.array([correctness_reward(p, t, r) > 0 for p, t, r in zip(prompts, out.texts, refs)])
+    correct = np.array([correctness_reward(p, t, r) > 0 for p, t, r in zip(prompts, out.texts, refs, strict=True)])
     return out, correct
 
 

@@ -25,7 +25,8 @@ def table(root: str) -> str:
     from jaxsteer.train.sae.run import load_sae
 
     head = (
-        "| run | kind | d_sae | k | encoder MFLOP/token | EV | L0 | dead | CE clean | CE with SAE | CE zero-abl. | loss recovered |\n"
+        "| run | kind | d_sae | k | encoder MFLOP/token | EV | L0 | dead | CE clean | CE with SAE | CE zero-abl. "
+        "| loss recovered |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     rows = [head]
@@ -40,7 +41,8 @@ def table(root: str) -> str:
             b = r["base_only"]
             rows.append(
                 f"| {name} (base alone) | topk | - | - | - | {b['explained_variance']:.3f} | {b['l0']:.1f} | "
-                f"{b['dead_fraction']:.3f} | {b['ce_clean']:.3f} | {b['ce_sae']:.3f} | {b['ce_zero']:.3f} | {b['loss_recovered']:.3f} |"
+                f"{b['dead_fraction']:.3f} | {b['ce_clean']:.3f} | {b['ce_sae']:.3f} | {b['ce_zero']:.3f} | "
+                f"{b['loss_recovered']:.3f} |"
             )
             label = f"{name} (base + residual)"
         rows.append(

@@ -11,7 +11,7 @@ if [ -z "${JAXSTEER_LINT_NO_SETUP:-}" ]; then
 fi
 # pyright's wrapper would otherwise ask PyPI for a newer version on every run; the wheel bundles the checker.
 export PYRIGHT_PYTHON_IGNORE_WARNINGS=1
-paths=(jaxsteer tests benchmarks experiments)
+paths=(jaxsteer tests benchmarks experiments docs/tutorials)
 status=0
 run() { echo "lint: $*"; "$@" || status=1; }
 run ruff check "${paths[@]}"

@@ -165,5 +165,5 @@ def left_padding_mask(lengths: list[int], total: int) -> np.ndarray:
 def set_down_proj_bias(hf, vectors: np.ndarray) -> None:
     """Give layer l's MLP down projection the bias `vectors[l]` (= adding it to resid_post when
     there are no post-MLP norms)."""
-    for layer, vec in zip(hf.model.layers, vectors):
+    for layer, vec in zip(hf.model.layers, vectors, strict=True):
         layer.mlp.down_proj.bias = torch.nn.Parameter(torch.as_tensor(np.asarray(vec, np.float32)))

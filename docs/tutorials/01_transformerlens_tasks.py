@@ -79,7 +79,7 @@ res
 
 # %%
 a, b = np.random.default_rng(0).integers(10, 100, size=(2, 120))
-toks = np.concatenate([jaxsteer.to_tokens(tok, f"{x} + {y} =") for x, y in zip(a, b)])
+toks = np.concatenate([jaxsteer.to_tokens(tok, f"{x} + {y} =") for x, y in zip(a, b, strict=True)])
 acts = A.harvest(model, toks, layers=(10,))
 probe = A.train_probes(acts, (a >= 50).astype(int), seed=0).at(10)
 print(probe, "\nsteering vector:", probe.directions.shape)

@@ -35,7 +35,7 @@ out = jaxsteer.generate(
     model, [p.prompt for p in problems], tokenizer=tok, samples_per_prompt=4, max_new_tokens=12, temperature=1.0, seed=0
 )
 refs = [p.answer for p in problems for _ in range(4)]
-correct = np.array([correctness_reward("", text, ref) > 0 for text, ref in zip(out.texts, refs)])
+correct = np.array([correctness_reward("", text, ref) > 0 for text, ref in zip(out.texts, refs, strict=True)])
 print(f"{correct.sum()} of {len(correct)} rollouts correct")
 
 # %% [markdown]

@@ -74,7 +74,7 @@ def encode(tok, pairs: list[tuple[int, int]]) -> np.ndarray:
 def group_positions(tok, clean: np.ndarray, corrupt: np.ndarray) -> dict[str, int]:
     """Positions of the groups, from where clean and corrupted rows differ (b's units digit twice)
     and the echoed ' =' token; identical for every row by construction (checked)."""
-    diff = [tuple(np.nonzero(c != x)[0]) for c, x in zip(clean, corrupt)]
+    diff = [tuple(np.nonzero(c != x)[0]) for c, x in zip(clean, corrupt, strict=True)]
     if len(set(diff)) != 1 or len(diff[0]) != 2:
         raise ValueError(f"clean / corrupted rows should differ at the same two positions, got {set(diff)}")
     eq = tok(" =", add_special_tokens=False)["input_ids"]
@@ -104,7 +104,7 @@ def patch_pairs(tok, n: int, seed: int):
             corrupt_p.append((a, c))
     dig = digit_ids(tok)
     answers = np.asarray(
-        [[dig[(a + b) % 10], dig[(a + c) % 10]] for (a, b), (_, c) in zip(clean_p, corrupt_p)], np.int32
+        [[dig[(a + b) % 10], dig[(a + c) % 10]] for (a, b), (_, c) in zip(clean_p, corrupt_p, strict=True)], np.int32
     )
     return encode(tok, clean_p), encode(tok, corrupt_p), answers, clean_p
 
@@ -221,7 +221,7 @@ def _layers(ls: list[int]) -> str:
     if not ls:
         return "none"
     runs, start = [], ls[0]
-    for prev, cur in zip(ls, ls[1:] + [None]):
+    for prev, cur in zip(ls, ls[1:] + [None], strict=True):
         if cur != prev + 1:
             runs.append(f"{start}" if start == prev else f"{start}-{prev}")
             start = cur
@@ -249,7 +249,8 @@ def verdicts(result: dict) -> list[str]:
         text = (
             f"- `{g}` (object token): probe at most {d['probe_peak']:.2f} (layer {d['probe_peak_layer']}), patching "
             f"at most {d['patch_peak']:.2f}; causal but weakly decodable at layers "
-            f"{_layers(d['causal_but_weakly_decodable'])}, decodable but inert at layers {_layers(d['decodable_but_inert'])}. "
+            f"{_layers(d['causal_but_weakly_decodable'])}, "
+            f"decodable but inert at layers {_layers(d['decodable_but_inert'])}. "
         )
         if d["patch_peak"] < 2 * INERT:
             text += "Inert at every layer: the model does not read this copy of the operand. "
@@ -264,7 +265,11 @@ def verdicts(result: dict) -> list[str]:
         )
         ctrl = result.get("control_probe_b_units")
         if ctrl:
-            inert = [l for l, (c, p) in enumerate(zip(ctrl[i], result["patching"][i])) if c >= DECODABLE and p <= INERT]
+            inert = [
+                l
+                for l, (c, p) in enumerate(zip(ctrl[i], result["patching"][i], strict=True))
+                if c >= DECODABLE and p <= INERT
+            ]
             text += (
                 f" Control: b's own units digit (what this token carries) is decodable here at "
                 f"{min(ctrl[i]):.2f}-{max(ctrl[i]):.2f}; taking it as the concept, the token is decodable but "
@@ -315,7 +320,11 @@ def why(result: dict) -> str:
         )
     if ctrl:
         i = groups.index("b units (echo)")
-        inert = [l for l, (c, p) in enumerate(zip(ctrl[i], result["patching"][i])) if c >= DECODABLE and p <= INERT]
+        inert = [
+            l
+            for l, (c, p) in enumerate(zip(ctrl[i], result["patching"][i], strict=True))
+            if c >= DECODABLE and p <= INERT
+        ]
         if inert:
             parts.append(
                 f"For the operand's own digit (the control) the late half does appear: it stays decodable at "
@@ -351,8 +360,9 @@ def section(result: dict) -> str:
         f"Probes: {result['n_probe']} problems, `{result['site']}`, softmax regression, 25% held out. Patching: "
         f"{result['n_pairs']} clean / corrupted pairs (b's units digit changed, same carry), clean values patched into "
         f"the corrupted run one (layer, group) at a time; metric logit(clean digit) - logit(corrupted digit), "
-        f"clean {result['clean_metric']:.2f}, corrupted {result['corrupt_metric']:.2f}; the model's top digit is the right "
-        f"units digit on {100 * result['units_accuracy_clean_pairs']:.0f}% of the clean rows. Probes took "
+        f"clean {result['clean_metric']:.2f}, corrupted {result['corrupt_metric']:.2f}; "
+        f"the model's top digit is the right units digit on {100 * result['units_accuracy_clean_pairs']:.0f}% "
+        "of the clean rows. Probes took "
         f"{result['probe_s']:.0f} s, patching {result['patching_s']:.0f} s.",
         "",
         f"![decodability vs causality]({result['figure']})",

@@ -1,9 +1,10 @@
 """Part `per_layer`: held-out accuracy of a single RL steering vector trained at one layer, per layer.
 
 The steering paper (arXiv 2509.06608, section 4) trains vectors at single layers in isolation and
-studies the last two in depth. Here: every 5th layer (4, 9, ..., 29;
-6 of the 30, to fit the CPU budget of a loaded 2-core machine), each vector trained alone with the demo recipe for fewer steps
-(10 x 4 prompts x G=8 = 320 rollouts, half of table1's budget), held-out greedy accuracy on 100 test problems.
+studies the last two in depth. Here: every 5th layer (4, 9, ..., 29; 6 of the 30, to fit the CPU
+budget of a loaded 2-core machine), each vector trained alone with the demo recipe for fewer steps
+(10 x 4 prompts x G=8 = 320 rollouts, half of table1's budget), held-out greedy accuracy on 100 test
+problems.
 """
 
 from __future__ import annotations

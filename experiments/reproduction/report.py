@@ -107,7 +107,8 @@ def part_section(name: str, result: dict) -> str:
         made = [u for u in result["training_runs"] if not u.get("missing")]
         head += (
             f"Training runs used: {len(made)}, {sum(u['reused'] for u in made)} of them reused from an earlier "
-            f"invocation; made in {result.get('runs_wall_s', 0):.0f} s wall ({result.get('runs_wall_s', 0) / 60:.1f} min), "
+            f"invocation; made in {result.get('runs_wall_s', 0):.0f} s wall "
+            f"({result.get('runs_wall_s', 0) / 60:.1f} min), "
             f"{result.get('runs_cpu_s', 0):.0f} s CPU (evaluations included)."
         )
         if result.get("missing_runs"):

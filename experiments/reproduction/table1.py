@@ -1,7 +1,8 @@
 """Part `table1`: the steering paper's Table 1 at small scale (arXiv 2505.18706 / 2509.06608).
 
-Base model / RL steering vectors at every layer / PPO (value head) steering vectors / one RL vector at the last layer / RL LoRA / RL full
-fine-tuning / ESSA from an SFT LoRA warm start / OpenAI-ES on the steering vectors, every trained
+Base model / RL steering vectors at every layer / PPO (value head) steering vectors / one RL vector
+at the last layer / RL LoRA / RL full fine-tuning / ESSA from an SFT LoRA warm start / OpenAI-ES on
+the steering vectors, every trained
 row at the same rollout budget (640 sampled completions: 20 RL steps x 4 prompts x G=8; ES and ESSA
 10 generations x 16 members x 4 prompts, each member's answers counting as rollouts), held-out
 greedy accuracy on 200 test problems with 95% Wilson intervals, lenient and strict extraction.
@@ -142,9 +143,9 @@ def figure(ctx: common.Context, rows: list[dict]) -> str:
     for off, mode, color in ((-0.2, "lenient", "tab:blue"), (0.2, "strict", "tab:orange")):
         vals = [100 * (r[mode] or {}).get("acc", 0) for r in rows]
         lo = [
-            max(0.0, v - 100 * (r[mode] or {}).get("lo", 0)) for v, r in zip(vals, rows)
+            max(0.0, v - 100 * (r[mode] or {}).get("lo", 0)) for v, r in zip(vals, rows, strict=True)
         ]  # Wilson lo can be 1e-18 > 0
-        hi = [max(0.0, 100 * (r[mode] or {}).get("hi", 0) - v) for v, r in zip(vals, rows)]
+        hi = [max(0.0, 100 * (r[mode] or {}).get("hi", 0) - v) for v, r in zip(vals, rows, strict=True)]
         ax.bar(x + off, vals, 0.4, yerr=[lo, hi], capsize=3, color=color, label=f"{mode} extraction")
     ax.set_xticks(x)
     ax.set_xticklabels([r["key"] for r in rows], rotation=20)
@@ -171,7 +172,8 @@ def _compare(rows: dict, paper: dict) -> list[str]:
         gap, pgap = 100 * (st["acc"] - o["acc"]), paper["steering"] - paper[other]
         same = _overlap(st, o)
         out.append(
-            f"- Steering vectors vs {other}: {gap:+.1f} points here ({'intervals overlap' if same else 'intervals do not overlap'}), "
+            f"- Steering vectors vs {other}: {gap:+.1f} points here "
+            f"({'intervals overlap' if same else 'intervals do not overlap'}), "
             f"{pgap:+.1f} in the paper (Qwen2.5-Math-1.5B, GSM8K). "
             + (
                 "Consistent with the paper's claim that vectors recover most of the fine-tuning gain."
@@ -257,9 +259,11 @@ def section(result: dict) -> str:
         "generations x 16 members x 4 prompts, greedy, each member's answers counted). The SFT LoRA is ESSA's "
         f"warm start: {sft.get('steps')} steps x 16 reference answers, no rollouts; ESSA's total is that SFT plus "
         f"its {by.get('essa', {}).get('rollouts')} rollouts. The single vector sits at layer {LAST_LAYER} (the "
-        f"last), chosen in advance. Held-out: {rl['lenient']['n'] if rl.get('lenient') else '?'} test problems, greedy.",
+        f"last), chosen in advance. Held-out: {rl['lenient']['n'] if rl.get('lenient') else '?'} "
+        "test problems, greedy.",
         "",
-        "| row | lenient acc. (95% CI) | strict acc. (95% CI) | rollouts | trainable numbers | train s | run wall s | run CPU s |",
+        "| row | lenient acc. (95% CI) | strict acc. (95% CI) | rollouts | trainable numbers "
+        "| train s | run wall s | run CPU s |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -300,9 +304,10 @@ def section(result: dict) -> str:
                 else "do not raise accuracy here"
             )
             + (
-                f". In training at most {100 * by['_boxed_train']:.1f}% of a step's sampled completions earned the strict "
-                "reward; with (almost) every reward -1 the group advantages are (almost) all zero and RL has no signal "
-                "to learn the format from: a 135M model needs the format shown or supervised first."
+                f". In training at most {100 * by['_boxed_train']:.1f}% of a step's sampled completions "
+                "earned the strict reward; with (almost) every reward -1 the group advantages are (almost) all "
+                "zero and RL has no signal to learn the format from: a 135M model needs the format shown or "
+                "supervised first."
                 if by.get("_boxed_train") is not None and by["_boxed_train"] < 0.05
                 else "."
             )

@@ -162,11 +162,11 @@ def figure(ctx: common.Context, algos: list[dict]) -> str:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for a in algos:
-        for ax, unit in zip(axes, ("cpu_s", "rollouts")):
+        for ax, unit in zip(axes, ("cpu_s", "rollouts"), strict=True):
             ax.plot(
                 [p[unit] for p in a["curve"]], [100 * p["acc"] for p in a["curve"]], marker="o", ms=3, label=a["label"]
             )
-    for ax, xl in zip(axes, ("training CPU seconds (evaluations excluded)", "sampled completions")):
+    for ax, xl in zip(axes, ("training CPU seconds (evaluations excluded)", "sampled completions"), strict=True):
         ax.axhline(100 * THRESHOLD, color="gray", ls="--", lw=1)
         ax.axhline(100 * THRESHOLD_2, color="gray", ls=":", lw=1)
         ax.set_xlabel(xl)
@@ -224,8 +224,9 @@ def _explain(by: dict) -> list[str]:
         per32 = r["cpu_per_step"] * 32 / r.get("completions_per_step", 128)
         out.append(
             f"- RAPID costs {per32:.1f} CPU s per 32 completions (one large sampling call, {r['updates_per_batch']} "
-            f"updates per batch) against GRPO's {g['cpu_per_step']:.1f}, so its per-sample saving is small at 12 tokens, "
-            f"where sampling 32 rows is already one batched call; it ended at {100 * (r['final'] or 0):.0f}% vs "
+            f"updates per batch) against GRPO's {g['cpu_per_step']:.1f}, so its per-sample saving is small at "
+            f"12 tokens, where sampling 32 rows is already one batched call; "
+            f"it ended at {100 * (r['final'] or 0):.0f}% vs "
             f"GRPO's {100 * (g['final'] or 0):.0f}% after the same completions, and its evaluations come every 128 "
             "completions, so it is first seen above a threshold later. The paper's 11-34% is for long generations, "
             "where off-policy reuse amortises a large inference call."

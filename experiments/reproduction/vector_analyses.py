@@ -415,7 +415,10 @@ def _fte_verdict(s: dict) -> str:
     """Whether a setting's probability shifts concentrate on the first generated position."""
     first, rest = s["first"], s["rest"]
     if first["max_increase"] < 0.01 and rest["max_increase"] < 0.01:
-        return f"negligible at every position (max increase {first['max_increase']:.3f} first, {rest['max_increase']:.3f} later)"
+        return (
+            f"negligible at every position (max increase {first['max_increase']:.3f} first, "
+            f"{rest['max_increase']:.3f} later)"
+        )
     if first["max_increase"] > 2 * rest["max_increase"] and first["argmax_changed"] >= rest["argmax_changed"]:
         return "concentrated on the first position, as in the paper"
     return "not concentrated on the first position, unlike the paper"
@@ -455,10 +458,12 @@ def persistence_section(r: dict) -> list[str]:
         "| inserted at l | cos at j = l | l + 1 | l + 3 | last layer | |dh| / |s| at the last layer |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
-    for l, cos, ratio in zip(r["layers"], r["cos"], r["norm_ratio"]):
-        at = lambda j: cos[j] if j < len(cos) else None
-        lines.append(f"| {l} | {_f(at(l))} | {_f(at(l + 1))} | {_f(at(l + 3))} | {_f(cos[-1])} | {_f(ratio[-1])} |")
-    c3 = [cos[l + 3] for l, cos in zip(r["layers"], r["cos"]) if l + 3 < len(cos) and cos[l + 3] is not None]
+    for l, cos, ratio in zip(r["layers"], r["cos"], r["norm_ratio"], strict=True):
+        at_l, at_l1, at_l3 = (cos[j] if j < len(cos) else None for j in (l, l + 1, l + 3))
+        lines.append(f"| {l} | {_f(at_l)} | {_f(at_l1)} | {_f(at_l3)} | {_f(cos[-1])} | {_f(ratio[-1])} |")
+    c3 = [
+        cos[l + 3] for l, cos in zip(r["layers"], r["cos"], strict=True) if l + 3 < len(cos) and cos[l + 3] is not None
+    ]
     last_ratio = [ratio[-1] for ratio in r["norm_ratio"] if ratio[-1] is not None]
     lines += [
         "",

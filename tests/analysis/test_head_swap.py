@@ -116,7 +116,7 @@ def test_head_swap_study_scores_every_condition(tiny_model, tmp_path):
         res.correct[res.conditions.index("all heads / both")], res.correct[res.conditions.index("steered")]
     )
     steered = _gen(tiny_model, Steer(vec, layers=(tiny_model.config.n_layers - 2,)), stop_tokens=None)
-    expect = [7 in row[:n].tolist() for row, n in zip(steered.tokens, steered.lengths)]
+    expect = [7 in row[:n].tolist() for row, n in zip(steered.tokens, steered.lengths, strict=True)]
     assert acc["steered"] == pytest.approx(np.mean(expect))
     assert res.per_head("mlp").shape == (4,)
     with pytest.raises(ValueError, match="no single-head swaps"):

@@ -42,7 +42,7 @@ def test_accumulated_lens_final_row_is_the_models_output(model, pair, tmp_path):
     # row 0 is the lens of the embeddings; mid-layer residuals interleave with incl_mid
     mid = accumulated_lens(model, clean, k=2, incl_mid=True)
     assert mid.top_ids.shape[0] == 2 * L + 1 and mid.labels[:3] == ["0_pre", "0_mid", "1_pre"]
-    path = res.plot(str(tmp_path / "acc.png"))
+    assert res.plot(str(tmp_path / "acc.png")) == str(tmp_path / "acc.png")
     assert (tmp_path / "acc.png").stat().st_size > 1000
     table = res.table(position=-1)
     assert "final" in table and len(table.splitlines()) == L + 2

@@ -27,7 +27,8 @@ cfg = config_from_dict(T.config_dict("/tmp/unused", **{"model.dtype": "bfloat16"
 model, _ = build_model(cfg.model)
 mesh = make_mesh(2, 4)
 setup = setup_training(cfg, model, mesh)
-abstract = lambda tree: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+abstract = lambda tree: jax.tree_util.tree_map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 def matches(got, want, ndim):  # jax.export reports a replicated (or unused) input as None
     return want.is_fully_replicated if got is None else got.is_equivalent_to(want, ndim)
@@ -36,14 +37,16 @@ def report(exp, want_in):
     text = exp.mlir_module()
     flat_in = jax.tree_util.tree_flatten_with_path(want_in)[0]
     got_in = exp.in_shardings_jax(mesh)
-    used = [(g, w) for g, (path, w) in zip(got_in, flat_in) if "rewards" not in jax.tree_util.keystr(path)]  # GRPO reads no rewards
+    # GRPO reads no rewards
+    used = [(g, w) for g, (path, w) in zip(got_in, flat_in) if "rewards" not in jax.tree_util.keystr(path)]
     return {"platforms": list(exp.platforms), "callbacks": text.count("callback"), "n_in": len(got_in),
             "in_shardings": all(matches(g, w.sharding, len(w.shape)) for g, w in used)}
 
 # ---- the RL update (LoRA, 2 micro-batches, FSDP-sharded base, batch over data x fsdp)
 M, rows, P, N = cfg.optimizer.micro_batches, cfg.rollouts_per_step // cfg.optimizer.micro_batches, 8, 4
 shapes = {"tokens": ((M, rows, P + N), jnp.int32), "mask": ((M, rows, P + N), jnp.int32),
-          "old_logp": ((M, rows, N), jnp.float32), "advantages": ((M, rows), jnp.float32), "rewards": ((M, rows), jnp.float32)}
+          "old_logp": ((M, rows, N), jnp.float32), "advantages": ((M, rows), jnp.float32),
+          "rewards": ((M, rows), jnp.float32)}
 batch = {k: jax.ShapeDtypeStruct(s, d, sharding=setup.batch_shardings[k]) for k, (s, d) in shapes.items()}
 base, state = abstract(setup.model), abstract(setup.state)
 step = jax.jit(functools.partial(train_step, spec=setup.spec, tx=setup.tx, prompt_width=P),
@@ -53,8 +56,10 @@ exp = export.export(step, platforms=PLATFORMS)(base, state, batch)
 out_state = jax.eval_shape(step, base, state, batch)[0]
 rl = report(exp, (base, state, batch))
 rl["out_shardings"] = all(matches(g, s, len(x.shape)) for g, s, x in zip(
-    exp.out_shardings_jax(mesh), jax.tree_util.tree_leaves(setup.state_shardings), jax.tree_util.tree_leaves(out_state)))
-rl["weight_dtypes"] = sorted({str(x.dtype) for k, x in setup.model.params["layers"].items() if k != "lora" and x.ndim == 3})
+    exp.out_shardings_jax(mesh), jax.tree_util.tree_leaves(setup.state_shardings),
+    jax.tree_util.tree_leaves(out_state)))
+rl["weight_dtypes"] = sorted(
+    {str(x.dtype) for k, x in setup.model.params["layers"].items() if k != "lora" and x.ndim == 3})
 rl["opt_dtypes"] = sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(out_state["opt"]) if x.ndim > 0})
 rl["trainable_dtypes"] = sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(out_state["trainable"])})
 rl["fsdp_sharded_weights"] = sum(1 for s in jax.tree_util.tree_leaves(setup.base_shardings) if "fsdp" in str(s.spec))
@@ -62,15 +67,18 @@ rl["fsdp_sharded_weights"] = sum(1 for s in jax.tree_util.tree_leaves(setup.base
 # ---- the sampler (prompts over data x fsdp, the base as the update holds it)
 B = 8
 rows_s = batch_sharding(mesh, 2)
-args = (base, jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=rows_s), jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=rows_s),
-        jax.ShapeDtypeStruct((1,), jnp.int32, sharding=replicated(mesh)), jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh)),
+args = (base, jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=rows_s),
+        jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=rows_s),
+        jax.ShapeDtypeStruct((1,), jnp.int32, sharding=replicated(mesh)),
+        jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh)),
         jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(mesh)))
 sampling = SamplingConfig(N, 1.0, 0, 1.0, False)
 sampler = jax.jit(lambda m, p, pm, stop, pad, key: sample_tokens(m, p, pm, stop, pad, key, (), sampling))
 exp_s = export.export(sampler, platforms=PLATFORMS)(*args)
 out = jax.eval_shape(sampler, *args)
 sm = {"platforms": list(exp_s.platforms), "callbacks": exp_s.mlir_module().count("callback"),
-      "in_shardings": all(matches(g, a.sharding, len(a.shape)) for g, a in zip(exp_s.in_shardings_jax(mesh), jax.tree_util.tree_leaves(args))),
+      "in_shardings": all(matches(g, a.sharding, len(a.shape))
+                          for g, a in zip(exp_s.in_shardings_jax(mesh), jax.tree_util.tree_leaves(args))),
       "out_dtypes": [str(x.dtype) for x in out], "has_while": "stablehlo.while" in exp_s.mlir_module()}
 
 # ---- the ES population step (ESSA on a LoRA, CMA-ES; members split over data x fsdp with shard_map)
@@ -80,14 +88,18 @@ lcfg = TrainableConfig(kind="lora", lora_rank=4, lora_targets=("q_proj", "v_proj
 lora = jax.tree_util.tree_map(lambda x: x + 0.1, init_trainable(model, lcfg, jax.random.PRNGKey(1)))
 space, strategy = essa_space(model, lora, lcfg), CMAES(population=8, sigma=0.05)
 es_state = strategy.init(space.init(model), jax.random.PRNGKey(0))
-rep = lambda tree: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.asarray(x).dtype, sharding=replicated(mesh)), tree)
-members = jax.ShapeDtypeStruct((8,), jnp.int32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"))))
-prompts = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)) for a in args[1:5]]  # every member: same prompts
+rep = lambda tree: jax.tree_util.tree_map(
+    lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.asarray(x).dtype, sharding=replicated(mesh)), tree)
+members = jax.ShapeDtypeStruct(
+    (8,), jnp.int32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"))))
+# every member: same prompts
+prompts = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)) for a in args[1:5]]
 pop_args = (rep(model), rep(space), rep(strategy), rep(es_state), members, *prompts)
-exp_p = export.export(population_program, platforms=PLATFORMS)(*pop_args, sampling=SamplingConfig(N, 1.0, 0, 1.0, True),
-                                                               member_batch=None, mesh=mesh, axis=("data", "fsdp"))
+exp_p = export.export(population_program, platforms=PLATFORMS)(
+    *pop_args, sampling=SamplingConfig(N, 1.0, 0, 1.0, True), member_batch=None, mesh=mesh, axis=("data", "fsdp"))
 es = {"platforms": list(exp_p.platforms), "callbacks": exp_p.mlir_module().count("callback"),
-      "in_shardings": all(matches(g, a.sharding, len(a.shape)) for g, a in zip(exp_p.in_shardings_jax(mesh), jax.tree_util.tree_leaves(pop_args))),
+      "in_shardings": all(matches(g, a.sharding, len(a.shape))
+                          for g, a in zip(exp_p.in_shardings_jax(mesh), jax.tree_util.tree_leaves(pop_args))),
       "cma_dtypes": sorted({str(jnp.asarray(x).dtype) for x in jax.tree_util.tree_leaves(es_state["opt"])})}
 
 # ---- the SAE training step (latents split over fsdp, activations over data)
@@ -102,14 +114,18 @@ def latent_spec(x):
     if "fsdp" in spec:
         spec = [s if i == spec.index("fsdp") else None for i, s in enumerate(spec)]
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
-st_abs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.asarray(x).dtype, sharding=latent_spec(x)), st)
-x_abs = jax.ShapeDtypeStruct((16, 32), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None)))
+st_abs = jax.tree_util.tree_map(
+    lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.asarray(x).dtype, sharding=latent_spec(x)), st)
+x_abs = jax.ShapeDtypeStruct(
+    (16, 32), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None)))
 exp_a = export.export(S.make_step(scfg, stcfg, tx), platforms=PLATFORMS)(st_abs, x_abs)
 sae_out = exp_a.out_shardings_jax(mesh)[0]
 sa = {"platforms": list(exp_a.platforms), "callbacks": exp_a.mlir_module().count("callback"),
-      "in_shardings": all(matches(g, a.sharding, len(a.shape)) for g, a in zip(exp_a.in_shardings_jax(mesh), jax.tree_util.tree_leaves((st_abs, x_abs)))),
+      "in_shardings": all(matches(g, a.sharding, len(a.shape))
+                          for g, a in zip(exp_a.in_shardings_jax(mesh), jax.tree_util.tree_leaves((st_abs, x_abs)))),
       "latents_split": sum(1 for a in jax.tree_util.tree_leaves(st_abs) if not a.sharding.is_fully_replicated),
-      "opt_dtypes": sorted({str(jnp.asarray(x).dtype) for x in jax.tree_util.tree_leaves(st["opt"]) if jnp.ndim(x) > 0})}
+      "opt_dtypes": sorted({str(jnp.asarray(x).dtype)
+                            for x in jax.tree_util.tree_leaves(st["opt"]) if jnp.ndim(x) > 0})}
 print("RESULT" + json.dumps({"rl": rl, "sampler": sm, "es": es, "sae": sa}))
 """
 

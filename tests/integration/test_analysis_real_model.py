@@ -120,7 +120,7 @@ def test_cli_lens_and_patch(real, tmp_path, capsys):
     from jaxsteer import cli
 
     _, tok = real
-    model = _tiny_hf_dir(tmp_path / "m", tok)
+    _tiny_hf_dir(tmp_path / "m", tok)
     vec = np.random.RandomState(0).normal(size=(2, 32)).astype(np.float32)
     np.save(tmp_path / "v.npy", vec)
     cli.main(

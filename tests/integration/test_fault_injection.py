@@ -8,10 +8,15 @@ import os
 import shutil
 import warnings
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import train_toy as T
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import jaxsteer
+from jaxsteer import Steer
 from jaxsteer.train import train
 from jaxsteer.train.checkpoint import Checkpointer
 from jaxsteer.train.config import config_from_dict
@@ -115,13 +120,6 @@ def test_sae_resume_after_a_damaged_latest_checkpoint_equals_an_undamaged_run(sa
 
 
 # --------------------------------------------------------------------------- bad inputs to generate / forward
-
-import jax.numpy as jnp  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st
-
-import jaxsteer  # noqa: E402
-from jaxsteer import Steer  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,7 @@ def _launch(config: str, processes: int, devices: int, *extra: str) -> None:
         for i in range(processes)
     ]
     logs = [p.communicate(timeout=1200)[0] for p in procs]
-    for p, log in zip(procs, logs):
+    for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-6000:]
 
 

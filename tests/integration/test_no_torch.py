@@ -36,7 +36,8 @@ SCRIPT = textwrap.dedent(
     from jaxsteer.cli import main
 
     model, tok = jaxsteer.load("smollm2-135m-instruct")
-    vec = 4.0 * np.random.RandomState(0).standard_normal((model.config.n_layers, model.config.d_model)).astype(np.float32)
+    shape = (model.config.n_layers, model.config.d_model)
+    vec = 4.0 * np.random.RandomState(0).standard_normal(shape).astype(np.float32)
     plain = jaxsteer.generate(model, ["What is 2 + 3?"], tokenizer=tok, greedy=True, max_new_tokens=6)
     steered = jaxsteer.generate(model, ["What is 2 + 3?"], tokenizer=tok, greedy=True, max_new_tokens=6,
                                 interventions=[jaxsteer.Steer(vec)])

@@ -160,7 +160,7 @@ def test_trace_shapes_and_consistency():
         assert trace[site].shape == shape, site
         assert getattr(trace, site) is trace[site]
     with pytest.raises(AttributeError, match="not recorded"):
-        jaxsteer.forward(model, tokens, record="q")[1].z
+        _ = jaxsteer.forward(model, tokens, record="q")[1].z
 
     # recording does not change the output (recording `pattern` takes the einsum attention path,
     # which equals dot_product_attention up to float32 rounding)

@@ -93,7 +93,9 @@ def test_cached_decode_step_equals_einsum(name):
         kp = k_pos.at[:, T].set(new_pos[:, 0])
         h1, _, _ = run_layers(model, embed(model, new_tok), new_pos, kp, (), frozenset(), cache, T, attention=impl)
         outs[impl] = (np.asarray(h0)[mask.astype(bool)], np.asarray(h1))
-    for a, b in zip(outs["auto"], outs["einsum"]):  # residuals reach ~30 here: float32 rounding scales with them
+    for a, b in zip(
+        outs["auto"], outs["einsum"], strict=True
+    ):  # residuals reach ~30 here: float32 rounding scales with them
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
 
 
@@ -140,7 +142,7 @@ def test_remat_gives_the_same_gradients(remat):
     v0, g0 = grad(model.params, vec, False)
     v1, g1 = grad(model.params, vec, remat)
     np.testing.assert_allclose(v1, v0, rtol=1e-6)
-    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())  # recomputation may reassociate sums
     assert "remat" in str(jax.make_jaxpr(loss, static_argnums=2)(model.params, vec, remat))
     with pytest.raises(ValueError, match="unknown remat policy"):
@@ -174,7 +176,7 @@ def test_remat_with_a_kv_cache_is_exact_and_linear_in_depth():
     (v0, g0), plain = _cached_scoring(12, False)
     (v1, g1), remat = _cached_scoring(12, True)
     np.testing.assert_allclose(v1, v0, rtol=1e-6)
-    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())  # recomputation reassociates sums
     _, shallow = _cached_scoring(4, True)
     assert remat < plain and remat < 3 * shallow, (shallow, remat, plain)

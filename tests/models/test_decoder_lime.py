@@ -42,7 +42,7 @@ def _models():
 def test_init_gives_the_plain_models_weights_plus_a_router():
     lime, plain = _models()
     fresh = init_params(PLAIN, jax.random.PRNGKey(0), scale=0.2)
-    for a, b in zip(jax.tree_util.tree_leaves(plain.params), jax.tree_util.tree_leaves(fresh.params)):
+    for a, b in zip(jax.tree_util.tree_leaves(plain.params), jax.tree_util.tree_leaves(fresh.params), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -89,7 +89,7 @@ def test_stop_tokens_end_rows(llama, prompts):
     assert g.lengths[0] <= k + 1
     seq, mask = g.sequences()
     assert seq.shape == (3, g.prompt_tokens.shape[1] + N_NEW)
-    assert mask.sum(1).tolist() == [p + n for p, n in zip(PROMPT_LENGTHS, g.lengths)]
+    assert mask.sum(1).tolist() == [p + n for p, n in zip(PROMPT_LENGTHS, g.lengths, strict=True)]
     # the model's own EOS (5) is a default stop token
     assert gen_module.default_stop_tokens(model) == (5,)
 

@@ -58,7 +58,7 @@ def test_relevance_is_conserved_at_every_layer(config):
     value, trace, grads = _logit(model, TOKENS, RULES)
     plain, _ = jaxsteer.forward(model, TOKENS)
     np.testing.assert_array_equal(value, plain[0, -1, TARGET])  # the rules leave the forward alone
-    for site, g in zip(("resid_pre", "resid_post"), grads):
+    for site, g in zip(("resid_pre", "resid_post"), grads, strict=True):
         per_layer = np.asarray((trace[site] * g).sum(axis=(1, 2, 3)))  # [L]: relevance summed over T, d
         np.testing.assert_allclose(per_layer, value, rtol=2e-4, atol=2e-4, err_msg=site)
     # plain gradients are not conserved on this non-linear model (nor is any rule set missing one

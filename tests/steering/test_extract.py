@@ -154,7 +154,7 @@ def test_contrast_data_reads_the_tokens_it_says(tiny_model):
     for read in ("last", "mean", 2):
         data = contrast_data(tiny_model, tok, pairs=pairs, read=read, chat=False, batch_size=3)
         assert data.acts.shape == (3, 4, 32) and data.labels.tolist() == [1, 0, 1, 0]
-        for i, (p, *comps) in enumerate(pairs):
+        for i, (_, *comps) in enumerate(pairs):
             for j, comp in enumerate(comps):
                 ids = tokens[i][j]
                 _, trace = jaxsteer.forward(tiny_model, jnp.asarray([ids]), record="resid_post")
@@ -182,7 +182,7 @@ def test_methods_end_to_end_on_the_tiny_model(tiny_model):
     P, C = max(map(len, ids)), max(map(len, comps))
     toks = np.zeros((len(pairs), P + C), np.int32)
     mask = np.zeros_like(toks)
-    for r, (p, c) in enumerate(zip(ids, comps)):
+    for r, (p, c) in enumerate(zip(ids, comps, strict=True)):
         toks[r, P - len(p) : P + len(c)] = p + c
         mask[r, P - len(p) : P + len(c)] = 1
     before = float(sequence_logprobs(tiny_model, toks, mask, completion_start=P)[0].sum())

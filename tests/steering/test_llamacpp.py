@@ -102,7 +102,7 @@ def test_unquantized_gguf_keeps_the_weights_jaxsteer_loads(tmp_path):
     b = jaxsteer.load(dst, tokenizer=False)
     a, b = (m[0] if isinstance(m, tuple) else m for m in (a, b))
     assert a.config == b.config
-    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
