@@ -5,9 +5,9 @@
 A config class is a (frozen) dataclass whose fields are values or nested config sections (any
 depth). Every key of the YAML file and of a `key=value` override must name a field
 (`section.sub.field`); anything else is a `ConfigError` naming the key and the valid ones. Values
-are converted to the field's annotated type (floats must be finite; `"1e-4"` -> float, `"[10, 20]"` -> tuple, `"null"` ->
-None, `"true"` -> bool). `config_to_dict` gives the effective config back as plain data, `save_config`
-writes it as YAML, and `config_diff` lists what a resumed run would change.
+are converted to the field's annotated type (floats must be finite; `"1e-4"` -> float, `"[10, 20]"` ->
+tuple, `"null"` -> None, `"true"` -> bool). `config_to_dict` gives the effective config back as plain
+data, `save_config` writes it as YAML, and `config_diff` lists what a resumed run would change.
 
 Renamed keys: a root config class may list `RENAMED = {"old.key": "new.key", "old_section.*": "new.*"}`.
 An old key is moved to its new place on load with a one-line `ConfigDeprecationWarning` naming the new
@@ -269,7 +269,12 @@ def migrate(cls: type, data: dict, *, warn: bool = True, source: str = "") -> di
         out[new] = flat[key]
     data = unflatten(out)
     hook = getattr(cls, "migrate", None)
-    return hook(data) if callable(hook) else data
+    if not callable(hook):
+        return data
+    migrated = hook(data)
+    if not isinstance(migrated, dict):
+        raise ConfigError(f"{cls.__name__}.migrate returned a {type(migrated).__name__}, not a dict")
+    return migrated
 
 
 # --------------------------------------------------------------------------- overrides, files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -119,7 +120,7 @@ def cmd_generate(args) -> None:
     else:
         model, tok = load(args.model, dtype=dtype(args.dtype))
     interventions = []
-    if args.steer:
+    if steer is not None:
         interventions.append(
             steer_from_file(steer, args.steer, args.scale, args.layers, args.site, model.config.n_layers)
         )
@@ -138,6 +139,7 @@ def cmd_generate(args) -> None:
     else:
         out = generate(model, args.prompt, tokenizer=tok, chat=not args.no_chat, **kw)
     dt = time.perf_counter() - t0
+    assert out.texts is not None  # generated with a tokenizer
     for prompt, text in zip(args.prompt, out.texts, strict=True):
         print(f">>> {prompt}\n{text}\n")
     print(f"[{int(out.lengths.sum())} tokens in {dt:.1f} s, compile included]", file=sys.stderr)
@@ -184,7 +186,7 @@ def cmd_demo(args) -> None:
     runs = (
         ("unsteered", []),
         (f"steered +{args.scale} x (happy - sad) at layer {layer}", [steer]),
-        (f"steered -{args.scale} x (happy - sad) at layer {layer}", [steer.replace(scale=-args.scale)]),
+        (f"steered -{args.scale} x (happy - sad) at layer {layer}", [dataclasses.replace(steer, scale=-args.scale)]),
     )
     for label, ivs in runs:
         t = time.perf_counter()
@@ -192,6 +194,7 @@ def cmd_demo(args) -> None:
             model, prompts, tokenizer=tok, max_new_tokens=args.max_new_tokens, greedy=True, interventions=ivs
         )
         print(f"\n=== {label}  [{time.perf_counter() - t:.1f} s, compile included]")
+        assert out.texts is not None  # generated with a tokenizer
         for p, text in zip(prompts, out.texts, strict=True):
             print(f">>> {p}\n{text.strip()}")
     if args.save:

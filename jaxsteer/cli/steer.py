@@ -182,6 +182,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
             model, args.prompt, tokenizer=tok, max_new_tokens=args.max_new_tokens, greedy=True, interventions=ivs
         )
         print(f"== {label}")
+        assert out.texts is not None  # generated with a tokenizer
         for p, t in zip(args.prompt, out.texts, strict=True):
             print(f">>> {p}\n{t}\n")
 
