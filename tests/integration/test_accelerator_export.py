@@ -104,11 +104,11 @@ es = {"platforms": list(exp_p.platforms), "callbacks": exp_p.mlir_module().count
 
 # ---- the SAE training step (latents split over fsdp, activations over data)
 from jaxsteer import sae as S
-from jaxsteer.train.sae.step import init_state as sae_init_state, make_optimizer as sae_optimizer
+from jaxsteer.train import sae as sae_train
 scfg = S.SAEConfig(kind="topk", d_in=32, d_sae=128, k=4)
-stcfg = S.StepConfig(lr=1e-3, k_aux=8)
-tx = sae_optimizer(stcfg)
-st = sae_init_state(S.init_sae(scfg, jax.random.PRNGKey(0)), tx)
+stcfg = sae_train.StepConfig(lr=1e-3, k_aux=8)
+tx = sae_train.make_optimizer(stcfg)
+st = sae_train.init_state(S.init_sae(scfg, jax.random.PRNGKey(0)), tx)
 def latent_spec(x):
     spec = [("fsdp" if n == scfg.d_sae else None) for n in jnp.shape(x)]
     if "fsdp" in spec:
@@ -118,7 +118,7 @@ st_abs = jax.tree_util.tree_map(
     lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.asarray(x).dtype, sharding=latent_spec(x)), st)
 x_abs = jax.ShapeDtypeStruct(
     (16, 32), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None)))
-exp_a = export.export(S.make_step(scfg, stcfg, tx), platforms=PLATFORMS)(st_abs, x_abs)
+exp_a = export.export(sae_train.make_step(scfg, stcfg, tx), platforms=PLATFORMS)(st_abs, x_abs)
 sae_out = exp_a.out_shardings_jax(mesh)[0]
 sa = {"platforms": list(exp_a.platforms), "callbacks": exp_a.mlir_module().count("callback"),
       "in_shardings": all(matches(g, a.sharding, len(a.shape))
