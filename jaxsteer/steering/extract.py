@@ -35,7 +35,7 @@ from ..errors import InputError
 from ..models.generate import left_pad, pad_id_for, tokenize_prompts
 from ..models.interventions import SITE_LAYOUT, check_site
 from ..models.params import Model
-from ..train.rl.scoring import sequence_logprobs
+from ..train.scoring import sequence_logprobs
 from ..train.trainable import TrainableConfig, apply_trainable, init_trainable, steering_vectors
 
 

@@ -1,15 +1,17 @@
-"""Training: RL (policy gradients) and evolution strategies as two learners on one `Run`.
+"""Training: RL (policy gradients), SFT and evolution strategies as learners on one `Run`
+(SAE training, `jaxsteer.train.sae`, is a learner on the same `Run` with its own config).
 
     from jaxsteer.train import load_config, train, evaluate_run
     result = train(load_config("experiments/smollm2_arithmetic_steering.yaml", ["steps=20"]))
 
 How the pieces fit (imports point one way, left to right):
 
-    config  <-  build, run, evaluate, state, checkpoint, metrics, export, ...  <-  rl/, es/  <-  this module  <-  cli
+    config  <-  build, run, evaluate, state, gradient, checkpoint, metrics, export, ...  <-  rl/, sft/, es/, sae/  <-  this module  <-  cli
 
 `config` holds the specs; the shared machinery builds inputs (`build`), owns the run directory
-(`run.Run`), evaluates held-out accuracy (`evaluate`), and holds gradient-trained state (`state`);
-the learners `rl.learner.train_rl` and `es.learner.train_es` never import each other. This module
+(`run.Run`), evaluates held-out accuracy (`evaluate`), holds gradient-trained state (`state`) and
+the gradient learners' update and loop (`gradient`); the learners `rl.learner.train_rl`,
+`sft.learner.train_sft` and `es.learner.train_es` never import each other. This module
 is the only one that knows every learner: `train` and `evaluate_run` dispatch on
 `algorithm`.
 """
@@ -30,9 +32,12 @@ from .evaluate import HeldOut, evaluate_policy
 from .lock import RunLock
 from .plan import check_model_fits
 from .rewards import get_reward_fn
-from .rl.learner import check_layout, train_rl
+from .rl.learner import check_layout as check_rl_layout
+from .rl.learner import train_rl
 from .run import Run
 from .sharding import make_mesh
+from .sft.learner import check_layout as check_sft_layout
+from .sft.learner import train_sft
 from .state import load_trainable
 from .trainable import build_policy
 
@@ -55,19 +60,20 @@ class TrainResult:
 def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None, reward_fn: Callable | None = None,
           train_examples: Sequence | None = None, eval_examples: Sequence | None = None, resume: bool = False,
           devices: Sequence | None = None, lora: dict | None = None) -> TrainResult:
-    """Train as configured: RL for `algorithm` grpo | expert_iteration, evolution strategies
-    for es | eggroll | essa. Keyword arguments replace what the config would load (tests pass tiny
+    """Train as configured: RL for `algorithm` grpo | ppo | expert_iteration, SFT for sft,
+    evolution strategies for es | eggroll | essa. Keyword arguments replace what the config would load (tests pass tiny
     models and token-id tasks); `resume` continues from the latest checkpoint in `output_dir`;
-    `devices` (RL) restricts the mesh; `lora` (ESSA) gives the warm-start adapters directly."""
+    `devices` (RL, SFT) restricts the mesh; `lora` (ESSA) gives the warm-start adapters directly."""
     if cfg.is_es and devices is not None:
         raise ConfigError("train(devices=...) is not supported for ES runs; the population uses every device")
     if not cfg.is_es and lora is not None:
-        raise ConfigError("train(lora=...) is ESSA's warm start; this is an RL run")
+        raise ConfigError(f"train(lora=...) is ESSA's warm start; this is an {cfg.algorithm} run")
     check_before_loading(cfg, train_examples=train_examples, eval_examples=eval_examples, reward_fn=reward_fn)
     if model is None:  # the model's context and the planned memory, from its config alone
         check_model_fits(cfg, devices=devices)
     if not cfg.is_es:  # the batch must split over processes, the mesh and the micro-batches
         try:
+            check_layout = check_sft_layout if cfg.algorithm == "sft" else check_rl_layout
             check_layout(cfg, make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices))
         except ValueError as err:
             raise ConfigError(f"mesh: {err}") from None
@@ -80,6 +86,8 @@ def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None
     try:
         if cfg.is_es:
             trained, history, files = train_es(cfg, inputs, run, lora=lora)
+        elif cfg.algorithm == "sft":
+            trained, history, files = train_sft(cfg, inputs, run, devices=devices)
         else:
             trained, history, files = train_rl(cfg, inputs, run, devices=devices)
     finally:

@@ -1,4 +1,4 @@
-"""Gradient-trained state shared by the gradient learners (RL now, SFT later): the optimizer, the
+"""Gradient-trained state shared by the gradient learners (RL and SFT): the optimizer, the
 train state placed on a mesh, and restoring a run's trained part from its checkpoints.
 
 A checkpoint of a gradient run holds `{"train": {"step", "trainable", "opt"}, "rng": key}`; a PPO

@@ -74,7 +74,7 @@ def test_no_import_cycle(module):
 # Modules above the learners besides the entry point: tools that inspect a learner's step.
 TOOLS = {"jaxsteer.train.plan"}
 # The learners, each a subpackage of jaxsteer.train; they never import each other.
-LEARNERS = ("rl", "es", "sae")
+LEARNERS = ("rl", "sft", "es", "sae")
 
 
 def _layer(module: str) -> int:

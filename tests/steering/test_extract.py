@@ -175,7 +175,7 @@ def test_methods_end_to_end_on_the_tiny_model(tiny_model):
     sup = extract("supervised", data, model=tiny_model, layers=(1,), steps=30, learning_rate=0.1)
     assert not sup[0].any() and not sup[2].any() and np.linalg.norm(sup[1]) > 0
     # the trained vector raises the positives' completion log-probability over no vector
-    from jaxsteer.train.rl.scoring import sequence_logprobs
+    from jaxsteer.train.scoring import sequence_logprobs
 
     ids = [tok(p)["input_ids"] for p, _, _ in pairs]
     comps = [tok(c)["input_ids"] for _, c, _ in pairs]

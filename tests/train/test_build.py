@@ -20,7 +20,7 @@ from jaxsteer.train.build import build_model
 from jaxsteer.train.config import ConfigError, config_from_dict, load_config, resolve_dtype
 from jaxsteer.train.plan import abstract_model, model_config, plan
 from jaxsteer.train.rl.learner import setup_training, step_spec
-from jaxsteer.train.rl.scoring import sequence_logprobs
+from jaxsteer.train.scoring import sequence_logprobs
 from jaxsteer.train.rl.step import compile_step, train_step
 from jaxsteer.train.sharding import make_mesh
 from jaxsteer.train.state import init_state, make_optimizer

@@ -21,7 +21,7 @@ from jaxsteer.train.config import config_from_dict, load_config
 from jaxsteer.train.plan import (DEVICES, abstract_model, activation_bytes, device_bytes, kv_cache_bytes,
                                  model_config, plan)
 from jaxsteer.train.rl.learner import step_spec
-from jaxsteer.train.rl.scoring import token_logprobs
+from jaxsteer.train.scoring import token_logprobs
 from jaxsteer.train.rl.step import train_step
 from jaxsteer.train.state import init_state, make_optimizer
 from jaxsteer.train.trainable import init_trainable

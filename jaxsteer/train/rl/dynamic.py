@@ -21,7 +21,8 @@ from typing import Callable
 import numpy as np
 
 from ..distributed import gather_rows
-from .rollout import RolloutBatch, trim_completions
+from ..gradient import trim_completions
+from .rollout import RolloutBatch
 
 
 def informative_groups(rewards, group_size: int) -> np.ndarray:

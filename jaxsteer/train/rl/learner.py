@@ -13,8 +13,9 @@ Per step (`cfg.steps` of them):
    micro-batches accumulated inside by `lax.scan`, explicit shardings on a ("data", "fsdp") mesh;
 5. metrics to the run's progress bar / JSONL / TensorBoard, checkpoints every `checkpoint.every`.
 
-The `Run` handles the directory, held-out evaluation before / during / after (`HeldOut`),
-checkpoints and the summary; `train_rl` is what `jaxsteer.train.train` calls for RL configs.
+The loop, the data stream, held-out evaluation, checkpoints and the export are the gradient
+learners' shared `gradient.train_loop` / `GradientLearner` (SFT runs on them too, `train.sft`);
+`train_rl` is what `jaxsteer.train.train` calls for RL configs.
 """
 
 from __future__ import annotations
@@ -27,24 +28,19 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from ...models.generate import default_stop_tokens, pad_id_for
+from ...models.generate import pad_id_for
 from ...models.params import Model
-from .. import checkpoint as ckpt
 from ..build import Inputs
-from ..config import ConfigError, TrainConfig, config_to_dict
-from ..data import make_loader
-from ..distributed import gather_rows, to_host
-from ..evaluate import HeldOut
-from ..export import export_steering
-from ..run import Run, peak_rss_mb
+from ..config import ConfigError, TrainConfig
+from ..distributed import gather_rows
+from ..gradient import GradientLearner, describe_run, split_micro_batches, train_loop
+from ..run import Run
 from ..sharding import batch_sharding, global_batch, make_mesh, n_batch_shards, replicated
 from ..state import init_train_state, start_trainable
-from ..trainable import LAYERED_KINDS, build_policy, count_params
 from .dash import pack_kept, packs_dash
 from .dynamic import fill_batch
 from .losses import group_advantages, zero_std_fraction
 from .rollout import RolloutBatch, collect
-from .sft import reference_batch
 from .step import StepSpec, compile_step
 from .value import make_value_fn, ppo_targets
 
@@ -88,8 +84,8 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
     return StepSpec(
         trainable=cfg.trainable,
         loss=loss,
-        algorithm="expert_iteration" if cfg.algorithm == "sft" else cfg.algorithm,  # SFT: the same NLL on reference rows
-        ei_threshold=0.0 if cfg.algorithm == "sft" else a.ei_threshold,
+        algorithm=cfg.algorithm,
+        ei_threshold=a.ei_threshold,
         temperature=cfg.sampling.temperature,
         on_policy=(cfg.updates_per_step == 1 and cfg.rl.loss.clip_eps_low is None and cfg.rl.loss.importance_cap is None
                    and cfg.algorithm != "ppo"),
@@ -164,7 +160,7 @@ def update(step_fn, setup: Setup, state: dict, batch: RolloutBatch, cfg: TrainCo
         if packs_dash(cfg.algorithm, cfg.rl):  # DASH: filtered samples never reach the forward / backward pass
             local, kept = pack_kept(local, per_update // cfg.optimizer.micro_batches, cfg.rl.loss.dash_tau, batch.prompt_width)
         else:
-            local = {k: v.reshape(cfg.optimizer.micro_batches, -1, *v.shape[1:]) for k, v in local.items()}
+            local = split_micro_batches(local, cfg.optimizer.micro_batches)
         state, m = step_fn(setup.model, state, {k: global_batch(v, mesh) for k, v in local.items()}, batch.prompt_width)
         m = {**m, "update_rows": local["tokens"].shape[0] * local["tokens"].shape[1]}
         if packs_dash(cfg.algorithm, cfg.rl):
@@ -210,55 +206,38 @@ def step_record(cfg: TrainConfig, spec: StepSpec, batch: RolloutBatch, m: dict, 
     }
 
 
-def _describe(cfg: TrainConfig, c, n_trainable: int, mesh, load_seconds: float) -> str:
-    a = cfg.rl
-    advantage = f"gae(gamma={a.gamma:g}, lambda={a.gae_lambda:g})" if cfg.algorithm == "ppo" else a.advantage
-    return (
-        f"model {cfg.model.spec}: {c.architecture}, {c.n_layers} layers, d={c.d_model} | trainable {cfg.trainable.kind} "
-        f"({n_trainable:,} parameters) | {cfg.algorithm}/{advantage}, {cfg.prompts_per_step} prompts x G={cfg.group_size}, "
-        f"{cfg.optimizer.micro_batches} micro-batch(es), lr {cfg.optimizer.lr:g} | mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} "
-        f"on {len(mesh.devices.flat)} {jax.default_backend()} device(s), {jax.process_count()} process(es) | "
-        f"load {load_seconds:.1f} s"
-    )
-
-
-class RLLearner:
+class RLLearner(GradientLearner):
     """One RL run's compiled step, data stream and per-step logic (rollout, update, record)."""
 
     def __init__(self, cfg: TrainConfig, inputs: Inputs, mesh):
-        self.cfg, self.inputs, self.mesh = cfg, inputs, mesh
         local_prompts, self.calls = check_layout(cfg, mesh)
-        self.setup = setup_training(cfg, inputs.model, mesh, inputs.tokenizer)
+        setup = setup_training(cfg, inputs.model, mesh, inputs.tokenizer)
+        # sampling call c gets the same prompts on any process count
+        super().__init__(cfg, inputs, mesh, setup, local_prompts=local_prompts, chunks=self.calls)
         self.step_fn = compile_step(
-            self.setup.spec, self.setup.tx, base_shardings=self.setup.base_shardings,
-            state_shardings=self.setup.state_shardings, batch_shardings=self.setup.batch_shardings,
-            metric_sharding=replicated(mesh), value_tx=self.setup.value_tx,
+            setup.spec, setup.tx, base_shardings=setup.base_shardings,
+            state_shardings=setup.state_shardings, batch_shardings=setup.batch_shardings,
+            metric_sharding=replicated(mesh), value_tx=setup.value_tx,
         )
-        loader = make_loader(inputs.train_examples, batch_size=local_prompts, seed=cfg.seed,
-                             shard_index=jax.process_index(), shard_count=jax.process_count(), chunks=self.calls,
-                             shuffle=cfg.data.shuffle)  # sampling call c gets the same prompts on any process count
-        self.data_iter = iter(loader)
-        self.identity = ckpt.model_identity(self.setup.model, cfg.model.spec)
-        self.trainable_config = config_to_dict(cfg.trainable)
         self.rollout_stats: dict = {}  # dynamic sampling's rounds / dropped / short groups of the last step
 
-    def policy(self, state: dict) -> tuple[Model, tuple]:
-        """The current policy `(model, interventions)`."""
-        return build_policy(self.setup.model, state["trainable"], self.cfg.trainable)
+    def describe(self, n_trainable: int) -> str:
+        """The run's one-line description (model, trainable, algorithm and advantages, mesh)."""
+        cfg, a = self.cfg, self.cfg.rl
+        advantage = f"gae(gamma={a.gamma:g}, lambda={a.gae_lambda:g})" if cfg.algorithm == "ppo" else a.advantage
+        return describe_run(cfg, self.setup.model, n_trainable, self.mesh, self.inputs.load_seconds,
+                            f"{cfg.algorithm}/{advantage}, {cfg.prompts_per_step} prompts x G={cfg.group_size}")
+
+    def postfix(self, record: dict) -> dict:
+        """The progress bar's postfix of a step's record."""
+        return dict(reward=f"{record['reward_mean']:+.2f}", acc=f"{record['accuracy']:.2f}",
+                    len=f"{record['completion_length']:.1f}", gnorm=f"{record['grad_norm']:.2g}",
+                    roll=f"{record['rollout_s']:.1f}s", upd=f"{record['update_s']:.1f}s", refresh=False)
 
     def rollout(self, state: dict, key: jax.Array) -> RolloutBatch:
-        """Sample, score and compute advantages for the next batch of prompts (SFT: the prompts
-        followed by their reference answers)."""
+        """Sample, score and compute advantages for the next batch of prompts."""
         cfg, inp = self.cfg, self.inputs
         a = cfg.rl
-        if cfg.algorithm == "sft":
-            examples = next(self.data_iter)
-            stop = default_stop_tokens(self.setup.model, inp.tokenizer)
-            eos = getattr(inp.tokenizer, "eos_token_id", None) if inp.tokenizer is not None else None
-            return reference_batch(examples, [inp.encode(e) for e in examples], tokenizer=inp.tokenizer,
-                                   pad_id=pad_id_for(self.setup.model, inp.tokenizer),
-                                   eos_id=eos if eos is not None else (stop[0] if stop else None),
-                                   max_new_tokens=self.cfg.sampling.max_new_tokens, bucket=self.cfg.sampling.bucket)
         G = cfg.group_size
         advantage_fn = (lambda r: np.asarray(group_advantages(r, G, a.advantage))) if cfg.algorithm == "grpo" else (lambda r: r)
         model, ivs = self.policy(state)
@@ -295,61 +274,11 @@ class RLLearner:
         record = step_record(self.cfg, self.setup.spec, batch, m, lr, (t1 - t0, t2 - t1, t2 - t0))
         return state, rng, {**record, **self.rollout_stats}
 
-    def checkpoint_meta(self) -> dict:
-        """What each checkpoint records besides the state (the Run adds the evaluations)."""
-        return {"model": self.identity, "trainable": self.trainable_config,
-                "data_state": ckpt.encode_data_state(self.data_iter.get_state()),
-                "process_count": jax.process_count(), "config": config_to_dict(self.cfg)}
-
-
-def _postfix(record: dict) -> dict:
-    return dict(reward=f"{record['reward_mean']:+.2f}", acc=f"{record['accuracy']:.2f}",
-                len=f"{record['completion_length']:.1f}", gnorm=f"{record['grad_norm']:.2g}",
-                roll=f"{record['rollout_s']:.1f}s", upd=f"{record['update_s']:.1f}s", refresh=False)
-
 
 def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | None = None) -> tuple[Any, list, dict]:
-    """An RL run on `run` (see the module docstring). Returns `(trainable, history, files)`."""
-    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)
-    learner = RLLearner(cfg, inputs, mesh)
-    restored, meta = run.restore({"train": learner.setup.state, "rng": learner.setup.rng},
-                                 identity=learner.identity, trainable_config=learner.trainable_config)
-    state, rng = restored["train"], restored["rng"]
-    if meta is not None:
-        learner.data_iter.set_state(ckpt.decode_data_state(meta["data_state"]))
-    n_trainable = count_params(state["trainable"])
-    run.say(_describe(cfg, learner.setup.model.config, n_trainable, mesh, inputs.load_seconds))
-    held_out = HeldOut.from_config(cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn,
-                                   mesh=mesh)
-    held_out.before(run, learner.setup.model)
-    history: list[dict] = []
-    t_train = time.perf_counter()
-    with run.progress(cfg.steps, "train") as bar:
-        for step in range(run.start_step, cfg.steps):
-            state, rng, record = learner.step(state, rng, step)
-            done = step + 1
-            run.check_finite(done, {"loss": record["loss"], "grad_norm": record["grad_norm"],
-                                    "trainable": state["trainable"]})
-            if done % max(cfg.log_every, 1) == 0 or done == cfg.steps:
-                run.log(done, record)
-            history.append({"step": done, **record})
-            bar.set_postfix(**_postfix(record))
-            bar.update(1)
-            held_out.during(run, done, lambda: learner.policy(state))
-            if run.due(done, cfg.checkpoint.every, cfg.steps):
-                run.save(done, {"train": state, "rng": rng}, learner.checkpoint_meta())
-    train_seconds = time.perf_counter() - t_train
-    held_out.after(run, lambda: learner.policy(state))
-    trainable = to_host(state["trainable"])
-    if cfg.trainable.kind in LAYERED_KINDS:
-        run.files.update(export_steering(run.directory, cfg, learner.setup.model, trainable, run.say))
-    files = run.finish({
-        "steps": cfg.steps, "algorithm": cfg.algorithm, "trainable_kind": cfg.trainable.kind,
-        "trainable_params": n_trainable, "rollouts": cfg.steps * cfg.rollouts_per_step,
-        "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
-        "eval_before": run.evals.get("before"), "eval_after": run.evals.get("after"),
-    }, title=f"{cfg.model.spec} / {cfg.algorithm} / {cfg.trainable.kind}")
-    return trainable, history, files
+    """An RL run on `run` (see the module docstring; the loop is `gradient.train_loop`). Returns
+    `(trainable, history, files)`."""
+    return train_loop(cfg, inputs, run, RLLearner(cfg, inputs, make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)))
 
 
 __all__ = ["Setup", "step_spec", "setup_training", "sampler_calls", "check_layout", "update", "step_record", "RLLearner", "train_rl"]

@@ -19,7 +19,7 @@ from ...errors import InputError
 from ...models.generate import SamplingConfig, pad_id_for, prepare_prompts
 from ...models.params import Model
 from ..config import SamplingSpec
-from ..distributed import process_max
+from ..gradient import trim_completions
 from ..rewards import overlong_penalty, score_completions
 from ..sharding import make_mesh, sample_on_mesh
 
@@ -66,15 +66,6 @@ def _join(parts: list, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         masks.append(np.concatenate([pm, cm], axis=1))
         lps.append(p.logprobs)
     return np.concatenate(toks), np.concatenate(masks).astype(np.int32), np.concatenate(lps), P
-
-
-def trim_completions(tokens, mask, old_logp, prompt_width: int, multiple: int = 8):
-    """Drop trailing completion columns that are padding in every row (of every process), keeping
-    the width a multiple of `multiple` (so the update step compiles for only a few widths)."""
-    n = old_logp.shape[1]
-    used = process_max(int(mask[:, prompt_width:].sum(axis=1).max()) if len(mask) else n)
-    width = min(n, max(multiple, -(-used // multiple) * multiple))
-    return tokens[:, : prompt_width + width], mask[:, : prompt_width + width], old_logp[:, :width]
 
 
 def collect(
@@ -139,4 +130,4 @@ def collect(
     )
 
 
-__all__ = ["RolloutBatch", "collect", "trim_completions"]
+__all__ = ["RolloutBatch", "collect"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +29,10 @@ import optax
 from ...models.decoder import unembed
 from ...models.params import Model
 from ..config import LossConfig
+from ..gradient import accumulate_gradients, apply_gradients, compile_update
 from ..trainable import TrainableConfig, build_policy, value_estimates
+from ..scoring import completion_states, token_logprobs
 from .losses import expert_iteration_loss, expert_iteration_mask, k3_kl, policy_loss, rapid_loss, value_loss
-from .scoring import completion_states, token_logprobs
 
 _sg = jax.lax.stop_gradient
 
@@ -152,19 +153,11 @@ def train_step(base: Model, state: dict, batch: dict, *, spec: StepSpec, tx, pro
         denominator = global_denominator(comp, batch["advantages"], spec.loss)
     grad_fn = jax.grad(microbatch_loss, has_aux=True)
     params = {k: state[k] for k in ("trainable", "value") if k in state}
-
-    def body(acc, mb):
-        g, metrics = grad_fn(params, base, mb, spec, prompt_width, denominator)
-        return jax.tree_util.tree_map(jnp.add, acc, g), metrics
-
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    grads, per_mb = jax.lax.scan(body, zeros, batch)
+    grads, per_mb = accumulate_gradients(lambda p, mb: grad_fn(p, base, mb, spec, prompt_width, denominator),
+                                         params, batch)
     metrics = _combine(per_mb)
-    metrics["grad_norm"] = optax.global_norm(grads["trainable"])
-    updates, opt = tx.update(grads["trainable"], state["opt"], params["trainable"])
-    metrics["update_norm"] = optax.global_norm(updates)
-    new_state = {**state, "step": state["step"] + 1, "trainable": optax.apply_updates(params["trainable"], updates),
-                 "opt": opt}
+    new_state, update_metrics = apply_gradients(state, grads["trainable"], tx)
+    metrics.update(update_metrics)
     if "value" in state:  # PPO's value head: its own update (and clip) from the joint loss's gradient
         v_updates, new_state["value_opt"] = (value_tx or tx).update(grads["value"], state["value_opt"], params["value"])
         new_state["value"] = optax.apply_updates(params["value"], v_updates)
@@ -176,21 +169,9 @@ def compile_step(spec: StepSpec, tx, *, base_shardings=None, state_shardings=Non
                  metric_sharding=None, donate: bool = True, value_tx=None):
     """`step(base, state, batch, prompt_width) -> (state, metrics)`, jitted with explicit shardings
     (None = let JAX choose) and the train state donated (`value_tx`: PPO's value-head optimizer)."""
-    fn = functools.partial(train_step, spec=spec, tx=tx, value_tx=value_tx)
-    cache: dict[int, Any] = {}
-
-    def step(base, state, batch, prompt_width: int):
-        if prompt_width not in cache:
-            kw = {}
-            if state_shardings is not None:
-                kw["in_shardings"] = (base_shardings, state_shardings, batch_shardings)
-                kw["out_shardings"] = (state_shardings, metric_sharding)
-            cache[prompt_width] = jax.jit(
-                functools.partial(fn, prompt_width=prompt_width), donate_argnums=(1,) if donate else (), **kw
-            )
-        return cache[prompt_width](base, state, batch)
-
-    return step
+    return compile_update(functools.partial(train_step, spec=spec, tx=tx, value_tx=value_tx),
+                          base_shardings=base_shardings, state_shardings=state_shardings,
+                          batch_shardings=batch_shardings, metric_sharding=metric_sharding, donate=donate)
 
 
 __all__ = ["StepSpec", "global_denominator", "microbatch_loss", "train_step", "compile_step"]

@@ -29,7 +29,7 @@ from ..sharding import batch_sharding, global_batch
 from ..trainable import build_policy, value_estimates
 from .losses import gae, terminal_rewards, whiten
 from .rollout import RolloutBatch
-from .scoring import completion_states
+from ..scoring import completion_states
 
 
 def make_value_fn(spec, *, base_shardings=None, state_shardings=None, mesh=None):

@@ -200,7 +200,7 @@ def test_eval_of_a_trained_run(steering_run):
 def test_grouped_scoring_equals_full_rows(kind):
     """Running each prompt once and repeating its K/V cache for the group == scoring every row,
     in values and in gradients."""
-    from jaxsteer.train.rl.scoring import grouped_sequence_logprobs, sequence_logprobs
+    from jaxsteer.train.scoring import grouped_sequence_logprobs, sequence_logprobs
     from jaxsteer.train.trainable import TrainableConfig, apply_trainable, init_trainable
 
     cfg = _cfg("/tmp/unused")

@@ -28,7 +28,7 @@ from jaxsteer.train.rl.losses import (
     whiten,
     zero_std_fraction,
 )
-from jaxsteer.train.rl.scoring import sequence_logprobs
+from jaxsteer.train.scoring import sequence_logprobs
 
 sg = jax.lax.stop_gradient
 

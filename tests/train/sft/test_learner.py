@@ -11,9 +11,9 @@ import train_toy as T
 from jaxsteer.train import train
 from jaxsteer.train.config import ConfigError, config_from_dict
 from jaxsteer.train.data import Example
-from jaxsteer.train.rl.learner import step_spec
-from jaxsteer.train.rl.scoring import sequence_logprobs
-from jaxsteer.train.rl.sft import reference_batch
+from jaxsteer.train.scoring import sequence_logprobs
+from jaxsteer.train.sft.batches import reference_batch
+from jaxsteer.train.sft.learner import sft_spec
 from jaxsteer.train.trainable import build_policy
 
 KINDS = {"steering": {"lr": 0.3}, "lora": {"lr": 0.05, "trainable.lora_rank": 4}, "full": {"lr": 0.01}}
@@ -119,8 +119,7 @@ def test_sft_reads_no_rl_settings():
         config_from_dict({"algorithm": "sft", "rl": {"group_size": 4}})
     cfg = config_from_dict({"algorithm": {"name": "sft", "group_size": 1}}, warn=False)
     assert cfg.group_size == 1 and cfg.rollouts_per_step == cfg.prompts_per_step
-    spec = step_spec(cfg)
-    assert spec.algorithm == "expert_iteration" and spec.ei_threshold == 0.0
+    assert sft_spec(cfg).temperature == cfg.sampling.temperature
 
 
 def test_essa_needs_trained_adapters_and_the_fresh_start_has_its_own_name(tiny_model):

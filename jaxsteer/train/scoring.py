@@ -16,11 +16,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ...errors import InputError
-from ...models.decoder import default_positions, embed, run_layers, unembed
-from ...models.generate import kv_cache
-from ...models.interventions import as_tuple, check_all
-from ...models.params import Model
+from ..errors import InputError
+from ..models.decoder import default_positions, embed, run_layers, unembed
+from ..models.generate import kv_cache
+from ..models.interventions import as_tuple, check_all
+from ..models.params import Model
 
 
 def token_logprobs(logits, targets, mask, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:

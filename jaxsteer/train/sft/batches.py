@@ -1,15 +1,14 @@
 """Supervised fine-tuning batches: prompts followed by their reference answers (`algorithm: sft`).
 
-SFT runs through the RL learner's machinery (the same Run, trainables, micro-batched jitted step,
-checkpoints, evaluation and export) with the rollout replaced by `reference_batch`: each prompt is
-followed by its target, every row gets reward 1, and the step's supervised loss (the negative
-log-likelihood of the completion tokens, token mean) trains on them. Rejection-sampling SFT on
-the model's own correct samples is `algorithm: expert_iteration` (the same loss on sampled
-completions with reward above `ei_threshold`).
+`reference_batch` puts each prompt (left-padded) before its target (`target_ids`: token ids, or
+the reference answer tokenized and followed by EOS); the SFT learner (`sft.learner`) trains the
+negative log-likelihood of the target tokens on them. Rejection-sampling SFT on the model's own
+correct samples is the RL algorithm `expert_iteration`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Sequence
 
@@ -17,7 +16,25 @@ import numpy as np
 
 from ...errors import InputError
 from ...models.generate import bucket_width, left_pad
-from .rollout import RolloutBatch, trim_completions
+from ..gradient import trim_completions
+
+
+@dataclasses.dataclass
+class ReferenceBatch:
+    """Prompts followed by their targets, as numpy arrays (host-local rows).
+
+    tokens / mask `[B, P + N]` (prompt left-padded to width P = `prompt_width`, target after it,
+    right-padded), lengths `[B]` (target tokens per row), seconds spent building the batch."""
+
+    tokens: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+    prompt_width: int
+    seconds: float
+
+    @property
+    def completion_mask(self) -> np.ndarray:
+        return self.mask[:, self.prompt_width:]
 
 
 def target_ids(example, tokenizer: Any, eos_id: int | None) -> list[int]:
@@ -33,10 +50,9 @@ def target_ids(example, tokenizer: Any, eos_id: int | None) -> list[int]:
 
 
 def reference_batch(examples: Sequence, prompt_ids: Sequence[Sequence[int]], *, tokenizer: Any, pad_id: int,
-                    eos_id: int | None, max_new_tokens: int, bucket: int = 8) -> RolloutBatch:
-    """A `RolloutBatch` of prompts (left-padded to a multiple of `bucket`) followed by their targets
-    (cut at `max_new_tokens`, right-padded; the width trimmed to a multiple of 8), rewards and
-    advantages 1, `old_logp` 0."""
+                    eos_id: int | None, max_new_tokens: int, bucket: int = 8) -> ReferenceBatch:
+    """A `ReferenceBatch` of prompts (left-padded to a multiple of `bucket`) followed by their
+    targets (cut at `max_new_tokens`, right-padded; the width trimmed to a multiple of 8)."""
     t0 = time.perf_counter()
     targets = [target_ids(e, tokenizer, eos_id)[:max_new_tokens] for e in examples]
     P = bucket_width(max(len(p) for p in prompt_ids), bucket)
@@ -47,11 +63,9 @@ def reference_batch(examples: Sequence, prompt_ids: Sequence[Sequence[int]], *, 
     tokens[:, :P], mask[:, :P] = left_pad(prompt_ids, pad_id, P)
     for i, t in enumerate(targets):
         tokens[i, P:P + len(t)], mask[i, P:P + len(t)] = t, 1
-    tokens, mask, old_logp = trim_completions(tokens, mask, np.zeros((B, N), np.float32), P)
-    ones = np.ones(B, np.float32)
-    return RolloutBatch(tokens=tokens, mask=mask, old_logp=old_logp, rewards=ones, advantages=ones,
-                        lengths=np.array([len(t) for t in targets]), prompt_width=P, texts=None,
-                        sample_seconds=time.perf_counter() - t0)
+    tokens, mask, _ = trim_completions(tokens, mask, np.zeros((B, N), np.float32), P)
+    return ReferenceBatch(tokens=tokens, mask=mask, lengths=np.array([len(t) for t in targets]), prompt_width=P,
+                          seconds=time.perf_counter() - t0)
 
 
-__all__ = ["target_ids", "reference_batch"]
+__all__ = ["ReferenceBatch", "target_ids", "reference_batch"]
