@@ -34,7 +34,7 @@ from ..errors import InputError
 from ..models.config import ModelConfig, from_hf_config
 from ..models.decoder import ATTENTION_PROJECTIONS, PROJECTIONS
 from ..models.params import Model, init_params
-from .config import ConfigError, TrainConfig, resolve_dtype
+from .config import RL_ALGORITHMS, ConfigError, TrainConfig, resolve_dtype
 from .sharding import fsdp_spec
 
 # Device memory per chip (bytes). TPU: HBM per chip; GPU: the card's nominal size.
@@ -244,7 +244,7 @@ class _Layout:
 
         cfg = dataclasses.replace(self.cfg, optimizer=dataclasses.replace(self.cfg.optimizer, micro_batches=micro_batches))
         per_micro = self.cfg.rollouts_per_step // self.cfg.rl.updates_per_batch // micro_batches
-        return per_micro / self.shards, step_spec(cfg).shared_prompts
+        return per_micro / self.shards, step_spec(cfg).shared_prompts if cfg.algorithm in RL_ALGORITHMS else 1
 
     def rollout_rows(self, micro_batches: int) -> float:
         """Sampler rows per device: the batch over `rl.learner.sampler_calls` (1 with dash; else

@@ -21,7 +21,9 @@ from jaxsteer.train.config import ConfigError, config_from_dict, load_config, re
 from jaxsteer.train.plan import abstract_model, model_config, plan
 from jaxsteer.train.rl.learner import setup_training, step_spec
 from jaxsteer.train.scoring import sequence_logprobs
+from jaxsteer.train.gradient import compile_update
 from jaxsteer.train.rl.step import compile_step, train_step
+from jaxsteer.train.sft.learner import setup_sft, sft_spec, sft_step
 from jaxsteer.train.sharding import make_mesh
 from jaxsteer.train.state import init_state, make_optimizer
 from jaxsteer.train.trainable import init_trainable
@@ -49,8 +51,13 @@ def toy_batch(rng, rows, P, N, vocab, G=4):
 def run_updates(cfg, n_steps=2, P=6, N=4, rows=32):
     """`(trainable, per-step losses)` after `n_steps` jitted updates of `cfg` on one fixed batch."""
     model, _ = build_model(cfg.model)
-    setup = setup_training(cfg, model, make_mesh(devices=jax.devices()[:1]))
-    step = compile_step(setup.spec, setup.tx)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    if cfg.algorithm == "sft":  # the SFT learner's NLL update (it reads tokens and mask)
+        setup = setup_sft(cfg, model, mesh)
+        step = compile_update(functools.partial(sft_step, spec=sft_spec(cfg), tx=setup.tx))
+    else:
+        setup = setup_training(cfg, model, mesh)
+        step = compile_step(setup.spec, setup.tx)
     M = cfg.optimizer.micro_batches
     b = toy_batch(np.random.RandomState(0), rows, P, N, T.VOCAB, G=max(cfg.rl.group_size, 1))
     b = {k: jnp.asarray(v.reshape(M, -1, *v.shape[1:])) for k, v in b.items()}
@@ -92,7 +99,7 @@ def test_auto_dtype_is_bfloat16_on_accelerators_only():
     ({"trainable.kind": "steering"}, (True, "dots")),  # grouped scoring: prompt once per group, K/V cache under remat
     ({"trainable.kind": "lora", "trainable.lora_rank": 4}, (True,)),
     ({"trainable.kind": "lora", "algorithm": "sft", "rl.group_size": 1,
-      "prompts_per_step": 32}, (True,)),  # SFT: the same step, rows scored whole
+      "prompts_per_step": 32}, (True,)),  # SFT's NLL update, rows scored whole
 ])
 def test_remat_gives_the_same_update(overrides, policies):
     """Two AdamW updates with remat off and on (and a policy) give the same parameters. (lr 1e-2:

@@ -31,7 +31,7 @@ import numpy as np
 from ...models.generate import pad_id_for
 from ...models.params import Model
 from ..build import Inputs
-from ..config import ConfigError, TrainConfig
+from ..config import RL_ALGORITHMS, ConfigError, TrainConfig
 from ..distributed import gather_rows
 from ..gradient import GradientLearner, describe_run, split_micro_batches, train_loop
 from ..run import Run
@@ -73,6 +73,8 @@ class Setup:
 def step_spec(cfg: TrainConfig) -> StepSpec:
     """The static description of the RL update a config asks for (Dr. GRPO's `seq_sum_norm` constant
     `loss.max_len` defaults to `sampling.max_new_tokens`)."""
+    if cfg.algorithm not in RL_ALGORITHMS:
+        raise ConfigError(f"algorithm={cfg.algorithm} is not an RL algorithm ({', '.join(RL_ALGORITHMS)})")
     a = cfg.rl
     rows_per_micro = cfg.rollouts_per_step // a.updates_per_batch // cfg.optimizer.micro_batches
     loss = cfg.rl.loss
