@@ -30,7 +30,24 @@ from .step import (
     shard_state,
 )
 
-__all__ = ["ActivationStream", "CachedActivations", "cache_activations", "pack_tokens", "read_texts",
-           "SAERunConfig", "load_run_config", "save_run_config", "eval_run", "load_sae", "train_sae",
-           "StepConfig", "fit", "geometric_median", "init_b_dec", "init_state", "make_optimizer", "make_step",
-           "shard_state"]
+__all__ = [
+    "ActivationStream",
+    "CachedActivations",
+    "cache_activations",
+    "pack_tokens",
+    "read_texts",
+    "SAERunConfig",
+    "load_run_config",
+    "save_run_config",
+    "eval_run",
+    "load_sae",
+    "train_sae",
+    "StepConfig",
+    "fit",
+    "geometric_median",
+    "init_b_dec",
+    "init_state",
+    "make_optimizer",
+    "make_step",
+    "shard_state",
+]

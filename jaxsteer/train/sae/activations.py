@@ -21,7 +21,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,10 +64,16 @@ def read_texts(spec: str) -> list[str]:
         module, _, fn = spec[3:].partition(":")
         return [str(t) for t in getattr(importlib.import_module(module), fn)()]
     if os.path.isdir(spec):
-        files = sorted(f for ext in ("txt", "jsonl", "json", "parquet") for f in glob.glob(os.path.join(spec, f"**/*.{ext}"), recursive=True))
+        files = sorted(
+            f
+            for ext in ("txt", "jsonl", "json", "parquet")
+            for f in glob.glob(os.path.join(spec, f"**/*.{ext}"), recursive=True)
+        )
         return [t for f in files for t in _read_file(f)]
     if not os.path.exists(spec):
-        raise NotFoundError(f"text source {spec!r} not found (a .txt/.jsonl/.json/.parquet file, a directory, hf:NAME or py:module:fn)")
+        raise NotFoundError(
+            f"text source {spec!r} not found (a .txt/.jsonl/.json/.parquet file, a directory, hf:NAME or py:module:fn)"
+        )
     return _read_file(spec)
 
 
@@ -103,8 +110,19 @@ class ActivationStream:
 
     Drops the first `skip_first` positions of each window (BOS / attention-sink outliers)."""
 
-    def __init__(self, model: Model, windows: np.ndarray, *, site: str, layer: int, batch_size: int,
-                 contexts_per_forward: int = 8, buffer_batches: int = 8, seed: int = 0, skip_first: int = 1):
+    def __init__(
+        self,
+        model: Model,
+        windows: np.ndarray,
+        *,
+        site: str,
+        layer: int,
+        batch_size: int,
+        contexts_per_forward: int = 8,
+        buffer_batches: int = 8,
+        seed: int = 0,
+        skip_first: int = 1,
+    ):
         self.model = truncate(model, layer + 1)
         self.windows, self.site, self.layer = windows, site, layer
         self.batch_size, self.cpf, self.buffer_batches = batch_size, contexts_per_forward, buffer_batches
@@ -117,12 +135,14 @@ class ActivationStream:
 
     def _harvest_fn(self, model, tokens):
         _, trace = forward(model, tokens, record=(self.site,), return_logits=False)
-        acts = trace[self.site][self.layer][:, self.skip_first:]
+        acts = trace[self.site][self.layer][:, self.skip_first :]
         return acts.reshape(acts.shape[0] * acts.shape[1], -1).astype(jnp.float32)  # z: heads flattened
 
     def _refill(self) -> None:
         self.start_state = self.loader.get_state()
-        chunks = [np.asarray(self._harvest(self.model, jnp.asarray(next(self.loader)))) for _ in range(self.buffer_batches)]
+        chunks = [
+            np.asarray(self._harvest(self.model, jnp.asarray(next(self.loader)))) for _ in range(self.buffer_batches)
+        ]
         buf = np.concatenate(chunks)
         perm = np.random.default_rng([self.seed, self.refill_index]).permutation(len(buf))
         self.buffer = buf[perm]
@@ -136,16 +156,21 @@ class ActivationStream:
             if self.buffer is not None:
                 self.refill_index += 1
             self._refill()
+            assert self.buffer is not None  # _refill fills it
             if self.batch_size > len(self.buffer):
                 raise InputError(f"batch_size {self.batch_size} exceeds the buffer ({len(self.buffer)} activations)")
-        out = self.buffer[self.pos: self.pos + self.batch_size]
+        out = self.buffer[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         return out
 
     def get_state(self) -> dict:
         """JSON-able position: the grain state at the start of the current buffer + offset."""
-        return {"loader": self.start_state, "refill_index": self.refill_index, "pos": self.pos,
-                "filled": self.buffer is not None}
+        return {
+            "loader": self.start_state,
+            "refill_index": self.refill_index,
+            "pos": self.pos,
+            "filled": self.buffer is not None,
+        }
 
     def set_state(self, state: dict) -> None:
         self.refill_index = int(state["refill_index"])
@@ -157,8 +182,9 @@ class ActivationStream:
             self.buffer, self.pos = None, 0
 
 
-def cache_activations(stream: Iterator[np.ndarray], n_batches: int, path: str, dtype=np.float32,
-                      progress: bool = True) -> str:
+def cache_activations(
+    stream: Iterator[np.ndarray], n_batches: int, path: str, dtype=np.float32, progress: bool = True
+) -> str:
     """Write `n_batches` batches of a stream to one `.npy` file (for repeated sweeps), with a
     progress bar (`progress=False` for none)."""
     from tqdm.auto import tqdm
@@ -169,7 +195,7 @@ def cache_activations(stream: Iterator[np.ndarray], n_batches: int, path: str, d
     out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_batches * len(first), first.shape[1]))
     out[: len(first)] = first
     for i in range(1, n_batches):
-        out[i * len(first): (i + 1) * len(first)] = next(stream)
+        out[i * len(first) : (i + 1) * len(first)] = next(stream)
         bar.update()
     bar.close()
     out.flush()
@@ -189,7 +215,9 @@ class CachedActivations:
     def _permutation(self, epoch: int) -> np.ndarray:
         if self._perm[0] != epoch:
             self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.data)))
-        return self._perm[1]
+        perm = self._perm[1]
+        assert perm is not None  # set just above for this epoch
+        return perm
 
     def __iter__(self):
         return self
@@ -198,7 +226,7 @@ class CachedActivations:
         epoch, j = divmod(self.i, self.n)
         perm = self._permutation(epoch)
         self.i += 1
-        return np.asarray(self.data[np.sort(perm[j * self.batch_size: (j + 1) * self.batch_size])], np.float32)
+        return np.asarray(self.data[np.sort(perm[j * self.batch_size : (j + 1) * self.batch_size])], np.float32)
 
     def get_state(self) -> dict:
         return {"i": self.i}
@@ -207,5 +235,4 @@ class CachedActivations:
         self.i = int(state["i"])
 
 
-__all__ = ["read_texts", "pack_tokens", "context_loader", "ActivationStream",
-           "cache_activations", "CachedActivations"]
+__all__ = ["read_texts", "pack_tokens", "context_loader", "ActivationStream", "cache_activations", "CachedActivations"]

@@ -24,7 +24,8 @@ Keys of the first release (`out_dir`, `save_every`, `keep`, `model: NAME`, `mode
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 from ... import config as _config_lib
 from ...config import ConfigError, config_to_dict, save_config
@@ -38,7 +39,7 @@ OLD_CORPORA = "py:jaxsteer.sae.corpora:"  # where the shipped corpora lived befo
 
 def moved_corpus(text: str) -> str:
     """A text spec naming the corpora's old module, pointed at `jaxsteer.train.sae.corpora`."""
-    return "py:jaxsteer.train.sae.corpora:" + text[len(OLD_CORPORA):] if text.startswith(OLD_CORPORA) else text
+    return "py:jaxsteer.train.sae.corpora:" + text[len(OLD_CORPORA) :] if text.startswith(OLD_CORPORA) else text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,12 +156,22 @@ class SAERunConfig:
     eval: SAEEvalSpec = SAEEvalSpec()
 
     RENAMED: ClassVar[dict[str, str]] = {
-        "out_dir": "output_dir", "save_every": "checkpoint.every", "keep": "checkpoint.keep",
-        "model": "model.spec", "model_dtype": "model.dtype", "train.steps": "steps",
+        "out_dir": "output_dir",
+        "save_every": "checkpoint.every",
+        "keep": "checkpoint.keep",
+        "model": "model.spec",
+        "model_dtype": "model.dtype",
+        "train.steps": "steps",
         **{f"train.{k}": f"optimizer.{k}" for k in ("lr", "warmup_steps", "decay_start", "grad_clip")},
     }
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "output_dir", "log_every", "checkpoint.every",
-                                            "checkpoint.keep", "eval.every")
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "steps",
+        "output_dir",
+        "log_every",
+        "checkpoint.every",
+        "checkpoint.keep",
+        "eval.every",
+    )
 
     @classmethod
     def migrate(cls, data: dict) -> dict:
@@ -179,7 +190,9 @@ class SAERunConfig:
     def __post_init__(self):
         unused = _config_lib.unused_fields(self, SAE_LEARNER)
         if unused:
-            raise ConfigError(f"{', '.join(unused)}: not used by SAE training; remove {'them' if len(unused) > 1 else 'it'}")
+            raise ConfigError(
+                f"{', '.join(unused)}: not used by SAE training; remove {'them' if len(unused) > 1 else 'it'}"
+            )
         if self.steps < 1 or self.log_every < 1 or self.checkpoint.keep < 1 or self.checkpoint.every < 0:
             raise ConfigError("steps, log_every and checkpoint.keep must be >= 1, checkpoint.every >= 0")
 
@@ -200,5 +213,14 @@ def save_run_config(cfg: SAERunConfig, path: str) -> None:
     save_config(cfg, path)
 
 
-__all__ = ["SAESpec", "SAEOptimizerSpec", "TrainSpec", "BufferSpec", "SAEEvalSpec", "SAERunConfig",
-           "load_run_config", "config_dict", "save_run_config"]
+__all__ = [
+    "SAESpec",
+    "SAEOptimizerSpec",
+    "TrainSpec",
+    "BufferSpec",
+    "SAEEvalSpec",
+    "SAERunConfig",
+    "load_run_config",
+    "config_dict",
+    "save_run_config",
+]

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,19 +37,40 @@ from .step import StepConfig, init_b_dec, init_jumprelu_threshold, init_state, m
 def sae_config(cfg: SAERunConfig, d_model: int) -> SAEConfig:
     """The SAE a run trains; `d_model` is the width of the run's site (`splice.site_width`)."""
     s = cfg.sae
-    return SAEConfig(kind=s.kind, d_in=d_model, d_sae=s.d_sae or s.expansion * d_model, k=s.k,
-                     kron_heads=s.kron_heads, kron_m=s.kron_m, kron_n=s.kron_n, dtype=s.dtype,
-                     matryoshka_widths=tuple(int(w) for w in s.matryoshka_widths),
-                     decoder_bias=not cfg.base_sae, site=cfg.site, layer=cfg.layer, model=cfg.model.spec)
+    return SAEConfig(
+        kind=s.kind,
+        d_in=d_model,
+        d_sae=s.d_sae or s.expansion * d_model,
+        k=s.k,
+        kron_heads=s.kron_heads,
+        kron_m=s.kron_m,
+        kron_n=s.kron_n,
+        dtype=s.dtype,
+        matryoshka_widths=tuple(int(w) for w in s.matryoshka_widths),
+        decoder_bias=not cfg.base_sae,
+        site=cfg.site,
+        layer=cfg.layer,
+        model=cfg.model.spec,
+    )
 
 
 def step_config(cfg: SAERunConfig, d_model: int) -> StepConfig:
     t, o = cfg.train, cfg.optimizer
-    return StepConfig(lr=o.lr, warmup_steps=o.warmup_steps, decay_start=o.decay_start, total_steps=cfg.steps,
-                      grad_clip=o.grad_clip, k_aux=t.k_aux or d_model // 2, aux_coef=t.aux_coef,
-                      dead_batches=max(1, t.dead_tokens // t.batch_size), threshold_lr=t.threshold_lr,
-                      htopk_levels=tuple(int(j) for j in t.htopk_levels), l0_coef=t.l0_coef,
-                      l0_warmup_steps=t.l0_warmup_steps, jumprelu_bandwidth=t.jumprelu_bandwidth)
+    return StepConfig(
+        lr=o.lr,
+        warmup_steps=o.warmup_steps,
+        decay_start=o.decay_start,
+        total_steps=cfg.steps,
+        grad_clip=o.grad_clip,
+        k_aux=t.k_aux or d_model // 2,
+        aux_coef=t.aux_coef,
+        dead_batches=max(1, t.dead_tokens // t.batch_size),
+        threshold_lr=t.threshold_lr,
+        htopk_levels=tuple(int(j) for j in t.htopk_levels),
+        l0_coef=t.l0_coef,
+        l0_warmup_steps=t.l0_warmup_steps,
+        jumprelu_bandwidth=t.jumprelu_bandwidth,
+    )
 
 
 def load_model(cfg: SAERunConfig):
@@ -66,7 +87,7 @@ def token_windows(cfg: SAERunConfig, tokenizer, text: str | None = None) -> np.n
 def split_windows(cfg: SAERunConfig, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out eval) windows: the last `eval.fraction` of them are held out."""
     n_eval = max(1, int(round(len(windows) * cfg.eval.fraction))) if len(windows) > 1 else 0
-    return windows[: len(windows) - n_eval], windows[len(windows) - n_eval:]
+    return windows[: len(windows) - n_eval], windows[len(windows) - n_eval :]
 
 
 def load_sae(path: str) -> SAE:
@@ -79,9 +100,17 @@ def _stream(cfg: SAERunConfig, model, windows: np.ndarray, say: Callable = print
     """The activation source: on the fly, or the `.npy` cache (built first, one pass over the
     training windows, when the file does not exist yet)."""
     b = cfg.buffer
-    live = ActivationStream(model, windows, site=cfg.site, layer=cfg.layer, batch_size=cfg.train.batch_size,
-                            contexts_per_forward=b.contexts_per_forward, buffer_batches=b.buffer_batches,
-                            seed=cfg.seed, skip_first=b.skip_first)
+    live = ActivationStream(
+        model,
+        windows,
+        site=cfg.site,
+        layer=cfg.layer,
+        batch_size=cfg.train.batch_size,
+        contexts_per_forward=b.contexts_per_forward,
+        buffer_batches=b.buffer_batches,
+        seed=cfg.seed,
+        skip_first=b.skip_first,
+    )
     if not b.cache:
         return live
     if not os.path.exists(b.cache):
@@ -97,16 +126,24 @@ def _fresh_state(cfg, stream, sae_cfg, tx, base) -> dict:
     """Initial state: `b_dec` from the first batch (the stream is rewound afterwards)."""
     s0 = stream.get_state()
     x0 = np.asarray(next(stream))
-    target = x0 if base is None else x0 - np.asarray(reconstruct(base, x0), np.float32)
+    target = x0 if base is None else x0 - np.asarray(reconstruct(base, jnp.asarray(x0)), np.float32)
     stream.set_state(s0)
     sae = init_sae(sae_cfg, jax.random.PRNGKey(cfg.seed))
-    sae = init_jumprelu_threshold(init_b_dec(sae, target, cfg.train.b_dec_init), target,
-                                  cfg.train.jumprelu_init_threshold)
+    sae = init_jumprelu_threshold(
+        init_b_dec(sae, target, cfg.train.b_dec_init), target, cfg.train.jumprelu_init_threshold
+    )
     return init_state(sae, tx, act_scale=float(rms(jnp.asarray(target))))
 
 
-def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = False, stop_after: int | None = None,
-              progress: bool = True) -> str:
+def train_sae(
+    cfg: SAERunConfig,
+    *,
+    model=None,
+    tokenizer=None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> str:
     """Train the run described by `cfg` (or, with `resume`, continue it from its latest
     checkpoint) on the shared `jaxsteer.train.run.Run` (lock, config.yaml, checkpoints, metrics,
     progress bar, summary.json). Returns the run directory."""
@@ -137,8 +174,9 @@ def train_sae(cfg: SAERunConfig, *, model=None, tokenizer=None, resume: bool = F
     if int(state["step"]) < cfg.steps:
         run.close()
         return cfg.output_dir
-    path = save_saelens(SAE(jax.device_get(state["sae"]), sae_cfg), os.path.join(cfg.output_dir, "sae"),
-                        context_size=cfg.context)
+    path = save_saelens(
+        SAE(jax.device_get(state["sae"]), sae_cfg), os.path.join(cfg.output_dir, "sae"), context_size=cfg.context
+    )
     run.files["sae"] = path
     run.finish({"steps": int(state["step"]), "sae": sae_cfg.to_dict()})
     return cfg.output_dir
@@ -175,8 +213,12 @@ def _loop(run, cfg, state, step, stream, meta, stop_after):
                 m["activations_per_s"] = (done - n0) * cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9)
                 t0, n0 = time.perf_counter(), done
                 run.log(done, m)
-                bar.set_postfix(ev=f"{m['explained_variance']:.3f}", l0=f"{m['l0']:.1f}",
-                                dead=f"{m['dead_fraction']:.3f}", act_s=f"{m['activations_per_s']:.0f}")
+                bar.set_postfix(
+                    ev=f"{m['explained_variance']:.3f}",
+                    l0=f"{m['l0']:.1f}",
+                    dead=f"{m['dead_fraction']:.3f}",
+                    act_s=f"{m['activations_per_s']:.0f}",
+                )
             bar.update(1)
             if run.due(done, cfg.checkpoint.every, end):
                 run.save(done, state, dict(meta, data=encode_data_state(stream.get_state()), config=config_dict(cfg)))
@@ -206,10 +248,23 @@ def eval_run(run_dir: str, *, contexts: int | None = None, model=None, tokenizer
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(res, f, indent=1)
     if "ev_by_k" in res:
-        plot_ev_by_k({"HierarchicalTopK": res["ev_by_k"]}, os.path.join(run_dir, "ev_by_k.png"),
-                     title=f"{cfg.model.spec} L{cfg.layer} {cfg.site}")
+        plot_ev_by_k(
+            {"HierarchicalTopK": res["ev_by_k"]},
+            os.path.join(run_dir, "ev_by_k.png"),
+            title=f"{cfg.model.spec} L{cfg.layer} {cfg.site}",
+        )
     say(json.dumps({k: v for k, v in res.items() if k != "ev_by_k"}, indent=1))
     return res
 
 
-__all__ = ["sae_config", "step_config", "latent_mesh", "place_state", "token_windows", "split_windows", "load_sae", "train_sae", "eval_run"]
+__all__ = [
+    "sae_config",
+    "step_config",
+    "latent_mesh",
+    "place_state",
+    "token_windows",
+    "split_windows",
+    "load_sae",
+    "train_sae",
+    "eval_run",
+]

@@ -8,7 +8,8 @@ latents are never trained: a residual SAE's base is a separate SAE passed to the
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -89,15 +90,16 @@ def _project_decoder_grad(grads: dict, w_dec: jax.Array) -> dict:
     return dict(grads, W_dec=g - par)
 
 
-def normalize_decoder(params: dict) -> dict:
+def normalize_decoder(params: Mapping) -> dict:
     """Decoder rows rescaled to unit norm."""
     w = params["W_dec"]
     norm = jnp.linalg.norm(w.astype(jnp.float32), axis=-1, keepdims=True)
     return dict(params, W_dec=(w / jnp.maximum(norm, 1e-8).astype(w.dtype)))
 
 
-def make_step(config: SAEConfig, cfg: StepConfig, tx: optax.GradientTransformation,
-              base: SAE | None = None) -> Callable:
+def make_step(
+    config: SAEConfig, cfg: StepConfig, tx: optax.GradientTransformation, base: SAE | None = None
+) -> Callable:
     """A jitted `step(state, x) -> (state, metrics)` for activations `x [B, d_in]`.
 
     base: a frozen SAE; when given the trained SAE is a residual SAE fitted to
@@ -113,8 +115,16 @@ def make_step(config: SAEConfig, cfg: StepConfig, tx: optax.GradientTransformati
         params = dict(frozen, **trainable)
         if unit_threshold:
             params["threshold"] = params["threshold"] * scale
-        return train_forward(SAE(params, config), x, dead, k_aux=cfg.k_aux, aux_coef=cfg.aux_coef,
-                             htopk_levels=cfg.htopk_levels or None, l0_coef=l0_coef, bandwidth=cfg.jumprelu_bandwidth)
+        return train_forward(
+            SAE(params, config),
+            x,
+            dead,
+            k_aux=cfg.k_aux,
+            aux_coef=cfg.aux_coef,
+            htopk_levels=cfg.htopk_levels or None,
+            l0_coef=l0_coef,
+            bandwidth=cfg.jumprelu_bandwidth,
+        )
 
     def step(state, x):
         if base is not None:
@@ -126,18 +136,25 @@ def make_step(config: SAEConfig, cfg: StepConfig, tx: optax.GradientTransformati
             trainable["threshold"] = trainable["threshold"] / scale.astype(trainable["threshold"].dtype)
         dead = state["since_fired"] >= cfg.dead_batches
         warm = jnp.minimum((state["step"] + 1) / max(cfg.l0_warmup_steps, 1), 1.0)
-        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, scale, x, dead,
-                                                                        cfg.l0_coef * warm)
+        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            trainable, frozen, scale, x, dead, cfg.l0_coef * warm
+        )
         grads = _project_decoder_grad(grads, trainable["W_dec"])
         updates, opt = tx.update(grads, state["opt"], trainable)
-        new = normalize_decoder(optax.apply_updates(trainable, updates))
+        new = normalize_decoder(cast(dict, optax.apply_updates(trainable, updates)))  # optax types it as any pytree
         if config.kind in BATCH_KINDS:
             new["threshold"] = update_threshold(frozen["threshold"], info["min_active"], cfg.threshold_lr)
         if unit_threshold:
             new["threshold"] = (jnp.maximum(new["threshold"], 0) * scale).astype(params["threshold"].dtype)
         since = jnp.where(info["fired"], 0, state["since_fired"] + 1)
-        metrics = {"loss": loss, "fvu": info["fvu"], "explained_variance": 1 - info["fvu"], "aux_loss": info["aux"],
-                   "l0": info["l0"], "dead_fraction": jnp.mean(since >= cfg.dead_batches)}
+        metrics = {
+            "loss": loss,
+            "fvu": info["fvu"],
+            "explained_variance": 1 - info["fvu"],
+            "aux_loss": info["aux"],
+            "l0": info["l0"],
+            "dead_fraction": jnp.mean(since >= cfg.dead_batches),
+        }
         return {"sae": new, "opt": opt, "step": state["step"] + 1, "since_fired": since, "act_scale": scale}, metrics
 
     return jax.jit(step, donate_argnums=(0,))
@@ -152,7 +169,7 @@ def shard_state(state: dict, mesh: jax.sharding.Mesh, axis: str, d_sae: int) -> 
 
     def place(leaf):
         shape = jnp.shape(leaf)
-        spec = [None] * len(shape)
+        spec: list[str | None] = [None] * len(shape)
         for i, n in enumerate(shape):
             if n == d_sae:
                 spec[i] = axis
@@ -197,16 +214,24 @@ def init_b_dec(sae: SAE, sample: np.ndarray, method: str) -> SAE:
     return SAE(dict(sae.params, b_dec=jnp.asarray(v, sae.dtype)), sae.config)
 
 
-def fit(config: SAEConfig, batches: Iterable[np.ndarray], cfg: StepConfig, *, seed: int = 0,
-        b_dec_init: str = "geometric_median", base: SAE | None = None, jumprelu_init_threshold: float = 0.001,
-        mesh: jax.sharding.Mesh | None = None) -> tuple[SAE, list[dict]]:
+def fit(
+    config: SAEConfig,
+    batches: Iterable[np.ndarray],
+    cfg: StepConfig,
+    *,
+    seed: int = 0,
+    b_dec_init: str = "geometric_median",
+    base: SAE | None = None,
+    jumprelu_init_threshold: float = 0.001,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[SAE, list[dict]]:
     """Train an SAE in memory on an iterable of `[B, d_in]` batches (`cfg.total_steps` of them).
     Returns the SAE and the per-step metrics. mesh: split the latent axis over the mesh's first
     axis (`shard_state`). For runs with checkpoints use `jaxsteer sae train`."""
     it = iter(batches)
     first = np.asarray(next(it))
     sae = init_sae(config, jax.random.PRNGKey(seed))
-    target = first if base is None else first - np.asarray(reconstruct(base, first), np.float32)
+    target = first if base is None else first - np.asarray(reconstruct(base, jnp.asarray(first)), np.float32)
     sae = init_jumprelu_threshold(init_b_dec(sae, target, b_dec_init), target, jumprelu_init_threshold)
     tx = make_optimizer(cfg)
     step = make_step(config, cfg, tx, base)
@@ -224,5 +249,16 @@ def fit(config: SAEConfig, batches: Iterable[np.ndarray], cfg: StepConfig, *, se
     return SAE(state["sae"], config), history
 
 
-__all__ = ["StepConfig", "make_optimizer", "trainable_params", "init_state", "init_jumprelu_threshold", "normalize_decoder", "make_step", "shard_state", "geometric_median",
-           "init_b_dec", "fit"]
+__all__ = [
+    "StepConfig",
+    "make_optimizer",
+    "trainable_params",
+    "init_state",
+    "init_jumprelu_threshold",
+    "normalize_decoder",
+    "make_step",
+    "shard_state",
+    "geometric_median",
+    "init_b_dec",
+    "fit",
+]
