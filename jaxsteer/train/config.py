@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from .. import config as _config_lib
 from ..config import ConfigDeprecationWarning, ConfigError, config_to_dict, read_config_file, save_config

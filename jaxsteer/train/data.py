@@ -21,7 +21,8 @@ import random
 import re
 import warnings
 import zlib
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import grain
 
@@ -44,7 +45,7 @@ class Example:
         return {"prompt": self.prompt, "answer": self.answer, "meta": dict(self.meta)}
 
     @classmethod
-    def from_dict(cls, record: dict) -> "Example":
+    def from_dict(cls, record: dict) -> Example:
         return cls(str(record["prompt"]), str(record["answer"]), dict(record.get("meta") or {}))
 
 
@@ -166,7 +167,7 @@ def arithmetic_problems(
     return out
 
 
-def _countdown_solve_random(numbers: list[int], rng: random.Random) -> tuple[int, str] | None:
+def _countdown_solve_random(numbers: list[int], rng: random.Random) -> tuple[int, str]:
     """Combine all numbers with random valid operations (positive integers throughout)."""
     pool = [(v, str(v)) for v in numbers]
     while len(pool) > 1:
@@ -273,7 +274,10 @@ def _json_rows(data: Any, path: str) -> list[dict]:
             data = data["data"]
         elif all(isinstance(v, list) for v in data.values()):
             keys = list(data)
-            data = [dict(zip(keys, row)) for row in zip(*(data[k] for k in keys))]
+            lengths = {k: len(data[k]) for k in keys}
+            if len(set(lengths.values())) > 1:
+                raise DatasetError(f"{path}: the columns have different lengths {lengths}")
+            data = [dict(zip(keys, row, strict=True)) for row in zip(*(data[k] for k in keys), strict=True)]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise DatasetError(f"{path}: expected a list of objects, {{'data': [...]}} or columns of lists")
     return data
@@ -318,7 +322,7 @@ def _math_examples(rows: Iterable[dict], source: str) -> list[Example]:
                 meta[k] = row[k]
         out.append(Example(problem, ans, meta))
     if skipped:
-        warnings.warn(f"{source}: skipped {skipped} rows without a \\boxed{{}} answer")
+        warnings.warn(f"{source}: skipped {skipped} rows without a \\boxed{{}} answer", stacklevel=2)
     return out
 
 
@@ -377,7 +381,7 @@ def _check_generator_args(kind: str, kwargs: dict[str, Any], spec: str) -> None:
         want = int if k == "n" else type(default) if default is not inspect.Parameter.empty else None
         if want in (int, float, bool, str) and not (type(v) is want or (want is float and type(v) is int)):
             raise DatasetError(f"dataset spec {spec!r}: {k}={v!r} should be {want.__name__}")
-        if want is int and v < (0 if k == "seed" else 1):
+        if want is int and isinstance(v, int) and v < (0 if k == "seed" else 1):
             raise DatasetError(f"dataset spec {spec!r}: {k}={v} is out of range")
     if "split" in kwargs and kwargs["split"] not in SPLITS:
         raise DatasetError(f"dataset spec {spec!r}: split={kwargs['split']!r} is not one of {SPLITS}")

@@ -96,7 +96,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     timeout = float(timeout if timeout is not None else _env_number("startup_timeout", float) or STARTUP_TIMEOUT)
     if not (timeout > 0 and np.isfinite(timeout)):
         raise InputError(f"--startup-timeout must be a positive number of seconds, got {timeout}")
-    platforms = jax.config.jax_platforms
+    platforms = jax.config.jax_platforms  # type: ignore[attr-defined]  # JAX's options are dynamic attributes
     if platforms == "cpu" or (not platforms and _cpu_only()):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     joined = threading.Event()

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -43,7 +44,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
-def mean_ci(values: Sequence[float], z: float = Z95) -> tuple[float, tuple[float, float]]:
+def mean_ci(values: Sequence[float] | np.ndarray, z: float = Z95) -> tuple[float, tuple[float, float]]:
     """Mean and mean +- z * standard error (sample std, ddof=1), clipped to [0, 1]."""
     v = np.asarray(values, np.float64)
     m = float(v.mean()) if len(v) else 0.0
@@ -105,9 +106,9 @@ def evaluate_policy(
             exs, ids = examples[s : s + batch_size], prompt_ids[s : s + batch_size]
             gen = sample_batch(model, interventions, ids, key, SamplingConfig(max_new_tokens, greedy=True), mesh=mesh,
                                tokenizer=tokenizer, bucket=bucket)
-            correct.extend(success(r) for r in score_completions(reward_fn, exs, ids, gen))
+            correct.extend(success(r) for r in score_completions(reward_fn, exs, ids, gen).tolist())
             for m, fn in modes.items():
-                by_mode[m].extend(success(r) for r in score_completions(fn, exs, ids, gen))
+                by_mode[m].extend(success(r) for r in score_completions(fn, exs, ids, gen).tolist())
             if gen.texts:
                 texts.extend(gen.texts)
         k = int(sum(correct))
@@ -120,7 +121,7 @@ def evaluate_policy(
         if keep_texts and texts:
             out["examples"] = [
                 {"prompt": e.prompt, "answer": e.answer, "completion": t, "correct": bool(c)}
-                for e, t, c in list(zip(examples, texts, correct))[:keep_texts]
+                for e, t, c in list(zip(examples, texts, correct, strict=True))[:keep_texts]
             ]
     if samples:
         per_problem = np.zeros(len(examples))
@@ -131,10 +132,10 @@ def evaluate_policy(
             gen = sample_batch(model, interventions, ids, jax.random.fold_in(key, s), mesh=mesh, tokenizer=tokenizer,
                                sampling=SamplingConfig(max_new_tokens, float(temperature), samples_per_prompt=samples),
                                bucket=bucket)
-            ok = np.array([success(r) for r in score_completions(reward_fn, exs, ids, gen, repeats=samples)], np.float64)
+            ok = np.array([success(r) for r in score_completions(reward_fn, exs, ids, gen, repeats=samples).tolist()], np.float64)
             per_problem[s : s + len(exs)] = ok.reshape(len(exs), samples).mean(axis=1)
             for m, fn in modes.items():
-                ok_m = np.array([success(r) for r in score_completions(fn, exs, ids, gen, repeats=samples)], np.float64)
+                ok_m = np.array([success(r) for r in score_completions(fn, exs, ids, gen, repeats=samples).tolist()], np.float64)
                 per_mode[m][s : s + len(exs)] = ok_m.reshape(len(exs), samples).mean(axis=1)
         m, ci = mean_ci(per_problem)
         out["pass1"] = m
@@ -178,7 +179,7 @@ class HeldOut:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, examples: Sequence, encode: Callable, tokenizer: Any,
-                    reward_fn: Callable, mesh=None) -> "HeldOut":
+                    reward_fn: Callable, mesh=None) -> HeldOut:
         """Settings from `cfg.eval` / `cfg.sampling`; `encode(example)` gives prompt ids; `mesh`:
         the devices that sample (`evaluate_policy`)."""
         settings = dict(

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
 from ..errors import InputError
+from ..models.interventions import Affine
 from ..models.params import Model
 from .config import TrainConfig
-from ..models.interventions import Affine
 from .trainable import TrainableConfig, adaptive_gate, affine_map, steering_vectors
 
 
@@ -38,7 +39,7 @@ def save_npy(path: str, trainable, cfg: TrainableConfig, n_layers: int) -> str:
 def save_affine(path: str, trainable, cfg: TrainableConfig, n_layers: int) -> str:
     """Write a lineas trainable as `.npz`: `scale`, `shift` (`[L, d]` float32, the identity on
     untrained layers), the `site` and the trained `layers` (see `load_affine`)."""
-    m = {k: np.asarray(v, np.float32) for k, v in affine_map(trainable, cfg, n_layers).items()}
+    m: dict[str, Any] = {k: np.asarray(v, np.float32) for k, v in affine_map(trainable, cfg, n_layers).items()}
     layers = np.asarray(cfg.layers if cfg.layers is not None else range(n_layers), np.int32)
     np.savez(path, site=np.asarray(cfg.site), layers=layers, **m)
     return path
@@ -106,7 +107,7 @@ def export_steering(out_dir: str, cfg: TrainConfig, model: Model, trainable: Any
         return {"lineas_npz": path}
     files = {"vectors_npy": save_npy(os.path.join(out_dir, "steering_vectors.npy"), trainable, tcfg, model.config.n_layers)}
     if tcfg.kind == "adaptive_steering":  # the (ungated) vectors above, and the gate
-        gate = {k: np.asarray(v, np.float32) for k, v in adaptive_gate(trainable, tcfg, model.config.n_layers).items()}
+        gate: dict[str, Any] = {k: np.asarray(v, np.float32) for k, v in adaptive_gate(trainable, tcfg, model.config.n_layers).items()}
         files["adaptive_npz"] = os.path.join(out_dir, "adaptive_steering.npz")
         np.savez(files["adaptive_npz"], **gate)
         say("(no safetensors patch: a gated vector is not a constant down_proj bias)")

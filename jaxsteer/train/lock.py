@@ -82,7 +82,7 @@ class RunLock:
         return RunLockedError(f"run directory {self.directory} is in use by {_describe(self.holder())}; "
                               "wait for it to finish or choose another output_dir")
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock; `RunLockedError` naming the holder if another live process has it."""
         if self._fd is not None:
             return self
@@ -121,7 +121,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

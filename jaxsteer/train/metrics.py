@@ -137,9 +137,9 @@ def plot_curves(jsonl_path: str, png_path: str, title: str = "") -> str | None:
     cols = min(3, n)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
-    for ax, (k, label) in zip(axes.flat, keys):
+    for ax, (k, label) in zip(axes.flat, keys, strict=False):  # the grid may have spare axes
         pts = [(r["step"], as_number(r[k])) for r in train if as_number(r.get(k)) is not None]
-        xs, ys = zip(*pts)
+        xs, ys = zip(*pts, strict=True)
         ax.plot(xs, ys, lw=1, alpha=0.5)
         if len(ys) >= 5:  # running mean over 5 steps
             w = 5
@@ -155,7 +155,7 @@ def plot_curves(jsonl_path: str, png_path: str, title: str = "") -> str | None:
             if pts:
                 xs = [p[0] for p in pts]
                 ys = [p[1] for p in pts]
-                err = [[y - (p[2][0] if p[2] else y) for y, p in zip(ys, pts)], [(p[2][1] if p[2] else y) - y for y, p in zip(ys, pts)]]
+                err = [[y - (p[2][0] if p[2] else y) for y, p in zip(ys, pts, strict=True)], [(p[2][1] if p[2] else y) - y for y, p in zip(ys, pts, strict=True)]]
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
         ax.set_title("held-out accuracy (95% CI)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)

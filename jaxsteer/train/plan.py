@@ -120,7 +120,7 @@ def device_bytes(tree: Any, fsdp: int = 1, shard: bool = False) -> int:
     for leaf in jax.tree_util.tree_leaves(tree):
         shape = tuple(np.shape(leaf))
         spec = fsdp_spec(shape, fsdp) if shard else ()
-        per = [n // fsdp if ax == "fsdp" else n for n, ax in zip(shape, tuple(spec) + (None,) * len(shape))]
+        per = [n // fsdp if ax == "fsdp" else n for n, ax in zip(shape, tuple(spec) + (None,) * len(shape), strict=False)]
         total += math.prod(per) * np.dtype(leaf.dtype).itemsize
     return total
 
@@ -275,7 +275,7 @@ def rl_plan(cfg: TrainConfig, c: ModelConfig, model: Model, data: int, fsdp: int
     state = _state_shapes(cfg, model)
     shard_state = cfg.trainable.kind == "full" and fsdp > 1
     trainable = device_bytes(state["trainable"], fsdp, shard_state)
-    parts = {
+    parts: dict[str, float] = {
         "base parameters": device_bytes(model, fsdp, shard=fsdp > 1),
         "trainable state": trainable,
         "optimizer moments": device_bytes(state["opt"], fsdp, shard_state),
@@ -366,14 +366,14 @@ def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capaci
     per_member = (sum(L * (i + o) * es.rank for L, i, o in (layers[t] for t in targets)) * 4
                   if space == "eggroll" else n * 4 if space != "full" else n * act_bytes)
     rows = per_device * cfg.prompts_per_step
-    parts = {
+    parts: dict[str, float] = {
         "base parameters": device_bytes(model),
         "search space (frozen U, V)" if frozen else "search space": frozen + 4 * n,
         f"strategy state ({strategy})": 4 * (n * n + 4 * n if strategy == "cma" else 3 * n),
         f"members' parameters ({per_device} per device)": per_device * per_member,
         "rollout KV cache": kv_cache_bytes(c, rows, prompt_len + new, act_bytes),
     }
-    peaks = {"rollout": sum(parts.values()) + 2 * rows * c.vocab_size * 4}
+    peaks: dict[str, float] = {"rollout": sum(parts.values()) + 2 * rows * c.vocab_size * 4}
     notes = [f"{space} search space: {n:,} evolving values; population {es.population}, {members} members "
              f"evaluated at once, {per_device} per device over {devices} devices",
              f"sampler: {rows:g} rows per device x {prompt_len + new} slots ({prompt_len} prompt + {new} new tokens); "

@@ -24,10 +24,14 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable
+from typing import TYPE_CHECKING, cast
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RewardFn = Callable[[str, str, str], float]
 
@@ -448,7 +452,7 @@ REWARDS: dict[str, RewardFn] = {
 }
 
 
-def get_reward_fn(name_or_callable) -> RewardFn:
+def get_reward_fn(name_or_callable: Callable | str) -> RewardFn:
     """A reward function from a name ("correctness", "format", "countdown"), a callable, or a
     dotted path `"pkg.module:function"` (or `"pkg.module.function"`)."""
     if callable(name_or_callable):
@@ -461,7 +465,7 @@ def get_reward_fn(name_or_callable) -> RewardFn:
         fn = getattr(importlib.import_module(module), attr, None)
         if not callable(fn):
             raise InputError(f"{name!r} does not name a callable")
-        return fn
+        return cast(RewardFn, fn)  # a user's function: its signature is theirs to keep
     raise InputError(f"unknown reward {name!r}; built-ins: {sorted(REWARDS)}, or 'pkg.module:function'")
 
 
@@ -486,7 +490,7 @@ def overlong_penalty(lengths, max_len: int, buffer: int):
     return np.where(n > max_len, -1.0, inside).astype(np.float32)
 
 
-def score_completions(reward_fn: Callable, examples, prompt_ids, out, repeats: int = 1):
+def score_completions(reward_fn: Callable, examples, prompt_ids, out, repeats: int = 1) -> np.ndarray:
     """Rewards `[B]` (float32) for rows `[e0 x repeats, e1 x repeats, ...]` of sampled completions
     `out` (a `Generation`-like object: tokens `[B, N]`, lengths `[B]`, texts or None)."""
     import numpy as np

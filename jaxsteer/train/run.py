@@ -1,8 +1,8 @@
 """The Run: one run directory and everything a learner keeps in it.
 
     run = Run(cfg.output_dir, config=cfg, resume=resume, keep=2, tensorboard=True, progress=True)
-    state, meta = run.restore(template, identity=..., trainable_config=...)   # (None, None): fresh
-    with run.progress(total=steps, initial=run.start_step, desc="train") as bar:
+    state, meta = run.restore(template, identity=..., trainable_config=...)   # (template, None): fresh
+    with run.progress(steps, "train") as bar:
         for step in range(run.start_step, steps):
             ...
             run.log(step + 1, metrics)
@@ -27,16 +27,19 @@ import contextlib
 import json
 import os
 import shutil
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import jax
 import yaml
 
+from ..config import ConfigError, config_diff, save_config
 from ..errors import JaxsteerError
 from . import checkpoint as ckpt
-from ..config import ConfigError, config_diff, save_config
 from .lock import RunLock
 from .metrics import RunLogger, plot_curves
+
+T = TypeVar("T")
 
 
 class NonFiniteError(JaxsteerError, RuntimeError):
@@ -79,7 +82,7 @@ class Run:
         self._persist: set[str] = set()
         self._bar = None
         self.logger: RunLogger | None = None
-        self.checkpointer = None
+        self.checkpointer: ckpt.Checkpointer | None = None
         self.lock = RunLock(output_dir).acquire() if self.main else None
         ckpt_dir = os.path.join(output_dir, "checkpoints")
         if not resume:
@@ -137,15 +140,16 @@ class Run:
 
     # ---- checkpoints and metrics
 
-    def restore(self, template: Any, *, identity: dict, trainable_config: dict,
-                unit: str = "step") -> tuple[Any, dict | None]:
+    def restore(self, template: T, *, identity: dict, trainable_config: dict,
+                unit: str = "step") -> tuple[T, dict | None]:
         """With `resume`, the latest checkpoint restored into `template`'s structure (validated
         against `identity` and `trainable_config`, see `Checkpointer.restore`), its persisted
         evaluations and `start_step`; else `(template, None)`. Opens the metrics log either way
         (a resumed log drops records after the checkpoint)."""
         state, meta = template, None
-        if self.resume and self.checkpointer.latest_step() is not None:
-            state, meta = self.checkpointer.restore(template, identity=identity, trainable_config=trainable_config)
+        checkpointer = self._checkpointer()
+        if self.resume and checkpointer.latest_step() is not None:
+            state, meta = checkpointer.restore(template, identity=identity, trainable_config=trainable_config)
             self.start_step = int(meta["step"])
             total = getattr(self.config, "steps", None)
             if isinstance(total, int) and total < self.start_step:
@@ -160,9 +164,9 @@ class Run:
             if meta.get("eval_before") is not None:  # run directories written before `evals`
                 self.evals.setdefault("before", meta["eval_before"])
                 self._persist.add("before")
-            self.say(f"resumed from {self.checkpointer.directory} at {unit} {self.start_step}")
+            self.say(f"resumed from {self.checkpointer_dir} at {unit} {self.start_step}")
         elif self.resume:
-            self.say(f"--resume: no checkpoint in {self.checkpointer.directory}; starting from scratch")
+            self.say(f"--resume: no checkpoint in {self.checkpointer_dir}; starting from scratch")
         self._open_logger()
         return state, meta
 
@@ -201,7 +205,12 @@ class Run:
         """Checkpoint `state` at `step` with `meta` plus the persisted evaluations."""
         evals = {k: _without_examples(self.evals[k]) for k in sorted(self._persist) if self.evals.get(k)}
         meta = dict(meta, evals=evals or None, eval_before=evals.get("before"))
-        self.checkpointer.save(step, state, meta)
+        self._checkpointer().save(step, state, meta)
+
+    def _checkpointer(self) -> ckpt.Checkpointer:
+        if self.checkpointer is None:
+            raise RuntimeError(f"the run in {self.directory} is closed: its checkpoints can no longer be read or written")
+        return self.checkpointer
 
     # ---- evaluation
 

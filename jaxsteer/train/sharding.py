@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ..errors import InputError
 from ..models.generate import Generation, PreparedPrompts, SamplingConfig, decode_completions, sample_tokens
 from .distributed import local_rows, process_max
 
 BATCH_AXES = ("data", "fsdp")
+T = TypeVar("T")
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
@@ -67,7 +69,7 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
             best = ax
     if best is None:
         return P()
-    spec = [None] * len(shape)
+    spec: list[str | None] = [None] * len(shape)
     spec[best] = "fsdp"
     return P(*spec)
 
@@ -85,7 +87,7 @@ def tree_shardings(tree: Any, mesh: Mesh, shard: bool) -> Any:
 
 def batch_sharding(mesh: Mesh, ndim: int, micro: bool = True) -> NamedSharding:
     """Rows over ("data", "fsdp"); with `micro` the leading axis is the unsharded micro-batch axis."""
-    spec = [None] * ndim
+    spec: list[str | tuple[str, ...] | None] = [None] * ndim
     spec[1 if micro else 0] = BATCH_AXES
     return NamedSharding(mesh, P(*spec))
 
@@ -105,7 +107,7 @@ def put(tree: Any, shardings: Any) -> Any:
     return jax.device_put(tree, shardings)
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
+def replicate(tree: T, mesh: Mesh) -> T:
     """Every array leaf as a global array replicated on `mesh` (arrays already on its devices and
     Python scalars stay; host values must be equal on every process)."""
     rep = replicated(mesh)

@@ -122,7 +122,7 @@ def _init_lora(key, shapes, rank):
     sizes = [L * d_in * rank for _, (L, d_in, _) in shapes]
     flat = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
     out, start = {}, 0
-    for (name, (L, d_in, d_out)), size in zip(shapes, sizes):
+    for (name, (L, d_in, d_out)), size in zip(shapes, sizes, strict=True):
         a = flat[start : start + size].reshape(L, d_in, rank) / math.sqrt(d_in)
         out[name] = {"a": a, "b": jnp.zeros((L, rank, d_out), jnp.float32)}
         start += size
@@ -134,6 +134,7 @@ def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
     c = model.config
     if cfg.kind == "steering":
         feat = site_feature_shape(cfg.site, c)
+        assert feat is not None  # TrainableConfig refuses the one site without a feature shape, "pattern"
         n = len(_steer_layers(cfg, c.n_layers))
         if cfg.rank is None:
             return {"vectors": jnp.zeros((n, *feat), jnp.float32)}
@@ -144,6 +145,7 @@ def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
         }
     if cfg.kind in ("adaptive_steering", "lineas"):
         feat = site_feature_shape(cfg.site, c)
+        assert feat is not None  # TrainableConfig refuses the one site without a feature shape, "pattern"
         if feat != (c.d_model,):
             raise InputError(f"{cfg.kind} needs a residual-width site; {cfg.site!r} has features {feat}")
         n = len(_steer_layers(cfg, c.n_layers))
@@ -199,6 +201,7 @@ def _vectors(trainable: dict, cfg: TrainableConfig) -> jax.Array:
 def _steer(trainable: dict, cfg: TrainableConfig, model: Model) -> Steer:
     c = model.config
     feat = site_feature_shape(cfg.site, c)
+    assert feat is not None  # TrainableConfig refuses the one site without a feature shape, "pattern"
     vecs = _vectors(trainable, cfg)
     if cfg.layers is None:
         return Steer(vecs, site=cfg.site)
@@ -235,8 +238,8 @@ def apply_trainable(
             ab = trainable[name]
             lora[name] = {"a": ab["a"], "b": ab["b"] * jnp.asarray(cfg.lora_scale, ab["b"].dtype)}
         layers["lora"] = lora
-        return model.replace(params={**model.params, "layers": layers}), ()
-    return model.replace(params=trainable), ()
+        return dataclasses.replace(model, params={**model.params, "layers": layers}), ()
+    return dataclasses.replace(model, params=trainable), ()
 
 
 def build_policy(base: Model, trainable: dict, cfg: TrainableConfig) -> tuple[Model, tuple]:
@@ -256,7 +259,7 @@ def merge_lora(model: Model, trainable: dict, cfg: TrainableConfig) -> Model:
         w = layers[name]
         delta = jnp.einsum("lir,lro->lio", trainable[name]["a"], trainable[name]["b"]) * cfg.lora_scale
         layers[name] = (w.astype(jnp.float32) + delta).astype(w.dtype)
-    return model.replace(params={**model.params, "layers": layers})
+    return dataclasses.replace(model, params={**model.params, "layers": layers})
 
 
 def init_value_head(d_model: int) -> dict:

@@ -290,6 +290,15 @@ def test_bad_rows_name_file_line_and_field(tmp_path, rows, needle):
         load_dataset(_jsonl(tmp_path, rows))
 
 
+def test_json_columns_load_as_rows_and_unequal_columns_are_refused(tmp_path):
+    path = tmp_path / "cols.json"
+    path.write_text(json.dumps({"prompt": ["a", "b"], "answer": ["1", "2"]}))
+    assert [(e.prompt, e.answer) for e in load_dataset(str(path))] == [("a", "1"), ("b", "2")]
+    path.write_text(json.dumps({"prompt": ["a", "b"], "answer": ["1"]}))  # would silently drop "b"
+    with pytest.raises(DatasetError, match=r"cols.json: the columns have different lengths"):
+        load_dataset(str(path))
+
+
 def test_directory_and_unknown_suffix_are_refused(tmp_path):
     with pytest.raises(DatasetError, match="is a directory"):
         load_dataset(str(tmp_path))

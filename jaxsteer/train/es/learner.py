@@ -17,13 +17,13 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from ...errors import InputError
 from ...models.params import Model
 from .. import checkpoint as ckpt
 from ..build import Inputs, PromptEncoder, build_model
@@ -54,6 +54,7 @@ def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: Trai
     elif name == "full":
         space = FullSpace()
     elif name == "eggroll":
+        assert targets is not None  # targets_for gives every space but essa / essa_product its projections
         space = EggrollSpace(targets=targets, rank=cfg.rank)
     elif name == "random_subspace":  # random orthonormal U, V with s = 0: not ESSA, which starts from trained adapters
         space = essa_product_space(model, None, None, alpha=cfg.alpha, rank=cfg.essa_rank, targets=targets, seed=seed)
@@ -97,13 +98,13 @@ def es_space_for_run(cfg: TrainConfig, model: Model, tokenizer: Any = None, lora
 
 def describe(space, strategy) -> dict:
     """JSON-able identity of (space, strategy), checked against a checkpoint on resume."""
-    d = {"space": type(space).__name__, "strategy": type(strategy).__name__}
+    d: dict[str, Any] = {"space": type(space).__name__, "strategy": type(strategy).__name__}
     for f in dataclasses.fields(strategy):
         d[f.name] = getattr(strategy, f.name)
     for field in ("cfg", "paths", "targets", "rank", "n_active", "n_a", "n_b", "scale"):
         if hasattr(space, field):
             v = getattr(space, field)
-            d[f"space_{field}"] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            d[f"space_{field}"] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
     plain = lambda x: np.asarray(x).tolist() if isinstance(x, (np.ndarray, np.generic, jax.Array)) else str(x)
     return json.loads(json.dumps(d, default=plain))
 
@@ -129,7 +130,7 @@ class ESLoopSpec:
     log_every: int = 1
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> "ESLoopSpec":
+    def from_config(cls, cfg: TrainConfig) -> ESLoopSpec:
         """The loop of an ES run config."""
         s = cfg.sampling
         return cls(cfg.steps, cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, s.max_new_tokens,
@@ -173,7 +174,8 @@ def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callabl
     if mesh is not None:  # replicate once, not per generation
         model, space, strategy = replicate((model, space, strategy), mesh)
     if state is None:
-        state = strategy.init(space.init(model), jax.random.PRNGKey(spec.seed))
+        fresh: dict = strategy.init(space.init(model), jax.random.PRNGKey(spec.seed))
+        state = fresh
     if mesh is not None:  # a global array on every process (checkpoints are written by all of them)
         state = replicate(state, mesh)
     data_iter = iter(make_loader(examples, batch_size=spec.prompts_per_generation, seed=spec.seed, shuffle=spec.shuffle))
@@ -197,6 +199,7 @@ def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callabl
                 if log and (g % max(spec.log_every, 1) == 0 or g == spec.generations):
                     log(_log_line(g, metrics))
                 continue
+            assert bar is not None  # run.progress's bar: a run is given here
             run.check_finite(g, {"fitness_mean": metrics["fitness_mean"], "theta": state["theta"]})
             run.log(g, metrics)
             bar.set_postfix(fit=f"{metrics['fitness_mean']:+.3f}", best=f"{metrics['fitness_max']:+.3f}",
@@ -204,7 +207,7 @@ def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callabl
                             refresh=False)
             bar.update(1)
             if held_out is not None:
-                held_out.during(run, g, lambda: space.apply(model, center_member(space, state["theta"])))
+                held_out.during(run, g, lambda theta=state["theta"]: space.apply(model, center_member(space, theta)))
             if run.due(g, spec.checkpoint_every, spec.generations):
                 meta = {"model": identity, "trainable": desc, "data_state": ckpt.encode_data_state(data_iter.get_state())}
                 run.save(g, state, meta)

@@ -13,12 +13,14 @@ import dataclasses
 import functools
 import time
 import types
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ...errors import InputError
 from ...models.generate import SamplingConfig, decode_completions, prepare_prompts, sample_tokens

@@ -27,6 +27,7 @@ Dense spaces (`dense = True`: members are theta-shaped) also work with the CMA s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -52,7 +53,7 @@ def _normal_pieces(key: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Ar
     sizes = [math.prod(s) for s in shapes]
     flat = jax.random.normal(key, (sum(sizes),), _f32)
     out, start = [], 0
-    for shape, n in zip(shapes, sizes):
+    for shape, n in zip(shapes, sizes, strict=True):
         out.append(flat[start : start + n].reshape(shape))
         start += n
     return out
@@ -180,7 +181,7 @@ class FullSpace(_Dense):
         flat = flatten(model.params)
         for p, v in flatten(member).items():
             flat[p] = v.astype(flat[p].dtype)
-        return model.replace(params=unflatten(flat)), ()
+        return dataclasses.replace(model, params=unflatten(flat)), ()
 
 
 # --------------------------------------------------------------------------- EGGROLL
@@ -233,7 +234,7 @@ class EggrollSpace:
         for p, w in member["w"].items():
             layers[p] = w.astype(layers[p].dtype)
             _with_adapter(layers, p, member["lora"][p])
-        return model.replace(params={**model.params, "layers": layers}), ()
+        return dataclasses.replace(model, params={**model.params, "layers": layers}), ()
 
     def noise(self, theta, key):
         """The materialised `E = A B^T / sqrt(r)` per matrix (tests and tiny models only)."""
@@ -321,7 +322,7 @@ class ESSASpace(_Dense):
             _with_adapter(layers, p, ab)
         for p, adapter in self.adapters(member).items():
             _with_adapter(layers, p, adapter)
-        return model.replace(params={**model.params, "layers": layers}), ()
+        return dataclasses.replace(model, params={**model.params, "layers": layers}), ()
 
     def to_lora(self, theta, cfg: TrainableConfig) -> dict:
         """The LoRA trainable of `cfg` (the warm start's) that `apply_trainable` runs as this member:
@@ -338,7 +339,7 @@ def _svd_stack(x: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jnp.asarray(u, _f32), jnp.asarray(s, _f32), jnp.asarray(vt, _f32)
 
 
-def essa_space(model: Model, lora: dict, cfg: TrainableConfig, *, alpha: float = 1.0,
+def essa_space(model: Model, lora: dict, cfg: TrainableConfig | None, *, alpha: float = 1.0,
                targets: tuple[str, ...] | None = None) -> ESSASpace:
     """The paper's `ESSASpace` from a trained LoRA (`lora`, a trainable of `cfg`, e.g. an SFT run):
     factor-wise SVD on `targets` (None: the LoRA's adapters on the attention projections q/k/v/o,
@@ -394,7 +395,7 @@ class ESSAProductSpace(_Dense):
         layers = dict(model.params["layers"])
         for p, usv in self.adapters(member).items():
             _with_adapter(layers, p, usv)
-        return model.replace(params={**model.params, "layers": layers}), ()
+        return dataclasses.replace(model, params={**model.params, "layers": layers}), ()
 
     def to_lora(self, theta, cfg: TrainableConfig) -> dict:
         """A LoRA trainable for `cfg` (`apply_trainable` reproduces this member): a = U s, b = V^T / scale."""

@@ -240,6 +240,9 @@ def _elite_weights(f: jax.Array, w: jax.Array) -> jax.Array:
 
 
 class _CMABase:
+    population: int  # fields of each subclass's dataclass
+    sigma: float
+
     def __post_init__(self):
         if self.population < 4:
             raise InputError(f"CMA-ES needs a population of at least 4, got {self.population}")
@@ -368,7 +371,8 @@ class SepCMAES(_CMABase):
         return _finish(state, unravel(mean), opt, metrics)
 
 
-STRATEGIES = dict(zip(ES_STRATEGIES, (OpenES, CMAES, SepCMAES)))  # the names `es.strategy` takes
+STRATEGIES: dict[str, type[OpenES] | type[CMAES] | type[SepCMAES]] = dict(
+    zip(ES_STRATEGIES, (OpenES, CMAES, SepCMAES), strict=True))  # the names `es.strategy` takes
 
 __all__ = [
     "SHAPINGS",
