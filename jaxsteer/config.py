@@ -137,7 +137,19 @@ def _coerce_container(value: Any, tp: Any, key: str) -> Any:
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
-    """`value` converted to the annotated type `tp`, or a ConfigError naming `key`."""
+    """`value` converted to the annotated type `tp`.
+
+    Args:
+        value: plain data from YAML or an override (strings parse as scalars for bool / int / float).
+        tp: the field's resolved annotation (scalars, unions with None, tuples, lists, dicts).
+        key: the dotted key, named in the error.
+
+    Returns:
+        The converted value.
+
+    Raises:
+        ConfigError: naming `key` when the value does not fit `tp` (or is a non-finite float).
+    """
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return _coerce_union(value, typing.get_args(tp), key)
@@ -171,8 +183,19 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def build(cls: type[C], data: Any, prefix: str = "") -> C:
-    """`cls(**data)` with nested sections built recursively and every value coerced to its
-    field's type; ConfigError naming an unknown key, a bad value or a failed check."""
+    """`cls(**data)` with nested sections built recursively and every value coerced to its field's type.
+
+    Args:
+        cls: the config class (a dataclass whose dataclass-typed fields are sections).
+        data: nested plain data (None: all defaults).
+        prefix: the dotted key of `data` (with a trailing "."), for error messages.
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: naming an unknown key, a bad value or a failed check of the class.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -248,9 +271,20 @@ def renamed_key(cls: type, key: str) -> str | None:
 
 
 def migrate(cls: type, data: dict, *, warn: bool = True, source: str = "") -> dict:
-    """Old keys of `data` moved to their `cls.RENAMED` names (one ConfigDeprecationWarning each
-    when `warn`), then `cls.migrate` when defined. An old key and its new one with different values
-    (neither null): ConfigError."""
+    """Old keys of `data` moved to their `cls.RENAMED` names, then `cls.migrate` when defined.
+
+    Args:
+        cls: the config class (its `RENAMED`: old dotted key -> new; "x.*" moves a whole section).
+        data: nested plain data.
+        warn: one ConfigDeprecationWarning per renamed key.
+        source: a prefix naming where `data` came from (e.g. "run.yaml: "), for the messages.
+
+    Returns:
+        The migrated data (a new tree).
+
+    Raises:
+        ConfigError: an old key and its new one given with different values (neither null).
+    """
     flat, out = flatten(data), {}
     renames = [(k, renamed_key(cls, k)) for k in flat]
     out = {k: flat[k] for k, new in renames if new is None}
@@ -281,8 +315,20 @@ def migrate(cls: type, data: dict, *, warn: bool = True, source: str = "") -> di
 
 
 def apply_overrides(cls: type, data: dict, overrides: Sequence[str], *, warn: bool = True) -> dict:
-    """`key=value` strings applied to nested plain data (a copy); keys checked against `cls`
-    (renamed keys are moved with a warning)."""
+    """`key=value` strings applied to nested plain data (a copy).
+
+    Args:
+        cls: the config class the keys are checked against (renamed keys are moved with a warning).
+        data: nested plain data.
+        overrides: dotted `key=value` strings (values parse as YAML scalars).
+        warn: warn about renamed keys.
+
+    Returns:
+        The updated copy of `data`.
+
+    Raises:
+        ConfigError: an item that is not key=value, or a key `cls` does not have.
+    """
     data = json.loads(json.dumps(data or {}))
     for item in overrides:
         if "=" not in item:
@@ -349,29 +395,67 @@ def read_config_file(path: str) -> dict:
 
 
 def config_from_dict(cls: type[C], data: dict | None, *, warn: bool = True) -> C:
-    """A `cls` config from nested plain data (renamed keys migrated; unknown keys raise ConfigError)."""
+    """A `cls` config from nested plain data.
+
+    Args:
+        cls: the config class.
+        data: nested plain data (None: all defaults); renamed keys are migrated.
+        warn: warn about renamed keys.
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: an unknown key or a bad value.
+    """
     return build(cls, migrate(cls, dict(data or {}), warn=warn))
 
 
 def load_config(cls: type[C], path: str | None = None, overrides: Sequence[str] = (), *, warn: bool = True) -> C:
-    """Read a YAML config of `cls` (None = all defaults; see `read_config_file`), migrate renamed
-    keys, apply dotted `key=value` overrides and build it. warn=False: renamed keys move silently
-    (a run directory's saved config)."""
+    """Read a YAML config of `cls`, migrate renamed keys, apply overrides and build it.
+
+    Args:
+        cls: the config class.
+        path: the YAML file (None: all defaults; see `read_config_file`).
+        overrides: dotted `key=value` strings applied after the file.
+        warn: warn about renamed keys (False: they move silently, as for a run directory's saved config).
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: an unreadable or empty file, an unknown key or a bad value.
+    """
     data = read_config_file(path) if path is not None else {}
     data = migrate(cls, data, warn=warn, source=f"{path}: " if path else "")
     return build(cls, apply_overrides(cls, data, overrides, warn=warn))
 
 
 def save_config(cfg: Any, path: str) -> None:
-    """Write a config (any tree of dataclasses, or plain data) as YAML."""
+    """Write a config (any tree of dataclasses, or plain data) as YAML.
+
+    Args:
+        cfg: the config.
+        path: the file written.
+    """
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(plain(cfg), f, sort_keys=False)
 
 
 def config_diff(cls: type, original: dict, new: Any, allowed: Sequence[str] = ()) -> list[str]:
-    """`"key: old -> new"` for every setting that differs between a saved config (plain data, old
-    keys migrated) and `new` (a `cls` config or plain data) outside the `allowed` dotted prefixes.
-    A key missing from `original` (a field added after that run was written) takes its default."""
+    """The settings that differ between a saved config and `new`, outside `allowed`.
+
+    A key missing from `original` (a field added after that run was written) takes its default.
+
+    Args:
+        cls: the config class (its defaults and renamed keys).
+        original: the saved config as plain data (old keys are migrated).
+        new: a `cls` config or plain data.
+        allowed: dotted prefixes that may differ.
+
+    Returns:
+        `"key: old -> new"` per differing setting, sorted by key.
+    """
     try:
         defaults = plain(cls())
     except (TypeError, ValueError):  # a config type without defaults for every field
@@ -397,8 +481,19 @@ def _readers(cls: type, f: dataclasses.Field) -> tuple[str, ...] | None:
 
 
 def unused_fields(cfg: Any, algorithm: str, prefix: str = "") -> list[str]:
-    """Dotted names of the fields set away from their default that `algorithm`'s learner does not
-    read (per the `LEARNERS` of a section class and the `learners` metadata of a field)."""
+    """Dotted names of the fields set away from their default that `algorithm`'s learner does not read.
+
+    Who reads what comes from the `LEARNERS` of a section class and the `learners` metadata of a
+    field (`read_by`).
+
+    Args:
+        cfg: the config (a tree of dataclasses).
+        algorithm: the run's algorithm.
+        prefix: the dotted key of `cfg` (with a trailing "."), for the names.
+
+    Returns:
+        The unused fields' dotted names.
+    """
     cls, out = type(cfg), []
     for f in dataclasses.fields(cfg):
         value, name = getattr(cfg, f.name), prefix + f.name

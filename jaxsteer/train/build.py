@@ -69,9 +69,19 @@ def load_examples(spec: str) -> list:
 
 def check_before_loading(cfg: TrainConfig, *, train_examples: Sequence | None = None,
                          eval_examples: Sequence | None = None, reward_fn: Callable | None = None) -> None:
-    """Everything a run config can be checked for before the model loads (ConfigError naming the
-    field): dataset specs parse and their files exist, "py:" dataset functions and the reward
-    resolve. Arguments given explicitly (as `train` takes them) are not checked."""
+    """Check everything a run config can be checked for before the model loads.
+
+    Dataset specs parse and their files exist, "py:" dataset functions and the reward resolve.
+
+    Args:
+        cfg: the run config.
+        train_examples: training examples given explicitly (then not checked).
+        eval_examples: held-out examples given explicitly (then not checked).
+        reward_fn: a reward given explicitly (then not checked).
+
+    Raises:
+        ConfigError: naming the field.
+    """
     from .data import DatasetError, check_dataset_spec
 
     e = cfg.eval
@@ -100,9 +110,16 @@ def check_before_loading(cfg: TrainConfig, *, train_examples: Sequence | None = 
 def encode_prompt(example, tokenizer: Any, template: str = "chat", system: str | None = None) -> list[int]:
     """Token ids of an example's prompt.
 
-    `example.meta["prompt_ids"]` wins when present (tokenizer-free tasks). Otherwise `template`:
-    "chat" (the tokenizer's chat template; `system` as the system message when not None),
-    "raw" (the text as is), or a format string containing `{prompt}`."""
+    Args:
+        example: the example; its `meta["prompt_ids"]` wins when present (tokenizer-free tasks).
+        tokenizer: the tokenizer.
+        template: "chat" (the tokenizer's chat template), "raw" (the text as is), or a format string
+            containing `{prompt}`.
+        system: the chat template's system message (None: none).
+
+    Returns:
+        The prompt's token ids.
+    """
     ids = (getattr(example, "meta", None) or {}).get("prompt_ids")
     if ids is not None:
         return [int(i) for i in ids]
@@ -130,7 +147,17 @@ class PromptEncoder:
 
 @dataclasses.dataclass
 class Inputs:
-    """What a run trains on: model, tokenizer, reward, train / held-out examples, prompt encoder."""
+    """What a run trains on.
+
+    Attributes:
+        model: the base model.
+        tokenizer: its tokenizer (None for token-id data).
+        reward_fn: the reward function.
+        train_examples: the training examples.
+        eval_examples: the held-out examples.
+        encode: example -> prompt ids.
+        load_seconds: the time spent loading all of this.
+    """
 
     model: Model
     tokenizer: Any
@@ -144,9 +171,21 @@ class Inputs:
 def build_inputs(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None,
                  reward_fn: Callable | None = None, train_examples: Sequence | None = None,
                  eval_examples: Sequence | None = None) -> Inputs:
-    """The `Inputs` of a run config; keyword arguments replace what the config would load (tests
-    pass tiny models and token-id tasks). Held-out examples are loaded only when some evaluation
-    is on, and cut to `eval.n`."""
+    """The `Inputs` of a run config.
+
+    Held-out examples are loaded only when some evaluation is on, and cut to `eval.n`.
+
+    Args:
+        cfg: the run config.
+        model: replaces the configured model (tests pass tiny models).
+        tokenizer: replaces the model's tokenizer.
+        reward_fn: replaces `data.reward`.
+        train_examples: replace `data.train` (e.g. token-id tasks).
+        eval_examples: replace `data.eval`.
+
+    Returns:
+        The `Inputs`.
+    """
     t0 = time.perf_counter()
     source = "train_examples"
     if train_examples is None:  # the data first: a dataset that cannot serve a step fails before the model loads

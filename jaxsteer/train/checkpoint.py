@@ -43,6 +43,15 @@ class CheckpointDamagedError(CheckpointError):
 
 
 def model_identity(model, spec: str | None = None) -> dict:
+    """The shape of a model that its checkpoints must match on restore.
+
+    Args:
+        model: the model (its `config`).
+        spec: the model spec, recorded too when given.
+
+    Returns:
+        Architecture, layers, widths, heads and vocabulary size (and `spec`) as plain data.
+    """
     c = model.config
     ident = {
         "architecture": c.architecture,
@@ -159,6 +168,7 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
+        """Write `state` at `step` with `meta` (plus format, step, tree description, fingerprint); waits."""
         meta = dict(meta, format=FORMAT, step=int(step), tree=tree_description(state), fingerprint=fingerprint(state))
         self.manager.save(
             int(step),
@@ -193,14 +203,24 @@ class Checkpointer:
         step: int | None = None,
         fallback: bool = True,
     ) -> tuple[Any, dict]:
-        """Validated restore into the structure / shapes / shardings of `abstract_state`
-        (a pytree of `jax.ShapeDtypeStruct` or arrays). Returns `(state, meta)`.
+        """Validated restore into the structure / shapes / shardings of `abstract_state`.
 
-        Without `step`, the latest checkpoint; if its files are damaged and `fallback`, the
-        newest earlier one that is intact, with a warning naming what was wrong. The damaged
-        steps after it are moved aside to `damaged-<step>/` (kept for inspection, out of the
-        manager's view), so the resumed run re-reaches and re-saves them. A checkpoint that is
-        intact but does not fit this run is an error, never skipped."""
+        Without `step`, the latest checkpoint; if its files are damaged and `fallback`, the newest earlier
+        one that is intact, with a warning naming what was wrong. The damaged steps after it are moved
+        aside to `damaged-<step>/` (kept for inspection, out of the manager's view), so the resumed run
+        re-reaches and re-saves them. A checkpoint that is intact but does not fit this run is an error,
+        never skipped.
+
+        Args:
+            abstract_state: a pytree of `jax.ShapeDtypeStruct` or arrays.
+            identity: the model's identity (`model_identity`), which must match the saved one.
+            trainable_config: what is trained, which must match the saved one.
+            step: the step to restore (None: the latest).
+            fallback: fall back to an earlier intact checkpoint when the latest is damaged.
+
+        Returns:
+            `(state, meta)`.
+        """
         if step is not None or not fallback:
             return self._restore_step(abstract_state, identity, trainable_config, step)
         damaged: dict[int, str] = {}
@@ -276,6 +296,7 @@ def encode_data_state(state: Any) -> Any:
 
 
 def decode_data_state(state: Any) -> Any:
+    """A data-iterator state from `encode_data_state`'s JSON-able form (base64 back to bytes)."""
     if isinstance(state, dict) and set(state) == {"__bytes__"}:
         import base64
 

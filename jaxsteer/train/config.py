@@ -50,26 +50,30 @@ def read_by(*learners: str) -> dict:
 class LossConfig:
     """The `rl.loss` section: policy-loss settings of the RL learner (static; hashable).
 
-    clip_eps_low / clip_eps_high: PPO ratio clipping `clip(rho, 1 - low, 1 + high)`; None = off
-    (the steering paper's on-policy choice). GRPO: 0.2 / 0.2, DAPO: 0.2 / 0.28. Setting only
-    `clip_eps_low` clips symmetrically.
-    kl_coef: weight of the k3 KL estimator to the reference policy (0 = off; the steering paper
-    uses 0 or 0.01).
-    aggregation: "token_mean" (sum over all tokens / total tokens; DAPO and the public steering
-    code), "seq_mean_token_mean" (GRPO), "seq_sum_norm" (Dr. GRPO: sum / (B * max_len)).
-    max_len: the constant of "seq_sum_norm" (None: `sampling.max_new_tokens` in a training run, so the
-    per-token weight does not depend on the batch's longest completion; the width N in a bare `aggregate`).
-    dash_tau: DASH gradient filtering; when > 0, samples with `|A| <= dash_tau` are dropped
-    (masked out, so they leave every denominator too). 0 = off.
-    importance_cap: truncated importance sampling (TIS) for off-policy minibatch updates: the weight
-    `pi_theta / pi_old` is cut at this value and used as a constant weight on `grad log pi`, with the
-    group advantages of the sampling policy. None = off. With `rl.advantage: rapid` it is
-    instead the clip of RAPID's sequence weights (`rl.losses.rapid_advantages`; None = unclipped).
-    importance_level: TIS weight per "token" or per "sequence" (the product of the token ratios,
-    `pi_theta(y|x) / pi_old(y|x)`).
-    value_coef / value_clip: PPO only (`algorithm: ppo`): the weight of the value-head loss in
-    the joint loss, and its clip range: `0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)`
-    per token (None = the unclipped squared error).
+    Attributes:
+        clip_eps_low: PPO ratio clipping `clip(rho, 1 - low, 1 + high)`; None = off (the steering
+            paper's on-policy choice). GRPO: 0.2 / 0.2, DAPO: 0.2 / 0.28. Alone, it clips symmetrically.
+        clip_eps_high: the upper clip (needs `clip_eps_low`).
+        kl_coef: weight of the k3 KL estimator to the reference policy (0 = off; the steering paper
+            uses 0 or 0.01).
+        aggregation: "token_mean" (sum over all tokens / total tokens; DAPO and the public steering
+            code), "seq_mean_token_mean" (GRPO), "seq_sum_norm" (Dr. GRPO: sum / (B * max_len)).
+        max_len: the constant of "seq_sum_norm" (None: `sampling.max_new_tokens` in a training run, so
+            the per-token weight does not depend on the batch's longest completion; the width N in a
+            bare `aggregate`).
+        dash_tau: DASH gradient filtering: when > 0, samples with `|A| <= dash_tau` are dropped (masked
+            out, so they leave every denominator too). 0 = off.
+        importance_cap: truncated importance sampling (TIS) for off-policy minibatch updates: the weight
+            `pi_theta / pi_old` is cut at this value and used as a constant weight on `grad log pi`,
+            with the group advantages of the sampling policy. None = off. With `rl.advantage: rapid`
+            it is instead the clip of RAPID's sequence weights (`rl.losses.rapid_advantages`; None =
+            unclipped).
+        importance_level: TIS weight per "token" or per "sequence" (the product of the token ratios,
+            `pi_theta(y|x) / pi_old(y|x)`).
+        value_coef: PPO only (`algorithm: ppo`): the weight of the value-head loss in the joint loss.
+        value_clip: PPO only: the value loss's clip range c,
+            `0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)` per token (None = the
+            unclipped squared error).
     """
 
     clip_eps_low: float | None = None
@@ -102,23 +106,33 @@ class ESConfig:
 
     The algorithm picks the defaults: "es" = dense ES over `space` (default the run's `trainable`,
     e.g. steering vectors), "eggroll" = low-rank perturbations of the projection matrices, "essa" =
-    the paper's recipe: the singular values of a trained (SFT) LoRA's adapters, from `model.init_from`,
-    each factor decomposed separately (2r values per adapted matrix).
-    space: "trainable" | "full" | "eggroll" | "essa" | "essa_product" | "random_subspace" (None: from
-    the algorithm). "essa_product" = today's product form (the SVD of `scale * a @ b`, r values per
-    matrix) of the same warm start; "random_subspace" = random orthonormal U, V of rank `essa_rank`
-    with s = 0, the singular values evolving: a random-subspace ES, not ESSA, which needs no warm start.
-    strategy: "openai" | "cma" | "sep_cma" (None: "cma" for essa, else "openai").
-    sigma: noise scale (OpenES) or initial step size (CMA). lr, optimizer, shaping, antithetic,
-    divide_by_sigma: OpenES settings (see `OpenES`). rank: EGGROLL noise rank. targets: the
-    projections searched (None: the warm start's q/k/v/o adapters for essa, all its adapters for
-    essa_product, all seven for eggroll / random_subspace). alpha: the evolving fraction of each SVD's singular values
-    (the largest), rounded down as in the ESSA paper (0 evolving values is an error); essa_rank:
-    random_subspace's rank (and the warm-start rank `jaxsteer plan` assumes for essa). ESSA's LoRA warm
-    start is `model.init_from`: the output directory of a LoRA training run (`algorithm: sft` in the
-    paper's recipe; its latest checkpoint).
-    member_batch: members evaluated at once (0 = all). greedy: greedy evaluation (else sampled with
-    the run's sampling settings, one key shared by all members).
+    the paper's recipe: the singular values of a trained (SFT) LoRA's adapters, from `model.init_from`
+    (the output directory of a LoRA training run, its latest checkpoint), each factor decomposed
+    separately (2r values per adapted matrix).
+
+    Attributes:
+        space: "trainable" | "full" | "eggroll" | "essa" | "essa_product" | "random_subspace" (None:
+            from the algorithm). "essa_product" = the product form (the SVD of `scale * a @ b`, r
+            values per matrix) of the same warm start; "random_subspace" = random orthonormal U, V of
+            rank `essa_rank` with s = 0, the singular values evolving: a random-subspace ES, not ESSA,
+            which needs no warm start.
+        strategy: "openai" | "cma" | "sep_cma" (None: "cma" for essa, else "openai").
+        population: members per generation.
+        sigma: noise scale (OpenES) or initial step size (CMA).
+        lr: OpenES's learning rate (see `OpenES`).
+        optimizer: OpenES's optimizer of the estimated gradient.
+        shaping: OpenES's fitness shaping (`shape_fitness`).
+        antithetic: OpenES's mirrored noise pairs.
+        divide_by_sigma: OpenES's gradient scaling, `sum f eps / (M sigma)`.
+        rank: EGGROLL's noise rank.
+        targets: the projections searched (None: the warm start's q/k/v/o adapters for essa, all its
+            adapters for essa_product, all seven for eggroll / random_subspace).
+        alpha: the evolving fraction of each SVD's singular values (the largest), rounded down as in
+            the ESSA paper (0 evolving values is an error).
+        essa_rank: random_subspace's rank (and the warm-start rank `jaxsteer plan` assumes for essa).
+        member_batch: members evaluated at once (0 = all).
+        greedy: greedy evaluation (else sampled with the run's sampling settings, one key shared by
+            all members).
     """
 
     space: str | None = None
@@ -180,21 +194,28 @@ def _check_es_algorithm(algorithm: str) -> None:
 class ModelSpec:
     """Which model to train.
 
-    spec: anything `jaxsteer.load` takes (alias, HF directory, hub id, .gguf), or "random" for a
-    randomly initialised model built from `random` (ModelConfig fields; for tests and smoke runs).
-    dtype: "auto" | "float32" | "bfloat16" of the frozen weights; "auto" = bfloat16 on a GPU or TPU
-    backend, float32 on CPU (`resolve_dtype`). Trainable arrays, optimizer moments, logits and
-    losses are always float32.
-    remat: rematerialise the layer scan in the backward pass of gradient learners (RL, SFT):
-    false (keep every layer's activations), true (keep only the residual entering each layer,
-    recompute the rest), or a policy: "dots" (also keep the weight matmuls' outputs; =
-    "dots_with_no_batch_dims_saveable") or one of `REMAT_POLICIES`. Same gradients, less memory,
-    about one more forward of compute. `jaxsteer plan` reports the update's peak for this setting.
-    init_from: the output directory of a trained gradient run (RL or SFT) on the same base model:
-    a gradient run's trainable starts from that run's latest checkpoint (e.g. RL LoRA started from
-    an SFT LoRA) instead of its zero-effect init; the trainable sections must agree (kind, rank,
-    targets, layers). The optimizer starts fresh; the reference policy stays the base model. For
-    ESSA (es.space essa | essa_product) it is the LoRA run whose singular values evolve.
+    Attributes:
+        spec: anything `jaxsteer.load` takes (alias, HF directory, hub id, .gguf), or "random" for a
+            randomly initialised model built from `random`.
+        dtype: "auto" | "float32" | "bfloat16" of the frozen weights; "auto" = bfloat16 on a GPU or
+            TPU backend, float32 on CPU (`resolve_dtype`). Trainable arrays, optimizer moments, logits
+            and losses are always float32.
+        remat: rematerialise the layer scan in the backward pass of gradient learners (RL, SFT):
+            false (keep every layer's activations), true (keep only the residual entering each layer,
+            recompute the rest), or a policy: "dots" (also keep the weight matmuls' outputs; =
+            "dots_with_no_batch_dims_saveable") or one of `REMAT_POLICIES`. Same gradients, less
+            memory, about one more forward of compute. `jaxsteer plan` reports the update's peak for
+            this setting.
+        random: `ModelConfig` fields of the "random" model (for tests and smoke runs).
+        random_seed: the seed of the random model's weights.
+        random_scale: the std of the random weights.
+        hf_config: a HF config mapping or config.json path, read by `jaxsteer plan`; training ignores it.
+        init_from: the output directory of a trained gradient run (RL or SFT) on the same base model:
+            a gradient run's trainable starts from that run's latest checkpoint (e.g. RL LoRA started
+            from an SFT LoRA) instead of its zero-effect init; the trainable sections must agree
+            (kind, rank, targets, layers). The optimizer starts fresh; the reference policy stays the
+            base model. For ESSA (es.space essa | essa_product) it is the LoRA run whose singular
+            values evolve.
     """
 
     spec: str = "smollm2-135m-instruct"
@@ -202,9 +223,9 @@ class ModelSpec:
     remat: bool | str = dataclasses.field(default=False, metadata=read_by(*GRADIENT_ALGORITHMS))
     random: dict | None = None
     random_seed: int = 0
-    random_scale: float = 0.02  # std of the random weights
-    hf_config: dict | str | None = None  # a HF config mapping or config.json path, read by `jaxsteer plan`; training ignores it
-    init_from: str | None = dataclasses.field(default=None, metadata=read_by(*ALGORITHMS))  # a trained run's directory
+    random_scale: float = 0.02
+    hf_config: dict | str | None = None
+    init_from: str | None = dataclasses.field(default=None, metadata=read_by(*ALGORITHMS))
 
     def __post_init__(self):
         if self.dtype not in MODEL_DTYPES:
@@ -220,8 +241,16 @@ class ModelSpec:
 
 
 def resolve_dtype(name: str, backend: str | None = None) -> str:
-    """The weights' dtype name for `model.dtype` on `backend` (default: JAX's): "auto" is
-    "bfloat16" on an accelerator (anything but "cpu"), "float32" on CPU; others as given."""
+    """The weights' dtype name for `model.dtype` on a backend.
+
+    Args:
+        name: "auto", "float32" or "bfloat16".
+        backend: a JAX backend name (default: JAX's).
+
+    Returns:
+        "bfloat16" for "auto" on an accelerator (anything but "cpu"), "float32" for "auto" on CPU,
+        else `name`.
+    """
     if name != "auto":
         return name
     import jax
@@ -233,11 +262,18 @@ def resolve_dtype(name: str, backend: str | None = None) -> str:
 class OptimizerConfig:
     """The `optimizer` section: the gradient learners' (RL and SFT) AdamW and schedule.
 
-    lr: the peak learning rate (0 = a null run: nothing moves). value_lr: PPO's value-head rate
-    (None = lr; same schedule shape). schedule: "constant" (after warmup) | "cosine"; warmup_frac:
-    the warmup's fraction of the updates. b1 / b2 / eps / weight_decay: AdamW's. grad_clip: the
-    global-norm clip (0 = off). micro_batches: gradient accumulation inside the jitted step (a
-    step's batch is split into this many micro-batches; same update, less memory).
+    Attributes:
+        lr: the peak learning rate (0 = a null run: nothing moves).
+        value_lr: PPO's value-head rate (None = lr; same schedule shape).
+        schedule: "constant" (after warmup) | "cosine".
+        warmup_frac: the warmup's fraction of the updates.
+        weight_decay: AdamW's weight decay.
+        b1: AdamW's first-moment decay.
+        b2: AdamW's second-moment decay.
+        eps: AdamW's epsilon.
+        grad_clip: the global-norm clip (0 = off).
+        micro_batches: gradient accumulation inside the jitted step (a step's batch is split into this
+            many micro-batches; same update, less memory).
     """
 
     lr: float = 1e-3
@@ -272,27 +308,31 @@ class OptimizerConfig:
 class RLConfig:
     """The `rl` section: the RL learner (`algorithm` grpo | ppo | expert_iteration).
 
-    advantage: "rloo" | "grpo" | "mean" | "rapid" (the policy-gradient family REINFORCE / RLOO /
-    GRPO / DAPO / Dr. GRPO is set by `advantage` and `loss`; PPO uses GAE instead).
-    group_size: completions per prompt (G).
-    dash: DASH preemptive sampling: the whole accumulation batch is sampled in one call, then the
-    update runs over the micro-batches (set `loss.dash_tau`, e.g. 0.1, to drop samples with
-    |A| <= tau). Without dash, sampling runs in calls of whole micro-batches (`sampling.call_rows`).
-    updates_per_batch: off-policy minibatch updates per rollout batch (RAPID's schedule): the batch is
-    split into this many minibatches, one optimizer step each, importance-weighted against the
-    stored pi_old log-probs: RAPID's estimator with `advantage: rapid`, else truncated importance
-    sampling (set `loss.importance_cap`). 1 = on-policy.
-    epochs: passes over those minibatches per rollout batch (PPO's K epochs; every pass after the
-    first is off-policy too), so a step makes `updates_per_batch * epochs` optimizer updates.
-    gamma / gae_lambda: PPO's discount and GAE lambda over the generated tokens (1 / 1 = Monte
-    Carlo returns: every token's return is the sequence's reward).
-    ei_threshold: expert iteration keeps samples with reward above it (rejection-sampling SFT).
-    log_kl: score the reference policy each step to log KL even when `loss.kl_coef` = 0.
-    dynamic_sampling / dynamic_sampling_rounds / overlong_buffer: DAPO's dynamic sampling (drop
-    groups whose rewards all agree, sample up to this many more rounds to refill the batch) and
-    soft overlong punishment (L_cache tokens before `sampling.max_new_tokens`; 0 = off; see
-    `rl.dynamic` and `rewards.overlong_penalty`).
-    loss: the policy loss (`LossConfig`).
+    Attributes:
+        advantage: "rloo" | "grpo" | "mean" | "rapid" (the policy-gradient family REINFORCE / RLOO /
+            GRPO / DAPO / Dr. GRPO is set by `advantage` and `loss`; PPO uses GAE instead).
+        group_size: completions per prompt (G).
+        dash: DASH preemptive sampling: the whole accumulation batch is sampled in one call, then the
+            update runs over the micro-batches (set `loss.dash_tau`, e.g. 0.1, to drop samples with
+            |A| <= tau). Without dash, sampling runs in calls of whole micro-batches
+            (`sampling.call_rows`).
+        updates_per_batch: off-policy minibatch updates per rollout batch (RAPID's schedule): the
+            batch is split into this many minibatches, one optimizer step each, importance-weighted
+            against the stored pi_old log-probs: RAPID's estimator with `advantage: rapid`, else
+            truncated importance sampling (set `loss.importance_cap`). 1 = on-policy.
+        epochs: passes over those minibatches per rollout batch (PPO's K epochs; every pass after the
+            first is off-policy too), so a step makes `updates_per_batch * epochs` optimizer updates.
+        gamma: PPO's discount over the generated tokens.
+        gae_lambda: PPO's GAE lambda (gamma = lambda = 1: Monte Carlo returns, every token's return is
+            the sequence's reward).
+        ei_threshold: expert iteration keeps samples with reward above it (rejection-sampling SFT).
+        log_kl: score the reference policy each step to log KL even when `loss.kl_coef` = 0.
+        dynamic_sampling: DAPO's dynamic sampling: drop groups whose rewards all agree and sample more
+            to refill the batch (`rl.dynamic`).
+        dynamic_sampling_rounds: the most extra sampling rounds of dynamic sampling.
+        overlong_buffer: DAPO's soft overlong punishment: L_cache tokens before
+            `sampling.max_new_tokens` (0 = off; `rewards.overlong_penalty`).
+        loss: the policy loss (`LossConfig`).
     """
 
     advantage: str = "rloo"
@@ -338,20 +378,26 @@ def _check(prefix: str, checks: list[tuple[bool, str]]) -> None:
 class SamplingSpec:
     """Rollout sampling (the compiled KV-cache sampler's settings).
 
-    call_rows: without `rl.dash` the RL learner samples micro-batch by micro-batch; calls
-    are merged (several micro-batches' prompts in one sampler call) while a call holds at most
-    this many rows over the whole mesh, or one micro-batch's rows if that is more. Decode
-    matmuls are `[rows, d] x [d, d_mlp]`: at 32 rows a CPU runs them at about half its
-    large-matmul rate, at 128 rows near it (docs/scale.md); raise it with the devices of the
-    mesh, lower it when the rollout's K/V cache does not fit (`jaxsteer plan`). 0 = one call
-    per micro-batch. The update's micro-batches are unchanged.
+    Attributes:
+        max_new_tokens: tokens sampled per completion at most.
+        temperature: softmax temperature.
+        top_p: nucleus filtering mass (1.0: off).
+        top_k: keep the k most likely tokens (0: off).
+        bucket: prompts are left-padded to a multiple of this (fewer recompilations).
+        call_rows: without `rl.dash` the RL learner samples micro-batch by micro-batch; calls are
+            merged (several micro-batches' prompts in one sampler call) while a call holds at most
+            this many rows over the whole mesh, or one micro-batch's rows if that is more. Decode
+            matmuls are `[rows, d] x [d, d_mlp]`: at 32 rows a CPU runs them at about half its
+            large-matmul rate, at 128 rows near it (docs/scale.md); raise it with the devices of the
+            mesh, lower it when the rollout's K/V cache does not fit (`jaxsteer plan`). 0 = one call
+            per micro-batch. The update's micro-batches are unchanged.
     """
 
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    bucket: int = 8  # prompts are left-padded to a multiple of this
+    bucket: int = 8
     call_rows: int = dataclasses.field(default=128, metadata=read_by(*RL_ALGORITHMS))
 
 
@@ -359,12 +405,16 @@ class SamplingSpec:
 class DataSpec:
     """Prompts, references and the reward.
 
-    train / eval: dataset specs for `load_dataset` ("arithmetic:n=2000,digits=2,split=train", a
-    file path), or "py:module:function" returning a list of `Example`s.
-    reward: "correctness" | "format" | "countdown" | "pkg.module:function".
-    prompt_template: how a prompt becomes text for the tokenizer: "chat" (the tokenizer's chat
-    template, with `system` as the system message when not None), "raw" (the prompt as is), or a
-    format string with `{prompt}`. Token-id prompts (`meta["prompt_ids"]`) bypass all of this.
+    Attributes:
+        train: the training set: a dataset spec for `load_dataset` ("arithmetic:n=2000,digits=2,
+            split=train", a file path), or "py:module:function" returning a list of `Example`s.
+        eval: the held-out set, as `train`.
+        reward: "correctness" | "format" | "countdown" | "pkg.module:function".
+        prompt_template: how a prompt becomes text for the tokenizer: "chat" (the tokenizer's chat
+            template), "raw" (the prompt as is), or a format string with `{prompt}`. Token-id prompts
+            (`meta["prompt_ids"]`) bypass all of this.
+        system: the chat template's system message (None: none).
+        shuffle: shuffle the training prompts (each epoch anew, deterministic in the run's seed).
     """
 
     train: str = "arithmetic:n=5000,digits=2,seed=0,split=train"
@@ -377,28 +427,52 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
-    """Held-out evaluation: greedy accuracy (Wilson CI) and sampled pass@1 over `samples` draws."""
+    """Held-out evaluation: greedy accuracy (Wilson CI) and sampled pass@1 over `samples` draws.
 
-    every: int = 0  # evaluate every N steps during training (0 = only before and after)
+    Attributes:
+        every: evaluate every N steps during training (0 = only before and after).
+        before: evaluate the base model before training.
+        after: evaluate the trained policy at the end.
+        n: held-out problems evaluated.
+        greedy: report greedy accuracy.
+        samples: k for sampled pass@1 (0 = skip).
+        max_new_tokens: tokens per completion (None: `sampling.max_new_tokens`).
+        batch_size: prompts per sampler call.
+        temperature: the sampling temperature of pass@1.
+    """
+
+    every: int = 0
     before: bool = True
     after: bool = True
     n: int = 200
     greedy: bool = True
-    samples: int = 0  # k for sampled pass@1 (0 = skip)
-    max_new_tokens: int | None = None  # default: sampling.max_new_tokens
+    samples: int = 0
+    max_new_tokens: int | None = None
     batch_size: int = 200
     temperature: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSpec:
-    every: int = 50  # save every N steps (and at the end); 0 = only at the end
+    """When a run saves and how many checkpoints it keeps.
+
+    Attributes:
+        every: save every N steps (and at the end); 0 = only at the end.
+        keep: the newest checkpoints kept on disk.
+    """
+
+    every: int = 50
     keep: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshSpec:
-    """Device mesh ("data", "fsdp"). -1 on one axis = all remaining devices."""
+    """Device mesh ("data", "fsdp") of the gradient learners.
+
+    Attributes:
+        data: data-parallel devices (-1: all remaining devices).
+        fsdp: devices each weight is sharded over (-1: all remaining devices).
+    """
 
     data: int = -1
     fsdp: int = 1
@@ -410,16 +484,31 @@ class MeshSpec:
 class TrainConfig:
     """A whole training run.
 
-    algorithm: the learner: "grpo" (the policy-gradient family), "ppo" (a learned value head,
-    per-token GAE advantages, the clipped objective), "expert_iteration" (NLL on own samples with
-    reward above `rl.ei_threshold`) — these read `rl` —, "sft" (NLL on the prompts' reference
-    answers), or an evolution strategy "es" | "eggroll" | "essa" (reads `es`; then `steps` counts
-    generations). The gradient learners (RL and SFT) read `optimizer` and `mesh`.
-    steps: optimizer steps (ES: generations). prompts_per_step: prompts per step over all
-    processes (RL: each sampled `rl.group_size` times; ES: per generation, every member scored on
-    them). seed: every random draw of the run. output_dir: the run directory. log_every: write
-    metrics.jsonl / TensorBoard every N steps. progress / plot / tensorboard: a progress bar, the
-    curves' PNG, TensorBoard event files.
+    Attributes:
+        algorithm: the learner: "grpo" (the policy-gradient family), "ppo" (a learned value head,
+            per-token GAE advantages, the clipped objective), "expert_iteration" (NLL on own samples
+            with reward above `rl.ei_threshold`) — these read `rl` —, "sft" (NLL on the prompts'
+            reference answers), or an evolution strategy "es" | "eggroll" | "essa" (reads `es`; then
+            `steps` counts generations). The gradient learners (RL and SFT) read `optimizer` and `mesh`.
+        steps: optimizer steps (ES: generations).
+        prompts_per_step: prompts per step over all processes (RL: each sampled `rl.group_size` times;
+            ES: per generation, every member scored on them).
+        seed: every random draw of the run.
+        output_dir: the run directory.
+        log_every: write metrics.jsonl / TensorBoard every N steps.
+        progress: show a progress bar.
+        plot: draw the curves' PNG at the end.
+        tensorboard: write TensorBoard event files.
+        model: the model (`ModelSpec`).
+        trainable: what is trained (`TrainableConfig`).
+        data: prompts, references and reward (`DataSpec`).
+        optimizer: the gradient learners' optimizer (`OptimizerConfig`).
+        rl: the RL learner (`RLConfig`).
+        es: the evolution strategies (`ESConfig`).
+        sampling: rollout sampling (`SamplingSpec`).
+        eval: held-out evaluation (`EvalSpec`).
+        checkpoint: checkpoint cadence and retention (`CheckpointSpec`).
+        mesh: the device mesh (`MeshSpec`).
     """
 
     algorithm: str = "grpo"
@@ -564,7 +653,15 @@ def learner_name(algorithm: str) -> str:
 
 
 def non_finite_fields(cfg: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the float fields of a config tree that are NaN or infinite."""
+    """The float fields of a config tree that are NaN or infinite.
+
+    Args:
+        cfg: the config (a tree of dataclasses).
+        prefix: the dotted key of `cfg` (with a trailing "."), for the names.
+
+    Returns:
+        `"key=value"` per non-finite field.
+    """
     out = []
     for f in dataclasses.fields(cfg):
         value, name = getattr(cfg, f.name), prefix + f.name
@@ -583,18 +680,48 @@ def unused_fields(cfg: TrainConfig) -> list[str]:
 # --------------------------------------------------------------------------- loading (jaxsteer.config)
 
 def config_from_dict(data: dict | None, *, warn: bool = True) -> TrainConfig:
-    """A `TrainConfig` from nested plain data (renamed keys migrated; unknown keys raise `ConfigError`)."""
+    """A `TrainConfig` from nested plain data.
+
+    Args:
+        data: nested plain data (None: all defaults); renamed keys are migrated.
+        warn: warn about renamed keys.
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: an unknown key or a bad value.
+    """
     return _config_lib.config_from_dict(TrainConfig, data, warn=warn)
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Apply `section.key=value` strings to nested plain training-config data (a copy)."""
+    """Apply `section.key=value` strings to nested plain training-config data.
+
+    Args:
+        data: nested plain data.
+        overrides: dotted `key=value` strings.
+
+    Returns:
+        The updated copy of `data`.
+    """
     return _config_lib.apply_overrides(TrainConfig, data, overrides)
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = (), *, warn: bool = True) -> TrainConfig:
-    """Read a YAML training config (None = all defaults) and apply dotted `key=value` overrides.
-    warn=False: renamed keys move silently (a run directory's saved config)."""
+    """Read a YAML training config and apply dotted `key=value` overrides.
+
+    Args:
+        path: the YAML file (None: all defaults).
+        overrides: dotted `key=value` strings applied after the file.
+        warn: warn about renamed keys (False: they move silently, as for a run directory's saved config).
+
+    Returns:
+        The `TrainConfig`.
+
+    Raises:
+        ConfigError: an unreadable file, an unknown key or a bad value.
+    """
     return _config_lib.load_config(TrainConfig, path, overrides, warn=warn)
 
 

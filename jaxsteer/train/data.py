@@ -34,18 +34,24 @@ from .rewards import extract_boxed, extract_gsm8k
 class Example:
     """One prompt with its reference answer (a plain, picklable record).
 
-    `answer` is what the reward compares against (a number or LaTeX expression; for countdown the
-    JSON task description). `meta` holds anything else (operands, level, full solution, ...)."""
+    Attributes:
+        prompt: the prompt text.
+        answer: what the reward compares against (a number or LaTeX expression; for countdown the
+            JSON task description).
+        meta: anything else (operands, level, full solution, `prompt_ids`, ...).
+    """
 
     prompt: str
     answer: str
     meta: dict = dataclasses.field(default_factory=dict, hash=False, compare=True)
 
     def to_dict(self) -> dict:
+        """The record as plain data (`from_dict` reads it back)."""
         return {"prompt": self.prompt, "answer": self.answer, "meta": dict(self.meta)}
 
     @classmethod
     def from_dict(cls, record: dict) -> Example:
+        """An `Example` from a `to_dict` record (`meta` optional)."""
         return cls(str(record["prompt"]), str(record["answer"]), dict(record.get("meta") or {}))
 
 
@@ -125,12 +131,22 @@ def arithmetic_problems(
 ) -> list[Example]:
     """`n` arithmetic problems with `digits`-digit operands, deterministic in `seed`.
 
-    ops: any of "+", "-", "*", "/" (a string like "+-" works too). Subtraction keeps `a >= b`
-    (answers are never negative); division is exact (`a = b * q` with b, q of `digits` digits).
-    Prompts: "What is 37 + 48? Answer with just the number." or, with `word_problems`, a one-line
-    story ("Ava has 37 apples. Ava gets 48 more apples. ..."). split: "train" / "test" take disjoint
-    problem sets (a hash partition of the problems, `test_fraction` of them in test) whatever the
-    seeds; "all" ignores it. Problems do not repeat unless the problem space is nearly exhausted.
+    Subtraction keeps `a >= b` (answers are never negative); division is exact (`a = b * q` with b,
+    q of `digits` digits). Problems do not repeat unless the problem space is nearly exhausted.
+
+    Args:
+        n: problems.
+        seed: the draw's seed.
+        digits: digits of each operand.
+        ops: any of "+", "-", "*", "/" (a string like "+-" works too).
+        word_problems: a one-line story ("Ava has 37 apples. Ava gets 48 more apples. ...") instead of
+            "What is 37 + 48? Answer with just the number.".
+        split: "train" / "test" take disjoint problem sets (a hash partition of the problems,
+            `test_fraction` of them in test) whatever the seeds; "all" ignores it.
+        test_fraction: the test split's share of the problem space.
+
+    Returns:
+        The problems, operands in `meta`.
     """
     ops = tuple(ops)
     bad = [o for o in ops if o not in ARITHMETIC_OPS]
@@ -194,13 +210,24 @@ def countdown_problems(
     split: str = "all",
     test_fraction: float = 0.2,
 ) -> list[Example]:
-    """`n` Countdown problems: reach a target in `[1, max_target]` from `n_numbers` numbers in
-    `[1, max_number]`, each used exactly once, with `+ - * /` and parentheses.
+    """`n` Countdown problems: reach a target from numbers, each used once, with `+ - * /` and parentheses.
 
     Every problem is solvable (built from a random expression whose intermediate values are
     positive integers; that solution is in `meta["solution"]`) and the target is never one of the
-    numbers. `answer` is the JSON `{"target": t, "numbers": [...]}` that
-    `countdown_reward` reads. Deterministic in `seed`; `split` as in `arithmetic_problems`."""
+    numbers. Deterministic in `seed`.
+
+    Args:
+        n: problems.
+        seed: the draw's seed.
+        n_numbers: numbers per problem (>= 2).
+        max_target: targets lie in `[1, max_target]`.
+        max_number: numbers lie in `[1, max_number]`.
+        split: as in `arithmetic_problems`.
+        test_fraction: as in `arithmetic_problems`.
+
+    Returns:
+        The problems; `answer` is the JSON `{"target": t, "numbers": [...]}` that `countdown_reward` reads.
+    """
     if n_numbers < 2:
         raise InputError("n_numbers must be >= 2")
 
@@ -474,13 +501,26 @@ def make_loader(
     """A deterministic, resumable grain pipeline yielding lists of `batch_size` `Example`s.
 
     The global stream is `examples` reshuffled every epoch from `seed` (grain's index shuffle),
-    repeated `num_epochs` times (None = forever), cut into global batches of `batch_size * shard_count`; each is cut into `chunks`
-    equal parts (e.g. one per sampling call) and process `shard_index` of `shard_count` takes its
-    slice of every part, so global batch k and each of its parts hold the same examples in the
-    same order whatever the process count, and processes get disjoint examples. `iter(loader)` gives a grain
-    `DatasetIterator` with `get_state()` / `set_state(state)` (a small dict: the next batch index,
-    the same on every process) for exact resume, also on another number of processes.
-    With finite epochs the last batch may be short unless `drop_remainder`.
+    repeated, cut into global batches of `batch_size * shard_count`; each is cut into `chunks` equal
+    parts and process `shard_index` takes its slice of every part, so global batch k and each of its
+    parts hold the same examples in the same order whatever the process count, and processes get
+    disjoint examples. `iter(loader)` gives a grain `DatasetIterator` with `get_state()` /
+    `set_state(state)` (a small dict: the next batch index, the same on every process) for exact
+    resume, also on another number of processes.
+
+    Args:
+        examples: `Example`s or their `to_dict` records.
+        batch_size: examples per batch on this process.
+        seed: the shuffle's seed.
+        shard_index: this process's index.
+        shard_count: the number of processes.
+        chunks: equal parts of each global batch (e.g. one per sampling call).
+        num_epochs: passes over `examples` (None: forever).
+        shuffle: reshuffle every epoch (False: in order).
+        drop_remainder: with finite epochs, drop a last short batch.
+
+    Returns:
+        The grain dataset.
     """
     if batch_size < 1:
         raise InputError("batch_size must be >= 1")

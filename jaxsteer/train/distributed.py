@@ -30,8 +30,19 @@ STARTUP_TIMEOUT = 120.0  # seconds a process waits for all the others to join
 
 
 def check_coordinator(address: str, process_id: int) -> tuple[str, int]:
-    """`(host, port)` of a HOST:PORT coordinator address. ValueError naming it when the port is
-    not in 1..65535, the host does not resolve, or (process 0, which serves it) the port is taken."""
+    """`(host, port)` of a HOST:PORT coordinator address.
+
+    Args:
+        address: "HOST:PORT".
+        process_id: this process's id (process 0 serves the address, so its port must be free).
+
+    Returns:
+        The host and the port.
+
+    Raises:
+        ValueError: naming the address when the port is not in 1..65535, the host does not resolve,
+            or (process 0) the port is taken.
+    """
     host, sep, port = str(address).rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -52,8 +63,16 @@ def check_coordinator(address: str, process_id: int) -> tuple[str, int]:
 
 def cluster_args(coordinator: str | None = None, num_processes: int | None = None,
                  process_id: int | None = None) -> dict | None:
-    """`jax.distributed.initialize` keyword arguments from explicit values, else the JAXSTEER_*
-    environment variables; None when neither names a coordinator (a single-process run)."""
+    """`jax.distributed.initialize` keyword arguments from explicit values, else the JAXSTEER_* variables.
+
+    Args:
+        coordinator: "HOST:PORT" of process 0.
+        num_processes: the number of processes.
+        process_id: this process's id.
+
+    Returns:
+        The keyword arguments, or None when nothing names a coordinator (a single-process run).
+    """
     coordinator = coordinator or os.environ.get(ENV["coordinator"])
     num_processes = num_processes if num_processes is not None else _env_number("num_processes", int)
     process_id = process_id if process_id is not None else _env_number("process_id", int)
@@ -83,13 +102,23 @@ def _env_number(name: str, kind: type):
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
                *, auto: bool = False, timeout: float | None = None) -> bool:
-    """Join a multi-process run: explicit values or JAXSTEER_* variables (`cluster_args`), or with
-    `auto` JAX's own cluster detection. Call before any other JAX work. Returns whether it joined.
+    """Join a multi-process run. Call before any other JAX work.
 
     While the processes gather, a line every few seconds says who it waits for; after `timeout`
-    seconds (default JAXSTEER_STARTUP_TIMEOUT or `STARTUP_TIMEOUT`) without all of them, it prints
-    one line naming the coordinator and the process ids that never joined, and exits the process
-    with status 1 (JAX's runtime would otherwise abort with a C++ stack trace after 300 s)."""
+    seconds without all of them, it prints one line naming the coordinator and the process ids that
+    never joined, and exits the process with status 1 (JAX's runtime would otherwise abort with a
+    C++ stack trace after 300 s).
+
+    Args:
+        coordinator: "HOST:PORT" of process 0 (default: JAXSTEER_* variables, `cluster_args`).
+        num_processes: the number of processes.
+        process_id: this process's id.
+        auto: without a coordinator, use JAX's own cluster detection.
+        timeout: seconds to wait for every process (default JAXSTEER_STARTUP_TIMEOUT or `STARTUP_TIMEOUT`).
+
+    Returns:
+        Whether it joined a multi-process run.
+    """
     kwargs = cluster_args(coordinator, num_processes, process_id)
     if kwargs is None and not auto:
         return False

@@ -33,7 +33,16 @@ Z95 = 1.959963984540054
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion."""
+    """The Wilson score interval of a binomial proportion.
+
+    Args:
+        successes: successes k.
+        n: trials.
+        z: the normal quantile (default: 95%).
+
+    Returns:
+        `(low, high)` (`(0, 1)` when n = 0).
+    """
     if n == 0:
         return (0.0, 1.0)
     p = successes / n
@@ -45,7 +54,15 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, z: float = Z95) -> tuple[float, tuple[float, float]]:
-    """Mean and mean +- z * standard error (sample std, ddof=1), clipped to [0, 1]."""
+    """Mean and mean +- z * standard error (sample std, ddof=1), clipped to [0, 1].
+
+    Args:
+        values: per-problem scores in [0, 1].
+        z: the normal quantile (default: 95%).
+
+    Returns:
+        `(mean, (low, high))`.
+    """
     v = np.asarray(values, np.float64)
     m = float(v.mean()) if len(v) else 0.0
     se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
@@ -54,9 +71,24 @@ def mean_ci(values: Sequence[float] | np.ndarray, z: float = Z95) -> tuple[float
 
 def sample_batch(model, interventions, ids: Sequence, key, sampling: SamplingConfig, *, mesh=None, tokenizer=None,
                  bucket: int = 8) -> Generation:
-    """Completions for a batch of prompt ids, sampled on `mesh` (default: one device): each
-    process samples its share (the last prompt repeated where the batch does not divide), each
-    device its slice of that (`sharding.sample_on_mesh`); every process gets the whole batch."""
+    """Completions for a batch of prompt ids, sampled on `mesh`; every process gets the whole batch.
+
+    Each process samples its share (the last prompt repeated where the batch does not divide), each
+    device its slice of that (`sharding.sample_on_mesh`).
+
+    Args:
+        model: the decoder.
+        interventions: the policy's interventions.
+        ids: the prompts' token ids.
+        key: the sampling key.
+        sampling: the sampler's settings.
+        mesh: the devices (of every process) that sample (default: one).
+        tokenizer: decodes the completions (None: no texts).
+        bucket: prompt lengths are padded to a multiple of this.
+
+    Returns:
+        The batch's `Generation`.
+    """
     mesh = make_mesh(1, 1, jax.devices()[:1]) if mesh is None else mesh
     n, nproc = len(ids), jax.process_count()
     per = -(-n // nproc)
@@ -92,9 +124,29 @@ def evaluate_policy(
 ) -> dict:
     """Greedy accuracy (Wilson CI) and/or sampled pass@1 over `samples` draws (mean +- CI).
 
-    `modes` ({name: reward_fn}, e.g. the correctness reward's strict and lenient answer extraction)
-    score the same completions again: `greedy_acc_<name>`, `greedy_ci_<name>`, `pass1_<name>`.
-    mesh: the devices (of every process) that sample each batch (`sample_batch`; default: one)."""
+    Args:
+        model: the base decoder.
+        interventions: the policy's interventions on `model`.
+        examples: the held-out examples.
+        prompt_ids: their encoded prompts.
+        tokenizer: decodes completions (text rewards, `keep_texts`).
+        reward_fn: scores a completion against the example's answer.
+        max_new_tokens: tokens per completion.
+        greedy: report greedy accuracy (`greedy_acc`, `greedy_ci`).
+        samples: k draws per problem for pass@1 (0: skip).
+        temperature: pass@1's sampling temperature.
+        batch_size: completions per sampler call.
+        bucket: prompt lengths are padded to a multiple of this.
+        key: the sampling key (default `PRNGKey(0)`).
+        success: whether a reward counts as solved.
+        keep_texts: greedy completions kept under "examples" (0: none).
+        modes: {name: reward_fn} scored on the same completions (e.g. the correctness reward's strict
+            and lenient answer extraction): `greedy_acc_<name>`, `greedy_ci_<name>`, `pass1_<name>`.
+        mesh: the devices (of every process) that sample each batch (`sample_batch`; default: one).
+
+    Returns:
+        The metrics: "n", "seconds", and the greedy / pass@1 entries above.
+    """
     key = jax.random.PRNGKey(0) if key is None else key
     modes = dict(modes or {})
     out: dict[str, Any] = {"n": len(examples)}
@@ -165,11 +217,18 @@ def format_result(label: str, r: dict) -> str:
 
 @dataclasses.dataclass
 class HeldOut:
-    """A run's held-out set and the settings of its evaluation (the `eval` section of the config
-    and the run's `steps`).
+    """A run's held-out set and the settings of its evaluation.
 
-    `policy` arguments are callables returning `(model, interventions)`, called only when an
-    evaluation is due."""
+    `policy` arguments of the methods are callables returning `(model, interventions)`, called only
+    when an evaluation is due.
+
+    Attributes:
+        spec: the `eval` section of the config.
+        steps: the run's steps (no "during" evaluation at the last one).
+        examples: the held-out examples.
+        prompt_ids: their encoded prompts.
+        settings: keyword arguments of `evaluate_policy`.
+    """
 
     spec: EvalSpec
     steps: int
@@ -180,8 +239,19 @@ class HeldOut:
     @classmethod
     def from_config(cls, cfg: TrainConfig, examples: Sequence, encode: Callable, tokenizer: Any,
                     reward_fn: Callable, mesh=None) -> HeldOut:
-        """Settings from `cfg.eval` / `cfg.sampling`; `encode(example)` gives prompt ids; `mesh`:
-        the devices that sample (`evaluate_policy`)."""
+        """The held-out evaluation of a run config.
+
+        Args:
+            cfg: the run config (its `eval`, `sampling`, `steps` and `seed`).
+            examples: the held-out examples.
+            encode: example -> prompt ids.
+            tokenizer: decodes completions for text rewards.
+            reward_fn: the reward (its `extraction_modes`, if any, are scored too).
+            mesh: the devices that sample (`evaluate_policy`).
+
+        Returns:
+            The `HeldOut`.
+        """
         settings = dict(
             tokenizer=tokenizer, reward_fn=reward_fn, max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
             greedy=cfg.eval.greedy, samples=cfg.eval.samples, temperature=cfg.eval.temperature,

@@ -26,19 +26,50 @@ from .trainable import TrainableConfig, adaptive_gate, affine_map, steering_vect
 
 
 def steering_array(trainable, cfg: TrainableConfig, n_layers: int) -> np.ndarray:
-    """Dense `[L, *feat]` float32 vectors (zeros on layers that were not trained)."""
+    """Dense `[L, *feat]` float32 vectors (zeros on layers that were not trained).
+
+    Args:
+        trainable: the trainable pytree.
+        cfg: its `TrainableConfig`.
+        n_layers: the model's layers L.
+
+    Returns:
+        The vectors.
+    """
     return np.asarray(steering_vectors(trainable, cfg, n_layers), np.float32)
 
 
 def save_npy(path: str, trainable, cfg: TrainableConfig, n_layers: int) -> str:
-    """Write the dense `[L, *feat]` vectors to `path` (`.npy`)."""
+    """Write the dense `[L, *feat]` vectors to `path` (`.npy`).
+
+    Args:
+        path: the file written.
+        trainable: the trainable pytree.
+        cfg: its `TrainableConfig`.
+        n_layers: the model's layers L.
+
+    Returns:
+        `path`.
+    """
     np.save(path, steering_array(trainable, cfg, n_layers))
     return path
 
 
 def save_affine(path: str, trainable, cfg: TrainableConfig, n_layers: int) -> str:
-    """Write a lineas trainable as `.npz`: `scale`, `shift` (`[L, d]` float32, the identity on
-    untrained layers), the `site` and the trained `layers` (see `load_affine`)."""
+    """Write a lineas trainable as `.npz` (see `load_affine`).
+
+    The file holds `scale`, `shift` (`[L, d]` float32, the identity on untrained layers), the `site`
+    and the trained `layers`.
+
+    Args:
+        path: the file written.
+        trainable: the trainable pytree.
+        cfg: its `TrainableConfig`.
+        n_layers: the model's layers L.
+
+    Returns:
+        `path`.
+    """
     m: dict[str, Any] = {k: np.asarray(v, np.float32) for k, v in affine_map(trainable, cfg, n_layers).items()}
     layers = np.asarray(cfg.layers if cfg.layers is not None else range(n_layers), np.int32)
     np.savez(path, site=np.asarray(cfg.site), layers=layers, **m)
@@ -55,8 +86,19 @@ def load_affine(path: str) -> Affine:
 
 
 def hf_patch(vectors: np.ndarray, model: Model, cfg: TrainableConfig) -> dict[str, np.ndarray]:
-    """`{"model.layers.{l}.mlp.down_proj.bias": vectors[l]}`; errors for sites/architectures where
-    a down_proj bias is not the same thing."""
+    """The vectors as a patch of a Hugging Face checkpoint's MLP output biases.
+
+    Args:
+        vectors: dense `[L, d]` steering vectors.
+        model: the model (its architecture must add a down_proj bias after the MLP).
+        cfg: the trainable (its site must be where that bias acts).
+
+    Returns:
+        `{"model.layers.{l}.mlp.down_proj.bias": vectors[l]}`.
+
+    Raises:
+        InputError: a site or architecture where a down_proj bias is not the same thing.
+    """
     c = model.config
     if cfg.kind != "steering":
         raise InputError(f"only steering vectors export as a down_proj bias patch (kind={cfg.kind!r})")
@@ -73,7 +115,18 @@ def hf_patch(vectors: np.ndarray, model: Model, cfg: TrainableConfig) -> dict[st
 
 
 def save_hf_patch(path: str, trainable, cfg: TrainableConfig, model: Model, extra_metadata: dict | None = None) -> str:
-    """Write the vectors as a safetensors `down_proj.bias` patch (see `hf_patch`)."""
+    """Write the vectors as a safetensors `down_proj.bias` patch (see `hf_patch`).
+
+    Args:
+        path: the file written.
+        trainable: the trainable pytree.
+        cfg: its `TrainableConfig`.
+        model: the base model.
+        extra_metadata: more metadata, stored as JSON under the header's "extra" key.
+
+    Returns:
+        `path`.
+    """
     from safetensors.numpy import save_file
 
     vectors = steering_array(trainable, cfg, model.config.n_layers)
@@ -94,10 +147,22 @@ def save_hf_patch(path: str, trainable, cfg: TrainableConfig, model: Model, extr
 
 
 def export_steering(out_dir: str, cfg: TrainConfig, model: Model, trainable: Any, say: Callable = print) -> dict:
-    """End of a run that trained steering vectors of `cfg.trainable` (process 0): write
-    `steering_vectors.npy` and, where it means the same, the safetensors patch; adaptive steering
-    also writes its gate, `adaptive_steering.npz` (`vectors`, `w`, `b`, dense over layers); a
-    LinEAS map writes `lineas.npz` (`save_affine`) instead. Returns the files."""
+    """Write the steering artefacts at the end of a run that trained `cfg.trainable` (process 0).
+
+    Steering vectors go to `steering_vectors.npy` and, where it means the same, the safetensors
+    patch; adaptive steering also writes its gate, `adaptive_steering.npz` (`vectors`, `w`, `b`, dense
+    over layers); a LinEAS map writes `lineas.npz` (`save_affine`) instead.
+
+    Args:
+        out_dir: the run directory.
+        cfg: the run config.
+        model: the base model.
+        trainable: the trained pytree.
+        say: prints a line (e.g. `Run.say`).
+
+    Returns:
+        The files written (name -> path).
+    """
     if jax.process_index() != 0:
         return {}
     tcfg = cfg.trainable

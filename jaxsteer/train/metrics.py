@@ -76,6 +76,7 @@ class RunLogger:
             self.tb = SummaryWriter(os.path.join(directory, "tb"), purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
+        """Append one record (process 0) and mirror its numeric scalars to TensorBoard as `<kind>/<key>`."""
         if not self.active:
             return
         record = {"step": int(step), "kind": kind, **{k: _clean(v) for k, v in metrics.items()}}
@@ -119,7 +120,16 @@ def read_log(path: str) -> list[dict]:
 
 
 def plot_curves(jsonl_path: str, png_path: str, title: str = "") -> str | None:
-    """Draw the training curves (and eval accuracy points) of a metrics.jsonl into a PNG."""
+    """Draw the training curves (and eval accuracy points) of a metrics.jsonl into a PNG.
+
+    Args:
+        jsonl_path: the metrics.jsonl.
+        png_path: the PNG written.
+        title: the figure's title.
+
+    Returns:
+        `png_path`, or None when there is nothing to plot (or on a process other than 0).
+    """
     if jax.process_index() != 0:
         return None
     import matplotlib

@@ -174,9 +174,24 @@ def kv_cache_bytes(c: ModelConfig, rows: float, slots: int, act_bytes: int) -> f
 
 @dataclasses.dataclass
 class MemoryPlan:
-    """Per-device bytes of a run on a mesh. `parts`: persistent and per-phase sizes; `peaks`: the
-    update (per activation variant) and rollout peaks; `largest`: per variant, the largest update
-    micro-batch in rows per device that fits (None: none fits; absent without a capacity)."""
+    """Per-device bytes of a run on a mesh.
+
+    Attributes:
+        model: the model's config.
+        config: the run's config.
+        data: data-parallel devices.
+        fsdp: devices each weight is sharded over.
+        capacity: bytes per device (None: sizes only).
+        prompt_len: the prompt length planned for.
+        rows: update micro-batch rows per device.
+        rollout_rows: sampler rows per device.
+        parts: persistent and per-phase sizes, by name.
+        peaks: the update (per activation variant) and rollout peaks.
+        largest: per variant, the largest update micro-batch in rows per device that fits (None: none
+            fits; absent without a capacity).
+        notes: lines explaining the layout (and warnings).
+        dtype: the base weights' dtype (`model.dtype` resolved for the backend).
+    """
 
     model: ModelConfig
     config: TrainConfig
@@ -184,13 +199,13 @@ class MemoryPlan:
     fsdp: int
     capacity: int | None
     prompt_len: int
-    rows: float  # update micro-batch rows per device
-    rollout_rows: float  # sampler rows per device
+    rows: float
+    rollout_rows: float
     parts: dict[str, float]
     peaks: dict[str, float]
     largest: dict[str, int | None]
     notes: list[str]
-    dtype: str = "float32"  # of the base weights (`model.dtype` resolved for the backend)
+    dtype: str = "float32"
 
     @property
     def configured(self) -> str:
@@ -269,7 +284,20 @@ class _Layout:
 
 def rl_plan(cfg: TrainConfig, c: ModelConfig, model: Model, data: int, fsdp: int, capacity: int | None,
             prompt_len: int) -> MemoryPlan:
-    """The plan of a gradient (RL) run; see `plan`."""
+    """The plan of a gradient (RL) run; the arguments as `plan`'s, resolved.
+
+    Args:
+        cfg: the run config.
+        c: its model's config.
+        model: the model as abstract arrays (`abstract_model`).
+        data: data-parallel devices.
+        fsdp: fsdp devices.
+        capacity: bytes per device (None: sizes only).
+        prompt_len: the prompt length planned for.
+
+    Returns:
+        The `MemoryPlan`.
+    """
     a, new = cfg.rl, cfg.sampling.max_new_tokens
     lay = _Layout(c, cfg, data * fsdp, prompt_len, np.dtype(model.params["embed"].dtype).itemsize)
     state = _state_shapes(cfg, model)
@@ -337,7 +365,19 @@ def _largest_rows(lay: _Layout, held: float, grads: float, capacity: int, varian
 def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capacity: int | None,
             prompt_len: int) -> MemoryPlan:
     """The plan of an evolution-strategies run: no gradients; members split over all devices, each
-    sampling `prompts_per_step` completions (the population's K/V caches at once)."""
+    sampling `prompts_per_step` completions (the population's K/V caches at once).
+
+    Args:
+        cfg: the run config.
+        c: its model's config.
+        model: the model as abstract arrays (`abstract_model`).
+        devices: all devices.
+        capacity: bytes per device (None: sizes only).
+        prompt_len: the prompt length planned for.
+
+    Returns:
+        The `MemoryPlan`.
+    """
     es, new = cfg.es, cfg.sampling.max_new_tokens
     act_bytes = np.dtype(model.params["embed"].dtype).itemsize
     space = es.space_for(cfg.algorithm)
@@ -383,9 +423,19 @@ def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capaci
 
 def plan(cfg: TrainConfig, *, data: int | None = None, fsdp: int | None = None, capacity: int | None = None,
          prompt_len: int = 512, backend: str | None = None) -> MemoryPlan:
-    """The per-device memory plan of `cfg` on a data x fsdp mesh (default: the config's mesh, with
-    -1 read as 1) of devices with `capacity` bytes each (None: report sizes only). `backend`
-    resolves `model.dtype: auto` (default: this machine's JAX backend). Allocates nothing."""
+    """The per-device memory plan of `cfg` on a data x fsdp mesh. Allocates nothing.
+
+    Args:
+        cfg: the run config.
+        data: data-parallel devices (default: `cfg.mesh.data`, -1 read as 1).
+        fsdp: fsdp devices (default: `cfg.mesh.fsdp`, -1 read as 1).
+        capacity: bytes per device (None: report sizes only).
+        prompt_len: the prompt length planned for.
+        backend: resolves `model.dtype: auto` (default: this machine's JAX backend).
+
+    Returns:
+        The `MemoryPlan`.
+    """
     c = model_config(cfg.model)
     from .build import DTYPES
 
@@ -415,10 +465,20 @@ def device_capacity(device=None) -> int | None:
 
 
 def check_model_fits(cfg: TrainConfig, *, devices=None, margin: float = 2.0) -> None:
-    """Before the model loads, with its config only (local models; hub ids are skipped): the
-    shortest possible prompt (one `sampling.bucket`) plus `max_new_tokens` must fit the model's
-    context, and the planned per-device peak (`plan` with that prompt length, a lower bound)
-    must stay within `margin` x the device's memory. ConfigError naming the settings otherwise."""
+    """Check, before the model loads and from its config only, that the run can fit.
+
+    Local models only (hub ids are skipped): the shortest possible prompt (one `sampling.bucket`)
+    plus `max_new_tokens` must fit the model's context, and the planned per-device peak (`plan`
+    with that prompt length, a lower bound) must stay within `margin` x the device's memory.
+
+    Args:
+        cfg: the run config.
+        devices: the devices of the mesh (default: all).
+        margin: how far over a device's memory the lower-bound peak may go.
+
+    Raises:
+        ConfigError: naming the settings that do not fit.
+    """
     try:
         c = model_config(cfg.model)
     except ConfigError:  # not local: nothing to read without a download
@@ -453,19 +513,27 @@ def check_model_fits(cfg: TrainConfig, *, devices=None, margin: float = 2.0) -> 
 
 @dataclasses.dataclass
 class Roofline:
-    """Per-device FLOPs and HBM bytes of one RL step (or ES generation) by phase, and the time each
-    phase needs at the device's peak matmul rate or bandwidth, whichever binds (`PEAKS`)."""
+    """Per-device FLOPs and HBM bytes of one RL step (or ES generation) by phase.
+
+    Each phase needs the time at the device's peak matmul rate or bandwidth, whichever binds (`PEAKS`).
+
+    Attributes:
+        device: a key of `PEAKS`.
+        phases: phase name -> (FLOPs, bytes) per device.
+    """
 
     device: str
-    phases: dict[str, tuple[float, float]]  # name -> (FLOPs, bytes) per device
+    phases: dict[str, tuple[float, float]]
 
     @property
     def seconds(self) -> dict[str, float]:
+        """Phase name -> its lower-bound seconds."""
         flops, bw = PEAKS[self.device]
         return {k: max(f / flops, b / bw) for k, (f, b) in self.phases.items()}
 
     @property
     def step_seconds(self) -> float:
+        """The step's lower-bound seconds (all phases)."""
         return sum(self.seconds.values())
 
     @property

@@ -118,9 +118,15 @@ def extract_last_number(text: str) -> str | None:
 
 
 def extract_answer(text: str, strict: bool = False) -> str | None:
-    """Final answer of a completion: last `\\boxed{}`, else `#### n`, else (lenient mode only) the
-    last number. `strict=True` is the papers' extraction: a completion without a box or `####`
-    has no answer."""
+    """Final answer of a completion: last `\\boxed{}`, else `#### n`, else (lenient mode only) the last number.
+
+    Args:
+        text: the completion.
+        strict: the papers' extraction: a completion without a box or `####` has no answer.
+
+    Returns:
+        The answer's text, or None when there is none.
+    """
     for fn in (extract_boxed, extract_gsm8k) if strict else (extract_boxed, extract_gsm8k, extract_last_number):
         ans = fn(text)
         if ans:
@@ -213,11 +219,18 @@ def _to_fraction(s: str) -> tuple[Fraction, bool] | None:
 
 
 def answers_equal(pred, ref, *, rel_tol: float = 1e-6) -> bool:
-    """Whether two answers agree: equal normalised strings, or equal numbers.
+    """Whether two answers agree: equal normalised strings, or equal numbers. Never raises.
 
-    Numbers: integers, decimals, `a/b` and `\\frac{a}{b}` are compared exactly as fractions; when
-    either side is not an integer literal, a relative tolerance `rel_tol` is allowed too
-    (`0.3333333` vs `1/3`). Never raises."""
+    Args:
+        pred: the extracted answer.
+        ref: the reference answer.
+        rel_tol: the relative tolerance allowed when either side is not an integer literal
+            (`0.3333333` vs `1/3`); integers, decimals, `a/b` and `\\frac{a}{b}` are otherwise
+            compared exactly as fractions.
+
+    Returns:
+        True when they agree.
+    """
     try:
         if pred is None or ref is None:
             return False
@@ -252,12 +265,21 @@ def reference_answer(reference: str) -> str | None:
 
 def correctness_reward(prompt: str, completion: str, reference: str, *, correct: float = 1.0, wrong: float = -1.0,
                        strict: bool = False) -> float:
-    """`correct` if the completion's final answer equals the reference answer, else `wrong`.
+    """`correct` if the completion's final answer equals the reference answer, else `wrong`. Never raises.
 
-    Lenient by default (a completion without `\\boxed{}` / `#### n` is judged by its last number);
-    `strict=True` accepts only a boxed or `####` answer, as the papers do. The reference may be a
-    bare answer (`"42"`, `"\\frac{1}{2}"`), a GSM8K solution ending in `#### 42`, or a MATH solution
-    with a `\\boxed{}`. Never raises."""
+    Args:
+        prompt: the prompt (unused).
+        completion: the completion.
+        reference: a bare answer (`"42"`, `"\\frac{1}{2}"`), a GSM8K solution ending in `#### 42`, or a
+            MATH solution with a `\\boxed{}`.
+        correct: the reward of a right answer.
+        wrong: the reward of anything else.
+        strict: accept only a boxed or `####` answer, as the papers do (default lenient: a completion
+            without `\\boxed{}` / `#### n` is judged by its last number).
+
+    Returns:
+        `correct` or `wrong`.
+    """
     try:
         return correct if answers_equal(extract_answer(completion, strict), reference_answer(reference)) else wrong
     except Exception:  # noqa: BLE001
@@ -275,8 +297,18 @@ correctness_reward.extraction_modes = strict_correctness_reward.extraction_modes
 
 
 def format_reward(prompt: str, completion: str, reference: str, *, correct: float = 1.0, wrong: float = 0.0) -> float:
-    """`correct` if the completion states a final answer (`\\boxed{}`, `#### n`, or the whole
-    completion is one number), else `wrong`. Never raises."""
+    """`correct` if the completion states a final answer, else `wrong`. Never raises.
+
+    Args:
+        prompt: the prompt (unused).
+        completion: the completion: `\\boxed{}`, `#### n`, or one number as the whole completion count.
+        reference: the reference (unused).
+        correct: the reward of a stated answer.
+        wrong: the reward of anything else.
+
+    Returns:
+        `correct` or `wrong`.
+    """
     try:
         if extract_boxed(completion) or extract_gsm8k(completion):
             return correct
@@ -411,14 +443,24 @@ def _countdown_expression(completion: str) -> str | None:
 def countdown_reward(
     prompt: str, completion: str, reference: str, *, correct: float = 1.0, wrong: float = -1.0, use_all: bool = True
 ) -> float:
-    """`correct` if the completion's expression reaches the target using the given numbers.
+    """`correct` if the completion's expression reaches the target using the given numbers. Never raises.
 
     The expression is the last `\\boxed{}`, else the last `<answer>...</answer>`, else the last line
-    with a digit; of `lhs = rhs` the side with more numbers is used. Allowed: the given integers
-    (each at most once; exactly once with `use_all`), binary `+ - * /` (exact rational arithmetic),
-    parentheses; `\\times`, `×`, `\\div`, `÷` are accepted. No unary minus, no concatenating digits.
-    reference: the JSON `{"target": t, "numbers": [...]}` of `countdown_problems` (or parsed from
-    the prompt). Never raises."""
+    with a digit; of `lhs = rhs` the side with more numbers is used. Allowed: the given integers,
+    binary `+ - * /` (exact rational arithmetic), parentheses; `\\times`, `×`, `\\div`, `÷` are
+    accepted. No unary minus, no concatenating digits.
+
+    Args:
+        prompt: the prompt (the numbers and target are parsed from it when `reference` lacks them).
+        completion: the completion.
+        reference: the JSON `{"target": t, "numbers": [...]}` of `countdown_problems`.
+        correct: the reward of a right expression.
+        wrong: the reward of anything else.
+        use_all: every number exactly once (else at most once).
+
+    Returns:
+        `correct` or `wrong`.
+    """
     try:
         numbers, target = _countdown_task(prompt, reference)
         expr = _countdown_expression(completion)
@@ -453,8 +495,18 @@ REWARDS: dict[str, RewardFn] = {
 
 
 def get_reward_fn(name_or_callable: Callable | str) -> RewardFn:
-    """A reward function from a name ("correctness", "format", "countdown"), a callable, or a
-    dotted path `"pkg.module:function"` (or `"pkg.module.function"`)."""
+    """A reward function from a name, a callable, or a dotted path.
+
+    Args:
+        name_or_callable: a built-in name ("correctness", "correctness_strict", "format", "countdown"),
+            a callable (returned as is), or `"pkg.module:function"` (or `"pkg.module.function"`).
+
+    Returns:
+        The reward function.
+
+    Raises:
+        InputError: an unknown name, or a path that does not name a callable.
+    """
     if callable(name_or_callable):
         return name_or_callable
     name = str(name_or_callable)
@@ -476,11 +528,20 @@ def token_reward(fn: Callable) -> Callable:
 
 
 def overlong_penalty(lengths, max_len: int, buffer: int):
-    """DAPO's soft overlong punishment (arXiv 2503.14476, section 3.4), added to the task reward `[B]`:
+    """DAPO's soft overlong punishment (arXiv 2503.14476, section 3.4), added to the task reward.
+
     0 for `|y| <= L_max - L_cache`, `((L_max - L_cache) - |y|) / L_cache` inside the last `L_cache`
-    tokens (falling linearly to -1 at `L_max`), -1 beyond `L_max`. `L_max` = `max_len` (the
-    generation limit; a completion cut off there gets -1), `L_cache` = `buffer` (0 = off: all 0).
-    The paper uses L_max 20,480 and L_cache 4,096 (a fifth)."""
+    tokens (falling linearly to -1 at `L_max`), -1 beyond `L_max`. The paper uses L_max 20,480 and
+    L_cache 4,096 (a fifth).
+
+    Args:
+        lengths: completion lengths `[B]`.
+        max_len: `L_max`, the generation limit (a completion cut off there gets -1).
+        buffer: `L_cache` (0 = off: all 0).
+
+    Returns:
+        The penalties `[B]`.
+    """
     import numpy as np
 
     n = np.asarray(lengths, np.float32)
@@ -491,8 +552,21 @@ def overlong_penalty(lengths, max_len: int, buffer: int):
 
 
 def score_completions(reward_fn: Callable, examples, prompt_ids, out, repeats: int = 1) -> np.ndarray:
-    """Rewards `[B]` (float32) for rows `[e0 x repeats, e1 x repeats, ...]` of sampled completions
-    `out` (a `Generation`-like object: tokens `[B, N]`, lengths `[B]`, texts or None)."""
+    """Rewards of sampled completions for rows `[e0 x repeats, e1 x repeats, ...]`.
+
+    Args:
+        reward_fn: a text reward, or a token reward (`@token_reward`).
+        examples: the examples of the rows (each `repeats` times in a row).
+        prompt_ids: their prompts' token ids (for token rewards).
+        out: a `Generation`-like object: tokens `[B, N]`, lengths `[B]`, texts or None.
+        repeats: completions per example.
+
+    Returns:
+        The rewards `[B]` (float32).
+
+    Raises:
+        InputError: a text reward without decoded texts (no tokenizer).
+    """
     import numpy as np
 
     rewards = np.zeros(len(out.tokens), np.float32)

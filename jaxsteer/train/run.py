@@ -64,11 +64,15 @@ def peak_rss_mb() -> float:
 class Run:
     """A run directory with its config snapshot, checkpoints, metrics, progress output and summary.
 
-    output_dir: the run directory. config: what the run was started with (a dataclass tree or
-    plain data), written to `config.yaml`; None = write nothing. resume: continue from the latest
-    checkpoint (`restore`); otherwise old checkpoints are removed. keep: checkpoints kept.
-    tensorboard: mirror metrics to `tb/`. progress: show a tqdm bar (`progress`). plot: draw
-    `curves.png` at `finish`.
+    Args:
+        output_dir: the run directory.
+        config: what the run was started with (a dataclass tree or plain data), written to
+            `config.yaml`; None = write nothing.
+        resume: continue from the latest checkpoint (`restore`); otherwise old checkpoints are removed.
+        keep: checkpoints kept.
+        tensorboard: mirror metrics to `tb/`.
+        progress: show a tqdm bar (`progress`).
+        plot: draw `curves.png` at `finish`.
     """
 
     def __init__(self, output_dir: str, *, config: Any = None, resume: bool = False, keep: int = 2,
@@ -142,14 +146,26 @@ class Run:
 
     def restore(self, template: T, *, identity: dict, trainable_config: dict,
                 unit: str = "step") -> tuple[T, dict | None]:
-        """With `resume`, the latest checkpoint restored into `template`'s structure (validated
-        against `identity` and `trainable_config`, see `Checkpointer.restore`), its persisted
-        evaluations and `start_step`; else `(template, None)`. Opens the metrics log either way
-        (a resumed log drops records after the checkpoint)."""
+        """With `resume`, the latest checkpoint restored into `template`'s structure.
+
+        Also restores the persisted evaluations and `start_step`. Opens the metrics log either way (a
+        resumed log drops records after the checkpoint).
+
+        Args:
+            template: the state's structure (arrays or `jax.ShapeDtypeStruct`s).
+            identity: the model's identity, checked against the checkpoint's (`Checkpointer.restore`).
+            trainable_config: what is trained, checked likewise.
+            unit: what a step is called in messages ("step", "generation").
+
+        Returns:
+            `(state, meta)`: the restored state and the checkpoint's metadata, or `(template, None)`.
+
+        Raises:
+            ConfigError: a checkpoint past the config's `steps`.
+        """
         state, meta = template, None
-        checkpointer = self._checkpointer()
-        if self.resume and checkpointer.latest_step() is not None:
-            state, meta = checkpointer.restore(template, identity=identity, trainable_config=trainable_config)
+        if self.resume and self._checkpointer().latest_step() is not None:
+            state, meta = self._checkpointer().restore(template, identity=identity, trainable_config=trainable_config)
             self.start_step = int(meta["step"])
             total = getattr(self.config, "steps", None)
             if isinstance(total, int) and total < self.start_step:
@@ -181,9 +197,17 @@ class Run:
         self._open_logger().log(step, metrics, kind=kind)
 
     def check_finite(self, step: int, values: dict[str, Any]) -> None:
-        """Stop the run with NonFiniteError naming `step` and every quantity in `values` (scalars,
-        arrays or pytrees: loss, gradient norm, the updated parameters ...) that is NaN or
-        infinite. Call it before saving: the last checkpoint on disk stays the last good state."""
+        """Stop the run if any quantity became NaN or infinite.
+
+        Call it before saving: the last checkpoint on disk stays the last good state.
+
+        Args:
+            step: the step, named in the error.
+            values: name -> scalar, array or pytree (loss, gradient norm, the updated parameters ...).
+
+        Raises:
+            NonFiniteError: naming `step` and every non-finite quantity (the run is closed first).
+        """
         bad = [name for name, value in values.items() if not _finite(value)]
         if not bad:
             return
@@ -209,16 +233,26 @@ class Run:
 
     def _checkpointer(self) -> ckpt.Checkpointer:
         if self.checkpointer is None:
-            raise RuntimeError(f"the run in {self.directory} is closed: its checkpoints can no longer be read or written")
+            raise RuntimeError(f"the run in {self.directory} is closed: its checkpoints can no longer be used")
         return self.checkpointer
 
     # ---- evaluation
 
     def evaluate(self, name: str, step: int, fn: Callable[[], dict], *, persist: bool = False,
                  prefix: str = "") -> dict:
-        """Run `fn()` (an evaluation returning a dict of metrics), log it at `step` (kind "eval",
-        keys prefixed with `prefix`) and keep it as `evals[name]`. `persist`: save it with every
-        checkpoint; a resumed run that has it returns the stored value without running `fn`."""
+        """Run an evaluation, log it at `step` (kind "eval") and keep it as `evals[name]`.
+
+        Args:
+            name: the evaluation's name.
+            step: the step it is logged at.
+            fn: the evaluation, returning a dict of metrics.
+            persist: save it with every checkpoint; a resumed run that has it returns the stored value
+                without running `fn`.
+            prefix: prefix of the logged keys.
+
+        Returns:
+            The metrics.
+        """
         if persist and name in self.evals:
             return self.evals[name]
         result = fn()
@@ -231,8 +265,15 @@ class Run:
     # ---- the end
 
     def finish(self, summary: dict, *, title: str = "") -> dict:
-        """Plot the curves (titled `title`), write summary.json (with `files`), close the logger
-        and checkpointer. Returns the files of the run."""
+        """Plot the curves, write summary.json (with `files`), close the logger and checkpointer.
+
+        Args:
+            summary: what summary.json holds besides `files`.
+            title: the curves' title.
+
+        Returns:
+            The files of the run (name -> path).
+        """
         if self.main:
             if self.plot:
                 png = plot_curves(self._open_logger().path, os.path.join(self.directory, "curves.png"), title=title)
@@ -269,10 +310,16 @@ class Run:
 
 
 def resume_conflicts(original: dict, config: Any) -> list[str]:
-    """`"key: old -> new"` for every setting of `config` (a config dataclass) that differs from the
-    saved `original` (plain data; renamed keys migrated, missing keys at their defaults) outside
-    the settings a resumed run may change, `type(config).RESUMABLE` (dotted prefixes: how long it
-    runs, what it prints, how often it saves or evaluates)."""
+    """The settings of `config` that a resumed run may not change but does.
+
+    Args:
+        original: the saved config (plain data; renamed keys migrated, missing keys at their defaults).
+        config: the resumed run's config (a config dataclass); `type(config).RESUMABLE` holds the dotted
+            prefixes that may change (how long it runs, what it prints, how often it saves or evaluates).
+
+    Returns:
+        `"key: old -> new"` per conflicting setting.
+    """
     return config_diff(type(config), original, config, getattr(type(config), "RESUMABLE", ()))
 
 

@@ -37,7 +37,16 @@ T = TypeVar("T")
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
-    """A ("data", "fsdp") mesh over `devices` (default: all); -1 on one axis = the rest."""
+    """A ("data", "fsdp") mesh.
+
+    Args:
+        data: data-parallel devices (-1: the rest).
+        fsdp: devices each weight is sharded over (-1: the rest).
+        devices: the devices (default: all).
+
+    Returns:
+        The mesh.
+    """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     if data == -1 and fsdp == -1:
@@ -133,15 +142,27 @@ def sample_rows(model, prompt, mask, stop_ids, pad_id, key, interventions, *, sa
 
 def sample_on_mesh(model, prepared: PreparedPrompts, key: jax.Array, interventions: tuple, sampling: SamplingConfig,
                    mesh: Mesh, tokenizer: Any = None) -> Generation:
-    """`sample_tokens` on `mesh` with this process's prompts split over the batch axes: every
-    device samples only its slice. Returns this process's rows as a `Generation` (prompts
-    repeated `samples_per_prompt` times, texts when `tokenizer`). Same tokens as `sample_tokens`
-    without a mesh, for any number of processes.
+    """`sample_tokens` on `mesh` with this process's prompts split over the batch axes.
 
-    Prompts that do not divide over the process's devices are split as rows instead (each prompt
-    repeated `samples_per_prompt` times; same rows, each prefilled on its device); rows that do not
-    divide either are padded by repeating the last prompt and dropped (then the random draws differ
-    from the unsharded ones). The prompt width is padded to the widest process's."""
+    Every device samples only its slice; the tokens are those of `sample_tokens` without a mesh, for
+    any number of processes. Prompts that do not divide over the process's devices are split as rows
+    instead (each prompt repeated `samples_per_prompt` times; same rows, each prefilled on its
+    device); rows that do not divide either are padded by repeating the last prompt and dropped (then
+    the random draws differ from the unsharded ones). The prompt width is padded to the widest
+    process's.
+
+    Args:
+        model: the decoder.
+        prepared: this process's prompts (`prepare_prompts`).
+        key: the sampling key.
+        interventions: as for `sample_tokens`.
+        sampling: the sampler's settings.
+        mesh: the ("data", "fsdp") mesh.
+        tokenizer: decodes the completions (None: no texts).
+
+    Returns:
+        This process's rows as a `Generation` (prompts repeated `samples_per_prompt` times).
+    """
     toks, mask = _widest(prepared, process_max(prepared.tokens.shape[1]))
     n, R = len(toks), sampling.samples_per_prompt
     local_shards = n_batch_shards(mesh) // jax.process_count()

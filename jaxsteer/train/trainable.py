@@ -53,12 +53,15 @@ LAYERED_KINDS = STEERING_KINDS + ("lineas",)  # kinds that act at chosen layers 
 class TrainableConfig:
     """What is trained (static; hashable, so it can be a jit-static argument).
 
-    kind: "steering" | "adaptive_steering" | "lora" | "full".
-    layers: steering kinds only; None = every layer, else a tuple of layer indices (e.g. `(10,)`).
-    site: steering placement (any site but "pattern"; "resid_post" = after the MLP, "attn_out" =
-    after attention, "resid_mid", "resid_pre", "mlp_out", ...).
-    rank: steering only; None = one full vector per layer, r = low-rank `S = A @ B`.
-    lora_rank, lora_alpha, lora_targets: LoRA settings (scale `alpha / rank`).
+    Attributes:
+        kind: "steering" | "adaptive_steering" | "lineas" | "lora" | "full".
+        layers: steering kinds only; None = every layer, else a tuple of layer indices (e.g. `(10,)`).
+        site: steering placement (any site but "pattern"; "resid_post" = after the MLP, "attn_out" =
+            after attention, "resid_mid", "resid_pre", "mlp_out", ...).
+        rank: steering only; None = one full vector per layer, r = low-rank `S = A @ B`.
+        lora_rank: the LoRA rank r.
+        lora_alpha: the LoRA alpha (scale `alpha / rank`).
+        lora_targets: the projections that get adapters.
     """
 
     kind: str = "steering"
@@ -130,7 +133,16 @@ def _init_lora(key, shapes, rank):
 
 
 def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
-    """Initial trainable pytree for `model`; zero effect on the model's outputs."""
+    """Initial trainable pytree for `model`; zero effect on the model's outputs.
+
+    Args:
+        model: the base model.
+        cfg: what is trained.
+        key: the random key of the non-zero factors (low-rank steering's and LoRA's `a`).
+
+    Returns:
+        The trainable pytree (float32).
+    """
     c = model.config
     if cfg.kind == "steering":
         feat = site_feature_shape(cfg.site, c)
@@ -165,7 +177,16 @@ def init_trainable(model: Model, cfg: TrainableConfig, key: jax.Array) -> dict:
 
 
 def steering_vectors(trainable: dict, cfg: TrainableConfig, n_layers: int) -> jax.Array:
-    """Dense steering vectors `[L, *feat]` (`[L, d]` at residual sites), zero on untrained layers."""
+    """Dense steering vectors `[L, *feat]` (`[L, d]` at residual sites), zero on untrained layers.
+
+    Args:
+        trainable: the trainable pytree.
+        cfg: its `TrainableConfig`.
+        n_layers: the model's layers L.
+
+    Returns:
+        The vectors.
+    """
     if cfg.kind not in STEERING_KINDS:
         raise InputError(f"steering_vectors needs a steering kind, got {cfg.kind!r}")
     return _dense(_vectors(trainable, cfg), cfg, n_layers)
@@ -216,9 +237,17 @@ def apply_trainable(
 ) -> tuple[Model, tuple]:
     """`(model to run, interventions)` for the policy.
 
-    `enabled=False` gives the reference policy: the base `model` unchanged and no interventions
-    (for "full" pass the frozen base model here; the trainable copy is ignored). Pure; no parameter
-    array is copied (LoRA only rebuilds the small `params` / `params["layers"]` dicts).
+    Pure; no parameter array is copied (LoRA only rebuilds the small `params` / `params["layers"]`
+    dicts).
+
+    Args:
+        model: the base model (for "full", the frozen base; the trainable copy is ignored when disabled).
+        trainable: the trainable pytree.
+        cfg: its `TrainableConfig`.
+        enabled: False gives the reference policy: the base `model` unchanged and no interventions.
+
+    Returns:
+        The model to run and the interventions to pass it.
     """
     if not enabled:
         return model, ()
@@ -243,15 +272,33 @@ def apply_trainable(
 
 
 def build_policy(base: Model, trainable: dict, cfg: TrainableConfig) -> tuple[Model, tuple]:
-    """`apply_trainable` for a trained state: "full" trainables are float32 master weights, cast
-    to the base dtype for the forward. The policy every learner samples, scores and exports."""
+    """`apply_trainable` for a trained state: the policy every learner samples, scores and exports.
+
+    Args:
+        base: the base model.
+        trainable: the trainable pytree.
+        cfg: its `TrainableConfig`.
+
+    Returns:
+        The model to run and its interventions ("full" trainables, float32 master weights, are cast to
+        the base dtype for the forward).
+    """
     if cfg.kind == "full":
         trainable = jax.tree_util.tree_map(lambda t, b: t.astype(b.dtype), trainable, base.params)
     return apply_trainable(base, trainable, cfg)
 
 
 def merge_lora(model: Model, trainable: dict, cfg: TrainableConfig) -> Model:
-    """The base model with `W + (alpha / r) * a @ b` merged into each target weight (for export)."""
+    """The base model with `W + (alpha / r) * a @ b` merged into each target weight (for export).
+
+    Args:
+        model: the base model.
+        trainable: the trainable pytree.
+        cfg: its `TrainableConfig`.
+
+    Returns:
+        The merged model.
+    """
     if cfg.kind != "lora":
         raise InputError(f"merge_lora needs kind='lora', got {cfg.kind!r}")
     layers = dict(model.params["layers"])
@@ -268,8 +315,16 @@ def init_value_head(d_model: int) -> dict:
 
 
 def value_estimates(model: Model, head: dict, h: jax.Array) -> jax.Array:
-    """Per-position values `[...]` (float32) from residual vectors `h [..., d]` (before the final
-    norm): `rms_norm(h) . w + b` with the model's final norm."""
+    """Per-position values from residual vectors (before the final norm): `rms_norm(h) . w + b`.
+
+    Args:
+        model: the model (its final norm).
+        head: the value head `{"w": [d], "b": []}`.
+        h: residual vectors `[..., d]`.
+
+    Returns:
+        The values `[...]` (float32).
+    """
     c = model.config
     x = rms_norm(h, model.params["final_norm"], c.norm_eps, c.norm_offset).astype(jnp.float32)
     return x @ head["w"] + head["b"]

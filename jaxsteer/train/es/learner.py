@@ -44,9 +44,23 @@ from .strategies import STRATEGIES, OpenES
 
 def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: TrainableConfig | None = None,
              lora: dict | None = None, seed: int = 0):
-    """`(space, strategy)` for an `ESConfig` and algorithm (es | eggroll | essa). trainable: the
-    parameterisation for space "trainable" (default steering on every layer); lora + trainable
-    (kind "lora"): ESSA's warm start."""
+    """`(space, strategy)` for an `ESConfig` and algorithm.
+
+    Args:
+        model: the base decoder.
+        cfg: the `es` section.
+        algorithm: es | eggroll | essa (picks the defaults of `cfg.space` / `cfg.strategy`).
+        trainable: the parameterisation of space "trainable" (default: steering on every layer); with
+            `lora` (kind "lora"): ESSA's warm start.
+        lora: a trained LoRA trainable (ESSA's warm start).
+        seed: the random subspace's seed.
+
+    Returns:
+        The search space and the strategy.
+
+    Raises:
+        ConfigError: an ESSA space without a LoRA, or targets / alpha the LoRA cannot take.
+    """
     name = cfg.space_for(algorithm)
     targets = cfg.targets_for(name)
     if name == "trainable":
@@ -80,8 +94,21 @@ def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: Trai
 
 
 def es_space_for_run(cfg: TrainConfig, model: Model, tokenizer: Any = None, lora: dict | None = None):
-    """`(space, strategy)` of an ES run config; ESSA's LoRA warm start from `model.init_from` (the
-    directory of a LoRA run) or given directly as `lora` (a LoRA trainable of `cfg.trainable`)."""
+    """`(space, strategy)` of an ES run config.
+
+    Args:
+        cfg: the run config.
+        model: the base model.
+        tokenizer: its tokenizer (to load ESSA's warm start).
+        lora: ESSA's warm start given directly (a LoRA trainable of `cfg.trainable`); else read from
+            `model.init_from` (the directory of a LoRA run).
+
+    Returns:
+        The search space and the strategy.
+
+    Raises:
+        ConfigError: `model.init_from` with a space that does not read it, or a warm start that is not a LoRA run.
+    """
     es, trainable, init_from = cfg.es, cfg.trainable, cfg.model.init_from
     space = es.space_for(cfg.algorithm)
     if init_from and space not in ("essa", "essa_product"):
@@ -111,8 +138,24 @@ def describe(space, strategy) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class ESLoopSpec:
-    """How `run_es` runs: generations, prompts per generation (from a resumable grain loader
-    seeded by `seed`), the population sampler's settings, and checkpoint / log cadence."""
+    """How `run_es` runs.
+
+    Attributes:
+        generations: generations to run.
+        prompts_per_generation: prompts every member is scored on per generation.
+        seed: the strategy's and the resumable grain loader's seed.
+        shuffle: reshuffle the prompts every epoch.
+        max_new_tokens: tokens per completion.
+        greedy: greedy completions (else sampled with the settings below).
+        temperature: the sampling temperature.
+        top_p: nucleus filtering mass (1.0: off).
+        top_k: keep the k most likely tokens (0: off).
+        stop_tokens: ids that end a completion (None: the model's and tokenizer's EOS).
+        bucket: prompt lengths are padded to a multiple of this.
+        member_batch: members evaluated at once (None: all).
+        checkpoint_every: save every N generations (and at the end); 0 = only at the end.
+        log_every: a log line every N generations (without a `Run`).
+    """
 
     generations: int = 100
     prompts_per_generation: int = 8
@@ -146,7 +189,14 @@ class ESLoopSpec:
 
 @dataclasses.dataclass
 class ESResult:
-    """What `run_es` hands back: the final strategy state and one metrics dict per generation."""
+    """What `run_es` hands back.
+
+    Attributes:
+        state: the final strategy state (its "theta" is the search's centre).
+        history: one metrics dict per generation run.
+        space: the search space.
+        strategy: the strategy.
+    """
 
     state: dict
     history: list[dict]
@@ -165,10 +215,28 @@ def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callabl
            log: Callable[[str], None] | None = print) -> ESResult:
     """Run ES generations up to `spec.generations` (each: `es_generation`).
 
-    encode: example -> prompt ids (default `PromptEncoder(tokenizer)`: `meta["prompt_ids"]` or the
-    chat template). run: a `Run` for metrics, checkpoints (state + data position, every
-    `spec.checkpoint_every` generations and at the end), resume, progress bar and held-out
-    evaluation (`held_out`); without one, a log line per `spec.log_every` generations to `log`."""
+    Args:
+        model: the base decoder.
+        space: the search space (`spaces`).
+        strategy: the evolution strategy (`strategies`).
+        examples: the training prompts.
+        reward_fn: a reward function or its name (`get_reward_fn`).
+        spec: the loop's settings.
+        tokenizer: decodes completions for text rewards and encodes string prompts.
+        encode: example -> prompt ids (default `PromptEncoder(tokenizer)`: `meta["prompt_ids"]` or the
+            chat template).
+        run: a `Run` for metrics, checkpoints (state + data position, every `spec.checkpoint_every`
+            generations and at the end), resume, progress bar and held-out evaluation; without one, a
+            log line per `spec.log_every` generations to `log`.
+        state: a strategy state to continue from (default: `strategy.init` at the space's start).
+        mesh: a mesh to spread the members over (`population_generate`).
+        axis: the mesh axis (or axes) of the members.
+        held_out: the held-out evaluation (with `run`).
+        log: where log lines go without a run (None: nowhere).
+
+    Returns:
+        The final state, per-generation metrics, space and strategy.
+    """
     reward_fn = get_reward_fn(reward_fn)
     encode = encode or PromptEncoder(tokenizer)
     if mesh is not None:  # replicate once, not per generation
@@ -215,8 +283,17 @@ def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callabl
 
 
 def train_es(cfg: TrainConfig, inputs: Inputs, run: Run, *, lora: dict | None = None) -> tuple[Any, list, dict]:
-    """An ES run on `run` (see the module docstring); `lora`: ESSA's warm start given directly.
-    Returns `(theta, history, files)`: the final centre, per-generation metrics, run files."""
+    """An ES run on `run` (see the module docstring).
+
+    Args:
+        cfg: the run config.
+        inputs: the model, data and reward (`build_inputs`).
+        run: the run directory.
+        lora: ESSA's warm start given directly (else from `model.init_from`).
+
+    Returns:
+        `(theta, history, files)`: the final centre, per-generation metrics, run files.
+    """
     model, es = inputs.model, cfg.es
     space, strategy = es_space_for_run(cfg, model, inputs.tokenizer, lora)
     dims = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(jax.eval_shape(space.init, model)))
@@ -250,8 +327,17 @@ def train_es(cfg: TrainConfig, inputs: Inputs, run: Run, *, lora: dict | None = 
 
 
 def load_es_policy(cfg: TrainConfig, *, step: int | None = None, model: Model | None = None, tokenizer: Any = None):
-    """`(model, tokenizer, (policy_model, interventions), meta)`: the centre of an ES run's latest
-    (or `step`) checkpoint in `cfg.output_dir`, validated like a resume (`jaxsteer eval`)."""
+    """The centre of an ES run's checkpoint in `cfg.output_dir`, validated like a resume (`jaxsteer eval`).
+
+    Args:
+        cfg: the run's config.
+        step: the checkpoint (None: the latest).
+        model: the base model (default: loaded from `cfg.model`).
+        tokenizer: its tokenizer.
+
+    Returns:
+        `(model, tokenizer, (policy_model, interventions), meta)`.
+    """
     if model is None:
         model, tokenizer = build_model(cfg.model)
     space, strategy = es_space_for_run(cfg, model, tokenizer)

@@ -37,10 +37,18 @@ from .strategies import sampling_key
 class PopulationOutput:
     """Completions of every member on the same prompts.
 
-    tokens / logprobs `[M, B, N]`, lengths `[M, B]` (as `Generation`: pad after the stop token,
-    log-prob 0 there); prompt_tokens / prompt_mask `[B, P]`; texts `[M][B]` when a tokenizer was
-    given; seconds: wall time of the compiled call. In a multi-process run, M counts this
-    process's members only (a contiguous block; `gather_rows` joins them in member order)."""
+    In a multi-process run, M counts this process's members only (a contiguous block; `gather_rows`
+    joins them in member order).
+
+    Attributes:
+        tokens: `[M, B, N]` completion tokens (as `Generation`: pad after the stop token).
+        logprobs: `[M, B, N]` their log-probs (0 after the stop token).
+        lengths: `[M, B]` completion lengths.
+        prompt_tokens: `[B, P]` the left-padded prompts.
+        prompt_mask: `[B, P]` their mask.
+        texts: `[M][B]` decoded completions when a tokenizer was given, else None.
+        seconds: wall time of the compiled call.
+    """
 
     tokens: np.ndarray
     logprobs: np.ndarray
@@ -115,15 +123,36 @@ def population_generate(
     axis: str | tuple[str, ...] = "members",
     member_batch: int | None = None,
 ) -> PopulationOutput:
-    """Generate with every member of `strategy`'s population (or `member_ids`) on the same prompts,
-    in one compiled call.
+    """Generate with every member of the population (or `member_ids`) on the same prompts, in one compiled call.
 
     Member m's parameters are `strategy.member(space, state, m)`, regenerated inside the program.
     Sampled decoding (`greedy=False`) uses one key for all members (common random numbers).
-    mesh: split the member axis over `axis` of this mesh (`shard_map`; the model and prompts are
-    replicated), across processes too (each gets its own members' outputs); the number of members
-    must divide evenly. member_batch: evaluate this many
-    members at a time (`lax.map`), bounding memory for large spaces such as `FullSpace`."""
+
+    Args:
+        model: the base decoder.
+        space: the search space.
+        strategy: the evolution strategy.
+        state: the strategy's state.
+        prompt_ids: the prompts' token ids.
+        max_new_tokens: tokens per completion.
+        greedy: greedy decoding (else sampled).
+        temperature: the sampling temperature.
+        top_p: nucleus filtering mass (1.0: off).
+        top_k: keep the k most likely tokens (0: off).
+        stop_tokens: ids that end a completion (None: the model's and tokenizer's EOS).
+        tokenizer: decodes the completions (None: no texts).
+        bucket: prompt lengths are padded to a multiple of this.
+        member_ids: the members to run (None: the whole population).
+        mesh: split the member axis over `axis` of this mesh (`shard_map`; the model and prompts are
+            replicated), across processes too (each gets its own members' outputs); the number of
+            members must divide evenly.
+        axis: the mesh axis (or axes) of the members.
+        member_batch: evaluate this many members at a time (`lax.map`), bounding memory for large
+            spaces such as `FullSpace` (None: all at once).
+
+    Returns:
+        The members' completions.
+    """
     ids = np.arange(strategy.population) if member_ids is None else np.asarray(member_ids)
     prepared = prepare_prompts(model, prompt_ids, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket,
                                stop_tokens=stop_tokens)
@@ -148,8 +177,18 @@ def population_generate(
 
 
 def score_population(reward_fn: Callable, examples: Sequence, prompt_ids: Sequence[Sequence[int]], out: PopulationOutput) -> np.ndarray:
-    """Rewards `[M, B]` in Python: `reward_fn(prompt, text, answer)`, or with token ids when the
-    function has `uses_tokens = True` (`jaxsteer.train.rewards.token_reward`)."""
+    """Rewards `[M, B]` in Python.
+
+    Args:
+        reward_fn: `reward_fn(prompt, text, answer)`, or with token ids when the function has
+            `uses_tokens = True` (`jaxsteer.train.rewards.token_reward`).
+        examples: the prompts' examples.
+        prompt_ids: their token ids.
+        out: the members' completions.
+
+    Returns:
+        The rewards (float32).
+    """
     rows = []
     for m in range(out.tokens.shape[0]):
         gen = types.SimpleNamespace(tokens=out.tokens[m], lengths=out.lengths[m], texts=None if out.texts is None else out.texts[m])
@@ -181,8 +220,21 @@ def es_generation(
     reward_fn: Callable,
     **generate_kwargs,
 ) -> tuple[dict, dict, PopulationOutput, np.ndarray]:
-    """One generation: evaluate the population (one compiled call), rewards `[M, B]` in Python,
-    shape + update (one jitted call). Returns (new state, metrics, outputs, rewards)."""
+    """One generation: evaluate the population (one compiled call), rewards in Python, shape + update (one jit).
+
+    Args:
+        model: the base decoder.
+        space: the search space.
+        strategy: the evolution strategy.
+        state: the strategy's state.
+        examples: the generation's examples.
+        prompt_ids: their prompts' token ids.
+        reward_fn: scores a completion against the example's answer.
+        **generate_kwargs: `population_generate`'s settings.
+
+    Returns:
+        `(new state, metrics, outputs, rewards)`.
+    """
     out = population_generate(model, space, strategy, state, prompt_ids, **generate_kwargs)
     t0 = time.perf_counter()
     rewards = gather_rows(score_population(reward_fn, examples, prompt_ids, out))  # each process its members

@@ -135,9 +135,13 @@ class _Dense:
 
 @struct.dataclass
 class TrainableSpace(_Dense):
-    """Any trainable of `jaxsteer.train.trainable` (`cfg.kind` steering, lora or full), combined
-    with the base by `apply_trainable`: theta is that trainable pytree (float32), e.g.
-    `{"vectors": [n, d]}` (zeros at init) for steering."""
+    """Any trainable of `jaxsteer.train.trainable`, combined with the base by `apply_trainable`.
+
+    Theta is that trainable pytree (float32), e.g. `{"vectors": [n, d]}` (zeros at init) for steering.
+
+    Attributes:
+        cfg: the trainable (`cfg.kind` steering, lora or full).
+    """
 
     cfg: TrainableConfig = struct.field(pytree_node=False, default=TrainableConfig())
 
@@ -158,9 +162,12 @@ def SteeringSpace(layers: tuple[int, ...] | None = None, site: str = "resid_post
 
 @struct.dataclass
 class FullSpace(_Dense):
-    """The model's own parameters (Qiu et al.): theta is the nested params subset named by `paths`
-    ('/'-joined, e.g. "layers/q_proj"; None = every parameter except adapters), in float32; members
-    are cast back to each parameter's dtype."""
+    """The model's own parameters (Qiu et al.), in float32; members are cast back to each parameter's dtype.
+
+    Attributes:
+        paths: the nested params subset that is theta ('/'-joined, e.g. "layers/q_proj"; None = every
+            parameter except adapters).
+    """
 
     paths: tuple[str, ...] | None = struct.field(pytree_node=False, default=None)
 
@@ -189,16 +196,22 @@ class FullSpace(_Dense):
 
 @struct.dataclass
 class EggrollSpace:
-    """EGGROLL: theta = the target projection matrices `{proj: [L, in, out]}` (float32). Member
-    noise per matrix is `E = A B^T / sqrt(r)` with A `[in, r]`, B `[out, r]` standard normal, run as
-    the adapter `{"a": A, "b": sigma B^T / sqrt(r)}`, so the forward computes
+    """EGGROLL: theta = the target projection matrices `{proj: [L, in, out]}` (float32).
+
+    Member noise per matrix is `E = A B^T / sqrt(r)` with A `[in, r]`, B `[out, r]` standard normal,
+    run as the adapter `{"a": A, "b": sigma B^T / sqrt(r)}`, so the forward computes
     `x W + (x A)(sigma B^T / sqrt(r))` (the paper's `x W^T + (x B) A^T sigma / sqrt(r)` with our
     `[in, out]` layout). Updates (sums of low-rank terms) are full rank.
+
+    Attributes:
+        targets: the projections searched.
+        rank: the noise rank r.
+        chunk: members per step of `noise_sum`'s scan.
     """
 
     targets: tuple[str, ...] = struct.field(pytree_node=False, default=PROJECTIONS)
     rank: int = struct.field(pytree_node=False, default=1)
-    chunk: int = struct.field(pytree_node=False, default=16)  # members per step of noise_sum's scan
+    chunk: int = struct.field(pytree_node=False, default=16)
 
     dense = False
 
@@ -283,24 +296,38 @@ def _pad_offsets(offsets: jax.Array, s: jax.Array) -> jax.Array:
 
 @struct.dataclass
 class ESSASpace(_Dense):
-    """ESSA as its paper defines it (arXiv 2507.04453, section 3.2 and Algorithm 1): each factor of
-    a trained LoRA adapter is decomposed separately, `a = U_a diag(s_a) V_a^T`, `b = U_b diag(s_b)
-    V_b^T` (our `[in, r]` / `[r, out]` layout: the paper's A and B transposed, same singular values),
-    so an adapted matrix carries 2r singular values. U, V are frozen leaves; theta holds offsets
-    `{proj: {"a": [L, k_a], "b": [L, k_b]}}` added to the top `floor(alpha * r)` values of each
-    factor (zeros at init: the centre is the warm-start LoRA exactly). Adapters of the warm start on
-    projections outside `targets` stay applied, unchanged. Build with `essa_space`."""
+    """ESSA as its paper defines it (arXiv 2507.04453, section 3.2 and Algorithm 1).
 
-    u_a: dict  # {proj: [L, in, r]}
-    s_a: dict  # {proj: [L, r]} descending
-    vt_a: dict  # {proj: [L, r, r]}
-    u_b: dict  # {proj: [L, r, r]}
-    s_b: dict  # {proj: [L, r]} descending
-    vt_b: dict  # {proj: [L, r, out]}
-    frozen: dict  # {proj: {"a", "b"}}: the warm start's other adapters (LoRA scale folded into b)
+    Each factor of a trained LoRA adapter is decomposed separately, `a = U_a diag(s_a) V_a^T`,
+    `b = U_b diag(s_b) V_b^T` (our `[in, r]` / `[r, out]` layout: the paper's A and B transposed, same
+    singular values), so an adapted matrix carries 2r singular values. U, V are frozen leaves; theta
+    holds offsets `{proj: {"a": [L, k_a], "b": [L, k_b]}}` added to the top `floor(alpha * r)` values
+    of each factor (zeros at init: the centre is the warm-start LoRA exactly). Build with `essa_space`.
+
+    Attributes:
+        u_a: `{proj: [L, in, r]}`.
+        s_a: `{proj: [L, r]}`, descending.
+        vt_a: `{proj: [L, r, r]}`.
+        u_b: `{proj: [L, r, r]}`.
+        s_b: `{proj: [L, r]}`, descending.
+        vt_b: `{proj: [L, r, out]}`.
+        frozen: `{proj: {"a", "b"}}`: the warm start's adapters outside `targets`, applied unchanged
+            (LoRA scale folded into b).
+        n_a: evolving singular values of each `a` factor.
+        n_b: evolving singular values of each `b` factor.
+        scale: the LoRA's alpha / rank.
+    """
+
+    u_a: dict
+    s_a: dict
+    vt_a: dict
+    u_b: dict
+    s_b: dict
+    vt_b: dict
+    frozen: dict
     n_a: int = struct.field(pytree_node=False, default=1)
     n_b: int = struct.field(pytree_node=False, default=1)
-    scale: float = struct.field(pytree_node=False, default=1.0)  # the LoRA's alpha / rank
+    scale: float = struct.field(pytree_node=False, default=1.0)
 
     def init(self, model: Model | None = None, key: jax.Array | None = None):
         return {p: {"a": jnp.zeros(s.shape[:-1] + (self.n_a,), _f32), "b": jnp.zeros(self.s_b[p].shape[:-1] + (self.n_b,), _f32)}
@@ -341,10 +368,23 @@ def _svd_stack(x: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def essa_space(model: Model, lora: dict, cfg: TrainableConfig | None, *, alpha: float = 1.0,
                targets: tuple[str, ...] | None = None) -> ESSASpace:
-    """The paper's `ESSASpace` from a trained LoRA (`lora`, a trainable of `cfg`, e.g. an SFT run):
-    factor-wise SVD on `targets` (None: the LoRA's adapters on the attention projections q/k/v/o,
-    as in the paper), the top `floor(alpha * r)` singular values of each factor evolving. Runs once,
-    on the host, in float64. The model must not already carry this LoRA (the space adds it)."""
+    """The paper's `ESSASpace` from a trained LoRA. Runs once, on the host, in float64.
+
+    The model must not already carry this LoRA (the space adds it).
+
+    Args:
+        model: the base decoder.
+        lora: the trained LoRA trainable (e.g. an SFT run's).
+        cfg: its `TrainableConfig` (kind "lora").
+        alpha: the evolving fraction of each factor's singular values (the top `floor(alpha * r)`).
+        targets: the projections decomposed (None: the LoRA's adapters on q/k/v/o, as in the paper).
+
+    Returns:
+        The space.
+
+    Raises:
+        InputError: no LoRA, or targets the LoRA does not adapt.
+    """
     if lora is None or cfg is None or cfg.kind != "lora":
         raise InputError("essa_space needs a trained LoRA and its TrainableConfig(kind='lora')")
     if targets is None:
@@ -369,14 +409,22 @@ def essa_space(model: Model, lora: dict, cfg: TrainableConfig | None, *, alpha: 
 
 @struct.dataclass
 class ESSAProductSpace(_Dense):
-    """ESSA's product variant: each adapter's product `scale * a @ b = U diag(s) V^T` (per layer and
-    projection, r values per matrix); U, V are frozen leaves of the space, theta `{proj: [L, k]}`
-    holds the top-k singular values that evolve (k = floor(alpha * r)); the rest stay at `s0`. Also
-    the random-subspace ES (random orthonormal U, V with s = 0). Build with `essa_product_space`."""
+    """ESSA's product variant: each adapter's product `scale * a @ b = U diag(s) V^T` (r values per matrix).
 
-    u: dict  # {proj: [L, in, r]}
-    vt: dict  # {proj: [L, r, out]}
-    s0: dict  # {proj: [L, r]} descending
+    Also the random-subspace ES (random orthonormal U, V with s = 0). U, V are frozen leaves; theta
+    `{proj: [L, k]}` holds the top-k singular values that evolve (k = floor(alpha * r)); the rest stay
+    at `s0`. Build with `essa_product_space`.
+
+    Attributes:
+        u: `{proj: [L, in, r]}`.
+        vt: `{proj: [L, r, out]}`.
+        s0: `{proj: [L, r]}`, descending: the starting singular values.
+        n_active: k, the evolving values per matrix.
+    """
+
+    u: dict
+    vt: dict
+    s0: dict
     n_active: int = struct.field(pytree_node=False, default=0)
 
     def init(self, model: Model | None = None, key: jax.Array | None = None):
@@ -422,13 +470,24 @@ def essa_product_space(
     targets: tuple[str, ...] | None = None,
     seed: int = 0,
 ) -> ESSAProductSpace:
-    """An `ESSAProductSpace` from a LoRA trainable (`lora` with its `cfg`: every adapter's product
-    decomposed), or fresh (the random-subspace ES): random orthonormal U, V of `rank` on `targets`
-    (default all projections; numpy `seed`) with s = 0.
+    """An `ESSAProductSpace` from a LoRA trainable, or fresh (the random-subspace ES); on the host, in float64.
 
-    alpha: fraction of each adapter's singular values (the largest) that evolve, rounded down. The
-    model must not already carry this LoRA (the space adds it; other adapters on the model are kept,
-    concatenated along the rank axis). Runs once, on the host, in float64."""
+    The model must not already carry this LoRA (the space adds it; other adapters on the model are
+    kept, concatenated along the rank axis).
+
+    Args:
+        model: the base decoder.
+        lora: the LoRA trainable whose every adapter's product is decomposed (None: random orthonormal
+            U, V of `rank` with s = 0).
+        cfg: its `TrainableConfig`.
+        alpha: the evolving fraction of each adapter's singular values (the largest), rounded down.
+        rank: the random subspace's rank.
+        targets: the random subspace's projections (default: all).
+        seed: the random subspace's numpy seed.
+
+    Returns:
+        The space.
+    """
     layers = model.params["layers"]
     u, vt, s0 = {}, {}, {}
     if lora is not None:

@@ -67,9 +67,15 @@ def fitness(rewards: jax.Array) -> jax.Array:
 def shape_fitness(rewards: jax.Array, mode: str) -> jax.Array:
     """Shaped fitness `[M]` from rewards `[M]` or `[M, B]`.
 
-    "centered_rank": centered ranks of the mean reward; "zscore": z-score of the mean reward;
-    "zscore_per_prompt": z-score each prompt's rewards over the population, then average over
-    prompts (EGGROLL's per-group normalisation); "none": the mean reward minus its mean."""
+    Args:
+        rewards: the members' rewards (per prompt with `[M, B]`).
+        mode: "centered_rank": centered ranks of the mean reward; "zscore": z-score of the mean
+            reward; "zscore_per_prompt": z-score each prompt's rewards over the population, then
+            average over prompts (EGGROLL's per-group normalisation); "none": the mean reward minus its mean.
+
+    Returns:
+        The fitness `[M]`.
+    """
     r = jnp.asarray(rewards, jnp.float32)
     if mode == "centered_rank":
         return centered_ranks(fitness(r))
@@ -134,10 +140,19 @@ def _concrete(x) -> bool:
 class OpenES:
     """OpenAI-ES with an optax optimizer.
 
-    population: M (even when `antithetic`). sigma: noise scale. shaping: see `shape_fitness`.
-    divide_by_sigma: `g = sum f eps / (M sigma)` (the score-function gradient); False gives
-    Qiu et al.'s and EGGROLL's `theta += alpha * mean(f eps)` with sgd(lr=alpha).
-    optimizer: "sgd" | "adam" | "adamw"; lr, momentum (sgd), b1, b2, weight_decay.
+    Attributes:
+        population: M (even when `antithetic`).
+        sigma: the noise scale.
+        lr: the optimizer's learning rate.
+        antithetic: mirrored noise pairs (+eps, -eps).
+        shaping: the fitness shaping (`shape_fitness`).
+        divide_by_sigma: `g = sum f eps / (M sigma)` (the score-function gradient); False gives Qiu et
+            al.'s and EGGROLL's `theta += alpha * mean(f eps)` with sgd(lr=alpha).
+        optimizer: "sgd" | "adam" | "adamw".
+        momentum: sgd's momentum.
+        b1: adam's first-moment decay.
+        b2: adam's second-moment decay.
+        weight_decay: adamw's weight decay.
     """
 
     population: int = struct.field(pytree_node=False, default=32)
@@ -275,7 +290,12 @@ def _check_dense(space, who: str) -> None:
 @struct.dataclass
 class CMAES(_CMABase):
     """Full-covariance CMA-ES over the flattened theta (D dims; C is `[D, D]`: keep D small).
-    sigma: the initial step size (then adapted, kept in the state)."""
+
+    Attributes:
+        population: members per generation (>= 4).
+        sigma: the initial step size (then adapted, kept in the state).
+        max_dim: the largest D accepted (use `SepCMAES` beyond).
+    """
 
     population: int = struct.field(pytree_node=False, default=16)
     sigma: float = 0.1
@@ -326,7 +346,11 @@ class CMAES(_CMABase):
 @struct.dataclass
 class SepCMAES(_CMABase):
     """Diagonal (separable) CMA-ES; memory O(D): noise regenerated from keys in the update.
-    sigma: the initial step size (then adapted, kept in the state)."""
+
+    Attributes:
+        population: members per generation (>= 4).
+        sigma: the initial step size (then adapted, kept in the state).
+    """
 
     population: int = struct.field(pytree_node=False, default=16)
     sigma: float = 0.1
