@@ -1,5 +1,6 @@
 """Run in a subprocess by tests/train/sae/test_step.py: one SAE step with the latent axis split over 8
 virtual CPU devices equals the same step on one device."""
+
 import os
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"

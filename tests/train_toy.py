@@ -21,8 +21,18 @@ from jaxsteer.train.rewards import token_reward
 
 VOCAB = 32
 GOOD = tuple(range(8, 16))
-RANDOM_MODEL = dict(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, d_mlp=64,
-                    eos_token_ids=[1], pad_token_id=0, max_position_embeddings=128)
+RANDOM_MODEL = dict(
+    vocab_size=VOCAB,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=8,
+    d_mlp=64,
+    eos_token_ids=[1],
+    pad_token_id=0,
+    max_position_embeddings=128,
+)
 
 
 def examples(n: int = 64, seed: int = 0, length: int = 5) -> list[Example]:
@@ -61,8 +71,11 @@ def config_dict(output_dir: str, **overrides) -> dict:
         "trainable": {"kind": "steering"},
         "prompts_per_step": 4,
         "sampling": {"max_new_tokens": 4, "bucket": 8},
-        "data": {"train": "py:train_toy:examples", "eval": "py:train_toy:eval_examples",
-                 "reward": "train_toy:first_token_reward"},
+        "data": {
+            "train": "py:train_toy:examples",
+            "eval": "py:train_toy:eval_examples",
+            "reward": "train_toy:first_token_reward",
+        },
         "eval": {"before": False, "after": False, "n": 32},
         "checkpoint": {"every": 2, "keep": 3},
         "steps": 4,
@@ -99,8 +112,13 @@ def good_probability(model, trainable=None, trainable_cfg=None, examples=None) -
 
 # The learning tests' setting: a bigger initial spread (random_scale) so the policy is not uniform,
 # 8 prompts x 4 samples per step, 2 new tokens, 6 steps.
-LEARN = {"model.random_scale": 0.2, "prompts_per_step": 8, "sampling.max_new_tokens": 2, "steps": 6,
-         "checkpoint.every": 0}
+LEARN = {
+    "model.random_scale": 0.2,
+    "prompts_per_step": 8,
+    "sampling.max_new_tokens": 2,
+    "steps": 6,
+    "checkpoint.every": 0,
+}
 # The untrained policy puts 0.253 of its first-token mass on GOOD (eval prompts, seed 0); so does a
 # run at lr = 1e-12, which never moves. Trained runs of every RL kind and algorithm reach 0.63-0.74
 # in 6 steps (steering 0.628, LoRA 0.744, full 0.633, DASH 0.628, RAPID-off-policy 0.676, expert

@@ -29,8 +29,15 @@ def test_kron_encoder_equals_materialised_matrices():
     cfg = sae.SAEConfig(kind="kron", d_in=10, d_sae=3 * 4 * 5, k=7, kron_heads=3, kron_m=4, kron_n=5)
     s = sae.init_sae(cfg, jax.random.PRNGKey(0))
     key = jax.random.split(jax.random.PRNGKey(1), 3)
-    s = sae.SAE(dict(s.params, b_p=0.2 * jax.random.normal(key[0], (12,)), b_q=0.2 * jax.random.normal(key[1], (15,)),
-                     b_dec=0.1 * jax.random.normal(key[2], (10,))), cfg)
+    s = sae.SAE(
+        dict(
+            s.params,
+            b_p=0.2 * jax.random.normal(key[0], (12,)),
+            b_q=0.2 * jax.random.normal(key[1], (15,)),
+            b_dec=0.1 * jax.random.normal(key[2], (10,)),
+        ),
+        cfg,
+    )
     x = np.random.default_rng(2).normal(size=(6, 10)).astype(np.float32)
     wp, wq, bp, bq = (np.asarray(a, np.float64) for a in sae.kron_full_matrices(s))
     xc = x - np.asarray(s.params["b_dec"], np.float64)

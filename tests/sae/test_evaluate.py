@@ -9,7 +9,7 @@ from tests.sae.test_splice import identity_sae, model  # noqa: F401, F811  (the 
 V = 50
 
 
-def test_identity_sae_recovers_all_loss(model):
+def test_identity_sae_recovers_all_loss(model):  # noqa: F811 (the imported fixture)
     ident = identity_sae(layer=1)
     windows = np.random.RandomState(2).randint(0, V, (8, 12))
     res = sae.evaluate_sae(model, ident, windows, batch=4)

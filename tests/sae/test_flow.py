@@ -38,9 +38,13 @@ def test_known_permutation_is_recovered_from_activations():
         starts = [f for lv, f in g.nodes if lv == 0]
         assert starts and all(g.successors((0, f))[0][0] == (1, int(PERM1[f])) for f in starts)
         for f in starts:
-            (mid, w1), = g.successors((0, f))
-            (end, w2), = g.successors(mid)
-            assert end == (2, int(PERM2[PERM1[f]])) and w1 == pytest.approx(1.0, abs=1e-5) and w2 == pytest.approx(1.0, abs=1e-5)
+            ((mid, w1),) = g.successors((0, f))
+            ((end, w2),) = g.successors(mid)
+            assert (
+                end == (2, int(PERM2[PERM1[f]]))
+                and w1 == pytest.approx(1.0, abs=1e-5)
+                and w2 == pytest.approx(1.0, abs=1e-5)
+            )
     g = flow_graph([a, b], [x, x], features=[3, 5], top=2)
     assert {e["src"] for e in g.edges} == {(0, 3), (0, 5)} and len(g.edges) == 4
     assert all(set(e) >= {"correlation", "decoder_cosine", "encoder_cosine", "weight"} for e in g.edges)
@@ -66,4 +70,6 @@ def test_flow_through_the_model_and_plot(model, tmp_path):  # noqa: F811
     for e in g.edges:
         assert e["dst"] == (1, int(PERM1[e["src"][1]])) and e["correlation"] == pytest.approx(1.0, abs=1e-4)
     fig = g.plot(str(tmp_path / "flow.png"), labels={g.nodes[0]: "first"})
-    assert (tmp_path / "flow.png").stat().st_size > 1000 and fig.axes[0].get_xticklabels()[0].get_text() == "resid_post L0"
+    assert (tmp_path / "flow.png").stat().st_size > 1000 and fig.axes[0].get_xticklabels()[
+        0
+    ].get_text() == "resid_post L0"

@@ -6,14 +6,21 @@ an lr=0 run on the same seed and data."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from scipy.stats import norm
 
 from jaxsteer import sae
-from jaxsteer.train.sae.step import StepConfig, fit
 from jaxsteer.sae.arch import batch_topk, topk_mask
-from jaxsteer.sae.losses import (batch_topk_codes, gather_decode, jumprelu_ste, matryoshka_errors, sparse_topk, step_ste,
-                                 total_variance, train_forward)
+from jaxsteer.sae.losses import (
+    batch_topk_codes,
+    gather_decode,
+    jumprelu_ste,
+    matryoshka_errors,
+    sparse_topk,
+    step_ste,
+    total_variance,
+    train_forward,
+)
+from jaxsteer.train.sae.step import StepConfig, fit
 from tests.sae.planted import batches, planted, recovered_fraction
 
 
@@ -90,8 +97,14 @@ def test_matryoshka_learns_and_its_first_prefix_reconstructs_alone():
     held = x[:2048]
     step = StepConfig(lr=3e-3, total_steps=800, k_aux=8, dead_batches=50)
     models = {}
-    for name, kind, lr in [("matryoshka", "matryoshka", 3e-3), ("null", "matryoshka", 0.0), ("batchtopk", "batchtopk", 3e-3)]:
-        cfg = sae.SAEConfig(kind=kind, d_in=16, d_sae=64, k=3, matryoshka_widths=(8, 32, 64) if kind == "matryoshka" else ())
+    for name, kind, lr in [
+        ("matryoshka", "matryoshka", 3e-3),
+        ("null", "matryoshka", 0.0),
+        ("batchtopk", "batchtopk", 3e-3),
+    ]:
+        cfg = sae.SAEConfig(
+            kind=kind, d_in=16, d_sae=64, k=3, matryoshka_widths=(8, 32, 64) if kind == "matryoshka" else ()
+        )
         models[name], _ = fit(cfg, batches(x, 256), StepConfig(**dict(step.__dict__, lr=lr)), seed=1)
 
     def prefix_ev(model, width=8):

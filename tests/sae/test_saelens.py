@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jaxsteer import sae
 from jaxsteer.sae.saelens import load_saelens, save_saelens
@@ -24,12 +25,23 @@ def randomised(kind, d=D, f=F, k=5, seed=0, **kw):
     """A jaxsteer SAE with random biases, decoder norms and thresholds."""
     if kind == "matryoshka":
         kw["matryoshka_widths"] = (f // 4, f)
-    cfg = sae.SAEConfig(kind=kind, d_in=d, d_sae=f, k=k if kind in ("topk", "batchtopk", "htopk", "matryoshka") else 0,
-                        layer=3, site=kw.pop("site", "resid_post"), **kw)
+    cfg = sae.SAEConfig(
+        kind=kind,
+        d_in=d,
+        d_sae=f,
+        k=k if kind in ("topk", "batchtopk", "htopk", "matryoshka") else 0,
+        layer=3,
+        site=kw.pop("site", "resid_post"),
+        **kw,
+    )
     s = sae.init_sae(cfg, jax.random.PRNGKey(seed))
     ks = jax.random.split(jax.random.PRNGKey(seed + 1), 4)
-    p = dict(s.params, b_enc=0.1 * jax.random.normal(ks[0], (f,)), b_dec=0.2 * jax.random.normal(ks[1], (d,)),
-             W_dec=s.params["W_dec"] * jax.random.uniform(ks[2], (f, 1), minval=0.5, maxval=1.5))
+    p = dict(
+        s.params,
+        b_enc=0.1 * jax.random.normal(ks[0], (f,)),
+        b_dec=0.2 * jax.random.normal(ks[1], (d,)),
+        W_dec=s.params["W_dec"] * jax.random.uniform(ks[2], (f, 1), minval=0.5, maxval=1.5),
+    )
     if kind == "jumprelu":
         p["threshold"] = jax.random.uniform(ks[3], (f,), maxval=0.4)
     if kind in ("batchtopk", "matryoshka"):
@@ -71,15 +83,21 @@ def meta(hook="blocks.2.hook_mlp_out"):
 
 # ----- SAELens writes, jaxsteer reads -------------------------------------------------------------
 
+
 def saelens_sae(case):
     """A SAELens inference SAE (its own classes) for each case; returns (sae, site, layer)."""
     if case == "standard":
         return sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=D, d_sae=F, metadata=meta()))
     if case == "standard_no_b_dec_in":
-        return sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=D, d_sae=F, metadata=meta(), apply_b_dec_to_input=False))
+        return sae_lens.StandardSAE(
+            sae_lens.StandardSAEConfig(d_in=D, d_sae=F, metadata=meta(), apply_b_dec_to_input=False)
+        )
     if case.startswith("topk"):
-        return sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=D, d_sae=F, k=6, metadata=meta(),
-                                                       rescale_acts_by_decoder_norm=case == "topk_rescaled"))
+        return sae_lens.TopKSAE(
+            sae_lens.TopKSAEConfig(
+                d_in=D, d_sae=F, k=6, metadata=meta(), rescale_acts_by_decoder_norm=case == "topk_rescaled"
+            )
+        )
     if case == "jumprelu":
         return sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=D, d_sae=F, metadata=meta()))
     raise KeyError(case)
@@ -100,12 +118,13 @@ def test_saelens_batchtopk_training_and_inference_directories_load(training, tmp
     if training == "batchtopk":
         sl = sae_lens.BatchTopKTrainingSAE(sae_lens.BatchTopKTrainingSAEConfig(d_in=D, d_sae=F, k=4))
     else:
-        sl = sae_lens.MatryoshkaBatchTopKTrainingSAE(sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(
-            d_in=D, d_sae=F, k=4, matryoshka_widths=[10, 25, F]))
+        sl = sae_lens.MatryoshkaBatchTopKTrainingSAE(
+            sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=F, k=4, matryoshka_widths=[10, 25, F])
+        )
     _randomise_torch(sl)
     sl.topk_threshold = torch.tensor(0.025, dtype=torch.double)  # decoder rows start at norm 0.1
     sl.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"
-    sl.save_model(str(tmp_path / "train"))          # training format: scalar topk_threshold, decoder-norm rescaling
+    sl.save_model(str(tmp_path / "train"))  # training format: scalar topk_threshold, decoder-norm rescaling
     sl.save_inference_model(str(tmp_path / "infer"))  # SAELens' inference form: JumpReLU, norms folded
     s = load_saelens(str(tmp_path / "train"))
     assert s.config.kind == training.removesuffix("_batchtopk") and s.config.rescale_acts_by_decoder_norm
@@ -122,10 +141,22 @@ def write_old_format_topk(path, k=4, **cfg_extra):
     activation_fn_str / activation_fn_kwargs, the site in hook_point, weights from a SAELens TopK SAE."""
     sl = _randomise_torch(sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=D, d_sae=F, k=k)))
     sl.save_model(str(path))
-    cfg = {"architecture": "standard", "d_in": D, "d_sae": F, "dtype": "float32", "device": "cpu",
-           "activation_fn_str": "topk", "activation_fn_kwargs": {"k": k}, "hook_point": "blocks.4.hook_resid_post",
-           "hook_point_layer": 4, "model_name": "gpt2", "apply_b_dec_to_input": True,
-           "normalize_activations": False, "sae_lens_training_version": "3.13.0", **cfg_extra}
+    cfg = {
+        "architecture": "standard",
+        "d_in": D,
+        "d_sae": F,
+        "dtype": "float32",
+        "device": "cpu",
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": k},
+        "hook_point": "blocks.4.hook_resid_post",
+        "hook_point_layer": 4,
+        "model_name": "gpt2",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": False,
+        "sae_lens_training_version": "3.13.0",
+        **cfg_extra,
+    }
     with open(path / "cfg.json", "w") as f:
         json.dump(cfg, f)
 
@@ -152,8 +183,9 @@ def test_expected_average_only_in_is_refused_by_name_or_folded(tmp_path):
 
 def test_hook_z_sae_loads_on_the_z_site_flattened_as_saelens(tmp_path):
     H, hd = 3, 4
-    cfg = sae_lens.TopKSAEConfig(d_in=H * hd, d_sae=F, k=5, reshape_activations="hook_z",
-                                 metadata=meta("blocks.1.attn.hook_z"))
+    cfg = sae_lens.TopKSAEConfig(
+        d_in=H * hd, d_sae=F, k=5, reshape_activations="hook_z", metadata=meta("blocks.1.attn.hook_z")
+    )
     _randomise_torch(sae_lens.TopKSAE(cfg)).save_model(str(tmp_path))
     sl = sae_lens.SAE.load_from_disk(str(tmp_path))
     s = load_saelens(str(tmp_path))
@@ -193,7 +225,9 @@ def test_unsupported_architectures_and_options_are_refused_by_name(tmp_path):
     sl.save_model(str(tmp_path / "gated"))
     with pytest.raises(ValueError, match="architecture 'gated'"):
         load_saelens(str(tmp_path / "gated"))
-    sl = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=D, d_sae=F, metadata=meta(), normalize_activations="layer_norm"))
+    sl = sae_lens.StandardSAE(
+        sae_lens.StandardSAEConfig(d_in=D, d_sae=F, metadata=meta(), normalize_activations="layer_norm")
+    )
     sl.save_model(str(tmp_path / "ln"))
     with pytest.raises(ValueError, match="normalize_activations='layer_norm'"):
         load_saelens(str(tmp_path / "ln"))
@@ -211,6 +245,7 @@ def test_dtype_at_load_and_fold_w_dec_norm(tmp_path):
 
 
 # ----- jaxsteer writes, SAELens reads -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["relu", "topk", "jumprelu", "batchtopk", "htopk", "matryoshka"])
 @pytest.mark.parametrize("rescale", [False, True])
@@ -232,8 +267,15 @@ def test_jaxsteer_sae_loads_in_saelens(kind, rescale, tmp_path):
         assert back.config == sae.SAEConfig(**dict(s.config.to_dict(), model="tiny"))
 
 
-@given(kind=st.sampled_from(["relu", "topk", "jumprelu", "batchtopk", "htopk", "matryoshka"]), rescale=st.booleans(),
-       b_dec_in=st.booleans(), d=st.integers(2, 9), f=st.integers(4, 30), k=st.integers(1, 4), seed=st.integers(0, 99))
+@given(
+    kind=st.sampled_from(["relu", "topk", "jumprelu", "batchtopk", "htopk", "matryoshka"]),
+    rescale=st.booleans(),
+    b_dec_in=st.booleans(),
+    d=st.integers(2, 9),
+    f=st.integers(4, 30),
+    k=st.integers(1, 4),
+    seed=st.integers(0, 99),
+)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_random_configs_round_trip_through_saelens(kind, rescale, b_dec_in, d, f, k, seed, tmp_path_factory):
     s = randomised(kind, d=d, f=f, k=k, seed=seed, rescale_acts_by_decoder_norm=rescale, apply_b_dec_to_input=b_dec_in)
@@ -272,10 +314,15 @@ def test_bfloat16_sae_round_trips(tmp_path):
 
 # ----- releases on disk ---------------------------------------------------------------------------
 
+
 def test_release_folder_with_several_sae_ids(tmp_path):
     for layer in (0, 2):
-        sl = _randomise_torch(sae_lens.StandardSAE(sae_lens.StandardSAEConfig(
-            d_in=D, d_sae=F, metadata=meta(f"blocks.{layer}.hook_resid_pre"))), seed=layer)
+        sl = _randomise_torch(
+            sae_lens.StandardSAE(
+                sae_lens.StandardSAEConfig(d_in=D, d_sae=F, metadata=meta(f"blocks.{layer}.hook_resid_pre"))
+            ),
+            seed=layer,
+        )
         sl.save_model(str(tmp_path / f"blocks.{layer}.hook_resid_pre"))
     with pytest.raises(ValueError, match=r"sae_id= one of \['blocks.0.hook_resid_pre', 'blocks.2.hook_resid_pre'\]"):
         load_saelens(str(tmp_path))
@@ -289,8 +336,9 @@ def test_release_folder_with_several_sae_ids(tmp_path):
 def test_gemma_scope_params_npz(tmp_path):
     """Gemma Scope's layout (layer_N/width_W/average_l0_A/params.npz) read as SAELens' Gemma 2
     loader builds it: JumpReLU with apply_b_dec_to_input=False."""
-    sl = _randomise_torch(sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=D, d_sae=F, apply_b_dec_to_input=False)),
-                          threshold=0.3)
+    sl = _randomise_torch(
+        sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=D, d_sae=F, apply_b_dec_to_input=False)), threshold=0.3
+    )
     folder = tmp_path / "layer_7" / "width_16k" / "average_l0_71"
     folder.mkdir(parents=True)
     np.savez(folder / "params.npz", **{k: v.detach().numpy() for k, v in sl.state_dict().items()})
@@ -299,5 +347,10 @@ def test_gemma_scope_params_npz(tmp_path):
     with pytest.raises(ValueError, match=r"layer_7/width_16k/average_l0_71"):
         load_saelens(str(tmp_path))  # a release: lists its ids
     s = load_saelens(str(tmp_path), sae_id="layer_7/width_16k/average_l0_71", site="resid_post")
-    assert (s.config.kind, s.config.site, s.config.layer, s.config.apply_b_dec_to_input) == ("jumprelu", "resid_post", 7, False)
+    assert (s.config.kind, s.config.site, s.config.layer, s.config.apply_b_dec_to_input) == (
+        "jumprelu",
+        "resid_post",
+        7,
+        False,
+    )
     assert_same_as_saelens(sl, s)

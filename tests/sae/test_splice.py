@@ -16,11 +16,26 @@ V, D, L = 50, 16, 3
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=V, d_model=D, n_layers=L, n_heads=2, n_kv_heads=1,
-                      head_dim=8, d_mlp=24, norm_eps=1e-6, rope_full=RopeConfig(10000.0), eos_token_ids=(1,))
+    cfg = ModelConfig(
+        architecture="LlamaForCausalLM",
+        vocab_size=V,
+        d_model=D,
+        n_layers=L,
+        n_heads=2,
+        n_kv_heads=1,
+        head_dim=8,
+        d_mlp=24,
+        norm_eps=1e-6,
+        rope_full=RopeConfig(10000.0),
+        eos_token_ids=(1,),
+    )
     rng = np.random.RandomState(0)
-    flat = {p: ((1.0 if p.endswith("norm") else 0.0) + rng.normal(0, 0.1 if p.endswith("norm") else 0.3, s)).astype(np.float32)
-            for p, s in sorted(param_shapes(cfg).items())}
+    flat = {
+        p: ((1.0 if p.endswith("norm") else 0.0) + rng.normal(0, 0.1 if p.endswith("norm") else 0.3, s)).astype(
+            np.float32
+        )
+        for p, s in sorted(param_shapes(cfg).items())
+    }
     return jaxsteer.Model(params=jax.tree_util.tree_map(jnp.asarray, unflatten(flat)), config=cfg)
 
 
@@ -28,8 +43,12 @@ def identity_sae(layer=1, site="resid_post"):
     """relu([x, -x]) decoded by [I; -I] is x exactly."""
     eye = np.eye(D, dtype=np.float32)
     cfg = sae.SAEConfig(kind="relu", d_in=D, d_sae=2 * D, layer=layer, site=site)
-    params = {"W_enc": jnp.asarray(np.concatenate([eye, -eye], 1)), "b_enc": jnp.zeros(2 * D),
-              "W_dec": jnp.asarray(np.concatenate([eye, -eye], 0)), "b_dec": jnp.zeros(D)}
+    params = {
+        "W_enc": jnp.asarray(np.concatenate([eye, -eye], 1)),
+        "b_enc": jnp.zeros(2 * D),
+        "W_dec": jnp.asarray(np.concatenate([eye, -eye], 0)),
+        "b_dec": jnp.zeros(D),
+    }
     return sae.SAE(params, cfg)
 
 
@@ -57,7 +76,9 @@ def test_keep_error_leaves_logits_unchanged_and_plain_splice_does_not(model):
     assert float(jnp.max(jnp.abs(lossy - clean))) > 1e-2
     # the spliced layer's output is exactly the reconstruction of its input
     _, ref = jaxsteer.forward(model, TOKENS, record=("resid_post",))
-    np.testing.assert_allclose(np.asarray(trace.resid_post[1]), np.asarray(sae.reconstruct(s, ref.resid_post[1])), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(trace.resid_post[1]), np.asarray(sae.reconstruct(s, ref.resid_post[1])), atol=1e-5
+    )
     np.testing.assert_allclose(np.asarray(trace.resid_post[0]), np.asarray(ref.resid_post[0]), atol=1e-6)
 
 
@@ -126,12 +147,16 @@ def test_z_site_sae_splices_the_flattened_heads(model):
     want = np.asarray(sae.reconstruct(s, flat)).reshape(*TOKENS.shape, H, hd)
     np.testing.assert_allclose(np.asarray(trace.z[1]), want, atol=1e-5)
     np.testing.assert_allclose(np.asarray(trace.z[0]), np.asarray(ref.z[0]), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(sae.feature_acts(model, s, TOKENS)), np.asarray(sae.encode(s, flat)), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(sae.feature_acts(model, s, TOKENS)), np.asarray(sae.encode(s, flat)), atol=1e-5
+    )
     kept, _ = jaxsteer.forward(model, TOKENS, interventions=[sae.Splice(s, keep_error=True)])
     clean, _ = jaxsteer.forward(model, TOKENS)
     np.testing.assert_allclose(np.asarray(kept), np.asarray(clean), atol=1e-4)
     with pytest.raises(ValueError, match="d_in=12; site 'z' of this model has width 16"):
-        narrow = sae.init_sae(sae.SAEConfig(kind="topk", d_in=12, d_sae=24, k=4, site="z", layer=1), jax.random.PRNGKey(0))
+        narrow = sae.init_sae(
+            sae.SAEConfig(kind="topk", d_in=12, d_sae=24, k=4, site="z", layer=1), jax.random.PRNGKey(0)
+        )
         jaxsteer.forward(model, TOKENS, interventions=[sae.Splice(narrow)])
 
 

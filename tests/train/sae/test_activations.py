@@ -9,14 +9,18 @@ from jaxsteer.train.sae.activations import ActivationStream
 from tests.train.sae.test_run import D, V, model  # noqa: F401, F811  (the tiny 3-layer fixture)
 
 
-def test_stream_is_shuffled_and_resumable(model):
+def test_stream_is_shuffled_and_resumable(model):  # noqa: F811 (the imported fixture)
     windows = np.random.RandomState(1).randint(0, V, (20, 8))
-    a = ActivationStream(model, windows, site="resid_post", layer=1, batch_size=10, contexts_per_forward=4, buffer_batches=2)
+    a = ActivationStream(
+        model, windows, site="resid_post", layer=1, batch_size=10, contexts_per_forward=4, buffer_batches=2
+    )
     first = [next(a) for _ in range(3)]
     state = a.get_state()
     rest = [next(a) for _ in range(4)]
-    b = ActivationStream(model, windows, site="resid_post", layer=1, batch_size=10, contexts_per_forward=4, buffer_batches=2)
+    b = ActivationStream(
+        model, windows, site="resid_post", layer=1, batch_size=10, contexts_per_forward=4, buffer_batches=2
+    )
     b.set_state(json.loads(json.dumps(state)))
-    for x, y in zip(rest, [next(b) for _ in range(4)]):
+    for x, y in zip(rest, [next(b) for _ in range(4)], strict=True):
         np.testing.assert_array_equal(x, y)
     assert first[0].shape == (10, D)

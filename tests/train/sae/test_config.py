@@ -21,7 +21,9 @@ def test_the_corpora_old_module_migrates(tmp_path):
     from jaxsteer.train.sae.activations import read_texts
 
     path = tmp_path / "old.yaml"
-    path.write_text("text: py:jaxsteer.sae.corpora:general_text\neval: {text: 'py:jaxsteer.sae.corpora:arithmetic_text'}\n")
+    path.write_text(
+        "text: py:jaxsteer.sae.corpora:general_text\neval: {text: 'py:jaxsteer.sae.corpora:arithmetic_text'}\n"
+    )
     cfg = load_run_config(str(path))
     assert cfg.text == "py:jaxsteer.train.sae.corpora:general_text"
     assert cfg.eval.text == "py:jaxsteer.train.sae.corpora:arithmetic_text"

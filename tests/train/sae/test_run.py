@@ -30,11 +30,25 @@ class CharTokenizer:
 
 def tiny_sae_model():
     """A 3-layer random Llama (vocab 40, d_model 16) for the SAE runs."""
-    cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=V, d_model=D, n_layers=3, n_heads=2, n_kv_heads=1,
-                      head_dim=8, d_mlp=24, norm_eps=1e-6, rope_full=RopeConfig(10000.0))
+    cfg = ModelConfig(
+        architecture="LlamaForCausalLM",
+        vocab_size=V,
+        d_model=D,
+        n_layers=3,
+        n_heads=2,
+        n_kv_heads=1,
+        head_dim=8,
+        d_mlp=24,
+        norm_eps=1e-6,
+        rope_full=RopeConfig(10000.0),
+    )
     rng = np.random.RandomState(0)
-    flat = {p: ((1.0 if p.endswith("norm") else 0.0) + rng.normal(0, 0.1 if p.endswith("norm") else 0.3, s)).astype(np.float32)
-            for p, s in sorted(param_shapes(cfg).items())}
+    flat = {
+        p: ((1.0 if p.endswith("norm") else 0.0) + rng.normal(0, 0.1 if p.endswith("norm") else 0.3, s)).astype(
+            np.float32
+        )
+        for p, s in sorted(param_shapes(cfg).items())
+    }
     return jaxsteer.Model(params=jax.tree_util.tree_map(jnp.asarray, unflatten(flat)), config=cfg)
 
 
@@ -54,9 +68,25 @@ def text_file(tmp_path_factory):
 
 
 def run_cfg(text_file, out_dir, kind="topk", overrides=(), **extra):
-    sets = [f"text={text_file}", f"output_dir={out_dir}", "layer=1", "context=16", f"sae.kind={kind}", "sae.d_sae=32",
-            "sae.k=4", "train.batch_size=60", "steps=6", "optimizer.lr=0.003", "train.dead_tokens=120", "checkpoint.every=3",
-            "log_every=1", "buffer.contexts_per_forward=4", "buffer.buffer_batches=2", "eval.contexts=8", "eval.fraction=0.2"]
+    sets = [
+        f"text={text_file}",
+        f"output_dir={out_dir}",
+        "layer=1",
+        "context=16",
+        f"sae.kind={kind}",
+        "sae.d_sae=32",
+        "sae.k=4",
+        "train.batch_size=60",
+        "steps=6",
+        "optimizer.lr=0.003",
+        "train.dead_tokens=120",
+        "checkpoint.every=3",
+        "log_every=1",
+        "buffer.contexts_per_forward=4",
+        "buffer.buffer_batches=2",
+        "eval.contexts=8",
+        "eval.fraction=0.2",
+    ]
     return load_run_config(None, sets + list(overrides) + [f"{k}={v}" for k, v in extra.items()])
 
 
@@ -78,14 +108,23 @@ def test_resume_reproduces_an_uninterrupted_run(model, text_file, tmp_path):
 def test_eval_reports_metrics_and_htopk_curve(model, text_file, tmp_path):
     tok = CharTokenizer()
     fast = {"steps": 20, "optimizer.lr": 0.01}
-    out = train_sae(run_cfg(text_file, tmp_path / "h", kind="htopk", **fast), model=model, tokenizer=tok, progress=False)
+    out = train_sae(
+        run_cfg(text_file, tmp_path / "h", kind="htopk", **fast), model=model, tokenizer=tok, progress=False
+    )
     res = eval_run(out, model=model, tokenizer=tok, say=lambda *a: None)
     # the null run: the same seed, data and init (b_dec at the geometric median) at lr 1e-12
-    out0 = train_sae(run_cfg(text_file, tmp_path / "null", kind="htopk", **{**fast, "optimizer.lr": 1e-12}),
-                     model=model, tokenizer=tok, progress=False)
+    out0 = train_sae(
+        run_cfg(text_file, tmp_path / "null", kind="htopk", **{**fast, "optimizer.lr": 1e-12}),
+        model=model,
+        tokenizer=tok,
+        progress=False,
+    )
     null = eval_run(out0, model=model, tokenizer=tok, say=lambda *a: None)
     # null: EV 0.320, loss recovered 0.913; trained (20 steps): EV 0.728, loss recovered 1.04
-    assert res["explained_variance"] > null["explained_variance"] + 0.25, (res["explained_variance"], null["explained_variance"])
+    assert res["explained_variance"] > null["explained_variance"] + 0.25, (
+        res["explained_variance"],
+        null["explained_variance"],
+    )
     assert res["loss_recovered"] > null["loss_recovered"] + 0.05, (res["loss_recovered"], null["loss_recovered"])
     for key in ("explained_variance", "fvu", "l0", "dead_fraction", "ce_clean", "ce_sae", "ce_zero", "loss_recovered"):
         assert np.isfinite(res[key]), key
@@ -111,8 +150,11 @@ def test_jumprelu_matryoshka_and_z_runs_from_the_config(model, text_file, tmp_pa
     a Matryoshka run keeps its prefixes, a z-site run reads the heads flattened; each exports and
     loads back."""
     tok = CharTokenizer()
-    cases = {"jumprelu": ["train.l0_coef=0.01", "train.jumprelu_bandwidth=0.05"],
-             "matryoshka": ["sae.matryoshka_widths=[8,32]"], "topk": ["site=z"]}
+    cases = {
+        "jumprelu": ["train.l0_coef=0.01", "train.jumprelu_bandwidth=0.05"],
+        "matryoshka": ["sae.matryoshka_widths=[8,32]"],
+        "topk": ["site=z"],
+    }
     for kind, extra in cases.items():
         out = train_sae(run_cfg(text_file, tmp_path / kind, kind, extra), model=model, tokenizer=tok, progress=False)
         s = load_sae(out)

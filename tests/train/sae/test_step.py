@@ -37,7 +37,9 @@ def test_residual_sae_improves_domain_and_leaves_base_untouched():
     rng = np.random.default_rng(5)
     domain_dir = rng.normal(size=(4, 16))
     domain_dir /= np.linalg.norm(domain_dir, axis=1, keepdims=True)
-    domain = general[:2048] + (rng.uniform(0.5, 1.5, (2048, 1)) * domain_dir[rng.integers(0, 4, 2048)]).astype(np.float32)
+    domain = general[:2048] + (rng.uniform(0.5, 1.5, (2048, 1)) * domain_dir[rng.integers(0, 4, 2048)]).astype(
+        np.float32
+    )
     base_cfg = sae.SAEConfig(kind="topk", d_in=16, d_sae=32, k=3)
     base, _ = fit(base_cfg, batches(general, 256), StepConfig(lr=3e-3, total_steps=400), seed=0)
     frozen = jax.tree_util.tree_map(np.array, base.params)
