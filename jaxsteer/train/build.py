@@ -67,8 +67,13 @@ def load_examples(spec: str) -> list:
     return load_dataset(spec)
 
 
-def check_before_loading(cfg: TrainConfig, *, train_examples: Sequence | None = None,
-                         eval_examples: Sequence | None = None, reward_fn: Callable | None = None) -> None:
+def check_before_loading(
+    cfg: TrainConfig,
+    *,
+    train_examples: Sequence | None = None,
+    eval_examples: Sequence | None = None,
+    reward_fn: Callable | None = None,
+) -> None:
     """Check everything a run config can be checked for before the model loads.
 
     Dataset specs parse and their files exist, "py:" dataset functions and the reward resolve.
@@ -168,9 +173,15 @@ class Inputs:
     load_seconds: float
 
 
-def build_inputs(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None,
-                 reward_fn: Callable | None = None, train_examples: Sequence | None = None,
-                 eval_examples: Sequence | None = None) -> Inputs:
+def build_inputs(
+    cfg: TrainConfig,
+    *,
+    model: Model | None = None,
+    tokenizer: Any = None,
+    reward_fn: Callable | None = None,
+    train_examples: Sequence | None = None,
+    eval_examples: Sequence | None = None,
+) -> Inputs:
     """The `Inputs` of a run config.
 
     Held-out examples are loaded only when some evaluation is on, and cut to `eval.n`.
@@ -194,7 +205,8 @@ def build_inputs(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any
         raise ConfigError(
             f"{source} has {len(train_examples)} example(s), fewer than "
             f"prompts_per_step={cfg.prompts_per_step}: every step would repeat the same prompts; "
-            "lower prompts_per_step or use more data")
+            "lower prompts_per_step or use more data"
+        )
     e = cfg.eval
     if eval_examples is None and cfg.data.eval and (e.before or e.after or e.every):
         eval_examples = load_examples(cfg.data.eval)
@@ -202,9 +214,19 @@ def build_inputs(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any
         model, tokenizer = build_model(cfg.model)
     reward_fn = get_reward_fn(reward_fn if reward_fn is not None else cfg.data.reward)
     encode = PromptEncoder(tokenizer, cfg.data.prompt_template, cfg.data.system)
-    return Inputs(model, tokenizer, reward_fn, train_examples, list(eval_examples or [])[: e.n], encode,
-                  time.perf_counter() - t0)
+    return Inputs(
+        model, tokenizer, reward_fn, train_examples, list(eval_examples or [])[: e.n], encode, time.perf_counter() - t0
+    )
 
 
-__all__ = ["DTYPES", "random_model_config", "build_model", "check_before_loading", "load_examples", "encode_prompt", "PromptEncoder",
-           "Inputs", "build_inputs"]
+__all__ = [
+    "DTYPES",
+    "random_model_config",
+    "build_model",
+    "check_before_loading",
+    "load_examples",
+    "encode_prompt",
+    "PromptEncoder",
+    "Inputs",
+    "build_inputs",
+]

@@ -83,7 +83,10 @@ def tree_description(tree: Any) -> dict[str, dict]:
     """`{path: {"shape": [...], "dtype": str}}` for every leaf."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        out[_path_str(path)] = {"shape": list(np.shape(leaf)), "dtype": str(jnp.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype)}
+        out[_path_str(path)] = {
+            "shape": list(np.shape(leaf)),
+            "dtype": str(jnp.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype),
+        }
     return out
 
 
@@ -117,7 +120,9 @@ def _check_fingerprints(saved: dict, tree: Any, where: str) -> None:
         else:
             ok = abs(value - mine) <= 1e-5 * max(1.0, abs(value))
         if not ok:
-            raise CheckpointDamagedError(f"{where}: the data of {key!r} does not match its recorded fingerprint (corrupted file?)")
+            raise CheckpointDamagedError(
+                f"{where}: the data of {key!r} does not match its recorded fingerprint (corrupted file?)"
+            )
 
 
 def _one_line(err: BaseException, limit: int = 300) -> str:
@@ -189,9 +194,14 @@ class Checkpointer:
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # noqa: BLE001 - any failure to read means the files are damaged
-            raise CheckpointDamagedError(f"{where}: metadata is missing or unreadable (corrupted?): {type(e).__name__}: {_one_line(e)}") from None
+            raise CheckpointDamagedError(
+                f"{where}: metadata is missing or unreadable (corrupted?): {type(e).__name__}: {_one_line(e)}"
+            ) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{where}: not a jaxsteer training checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+            raise CheckpointError(
+                f"{where}: not a jaxsteer training checkpoint "
+                f"(format {meta.get('format') if isinstance(meta, dict) else None!r})"
+            )
         return step, meta
 
     def restore(
@@ -234,13 +244,17 @@ class Checkpointer:
                 import warnings
 
                 moved = self.move_aside(sorted(damaged))
-                warnings.warn(f"{'; '.join(damaged.values())}; moved to {', '.join(moved)}; resuming from the newest "
-                              f"intact checkpoint, step {candidate}", stacklevel=2)
+                warnings.warn(
+                    f"{'; '.join(damaged.values())}; moved to {', '.join(moved)}; resuming from the newest "
+                    f"intact checkpoint, step {candidate}",
+                    stacklevel=2,
+                )
             return out
         if damaged:
             raise CheckpointDamagedError(
                 f"every checkpoint in {self.directory} is damaged: {'; '.join(damaged.values())}. Start afresh "
-                f"(without --resume), or move the damaged step directories away")
+                f"(without --resume), or move the damaged step directories away"
+            )
         return self._restore_step(abstract_state, identity, trainable_config, None)  # raises: no checkpoint
 
     def move_aside(self, steps: list[int]) -> list[str]:
@@ -262,21 +276,30 @@ class Checkpointer:
         self.manager.reload()
         return moved
 
-    def _restore_step(self, abstract_state: Any, identity: dict, trainable_config: dict,
-                      step: int | None) -> tuple[Any, dict]:
+    def _restore_step(
+        self, abstract_state: Any, identity: dict, trainable_config: dict, step: int | None
+    ) -> tuple[Any, dict]:
         step, meta = self.read_meta(step)
         where = f"checkpoint {self.directory} step {step}"
-        _diff_dicts("model", {k: meta.get("model", {}).get(k) for k in identity if k != "spec"},
-                    {k: v for k, v in identity.items() if k != "spec"}, where)
+        _diff_dicts(
+            "model",
+            {k: meta.get("model", {}).get(k) for k in identity if k != "spec"},
+            {k: v for k, v in identity.items() if k != "spec"},
+            where,
+        )
         _diff_dicts("trainable", meta.get("trainable", {}), trainable_config, where)
         _diff_trees(meta.get("tree", {}), tree_description(abstract_state), where)
         target = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)), abstract_state
         )
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))[
+                "state"
+            ]
         except Exception as e:  # noqa: BLE001
-            raise CheckpointDamagedError(f"{where}: the saved state cannot be read (corrupted?): {type(e).__name__}: {_one_line(e)}") from None
+            raise CheckpointDamagedError(
+                f"{where}: the saved state cannot be read (corrupted?): {type(e).__name__}: {_one_line(e)}"
+            ) from None
         if jax.tree_util.tree_structure(restored) != jax.tree_util.tree_structure(target):
             raise CheckpointError(f"{where}: restored state has a different structure")
         _check_fingerprints(meta.get("fingerprint", {}), restored, where)
@@ -304,5 +327,13 @@ def decode_data_state(state: Any) -> Any:
     return state
 
 
-__all__ = ["CheckpointDamagedError", "CheckpointError", "Checkpointer", "model_identity", "tree_description", "fingerprint",
-           "encode_data_state", "decode_data_state"]
+__all__ = [
+    "CheckpointDamagedError",
+    "CheckpointError",
+    "Checkpointer",
+    "model_identity",
+    "tree_description",
+    "fingerprint",
+    "encode_data_state",
+    "decode_data_state",
+]

@@ -36,9 +36,12 @@ ES_SPACES = ("trainable", "full", "eggroll", "essa", "essa_product", "random_sub
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_sum_norm")
 MODEL_DTYPES = ("auto", "float32", "bfloat16")
 # model.remat policies: config name -> `jax.checkpoint_policies` name (what each layer keeps for the backward)
-REMAT_POLICIES = {"dots": "dots_with_no_batch_dims_saveable",
-                  "dots_with_no_batch_dims_saveable": "dots_with_no_batch_dims_saveable",
-                  "dots_saveable": "dots_saveable", "nothing_saveable": "nothing_saveable"}
+REMAT_POLICIES = {
+    "dots": "dots_with_no_batch_dims_saveable",
+    "dots_with_no_batch_dims_saveable": "dots_with_no_batch_dims_saveable",
+    "dots_saveable": "dots_saveable",
+    "nothing_saveable": "nothing_saveable",
+}
 
 
 def read_by(*learners: str) -> dict:
@@ -165,7 +168,9 @@ class ESConfig:
         if self.targets is not None:
             bad = [t for t in self.targets if t not in PROJECTIONS]
             if bad or not self.targets:
-                raise ValueError(f"es.targets: unknown projections {bad}; choose a non-empty subset of {list(PROJECTIONS)}")
+                raise ValueError(
+                    f"es.targets: unknown projections {bad}; choose a non-empty subset of {list(PROJECTIONS)}"
+                )
             object.__setattr__(self, "targets", tuple(self.targets))
 
     def space_for(self, algorithm: str) -> str:
@@ -231,8 +236,9 @@ class ModelSpec:
         if self.dtype not in MODEL_DTYPES:
             raise ConfigError(f"model.dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.remat, bool) and self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"model.remat must be true, false or a policy ({', '.join(REMAT_POLICIES)}), "
-                             f"got {self.remat!r}")
+            raise ConfigError(
+                f"model.remat must be true, false or a policy ({', '.join(REMAT_POLICIES)}), got {self.remat!r}"
+            )
 
     @property
     def remat_arg(self) -> bool | str:
@@ -297,7 +303,10 @@ class OptimizerConfig:
             (self.eps > 0, "eps must be > 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 <= self.warmup_frac < 1, "warmup_frac must be in [0, 1)"),
-            (self.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {self.schedule!r}"),
+            (
+                self.schedule in ("constant", "cosine"),
+                f"schedule must be 'constant' or 'cosine', got {self.schedule!r}",
+            ),
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
             (self.micro_batches >= 1, "micro_batches must be >= 1"),
         ]
@@ -353,8 +362,10 @@ class RLConfig:
 
     def __post_init__(self):
         checks = [
-            (self.advantage in ("grpo", "rloo", "mean", "rapid"),
-             f"advantage must be grpo, rloo, mean or rapid, got {self.advantage!r}"),
+            (
+                self.advantage in ("grpo", "rloo", "mean", "rapid"),
+                f"advantage must be grpo, rloo, mean or rapid, got {self.advantage!r}",
+            ),
             (self.group_size >= 1, "group_size must be >= 1"),
             (self.updates_per_batch >= 1, "updates_per_batch must be >= 1"),
             (self.epochs >= 1, "epochs must be >= 1"),
@@ -538,8 +549,10 @@ class TrainConfig:
         "algorithm.micro_batches": "optimizer.micro_batches",
         "algorithm.*": "rl.*",
         "loss.*": "rl.loss.*",
-        **{k: f"optimizer.{k}" for k in ("lr", "value_lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2",
-                                          "grad_clip")},
+        **{
+            k: f"optimizer.{k}"
+            for k in ("lr", "value_lr", "warmup_frac", "schedule", "weight_decay", "b1", "b2", "grad_clip")
+        },
         "adam_eps": "optimizer.eps",
         "es.warm_start": "model.init_from",
     }
@@ -547,9 +560,19 @@ class TrainConfig:
     # Settings a resumed run may change (dotted prefixes): how long it runs, what it prints and how
     # often it saves or evaluates. Everything else would make the checkpoints' trajectory a mix of
     # two runs (data, reward, model, algorithm, optimizer, sampling, the held-out set's size).
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "output_dir", "progress", "plot", "tensorboard", "log_every",
-                                            "checkpoint.every", "checkpoint.keep", "eval.every", "eval.batch_size",
-                                            "eval.after")
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "steps",
+        "output_dir",
+        "progress",
+        "plot",
+        "tensorboard",
+        "log_every",
+        "checkpoint.every",
+        "checkpoint.keep",
+        "eval.every",
+        "eval.batch_size",
+        "eval.after",
+    )
 
     @classmethod
     def migrate(cls, data: dict) -> dict:
@@ -577,9 +600,11 @@ class TrainConfig:
             (s.call_rows >= 0, "sampling.call_rows must be >= 0 (0 = one sampler call per micro-batch)"),
             (e.n >= 1 and e.batch_size >= 1, "eval.n and eval.batch_size must be >= 1"),
             (e.samples >= 0 and e.every >= 0, "eval.samples and eval.every must be >= 0"),
-            (e.greedy or e.samples > 0 or not (e.before or e.after or e.every),
-             "eval.greedy=false with eval.samples=0 evaluates nothing; set eval.greedy=true, eval.samples=K, "
-             "or turn the evaluations off (eval.before=false eval.after=false)"),
+            (
+                e.greedy or e.samples > 0 or not (e.before or e.after or e.every),
+                "eval.greedy=false with eval.samples=0 evaluates nothing; set eval.greedy=true, eval.samples=K, "
+                "or turn the evaluations off (eval.before=false eval.after=false)",
+            ),
             (self.checkpoint.every >= 0 and self.log_every >= 1, "checkpoint.every must be >= 0 and log_every >= 1"),
             (self.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
             (self.rl.overlong_buffer <= s.max_new_tokens, "rl.overlong_buffer must be in [0, sampling.max_new_tokens]"),
@@ -587,8 +612,10 @@ class TrainConfig:
         _check("", checks)
         unused = _config_lib.unused_fields(self, self.algorithm)
         if unused:
-            raise ConfigError(f"{', '.join(unused)}: not used by {learner_name(self.algorithm)}; "
-                              f"remove {'them' if len(unused) > 1 else 'it'}")
+            raise ConfigError(
+                f"{', '.join(unused)}: not used by {learner_name(self.algorithm)}; "
+                f"remove {'them' if len(unused) > 1 else 'it'}"
+            )
         if self.algorithm in RL_ALGORITHMS:
             self._check_rl()
 
@@ -597,15 +624,23 @@ class TrainConfig:
         a batch that splits into minibatches of equal micro-batches."""
         rl, loss = self.rl, self.rl.loss
         if rl.group_size < 2 and self.algorithm == "grpo":  # one sample per prompt: every group advantage is 0
-            raise ConfigError(f"rl.group_size=1 gives a zero {rl.advantage} advantage (and gradient) every step; "
-                              "use group_size >= 2 (or algorithm=expert_iteration)")
+            raise ConfigError(
+                f"rl.group_size=1 gives a zero {rl.advantage} advantage (and gradient) every step; "
+                "use group_size >= 2 (or algorithm=expert_iteration)"
+            )
         if self.algorithm == "ppo":
-            bad = [(rl.dash, "rl.dash"), (rl.advantage == "rapid", "rl.advantage=rapid"),
-                   (loss.dash_tau > 0, "rl.loss.dash_tau"), (loss.importance_cap is not None, "rl.loss.importance_cap")]
+            bad = [
+                (rl.dash, "rl.dash"),
+                (rl.advantage == "rapid", "rl.advantage=rapid"),
+                (loss.dash_tau > 0, "rl.loss.dash_tau"),
+                (loss.importance_cap is not None, "rl.loss.importance_cap"),
+            ]
             named = [name for on, name in bad if on]
             if named:
-                raise ConfigError(f"{', '.join(named)}: not available with algorithm=ppo (per-token GAE "
-                                  "advantages and the clipped objective replace them)")
+                raise ConfigError(
+                    f"{', '.join(named)}: not available with algorithm=ppo (per-token GAE "
+                    "advantages and the clipped objective replace them)"
+                )
         batch = self.prompts_per_step * rl.group_size
         per_update = batch // rl.updates_per_batch
         if batch % rl.updates_per_batch or per_update % self.optimizer.micro_batches:
@@ -678,6 +713,7 @@ def unused_fields(cfg: TrainConfig) -> list[str]:
 
 
 # --------------------------------------------------------------------------- loading (jaxsteer.config)
+
 
 def config_from_dict(data: dict | None, *, warn: bool = True) -> TrainConfig:
     """A `TrainConfig` from nested plain data.

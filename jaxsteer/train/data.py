@@ -259,7 +259,9 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 def _check_data_file(path: str) -> None:
     if not os.path.isfile(path):
-        raise DatasetError(f"dataset file {path!r} does not exist" + (" (it is a directory)" if os.path.isdir(path) else ""))
+        raise DatasetError(
+            f"dataset file {path!r} does not exist" + (" (it is a directory)" if os.path.isdir(path) else "")
+        )
     if not path.lower().endswith(DATA_SUFFIXES):
         raise DatasetError(f"dataset file {path!r}: expected one of {', '.join(DATA_SUFFIXES)}")
 
@@ -437,7 +439,9 @@ def check_dataset_spec(spec: str | os.PathLike) -> tuple[str, Any]:
         _check_data_file(spec)
         return "file", spec
     known = ", ".join(list(GENERATORS) + [f"{k}:PATH" for k in FILE_LAYOUTS])
-    raise DatasetError(f"dataset spec {spec!r}: unknown generator {kind!r} and no such file (known: {known}, or a path)")
+    raise DatasetError(
+        f"dataset spec {spec!r}: unknown generator {kind!r} and no such file (known: {known}, or a path)"
+    )
 
 
 def load_dataset(spec: str | os.PathLike) -> list[Example]:

@@ -24,8 +24,12 @@ import numpy as np
 
 from ..errors import InputError
 
-ENV = {"coordinator": "JAXSTEER_COORDINATOR", "num_processes": "JAXSTEER_NUM_PROCESSES",
-       "process_id": "JAXSTEER_PROCESS_ID", "startup_timeout": "JAXSTEER_STARTUP_TIMEOUT"}
+ENV = {
+    "coordinator": "JAXSTEER_COORDINATOR",
+    "num_processes": "JAXSTEER_NUM_PROCESSES",
+    "process_id": "JAXSTEER_PROCESS_ID",
+    "startup_timeout": "JAXSTEER_STARTUP_TIMEOUT",
+}
 STARTUP_TIMEOUT = 120.0  # seconds a process waits for all the others to join
 
 
@@ -56,13 +60,16 @@ def check_coordinator(address: str, process_id: int) -> tuple[str, int]:
             try:
                 probe.bind(("", int(port)))
             except OSError as err:
-                raise InputError(f"--coordinator {address!r}: process 0 cannot serve on port {port} "
-                                 f"({err.strerror}); choose a free port") from None
+                raise InputError(
+                    f"--coordinator {address!r}: process 0 cannot serve on port {port} "
+                    f"({err.strerror}); choose a free port"
+                ) from None
     return host, int(port)
 
 
-def cluster_args(coordinator: str | None = None, num_processes: int | None = None,
-                 process_id: int | None = None) -> dict | None:
+def cluster_args(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> dict | None:
     """`jax.distributed.initialize` keyword arguments from explicit values, else the JAXSTEER_* variables.
 
     Args:
@@ -100,8 +107,14 @@ def _env_number(name: str, kind: type):
         raise InputError(f"{ENV[name]}={text!r} is not {'an integer' if kind is int else 'a number'}") from None
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               *, auto: bool = False, timeout: float | None = None) -> bool:
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    auto: bool = False,
+    timeout: float | None = None,
+) -> bool:
     """Join a multi-process run. Call before any other JAX work.
 
     While the processes gather, a line every few seconds says who it waits for; after `timeout`
@@ -129,8 +142,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if platforms == "cpu" or (not platforms and _cpu_only()):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     joined = threading.Event()
-    threading.Thread(target=_startup_watch, args=(kwargs, timeout, joined), daemon=True,
-                     name="jaxsteer-startup-watch").start()
+    threading.Thread(
+        target=_startup_watch, args=(kwargs, timeout, joined), daemon=True, name="jaxsteer-startup-watch"
+    ).start()
     try:
         jax.distributed.initialize(**(kwargs or {}), initialization_timeout=int(timeout) + 60)
     finally:
@@ -141,7 +155,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 def _startup_watch(kwargs: dict | None, timeout: float, joined: threading.Event) -> None:
     """Progress lines while `jax.distributed.initialize` waits for the other processes; one line
     and `os._exit(1)` when they have not all joined after `timeout` seconds."""
-    where = f"coordinator {kwargs['coordinator_address']}" if kwargs else "the coordinator found by JAX's cluster detection"
+    where = (
+        f"coordinator {kwargs['coordinator_address']}" if kwargs else "the coordinator found by JAX's cluster detection"
+    )
     me = kwargs["process_id"] if kwargs else None
     others = [i for i in range(kwargs["num_processes"]) if i != me] if kwargs else []
     who = f"{kwargs['num_processes']} processes" if kwargs else "every process"
@@ -149,15 +165,24 @@ def _startup_watch(kwargs: dict | None, timeout: float, joined: threading.Event)
     while not joined.wait(every):
         waited = time.monotonic() - start
         if waited >= timeout:
-            missing = (f"process {others[0]} never joined" if len(others) == 1 else
-                       f"not all of processes {', '.join(map(str, others))} joined" if others else "not every process joined")
-            sys.stderr.write(f"jaxsteer: start-up timed out after {timeout:g} s at {where}: {missing} (this is process "
-                             f"{me if me is not None else '?'}); start them with the same --coordinator and "
-                             "--num-processes, or raise --startup-timeout\n")
+            missing = (
+                f"process {others[0]} never joined"
+                if len(others) == 1
+                else f"not all of processes {', '.join(map(str, others))} joined"
+                if others
+                else "not every process joined"
+            )
+            sys.stderr.write(
+                f"jaxsteer: start-up timed out after {timeout:g} s at {where}: {missing} (this is process "
+                f"{me if me is not None else '?'}); start them with the same --coordinator and "
+                "--num-processes, or raise --startup-timeout\n"
+            )
             sys.stderr.flush()
             os._exit(1)
-        sys.stderr.write(f"jaxsteer: waiting for {who} at {where} (this is process {me if me is not None else '?'}): "
-                         f"{waited:.0f} s of {timeout:g} s\n")
+        sys.stderr.write(
+            f"jaxsteer: waiting for {who} at {where} (this is process {me if me is not None else '?'}): "
+            f"{waited:.0f} s of {timeout:g} s\n"
+        )
         sys.stderr.flush()
 
 
@@ -165,8 +190,10 @@ def _cpu_only() -> bool:
     """Whether no accelerator plugin is installed (then the CPU needs gloo for cross-process collectives)."""
     import importlib.util
 
-    return not any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu",
-                                                          "jax_rocm60_plugin", "jax_rocm7_plugin"))
+    return not any(
+        importlib.util.find_spec(m)
+        for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu", "jax_rocm60_plugin", "jax_rocm7_plugin")
+    )
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
@@ -214,4 +241,14 @@ def gather_rows(x):
     return np.asarray(multihost_utils.process_allgather(x)).reshape(-1, *x.shape[1:])
 
 
-__all__ = ["ENV", "STARTUP_TIMEOUT", "check_coordinator", "cluster_args", "initialize", "local_rows", "to_host", "process_max", "gather_rows"]
+__all__ = [
+    "ENV",
+    "STARTUP_TIMEOUT",
+    "check_coordinator",
+    "cluster_args",
+    "initialize",
+    "local_rows",
+    "to_host",
+    "process_max",
+    "gather_rows",
+]

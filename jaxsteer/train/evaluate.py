@@ -69,8 +69,9 @@ def mean_ci(values: Sequence[float] | np.ndarray, z: float = Z95) -> tuple[float
     return m, (max(0.0, m - z * se), min(1.0, m + z * se))
 
 
-def sample_batch(model, interventions, ids: Sequence, key, sampling: SamplingConfig, *, mesh=None, tokenizer=None,
-                 bucket: int = 8) -> Generation:
+def sample_batch(
+    model, interventions, ids: Sequence, key, sampling: SamplingConfig, *, mesh=None, tokenizer=None, bucket: int = 8
+) -> Generation:
     """Completions for a batch of prompt ids, sampled on `mesh`; every process gets the whole batch.
 
     Each process samples its share (the last prompt repeated where the batch does not divide), each
@@ -98,7 +99,9 @@ def sample_batch(model, interventions, ids: Sequence, key, sampling: SamplingCon
     gen = sample_on_mesh(model, prepared, key, interventions, sampling, mesh)
     rows = n * sampling.samples_per_prompt
     tokens, logprobs, lengths = (gather_rows(x)[:rows] for x in (gen.tokens, gen.logprobs, gen.lengths))
-    ptoks, pmask = (np.repeat(x, sampling.samples_per_prompt, axis=0) for x in left_pad([list(i) for i in ids], prepared.pad_id))
+    ptoks, pmask = (
+        np.repeat(x, sampling.samples_per_prompt, axis=0) for x in left_pad([list(i) for i in ids], prepared.pad_id)
+    )
     return Generation(tokens, logprobs, lengths, ptoks, pmask, decode_completions(tokenizer, tokens, lengths))
 
 
@@ -156,8 +159,16 @@ def evaluate_policy(
         texts = []
         for s in range(0, len(examples), batch_size):
             exs, ids = examples[s : s + batch_size], prompt_ids[s : s + batch_size]
-            gen = sample_batch(model, interventions, ids, key, SamplingConfig(max_new_tokens, greedy=True), mesh=mesh,
-                               tokenizer=tokenizer, bucket=bucket)
+            gen = sample_batch(
+                model,
+                interventions,
+                ids,
+                key,
+                SamplingConfig(max_new_tokens, greedy=True),
+                mesh=mesh,
+                tokenizer=tokenizer,
+                bucket=bucket,
+            )
             correct.extend(success(r) for r in score_completions(reward_fn, exs, ids, gen).tolist())
             for m, fn in modes.items():
                 by_mode[m].extend(success(r) for r in score_completions(fn, exs, ids, gen).tolist())
@@ -181,13 +192,24 @@ def evaluate_policy(
         rows_per_call = max(1, batch_size // samples)
         for s in range(0, len(examples), rows_per_call):
             exs, ids = examples[s : s + rows_per_call], prompt_ids[s : s + rows_per_call]
-            gen = sample_batch(model, interventions, ids, jax.random.fold_in(key, s), mesh=mesh, tokenizer=tokenizer,
-                               sampling=SamplingConfig(max_new_tokens, float(temperature), samples_per_prompt=samples),
-                               bucket=bucket)
-            ok = np.array([success(r) for r in score_completions(reward_fn, exs, ids, gen, repeats=samples).tolist()], np.float64)
+            gen = sample_batch(
+                model,
+                interventions,
+                ids,
+                jax.random.fold_in(key, s),
+                mesh=mesh,
+                tokenizer=tokenizer,
+                sampling=SamplingConfig(max_new_tokens, float(temperature), samples_per_prompt=samples),
+                bucket=bucket,
+            )
+            ok = np.array(
+                [success(r) for r in score_completions(reward_fn, exs, ids, gen, repeats=samples).tolist()], np.float64
+            )
             per_problem[s : s + len(exs)] = ok.reshape(len(exs), samples).mean(axis=1)
             for m, fn in modes.items():
-                ok_m = np.array([success(r) for r in score_completions(fn, exs, ids, gen, repeats=samples).tolist()], np.float64)
+                ok_m = np.array(
+                    [success(r) for r in score_completions(fn, exs, ids, gen, repeats=samples).tolist()], np.float64
+                )
                 per_mode[m][s : s + len(exs)] = ok_m.reshape(len(exs), samples).mean(axis=1)
         m, ci = mean_ci(per_problem)
         out["pass1"] = m
@@ -205,13 +227,15 @@ def format_result(label: str, r: dict) -> str:
     parts = [f"{label:>10}:"]
     if "greedy_acc" in r:
         lo, hi = r["greedy_ci"]
-        parts.append(f"greedy {100 * r['greedy_acc']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({r['greedy_correct']}/{r['n']})")
+        parts.append(
+            f"greedy {100 * r['greedy_acc']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({r['greedy_correct']}/{r['n']})"
+        )
     if "pass1" in r:
         lo, hi = r["pass1_ci"]
         parts.append(f"pass@1 (k={r['pass1_k']}) {100 * r['pass1']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
     for key in sorted(k for k in r if k.startswith("greedy_acc_")):  # other answer-extraction modes
-        lo, hi = r["greedy_ci_" + key[len("greedy_acc_"):]]
-        parts.append(f"{key[len('greedy_acc_'):]} {100 * r[key]:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+        lo, hi = r["greedy_ci_" + key[len("greedy_acc_") :]]
+        parts.append(f"{key[len('greedy_acc_') :]} {100 * r[key]:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
     return "  ".join(parts)
 
 
@@ -237,8 +261,9 @@ class HeldOut:
     settings: dict
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, examples: Sequence, encode: Callable, tokenizer: Any,
-                    reward_fn: Callable, mesh=None) -> HeldOut:
+    def from_config(
+        cls, cfg: TrainConfig, examples: Sequence, encode: Callable, tokenizer: Any, reward_fn: Callable, mesh=None
+    ) -> HeldOut:
         """The held-out evaluation of a run config.
 
         Args:
@@ -253,9 +278,15 @@ class HeldOut:
             The `HeldOut`.
         """
         settings = dict(
-            tokenizer=tokenizer, reward_fn=reward_fn, max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
-            greedy=cfg.eval.greedy, samples=cfg.eval.samples, temperature=cfg.eval.temperature,
-            batch_size=cfg.eval.batch_size, bucket=cfg.sampling.bucket, key=jax.random.PRNGKey(cfg.seed + 1),
+            tokenizer=tokenizer,
+            reward_fn=reward_fn,
+            max_new_tokens=cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens,
+            greedy=cfg.eval.greedy,
+            samples=cfg.eval.samples,
+            temperature=cfg.eval.temperature,
+            batch_size=cfg.eval.batch_size,
+            bucket=cfg.sampling.bucket,
+            key=jax.random.PRNGKey(cfg.seed + 1),
             modes=getattr(reward_fn, "extraction_modes", None),  # strict and lenient for the correctness reward
             mesh=mesh,
         )

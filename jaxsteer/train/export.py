@@ -107,7 +107,10 @@ def hf_patch(vectors: np.ndarray, model: Model, cfg: TrainableConfig) -> dict[st
             f"a down_proj bias equals a steering vector at site 'resid_post' only; these vectors act at {cfg.site!r}"
         )
     if c.sandwich_norms:
-        raise InputError(f"{c.architecture} normalises the MLP output after down_proj, so a down_proj bias is not resid_post steering")
+        raise InputError(
+            f"{c.architecture} normalises the MLP output after down_proj, "
+            "so a down_proj bias is not resid_post steering"
+        )
     vectors = np.asarray(vectors, np.float32)
     if vectors.shape != (c.n_layers, c.d_model):
         raise InputError(f"vectors have shape {vectors.shape}, expected [{c.n_layers}, {c.d_model}]")
@@ -170,16 +173,23 @@ def export_steering(out_dir: str, cfg: TrainConfig, model: Model, trainable: Any
         path = save_affine(os.path.join(out_dir, "lineas.npz"), trainable, tcfg, model.config.n_layers)
         say("(no steering vectors or safetensors patch: a LinEAS map scales as well as shifts)")
         return {"lineas_npz": path}
-    files = {"vectors_npy": save_npy(os.path.join(out_dir, "steering_vectors.npy"), trainable, tcfg, model.config.n_layers)}
+    files = {
+        "vectors_npy": save_npy(os.path.join(out_dir, "steering_vectors.npy"), trainable, tcfg, model.config.n_layers)
+    }
     if tcfg.kind == "adaptive_steering":  # the (ungated) vectors above, and the gate
-        gate: dict[str, Any] = {k: np.asarray(v, np.float32) for k, v in adaptive_gate(trainable, tcfg, model.config.n_layers).items()}
+        gate: dict[str, Any] = {
+            k: np.asarray(v, np.float32) for k, v in adaptive_gate(trainable, tcfg, model.config.n_layers).items()
+        }
         files["adaptive_npz"] = os.path.join(out_dir, "adaptive_steering.npz")
         np.savez(files["adaptive_npz"], **gate)
         say("(no safetensors patch: a gated vector is not a constant down_proj bias)")
         return files
     try:
         files["vectors_safetensors"] = save_hf_patch(
-            os.path.join(out_dir, "steering_vectors.safetensors"), trainable, tcfg, model,
+            os.path.join(out_dir, "steering_vectors.safetensors"),
+            trainable,
+            tcfg,
+            model,
             extra_metadata={"model": cfg.model.spec, "steps": cfg.steps},
         )
     except ValueError as e:

@@ -36,9 +36,8 @@ class RunLockedError(JaxsteerError, RuntimeError):
 
 
 def _describe(holder: dict) -> str:
-    return (
-        f"process {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('start', '?')}"
-        + (f" ({holder['command']})" if holder.get("command") else "")
+    return f"process {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('start', '?')}" + (
+        f" ({holder['command']})" if holder.get("command") else ""
     )
 
 
@@ -79,8 +78,10 @@ class RunLock:
             os.close(fd)
 
     def _locked(self) -> RunLockedError:
-        return RunLockedError(f"run directory {self.directory} is in use by {_describe(self.holder())}; "
-                              "wait for it to finish or choose another output_dir")
+        return RunLockedError(
+            f"run directory {self.directory} is in use by {_describe(self.holder())}; "
+            "wait for it to finish or choose another output_dir"
+        )
 
     def acquire(self) -> RunLock:
         """Take the lock; `RunLockedError` naming the holder if another live process has it."""

@@ -73,7 +73,9 @@ class RunLogger:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(directory, "tb"), purge_step=None if resume_step is None else resume_step + 1)
+            self.tb = SummaryWriter(
+                os.path.join(directory, "tb"), purge_step=None if resume_step is None else resume_step + 1
+            )
 
     def log(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
         """Append one record (process 0) and mirror its numeric scalars to TensorBoard as `<kind>/<key>`."""
@@ -95,8 +97,11 @@ class RunLogger:
             try:
                 tb.close()
             except Exception as err:  # noqa: BLE001 - tensorboardX raises assorted types
-                warnings.warn(f"{os.path.join(self.directory, 'tb')}: the TensorBoard writer failed to close "
-                              f"({type(err).__name__}: {err})", stacklevel=2)
+                warnings.warn(
+                    f"{os.path.join(self.directory, 'tb')}: the TensorBoard writer failed to close "
+                    f"({type(err).__name__}: {err})",
+                    stacklevel=2,
+                )
 
 
 def read_log(path: str) -> list[dict]:
@@ -112,8 +117,9 @@ def read_log(path: str) -> list[dict]:
             if k == len(lines) - 1:
                 import warnings
 
-                warnings.warn(f"{path}: dropping a truncated last line ({number}), left by an interrupted write",
-                              stacklevel=2)
+                warnings.warn(
+                    f"{path}: dropping a truncated last line ({number}), left by an interrupted write", stacklevel=2
+                )
                 break
             raise InputError(f"{path}:{number}: not a JSON record ({err})") from None
     return records
@@ -154,18 +160,24 @@ def plot_curves(jsonl_path: str, png_path: str, title: str = "") -> str | None:
         if len(ys) >= 5:  # running mean over 5 steps
             w = 5
             smooth = np.convolve(ys, np.ones(w) / w, mode="valid")
-            ax.plot(xs[w - 1:], smooth, lw=2)
+            ax.plot(xs[w - 1 :], smooth, lw=2)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
     if evals:
         ax = axes.flat[len(keys)]
-        for name, key, ci in (("trained (greedy)", "greedy_acc", "greedy_ci"), ("base (greedy)", "base_greedy_acc", "base_greedy_ci")):
+        for name, key, ci in (
+            ("trained (greedy)", "greedy_acc", "greedy_ci"),
+            ("base (greedy)", "base_greedy_acc", "base_greedy_ci"),
+        ):
             pts = [(r["step"], r[key], r.get(ci)) for r in evals if r.get(key) is not None]
             if pts:
                 xs = [p[0] for p in pts]
                 ys = [p[1] for p in pts]
-                err = [[y - (p[2][0] if p[2] else y) for y, p in zip(ys, pts, strict=True)], [(p[2][1] if p[2] else y) - y for y, p in zip(ys, pts, strict=True)]]
+                err = [
+                    [y - (p[2][0] if p[2] else y) for y, p in zip(ys, pts, strict=True)],
+                    [(p[2][1] if p[2] else y) - y for y, p in zip(ys, pts, strict=True)],
+                ]
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
         ax.set_title("held-out accuracy (95% CI)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)

@@ -72,8 +72,6 @@ REMAT_CARRY = 1.0  # with remat: the residual stream entering each layer, per to
 REMAT_LAYER = 1.25  # with remat: working set of the one layer being recomputed, in no-remat layers
 
 
-
-
 def fmt_bytes(n: float) -> str:
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= size:
@@ -105,8 +103,10 @@ def model_config(spec) -> ModelConfig:
         from ..models.gguf_file import GGUFFile, gguf_config
 
         return gguf_config(GGUFFile(path))
-    raise ConfigError(f"model.spec={spec.spec!r} is not local; give its architecture as model.hf_config "
-                      "(a Hugging Face config mapping or a config.json path) to plan without downloading")
+    raise ConfigError(
+        f"model.spec={spec.spec!r} is not local; give its architecture as model.hf_config "
+        "(a Hugging Face config mapping or a config.json path) to plan without downloading"
+    )
 
 
 def abstract_model(config: ModelConfig, dtype) -> Model:
@@ -120,7 +120,9 @@ def device_bytes(tree: Any, fsdp: int = 1, shard: bool = False) -> int:
     for leaf in jax.tree_util.tree_leaves(tree):
         shape = tuple(np.shape(leaf))
         spec = fsdp_spec(shape, fsdp) if shard else ()
-        per = [n // fsdp if ax == "fsdp" else n for n, ax in zip(shape, tuple(spec) + (None,) * len(shape), strict=False)]
+        per = [
+            n // fsdp if ax == "fsdp" else n for n, ax in zip(shape, tuple(spec) + (None,) * len(shape), strict=False)
+        ]
         total += math.prod(per) * np.dtype(leaf.dtype).itemsize
     return total
 
@@ -135,8 +137,18 @@ def _passes(rows: float, group: int, prompt: int, new: int) -> tuple[list[tuple[
     return [(rows, prompt + new)], prompt + new, 0.0
 
 
-def activation_bytes(c: ModelConfig, rows: float, *, group: int, prompt: int, new: int, act_bytes: int,
-                     remat: bool = False, flash: bool = False, weight_grads: bool = False) -> dict[str, float]:
+def activation_bytes(
+    c: ModelConfig,
+    rows: float,
+    *,
+    group: int,
+    prompt: int,
+    new: int,
+    act_bytes: int,
+    remat: bool = False,
+    flash: bool = False,
+    weight_grads: bool = False,
+) -> dict[str, float]:
     """Bytes XLA keeps for one micro-batch's backward: `layers` (of which `scores`, the float32
     attention scores a flash kernel would not keep) and `logits` (float32 over the vocabulary).
     `weight_grads`: the projections get gradients (LoRA, full), so their inputs are kept too."""
@@ -160,8 +172,12 @@ def activation_bytes(c: ModelConfig, rows: float, *, group: int, prompt: int, ne
     # working set and the logits' are not alive together (measured: the peak takes the larger)
     carry = c.n_layers * REMAT_CARRY * c.d_model * tokens * act_bytes
     work = REMAT_LAYER * one_layer
-    return {"layers": carry + work, "scores": REMAT_LAYER * scores_layer, "logits": logits,
-            "total": carry + max(work, logits)}
+    return {
+        "layers": carry + work,
+        "scores": REMAT_LAYER * scores_layer,
+        "logits": logits,
+        "total": carry + max(work, logits),
+    }
 
 
 def kv_cache_bytes(c: ModelConfig, rows: float, slots: int, act_bytes: int) -> float:
@@ -224,8 +240,11 @@ class MemoryPlan:
         return max(self.peaks["rollout"], self.peaks[self.configured]) <= self.capacity
 
 
-VARIANTS = {"no remat": dict(remat=False), "remat": dict(remat=True),
-            "remat + flash attention": dict(remat=True, flash=True)}
+VARIANTS = {
+    "no remat": dict(remat=False),
+    "remat": dict(remat=True),
+    "remat + flash attention": dict(remat=True, flash=True),
+}
 
 
 def _state_shapes(cfg: TrainConfig, model: Model) -> dict:
@@ -233,8 +252,14 @@ def _state_shapes(cfg: TrainConfig, model: Model) -> dict:
     from .state import init_state, make_optimizer
     from .trainable import init_trainable
 
-    tx, _ = make_optimizer(cfg.optimizer.lr, cfg.steps, warmup_frac=cfg.optimizer.warmup_frac, schedule=cfg.optimizer.schedule,
-                           weight_decay=cfg.optimizer.weight_decay, grad_clip=cfg.optimizer.grad_clip)
+    tx, _ = make_optimizer(
+        cfg.optimizer.lr,
+        cfg.steps,
+        warmup_frac=cfg.optimizer.warmup_frac,
+        schedule=cfg.optimizer.schedule,
+        weight_decay=cfg.optimizer.weight_decay,
+        grad_clip=cfg.optimizer.grad_clip,
+    )
     return jax.eval_shape(lambda m: init_state(init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), tx), model)
 
 
@@ -257,7 +282,9 @@ class _Layout:
         """`(rows per device, group)` of one update micro-batch (group 1: rows scored one by one)."""
         from .rl.learner import step_spec
 
-        cfg = dataclasses.replace(self.cfg, optimizer=dataclasses.replace(self.cfg.optimizer, micro_batches=micro_batches))
+        cfg = dataclasses.replace(
+            self.cfg, optimizer=dataclasses.replace(self.cfg.optimizer, micro_batches=micro_batches)
+        )
         per_micro = self.cfg.rollouts_per_step // self.cfg.rl.updates_per_batch // micro_batches
         return per_micro / self.shards, step_spec(cfg).shared_prompts if cfg.algorithm in RL_ALGORITHMS else 1
 
@@ -266,7 +293,9 @@ class _Layout:
         micro-batches merged up to `sampling.call_rows` rows per call)."""
         from .rl.learner import sampler_calls
 
-        cfg = dataclasses.replace(self.cfg, optimizer=dataclasses.replace(self.cfg.optimizer, micro_batches=micro_batches))
+        cfg = dataclasses.replace(
+            self.cfg, optimizer=dataclasses.replace(self.cfg.optimizer, micro_batches=micro_batches)
+        )
         return cfg.prompts_per_step / sampler_calls(cfg) * cfg.group_size / self.shards
 
     def transient(self, micro_batches: int) -> dict[str, Any]:
@@ -274,16 +303,25 @@ class _Layout:
         rows, group = self.update_rows(micro_batches)
         new = self.cfg.sampling.max_new_tokens
         wg = self.cfg.trainable.kind != "steering"
-        act = {k: activation_bytes(self.c, rows, group=group, prompt=self.prompt, new=new, act_bytes=self.act_bytes,
-                                   weight_grads=wg, **kw) for k, kw in VARIANTS.items()}
+        act = {
+            k: activation_bytes(
+                self.c, rows, group=group, prompt=self.prompt, new=new, act_bytes=self.act_bytes, weight_grads=wg, **kw
+            )
+            for k, kw in VARIANTS.items()
+        }
         rollout = self.rollout_rows(micro_batches)
         kv = kv_cache_bytes(self.c, rollout, self.prompt + new, self.act_bytes)
-        return {"act": act, "batch": _update_batch_bytes(rows, self.prompt, new), "kv": kv,
-                "decode": 2 * rollout * self.c.vocab_size * 4}
+        return {
+            "act": act,
+            "batch": _update_batch_bytes(rows, self.prompt, new),
+            "kv": kv,
+            "decode": 2 * rollout * self.c.vocab_size * 4,
+        }
 
 
-def rl_plan(cfg: TrainConfig, c: ModelConfig, model: Model, data: int, fsdp: int, capacity: int | None,
-            prompt_len: int) -> MemoryPlan:
+def rl_plan(
+    cfg: TrainConfig, c: ModelConfig, model: Model, data: int, fsdp: int, capacity: int | None, prompt_len: int
+) -> MemoryPlan:
     """The plan of a gradient (RL) run; the arguments as `plan`'s, resolved.
 
     Args:
@@ -310,8 +348,10 @@ def rl_plan(cfg: TrainConfig, c: ModelConfig, model: Model, data: int, fsdp: int
         "gradients": 2 * trainable,  # the micro-batch scan's accumulator and this micro-batch's
     }
     if fsdp > 1:  # XLA all-gathers one layer (and the unembedding) at a time
-        layer = sum(math.prod(x.shape[1:]) * np.dtype(x.dtype).itemsize
-                    for x in jax.tree_util.tree_leaves(model.params["layers"]))
+        layer = sum(
+            math.prod(x.shape[1:]) * np.dtype(x.dtype).itemsize
+            for x in jax.tree_util.tree_leaves(model.params["layers"])
+        )
         parts["gathered weights (fsdp: a layer + unembedding)"] = layer + c.vocab_size * c.d_model * lay.act_bytes
     held = sum(parts.values()) - parts["gradients"]
     t = lay.transient(cfg.optimizer.micro_batches)
@@ -327,17 +367,33 @@ def rl_plan(cfg: TrainConfig, c: ModelConfig, model: Model, data: int, fsdp: int
         for k in VARIANTS:
             largest[k] = _largest_rows(lay, held, parts["gradients"], capacity, k)
     rows, group = lay.update_rows(cfg.optimizer.micro_batches)
-    notes = [f"update micro-batch: {cfg.rollouts_per_step // a.updates_per_batch} rollouts / "
-             f"{cfg.optimizer.micro_batches} micro-batches / {lay.shards} shards = {rows:g} rows per device"
-             + (f", groups of {group} completions share their prompt" if group > 1 else ""),
-             f"sampler: {lay.rollout_rows(cfg.optimizer.micro_batches):g} rows per device x {prompt_len + new} slots "
-             f"({prompt_len} prompt + {new} new tokens), data-parallel over the mesh"]
+    notes = [
+        f"update micro-batch: {cfg.rollouts_per_step // a.updates_per_batch} rollouts / "
+        f"{cfg.optimizer.micro_batches} micro-batches / {lay.shards} shards = {rows:g} rows per device"
+        + (f", groups of {group} completions share their prompt" if group > 1 else ""),
+        f"sampler: {lay.rollout_rows(cfg.optimizer.micro_batches):g} rows per device x {prompt_len + new} slots "
+        f"({prompt_len} prompt + {new} new tokens), data-parallel over the mesh",
+    ]
     per_micro = cfg.rollouts_per_step // a.updates_per_batch // cfg.optimizer.micro_batches
     if per_micro % lay.shards:
-        notes.append(f"WARNING: a micro-batch of {per_micro} rollouts does not split over {lay.shards} batch shards; "
-                     "jaxsteer train refuses this layout")
-    return MemoryPlan(c, cfg, data, fsdp, capacity, prompt_len, rows, lay.rollout_rows(cfg.optimizer.micro_batches), parts,
-                      peaks, largest, notes)
+        notes.append(
+            f"WARNING: a micro-batch of {per_micro} rollouts does not split over {lay.shards} batch shards; "
+            "jaxsteer train refuses this layout"
+        )
+    return MemoryPlan(
+        c,
+        cfg,
+        data,
+        fsdp,
+        capacity,
+        prompt_len,
+        rows,
+        lay.rollout_rows(cfg.optimizer.micro_batches),
+        parts,
+        peaks,
+        largest,
+        notes,
+    )
 
 
 def _peaks(held: float, grads: float, t: dict) -> dict[str, float]:
@@ -362,8 +418,9 @@ def _largest_rows(lay: _Layout, held: float, grads: float, capacity: int, varian
     return None
 
 
-def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capacity: int | None,
-            prompt_len: int) -> MemoryPlan:
+def es_plan(
+    cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capacity: int | None, prompt_len: int
+) -> MemoryPlan:
     """The plan of an evolution-strategies run: no gradients; members split over all devices, each
     sampling `prompts_per_step` completions (the population's K/V caches at once).
 
@@ -382,7 +439,9 @@ def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capaci
     act_bytes = np.dtype(model.params["embed"].dtype).itemsize
     space = es.space_for(cfg.algorithm)
     layers = {k: v.shape for k, v in model.params["layers"].items()}
-    targets = es.targets_for(space) or (ATTENTION_PROJECTIONS if space == "essa" else PROJECTIONS)  # warm start: assumed
+    targets = es.targets_for(space) or (
+        ATTENTION_PROJECTIONS if space == "essa" else PROJECTIONS
+    )  # warm start: assumed
     r = es.essa_rank  # ESSA's warm-start rank as far as the plan knows
     if space == "essa":  # U_a, V_a^T, U_b, V_b^T per adapted matrix; 2 floor(alpha r) values
         frozen = sum(L * (i + 2 * r + o) * r for L, i, o in (layers[t] for t in targets)) * 4
@@ -398,13 +457,22 @@ def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capaci
         from .trainable import init_trainable
 
         frozen = 0
-        n = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(
-            jax.eval_shape(lambda m: init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), model)))
+        n = sum(
+            math.prod(x.shape)
+            for x in jax.tree_util.tree_leaves(
+                jax.eval_shape(lambda m: init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), model)
+            )
+        )
     strategy = es.strategy_for(cfg.algorithm)
     members = es.member_batch or es.population
     per_device = math.ceil(members / devices)
-    per_member = (sum(L * (i + o) * es.rank for L, i, o in (layers[t] for t in targets)) * 4
-                  if space == "eggroll" else n * 4 if space != "full" else n * act_bytes)
+    per_member = (
+        sum(L * (i + o) * es.rank for L, i, o in (layers[t] for t in targets)) * 4
+        if space == "eggroll"
+        else n * 4
+        if space != "full"
+        else n * act_bytes
+    )
     rows = per_device * cfg.prompts_per_step
     parts: dict[str, float] = {
         "base parameters": device_bytes(model),
@@ -414,15 +482,24 @@ def es_plan(cfg: TrainConfig, c: ModelConfig, model: Model, devices: int, capaci
         "rollout KV cache": kv_cache_bytes(c, rows, prompt_len + new, act_bytes),
     }
     peaks: dict[str, float] = {"rollout": sum(parts.values()) + 2 * rows * c.vocab_size * 4}
-    notes = [f"{space} search space: {n:,} evolving values; population {es.population}, {members} members "
-             f"evaluated at once, {per_device} per device over {devices} devices",
-             f"sampler: {rows:g} rows per device x {prompt_len + new} slots ({prompt_len} prompt + {new} new tokens); "
-             "the base is replicated (ES uses no fsdp axis)"]
+    notes = [
+        f"{space} search space: {n:,} evolving values; population {es.population}, {members} members "
+        f"evaluated at once, {per_device} per device over {devices} devices",
+        f"sampler: {rows:g} rows per device x {prompt_len + new} slots ({prompt_len} prompt + {new} new tokens); "
+        "the base is replicated (ES uses no fsdp axis)",
+    ]
     return MemoryPlan(c, cfg, devices, 1, capacity, prompt_len, 0, rows, parts, peaks, {}, notes)
 
 
-def plan(cfg: TrainConfig, *, data: int | None = None, fsdp: int | None = None, capacity: int | None = None,
-         prompt_len: int = 512, backend: str | None = None) -> MemoryPlan:
+def plan(
+    cfg: TrainConfig,
+    *,
+    data: int | None = None,
+    fsdp: int | None = None,
+    capacity: int | None = None,
+    prompt_len: int = 512,
+    backend: str | None = None,
+) -> MemoryPlan:
     """The per-device memory plan of `cfg` on a data x fsdp mesh. Allocates nothing.
 
     Args:
@@ -488,15 +565,22 @@ def check_model_fits(cfg: TrainConfig, *, devices=None, margin: float = 2.0) -> 
         raise ConfigError(
             f"sampling.bucket ({cfg.sampling.bucket}, the shortest padded prompt) + max_new_tokens ({new}) exceeds "
             f"the context length of {cfg.model.spec} ({c.max_position_embeddings} tokens); lower "
-            "sampling.max_new_tokens / eval.max_new_tokens")
+            "sampling.max_new_tokens / eval.max_new_tokens"
+        )
     devices = list(devices) if devices is not None else jax.devices()
     mine = [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
     capacity = device_capacity(mine[0])  # this process's own device (another's cannot be asked)
     if capacity is None:
         return
     mesh_data = cfg.mesh.data if cfg.mesh.data > 0 else max(1, len(devices) // max(1, cfg.mesh.fsdp))
-    p = plan(cfg, data=mesh_data, fsdp=max(1, cfg.mesh.fsdp), capacity=capacity, prompt_len=cfg.sampling.bucket,
-             backend=mine[0].platform)
+    p = plan(
+        cfg,
+        data=mesh_data,
+        fsdp=max(1, cfg.mesh.fsdp),
+        capacity=capacity,
+        prompt_len=cfg.sampling.bucket,
+        backend=mine[0].platform,
+    )
     phase = "rollout" if p.peaks["rollout"] >= p.peaks[p.configured] else p.configured
     peak = p.peaks[phase]
     if peak > margin * capacity:
@@ -504,8 +588,10 @@ def check_model_fits(cfg: TrainConfig, *, devices=None, margin: float = 2.0) -> 
             f"planned memory: the {phase} needs {fmt_bytes(peak)} per device even with {cfg.sampling.bucket}-token "
             f"prompts, and a {mine[0].platform} device here has {fmt_bytes(capacity)} "
             f"(prompts_per_step={cfg.prompts_per_step} x group_size={cfg.group_size}, "
-            f"micro_batches={cfg.optimizer.micro_batches}); lower them, raise micro_batches or sampling.call_rows, or see "
-            "`jaxsteer plan CONFIG`")
+            f"micro_batches={cfg.optimizer.micro_batches}); lower them, raise micro_batches or "
+            "sampling.call_rows, or see "
+            "`jaxsteer plan CONFIG`"
+        )
 
 
 # --------------------------------------------------------------------------- the roofline
@@ -560,13 +646,16 @@ def roofline(p: MemoryPlan, device: str) -> Roofline:
     attn = 4 * c.n_layers * c.n_heads * c.head_dim  # FLOPs per (query, key) pair, QK^T and AV
     kv_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * act
     P, N, devices = p.prompt_len, cfg.sampling.max_new_tokens, p.data * p.fsdp
-    rows = (math.ceil(cfg.es.population / devices) * cfg.prompts_per_step if cfg.is_es
-            else cfg.rollouts_per_step / devices)  # sampled rows per device per step / generation
+    rows = (
+        math.ceil(cfg.es.population / devices) * cfg.prompts_per_step if cfg.is_es else cfg.rollouts_per_step / devices
+    )  # sampled rows per device per step / generation
     calls = max(1, math.ceil(rows / max(p.rollout_rows, 1)))  # sampler calls, each reading all weights per token
     phases = {
         "rollout prefill": (rows * (2 * n_mm * P + attn * P * P / 2), calls * weights + rows * P * kv_token),
-        "rollout decode": (rows * N * (2 * n_mm + attn * (P + N / 2)),
-                           calls * N * weights + rows * N * (P + N / 2) * kv_token),
+        "rollout decode": (
+            rows * N * (2 * n_mm + attn * (P + N / 2)),
+            calls * N * weights + rows * N * (P + N / 2) * kv_token,
+        ),
     }
     if not cfg.is_es:
         passes = 2 + (cfg.trainable.kind != "steering") + bool(cfg.model.remat)
@@ -576,11 +665,31 @@ def roofline(p: MemoryPlan, device: str) -> Roofline:
         model = abstract_model(c, DTYPES[p.dtype])
         state = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_state_shapes(cfg, model)))
         state /= devices if cfg.trainable.kind == "full" and p.fsdp > 1 else 1
-        phases["update"] = (passes * (2 * n_mm * tokens + attn * rows * (P + N) ** 2 / 2),
-                            cfg.optimizer.micro_batches * cfg.rl.updates_per_batch * passes * weights + 3 * state)
+        phases["update"] = (
+            passes * (2 * n_mm * tokens + attn * rows * (P + N) ** 2 / 2),
+            cfg.optimizer.micro_batches * cfg.rl.updates_per_batch * passes * weights + 3 * state,
+        )
     return Roofline(device, phases)
 
 
-__all__ = ["DEVICES", "PEAKS", "Roofline", "roofline", "ACTIVATION_TERMS", "WEIGHT_GRAD_TERMS",
-           "LOGIT_COPIES", "MemoryPlan", "model_config", "abstract_model", "device_bytes", "device_capacity",
-           "check_model_fits", "activation_bytes", "kv_cache_bytes", "plan", "rl_plan", "es_plan", "fmt_bytes"]
+__all__ = [
+    "DEVICES",
+    "PEAKS",
+    "Roofline",
+    "roofline",
+    "ACTIVATION_TERMS",
+    "WEIGHT_GRAD_TERMS",
+    "LOGIT_COPIES",
+    "MemoryPlan",
+    "model_config",
+    "abstract_model",
+    "device_bytes",
+    "device_capacity",
+    "check_model_fits",
+    "activation_bytes",
+    "kv_cache_bytes",
+    "plan",
+    "rl_plan",
+    "es_plan",
+    "fmt_bytes",
+]

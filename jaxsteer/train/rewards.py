@@ -263,8 +263,9 @@ def reference_answer(reference: str) -> str | None:
 # --------------------------------------------------------------------------- rewards
 
 
-def correctness_reward(prompt: str, completion: str, reference: str, *, correct: float = 1.0, wrong: float = -1.0,
-                       strict: bool = False) -> float:
+def correctness_reward(
+    prompt: str, completion: str, reference: str, *, correct: float = 1.0, wrong: float = -1.0, strict: bool = False
+) -> float:
     """`correct` if the completion's final answer equals the reference answer, else `wrong`. Never raises.
 
     Args:
@@ -293,7 +294,9 @@ def strict_correctness_reward(prompt: str, completion: str, reference: str, **kw
 
 # Both extraction modes of the correctness reward, so evaluation can report held-out accuracy under each.
 correctness_reward.extraction_modes = strict_correctness_reward.extraction_modes = {
-    "lenient": correctness_reward, "strict": strict_correctness_reward}
+    "lenient": correctness_reward,
+    "strict": strict_correctness_reward,
+}
 
 
 def format_reward(prompt: str, completion: str, reference: str, *, correct: float = 1.0, wrong: float = 0.0) -> float:
@@ -432,7 +435,16 @@ def _countdown_expression(completion: str) -> str | None:
         cand = lines[-1] if lines else None
     if cand is None:
         return None
-    for a, b in (("\\times", "*"), ("\\cdot", "*"), ("×", "*"), ("\\div", "/"), ("÷", "/"), ("\\left", ""), ("\\right", ""), ("$", "")):
+    for a, b in (
+        ("\\times", "*"),
+        ("\\cdot", "*"),
+        ("×", "*"),
+        ("\\div", "/"),
+        ("÷", "/"),
+        ("\\left", ""),
+        ("\\right", ""),
+        ("$", ""),
+    ):
         cand = cand.replace(a, b)
     cand = cand.replace("\\(", "").replace("\\)", "")
     sides = [s.strip() for s in cand.split("=")]

@@ -75,8 +75,17 @@ class Run:
         plot: draw `curves.png` at `finish`.
     """
 
-    def __init__(self, output_dir: str, *, config: Any = None, resume: bool = False, keep: int = 2,
-                 tensorboard: bool = True, progress: bool = True, plot: bool = True):
+    def __init__(
+        self,
+        output_dir: str,
+        *,
+        config: Any = None,
+        resume: bool = False,
+        keep: int = 2,
+        tensorboard: bool = True,
+        progress: bool = True,
+        plot: bool = True,
+    ):
         self.directory = output_dir
         self.resume, self.tensorboard, self.show_progress, self.plot = resume, tensorboard, progress, plot
         self.main = jax.process_index() == 0
@@ -134,8 +143,13 @@ class Run:
         """A tqdm bar from `start_step` to `total` (disabled unless `progress` and process 0)."""
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, initial=self.start_step, desc=desc, dynamic_ncols=True,
-                         disable=not (self.show_progress and self.main))
+        self._bar = tqdm(
+            total=total,
+            initial=self.start_step,
+            desc=desc,
+            dynamic_ncols=True,
+            disable=not (self.show_progress and self.main),
+        )
         try:
             yield self._bar
         finally:
@@ -144,8 +158,9 @@ class Run:
 
     # ---- checkpoints and metrics
 
-    def restore(self, template: T, *, identity: dict, trainable_config: dict,
-                unit: str = "step") -> tuple[T, dict | None]:
+    def restore(
+        self, template: T, *, identity: dict, trainable_config: dict, unit: str = "step"
+    ) -> tuple[T, dict | None]:
         """With `resume`, the latest checkpoint restored into `template`'s structure.
 
         Also restores the persisted evaluations and `start_step`. Opens the metrics log either way (a
@@ -171,7 +186,8 @@ class Run:
             if isinstance(total, int) and total < self.start_step:
                 self.close()
                 raise ConfigError(
-                    f"the latest checkpoint in {self.checkpointer_dir} is at {unit} {self.start_step} but steps={total}; "
+                    f"the latest checkpoint in {self.checkpointer_dir} is at {unit} {self.start_step} "
+                    f"but steps={total}; "
                     f"raise steps to train further, or evaluate it with `jaxsteer eval {self.directory}`"
                 )
             for name, value in (meta.get("evals") or {}).items():
@@ -212,8 +228,11 @@ class Run:
         if not bad:
             return
         latest = self.checkpointer.latest_step() if self.checkpointer is not None else None
-        where = f"the last good checkpoint is step {latest} ({self.checkpointer_dir})" if latest is not None \
+        where = (
+            f"the last good checkpoint is step {latest} ({self.checkpointer_dir})"
+            if latest is not None
             else "no checkpoint was written"
+        )
         self.close()
         raise NonFiniteError(
             f"step {step}: {', '.join(bad)} became non-finite (NaN or inf); the run stops without saving this "
@@ -238,8 +257,9 @@ class Run:
 
     # ---- evaluation
 
-    def evaluate(self, name: str, step: int, fn: Callable[[], dict], *, persist: bool = False,
-                 prefix: str = "") -> dict:
+    def evaluate(
+        self, name: str, step: int, fn: Callable[[], dict], *, persist: bool = False, prefix: str = ""
+    ) -> dict:
         """Run an evaluation, log it at `step` (kind "eval") and keep it as `evals[name]`.
 
         Args:
@@ -300,8 +320,10 @@ class Run:
     def _clear_checkpoints(self, ckpt_dir: str) -> None:
         if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
             if self.main:
-                self.say(f"starting a fresh run: removing the old checkpoints in {ckpt_dir} "
-                         "(pass resume=True / --resume to continue)")
+                self.say(
+                    f"starting a fresh run: removing the old checkpoints in {ckpt_dir} "
+                    "(pass resume=True / --resume to continue)"
+                )
                 shutil.rmtree(ckpt_dir)
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils

@@ -140,8 +140,15 @@ def sample_rows(model, prompt, mask, stop_ids, pad_id, key, interventions, *, sa
     return tuple(rows(x) for x in out)
 
 
-def sample_on_mesh(model, prepared: PreparedPrompts, key: jax.Array, interventions: tuple, sampling: SamplingConfig,
-                   mesh: Mesh, tokenizer: Any = None) -> Generation:
+def sample_on_mesh(
+    model,
+    prepared: PreparedPrompts,
+    key: jax.Array,
+    interventions: tuple,
+    sampling: SamplingConfig,
+    mesh: Mesh,
+    tokenizer: Any = None,
+) -> Generation:
     """`sample_tokens` on `mesh` with this process's prompts split over the batch axes.
 
     Every device samples only its slice; the tokens are those of `sample_tokens` without a mesh, for
@@ -176,8 +183,9 @@ def sample_on_mesh(model, prepared: PreparedPrompts, key: jax.Array, interventio
     batch = batch_sharding(mesh, 2, micro=False)
     prompt, pmask = (jax.make_array_from_process_local_data(batch, x) for x in (toks, mask))
     model, stop_ids, key, interventions = replicate((model, prepared.stop_ids, key, interventions), mesh)
-    out = sample_rows(model, prompt, pmask, stop_ids, prepared.pad_id, key, interventions, sampling=run_sampling,
-                      mesh=mesh)
+    out = sample_rows(
+        model, prompt, pmask, stop_ids, prepared.pad_id, key, interventions, sampling=run_sampling, mesh=mesh
+    )
     tokens, logprobs, lengths = (local_rows(x)[: n * R] for x in out)
     ptoks, pmask = (np.repeat(x, per_row, axis=0)[: n * R] for x in (toks, mask))
     return Generation(tokens, logprobs, lengths, ptoks, pmask, decode_completions(tokenizer, tokens, lengths))

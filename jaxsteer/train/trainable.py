@@ -209,7 +209,10 @@ def affine_map(trainable: dict, cfg: TrainableConfig, n_layers: int) -> dict:
     (scale 1 and shift 0, the identity, on layers that were not trained)."""
     if cfg.kind != "lineas":
         raise InputError(f"affine_map needs kind='lineas', got {cfg.kind!r}")
-    return {"scale": 1.0 + _dense(trainable["scale"], cfg, n_layers), "shift": _dense(trainable["shift"], cfg, n_layers)}
+    return {
+        "scale": 1.0 + _dense(trainable["scale"], cfg, n_layers),
+        "shift": _dense(trainable["shift"], cfg, n_layers),
+    }
 
 
 def _vectors(trainable: dict, cfg: TrainableConfig) -> jax.Array:
@@ -254,7 +257,6 @@ def apply_trainable(
     if cfg.kind == "steering":
         return model, (_steer(trainable, cfg, model),)
     if cfg.kind == "adaptive_steering":
-
         d = adaptive_gate(trainable, cfg, model.config.n_layers)
         return model, (AdaptiveSteer(d["vectors"], d["w"], d["b"], site=cfg.site, layers=cfg.layers),)
     if cfg.kind == "lineas":

@@ -42,8 +42,14 @@ from .spaces import EggrollSpace, FullSpace, TrainableSpace, essa_product_space,
 from .strategies import STRATEGIES, OpenES
 
 
-def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: TrainableConfig | None = None,
-             lora: dict | None = None, seed: int = 0):
+def build_es(
+    model: Model,
+    cfg: ESConfig,
+    algorithm: str = "es",
+    trainable: TrainableConfig | None = None,
+    lora: dict | None = None,
+    seed: int = 0,
+):
     """`(space, strategy)` for an `ESConfig` and algorithm.
 
     Args:
@@ -73,12 +79,15 @@ def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: Trai
     elif name == "random_subspace":  # random orthonormal U, V with s = 0: not ESSA, which starts from trained adapters
         space = essa_product_space(model, None, None, alpha=cfg.alpha, rank=cfg.essa_rank, targets=targets, seed=seed)
     elif lora is None:
-        raise ConfigError(f"es.space={name} evolves the singular values of trained LoRA adapters (the paper: an SFT "
-                          "run): set model.init_from to a LoRA run's directory, or es.space=random_subspace for random "
-                          "orthonormal adapters with s = 0")
+        raise ConfigError(
+            f"es.space={name} evolves the singular values of trained LoRA adapters (the paper: an SFT "
+            "run): set model.init_from to a LoRA run's directory, or es.space=random_subspace for random "
+            "orthonormal adapters with s = 0"
+        )
     elif name == "essa_product":
-        space = essa_product_space(model, lora if targets is None else {p: lora[p] for p in targets if p in lora},
-                                   trainable, alpha=cfg.alpha)
+        space = essa_product_space(
+            model, lora if targets is None else {p: lora[p] for p in targets if p in lora}, trainable, alpha=cfg.alpha
+        )
     else:
         try:
             space = essa_space(model, lora, trainable, alpha=cfg.alpha, targets=targets)
@@ -86,8 +95,15 @@ def build_es(model: Model, cfg: ESConfig, algorithm: str = "es", trainable: Trai
             raise ConfigError(f"es.targets / es.alpha: {e}") from e
     strategy_name = cfg.strategy_for(algorithm)
     if strategy_name == "openai":
-        strategy = OpenES(population=cfg.population, sigma=cfg.sigma, lr=cfg.lr, antithetic=cfg.antithetic,
-                          shaping=cfg.shaping, divide_by_sigma=cfg.divide_by_sigma, optimizer=cfg.optimizer)
+        strategy = OpenES(
+            population=cfg.population,
+            sigma=cfg.sigma,
+            lr=cfg.lr,
+            antithetic=cfg.antithetic,
+            shaping=cfg.shaping,
+            divide_by_sigma=cfg.divide_by_sigma,
+            optimizer=cfg.optimizer,
+        )
     else:
         strategy = STRATEGIES[strategy_name](population=cfg.population, sigma=cfg.sigma)
     return space, strategy
@@ -112,8 +128,10 @@ def es_space_for_run(cfg: TrainConfig, model: Model, tokenizer: Any = None, lora
     es, trainable, init_from = cfg.es, cfg.trainable, cfg.model.init_from
     space = es.space_for(cfg.algorithm)
     if init_from and space not in ("essa", "essa_product"):
-        raise ConfigError(f"model.init_from: es.space={space} does not start from a trained run (only ESSA's "
-                          "essa / essa_product spaces read it); remove it")
+        raise ConfigError(
+            f"model.init_from: es.space={space} does not start from a trained run (only ESSA's "
+            "essa / essa_product spaces read it); remove it"
+        )
     if space in ("essa", "essa_product") and lora is None and init_from:
         lora, trainable = load_run_trainable(init_from, model=model, tokenizer=tokenizer)
         if trainable.kind != "lora":
@@ -131,7 +149,9 @@ def describe(space, strategy) -> dict:
     for field in ("cfg", "paths", "targets", "rank", "n_active", "n_a", "n_b", "scale"):
         if hasattr(space, field):
             v = getattr(space, field)
-            d[f"space_{field}"] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+            d[f"space_{field}"] = (
+                dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+            )
     plain = lambda x: np.asarray(x).tolist() if isinstance(x, (np.ndarray, np.generic, jax.Array)) else str(x)
     return json.loads(json.dumps(d, default=plain))
 
@@ -176,15 +196,35 @@ class ESLoopSpec:
     def from_config(cls, cfg: TrainConfig) -> ESLoopSpec:
         """The loop of an ES run config."""
         s = cfg.sampling
-        return cls(cfg.steps, cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, s.max_new_tokens,
-                   cfg.es.greedy, s.temperature, s.top_p, s.top_k, None, s.bucket, cfg.es.member_batch or None,
-                   cfg.checkpoint.every, cfg.log_every)
+        return cls(
+            cfg.steps,
+            cfg.prompts_per_step,
+            cfg.seed,
+            cfg.data.shuffle,
+            s.max_new_tokens,
+            cfg.es.greedy,
+            s.temperature,
+            s.top_p,
+            s.top_k,
+            None,
+            s.bucket,
+            cfg.es.member_batch or None,
+            cfg.checkpoint.every,
+            cfg.log_every,
+        )
 
     def sampler_kwargs(self) -> dict:
         """Keyword arguments of `population_generate`."""
-        return dict(max_new_tokens=self.max_new_tokens, greedy=self.greedy, temperature=self.temperature,
-                    top_p=self.top_p, top_k=self.top_k, stop_tokens=self.stop_tokens, bucket=self.bucket,
-                    member_batch=self.member_batch)
+        return dict(
+            max_new_tokens=self.max_new_tokens,
+            greedy=self.greedy,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            stop_tokens=self.stop_tokens,
+            bucket=self.bucket,
+            member_batch=self.member_batch,
+        )
 
 
 @dataclasses.dataclass
@@ -205,14 +245,29 @@ class ESResult:
 
 
 def _log_line(g: int, m: dict) -> str:
-    return (f"gen {g:4d} fitness mean {m['fitness_mean']:+.4f} max {m['fitness_max']:+.4f} "
-            f"min {m['fitness_min']:+.4f} | update {m['update_norm']:.3g} | {m['generated_tokens_per_s']:.0f} tok/s")
+    return (
+        f"gen {g:4d} fitness mean {m['fitness_mean']:+.4f} max {m['fitness_max']:+.4f} "
+        f"min {m['fitness_min']:+.4f} | update {m['update_norm']:.3g} | {m['generated_tokens_per_s']:.0f} tok/s"
+    )
 
 
-def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callable | str, spec: ESLoopSpec, *,
-           tokenizer: Any = None, encode: Callable | None = None, run: Run | None = None, state: dict | None = None,
-           mesh: Mesh | None = None, axis: str | tuple[str, ...] = "members", held_out: HeldOut | None = None,
-           log: Callable[[str], None] | None = print) -> ESResult:
+def run_es(
+    model: Model,
+    space,
+    strategy,
+    examples: Sequence,
+    reward_fn: Callable | str,
+    spec: ESLoopSpec,
+    *,
+    tokenizer: Any = None,
+    encode: Callable | None = None,
+    run: Run | None = None,
+    state: dict | None = None,
+    mesh: Mesh | None = None,
+    axis: str | tuple[str, ...] = "members",
+    held_out: HeldOut | None = None,
+    log: Callable[[str], None] | None = print,
+) -> ESResult:
     """Run ES generations up to `spec.generations` (each: `es_generation`).
 
     Args:
@@ -246,7 +301,9 @@ def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callabl
         state = fresh
     if mesh is not None:  # a global array on every process (checkpoints are written by all of them)
         state = replicate(state, mesh)
-    data_iter = iter(make_loader(examples, batch_size=spec.prompts_per_generation, seed=spec.seed, shuffle=spec.shuffle))
+    data_iter = iter(
+        make_loader(examples, batch_size=spec.prompts_per_generation, seed=spec.seed, shuffle=spec.shuffle)
+    )
     identity, desc = ckpt.model_identity(model), describe(space, strategy)
     if run is not None:
         state, meta = run.restore(state, identity=identity, trainable_config=desc, unit="generation")
@@ -259,8 +316,9 @@ def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callabl
     with run.progress(spec.generations, "es") if run is not None else contextlib.nullcontext() as bar:
         while int(state["generation"]) < spec.generations:
             batch = next(data_iter)
-            state, metrics, _, _ = es_generation(model, space, strategy, state, batch, [encode(e) for e in batch],
-                                                 reward_fn, **gen_kw)
+            state, metrics, _, _ = es_generation(
+                model, space, strategy, state, batch, [encode(e) for e in batch], reward_fn, **gen_kw
+            )
             history.append(metrics)
             g = int(state["generation"])
             if run is None:
@@ -270,14 +328,22 @@ def run_es(model: Model, space, strategy, examples: Sequence, reward_fn: Callabl
             assert bar is not None  # run.progress's bar: a run is given here
             run.check_finite(g, {"fitness_mean": metrics["fitness_mean"], "theta": state["theta"]})
             run.log(g, metrics)
-            bar.set_postfix(fit=f"{metrics['fitness_mean']:+.3f}", best=f"{metrics['fitness_max']:+.3f}",
-                            acc=f"{metrics['accuracy']:.2f}", tok_s=f"{metrics['generated_tokens_per_s']:.0f}",
-                            refresh=False)
+            bar.set_postfix(
+                fit=f"{metrics['fitness_mean']:+.3f}",
+                best=f"{metrics['fitness_max']:+.3f}",
+                acc=f"{metrics['accuracy']:.2f}",
+                tok_s=f"{metrics['generated_tokens_per_s']:.0f}",
+                refresh=False,
+            )
             bar.update(1)
             if held_out is not None:
                 held_out.during(run, g, lambda theta=state["theta"]: space.apply(model, center_member(space, theta)))
             if run.due(g, spec.checkpoint_every, spec.generations):
-                meta = {"model": identity, "trainable": desc, "data_state": ckpt.encode_data_state(data_iter.get_state())}
+                meta = {
+                    "model": identity,
+                    "trainable": desc,
+                    "data_state": ckpt.encode_data_state(data_iter.get_state()),
+                }
                 run.save(g, state, meta)
     return ESResult(state, history, space, strategy)
 
@@ -297,18 +363,34 @@ def train_es(cfg: TrainConfig, inputs: Inputs, run: Run, *, lora: dict | None = 
     model, es = inputs.model, cfg.es
     space, strategy = es_space_for_run(cfg, model, inputs.tokenizer, lora)
     dims = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(jax.eval_shape(space.init, model)))
-    run.say(f"model {cfg.model.spec}: {model.config.n_layers} layers, d={model.config.d_model} | {cfg.algorithm}: "
-            f"{type(space).__name__} ({dims:,} dims), {type(strategy).__name__}, population {es.population}, "
-            f"sigma {es.sigma:g} | {cfg.prompts_per_step} prompts per generation, {cfg.steps} generations")
-    held_out = HeldOut.from_config(cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn,
-                                   mesh=make_mesh())  # held-out prompts split over every device
+    run.say(
+        f"model {cfg.model.spec}: {model.config.n_layers} layers, d={model.config.d_model} | {cfg.algorithm}: "
+        f"{type(space).__name__} ({dims:,} dims), {type(strategy).__name__}, population {es.population}, "
+        f"sigma {es.sigma:g} | {cfg.prompts_per_step} prompts per generation, {cfg.steps} generations"
+    )
+    held_out = HeldOut.from_config(
+        cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn, mesh=make_mesh()
+    )  # held-out prompts split over every device
     if jax.process_count() > 1 and es.population % jax.device_count():
-        raise ConfigError(f"es.population={es.population} does not split over the {jax.device_count()} devices "
-                          f"of {jax.process_count()} processes")
+        raise ConfigError(
+            f"es.population={es.population} does not split over the {jax.device_count()} devices "
+            f"of {jax.process_count()} processes"
+        )
     mesh = member_mesh() if jax.device_count() > 1 and es.population % jax.device_count() == 0 else None
     t0 = time.perf_counter()
-    result = run_es(model, space, strategy, inputs.train_examples, inputs.reward_fn, ESLoopSpec.from_config(cfg),
-                    tokenizer=inputs.tokenizer, encode=inputs.encode, run=run, mesh=mesh, held_out=held_out)
+    result = run_es(
+        model,
+        space,
+        strategy,
+        inputs.train_examples,
+        inputs.reward_fn,
+        ESLoopSpec.from_config(cfg),
+        tokenizer=inputs.tokenizer,
+        encode=inputs.encode,
+        run=run,
+        mesh=mesh,
+        held_out=held_out,
+    )
     train_seconds = time.perf_counter() - t0
     held_out.after(run, lambda: space.apply(model, center_member(space, result.state["theta"])))
     theta = to_host(result.state["theta"])
@@ -316,13 +398,23 @@ def train_es(cfg: TrainConfig, inputs: Inputs, run: Run, *, lora: dict | None = 
     if trains_trainable and cfg.trainable.kind in LAYERED_KINDS:
         run.files.update(export_steering(run.directory, cfg, model, theta, run.say))
     what = cfg.trainable.kind if trains_trainable else type(space).__name__
-    files = run.finish({
-        "steps": cfg.steps, "algorithm": cfg.algorithm, "space": type(space).__name__,
-        "strategy": type(strategy).__name__, "search_dims": dims, "population": es.population,
-        "trainable_kind": cfg.trainable.kind if trains_trainable else None,
-        "rollouts": cfg.steps * cfg.rollouts_per_step, "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
-        "eval_before": run.evals.get("before"), "eval_after": run.evals.get("after"),
-    }, title=f"{cfg.model.spec} / {cfg.algorithm} / {what}")
+    files = run.finish(
+        {
+            "steps": cfg.steps,
+            "algorithm": cfg.algorithm,
+            "space": type(space).__name__,
+            "strategy": type(strategy).__name__,
+            "search_dims": dims,
+            "population": es.population,
+            "trainable_kind": cfg.trainable.kind if trains_trainable else None,
+            "rollouts": cfg.steps * cfg.rollouts_per_step,
+            "train_seconds": train_seconds,
+            "peak_rss_mb": peak_rss_mb(),
+            "eval_before": run.evals.get("before"),
+            "eval_after": run.evals.get("after"),
+        },
+        title=f"{cfg.model.spec} / {cfg.algorithm} / {what}",
+    )
     return theta, result.history, files
 
 
@@ -344,12 +436,12 @@ def load_es_policy(cfg: TrainConfig, *, step: int | None = None, model: Model | 
     template = strategy.init(space.init(model), jax.random.PRNGKey(cfg.seed))
     checkpointer = ckpt.Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), read_only=True)
     try:
-        state, meta = checkpointer.restore(template, identity=ckpt.model_identity(model),
-                                           trainable_config=describe(space, strategy), step=step)
+        state, meta = checkpointer.restore(
+            template, identity=ckpt.model_identity(model), trainable_config=describe(space, strategy), step=step
+        )
     finally:
         checkpointer.close()
     return model, tokenizer, space.apply(model, center_member(space, state["theta"])), meta
 
 
-__all__ = ["build_es", "es_space_for_run", "describe", "ESLoopSpec", "ESResult", "run_es", "train_es",
-           "load_es_policy"]
+__all__ = ["build_es", "es_space_for_run", "describe", "ESLoopSpec", "ESResult", "run_es", "train_es", "load_es_policy"]

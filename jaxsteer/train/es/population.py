@@ -83,8 +83,9 @@ def _members_fn(model, space, state, prompt, mask, stop_ids, pad_id, strategy, s
 
 
 @functools.partial(jax.jit, static_argnames=("sampling", "member_batch", "mesh", "axis"))
-def population_program(model, space, strategy, state, member_ids, prompt, mask, stop_ids, pad_id, *, sampling,
-                       member_batch, mesh, axis):
+def population_program(
+    model, space, strategy, state, member_ids, prompt, mask, stop_ids, pad_id, *, sampling, member_batch, mesh, axis
+):
     """The compiled population evaluation behind `population_generate` (prepared prompts, member ids
     split over `axis` of `mesh` with `shard_map`, or vmapped on one device when `mesh` is None):
     `(tokens, logprobs, lengths)` `[M, B, N]`, `[M, B, N]`, `[M, B]`. Public for lowering it ahead
@@ -97,9 +98,7 @@ def population_program(model, space, strategy, state, member_ids, prompt, mask, 
         many = _members_fn(model, space, state, prompt, mask, stop_ids, pad_id, strategy, sampling, member_batch)
         return many(ids)
 
-    sharded = jax.shard_map(
-        local, mesh=mesh, in_specs=(P(axis),) + (P(),) * 8, out_specs=P(axis), check_vma=False
-    )
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(axis),) + (P(),) * 8, out_specs=P(axis), check_vma=False)
     return sharded(member_ids, model, space, strategy, state, prompt, mask, stop_ids, pad_id)
 
 
@@ -154,8 +153,9 @@ def population_generate(
         The members' completions.
     """
     ids = np.arange(strategy.population) if member_ids is None else np.asarray(member_ids)
-    prepared = prepare_prompts(model, prompt_ids, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket,
-                               stop_tokens=stop_tokens)
+    prepared = prepare_prompts(
+        model, prompt_ids, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket, stop_tokens=stop_tokens
+    )
     sampling = SamplingConfig(int(max_new_tokens), float(temperature), int(top_k), float(top_p), bool(greedy))
     member_ids_arr = jnp.asarray(ids, jnp.int32)
     args = (model, space, strategy, state)
@@ -167,8 +167,9 @@ def population_generate(
         member_ids_arr = jax.make_array_from_callback(ids.shape, NamedSharding(mesh, P(axis)), lambda i: ids[i])
     prompt_args = prepared.args if mesh is None else replicate(prepared.args, mesh)
     t0 = time.perf_counter()
-    out = population_program(*args, member_ids_arr, *prompt_args, sampling=sampling, member_batch=member_batch or None,
-                      mesh=mesh, axis=axis)
+    out = population_program(
+        *args, member_ids_arr, *prompt_args, sampling=sampling, member_batch=member_batch or None, mesh=mesh, axis=axis
+    )
     tokens, logprobs, lengths = (local_rows(x) for x in jax.block_until_ready(out))
     seconds = time.perf_counter() - t0
     texts = decode_completions(tokenizer, tokens, lengths)
@@ -176,7 +177,9 @@ def population_generate(
     return PopulationOutput(tokens, logprobs, lengths, toks, mask, texts, seconds)
 
 
-def score_population(reward_fn: Callable, examples: Sequence, prompt_ids: Sequence[Sequence[int]], out: PopulationOutput) -> np.ndarray:
+def score_population(
+    reward_fn: Callable, examples: Sequence, prompt_ids: Sequence[Sequence[int]], out: PopulationOutput
+) -> np.ndarray:
     """Rewards `[M, B]` in Python.
 
     Args:
@@ -191,7 +194,9 @@ def score_population(reward_fn: Callable, examples: Sequence, prompt_ids: Sequen
     """
     rows = []
     for m in range(out.tokens.shape[0]):
-        gen = types.SimpleNamespace(tokens=out.tokens[m], lengths=out.lengths[m], texts=None if out.texts is None else out.texts[m])
+        gen = types.SimpleNamespace(
+            tokens=out.tokens[m], lengths=out.lengths[m], texts=None if out.texts is None else out.texts[m]
+        )
         rows.append(score_completions(reward_fn, examples, prompt_ids, gen))
     return np.stack(rows).astype(np.float32)
 
@@ -242,8 +247,9 @@ def es_generation(
     t_reward = time.perf_counter() - t0
     t0 = time.perf_counter()
     mesh = generate_kwargs.get("mesh")
-    new_state, metrics = update_strategy(space, strategy, state, jnp.asarray(rewards) if mesh is None else
-                                         replicate(rewards, mesh))
+    new_state, metrics = update_strategy(
+        space, strategy, state, jnp.asarray(rewards) if mesh is None else replicate(rewards, mesh)
+    )
     metrics = {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
     t_update = time.perf_counter() - t0
     generated = int(lengths.sum())
@@ -263,5 +269,13 @@ def es_generation(
     return new_state, metrics, out, rewards
 
 
-__all__ = ["PopulationOutput", "member_mesh", "population_program", "population_generate", "score_population", "center_member",
-           "update_strategy", "es_generation"]
+__all__ = [
+    "PopulationOutput",
+    "member_mesh",
+    "population_program",
+    "population_generate",
+    "score_population",
+    "center_member",
+    "update_strategy",
+    "es_generation",
+]

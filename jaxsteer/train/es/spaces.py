@@ -77,8 +77,13 @@ def _factorwise(ad: dict) -> dict:
     r = ad["a"].shape[-1]
     lead = ad["a"].shape[:-2]
     ones = jnp.ones(lead + (r,), ad["a"].dtype)
-    return {"a": ad["a"], "s": ad.get("s", ones), "core": ad.get("core", jnp.broadcast_to(jnp.eye(r, dtype=ad["a"].dtype), lead + (r, r))),
-            "s_out": ad.get("s_out", ones), "b": ad["b"]}
+    return {
+        "a": ad["a"],
+        "s": ad.get("s", ones),
+        "core": ad.get("core", jnp.broadcast_to(jnp.eye(r, dtype=ad["a"].dtype), lead + (r, r))),
+        "s_out": ad.get("s_out", ones),
+        "b": ad["b"],
+    }
 
 
 def _with_adapter(layers: dict, proj: str, new: dict) -> None:
@@ -89,11 +94,13 @@ def _with_adapter(layers: dict, proj: str, new: dict) -> None:
     old = lora.get(proj)
     if old is not None and ("core" in old or "core" in new):
         old, new = _factorwise(old), _factorwise(new)
-        new = {"a": jnp.concatenate([old["a"], new["a"].astype(old["a"].dtype)], axis=-1),
-               "s": jnp.concatenate([old["s"], new["s"].astype(old["a"].dtype)], axis=-1),
-               "core": _block_diagonal(old["core"], new["core"]),
-               "s_out": jnp.concatenate([old["s_out"], new["s_out"].astype(old["a"].dtype)], axis=-1),
-               "b": jnp.concatenate([old["b"], new["b"].astype(old["b"].dtype)], axis=-2)}
+        new = {
+            "a": jnp.concatenate([old["a"], new["a"].astype(old["a"].dtype)], axis=-1),
+            "s": jnp.concatenate([old["s"], new["s"].astype(old["a"].dtype)], axis=-1),
+            "core": _block_diagonal(old["core"], new["core"]),
+            "s_out": jnp.concatenate([old["s_out"], new["s_out"].astype(old["a"].dtype)], axis=-1),
+            "b": jnp.concatenate([old["b"], new["b"].astype(old["b"].dtype)], axis=-2),
+        }
     elif old is not None:
         merged = {
             "a": jnp.concatenate([old["a"], new["a"].astype(old["a"].dtype)], axis=-1),
@@ -101,7 +108,9 @@ def _with_adapter(layers: dict, proj: str, new: dict) -> None:
         }
         if "s" in old or "s" in new:
             ones = lambda ab: jnp.ones(ab["a"].shape[:-2] + ab["a"].shape[-1:], ab["a"].dtype)
-            merged["s"] = jnp.concatenate([old.get("s", ones(old)), new.get("s", ones(new)).astype(old["a"].dtype)], axis=-1)
+            merged["s"] = jnp.concatenate(
+                [old.get("s", ones(old)), new.get("s", ones(new)).astype(old["a"].dtype)], axis=-1
+            )
         new = merged
     lora[proj] = new
     layers["lora"] = lora
@@ -152,7 +161,9 @@ class TrainableSpace(_Dense):
         return apply_trainable(model, member, self.cfg)
 
 
-def SteeringSpace(layers: tuple[int, ...] | None = None, site: str = "resid_post", rank: int | None = None) -> TrainableSpace:
+def SteeringSpace(
+    layers: tuple[int, ...] | None = None, site: str = "resid_post", rank: int | None = None
+) -> TrainableSpace:
     """Steering vectors `[L, d]` (or the selected `layers`, at `site`; low-rank with `rank`)."""
     return TrainableSpace(TrainableConfig(kind="steering", layers=layers, site=site, rank=rank))
 
@@ -251,7 +262,9 @@ class EggrollSpace:
 
     def noise(self, theta, key):
         """The materialised `E = A B^T / sqrt(r)` per matrix (tests and tiny models only)."""
-        return {p: jnp.einsum("lir,lor->lio", A, B) / math.sqrt(self.rank) for p, (A, B) in self.factors(theta, key).items()}
+        return {
+            p: jnp.einsum("lir,lor->lio", A, B) / math.sqrt(self.rank) for p, (A, B) in self.factors(theta, key).items()
+        }
 
     def noise_sum(self, theta, keys, weights):
         """`sum_k w_k A_k B_k^T / sqrt(r)` per matrix: regenerated factors, `chunk` members per scan
@@ -277,6 +290,7 @@ class EggrollSpace:
 
 # --------------------------------------------------------------------------- ESSA
 
+
 def n_evolving(alpha: float, n: int) -> int:
     """ESSA's top-alpha count of `n` singular values: `floor(alpha * n)` (the paper rounds down);
     an error when that leaves none (the paper's rank 8, alpha 0.1 cell)."""
@@ -284,8 +298,9 @@ def n_evolving(alpha: float, n: int) -> int:
         raise InputError(f"es.alpha must be in (0, 1], got {alpha}")
     k = int(math.floor(alpha * n + 1e-9))
     if k < 1:
-        raise InputError(f"es.alpha={alpha} of {n} singular values rounds down to 0 evolving values; "
-                         f"use alpha >= {1 / n:g}")
+        raise InputError(
+            f"es.alpha={alpha} of {n} singular values rounds down to 0 evolving values; use alpha >= {1 / n:g}"
+        )
     return k
 
 
@@ -330,18 +345,33 @@ class ESSASpace(_Dense):
     scale: float = struct.field(pytree_node=False, default=1.0)
 
     def init(self, model: Model | None = None, key: jax.Array | None = None):
-        return {p: {"a": jnp.zeros(s.shape[:-1] + (self.n_a,), _f32), "b": jnp.zeros(self.s_b[p].shape[:-1] + (self.n_b,), _f32)}
-                for p, s in self.s_a.items()}
+        return {
+            p: {
+                "a": jnp.zeros(s.shape[:-1] + (self.n_a,), _f32),
+                "b": jnp.zeros(self.s_b[p].shape[:-1] + (self.n_b,), _f32),
+            }
+            for p, s in self.s_a.items()
+        }
 
     def singular_values(self, theta) -> dict:
         """`{proj: (s_a [L, r], s_b [L, r])}`: each factor's values plus the member's offsets."""
-        return {p: (_pad_offsets(theta[p]["a"], self.s_a[p]), _pad_offsets(theta[p]["b"], self.s_b[p])) for p in self.s_a}
+        return {
+            p: (_pad_offsets(theta[p]["a"], self.s_a[p]), _pad_offsets(theta[p]["b"], self.s_b[p])) for p in self.s_a
+        }
 
     def adapters(self, theta) -> dict:
         """`{proj: {"a": U_a, "s": s_a, "core": V_a^T U_b, "s_out": s_b, "b": scale V_b^T}}` (the
         decoder's factor-wise adapter path): under a vmapped population only s_a, s_b are per member."""
-        return {p: {"a": self.u_a[p], "s": sa, "core": self.vt_a[p] @ self.u_b[p], "s_out": sb, "b": self.scale * self.vt_b[p]}
-                for p, (sa, sb) in self.singular_values(theta).items()}
+        return {
+            p: {
+                "a": self.u_a[p],
+                "s": sa,
+                "core": self.vt_a[p] @ self.u_b[p],
+                "s_out": sb,
+                "b": self.scale * self.vt_b[p],
+            }
+            for p, (sa, sb) in self.singular_values(theta).items()
+        }
 
     def apply(self, model: Model, member) -> tuple[Model, tuple]:
         layers = dict(model.params["layers"])
@@ -356,7 +386,10 @@ class ESSASpace(_Dense):
         `a = U_a diag(s_a) V_a^T`, `b = U_b diag(s_b) V_b^T`, plus the frozen adapters unchanged."""
         out = {p: {"a": ab["a"], "b": ab["b"] / cfg.lora_scale} for p, ab in self.frozen.items()}
         for p, (sa, sb) in self.singular_values(theta).items():
-            out[p] = {"a": (self.u_a[p] * sa[:, None, :]) @ self.vt_a[p], "b": (self.u_b[p] * sb[:, None, :]) @ self.vt_b[p]}
+            out[p] = {
+                "a": (self.u_a[p] * sa[:, None, :]) @ self.vt_a[p],
+                "b": (self.u_b[p] * sb[:, None, :]) @ self.vt_b[p],
+            }
         return out
 
 
@@ -366,8 +399,9 @@ def _svd_stack(x: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jnp.asarray(u, _f32), jnp.asarray(s, _f32), jnp.asarray(vt, _f32)
 
 
-def essa_space(model: Model, lora: dict, cfg: TrainableConfig | None, *, alpha: float = 1.0,
-               targets: tuple[str, ...] | None = None) -> ESSASpace:
+def essa_space(
+    model: Model, lora: dict, cfg: TrainableConfig | None, *, alpha: float = 1.0, targets: tuple[str, ...] | None = None
+) -> ESSASpace:
     """The paper's `ESSASpace` from a trained LoRA. Runs once, on the host, in float64.
 
     The model must not already carry this LoRA (the space adds it).
@@ -390,13 +424,18 @@ def essa_space(model: Model, lora: dict, cfg: TrainableConfig | None, *, alpha: 
     if targets is None:
         targets = tuple(p for p in ATTENTION_PROJECTIONS if p in lora)
         if not targets:
-            raise InputError(f"the warm start has no adapter on an attention projection (it adapts {sorted(lora)}); "
-                             "set the ESSA targets")
+            raise InputError(
+                f"the warm start has no adapter on an attention projection (it adapts {sorted(lora)}); "
+                "set the ESSA targets"
+            )
     missing = [t for t in targets if t not in lora]
     if missing:
         raise InputError(f"ESSA targets {missing} have no adapter in the warm start (it adapts {sorted(lora)})")
-    frozen = {p: {"a": jnp.asarray(lora[p]["a"], _f32), "b": jnp.asarray(lora[p]["b"], _f32) * cfg.lora_scale}
-              for p in sorted(lora) if p not in targets}
+    frozen = {
+        p: {"a": jnp.asarray(lora[p]["a"], _f32), "b": jnp.asarray(lora[p]["b"], _f32) * cfg.lora_scale}
+        for p in sorted(lora)
+        if p not in targets
+    }
     fields = {k: {} for k in ("u_a", "s_a", "vt_a", "u_b", "s_b", "vt_b")}
     for p in sorted(targets):
         fields["u_a"][p], fields["s_a"][p], fields["vt_a"][p] = _svd_stack(lora[p]["a"])
@@ -432,7 +471,7 @@ class ESSAProductSpace(_Dense):
 
     def singular_values(self, theta) -> dict:
         """Full `{proj: [L, r]}`: the evolving top-k followed by the frozen rest."""
-        return {p: jnp.concatenate([theta[p].astype(_f32), self.s0[p][:, self.n_active:]], axis=-1) for p in self.s0}
+        return {p: jnp.concatenate([theta[p].astype(_f32), self.s0[p][:, self.n_active :]], axis=-1) for p in self.s0}
 
     def adapters(self, theta) -> dict:
         """`{proj: {"a": U, "s": s, "b": V^T}}`: the decoder computes `((x @ U) * s) @ V^T`, so under
@@ -515,5 +554,16 @@ def essa_product_space(
     return ESSAProductSpace(u=u, vt=vt, s0=s0, n_active=n_evolving(alpha, r))
 
 
-__all__ = ["normal_like", "TrainableSpace", "SteeringSpace", "FullSpace", "EggrollSpace", "ATTENTION_PROJECTIONS",
-           "n_evolving", "ESSASpace", "essa_space", "ESSAProductSpace", "essa_product_space"]
+__all__ = [
+    "normal_like",
+    "TrainableSpace",
+    "SteeringSpace",
+    "FullSpace",
+    "EggrollSpace",
+    "ATTENTION_PROJECTIONS",
+    "n_evolving",
+    "ESSASpace",
+    "essa_space",
+    "ESSAProductSpace",
+    "essa_product_space",
+]

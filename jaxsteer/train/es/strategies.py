@@ -245,7 +245,9 @@ def _cma_constants(D: int, lam: int, sep: bool) -> dict[str, Any]:
         if c_1 + c_mu > 1:
             c_1, c_mu = c_1 / (c_1 + c_mu), c_mu / (c_1 + c_mu)
     chi_n = math.sqrt(D) * (1 - 1 / (4 * D) + 1 / (21 * D * D))
-    return dict(mu=mu, w=jnp.asarray(w, jnp.float32), mu_eff=mu_eff, c_s=c_s, d_s=d_s, c_c=c_c, c_1=c_1, c_mu=c_mu, chi_n=chi_n)
+    return dict(
+        mu=mu, w=jnp.asarray(w, jnp.float32), mu_eff=mu_eff, c_s=c_s, d_s=d_s, c_c=c_c, c_1=c_1, c_mu=c_mu, chi_n=chi_n
+    )
 
 
 def _elite_weights(f: jax.Array, w: jax.Array) -> jax.Array:
@@ -333,7 +335,11 @@ class CMAES(_CMABase):
         p_c = (1 - k["c_c"]) * o["p_c"] + h * math.sqrt(k["c_c"] * (2 - k["c_c"]) * k["mu_eff"]) * y_w
         delta_h = (1 - h) * k["c_c"] * (2 - k["c_c"])
         rank_mu = (Y * wm[:, None]).T @ Y
-        C = (1 - k["c_1"] - k["c_mu"] + k["c_1"] * delta_h) * o["C"] + k["c_1"] * jnp.outer(p_c, p_c) + k["c_mu"] * rank_mu
+        C = (
+            (1 - k["c_1"] - k["c_mu"] + k["c_1"] * delta_h) * o["C"]
+            + k["c_1"] * jnp.outer(p_c, p_c)
+            + k["c_mu"] * rank_mu
+        )
         C = (C + C.T) / 2
         evals, B = jnp.linalg.eigh(C)
         Dv = jnp.sqrt(jnp.maximum(evals, 1e-20))
@@ -388,7 +394,11 @@ class SepCMAES(_CMABase):
         h = (ps_norm / jnp.sqrt(1 - (1 - k["c_s"]) ** (2 * g)) < (1.4 + 2 / (D + 1)) * k["chi_n"]).astype(jnp.float32)
         p_c = (1 - k["c_c"]) * o["p_c"] + h * math.sqrt(k["c_c"] * (2 - k["c_c"]) * k["mu_eff"]) * y_w
         delta_h = (1 - h) * k["c_c"] * (2 - k["c_c"])
-        diag = (1 - k["c_1"] - k["c_mu"] + k["c_1"] * delta_h) * o["diag"] + k["c_1"] * p_c**2 + k["c_mu"] * o["diag"] * z2_w
+        diag = (
+            (1 - k["c_1"] - k["c_mu"] + k["c_1"] * delta_h) * o["diag"]
+            + k["c_1"] * p_c**2
+            + k["c_mu"] * o["diag"] * z2_w
+        )
         sigma = sigma * jnp.exp((k["c_s"] / k["d_s"]) * (ps_norm / k["chi_n"] - 1))
         opt = {"sigma": sigma, "diag": diag, "p_sigma": p_s, "p_c": p_c}
         metrics = {**fitness_stats(rewards), "sigma": sigma, "cond": jnp.sqrt(jnp.max(diag) / jnp.min(diag))}
@@ -396,7 +406,8 @@ class SepCMAES(_CMABase):
 
 
 STRATEGIES: dict[str, type[OpenES] | type[CMAES] | type[SepCMAES]] = dict(
-    zip(ES_STRATEGIES, (OpenES, CMAES, SepCMAES), strict=True))  # the names `es.strategy` takes
+    zip(ES_STRATEGIES, (OpenES, CMAES, SepCMAES), strict=True)
+)  # the names `es.strategy` takes
 
 __all__ = [
     "SHAPINGS",
