@@ -205,13 +205,18 @@ def attention_impl(config: ModelConfig, attention: str, record_pattern: bool = F
     if attention == "auto":
         return "einsum" if needs_einsum else "auto"
     if attention != "einsum" and needs_einsum:
-        what = "an attention logit softcap" if config.attn_logit_softcap else "the `pattern` site (recorded, intervened on or held by the AH-rule)"
+        what = (
+            "an attention logit softcap"
+            if config.attn_logit_softcap
+            else "the `pattern` site (recorded, intervened on or held by the AH-rule)"
+        )
         raise InputError(f"attention={attention!r} cannot compute {what}; use 'auto' or 'einsum'")
     return attention
 
 
-def _attention(c: ModelConfig, q, k, v, q_pos, k_pos, window, sites: _Sites, attention: str,
-               constant_pattern: bool = False) -> jax.Array:
+def _attention(
+    c: ModelConfig, q, k, v, q_pos, k_pos, window, sites: _Sites, attention: str, constant_pattern: bool = False
+) -> jax.Array:
     """Attention output z `[B, T, H, hd]` from q `[B, T, H, hd]` and k, v `[B, S, KV, hd]` (RoPE applied).
 
     A key is visible when it is a real slot (`k_pos >= 0`), not in the future and within the
@@ -262,8 +267,9 @@ def lime_mix(k: jax.Array, v: jax.Array, router: jax.Array, buffer: jax.Array, l
     hd = k.shape[-1]
     buffer = jax.lax.dynamic_update_index_in_dim(buffer, jnp.concatenate([k, v], -1).astype(buffer.dtype), layer, 0)
     weights = jnp.where((jnp.arange(buffer.shape[0]) <= layer)[None, :, None], router.astype(jnp.float32), 0.0)
-    mixed = jnp.einsum("rjh,jbthd->btrd", weights, buffer, preferred_element_type=jnp.float32,
-                       precision=jax.lax.Precision.HIGHEST).astype(k.dtype)
+    mixed = jnp.einsum(
+        "rjh,jbthd->btrd", weights, buffer, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST
+    ).astype(k.dtype)
     return mixed[..., :hd], mixed[..., hd:], buffer, weights
 
 
@@ -291,15 +297,22 @@ def _qkv(c: ModelConfig, p: dict, x: jax.Array, sites: _Sites, norm: Callable, l
     return sites.visit("q", q), sites.visit("k", k), sites.visit("v", v), lime_buffer
 
 
-def _write_kv_cache(kv_cache: tuple[jax.Array, jax.Array], k: jax.Array, v: jax.Array,
-                    cache_index: jax.Array | int | None, cache_layer: jax.Array | int):
+def _write_kv_cache(
+    kv_cache: tuple[jax.Array, jax.Array],
+    k: jax.Array,
+    v: jax.Array,
+    cache_index: jax.Array | int | None,
+    cache_layer: jax.Array | int,
+):
     """`(k, v, new_cache)`: this layer's new keys and values written in place at
     `[cache_layer, :, cache_index]` of the `[L', B, S, KV, hd]` cache, then the layer's whole K/V
     read back (in the activations' dtype) for attention."""
     assert cache_index is not None, "a kv_cache comes with its cache_index"
     at = (cache_layer, 0, cache_index, 0, 0)
-    new_cache = tuple(jax.lax.dynamic_update_slice(full, x[None].astype(full.dtype), at)
-                      for full, x in zip(kv_cache, (k, v), strict=True))
+    new_cache = tuple(
+        jax.lax.dynamic_update_slice(full, x[None].astype(full.dtype), at)
+        for full, x in zip(kv_cache, (k, v), strict=True)
+    )
     k, v = (full[cache_layer].astype(k.dtype) for full in new_cache)
     return k, v, new_cache
 
@@ -497,8 +510,10 @@ def run_layers(
     """
     c = model.config
     if c.lime and start_layer is not None:
-        raise InputError("a LIMe model cannot start at a later layer (start_layer): its layers read the keys and "
-                         "values of every earlier layer")
+        raise InputError(
+            "a LIMe model cannot start at a later layer (start_layer): its layers read the keys and "
+            "values of every earlier layer"
+        )
     touches_pattern = "pattern" in record or any(getattr(iv, "site", None) == "pattern" for iv in interventions)
     attention = attention_impl(c, attention, touches_pattern or "AH-rule" in lrp_rules)
     rope_full = rope_tables(c.rope_full.inv_freq(c.head_dim), q_pos)
@@ -521,8 +536,22 @@ def run_layers(
         else:
             at = layer
         h, cache, lime_buffer = _layer(
-            c, p, h, sites, rope_full, rope_sliding, is_sliding, window, q_pos, k_pos, cache, cache_index, at, attention,
-            lrp_rules, lime_buffer,
+            c,
+            p,
+            h,
+            sites,
+            rope_full,
+            rope_sliding,
+            is_sliding,
+            window,
+            q_pos,
+            k_pos,
+            cache,
+            cache_index,
+            at,
+            attention,
+            lrp_rules,
+            lime_buffer,
         )
         if per_layer_cache:
             assert cache is not None, "a per-layer cache comes back from _layer"
@@ -534,12 +563,18 @@ def run_layers(
     if start_layer is not None:
         body = _from_start_layer(body, start_layer)
 
-    xs = (model.params["layers"], jnp.arange(c.n_layers, dtype=jnp.int32), windows, sliding,
-          kv_cache if per_layer_cache else None)
+    xs = (
+        model.params["layers"],
+        jnp.arange(c.n_layers, dtype=jnp.int32),
+        windows,
+        sliding,
+        kv_cache if per_layer_cache else None,
+    )
     B, T, _ = h.shape
     lime_buffer = jnp.zeros((c.n_layers, B, T, c.n_kv_heads, 2 * c.head_dim), h.dtype) if c.lime else None
-    (h, carried, _), (recorded, scanned) = jax.lax.scan(body, (h, None if per_layer_cache else kv_cache, lime_buffer),
-                                                        xs)
+    (h, carried, _), (recorded, scanned) = jax.lax.scan(
+        body, (h, None if per_layer_cache else kv_cache, lime_buffer), xs
+    )
     return h, Trace(recorded), scanned if per_layer_cache else carried
 
 
@@ -613,8 +648,9 @@ def read_site(model: Model, tokens: jax.Array, attention_mask: jax.Array, site: 
     return trace[site][int(layer)]
 
 
-def bind_to_tokens(model: Model, tokens: jax.Array, attention_mask: jax.Array | None, interventions: tuple,
-                   prompt_length: Any = None) -> tuple:
+def bind_to_tokens(
+    model: Model, tokens: jax.Array, attention_mask: jax.Array | None, interventions: tuple, prompt_length: Any = None
+) -> tuple:
     """Interventions with their controls (`jaxsteer.models.controls`) made concrete for one pass
     over `tokens`: conditions read from the prompt columns (`< prompt_length`), token selections
     bound. Traceable; a no-op for interventions without controls.
@@ -631,7 +667,9 @@ def bind_to_tokens(model: Model, tokens: jax.Array, attention_mask: jax.Array | 
     """
     ctx = prompt_context(tokens, prompt_length)
     if needs_prompt_read(interventions):
-        prompt_mask = (ctx.generated < 0) if attention_mask is None else (attention_mask.astype(bool) & (ctx.generated < 0))
+        prompt_mask = (
+            (ctx.generated < 0) if attention_mask is None else (attention_mask.astype(bool) & (ctx.generated < 0))
+        )
         read = functools.partial(read_site, model, tokens, prompt_mask)
         interventions = tuple(iv.prepare(read, prompt_mask) if hasattr(iv, "prepare") else iv for iv in interventions)
     return bind_controls(interventions, ctx)
@@ -640,8 +678,9 @@ def bind_to_tokens(model: Model, tokens: jax.Array, attention_mask: jax.Array | 
 _bind_to_tokens = jax.jit(bind_to_tokens)
 
 
-def prepare_controls(model: Model, tokens: Any, interventions: Any, *, attention_mask: Any = None,
-                     prompt_length: Any = None) -> tuple:
+def prepare_controls(
+    model: Model, tokens: Any, interventions: Any, *, attention_mask: Any = None, prompt_length: Any = None
+) -> tuple:
     """The interventions as `forward` runs them on `tokens`: each `Conditional` with its `score`
     and `decision` `[B]` filled in (for inspection; passing the result to `forward` reuses them).
 
@@ -663,15 +702,35 @@ def prepare_controls(model: Model, tokens: Any, interventions: Any, *, attention
 
 
 @functools.partial(jax.jit, static_argnames=("record", "return_logits", "attention", "remat", "lrp_rules"))
-def _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat,
-             lrp_rules=frozenset(), prompt_length=None):
+def _forward(
+    model,
+    tokens,
+    attention_mask,
+    positions,
+    interventions,
+    record,
+    return_logits,
+    attention,
+    remat,
+    lrp_rules=frozenset(),
+    prompt_length=None,
+):
     interventions = bind_to_tokens(model, tokens, attention_mask, interventions, prompt_length)
     if positions is None:
         positions = default_positions(tokens, attention_mask)
     k_pos = positions if attention_mask is None else jnp.where(attention_mask.astype(bool), positions, -1)
     h = embed(model, tokens)
-    h, trace, _ = run_layers(model, h, positions, k_pos, interventions, frozenset(record), attention=attention,
-                             remat=remat, lrp_rules=lrp_rules)
+    h, trace, _ = run_layers(
+        model,
+        h,
+        positions,
+        k_pos,
+        interventions,
+        frozenset(record),
+        attention=attention,
+        remat=remat,
+        lrp_rules=lrp_rules,
+    )
     logits = unembed(model, h, lrp_rules=lrp_rules) if return_logits else None
     return logits, trace
 
@@ -760,14 +819,28 @@ def forward(
     check_all(interventions, model.config, tokens.shape[1])
     check_rows(interventions, tokens.shape[0])
     if prompt_length is None and reads_generated(interventions):
-        raise InputError("an OnTokens selects generated tokens: pass prompt_length= (where the generated columns start)")
+        raise InputError(
+            "an OnTokens selects generated tokens: pass prompt_length= (where the generated columns start)"
+        )
     attention_impl(model.config, attention, "AH-rule" in lrp_rules)
-    return _forward(model, tokens, attention_mask, positions, interventions, record, return_logits, attention, remat,
-                    lrp_rules, prompt_length)
+    return _forward(
+        model,
+        tokens,
+        attention_mask,
+        positions,
+        interventions,
+        record,
+        return_logits,
+        attention,
+        remat,
+        lrp_rules,
+        prompt_length,
+    )
 
 
-def run_with_cache(model: Model, tokens: Any, *, names: Sequence[str] | str = "all", tokenizer: Any = None,
-                   **forward_kw) -> tuple[jax.Array | None, Trace]:
+def run_with_cache(
+    model: Model, tokens: Any, *, names: Sequence[str] | str = "all", tokenizer: Any = None, **forward_kw
+) -> tuple[jax.Array | None, Trace]:
     """`(logits, cache)`, as TransformerLens' `run_with_cache`: `forward` recording `names`
     (default every site). `tokens` may be ids `[B, T]` or text (a string or equal-length strings,
     with `tokenizer`). Index the cache as `cache["resid_post", 10]` or `cache["blocks.10.hook_resid_post"]`.
@@ -789,5 +862,21 @@ def run_with_cache(model: Model, tokens: Any, *, names: Sequence[str] | str = "a
     return forward(model, jnp.asarray(tokens), record=names, **forward_kw)
 
 
-__all__ = ["forward", "prepare_controls", "bind_to_tokens", "read_site", "run_with_cache", "record_sites", "Trace", "SITES", "ATTENTION", "attention_impl", "embed", "unembed", "run_layers", "rms_norm",
-           "lime_mix", "LIME_ROUTE"]
+__all__ = [
+    "forward",
+    "prepare_controls",
+    "bind_to_tokens",
+    "read_site",
+    "run_with_cache",
+    "record_sites",
+    "Trace",
+    "SITES",
+    "ATTENTION",
+    "attention_impl",
+    "embed",
+    "unembed",
+    "run_layers",
+    "rms_norm",
+    "lime_mix",
+    "LIME_ROUTE",
+]

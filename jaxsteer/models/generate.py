@@ -67,15 +67,25 @@ class Generation:
     def __repr__(self) -> str:
         from .display import summary_repr
 
-        return summary_repr(self, [("tokens", self.tokens), ("lengths", self.lengths),
-                                   ("texts", None if self.texts is None else [t[:40] for t in self.texts])])
+        return summary_repr(
+            self,
+            [
+                ("tokens", self.tokens),
+                ("lengths", self.lengths),
+                ("texts", None if self.texts is None else [t[:40] for t in self.texts]),
+            ],
+        )
 
     def _repr_html_(self) -> str:
         from .display import frame_html
 
         texts = self.texts or [" ".join(map(str, row[:n])) for row, n in zip(self.tokens, self.lengths, strict=True)]
-        return frame_html(np.array([[n, t] for n, t in zip(self.lengths, texts, strict=True)], dtype=object),
-                          range(len(texts)), ["tokens", "completion"], title="Generation")
+        return frame_html(
+            np.array([[n, t] for n, t in zip(self.lengths, texts, strict=True)], dtype=object),
+            range(len(texts)),
+            ["tokens", "completion"],
+            title="Generation",
+        )
 
     def sequences(self) -> tuple[np.ndarray, np.ndarray]:
         """Prompt + completion tokens `[B, P + N]` and their attention mask (for scoring)."""
@@ -263,8 +273,8 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = No
         if len(s) > length:
             raise InputError(f"prompt {i} has {len(s)} tokens, more than the padded length {length}")
         if len(s):
-            toks[i, length - len(s):] = s
-            mask[i, length - len(s):] = 1
+            toks[i, length - len(s) :] = s
+            mask[i, length - len(s) :] = 1
     return toks, mask
 
 
@@ -283,9 +293,15 @@ def default_stop_tokens(model: Model, tokenizer: Any = None) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def prompt_sequences(model: Model, prompts: Sequence[str] | Sequence[Sequence[int]] | np.ndarray, *,
-                     tokenizer: Any = None, chat: bool = True, system: str | None = None,
-                     prompt_mask: np.ndarray | None = None) -> list[list[int]]:
+def prompt_sequences(
+    model: Model,
+    prompts: Sequence[str] | Sequence[Sequence[int]] | np.ndarray,
+    *,
+    tokenizer: Any = None,
+    chat: bool = True,
+    system: str | None = None,
+    prompt_mask: np.ndarray | None = None,
+) -> list[list[int]]:
     """The prompts of `generate` as token-id lists (strings tokenized, with the chat template when
     `chat`; a left-padded `[B, P]` array read through `prompt_mask`), each checked to be non-empty
     and inside the vocabulary (InputError naming the prompt)."""
@@ -367,8 +383,16 @@ def generate(
         A `Generation`: tokens, log-probabilities and lengths per row, the prompts, and the
         decoded texts when a tokenizer was given.
     """
-    check_sampling_args(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                        greedy=greedy, samples_per_prompt=samples_per_prompt, runs=runs, bucket=bucket)
+    check_sampling_args(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        greedy=greedy,
+        samples_per_prompt=samples_per_prompt,
+        runs=runs,
+        bucket=bucket,
+    )
     interventions = as_tuple(interventions)
     check_all(interventions, model.config, None)
     for iv in interventions:
@@ -381,29 +405,43 @@ def generate(
 
     seqs = prompt_sequences(model, prompts, tokenizer=tokenizer, chat=chat, system=system, prompt_mask=prompt_mask)
     check_token_ids(np.asarray([pad_id]), model.config.vocab_size, "pad_id")
-    prepared = prepare_prompts(model, seqs * runs, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket,
-                               stop_tokens=stop_tokens)
+    prepared = prepare_prompts(
+        model, seqs * runs, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket, stop_tokens=stop_tokens
+    )
     check_rows(interventions, len(seqs) * runs)
     decisions = scores = None
     if needs_prompt_read(interventions):  # decide the conditions here too, to return the decisions
         interventions = prepare_controls(model, prepared.tokens, interventions, attention_mask=prepared.mask)
         conds = conditions(interventions)
-        decisions, scores = (np.repeat(np.stack([np.asarray(getattr(c, f)) for c in conds])[:, : len(seqs)],
-                                       samples_per_prompt, axis=1) for f in ("decision", "score"))
+        decisions, scores = (
+            np.repeat(np.stack([np.asarray(getattr(c, f)) for c in conds])[:, : len(seqs)], samples_per_prompt, axis=1)
+            for f in ("decision", "score")
+        )
     key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
-    sampling = SamplingConfig(max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy),
-                              int(samples_per_prompt), int(runs))
-    out, lps, lengths = (np.asarray(x)[: len(x) // runs]
-                         for x in sample_tokens(model, *prepared.args, key=key, interventions=interventions,
-                                                sampling=sampling))
+    sampling = SamplingConfig(
+        max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy), int(samples_per_prompt), int(runs)
+    )
+    out, lps, lengths = (
+        np.asarray(x)[: len(x) // runs]
+        for x in sample_tokens(model, *prepared.args, key=key, interventions=interventions, sampling=sampling)
+    )
     toks, mask = prepared.tokens[: len(seqs)], prepared.mask[: len(seqs)]
     if samples_per_prompt > 1:
         toks, mask = np.repeat(toks, samples_per_prompt, axis=0), np.repeat(mask, samples_per_prompt, axis=0)
     return Generation(out, lps, lengths, toks, mask, decode_completions(tokenizer, out, lengths), decisions, scores)
 
 
-def check_sampling_args(*, max_new_tokens: Any, temperature: Any, top_p: Any, top_k: Any, greedy: Any,
-                        samples_per_prompt: Any = 1, runs: Any = 1, bucket: Any = PROMPT_BUCKET) -> None:
+def check_sampling_args(
+    *,
+    max_new_tokens: Any,
+    temperature: Any,
+    top_p: Any,
+    top_k: Any,
+    greedy: Any,
+    samples_per_prompt: Any = 1,
+    runs: Any = 1,
+    bucket: Any = PROMPT_BUCKET,
+) -> None:
     """ValueError naming the first of `generate`'s sampling arguments that is not a finite number
     of the right kind in its range (a NaN temperature would sample from NaN probabilities)."""
     check_number(max_new_tokens, "max_new_tokens", integer=True, low=1)
@@ -443,9 +481,15 @@ class PreparedPrompts:
         return jnp.asarray(self.tokens), jnp.asarray(self.mask), self.stop_ids, self.pad_id
 
 
-def prepare_prompts(model: Model, prompt_ids: Sequence[Sequence[int]], *, tokenizer: Any = None,
-                    max_new_tokens: int, bucket: int = PROMPT_BUCKET,
-                    stop_tokens: Sequence[int] | None = None) -> PreparedPrompts:
+def prepare_prompts(
+    model: Model,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    tokenizer: Any = None,
+    max_new_tokens: int,
+    bucket: int = PROMPT_BUCKET,
+    stop_tokens: Sequence[int] | None = None,
+) -> PreparedPrompts:
     """Bucket, left-pad and pick the pad and stop ids for token-id prompts (the one place that
     does it for `generate`, RL rollouts and ES populations). stop_tokens default to the model's
     and tokenizer's EOS; `()` = always generate `max_new_tokens`.

@@ -6,7 +6,8 @@
 
 How the pieces fit (imports point one way, left to right):
 
-    config  <-  build, run, evaluate, state, gradient, checkpoint, metrics, export, ...  <-  rl/, sft/, es/, sae/  <-  this module  <-  cli
+    config  <-  build, run, evaluate, state, gradient, checkpoint, metrics, export, ...
+            <-  rl/, sft/, es/, sae/  <-  this module  <-  cli
 
 `config` holds the specs; the shared machinery builds inputs (`build`), owns the run directory
 (`run.Run`), evaluates held-out accuracy (`evaluate`), holds gradient-trained state (`state`) and
@@ -19,7 +20,8 @@ is the only one that knows every learner: `train` and `evaluate_run` dispatch on
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 
@@ -35,9 +37,9 @@ from .rewards import get_reward_fn
 from .rl.learner import check_layout as check_rl_layout
 from .rl.learner import train_rl
 from .run import Run
-from .sharding import make_mesh
 from .sft.learner import check_layout as check_sft_layout
 from .sft.learner import train_sft
+from .sharding import make_mesh
 from .state import load_trainable
 from .trainable import build_policy
 
@@ -57,9 +59,18 @@ class TrainResult:
     files: dict[str, str]
 
 
-def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None, reward_fn: Callable | None = None,
-          train_examples: Sequence | None = None, eval_examples: Sequence | None = None, resume: bool = False,
-          devices: Sequence | None = None, lora: dict | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    model: Model | None = None,
+    tokenizer: Any = None,
+    reward_fn: Callable | None = None,
+    train_examples: Sequence | None = None,
+    eval_examples: Sequence | None = None,
+    resume: bool = False,
+    devices: Sequence | None = None,
+    lora: dict | None = None,
+) -> TrainResult:
     """Train as configured: RL for `algorithm` grpo | ppo | expert_iteration, SFT for sft,
     evolution strategies for es | eggroll | essa. Keyword arguments replace what the config would load (tests pass tiny
     models and token-id tasks); `resume` continues from the latest checkpoint in `output_dir`;
@@ -79,10 +90,23 @@ def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None
             raise ConfigError(f"mesh: {err}") from None
     if jax.process_index() == 0:  # a busy run directory is refused before the model loads
         RunLock(cfg.output_dir).check_free()
-    inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, reward_fn=reward_fn, train_examples=train_examples,
-                          eval_examples=eval_examples)
-    run = Run(cfg.output_dir, config=cfg, resume=resume, keep=cfg.checkpoint.keep, tensorboard=cfg.tensorboard,
-              progress=cfg.progress, plot=cfg.plot)
+    inputs = build_inputs(
+        cfg,
+        model=model,
+        tokenizer=tokenizer,
+        reward_fn=reward_fn,
+        train_examples=train_examples,
+        eval_examples=eval_examples,
+    )
+    run = Run(
+        cfg.output_dir,
+        config=cfg,
+        resume=resume,
+        keep=cfg.checkpoint.keep,
+        tensorboard=cfg.tensorboard,
+        progress=cfg.progress,
+        plot=cfg.plot,
+    )
     try:
         if cfg.is_es:
             trained, history, files = train_es(cfg, inputs, run, lora=lora)
@@ -92,8 +116,17 @@ def train(cfg: TrainConfig, *, model: Model | None = None, tokenizer: Any = None
             trained, history, files = train_rl(cfg, inputs, run, devices=devices)
     finally:
         run.close()
-    return TrainResult(cfg, inputs.model, inputs.tokenizer, trained, history, run.evals.get("before"),
-                       run.evals.get("after"), cfg.output_dir, files)
+    return TrainResult(
+        cfg,
+        inputs.model,
+        inputs.tokenizer,
+        trained,
+        history,
+        run.evals.get("before"),
+        run.evals.get("after"),
+        cfg.output_dir,
+        files,
+    )
 
 
 def _restore_policy(cfg: TrainConfig, step: int | None, model: Model | None, tokenizer: Any):
@@ -108,15 +141,24 @@ def _restore_policy(cfg: TrainConfig, step: int | None, model: Model | None, tok
     return model, given_tokenizer if given_tokenizer is not None else tokenizer, policy, ivs, trainable, meta
 
 
-def evaluate_run(cfg: TrainConfig, *, step: int | None = None, base: bool = True, model: Model | None = None,
-                 tokenizer: Any = None, eval_examples: Sequence | None = None, reward_fn: Callable | None = None) -> dict:
+def evaluate_run(
+    cfg: TrainConfig,
+    *,
+    step: int | None = None,
+    base: bool = True,
+    model: Model | None = None,
+    tokenizer: Any = None,
+    eval_examples: Sequence | None = None,
+    reward_fn: Callable | None = None,
+) -> dict:
     """Held-out accuracy of a trained run (RL or ES) with and without its trained part (`jaxsteer eval`)."""
     model, tokenizer, policy, ivs, _, meta = _restore_policy(cfg, step, model, tokenizer)
     examples = list(eval_examples if eval_examples is not None else load_examples(cfg.data.eval))[: cfg.eval.n]
     encode = PromptEncoder(tokenizer, cfg.data.prompt_template, cfg.data.system)
-    held_out = HeldOut.from_config(cfg, examples, encode, tokenizer,
-                                   get_reward_fn(reward_fn if reward_fn is not None else cfg.data.reward))
-    out = {"step": int(meta["step"]), "n": len(examples)}
+    held_out = HeldOut.from_config(
+        cfg, examples, encode, tokenizer, get_reward_fn(reward_fn if reward_fn is not None else cfg.data.reward)
+    )
+    out: dict[str, Any] = {"step": int(meta["step"]), "n": len(examples)}
     if base:
         out["base"] = held_out(model, ())
     out["trained"] = held_out(policy, ivs)
@@ -178,12 +220,20 @@ class LoadedRun:
 
     def __repr__(self) -> str:
         t = self.config.trainable
-        return (f"LoadedRun({self.directory!r}, step={self.step}, {self.config.algorithm} on {t.kind}, "
-                f"{len(self.interventions)} intervention(s), prompt_template={self.config.data.prompt_template!r})")
+        return (
+            f"LoadedRun({self.directory!r}, step={self.step}, {self.config.algorithm} on {t.kind}, "
+            f"{len(self.interventions)} intervention(s), prompt_template={self.config.data.prompt_template!r})"
+        )
 
 
-def load_run(directory: str, *, step: int | None = None, model: Model | None = None, tokenizer: Any = None,
-             overrides: Sequence[str] = ()) -> LoadedRun:
+def load_run(
+    directory: str,
+    *,
+    step: int | None = None,
+    model: Model | None = None,
+    tokenizer: Any = None,
+    overrides: Sequence[str] = (),
+) -> LoadedRun:
     """Load a run directory written by `train` (RL or ES): its config, the model and tokenizer it
     trained, and its latest (or `step`) checkpoint's trained part. `model` / `tokenizer` replace
     what the config would load (the checkpoint still checks that the model matches)."""
@@ -197,5 +247,13 @@ def load_run(directory: str, *, step: int | None = None, model: Model | None = N
     return LoadedRun(policy, base, tokenizer, tuple(ivs), trainable, cfg, int(meta["step"]), directory)
 
 
-__all__ = ["train", "evaluate_run", "load_run", "LoadedRun", "TrainResult", "load_config", "ConfigError",
-           "evaluate_policy"]
+__all__ = [
+    "train",
+    "evaluate_run",
+    "load_run",
+    "LoadedRun",
+    "TrainResult",
+    "load_config",
+    "ConfigError",
+    "evaluate_policy",
+]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -67,13 +68,24 @@ def apply_gradients(state: dict, grads: Any, tx) -> tuple[dict, dict]:
     metrics = {"grad_norm": optax.global_norm(grads)}
     updates, opt = tx.update(grads, state["opt"], state["trainable"])
     metrics["update_norm"] = optax.global_norm(updates)
-    new_state = {**state, "step": state["step"] + 1, "trainable": optax.apply_updates(state["trainable"], updates),
-                 "opt": opt}
+    new_state = {
+        **state,
+        "step": state["step"] + 1,
+        "trainable": optax.apply_updates(state["trainable"], updates),
+        "opt": opt,
+    }
     return new_state, metrics
 
 
-def compile_update(fn: Callable, *, base_shardings=None, state_shardings=None, batch_shardings=None,
-                   metric_sharding=None, donate: bool = True) -> Callable:
+def compile_update(
+    fn: Callable,
+    *,
+    base_shardings=None,
+    state_shardings=None,
+    batch_shardings=None,
+    metric_sharding=None,
+    donate: bool = True,
+) -> Callable:
     """`step(base, state, batch, prompt_width) -> (state, metrics)` from `fn(base, state, batch, *,
     prompt_width)`, jitted once per prompt width with explicit shardings (None = let JAX choose)
     and the train state donated."""
@@ -102,9 +114,15 @@ class GradientLearner:
 
     def __init__(self, cfg: TrainConfig, inputs: Inputs, mesh, setup: Any, *, local_prompts: int, chunks: int = 1):
         self.cfg, self.inputs, self.mesh, self.setup = cfg, inputs, mesh, setup
-        loader = make_loader(inputs.train_examples, batch_size=local_prompts, seed=cfg.seed,
-                             shard_index=jax.process_index(), shard_count=jax.process_count(), chunks=chunks,
-                             shuffle=cfg.data.shuffle)
+        loader = make_loader(
+            inputs.train_examples,
+            batch_size=local_prompts,
+            seed=cfg.seed,
+            shard_index=jax.process_index(),
+            shard_count=jax.process_count(),
+            chunks=chunks,
+            shuffle=cfg.data.shuffle,
+        )
         self.data_iter = iter(loader)
         self.identity = ckpt.model_identity(setup.model, cfg.model.spec)
         self.trainable_config = config_to_dict(cfg.trainable)
@@ -115,9 +133,13 @@ class GradientLearner:
 
     def checkpoint_meta(self) -> dict:
         """What each checkpoint records besides the state (the Run adds the evaluations)."""
-        return {"model": self.identity, "trainable": self.trainable_config,
-                "data_state": ckpt.encode_data_state(self.data_iter.get_state()),
-                "process_count": jax.process_count(), "config": config_to_dict(self.cfg)}
+        return {
+            "model": self.identity,
+            "trainable": self.trainable_config,
+            "data_state": ckpt.encode_data_state(self.data_iter.get_state()),
+            "process_count": jax.process_count(),
+            "config": config_to_dict(self.cfg),
+        }
 
     def step(self, state: dict, rng: jax.Array, step: int) -> tuple[dict, jax.Array, dict]:
         raise NotImplementedError
@@ -133,15 +155,19 @@ def train_loop(cfg: TrainConfig, inputs: Inputs, run: Run, learner: GradientLear
     """Run `learner` on `run` from its latest checkpoint (or the start): held-out evaluation
     before / during / after, metrics every `log_every` steps, checkpoints every `checkpoint.every`,
     the steering export and the summary. Returns `(trainable, history, files)`."""
-    restored, meta = run.restore({"train": learner.setup.state, "rng": learner.setup.rng},
-                                 identity=learner.identity, trainable_config=learner.trainable_config)
+    restored, meta = run.restore(
+        {"train": learner.setup.state, "rng": learner.setup.rng},
+        identity=learner.identity,
+        trainable_config=learner.trainable_config,
+    )
     state, rng = restored["train"], restored["rng"]
     if meta is not None:
         learner.data_iter.set_state(ckpt.decode_data_state(meta["data_state"]))
     n_trainable = count_params(state["trainable"])
     run.say(learner.describe(n_trainable))
-    held_out = HeldOut.from_config(cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn,
-                                   mesh=learner.mesh)
+    held_out = HeldOut.from_config(
+        cfg, inputs.eval_examples, inputs.encode, inputs.tokenizer, inputs.reward_fn, mesh=learner.mesh
+    )
     held_out.before(run, learner.setup.model)
     history: list[dict] = []
     t_train = time.perf_counter()
@@ -149,14 +175,15 @@ def train_loop(cfg: TrainConfig, inputs: Inputs, run: Run, learner: GradientLear
         for step in range(run.start_step, cfg.steps):
             state, rng, record = learner.step(state, rng, step)
             done = step + 1
-            run.check_finite(done, {"loss": record["loss"], "grad_norm": record["grad_norm"],
-                                    "trainable": state["trainable"]})
+            run.check_finite(
+                done, {"loss": record["loss"], "grad_norm": record["grad_norm"], "trainable": state["trainable"]}
+            )
             if done % max(cfg.log_every, 1) == 0 or done == cfg.steps:
                 run.log(done, record)
             history.append({"step": done, **record})
             bar.set_postfix(**learner.postfix(record))
             bar.update(1)
-            held_out.during(run, done, lambda: learner.policy(state))
+            held_out.during(run, done, lambda state=state: learner.policy(state))
             if run.due(done, cfg.checkpoint.every, cfg.steps):
                 run.save(done, {"train": state, "rng": rng}, learner.checkpoint_meta())
     train_seconds = time.perf_counter() - t_train
@@ -164,12 +191,20 @@ def train_loop(cfg: TrainConfig, inputs: Inputs, run: Run, learner: GradientLear
     trainable = to_host(state["trainable"])
     if cfg.trainable.kind in LAYERED_KINDS:
         run.files.update(export_steering(run.directory, cfg, learner.setup.model, trainable, run.say))
-    files = run.finish({
-        "steps": cfg.steps, "algorithm": cfg.algorithm, "trainable_kind": cfg.trainable.kind,
-        "trainable_params": n_trainable, "rollouts": cfg.steps * cfg.rollouts_per_step,
-        "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
-        "eval_before": run.evals.get("before"), "eval_after": run.evals.get("after"),
-    }, title=f"{cfg.model.spec} / {cfg.algorithm} / {cfg.trainable.kind}")
+    files = run.finish(
+        {
+            "steps": cfg.steps,
+            "algorithm": cfg.algorithm,
+            "trainable_kind": cfg.trainable.kind,
+            "trainable_params": n_trainable,
+            "rollouts": cfg.steps * cfg.rollouts_per_step,
+            "train_seconds": train_seconds,
+            "peak_rss_mb": peak_rss_mb(),
+            "eval_before": run.evals.get("before"),
+            "eval_after": run.evals.get("after"),
+        },
+        title=f"{cfg.model.spec} / {cfg.algorithm} / {cfg.trainable.kind}",
+    )
     return trainable, history, files
 
 
@@ -177,7 +212,8 @@ def describe_run(cfg: TrainConfig, model: Model, n_trainable: int, mesh, load_se
     """The one-line description a gradient run prints at its start (`learner`: what it trains on)."""
     c = model.config
     return (
-        f"model {cfg.model.spec}: {c.architecture}, {c.n_layers} layers, d={c.d_model} | trainable {cfg.trainable.kind} "
+        f"model {cfg.model.spec}: {c.architecture}, {c.n_layers} layers, d={c.d_model} | "
+        f"trainable {cfg.trainable.kind} "
         f"({n_trainable:,} parameters) | {learner}, "
         f"{cfg.optimizer.micro_batches} micro-batch(es), lr {cfg.optimizer.lr:g} | mesh data={mesh.shape['data']} "
         f"fsdp={mesh.shape['fsdp']} on {len(mesh.devices.flat)} {jax.default_backend()} device(s), "
@@ -185,5 +221,13 @@ def describe_run(cfg: TrainConfig, model: Model, n_trainable: int, mesh, load_se
     )
 
 
-__all__ = ["trim_completions", "split_micro_batches", "accumulate_gradients", "apply_gradients", "compile_update",
-           "GradientLearner", "train_loop", "describe_run"]
+__all__ = [
+    "trim_completions",
+    "split_micro_batches",
+    "accumulate_gradients",
+    "apply_gradients",
+    "compile_update",
+    "GradientLearner",
+    "train_loop",
+    "describe_run",
+]

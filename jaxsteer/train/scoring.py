@@ -55,8 +55,16 @@ def _check_rows(model, tokens, mask, interventions, completion_start):
     return tokens, mask, interventions
 
 
-def completion_states(model: Model, tokens, mask, interventions: Any = (), *, completion_start: int,
-                      group_size: int = 1, remat: bool | str = False) -> jax.Array:
+def completion_states(
+    model: Model,
+    tokens,
+    mask,
+    interventions: Any = (),
+    *,
+    completion_start: int,
+    group_size: int = 1,
+    remat: bool | str = False,
+) -> jax.Array:
     """The last layer's residual stream (`resid_post`, before the final norm) `[B, N, d]` at the
     positions that predict the completion tokens `tokens[:, completion_start:]`: what the
     unembedding (and a value head) reads. `group_size` > 1: rows come in groups sharing one prompt
@@ -90,8 +98,17 @@ def sequence_logprobs(
     return token_logprobs(unembed(model, h), tokens[:, completion_start:], mask[:, completion_start:], temperature)
 
 
-def grouped_sequence_logprobs(model: Model, tokens, mask, interventions=(), *, completion_start: int,
-                              group_size: int, temperature: float = 1.0, remat: bool | str = False):
+def grouped_sequence_logprobs(
+    model: Model,
+    tokens,
+    mask,
+    interventions=(),
+    *,
+    completion_start: int,
+    group_size: int,
+    temperature: float = 1.0,
+    remat: bool | str = False,
+):
     """`sequence_logprobs` for rows that come in groups of `group_size` sharing one prompt (the
     rollout layout): each prompt runs through the model once and its K/V cache is repeated for
     the group's completions, which run on top of it. Same values and gradients as scoring every
@@ -103,8 +120,9 @@ def grouped_sequence_logprobs(model: Model, tokens, mask, interventions=(), *, c
     return token_logprobs(unembed(model, h), tokens[:, P:], mask[:, P:], temperature)
 
 
-def _grouped_states(model: Model, tokens, mask, interventions: tuple, completion_start: int, group_size: int,
-                    remat) -> jax.Array:
+def _grouped_states(
+    model: Model, tokens, mask, interventions: tuple, completion_start: int, group_size: int, remat
+) -> jax.Array:
     """`completion_states` of grouped rows: one prompt forward per group, its K/V cache repeated."""
     B, T = tokens.shape
     P, G = completion_start, group_size
@@ -115,15 +133,18 @@ def _grouped_states(model: Model, tokens, mask, interventions: tuple, completion
     S = T - 1  # key slots: the prompt, then the completion tokens that are inputs (all but the last)
     cache = kv_cache(model, B // G, S)
     k_pos = jnp.concatenate([p_kpos, jnp.full((B // G, S - P), -1, p_kpos.dtype)], axis=1)
-    h_prompt, _, cache = run_layers(model, embed(model, prompt), p_pos, k_pos, interventions, frozenset(), cache, 0,
-                                    remat=remat)
+    h_prompt, _, cache = run_layers(
+        model, embed(model, prompt), p_pos, k_pos, interventions, frozenset(), cache, 0, remat=remat
+    )
     h = jnp.repeat(h_prompt[:, -1:], G, axis=0)  # predicts the first completion token
     if T - P > 1:
-        cache = tuple(jnp.repeat(x, G, axis=1) for x in cache)
-        c_tok, c_mask, c_pos = tokens[:, P:T - 1], mask[:, P:T - 1], positions[:, P:T - 1]
+        assert cache is not None  # run_layers returns the cache it was given
+        cache = (jnp.repeat(cache[0], G, axis=1), jnp.repeat(cache[1], G, axis=1))
+        c_tok, c_mask, c_pos = tokens[:, P : T - 1], mask[:, P : T - 1], positions[:, P : T - 1]
         k_pos = jnp.concatenate([jnp.repeat(p_kpos, G, axis=0), jnp.where(c_mask > 0, c_pos, -1)], axis=1)
-        h_rest, _, _ = run_layers(model, embed(model, c_tok), c_pos, k_pos, interventions, frozenset(), cache, P,
-                                  remat=remat)
+        h_rest, _, _ = run_layers(
+            model, embed(model, c_tok), c_pos, k_pos, interventions, frozenset(), cache, P, remat=remat
+        )
         h = jnp.concatenate([h, h_rest], axis=1)
     return h
 

@@ -11,7 +11,8 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +26,18 @@ from .sharding import make_mesh, replicate, replicated, tree_shardings
 from .trainable import init_trainable, init_value_head
 
 
-def make_optimizer(lr: float, total_updates: int, *, warmup_frac: float = 0.03, schedule: str = "constant",
-                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   grad_clip: float = 2.0) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(
+    lr: float,
+    total_updates: int,
+    *,
+    warmup_frac: float = 0.03,
+    schedule: str = "constant",
+    weight_decay: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    grad_clip: float = 2.0,
+) -> tuple[optax.GradientTransformation, Callable]:
     """Global-norm clipping + AdamW with linear warmup over `ceil(warmup_frac * total_updates)`
     updates (update i gets `lr * (i + 1) / (warmup + 1)`, so no update is wasted at lr 0), then
     constant (or cosine decay to 0). Returns `(tx, schedule)`."""
@@ -46,8 +56,12 @@ def make_optimizer(lr: float, total_updates: int, *, warmup_frac: float = 0.03, 
     return optax.chain(*parts), sched
 
 
-def init_state(trainable: Any, tx: optax.GradientTransformation, value_head: dict | None = None,
-               value_tx: optax.GradientTransformation | None = None) -> dict:
+def init_state(
+    trainable: Any,
+    tx: optax.GradientTransformation,
+    value_head: dict | None = None,
+    value_tx: optax.GradientTransformation | None = None,
+) -> dict:
     """Train state: `{"step": int32, "trainable": ..., "opt": optax state}` (trainable in float32),
     plus `"value"` / `"value_opt"` when a value head (PPO's critic) is given (its optimizer:
     `value_tx`, default `tx`)."""
@@ -89,9 +103,17 @@ def init_train_state(cfg: TrainConfig, model: Model, mesh, total_updates: int, t
     init_key, rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     if trainable0 is None:
         trainable0 = init_trainable(model, cfg.trainable, init_key)
-    optimizer = functools.partial(make_optimizer, total_updates=total_updates, warmup_frac=cfg.optimizer.warmup_frac,
-                                  schedule=cfg.optimizer.schedule, weight_decay=cfg.optimizer.weight_decay, b1=cfg.optimizer.b1, b2=cfg.optimizer.b2,
-                                  eps=cfg.optimizer.eps, grad_clip=cfg.optimizer.grad_clip)
+    optimizer = functools.partial(
+        make_optimizer,
+        total_updates=total_updates,
+        warmup_frac=cfg.optimizer.warmup_frac,
+        schedule=cfg.optimizer.schedule,
+        weight_decay=cfg.optimizer.weight_decay,
+        b1=cfg.optimizer.b1,
+        b2=cfg.optimizer.b2,
+        eps=cfg.optimizer.eps,
+        grad_clip=cfg.optimizer.grad_clip,
+    )
     tx, sched = optimizer(cfg.optimizer.lr)
     head, value_tx = None, None
     if cfg.algorithm == "ppo":
@@ -112,8 +134,14 @@ def init_train_state(cfg: TrainConfig, model: Model, mesh, total_updates: int, t
     return TrainState(model, state, rng, tx, sched, base_shardings, state_shardings, value_tx)
 
 
-def load_trainable(cfg: TrainConfig, *, step: int | None = None, model: Model | None = None, tokenizer: Any = None,
-                   devices: Sequence | None = None) -> tuple[Model, Any, Any, dict]:
+def load_trainable(
+    cfg: TrainConfig,
+    *,
+    step: int | None = None,
+    model: Model | None = None,
+    tokenizer: Any = None,
+    devices: Sequence | None = None,
+) -> tuple[Model, Any, Any, dict]:
     """`(model, tokenizer, trainable, meta)` from a gradient run's latest (or `step`) checkpoint
     in `cfg.output_dir`, validated like a resume."""
     if model is None:
@@ -123,8 +151,10 @@ def load_trainable(cfg: TrainConfig, *, step: int | None = None, model: Model | 
     checkpointer = ckpt.Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), read_only=True)
     try:
         restored, meta = checkpointer.restore(
-            ts.checkpoint_tree(), identity=ckpt.model_identity(ts.model, cfg.model.spec),
-            trainable_config=config_to_dict(cfg.trainable), step=step,
+            ts.checkpoint_tree(),
+            identity=ckpt.model_identity(ts.model, cfg.model.spec),
+            trainable_config=config_to_dict(cfg.trainable),
+            step=step,
         )
     finally:
         checkpointer.close()
@@ -140,7 +170,9 @@ def load_run_trainable(run_dir: str, *, model: Model, tokenizer: Any = None) -> 
         raise ConfigError(f"{run_dir!r} is not a run directory (no config.yaml)")
     source = load_config(path, [f"output_dir={run_dir}"], warn=False)
     if source.is_es:
-        raise ConfigError(f"{run_dir!r} is an evolution-strategies run ({source.algorithm}); a warm start needs a gradient run")
+        raise ConfigError(
+            f"{run_dir!r} is an evolution-strategies run ({source.algorithm}); a warm start needs a gradient run"
+        )
     _, _, trainable, _ = load_trainable(source, model=model, tokenizer=tokenizer)
     return jax.device_get(trainable), source.trainable
 
@@ -152,10 +184,19 @@ def start_trainable(cfg: TrainConfig, model: Model, tokenizer: Any = None) -> An
         return None
     trainable, source = load_run_trainable(cfg.model.init_from, model=model, tokenizer=tokenizer)
     if config_to_dict(source) != config_to_dict(cfg.trainable):
-        raise ConfigError(f"model.init_from={cfg.model.init_from!r} trained trainable {config_to_dict(source)}; this run's "
-                          f"trainable section is {config_to_dict(cfg.trainable)}: they must agree")
+        raise ConfigError(
+            f"model.init_from={cfg.model.init_from!r} trained trainable {config_to_dict(source)}; this run's "
+            f"trainable section is {config_to_dict(cfg.trainable)}: they must agree"
+        )
     return trainable
 
 
-__all__ = ["make_optimizer", "init_state", "TrainState", "init_train_state", "load_trainable", "load_run_trainable",
-           "start_trainable"]
+__all__ = [
+    "make_optimizer",
+    "init_state",
+    "TrainState",
+    "init_train_state",
+    "load_trainable",
+    "load_run_trainable",
+    "start_trainable",
+]

@@ -11,18 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import train_toy as T
+
 from jaxsteer.cli.plan import format_plan
 from jaxsteer.models.decoder import forward
 from jaxsteer.train import train
 from jaxsteer.train.build import build_model
 from jaxsteer.train.config import ConfigError, config_from_dict, load_config, resolve_dtype
+from jaxsteer.train.gradient import compile_update
 from jaxsteer.train.plan import abstract_model, model_config, plan
 from jaxsteer.train.rl.learner import setup_training, step_spec
-from jaxsteer.train.scoring import sequence_logprobs
-from jaxsteer.train.gradient import compile_update
 from jaxsteer.train.rl.step import compile_step, train_step
+from jaxsteer.train.scoring import sequence_logprobs
 from jaxsteer.train.sft.learner import setup_sft, sft_spec, sft_step
 from jaxsteer.train.sharding import make_mesh
 from jaxsteer.train.state import init_state, make_optimizer
@@ -40,12 +40,17 @@ def toy_batch(rng, rows, P, N, vocab, G=4):
     tokens = rng.randint(2, vocab, size=(rows, P + N)).astype(np.int32)
     mask = np.ones_like(tokens)
     for g in range(0, rows, G):
-        tokens[g:g + G, :P] = tokens[g, :P]
-        mask[g:g + G, : rng.randint(0, 3)] = 0
+        tokens[g : g + G, :P] = tokens[g, :P]
+        mask[g : g + G, : rng.randint(0, 3)] = 0
     for i in range(rows):
-        mask[i, P + rng.randint(1, N + 1):] = 0
-    return {"tokens": tokens, "mask": mask, "old_logp": -rng.rand(rows, N).astype(np.float32),
-            "advantages": rng.randn(rows).astype(np.float32), "rewards": np.sign(rng.randn(rows)).astype(np.float32)}
+        mask[i, P + rng.randint(1, N + 1) :] = 0
+    return {
+        "tokens": tokens,
+        "mask": mask,
+        "old_logp": -rng.rand(rows, N).astype(np.float32),
+        "advantages": rng.randn(rows).astype(np.float32),
+        "rewards": np.sign(rng.randn(rows)).astype(np.float32),
+    }
 
 
 def run_updates(cfg, n_steps=2, P=6, N=4, rows=32):
@@ -77,8 +82,11 @@ def test_config_values_and_errors():
     assert load_config(None, ["model.remat=true"]).model.remat_arg is True
     assert load_config(None).model.remat is False and load_config(None).model.dtype == "auto"
     assert step_spec(load_config(None, ["model.remat=true"])).remat is True
-    for bad, field in ((["model.remat=sometimes"], "model.remat"), (["model.dtype=float16"], "model.dtype"),
-                       (["model.remat=true", "algorithm=es"], "model.remat")):
+    for bad, field in (
+        (["model.remat=sometimes"], "model.remat"),
+        (["model.dtype=float16"], "model.dtype"),
+        (["model.remat=true", "algorithm=es"], "model.remat"),
+    ):
         with pytest.raises(ConfigError, match=field):
             load_config(None, bad)
 
@@ -95,12 +103,20 @@ def test_auto_dtype_is_bfloat16_on_accelerators_only():
 # --------------------------------------------------------------------------- remat
 
 
-@pytest.mark.parametrize("overrides, policies", [
-    ({"trainable.kind": "steering"}, (True, "dots")),  # grouped scoring: prompt once per group, K/V cache under remat
-    ({"trainable.kind": "lora", "trainable.lora_rank": 4}, (True,)),
-    ({"trainable.kind": "lora", "algorithm": "sft", "rl.group_size": 1,
-      "prompts_per_step": 32}, (True,)),  # SFT's NLL update, rows scored whole
-])
+@pytest.mark.parametrize(
+    "overrides, policies",
+    [
+        (
+            {"trainable.kind": "steering"},
+            (True, "dots"),
+        ),  # grouped scoring: prompt once per group, K/V cache under remat
+        ({"trainable.kind": "lora", "trainable.lora_rank": 4}, (True,)),
+        (
+            {"trainable.kind": "lora", "algorithm": "sft", "rl.group_size": 1, "prompts_per_step": 32},
+            (True,),
+        ),  # SFT's NLL update, rows scored whole
+    ],
+)
 def test_remat_gives_the_same_update(overrides, policies):
     """Two AdamW updates with remat off and on (and a policy) give the same parameters. (lr 1e-2:
     Adam divides by sqrt(v), so a larger lr magnifies float32 rounding in near-zero gradients.)"""
@@ -109,27 +125,42 @@ def test_remat_gives_the_same_update(overrides, policies):
     for remat in policies:
         s, l = run_updates(toy_config(**overrides, **{"model.remat": remat}))
         np.testing.assert_allclose(l, l0, rtol=1e-5, atol=1e-6)
-        for a, b in zip(jax.tree_util.tree_leaves(s["trainable"]), jax.tree_util.tree_leaves(s0["trainable"])):
+        for a, b in zip(
+            jax.tree_util.tree_leaves(s["trainable"]), jax.tree_util.tree_leaves(s0["trainable"]), strict=False
+        ):
             np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
     start = run_updates(toy_config(**overrides), 0)[0]["trainable"]
-    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(s0["trainable"]),
-                                                              jax.tree_util.tree_leaves(start)))
+    moved = max(
+        float(np.max(np.abs(a - b)))
+        for a, b in zip(jax.tree_util.tree_leaves(s0["trainable"]), jax.tree_util.tree_leaves(start), strict=False)
+    )
     assert moved > 1e-3  # the updates did something
 
 
 def compiled_update(remat, kind="steering"):
     """The RL update of a deeper, longer-context tiny model, lowered for abstract inputs."""
     random = dict(T.RANDOM_MODEL, n_layers=8, d_model=64, d_mlp=256, head_dim=16, max_position_embeddings=512)
-    cfg = toy_config(**{"model.random": random, "model.remat": remat, "trainable.kind": kind,
-                        "sampling.max_new_tokens": 64, "optimizer.micro_batches": 1})
+    cfg = toy_config(
+        **{
+            "model.random": random,
+            "model.remat": remat,
+            "trainable.kind": kind,
+            "sampling.max_new_tokens": 64,
+            "optimizer.micro_batches": 1,
+        }
+    )
     model = abstract_model(model_config(cfg.model), jnp.float32)
     tx, _ = make_optimizer(cfg.optimizer.lr, cfg.steps)
     state = jax.eval_shape(lambda m: init_state(init_trainable(m, cfg.trainable, jax.random.PRNGKey(0)), tx), model)
     B, P, N = cfg.rollouts_per_step, 64, 64
     S = jax.ShapeDtypeStruct
-    batch = {"tokens": S((1, B, P + N), jnp.int32), "mask": S((1, B, P + N), jnp.int32),
-             "old_logp": S((1, B, N), jnp.float32), "advantages": S((1, B), jnp.float32),
-             "rewards": S((1, B), jnp.float32)}
+    batch = {
+        "tokens": S((1, B, P + N), jnp.int32),
+        "mask": S((1, B, P + N), jnp.int32),
+        "old_logp": S((1, B, N), jnp.float32),
+        "advantages": S((1, B), jnp.float32),
+        "rewards": S((1, B), jnp.float32),
+    }
     fn = jax.jit(functools.partial(train_step, spec=step_spec(cfg), tx=tx, prompt_width=P))
     return fn.lower(model, state, batch)
 
@@ -148,15 +179,21 @@ def test_remat_lowers_the_update_memory():
     b = {k: jnp.asarray(v.reshape(2, -1, *v.shape[1:])) for k, v in b.items()}
     for remat, expect in ((True, True), (False, False)):
         spec = step_spec(toy_config(**{"model.remat": remat}))
-        jaxpr = str(jax.make_jaxpr(functools.partial(train_step, spec=spec, tx=setup.tx, prompt_width=6))(
-            setup.model, setup.state, b))
+        jaxpr = str(
+            jax.make_jaxpr(functools.partial(train_step, spec=spec, tx=setup.tx, prompt_width=6))(
+                setup.model, setup.state, b
+            )
+        )
         assert ("checkpoint" in jaxpr or "remat" in jaxpr) == expect
 
 
 def test_plan_follows_the_remat_setting():
     """`jaxsteer plan` judges the fit by the update the config runs: with or without remat."""
-    base = {"model": {"spec": "random", "random": dict(T.RANDOM_MODEL, n_layers=8, max_position_embeddings=2048)},
-            "algorithm": {"group_size": 4, "prompts_per_step": 16}, "sampling": {"max_new_tokens": 512}}
+    base = {
+        "model": {"spec": "random", "random": dict(T.RANDOM_MODEL, n_layers=8, max_position_embeddings=2048)},
+        "algorithm": {"group_size": 4, "prompts_per_step": 16},
+        "sampling": {"max_new_tokens": 512},
+    }
     off = plan(config_from_dict(base), prompt_len=512)
     on = plan(config_from_dict({**base, "model": {**base["model"], "remat": True}}), prompt_len=512)
     assert on.configured == "update, remat" and off.configured == "update, no remat"
@@ -176,14 +213,20 @@ def test_bfloat16_weights_float32_trainables_moments_and_logits():
         model, _ = build_model(cfg.model)
         assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(model.params))
         setup = setup_training(cfg, model, make_mesh(devices=jax.devices()[:1]))
-        floats = [x for x in jax.tree_util.tree_leaves((setup.state["trainable"], setup.state["opt"]))
-                  if jnp.issubdtype(x.dtype, jnp.floating)]
+        floats = [
+            x
+            for x in jax.tree_util.tree_leaves((setup.state["trainable"], setup.state["opt"]))
+            if jnp.issubdtype(x.dtype, jnp.floating)
+        ]
         assert floats and all(x.dtype == jnp.float32 for x in floats), kind
         b = toy_batch(np.random.RandomState(0), 32, 6, 4, T.VOCAB)
         b = {k: jnp.asarray(v.reshape(2, -1, *v.shape[1:])) for k, v in b.items()}
         state, metrics = compile_step(setup.spec, setup.tx)(setup.model, setup.state, b, 6)
-        dtypes = {x.dtype for x in jax.tree_util.tree_leaves((state["trainable"], state["opt"]))
-                  if jnp.issubdtype(x.dtype, jnp.floating)}
+        dtypes = {
+            x.dtype
+            for x in jax.tree_util.tree_leaves((state["trainable"], state["opt"]))
+            if jnp.issubdtype(x.dtype, jnp.floating)
+        }
         assert dtypes == {jnp.dtype(jnp.float32)}, (kind, dtypes)
         assert metrics["loss"].dtype == jnp.float32
     tokens = jnp.asarray(b["tokens"][0])
@@ -197,8 +240,16 @@ def test_bfloat16_training_lowers_the_loss_like_float32():
     """SFT on fixed rows: both precisions lower the NLL by a comparable amount over 8 updates."""
     drops = {}
     for dtype in ("float32", "bfloat16"):
-        cfg = toy_config(**{"model.dtype": dtype, "trainable.kind": "lora", "trainable.lora_rank": 4, "lr": 0.05,
-                            "algorithm": "sft", "prompts_per_step": 32})
+        cfg = toy_config(
+            **{
+                "model.dtype": dtype,
+                "trainable.kind": "lora",
+                "trainable.lora_rank": 4,
+                "lr": 0.05,
+                "algorithm": "sft",
+                "prompts_per_step": 32,
+            }
+        )
         _, losses = run_updates(cfg, n_steps=8)
         drops[dtype] = (losses[0] - losses[-1]) / losses[0]
     assert drops["float32"] > 0.2 and drops["bfloat16"] > 0.2, drops
@@ -216,7 +267,12 @@ def test_bfloat16_rl_raises_the_reward_like_float32(tmp_path):
         vectors[dtype] = np.asarray(result.trainable["vectors"]).ravel()
     (null32, p32), (null16, p16) = learned["float32"], learned["bfloat16"]
     assert abs(null16 - null32) < 0.01 and abs(p16 - p32) < 0.1, learned
-    cos = vectors["float32"] @ vectors["bfloat16"] / np.linalg.norm(vectors["float32"]) / np.linalg.norm(vectors["bfloat16"])
+    cos = (
+        vectors["float32"]
+        @ vectors["bfloat16"]
+        / np.linalg.norm(vectors["float32"])
+        / np.linalg.norm(vectors["bfloat16"])
+    )
     assert cos > 0.9, cos
 
 
@@ -230,8 +286,17 @@ def test_sampler_calls_merge_micro_batches_up_to_call_rows():
     from jaxsteer.train.rl.learner import sampler_calls
 
     def calls(prompts, group, micro, **kw):
-        return sampler_calls(load_config(None, [f"prompts_per_step={prompts}", f"rl.group_size={group}",
-                                                f"optimizer.micro_batches={micro}", *(f"{k}={v}" for k, v in kw.items())]))
+        return sampler_calls(
+            load_config(
+                None,
+                [
+                    f"prompts_per_step={prompts}",
+                    f"rl.group_size={group}",
+                    f"optimizer.micro_batches={micro}",
+                    *(f"{k}={v}" for k, v in kw.items()),
+                ],
+            )
+        )
 
     assert calls(8, 8, 1) == 1
     assert calls(8, 4, 2) == 1  # 32 rows: one call instead of two of 16
@@ -240,8 +305,12 @@ def test_sampler_calls_merge_micro_batches_up_to_call_rows():
     assert calls(64, 8, 8, **{"sampling.call_rows": 512}) == 1
     assert calls(64, 8, 8, **{"sampling.call_rows": 0}) == 8  # one call per micro-batch
     assert calls(64, 8, 8, **{"rl.dash": "true"}) == 1
-    cfg = config_from_dict({"model": {"spec": "random", "random": T.RANDOM_MODEL},
-                            "algorithm": {"prompts_per_step": 64, "group_size": 8, "micro_batches": 8}})
+    cfg = config_from_dict(
+        {
+            "model": {"spec": "random", "random": T.RANDOM_MODEL},
+            "algorithm": {"prompts_per_step": 64, "group_size": 8, "micro_batches": 8},
+        }
+    )
     assert plan(cfg, data=2, prompt_len=8).rollout_rows == 128 / 2
     with pytest.raises(ConfigError, match="sampling.call_rows"):
         load_config(None, ["sampling.call_rows=-1"])

@@ -12,18 +12,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsteer.train.checkpoint import CheckpointError, Checkpointer
+from jaxsteer.train.checkpoint import Checkpointer, CheckpointError
 
-IDENT = {"architecture": "LlamaForCausalLM", "n_layers": 2, "d_model": 8, "vocab_size": 32, "n_heads": 2,
-         "n_kv_heads": 1, "d_mlp": 16}
+IDENT = {
+    "architecture": "LlamaForCausalLM",
+    "n_layers": 2,
+    "d_model": 8,
+    "vocab_size": 32,
+    "n_heads": 2,
+    "n_kv_heads": 1,
+    "d_mlp": 16,
+}
 TCFG = {"kind": "steering", "layers": None, "site": "resid_post", "rank": None}
 
 
 def _state(shape=(2, 8), seed=0):
     k = jax.random.PRNGKey(seed)
-    return {"train": {"step": jnp.int32(3), "trainable": {"vectors": jax.random.normal(k, shape)},
-                      "opt": {"mu": jnp.ones(shape), "count": jnp.int32(3)}},
-            "rng": jax.random.PRNGKey(7)}
+    return {
+        "train": {
+            "step": jnp.int32(3),
+            "trainable": {"vectors": jax.random.normal(k, shape)},
+            "opt": {"mu": jnp.ones(shape), "count": jnp.int32(3)},
+        },
+        "rng": jax.random.PRNGKey(7),
+    }
 
 
 def _save(tmp_path, state=None, step=3):
@@ -38,7 +50,7 @@ def test_round_trip(tmp_path):
     target = jax.tree_util.tree_map(jnp.zeros_like, state)
     restored, meta = ck.restore(target, identity=IDENT, trainable_config=TCFG)
     assert meta["step"] == 3 and meta["data_state"] == {"i": 5}
-    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state), strict=False):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -56,8 +68,12 @@ def test_keep_last_k(tmp_path):
         (dict(IDENT, architecture="Qwen2ForCausalLM"), TCFG, None, r"different model: architecture"),
         (IDENT, dict(TCFG, kind="lora"), None, r"different trainable: kind='steering' in the checkpoint, 'lora'"),
         (IDENT, TCFG, _state(shape=(3, 8)), r"'train/trainable/vectors' has shape \(2, 8\).*expects \(3, 8\)"),
-        (IDENT, TCFG, {"train": {"trainable": {"a": jnp.zeros(2)}}, "rng": jnp.zeros(2, jnp.uint32)},
-         r"different state structure"),
+        (
+            IDENT,
+            TCFG,
+            {"train": {"trainable": {"a": jnp.zeros(2)}}, "rng": jnp.zeros(2, jnp.uint32)},
+            r"different state structure",
+        ),
     ],
 )
 def test_mismatch_is_a_clear_error(tmp_path, identity, tcfg, target, needle):
@@ -68,13 +84,16 @@ def test_mismatch_is_a_clear_error(tmp_path, identity, tcfg, target, needle):
 
 
 def _data_files(root):
-    files = [f for f in glob.glob(os.path.join(root, "**", "*"), recursive=True)
-             if os.path.isfile(f) and "state" in f.split(os.sep) and os.path.getsize(f) > 0]
+    files = [
+        f
+        for f in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+        if os.path.isfile(f) and "state" in f.split(os.sep) and os.path.getsize(f) > 0
+    ]
     return files
 
 
 def test_corrupted_data_is_a_clear_error(tmp_path):
-    ck = _save(tmp_path)
+    _save(tmp_path)
     target = _state()
     files = _data_files(str(tmp_path / "ck"))
     assert files
@@ -108,7 +127,7 @@ def test_corrupted_meta_is_a_clear_error(tmp_path):
 
 def test_flipped_value_is_caught_by_fingerprint(tmp_path):
     """A checkpoint whose arrays decode fine but differ from what was saved is refused."""
-    ck = _save(tmp_path)
+    _save(tmp_path)
     metas = [f for f in glob.glob(str(tmp_path / "ck" / "*" / "meta" / "metadata"))]
     for f in metas:  # simulate silent corruption: the recorded fingerprint no longer matches
         meta = json.load(open(f))
@@ -132,11 +151,15 @@ def test_damaged_latest_falls_back_to_the_newest_intact_step(tmp_path):
         with open(f, "r+b") as fh:
             fh.truncate(max(0, os.path.getsize(f) // 2))
     fresh = Checkpointer(str(tmp_path / "ck"))
-    with pytest.warns(UserWarning, match=r"step 3.*corrupted.*moved to .*damaged-3; .*newest intact checkpoint, step 2"):
+    with pytest.warns(
+        UserWarning, match=r"step 3.*corrupted.*moved to .*damaged-3; .*newest intact checkpoint, step 2"
+    ):
         restored, meta = fresh.restore(_state(), identity=IDENT, trainable_config=TCFG)
     assert meta["step"] == 2
-    np.testing.assert_array_equal(np.asarray(restored["train"]["trainable"]["vectors"]),
-                                  np.asarray(_state(seed=2)["train"]["trainable"]["vectors"]))
+    np.testing.assert_array_equal(
+        np.asarray(restored["train"]["trainable"]["vectors"]),
+        np.asarray(_state(seed=2)["train"]["trainable"]["vectors"]),
+    )
     # the damaged step was moved aside (kept for inspection), so training re-reaches and re-saves it
     assert fresh.all_steps() == [1, 2] and os.path.isdir(tmp_path / "ck" / "damaged-3")
     fresh.save(3, _state(seed=3), {"model": IDENT, "trainable": TCFG})

@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-from tests import ROOT
 from jaxsteer.train.config import (
     ConfigError,
     TrainConfig,
@@ -16,7 +15,7 @@ from jaxsteer.train.config import (
     config_to_dict,
     load_config,
 )
-
+from tests import ROOT
 
 
 def _write(tmp_path, text: str) -> str:
@@ -27,8 +26,18 @@ def _write(tmp_path, text: str) -> str:
 
 def test_yaml_and_overrides(tmp_path):
     path = _write(tmp_path, "steps: 7\ntrainable:\n  kind: steering\n  layers: [1, 2]\nalgorithm:\n  group_size: 4\n")
-    cfg = load_config(path, ["trainable.kind=lora", "trainable.layers=null", "optimizer.lr=1e-4", "rl.loss.clip_eps_low=0.2",
-                             "rl.dash=true", "data.system=null", "mesh.fsdp=2"])
+    cfg = load_config(
+        path,
+        [
+            "trainable.kind=lora",
+            "trainable.layers=null",
+            "optimizer.lr=1e-4",
+            "rl.loss.clip_eps_low=0.2",
+            "rl.dash=true",
+            "data.system=null",
+            "mesh.fsdp=2",
+        ],
+    )
     assert cfg.steps == 7
     assert cfg.trainable.kind == "lora" and cfg.trainable.layers is None
     assert cfg.optimizer.lr == 1e-4 and isinstance(cfg.optimizer.lr, float)
@@ -90,8 +99,9 @@ def test_bad_values(override, needle):
 
 
 def test_shipped_experiments_parse():
-    paths = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.yaml"))
-                   if not os.path.basename(p).startswith("sae_"))  # `jaxsteer sae` configs have their own schema
+    paths = sorted(
+        p for p in glob.glob(os.path.join(ROOT, "experiments", "*.yaml")) if not os.path.basename(p).startswith("sae_")
+    )  # `jaxsteer sae` configs have their own schema
     assert paths, "no experiment configs"
     for p in paths:
         load_config(p)

@@ -10,7 +10,8 @@ import pickle
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jaxsteer.train.data import (
     GENERATORS,
@@ -102,8 +103,18 @@ GSM8K_ROWS = [
     {"question": "Temperature drop?", "answer": "5 - 8 = -3\n#### -3"},
 ]
 MATH_ROWS = [
-    {"problem": "Compute $1/2 + 0$.", "solution": "It is $\\boxed{\\frac{1}{2}}$.", "level": "Level 1", "type": "Algebra"},
-    {"problem": "Find $x$.", "solution": "First \\boxed{2}, then \\boxed{\\{3, 4\\}}.", "level": "Level 5", "type": "Precalculus"},
+    {
+        "problem": "Compute $1/2 + 0$.",
+        "solution": "It is $\\boxed{\\frac{1}{2}}$.",
+        "level": "Level 1",
+        "type": "Algebra",
+    },
+    {
+        "problem": "Find $x$.",
+        "solution": "First \\boxed{2}, then \\boxed{\\{3, 4\\}}.",
+        "level": "Level 5",
+        "type": "Precalculus",
+    },
     {"problem": "No box.", "solution": "The answer is 3.", "level": "Level 2", "type": "Algebra"},
 ]
 
@@ -183,13 +194,26 @@ def test_loader_deterministic_and_reshuffles_each_epoch():
     assert epoch1 != epoch2
     plain = _take(iter(make_loader(EXAMPLES, batch_size=4, seed=5, shuffle=False)), 2)
     assert plain == [["0", "1", "2", "3"], ["4", "5", "6", "7"]]
-    assert all(isinstance(e, Example) for e in next(iter(make_loader([e.to_dict() for e in EXAMPLES], batch_size=2, seed=0))))
+    assert all(
+        isinstance(e, Example) for e in next(iter(make_loader([e.to_dict() for e in EXAMPLES], batch_size=2, seed=0)))
+    )
 
 
 @pytest.mark.parametrize("count", [2, 3, 5])
 def test_loader_shards_are_disjoint_and_cover(count):
     shards = [
-        sum((b for b in ([e.answer for e in batch] for batch in make_loader(EXAMPLES, batch_size=2, seed=1, shard_index=k, shard_count=count, num_epochs=1))), [])
+        sum(
+            (
+                b
+                for b in (
+                    [e.answer for e in batch]
+                    for batch in make_loader(
+                        EXAMPLES, batch_size=2, seed=1, shard_index=k, shard_count=count, num_epochs=1
+                    )
+                )
+            ),
+            [],
+        )
         for k in range(count)
     ]
     seen = sum(shards, [])
@@ -204,8 +228,10 @@ def test_loader_global_batches_do_not_depend_on_the_process_count():
     same on 1, 2 or 4 processes, so a run resumes exactly on another number of processes."""
     one = iter(make_loader(EXAMPLES, batch_size=4, seed=3))
     for count in (2, 4):
-        its = [iter(make_loader(EXAMPLES, batch_size=4 // count, seed=3, shard_index=k, shard_count=count))
-               for k in range(count)]
+        its = [
+            iter(make_loader(EXAMPLES, batch_size=4 // count, seed=3, shard_index=k, shard_count=count))
+            for k in range(count)
+        ]
         ref = iter(make_loader(EXAMPLES, batch_size=4, seed=3))
         for _ in range(9):
             assert sum((next(it) for it in its), []) == next(ref)
@@ -263,7 +289,9 @@ def test_bad_specs_are_named_without_loading_anything(spec, needle):
 
 def test_good_specs_parse():
     assert check_dataset_spec("arithmetic:n=20,digits=2,seed=0,split=train") == (
-        "arithmetic", {"n": 20, "digits": 2, "seed": 0, "split": "train"})
+        "arithmetic",
+        {"n": 20, "digits": 2, "seed": 0, "split": "train"},
+    )
     assert check_dataset_spec("countdown:")[0] == "countdown"
 
 
@@ -279,8 +307,10 @@ def _jsonl(tmp_path, rows, name="d.jsonl"):
         ([{"prompt": "a", "answer": "1"}, {"prompt": "b"}], r"d.jsonl:2: field 'answer' is missing"),
         ([{"prompt": "a", "answer": None}], r"d.jsonl:1: field 'answer' is null"),
         ([{"prompt": "a", "answer": "  "}], r"d.jsonl:1: field 'answer' is empty"),
-        ([{"question": "q", "answer": "#### 3"}, {"question": None, "answer": "#### 4"}],
-         r"d.jsonl:2: field 'question' is null"),
+        (
+            [{"question": "q", "answer": "#### 3"}, {"question": None, "answer": "#### 4"}],
+            r"d.jsonl:2: field 'question' is null",
+        ),
         ([{"problem": "p", "solution": None}], r"d.jsonl:1: field 'solution' is null"),
         ([[1, 2]], r"d.jsonl:1: expected a JSON object"),
     ],
@@ -307,14 +337,20 @@ def test_directory_and_unknown_suffix_are_refused(tmp_path):
         load_dataset(str(tmp_path / "x.csv"))
 
 
-KEYS = st.sampled_from(["n", "seed", "digits", "ops", "split", "word_problems", "test_fraction", "n_numbers",
-                        "max_target", "bogus", ""])
-VALUES = st.one_of(st.integers(-5, 50).map(str), st.text(max_size=6), st.sampled_from(["true", "nan", "1e3", "+-", "train"]))
+KEYS = st.sampled_from(
+    ["n", "seed", "digits", "ops", "split", "word_problems", "test_fraction", "n_numbers", "max_target", "bogus", ""]
+)
+VALUES = st.one_of(
+    st.integers(-5, 50).map(str), st.text(max_size=6), st.sampled_from(["true", "nan", "1e3", "+-", "train"])
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(list(GENERATORS) + ["gsm8k", "math", "nope", ""]),
-       parts=st.lists(st.tuples(KEYS, VALUES), max_size=4), sep=st.sampled_from([":", "", "::"]))
+@given(
+    kind=st.sampled_from(list(GENERATORS) + ["gsm8k", "math", "nope", ""]),
+    parts=st.lists(st.tuples(KEYS, VALUES), max_size=4),
+    sep=st.sampled_from([":", "", "::"]),
+)
 def test_spec_parser_raises_only_its_own_error(kind, parts, sep):
     spec = kind + sep + ",".join(f"{k}={v}" for k, v in parts)
     try:

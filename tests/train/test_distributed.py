@@ -13,7 +13,11 @@ def test_flags_and_environment(monkeypatch):
     for v in ENV.values():
         monkeypatch.delenv(v, raising=False)
     assert cluster_args() is None and initialize() is False  # single process: nothing to join
-    assert cluster_args("localhost:1", 2, 1) == {"coordinator_address": "localhost:1", "num_processes": 2, "process_id": 1}
+    assert cluster_args("localhost:1", 2, 1) == {
+        "coordinator_address": "localhost:1",
+        "num_processes": 2,
+        "process_id": 1,
+    }
     monkeypatch.setenv(ENV["coordinator"], "10.0.0.1:1234")
     monkeypatch.setenv(ENV["num_processes"], "4")
     monkeypatch.setenv(ENV["process_id"], "3")
@@ -21,11 +25,14 @@ def test_flags_and_environment(monkeypatch):
     assert cluster_args(process_id=0)["process_id"] == 0  # a flag beats the variable
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"coordinator": "localhost:1"}, "--num-processes"),
-    ({"num_processes": 2, "process_id": 0}, "--coordinator"),
-    ({"coordinator": "localhost:1", "num_processes": 2, "process_id": 2}, "process-id"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"coordinator": "localhost:1"}, "--num-processes"),
+        ({"num_processes": 2, "process_id": 0}, "--coordinator"),
+        ({"coordinator": "localhost:1", "num_processes": 2, "process_id": 2}, "process-id"),
+    ],
+)
 def test_incomplete_or_bad_arguments_are_refused(monkeypatch, kw, match):
     for v in ENV.values():
         monkeypatch.delenv(v, raising=False)

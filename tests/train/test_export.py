@@ -9,11 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import hf_tiny as H  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-import hf_tiny as H  # noqa: E402
 import jaxsteer  # noqa: E402
 from jaxsteer.train.export import save_hf_patch, save_npy  # noqa: E402
 from jaxsteer.train.trainable import TrainableConfig, apply_trainable, init_trainable  # noqa: E402

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
+import train_toy
 
 import jaxsteer
-import train_toy
 from jaxsteer.train import train
 from jaxsteer.train.config import config_from_dict
 from jaxsteer.train.trainable import build_policy
@@ -51,17 +51,22 @@ def test_load_run_lora_applies_the_adapters(tmp_path):
     tokens = np.asarray(PROMPTS, np.int32)
     np.testing.assert_array_equal(jaxsteer.forward(run.model, tokens)[0], jaxsteer.forward(policy, tokens)[0])
     with pytest.raises(AttributeError, match="trained 'lora', not steering vectors"):
-        run.vectors
+        _ = run.vectors
 
 
-@pytest.mark.parametrize("template,system", [("Q: {prompt}\nA:", None), ("chat", "Answer with a number."), ("chat", None)])
+@pytest.mark.parametrize(
+    "template,system", [("Q: {prompt}\nA:", None), ("chat", "Answer with a number."), ("chat", None)]
+)
 def test_load_run_formats_prompts_as_training_did(steering, real_model, template, system):
     from jaxsteer.train.build import encode_prompt
     from jaxsteer.train.data import Example
 
     _, tok = real_model
-    run = jaxsteer.load_run(steering.output_dir, tokenizer=tok,
-                            overrides=[f"data.prompt_template={json.dumps(template)}", f"data.system={json.dumps(system)}"])
+    run = jaxsteer.load_run(
+        steering.output_dir,
+        tokenizer=tok,
+        overrides=[f"data.prompt_template={json.dumps(template)}", f"data.system={json.dumps(system)}"],
+    )
     assert run.config.data.prompt_template == template
     want = encode_prompt(Example("What is 2 + 3?", "5"), tok, template, system)
     assert run.encode("What is 2 + 3?") == want
@@ -78,20 +83,30 @@ def test_cli_generate_with_run(steering, capsys):
     from jaxsteer import cli
 
     # the toy run has token-id prompts and no tokenizer: a text prompt is a one-line error naming the cause
-    with pytest.raises(SystemExit, match="jaxsteer generate: string prompts need a tokenizer|text prompts need a tokenizer"):
+    with pytest.raises(
+        SystemExit, match="jaxsteer generate: string prompts need a tokenizer|text prompts need a tokenizer"
+    ):
         cli.main(["generate", "--run", steering.output_dir, "--prompt", "hi", "--greedy"])
     with pytest.raises(SystemExit, match="--no-chat does not apply with --run"):
         cli.main(["generate", "--run", steering.output_dir, "--prompt", "hi", "--no-chat"])
 
 
 def test_load_run_of_an_es_run(tmp_path):
-    cfg = config_from_dict(train_toy.config_dict(str(tmp_path / "es"), steps=2, **{
-        "algorithm": "es", "es": {"population": 8, "sigma": 0.5, "lr": 1.0}, "checkpoint.every": 2}))
+    cfg = config_from_dict(
+        train_toy.config_dict(
+            str(tmp_path / "es"),
+            steps=2,
+            **{"algorithm": "es", "es": {"population": 8, "sigma": 0.5, "lr": 1.0}, "checkpoint.every": 2},
+        )
+    )
     result = train(cfg)
     run = jaxsteer.load_run(result.output_dir)
     assert run.trainable is None and run.step == 2 and len(run.interventions) == 1
     np.testing.assert_array_equal(run.vectors, np.load(result.files["vectors_npy"]))
     policy, ivs = build_policy(result.model, result.trainable, result.config.trainable)
     tokens = np.asarray(PROMPTS, np.int32)
-    np.testing.assert_allclose(jaxsteer.forward(run.model, tokens, interventions=run.interventions)[0],
-                               jaxsteer.forward(policy, tokens, interventions=ivs)[0], atol=1e-6)
+    np.testing.assert_allclose(
+        jaxsteer.forward(run.model, tokens, interventions=run.interventions)[0],
+        jaxsteer.forward(policy, tokens, interventions=ivs)[0],
+        atol=1e-6,
+    )

@@ -171,7 +171,16 @@ def test_correctness_reward(completion, reference, want):
 
 
 def test_rewards_never_raise_on_adversarial_text():
-    weird = [None, 12, b"bytes", "\\boxed{" * 10_000, "}" * 10_000, "{" * 10_000 + "\\boxed{1", "\x00\ud800", "9" * 100_000]
+    weird = [
+        None,
+        12,
+        b"bytes",
+        "\\boxed{" * 10_000,
+        "}" * 10_000,
+        "{" * 10_000 + "\\boxed{1",
+        "\x00\ud800",
+        "9" * 100_000,
+    ]
     for w in weird:
         for ref in weird + ["5"]:
             assert correctness_reward("p", w, ref) in (1.0, -1.0)
@@ -307,8 +316,10 @@ def test_evaluation_reports_both_extraction_modes(tiny_model):
     assert r["greedy_acc"] == r["greedy_acc_lenient"] == 1.0 and r["pass1_lenient"] == 1.0
     assert 0.0 <= r["greedy_acc_strict"] <= 1.0 and len(r["greedy_ci_strict"]) == 2 and "pass1_strict" in r
     assert "strict" in format_result("base", r) and "lenient" in format_result("base", r)
-    assert HeldOut.from_config(TrainConfig(), examples, lambda e: [1], None, correctness_reward).settings["modes"] \
+    assert (
+        HeldOut.from_config(TrainConfig(), examples, lambda e: [1], None, correctness_reward).settings["modes"]
         == correctness_reward.extraction_modes
+    )
     assert np.isfinite(r["greedy_acc_strict"])
 
 

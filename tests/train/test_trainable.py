@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jaxsteer
 import train_toy as T
 from conftest import TINY_CONFIG
+
+import jaxsteer
 from jaxsteer.analysis.studies import AdaptiveSteer
 from jaxsteer.models.params import param_shapes
 from jaxsteer.train import train
@@ -38,8 +38,12 @@ STEERING = {
     "low_rank": TrainableConfig(rank=2),
     "attn_out": TrainableConfig(site="attn_out"),
 }
-ALL = {**STEERING, "adaptive": TrainableConfig(kind="adaptive_steering", layers=(0, 2)),
-       "lora": TrainableConfig(kind="lora", lora_rank=4, lora_alpha=8.0), "full": TrainableConfig(kind="full")}
+ALL = {
+    **STEERING,
+    "adaptive": TrainableConfig(kind="adaptive_steering", layers=(0, 2)),
+    "lora": TrainableConfig(kind="lora", lora_rank=4, lora_alpha=8.0),
+    "full": TrainableConfig(kind="full"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +119,9 @@ def test_lora_equals_merged_weights(model, tokens):
     got = _run(model, trainable, cfg, tokens)
     merged = merge_lora(model, trainable, cfg)
     # by hand for one projection: W + (alpha / r) a @ b
-    w = model.params["layers"]["q_proj"] + 2.0 * jnp.einsum("lir,lro->lio", trainable["q_proj"]["a"], trainable["q_proj"]["b"])
+    w = model.params["layers"]["q_proj"] + 2.0 * jnp.einsum(
+        "lir,lro->lio", trainable["q_proj"]["a"], trainable["q_proj"]["b"]
+    )
     np.testing.assert_allclose(merged.params["layers"]["q_proj"], w, rtol=1e-6, atol=1e-7)
     want = np.asarray(jaxsteer.forward(merged, tokens)[0])
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -163,7 +169,7 @@ def test_gradients_reach_every_trainable_leaf(model, tokens, name):
     trainable = _perturb(init_trainable(model, cfg, KEY), scale=0.1)
     grads = _grad_fn(model, name, tokens)(trainable)
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(trainable)
-    for g, x in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(trainable)):
+    for g, x in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(trainable), strict=False):
         assert g.shape == x.shape and np.all(np.isfinite(np.asarray(g)))
         assert float(jnp.abs(g).sum()) > 0
 

@@ -6,5 +6,15 @@ from .losses import group_advantages, policy_loss
 from .rollout import RolloutBatch, collect
 from .step import StepSpec, compile_step
 
-__all__ = ["RLLearner", "Setup", "setup_training", "train_rl", "group_advantages", "policy_loss", "RolloutBatch",
-           "collect", "StepSpec", "compile_step"]
+__all__ = [
+    "RLLearner",
+    "Setup",
+    "setup_training",
+    "train_rl",
+    "group_advantages",
+    "policy_loss",
+    "RolloutBatch",
+    "collect",
+    "StepSpec",
+    "compile_step",
+]

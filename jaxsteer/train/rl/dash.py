@@ -41,10 +41,10 @@ def pack_kept(local: dict, rows_per_micro: int, tau: float, prompt_width: int) -
     packed = {k: v[rows] for k, v in local.items()}
     if pad:
         packed["mask"] = packed["mask"].copy()
-        packed["mask"][len(keep):, prompt_width:] = 0
+        packed["mask"][len(keep) :, prompt_width:] = 0
         for k in ("advantages", "rewards"):
             packed[k] = packed[k].copy()
-            packed[k][len(keep):] = 0
+            packed[k][len(keep) :] = 0
     return {k: v.reshape(n_micro, rows_per_micro, *v.shape[1:]) for k, v in packed.items()}, len(keep)
 
 

@@ -16,7 +16,7 @@ accuracy; their advantages were computed within the group, so selecting groups k
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -42,12 +42,19 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         masks.append(np.pad(b.mask, pad))
         lps.append(np.pad(b.old_logp, ((0, 0), (0, N - b.old_logp.shape[1]))))
     cat = lambda name: np.concatenate([getattr(b, name) for b in batches])
-    texts = None if any(b.texts is None for b in batches) else [t for b in batches for t in b.texts]
+    texts = None if any(b.texts is None for b in batches) else [t for b in batches for t in b.texts or ()]
     task = cat("task_rewards") if all(b.task_rewards is not None for b in batches) else None
     return RolloutBatch(
-        tokens=np.concatenate(toks), mask=np.concatenate(masks), old_logp=np.concatenate(lps), rewards=cat("rewards"),
-        advantages=cat("advantages"), lengths=cat("lengths"), prompt_width=P, texts=texts,
-        sample_seconds=sum(b.sample_seconds for b in batches), task_rewards=task,
+        tokens=np.concatenate(toks),
+        mask=np.concatenate(masks),
+        old_logp=np.concatenate(lps),
+        rewards=cat("rewards"),
+        advantages=cat("advantages"),
+        lengths=cat("lengths"),
+        prompt_width=P,
+        texts=texts,
+        sample_seconds=sum(b.sample_seconds for b in batches),
+        task_rewards=task,
     )
 
 
@@ -55,16 +62,26 @@ def select_groups(batch: RolloutBatch, groups, group_size: int, trim_multiple: i
     """The rows of the given groups (indices into `[P]`), completion width trimmed again."""
     rows = (np.asarray(groups, np.int64)[:, None] * group_size + np.arange(group_size)[None, :]).reshape(-1)
     take = lambda x: None if x is None else x[rows]
-    tokens, mask, old_logp = trim_completions(batch.tokens[rows], batch.mask[rows], batch.old_logp[rows],
-                                              batch.prompt_width, trim_multiple)
+    tokens, mask, old_logp = trim_completions(
+        batch.tokens[rows], batch.mask[rows], batch.old_logp[rows], batch.prompt_width, trim_multiple
+    )
     texts = None if batch.texts is None else [batch.texts[i] for i in rows]
-    return dataclasses.replace(batch, tokens=tokens, mask=mask, old_logp=old_logp, rewards=batch.rewards[rows],
-                               advantages=batch.advantages[rows], lengths=batch.lengths[rows], texts=texts,
-                               task_rewards=take(batch.task_rewards))
+    return dataclasses.replace(
+        batch,
+        tokens=tokens,
+        mask=mask,
+        old_logp=old_logp,
+        rewards=batch.rewards[rows],
+        advantages=batch.advantages[rows],
+        lengths=batch.lengths[rows],
+        texts=texts,
+        task_rewards=take(batch.task_rewards),
+    )
 
 
-def fill_batch(sample: Callable[[int], RolloutBatch], n_groups: int, group_size: int, max_rounds: int,
-               pad_id: int) -> tuple[RolloutBatch, dict]:
+def fill_batch(
+    sample: Callable[[int], RolloutBatch], n_groups: int, group_size: int, max_rounds: int, pad_id: int
+) -> tuple[RolloutBatch, dict]:
     """Sample rounds (`sample(round)` -> a batch of fresh prompts) until `n_groups` informative groups
     are kept or `max_rounds` extra rounds are spent. Returns the batch (exactly `n_groups` groups:
     the first informative ones in sampling order, then dropped ones if short) and its statistics."""
@@ -78,9 +95,12 @@ def fill_batch(sample: Callable[[int], RolloutBatch], n_groups: int, group_size:
     batch = concat_batches(batches, pad_id) if len(batches) > 1 else batches[0]
     signal = informative_groups(batch.task_rewards if batch.task_rewards is not None else batch.rewards, group_size)
     order = np.concatenate([np.flatnonzero(signal), np.flatnonzero(~signal)])[:n_groups]
-    stats = {"dynamic_rounds": float(len(batches) - 1), "dynamic_sampled_groups": float(len(signal)),
-             "dynamic_dropped_groups": float((~signal).sum()),
-             "dynamic_short_groups": float(max(0, n_groups - int(signal.sum())))}
+    stats = {
+        "dynamic_rounds": float(len(batches) - 1),
+        "dynamic_sampled_groups": float(len(signal)),
+        "dynamic_dropped_groups": float((~signal).sum()),
+        "dynamic_short_groups": float(max(0, n_groups - int(signal.sum()))),
+    }
     return select_groups(batch, np.sort(order), group_size), stats
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -80,19 +81,29 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
     loss = cfg.rl.loss
     if loss.aggregation == "seq_sum_norm" and loss.max_len is None:  # Dr. GRPO: a constant, not the batch width
         loss = dataclasses.replace(loss, max_len=cfg.sampling.max_new_tokens)
-    if a.advantage == "rapid" and (rows_per_micro % cfg.group_size or loss.dash_tau > 0 or loss.clip_eps_low is not None):
-        raise ConfigError("rl.advantage=rapid needs whole groups in every micro-batch and no rl.loss.dash_tau "
-                          f"or ratio clipping (a micro-batch has {rows_per_micro} rows, group_size={cfg.group_size})")
+    if a.advantage == "rapid" and (
+        rows_per_micro % cfg.group_size or loss.dash_tau > 0 or loss.clip_eps_low is not None
+    ):
+        raise ConfigError(
+            "rl.advantage=rapid needs whole groups in every micro-batch and no rl.loss.dash_tau "
+            f"or ratio clipping (a micro-batch has {rows_per_micro} rows, group_size={cfg.group_size})"
+        )
     return StepSpec(
         trainable=cfg.trainable,
         loss=loss,
         algorithm=cfg.algorithm,
         ei_threshold=a.ei_threshold,
         temperature=cfg.sampling.temperature,
-        on_policy=(cfg.updates_per_step == 1 and cfg.rl.loss.clip_eps_low is None and cfg.rl.loss.importance_cap is None
-                   and cfg.algorithm != "ppo"),
+        on_policy=(
+            cfg.updates_per_step == 1
+            and cfg.rl.loss.clip_eps_low is None
+            and cfg.rl.loss.importance_cap is None
+            and cfg.algorithm != "ppo"
+        ),
         need_ref=cfg.rl.loss.kl_coef > 0 or a.log_kl,
-        shared_prompts=cfg.group_size if rows_per_micro % cfg.group_size == 0 and not packs_dash(cfg.algorithm, cfg.rl) else 1,
+        shared_prompts=cfg.group_size
+        if rows_per_micro % cfg.group_size == 0 and not packs_dash(cfg.algorithm, cfg.rl)
+        else 1,
         rapid_group=cfg.group_size if a.advantage == "rapid" and cfg.algorithm == "grpo" else 0,
         remat=cfg.model.remat_arg,
     )
@@ -109,8 +120,19 @@ def setup_training(cfg: TrainConfig, model: Model, mesh, tokenizer: Any = None) 
     value_fn = None
     if cfg.algorithm == "ppo":
         value_fn = make_value_fn(spec, base_shardings=ts.base_shardings, state_shardings=ts.state_shardings, mesh=mesh)
-    return Setup(ts.model, ts.state, ts.rng, ts.tx, ts.schedule, spec, ts.base_shardings, ts.state_shardings,
-                 batch_shardings, value_fn, ts.value_tx)
+    return Setup(
+        ts.model,
+        ts.state,
+        ts.rng,
+        ts.tx,
+        ts.schedule,
+        spec,
+        ts.base_shardings,
+        ts.state_shardings,
+        batch_shardings,
+        value_fn,
+        ts.value_tx,
+    )
 
 
 def sampler_calls(cfg: TrainConfig) -> int:
@@ -160,7 +182,9 @@ def update(step_fn, setup: Setup, state: dict, batch: RolloutBatch, cfg: TrainCo
         sl = slice(u * per_update, (u + 1) * per_update)
         local = {k: getattr(batch, k)[sl] for k in batch_keys(cfg)}
         if packs_dash(cfg.algorithm, cfg.rl):  # DASH: filtered samples never reach the forward / backward pass
-            local, kept = pack_kept(local, per_update // cfg.optimizer.micro_batches, cfg.rl.loss.dash_tau, batch.prompt_width)
+            local, kept = pack_kept(
+                local, per_update // cfg.optimizer.micro_batches, cfg.rl.loss.dash_tau, batch.prompt_width
+            )
         else:
             local = split_micro_batches(local, cfg.optimizer.micro_batches)
         state, m = step_fn(setup.model, state, {k: global_batch(v, mesh) for k, v in local.items()}, batch.prompt_width)
@@ -217,9 +241,13 @@ class RLLearner(GradientLearner):
         # sampling call c gets the same prompts on any process count
         super().__init__(cfg, inputs, mesh, setup, local_prompts=local_prompts, chunks=self.calls)
         self.step_fn = compile_step(
-            setup.spec, setup.tx, base_shardings=setup.base_shardings,
-            state_shardings=setup.state_shardings, batch_shardings=setup.batch_shardings,
-            metric_sharding=replicated(mesh), value_tx=setup.value_tx,
+            setup.spec,
+            setup.tx,
+            base_shardings=setup.base_shardings,
+            state_shardings=setup.state_shardings,
+            batch_shardings=setup.batch_shardings,
+            metric_sharding=replicated(mesh),
+            value_tx=setup.value_tx,
         )
         self.rollout_stats: dict = {}  # dynamic sampling's rounds / dropped / short groups of the last step
 
@@ -227,41 +255,77 @@ class RLLearner(GradientLearner):
         """The run's one-line description (model, trainable, algorithm and advantages, mesh)."""
         cfg, a = self.cfg, self.cfg.rl
         advantage = f"gae(gamma={a.gamma:g}, lambda={a.gae_lambda:g})" if cfg.algorithm == "ppo" else a.advantage
-        return describe_run(cfg, self.setup.model, n_trainable, self.mesh, self.inputs.load_seconds,
-                            f"{cfg.algorithm}/{advantage}, {cfg.prompts_per_step} prompts x G={cfg.group_size}")
+        return describe_run(
+            cfg,
+            self.setup.model,
+            n_trainable,
+            self.mesh,
+            self.inputs.load_seconds,
+            f"{cfg.algorithm}/{advantage}, {cfg.prompts_per_step} prompts x G={cfg.group_size}",
+        )
 
     def postfix(self, record: dict) -> dict:
         """The progress bar's postfix of a step's record."""
-        return dict(reward=f"{record['reward_mean']:+.2f}", acc=f"{record['accuracy']:.2f}",
-                    len=f"{record['completion_length']:.1f}", gnorm=f"{record['grad_norm']:.2g}",
-                    roll=f"{record['rollout_s']:.1f}s", upd=f"{record['update_s']:.1f}s", refresh=False)
+        return dict(
+            reward=f"{record['reward_mean']:+.2f}",
+            acc=f"{record['accuracy']:.2f}",
+            len=f"{record['completion_length']:.1f}",
+            gnorm=f"{record['grad_norm']:.2g}",
+            roll=f"{record['rollout_s']:.1f}s",
+            upd=f"{record['update_s']:.1f}s",
+            refresh=False,
+        )
 
     def rollout(self, state: dict, key: jax.Array) -> RolloutBatch:
         """Sample, score and compute advantages for the next batch of prompts."""
         cfg, inp = self.cfg, self.inputs
         a = cfg.rl
         G = cfg.group_size
-        advantage_fn = (lambda r: np.asarray(group_advantages(r, G, a.advantage))) if cfg.algorithm == "grpo" else (lambda r: r)
+        advantage_fn = (
+            (lambda r: np.asarray(group_advantages(r, G, a.advantage))) if cfg.algorithm == "grpo" else (lambda r: r)
+        )
         model, ivs = self.policy(state)
         # one key for the whole (multi-process) batch: the sampler runs on the mesh, each device its rows
 
         def sample(round_: int) -> RolloutBatch:  # round 0 = the step's batch, then DAPO's extra rounds
             examples = next(self.data_iter)
             return collect(
-                model, ivs, examples, [inp.encode(e) for e in examples], group_size=G, calls=self.calls,
-                tokenizer=inp.tokenizer, key=key if round_ == 0 else jax.random.fold_in(key, round_),
-                reward_fn=inp.reward_fn, advantage_fn=advantage_fn, sampling=self.cfg.sampling,
-                overlong_buffer=a.overlong_buffer, mesh=self.mesh,
+                model,
+                ivs,
+                examples,
+                [inp.encode(e) for e in examples],
+                group_size=G,
+                calls=self.calls,
+                tokenizer=inp.tokenizer,
+                key=key if round_ == 0 else jax.random.fold_in(key, round_),
+                reward_fn=inp.reward_fn,
+                advantage_fn=advantage_fn,
+                sampling=self.cfg.sampling,
+                overlong_buffer=a.overlong_buffer,
+                mesh=self.mesh,
             )
 
         if not a.dynamic_sampling:
             batch = sample(0)
         else:
-            batch, self.rollout_stats = fill_batch(sample, cfg.prompts_per_step // jax.process_count(), G,
-                                                   a.dynamic_sampling_rounds, pad_id_for(model, inp.tokenizer))
+            batch, self.rollout_stats = fill_batch(
+                sample,
+                cfg.prompts_per_step // jax.process_count(),
+                G,
+                a.dynamic_sampling_rounds,
+                pad_id_for(model, inp.tokenizer),
+            )
         if cfg.algorithm == "ppo":
-            batch = ppo_targets(self.setup.value_fn, self.setup.model, state, batch, micro_batches=cfg.optimizer.micro_batches,
-                                gamma=a.gamma, lam=a.gae_lambda, mesh=self.mesh)
+            batch = ppo_targets(
+                self.setup.value_fn,
+                self.setup.model,
+                state,
+                batch,
+                micro_batches=cfg.optimizer.micro_batches,
+                gamma=a.gamma,
+                lam=a.gae_lambda,
+                mesh=self.mesh,
+            )
         return batch
 
     def step(self, state: dict, rng: jax.Array, step: int) -> tuple[dict, jax.Array, dict]:
@@ -283,4 +347,14 @@ def train_rl(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | 
     return train_loop(cfg, inputs, run, RLLearner(cfg, inputs, make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)))
 
 
-__all__ = ["Setup", "step_spec", "setup_training", "sampler_calls", "check_layout", "update", "step_record", "RLLearner", "train_rl"]
+__all__ = [
+    "Setup",
+    "step_spec",
+    "setup_training",
+    "sampler_calls",
+    "check_layout",
+    "update",
+    "step_record",
+    "RLLearner",
+    "train_rl",
+]

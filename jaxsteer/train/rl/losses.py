@@ -34,6 +34,8 @@ import jax.numpy as jnp
 from ...errors import InputError
 from ..config import AGGREGATIONS, LossConfig
 
+DEFAULT_LOSS = LossConfig()  # the default `rl.loss` section (frozen, so one shared instance is safe)
+
 _sg = jax.lax.stop_gradient
 
 ADVANTAGE_MODES = ("grpo", "rloo", "mean", "rapid")
@@ -52,7 +54,9 @@ def _grouped(rewards: jax.Array, group_size: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("group_size", "mode", "eps", "std_ddof"))
-def group_advantages(rewards, group_size: int, mode: str = "grpo", eps: float = 1e-6, *, std_ddof: int = 1) -> jax.Array:
+def group_advantages(
+    rewards, group_size: int, mode: str = "grpo", eps: float = 1e-6, *, std_ddof: int = 1
+) -> jax.Array:
     """Per-sample advantages `[N]` from rewards `[N]` grouped contiguously by prompt.
 
     - "grpo": `(r - mean_g) / (std_g + eps)`; `std_ddof=1` (sample std, as TRL and verl do with
@@ -178,8 +182,12 @@ def clipped_objective(rho, ratio, advantages, cfg: LossConfig) -> tuple[jax.Arra
 
 
 def _check_shapes(logp, old_logp, m, adv) -> None:
-    if logp.ndim != 2 or old_logp.shape != logp.shape or m.shape != logp.shape or adv.shape not in (logp.shape[:1],
-                                                                                                    logp.shape):
+    if (
+        logp.ndim != 2
+        or old_logp.shape != logp.shape
+        or m.shape != logp.shape
+        or adv.shape not in (logp.shape[:1], logp.shape)
+    ):
         raise InputError(
             f"expected logp/old_logp/mask [B, N] and advantages [B] or [B, N]; got {logp.shape}, {old_logp.shape}, "
             f"{m.shape}, {adv.shape}"
@@ -193,7 +201,7 @@ def policy_loss(
     ref_logp,
     advantages,
     mask,
-    cfg: LossConfig = LossConfig(),
+    cfg: LossConfig = DEFAULT_LOSS,
     *,
     denominator=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -299,8 +307,17 @@ def whiten(x, mask, eps: float = 1e-8) -> jax.Array:
     return (x - mean) * jax.lax.rsqrt(var + eps) * m
 
 
-def value_loss(values, old_values, returns, mask, clip: float | None = 0.2, *, aggregation: str = "token_mean",
-               max_len: int | None = None, denominator=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def value_loss(
+    values,
+    old_values,
+    returns,
+    mask,
+    clip: float | None = 0.2,
+    *,
+    aggregation: str = "token_mean",
+    max_len: int | None = None,
+    denominator=None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """PPO's value loss `0.5 * max((V - R)^2, (V_clip - R)^2)` with
     `V_clip = V_old + clip(V - V_old, -clip, clip)` per token (`clip=None`: `0.5 (V - R)^2`),
     aggregated like the policy loss (`aggregate`). Returns `(loss, metrics)`: value_loss,
@@ -322,8 +339,11 @@ def value_loss(values, old_values, returns, mask, clip: float | None = 0.2, *, a
     var_ret = jnp.sum(jnp.square(ret - mean_ret) * m) / n
     resid = ret - _sg(v)
     var_res = jnp.sum(jnp.square(resid - jnp.sum(resid * m) / n) * m) / n
-    return loss, {"value_loss": _sg(loss), "value_clip_fraction": jnp.sum(clipped * m) / n,
-                  "explained_variance": 1.0 - var_res / jnp.maximum(var_ret, 1e-8)}
+    return loss, {
+        "value_loss": _sg(loss),
+        "value_clip_fraction": jnp.sum(clipped * m) / n,
+        "explained_variance": 1.0 - var_res / jnp.maximum(var_ret, 1e-8),
+    }
 
 
 def rapid_advantages(rewards, seq_log_ratio, group_size: int, cap: float | None = None) -> tuple[jax.Array, jax.Array]:
@@ -347,8 +367,9 @@ def rapid_advantages(rewards, seq_log_ratio, group_size: int, cap: float | None 
     return (w * (r - b)).reshape(-1), w.reshape(-1)
 
 
-def rapid_loss(logp, old_logp, ref_logp, rewards, mask, group_size: int, cfg: LossConfig = LossConfig(), *,
-               denominator=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def rapid_loss(
+    logp, old_logp, ref_logp, rewards, mask, group_size: int, cfg: LossConfig = DEFAULT_LOSS, *, denominator=None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The policy loss with RAPID's estimator: advantages from `rapid_advantages` (weights clipped at
     `cfg.importance_cap`, None = unclipped) under the current policy, then the REINFORCE surrogate
     `-A_i log pi(y_it)` aggregated per `cfg.aggregation` (plus `cfg.kl_coef` k3 KL). Rows come in
@@ -358,12 +379,18 @@ def rapid_loss(logp, old_logp, ref_logp, rewards, mask, group_size: int, cfg: Lo
     m = jnp.asarray(mask, jnp.float32)
     seq_log_ratio = jnp.sum(jnp.where(m > 0, logp - _sg(jnp.asarray(old_logp, jnp.float32)), 0.0), axis=1)
     adv, w = rapid_advantages(rewards, seq_log_ratio, group_size, cfg.importance_cap)
-    loss, metrics = policy_loss(logp, _sg(logp), ref_logp, adv, m, dataclasses.replace(cfg, importance_cap=None),
-                                denominator=denominator)
+    loss, metrics = policy_loss(
+        logp, _sg(logp), ref_logp, adv, m, dataclasses.replace(cfg, importance_cap=None), denominator=denominator
+    )
     raw = jnp.exp(_sg(seq_log_ratio))
     capped = raw > cfg.importance_cap if cfg.importance_cap is not None else jnp.zeros_like(raw, bool)
-    metrics = {**metrics, "ratio_mean": jnp.mean(raw), "ratio_min": jnp.min(raw), "ratio_max": jnp.max(raw),
-               "importance_capped_fraction": jnp.mean(capped.astype(jnp.float32))}
+    metrics = {
+        **metrics,
+        "ratio_mean": jnp.mean(raw),
+        "ratio_min": jnp.min(raw),
+        "ratio_max": jnp.max(raw),
+        "importance_capped_fraction": jnp.mean(capped.astype(jnp.float32)),
+    }
     return loss, metrics
 
 

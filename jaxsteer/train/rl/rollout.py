@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -49,7 +50,7 @@ class RolloutBatch:
 
     @property
     def completion_mask(self) -> np.ndarray:
-        return self.mask[:, self.prompt_width:]
+        return self.mask[:, self.prompt_width :]
 
 
 def _join(parts: list, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -98,16 +99,32 @@ def collect(
     parts, texts = [], []
     t0 = time.perf_counter()
     mesh = make_mesh(1, 1, jax.devices()[:1]) if mesh is None else mesh
-    spec = SamplingConfig(sampling.max_new_tokens, float(sampling.temperature), int(sampling.top_k),
-                          float(sampling.top_p), False, group_size)
+    spec = SamplingConfig(
+        sampling.max_new_tokens,
+        float(sampling.temperature),
+        int(sampling.top_k),
+        float(sampling.top_p),
+        False,
+        group_size,
+    )
     for c in range(calls):  # G rows per prompt, one prefill per prompt
-        prepared = prepare_prompts(model, prompt_ids[c * per : (c + 1) * per], tokenizer=tokenizer,
-                                   max_new_tokens=sampling.max_new_tokens, bucket=sampling.bucket, stop_tokens=stop_tokens)
+        prepared = prepare_prompts(
+            model,
+            prompt_ids[c * per : (c + 1) * per],
+            tokenizer=tokenizer,
+            max_new_tokens=sampling.max_new_tokens,
+            bucket=sampling.bucket,
+            stop_tokens=stop_tokens,
+        )
         parts.append(sample_on_mesh(model, prepared, jax.random.fold_in(key, c), interventions, spec, mesh, tokenizer))
     seconds = time.perf_counter() - t0
     rewards = np.concatenate(
-        [score_completions(reward_fn, examples[c * per : (c + 1) * per], prompt_ids[c * per : (c + 1) * per], o, group_size)
-         for c, o in enumerate(parts)]
+        [
+            score_completions(
+                reward_fn, examples[c * per : (c + 1) * per], prompt_ids[c * per : (c + 1) * per], o, group_size
+            )
+            for c, o in enumerate(parts)
+        ]
     )
     for o in parts:
         texts.extend(o.texts if o.texts is not None else [])

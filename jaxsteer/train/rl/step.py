@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -30,15 +29,23 @@ from ...models.decoder import unembed
 from ...models.params import Model
 from ..config import LossConfig
 from ..gradient import accumulate_gradients, apply_gradients, compile_update
-from ..trainable import TrainableConfig, build_policy, value_estimates
 from ..scoring import completion_states, token_logprobs
+from ..trainable import TrainableConfig, build_policy, value_estimates
 from .losses import expert_iteration_loss, expert_iteration_mask, k3_kl, policy_loss, rapid_loss, value_loss
 
 _sg = jax.lax.stop_gradient
 
 # Metrics combined across micro-batches as token-weighted means / sums / extrema.
-_TOKEN_MEAN = ("kl", "clip_fraction", "clip_low_fraction", "clip_high_fraction", "ratio_mean", "importance_capped_fraction",
-               "value_clip_fraction", "explained_variance")
+_TOKEN_MEAN = (
+    "kl",
+    "clip_fraction",
+    "clip_low_fraction",
+    "clip_high_fraction",
+    "ratio_mean",
+    "importance_capped_fraction",
+    "value_clip_fraction",
+    "explained_variance",
+)
 _SUM = ("pg_loss", "kl_loss", "loss", "n_tokens", "entropy_sum", "comp_tokens", "value_loss")
 
 
@@ -78,7 +85,9 @@ def _score(model, tokens, mask, ivs, spec: StepSpec, prompt_width: int):
     the positions that predict the completion (each prompt once when rows share it)."""
     group = spec.shared_prompts if spec.shared_prompts > 1 and tokens.shape[0] % spec.shared_prompts == 0 else 1
     h = completion_states(model, tokens, mask, ivs, completion_start=prompt_width, group_size=group, remat=spec.remat)
-    logp, entropy = token_logprobs(unembed(model, h), tokens[:, prompt_width:], mask[:, prompt_width:], spec.temperature)
+    logp, entropy = token_logprobs(
+        unembed(model, h), tokens[:, prompt_width:], mask[:, prompt_width:], spec.temperature
+    )
     return logp, entropy, h
 
 
@@ -95,23 +104,34 @@ def microbatch_loss(params: dict, base: Model, mb: dict, spec: StepSpec, prompt_
         ref_logp = _sg(ref_logp)
     if spec.algorithm == "expert_iteration":
         loss = expert_iteration_loss(logp, mb["rewards"], cm, spec.ei_threshold, denominator=denominator)
-        metrics = {"pg_loss": _sg(loss), "n_tokens": jnp.sum(expert_iteration_mask(mb["rewards"], cm, spec.ei_threshold)),
-                   "kept_fraction": jnp.mean((mb["rewards"] > spec.ei_threshold).astype(jnp.float32))}
+        metrics = {
+            "pg_loss": _sg(loss),
+            "n_tokens": jnp.sum(expert_iteration_mask(mb["rewards"], cm, spec.ei_threshold)),
+            "kept_fraction": jnp.mean((mb["rewards"] > spec.ei_threshold).astype(jnp.float32)),
+        }
         if ref_logp is not None:
             metrics["kl"] = jnp.sum(k3_kl(logp, ref_logp) * cm) / jnp.maximum(jnp.sum(cm), 1.0)
     elif spec.rapid_group:
         old = _sg(logp) if spec.on_policy else mb["old_logp"]
-        loss, metrics = rapid_loss(logp, old, ref_logp, mb["rewards"], cm, spec.rapid_group, spec.loss,
-                                   denominator=denominator)
+        loss, metrics = rapid_loss(
+            logp, old, ref_logp, mb["rewards"], cm, spec.rapid_group, spec.loss, denominator=denominator
+        )
     else:
         old = _sg(logp) if spec.on_policy else mb["old_logp"]
         loss, metrics = policy_loss(logp, old, ref_logp, mb["advantages"], cm, spec.loss, denominator=denominator)
     metrics = dict(metrics)
     if spec.algorithm == "ppo":
         values = value_estimates(model, params["value"], h)
-        v_loss, v_metrics = value_loss(values, mb["old_values"], mb["returns"], cm, spec.loss.value_clip,
-                                       aggregation=spec.loss.aggregation, max_len=spec.loss.max_len,
-                                       denominator=denominator)
+        v_loss, v_metrics = value_loss(
+            values,
+            mb["old_values"],
+            mb["returns"],
+            cm,
+            spec.loss.value_clip,
+            aggregation=spec.loss.aggregation,
+            max_len=spec.loss.max_len,
+            denominator=denominator,
+        )
         loss = loss + spec.loss.value_coef * v_loss
         metrics.update(v_metrics)
     metrics["loss"] = _sg(loss)
@@ -153,8 +173,9 @@ def train_step(base: Model, state: dict, batch: dict, *, spec: StepSpec, tx, pro
         denominator = global_denominator(comp, batch["advantages"], spec.loss)
     grad_fn = jax.grad(microbatch_loss, has_aux=True)
     params = {k: state[k] for k in ("trainable", "value") if k in state}
-    grads, per_mb = accumulate_gradients(lambda p, mb: grad_fn(p, base, mb, spec, prompt_width, denominator),
-                                         params, batch)
+    grads, per_mb = accumulate_gradients(
+        lambda p, mb: grad_fn(p, base, mb, spec, prompt_width, denominator), params, batch
+    )
     metrics = _combine(per_mb)
     new_state, update_metrics = apply_gradients(state, grads["trainable"], tx)
     metrics.update(update_metrics)
@@ -165,13 +186,27 @@ def train_step(base: Model, state: dict, batch: dict, *, spec: StepSpec, tx, pro
     return new_state, metrics
 
 
-def compile_step(spec: StepSpec, tx, *, base_shardings=None, state_shardings=None, batch_shardings=None,
-                 metric_sharding=None, donate: bool = True, value_tx=None):
+def compile_step(
+    spec: StepSpec,
+    tx,
+    *,
+    base_shardings=None,
+    state_shardings=None,
+    batch_shardings=None,
+    metric_sharding=None,
+    donate: bool = True,
+    value_tx=None,
+):
     """`step(base, state, batch, prompt_width) -> (state, metrics)`, jitted with explicit shardings
     (None = let JAX choose) and the train state donated (`value_tx`: PPO's value-head optimizer)."""
-    return compile_update(functools.partial(train_step, spec=spec, tx=tx, value_tx=value_tx),
-                          base_shardings=base_shardings, state_shardings=state_shardings,
-                          batch_shardings=batch_shardings, metric_sharding=metric_sharding, donate=donate)
+    return compile_update(
+        functools.partial(train_step, spec=spec, tx=tx, value_tx=value_tx),
+        base_shardings=base_shardings,
+        state_shardings=state_shardings,
+        batch_shardings=batch_shardings,
+        metric_sharding=metric_sharding,
+        donate=donate,
+    )
 
 
 __all__ = ["StepSpec", "global_denominator", "microbatch_loss", "train_step", "compile_step"]

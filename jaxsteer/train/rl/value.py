@@ -18,24 +18,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ...models.params import Model
 from ..distributed import gather_rows, local_rows
+from ..scoring import completion_states
 from ..sharding import batch_sharding, global_batch
 from ..trainable import build_policy, value_estimates
 from .losses import gae, terminal_rewards, whiten
 from .rollout import RolloutBatch
-from ..scoring import completion_states
 
 
 def make_value_fn(spec, *, base_shardings=None, state_shardings=None, mesh=None):
     """`fn(base, state, tokens, mask, prompt_width) -> values [B, N]` under the state's policy and
     value head, jitted (rows sharded over the mesh's batch axes when `mesh` is given)."""
-    cache: dict[int, object] = {}
+    cache: dict[int, Callable] = {}
 
     def values(base, state, tokens, mask, *, prompt_width: int):
         model, ivs = build_policy(base, state["trainable"], spec.trainable)
@@ -45,7 +46,7 @@ def make_value_fn(spec, *, base_shardings=None, state_shardings=None, mesh=None)
 
     def fn(base, state, tokens, mask, prompt_width: int):
         if prompt_width not in cache:
-            kw = {}
+            kw: dict[str, Any] = {}
             if mesh is not None:
                 rows = batch_sharding(mesh, 2, micro=False)
                 kw = dict(in_shardings=(base_shardings, state_shardings, rows, rows), out_shardings=rows)
@@ -60,8 +61,9 @@ def _gae_of(rewards, values, comp_mask, gamma, lam):
     return gae(terminal_rewards(rewards, comp_mask), values, comp_mask, gamma, lam)
 
 
-def ppo_targets(value_fn, base: Model, state: dict, batch: RolloutBatch, *, micro_batches: int, gamma: float,
-                lam: float, mesh) -> RolloutBatch:
+def ppo_targets(
+    value_fn, base: Model, state: dict, batch: RolloutBatch, *, micro_batches: int, gamma: float, lam: float, mesh
+) -> RolloutBatch:
     """The batch with PPO's per-token `advantages` (GAE, whitened over every process's tokens),
     `returns` and `old_values`, all `[B, N]`. Values come from `value_fn` (`make_value_fn`), one
     call per micro-batch of this process's rows."""
@@ -77,8 +79,12 @@ def ppo_targets(value_fn, base: Model, state: dict, batch: RolloutBatch, *, micr
     adv, returns = (np.asarray(x) for x in _gae_of(batch.rewards, values, comp, float(gamma), float(lam)))
     everyone = np.asarray(whiten(gather_rows(adv), gather_rows(comp)))  # the statistics of the whole batch
     start = jax.process_index() * rows if jax.process_count() > 1 else 0
-    return dataclasses.replace(batch, advantages=everyone[start:start + rows].astype(np.float32),
-                               returns=returns.astype(np.float32), old_values=values)
+    return dataclasses.replace(
+        batch,
+        advantages=everyone[start : start + rows].astype(np.float32),
+        returns=returns.astype(np.float32),
+        old_values=values,
+    )
 
 
 __all__ = ["make_value_fn", "ppo_targets"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class ReferenceBatch:
 
     @property
     def completion_mask(self) -> np.ndarray:
-        return self.mask[:, self.prompt_width:]
+        return self.mask[:, self.prompt_width :]
 
 
 def target_ids(example, tokenizer: Any, eos_id: int | None) -> list[int]:
@@ -49,8 +50,16 @@ def target_ids(example, tokenizer: Any, eos_id: int | None) -> list[int]:
     return ids + ([int(eos_id)] if eos_id is not None else [])
 
 
-def reference_batch(examples: Sequence, prompt_ids: Sequence[Sequence[int]], *, tokenizer: Any, pad_id: int,
-                    eos_id: int | None, max_new_tokens: int, bucket: int = 8) -> ReferenceBatch:
+def reference_batch(
+    examples: Sequence,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    tokenizer: Any,
+    pad_id: int,
+    eos_id: int | None,
+    max_new_tokens: int,
+    bucket: int = 8,
+) -> ReferenceBatch:
     """A `ReferenceBatch` of prompts (left-padded to a multiple of `bucket`) followed by their
     targets (cut at `max_new_tokens`, right-padded; the width trimmed to a multiple of 8)."""
     t0 = time.perf_counter()
@@ -62,10 +71,15 @@ def reference_batch(examples: Sequence, prompt_ids: Sequence[Sequence[int]], *, 
     mask = np.zeros((B, P + N), np.int32)
     tokens[:, :P], mask[:, :P] = left_pad(prompt_ids, pad_id, P)
     for i, t in enumerate(targets):
-        tokens[i, P:P + len(t)], mask[i, P:P + len(t)] = t, 1
+        tokens[i, P : P + len(t)], mask[i, P : P + len(t)] = t, 1
     tokens, mask, _ = trim_completions(tokens, mask, np.zeros((B, N), np.float32), P)
-    return ReferenceBatch(tokens=tokens, mask=mask, lengths=np.array([len(t) for t in targets]), prompt_width=P,
-                          seconds=time.perf_counter() - t0)
+    return ReferenceBatch(
+        tokens=tokens,
+        mask=mask,
+        lengths=np.array([len(t) for t in targets]),
+        prompt_width=P,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 __all__ = ["ReferenceBatch", "target_ids", "reference_batch"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +68,9 @@ def nll_loss(params: dict, base: Model, mb: dict, spec: SFTSpec, prompt_width: i
     model, ivs = build_policy(base, params["trainable"], spec.trainable)
     tokens, mask = mb["tokens"], mb["mask"]
     h = completion_states(model, tokens, mask, ivs, completion_start=prompt_width, remat=spec.remat)
-    logp, entropy = token_logprobs(unembed(model, h), tokens[:, prompt_width:], mask[:, prompt_width:], spec.temperature)
+    logp, entropy = token_logprobs(
+        unembed(model, h), tokens[:, prompt_width:], mask[:, prompt_width:], spec.temperature
+    )
     cm = mask[:, prompt_width:].astype(jnp.float32)
     loss = -jnp.sum(jnp.asarray(logp, jnp.float32) * cm) / jnp.maximum(denominator, 1.0)
     sg = jax.lax.stop_gradient
@@ -81,12 +84,16 @@ def sft_step(base: Model, state: dict, batch: dict, *, spec: SFTSpec, tx, prompt
     denominator = jnp.sum(batch["mask"][:, :, prompt_width:].astype(jnp.float32))
     grad_fn = jax.grad(nll_loss, has_aux=True)
     params = {"trainable": state["trainable"]}
-    grads, per_mb = accumulate_gradients(lambda p, mb: grad_fn(p, base, mb, spec, prompt_width, denominator),
-                                         params, batch)
+    grads, per_mb = accumulate_gradients(
+        lambda p, mb: grad_fn(p, base, mb, spec, prompt_width, denominator), params, batch
+    )
     new_state, metrics = apply_gradients(state, grads["trainable"], tx)
     n_tokens = jnp.sum(per_mb["n_tokens"])
-    metrics.update(loss=jnp.sum(per_mb["loss"]), n_tokens=n_tokens,
-                   entropy=jnp.sum(per_mb["entropy_sum"]) / jnp.maximum(n_tokens, 1.0))
+    metrics.update(
+        loss=jnp.sum(per_mb["loss"]),
+        n_tokens=n_tokens,
+        entropy=jnp.sum(per_mb["entropy_sum"]) / jnp.maximum(n_tokens, 1.0),
+    )
     return new_state, metrics
 
 
@@ -99,7 +106,8 @@ def check_layout(cfg: TrainConfig, mesh) -> int:
     if cfg.prompts_per_step % m or (cfg.prompts_per_step // m) % shards:
         raise ConfigError(
             f"prompts_per_step={cfg.prompts_per_step} must split into optimizer.micro_batches={m} micro-batches "
-            f"divisible by the {shards} batch shards of the mesh (data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
+            f"divisible by the {shards} batch shards of the mesh "
+            f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
         )
     return cfg.prompts_per_step // nproc
 
@@ -119,8 +127,10 @@ class SFTLearner(GradientLearner):
         super().__init__(cfg, inputs, mesh, setup, local_prompts=local_prompts)
         self.spec = sft_spec(cfg)
         self.step_fn = compile_update(
-            functools.partial(sft_step, spec=self.spec, tx=setup.tx), base_shardings=setup.base_shardings,
-            state_shardings=setup.state_shardings, batch_shardings={k: batch_sharding(mesh, 3) for k in BATCH_KEYS},
+            functools.partial(sft_step, spec=self.spec, tx=setup.tx),
+            base_shardings=setup.base_shardings,
+            state_shardings=setup.state_shardings,
+            batch_shardings={k: batch_sharding(mesh, 3) for k in BATCH_KEYS},
             metric_sharding=replicated(mesh),
         )
         tok = inputs.tokenizer
@@ -132,9 +142,15 @@ class SFTLearner(GradientLearner):
     def batch(self) -> ReferenceBatch:
         """The next examples' prompts followed by their reference answers."""
         examples = next(self.data_iter)
-        return reference_batch(examples, [self.inputs.encode(e) for e in examples], tokenizer=self.inputs.tokenizer,
-                               pad_id=self.pad_id, eos_id=self.eos_id, max_new_tokens=self.cfg.sampling.max_new_tokens,
-                               bucket=self.cfg.sampling.bucket)
+        return reference_batch(
+            examples,
+            [self.inputs.encode(e) for e in examples],
+            tokenizer=self.inputs.tokenizer,
+            pad_id=self.pad_id,
+            eos_id=self.eos_id,
+            max_new_tokens=self.cfg.sampling.max_new_tokens,
+            bucket=self.cfg.sampling.bucket,
+        )
 
     def step(self, state: dict, rng: jax.Array, step: int) -> tuple[dict, jax.Array, dict]:
         """One training step: the reference batch, one update, the logged record. `rng` advances
@@ -144,8 +160,9 @@ class SFTLearner(GradientLearner):
         batch = self.batch()
         t1 = time.perf_counter()
         local = split_micro_batches({"tokens": batch.tokens, "mask": batch.mask}, self.cfg.optimizer.micro_batches)
-        state, m = self.step_fn(self.setup.model, state, {k: global_batch(v, self.mesh) for k, v in local.items()},
-                                batch.prompt_width)
+        state, m = self.step_fn(
+            self.setup.model, state, {k: global_batch(v, self.mesh) for k, v in local.items()}, batch.prompt_width
+        )
         m = jax.device_get(m)
         t2 = time.perf_counter()
         lengths = gather_rows(batch.lengths.astype(np.float32))
@@ -166,13 +183,24 @@ class SFTLearner(GradientLearner):
 
     def describe(self, n_trainable: int) -> str:
         """The run's one-line description (model, trainable, prompts per step, mesh)."""
-        return describe_run(self.cfg, self.setup.model, n_trainable, self.mesh, self.inputs.load_seconds,
-                            f"sft, {self.cfg.prompts_per_step} prompts")
+        return describe_run(
+            self.cfg,
+            self.setup.model,
+            n_trainable,
+            self.mesh,
+            self.inputs.load_seconds,
+            f"sft, {self.cfg.prompts_per_step} prompts",
+        )
 
     def postfix(self, record: dict) -> dict:
         """The progress bar's postfix of a step's record."""
-        return dict(loss=f"{record['loss']:.3f}", len=f"{record['completion_length']:.1f}",
-                    gnorm=f"{record['grad_norm']:.2g}", upd=f"{record['update_s']:.1f}s", refresh=False)
+        return dict(
+            loss=f"{record['loss']:.3f}",
+            len=f"{record['completion_length']:.1f}",
+            gnorm=f"{record['grad_norm']:.2g}",
+            upd=f"{record['update_s']:.1f}s",
+            refresh=False,
+        )
 
 
 def train_sft(cfg: TrainConfig, inputs: Inputs, run: Run, *, devices: Sequence | None = None) -> tuple[Any, list, dict]:

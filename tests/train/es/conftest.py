@@ -55,8 +55,10 @@ def random_lora(model):
     trainable = {}
     for p in cfg.lora_targets:
         L, d_in, d_out = model.params["layers"][p].shape
-        trainable[p] = {"a": jnp.asarray(rng.normal(size=(L, d_in, 4)) * 0.3, jnp.float32),
-                        "b": jnp.asarray(rng.normal(size=(L, 4, d_out)) * 0.3, jnp.float32)}
+        trainable[p] = {
+            "a": jnp.asarray(rng.normal(size=(L, d_in, 4)) * 0.3, jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(L, 4, d_out)) * 0.3, jnp.float32),
+        }
     return trainable, cfg
 
 

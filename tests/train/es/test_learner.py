@@ -39,7 +39,7 @@ def test_essa_members_of_a_generation_share_one_prompt_batch(model, lora):
     spec = ESLoopSpec(generations=2, prompts_per_generation=3, max_new_tokens=2, stop_tokens=(), seed=1)
     run_es(model, space, strategy, examples, record, spec, log=None)
     assert len(seen) == 2 * 4 * 3  # generations x members x prompts
-    batches = [[seen[g * 12 + m * 3: g * 12 + m * 3 + 3] for m in range(4)] for g in range(2)]
+    batches = [[seen[g * 12 + m * 3 : g * 12 + m * 3 + 3] for m in range(4)] for g in range(2)]
     for members in batches:
         assert all(b == members[0] for b in members) and len(set(members[0])) == 3
     assert set(batches[0][0]) != set(batches[1][0])
@@ -64,16 +64,18 @@ def test_resume_is_exact(model, essa, tmp_path):
     straight = run_es(model, space, strategy, prompt_examples() * 3, low_tokens, spec, log=None)
     quiet = dict(tensorboard=False, progress=False, plot=False)
     run = Run(str(tmp_path / "b"), **quiet)
-    first = run_es(model, space, strategy, prompt_examples() * 3, low_tokens, dataclasses.replace(spec, generations=2), run=run)
+    first = run_es(
+        model, space, strategy, prompt_examples() * 3, low_tokens, dataclasses.replace(spec, generations=2), run=run
+    )
     run.close()
     assert int(first.state["generation"]) == 2
     run = Run(str(tmp_path / "b"), resume=True, **quiet)
     resumed = run_es(model, space, strategy, prompt_examples() * 3, low_tokens, spec, run=run)
     run.close()
     assert len(resumed.history) == 2
-    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state)):
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state), jax.tree_util.tree_leaves(resumed.state), strict=False):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for a, b in zip(straight.history[2:], resumed.history):
+    for a, b in zip(straight.history[2:], resumed.history, strict=False):
         assert a["fitness_mean"] == b["fitness_mean"] and a["update_norm"] == b["update_norm"]
 
 
@@ -86,12 +88,19 @@ def test_train_es_from_a_train_config(model, tmp_path):
     from jaxsteer.train.evaluate import evaluate_policy
     from jaxsteer.train.metrics import read_log
 
-    cfg = config_from_dict({  # population / sigma / lr = STEER's: the compiled program is reused
-        "steps": 2, "output_dir": str(tmp_path), "algorithm": {"name": "es", "prompts_per_step": 2},
-        "es": {"population": 16, "sigma": 1.0, "lr": 4.0},
-        "sampling": {"max_new_tokens": N_NEW, "bucket": 8}, "eval": {"before": False, "after": False},
-        "progress": False, "plot": False, "tensorboard": False,
-    })
+    cfg = config_from_dict(
+        {  # population / sigma / lr = STEER's: the compiled program is reused
+            "steps": 2,
+            "output_dir": str(tmp_path),
+            "algorithm": {"name": "es", "prompts_per_step": 2},
+            "es": {"population": 16, "sigma": 1.0, "lr": 4.0},
+            "sampling": {"max_new_tokens": N_NEW, "bucket": 8},
+            "eval": {"before": False, "after": False},
+            "progress": False,
+            "plot": False,
+            "tensorboard": False,
+        }
+    )
     res = train(cfg, model=model, reward_fn=low_tokens, train_examples=prompt_examples())
     assert res.trainable["vectors"].shape == (CFG.n_layers, CFG.d_model) and np.abs(res.trainable["vectors"]).max() > 0
     assert [r["step"] for r in read_log(res.files["metrics"])] == [1, 2]
@@ -103,8 +112,14 @@ def test_train_es_from_a_train_config(model, tmp_path):
     out = evaluate_run(cfg, model=model, eval_examples=examples, reward_fn=low_tokens)
     assert out["step"] == 2
     ids = [e.meta["prompt_ids"] for e in examples]
-    steered = evaluate_policy(*apply_trainable(model, res.trainable, TrainableConfig()), examples, ids, tokenizer=None,
-                              reward_fn=get_reward_fn(low_tokens), max_new_tokens=N_NEW)
+    steered = evaluate_policy(
+        *apply_trainable(model, res.trainable, TrainableConfig()),
+        examples,
+        ids,
+        tokenizer=None,
+        reward_fn=get_reward_fn(low_tokens),
+        max_new_tokens=N_NEW,
+    )
     assert out["trained"]["greedy_acc"] == steered["greedy_acc"]
 
 
@@ -139,7 +154,9 @@ def test_config_builds_spaces_and_strategies(model, lora):
     space, strat = build_es(model, ESConfig(alpha=0.25, space="essa_product"), "essa", cfg, trainable)
     assert isinstance(strat, CMAES) and space.n_active == 1
     space, strat = build_es(model, ESConfig(alpha=0.5, targets=("q_proj", "v_proj")), "essa", cfg, trainable)
-    assert isinstance(space, ESSASpace) and set(space.s_a) == {"q_proj", "v_proj"} and set(space.frozen) == {"down_proj"}
+    assert (
+        isinstance(space, ESSASpace) and set(space.s_a) == {"q_proj", "v_proj"} and set(space.frozen) == {"down_proj"}
+    )
     with pytest.raises(ConfigError, match="have no adapter"):
         build_es(model, ESConfig(targets=("k_proj",)), "essa", cfg, trainable)  # the fixture has no k_proj adapter
     space, strat = build_es(model, ESConfig(space="full", strategy="sep_cma", population=8), "es")

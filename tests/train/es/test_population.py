@@ -27,8 +27,13 @@ from tests.train.es.conftest import EGG, N_NEW, PROMPTS, STEER
 def sharded_run():
     """The 8-virtual-device check runs in a subprocess started with the module's first test (it
     compiles in parallel with the rest); `test_sharded_population_equals_one_device` collects it."""
-    proc = subprocess.Popen([sys.executable, "-c", SHARDED.format(tests=TESTS)], env=device_env(8), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SHARDED.format(tests=TESTS)],
+        env=device_env(8),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     yield proc
     if proc.poll() is None:
         proc.kill()
@@ -46,17 +51,27 @@ def test_population_equals_member_loop(model, essa, which):
     assert len({out.tokens[m].tobytes() for m in range(16)}) > 1
     for m in range(16):
         run, ivs = space.apply(model, strategy.member(space, state, m))
-        ref = jaxsteer.generate(run, PROMPTS, interventions=ivs, greedy=True, max_new_tokens=N_NEW, stop_tokens=[1], bucket=8)
+        ref = jaxsteer.generate(
+            run, PROMPTS, interventions=ivs, greedy=True, max_new_tokens=N_NEW, stop_tokens=[1], bucket=8
+        )
         np.testing.assert_array_equal(out.tokens[m], ref.tokens)
         np.testing.assert_array_equal(out.lengths[m], ref.lengths)
         np.testing.assert_allclose(out.logprobs[m], ref.logprobs, atol=1e-5)
     if which == "steering":  # sampled decoding shares one key; member_batch (lax.map) gives the same
-        out = population_generate(model, space, strategy, state, PROMPTS, max_new_tokens=N_NEW, stop_tokens=[1],
-                                  greedy=False, member_batch=4)
+        out = population_generate(
+            model, space, strategy, state, PROMPTS, max_new_tokens=N_NEW, stop_tokens=[1], greedy=False, member_batch=4
+        )
         for m in (0, 5):
             run, ivs = space.apply(model, strategy.member(space, state, m))
-            ref = jaxsteer.generate(run, PROMPTS, interventions=ivs, max_new_tokens=N_NEW, stop_tokens=[1], bucket=8,
-                                    seed=sampling_key(state))
+            ref = jaxsteer.generate(
+                run,
+                PROMPTS,
+                interventions=ivs,
+                max_new_tokens=N_NEW,
+                stop_tokens=[1],
+                bucket=8,
+                seed=sampling_key(state),
+            )
             np.testing.assert_array_equal(out.tokens[m], ref.tokens)
 
 
@@ -73,8 +88,9 @@ class DigitsTokenizer:
 def test_text_rewards_on_decoded_completions(model):
     space, strategy = STEER
     state = strategy.init(space.init(model), jax.random.PRNGKey(1))
-    out = population_generate(model, space, strategy, state, PROMPTS, max_new_tokens=N_NEW, stop_tokens=[1],
-                              tokenizer=DigitsTokenizer())
+    out = population_generate(
+        model, space, strategy, state, PROMPTS, max_new_tokens=N_NEW, stop_tokens=[1], tokenizer=DigitsTokenizer()
+    )
     assert out.texts[3][1] == " ".join(str(t) for t in out.tokens[3, 1, : out.lengths[3, 1]])
     last = out.tokens[0, 0, out.lengths[0, 0] - 1]
     examples = [Example("a", str(last)), Example("b", "-5")]

@@ -30,7 +30,9 @@ def test_eggroll_forward_equals_materialised_weights(model):
     @jax.jit
     def pieces(theta):
         factors = space.factors(theta, k)
-        merged = {p: theta[p] + sigma * jnp.einsum("lir,lor->lio", A, B) / math.sqrt(2) for p, (A, B) in factors.items()}
+        merged = {
+            p: theta[p] + sigma * jnp.einsum("lir,lor->lio", A, B) / math.sqrt(2) for p, (A, B) in factors.items()
+        }
         got = EggrollSpace(targets=("q_proj", "down_proj"), rank=2, chunk=2).noise_sum(theta, keys, w)
         noise = jax.vmap(space.noise, in_axes=(None, 0))(theta, keys)
         want = {p: jnp.einsum("k,klio->lio", w, n) for p, n in noise.items()}
@@ -63,7 +65,11 @@ def test_essa_product_svd_reproduces_lora_and_only_singular_values_evolve(model,
     s0 = {p: np.asarray(v) for p, v in space.s0.items()}
     for p in s0:
         assert np.all(np.diff(s0[p], axis=-1) <= 1e-6)  # descending
-        np.testing.assert_allclose(np.asarray(space.u[p]).swapaxes(-1, -2) @ np.asarray(space.u[p]), np.broadcast_to(np.eye(4), (3, 4, 4)), atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(space.u[p]).swapaxes(-1, -2) @ np.asarray(space.u[p]),
+            np.broadcast_to(np.eye(4), (3, 4, 4)),
+            atol=1e-5,
+        )
 
     es = OpenES(population=8, sigma=0.3, lr=0.5)
     state = es.init(theta, KEY)
@@ -99,8 +105,12 @@ def test_essa_factorwise_svd_is_the_papers_space(model, lora):
         for u in (space.u_a[p], space.u_b[p], jnp.swapaxes(space.vt_a[p], -1, -2), jnp.swapaxes(space.vt_b[p], -1, -2)):
             np.testing.assert_allclose(jnp.swapaxes(u, -1, -2) @ u, np.broadcast_to(np.eye(4), (L, 4, 4)), atol=1e-5)
         # each factor's own singular values (not those of the product)
-        np.testing.assert_allclose(space.s_a[p], np.linalg.svd(np.asarray(trainable[p]["a"]), compute_uv=False), rtol=1e-5)
-        np.testing.assert_allclose(space.s_b[p], np.linalg.svd(np.asarray(trainable[p]["b"]), compute_uv=False), rtol=1e-5)
+        np.testing.assert_allclose(
+            space.s_a[p], np.linalg.svd(np.asarray(trainable[p]["a"]), compute_uv=False), rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            space.s_b[p], np.linalg.svd(np.asarray(trainable[p]["b"]), compute_uv=False), rtol=1e-5
+        )
     tokens = jnp.asarray([[3, 4, 5, 6, 7], [9, 8, 7, 6, 5]])
     want, _ = jaxsteer.forward(apply_trainable(model, trainable, cfg)[0], tokens)
     got, _ = jaxsteer.forward(space.apply(model, center_member(space, theta))[0], tokens)

@@ -54,7 +54,7 @@ def test_antithetic_members_and_gradient_by_hand():
     st = qiu.init(theta, KEY)
     eps = [normal_like(theta, jax.random.fold_in(noise_key(st), m))["x"] for m in range(3)]
     z = (np.array([1.0, 4.0, 0.0]) - 5 / 3) / np.std([1.0, 4.0, 0.0])
-    want = sum(zi * e for zi, e in zip(z, eps)) / 3
+    want = sum(zi * e for zi, e in zip(z, eps, strict=False)) / 3
     np.testing.assert_allclose(qiu.gradient(space, st, jnp.array([1.0, 4.0, 0.0]))["x"], want, rtol=1e-5, atol=1e-6)
 
 
@@ -76,7 +76,11 @@ def _quadratic_run(strategy, space, theta, fitness_fn, generations):
 
 @pytest.mark.parametrize(
     "strategy",
-    [OpenES(population=16, sigma=0.1, lr=0.1, optimizer="adam"), CMAES(population=12, sigma=0.5), SepCMAES(population=12, sigma=0.5)],
+    [
+        OpenES(population=16, sigma=0.1, lr=0.1, optimizer="adam"),
+        CMAES(population=12, sigma=0.5),
+        SepCMAES(population=12, sigma=0.5),
+    ],
     ids=["openai_es", "cma_es", "sep_cma_es"],
 )
 def test_quadratic_improves(strategy):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import train_toy as T
+
 from jaxsteer.train.build import build_model
 from jaxsteer.train.config import config_from_dict
 from jaxsteer.train.rl.dash import pack_kept, packs_dash
@@ -21,19 +21,31 @@ def _rollout(rng, rows, P, N, G=4) -> RolloutBatch:
     tokens = rng.randint(2, T.VOCAB, size=(rows, P + N)).astype(np.int32)
     mask = np.ones_like(tokens)
     for g in range(0, rows, G):
-        tokens[g:g + G, :P] = tokens[g, :P]
+        tokens[g : g + G, :P] = tokens[g, :P]
     for i in range(rows):
-        mask[i, P + rng.randint(1, N + 1):] = 0
+        mask[i, P + rng.randint(1, N + 1) :] = 0
     adv = rng.randn(rows).astype(np.float32)
     adv[rng.rand(rows) < 0.6] = 0.0  # most samples carry no signal (e.g. groups that all agree)
-    return RolloutBatch(tokens=tokens, mask=mask, old_logp=-rng.rand(rows, N).astype(np.float32),
-                        rewards=np.sign(adv).astype(np.float32), advantages=adv, lengths=mask[:, P:].sum(1),
-                        prompt_width=P, texts=None, sample_seconds=0.0)
+    return RolloutBatch(
+        tokens=tokens,
+        mask=mask,
+        old_logp=-rng.rand(rows, N).astype(np.float32),
+        rewards=np.sign(adv).astype(np.float32),
+        advantages=adv,
+        lengths=mask[:, P:].sum(1),
+        prompt_width=P,
+        texts=None,
+        sample_seconds=0.0,
+    )
 
 
 def test_dash_drops_filtered_rows_before_the_update_and_matches_masking(tmp_path):
-    cfg = config_from_dict(T.config_dict(str(tmp_path), **{"prompts_per_step": 8, "optimizer.micro_batches": 4,
-                                                           "rl.loss.dash_tau": 0.1, "model.random_scale": 0.2}))
+    cfg = config_from_dict(
+        T.config_dict(
+            str(tmp_path),
+            **{"prompts_per_step": 8, "optimizer.micro_batches": 4, "rl.loss.dash_tau": 0.1, "model.random_scale": 0.2},
+        )
+    )
     assert packs_dash(cfg.algorithm, cfg.rl)
     model, _ = build_model(cfg.model)
     mesh = make_mesh(devices=jax.devices()[:1])
@@ -54,19 +66,26 @@ def test_dash_drops_filtered_rows_before_the_update_and_matches_masking(tmp_path
     assert rows_seen == [-(-kept // 8) * 8] and rows_seen[0] < 32  # 8 rows per micro-batch, fewer micro-batches
     assert m["update_rows"] == rows_seen[0] and m["kept_fraction"] == kept / 32
 
-    full = {k: jnp.asarray(getattr(batch, k).reshape(4, 8, *getattr(batch, k).shape[1:]))
-            for k in ("tokens", "mask", "old_logp", "advantages", "rewards")}
+    full = {
+        k: jnp.asarray(getattr(batch, k).reshape(4, 8, *getattr(batch, k).shape[1:]))
+        for k in ("tokens", "mask", "old_logp", "advantages", "rewards")
+    }
     masked_state, mm = step(setup.model, setup.state, full, 6)  # all 32 rows, filtered ones masked
-    np.testing.assert_allclose(packed_state["trainable"]["vectors"], masked_state["trainable"]["vectors"],
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        packed_state["trainable"]["vectors"], masked_state["trainable"]["vectors"], rtol=1e-5, atol=1e-7
+    )
     np.testing.assert_allclose(m["loss"], mm["loss"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(m["grad_norm"], mm["grad_norm"], rtol=1e-5, atol=1e-7)
 
 
 def test_pack_kept_layout():
-    local = {"tokens": np.arange(10)[:, None] * np.ones((1, 5), np.int32), "mask": np.ones((10, 5), np.int32),
-             "old_logp": np.zeros((10, 3)), "advantages": np.array([0, 1, 0, -2, 0, 0, 3, 0, 0, 0.05]),
-             "rewards": np.ones(10)}
+    local = {
+        "tokens": np.arange(10)[:, None] * np.ones((1, 5), np.int32),
+        "mask": np.ones((10, 5), np.int32),
+        "old_logp": np.zeros((10, 3)),
+        "advantages": np.array([0, 1, 0, -2, 0, 0, 3, 0, 0, 0.05]),
+        "rewards": np.ones(10),
+    }
     packed, kept = pack_kept(local, 2, 0.1, prompt_width=2)
     assert kept == 3 and packed["tokens"].shape == (2, 2, 5)
     np.testing.assert_array_equal(packed["tokens"][:, :, 0].reshape(-1)[:3], [1, 3, 6])

@@ -15,17 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import train_toy as T
 import yaml
 
-import train_toy as T
-from tests import ROOT, TESTS
-from jaxsteer.train.config import config_from_dict
 from jaxsteer.train import train
 from jaxsteer.train.build import build_model
+from jaxsteer.train.config import config_from_dict
 from jaxsteer.train.rl.learner import setup_training
-from jaxsteer.train.sharding import make_mesh
 from jaxsteer.train.rl.step import compile_step
-
+from jaxsteer.train.sharding import make_mesh
+from tests import ROOT, TESTS
 
 KINDS = {
     "steering": {"lr": 0.3},
@@ -59,8 +58,17 @@ def test_reward_rises_steering(steering_run):
     gain, r = _rises(result.history)
     assert gain > 0.4, r  # the sampled reward too; a lr 1e-12 run "rises" by 0.219 on these prompts
     assert result.history[0]["zero_std_fraction"] < 1.0
-    assert {"reward_std", "accuracy", "entropy", "grad_norm", "completion_length", "clip_fraction",
-            "rollout_tokens_per_s", "rollout_s", "update_s"} <= set(result.history[0])
+    assert {
+        "reward_std",
+        "accuracy",
+        "entropy",
+        "grad_norm",
+        "completion_length",
+        "clip_fraction",
+        "rollout_tokens_per_s",
+        "rollout_s",
+        "update_s",
+    } <= set(result.history[0])
     assert os.path.exists(result.files["vectors_npy"]) and os.path.exists(result.files["vectors_safetensors"])
     records = [json.loads(l) for l in open(result.files["metrics"])]
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 7))
@@ -68,7 +76,7 @@ def test_reward_rises_steering(steering_run):
 
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_reward_rises(tmp_path, kind):
-    kw = {f"trainable.kind": kind, **KINDS[kind], "checkpoint.every": 0}
+    kw = {"trainable.kind": kind, **KINDS[kind], "checkpoint.every": 0}
     result = train(_cfg(tmp_path, **kw))
     T.assert_learns(result)  # untrained / lr 1e-12: 0.253; trained: LoRA 0.744, full 0.633
     gain, r = _rises(result.history)
@@ -80,10 +88,10 @@ def _batch(rng, rows, P, N, vocab, G=4):
     tokens = rng.randint(2, vocab, size=(rows, P + N)).astype(np.int32)
     mask = np.ones_like(tokens)
     for g in range(0, rows, G):
-        tokens[g:g + G, :P] = tokens[g, :P]
-        mask[g:g + G, : rng.randint(0, 3)] = 0  # some left padding
+        tokens[g : g + G, :P] = tokens[g, :P]
+        mask[g : g + G, : rng.randint(0, 3)] = 0  # some left padding
     for i in range(rows):  # ragged completion lengths
-        mask[i, P + rng.randint(1, N + 1):] = 0
+        mask[i, P + rng.randint(1, N + 1) :] = 0
     return {
         "tokens": tokens,
         "mask": mask,
@@ -98,8 +106,15 @@ def test_micro_batches_do_not_change_the_update(tmp_path, aggregation):
     """One step on a batch as 1 micro-batch == the same batch as 4 micro-batches (grad accumulation)."""
     results = []
     for M in (1, 4):
-        cfg = _cfg(tmp_path, **{"optimizer.micro_batches": M, "rl.loss.aggregation": aggregation, "rl.loss.dash_tau": 0.5,
-                                "model.random_scale": 0.2})
+        cfg = _cfg(
+            tmp_path,
+            **{
+                "optimizer.micro_batches": M,
+                "rl.loss.aggregation": aggregation,
+                "rl.loss.dash_tau": 0.5,
+                "model.random_scale": 0.2,
+            },
+        )
         model, _ = build_model(cfg.model)
         mesh = make_mesh(devices=jax.devices()[:1])
         setup = setup_training(cfg, model, mesh)
@@ -118,11 +133,16 @@ def _resume_in_new_process(config: dict, path) -> subprocess.CompletedProcess:
     """Write `config` to `path` and run `jaxsteer train PATH --resume` in a fresh interpreter."""
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT, os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu"
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "jaxsteer.cli", "train", str(path), "--resume", "--logit-lens", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -141,16 +161,25 @@ def test_kill_and_resume_in_a_new_process(steering_run, tmp_path):
     for name in ("steering_vectors.npy", "steering_vectors.safetensors", "summary.json"):
         if (run / name).exists():
             os.remove(run / name)
-    data = T.config_dict(str(run), **{"model.random_scale": 0.2, "prompts_per_step": 8,
-                                      "sampling.max_new_tokens": 2, "steps": 6, "lr": 0.3,
-                                      "checkpoint.every": 2, "checkpoint.keep": 3})
+    data = T.config_dict(
+        str(run),
+        **{
+            "model.random_scale": 0.2,
+            "prompts_per_step": 8,
+            "sampling.max_new_tokens": 2,
+            "steps": 6,
+            "lr": 0.3,
+            "checkpoint.every": 2,
+            "checkpoint.keep": 3,
+        },
+    )
     proc = _resume_in_new_process(data, tmp_path / "cfg.yaml")
     assert "resumed from" in proc.stdout and "at step 4" in proc.stdout, proc.stdout
     np.testing.assert_array_equal(np.load(run / "steering_vectors.npy"), np.load(straight.files["vectors_npy"]))
     straight_log = [json.loads(l) for l in open(straight.files["metrics"]) if '"train"' in l]
     resumed_log = [json.loads(l) for l in open(run / "metrics.jsonl") if '"train"' in l]
     assert [r["step"] for r in resumed_log] == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(straight_log, resumed_log):  # same data order and samples => same rewards and losses
+    for a, b in zip(straight_log, resumed_log, strict=False):  # same data order and samples => same rewards and losses
         for k in ("reward_mean", "accuracy", "loss", "grad_norm"):
             assert a[k] == b[k], (a["step"], k, a[k], b[k])
 
@@ -159,8 +188,13 @@ def test_kill_and_resume_in_a_new_process(steering_run, tmp_path):
     "variant",
     [
         {"rl.dash": True, "optimizer.micro_batches": 2, "rl.loss.dash_tau": 0.1},
-        {"rl.updates_per_batch": 2, "rl.loss.importance_cap": 2.0, "rl.loss.clip_eps_low": 0.2,
-         "rl.loss.clip_eps_high": 0.28, "rl.loss.kl_coef": 0.01},
+        {
+            "rl.updates_per_batch": 2,
+            "rl.loss.importance_cap": 2.0,
+            "rl.loss.clip_eps_low": 0.2,
+            "rl.loss.clip_eps_high": 0.28,
+            "rl.loss.kl_coef": 0.01,
+        },
         {"algorithm": "expert_iteration", "rl.log_kl": True},
     ],
     ids=["dash", "rapid-offpolicy-clip-kl", "expert-iteration"],
@@ -224,7 +258,7 @@ def test_grouped_scoring_equals_full_rows(kind):
     (l1, (lp1, e1)), g1 = jax.value_and_grad(loss, has_aux=True)(tr, True)
     np.testing.assert_allclose(lp1, lp0, atol=2e-5)
     np.testing.assert_allclose(e1, e0, atol=2e-5)
-    for a, b_ in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
+    for a, b_ in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0), strict=False):
         np.testing.assert_allclose(a, b_, atol=2e-5, rtol=1e-4)
 
 
@@ -239,10 +273,20 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
     lora_dir = tmp_path / "lora"
     lora_cfg = _cfg(lora_dir, **{"trainable.kind": "lora", "trainable.lora_rank": 4, "lr": 0.05, "steps": 2})
     lora_run = train(lora_cfg)
-    essa_cfg = config_from_dict(T.config_dict(
-        str(tmp_path / "essa"), **{"model.random_scale": 0.2, "algorithm": "essa", "prompts_per_step": 4,
-                                   "sampling.max_new_tokens": 2, "steps": 1, "es.population": 4,
-                                   "model.init_from": str(lora_dir)}))
+    essa_cfg = config_from_dict(
+        T.config_dict(
+            str(tmp_path / "essa"),
+            **{
+                "model.random_scale": 0.2,
+                "algorithm": "essa",
+                "prompts_per_step": 4,
+                "sampling.max_new_tokens": 2,
+                "steps": 1,
+                "es.population": 4,
+                "model.init_from": str(lora_dir),
+            },
+        )
+    )
     model = lora_run.model
     space, _ = es_space_for_run(essa_cfg, model)
     tokens = np.array([[5, 6, 7, 8, 9, 10]])
@@ -256,7 +300,9 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
     result = train(essa_cfg)
     summary = json.load(open(tmp_path / "essa" / "summary.json"))
     assert summary["algorithm"] == "essa" and summary["space"] == "ESSASpace" and len(result.history) == 1
-    bad = config_from_dict(T.config_dict(str(tmp_path / "bad"), **{"algorithm": "essa", "model.init_from": str(tmp_path / "essa")}))
+    bad = config_from_dict(
+        T.config_dict(str(tmp_path / "bad"), **{"algorithm": "essa", "model.init_from": str(tmp_path / "essa")})
+    )
     with pytest.raises(ValueError, match="needs a gradient run"):  # an ES run's directory holds no trained adapters
         es_space_for_run(bad, model)
 
@@ -264,9 +310,18 @@ def test_essa_warm_start_from_a_lora_run(tmp_path):
 def test_es_kill_and_resume_in_a_new_process(tmp_path):
     """ES through `jaxsteer train`: generations 1-2, stop, `--resume` in a new process for 3-4
     == four generations straight (same centre, same fitness per generation)."""
-    es_cfg = {"algorithm": "es", "prompts_per_step": 4, "sampling.max_new_tokens": 2,
-              "es.population": 8, "es.sigma": 0.5, "es.lr": 0.5, "model.random_scale": 0.2, "steps": 4,
-              "checkpoint.every": 2, "checkpoint.keep": 3}
+    es_cfg = {
+        "algorithm": "es",
+        "prompts_per_step": 4,
+        "sampling.max_new_tokens": 2,
+        "es.population": 8,
+        "es.sigma": 0.5,
+        "es.lr": 0.5,
+        "model.random_scale": 0.2,
+        "steps": 4,
+        "checkpoint.every": 2,
+        "checkpoint.keep": 3,
+    }
     straight = train(config_from_dict(T.config_dict(str(tmp_path / "straight"), **es_cfg)))
     run = tmp_path / "resumed"
     shutil.copytree(tmp_path / "straight", run)
@@ -280,8 +335,12 @@ def test_es_kill_and_resume_in_a_new_process(tmp_path):
     straight_log = [json.loads(l) for l in open(straight.files["metrics"]) if '"train"' in l]
     resumed_log = [json.loads(l) for l in open(run / "metrics.jsonl") if '"train"' in l]
     assert [r["step"] for r in resumed_log] == [1, 2, 3, 4]
-    for a, b in zip(straight_log, resumed_log):
-        assert (a["fitness_mean"], a["fitness_max"], a["update_norm"]) == (b["fitness_mean"], b["fitness_max"], b["update_norm"])
+    for a, b in zip(straight_log, resumed_log, strict=False):
+        assert (a["fitness_mean"], a["fitness_max"], a["update_norm"]) == (
+            b["fitness_mean"],
+            b["fitness_max"],
+            b["update_norm"],
+        )
 
 
 def test_rejection_sampling_sft_raises_the_reward(tmp_path):

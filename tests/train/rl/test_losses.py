@@ -334,8 +334,13 @@ def test_dr_grpo_per_token_weight_is_constant_across_batches():
     from jaxsteer.train.rl.learner import step_spec
     from jaxsteer.train.rl.step import global_denominator
 
-    cfg = config_from_dict({"loss": {"aggregation": "seq_sum_norm"}, "sampling": {"max_new_tokens": 24},
-                            "algorithm": {"advantage": "mean", "group_size": 2, "prompts_per_step": 1}})
+    cfg = config_from_dict(
+        {
+            "loss": {"aggregation": "seq_sum_norm"},
+            "sampling": {"max_new_tokens": 24},
+            "algorithm": {"advantage": "mean", "group_size": 2, "prompts_per_step": 1},
+        }
+    )
     spec = step_spec(cfg)
     assert spec.loss.max_len == 24
     adv = jnp.array([1.0, -1.0])
@@ -367,7 +372,10 @@ def test_clip_higher_changes_the_update_only_outside_the_symmetric_range():
     def grad(cfg):
         return np.asarray(jax.grad(lambda lp: policy_loss(lp, old, None, adv, mask, cfg)[0])(logp))[:, 0]
 
-    symmetric, higher = grad(LossConfig(clip_eps_low=0.2, clip_eps_high=0.2)), grad(LossConfig(clip_eps_low=0.2, clip_eps_high=0.28))
+    symmetric, higher = (
+        grad(LossConfig(clip_eps_low=0.2, clip_eps_high=0.2)),
+        grad(LossConfig(clip_eps_low=0.2, clip_eps_high=0.28)),
+    )
     unclipped = -adv * ratios / 6  # token_mean over 6 tokens: d(-rho A)/d logp = -rho A / 6
     np.testing.assert_allclose(symmetric, [*unclipped[:2], 0.0, 0.0, unclipped[4], 0.0], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(higher, [*unclipped[:3], 0.0, unclipped[4], 0.0], rtol=1e-6, atol=1e-9)
@@ -388,7 +396,7 @@ def _gae_by_hand(rewards, values, gamma, lam):
         delta = rewards[t] + gamma * v_next - values[t]
         nxt = delta + gamma * lam * nxt
         adv[t] = nxt
-    return adv, [a + v for a, v in zip(adv, values)]
+    return adv, [a + v for a, v in zip(adv, values, strict=False)]
 
 
 @pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.9, 0.8), (1.0, 0.0), (0.5, 0.95)])
@@ -503,10 +511,10 @@ def test_rapid_is_unbiased_on_a_toy_bandit():
 
 def test_rapid_run_on_the_toy_task(tmp_path):
     import train_toy as T
+
     from jaxsteer.train import train
 
-    flags = {**T.LEARN, "rl.advantage": "rapid", "rl.updates_per_batch": 2,
-             "rl.loss.importance_cap": 2.0, "lr": 0.3}
+    flags = {**T.LEARN, "rl.advantage": "rapid", "rl.updates_per_batch": 2, "rl.loss.importance_cap": 2.0, "lr": 0.3}
     result = train(config_from_dict(T.config_dict(str(tmp_path / "rapid"), **flags)))
     T.assert_learns(result)  # untrained / lr 1e-12: 0.253
     h = result.history[-1]

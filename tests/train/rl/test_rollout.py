@@ -66,11 +66,13 @@ out["program"] = {
 
 examples = T.examples(6)  # 6 prompts x G=4: do not divide over 8 devices -> padded, then dropped
 policy = model  # the toy's prompt ids and reward fit its vocabulary
-kw = dict(group_size=4, calls=1, tokenizer=None, key=jax.random.PRNGKey(5), reward_fn=get_reward_fn(T.first_token_reward),
-          advantage_fn=lambda r: r, sampling=SamplingSpec(max_new_tokens=4, bucket=8))
+kw = dict(group_size=4, calls=1, tokenizer=None, key=jax.random.PRNGKey(5),
+          reward_fn=get_reward_fn(T.first_token_reward), advantage_fn=lambda r: r,
+          sampling=SamplingSpec(max_new_tokens=4, bucket=8))
 ex_ids = [e.meta["prompt_ids"] for e in examples]
 one, eight = (collect(policy, (), examples, ex_ids, mesh=m, **kw) for m in (None, make_mesh(4, 2)))
-out["collect"] = {"tokens_equal": bool((one.tokens == eight.tokens).all()), "rewards_equal": bool((one.rewards == eight.rewards).all()),
+out["collect"] = {"tokens_equal": bool((one.tokens == eight.tokens).all()),
+                  "rewards_equal": bool((one.rewards == eight.rewards).all()),
                   "rows": [len(one.tokens), len(eight.tokens)]}
 ev = [evaluate_policy(policy, (), examples, ex_ids, tokenizer=None, reward_fn=get_reward_fn(T.first_token_reward),
                       max_new_tokens=3, samples=2, mesh=m) for m in (None, make_mesh(8, 1))]
@@ -91,5 +93,7 @@ def test_sharded_rollouts_equal_unsharded_and_split_the_work():
     assert p["entry"].startswith("-> (s32[2,6]"), p  # the per-device program returns its 2 rows only
     assert len(p["prompt_param"]) == 1 and p["prompt_param"][0].startswith("s32[1,"), p  # 1 prompt per device
     assert set(p["cache_shapes"]) == {"1", "2"}, p  # K/V caches of 1 prompt (prefill) and its 2 rows, not 8 / 16
-    assert out["collect"]["tokens_equal"] and out["collect"]["rewards_equal"] and out["collect"]["rows"] == [24, 24], out
+    assert out["collect"]["tokens_equal"] and out["collect"]["rewards_equal"] and out["collect"]["rows"] == [24, 24], (
+        out
+    )
     assert out["evaluate"][0] == out["evaluate"][1], out

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import train_toy as T
+
 from jaxsteer.train import train
 from jaxsteer.train.build import build_model
 from jaxsteer.train.config import ConfigError, config_from_dict
@@ -40,19 +40,32 @@ def _ppo_batch(rng, rows, P, N, G=4):
     tokens = rng.randint(2, T.VOCAB, size=(rows, P + N)).astype(np.int32)
     mask = np.ones_like(tokens)
     for g in range(0, rows, G):
-        tokens[g:g + G, :P] = tokens[g, :P]
+        tokens[g : g + G, :P] = tokens[g, :P]
     for i in range(rows):
-        mask[i, P + rng.randint(1, N + 1):] = 0
+        mask[i, P + rng.randint(1, N + 1) :] = 0
     cm = mask[:, P:].astype(np.float32)
-    return {"tokens": tokens, "mask": mask, "old_logp": -rng.rand(rows, N).astype(np.float32) * cm,
-            "advantages": rng.randn(rows, N).astype(np.float32) * cm, "rewards": np.sign(rng.randn(rows)).astype(np.float32),
-            "returns": rng.randn(rows, N).astype(np.float32) * cm, "old_values": 0.1 * rng.randn(rows, N).astype(np.float32) * cm}
+    return {
+        "tokens": tokens,
+        "mask": mask,
+        "old_logp": -rng.rand(rows, N).astype(np.float32) * cm,
+        "advantages": rng.randn(rows, N).astype(np.float32) * cm,
+        "rewards": np.sign(rng.randn(rows)).astype(np.float32),
+        "returns": rng.randn(rows, N).astype(np.float32) * cm,
+        "old_values": 0.1 * rng.randn(rows, N).astype(np.float32) * cm,
+    }
 
 
 def _one_step(tmp_path, kind, micro_batches):
-    flags = {"algorithm": "ppo", "rl.loss.clip_eps_low": 0.2, "optimizer.micro_batches": micro_batches,
-             "trainable.kind": kind, "lr": 0.01, "value_lr": 0.01, "model.random_scale": 0.2,
-             "prompts_per_step": 8}
+    flags = {
+        "algorithm": "ppo",
+        "rl.loss.clip_eps_low": 0.2,
+        "optimizer.micro_batches": micro_batches,
+        "trainable.kind": kind,
+        "lr": 0.01,
+        "value_lr": 0.01,
+        "model.random_scale": 0.2,
+        "prompts_per_step": 8,
+    }
     if kind == "lora":
         flags["trainable.lora_rank"] = 2
     cfg = config_from_dict(T.config_dict(str(tmp_path), **flags))
@@ -67,8 +80,10 @@ def _one_step(tmp_path, kind, micro_batches):
 
 
 def _moved(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
-               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=False)
+    )
 
 
 @pytest.mark.parametrize("kind", ["steering", "lora", "full"])
@@ -83,16 +98,29 @@ def test_joint_update_moves_policy_and_value_head(tmp_path, kind):
 def test_micro_batches_do_not_change_the_ppo_update(tmp_path):
     _, s1, m1 = _one_step(tmp_path / "a", "steering", 1)
     _, s2, m2 = _one_step(tmp_path / "b", "steering", 2)
-    for a, b in zip(jax.tree_util.tree_leaves((s1["trainable"], s1["value"])),
-                    jax.tree_util.tree_leaves((s2["trainable"], s2["value"]))):
+    for a, b in zip(
+        jax.tree_util.tree_leaves((s1["trainable"], s1["value"])),
+        jax.tree_util.tree_leaves((s2["trainable"], s2["value"])),
+        strict=False,
+    ):
         np.testing.assert_allclose(a, b, atol=1e-6)
     for k in ("loss", "value_loss", "grad_norm", "value_grad_norm"):
         np.testing.assert_allclose(m1[k], m2[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
-TOY = {"algorithm": "ppo", "rl.epochs": 2, "rl.updates_per_batch": 2, "optimizer.micro_batches": 1,
-       "rl.loss.clip_eps_low": 0.2, "model.random_scale": 0.2, "prompts_per_step": 8,
-       "sampling.max_new_tokens": 2, "steps": 10, "checkpoint.every": 4, "checkpoint.keep": 3}
+TOY = {
+    "algorithm": "ppo",
+    "rl.epochs": 2,
+    "rl.updates_per_batch": 2,
+    "optimizer.micro_batches": 1,
+    "rl.loss.clip_eps_low": 0.2,
+    "model.random_scale": 0.2,
+    "prompts_per_step": 8,
+    "sampling.max_new_tokens": 2,
+    "steps": 10,
+    "checkpoint.every": 4,
+    "checkpoint.keep": 3,
+}
 
 
 def _toy(out, **kw):
@@ -116,7 +144,10 @@ def test_toy_reward_rises_beyond_the_null_run(toy_runs):
     gain = _last(trained.history, "reward_mean") - trained.history[0]["reward_mean"]
     null_gain = _last(null.history, "reward_mean") - null.history[0]["reward_mean"]
     # measured: trained gain 0.96 (-0.44 -> 0.52 over the last three steps), null gain 0.04 (rewards in [-1, 1])
-    assert gain > null_gain + 0.4, ([h["reward_mean"] for h in trained.history], [h["reward_mean"] for h in null.history])
+    assert gain > null_gain + 0.4, (
+        [h["reward_mean"] for h in trained.history],
+        [h["reward_mean"] for h in null.history],
+    )
 
 
 def test_toy_value_loss_falls_below_the_null_run(toy_runs):
@@ -139,12 +170,14 @@ def test_ppo_resume_equals_the_straight_run(toy_runs, tmp_path):
             shutil.rmtree(ck / d)
     os.remove(run / "summary.json")
     resumed = train(_toy(run, lr=0.3, value_lr=0.02), resume=True)
-    for a, b in zip(jax.tree_util.tree_leaves(straight.trainable), jax.tree_util.tree_leaves(resumed.trainable)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(straight.trainable), jax.tree_util.tree_leaves(resumed.trainable), strict=False
+    ):
         np.testing.assert_allclose(a, b, atol=1e-6)
     log = lambda p: [json.loads(l) for l in open(p) if '"train"' in l]
     straight_log, resumed_log = log(straight.files["metrics"]), log(run / "metrics.jsonl")
     assert [r["step"] for r in resumed_log] == list(range(1, 11))
-    for a, b in zip(straight_log, resumed_log):
+    for a, b in zip(straight_log, resumed_log, strict=False):
         for k in ("reward_mean", "loss", "value_loss", "explained_variance", "grad_norm"):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)
 
@@ -165,7 +198,8 @@ for kind, data, fsdp in (("steering", 8, 1), ("full", 4, 2)):
     res = []
     for mesh in (make_mesh(1, 1, jax.devices()[:1]), make_mesh(data, fsdp)):
         cfg = config_from_dict(T.config_dict("/tmp/unused", **{"algorithm": "ppo", "trainable.kind": kind,
-                               "rl.loss.clip_eps_low": 0.2, "optimizer.micro_batches": 2, "lr": 0.01, "optimizer.eps": 1e-3,
+                               "rl.loss.clip_eps_low": 0.2, "optimizer.micro_batches": 2, "lr": 0.01,
+                               "optimizer.eps": 1e-3,
                                "model.random_scale": 0.2, "prompts_per_step": 8}))
         model, _ = build_model(cfg.model)
         setup = setup_training(cfg, model, mesh)

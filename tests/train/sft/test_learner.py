@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-
 import train_toy as T
+
 from jaxsteer.train import train
 from jaxsteer.train.config import ConfigError, config_from_dict
 from jaxsteer.train.data import Example
@@ -21,20 +21,37 @@ KINDS = {"steering": {"lr": 0.3}, "lora": {"lr": 0.05, "trainable.lora_rank": 4}
 
 def _examples(n=16, seed=0):
     rng = np.random.RandomState(seed)
-    return [Example(f"s{i}", "t", {"prompt_ids": rng.randint(2, T.VOCAB, 5).tolist(),
-                                    "target_ids": [9, 12, 1]}) for i in range(n)]  # the same answer, then EOS
+    return [
+        Example(f"s{i}", "t", {"prompt_ids": rng.randint(2, T.VOCAB, 5).tolist(), "target_ids": [9, 12, 1]})
+        for i in range(n)
+    ]  # the same answer, then EOS
 
 
 def _sft(tmp_path, kind, **kw):
-    flags = {"algorithm": "sft", "optimizer.micro_batches": 1, "steps": 4,
-             "checkpoint.every": 0, "model.random_scale": 0.2, "trainable.kind": kind, **KINDS[kind], **kw}
+    flags = {
+        "algorithm": "sft",
+        "optimizer.micro_batches": 1,
+        "steps": 4,
+        "checkpoint.every": 0,
+        "model.random_scale": 0.2,
+        "trainable.kind": kind,
+        **KINDS[kind],
+        **kw,
+    }
     cfg = config_from_dict(T.config_dict(str(tmp_path / kind), **flags))
     return cfg, train(cfg, train_examples=_examples(), eval_examples=_examples(4, seed=1))
 
 
 def _nll(model, trainable, cfg, examples):
-    batch = reference_batch(examples, [e.meta["prompt_ids"] for e in examples], tokenizer=None, pad_id=0, eos_id=1,
-                            max_new_tokens=cfg.sampling.max_new_tokens, bucket=1)
+    batch = reference_batch(
+        examples,
+        [e.meta["prompt_ids"] for e in examples],
+        tokenizer=None,
+        pad_id=0,
+        eos_id=1,
+        max_new_tokens=cfg.sampling.max_new_tokens,
+        bucket=1,
+    )
     policy, ivs = build_policy(model, trainable, cfg.trainable) if trainable is not None else (model, ())
     logp, _ = sequence_logprobs(policy, batch.tokens, batch.mask, ivs, completion_start=batch.prompt_width)
     return -float(np.sum(logp) / batch.completion_mask.sum())
@@ -64,8 +81,9 @@ def test_essa_centre_reproduces_the_sft_lora_policy(sft_lora):
     essa_model, essa_ivs = space.apply(result.model, centre)
     lora_model, lora_ivs = build_policy(result.model, result.trainable, cfg.trainable)
     ex = _examples(4, seed=3)
-    batch = reference_batch(ex, [e.meta["prompt_ids"] for e in ex], tokenizer=None, pad_id=0, eos_id=1,
-                            max_new_tokens=4, bucket=1)
+    batch = reference_batch(
+        ex, [e.meta["prompt_ids"] for e in ex], tokenizer=None, pad_id=0, eos_id=1, max_new_tokens=4, bucket=1
+    )
     a, _ = sequence_logprobs(essa_model, batch.tokens, batch.mask, essa_ivs, completion_start=batch.prompt_width)
     b, _ = sequence_logprobs(lora_model, batch.tokens, batch.mask, lora_ivs, completion_start=batch.prompt_width)
     np.testing.assert_allclose(a, b, atol=1e-4)
@@ -80,30 +98,50 @@ def test_rl_starts_from_the_sft_lora_run(sft_lora, tmp_path):
     from jaxsteer.train.sharding import make_mesh
 
     cfg, result = sft_lora
-    rl = config_from_dict(T.config_dict(str(tmp_path / "rl"), **{"model.random_scale": 0.2, "trainable.kind": "lora",
-                                                                 "trainable.lora_rank": 4, "model.init_from": cfg.output_dir}))
+    rl = config_from_dict(
+        T.config_dict(
+            str(tmp_path / "rl"),
+            **{
+                "model.random_scale": 0.2,
+                "trainable.kind": "lora",
+                "trainable.lora_rank": 4,
+                "model.init_from": cfg.output_dir,
+            },
+        )
+    )
     setup = setup_training(rl, result.model, make_mesh(1, 1, jax.devices()[:1]))
     start = jax.device_get(setup.state["trainable"])
-    for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(result.trainable)):
+    for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(result.trainable), strict=False):
         np.testing.assert_array_equal(a, np.asarray(b))
     ex = _examples(4, seed=3)
-    batch = reference_batch(ex, [e.meta["prompt_ids"] for e in ex], tokenizer=None, pad_id=0, eos_id=1,
-                            max_new_tokens=4, bucket=1)
+    batch = reference_batch(
+        ex, [e.meta["prompt_ids"] for e in ex], tokenizer=None, pad_id=0, eos_id=1, max_new_tokens=4, bucket=1
+    )
 
     def logp(trainable):
         policy, ivs = build_policy(result.model, trainable, rl.trainable)
         return sequence_logprobs(policy, batch.tokens, batch.mask, ivs, completion_start=batch.prompt_width)[0]
 
     np.testing.assert_allclose(logp(start), logp(result.trainable), atol=1e-6)
-    assert not np.allclose(logp(start), sequence_logprobs(result.model, batch.tokens, batch.mask,
-                                                          completion_start=batch.prompt_width)[0], atol=1e-3)
-    bad = config_from_dict(T.config_dict(str(tmp_path / "bad"), **{"trainable.kind": "lora", "trainable.lora_rank": 8,
-                                                                   "model.init_from": cfg.output_dir}))
+    assert not np.allclose(
+        logp(start),
+        sequence_logprobs(result.model, batch.tokens, batch.mask, completion_start=batch.prompt_width)[0],
+        atol=1e-3,
+    )
+    bad = config_from_dict(
+        T.config_dict(
+            str(tmp_path / "bad"),
+            **{"trainable.kind": "lora", "trainable.lora_rank": 8, "model.init_from": cfg.output_dir},
+        )
+    )
     with pytest.raises(ConfigError, match="must agree"):
         setup_training(bad, result.model, make_mesh(1, 1, jax.devices()[:1]))
     with pytest.raises(ConfigError, match="not a run directory"):
-        setup_training(config_from_dict(T.config_dict(str(tmp_path / "x"), **{"model.init_from": str(tmp_path)})),
-                       result.model, make_mesh(1, 1, jax.devices()[:1]))
+        setup_training(
+            config_from_dict(T.config_dict(str(tmp_path / "x"), **{"model.init_from": str(tmp_path)})),
+            result.model,
+            make_mesh(1, 1, jax.devices()[:1]),
+        )
 
 
 def test_sft_reads_no_rl_settings():
