@@ -501,7 +501,8 @@ def unused_fields(cfg: Any, algorithm: str, prefix: str = "") -> list[str]:
         if readers is not None and algorithm not in readers:
             default = field_default(cls, f.name)
             if is_section(type(value)):
-                out += [f"{name}.{k}" for k, v in flatten(plain(value)).items() if flatten(plain(default)).get(k) != v]
+                defaults = flatten(plain(default))
+                out += [f"{name}.{k}" for k, v in flatten(plain(value)).items() if defaults.get(k) != v]
             elif value != default:
                 out.append(name)
         elif is_section(type(value)):

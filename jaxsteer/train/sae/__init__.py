@@ -17,7 +17,7 @@ which imports nothing from here.
 """
 
 from .activations import ActivationStream, CachedActivations, cache_activations, pack_tokens, read_texts
-from .config import SAERunConfig, load_run_config, save_run_config
+from .config import SAERunConfig, load_run_config
 from .run import eval_run, load_sae, train_sae
 from .step import (
     StepConfig,
@@ -38,7 +38,6 @@ __all__ = [
     "read_texts",
     "SAERunConfig",
     "load_run_config",
-    "save_run_config",
     "eval_run",
     "load_sae",
     "train_sae",

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from ... import config as _config_lib
-from ...config import ConfigError, config_to_dict, save_config
+from ...config import ConfigError
 from ..config import CheckpointSpec, ModelSpec
 
 SAE_LEARNER = "sae"  # the `learners` name of SAE training (`jaxsteer.config.unused_fields`)
@@ -203,16 +203,6 @@ def load_run_config(path: str | None, overrides: Sequence[str] = (), *, warn: bo
     return _config_lib.load_config(SAERunConfig, path, overrides, warn=warn)
 
 
-def config_dict(cfg: SAERunConfig) -> dict:
-    """The effective config as plain data."""
-    return config_to_dict(cfg)
-
-
-def save_run_config(cfg: SAERunConfig, path: str) -> None:
-    """Write the config as YAML (`config.yaml` of the run directory)."""
-    save_config(cfg, path)
-
-
 __all__ = [
     "SAESpec",
     "SAEOptimizerSpec",
@@ -221,6 +211,4 @@ __all__ = [
     "SAEEvalSpec",
     "SAERunConfig",
     "load_run_config",
-    "config_dict",
-    "save_run_config",
 ]

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ...config import config_to_dict
 from ...errors import InputError
 from ...sae.arch import SAE, SAEConfig, init_sae, reconstruct
 from ...sae.evaluate import evaluate_sae, plot_ev_by_k
@@ -30,7 +31,7 @@ from ..build import build_model
 from ..checkpoint import decode_data_state, encode_data_state, model_identity
 from ..run import Run
 from .activations import ActivationStream, CachedActivations, cache_activations, pack_tokens, read_texts
-from .config import SAERunConfig, config_dict, load_run_config
+from .config import SAERunConfig, load_run_config
 from .step import StepConfig, init_b_dec, init_jumprelu_threshold, init_state, make_optimizer, make_step, shard_state
 
 
@@ -221,7 +222,9 @@ def _loop(run, cfg, state, step, stream, meta, stop_after):
                 )
             bar.update(1)
             if run.due(done, cfg.checkpoint.every, end):
-                run.save(done, state, dict(meta, data=encode_data_state(stream.get_state()), config=config_dict(cfg)))
+                run.save(
+                    done, state, dict(meta, data=encode_data_state(stream.get_state()), config=config_to_dict(cfg))
+                )
     return state
 
 
