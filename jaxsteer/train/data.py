@@ -87,21 +87,35 @@ _WORD_TEMPLATES = {
     ),
 }
 ARITHMETIC_OPS = ("+", "-", "*", "/")
-SPLITS = ("all", "train", "test")
+SPLITS = ("all", "train", "val", "test")
 
 
-def _in_split(key: str, split: str, test_fraction: float) -> bool:
-    """Deterministic hash partition of problems, so train and test never share a problem."""
-    if split == "all":
-        return True
-    is_test = (zlib.crc32(key.encode()) % 10_000) < test_fraction * 10_000
-    return is_test if split == "test" else not is_test
+def problem_split(key: str, test_fraction: float, val_fraction: float = 0.0) -> str:
+    """Which split a problem belongs to: a deterministic hash partition of the problem space, so
+    train, validation and test never share a problem whatever the seeds. The hash's lowest
+    `test_fraction` goes to "test", its highest `val_fraction` to "val", the rest to "train"."""
+    h = zlib.crc32(key.encode()) % 10_000
+    if h < test_fraction * 10_000:
+        return "test"
+    return "val" if h >= (1.0 - val_fraction) * 10_000 else "train"
 
 
-def _draw_unique(n: int, rng: random.Random, draw, key_of, split: str, test_fraction: float) -> list:
-    """Draw n problems, without repeats while the problem space allows it."""
+def _check_split(split: str, test_fraction: float, val_fraction: float) -> None:
     if split not in SPLITS:
         raise InputError(f"split must be one of {SPLITS}, got {split!r}")
+    if not 0.0 <= val_fraction < 1.0 or test_fraction + val_fraction >= 1.0:
+        raise InputError(
+            f"test_fraction + val_fraction must leave problems for training, got {test_fraction} + {val_fraction}"
+        )
+    if split == "val" and val_fraction <= 0.0:
+        raise InputError("split='val' needs val_fraction > 0 (and the train split must use the same val_fraction)")
+
+
+def _draw_unique(
+    n: int, rng: random.Random, draw, key_of, split: str, test_fraction: float, val_fraction: float = 0.0
+) -> list:
+    """Draw n problems of `split`, without repeats while the problem space allows it."""
+    _check_split(split, test_fraction, val_fraction)
     out, seen, attempts = [], set(), 0
     max_attempts = 200 * max(n, 1) + 10_000
     while len(out) < n:
@@ -110,7 +124,7 @@ def _draw_unique(n: int, rng: random.Random, draw, key_of, split: str, test_frac
             raise InputError(f"could not draw {n} problems for split={split!r}; the problem space is too small")
         item = draw(rng)
         key = key_of(item)
-        if not _in_split(key, split, test_fraction):
+        if split != "all" and problem_split(key, test_fraction, val_fraction) != split:
             continue
         if key in seen and attempts < 20 * max(n, 1):
             continue
@@ -128,6 +142,7 @@ def arithmetic_problems(
     word_problems: bool = False,
     split: str = "all",
     test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
 ) -> list[Example]:
     """`n` arithmetic problems with `digits`-digit operands, deterministic in `seed`.
 
@@ -141,9 +156,11 @@ def arithmetic_problems(
         ops: any of "+", "-", "*", "/" (a string like "+-" works too).
         word_problems: a one-line story ("Ava has 37 apples. Ava gets 48 more apples. ...") instead of
             "What is 37 + 48? Answer with just the number.".
-        split: "train" / "test" take disjoint problem sets (a hash partition of the problems,
-            `test_fraction` of them in test) whatever the seeds; "all" ignores it.
+        split: "train" / "val" / "test" take disjoint problem sets (a hash partition of the
+            problems, `problem_split`) whatever the seeds; "all" ignores it.
         test_fraction: the test split's share of the problem space.
+        val_fraction: the validation split's share (0: no "val" split). Give the train split the
+            same value, or it keeps the validation problems.
 
     Returns:
         The problems, operands in `meta`.
@@ -169,7 +186,7 @@ def arithmetic_problems(
         return a, op, b, ans
 
     rng = random.Random(seed)
-    problems = _draw_unique(n, rng, draw, lambda p: f"{p[0]}{p[1]}{p[2]}", split, test_fraction)
+    problems = _draw_unique(n, rng, draw, lambda p: f"{p[0]}{p[1]}{p[2]}", split, test_fraction, val_fraction)
     out = []
     for a, op, b, ans in problems:
         if word_problems:
@@ -209,6 +226,7 @@ def countdown_problems(
     max_number: int = 99,
     split: str = "all",
     test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
 ) -> list[Example]:
     """`n` Countdown problems: reach a target from numbers, each used once, with `+ - * /` and parentheses.
 
@@ -224,6 +242,7 @@ def countdown_problems(
         max_number: numbers lie in `[1, max_number]`.
         split: as in `arithmetic_problems`.
         test_fraction: as in `arithmetic_problems`.
+        val_fraction: as in `arithmetic_problems`.
 
     Returns:
         The problems; `answer` is the JSON `{"target": t, "numbers": [...]}` that `countdown_reward` reads.
@@ -239,7 +258,7 @@ def countdown_problems(
                 return nums, value, expr
 
     rng = random.Random(seed)
-    problems = _draw_unique(n, rng, draw, lambda p: f"{sorted(p[0])}->{p[1]}", split, test_fraction)
+    problems = _draw_unique(n, rng, draw, lambda p: f"{sorted(p[0])}->{p[1]}", split, test_fraction, val_fraction)
     out = []
     for nums, target, expr in problems:
         prompt = (
@@ -416,6 +435,10 @@ def _check_generator_args(kind: str, kwargs: dict[str, Any], spec: str) -> None:
         raise DatasetError(f"dataset spec {spec!r}: split={kwargs['split']!r} is not one of {SPLITS}")
     if "test_fraction" in kwargs and not 0.0 < kwargs["test_fraction"] < 1.0:
         raise DatasetError(f"dataset spec {spec!r}: test_fraction must be in (0, 1)")
+    try:
+        _check_split(kwargs.get("split", "all"), kwargs.get("test_fraction", 0.2), kwargs.get("val_fraction", 0.0))
+    except InputError as err:
+        raise DatasetError(f"dataset spec {spec!r}: {err}") from None
     if kind == "arithmetic" and "ops" in kwargs and not kwargs["ops"]:
         raise DatasetError(f"dataset spec {spec!r}: ops must name some of {''.join(ARITHMETIC_OPS)}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +25,7 @@ from jaxsteer.train.data import (
     load_gsm8k,
     load_math,
     make_loader,
+    problem_split,
 )
 from jaxsteer.train.rewards import correctness_reward, countdown_reward
 
@@ -72,6 +74,31 @@ def test_arithmetic_determinism_difficulty_and_splits():
     assert len(small) == 200
     with pytest.raises(ValueError, match="ops"):
         arithmetic_problems(3, ops=("^",))
+
+
+def test_validation_split_is_disjoint_from_train_and_test_and_leaves_test_unchanged():
+    kw = {"seed": 0, "val_fraction": 0.1}
+    train = {e.prompt for e in arithmetic_problems(1500, split="train", **kw)}
+    val = {e.prompt for e in arithmetic_problems(300, split="val", **kw)}
+    test = {e.prompt for e in arithmetic_problems(300, split="test", **kw)}
+    assert len(val) == 300 and not val & train and not val & test and not train & test
+    # the test split does not depend on val_fraction: carving a validation split out of train
+    # leaves existing held-out sets (and their numbers) as they were
+    assert arithmetic_problems(50, seed=3, split="test") == arithmetic_problems(
+        50, seed=3, split="test", val_fraction=0.1
+    )
+    # the hash partition has the stated shares (2-digit addition: 8100 problems)
+    shares = Counter(problem_split(f"{a}+{b}", 0.2, 0.1) for a in range(10, 100) for b in range(10, 100))
+    assert abs(shares["test"] / 8100 - 0.2) < 0.02 and abs(shares["val"] / 8100 - 0.1) < 0.02
+    # without val_fraction, train keeps the validation problems: the train split must use the same value
+    assert val & {e.prompt for e in arithmetic_problems(3000, seed=0, split="train")}
+    with pytest.raises(ValueError, match="needs val_fraction > 0"):
+        arithmetic_problems(5, split="val")
+    with pytest.raises(ValueError, match="leave problems for training"):
+        countdown_problems(5, split="train", test_fraction=0.5, val_fraction=0.5)
+    assert load_dataset("countdown:n=8,split=val,val_fraction=0.2") == countdown_problems(
+        8, split="val", val_fraction=0.2
+    )
 
 
 def test_countdown_problems_are_solvable():
@@ -274,6 +301,7 @@ def test_loader_resume_gives_identical_continuation(shard_index):
         ("arithmetic:n=0", r"n=0 is out of range"),
         ("arithmetic:n=5,digits=0", r"digits=0 is out of range"),
         ("arithmetic:n=5,split=dev", r"split='dev' is not one of"),
+        ("arithmetic:n=5,split=val", r"split='val' needs val_fraction > 0"),
         ("arithmetic:n=5,ops=xy", r"ops must name some of"),
         ("arithmetic:n=5,seed=1,seed=2", r"'seed' is given twice"),
         ("countdown:n=5,word_problems=true", r"countdown has no argument 'word_problems'"),
