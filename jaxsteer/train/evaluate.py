@@ -105,6 +105,74 @@ def sample_batch(
     return Generation(tokens, logprobs, lengths, ptoks, pmask, decode_completions(tokenizer, tokens, lengths))
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of pass@k from `n` samples of which `c` are correct: the probability
+    that at least one of `k` samples drawn without replacement from the `n` is correct,
+    `1 - C(n - c, k) / C(n, k)` (Chen et al. 2021).
+
+    Args:
+        n: samples drawn for the problem.
+        c: correct ones among them.
+        k: the budget, `1 <= k <= n`.
+
+    Returns:
+        The estimate in [0, 1].
+    """
+    if not 1 <= k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def sampled_scores(
+    model,
+    interventions,
+    examples,
+    prompt_ids,
+    reward_fns: dict,
+    samples: int,
+    sampling: SamplingConfig,
+    *,
+    key,
+    tokenizer,
+    batch_size: int,
+    bucket: int,
+    success: Callable,
+    mesh=None,
+) -> dict:
+    """Sampled accuracy over `samples` draws per problem, for each reward in `reward_fns`
+    ({suffix: fn}): `pass1<suffix>` (mean per-problem fraction correct), `pass1_ci<suffix>`,
+    `pass_at_k<suffix>` ([pass@1, ..., pass@samples], unbiased estimates averaged over problems),
+    and `pass1_k` (= samples)."""
+    correct = {m: np.zeros(len(examples), np.int64) for m in reward_fns}
+    rows_per_call = max(1, batch_size // samples)
+    for s in range(0, len(examples), rows_per_call):
+        exs, ids = examples[s : s + rows_per_call], prompt_ids[s : s + rows_per_call]
+        gen = sample_batch(
+            model,
+            interventions,
+            ids,
+            jax.random.fold_in(key, s),
+            sampling,
+            mesh=mesh,
+            tokenizer=tokenizer,
+            bucket=bucket,
+        )
+        for m, fn in reward_fns.items():
+            rewards = score_completions(fn, exs, ids, gen, repeats=samples).tolist()
+            ok = np.array([success(r) for r in rewards], np.int64).reshape(len(exs), samples)
+            correct[m][s : s + len(exs)] = ok.sum(axis=1)
+    out: dict[str, Any] = {"pass1_k": samples}
+    for m, c in correct.items():
+        out[f"pass1{m}"], ci = mean_ci(c / samples)
+        out[f"pass1_ci{m}"] = list(ci)
+        out[f"pass_at_k{m}"] = [
+            float(np.mean([pass_at_k(samples, int(x), k) for x in c])) for k in range(1, samples + 1)
+        ]
+    return out
+
+
 def evaluate_policy(
     model: Model,
     interventions: tuple,
@@ -125,7 +193,7 @@ def evaluate_policy(
     modes: dict[str, Callable] | None = None,
     mesh=None,
 ) -> dict:
-    """Greedy accuracy (Wilson CI) and/or sampled pass@1 over `samples` draws (mean +- CI).
+    """Greedy accuracy (Wilson CI) and/or sampled pass@1 and pass@k over `samples` draws (mean +- CI).
 
     Args:
         model: the base decoder.
@@ -148,7 +216,8 @@ def evaluate_policy(
         mesh: the devices (of every process) that sample each batch (`sample_batch`; default: one).
 
     Returns:
-        The metrics: "n", "seconds", and the greedy / pass@1 entries above.
+        The metrics: "n", "seconds", the greedy entries above, and with `samples` those of
+        `sampled_scores` (pass@1 with its interval, the pass@k curve for k = 1..samples).
     """
     key = jax.random.PRNGKey(0) if key is None else key
     modes = dict(modes or {})
@@ -187,37 +256,23 @@ def evaluate_policy(
                 for e, t, c in list(zip(examples, texts, correct, strict=True))[:keep_texts]
             ]
     if samples:
-        per_problem = np.zeros(len(examples))
-        per_mode = {m: np.zeros(len(examples)) for m in modes}
-        rows_per_call = max(1, batch_size // samples)
-        for s in range(0, len(examples), rows_per_call):
-            exs, ids = examples[s : s + rows_per_call], prompt_ids[s : s + rows_per_call]
-            gen = sample_batch(
+        out.update(
+            sampled_scores(
                 model,
                 interventions,
-                ids,
-                jax.random.fold_in(key, s),
-                mesh=mesh,
+                examples,
+                prompt_ids,
+                {"": reward_fn, **{f"_{m}": fn for m, fn in modes.items()}},
+                samples,
+                SamplingConfig(max_new_tokens, float(temperature), samples_per_prompt=samples),
+                key=key,
                 tokenizer=tokenizer,
-                sampling=SamplingConfig(max_new_tokens, float(temperature), samples_per_prompt=samples),
+                batch_size=batch_size,
                 bucket=bucket,
+                success=success,
+                mesh=mesh,
             )
-            ok = np.array(
-                [success(r) for r in score_completions(reward_fn, exs, ids, gen, repeats=samples).tolist()], np.float64
-            )
-            per_problem[s : s + len(exs)] = ok.reshape(len(exs), samples).mean(axis=1)
-            for m, fn in modes.items():
-                ok_m = np.array(
-                    [success(r) for r in score_completions(fn, exs, ids, gen, repeats=samples).tolist()], np.float64
-                )
-                per_mode[m][s : s + len(exs)] = ok_m.reshape(len(exs), samples).mean(axis=1)
-        m, ci = mean_ci(per_problem)
-        out["pass1"] = m
-        out["pass1_ci"] = list(ci)
-        out["pass1_k"] = samples
-        for m, v in per_mode.items():
-            out[f"pass1_{m}"], ci_m = mean_ci(v)
-            out[f"pass1_ci_{m}"] = list(ci_m)
+        )
     out["seconds"] = time.perf_counter() - t0
     return out
 
