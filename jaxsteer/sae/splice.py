@@ -10,6 +10,9 @@ composes with `Steer` / `Patch` / `Ablate` in a list and works in `forward` and 
   act through the features.
 - `feature_delta` (`[d_sae]` or `[B, T, d_sae]`) is added to the latents before decoding: steer
   along features, or take `jax.grad` w.r.t. it at zero for attribution patching per feature.
+- `feature_scale` (`[d_sae]`) multiplies the latents before decoding: 0 ablates a feature, 2
+  doubles it. With `keep_error=True` the output is `x + sum_f (scale_f - 1) z_f W_dec[f]`: only
+  the scaled features change, wherever they fire, in `forward` and `generate`.
 - `positions` (`[T]` or `[B, T]`, weights in [0, 1]) restricts the splice to some tokens.
 """
 
@@ -37,6 +40,7 @@ class Splice:
     Attributes:
         sae: the SAE.
         feature_delta: `[d_sae]` or `[B, T, d_sae]` added to the latents before decoding (None: none).
+        feature_scale: `[d_sae]` multiplying the latents before decoding (None: none; 0 ablates).
         positions: `[T]` or `[B, T]` weights in [0, 1]: splice only there (None: every token).
         residual: a residual SAE whose reconstruction of the remainder is added (SAE Boost).
         keep_error: add back the error `x - x_hat`, held constant (SAELens' `use_error_term`).
@@ -46,6 +50,7 @@ class Splice:
 
     sae: SAE
     feature_delta: Any = None
+    feature_scale: Any = None
     positions: Any = None
     residual: SAE | None = None
     keep_error: bool = struct.field(pytree_node=False, default=False)
@@ -82,7 +87,13 @@ class Splice:
                 f"Splice: feature_delta has shape {jnp.shape(self.feature_delta)}; "
                 f"last axis should be d_sae={self.sae.config.d_sae}"
             )
+        if self.feature_scale is not None and jnp.shape(self.feature_scale) != (self.sae.config.d_sae,):
+            raise InputError(
+                f"Splice: feature_scale has shape {jnp.shape(self.feature_scale)}; "
+                f"expected [d_sae] = ({self.sae.config.d_sae},)"
+            )
         check_finite(self.feature_delta, "Splice.feature_delta")
+        check_finite(self.feature_scale, "Splice.feature_scale")
         for path, leaf in jax.tree_util.tree_leaves_with_path(self.sae.params):
             check_finite(leaf, f"Splice: SAE parameter {jax.tree_util.keystr(path)}")
 
@@ -97,8 +108,11 @@ class Splice:
     def _spliced_flat(self, x: jax.Array) -> jax.Array:
         z = encode(self.sae, x)
         x_hat = decode(self.sae, z)
-        if self.feature_delta is not None:
-            out = decode(self.sae, z + jnp.asarray(self.feature_delta, z.dtype))
+        if self.feature_delta is not None or self.feature_scale is not None:
+            edited = z if self.feature_scale is None else z * jnp.asarray(self.feature_scale, z.dtype)
+            if self.feature_delta is not None:
+                edited = edited + jnp.asarray(self.feature_delta, z.dtype)
+            out = decode(self.sae, edited)
         else:
             out = x_hat
         if self.residual is not None:  # SAE Boost: the residual SAE reconstructs what the base missed

@@ -94,6 +94,36 @@ def test_splice_composes_with_steer_and_works_in_generate(model):
     np.testing.assert_array_equal(np.asarray(g0.tokens), np.asarray(g1.tokens))
 
 
+def test_feature_scale_ablates_exactly_the_chosen_features(model):
+    """scale 0 on features F with the error kept: the layer outputs x - z_F W_dec[F]; scale 1 is a no-op."""
+    s = random_sae()
+    _, ref = jaxsteer.forward(model, TOKENS, record=("resid_post",))
+    x = ref.resid_post[1]
+    z = sae.encode(s, x)
+    fired = np.flatnonzero(np.asarray(jnp.any(z > 0, axis=(0, 1))))
+    chosen = fired[:3]
+    scale = jnp.ones(4 * D).at[chosen].set(0.0)
+    _, trace = jaxsteer.forward(
+        model, TOKENS, interventions=[sae.Splice(s, feature_scale=scale, keep_error=True)], record=("resid_post",)
+    )
+    expected = x - z[..., chosen] @ s.params["W_dec"][chosen]
+    np.testing.assert_allclose(np.asarray(trace.resid_post[1]), np.asarray(expected), atol=1e-5)
+    assert float(jnp.max(jnp.abs(trace.resid_post[1] - x))) > 1e-3
+    clean, _ = jaxsteer.forward(model, TOKENS)
+    ones, _ = jaxsteer.forward(
+        model, TOKENS, interventions=[sae.Splice(s, feature_scale=jnp.ones(4 * D), keep_error=True)]
+    )
+    np.testing.assert_allclose(np.asarray(ones), np.asarray(clean), atol=1e-4)
+    # generation-safe: generate with the ablation equals the greedy argmax of forward with it
+    prompts = [list(map(int, TOKENS[0, :4]))]
+    iv = [sae.Splice(s, feature_scale=scale, keep_error=True)]
+    g = jaxsteer.generate(model, prompts, max_new_tokens=1, greedy=True, interventions=iv)
+    logits, _ = jaxsteer.forward(model, np.asarray(prompts), interventions=iv)
+    assert int(g.tokens[0, 0]) == int(jnp.argmax(logits[0, -1]))
+    with pytest.raises(ValueError, match="feature_scale"):
+        jaxsteer.forward(model, TOKENS, interventions=[sae.Splice(s, feature_scale=jnp.ones(3))])
+
+
 def test_feature_acts_and_attribution_gradient(model):
     s = random_sae()
     z = sae.feature_acts(model, s, TOKENS)
