@@ -53,9 +53,12 @@ class FeatureGraph:
         out = [(e["dst"], e["weight"]) for e in self.edges if e["src"] == tuple(node)]
         return sorted(out, key=lambda t: -t[1])
 
-    def plot(self, path: str | None = None, *, title: str = "", labels: dict | None = None):
+    def plot(
+        self, path: str | None = None, *, title: str = "", labels: dict | None = None, node_colors: dict | None = None
+    ):
         """Draw the graph (levels left to right, edge width and shade by weight); returns the
-        matplotlib figure and writes it to `path` when given. `labels`: `{node: text}`."""
+        matplotlib figure and writes it to `path` when given. `labels`: `{node: text}`;
+        `node_colors`: `{node: matplotlib colour}` (default white)."""
         from matplotlib import colormaps
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -76,7 +79,8 @@ class FeatureGraph:
             w = abs(e["weight"]) / wmax
             ax.plot([x0, x1], [y0, y1], color=colormaps["viridis"](1 - w), lw=0.5 + 3 * w, alpha=0.8, zorder=1)
         for node, (x, y) in pos.items():
-            ax.scatter([x], [y], s=120, color="white", edgecolor="black", zorder=2)
+            face = (node_colors or {}).get(node, "white")
+            ax.scatter([x], [y], s=120, color=face, edgecolor="black", zorder=2)
             text = (labels or {}).get(node, str(node[1]))
             ax.annotate(text, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=7)
         ax.set_xticks(levels, [f"{self.sites[lv]} L{self.layers[lv]}" for lv in levels])

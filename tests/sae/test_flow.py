@@ -69,7 +69,9 @@ def test_flow_through_the_model_and_plot(model, tmp_path):  # noqa: F811
     assert len(g.edges) == len([n for n in g.nodes if n[0] == 0]) > 3
     for e in g.edges:
         assert e["dst"] == (1, int(PERM1[e["src"][1]])) and e["correlation"] == pytest.approx(1.0, abs=1e-4)
-    fig = g.plot(str(tmp_path / "flow.png"), labels={g.nodes[0]: "first"})
+    fig = g.plot(str(tmp_path / "flow.png"), labels={g.nodes[0]: "first"}, node_colors={g.nodes[0]: "red"})
+    faces = [tuple(c.get_facecolor()[0]) for c in fig.axes[0].collections]
+    assert faces.count((1.0, 0.0, 0.0, 1.0)) == 1 and faces.count((1.0, 1.0, 1.0, 1.0)) == len(g.nodes) - 1
     assert (tmp_path / "flow.png").stat().st_size > 1000 and fig.axes[0].get_xticklabels()[
         0
     ].get_text() == "resid_post L0"
