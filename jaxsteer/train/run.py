@@ -202,6 +202,14 @@ class Run:
         self._open_logger()
         return state, meta
 
+    def saved_tree(self) -> dict | None:
+        """When resuming, the leaf paths and shapes of the latest checkpoint's state
+        (`checkpoint.tree_description`); None when starting fresh or nothing is saved yet. Lets a
+        learner recognise, and migrate, a state layout written by an older version."""
+        if not self.resume or self._checkpointer().latest_step() is None:
+            return None
+        return self._checkpointer().read_meta()[1].get("tree", {})
+
     def _open_logger(self) -> RunLogger:
         if self.logger is None:
             self.logger = RunLogger(self.directory, tensorboard=self.tensorboard, resume_step=self.start_step or None)

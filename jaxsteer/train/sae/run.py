@@ -136,6 +136,26 @@ def _fresh_state(cfg, stream, sae_cfg, tx, base) -> dict:
     return init_state(sae, tx, act_scale=float(rms(jnp.asarray(target))))
 
 
+def restore_state(run: Run, template: dict, **kw) -> tuple[dict, dict | None]:
+    """`run.restore(template, **kw)`, migrating checkpoints written before the state had
+    `act_scale` (jaxsteer before commit f46034b): those are restored without it and resume with
+    `act_scale = 1`, which is what that code did implicitly (JumpReLU thresholds, and so their Adam
+    moments, optimised in activation units; other kinds never read it), so the run continues
+    exactly as it would have."""
+    saved = run.saved_tree()
+    legacy = saved is not None and bool(saved) and "act_scale" not in saved
+    if legacy:
+        template = {k: v for k, v in template.items() if k != "act_scale"}
+    state, meta = run.restore(template, **kw)
+    if legacy and meta is not None:
+        state = dict(state, act_scale=jnp.asarray(1.0, jnp.float32))
+        run.say(
+            "checkpoint written before the SAE state had act_scale (jaxsteer < f46034b): resuming with "
+            "act_scale = 1, the unit that version optimised JumpReLU thresholds in"
+        )
+    return state, meta
+
+
 def train_sae(
     cfg: SAERunConfig,
     *,
@@ -161,7 +181,7 @@ def train_sae(
         identity = model_identity(model, cfg.model.spec)
         trainable = json.loads(json.dumps({"sae": sae_cfg.to_dict(), "step": dataclasses.asdict(scfg)}))
         template = init_state(init_sae(sae_cfg, jax.random.PRNGKey(cfg.seed)), tx)
-        state, meta = run.restore(template, identity=identity, trainable_config=trainable)
+        state, meta = restore_state(run, template, identity=identity, trainable_config=trainable)
         if meta is None:
             state = _fresh_state(cfg, stream, sae_cfg, tx, base)
         else:
@@ -268,6 +288,7 @@ __all__ = [
     "token_windows",
     "split_windows",
     "load_sae",
+    "restore_state",
     "train_sae",
     "eval_run",
 ]

@@ -105,6 +105,43 @@ def test_resume_reproduces_an_uninterrupted_run(model, text_file, tmp_path):
     assert la == lb and len(la) == 6
 
 
+def drop_act_scale(run_dir):
+    """Rewrite a run's latest checkpoint as jaxsteer wrote it before commit f46034b (no act_scale)."""
+    import shutil
+
+    from jaxsteer.sae.arch import init_sae
+    from jaxsteer.train.checkpoint import Checkpointer
+    from jaxsteer.train.sae.run import sae_config, step_config
+    from jaxsteer.train.sae.step import init_state, make_optimizer
+
+    cfg = load_run_config(os.path.join(run_dir, "config.yaml"), warn=False)
+    template = init_state(init_sae(sae_config(cfg, 16), jax.random.PRNGKey(0)), make_optimizer(step_config(cfg, 16)))
+    ck = Checkpointer(os.path.join(run_dir, "checkpoints"))
+    step, meta = ck.read_meta()
+    state, _ = ck.restore(template, identity=meta["model"], trainable_config=meta["trainable"])
+    shutil.rmtree(os.path.join(ck.directory, str(step)))
+    ck.manager.reload()
+    keep = {k: v for k, v in meta.items() if k not in ("tree", "fingerprint", "format", "step")}
+    ck.save(step, {k: v for k, v in state.items() if k != "act_scale"}, keep)
+    ck.close()
+
+
+def test_resume_migrates_a_checkpoint_without_act_scale(model, text_file, tmp_path, capsys):
+    """A checkpoint from before act_scale resumes with act_scale = 1 (what that code used; a TopK
+    run never reads it) and ends bit for bit as an uninterrupted run. The old code refused it
+    ("different state structure: missing ['act_scale']")."""
+    tok = CharTokenizer()
+    cfg = run_cfg(text_file, tmp_path / "old")
+    train_sae(cfg, model=model, tokenizer=tok, stop_after=3, progress=False)
+    drop_act_scale(str(tmp_path / "old"))
+    capsys.readouterr()
+    train_sae(cfg, model=model, tokenizer=tok, resume=True, progress=False)
+    assert "act_scale = 1" in capsys.readouterr().out
+    straight = load_sae(train_sae(run_cfg(text_file, tmp_path / "new"), model=model, tokenizer=tok, progress=False))
+    for k, v in straight.params.items():
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(load_sae(str(tmp_path / "old")).params[k]))
+
+
 def test_eval_reports_metrics_and_htopk_curve(model, text_file, tmp_path):
     tok = CharTokenizer()
     fast = {"steps": 20, "optimizer.lr": 0.01}
