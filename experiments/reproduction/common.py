@@ -51,7 +51,16 @@ EXPERIMENTS = ROOT / "experiments"
 
 # Parts in report order. head_swap (the lead), vector_analyses and decodability (helper-report-analysis)
 # are written by others; a missing module is skipped with a note.
-PARTS = ["table1", "per_layer", "time_to_accuracy", "vector_analyses", "head_swap", "decodability"]
+PARTS = [
+    "table1",
+    "convergence",
+    "per_layer",
+    "time_to_accuracy",
+    "vector_analyses",
+    "head_swap",
+    "decodability",
+    "paper_scale",
+]
 
 # Table 1's all-layer steering run, shared with the analysis parts (ctx.steering_vectors()).
 STEERING_CONFIG = "experiments/smollm2_arithmetic_steering.yaml"
@@ -146,15 +155,18 @@ class Context:
         plt.close(fig)
         return f"reproduction/{name}.png"
 
-    def train_or_load(self, name: str, config_path: str, overrides=(), stamp: bool = False) -> dict:
+    def train_or_load(
+        self, name: str, config_path: str, overrides=(), stamp: bool = False, seed: int | None = None
+    ) -> dict:
         """Train `config_path` with `overrides` into <runs_dir>/<name> unless a finished run with the
         same config and overrides is there; returns its summary.json plus "wall_s" / "cpu_s" (of the
         whole train call, evaluations included), "overrides", "reused", and with `stamp` the CPU /
-        wall stamps of every metrics record ("stamps", see CpuStamper)."""
+        wall stamps of every metrics record ("stamps", see CpuStamper). `seed` defaults to `ctx.seed`."""
         out = self.runs_dir / name
         given = list(overrides)
         overrides = given + (QUICK_OVERRIDES if self.quick else [])
-        overrides += [f"output_dir={out}", f"seed={self.seed}", "progress=false", "tensorboard=false"]
+        seed = self.seed if seed is None else seed
+        overrides += [f"output_dir={out}", f"seed={seed}", "progress=false", "tensorboard=false"]
         key = {"config": config_path, "overrides": overrides}
         timing_path = out / "repro_timing.json"
         if (out / "summary.json").exists() and timing_path.exists():
@@ -168,7 +180,7 @@ class Context:
             self.used.append({"name": name, "missing": True})
             return None
         if self._wait_for_other(out):
-            return self.train_or_load(name, config_path, given, stamp)
+            return self.train_or_load(name, config_path, given, stamp, seed)
         if out.exists():
             shutil.rmtree(out)  # unfinished or made with other settings
         out.mkdir(parents=True)

@@ -1,10 +1,13 @@
-"""Part `per_layer`: held-out accuracy of a single RL steering vector trained at one layer, per layer.
+"""Part `per_layer`: one RL steering vector trained alone at a single layer, every third layer (issue 18 item 4).
 
 The steering paper (arXiv 2509.06608, section 4) trains vectors at single layers in isolation and
-studies the last two in depth. Here: every 5th layer (4, 9, ..., 29; 6 of the 30, to fit the CPU
-budget of a loaded 2-core machine), each vector trained alone with the demo recipe for fewer steps
-(10 x 4 prompts x G=8 = 320 rollouts, half of table1's budget), held-out greedy accuracy on 100 test
-problems.
+studies the last two in depth. A vector's effect depends on its size beside the residual stream,
+whose norm grows ~25x from the first to the last layers here, while Adam moves every coordinate by
+about the learning rate per step. So each layer's step size is scaled to its residual norm,
+`lr_l = c * ||h_l|| / sqrt(d)` (h_l: resid_post at the last prompt token, mean over validation
+prompts), with `c` swept over 3 log-spaced values at two layers on the validation split and the
+best `c` used at every layer. Reported beside accuracy: `||s_l|| / ||h_l||`, the vector's size as a
+fraction of the residual it is added to. Protocol: protocol.py (validation split, plateau rule, test split).
 """
 
 from __future__ import annotations
@@ -13,60 +16,120 @@ import json
 
 import common
 import numpy as np
+import protocol
+from protocol import Method
 
-TITLE = "Per-layer curve: one steering vector trained at a single layer"
+TITLE = "Per-layer curve: one steering vector trained at a single layer, step size scaled to the residual"
 
-LAYERS = list(range(4, 30, 5))  # 4, 9, 14, 19, 24, 29
-STEPS, EVAL_N = 10, 100
+LAYERS = list(range(2, 30, 3))  # 2, 5, ..., 29: every third layer
+SWEEP_LAYERS = (14, 29)
+SCALES = (1e-3, 4e-3, 1.6e-2)  # c in lr_l = c * rms(h_l)
+STEPS, EVAL_EVERY, NORM_N = 40, 10, 32
+
+
+def residual_norms(ctx: common.Context) -> list[float]:
+    """Mean ||resid_post_l|| at the last prompt token over `NORM_N` validation prompts, per layer."""
+    from jaxsteer.models.decoder import run_with_cache
+    from jaxsteer.train import load_config
+    from jaxsteer.train.build import PromptEncoder, load_examples
+
+    cfg = load_config(str(common.ROOT / common.STEERING_CONFIG), [f"data.eval={protocol.VAL}"])
+    model, tok = ctx.model()
+    encode = PromptEncoder(tok, cfg.data.prompt_template, cfg.data.system)
+    ids = [encode(e) for e in list(load_examples(cfg.data.eval))[:NORM_N]]
+    if len({len(i) for i in ids}) != 1:
+        raise ValueError("the validation prompts must share one length (no padding) for this measurement")
+    _, trace = run_with_cache(model, np.asarray(ids), names="resid_post")
+    h = np.asarray(trace["resid_post"])[:, :, -1]  # [L, N, d]
+    return [float(v) for v in np.linalg.norm(h, axis=-1).mean(axis=1)]
+
+
+def layer_method(layer: int, rms: float, scales) -> Method:
+    """The single-layer steering row at `layer` with step sizes `c * rms` for each `c` in `scales`."""
+    return Method(
+        f"layer{layer:02d}",
+        f"RL steering vector, layer {layer} only",
+        common.STEERING_CONFIG,
+        "optimizer.lr",
+        tuple(float(f"{c * rms:.3g}") for c in scales),
+        steps=STEPS,
+        eval_every=EVAL_EVERY,
+        overrides=(f"trainable.layers=[{layer}]",),
+    )
+
+
+def choose_scale(ctx: common.Context, rms: list[float]) -> tuple[float, dict]:
+    """Sweep `c` at `SWEEP_LAYERS` on validation; the `c` with the best mean final validation accuracy."""
+    scores: dict[float, list[float]] = {c: [] for c in ctx.scale(SCALES, SCALES[1:2])}
+    for layer in ctx.scale(SWEEP_LAYERS, SWEEP_LAYERS[-1:]):
+        m = layer_method(layer, rms[layer], scores)
+        for c, lr in zip(scores, m.step_sizes, strict=True):
+            s = protocol.train(ctx, m, lr, 0, {})
+            if s is not None:
+                curve = protocol.val_curve(ctx, protocol.run_name(m, lr, 0), s["rollouts"] / max(s["steps"], 1))
+                scores[c].append(protocol.final_score(curve))
+    means = {c: float(np.mean(v)) for c, v in scores.items() if v}
+    return max(means, key=lambda c: means[c]), {f"{c:g}": v for c, v in means.items()}
 
 
 def run(ctx: common.Context) -> dict:
-    """One run per layer (reused when already trained); the base model's accuracy from the first."""
-    layers = ctx.scale(LAYERS, [LAYERS[-2], LAYERS[-1]])
-    points, base = [], None
-    for i, layer in enumerate(layers):
-        overrides = [
-            f"trainable.layers=[{layer}]",
-            f"steps={STEPS}",
-            f"eval.n={EVAL_N}",
-            f"eval.before={'true' if i == 0 else 'false'}",
-            "checkpoint.every=0",
-        ]
-        s = ctx.train_or_load(f"per_layer_{layer:02d}", common.STEERING_CONFIG, overrides)
+    """Residual norms, the step-size sweep, one run per layer at the chosen scale, test accuracy."""
+    rms_norms = residual_norms(ctx)
+    d = ctx.model()[0].config.d_model
+    rms = [n / np.sqrt(d) for n in rms_norms]
+    c, sweep = choose_scale(ctx, rms)
+    points, chosen = [], {}
+    for layer in ctx.scale(LAYERS, list(SWEEP_LAYERS[-1:])):
+        m = layer_method(layer, rms[layer], (c,))
+        lr = m.step_sizes[0]
+        s = protocol.train(ctx, m, lr, 0, {})
         if s is None:  # --collect-only and the run did not finish
             continue
-        base = base or common.acc(s.get("eval_before"))
-        vec = np.load(ctx.runs_dir / f"per_layer_{layer:02d}" / "steering_vectors.npy")[layer]
-        points.append(
-            {
-                "layer": layer,
-                "lenient": common.acc(s.get("eval_after")),
-                "strict": common.acc(s.get("eval_after"), "strict"),
-                "norm": float(np.linalg.norm(vec)),
-                "wall_s": s.get("wall_s"),
-                "cpu_s": s.get("cpu_s"),
-                "rollouts": s.get("rollouts"),
-            }
-        )
-    all_layers = None  # table1's all-layer run (20 steps, n = 200) when it has finished: a reference line
-    summary = ctx.runs_dir / common.STEERING_RUN / "summary.json"
-    if summary.exists():
-        all_layers = common.acc(json.loads(summary.read_text()).get("eval_after"))
+        name = protocol.run_name(m, lr, 0)
+        chosen[layer] = name
+        ev = protocol.evaluate_on_test(ctx, name, 0)
+        curve = protocol.val_curve(ctx, name, s["rollouts"] / max(s["steps"], 1))
+        vec = np.load(ctx.runs_dir / name / "steering_vectors.npy")[layer]
+        points.append({
+            "layer": layer,
+            "lr": lr,
+            "lenient": common.acc(ev, "lenient"),
+            "strict": common.acc(ev, "strict"),
+            "val": protocol.final_score(curve),
+            "plateau": protocol.plateaued(curve),
+            "norm": float(np.linalg.norm(vec)),
+            "resid_norm": rms_norms[layer],
+            "norm_ratio": float(np.linalg.norm(vec)) / rms_norms[layer],
+            "wall_s": s.get("wall_s"),
+            "cpu_s": s.get("cpu_s"),
+            "rollouts": s.get("rollouts"),
+        })  # fmt: skip
+    (ctx.runs_dir / "per_layer_chosen.json").write_text(json.dumps({str(k): v for k, v in chosen.items()}))
+    base = protocol.base_on_test(ctx, ctx.scale(16, 4))
+    base_acc = common.acc(base, "lenient")
+    all_layers = None  # the convergence part's all-layer steering row (seed 0), when it has run
+    conv = ctx.out_dir / "convergence.json"
+    if conv.exists():
+        row = next((r for r in json.loads(conv.read_text())["rows"] if r["key"] == "steering"), None)
+        if row and row.get("seeds"):
+            all_layers = row["seeds"][0]["greedy"]
     return {
         "points": points,
-        "base": base,
-        "steps": STEPS,
-        "eval_n": EVAL_N,
+        "base": base_acc,
+        "scale": c,
+        "sweep": sweep,
+        "resid_norms": rms_norms,
+        "steps": ctx.scale(STEPS, 2),
         "all_layers": all_layers,
-        "figure": figure(ctx, points, base, all_layers),
+        "figure": figure(ctx, points, base_acc, all_layers),
     }
 
 
-def figure(ctx: common.Context, points: list[dict], base: dict | None, all_layers: dict | None = None) -> str:
-    """Accuracy (95% CI) of each single-layer vector against its layer, the base model as a line."""
+def figure(ctx: common.Context, points: list[dict], base: dict | None, all_layers: float | None = None) -> str:
+    """Test accuracy (95% CI) of each single-layer vector against its layer, and its ||s|| / ||h||."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7.5, 5.6), sharex=True, height_ratios=(2, 1))
     xs = [p["layer"] for p in points]
     ys = np.array([100 * p["lenient"]["acc"] for p in points])
     lo = np.maximum(0.0, ys - np.array([100 * p["lenient"]["lo"] for p in points]))  # Wilson lo can be 1e-18 > 0
@@ -74,12 +137,15 @@ def figure(ctx: common.Context, points: list[dict], base: dict | None, all_layer
     ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label="single-layer vector (lenient)")
     if base:
         ax.axhline(100 * base["acc"], color="gray", ls="--", label="base model")
-    if all_layers:
-        ax.axhline(100 * all_layers["acc"], color="tab:green", ls=":", label="all 30 layers, 20 steps (table1)")
-    ax.set_xlabel("layer of the single vector")
-    ax.set_ylabel("held-out greedy accuracy (%)")
-    ax.set_title(f"One RL steering vector per layer, {STEPS} steps each (95% Wilson CI)")
-    ax.legend(loc="center right", fontsize=8)
+    if all_layers is not None:
+        ax.axhline(100 * all_layers, color="tab:green", ls=":", label="all 30 layers (convergence, seed 0)")
+    ax.set_ylabel("test greedy accuracy (%)")
+    ax.set_title("One RL steering vector per layer, step size scaled to the residual norm (95% Wilson CI)")
+    ax.legend(loc="best", fontsize=8)
+    ax2.plot(xs, [p["norm_ratio"] for p in points], marker="s", color="tab:orange")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("||s_l|| / ||h_l||")
+    ax2.set_xlabel("layer of the single vector")
     return ctx.save_fig(fig, "per_layer_accuracy")
 
 
@@ -88,54 +154,46 @@ def section(result: dict) -> str:
     pts, base = result["points"], result["base"]
     if not pts:
         return "No per-layer run finished in time."
+    sweep = ", ".join(f"c = {k}: {100 * v:.1f}%" for k, v in result["sweep"].items())
     lines = [
-        f"Layers {', '.join(str(p['layer']) for p in pts)} (every 5th of 30, to fit the budget; the others "
-        f"were not run). Each vector alone, {result['steps']} RL steps x 32 rollouts, lr 1e-2, zeros at the "
-        f"start; held-out n = {result['eval_n']} (95% Wilson intervals). Base model: {common.pct(base)}.",
+        f"Layers {', '.join(str(p['layer']) for p in pts)}. Each vector alone, zeros at the start, "
+        f"{result['steps']} RL steps x 32 rollouts, lr_l = c * ||h_l|| / sqrt(d); c swept at layers "
+        f"{', '.join(map(str, SWEEP_LAYERS))} on validation (mean final validation accuracy: {sweep}); "
+        f"chosen c = {result['scale']:g}. Test greedy accuracy, n = {pts[0]['lenient']['n']} (95% Wilson "
+        f"intervals). Base model: {common.pct(base)}.",
         "",
         f"![per-layer accuracy]({result['figure']})",
         "",
-        "| layer | lenient acc. | strict acc. | vector norm | run wall s | run CPU s |",
-        "|---:|---|---|---:|---:|---:|",
+        "| layer | lr | test acc. (lenient) | strict | final val. acc. | plateau | ||h_l|| | ||s_l|| "
+        "| ||s_l|| / ||h_l|| | run CPU s |",
+        "|---:|---:|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for p in pts:
+        plateau = {True: "yes", False: "no", None: "?"}[p["plateau"]]
         lines.append(
-            f"| {p['layer']} | {common.pct(p['lenient'])} | {common.pct(p['strict'])} | {p['norm']:.2f} "
-            f"| {p['wall_s'] or 0:.0f} | {p['cpu_s'] or 0:.0f} |"
+            f"| {p['layer']} | {p['lr']:.3g} | {common.pct(p['lenient'])} | {common.pct(p['strict'])} "
+            f"| {100 * p['val']:.1f}% | {plateau} | {p['resid_norm']:.1f} | {p['norm']:.2f} "
+            f"| {p['norm_ratio']:.3f} | {p['cpu_s'] or 0:.0f} |"
         )
     best = max(pts, key=lambda p: p["lenient"]["acc"])
     late = [p for p in pts if p["layer"] >= 20]
     early = [p for p in pts if p["layer"] < 10]
     lines += ["", f"Best single layer: {best['layer']} ({common.pct(best['lenient'])})."]
     if base:
-        above = [p["layer"] for p in pts if p["lenient"]["acc"] > base["acc"] and p["lenient"]["lo"] > base["hi"]]
+        above = [p["layer"] for p in pts if p["lenient"]["lo"] > base["hi"]]
         lines.append(
             f"Layers whose interval lies wholly above the base model's: {', '.join(map(str, above)) or 'none'}."
         )
-    if result.get("all_layers"):
+    if result.get("all_layers") is not None:
         lines.append(
-            f"For reference, all 30 vectors trained together for 20 steps (table1, n = 200): "
-            f"{common.pct(result['all_layers'])}. A single vector gets 1/30 of the parameters and here half "
-            "the steps; the best one is "
-            + (
-                "below the all-layer run's interval."
-                if best["lenient"]["hi"] < result["all_layers"]["lo"]
-                else "within reach of the all-layer run (intervals overlap)."
-            )
+            f"All 30 vectors trained together (the convergence part, seed 0): {100 * result['all_layers']:.1f}%."
         )
     if late and early:
         d = np.mean([p["lenient"]["acc"] for p in late]) - np.mean([p["lenient"]["acc"] for p in early])
         lines.append(
             f"Mean accuracy of the layers >= 20 minus layers < 10: {100 * d:+.1f} points. The paper (arXiv "
-            "2509.06608, section 4) trains single-layer vectors on 1.5B-8B models and builds its mechanistic story "
-            "on the last and penultimate layers (token substitution on the first generated token; an MLP / "
-            "unembedding circuit); its per-layer accuracies are not in ../shared/METHODS.md, so only the shape is "
-            "compared here, not numbers. "
-            + (
-                "A late-layer vector alone moving accuracy as much as or more than an early one fits that story."
-                if d > 0
-                else "Here the late layers are not better than the early ones; with 10 steps at lr 1e-2 a single "
-                "576-number vector is far from converged, and the n = 100 intervals are wide (about +-9 points)."
-            )
+            "2509.06608, section 4) builds its mechanistic story on the last and penultimate layers (token "
+            "substitution on the first generated token; an MLP / unembedding circuit); its per-layer accuracies "
+            "are not in ../shared/METHODS.md, so only the shape is compared here."
         )
     return "\n".join(lines)

@@ -28,7 +28,7 @@ TITLE = (
 LENS_K, STAT_K = 5, 20  # tokens shown per layer; tokens counted for the digit / non-ASCII statistics
 FTE_N, FTE_TOKENS = 32, 10  # prompts and generated tokens for the first-token effect
 PERSIST_N, PERSIST_LAYERS = 16, (2, 8, 14, 20, 26, 28)
-PAIR_LAYERS, PAIR_N = (9, 19, 24, 29), 100  # layers of the isolated vectors; held-out problems
+PAIR_LAYERS, PAIR_N = (8, 17, 26, 29), 100  # layers of the isolated vectors; held-out problems
 PAIR_MARGIN = 0.10  # accuracy difference called clear at n = 100 (about the half-width of a 95% interval)
 GATE_N = 32  # prompts for the gate statistics
 ADAPTIVE_RUN = "vector_analyses_adaptive"
@@ -150,13 +150,21 @@ def persistence_figure(ctx: common.Context, layers, cos: np.ndarray, ratio: np.n
 
 def available_isolated(ctx: common.Context) -> dict[int, np.ndarray]:
     """Single-layer vectors trained alone that exist in the runs directory: the per_layer part's
-    `per_layer_XX` runs and table1's one-layer run, as {layer: vector [d]}."""
+    chosen runs (per_layer_chosen.json: {layer: run}), else its older `per_layer_XX` runs, and
+    table1's one-layer run, as {layer: vector [d]}."""
+    import json
+
     import yaml
 
     found = {}
-    for path in sorted(ctx.runs_dir.glob("per_layer_*/steering_vectors.npy")):
+    chosen = ctx.runs_dir / "per_layer_chosen.json"
+    if chosen.exists():
+        for layer, name in json.loads(chosen.read_text()).items():
+            if (ctx.runs_dir / name / "steering_vectors.npy").exists():
+                found[int(layer)] = np.load(ctx.runs_dir / name / "steering_vectors.npy")[int(layer)]
+    for path in sorted(ctx.runs_dir.glob("per_layer_[0-9]*/steering_vectors.npy")):
         layer = int(path.parent.name.rsplit("_", 1)[1])
-        found[layer] = np.load(path)[layer]
+        found.setdefault(layer, np.load(path)[layer])
     one = ctx.runs_dir / "table1_one_layer"
     if (one / "steering_vectors.npy").exists() and (one / "config.yaml").exists():
         layers = (yaml.safe_load((one / "config.yaml").read_text()).get("trainable") or {}).get("layers") or []
