@@ -56,6 +56,7 @@ PARTS = [
     "convergence",
     "per_layer",
     "time_to_accuracy",
+    "efficiency",
     "vector_analyses",
     "head_swap",
     "decodability",

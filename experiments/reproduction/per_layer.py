@@ -164,8 +164,8 @@ def section(result: dict) -> str:
         "",
         f"![per-layer accuracy]({result['figure']})",
         "",
-        "| layer | lr | test acc. (lenient) | strict | final val. acc. | plateau | ||h_l|| | ||s_l|| "
-        "| ||s_l|| / ||h_l|| | run CPU s |",
+        "| layer | lr | test acc. (lenient) | strict | final val. acc. | plateau | ‖h_l‖ | ‖s_l‖ "
+        "| ‖s_l‖ / ‖h_l‖ | run CPU s |",
         "|---:|---:|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for p in pts:

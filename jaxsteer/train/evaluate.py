@@ -383,4 +383,13 @@ class HeldOut:
         return run.evaluate("after", self.steps, self._run(run, "trained", policy))
 
 
-__all__ = ["wilson_interval", "mean_ci", "sample_batch", "evaluate_policy", "format_result", "HeldOut"]
+__all__ = [
+    "wilson_interval",
+    "mean_ci",
+    "pass_at_k",
+    "sample_batch",
+    "sampled_scores",
+    "evaluate_policy",
+    "format_result",
+    "HeldOut",
+]
