@@ -36,9 +36,14 @@ its heading; `.venv/bin/python experiments/reproduction/run.py` regenerates ever
   policy invents the papers' answer format unprompted (expected near 0); Table 1 adds two rows with a prompt
   that asks for `\\boxed{{}}` and a strict reward, where strict accuracy is the papers' measure.
 - **Scale**: papers use 1.5B-8B models, GSM8K / MATH, hundreds of steps with G = 16-64; here 135M
-  parameters, at most 20 steps of 4 prompts x G = 8 (640 sampled completions) per RL run, on CPU; each part
-  states its budget.
-- **Seeds**: every run uses seed {seed}; data seeds are fixed in the configs.
+  parameters on CPU. The older parts (Table 1 at small scale, time to accuracy, the analyses) use at
+  most 20 steps of 4 prompts x G = 8 (640 sampled completions) per RL run; the parts written for issue
+  18 (convergence, per-layer, efficiency) follow `experiments/reproduction/protocol.py`: a validation
+  split carved out of the training problems (`val_fraction=0.1`, disjoint from train and test), step
+  sizes swept over 3 log-spaced values on it, runs to a stated cap with a plateau rule checked on the
+  validation curve, test accuracy greedy and sampled at temperature 1. Each part states its budget.
+- **Seeds**: the older parts use seed {seed}; the convergence part runs its main rows on seeds 0-2 and
+  reports intervals over seeds; data seeds are fixed in the configs.
 - **Machine**: {cpu}, {cores} cores, shared with other jobs (load average at the start and end of each
   part is stated; wall-clock on an idle machine would be shorter; CPU seconds are this process's own).
 - **Total**: {total_wall:.0f} s wall-clock ({total_min:.1f} min), {total_cpu:.0f} s CPU to regenerate the parts
