@@ -147,22 +147,7 @@ def matmul_shapes(d: int, f: int, batches: list[int], reps: int, n: int) -> dict
     """float32 rate of `[B, d] x [d, f]` (jnp.dot, jitted) per batch size B, as a fraction of an
     `n x n` matmul timed in the same interleaved rounds: how far below the large-matmul rate the
     weight matmuls of a decode step (one token per row) run. Wall- and CPU-time based."""
-    import jax
-    import jax.numpy as jnp
-
-    dot = jax.jit(jnp.dot)
-    w = jax.random.normal(jax.random.PRNGKey(2), (d, f), jnp.float32)
-    calls, flops = {}, {}
-    for b in batches:
-        x = jax.random.normal(jax.random.PRNGKey(b), (b, d), jnp.float32)
-        inner = max(1, int(2e9 // (2 * b * d * f)))  # ~2 GFLOP per timed call: short calls are all overhead
-
-        def run(x=x, inner=inner):
-            for _ in range(inner):
-                y = dot(x, w)
-            y.block_until_ready()
-
-        calls[str(b)], flops[str(b)] = run, 2.0 * b * d * f * inner
+    calls, flops = decode_shaped_calls(d, f, batches)
     calls["large"], flops["large"] = matmul_peak_call(n)
     for fn in calls.values():
         fn()
@@ -178,6 +163,28 @@ def matmul_shapes(d: int, f: int, batches: list[int], reps: int, n: int) -> dict
         "fraction_of_large": {b: rate[b] / rate["large"] for b in map(str, batches)},
         "fraction_of_large_cpu_time": {b: rate_cpu[b] / rate_cpu["large"] for b in map(str, batches)},
     }
+
+
+def decode_shaped_calls(d: int, f: int, batches: list[int], prefix: str = "") -> tuple[dict, dict]:
+    """`({prefix + B: call}, {prefix + B: flops})`: blocking calls of jitted `[B, d] x [d, f]`
+    float32 matmuls, repeated to ~2 GFLOP per call (short calls are all dispatch overhead)."""
+    import jax
+    import jax.numpy as jnp
+
+    dot = jax.jit(jnp.dot)
+    w = jax.random.normal(jax.random.PRNGKey(2), (d, f), jnp.float32)
+    calls, flops = {}, {}
+    for b in batches:
+        x = jax.random.normal(jax.random.PRNGKey(b), (b, d), jnp.float32)
+        inner = max(1, int(2e9 // (2 * b * d * f)))
+
+        def run(x=x, inner=inner):
+            for _ in range(inner):
+                y = dot(x, w)
+            y.block_until_ready()
+
+        calls[f"{prefix}{b}"], flops[f"{prefix}{b}"] = run, 2.0 * b * d * f * inner
+    return calls, flops
 
 
 # --------------------------------------------------------------------------- model loading
@@ -389,44 +396,56 @@ def warm_and_measure(
 
 def decode_batch_sweep(model, batches: list[int], new_tokens: int, reps: int, refs) -> dict[str, Any]:
     """jaxsteer decode alone at several batch sizes: 8-token random prompts (bucket 8, so the
-    prefill is a small part), `new_tokens` sampled tokens per row, interleaved rounds with the
-    large matmul. Tokens per second and per CPU second, and MFU (wall and CPU time), per batch."""
+    prefill is a small part), `new_tokens` tokens per row sampled at temperature 1 (no top-k /
+    top-p), in interleaved rounds with the large matmul and, per B, the decode-shaped matmul
+    `[B, d] x [d, d_mlp]` (the ceiling: the rate a decode step's weight matmuls reach alone).
+    Tokens per second and per CPU second, and MFU by wall and CPU time against the in-round and
+    the idle large-matmul rate, beside the ceiling, per batch."""
     import jaxsteer
 
     cfg, P, rng = model.config, 8, np.random.default_rng(3)
     refs = {"jnp_dot": refs["jnp_dot"]}
-    calls, flops = {"jnp_dot": refs["jnp_dot"].call}, {}
+    calls, flops = decode_shaped_calls(cfg.d_model, cfg.d_mlp, batches, prefix="matmul_")
+    calls["jnp_dot"] = refs["jnp_dot"].call
     for b in batches:
         prompts = rng.integers(100, cfg.vocab_size, size=(b, P)).astype(np.int32)
         flops[str(b)] = generate_flops(cfg, b, b, P, new_tokens)
         calls[str(b)] = lambda prompts=prompts: jaxsteer.generate(
             model, prompts, max_new_tokens=new_tokens, temperature=1.0, stop_tokens=[], bucket=P
         )
-    log(f"decode batch sweep: B in {batches}, {P}-token prompts, {new_tokens} new tokens ...")
+    log(f"decode batch sweep: B in {batches}, {P}-token prompts, {new_tokens} new tokens (load {_loadavg()}) ...")
     r = warm_and_measure(calls, reps, "decode sweep")
     peak, peak_cpu = r.peak(refs["jnp_dot"].flops)
     med, cmed = r.med, r.cmed
     reports = r.references(refs)
+    idle_cpu = reports["jnp_dot"]["gflops_per_cpu_s_idle"] * 1e9
     out: dict[str, Any] = {
         "prompt_tokens": P,
         "new_tokens": new_tokens,
+        "sampling": "temperature 1, top_k 0, top_p 1 (Gumbel-max over the full vocabulary; no top-p sort)",
         "jnp_dot_gflops_same_rounds": peak / 1e9,
+        "jnp_dot_gflops_per_cpu_s_same_rounds": peak_cpu / 1e9,
         "matmul_references": reports,
+        "loadavg_end": _loadavg(),
         "by_batch": {},
     }
     for b in map(str, batches):
         n_tok = int(b) * new_tokens
+        ceiling = flops[f"matmul_{b}"] / cmed[f"matmul_{b}"] / peak_cpu
         row = out["by_batch"][b] = {
             "median_s": med[b],
             "tokens_per_s": n_tok / med[b],
             "tokens_per_cpu_s": n_tok / cmed[b],
             "mfu": mfu(flops[b], med[b], peak),
             "mfu_cpu_time": mfu(flops[b], cmed[b], peak_cpu),
+            "mfu_cpu_time_vs_idle": flops[b] / cmed[b] / idle_cpu,
+            "decode_shaped_matmul_ceiling_cpu_time": ceiling,
             "mfu_flags": r.checked_mfu(b, flops[b], reports)["flags"],
         }
         log(
-            f"  B={b}: {row['tokens_per_cpu_s']:.0f} tok per CPU-s, MFU {row['mfu']:.2f} "
-            f"(CPU time {row['mfu_cpu_time']:.2f})"
+            f"  B={b}: {row['tokens_per_cpu_s']:.0f} tok per CPU-s, MFU {row['mfu']:.2f} (CPU time "
+            f"{row['mfu_cpu_time']:.2f}; vs the idle matmul {row['mfu_cpu_time_vs_idle']:.2f}); "
+            f"[{b}, {cfg.d_model}] x [{cfg.d_model}, {cfg.d_mlp}] matmul ceiling {ceiling:.2f} (CPU time)"
         )
     return out
 
@@ -764,6 +783,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--set", default="", help="override sizes, e.g. pf_reps=2,dec_N=32 (keys: see 'sizes' in the output)"
     )
     ap.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="time only the --decode-batches sweep (with the matmul references): no prefill, HF or llama.cpp",
+    )
+    ap.add_argument(
         "--decode-batches",
         type=lambda t: [int(x) for x in t.split(",")],
         default=[],
@@ -933,6 +957,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gguf": str(path),
         "dtype": "float32 (dequantised from Q4_1) on both sides",
     }
+    if args.sweep_only:
+        return sweep_only(args, sz, result, t_start)
     result["matmul"] = measure_roofline(sz)
     model, tok = load_jaxsteer_side(result["model"])
     steer = make_steer(model)
@@ -972,10 +998,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         result["llamacpp"] = measure_llamacpp(path, sz, model.config.vocab_size)
     result["summary"] = summarize(result)
+    return finish(args, result, t_start)
+
+
+def sweep_only(args: argparse.Namespace, sz: dict[str, int], result: dict[str, Any], t_start: float) -> dict[str, Any]:
+    """`--sweep-only`: the decode batch sweep alone, beside the large and decode-shaped matmuls."""
+    if not args.decode_batches:
+        raise SystemExit("--sweep-only needs --decode-batches (e.g. 32,128)")
+    model, _ = load_jaxsteer_side(result["model"])
+    refs = {"jnp_dot": MatmulReference("jnp.dot", *matmul_peak_call(sz["mm_n"])).idle()}
+    result["thread_policy"] = thread_policy()
+    result["decode_batch_sweep"] = decode_batch_sweep(model, args.decode_batches, sz["sweep_N"], sz["dec_reps"], refs)
+    return finish(args, result, t_start)
+
+
+def finish(args: argparse.Namespace, result: dict[str, Any], t_start: float) -> dict[str, Any]:
+    """Close the result (load average, wall time), write it to stdout and --out; return it."""
     result["machine"]["loadavg_end"] = _loadavg()
     result["wall_s"] = time.perf_counter() - t_start
     log(f"done in {result['wall_s']:.0f}s")
-
     text = json.dumps(result, indent=2, default=float)
     if args.out:
         args.out.write_text(text + "\n")

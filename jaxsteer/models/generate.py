@@ -121,12 +121,29 @@ def filter_logits(logits: jax.Array, s: SamplingConfig) -> jax.Array:
     return logits
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` (the first maximum; the first NaN if any) as two plain reductions,
+    a max and a min of indices: XLA:CPU runs argmax's paired (value, index) reduction as scalar
+    code, several times slower over a vocabulary-wide row."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == top) | jnp.isnan(x)
+    return jnp.min(jnp.where(hit, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), axis=-1)
+
+
+def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """`jax.random.categorical(key, logits, axis=-1)`, the same draw (Gumbel-max over the same
+    Gumbel noise) with `first_argmax`; the noisy logits are materialised once (an optimization
+    barrier) rather than recomputed inside the reductions."""
+    noisy = jax.lax.optimization_barrier(jax.random.gumbel(key, logits.shape, logits.dtype) + logits)
+    return first_argmax(noisy)
+
+
 def _sample(logits: jax.Array, key: jax.Array, s: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     if s.greedy:
-        tok = jnp.argmax(logits, axis=-1)
+        tok = first_argmax(logits)
         return tok, jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, None], axis=-1)[:, 0]
     filtered = filter_logits(logits, s)
-    tok = jax.random.categorical(key, filtered, axis=-1)
+    tok = categorical(key, filtered)
     return tok, jnp.take_along_axis(jax.nn.log_softmax(filtered), tok[:, None], axis=-1)[:, 0]
 
 

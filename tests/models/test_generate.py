@@ -169,6 +169,58 @@ def test_top_k_top_p_equal_an_independent_numpy_construction():
     assert np.isfinite(tied[0]).tolist() == [True, True, True, False]
 
 
+def test_first_argmax_and_categorical_equal_jax_s():
+    """The sampler's reductions are jnp.argmax and jax.random.categorical exactly: first maximum
+    on ties, -inf entries (filtered tokens) never drawn, NaN rows as argmax treats them, and the
+    same draw for the same key (batched and under vmap, as ES runs the sampler)."""
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 4, size=(6, 50)).astype(np.float32)  # many ties
+    x[1, :] = -np.inf
+    x[2, 10:] = -np.inf
+    x[3, 7] = np.nan
+    x[4, [3, 9]] = np.nan
+    np.testing.assert_array_equal(gen_module.first_argmax(jnp.asarray(x)), jnp.argmax(jnp.asarray(x), axis=-1))
+    logits = jnp.asarray(rng.normal(0, 2, size=(8, 300)).astype(np.float32))
+    filtered = gen_module.filter_logits(logits, gen_module.SamplingConfig(4, 0.7, 0, 0.6, False))
+    ours, theirs = jax.jit(gen_module.categorical), jax.jit(lambda k, z: jax.random.categorical(k, z, axis=-1))
+    for seed in range(3):
+        key = jax.random.PRNGKey(seed)
+        for z in (logits, filtered):
+            got = ours(key, z)
+            np.testing.assert_array_equal(got, theirs(key, z))
+        assert np.all(np.isfinite(np.take_along_axis(np.asarray(filtered), np.asarray(got)[:, None], -1)))
+    keys = jax.random.split(jax.random.PRNGKey(7), 3)
+    np.testing.assert_array_equal(jax.vmap(ours, (0, None))(keys, logits), jax.vmap(theirs, (0, None))(keys, logits))
+
+
+def test_sampled_tokens_equal_a_full_forward_reference(llama, prompts):
+    """The compiled sampling loop (K/V cache, fast draw) emits the tokens of a
+    plain reference: per step, a full forward over prompt + tokens so far, the filtered logits of
+    the last position, and `jax.random.categorical` with the loop's key schedule (split per step).
+    Log-probabilities are the filtered log-softmax at the sampled token."""
+    _, model = llama
+    temperature, top_k, top_p, seed, n = 0.7, 20, 0.9, 5, N_NEW  # as in the seeded-sampling test: compiled once
+    g = jaxsteer.generate(
+        model, prompts, max_new_tokens=n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_tokens=[]
+    )
+    P = g.prompt_tokens.shape[1]
+    seq = np.concatenate([g.prompt_tokens, np.zeros((3, n), np.int32)], axis=1)  # causal: the tail is never read
+    mask = np.concatenate([g.prompt_mask, np.ones((3, n), np.int32)], axis=1)
+    sampling = gen_module.SamplingConfig(n, temperature, top_k, top_p, False)
+    key = jax.random.PRNGKey(seed)
+    logprobs = np.zeros((3, n), np.float32)
+    for i in range(n):
+        logits, _ = jaxsteer.forward(model, seq, attention_mask=mask)
+        filtered = gen_module.filter_logits(logits[:, P - 1 + i], sampling)
+        key, sub = jax.random.split(key)
+        tok = np.asarray(jax.random.categorical(sub, filtered, axis=-1))
+        logprobs[:, i] = np.asarray(jax.nn.log_softmax(filtered, axis=-1))[np.arange(3), tok]
+        seq[:, P + i] = tok
+    np.testing.assert_array_equal(g.tokens, seq[:, P:])
+    np.testing.assert_allclose(g.logprobs, logprobs, rtol=0, atol=1e-5)
+    assert len(np.unique(seq[:, P:])) > n  # really sampled
+
+
 def test_steer_in_generate_matches_hf_with_down_proj_bias(llama, prompts):
     import copy
 
