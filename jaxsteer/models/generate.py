@@ -37,6 +37,7 @@ class SamplingConfig:
     greedy: bool = False
     samples_per_prompt: int = 1  # rows per prompt; the prompt's prefill runs once and its K/V cache is repeated
     runs: int = 1  # run-major copies of the batch decoded side by side; every run reads run 0's sampled tokens
+    refill_slots: int = 0  # 0: static (every row decodes until the longest ends); S: refill, S rows in flight
 
 
 @dataclasses.dataclass
@@ -134,16 +135,54 @@ def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
     """`jax.random.categorical(key, logits, axis=-1)`, the same draw (Gumbel-max over the same
     Gumbel noise) with `first_argmax`; the noisy logits are materialised once (an optimization
     barrier) rather than recomputed inside the reductions."""
-    noisy = jax.lax.optimization_barrier(jax.random.gumbel(key, logits.shape, logits.dtype) + logits)
-    return first_argmax(noisy)
+    return gumbel_argmax(jax.random.gumbel(key, logits.shape, logits.dtype), logits)
 
 
-def _sample(logits: jax.Array, key: jax.Array, s: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+def row_categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row with the row's own key: row `b` equals
+    `jax.random.categorical(keys[b], logits[b])` (so a row's token does not depend on which other
+    rows share the batch, or where it sits in it).
+
+    Args:
+        keys: `[B]` keys (`row_keys`).
+        logits: `[B, V]`.
+
+    Returns:
+        `[B]` int32 token ids.
+    """
+    noise = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[1:], logits.dtype))(keys)
+    return gumbel_argmax(noise, logits)
+
+
+def gumbel_argmax(noise: jax.Array, logits: jax.Array) -> jax.Array:
+    """The Gumbel-max draw `first_argmax(noise + logits)`, the noisy logits materialised once."""
+    return first_argmax(jax.lax.optimization_barrier(noise + logits))
+
+
+def row_keys(key: jax.Array, rows: jax.Array, steps: jax.Array | int) -> jax.Array:
+    """The key of each row's draw at its step: `fold_in(fold_in(key, row), step)`, `[B]` keys.
+
+    Both samplers (static `sample_tokens` and `refill.sample_tokens_refill`) draw row `r`'s
+    `t`-th token with this key, so the same key gives the same tokens per row whatever the batch
+    layout, slot or mesh.
+
+    Args:
+        key: the sampling key.
+        rows: `[B]` int row indices (in the full batch).
+        steps: the generated-token index of each row (`[B]` or a scalar).
+    """
+    steps = jnp.broadcast_to(jnp.asarray(steps, jnp.int32), jnp.shape(rows))
+    return jax.vmap(lambda r, t: jax.random.fold_in(jax.random.fold_in(key, r), t))(rows, steps)
+
+
+def sample_logits(logits: jax.Array, keys: jax.Array, s: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """One token per row from `logits [B, V]` with the rows' keys `[B]` (`row_keys`): `(tokens,
+    logprobs)` `[B]`, the logprob under the sampling distribution (the plain softmax for greedy)."""
     if s.greedy:
         tok = first_argmax(logits)
         return tok, jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, None], axis=-1)[:, 0]
     filtered = filter_logits(logits, s)
-    tok = categorical(key, filtered)
+    tok = row_categorical(keys, filtered)
     return tok, jnp.take_along_axis(jax.nn.log_softmax(filtered), tok[:, None], axis=-1)[:, 0]
 
 
@@ -204,8 +243,7 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
 
     def body(state):
         step, logits, out, lps, done, lengths, cache, k_pos, pos, key = state
-        key, sub = jax.random.split(key)
-        tok, lp = _sample(logits[:lead], sub, sampling)
+        tok, lp = sample_logits(logits[:lead], row_keys(key, jnp.arange(lead), step), sampling)
         tok, lp = jnp.tile(tok, sampling.runs), jnp.tile(lp, sampling.runs)
         tok = jnp.where(done, pad_id, tok).astype(jnp.int32)
         lp = jnp.where(done, 0.0, lp)
@@ -368,6 +406,7 @@ def generate(
     bucket: int = PROMPT_BUCKET,
     samples_per_prompt: int = 1,
     runs: int = 1,
+    refill_slots: int = 0,
 ) -> Generation:
     """Sample completions for a batch of prompts with a KV cache, in one compiled loop.
 
@@ -395,6 +434,10 @@ def generate(
         runs: decode `runs` copies of the batch side by side (rows run-major), every copy reading
             the tokens sampled from run 0, for generation-time patching between runs (`OnRuns`,
             `CrossRunPatch`); the result holds run 0's rows.
+        refill_slots: 0 decodes every row until the longest ends (static); S >= 1 decodes S rows
+            at a time and gives a finished row's slot to the next waiting row
+            (`jaxsteer.models.refill`): faster when completion lengths vary widely, the same tokens
+            per row for the same seed.
 
     Returns:
         A `Generation`: tokens, log-probabilities and lengths per row, the prompts, and the
@@ -409,6 +452,7 @@ def generate(
         samples_per_prompt=samples_per_prompt,
         runs=runs,
         bucket=bucket,
+        refill_slots=refill_slots,
     )
     interventions = as_tuple(interventions)
     check_all(interventions, model.config, None)
@@ -418,6 +462,10 @@ def generate(
                 f"{type(iv).__name__} at {iv.site!r} depends on token positions or prompt length and cannot be "
                 "used in generate (use Steer/Ablate without position masks or per-token values)"
             )
+    from .refill import check_refill, sample_any  # the refill sampler builds on this module's pieces
+
+    if refill_slots:
+        check_refill(interventions, SamplingConfig(max_new_tokens, runs=runs, refill_slots=refill_slots))
     pad_id = pad_id_for(model, tokenizer)
 
     seqs = prompt_sequences(model, prompts, tokenizer=tokenizer, chat=chat, system=system, prompt_mask=prompt_mask)
@@ -436,11 +484,18 @@ def generate(
         )
     key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
     sampling = SamplingConfig(
-        max_new_tokens, float(temperature), int(top_k), float(top_p), bool(greedy), int(samples_per_prompt), int(runs)
+        max_new_tokens,
+        float(temperature),
+        int(top_k),
+        float(top_p),
+        bool(greedy),
+        int(samples_per_prompt),
+        int(runs),
+        int(refill_slots),
     )
     out, lps, lengths = (
         np.asarray(x)[: len(x) // runs]
-        for x in sample_tokens(model, *prepared.args, key=key, interventions=interventions, sampling=sampling)
+        for x in sample_any(model, *prepared.args, key=key, interventions=interventions, sampling=sampling)
     )
     toks, mask = prepared.tokens[: len(seqs)], prepared.mask[: len(seqs)]
     if samples_per_prompt > 1:
@@ -458,6 +513,7 @@ def check_sampling_args(
     samples_per_prompt: Any = 1,
     runs: Any = 1,
     bucket: Any = PROMPT_BUCKET,
+    refill_slots: Any = 0,
 ) -> None:
     """ValueError naming the first of `generate`'s sampling arguments that is not a finite number
     of the right kind in its range (a NaN temperature would sample from NaN probabilities)."""
@@ -472,6 +528,7 @@ def check_sampling_args(
     check_number(samples_per_prompt, "samples_per_prompt", integer=True, low=1)
     check_number(runs, "runs", integer=True, low=1)
     check_number(bucket, "bucket", integer=True, low=1)
+    check_number(refill_slots, "refill_slots", integer=True, low=0)
 
 
 @dataclasses.dataclass(frozen=True)

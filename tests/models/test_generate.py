@@ -191,13 +191,17 @@ def test_first_argmax_and_categorical_equal_jax_s():
         assert np.all(np.isfinite(np.take_along_axis(np.asarray(filtered), np.asarray(got)[:, None], -1)))
     keys = jax.random.split(jax.random.PRNGKey(7), 3)
     np.testing.assert_array_equal(jax.vmap(ours, (0, None))(keys, logits), jax.vmap(theirs, (0, None))(keys, logits))
+    # one key per row: row b is jax.random.categorical(keys[b], logits[b])
+    keys = gen_module.row_keys(jax.random.PRNGKey(3), jnp.arange(8), 4)
+    np.testing.assert_array_equal(jax.jit(gen_module.row_categorical)(keys, filtered), jax.vmap(theirs)(keys, filtered))
 
 
 def test_sampled_tokens_equal_a_full_forward_reference(llama, prompts):
     """The compiled sampling loop (K/V cache, fast draw) emits the tokens of a
     plain reference: per step, a full forward over prompt + tokens so far, the filtered logits of
-    the last position, and `jax.random.categorical` with the loop's key schedule (split per step).
-    Log-probabilities are the filtered log-softmax at the sampled token."""
+    the last position, and `jax.random.categorical` per row with the row's key at each step
+    (`fold_in(fold_in(key, row), step)`, `row_keys`)."""
+    # Log-probabilities are the filtered log-softmax at the sampled token.
     _, model = llama
     temperature, top_k, top_p, seed, n = 0.7, 20, 0.9, 5, N_NEW  # as in the seeded-sampling test: compiled once
     g = jaxsteer.generate(
@@ -212,8 +216,9 @@ def test_sampled_tokens_equal_a_full_forward_reference(llama, prompts):
     for i in range(n):
         logits, _ = jaxsteer.forward(model, seq, attention_mask=mask)
         filtered = gen_module.filter_logits(logits[:, P - 1 + i], sampling)
-        key, sub = jax.random.split(key)
-        tok = np.asarray(jax.random.categorical(sub, filtered, axis=-1))
+        tok = np.asarray(
+            [jax.random.categorical(jax.random.fold_in(jax.random.fold_in(key, b), i), filtered[b]) for b in range(3)]
+        )
         logprobs[:, i] = np.asarray(jax.nn.log_softmax(filtered, axis=-1))[np.arange(3), tok]
         seq[:, P + i] = tok
     np.testing.assert_array_equal(g.tokens, seq[:, P:])
