@@ -98,11 +98,13 @@ def step_costs(summary: dict, records: list[dict]) -> dict:
 
 
 def updates_per_batch(ctx: common.Context, name: str) -> int:
-    """rl.updates_per_batch of a finished run (its effective config.yaml)."""
+    """rl.updates_per_batch of a finished run (its effective config.yaml; runs written before the
+    config's sections were split kept it under `algorithm`)."""
     import yaml
 
     cfg = yaml.safe_load((ctx.runs_dir / name / "config.yaml").read_text()) or {}
-    return int((cfg.get("algorithm") or {}).get("updates_per_batch", 1))
+    section = cfg.get("rl") if isinstance(cfg.get("rl"), dict) else cfg.get("algorithm")
+    return int((section if isinstance(section, dict) else {}).get("updates_per_batch", 1))
 
 
 def reached(pts: list[dict], threshold: float = THRESHOLD) -> dict | None:
