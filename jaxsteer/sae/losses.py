@@ -203,22 +203,31 @@ def rms(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
 
 
-def jumprelu_forward(sae: SAE, x: jax.Array, bandwidth: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def jumprelu_forward(
+    sae: SAE, x: jax.Array, bandwidth: float, unit: jax.Array | float | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`(pre, z, l0)` of a JumpReLU SAE in training: codes through `jumprelu_ste`, and the per-row L0
-    through `step_ste`, with bandwidth `bandwidth * rms(x)` (Gemma Scope's eps = 0.001 is in units of
-    inputs normalised to E||x||^2 = d, i.e. rms 1).
+    through `step_ste`, with bandwidth `eps = bandwidth * unit` (Gemma Scope's eps = 0.001 is in
+    units of inputs normalised to E||x||^2 = d, i.e. RMS 1).
+
+    `unit` should be a constant of the run (the training step passes its `act_scale`, the RMS of
+    the first batch): residual streams hold rare massive-activation tokens (in SmolLM2's layer 15,
+    8 tokens in 25k carry 55% of the sum of squares), so the RMS of each batch jumps several-fold
+    whenever one is drawn, and a per-batch unit would widen every row's window with it.
 
     Args:
         sae: a `jumprelu` SAE.
         x: activations `[B, d_in]`.
-        bandwidth: the STE bandwidth in units of `rms(x)`.
+        bandwidth: the STE bandwidth in units of `unit`.
+        unit: the activation scale (None: `rms(x)` of this batch).
 
     Returns:
         `(pre, z, l0)`.
     """
     pre = pre_acts(sae, x)
     theta = sae.params["threshold"].astype(pre.dtype)
-    eps = jax.lax.stop_gradient(bandwidth * rms(x)).astype(pre.dtype)
+    scale = rms(x) if unit is None else jnp.asarray(unit, jnp.float32)
+    eps = jax.lax.stop_gradient(bandwidth * scale).astype(pre.dtype)
     z = jumprelu_ste(pre, theta, eps)
     return pre, z, jnp.sum(step_ste(pre, theta, eps), axis=-1)
 
@@ -264,7 +273,7 @@ def matryoshka_errors(sae: SAE, x: jax.Array, vals: jax.Array, rows: jax.Array, 
     return jnp.sum(diff * diff, axis=(0, 2))
 
 
-def _codes_and_reconstruction(sae: SAE, x: jax.Array, bandwidth: float) -> dict[str, Any]:
+def _codes_and_reconstruction(sae: SAE, x: jax.Array, bandwidth: float, unit=None) -> dict[str, Any]:
     """Per-kind training codes: `x_hat`, `vals` (the non-zero candidates), `fired` `[d_sae]`, `pre`
     (when computed densely) and kind-specific terms (`level_errors`, `l0_ste`, `min_active`)."""
     c = sae.config
@@ -286,7 +295,7 @@ def _codes_and_reconstruction(sae: SAE, x: jax.Array, bandwidth: float) -> dict[
         if c.kind == "htopk":
             out["level_errors"] = htopk_errors(sae, x, vals, idx)
     elif c.kind == "jumprelu":
-        out["pre"], vals, out["l0_ste"] = jumprelu_forward(sae, x, bandwidth)
+        out["pre"], vals, out["l0_ste"] = jumprelu_forward(sae, x, bandwidth, unit)
         out["x_hat"], out["fired"] = decode(sae, vals), jnp.any(vals > 0, axis=0)
     else:  # relu: dense, no sparsity penalty (train another kind for sparse codes)
         out["pre"] = pre_acts(sae, x)
@@ -306,6 +315,7 @@ def train_forward(
     htopk_levels: tuple[int, ...] | None = None,
     l0_coef: jax.Array | float = 0.0,
     bandwidth: float = 0.001,
+    unit: jax.Array | float | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Loss and diagnostics of one training batch `x [B, d_in]`.
 
@@ -323,13 +333,14 @@ def train_forward(
         aux_coef: AuxK's weight.
         htopk_levels: HierarchicalTopK's budgets (default all).
         l0_coef: JumpReLU's L0 weight.
-        bandwidth: the straight-through estimator's bandwidth (JumpReLU).
+        bandwidth: the straight-through estimator's bandwidth (JumpReLU), in units of `unit`.
+        unit: the run's activation scale (None: this batch's RMS; see `jumprelu_forward`).
 
     Returns:
         `(loss, info)`.
     """
     c = sae.config
-    r = _codes_and_reconstruction(sae, x, bandwidth)
+    r = _codes_and_reconstruction(sae, x, bandwidth, unit)
     var = jax.lax.stop_gradient(total_variance(x))
     fvu = _sq_err(x, r["x_hat"]) / var
     loss = _level_mean(r["level_errors"], htopk_levels) / var if "level_errors" in r else fvu

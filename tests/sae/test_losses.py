@@ -163,3 +163,35 @@ def test_sparse_encoder_gradient_equals_autodiff():
     g_new = jax.jit(jax.grad(lambda p: sae.train_forward(sae.SAE(p, cfg), x, None)[0]))(s.params)
     for k in g_ref:
         np.testing.assert_allclose(np.asarray(g_new[k]), np.asarray(g_ref[k]), rtol=1e-4, atol=1e-6)
+
+
+def test_jumprelu_bandwidth_is_a_run_constant_not_the_batch_rms():
+    """One massive-activation row (residual streams have them) must not widen every other row's
+    pseudo-derivative window: the L0 term's threshold gradient from the ordinary rows is the same
+    with and without it. With SGD at lr 1 the threshold moves by exactly minus its gradient, and
+    the difference of runs with and without the penalty isolates the L0 term. Before, eps was
+    bandwidth x the batch's RMS, which the outlier raises ~6x."""
+    import optax
+
+    from jaxsteer.train.sae.step import StepConfig, init_state, make_step
+
+    cfg = sae.SAEConfig(kind="jumprelu", d_in=16, d_sae=64)
+    s = sae.init_sae(cfg, jax.random.PRNGKey(0))
+    s = sae.SAE(dict(s.params, threshold=jnp.full((64,), 0.5)), cfg)
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (256, 16)))
+    outlier = 400 * np.asarray(jax.random.normal(jax.random.PRNGKey(2), (1, 16))) / 4
+    tx = optax.sgd(1.0)
+
+    def l0_move(batch):
+        moved = []
+        for coef in (1.0, 0.0):
+            step = make_step(cfg, StepConfig(l0_coef=coef, jumprelu_bandwidth=0.05), tx)
+            fresh = sae.SAE(jax.tree_util.tree_map(jnp.array, s.params), cfg)  # the step donates its state
+            state, _ = step(init_state(fresh, tx, act_scale=1.0), jnp.asarray(batch))
+            moved.append(np.asarray(state["sae"]["threshold"]))
+        return (moved[0] - moved[1]) * len(batch)  # the L0 term's push, summed over rows
+
+    plain, with_outlier = l0_move(x), l0_move(np.concatenate([x, outlier]))
+    assert plain.max() > 0  # some rows fall in the window: the penalty raises thresholds
+    far = np.abs(np.asarray(sae.pre_acts(s, jnp.asarray(outlier)))[0] - 0.5) > 1  # the outlier's own rows are far
+    np.testing.assert_allclose(with_outlier[far], plain[far], rtol=1e-4, atol=1e-6)

@@ -83,10 +83,12 @@ class TrainSpec:
     Attributes:
         batch_size: activations per step. k_aux / aux_coef / dead_tokens: the TopK auxiliary loss on
         dead latents (k_aux 0: d_model // 2; a latent is dead after `dead_tokens` tokens unused).
-        threshold_lr: JumpReLU threshold rate. htopk_levels: HierarchicalTopK's k levels.
+        threshold_lr: the EMA rate of BatchTopK's (and Matryoshka's) inference threshold.
+        htopk_levels: HierarchicalTopK's k levels.
         b_dec_init: "geometric_median" | "mean" | "zeros". l0_coef / l0_warmup_steps: JumpReLU's L0
         penalty (FVU units per active latent) and its ramp. jumprelu_bandwidth /
-        jumprelu_init_threshold: in units of the batch's RMS activation (Gemma Scope).
+        jumprelu_init_threshold: in units of the RMS activation of the first batch, the run's fixed
+        `act_scale` (Gemma Scope's values assume inputs with RMS 1).
     """
 
     batch_size: int = 4096

@@ -32,7 +32,8 @@ class StepConfig:
     budgets j averaged by the HierarchicalTopK loss (empty = every j in 1..K). JumpReLU: l0_coef
     (the L0 penalty's weight, in units of the FVU: one latent firing per token costs `l0_coef`),
     reached linearly over l0_warmup_steps; jumprelu_bandwidth: the pseudo-derivative's bandwidth
-    in units of the batch's RMS activation (Gemma Scope: 0.001 on inputs with RMS 1)."""
+    in units of the run's `act_scale` (the RMS of the first batch; Gemma Scope: 0.001 on inputs
+    with RMS 1), fixed for the whole run."""
 
     lr: float = 2e-4
     b1: float = 0.9
@@ -124,6 +125,7 @@ def make_step(
             htopk_levels=cfg.htopk_levels or None,
             l0_coef=l0_coef,
             bandwidth=cfg.jumprelu_bandwidth,
+            unit=scale,
         )
 
     def step(state, x):
