@@ -69,6 +69,13 @@ def configs(args, d: int) -> dict:
     }
     for lam in args.l0_coefs:
         out[f"jumprelu l0_coef={lam:g}"] = sae.SAEConfig(kind="jumprelu", **base)
+    if args.kinds:
+        unknown = set(args.kinds) - {name.split(" ")[0] for name in out}
+        if unknown:
+            raise SystemExit(
+                f"--kinds: unknown {sorted(unknown)}; choose from topk htopk batchtopk matryoshka kron jumprelu"
+            )
+        out = {name: c for name, c in out.items() if name.split(" ")[0] in args.kinds}
     return out
 
 
@@ -87,6 +94,15 @@ def ev_l0(s, x: jnp.ndarray, z=None) -> tuple[float, float]:
     x_hat = sae.decode(s, z)
     fvu = float(jnp.sum((x - x_hat) ** 2) / jnp.sum((x - x.mean(0)) ** 2))
     return 1 - fvu, float(jnp.mean(jnp.sum(z > 0, -1)))
+
+
+def kernel_hits(s, x: jnp.ndarray, eps: float, batch: int) -> float:
+    """Mean over latents of the expected number of a batch's pre-activations inside the
+    pseudo-derivative's window |pre - theta| < eps / 2: how often a threshold gets any gradient."""
+    from jaxsteer import sae
+
+    inside = jnp.abs(sae.pre_acts(s, x) - s.params["threshold"]) < eps / 2
+    return float(jnp.mean(inside) * batch)
 
 
 def nested_curves(models: dict, x: jnp.ndarray, k: int) -> dict[str, list[tuple[float, float]]]:
@@ -128,6 +144,7 @@ def main() -> None:
     ap.add_argument(
         "--ce-windows", type=int, default=0, help="held-out windows for the loss-recovered metric (0: skip)"
     )
+    ap.add_argument("--kinds", nargs="*", help="train only these kinds (default: all), e.g. --kinds jumprelu")
     ap.add_argument("--cache", default="runs/sae_cache/compare_l15_resid_post.npy")
     ap.add_argument("--out", default="docs/figures/sae_ev_vs_l0.png")
     ap.add_argument("--json", default="runs/sae_kinds_compare.json")
@@ -167,6 +184,16 @@ def main() -> None:
             "l0": l0,
             "seconds": time.perf_counter() - t0,
         }
+        if cfg.kind == "jumprelu":  # where training left the thresholds, in the run's unit (act_scale)
+            unit = float(np.sqrt(np.mean(np.square(next(batches(train, args.batch, seed=0))))))
+            theta = np.asarray(models[name].params["threshold"]) / unit
+            row["threshold_rms"] = {
+                "start": args.jumprelu_init_threshold,
+                "mean": float(theta.mean()),
+                "p10": float(np.quantile(theta, 0.1)),
+                "p90": float(np.quantile(theta, 0.9)),
+            }
+            row["kernel_hits_per_batch"] = kernel_hits(models[name], held, args.bandwidth * unit, args.batch)
         rows.append(row)
         print(json.dumps(row))
     if args.ce_windows:
