@@ -402,6 +402,10 @@ class SamplingSpec:
             large-matmul rate, at 128 rows near it (docs/scale.md); raise it with the devices of the
             mesh, lower it when the rollout's K/V cache does not fit (`jaxsteer plan`). 0 = one call
             per micro-batch. The update's micro-batches are unchanged.
+        refill_slots: 0 = the static sampler (every row of a call decodes until the longest ends);
+            S > 0 = the refill sampler (`jaxsteer.models.refill`), S rows in flight per device, a
+            finished row's slot taken by the next waiting row: faster when completion lengths
+            spread widely (docs/scale.md). Also used by the held-out evaluation.
     """
 
     max_new_tokens: int = 32
@@ -410,6 +414,7 @@ class SamplingSpec:
     top_k: int = 0
     bucket: int = 8
     call_rows: int = dataclasses.field(default=128, metadata=read_by(*RL_ALGORITHMS))
+    refill_slots: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -598,6 +603,7 @@ class TrainConfig:
             (s.top_k >= 0 and s.bucket >= 1, "sampling.top_k must be >= 0 and sampling.bucket >= 1"),
             (s.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1"),
             (s.call_rows >= 0, "sampling.call_rows must be >= 0 (0 = one sampler call per micro-batch)"),
+            (s.refill_slots >= 0, "sampling.refill_slots must be >= 0 (0 = the static sampler)"),
             (e.n >= 1 and e.batch_size >= 1, "eval.n and eval.batch_size must be >= 1"),
             (e.samples >= 0 and e.every >= 0, "eval.samples and eval.every must be >= 0"),
             (

@@ -192,6 +192,7 @@ def evaluate_policy(
     keep_texts: int = 0,
     modes: dict[str, Callable] | None = None,
     mesh=None,
+    refill_slots: int = 0,
 ) -> dict:
     """Greedy accuracy (Wilson CI) and/or sampled pass@1 and pass@k over `samples` draws (mean +- CI).
 
@@ -214,6 +215,7 @@ def evaluate_policy(
         modes: {name: reward_fn} scored on the same completions (e.g. the correctness reward's strict
             and lenient answer extraction): `greedy_acc_<name>`, `greedy_ci_<name>`, `pass1_<name>`.
         mesh: the devices (of every process) that sample each batch (`sample_batch`; default: one).
+        refill_slots: sample with the refill sampler, this many rows in flight per device (0: static).
 
     Returns:
         The metrics: "n", "seconds", the greedy entries above, and with `samples` those of
@@ -233,7 +235,7 @@ def evaluate_policy(
                 interventions,
                 ids,
                 key,
-                SamplingConfig(max_new_tokens, greedy=True),
+                SamplingConfig(max_new_tokens, greedy=True, refill_slots=refill_slots),
                 mesh=mesh,
                 tokenizer=tokenizer,
                 bucket=bucket,
@@ -264,7 +266,9 @@ def evaluate_policy(
                 prompt_ids,
                 {"": reward_fn, **{f"_{m}": fn for m, fn in modes.items()}},
                 samples,
-                SamplingConfig(max_new_tokens, float(temperature), samples_per_prompt=samples),
+                SamplingConfig(
+                    max_new_tokens, float(temperature), samples_per_prompt=samples, refill_slots=refill_slots
+                ),
                 key=key,
                 tokenizer=tokenizer,
                 batch_size=batch_size,
@@ -341,6 +345,7 @@ class HeldOut:
             temperature=cfg.eval.temperature,
             batch_size=cfg.eval.batch_size,
             bucket=cfg.sampling.bucket,
+            refill_slots=cfg.sampling.refill_slots,
             key=jax.random.PRNGKey(cfg.seed + 1),
             modes=getattr(reward_fn, "extraction_modes", None),  # strict and lenient for the correctness reward
             mesh=mesh,

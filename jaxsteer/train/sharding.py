@@ -10,7 +10,8 @@
 - Rollouts (`sample_on_mesh`): the public sampler `models.generate.sample_tokens` jitted on the
   mesh with the prompts split over both batch axes, so each device prefills and decodes only its
   slice of the prompts (with their `samples_per_prompt` rows); fsdp-split weights are gathered by
-  XLA as in the update. Random draws are the same as unsharded (threefry is partitionable).
+  XLA as in the update. Random draws are the same as unsharded (each row draws with its own key).
+  With `SamplingConfig.refill_slots` each device runs the refill sampler on its slice (`refill_on_mesh`).
 
 The same code runs on 1 CPU device, N virtual CPU devices, a GPU or a TPU slice. Across
 processes, each process passes its own rows to `global_batch` / `sample_on_mesh` and gets one
@@ -30,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from ..errors import InputError
 from ..models.generate import Generation, PreparedPrompts, SamplingConfig, decode_completions, sample_tokens
+from ..models.refill import sample_tokens_refill
 from .distributed import local_rows, process_max
 
 BATCH_AXES = ("data", "fsdp")
@@ -134,10 +136,32 @@ def replicate(tree: T, mesh: Mesh) -> T:
 @functools.partial(jax.jit, static_argnames=("sampling", "mesh"))
 def sample_rows(model, prompt, mask, stop_ids, pad_id, key, interventions, *, sampling, mesh):
     """`sample_tokens` on global arrays with the rows (prompts in, completions out) constrained to
-    the batch axes of `mesh` (what `sample_on_mesh` runs; `.lower(...)` shows the per-device program)."""
+    the batch axes of `mesh` (what `sample_on_mesh` runs; `.lower(...)` shows the per-device program).
+    With `sampling.refill_slots` every device runs the refill sampler on its own prompts
+    (`refill_on_mesh`)."""
+    if sampling.refill_slots:
+        return refill_on_mesh(model, prompt, mask, stop_ids, pad_id, key, interventions, sampling, mesh)
     rows = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(BATCH_AXES, *[None] * (x.ndim - 1))))
     out = sample_tokens(model, rows(prompt), rows(mask), stop_ids, pad_id, key, interventions, sampling)
     return tuple(rows(x) for x in out)
+
+
+def refill_on_mesh(model, prompt, mask, stop_ids, pad_id, key, interventions, sampling: SamplingConfig, mesh: Mesh):
+    """The refill sampler (`models.refill`) on each device's slice of the prompts, with its own
+    `sampling.refill_slots` slots and queue (`shard_map`): rows keep their global index for their
+    random draws, so the tokens are those of one device. The weights are gathered whole on every
+    device for the loop (fsdp-split weights are not re-gathered per layer as in the static sampler)."""
+    rows_per_shard = prompt.shape[0] // n_batch_shards(mesh) * sampling.samples_per_prompt
+
+    def shard(model, prompt, mask, stop_ids, pad_id, key, interventions):
+        offset = jax.lax.axis_index(BATCH_AXES) * rows_per_shard
+        return sample_tokens_refill(model, prompt, mask, stop_ids, pad_id, key, interventions, sampling, offset)
+
+    rows, rep = P(BATCH_AXES), P()
+    run = jax.shard_map(
+        shard, mesh=mesh, in_specs=(rep, rows, rows, rep, rep, rep, rep), out_specs=(rows,) * 3, check_vma=False
+    )
+    return run(model, prompt, mask, stop_ids, pad_id, key, interventions)
 
 
 def sample_on_mesh(
@@ -154,9 +178,10 @@ def sample_on_mesh(
     Every device samples only its slice; the tokens are those of `sample_tokens` without a mesh, for
     any number of processes. Prompts that do not divide over the process's devices are split as rows
     instead (each prompt repeated `samples_per_prompt` times; same rows, each prefilled on its
-    device); rows that do not divide either are padded by repeating the last prompt and dropped (then
-    the random draws differ from the unsharded ones). The prompt width is padded to the widest
-    process's.
+    device); rows that do not divide either are padded by repeating the last prompt and dropped (each
+    row draws with its own key, `row_keys`, so the kept rows are unchanged). The prompt width is
+    padded to the widest process's. `sampling.refill_slots` > 0: each device refills its own slots
+    (`refill_on_mesh`).
 
     Args:
         model: the decoder.
@@ -208,5 +233,6 @@ __all__ = [
     "put",
     "replicate",
     "sample_rows",
+    "refill_on_mesh",
     "sample_on_mesh",
 ]

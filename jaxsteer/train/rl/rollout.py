@@ -106,6 +106,7 @@ def collect(
         float(sampling.top_p),
         False,
         group_size,
+        refill_slots=int(sampling.refill_slots),
     )
     for c in range(calls):  # G rows per prompt, one prefill per prompt
         prepared = prepare_prompts(

@@ -3,7 +3,7 @@ set before jax is imported).
 
 - `sharding.sample_on_mesh` equals the unsharded sampler token for token (same key; sampled, with
   G = 2 rows per prompt and prompts of different lengths) on data=8 and on data=4 x fsdp=2 with the
-  weights fsdp-split and a steering intervention;
+  weights fsdp-split and a steering intervention, and with the refill sampler on each device;
 - each device computes only its slice: the outputs are split over ("data", "fsdp") and the
   compiled per-device program holds 1 prompt, 2 rows and a 2-row K/V cache (not 8 / 16);
 - `rl.rollout.collect` and `evaluate_policy` on the 8-device mesh give the one-device batch and
@@ -15,7 +15,7 @@ from __future__ import annotations
 from virtual_devices import run_script
 
 SCRIPT = r"""
-import json, re
+import dataclasses, json, re
 import jax, jax.numpy as jnp, numpy as np
 assert jax.device_count() == 8
 from conftest import random_model
@@ -37,11 +37,14 @@ prepared = prepare_prompts(model, ids, max_new_tokens=6, bucket=8, stop_tokens=(
 spec = SamplingConfig(6, temperature=1.0, samples_per_prompt=2)
 key = jax.random.PRNGKey(3)
 steer = (Steer(site="resid_post", layers=(1,), vector=jnp.asarray(rng.normal(size=32), jnp.float32)),)
-for name, (data, fsdp, ivs) in {"data8": (8, 1, ()), "data4_fsdp2_steered": (4, 2, steer)}.items():
+refill = dataclasses.replace(spec, refill_slots=1)  # each device: 1 slot for its 2 rows, refilled once
+cases = {"data8": (8, 1, (), spec), "data4_fsdp2_steered": (4, 2, steer, spec),
+         "data4_fsdp2_refill": (4, 2, steer, refill)}
+for name, (data, fsdp, ivs, run_spec) in cases.items():
     ref = [np.asarray(x) for x in sample_tokens(model, *prepared.args, key, ivs, spec)]
     mesh = make_mesh(data, fsdp)
     m = put(model, tree_shardings(model, mesh, shard=fsdp > 1))
-    g = sample_on_mesh(m, prepared, key, ivs, spec, mesh)
+    g = sample_on_mesh(m, prepared, key, ivs, run_spec, mesh)
     out[name] = {"tokens_equal": bool((g.tokens == ref[0]).all()), "lengths_equal": bool((g.lengths == ref[2]).all()),
                  "logp_diff": float(np.abs(g.logprobs - ref[1]).max()), "rows": len(g.tokens),
                  "split_weights": sorted({str(x.sharding.spec) for x in jax.tree_util.tree_leaves(m)})}
@@ -83,7 +86,7 @@ print("RESULT" + json.dumps(out))
 
 def test_sharded_rollouts_equal_unsharded_and_split_the_work():
     out = run_script(SCRIPT, devices=8, timeout=1200)
-    for name in ("data8", "data4_fsdp2_steered"):
+    for name in ("data8", "data4_fsdp2_steered", "data4_fsdp2_refill"):
         r = out[name]
         assert r["tokens_equal"] and r["lengths_equal"] and r["logp_diff"] < 1e-4 and r["rows"] == 16, (name, r)
     assert any("fsdp" in s for s in out["data4_fsdp2_steered"]["split_weights"]), out
