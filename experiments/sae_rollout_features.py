@@ -83,14 +83,6 @@ def harvest_layers(model, windows: np.ndarray, layers: tuple[int, ...], batch: i
     return np.concatenate(out, axis=1)
 
 
-def batches(acts: np.ndarray, batch: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(len(acts))
-        for i in range(0, len(acts) - batch + 1, batch):
-            yield acts[np.sort(order[i : i + batch])]
-
-
 def explained_variance(s, x) -> float:
     x = jnp.asarray(x)
     return float(1 - jnp.sum((x - sae.reconstruct(s, x)) ** 2) / jnp.sum((x - x.mean(0)) ** 2))
@@ -98,6 +90,7 @@ def explained_variance(s, x) -> float:
 
 def get_saes(run, args) -> tuple[list, list[dict]]:
     """Load the SAE of each layer from `--sae-dir`, training the missing ones."""
+    from jaxsteer.train.sae.activations import CachedActivations
     from jaxsteer.train.sae.step import StepConfig, fit
 
     paths = [os.path.join(args.sae_dir, f"l{layer}") for layer in args.layers]
@@ -117,7 +110,7 @@ def get_saes(run, args) -> tuple[list, list[dict]]:
         )
         for j, layer in enumerate(tqdm(missing, desc="train SAEs")):
             cfg = sae.SAEConfig(kind="topk", d_in=acts.shape[-1], d_sae=args.d_sae, k=args.k, site=SITE, layer=layer)
-            s, _ = fit(cfg, batches(acts[j, n_held:], args.sae_batch, seed=layer), step)
+            s, _ = fit(cfg, CachedActivations(acts[j, n_held:], args.sae_batch, seed=layer), step)
             sae.save_saelens(s, os.path.join(args.sae_dir, f"l{layer}"), model_name=run.config.model.spec)
             info.append(
                 {"layer": layer, "held_out_ev": explained_variance(s, acts[j, :n_held]), "steps": args.sae_steps}

@@ -203,10 +203,13 @@ def cache_activations(
 
 
 class CachedActivations:
-    """Shuffled batches from an on-disk activation cache (`.npy`, memory-mapped); resumable."""
+    """Shuffled batches from an on-disk activation cache (`.npy`, memory-mapped) or an in-memory
+    `[N, d]` array; a new permutation every epoch, each batch's rows in storage order; resumable."""
 
-    def __init__(self, path: str, batch_size: int, seed: int = 0):
-        self.data = np.load(path, mmap_mode="r")
+    def __init__(self, path: str | np.ndarray, batch_size: int, seed: int = 0):
+        self.data = np.load(path, mmap_mode="r") if isinstance(path, (str, os.PathLike)) else np.asarray(path)
+        if self.data.ndim != 2 or len(self.data) < batch_size:
+            raise InputError(f"CachedActivations: need [N >= batch_size={batch_size}, d] rows, got {self.data.shape}")
         self.batch_size, self.seed = batch_size, seed
         self.n = len(self.data) // batch_size
         self.i = 0

@@ -24,3 +24,21 @@ def test_stream_is_shuffled_and_resumable(model):  # noqa: F811 (the imported fi
     for x, y in zip(rest, [next(b) for _ in range(4)], strict=True):
         np.testing.assert_array_equal(x, y)
     assert first[0].shape == (10, D)
+
+
+def test_cached_activations_from_disk_and_from_memory_agree(tmp_path):
+    """The same rows in the same order from a .npy cache and from the array itself; every epoch
+    visits each row at most once and reshuffles; state resumes."""
+    from jaxsteer.train.sae.activations import CachedActivations
+
+    acts = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    np.save(tmp_path / "a.npy", acts)
+    disk, mem = CachedActivations(str(tmp_path / "a.npy"), 8, seed=1), CachedActivations(acts, 8, seed=1)
+    a, b = [next(disk) for _ in range(12)], [next(mem) for _ in range(12)]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    epoch0, epoch1 = np.concatenate(a[:6])[:, 0], np.concatenate(a[6:])[:, 0]
+    assert len(set(epoch0)) == 48 and not np.array_equal(epoch0, epoch1)
+    again = CachedActivations(acts, 8, seed=1)
+    again.set_state(mem.get_state())
+    np.testing.assert_array_equal(next(again), next(mem))
