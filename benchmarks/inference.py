@@ -3,6 +3,7 @@
     python -m benchmarks.inference              # full run (~10 min on 2 cores)
     python -m benchmarks.inference --quick      # smoke test with tiny sizes
     python -m benchmarks.inference --skip-hf --out bench.json
+    python -m benchmarks.inference --sweep-only --decode-batches 32,128   # decode MFU per batch size (~4 min)
 
 Measures, in one process on one machine (torch uses all cores, as XLA:CPU does; OMP_WAIT_POLICY=
 PASSIVE, see `benchmarks.common`). The peer runs at its fastest documented CPU setting:
@@ -25,7 +26,8 @@ number of interleaved rounds.
    (model FLOPs as in `benchmarks.common.FLOP_COUNT`: causal attention, the unembedding only where
    logits are used, a prompt's real tokens; one count for jaxsteer and HF); and the rate of
    decode-shaped matmuls `[B, d] x [d, d_mlp]` per batch size B (`--decode-batches 8,32,128` also
-   times jaxsteer decode at those batch sizes).
+   times jaxsteer decode at those batch sizes, beside that batch's decode-shaped matmul in the same
+   rounds; `--sweep-only` runs that part alone).
 
 Progress goes to stderr; one JSON object with all figures goes to stdout (and to --out).
 """
