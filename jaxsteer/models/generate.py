@@ -195,7 +195,7 @@ def kv_cache(model: Model, batch: int, slots: int) -> tuple[jax.Array, jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
-def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling):
+def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling, row_offset=0):
     """The compiled sampler on prepared prompts (`prepare_prompts`): `(tokens, logprobs, lengths)`
     `[B, N]`, `[B, N]`, `[B]` for `B = prompts * sampling.samples_per_prompt`. Traceable, so
     callers can vmap it over members (ES) or call it under their own jit.
@@ -213,6 +213,8 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
         key: a `jax.random` key.
         interventions: a tuple of interventions, as for `generate`.
         sampling: the static `SamplingConfig`.
+        row_offset: index of the first row in a larger batch (row `r` draws with
+            `row_keys(key, row_offset + r, step)`), for a batch sampled in several calls.
 
     Returns:
         `(tokens, logprobs, lengths)`, `[B, N]`, `[B, N]` and `[B]`.
@@ -243,7 +245,7 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
 
     def body(state):
         step, logits, out, lps, done, lengths, cache, k_pos, pos, key = state
-        tok, lp = sample_logits(logits[:lead], row_keys(key, jnp.arange(lead), step), sampling)
+        tok, lp = sample_logits(logits[:lead], row_keys(key, row_offset + jnp.arange(lead), step), sampling)
         tok, lp = jnp.tile(tok, sampling.runs), jnp.tile(lp, sampling.runs)
         tok = jnp.where(done, pad_id, tok).astype(jnp.int32)
         lp = jnp.where(done, 0.0, lp)

@@ -213,7 +213,7 @@ def sample_any(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions,
         return sample_tokens_refill(
             model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling, row_offset
         )
-    return sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling)
+    return sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling, row_offset)
 
 
 __all__ = ["RefillState", "check_refill", "sample_tokens_refill", "sample_any"]
