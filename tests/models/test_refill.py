@@ -3,6 +3,7 @@ key, row by row, while finished rows hand their slot to waiting ones; refused se
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import jaxsteer
 from jaxsteer import Steer
 from jaxsteer.errors import InputError
 from jaxsteer.models.controls import Conditional, OnTokens, RowSteer
+from jaxsteer.models.generate import SamplingConfig, prepare_prompts, sample_tokens
 
 STOP = list(range(1, 8))  # ~1 in 8 draws of the tiny model stops a row: lengths spread over 1..16
 
@@ -70,3 +72,22 @@ def test_refill_refuses_per_row_controls_and_runs(tiny_model, prompts):
         jaxsteer.generate(tiny_model, prompts, refill_slots=2, runs=2)
     with pytest.raises(InputError, match="refill_slots"):
         jaxsteer.generate(tiny_model, prompts, refill_slots=-1)
+
+
+def test_static_sampler_in_calls_with_row_offset_equals_one_call(tiny_model, prompts):
+    """Row keys are global: a batch sampled in two calls (`row_offset`) draws as one call."""
+    prepared = prepare_prompts(tiny_model, prompts[:6], max_new_tokens=8, stop_tokens=STOP, bucket=8)
+    sampling = SamplingConfig(8, 0.8, samples_per_prompt=2)
+    key = jax.random.PRNGKey(3)
+    one = sample_tokens(tiny_model, *prepared.args, key, (), sampling)
+    prompt, mask, stop_ids, pad_id = prepared.args
+    halves = [
+        sample_tokens(tiny_model, prompt[i : i + 3], mask[i : i + 3], stop_ids, pad_id, key, (), sampling, 2 * i)
+        for i in (0, 3)
+    ]
+    tokens, logprobs, lengths = (np.concatenate([np.asarray(h[k]) for h in halves]) for k in range(3))
+    np.testing.assert_array_equal(tokens, one[0])
+    np.testing.assert_array_equal(lengths, one[2])
+    np.testing.assert_allclose(logprobs, one[1], rtol=0, atol=2e-5)  # float rounding differs with the batch
+    unshifted = sample_tokens(tiny_model, prompt[3:], mask[3:], stop_ids, pad_id, key, (), sampling)
+    assert not np.array_equal(np.asarray(unshifted[0]), np.asarray(one[0])[6:])  # the offset matters
