@@ -120,6 +120,31 @@ def _assign(st: RefillState, G: int, B: int) -> RefillState:
     )
 
 
+def _empty_state(model, B: int, S: int, Q: int, P: int, N: int, pad_id) -> RefillState:
+    """Every slot idle, the stage exhausted (the first refill prefills), outputs all padding."""
+    c, dtype = model.config, model.params["embed"].dtype
+    logits_dtype = jax.eval_shape(lambda: unembed(model, jnp.zeros((1, c.d_model), dtype))).dtype
+    return RefillState(
+        t=jnp.int32(0),
+        active=jnp.zeros((S,), bool),
+        row=jnp.zeros((S,), jnp.int32),
+        step=jnp.zeros((S,), jnp.int32),
+        pos=jnp.zeros((S,), jnp.int32),
+        k_pos=jnp.full((S, P + N), -1, jnp.int32),
+        cache=kv_cache(model, S, P + N),
+        logits=jnp.zeros((S, c.vocab_size), logits_dtype),
+        stage_first=jnp.int32(-Q),  # an exhausted stage: the first refill prefills
+        stage_cache=kv_cache(model, Q, P),
+        stage_k_pos=jnp.full((Q, P), -1, jnp.int32),
+        stage_pos=jnp.zeros((Q,), jnp.int32),
+        stage_logits=jnp.zeros((Q, c.vocab_size), logits_dtype),
+        next_row=jnp.int32(0),
+        tokens=jnp.full((B, N), pad_id, jnp.int32),
+        logprobs=jnp.zeros((B, N), jnp.float32),
+        lengths=jnp.zeros((B,), jnp.int32),
+    )
+
+
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def sample_tokens_refill(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling, row_offset=0):
     """The refill sampler on prepared prompts: `(tokens, logprobs, lengths)` as `sample_tokens`
@@ -146,27 +171,7 @@ def sample_tokens_refill(model, prompt, prompt_mask, stop_ids, pad_id, key, inte
     B = n_prompts * G
     S = min(sampling.refill_slots, B)
     Q = min(-(-S // G), n_prompts)
-    c, dtype = model.config, model.params["embed"].dtype
-    logits_dtype = jax.eval_shape(lambda: unembed(model, jnp.zeros((1, c.d_model), dtype))).dtype
-    st = RefillState(
-        t=jnp.int32(0),
-        active=jnp.zeros((S,), bool),
-        row=jnp.zeros((S,), jnp.int32),
-        step=jnp.zeros((S,), jnp.int32),
-        pos=jnp.zeros((S,), jnp.int32),
-        k_pos=jnp.full((S, P + N), -1, jnp.int32),
-        cache=kv_cache(model, S, P + N),
-        logits=jnp.zeros((S, c.vocab_size), logits_dtype),
-        stage_first=jnp.int32(-Q),  # an exhausted stage: the first refill prefills
-        stage_cache=kv_cache(model, Q, P),
-        stage_k_pos=jnp.full((Q, P), -1, jnp.int32),
-        stage_pos=jnp.zeros((Q,), jnp.int32),
-        stage_logits=jnp.zeros((Q, c.vocab_size), logits_dtype),
-        next_row=jnp.int32(0),
-        tokens=jnp.full((B, N), pad_id, jnp.int32),
-        logprobs=jnp.zeros((B, N), jnp.float32),
-        lengths=jnp.zeros((B,), jnp.int32),
-    )
+    st = _empty_state(model, B, S, Q, P, N, pad_id)
     prefill = functools.partial(_prefill_stage, model, prompt, prompt_mask, interventions, G)
 
     def refill_one(st):
