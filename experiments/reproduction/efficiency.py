@@ -198,7 +198,7 @@ def section(result: dict) -> str:
     g = _mean([r["hit"]["cpu_s"] if r["hit"] else None for r in by.get("GRPO", [])])
     lines += [
         "",
-        "**Against the papers** (+ = saved vs GRPO, mean time to the threshold over the seeds that reached it)",
+        "**Against the papers** (+ = saved vs GRPO; mean time over the seeds that reached the threshold)",
         "",
     ]
     for label, claim in tta.PAPER_SAVING.items():
@@ -208,7 +208,7 @@ def section(result: dict) -> str:
             + (
                 f"{100 * (1 - t / g):+.0f}% training CPU time."
                 if t and g
-                else "not measurable (a run did not reach it)."
+                else "not measurable (none of its runs or none of GRPO's reached the threshold)."
             )
         )
     return "\n".join(lines)
