@@ -3,13 +3,17 @@ selection and conditions, side by side with a plain `Steer`.
 
     python -m benchmarks.steering_controls                       # B=32, 64 new tokens, 5 rounds
     python -m benchmarks.steering_controls --new-tokens 16 --rounds 3 --out controls.json
+    python -m benchmarks.steering_controls --variants conditional,conditional_all_layers   # vs steer only
 
 All variants run the same compiled sampler (`sample_tokens`) on the same 32 chat prompts of the
 default model, no stop tokens (every row decodes `--new-tokens`), interleaved round-robin so
 drift of a loaded machine hits all alike. Reported per variant: median wall and process-CPU
 seconds, the ratio to plain `Steer` (CPU time is the steadier measure on a shared machine), and
-MFU: model FLOPs (`benchmarks.common.generate_flops`; the condition's extra prompt read is not
-counted as model work) over the float32 large-matmul rate timed in the same rounds.
+MFU: model FLOPs (`benchmarks.common.generate_flops`; the extra prompt read of
+`conditional_all_layers` is not counted as model work) over the float32 large-matmul rate timed
+in the same rounds. `conditional` steers the layers above its condition layer, so the prefill
+decides it from its own activations; `conditional_all_layers` also steers at and below it and
+pays an unsteered read of the prompt through layers 0..layer.
 """
 
 from __future__ import annotations
@@ -34,15 +38,18 @@ def variants(model, tok, batch: int, layer: int) -> dict:
     bank = jnp.asarray(rng.normal(size=(4, c.n_layers, c.d_model)) * 0.5, jnp.float32)
     per_row = jnp.asarray(rng.normal(size=(batch, c.n_layers, c.d_model)) * 0.5, jnp.float32)
     trig = tok(" the", add_special_tokens=False)["input_ids"] + tok(".", add_special_tokens=False)["input_ids"]
+    condition = jnp.asarray(rng.normal(size=c.d_model), jnp.float32)
+    above = tuple(range(layer + 1, c.n_layers))
     return {
         "steer": Steer(v),
         "row_bank": RowSteer(bank, index=jnp.asarray(np.arange(batch) % 4)),
         "row_vectors": RowSteer(per_row, scale=jnp.asarray(rng.uniform(0.5, 2, size=batch), jnp.float32)),
         "generated_first_8": OnTokens(Steer(v), first=8),
         "triggers": OnTokens(Steer(v), triggers=trig),
-        "conditional": Conditional(
-            Steer(v), jnp.asarray(rng.normal(size=c.d_model), jnp.float32), layer=layer, threshold=0.0
-        ),
+        # CAST's layout: the condition read below the layers it steers, decided inside the prefill
+        "conditional": Conditional(Steer(v, layers=above), condition, layer=layer, threshold=0.0),
+        # the behaviour also at or below the condition layer: the condition needs its own unsteered read
+        "conditional_all_layers": Conditional(Steer(v), condition, layer=layer, threshold=0.0),
     }
 
 
@@ -53,6 +60,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--layer", type=int, default=12, help="the condition's layer")
     ap.add_argument("--peak-n", type=int, default=1024)
+    ap.add_argument(
+        "--variants", help="comma-separated variants to run (default: all; plain steer always runs, the peer)"
+    )
     ap.add_argument("--out")
     args = ap.parse_args(argv)
 
@@ -69,7 +79,13 @@ def main(argv=None) -> None:
     sampling = SamplingConfig(max_new_tokens=args.new_tokens, greedy=True)
     key = jax.random.PRNGKey(0)
     calls = {}
-    for name, iv in variants(model, tok, args.batch, args.layer).items():
+    chosen = variants(model, tok, args.batch, args.layer)
+    if args.variants:
+        unknown = set(args.variants.split(",")) - set(chosen)
+        if unknown:
+            raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {sorted(chosen)}")
+        chosen = {k: v for k, v in chosen.items() if k == "steer" or k in args.variants.split(",")}
+    for name, iv in chosen.items():
 
         def call(iv=iv):
             return jax.block_until_ready(

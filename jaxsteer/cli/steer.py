@@ -99,6 +99,9 @@ def add_eval_parser(ss) -> None:
         "--supervised-steps", type=int, default=60, help="optimiser steps of the supervised method (default 60)"
     )
     v.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per prompt (default 24)")
+    v.add_argument("--sae", help="method sae: a SAELens directory (or `jaxsteer sae train` output's sae/)")
+    v.add_argument("--sae-layer", type=int, help="method sae: the layer the SAE reads (default: the one --layers)")
+    v.add_argument("--sae-top", type=int, default=1, help="method sae: latents chosen by activation difference")
     v.add_argument(
         "--out", default="runs/steer_eval", help="output directory for the table, plot and JSON (default: %(default)s)"
     )
@@ -203,6 +206,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise InputError(f"--vector takes NAME=PATH, got {spec!r}")
         vectors[name] = np.asarray(_load_vectors(path, model.config.n_layers), np.float32)
     methods = [m for m in args.methods.split(",") if m]
+    options = {"supervised": {"steps": args.supervised_steps}}
+    if "sae" in methods:
+        options["sae"] = _sae_options(args)
     result = sweep(
         model,
         tok,
@@ -214,7 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         trained_scales=args.trained_scales,
         read=args.read,
         max_new_tokens=args.max_new_tokens,
-        options={"supervised": {"steps": args.supervised_steps}},
+        options=options,
     )
     os.makedirs(args.out, exist_ok=True)
     result.save(os.path.join(args.out, "sweep.json"))
@@ -224,6 +230,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
         fh.write(table + "\n")
     print(table)
     print(f"-> {args.out}/sweep.json, sweep.png, table.md")
+
+
+def _sae_options(args: argparse.Namespace) -> dict:
+    """`extract("sae", ...)` options of `steer eval`: the SAE, its layer, how many latents."""
+    from ..sae.saelens import load_saelens
+
+    layer = args.sae_layer if args.sae_layer is not None else (args.layers[0] if len(args.layers) == 1 else None)
+    if not args.sae or layer is None:
+        raise InputError("--methods sae needs --sae DIR and the SAE's layer (--sae-layer L, or a single --layers L)")
+    return {"sae": load_saelens(args.sae), "layer": layer, "top": args.sae_top}
 
 
 def cmd_export(args: argparse.Namespace) -> None:

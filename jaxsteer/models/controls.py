@@ -378,38 +378,61 @@ def compose(vectors: Sequence[Any], weights: Sequence[float] | jax.Array) -> jax
 # --------------------------------------------------------------------------- binding
 
 
+def _through_wrapper(iv: Any, method: str, fn: Callable[[Any], Any]) -> Any:
+    """`iv.<method>` applied by `fn` when `iv` has it; else, for a wrapper (anything with an
+    `intervention` field, e.g. `OnRuns`), the wrapper around `fn` of what it wraps; else `iv`."""
+    if hasattr(iv, method):
+        return fn(iv)
+    inner = getattr(iv, "intervention", None)
+    if inner is None:
+        return iv
+    return dataclasses.replace(iv, intervention=_through_wrapper(inner, method, fn))
+
+
 def bind_controls(interventions: tuple, ctx: TokenContext) -> tuple:
-    """Interventions with their token controls bound to `ctx` (others unchanged)."""
-    return tuple(iv.bind(ctx) if hasattr(iv, "bind") else iv for iv in interventions)
+    """Interventions with their token controls bound to `ctx`, also inside wrappers such as
+    `OnRuns(OnTokens(...))` (others unchanged)."""
+    return tuple(_through_wrapper(iv, "bind", lambda c: c.bind(ctx)) for iv in interventions)
 
 
 def prepare_controls_with(iv: Any, read: Callable, prompt_mask: jax.Array) -> Any:
-    return iv.prepare(read, prompt_mask) if hasattr(iv, "prepare") else iv
+    """`iv` with its conditions decided from `read(site, layer)` over the prompt (inside wrappers too)."""
+    return _through_wrapper(iv, "prepare", lambda c: c.prepare(read, prompt_mask))
 
 
 def needs_prompt_read(interventions: Sequence) -> bool:
-    """True when some `Conditional` still has to read its prompt."""
+    """True when some `Conditional` (at any depth) still has to read its prompt."""
+    return any(c.decision is None for c in conditions(interventions))
 
-    def need(iv):
-        if isinstance(iv, Conditional):
-            return iv.decision is None or need(iv.intervention)
-        return isinstance(iv, OnTokens) and need(iv.intervention)
 
-    return any(need(iv) for iv in interventions)
+def acts_from(iv: Any) -> int:
+    """The lowest layer at which `iv` may change an activation: a control's is what it wraps; an
+    intervention without `layers` (or with None) acts from layer 0."""
+    inner = getattr(iv, "intervention", None)
+    if inner is not None:
+        return acts_from(inner)
+    layers = getattr(iv, "layers", None)
+    return min(int(l) for l in layers) if layers else 0
+
+
+def prefill_split(interventions: Sequence) -> int | None:
+    """The layer c after which one prefill can decide every pending `Conditional` from its own
+    activations: the highest pending condition layer, when every intervention acts only above it
+    (layers <= c then run unsteered, so their activations are exactly what the conditions read).
+    None when no condition is pending, or when something acts at or below c: the conditions then
+    need their own unsteered read of the prompt (`read_site`), an extra (c + 1) / L of a prefill."""
+    pending = [c for c in conditions(interventions) if c.decision is None]
+    if not pending:
+        return None
+    split = max(int(c.layer) for c in pending)
+    return split if all(acts_from(iv) > split for iv in interventions) else None
 
 
 def repeat_rows(interventions: tuple, n: int) -> tuple:
     """Per-row controls with each row repeated `n` times (after a prompt's prefill, for its samples)."""
     if n == 1:
         return interventions
-    out = []
-    for iv in interventions:
-        if isinstance(iv, OnTokens):
-            iv = dataclasses.replace(iv, intervention=repeat_rows((iv.intervention,), n)[0])
-        elif hasattr(iv, "repeat_rows"):
-            iv = iv.repeat_rows(n)
-        out.append(iv)
-    return tuple(out)
+    return tuple(_through_wrapper(iv, "repeat_rows", lambda c: c.repeat_rows(n)) for iv in interventions)
 
 
 def check_rows(interventions: Sequence, batch: int) -> None:
@@ -459,5 +482,7 @@ __all__ = [
     "reads_generated",
     "needs_prompt_read",
     "conditions",
+    "acts_from",
+    "prefill_split",
     "SELECT",
 ]

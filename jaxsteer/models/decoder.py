@@ -26,7 +26,16 @@ from jax.typing import ArrayLike
 
 from ..errors import InputError
 from .config import ModelConfig
-from .controls import bind_controls, check_rows, needs_prompt_read, prompt_context, reads_generated
+from .controls import (
+    bind_controls,
+    check_rows,
+    conditions,
+    needs_prompt_read,
+    prefill_split,
+    prepare_controls_with,
+    prompt_context,
+    reads_generated,
+)
 from .interventions import SITES, as_tuple, check_all, check_site
 from .params import Model, truncate
 from .relevance import activation as lrp_activation
@@ -491,9 +500,10 @@ def run_layers(
         record: the sites to record.
         kv_cache: `(K, V)`, each `[L, B, S, KV, hd]`; the new keys are written at `cache_index` along S.
         cache_index: where the new keys go in the cache.
-        start_layer: an int scalar (may be traced): layers below it are skipped with `lax.cond`
-            (`h` is then the residual entering that layer; skipped layers record zeros and leave
-            the cache alone), e.g. to resume from a cached run.
+        start_layer: an int scalar: layers below it are skipped (`h` is then the residual
+            entering that layer; skipped layers record zeros and leave the cache alone), e.g. to
+            resume from a cached run. A Python int is static (the scan runs only the later
+            layers); a traced one skips them with `lax.cond`.
         attention: see `attention_impl`.
         remat: rematerialise each layer in the backward pass (`jax.checkpoint` of the scan body):
             True saves nothing inside a layer, a name from `jax.checkpoint_policies` (e.g.
@@ -558,11 +568,6 @@ def run_layers(
             return (h, None, lime_buffer), (sites.recorded, tuple(x[0] for x in cache))
         return (h, cache, lime_buffer), (sites.recorded, None)
 
-    if remat:
-        body = jax.checkpoint(body, policy=remat_policy(remat), prevent_cse=False)
-    if start_layer is not None:
-        body = _from_start_layer(body, start_layer)
-
     xs = (
         model.params["layers"],
         jnp.arange(c.n_layers, dtype=jnp.int32),
@@ -570,11 +575,23 @@ def run_layers(
         sliding,
         kv_cache if per_layer_cache else None,
     )
+    skipped = 0
+    if isinstance(start_layer, int | np.integer):  # static: scan only the layers from there on
+        skipped, start_layer = int(start_layer), None
+        xs = jax.tree_util.tree_map(lambda a: a[skipped:], xs)
+    if remat:
+        body = jax.checkpoint(body, policy=remat_policy(remat), prevent_cse=False)
+    if start_layer is not None:
+        body = _from_start_layer(body, start_layer)
     B, T, _ = h.shape
     lime_buffer = jnp.zeros((c.n_layers, B, T, c.n_kv_heads, 2 * c.head_dim), h.dtype) if c.lime else None
     (h, carried, _), (recorded, scanned) = jax.lax.scan(
         body, (h, None if per_layer_cache else kv_cache, lime_buffer), xs
     )
+    if skipped:  # the skipped layers record zeros and leave their cache slices alone, as under lax.cond
+        recorded = jax.tree_util.tree_map(lambda a: jnp.pad(a, [(skipped, 0)] + [(0, 0)] * (a.ndim - 1)), recorded)
+        if per_layer_cache:
+            scanned = tuple(jnp.concatenate([full[:skipped], x]) for full, x in zip(kv_cache, scanned, strict=True))
     return h, Trace(recorded), scanned if per_layer_cache else carried
 
 
@@ -649,7 +666,12 @@ def read_site(model: Model, tokens: jax.Array, attention_mask: jax.Array, site: 
 
 
 def bind_to_tokens(
-    model: Model, tokens: jax.Array, attention_mask: jax.Array | None, interventions: tuple, prompt_length: Any = None
+    model: Model,
+    tokens: jax.Array,
+    attention_mask: jax.Array | None,
+    interventions: tuple,
+    prompt_length: Any = None,
+    read: Callable[[str, int], jax.Array] | None = None,
 ) -> tuple:
     """Interventions with their controls (`jaxsteer.models.controls`) made concrete for one pass
     over `tokens`: conditions read from the prompt columns (`< prompt_length`), token selections
@@ -661,6 +683,8 @@ def bind_to_tokens(
         attention_mask: `[B, T]` 0/1, or None.
         interventions: the interventions.
         prompt_length: where generated columns start (an int or `[B]`; None: all prompt).
+        read: `read(site, layer) -> [B, T, ...]`, the unsteered activations the conditions read
+            (None: `read_site`, a pass of its own through the layers up to the condition's).
 
     Returns:
         The interventions, a tuple.
@@ -670,9 +694,52 @@ def bind_to_tokens(
         prompt_mask = (
             (ctx.generated < 0) if attention_mask is None else (attention_mask.astype(bool) & (ctx.generated < 0))
         )
-        read = functools.partial(read_site, model, tokens, prompt_mask)
-        interventions = tuple(iv.prepare(read, prompt_mask) if hasattr(iv, "prepare") else iv for iv in interventions)
+        read = read or functools.partial(read_site, model, tokens, prompt_mask)
+        interventions = tuple(prepare_controls_with(iv, read, prompt_mask) for iv in interventions)
     return bind_controls(interventions, ctx)
+
+
+def run_prompt(
+    model: Model,
+    tokens: jax.Array,
+    attention_mask: jax.Array,
+    positions: jax.Array,
+    k_pos: jax.Array,
+    interventions: tuple,
+    kv_cache: tuple[jax.Array, jax.Array],
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array], tuple]:
+    """The prefill of a prompt into `kv_cache` (written from slot 0) with the interventions'
+    controls bound. When `prefill_split` allows (every intervention acts above the highest pending
+    condition layer c), the conditions are decided inside this pass: layers 0..c run unsteered and
+    record what the conditions read, then layers c+1.. run with the decided controls, so a
+    condition costs no extra pass; otherwise they read the prompt first (`bind_to_tokens`).
+
+    Args:
+        model: the model.
+        tokens: the prompt ids `[B, P]`.
+        attention_mask: `[B, P]` 0/1.
+        positions: `[B, P]` position ids.
+        k_pos: `[B, S]` key positions of the cache slots.
+        interventions: the interventions.
+        kv_cache: `(K, V)`, each `[L, B, S, KV, hd]`.
+
+    Returns:
+        `(h, kv_cache, interventions)`: the last layer's residual `[B, P, d]`, the filled cache and
+        the interventions as bound (each `Conditional`'s `score` and `decision` filled in).
+    """
+    split = None if model.config.lime else prefill_split(interventions)
+    h = embed(model, tokens)
+    if split is None:
+        interventions = bind_to_tokens(model, tokens, attention_mask, interventions)
+        h, _, cache = run_layers(model, h, positions, k_pos, interventions, frozenset(), kv_cache, 0)
+    else:
+        sites = frozenset(c.condition_site for c in conditions(interventions) if c.decision is None)
+        h, trace, cache = run_layers(truncate(model, split + 1), h, positions, k_pos, (), sites, kv_cache, 0)
+        read = lambda site, layer: trace[site][layer]
+        interventions = bind_to_tokens(model, tokens, attention_mask, interventions, read=read)
+        h, _, cache = run_layers(model, h, positions, k_pos, interventions, frozenset(), cache, 0, split + 1)
+    assert cache is not None  # run_layers returns the cache it was given, filled
+    return h, cache, interventions
 
 
 _bind_to_tokens = jax.jit(bind_to_tokens)
@@ -866,6 +933,7 @@ __all__ = [
     "forward",
     "prepare_controls",
     "bind_to_tokens",
+    "run_prompt",
     "read_site",
     "run_with_cache",
     "record_sites",

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InputError
-from .controls import TokenContext, bind_controls, check_rows, conditions, needs_prompt_read, repeat_rows
-from .decoder import bind_to_tokens, embed, prepare_controls, run_layers, unembed
+from .controls import TokenContext, bind_controls, check_rows, conditions, repeat_rows
+from .decoder import embed, run_layers, run_prompt, unembed
 from .interventions import as_tuple, check_all, rows_per_run
 from .params import Model
 from .validation import check_binary_mask, check_number, check_token_ids
@@ -196,6 +196,14 @@ def kv_cache(model: Model, batch: int, slots: int) -> tuple[jax.Array, jax.Array
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling, row_offset=0):
+    """`(tokens, logprobs, lengths)` of `sample_with_controls` (which see)."""
+    return sample_with_controls(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling, row_offset)[
+        :3
+    ]
+
+
+@functools.partial(jax.jit, static_argnames=("sampling",))
+def sample_with_controls(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling, row_offset=0):
     """The compiled sampler on prepared prompts (`prepare_prompts`): `(tokens, logprobs, lengths)`
     `[B, N]`, `[B, N]`, `[B]` for `B = prompts * sampling.samples_per_prompt`. Traceable, so
     callers can vmap it over members (ES) or call it under their own jit.
@@ -216,8 +224,13 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
         row_offset: index of the first row in a larger batch (row `r` draws with
             `row_keys(key, row_offset + r, step)`), for a batch sampled in several calls.
 
+    A `Conditional` is decided in the prefill (`run_prompt`: free when its intervention acts only
+    above its layer) and its decision holds for every generated token.
+
     Returns:
-        `(tokens, logprobs, lengths)`, `[B, N]`, `[B, N]` and `[B]`.
+        `(tokens, logprobs, lengths, prefill_interventions)`, `[B, N]`, `[B, N]`, `[B]` and the
+        interventions as the prefill bound them (each `Conditional`'s `score` and `decision`
+        `[n_prompts]` filled in).
     """
     n_prompts, P = prompt.shape
     R = sampling.samples_per_prompt
@@ -229,9 +242,7 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
     k_pos = jnp.full((n_prompts, S), -1, jnp.int32).at[:, :P].set(jnp.where(prompt_mask > 0, positions, -1))
     cache = kv_cache(model, n_prompts, S)
 
-    prefill_ivs = bind_to_tokens(model, prompt, prompt_mask, interventions)
-    h, _, cache = run_layers(model, embed(model, prompt), positions, k_pos, prefill_ivs, frozenset(), cache, 0)
-    assert cache is not None  # run_layers returns the cache it was given, filled
+    h, cache, prefill_ivs = run_prompt(model, prompt, prompt_mask, positions, k_pos, interventions, cache)
     interventions = repeat_rows(prefill_ivs, R)  # conditions decided on the prompt; rows per sample
     logits = unembed(model, h[:, -1])
     next_pos = positions[:, -1] + 1
@@ -275,7 +286,7 @@ def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventio
         key,
     )
     state = jax.lax.while_loop(cond, body, state)
-    return state[2], state[3], state[5]
+    return state[2], state[3], state[5], prefill_ivs
 
 
 def bucket_width(n: int, multiple: int) -> int:
@@ -476,14 +487,6 @@ def generate(
         model, seqs * runs, tokenizer=tokenizer, max_new_tokens=max_new_tokens, bucket=bucket, stop_tokens=stop_tokens
     )
     check_rows(interventions, len(seqs) * runs)
-    decisions = scores = None
-    if needs_prompt_read(interventions):  # decide the conditions here too, to return the decisions
-        interventions = prepare_controls(model, prepared.tokens, interventions, attention_mask=prepared.mask)
-        conds = conditions(interventions)
-        decisions, scores = (
-            np.repeat(np.stack([np.asarray(getattr(c, f)) for c in conds])[:, : len(seqs)], samples_per_prompt, axis=1)
-            for f in ("decision", "score")
-        )
     key = jax.random.PRNGKey(seed) if isinstance(seed, int) else seed
     sampling = SamplingConfig(
         max_new_tokens,
@@ -495,10 +498,24 @@ def generate(
         int(runs),
         int(refill_slots),
     )
-    out, lps, lengths = (
-        np.asarray(x)[: len(x) // runs]
-        for x in sample_any(model, *prepared.args, key=key, interventions=interventions, sampling=sampling)
-    )
+    if refill_slots:  # check_refill refused the per-row controls: no decisions to report
+        sampled, bound = sample_any(model, *prepared.args, key=key, interventions=interventions, sampling=sampling), ()
+    else:
+        *sampled, bound = sample_with_controls(
+            model, *prepared.args, key=key, interventions=interventions, sampling=sampling
+        )
+    out, lps, lengths = (np.asarray(x)[: len(x) // runs] for x in sampled)
+    decisions = scores = None
+    if conditions(interventions):  # each Conditional's decision as the prefill made it (or as given)
+        conds = conditions(bound)
+        decisions, scores = (
+            None
+            if any(getattr(c, f) is None for c in conds)
+            else np.repeat(
+                np.stack([np.asarray(getattr(c, f)) for c in conds])[:, : len(seqs)], samples_per_prompt, axis=1
+            )
+            for f in ("decision", "score")
+        )
     toks, mask = prepared.tokens[: len(seqs)], prepared.mask[: len(seqs)]
     if samples_per_prompt > 1:
         toks, mask = np.repeat(toks, samples_per_prompt, axis=0), np.repeat(mask, samples_per_prompt, axis=0)

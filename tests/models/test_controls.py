@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsteer import Conditional, OnTokens, RowSteer, Steer, compose, forward, generate, prepare_controls
+from jaxsteer import Conditional, OnRuns, OnTokens, RowSteer, Steer, compose, forward, generate, prepare_controls
+from jaxsteer.models.controls import prefill_split
+from jaxsteer.models.decoder import embed, run_layers
 
 L, D, V = 3, 32, 53
 
@@ -50,6 +52,21 @@ def test_token_selection_equals_masking_by_hand(tiny_model, batch, kw, hand):
     _close(got, want)
     plain, _ = forward(tiny_model, tokens)
     assert not np.allclose(got, plain, atol=1e-3)
+
+
+def test_wrappers_forward_the_token_binding(tiny_model):
+    """`OnRuns(OnTokens(...))`: the run selection passes the token context to what it wraps; equal
+    to one `Steer` masked by hand over (run, position)."""
+    tokens = np.asarray(np.random.default_rng(3).integers(2, V, size=(4, 9)), np.int32)
+    tokens[:, 1::2] = 11
+    v = _vec(4)
+    iv = OnRuns(OnTokens(Steer(v), select="generated", triggers=[11]), runs=2, selected=(1,))
+    col = np.arange(tokens.shape[1])[None].repeat(len(tokens), 0)
+    mask = ((col >= 5) & (tokens == 11) & (np.arange(4) >= 2)[:, None]).astype(np.float32)
+    got, _ = forward(tiny_model, tokens, interventions=iv, prompt_length=5)
+    want, _ = forward(tiny_model, tokens, interventions=Steer(v, positions=mask))
+    _close(got, want)
+    np.testing.assert_array_equal(np.asarray(got)[:2], np.asarray(forward(tiny_model, tokens[:2])[0]))
 
 
 def test_token_selection_in_generate_matches_forward_masked_by_hand(tiny_model):
@@ -184,6 +201,40 @@ def test_condition_in_generate_reads_the_prompt_and_reports_its_decision(tiny_mo
     plain = generate(tiny_model, prompts, max_new_tokens=6, greedy=True, stop_tokens=())
     for b, on in enumerate(out.decisions[0]):
         np.testing.assert_array_equal(out.tokens[b], (steered if on else plain).tokens[b])
+
+
+def test_condition_decided_inside_the_prefill_equals_the_two_pass_version(tiny_model):
+    """Behaviour above the condition layer: the prefill decides the condition from its own
+    activations (no extra read); the decision equals the hand-computed one and the tokens equal
+    those of the same control with that decision given by hand (the two-pass route)."""
+    prompts = [[5, 9, 12, 3], [8, 8, 20], [30, 2, 40, 41, 7], [3, 3], [17, 4, 4, 9]]
+    cond = _vec(12, (D,), 1.0)
+    seqs = generate(tiny_model, prompts, max_new_tokens=1, greedy=True, stop_tokens=())
+    scores = _scores_by_hand(tiny_model, seqs.prompt_tokens, 0, cond, seqs.prompt_mask)
+    thr = float(np.median(scores))
+    iv = Conditional(Steer(_vec(13, scale=8.0), layers=(1, 2)), cond, threshold=thr, layer=0)
+    assert prefill_split((iv,)) == 0 and prefill_split((iv, Steer(_vec(14)))) is None
+    kw = dict(max_new_tokens=6, greedy=True, stop_tokens=())
+    out = generate(tiny_model, prompts, interventions=iv, **kw)
+    np.testing.assert_array_equal(out.decisions[0], scores > thr)
+    _close(out.condition_scores[0], scores)
+    (two_pass,) = prepare_controls(tiny_model, seqs.prompt_tokens, iv, attention_mask=seqs.prompt_mask)
+    np.testing.assert_array_equal(np.asarray(two_pass.decision), scores > thr)
+    by_hand = generate(tiny_model, prompts, interventions=iv.replace(decision=jnp.asarray(scores > thr)), **kw)
+    np.testing.assert_array_equal(out.tokens, by_hand.tokens)
+    np.testing.assert_array_equal(out.logprobs, by_hand.logprobs)
+    plain = generate(tiny_model, prompts, **kw)
+    assert not np.array_equal(out.tokens, plain.tokens)  # the steered rows do change
+
+
+def test_run_layers_static_start_layer_equals_the_traced_one(tiny_model, batch):
+    h0 = embed(tiny_model, batch)
+    pos = jnp.broadcast_to(jnp.arange(batch.shape[1], dtype=jnp.int32), batch.shape)
+    static = run_layers(tiny_model, h0, pos, pos, (), frozenset({"resid_post"}), None, None, 1)
+    traced = run_layers(tiny_model, h0, pos, pos, (), frozenset({"resid_post"}), None, None, jnp.asarray(1))
+    _close(static[0], traced[0])
+    _close(static[1]["resid_post"], traced[1]["resid_post"])
+    assert not np.asarray(static[1]["resid_post"][0]).any()
 
 
 def test_controls_jit_vmap_and_grad(tiny_model, batch):

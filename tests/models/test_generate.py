@@ -251,20 +251,20 @@ def test_steer_in_generate_matches_hf_with_down_proj_bias(llama, prompts):
 
 def test_prompt_lengths_in_one_bucket_do_not_recompile(llama):
     _, model = llama
-    if not hasattr(gen_module.sample_tokens, "_cache_size"):
+    if not hasattr(gen_module.sample_with_controls, "_cache_size"):
         pytest.skip("this jax has no jit _cache_size(); cannot count compilations")
     rng = np.random.RandomState(2)
     kw = dict(max_new_tokens=N_NEW, greedy=True)  # as in the tests above: usually compiled already
     g1 = jaxsteer.generate(model, [rng.randint(6, 97, n).tolist() for n in (4, 7, 2)], **kw)
-    size = gen_module.sample_tokens._cache_size()
+    size = gen_module.sample_with_controls._cache_size()
     assert size >= 1
     g2 = jaxsteer.generate(model, [rng.randint(6, 97, n).tolist() for n in (20, 11, 31)], **kw)
     assert g1.prompt_tokens.shape == g2.prompt_tokens.shape
-    assert gen_module.sample_tokens._cache_size() == size
+    assert gen_module.sample_with_controls._cache_size() == size
     # a prompt past the bucket is a new shape: one more compilation
     g3 = jaxsteer.generate(model, [rng.randint(6, 97, n).tolist() for n in (40, 3, 5)], **kw)
     assert g3.prompt_tokens.shape[1] == 2 * g1.prompt_tokens.shape[1]
-    assert gen_module.sample_tokens._cache_size() == size + 1
+    assert gen_module.sample_with_controls._cache_size() == size + 1
 
 
 # --------------------------------------------------------------------------- the real default model
