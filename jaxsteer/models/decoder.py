@@ -483,7 +483,7 @@ def run_layers(
     record: frozenset = frozenset(),
     kv_cache: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | int | None = None,
-    start_layer: jax.Array | None = None,
+    start_layer: jax.Array | int | None = None,
     *,
     attention: str = "auto",
     remat: bool | str | Callable = False,
@@ -591,6 +591,7 @@ def run_layers(
     if skipped:  # the skipped layers record zeros and leave their cache slices alone, as under lax.cond
         recorded = jax.tree_util.tree_map(lambda a: jnp.pad(a, [(skipped, 0)] + [(0, 0)] * (a.ndim - 1)), recorded)
         if per_layer_cache:
+            assert kv_cache is not None and scanned is not None  # per_layer_cache means a cache came in
             scanned = tuple(jnp.concatenate([full[:skipped], x]) for full, x in zip(kv_cache, scanned, strict=True))
     return h, Trace(recorded), scanned if per_layer_cache else carried
 
@@ -707,7 +708,7 @@ def run_prompt(
     k_pos: jax.Array,
     interventions: tuple,
     kv_cache: tuple[jax.Array, jax.Array],
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array], tuple]:
+) -> tuple[jax.Array, tuple[jax.Array, ...], tuple]:
     """The prefill of a prompt into `kv_cache` (written from slot 0) with the interventions'
     controls bound. When `prefill_split` allows (every intervention acts above the highest pending
     condition layer c), the conditions are decided inside this pass: layers 0..c run unsteered and
@@ -734,7 +735,9 @@ def run_prompt(
         h, _, cache = run_layers(model, h, positions, k_pos, interventions, frozenset(), kv_cache, 0)
     else:
         sites = frozenset(c.condition_site for c in conditions(interventions) if c.decision is None)
-        h, trace, cache = run_layers(truncate(model, split + 1), h, positions, k_pos, (), sites, kv_cache, 0)
+        h, trace, head = run_layers(truncate(model, split + 1), h, positions, k_pos, (), sites, kv_cache, 0)
+        assert head is not None  # run_layers returns the cache it was given, filled
+        cache = (head[0], head[1])
         read = lambda site, layer: trace[site][layer]
         interventions = bind_to_tokens(model, tokens, attention_mask, interventions, read=read)
         h, _, cache = run_layers(model, h, positions, k_pos, interventions, frozenset(), cache, 0, split + 1)
