@@ -197,9 +197,8 @@ def kv_cache(model: Model, batch: int, slots: int) -> tuple[jax.Array, jax.Array
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def sample_tokens(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling, row_offset=0):
     """`(tokens, logprobs, lengths)` of `sample_with_controls` (which see)."""
-    return sample_with_controls(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling, row_offset)[
-        :3
-    ]
+    out = sample_with_controls(model, prompt, prompt_mask, stop_ids, pad_id, key, interventions, sampling, row_offset)
+    return out[:3]
 
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
