@@ -3,12 +3,15 @@ known answers, and a run config that points at them resolves before any model lo
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from jaxsteer.steering.evaluate import load_task
 from jaxsteer.steering.training import sentiment_test, sentiment_train, task_examples, task_reward
 from jaxsteer.train import load_config
 from jaxsteer.train.build import check_before_loading, load_examples
+from tests import ROOT
 
 
 def test_task_examples_and_reward_known_answers():
@@ -25,6 +28,9 @@ def test_task_examples_and_reward_known_answers():
 
 
 def test_a_sentiment_run_config_resolves(tmp_path):
-    cfg = load_config("experiments/smollm2_sentiment_steering.yaml", [f"output_dir={tmp_path}", "steps=1", "eval.n=4"])
+    cfg = load_config(
+        os.path.join(ROOT, "experiments/smollm2_sentiment_steering.yaml"),
+        [f"output_dir={tmp_path}", "steps=1", "eval.n=4"],
+    )
     check_before_loading(cfg)  # dataset functions and the reward resolve
     assert len(load_examples(cfg.data.train)) == 32 and len(load_examples(cfg.data.eval)) == 12
