@@ -160,7 +160,16 @@ def test_two_process_full_fine_tuning_moved_every_weight_and_equals_one_device(r
     assert start and start.keys() <= two.keys()
     for k, w0 in start.items():  # Adam at lr 0.01 moves each weight with a gradient by ~0.01 a step
         assert np.abs(two[k] - w0).max() > 5e-3, (k, np.abs(two[k] - w0).max())
-    _assert_same(_checkpoint(runs["full", "1 device"], 3), two)
+    # One device sums the gradient in another order than the 2 x 2 mesh; Adam divides each gradient by
+    # its own running scale, so the few weights whose gradient is near zero move by float noise x lr
+    # (measured: 2 of 2048 up_proj entries off by 2e-4, mean difference 2.5e-7 over every tensor; the
+    # 1-process 4-device run agrees with the 2-process one to 3e-6). A sharding bug moves weights by
+    # O(lr) = 1e-2 everywhere, so: the mean difference per tensor within 2e-6, none beyond 10% of a step.
+    one = _checkpoint(runs["full", "1 device"], 3)
+    assert one.keys() == two.keys()
+    for k in (k for k in one if k.startswith("train/trainable/")):
+        diff = np.abs(one[k].astype(np.float64) - two[k].astype(np.float64))
+        assert diff.mean() <= 2e-6 and diff.max() <= 1e-3, (k, diff.mean(), diff.max())
 
 
 def test_two_process_checkpoint_resumes_in_one_process(runs):

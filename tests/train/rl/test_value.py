@@ -130,7 +130,7 @@ def _toy(out, **kw):
 @pytest.fixture(scope="module")
 def toy_runs(tmp_path_factory):
     """A PPO steering run and its null run (lr = value_lr = 0) on the same seed."""
-    trained = _toy(tmp_path_factory.mktemp("ppo"), lr=0.3, value_lr=0.02)
+    trained = _toy(tmp_path_factory.mktemp("ppo"), lr=0.3, value_lr=0.05)
     null = _toy(tmp_path_factory.mktemp("null"), lr=0.0, value_lr=0.0, **{"checkpoint.every": 0})
     return trained, train(trained), train(null)
 
@@ -143,7 +143,7 @@ def test_toy_reward_rises_beyond_the_null_run(toy_runs):
     _, trained, null = toy_runs
     gain = _last(trained.history, "reward_mean") - trained.history[0]["reward_mean"]
     null_gain = _last(null.history, "reward_mean") - null.history[0]["reward_mean"]
-    # measured: trained gain 0.96 (-0.44 -> 0.52 over the last three steps), null gain 0.04 (rewards in [-1, 1])
+    # measured: trained gain 1.15 (-0.56 -> 0.58 over the last three steps), null gain ~0 (rewards in [-1, 1])
     assert gain > null_gain + 0.4, (
         [h["reward_mean"] for h in trained.history],
         [h["reward_mean"] for h in null.history],
@@ -152,7 +152,8 @@ def test_toy_reward_rises_beyond_the_null_run(toy_runs):
 
 def test_toy_value_loss_falls_below_the_null_run(toy_runs):
     _, trained, null = toy_runs
-    # null: V stays 0, value loss = 0.5 E[R^2] = 0.476 every step; measured: trained 0.343 over the last three
+    # null: V stays 0, value loss ~0.476 every step; measured: trained 0.337 over the last three (value_lr
+    # 0.05; at 0.02 the head learned too little in 10 steps to clear the margin on every sampling stream)
     t, n = _last(trained.history, "value_loss"), _last(null.history, "value_loss")
     assert t < n - 0.08, ([h["value_loss"] for h in trained.history], [h["value_loss"] for h in null.history])
     assert trained.history[-1]["explained_variance"] is not None
