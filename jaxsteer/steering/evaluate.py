@@ -496,14 +496,15 @@ def sweep(
     """Sweep layer x scale per method (see the module doc) and pick each (method, layer)'s scale
     by validation score (ties: the smaller KL). `maps`: affine maps (LinEAS) swept over
     `trained_scales` as strengths."""
+    if not (methods or vectors or maps):
+        raise InputError("nothing to sweep: give extraction methods, trained vectors or maps")
     vecs = method_vectors(model, tokenizer, task, methods, layers, read=read, options=options)
-    configs, bank = _configs(vecs, layers, scales, ())
-    if vectors:
-        extra, extra_bank = _configs(
-            {k: np.asarray(v, np.float32) for k, v in vectors.items()}, layers, trained_scales, tuple(vectors)
-        )
-        configs, bank = configs + extra, np.concatenate([bank, extra_bank])
-    bank = np.concatenate([np.zeros_like(bank[:1]), bank])  # row 0: unsteered
+    configs, banks = [], [np.zeros((1, model.config.n_layers, model.config.d_model), np.float32)]  # unsteered
+    for group, group_scales, trained in ((vecs, scales, ()), (vectors or {}, trained_scales, tuple(vectors or ()))):
+        if group:
+            c, b = _configs({k: np.asarray(v, np.float32) for k, v in group.items()}, layers, group_scales, trained)
+            configs, banks = configs + c, banks + [b]
+    bank = np.concatenate(banks)
     map_site = "mlp_in"
     if maps:
         map_configs, map_bank, map_site = _map_configs(maps, model.config.n_layers, trained_scales)

@@ -113,6 +113,16 @@ def test_sweep_picks_the_best_validation_scale_and_reports(tiny_model, tmp_path,
     assert "| unsteered |" in res.table() and "| rl | own | 1 |" in res.table()
     assert res.plot(str(tmp_path / "s.png")).endswith("s.png")
     assert json.load(open(res.save(str(tmp_path / "s.json"))))["task"] == "toy"
+    # trained vectors alone (no extraction method) give the same rows as inside the full sweep
+    alone = sweep(tiny_model, tok, _task(), methods=(), layers=(1, 2), vectors={"rl": trained}, trained_scales=(1,),
+                  max_new_tokens=4, say=lambda *a: None)  # fmt: skip
+    (rl,) = [r for r in res.rows if r["method"] == "rl"]
+    assert [r["method"] for r in alone.rows] == ["rl"]
+    assert {k: alone.rows[0][k] for k in ("val", "kl", "ppl")} == pytest.approx(
+        {k: rl[k] for k in ("val", "kl", "ppl")}
+    )
+    with pytest.raises(ValueError, match="nothing to sweep"):
+        sweep(tiny_model, tok, _task(), methods=(), say=lambda *a: None)
 
 
 def test_shipped_tasks_load():
