@@ -107,55 +107,55 @@ def plateaued(curve: dict, points: float = PLATEAU_POINTS) -> bool | None:
     return 100 * (max(acc[first:]) - base) < points
 
 
-def evaluate_on_test(ctx: common.Context, name: str, samples: int) -> dict:
-    """Greedy and sampled (temperature 1, `samples` per problem, pass@k) accuracy of a finished
-    run's final policy on the test split; cached as <run>/test_eval.json."""
-    path = ctx.runs_dir / name / "test_eval.json"
-    key = {"test": TEST, "samples": samples, "n": ctx.scale(200, 20)}
+def _test_overrides(n: int, samples: int) -> list[str]:
+    """A config's held-out evaluation pointed at the test split: `n` problems, greedy and `samples` draws each."""
+    return [f"data.eval={TEST}", f"eval.n={n}", f"eval.samples={samples}", f"eval.batch_size={max(n, 8 * samples)}"]
+
+
+def _cached(path, key: dict, compute) -> dict:
+    """`compute()`'s result, stored at `path` beside `key`; reused while the stored key is the same."""
     if path.exists():
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
             return cached["result"]
-    from jaxsteer.train import evaluate_run, load_config
-
-    n = key["n"]
-    cfg = load_config(
-        str(ctx.runs_dir / name / "config.yaml"),
-        [f"data.eval={TEST}", f"eval.n={n}", f"eval.samples={samples}", f"eval.batch_size={max(n, 8 * samples)}"],
-        warn=False,
-    )
-    model, tok = ctx.model()
-    result = evaluate_run(cfg, base=False, model=model, tokenizer=tok)["trained"]
+    result = compute()
     result.pop("examples", None)
     path.write_text(json.dumps({"key": key, "result": result}, indent=1, default=float))
     return result
+
+
+def evaluate_on_test(ctx: common.Context, name: str, samples: int) -> dict:
+    """Greedy and sampled (temperature 1, `samples` per problem, pass@k) accuracy of a finished
+    run's final policy on the test split; cached as <run>/test_eval.json."""
+    n = ctx.scale(200, 20)
+
+    def compute() -> dict:
+        from jaxsteer.train import evaluate_run, load_config
+
+        cfg = load_config(str(ctx.runs_dir / name / "config.yaml"), _test_overrides(n, samples), warn=False)
+        model, tok = ctx.model()
+        return evaluate_run(cfg, base=False, model=model, tokenizer=tok)["trained"]
+
+    return _cached(ctx.runs_dir / name / "test_eval.json", {"test": TEST, "samples": samples, "n": n}, compute)
 
 
 def base_on_test(ctx: common.Context, samples: int) -> dict:
     """The base model's greedy accuracy and pass@k (k = 1..samples) on the test split; cached."""
-    path = ctx.runs_dir / "conv_base_test_eval.json"
-    key = {"test": TEST, "samples": samples, "n": ctx.scale(200, 20)}
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return cached["result"]
-    from jaxsteer.train import load_config
-    from jaxsteer.train.build import PromptEncoder, load_examples
-    from jaxsteer.train.evaluate import HeldOut
-    from jaxsteer.train.rewards import get_reward_fn
+    n = ctx.scale(200, 20)
 
-    n = key["n"]
-    cfg = load_config(
-        str(common.ROOT / common.STEERING_CONFIG),
-        [f"data.eval={TEST}", f"eval.n={n}", f"eval.samples={samples}", f"eval.batch_size={max(n, 8 * samples)}"],
-    )
-    model, tok = ctx.model()
-    examples = list(load_examples(cfg.data.eval))[:n]
-    encode = PromptEncoder(tok, cfg.data.prompt_template, cfg.data.system)
-    result = HeldOut.from_config(cfg, examples, encode, tok, get_reward_fn(cfg.data.reward))(model, ())
-    result.pop("examples", None)
-    path.write_text(json.dumps({"key": key, "result": result}, indent=1, default=float))
-    return result
+    def compute() -> dict:
+        from jaxsteer.train import load_config
+        from jaxsteer.train.build import PromptEncoder, load_examples
+        from jaxsteer.train.evaluate import HeldOut
+        from jaxsteer.train.rewards import get_reward_fn
+
+        cfg = load_config(str(common.ROOT / common.STEERING_CONFIG), _test_overrides(n, samples))
+        model, tok = ctx.model()
+        examples = list(load_examples(cfg.data.eval))[:n]
+        encode = PromptEncoder(tok, cfg.data.prompt_template, cfg.data.system)
+        return HeldOut.from_config(cfg, examples, encode, tok, get_reward_fn(cfg.data.reward))(model, ())
+
+    return _cached(ctx.runs_dir / "conv_base_test_eval.json", {"test": TEST, "samples": samples, "n": n}, compute)
 
 
 def seed_interval(values: list[float]) -> tuple[float, float, float]:
