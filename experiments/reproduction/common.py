@@ -118,8 +118,9 @@ class CpuStamper:
 class Context:
     """What every part's `run(ctx)` gets (see the module docstring)."""
 
-    def __init__(self, quick: bool = False, seed: int = SEED, collect_only: bool = False):
+    def __init__(self, quick: bool = False, seed: int = SEED, collect_only: bool = False, methods=None):
         self.quick, self.seed, self.collect_only = quick, seed, collect_only
+        self.methods = set(methods) if methods else None  # convergence rows to run (None: all of them)
         self.used: list[dict] = []  # the training runs the current part used (name, wall_s, cpu_s, reused)
         self.runs_dir = ROOT / ("runs/reproduction_quick" if quick else "runs/reproduction")
         self.out_dir = (self.runs_dir if quick else ROOT / "docs") / "reproduction"

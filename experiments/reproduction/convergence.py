@@ -83,7 +83,12 @@ def run(ctx: common.Context) -> dict:
     base = protocol.base_on_test(ctx, pass_k)
     chosen: dict[str, str] = {}
     rows = []
+    unknown = (ctx.methods or set()) - {m.key for m in METHODS}
+    if unknown:
+        raise ValueError(f"unknown convergence rows {sorted(unknown)}; rows: {[m.key for m in METHODS]}")
     for m in METHODS:
+        if ctx.methods and m.key not in ctx.methods:
+            continue
         ctx.log(f"convergence: {m.key}")
         rows.append(_row_runs(ctx, m, chosen, samples))
     result = {

@@ -87,12 +87,19 @@ def main(argv=None) -> int:
         action="store_true",
         help="train nothing: build each part from the runs that finished (others are listed as missing)",
     )
+    p.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated convergence rows to run alone (default: all); lets two processes split the part, "
+        "a later run without it reuses their runs and writes the whole table",
+    )
     args = p.parse_args(argv)
     if args.list:
         for name in common.PARTS:
             print(f"{name:18s} {'ok' if load_part(name) is not None else 'module missing'}")
         return 0
-    ctx = common.Context(quick=args.quick, collect_only=args.collect_only)
+    methods = [s.strip() for s in args.methods.split(",") if s.strip()]
+    ctx = common.Context(quick=args.quick, collect_only=args.collect_only, methods=methods)
     failed = []
     if not args.report_only:
         for name in [s.strip() for s in args.parts.split(",") if s.strip()]:
