@@ -79,13 +79,13 @@ def _row_runs(ctx: common.Context, m: Method, chosen: dict, samples: int) -> dic
 
 def run(ctx: common.Context) -> dict:
     """Train (or reuse) every sweep and seed run, evaluate the chosen ones on test, draw the figures."""
+    unknown = (ctx.methods or set()) - {m.key for m in METHODS}
+    if unknown:
+        raise ValueError(f"unknown convergence rows {sorted(unknown)}; rows: {[m.key for m in METHODS]}")
     samples, pass_k = ctx.scale(8, 2), ctx.scale(16, 4)
     base = protocol.base_on_test(ctx, pass_k)
     chosen: dict[str, str] = {}
     rows = []
-    unknown = (ctx.methods or set()) - {m.key for m in METHODS}
-    if unknown:
-        raise ValueError(f"unknown convergence rows {sorted(unknown)}; rows: {[m.key for m in METHODS]}")
     for m in METHODS:
         if ctx.methods and m.key not in ctx.methods:
             continue

@@ -36,6 +36,12 @@ def test_plateau_rule_and_final_score_on_known_curves():
     assert hi == pytest.approx(0.5 + 4.303 * 0.1 / 3**0.5) and protocol.seed_interval([0.3]) == (0.3, 0.3, 0.3)
 
 
+def test_convergence_refuses_an_unknown_row_before_any_work():
+    ctx = common.Context(quick=True, methods=["steering", "lorra"])
+    with pytest.raises(ValueError, match="lorra"):
+        convergence.run(ctx)
+
+
 def test_protocol_splits_are_disjoint():
     train = {e.prompt for e in load_dataset(protocol.TRAIN)}
     val = {e.prompt for e in load_dataset(protocol.VAL)}
