@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 
 import numpy as np
@@ -84,7 +85,7 @@ def cmd_train(args) -> None:
     if "vectors_npy" in result.files and result.tokenizer is not None and args.logit_lens:
         print("\nlogit lens of the trained steering vectors (W_U @ s_l, no final norm): top / bottom tokens per layer")
         print_logit_lens(result.model, result.tokenizer, np.load(result.files["vectors_npy"]), k=args.logit_lens)
-    print(next_steps(cfg.output_dir, has_vectors="vectors_npy" in result.files))
+    print(next_steps(cfg.output_dir, has_vectors="vectors_npy" in result.files, prompt=first_prompt(cfg)))
 
 
 def print_logit_lens(model, tokenizer, vectors: np.ndarray, k: int = 5) -> None:
@@ -98,12 +99,29 @@ def print_logit_lens(model, tokenizer, vectors: np.ndarray, k: int = 5) -> None:
     print(res.table())
 
 
-def next_steps(run_dir: str, *, has_vectors: bool) -> str:
-    """The "next:" lines printed after training: evaluate, generate with, inspect the run."""
+def first_prompt(cfg) -> str | None:
+    """The first held-out (else training) example's prompt of a run's config, for the "next:" hint;
+    None when the data cannot be read here."""
+    from ..train.build import load_examples
+
+    for spec in (cfg.data.eval, cfg.data.train):
+        try:
+            examples = load_examples(spec) if spec else []
+        except Exception:  # noqa: BLE001 - a hint must not fail a finished run
+            continue
+        for e in examples:
+            return str(e.prompt)
+    return None
+
+
+def next_steps(run_dir: str, *, has_vectors: bool, prompt: str | None = None) -> str:
+    """The "next:" lines printed after training: evaluate, generate with (on `prompt`, e.g. one of the
+    run's own held-out prompts), inspect the run."""
+    shown = shlex.quote(prompt if prompt else "Hello")
     lines = [
         f"\nnext:\n  jaxsteer eval {run_dir}                        "
         "# held-out accuracy with / without the trained part",
-        f'  jaxsteer generate --run {run_dir} --prompt "What is 17 + 25?" --greedy   # generate as trained',
+        f"  jaxsteer generate --run {run_dir} --prompt {shown} --greedy   # generate as trained",
         f"  python -c \"import jaxsteer; run = jaxsteer.load_run('{run_dir}')\"   # the same from Python",
     ]
     if has_vectors:

@@ -43,6 +43,28 @@ def test_next_steps_name_the_commands_to_run():
     assert "jaxsteer.load_run('runs/x')" in text and "jaxsteer lens --vectors runs/x/steering_vectors.npy" in text
 
 
+def test_next_steps_prompt_is_one_of_the_runs_own(tmp_path):
+    import json
+    import shlex
+
+    from jaxsteer.cli.train import first_prompt
+    from jaxsteer.train import load_config
+    from jaxsteer.train.data import load_dataset
+
+    data = tmp_path / "reviews.jsonl"
+    rows = [{"prompt": 'Review: it\'s "fine". Sentiment?', "answer": "positive"}, {"prompt": "b", "answer": "c"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [f"data.train={data}", f"data.eval={data}"])
+    assert first_prompt(cfg) == rows[0]["prompt"]
+    text = cli.next_steps("runs/x", has_vectors=False, prompt=first_prompt(cfg))
+    line = next(x for x in text.splitlines() if "generate --run" in x)
+    assert shlex.split(line)[shlex.split(line).index("--prompt") + 1] == rows[0]["prompt"]  # quoted for the shell
+    arithmetic = load_config(None, [])
+    assert first_prompt(arithmetic) == load_dataset(arithmetic.data.eval)[0].prompt
+    missing = tmp_path / "missing.jsonl"
+    assert first_prompt(load_config(None, [f"data.eval={missing}", f"data.train={missing}"], warn=False)) is None
+
+
 def test_mfu_above_one_is_flagged():
     import warnings
 
