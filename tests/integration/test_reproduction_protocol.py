@@ -68,3 +68,42 @@ def test_every_planned_run_is_a_valid_config(quick, tmp_path, monkeypatch):
         cfg = load_config(os.path.join(ROOT, config), [*overrides, *extra])
         assert cfg.steps >= 1
     assert len(runs) == 3 * len(convergence.METHODS) + 3 + len(efficiency.ALGOS)
+
+
+def test_convergence_section_compares_with_the_papers_from_the_numbers():
+    def seeds(greedy, sampled):
+        curve = {"steps": [10, 20], "rollouts": [320, 640], "cpu_s": [1.0, 2.0], "acc": [0.5, 0.6]}
+        return [
+            {"seed": i, "greedy": g, "sampled": s, "curve": curve, "plateau": True, "rollouts": 640, "cpu_s": 9.0}
+            for i, (g, s) in enumerate(zip(greedy, sampled, strict=True))
+        ]
+
+    def row(key, greedy, sampled):
+        sweep = {"0.01": {"val": 0.6, "plateau": True, "curve": {}}}
+        return {"key": key, "label": key, "step_key": "optimizer.lr", "chosen": 0.01, "sweep": sweep,
+                "seeds": seeds(greedy, sampled)}  # fmt: skip
+
+    rows = [
+        row("steering", [0.70, 0.72, 0.74], [0.5, 0.5, 0.5]),
+        row("full", [0.70, 0.80, 0.90], [0.6, 0.6, 0.6]),
+        row("lora", [0.50, 0.51, 0.52], [0.4, 0.4, 0.4]),
+        row("rl_from_sft", [0.60], [0.45]),
+        row("essa", [0.65], [0.40]),
+        {"key": "es", "label": "es", "missing": True},
+    ]
+    base = {"greedy_acc": 0.175, "pass1": 0.025, "pass_at_k": [0.025 * k for k in range(1, 17)]}
+    result = {"rows": rows, "base": base, "samples": 8, "plateau_points": 2.0,
+              "figures": {"curves": "c.png", "sweeps": "s.png", "pass_at_k": "p.png"}}  # fmt: skip
+    result["gaps"] = convergence._gaps({r["key"]: r for r in rows})
+    text = convergence.section(result)
+    assert result["gaps"]["full"]["mean"] == pytest.approx(-8.0) and result["gaps"]["lora"]["mean"] == pytest.approx(
+        21.0
+    )
+    assert (
+        "minus full (test greedy, paired by seed, n = 3): -8.0 points" in text
+        and "-6.6, which this interval contains" in text
+    )
+    assert "minus lora" in text and "-5.5, which this interval excludes" in text
+    assert "ESSA minus RL LoRA from the same SFT LoRA (seed 0): greedy +5.0, sampled -5.0 points" in text
+    assert "pass@8) and once in 16 on 40.0%; the best trained row (full) answers 60.0%" in text
+    assert "| es | not run |" in text
