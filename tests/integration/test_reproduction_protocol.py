@@ -107,3 +107,14 @@ def test_convergence_section_compares_with_the_papers_from_the_numbers():
     assert "ESSA minus RL LoRA from the same SFT LoRA (seed 0): greedy +5.0, sampled -5.0 points" in text
     assert "pass@8) and once in 16 on 40.0%; the best trained row (full) answers 60.0%" in text
     assert "| es | not run |" in text
+
+
+def test_efficiency_section_reads_the_throughput_grid_and_names_missing_runs():
+    rates = {(8, 16): 50.0, (32, 16): 100.0, (128, 16): 125.0, (8, 128): 40.0, (32, 128): 80.0, (128, 128): 100.0}
+    grid = [{"batch": b, "new_tokens": n, "tok_per_cpu_s": r, "tok_s": r} for (b, n), r in rates.items()]
+    text = efficiency.section({"grid": grid, "algos": [], "threshold": 0.3, "figure": "e.png"})
+    assert "128 rows per call give 2.5x at 16 tokens, 2.5x at 128 tokens the tokens per CPU-second of 8 rows" in text
+    assert "128 rows give 1.25x those of 32 at 16 tokens" in text
+    assert "a 128-token completion costs 1.25x as much per token as a 16-token one" in text
+    assert "| 128 | 125 / 125 | 100 / 100 |" in text
+    assert "- DASH: the paper reports" in text and "not run yet" in text and "not measurable" not in text
