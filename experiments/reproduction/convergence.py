@@ -198,6 +198,13 @@ def _readings(result: dict) -> list[str]:
             f"[{g['lo']:+.1f}, {g['hi']:+.1f}]; the paper (Qwen2.5-Math-1.5B, GSM8K) reports {paper:+.1f}, "
             f"which this interval {verdict}."
         )
+    edge = [
+        f"{r['key']} ({r['chosen']:g}, {'smallest' if r['chosen'] == min(map(float, r['sweep'])) else 'largest'})"
+        for r in result["rows"]
+        if len(r.get("sweep") or {}) >= 3 and r["chosen"] in (min(map(float, r["sweep"])), max(map(float, r["sweep"])))
+    ]
+    if edge:
+        lines.append("- Chosen at an end of its sweep (a better step size may lie beyond it): " + ", ".join(edge) + ".")
     by = {r["key"]: r for r in result["rows"] if r.get("seeds")}
     if "essa" in by and "rl_from_sft" in by:
         essa, rl = by["essa"]["seeds"][0], by["rl_from_sft"]["seeds"][0]

@@ -79,7 +79,7 @@ def test_convergence_section_compares_with_the_papers_from_the_numbers():
         ]
 
     def row(key, greedy, sampled):
-        sweep = {"0.01": {"val": 0.6, "plateau": True, "curve": {}}}
+        sweep = {f"{v:g}": {"val": 0.6, "plateau": True, "curve": {}} for v in (0.003, 0.01, 0.03)}
         return {"key": key, "label": key, "step_key": "optimizer.lr", "chosen": 0.01, "sweep": sweep,
                 "seeds": seeds(greedy, sampled)}  # fmt: skip
 
@@ -107,6 +107,11 @@ def test_convergence_section_compares_with_the_papers_from_the_numbers():
     assert "ESSA minus RL LoRA from the same SFT LoRA (seed 0): greedy +5.0, sampled -5.0 points" in text
     assert "pass@8) and once in 16 on 40.0%; the best trained row (full) answers 60.0%" in text
     assert "| es | not run |" in text
+    assert "Chosen at an end of its sweep" not in text
+    rows[0]["chosen"] = 0.003
+    assert "Chosen at an end of its sweep (a better step size may lie beyond it): steering (0.003, smallest)." in (
+        convergence.section(result)
+    )
 
 
 def test_efficiency_section_reads_the_throughput_grid_and_names_missing_runs():
