@@ -120,6 +120,6 @@ def test_efficiency_section_reads_the_throughput_grid_and_names_missing_runs():
     text = efficiency.section({"grid": grid, "algos": [], "threshold": 0.3, "figure": "e.png"})
     assert "128 rows per call give 2.5x at 16 tokens, 2.5x at 128 tokens the tokens per CPU-second of 8 rows" in text
     assert "128 rows give 1.25x those of 32 at 16 tokens" in text
-    assert "a 128-token completion costs 1.25x as much per token as a 16-token one" in text
+    assert "a 128-token completion costs 1.25x as much per token as a 16-token one (attention reads" in text
     assert "| 128 | 125 / 125 | 100 / 100 |" in text
     assert "- DASH: the paper reports" in text and "not run yet" in text and "not measurable" not in text
