@@ -122,7 +122,8 @@ def nested_curves(models: dict, x: jnp.ndarray, k: int) -> dict[str, list[tuple[
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=200)
     ap.add_argument("--eval-windows", type=int, default=24)
@@ -148,7 +149,28 @@ def main() -> None:
     ap.add_argument("--cache", default="runs/sae_cache/compare_l15_resid_post.npy")
     ap.add_argument("--out", default="docs/figures/sae_ev_vs_l0.png")
     ap.add_argument("--json", default="runs/sae_kinds_compare.json")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def jumprelu_diagnostics(model, train, held, args) -> dict:
+    """Where training left a JumpReLU SAE's thresholds (in RMS units of the first batch, the run's
+    act_scale) and how many pre-activations per batch fall inside the bandwidth window."""
+    unit = float(np.sqrt(np.mean(np.square(next(batches(train, args.batch, seed=0))))))
+    theta = np.asarray(model.params["threshold"]) / unit
+    return {
+        "threshold_rms": {
+            "start": args.jumprelu_init_threshold,
+            "mean": float(theta.mean()),
+            "p10": float(np.quantile(theta, 0.1)),
+            "p90": float(np.quantile(theta, 0.9)),
+        },
+        "kernel_hits_per_batch": kernel_hits(model, held, args.bandwidth * unit, args.batch),
+    }
+
+
+def main() -> None:
+    """Harvest, train every SAE kind on the same activations, compare EV / L0 / nested curves, plot."""
+    args = parse_args()
     from jaxsteer import sae
     from jaxsteer.train.sae.step import StepConfig, fit
 
@@ -184,16 +206,8 @@ def main() -> None:
             "l0": l0,
             "seconds": time.perf_counter() - t0,
         }
-        if cfg.kind == "jumprelu":  # where training left the thresholds, in the run's unit (act_scale)
-            unit = float(np.sqrt(np.mean(np.square(next(batches(train, args.batch, seed=0))))))
-            theta = np.asarray(models[name].params["threshold"]) / unit
-            row["threshold_rms"] = {
-                "start": args.jumprelu_init_threshold,
-                "mean": float(theta.mean()),
-                "p10": float(np.quantile(theta, 0.1)),
-                "p90": float(np.quantile(theta, 0.9)),
-            }
-            row["kernel_hits_per_batch"] = kernel_hits(models[name], held, args.bandwidth * unit, args.batch)
+        if cfg.kind == "jumprelu":
+            row.update(jumprelu_diagnostics(models[name], train, held, args))
         rows.append(row)
         print(json.dumps(row))
     if args.ce_windows:
