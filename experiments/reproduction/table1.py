@@ -253,6 +253,10 @@ def section(result: dict) -> str:
     by = {r["key"]: r for r in rows}
     rl, es, sft = by.get("steering", {}), by.get("es", {}), by.get("sft_lora", {})
     lines = [
+        "A small, equal budget, far from converged: the next part (`convergence`) runs these rows to a plateau "
+        "with step sizes chosen on a validation split and several seeds; read the comparisons with the papers "
+        "there.",
+        "",
         f"Equal rollout budget: every trained row except `sft_lora` sampled **{rl.get('rollouts')} completions** "
         f"(RL: {rl.get('steps')} steps x 4 prompts x G=8, RLOO advantages, token-mean loss, no KL, lr 1e-2 / "
         f"5e-4 / 1e-5 for vectors / LoRA / full as in the committed configs; ES / ESSA: {es.get('steps')} "
