@@ -74,7 +74,9 @@ def _row_runs(ctx: common.Context, m: Method, chosen: dict, samples: int) -> dic
             "cpu_s": s["cpu_s"],
         })  # fmt: skip
     sweep_out = {f"{k:g}": {"val": v["val"], "plateau": v["plateau"], "curve": v["curve"]} for k, v in sweep.items()}
-    return {"key": m.key, "label": m.label, "step_key": m.step_key, "chosen": best, "sweep": sweep_out, "seeds": seeds}
+    unfinished = [f"{k:g}" for k in ctx.scale(m.step_sizes, m.step_sizes[1:2]) if k not in sweep]
+    return {"key": m.key, "label": m.label, "step_key": m.step_key, "chosen": best, "sweep": sweep_out,
+            "sweep_unfinished": unfinished, "seeds": seeds}  # fmt: skip
 
 
 def run(ctx: common.Context) -> dict:
@@ -249,6 +251,8 @@ def section(result: dict) -> str:
             continue
         s = r["seeds"]
         swept = ", ".join(f"{k}{'*' if float(k) == r['chosen'] else ''}" for k in sorted(r["sweep"], key=float))
+        if r.get("sweep_unfinished"):
+            swept += f" (sweep unfinished: {', '.join(r['sweep_unfinished'])} not run)"
         plateau = " / ".join({True: "yes", False: "no", None: "?"}[x["plateau"]] for x in s)
         cpu = np.mean([x["cpu_s"] for x in s]) if s else float("nan")
         lines.append(

@@ -107,7 +107,9 @@ def test_convergence_section_compares_with_the_papers_from_the_numbers():
     assert "ESSA minus RL LoRA from the same SFT LoRA (seed 0): greedy +5.0, sampled -5.0 points" in text
     assert "pass@8) and once in 16 on 40.0%; the best trained row (full) answers 60.0%" in text
     assert "| es | not run |" in text
-    assert "Chosen at an end of its sweep" not in text
+    assert "Chosen at an end of its sweep" not in text and "sweep unfinished" not in text
+    rows[3]["sweep_unfinished"] = ["0.0015"]
+    assert "(sweep unfinished: 0.0015 not run)" in convergence.section(result)
     rows[0]["chosen"] = 0.003
     assert "Chosen at an end of its sweep (a better step size may lie beyond it): steering (0.003, smallest)." in (
         convergence.section(result)
