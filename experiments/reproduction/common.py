@@ -18,6 +18,8 @@ PART PROTOCOL (every module of experiments/reproduction/ that is a part follows 
                          (quick overrides appended when ctx.quick), later calls reuse the finished run
                          (its summary.json plus "wall_s", "cpu_s", "reused"); None only with
                          `run.py --collect-only` (report what finished, train nothing) for an unfinished run;
+    ctx.share_runs(jobs) trains independent runs (callables) skipping those another live process is
+                         training, so two processes of one part split them (run the part twice);
     ctx.steering_vectors() -> np.ndarray [L, d]: table1's all-layer RL steering vectors (trained
                          if absent);
     ctx.save_fig(fig, name) -> str: saves <out_dir>/<name>.png (matplotlib Agg), closes the figure
@@ -128,6 +130,7 @@ class Context:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._model = None
         self._t0 = time.perf_counter()
+        self._skip_busy = False  # inside share_runs: a run another live process is training is skipped
 
     def log(self, msg: str) -> None:
         """A progress line on stderr, prefixed with the seconds since the context was made."""
@@ -181,6 +184,9 @@ class Context:
             self.log(f"{name}: not finished, left out (collect-only)")
             self.used.append({"name": name, "missing": True})
             return None
+        if self._skip_busy and self._other_trainer(out) is not None:
+            self.log(f"{name}: another process is training it; left to it for now")
+            return None
         if self._wait_for_other(out):
             return self.train_or_load(name, config_path, given, stamp, seed)
         if out.exists():
@@ -212,19 +218,35 @@ class Context:
         """Record a training run the current part used (run.py puts the list in the part's JSON)."""
         self.used.append({"name": name, "wall_s": timing["wall_s"], "cpu_s": timing["cpu_s"], "reused": reused})
 
+    def share_runs(self, jobs) -> None:
+        """Call every job in `jobs` (callables that each train one run through train_or_load), skipping
+        a run another live process is training instead of waiting for it. A part calls this on its
+        independent runs before its own loop, so two processes running the same part split those runs
+        between them; the loop then reuses every finished run and waits for the ones still training."""
+        self._skip_busy = True
+        try:
+            for job in jobs:
+                job()
+        finally:
+            self._skip_busy = False
+
+    @staticmethod
+    def _other_trainer(out: Path) -> int | None:
+        """The pid of another live process training into `out` (its repro_training.pid), else None."""
+        try:
+            pid = int((out / "repro_training.pid").read_text().strip() or 0)
+            if pid == os.getpid():
+                return None
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError, PermissionError, FileNotFoundError):
+            return None  # no trainer, or a dead one's directory (retrained)
+        return pid
+
     def _wait_for_other(self, out: Path) -> bool:
-        """If another live process is training into `out` (repro_training.pid), wait until it ends;
-        True when it did (the caller then looks again)."""
-        pid_file = out / "repro_training.pid"
+        """If another live process is training into `out`, wait until it ends; True when it did (the
+        caller then looks again)."""
         waited = False
-        while pid_file.exists():
-            try:
-                pid = int(pid_file.read_text().strip() or 0)
-                if pid == os.getpid():
-                    return waited
-                os.kill(pid, 0)
-            except (ValueError, ProcessLookupError, PermissionError, FileNotFoundError):
-                return waited  # a dead trainer's directory: retrain
+        while (pid := self._other_trainer(out)) is not None:
             if not waited:
                 self.log(f"{out.name}: process {pid} is training it; waiting")
             waited = True

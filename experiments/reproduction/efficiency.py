@@ -87,33 +87,40 @@ def throughput(ctx: common.Context) -> list[dict]:
     return out
 
 
+def _train(ctx: common.Context, label: str, overrides: list[str], seed: int) -> dict | None:
+    """Train (or reuse) `label`'s long-completion run on `seed`."""
+    name = f"eff_{label.lower()}_s{seed}"
+    return ctx.train_or_load(name, common.STEERING_CONFIG, [*COMMON, *overrides], stamp=True, seed=seed)
+
+
 def run(ctx: common.Context) -> dict:
     """The throughput grid, then every algorithm on every seed (reused when finished)."""
     grid = throughput(ctx)
+    jobs = [(label, overrides, seed) for label, overrides in ALGOS for seed in ctx.scale(SEEDS, SEEDS[:1])]
+    ctx.share_runs(lambda job=job: _train(ctx, *job) for job in jobs)
     algos = []
-    for label, overrides in ALGOS:
-        for seed in ctx.scale(SEEDS, SEEDS[:1]):
-            name = f"eff_{label.lower()}_s{seed}"
-            s = ctx.train_or_load(name, common.STEERING_CONFIG, [*COMMON, *overrides], stamp=True, seed=seed)
-            if s is None:
-                continue
-            recs = ctx.metrics(name)
-            pts = tta.curve(s, recs)
-            train = [r for r in recs if r["kind"] == "train"]
-            k = tta.updates_per_batch(ctx, name)  # update_rows is logged per update
-            algos.append({
-                "label": label,
-                "seed": seed,
-                "run": name,
-                "curve": pts,
-                "hit": tta.reached(pts, THRESHOLD),
-                "final": pts[-1]["acc"] if pts else None,
-                "completion_length": [r.get("completion_length") for r in train],
-                "update_rows": float(k * np.sum([r.get("update_rows") or 0 for r in train])),
-                **tta.step_costs(s, recs),
-                "completions_per_step": s["rollouts"] / max(s["steps"], 1),
-                "train_cpu_s": pts[-1]["cpu_s"] if pts else None,
-            })  # fmt: skip
+    for label, overrides, seed in jobs:
+        name = f"eff_{label.lower()}_s{seed}"
+        s = _train(ctx, label, overrides, seed)
+        if s is None:
+            continue
+        recs = ctx.metrics(name)
+        pts = tta.curve(s, recs)
+        train = [r for r in recs if r["kind"] == "train"]
+        k = tta.updates_per_batch(ctx, name)  # update_rows is logged per update
+        algos.append({
+            "label": label,
+            "seed": seed,
+            "run": name,
+            "curve": pts,
+            "hit": tta.reached(pts, THRESHOLD),
+            "final": pts[-1]["acc"] if pts else None,
+            "completion_length": [r.get("completion_length") for r in train],
+            "update_rows": float(k * np.sum([r.get("update_rows") or 0 for r in train])),
+            **tta.step_costs(s, recs),
+            "completions_per_step": s["rollouts"] / max(s["steps"], 1),
+            "train_cpu_s": pts[-1]["cpu_s"] if pts else None,
+        })  # fmt: skip
     return {"threshold": THRESHOLD, "grid": grid, "algos": algos, "figure": figure(ctx, grid, algos)}
 
 

@@ -78,9 +78,11 @@ def run(ctx: common.Context) -> dict:
     d = ctx.model()[0].config.d_model
     rms = [n / np.sqrt(d) for n in rms_norms]
     c, sweep = choose_scale(ctx, rms)
+    layers = ctx.scale(LAYERS, list(SWEEP_LAYERS[-1:]))
+    methods = {layer: layer_method(layer, rms[layer], (c,)) for layer in layers}
+    ctx.share_runs(lambda m=m: protocol.train(ctx, m, m.step_sizes[0], 0, {}) for m in methods.values())
     points, chosen = [], {}
-    for layer in ctx.scale(LAYERS, list(SWEEP_LAYERS[-1:])):
-        m = layer_method(layer, rms[layer], (c,))
+    for layer, m in methods.items():
         lr = m.step_sizes[0]
         s = protocol.train(ctx, m, lr, 0, {})
         if s is None:  # --collect-only and the run did not finish

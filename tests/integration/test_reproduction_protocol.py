@@ -125,3 +125,28 @@ def test_efficiency_section_reads_the_throughput_grid_and_names_missing_runs():
     assert "a 128-token completion costs 1.25x as much per token as a 16-token one (attention reads" in text
     assert "| 128 | 125 / 125 | 100 / 100 |" in text
     assert "- DASH: the paper reports" in text and "not run yet" in text and "not measurable" not in text
+
+
+def test_share_runs_skips_a_run_another_live_process_trains_and_waits_outside(tmp_path, monkeypatch):
+    """Two processes of one part split its runs: inside share_runs a run with a live other trainer is
+    left to it (None at once, nothing trained); outside, the same call waits for that trainer."""
+    import subprocess
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    ctx = common.Context(quick=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = ctx.runs_dir / "busy_run"
+        out.mkdir(parents=True)
+        (out / "repro_training.pid").write_text(str(other.pid))
+        results = []
+        ctx.share_runs(lambda: results.append(ctx.train_or_load("busy_run", common.STEERING_CONFIG)) for _ in [0])
+        assert results == [None] and (out / "repro_training.pid").read_text() == str(other.pid)
+        assert ctx._skip_busy is False  # only inside share_runs
+        waits = []
+        monkeypatch.setattr(common.time, "sleep", lambda s: (waits.append(s), other.kill(), other.wait()))
+        assert ctx._wait_for_other(out) is True and waits  # outside it waits until the trainer is gone
+    finally:
+        other.kill()
+        other.wait()
+    assert common.Context._other_trainer(out) is None  # a dead trainer's directory is retrained
