@@ -56,6 +56,7 @@ EXPERIMENTS = ROOT / "experiments"
 PARTS = [
     "table1",
     "convergence",
+    "essa_signal",
     "per_layer",
     "time_to_accuracy",
     "efficiency",

@@ -1,11 +1,16 @@
 """Run parts of the reproduction report (issue 14), then assemble docs/reproduction.md.
 
-    .venv/bin/python experiments/reproduction/run.py                      # every part (under 90 min, 2 cores)
+    .venv/bin/python experiments/reproduction/run.py                      # every part (~8 CPU-hours)
     .venv/bin/python experiments/reproduction/run.py --parts table1,per_layer
     .venv/bin/python experiments/reproduction/run.py --list
     .venv/bin/python experiments/reproduction/run.py --quick              # smoke scale, into runs/reproduction_quick/
     .venv/bin/python experiments/reproduction/run.py --report-only        # re-assemble the markdown
     .venv/bin/python experiments/reproduction/run.py --collect-only       # parts from the finished runs only
+
+Two cores: split the convergence part by rows (`--methods steering,lora` in one process, the rest in
+another), or start the efficiency or per_layer part twice (`taskset -c 0 ... &` and `taskset -c 1 ...`):
+each process trains the independent runs the other is not training, then both wait for and reuse all
+of them (Context.share_runs). Finished runs under runs/reproduction/ are reused by every later call.
 
 Each part writes <out_dir>/<part>.json (its results + wall_s, cpu_s, the command) and its PNGs; the
 protocol is in common.py's docstring. A part whose module is missing is skipped with a note.

@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -117,14 +118,15 @@ def runs(tmp_path_factory):
     """Each config on 1 process x 4 devices and on 2 processes x 2 devices; full fine-tuning on one
     device too; the 2-process full run's step-2 checkpoint resumed in 1 process."""
     base = tmp_path_factory.mktemp("multiprocess")
-    dirs = {}
+    dirs, launches = {}, []
     for name in RUNS:
         for procs, devs in ((1, 4), (2, 2)):
-            out = str(base / f"{name}_{procs}p")
-            _launch(_config(out, name), procs, devs)
-            dirs[name, procs] = out
+            dirs[name, procs] = out = str(base / f"{name}_{procs}p")
+            launches.append((_config(out, name), procs, devs))
     dirs["full", "1 device"] = str(base / "full_1dev")
-    _launch(_config(dirs["full", "1 device"], "full", **{"mesh.data": 1, "mesh.fsdp": 1}), 1, 1)
+    launches.append((_config(dirs["full", "1 device"], "full", **{"mesh.data": 1, "mesh.fsdp": 1}), 1, 1))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # independent runs, two at a time (start-up is serial work)
+        list(pool.map(lambda a: _launch(*a), launches))
     resumed = str(base / "full_resumed")
     shutil.copytree(dirs["full", 2], resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", "3"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from tests import ROOT
@@ -17,6 +18,7 @@ sys.path.insert(0, f"{ROOT}/experiments/reproduction")
 import common  # noqa: E402
 import convergence  # noqa: E402
 import efficiency  # noqa: E402
+import essa_signal  # noqa: E402
 import per_layer  # noqa: E402
 import protocol  # noqa: E402
 
@@ -150,3 +152,25 @@ def test_share_runs_skips_a_run_another_live_process_trains_and_waits_outside(tm
         other.kill()
         other.wait()
     assert common.Context._other_trainer(out) is None  # a dead trainer's directory is retrained
+
+
+def test_essa_signal_statistics_on_known_populations():
+    """A member-specific skill that holds on every mini-batch reads as signal (r = 1, a held-out gain);
+    members that only differ from the centre on different prompts per mini-batch read as noise."""
+    m, batches, per = 8, 3, 8
+    skill = np.zeros((m, batches, per), bool)
+    for i in range(m):
+        skill[i, :, :i] = True  # member i answers the first i prompts of every mini-batch
+    centre = np.zeros(batches * per, bool)
+    s = essa_signal.signal(skill.reshape(m, -1), centre, batches)
+    assert s["split_half_r"] == pytest.approx(1.0) and s["top_half_gain"] == pytest.approx(0.5)
+    assert s["best_member_gain"] == pytest.approx(7 / 8) and s["members_above_centre"] == m - 1
+    assert s["changed_answers"] == pytest.approx(3 * np.arange(m).mean())
+    rng = np.random.default_rng(0)
+    noise = rng.random((200, batches * 32)) < 0.5
+    n = essa_signal.signal(noise, np.zeros(batches * 32, bool), batches)
+    assert abs(n["split_half_r"]) < 0.2 and abs(n["top_half_gain"]) < 0.03
+    same = essa_signal.signal(np.zeros((m, 24), bool), np.zeros(24, bool), batches)
+    assert same["split_half_r"] is None and same["changed_answers"] == 0.0
+    assert "no ranking" in essa_signal.reading([same]) and "noise" in essa_signal.reading([{**n, "sigma": 0.1}])
+    assert "sigma 0.1 the ranking" in essa_signal.reading([{**s, "sigma": 0.1}])
