@@ -96,7 +96,8 @@ def _train(ctx: common.Context, label: str, overrides: list[str], seed: int) -> 
 def run(ctx: common.Context) -> dict:
     """The throughput grid, then every algorithm on every seed (reused when finished)."""
     grid = throughput(ctx)
-    jobs = [(label, overrides, seed) for label, overrides in ALGOS for seed in ctx.scale(SEEDS, SEEDS[:1])]
+    # seed-major: every algorithm's first seed comes before any second seed (a partial run compares them)
+    jobs = [(label, overrides, seed) for seed in ctx.scale(SEEDS, SEEDS[:1]) for label, overrides in ALGOS]
     ctx.share_runs(lambda job=job: _train(ctx, *job) for job in jobs)
     algos = []
     for label, overrides, seed in jobs:
