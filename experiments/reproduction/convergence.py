@@ -214,7 +214,8 @@ def _readings(result: dict) -> list[str]:
             "- ESSA minus RL LoRA from the same SFT LoRA (seed 0): greedy "
             f"{100 * (essa['greedy'] - rl['greedy']):+.1f}, "
             f"sampled {100 * ((essa['sampled'] or 0) - (rl['sampled'] or 0)):+.1f} points; the ESSA paper reports "
-            f"{PAPER_ESSA_GAIN:+.1f} (GSM8K, Qwen2.5-Math-7B)."
+            f"{PAPER_ESSA_GAIN:+.1f} (GSM8K, Qwen2.5-Math-7B). Why the centre does not move is measured "
+            "in the next section (essa_signal)."
         )
     curve = result["base"].get("pass_at_k_lenient", result["base"].get("pass_at_k", []))
     if len(curve) >= 8 and by:
