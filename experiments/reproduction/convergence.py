@@ -8,6 +8,8 @@ for k = 1..16 says how much RL could gain by sharpening what the model already s
 
 from __future__ import annotations
 
+import json
+
 import common
 import numpy as np
 import protocol
@@ -93,6 +95,8 @@ def run(ctx: common.Context) -> dict:
             continue
         ctx.log(f"convergence: {m.key}")
         rows.append(_row_runs(ctx, m, chosen, samples))
+    if ctx.methods:
+        rows = kept_rows(ctx, rows)
     result = {
         "rows": rows,
         "base": base,
@@ -103,6 +107,15 @@ def run(ctx: common.Context) -> dict:
     result["gaps"] = _gaps({r["key"]: r for r in rows})
     result["figures"] = {"curves": _curves(ctx, rows), "pass_at_k": _pass_at_k(ctx, base), "sweeps": _sweeps(ctx, rows)}
     return result
+
+
+def kept_rows(ctx: common.Context, rows: list[dict]) -> list[dict]:
+    """`rows` (a `--methods` run's) joined with the other rows of the last convergence.json, in
+    METHODS order, so a run of some rows leaves the whole table in place."""
+    path = ctx.out_dir / "convergence.json"
+    old = {r["key"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
+    new = {r["key"]: r for r in rows}
+    return [new.get(m.key) or old[m.key] for m in METHODS if m.key in new or m.key in old]
 
 
 def _gaps(by: dict) -> dict:

@@ -5,6 +5,7 @@ hours into the report)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -174,3 +175,14 @@ def test_essa_signal_statistics_on_known_populations():
     assert same["split_half_r"] is None and same["changed_answers"] == 0.0
     assert "no ranking" in essa_signal.reading([same]) and "noise" in essa_signal.reading([{**n, "sigma": 0.1}])
     assert "sigma 0.1 the ranking" in essa_signal.reading([{**s, "sigma": 0.1}])
+
+
+def test_a_methods_run_keeps_the_other_rows_of_the_convergence_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    ctx = common.Context(quick=True, methods=["es"])
+    old = [{"key": "steering", "v": 1}, {"key": "es", "v": 1}, {"key": "lora", "v": 1}]
+    (ctx.out_dir / "convergence.json").write_text(json.dumps({"rows": old}))
+    rows = convergence.kept_rows(ctx, [{"key": "es", "v": 2}])
+    assert [(r["key"], r["v"]) for r in rows] == [("steering", 1), ("lora", 1), ("es", 2)]  # METHODS order
+    (ctx.out_dir / "convergence.json").unlink()
+    assert convergence.kept_rows(ctx, [{"key": "es", "v": 2}]) == [{"key": "es", "v": 2}]
