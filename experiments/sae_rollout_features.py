@@ -121,12 +121,18 @@ def get_saes(run, args) -> tuple[list, list[dict]]:
 # ---------------------------------------------------------------- 2.-3. rollouts and features
 
 
-def study_problems(run, n: int) -> list:
-    """`n` test-split problems of the run's task that are not in its held-out evaluation set."""
+def held_out_spec(run, args) -> tuple[str, int]:
+    """(dataset spec, n) of the ablation's held-out problems: `--eval-data` / `--eval-n`, else the run's eval set."""
+    return args.eval_data or run.config.data.eval, args.eval_n or run.config.eval.n
+
+
+def study_problems(run, n: int, args) -> list:
+    """`n` test-split problems of the run's task that are not among the ablation's held-out problems."""
     from jaxsteer.train.build import load_examples
     from jaxsteer.train.data import arithmetic_problems
 
-    held = {e.prompt for e in load_examples(run.config.data.eval)[: run.config.eval.n]}
+    spec, n_held = held_out_spec(run, args)
+    held = {e.prompt for e in load_examples(spec)[:n_held]}
     pool = arithmetic_problems(n + len(held), seed=2, digits=2, split="test")
     return [p for p in pool if p.prompt not in held][:n]
 
@@ -313,7 +319,8 @@ def ablation_study(run, s, ranked_layer: dict, args) -> list[dict]:
     from jaxsteer.train.rewards import get_reward_fn
 
     cfg = run.config
-    examples = load_examples(cfg.data.eval)[: args.eval_n or cfg.eval.n]
+    spec, n_held = held_out_spec(run, args)
+    examples = load_examples(spec)[:n_held]
     encode = PromptEncoder(run.tokenizer, cfg.data.prompt_template, cfg.data.system)
     held = HeldOut.from_config(cfg, examples, encode, run.tokenizer, get_reward_fn(cfg.data.reward))
     n = args.n_ablate
@@ -392,6 +399,7 @@ def parse_args(argv=None):
     ap.add_argument("--intervene-layer", type=int, help="default: the middle of --layers")
     ap.add_argument("--random-controls", type=int, default=3)
     ap.add_argument("--eval-n", type=int, default=0, help="held-out problems (0: the run's eval.n)")
+    ap.add_argument("--eval-data", help="the ablation's held-out dataset spec (default: the run's data.eval)")
     ap.add_argument("--figures", default="docs/figures")
     ap.add_argument("--json", default="runs/sae_rollout_flow.json")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny SAEs, few rollouts and problems")
@@ -400,7 +408,10 @@ def parse_args(argv=None):
         args.sae_dir = args.sae_dir.rstrip("/") + "_quick"
         args.d_sae, args.sae_steps, args.sae_batch, args.corpus_windows = 256, 20, 256, 40
         args.problems, args.samples, args.eval_n, args.random_controls, args.n_ablate = 16, 4, 24, 1, 5
-        args.figures, args.json = os.path.join("runs", "sae_rollout_flow_quick"), "runs/sae_rollout_flow_quick.json"
+        if args.figures == ap.get_default("figures"):
+            args.figures = os.path.join("runs", "sae_rollout_flow_quick")
+        if args.json == ap.get_default("json"):
+            args.json = "runs/sae_rollout_flow_quick.json"
     if args.intervene_layer is None:
         args.intervene_layer = args.layers[len(args.layers) // 2]
     if args.intervene_layer not in args.layers:
@@ -414,7 +425,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     run = jaxsteer.load_run(args.run)
     saes, sae_info = get_saes(run, args)
-    problems = study_problems(run, args.problems)
+    problems = study_problems(run, args.problems, args)
     out, correct = sample_rollouts(run, problems, args.samples)
     print(f"{int(correct.sum())} correct / {len(correct)} rollouts of {len(problems)} problems")
     if correct.all() or not correct.any():

@@ -61,6 +61,7 @@ PARTS = [
     "time_to_accuracy",
     "efficiency",
     "vector_analyses",
+    "sae_features",
     "head_swap",
     "decodability",
     "paper_scale",

@@ -186,3 +186,18 @@ def test_a_methods_run_keeps_the_other_rows_of_the_convergence_table(tmp_path, m
     assert [(r["key"], r["v"]) for r in rows] == [("steering", 1), ("lora", 1), ("es", 2)]  # METHODS order
     (ctx.out_dir / "convergence.json").unlink()
     assert convergence.kept_rows(ctx, [{"key": "es", "v": 2}]) == [{"key": "es", "v": 2}]
+
+
+def test_sae_features_reading_separates_a_specific_ablation_from_random_ones():
+    import sae_features
+
+    def row(condition, acc, p):
+        return {"condition": condition, "acc": acc, "mcnemar_p_vs_steered": p}
+
+    ablations = [row("steered (no ablation)", 0.75, 1.0), row("ablate top 10 more-in-correct", 0.60, 0.001),
+                 row("ablate top 10 more-in-incorrect", 0.72, 0.4), row("ablate 10 random live #1", 0.74, 0.8),
+                 row("ablate 10 random live #2", 0.70, 0.1)]  # fmt: skip
+    text = sae_features.reading(ablations)
+    assert "more-in-correct: +15.0 points (McNemar p 0.001), beyond every random control" in text
+    assert "more-in-incorrect: +3.0 points (McNemar p 0.4), not separated" in text
+    assert text.endswith("+1.0, +5.0 points.")

@@ -1,0 +1,102 @@
+"""Part `sae_features`: the steering paper's SAE study on the converged all-layer vectors (issue 18 item 7).
+
+experiments/sae_rollout_features.py run on the convergence part's chosen all-layer steering run
+(seed 0): TopK SAEs on resid_post of layers 13-15 (trained once from the base model, kept under the
+runs folder), temperature-1 rollouts of the steered policy on test-split problems outside the
+ablation's held-out set, latents ranked by Cohen's d between correct and incorrect rollouts against
+a shuffled-label null (pooled and within problem), their flow across layers, and the causal check:
+ablating the top latents of each sign at layer 14 against random live latents, greedy accuracy on
+the 200 test problems with an exact McNemar test.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import common
+import convergence
+import protocol
+
+TITLE = "SAE features of correct vs incorrect rollouts of the converged vectors, checked by ablation"
+
+RANDOM_CONTROLS = 5
+
+
+def steering_run(ctx: common.Context) -> str:
+    """The convergence part's chosen all-layer steering run (seed 0)."""
+    path = ctx.out_dir / "convergence.json"
+    rows = {r["key"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
+    if "chosen" not in rows.get("steering", {}):
+        raise RuntimeError(f"{path} has no chosen steering run: run the convergence part first")
+    m = next(m for m in convergence.METHODS if m.key == "steering")
+    return str(ctx.runs_dir / protocol.run_name(m, rows["steering"]["chosen"], 0))
+
+
+def run(ctx: common.Context) -> dict:
+    """Run (or reuse) the study on the converged vectors; its JSON plus the figures' paths."""
+    sys.path.insert(0, str(common.ROOT / "experiments"))
+    import sae_rollout_features as study
+
+    work = ctx.runs_dir / "sae_features"
+    figures = ctx.out_dir / "sae_features"
+    argv = ["--run", steering_run(ctx), "--sae-dir", str(work / "saes"), "--figures", str(figures),
+            "--json", str(work / "study.json"), "--eval-data", protocol.TEST, "--eval-n", str(ctx.scale(200, 24)),
+            "--random-controls", str(ctx.scale(RANDOM_CONTROLS, 1)), *ctx.scale([], ["--quick"])]  # fmt: skip
+    done = work / "study.json"
+    if not (done.exists() and json.loads(done.read_text())["args"]["run"] == argv[1]):
+        ctx.log(f"sae_features: {' '.join(argv)}")
+        study.main(argv)
+    res = json.loads(done.read_text())
+    rel = f"reproduction/{figures.name}"
+    out = {k: res[k] for k in ("layers", "ablations", "n_rollouts", "n_correct", "saes")}
+    pngs = [f"{rel}/sae_rollout_flow.png", f"{rel}/sae_rollout_ablation.png"]
+    return {**out, "run": argv[1], "flow": res["flow"]["stats"], "figures": pngs}
+
+
+def reading(ablations: list[dict]) -> str:
+    """Whether ablating the top latents moves accuracy beyond what random latents do, from the numbers."""
+    steered = next(a for a in ablations if a["condition"].startswith("steered"))
+    random = [a for a in ablations if "random" in a["condition"]]
+    worst_random = min((a["acc"] for a in random), default=None)
+    out = []
+    for a in ablations:
+        if not a["condition"].startswith("ablate top"):
+            continue
+        drop = 100 * (steered["acc"] - a["acc"])
+        beyond = worst_random is not None and a["acc"] < worst_random
+        verdict = (
+            "beyond every random control" if beyond and a["mcnemar_p_vs_steered"] < 0.05
+            else "not separated from the random controls"
+        )  # fmt: skip
+        out.append(f"{a['condition']}: {drop:+.1f} points (McNemar p {a['mcnemar_p_vs_steered']:.3g}), {verdict}")
+    rnd = ", ".join(f"{100 * (steered['acc'] - a['acc']):+.1f}" for a in random)
+    return "; ".join(out) + f". Random sets of as many live latents: {rnd} points."
+
+
+def section(result: dict) -> str:
+    """Markdown: features per layer against their nulls, the ablation table, the reading, the figures."""
+    evs = ", ".join(f"layer {s['layer']} {s['held_out_ev']:.3f}" for s in result["saes"] if "held_out_ev" in s)
+    lines = [
+        f"Run: `{result['run'].split('/')[-1]}`; {result['n_correct']} of {result['n_rollouts']} rollouts "
+        f"correct (temperature 1). SAEs' held-out explained variance: {evs or 'reused (see the study JSON)'}.",
+        "",
+        "| layer | max abs d | shuffled-label null (95%) | latents beyond | within problem: max abs d | null "
+        "| beyond |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["layers"]:
+        lines.append(
+            f"| {r['layer']} | {r['max_abs_d']:.2f} | {r['null_max_abs_d_95']:.2f} | {r['n_beyond_null']} "
+            f"| {r['max_abs_d_within']:.2f} | {r['null_within_max_abs_d_95']:.2f} | {r['n_within_beyond_null']} |"
+        )
+    lines += ["", "| ablation at the middle layer | test greedy acc | 95% CI | flips (lost / gained) | McNemar p |",
+              "|---|---:|---|---|---:|"]  # fmt: skip
+    for a in result["ablations"]:
+        lines.append(
+            f"| {a['condition']} | {100 * a['acc']:.1f}% | [{100 * a['ci'][0]:.1f}, {100 * a['ci'][1]:.1f}] "
+            f"| {a['flips'][0]} / {a['flips'][1]} | {a['mcnemar_p_vs_steered']:.3g} |"
+        )
+    lines += ["", f"**Reading.** {reading(result['ablations'])}", ""]
+    lines += [f"![{p.split('/')[-1]}]({p})" for p in result["figures"]]
+    return "\n".join(lines)
