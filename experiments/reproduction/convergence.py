@@ -109,6 +109,16 @@ def run(ctx: common.Context) -> dict:
     return result
 
 
+def chosen_run(ctx: common.Context, key: str, seed: int = 0) -> str:
+    """The run directory of row `key`'s chosen step size on `seed`, from the last convergence.json."""
+    path = ctx.out_dir / "convergence.json"
+    rows = {r["key"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
+    if "chosen" not in rows.get(key, {}):
+        raise RuntimeError(f"{path} has no chosen {key} run: run the convergence part first")
+    m = next(m for m in METHODS if m.key == key)
+    return str(ctx.runs_dir / protocol.run_name(m, rows[key]["chosen"], seed))
+
+
 def kept_rows(ctx: common.Context, rows: list[dict]) -> list[dict]:
     """`rows` (a `--methods` run's) joined with the other rows of the last convergence.json, in
     METHODS order, so a run of some rows leaves the whole table in place."""

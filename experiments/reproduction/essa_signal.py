@@ -13,8 +13,6 @@ climbing.
 
 from __future__ import annotations
 
-import json
-
 import common
 import convergence
 import numpy as np
@@ -25,17 +23,6 @@ TITLE = "Why ESSA's centre does not move: is one generation's fitness a signal?"
 SIGMAS = (0.02, 0.05, 0.125)  # the convergence part's ESSA sweep
 BATCHES, BATCH = 3, 32  # 3 mini-batches of 32 validation prompts
 MAX_NEW_TOKENS = 12
-
-
-def warm_start(ctx: common.Context) -> str:
-    """The run directory of the SFT LoRA the convergence part chose as ESSA's start."""
-    path = ctx.out_dir / "convergence.json"
-    rows = {r["key"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
-    row = rows.get("sft_lora")
-    if not row or "chosen" not in row:
-        raise RuntimeError(f"{path} has no chosen sft_lora run: run the convergence part first")
-    sft = next(m for m in convergence.METHODS if m.key == "sft_lora")
-    return str(ctx.runs_dir / protocol.run_name(sft, row["chosen"], 0))
 
 
 def correct_matrix(ctx: common.Context, sigma: float, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +39,11 @@ def correct_matrix(ctx: common.Context, sigma: float, n_prompts: int) -> tuple[n
 
     model, tok = ctx.model()
     essa = next(m for m in convergence.METHODS if m.key == "essa")
-    overrides = [f"model.init_from={warm_start(ctx)}", f"es.sigma={sigma}", *ctx.scale([], ["es.population=4"])]
+    overrides = [
+        f"model.init_from={convergence.chosen_run(ctx, 'sft_lora')}",
+        f"es.sigma={sigma}",
+        *ctx.scale([], ["es.population=4"]),
+    ]
     cfg = load_config(str(common.ROOT / essa.config), overrides)
     examples = load_examples(protocol.VAL)[:n_prompts]
     inputs = build_inputs(cfg, model=model, tokenizer=tok, eval_examples=examples)
@@ -108,8 +99,8 @@ def run(ctx: common.Context) -> dict:
         ctx.log(f"essa_signal: sigma {sigma}")
         correct, centre = correct_matrix(ctx, sigma, BATCHES * batch)
         rows.append({"sigma": sigma, **signal(correct, centre, BATCHES), "acc": correct.tolist()})
-    return {"rows": rows, "batch": batch, "batches": BATCHES, "warm_start": warm_start(ctx).split("/")[-1],
-            "figure": figure(ctx, rows, batch)}  # fmt: skip
+    start = convergence.chosen_run(ctx, "sft_lora").split("/")[-1]
+    return {"rows": rows, "batch": batch, "batches": BATCHES, "warm_start": start, "figure": figure(ctx, rows, batch)}
 
 
 def figure(ctx: common.Context, rows: list[dict], batch: int) -> str:

@@ -23,16 +23,6 @@ TITLE = "SAE features of correct vs incorrect rollouts of the converged vectors,
 RANDOM_CONTROLS = 5
 
 
-def steering_run(ctx: common.Context) -> str:
-    """The convergence part's chosen all-layer steering run (seed 0)."""
-    path = ctx.out_dir / "convergence.json"
-    rows = {r["key"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
-    if "chosen" not in rows.get("steering", {}):
-        raise RuntimeError(f"{path} has no chosen steering run: run the convergence part first")
-    m = next(m for m in convergence.METHODS if m.key == "steering")
-    return str(ctx.runs_dir / protocol.run_name(m, rows["steering"]["chosen"], 0))
-
-
 def run(ctx: common.Context) -> dict:
     """Run (or reuse) the study on the converged vectors; its JSON plus the figures' paths."""
     sys.path.insert(0, str(common.ROOT / "experiments"))
@@ -40,7 +30,8 @@ def run(ctx: common.Context) -> dict:
 
     work = ctx.runs_dir / "sae_features"
     figures = ctx.out_dir / "sae_features"
-    argv = ["--run", steering_run(ctx), "--sae-dir", str(work / "saes"), "--figures", str(figures),
+    vectors = convergence.chosen_run(ctx, "steering")
+    argv = ["--run", vectors, "--sae-dir", str(work / "saes"), "--figures", str(figures),
             "--json", str(work / "study.json"), "--eval-data", protocol.TEST, "--eval-n", str(ctx.scale(200, 24)),
             "--random-controls", str(ctx.scale(RANDOM_CONTROLS, 1)), *ctx.scale([], ["--quick"])]  # fmt: skip
     done = work / "study.json"

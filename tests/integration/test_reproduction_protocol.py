@@ -201,3 +201,7 @@ def test_sae_features_reading_separates_a_specific_ablation_from_random_ones():
     assert "more-in-correct: +15.0 points (McNemar p 0.001), beyond every random control" in text
     assert "more-in-incorrect: +3.0 points (McNemar p 0.4), not separated" in text
     assert text.endswith("+1.0, +5.0 points.")
+    (ctx.out_dir / "convergence.json").write_text(json.dumps({"rows": [{"key": "steering", "chosen": 0.003}]}))
+    assert convergence.chosen_run(ctx, "steering", seed=1) == str(ctx.runs_dir / "conv_steering_0.003_s1")
+    with pytest.raises(RuntimeError, match="no chosen sft_lora run"):
+        convergence.chosen_run(ctx, "sft_lora")
