@@ -177,7 +177,7 @@ def test_essa_signal_statistics_on_known_populations():
     assert "sigma 0.1 the ranking" in essa_signal.reading([{**s, "sigma": 0.1}])
 
 
-def test_a_methods_run_keeps_the_other_rows_of_the_convergence_table(tmp_path, monkeypatch):
+def test_a_methods_run_keeps_the_other_rows_and_parts_find_the_chosen_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "ROOT", tmp_path)
     ctx = common.Context(quick=True, methods=["es"])
     old = [{"key": "steering", "v": 1}, {"key": "es", "v": 1}, {"key": "lora", "v": 1}]
@@ -186,6 +186,10 @@ def test_a_methods_run_keeps_the_other_rows_of_the_convergence_table(tmp_path, m
     assert [(r["key"], r["v"]) for r in rows] == [("steering", 1), ("lora", 1), ("es", 2)]  # METHODS order
     (ctx.out_dir / "convergence.json").unlink()
     assert convergence.kept_rows(ctx, [{"key": "es", "v": 2}]) == [{"key": "es", "v": 2}]
+    (ctx.out_dir / "convergence.json").write_text(json.dumps({"rows": [{"key": "steering", "chosen": 0.003}]}))
+    assert convergence.chosen_run(ctx, "steering", seed=1) == str(ctx.runs_dir / "conv_steering_0.003_s1")
+    with pytest.raises(RuntimeError, match="no chosen sft_lora run"):
+        convergence.chosen_run(ctx, "sft_lora")
 
 
 def test_sae_features_reading_separates_a_specific_ablation_from_random_ones():
@@ -201,7 +205,3 @@ def test_sae_features_reading_separates_a_specific_ablation_from_random_ones():
     assert "more-in-correct: +15.0 points (McNemar p 0.001), beyond every random control" in text
     assert "more-in-incorrect: +3.0 points (McNemar p 0.4), not separated" in text
     assert text.endswith("+1.0, +5.0 points.")
-    (ctx.out_dir / "convergence.json").write_text(json.dumps({"rows": [{"key": "steering", "chosen": 0.003}]}))
-    assert convergence.chosen_run(ctx, "steering", seed=1) == str(ctx.runs_dir / "conv_steering_0.003_s1")
-    with pytest.raises(RuntimeError, match="no chosen sft_lora run"):
-        convergence.chosen_run(ctx, "sft_lora")
