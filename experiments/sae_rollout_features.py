@@ -232,6 +232,8 @@ def rank_features(means: np.ndarray, correct: np.ndarray, problem: np.ndarray, s
                 "null_max_abs_d_95": permutation_max_d(means[j], correct),
                 "null_within_max_abs_d_95": permutation_max_d(fc, cc, pc),
                 "live": np.flatnonzero((means[j] > 0).mean(0) >= 0.01),
+                # what ablating a latent removes from the residual: mean activation x decoder row norm
+                "mass": means[j].mean(0) * np.linalg.norm(np.asarray(s.params["W_dec"], np.float32), axis=1),
             }
         )
     return out
@@ -312,6 +314,18 @@ def ablate_mask(s, features) -> jax.Array:
     return jnp.ones(s.config.d_sae).at[jnp.asarray(features)].set(0.0)
 
 
+def matched_draw(mass: np.ndarray, features: list[int], pool: np.ndarray, rng, near: int = 5) -> list[int]:
+    """For each of `features`, a distinct latent of `pool` drawn among the `near` closest to it in
+    `mass` (what ablating removes from the residual): a random control of the same size."""
+    free, out = list(pool), []
+    for f in features:
+        cand = sorted(free, key=lambda i: abs(mass[i] - mass[f]))[:near]
+        pick = int(rng.choice(cand))
+        out.append(pick)
+        free.remove(pick)
+    return out
+
+
 def ablation_study(run, s, ranked_layer: dict, args) -> list[dict]:
     """Held-out greedy accuracy with the top / random features of one SAE ablated."""
     from jaxsteer.train.build import PromptEncoder, load_examples
@@ -335,6 +349,10 @@ def ablation_study(run, s, ranked_layer: dict, args) -> list[dict]:
     }
     for r in range(args.random_controls):
         conditions[f"ablate {n} random live #{r + 1}"] = [int(i) for i in rng.choice(live, n, replace=False)]
+    for side in ("more_in_correct", "more_in_incorrect"):
+        for r in range(args.matched_controls):
+            feats = matched_draw(ranked_layer["mass"], ranked_layer[side][:n], live, rng)
+            conditions[f"ablate {n} mass-matched to {side.replace('_', '-')} #{r + 1}"] = feats
     rows, base = [], None
     for name, feats in tqdm(conditions.items(), desc=f"ablations at layer {s.config.layer}"):
         ivs = () if feats is None else (sae.Splice(s, feature_scale=ablate_mask(s, feats), keep_error=True),)
@@ -345,6 +363,7 @@ def ablation_study(run, s, ranked_layer: dict, args) -> list[dict]:
             {
                 "condition": name,
                 "features": feats,
+                "mass": float(np.sum(ranked_layer["mass"][feats])) if feats else 0.0,
                 "acc": k / len(ok),
                 "ci": list(wilson_interval(k, len(ok))),
                 "n": len(ok),
@@ -398,6 +417,12 @@ def parse_args(argv=None):
     ap.add_argument("--n-ablate", type=int, default=10)
     ap.add_argument("--intervene-layer", type=int, help="default: the middle of --layers")
     ap.add_argument("--random-controls", type=int, default=3)
+    ap.add_argument(
+        "--matched-controls",
+        type=int,
+        default=3,
+        help="random sets per sign matched latent by latent in mass (mean activation x decoder norm)",
+    )
     ap.add_argument("--eval-n", type=int, default=0, help="held-out problems (0: the run's eval.n)")
     ap.add_argument("--eval-data", help="the ablation's held-out dataset spec (default: the run's data.eval)")
     ap.add_argument("--figures", default="docs/figures")
@@ -408,6 +433,7 @@ def parse_args(argv=None):
         args.sae_dir = args.sae_dir.rstrip("/") + "_quick"
         args.d_sae, args.sae_steps, args.sae_batch, args.corpus_windows = 256, 20, 256, 40
         args.problems, args.samples, args.eval_n, args.random_controls, args.n_ablate = 16, 4, 24, 1, 5
+        args.matched_controls = 1
         if args.figures == ap.get_default("figures"):
             args.figures = os.path.join("runs", "sae_rollout_flow_quick")
         if args.json == ap.get_default("json"):

@@ -5,8 +5,10 @@ experiments/sae_rollout_features.py run on the convergence part's chosen all-lay
 runs folder), temperature-1 rollouts of the steered policy on test-split problems outside the
 ablation's held-out set, latents ranked by Cohen's d between correct and incorrect rollouts against
 a shuffled-label null (pooled and within problem), their flow across layers, and the causal check:
-ablating the top latents of each sign at layer 14 against random live latents, greedy accuracy on
-the 200 test problems with an exact McNemar test.
+ablating the top latents of each sign at layer 14 against random live latents (drawn uniformly, and
+matched latent by latent in mass, mean activation x decoder norm: ablating a latent removes that
+much from the residual, so a fair control removes as much), greedy accuracy on the 200 test problems
+with an exact McNemar test.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def run(ctx: common.Context) -> dict:
             "--json", str(work / "study.json"), "--eval-data", protocol.TEST, "--eval-n", str(ctx.scale(200, 24)),
             "--random-controls", str(ctx.scale(RANDOM_CONTROLS, 1)), *ctx.scale([], ["--quick"])]  # fmt: skip
     done = work / "study.json"
-    if not (done.exists() and json.loads(done.read_text())["args"]["run"] == argv[1]):
+    if not (done.exists() and json.loads(done.read_text())["args"] == vars(study.parse_args(argv))):
         ctx.log(f"sae_features: {' '.join(argv)}")
         study.main(argv)
     res = json.loads(done.read_text())
@@ -46,23 +48,25 @@ def run(ctx: common.Context) -> dict:
 
 
 def reading(ablations: list[dict]) -> str:
-    """Whether ablating the top latents moves accuracy beyond what random latents do, from the numbers."""
+    """Whether ablating the top latents of each sign moves accuracy beyond random latents of the same
+    mass (mean activation x decoder norm; else beyond uniformly drawn ones), from the numbers."""
     steered = next(a for a in ablations if a["condition"].startswith("steered"))
-    random = [a for a in ablations if "random" in a["condition"]]
-    worst_random = min((a["acc"] for a in random), default=None)
+    uniform = [a for a in ablations if "random live" in a["condition"]]
     out = []
     for a in ablations:
         if not a["condition"].startswith("ablate top"):
             continue
-        drop = 100 * (steered["acc"] - a["acc"])
-        beyond = worst_random is not None and a["acc"] < worst_random
-        verdict = (
-            "beyond every random control" if beyond and a["mcnemar_p_vs_steered"] < 0.05
-            else "not separated from the random controls"
-        )  # fmt: skip
-        out.append(f"{a['condition']}: {drop:+.1f} points (McNemar p {a['mcnemar_p_vs_steered']:.3g}), {verdict}")
-    rnd = ", ".join(f"{100 * (steered['acc'] - a['acc']):+.1f}" for a in random)
-    return "; ".join(out) + f". Random sets of as many live latents: {rnd} points."
+        side = a["condition"].split()[-1]  # more-in-correct / more-in-incorrect
+        matched = [c for c in ablations if f"mass-matched to {side}" in c["condition"]]
+        controls, kind = (matched, "mass-matched") if matched else (uniform, "random")
+        beyond = bool(controls) and a["acc"] < min(c["acc"] for c in controls) and a["mcnemar_p_vs_steered"] < 0.05
+        drops = ", ".join(f"{100 * (steered['acc'] - c['acc']):+.1f}" for c in controls) or "none run"
+        verdict = f"beyond every {kind} control" if beyond else f"not separated from the {kind} controls"
+        out.append(
+            f"ablating the top {side} latents costs {100 * (steered['acc'] - a['acc']):+.1f} points (McNemar p "
+            f"{a['mcnemar_p_vs_steered']:.3g}; {kind} controls: {drops}), {verdict}"
+        )
+    return "; ".join(out) + "."
 
 
 def section(result: dict) -> str:
@@ -81,11 +85,12 @@ def section(result: dict) -> str:
             f"| {r['layer']} | {r['max_abs_d']:.2f} | {r['null_max_abs_d_95']:.2f} | {r['n_beyond_null']} "
             f"| {r['max_abs_d_within']:.2f} | {r['null_within_max_abs_d_95']:.2f} | {r['n_within_beyond_null']} |"
         )
-    lines += ["", "| ablation at the middle layer | test greedy acc | 95% CI | flips (lost / gained) | McNemar p |",
-              "|---|---:|---|---|---:|"]  # fmt: skip
+    lines += ["", "| ablation at the middle layer | mass removed | test greedy acc | 95% CI | flips (lost / gained) "
+              "| McNemar p |", "|---|---:|---:|---|---|---:|"]  # fmt: skip
     for a in result["ablations"]:
         lines.append(
-            f"| {a['condition']} | {100 * a['acc']:.1f}% | [{100 * a['ci'][0]:.1f}, {100 * a['ci'][1]:.1f}] "
+            f"| {a['condition']} | {a.get('mass', float('nan')):.2f} | {100 * a['acc']:.1f}% "
+            f"| [{100 * a['ci'][0]:.1f}, {100 * a['ci'][1]:.1f}] "
             f"| {a['flips'][0]} / {a['flips'][1]} | {a['mcnemar_p_vs_steered']:.3g} |"
         )
     lines += ["", f"**Reading.** {reading(result['ablations'])}", ""]

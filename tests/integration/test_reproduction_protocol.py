@@ -192,16 +192,19 @@ def test_a_methods_run_keeps_the_other_rows_and_parts_find_the_chosen_runs(tmp_p
         convergence.chosen_run(ctx, "sft_lora")
 
 
-def test_sae_features_reading_separates_a_specific_ablation_from_random_ones():
+def test_sae_features_reading_compares_each_top_set_with_its_mass_matched_controls():
     import sae_features
 
-    def row(condition, acc, p):
+    def row(condition, acc, p=0.5):
         return {"condition": condition, "acc": acc, "mcnemar_p_vs_steered": p}
 
     ablations = [row("steered (no ablation)", 0.75, 1.0), row("ablate top 10 more-in-correct", 0.60, 0.001),
-                 row("ablate top 10 more-in-incorrect", 0.72, 0.4), row("ablate 10 random live #1", 0.74, 0.8),
-                 row("ablate 10 random live #2", 0.70, 0.1)]  # fmt: skip
+                 row("ablate top 10 more-in-incorrect", 0.30, 0.001), row("ablate 10 random live #1", 0.74),
+                 row("ablate 10 random live #2", 0.20, 0.001),
+                 row("ablate 10 mass-matched to more-in-correct #1", 0.70),
+                 row("ablate 10 mass-matched to more-in-incorrect #1", 0.25, 0.001)]  # fmt: skip
     text = sae_features.reading(ablations)
-    assert "more-in-correct: +15.0 points (McNemar p 0.001), beyond every random control" in text
-    assert "more-in-incorrect: +3.0 points (McNemar p 0.4), not separated" in text
-    assert text.endswith("+1.0, +5.0 points.")
+    assert "more-in-correct latents costs +15.0 points (McNemar p 0.001; mass-matched controls: +5.0), beyond" in text
+    assert "more-in-incorrect latents costs +45.0 points (McNemar p 0.001; mass-matched controls: +50.0), not" in text
+    uniform_only = sae_features.reading(ablations[:5])  # no matched controls: the uniform ones, worst 20%
+    assert "random controls: +1.0, +55.0), not separated from the random controls" in uniform_only
