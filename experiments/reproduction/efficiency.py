@@ -16,6 +16,7 @@ accuracy fixed in advance (THRESHOLD), in training CPU seconds (evaluations excl
 
 from __future__ import annotations
 
+import json
 import time
 
 import common
@@ -61,7 +62,19 @@ ALGOS = [
 
 def throughput(ctx: common.Context) -> list[dict]:
     """Generated tokens per second (wall and per CPU-second) of one sampler call per (B, N), after a
-    compiling call with the same shapes; every row runs to N tokens (no stop token)."""
+    compiling call with the same shapes; every row runs to N tokens (no stop token). Measured once
+    into <runs_dir>/efficiency_throughput.json and reused like a training run (delete it to re-measure)."""
+    cache = ctx.runs_dir / "efficiency_throughput.json"
+    if cache.exists():
+        ctx.log(f"efficiency: reusing the throughput grid in {cache}")
+        return json.loads(cache.read_text())
+    grid = measure_throughput(ctx)
+    cache.write_text(json.dumps(grid, indent=1))
+    return grid
+
+
+def measure_throughput(ctx: common.Context) -> list[dict]:
+    """The (B, N) grid of `throughput`, measured now."""
     import jax
 
     from jaxsteer.models.generate import generate
