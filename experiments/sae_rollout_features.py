@@ -385,7 +385,7 @@ def draw_ablation(rows: list[dict], path: str, title: str) -> None:
     acc = np.array([r["acc"] for r in rows]) * 100
     lo = acc - np.array([r["ci"][0] for r in rows]) * 100
     hi = np.array([r["ci"][1] for r in rows]) * 100 - acc
-    shade = {"no ablation": "#555", "random": "#999"}
+    shade = {"no ablation": "#555", "random": "#999", "mass-matched": "#c8c8c8"}  # controls in grey
     colors = [next((c for k, c in shade.items() if k in r["condition"]), "#2a6fb0") for r in rows]
     ax.barh(y, acc, xerr=[lo, hi], color=colors, capsize=3)
     ax.set_yticks(y, [r["condition"] for r in rows], fontsize=8)
@@ -468,7 +468,7 @@ def main(argv=None) -> None:
     draw_ablation(
         ablations,
         os.path.join(args.figures, "sae_rollout_ablation.png"),
-        f"SAE feature ablation at layer {args.intervene_layer} ({tag})",
+        f"SAE feature ablation at layer {args.intervene_layer}\n({tag})",
     )
     report(args, run, sae_info, correct, ranked, out, means, flow_stats, carried, ablations)
 

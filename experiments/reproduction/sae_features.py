@@ -44,7 +44,8 @@ def run(ctx: common.Context) -> dict:
     rel = f"reproduction/{figures.name}"
     out = {k: res[k] for k in ("layers", "ablations", "n_rollouts", "n_correct", "saes")}
     pngs = [f"{rel}/sae_rollout_flow.png", f"{rel}/sae_rollout_ablation.png"]
-    return {**out, "run": argv[1], "flow": res["flow"]["stats"], "figures": pngs}
+    sae_args = {k: res["args"][k] for k in ("d_sae", "k", "sae_steps", "layers")}
+    return {**out, "run": argv[1], "flow": res["flow"]["stats"], "figures": pngs, "sae_args": sae_args}
 
 
 def reading(ablations: list[dict]) -> str:
@@ -61,20 +62,33 @@ def reading(ablations: list[dict]) -> str:
         controls, kind = (matched, "mass-matched") if matched else (uniform, "random")
         beyond = bool(controls) and a["acc"] < min(c["acc"] for c in controls) and a["mcnemar_p_vs_steered"] < 0.05
         drops = ", ".join(f"{100 * (steered['acc'] - c['acc']):+.1f}" for c in controls) or "none run"
-        verdict = f"beyond every {kind} control" if beyond else f"not separated from the {kind} controls"
+        verdict = (
+            f"beyond every {kind} control (with {len(controls)} controls a rank test cannot go below p = "
+            f"{1 / (len(controls) + 1):.2f})" if beyond else f"not separated from the {kind} controls"
+        )  # fmt: skip
         out.append(
             f"ablating the top {side} latents costs {100 * (steered['acc'] - a['acc']):+.1f} points (McNemar p "
             f"{a['mcnemar_p_vs_steered']:.3g}; {kind} controls: {drops}), {verdict}"
         )
-    return "; ".join(out) + "."
+    text = "; ".join(out) + "."
+    worse = [a for a in ablations if a["condition"].endswith("more-in-incorrect") and a["acc"] < steered["acc"]]
+    if worse and worse[0]["mcnemar_p_vs_steered"] < 0.05:
+        text += (
+            " Ablating the latents more active in incorrect rollouts lowers accuracy instead of raising it: "
+            "they take part in the computation (and are more active on the problems the policy gets wrong) "
+            "rather than cause the errors."
+        )
+    return text
 
 
 def section(result: dict) -> str:
     """Markdown: features per layer against their nulls, the ablation table, the reading, the figures."""
+    a = result["sae_args"]
     evs = ", ".join(f"layer {s['layer']} {s['held_out_ev']:.3f}" for s in result["saes"] if "held_out_ev" in s)
     lines = [
         f"Run: `{result['run'].split('/')[-1]}`; {result['n_correct']} of {result['n_rollouts']} rollouts "
-        f"correct (temperature 1). SAEs' held-out explained variance: {evs or 'reused (see the study JSON)'}.",
+        f"correct (temperature 1). SAEs: TopK, {a['d_sae']} latents, k {a['k']}, {a['sae_steps']} steps on the base "
+        f"model's resid_post at layers {a['layers']}" + (f", held-out explained variance {evs}." if evs else "."),
         "",
         "| layer | max abs d | shuffled-label null (95%) | latents beyond | within problem: max abs d | null "
         "| beyond |",

@@ -205,6 +205,7 @@ def test_sae_features_reading_compares_each_top_set_with_its_mass_matched_contro
                  row("ablate 10 mass-matched to more-in-incorrect #1", 0.25, 0.001)]  # fmt: skip
     text = sae_features.reading(ablations)
     assert "more-in-correct latents costs +15.0 points (McNemar p 0.001; mass-matched controls: +5.0), beyond" in text
+    assert "rank test cannot go below p = 0.50" in text and "lowers accuracy instead of raising it" in text
     assert "more-in-incorrect latents costs +45.0 points (McNemar p 0.001; mass-matched controls: +50.0), not" in text
     uniform_only = sae_features.reading(ablations[:5])  # no matched controls: the uniform ones, worst 20%
     assert "random controls: +1.0, +55.0), not separated from the random controls" in uniform_only
