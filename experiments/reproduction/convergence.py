@@ -88,7 +88,8 @@ def run(ctx: common.Context) -> dict:
         raise ValueError(f"unknown convergence rows {sorted(unknown)}; rows: {[m.key for m in METHODS]}")
     samples, pass_k = ctx.scale(8, 2), ctx.scale(16, 4)
     base = protocol.base_on_test(ctx, pass_k)
-    chosen: dict[str, str] = {}
+    # a --methods run warm-starts from rows it does not run itself: their earlier choices
+    chosen = {m.key: protocol.run_name(m, step, 0) for m in METHODS if (step := chosen_steps(ctx).get(m.key))}
     rows = []
     for m in METHODS:
         if ctx.methods and m.key not in ctx.methods:
@@ -109,14 +110,21 @@ def run(ctx: common.Context) -> dict:
     return result
 
 
+def chosen_steps(ctx: common.Context) -> dict[str, float]:
+    """{row key: its chosen step size} from the last convergence.json (empty without one)."""
+    path = ctx.out_dir / "convergence.json"
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    return {r["key"]: r["chosen"] for r in rows if "chosen" in r and r["key"] in {m.key for m in METHODS}}
+
+
 def chosen_run(ctx: common.Context, key: str, seed: int = 0) -> str:
     """The run directory of row `key`'s chosen step size on `seed`, from the last convergence.json."""
-    path = ctx.out_dir / "convergence.json"
-    rows = {r["key"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
-    if "chosen" not in rows.get(key, {}):
+    steps = chosen_steps(ctx)
+    if key not in steps:
+        path = ctx.out_dir / "convergence.json"
         raise RuntimeError(f"{path} has no chosen {key} run: run the convergence part first")
     m = next(m for m in METHODS if m.key == key)
-    return str(ctx.runs_dir / protocol.run_name(m, rows[key]["chosen"], seed))
+    return str(ctx.runs_dir / protocol.run_name(m, steps[key], seed))
 
 
 def kept_rows(ctx: common.Context, rows: list[dict]) -> list[dict]:
