@@ -157,11 +157,13 @@ def section(result: dict) -> str:
     if not pts:
         return "No per-layer run finished in time."
     sweep = ", ".join(f"c = {k}: {100 * v:.1f}%" for k, v in result["sweep"].items())
+    swept = [float(k) for k in result["sweep"]]
+    edge = " (the largest swept: a larger c may do better)" if len(swept) > 1 and result["scale"] == max(swept) else ""
     lines = [
         f"Layers {', '.join(str(p['layer']) for p in pts)}. Each vector alone, zeros at the start, "
         f"{result['steps']} RL steps x 32 rollouts, lr_l = c * ||h_l|| / sqrt(d); c swept at layers "
         f"{', '.join(map(str, SWEEP_LAYERS))} on validation (mean final validation accuracy: {sweep}); "
-        f"chosen c = {result['scale']:g}. Test greedy accuracy, n = {pts[0]['lenient']['n']} (95% Wilson "
+        f"chosen c = {result['scale']:g}{edge}. Test greedy accuracy, n = {pts[0]['lenient']['n']} (95% Wilson "
         f"intervals). Base model: {common.pct(base)}.",
         "",
         f"![per-layer accuracy]({result['figure']})",
