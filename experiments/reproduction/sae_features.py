@@ -23,6 +23,7 @@ import protocol
 TITLE = "SAE features of correct vs incorrect rollouts of the converged vectors, checked by ablation"
 
 RANDOM_CONTROLS = 5
+MATCHED_CONTROLS = 10  # per side: a rank test against them can reach p = 1/11
 
 
 def run(ctx: common.Context) -> dict:
@@ -35,7 +36,8 @@ def run(ctx: common.Context) -> dict:
     vectors = convergence.chosen_run(ctx, "steering")
     argv = ["--run", vectors, "--sae-dir", str(work / "saes"), "--figures", str(figures),
             "--json", str(work / "study.json"), "--eval-data", protocol.TEST, "--eval-n", str(ctx.scale(200, 24)),
-            "--random-controls", str(ctx.scale(RANDOM_CONTROLS, 1)), *ctx.scale([], ["--quick"])]  # fmt: skip
+            "--random-controls", str(ctx.scale(RANDOM_CONTROLS, 1)),
+            "--matched-controls", str(ctx.scale(MATCHED_CONTROLS, 1)), *ctx.scale([], ["--quick"])]  # fmt: skip
     done = work / "study.json"
     if not (done.exists() and json.loads(done.read_text())["args"] == vars(study.parse_args(argv))):
         ctx.log(f"sae_features: {' '.join(argv)}")
