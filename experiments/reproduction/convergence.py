@@ -89,7 +89,8 @@ def run(ctx: common.Context) -> dict:
     samples, pass_k = ctx.scale(8, 2), ctx.scale(16, 4)
     base = protocol.base_on_test(ctx, pass_k)
     # a --methods run warm-starts from rows it does not run itself: their earlier choices
-    chosen = {m.key: protocol.run_name(m, step, 0) for m in METHODS if (step := chosen_steps(ctx).get(m.key))}
+    steps = chosen_steps(ctx)
+    chosen = {m.key: protocol.run_name(m, steps[m.key], 0) for m in METHODS if m.key in steps}
     rows = []
     for m in METHODS:
         if ctx.methods and m.key not in ctx.methods:
@@ -110,11 +111,16 @@ def run(ctx: common.Context) -> dict:
     return result
 
 
+def last_rows(ctx: common.Context) -> dict[str, dict]:
+    """{row key: row} of the last convergence.json (empty without one)."""
+    path = ctx.out_dir / "convergence.json"
+    return {r["key"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
+
+
 def chosen_steps(ctx: common.Context) -> dict[str, float]:
     """{row key: its chosen step size} from the last convergence.json (empty without one)."""
-    path = ctx.out_dir / "convergence.json"
-    rows = json.loads(path.read_text())["rows"] if path.exists() else []
-    return {r["key"]: r["chosen"] for r in rows if "chosen" in r and r["key"] in {m.key for m in METHODS}}
+    keys = {m.key for m in METHODS}
+    return {k: r["chosen"] for k, r in last_rows(ctx).items() if "chosen" in r and k in keys}
 
 
 def chosen_run(ctx: common.Context, key: str, seed: int = 0) -> str:
@@ -130,9 +136,7 @@ def chosen_run(ctx: common.Context, key: str, seed: int = 0) -> str:
 def kept_rows(ctx: common.Context, rows: list[dict]) -> list[dict]:
     """`rows` (a `--methods` run's) joined with the other rows of the last convergence.json, in
     METHODS order, so a run of some rows leaves the whole table in place."""
-    path = ctx.out_dir / "convergence.json"
-    old = {r["key"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
-    new = {r["key"]: r for r in rows}
+    old, new = last_rows(ctx), {r["key"]: r for r in rows}
     return [new.get(m.key) or old[m.key] for m in METHODS if m.key in new or m.key in old]
 
 
@@ -232,9 +236,9 @@ def _readings(result: dict) -> list[str]:
             f"which this interval {verdict}."
         )
     edge = [
-        f"{r['key']} ({r['chosen']:g}, {'smallest' if r['chosen'] == min(map(float, r['sweep'])) else 'largest'})"
+        f"{r['key']} ({r['chosen']:g}, {end})"
         for r in result["rows"]
-        if len(r.get("sweep") or {}) >= 3 and r["chosen"] in (min(map(float, r["sweep"])), max(map(float, r["sweep"])))
+        if "chosen" in r and (end := protocol.sweep_edge(r["chosen"], r.get("sweep") or {}))
     ]
     if edge:
         lines.append("- Chosen at an end of its sweep (a better step size may lie beyond it): " + ", ".join(edge) + ".")

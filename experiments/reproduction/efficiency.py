@@ -100,10 +100,15 @@ def measure_throughput(ctx: common.Context) -> list[dict]:
     return out
 
 
+def run_name(label: str, seed: int) -> str:
+    """The run directory's name of `label`'s long-completion run on `seed`."""
+    return f"eff_{label.lower()}_s{seed}"
+
+
 def _train(ctx: common.Context, label: str, overrides: list[str], seed: int) -> dict | None:
     """Train (or reuse) `label`'s long-completion run on `seed`."""
-    name = f"eff_{label.lower()}_s{seed}"
-    return ctx.train_or_load(name, common.STEERING_CONFIG, [*COMMON, *overrides], stamp=True, seed=seed)
+    overrides = [*COMMON, *overrides]
+    return ctx.train_or_load(run_name(label, seed), common.STEERING_CONFIG, overrides, stamp=True, seed=seed)
 
 
 def run(ctx: common.Context) -> dict:
@@ -114,7 +119,7 @@ def run(ctx: common.Context) -> dict:
     ctx.share_runs(lambda job=job: _train(ctx, *job) for job in jobs)
     algos = []
     for label, overrides, seed in jobs:
-        name = f"eff_{label.lower()}_s{seed}"
+        name = run_name(label, seed)
         s = _train(ctx, label, overrides, seed)
         if s is None:
             continue

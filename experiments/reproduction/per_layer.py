@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 
 import common
+import convergence
 import numpy as np
 import protocol
 from protocol import Method
@@ -109,12 +110,8 @@ def run(ctx: common.Context) -> dict:
     (ctx.runs_dir / "per_layer_chosen.json").write_text(json.dumps({str(k): v for k, v in chosen.items()}))
     base = protocol.base_on_test(ctx, ctx.scale(16, 4))
     base_acc = common.acc(base, "lenient")
-    all_layers = None  # the convergence part's all-layer steering row (seed 0), when it has run
-    conv = ctx.out_dir / "convergence.json"
-    if conv.exists():
-        row = next((r for r in json.loads(conv.read_text())["rows"] if r["key"] == "steering"), None)
-        if row and row.get("seeds"):
-            all_layers = row["seeds"][0]["greedy"]
+    row = convergence.last_rows(ctx).get("steering") or {}  # the all-layer row (seed 0), when it has run
+    all_layers = row["seeds"][0]["greedy"] if row.get("seeds") else None
     return {
         "points": points,
         "base": base_acc,
@@ -157,8 +154,8 @@ def section(result: dict) -> str:
     if not pts:
         return "No per-layer run finished in time."
     sweep = ", ".join(f"c = {k}: {100 * v:.1f}%" for k, v in result["sweep"].items())
-    swept = [float(k) for k in result["sweep"]]
-    edge = " (the largest swept: a larger c may do better)" if len(swept) > 1 and result["scale"] == max(swept) else ""
+    end = protocol.sweep_edge(result["scale"], result["sweep"])
+    edge = f" (the {end} swept: a better c may lie beyond it)" if end else ""
     lines = [
         f"Layers {', '.join(str(p['layer']) for p in pts)}. Each vector alone, zeros at the start, "
         f"{result['steps']} RL steps x 32 rollouts, lr_l = c * ||h_l|| / sqrt(d); c swept at layers "

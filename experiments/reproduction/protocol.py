@@ -158,6 +158,15 @@ def base_on_test(ctx: common.Context, samples: int) -> dict:
     return _cached(ctx.runs_dir / "conv_base_test_eval.json", {"test": TEST, "samples": samples, "n": n}, compute)
 
 
+def sweep_edge(chosen: float, swept) -> str | None:
+    """ "smallest" / "largest" when `chosen` is at that end of a sweep of at least 3 values (a better
+    step size may lie beyond it), else None."""
+    values = [float(v) for v in swept]
+    if len(values) < 3:
+        return None
+    return "smallest" if chosen == min(values) else "largest" if chosen == max(values) else None
+
+
 def seed_interval(values: list[float]) -> tuple[float, float, float]:
     """Mean and a 95% t-interval over seeds ((mean, mean) with one seed)."""
     v = np.asarray(values, np.float64)

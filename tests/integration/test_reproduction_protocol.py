@@ -37,6 +37,9 @@ def test_plateau_rule_and_final_score_on_known_curves():
     m, lo, hi = protocol.seed_interval([0.4, 0.5, 0.6])
     assert m == pytest.approx(0.5) and lo == pytest.approx(0.5 - 4.303 * 0.1 / 3**0.5)
     assert hi == pytest.approx(0.5 + 4.303 * 0.1 / 3**0.5) and protocol.seed_interval([0.3]) == (0.3, 0.3, 0.3)
+    assert protocol.sweep_edge(0.003, ["0.003", "0.01", "0.03"]) == "smallest"
+    assert protocol.sweep_edge(0.03, [0.003, 0.01, 0.03]) == "largest"
+    assert protocol.sweep_edge(0.01, [0.003, 0.01, 0.03]) is None and protocol.sweep_edge(0.03, [0.01, 0.03]) is None
 
 
 def test_convergence_refuses_an_unknown_row_before_any_work():
