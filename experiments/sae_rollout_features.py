@@ -19,9 +19,11 @@ study; issue 18 item 7, issue 23 item 5).
 4. Flow: `jaxsteer.sae.flow.flow_graph` from the first layer's top features (both signs) through
    the next layers, by activation correlation on the rollouts' completion tokens.
 5. Intervention: at `--intervene-layer`, `Splice(feature_scale=0, keep_error=True)` ablates the
-   top `--n-ablate` features of each sign; the run's held-out greedy accuracy against the plain
-   steered policy and against `--random-controls` draws of as many random live features, with an
-   exact McNemar test on the same problems.
+   top `--n-ablate` features of each sign; held-out greedy accuracy (the run's eval set, or
+   `--eval-data`; the rollout problems exclude it) against the plain steered policy, against
+   `--random-controls` draws of as many random live features, and against `--matched-controls`
+   draws matched feature by feature in mass (mean activation x decoder norm: what ablating removes
+   from the residual), with an exact McNemar test on the same problems.
 
 Writes `--json`, `--figures`/sae_rollout_flow.png and sae_rollout_ablation.png.
 """
